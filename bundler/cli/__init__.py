@@ -1,0 +1,17 @@
+"""The `thread-bundler` command line: each command a thin layer over one library function."""
+
+from __future__ import annotations
+
+import click
+
+from .build import build_command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="thread-bundler")
+def main() -> None:
+    """Turn conversation thread specs (YAML/JSON) into FHIR R4 transaction Bundles for Medplum,
+    check them, and load them atomically into a Medplum project."""
+
+
+main.add_command(build_command)

@@ -1,0 +1,46 @@
+"""`thread-bundler build`: specs in, one Bundle JSON per thread (or NDJSON) out."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..build import DEFAULT_IDENTIFIER_SYSTEM
+from ..output import build_files
+from .common import report_errors
+
+
+def _check_system(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not value or any(c.isspace() for c in value) or "|" in value or ":" not in value:
+        raise click.BadParameter("must be an absolute URI without spaces or '|', e.g. https://example.org/threads")
+    return value
+
+
+@click.command("build")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("-o", "--out", type=click.Path(path_type=Path),
+              help="Folder for one <thread>.json per thread (with --ndjson: the NDJSON file).")
+@click.option("--ndjson", is_flag=True, help="Write NDJSON, one Bundle per line (to stdout unless -o).")
+@click.option("--identifier-system", default=DEFAULT_IDENTIFIER_SYSTEM, show_default=True, callback=_check_system,
+              help="Identifier system of every Communication (value: thread key, or key/message id).")
+@report_errors
+def build_command(paths: tuple[str, ...], out: Path | None, ndjson: bool, identifier_system: str) -> None:
+    """Build a FHIR transaction Bundle for every thread in PATHS.
+
+    PATHS are spec files (.yaml, .yml, .json), folders (searched recursively) or - for stdin.
+    Nothing is written unless every input is valid.
+
+    \b
+    Examples:
+      thread-bundler build fixtures/threads -o out/
+      thread-bundler build thread.yaml --ndjson > bundles.ndjson
+    """
+    if out is None and not ndjson:
+        ndjson = True
+    summary = build_files(paths, out=out, ndjson=ndjson, identifier_system=identifier_system,
+                          stream=sys.stdout.buffer)
+    where = f" → {out}" if out else ""
+    click.echo(f"built {summary.threads} thread{'s' * (summary.threads != 1)} "
+               f"({summary.messages} message{'s' * (summary.messages != 1)}){where}", err=True)

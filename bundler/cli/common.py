@@ -1,0 +1,45 @@
+"""What every command shares: turning our errors into clear messages and exit codes."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from ..errors import BundlerError, SpecError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK = 0
+EXIT_ISSUES = 1
+EXIT_BAD_INPUT = 2
+
+
+def report_errors(func: F) -> F:
+    """Run a command; a SpecError prints every problem and exits 2, other errors of ours one line and exit 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SpecError as exc:
+            for problem in exc.problems:
+                click.echo(str(problem), err=True)
+            n, files = len(exc.problems), len({p.file for p in exc.problems})
+            click.echo(f"{n} problem{'s' * (n != 1)} in {files} file{'s' * (files != 1)}; nothing written", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except BundlerError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except OSError as exc:
+            where = f" {exc.filename}" if exc.filename else ""
+            click.echo(f"error:{where}: {exc.strerror or exc}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]

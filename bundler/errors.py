@@ -1,0 +1,76 @@
+"""The exceptions thread-bundler raises, as one tree.
+
+Callers catch the level they care about: `BundlerError` for anything of ours, `SpecError` for bad
+input files, `ServerError` for what a FHIR server answered.
+
+    BundlerError
+    ├── SpecError          a spec (or any input file) is malformed or invalid
+    ├── BundleInvalid      a bundle failed validation
+    ├── ServerError        the server answered with an error (carries its OperationOutcome)
+    │   └── AuthError      login refused, or a token the server would not take
+    └── UnknownOutcome     a request was sent but its response was lost
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with an input: where it is and what was expected."""
+
+    file: str
+    line: int | None
+    column: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+    def sort_key(self) -> tuple[str, int, int, str]:
+        return (self.file, self.line or 0, self.column or 0, self.path)
+
+
+class BundlerError(Exception):
+    """Base class of every error thread-bundler raises on purpose."""
+
+
+class SpecError(BundlerError):
+    """One or more input files are malformed or invalid; `problems` lists every one found."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(problems, key=Problem.sort_key)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class BundleInvalid(BundlerError):
+    """A bundle has validation errors; `issues` lists them."""
+
+    def __init__(self, issues: list[Any]) -> None:
+        self.issues = issues
+        super().__init__("\n".join(str(i) for i in issues))
+
+
+class ServerError(BundlerError):
+    """The server answered with an error status; `outcome` is its OperationOutcome, if any."""
+
+    def __init__(self, message: str, *, status: int | None = None, outcome: dict[str, Any] | None = None) -> None:
+        self.status = status
+        self.outcome = outcome
+        super().__init__(message)
+
+
+class AuthError(ServerError):
+    """The server refused our credentials or token."""
+
+
+class UnknownOutcome(BundlerError):
+    """A request was sent but its response was lost: the server may or may not have applied it."""

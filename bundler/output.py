@@ -1,0 +1,82 @@
+"""Writing bundles: one pretty JSON file per thread, or NDJSON lines. All-or-nothing per file."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from .build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, dumps
+from .spec import load_specs
+
+
+def bundle_filename(key: str) -> str:
+    """The file name of a thread's bundle: its key (letters, digits, '.', '_', '-', ':') + `.json`."""
+    return f"{key}.json"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and a rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bundle_files(items: Iterable[tuple[str, dict[str, Any]]], out_dir: Path) -> list[Path]:
+    """Write each (thread key, bundle) as `out_dir/<key>.json`; returns the paths written."""
+    written = []
+    for key, bundle in items:
+        path = out_dir / bundle_filename(key)
+        write_atomic(path, dumps(bundle, pretty=True))
+        written.append(path)
+    return written
+
+
+def write_ndjson(bundles: Iterable[dict[str, Any]], stream: IO[bytes]) -> int:
+    """Write bundles as NDJSON lines; returns how many."""
+    n = 0
+    for bundle in bundles:
+        stream.write(dumps(bundle) + b"\n")
+        n += 1
+    return n
+
+
+@dataclass(frozen=True)
+class BuildSummary:
+    threads: int
+    messages: int
+    files: list[Path]
+
+
+def build_files(paths: Iterable[str | Path], *, out: Path | None = None, ndjson: bool = False,
+                identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, stream: IO[bytes] | None = None) -> BuildSummary:
+    """Build every thread in `paths` and write them: `out/<key>.json` files, or NDJSON to `out` or `stream`.
+
+    Every input is read and checked before anything is written (SpecError lists every problem).
+    """
+    specs = load_specs(paths)
+    bundles = ((s.key, build_bundle(s, identifier_system=identifier_system)) for s in specs)
+    messages = sum(len(s.messages) for s in specs)
+    if not ndjson:
+        if out is None:
+            raise ValueError("out is required unless ndjson")
+        return BuildSummary(len(specs), messages, write_bundle_files(bundles, out))
+    if out is not None:
+        buffer = io.BytesIO()
+        write_ndjson((b for _, b in bundles), buffer)
+        write_atomic(out, buffer.getvalue())
+        return BuildSummary(len(specs), messages, [out])
+    assert stream is not None
+    write_ndjson((b for _, b in bundles), stream)
+    stream.flush()
+    return BuildSummary(len(specs), messages, [])

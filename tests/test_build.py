@@ -1,0 +1,154 @@
+"""The builder: the walkthrough field for field, determinism and the thread rules on generated specs."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from click.testing import CliRunner
+from hypothesis import given, settings
+
+from bundler import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, dumps, full_url, load_specs, parse_spec
+from bundler.build import URN_NAMESPACE
+from bundler.cli import main
+from bundler.strategies import thread_specs
+
+REPO = Path(__file__).resolve().parent.parent
+WALKTHROUGH = REPO / "fixtures/threads/homer-lab-results.yaml"
+URN = re.compile(r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def _walkthrough_bundle() -> dict[str, Any]:
+    (spec,) = load_specs([WALKTHROUGH])
+    return build_bundle(spec)
+
+
+def test_walkthrough_resources_field_for_field() -> None:
+    bundle = _walkthrough_bundle()
+    expected = json.loads((REPO / "fixtures/walkthrough/resources.json").read_text())["resources"]
+    names = {bundle["entry"][0]["fullUrl"]: "Communication/{header}",
+             bundle["entry"][2]["fullUrl"]: "Communication/{homer-asks}"}
+    got = []
+    for entry in bundle["entry"]:
+        resource = json.loads(json.dumps(entry["resource"]))
+        resource.pop("identifier")
+        for key in ("partOf", "inResponseTo"):
+            for ref in resource.get(key, []):
+                ref["reference"] = names[ref["reference"]]
+        got.append(resource)
+    assert got == expected
+
+
+def test_walkthrough_bytes_are_the_committed_golden_bundle() -> None:
+    golden = (REPO / "fixtures/bundles/homer-lab-results-2024-04-10.json").read_bytes()
+    assert dumps(_walkthrough_bundle(), pretty=True) == golden
+
+
+def test_identifiers_and_urns() -> None:
+    bundle = _walkthrough_bundle()
+    values = [e["resource"]["identifier"][0]["value"] for e in bundle["entry"]]
+    assert values == ["homer-lab-results-2024-04-10", "homer-lab-results-2024-04-10/specimen-received",
+                      "homer-lab-results-2024-04-10/homer-asks", "homer-lab-results-2024-04-10/3"]
+    for entry, value in zip(bundle["entry"], values, strict=True):
+        assert entry["resource"]["identifier"][0]["system"] == DEFAULT_IDENTIFIER_SYSTEM
+        assert entry["fullUrl"] == f"urn:uuid:{uuid.uuid5(URN_NAMESPACE, f'{DEFAULT_IDENTIFIER_SYSTEM}|{value}')}"
+        assert entry["request"] == {"method": "POST", "url": "Communication"}
+    other = build_bundle(load_specs([WALKTHROUGH])[0], identifier_system="https://example.org/threads")
+    assert other["entry"][0]["resource"]["identifier"][0]["system"] == "https://example.org/threads"
+    assert other["entry"][0]["fullUrl"] != bundle["entry"][0]["fullUrl"]
+
+
+def test_full_url_matches_uuid5() -> None:
+    for value in ("a", "ü/ß", "x" * 300):
+        assert full_url("s", value) == f"urn:uuid:{uuid.uuid5(URN_NAMESPACE, 's|' + value)}"
+
+
+def test_result_shares_no_objects_between_resources() -> None:
+    bundle = _walkthrough_bundle()
+    bundle["entry"][1]["resource"]["sender"]["display"] = "changed"
+    bundle["entry"][1]["request"]["method"] = "PUT"
+    assert bundle["entry"][3]["resource"]["sender"]["display"] == "Dr. Alice Smith"
+    assert bundle["entry"][3]["request"]["method"] == "POST"
+
+
+def test_cli_writes_one_file_per_thread(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["build", str(REPO / "fixtures/threads"), "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["homer-lab-results-2024-04-10.json"]
+    assert json.loads((tmp_path / "homer-lab-results-2024-04-10.json").read_text()) == _walkthrough_bundle()
+    result = CliRunner().invoke(main, ["build", str(REPO / "fixtures/threads"), "--ndjson", "-o",
+                                       str(tmp_path / "all.ndjson")])
+    assert result.exit_code == 0
+    assert [json.loads(line) for line in (tmp_path / "all.ndjson").read_text().splitlines()] == [_walkthrough_bundle()]
+
+
+def _resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e["resource"] for e in bundle["entry"]]
+
+
+def _all_references(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        own = [value["reference"]] if isinstance(value.get("reference"), str) else []
+        return own + [r for v in value.values() for r in _all_references(v)]
+    if isinstance(value, list):
+        return [r for v in value for r in _all_references(v)]
+    return []
+
+
+@settings(max_examples=150, deadline=None)
+@given(thread_specs())
+def test_properties_of_built_bundles(spec: dict[str, Any]) -> None:
+    bundle = build_bundle(spec)
+    # determinism: same spec, same bytes, also after a round trip of the spec through JSON and YAML
+    assert dumps(build_bundle(spec)) == dumps(bundle)
+    assert dumps(build_bundle(json.loads(json.dumps(spec)))) == dumps(bundle)
+    from bundler.source import parse_text
+    from bundler.spec import check_document
+
+    (doc,), _ = parse_text(yaml.safe_dump(spec, allow_unicode=True, sort_keys=False), "x.yaml")
+    reparsed, problems = check_document(doc)
+    assert problems == []
+    assert dumps(build_bundle(reparsed)) == dumps(bundle)  # type: ignore[arg-type]
+    assert orjson.loads(dumps(bundle)) == bundle
+    # urns: lowercase canonical uuids, unique, and every urn reference resolves to an entry
+    urls = [e["fullUrl"] for e in bundle["entry"]]
+    assert all(URN.match(u) for u in urls) and len(set(urls)) == len(urls)
+    refs = _all_references(bundle)
+    assert all(r in urls for r in refs if r.startswith("urn:"))
+    header, *messages = _resources(bundle)
+    # header: no payload, no partOf, every participant a recipient
+    assert "payload" not in header and "partOf" not in header
+    assert [r["reference"] for r in header["recipient"]] == [p["reference"] for p in spec["participants"].values()]
+    assert header["topic"] == {"text": spec["topic"]}
+    assert header["status"] == spec.get("status", "in-progress")
+    ids = []
+    for msg_spec, message in zip(spec["messages"], messages, strict=True):
+        ids.append(str(msg_spec.get("id", len(ids) + 1)))
+        assert message["partOf"] == [{"reference": urls[0]}]
+        assert message["sent"] == msg_spec["sent"]
+        assert message["sender"]["reference"] == spec["participants"][msg_spec["sender"]]["reference"]
+        texts = [p["contentString"] for p in message["payload"] if "contentString" in p]
+        assert texts == ([msg_spec["text"]] if "text" in msg_spec else [])
+        recipients = msg_spec.get("recipient", [a for a in spec["participants"] if a != msg_spec["sender"]])
+        assert [r["reference"] for r in message.get("recipient", [])] == [
+            spec["participants"][a]["reference"] for a in recipients]
+        if "reply_to" in msg_spec:
+            assert message["inResponseTo"] == [{"reference": urls[1 + ids.index(str(msg_spec["reply_to"]))]}]
+        else:
+            assert "inResponseTo" not in message
+        assert message["identifier"][0]["value"] == f"{spec['thread']}/{ids[-1]}"
+
+
+def test_parse_spec_rejects_bad_plain_data() -> None:
+    import pytest
+
+    from bundler.errors import SpecError
+
+    with pytest.raises(SpecError) as info:
+        parse_spec({"thread": "t", "topic": "x", "participants": {}})
+    assert [str(p) for p in info.value.problems] == ["<spec>: participants: needs at least one participant"]

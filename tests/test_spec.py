@@ -1,0 +1,125 @@
+"""Reading specs: every bad input gets every problem, with file, line, column and field path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+
+from bundler import assets
+from bundler.cli import main
+from bundler.errors import SpecError
+from bundler.spec import load_specs, parse_spec
+from bundler.strategies import thread_specs
+
+REPO = Path(__file__).resolve().parent.parent
+INVALID = REPO / "fixtures" / "invalid"
+CASES = sorted(p for p in INVALID.iterdir() if p.suffix != ".expected")
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda p: p.name)
+def test_invalid_fixture_gives_its_expected_messages(case: Path) -> None:
+    expected = case.with_suffix(".expected").read_text().splitlines() if case.is_file() else \
+        (INVALID / f"{case.name}.expected").read_text().splitlines()
+    with pytest.raises(SpecError) as info:
+        load_specs([case.relative_to(REPO)])
+    assert [str(p) for p in info.value.problems] == expected
+    assert all(p.file.startswith("fixtures/invalid/") for p in info.value.problems)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda p: p.name)
+def test_cli_build_refuses_invalid_input_with_exit_2_and_writes_nothing(case: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["build", str(case.relative_to(REPO)), "fixtures/threads", "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert "nothing written" in result.stderr
+    assert not out.exists()
+
+
+def test_missing_path_is_named() -> None:
+    with pytest.raises(SpecError) as info:
+        load_specs(["fixtures/threads/no-such-thread.yaml", "fixtures/threads"])
+    assert [str(p) for p in info.value.problems] == ["fixtures/threads/no-such-thread.yaml: no such file or folder"]
+
+
+def test_yaml_values_are_not_reinterpreted() -> None:
+    spec = parse_spec({"thread": 12, "topic": "t", "participants": {"a": {"reference": "Patient/1"}}})
+    assert spec.key == "12"
+    text = """
+thread: keep-values
+topic: yes
+participants: {a: {reference: Patient/1}, 007: {reference: Patient/7}}
+messages:
+  - {id: 007, sender: a, sent: 2024-04-10T10:00:00.123456789+05:30, text: no}
+  - {id: 1.50, sender: 007, sent: 2024-04-10T10:00:00Z, text: "1:30", reply_to: 007}
+"""
+    from bundler.source import parse_text
+    from bundler.spec import check_document
+
+    docs, problems = parse_text(text, "x.yaml")
+    assert problems == []
+    spec, problems = check_document(docs[0])
+    assert problems == [] and spec is not None
+    assert spec.topic == "yes"
+    assert list(spec.participants) == ["a", "007"]
+    first, second = spec.messages
+    assert (first.id, first.sent, first.text) == ("007", "2024-04-10T10:00:00.123456789+05:30", "no")
+    assert (second.id, second.sender, second.text, second.reply_to) == ("1.50", "007", "1:30", "007")
+
+
+def test_json_array_holds_several_threads_with_positions(tmp_path: Path) -> None:
+    threads = [{"thread": f"t{i}", "topic": "x", "participants": {"a": {"reference": "Patient/1"}}} for i in range(3)]
+    threads[2]["participants"]["a"]["reference"] = "nope"
+    path = tmp_path / "many.json"
+    path.write_text(json.dumps(threads, indent=2))
+    with pytest.raises(SpecError) as info:
+        load_specs([path])
+    (problem,) = info.value.problems
+    assert problem.path == "[2].participants.a.reference"
+    assert path.read_text().splitlines()[problem.line - 1].strip().startswith('"reference": "nope"')
+
+
+def test_every_problem_in_every_file_is_reported_at_once() -> None:
+    with pytest.raises(SpecError) as info:
+        load_specs([INVALID / "unknown-alias.yaml", INVALID / "reply-to.yaml"])
+    assert len(info.value.problems) == 5
+    assert len({p.file for p in info.value.problems}) == 2
+
+
+def test_stdin_is_read_with_dash() -> None:
+    text = (REPO / "fixtures/threads/homer-lab-results.yaml").read_text()
+    result = CliRunner().invoke(main, ["build", "-", "--ndjson"], input=text)
+    assert result.exit_code == 0, result.output
+    bundle = json.loads(result.stdout.splitlines()[0])
+    assert len(bundle["entry"]) == 4
+
+
+def test_bad_identifier_system_is_a_usage_error() -> None:
+    result = CliRunner().invoke(main, ["build", "fixtures/threads", "--identifier-system", "has space"])
+    assert result.exit_code == 2
+    assert "absolute URI" in result.output
+
+
+@settings(max_examples=60, deadline=None)
+@given(thread_specs())
+def test_generated_specs_are_valid_per_the_json_schema_and_parse(spec: dict) -> None:
+    jsonschema.Draft202012Validator(assets.schema("thread-spec.schema.json")).validate(spec)
+    parsed = parse_spec(spec)
+    assert parsed.key == spec["thread"]
+    assert len(parsed.messages) == len(spec["messages"])
+
+
+def test_the_schema_is_a_valid_2020_12_schema() -> None:
+    schema = assets.schema("thread-spec.schema.json")
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert schema["$schema"].endswith("2020-12/schema")
