@@ -1,0 +1,380 @@
+// LocalRepository: fhir-router's MemoryRepository with the behaviour of a Medplum project added on top:
+// server-assigned UUID ids, "Invalid id" / 404 on update, validation against the R4 + Medplum profiles,
+// conditional references, checkReferencesOnWrite, per-interaction quota charges, Medplum-style search
+// paging, and transactions that really roll back (a write log undone on failure).
+import {
+  OperationOutcomeError,
+  badRequest,
+  createStructureIssue,
+  DEFAULT_MAX_SEARCH_COUNT,
+  DEFAULT_SEARCH_COUNT,
+  formatSearchQuery,
+  isUUID,
+  notFound,
+  parseSearchRequest,
+  validateResource,
+} from '@medplum/core';
+import { MemoryRepository } from '@medplum/fhir-router';
+import { randomUUID } from 'node:crypto';
+
+/** Points per interaction, as in Medplum's fhirquota.ts. */
+export const COST = { read: 1, history: 10, search: 20, write: 100 };
+
+const LOCAL_REFERENCE = /^[A-Z][A-Za-z]+\/[^/?#]+$/;
+const CONDITIONAL_REFERENCE = /^[A-Z][A-Za-z]+\?/;
+
+/**
+ * Visits every Reference-shaped object (an object with a string `reference`) in a resource,
+ * skipping `meta` and contained resources, with a FHIR-style path.
+ * @param {object} resource - the resource to walk
+ * @param {(ref: object, path: string) => void} fn - called for each reference
+ */
+function forEachReference(resource, fn) {
+  const walk = (value, path, key) => {
+    if (Array.isArray(value)) {
+      value.forEach((item, i) => walk(item, `${path}[${i}]`, key));
+      return;
+    }
+    if (value === null || typeof value !== 'object') {
+      return;
+    }
+    if (typeof value.reference === 'string') {
+      fn(value, path);
+    }
+    for (const [k, v] of Object.entries(value)) {
+      if (k === 'meta' || k === 'contained' || k === 'reference') {
+        continue;
+      }
+      walk(v, `${path}.${k}`, k);
+    }
+  };
+  for (const [k, v] of Object.entries(resource)) {
+    if (k !== 'meta' && k !== 'contained' && k !== 'resourceType') {
+      walk(v, `${resource.resourceType}.${k}`, k);
+    }
+  }
+}
+
+export class LocalRepository extends MemoryRepository {
+  /**
+   * @param {object} settings - live server settings (checkReferencesOnWrite is read on every write)
+   * @param {import('node:async_hooks').AsyncLocalStorage} contextStore - per-request context
+   * @param {{projectId: string}} identity - project the stored resources belong to
+   */
+  constructor(settings, contextStore, identity) {
+    super();
+    this.settings = settings;
+    this.contextStore = contextStore;
+    this.identity = identity;
+    /** @type {Map<string, {type: string, id: string, resource: object|undefined, historyLength: number}> | undefined} */
+    this.txLog = undefined;
+    /** @type {Set<string> | undefined} resources written in the open transaction, checked at commit */
+    this.txWritten = undefined;
+  }
+
+  // ---------------------------------------------------------------- quota
+
+  /** Charges quota points for the current request's client, if quota is on. Throws 429 when spent. */
+  charge(kind, times = 1) {
+    const ctx = this.contextStore.getStore();
+    ctx?.quota?.consume(COST[kind] * Math.max(times, 1));
+  }
+
+  /**
+   * Runs a top-level repository interaction, charging it once: interactions that call other
+   * interactions internally (patch -> read + update) are not charged twice.
+   */
+  async interaction(kind, fn, times = 1) {
+    const ctx = this.contextStore.getStore();
+    if (!ctx || ctx.inInteraction) {
+      return fn();
+    }
+    ctx.inInteraction = true;
+    try {
+      this.charge(kind, times);
+      return await fn();
+    } finally {
+      ctx.inInteraction = false;
+    }
+  }
+
+  // ---------------------------------------------------------------- writes
+
+  createResource(resource, options, update = false) {
+    return this.interaction('write', () => super.createResource(resource, options, update));
+  }
+
+  updateResource(resource, options) {
+    return this.interaction('write', () => super.updateResource(resource, options));
+  }
+
+  patchResource(resourceType, id, patch, options) {
+    return this.interaction('write', () => super.patchResource(resourceType, id, patch, options));
+  }
+
+  conditionalCreate(resource, search, options) {
+    return this.interaction('search', async () => {
+      // Medplum runs the search (20 points) and, when nothing matches, the create (100 more)
+      const result = await super.conditionalCreate(resource, search, options);
+      if (result.outcome?.id === 'created') {
+        this.charge('write');
+      }
+      return result;
+    });
+  }
+
+  deleteResource(resourceType, id, options) {
+    return this.interaction('write', async () => {
+      if (!isUUID(id)) {
+        throw new OperationOutcomeError(notFound);
+      }
+      this.logWrite(resourceType, id);
+      return super.deleteResource(resourceType, id, options);
+    });
+  }
+
+  async expungeResources(resourceType, ids) {
+    for (const id of ids) {
+      this.logWrite(resourceType, id);
+    }
+    return super.expungeResources(resourceType, ids);
+  }
+
+  /**
+   * Every create and update of MemoryRepository ends here (createResource, updateResource,
+   * conditionalCreate, conditionalUpdate, patch). Adds Medplum's rules before storing.
+   */
+  createResourceSync(resource, options, update = false) {
+    if (!resource || typeof resource !== 'object' || typeof resource.resourceType !== 'string') {
+      throw new OperationOutcomeError(badRequest('Missing resourceType'));
+    }
+    const result = JSON.parse(JSON.stringify(resource));
+    const { resourceType } = result;
+    if (update) {
+      if (!result.id) {
+        throw new OperationOutcomeError(badRequest('Missing id'));
+      }
+      if (!isUUID(result.id)) {
+        throw new OperationOutcomeError(badRequest('Invalid id'));
+      }
+      // A normal client cannot create by update (Medplum: 404 unless the project allows setting ids)
+      if (!this.resources.get(resourceType)?.has(result.id)) {
+        throw new OperationOutcomeError(notFound);
+      }
+    } else {
+      // Client-chosen ids are ignored on create; batch processing assigns ids itself (assignedId)
+      result.id = options?.assignedId && result.id ? result.id : this.generateId();
+    }
+
+    this.replaceConditionalReferences(result);
+
+    const ctx = this.contextStore.getStore();
+    const meta = { ...(result.meta ?? {}) };
+    delete meta.versionId;
+    delete meta.lastUpdated;
+    delete meta.author;
+    delete meta.project;
+    delete meta.compartment;
+    meta.project = this.identity.projectId;
+    if (ctx?.profile) {
+      meta.author = { reference: ctx.profile };
+    }
+    result.meta = meta;
+
+    validateResource(result);
+
+    if (this.settings.checkReferencesOnWrite) {
+      if (this.txWritten) {
+        // Medplum checks references pre-commit, so forward references inside a transaction work
+        this.txWritten.add(`${resourceType}/${result.id}`);
+      } else {
+        this.checkReferences(result);
+      }
+    }
+
+    this.logWrite(resourceType, result.id);
+    return super.createResourceSync(result, options, update);
+  }
+
+  /** Replaces `Type?search` references by the one resource they match, else 400 (Medplum's wording). */
+  replaceConditionalReferences(resource) {
+    forEachReference(resource, (ref, path) => {
+      if (!CONDITIONAL_REFERENCE.test(ref.reference)) {
+        return;
+      }
+      this.charge('search');
+      const search = parseSearchRequest(ref.reference);
+      search.sortRules = undefined;
+      search.count = 2;
+      search.offset = 0;
+      const matches = this.searchSync(search).entry ?? [];
+      if (matches.length !== 1) {
+        throw new OperationOutcomeError(
+          badRequest(
+            `Conditional reference '${ref.reference}' ${matches.length ? 'matched multiple' : 'did not match any'} resources`,
+            path
+          )
+        );
+      }
+      const match = matches[0].resource;
+      ref.reference = `${match.resourceType}/${match.id}`;
+    });
+  }
+
+  /** checkReferencesOnWrite: every local reference must resolve, else 400 "Invalid reference (Not found)". */
+  checkReferences(resource) {
+    const issues = [];
+    forEachReference(resource, (ref, path) => {
+      if (ref.reference.startsWith('%') || ref.reference.startsWith('#')) {
+        return;
+      }
+      let found = false;
+      if (LOCAL_REFERENCE.test(ref.reference)) {
+        const [type, id] = ref.reference.split('/');
+        found = Boolean(this.resources.get(type)?.has(id));
+      }
+      if (!found) {
+        issues.push(createStructureIssue(path, 'Invalid reference (Not found)'));
+      }
+    });
+    if (issues.length) {
+      throw new OperationOutcomeError({ resourceType: 'OperationOutcome', id: randomUUID(), issue: issues });
+    }
+  }
+
+  // ---------------------------------------------------------------- transactions
+
+  /** Records the state of a resource before its first change in the open transaction. */
+  logWrite(resourceType, id) {
+    if (!this.txLog) {
+      return;
+    }
+    const key = `${resourceType}/${id}`;
+    if (this.txLog.has(key)) {
+      return;
+    }
+    this.txLog.set(key, {
+      type: resourceType,
+      id,
+      resource: this.resources.get(resourceType)?.get(id),
+      historyLength: this.history.get(resourceType)?.get(id)?.length ?? 0,
+    });
+  }
+
+  rollback(log) {
+    for (const entry of [...log.values()].reverse()) {
+      const resources = this.resources.get(entry.type);
+      if (entry.resource) {
+        resources?.set(entry.id, entry.resource);
+      } else {
+        resources?.delete(entry.id);
+      }
+      const history = this.history.get(entry.type);
+      const versions = history?.get(entry.id);
+      if (versions) {
+        if (entry.historyLength === 0) {
+          history.delete(entry.id);
+        } else {
+          versions.length = entry.historyLength;
+        }
+      }
+    }
+  }
+
+  /**
+   * All-or-nothing: writes inside the callback are undone if it throws (or if the pre-commit
+   * reference check fails). Requests are serialized by the server, so no other write interleaves.
+   */
+  async withTransaction(callback) {
+    if (this.txLog) {
+      return callback(this); // nested: join the outer transaction
+    }
+    const log = new Map();
+    this.txLog = log;
+    this.txWritten = new Set();
+    try {
+      const result = await callback(this);
+      for (const key of this.txWritten) {
+        const [type, id] = key.split('/');
+        const stored = this.resources.get(type)?.get(id);
+        if (stored) {
+          this.checkReferences(stored);
+        }
+      }
+      return result;
+    } catch (err) {
+      this.rollback(log);
+      throw err;
+    } finally {
+      this.txLog = undefined;
+      this.txWritten = undefined;
+    }
+  }
+
+  // ---------------------------------------------------------------- reads
+
+  readResource(resourceType, id) {
+    return this.interaction('read', async () => {
+      if (!id || !isUUID(id)) {
+        throw new OperationOutcomeError(notFound);
+      }
+      return super.readResource(resourceType, id);
+    });
+  }
+
+  readReferences(references) {
+    return this.interaction('read', () => super.readReferences(references), references.length);
+  }
+
+  readHistory(resourceType, id) {
+    return this.interaction('history', () => super.readHistory(resourceType, id));
+  }
+
+  readVersion(resourceType, id, versionId) {
+    return this.interaction('read', () => super.readVersion(resourceType, id, versionId));
+  }
+
+  /**
+   * Search as Medplum answers it: `_count` default 20 (at most 1000), `_offset` paging with
+   * self/first/next/previous links, `total` only when `_total` is asked for, fullUrl on entries.
+   */
+  search(searchRequest) {
+    return this.interaction('search', async () => {
+      const count = Math.max(
+        0,
+        Math.min(searchRequest.count ?? DEFAULT_SEARCH_COUNT, DEFAULT_MAX_SEARCH_COUNT)
+      );
+      const offset = Math.max(0, searchRequest.offset ?? 0);
+      const request = { ...searchRequest, count, offset };
+      const bundle = await super.search(request);
+      const matched = bundle.total ?? 0;
+      const fhirBase = this.contextStore.getStore()?.fhirBase;
+      if (fhirBase) {
+        for (const entry of bundle.entry ?? []) {
+          if (entry.resource?.id) {
+            entry.fullUrl = `${fhirBase}${entry.resource.resourceType}/${entry.resource.id}`;
+          }
+        }
+        if (request.resourceType) {
+          const link = (rel, off) => ({
+            relation: rel,
+            url: `${fhirBase}${request.resourceType}${formatSearchQuery({ ...request, offset: off })}`,
+          });
+          bundle.link = [link('self', offset), link('first', 0)];
+          if (count > 0 && offset + count < matched) {
+            bundle.link.push(link('next', offset + count));
+          }
+          if (offset > 0) {
+            bundle.link.push(link('previous', Math.max(0, offset - count)));
+          }
+        }
+      }
+      if (searchRequest.total === 'accurate' || searchRequest.total === 'estimate') {
+        bundle.total = matched;
+      } else {
+        delete bundle.total;
+      }
+      return bundle;
+    });
+  }
+}

@@ -1,0 +1,128 @@
+"""Shared fixtures: a Medplum server to test against.
+
+``medplum_target`` (session): a local Medplum server (``bundler.localserver.LocalServer``) started once
+per session on a free port, or, when ``MEDPLUM_BASE_URL``, ``MEDPLUM_CLIENT_ID`` and
+``MEDPLUM_CLIENT_SECRET`` are all set, that remote Medplum (nothing is started).
+
+``project`` (function): a clean slate per test. On the local server the store and quota are emptied
+before the test and the default settings restored after it. On a remote server nothing can be
+emptied, so tests must put ``project.prefix`` (unique per test) into their thread keys and
+identifiers.
+
+``local_server`` (function) / marker ``local_only``: for tests that need switches only the local
+server has (transaction-bundles off, quota, short token TTL, checkReferencesOnWrite); skipped with
+a reason on a remote server.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from bundler.localserver import LocalServer
+
+REMOTE_ENV = ("MEDPLUM_BASE_URL", "MEDPLUM_CLIENT_ID", "MEDPLUM_CLIENT_SECRET")
+LOCAL_ONLY_REASON = "needs a switch only the local Medplum server has (remote MEDPLUM_BASE_URL is set)"
+
+
+@dataclass(frozen=True)
+class MedplumTarget:
+    """Where the tests send FHIR traffic. ``base_url`` ends with ``/``."""
+
+    base_url: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    is_local: bool
+    server: LocalServer | None = field(default=None, repr=False)
+
+    @property
+    def fhir_base(self) -> str:
+        return f"{self.base_url}fhir/R4/"
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.base_url}oauth2/token"
+
+
+@dataclass(frozen=True)
+class Project:
+    """A clean slate for one test; ``prefix`` is unique per test (use it in identifiers)."""
+
+    target: MedplumTarget
+    prefix: str
+
+    @property
+    def server(self) -> LocalServer | None:
+        return self.target.server
+
+    def configure(self, **settings: Any) -> None:
+        """Change local server settings for this test (restored afterwards); skips on a remote server."""
+        if self.target.server is None:
+            pytest.skip(LOCAL_ONLY_REASON)
+        self.target.server.configure(**settings)
+
+
+def _remote_from_env() -> MedplumTarget | None:
+    values = [os.environ.get(name, "") for name in REMOTE_ENV]
+    if not all(values):
+        return None
+    base_url, client_id, client_secret = values
+    if not base_url.endswith("/"):
+        base_url += "/"
+    return MedplumTarget(base_url=base_url, client_id=client_id, client_secret=client_secret, is_local=False)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "local_only: needs the local Medplum server's switches; skipped against a remote Medplum"
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("local_only") is not None and _remote_from_env() is not None:
+        pytest.skip(LOCAL_ONLY_REASON)
+
+
+@pytest.fixture(scope="session")
+def medplum_target() -> Iterator[MedplumTarget]:
+    remote = _remote_from_env()
+    if remote is not None:
+        yield remote
+        return
+    server = LocalServer(port=0)
+    server.start()
+    try:
+        yield MedplumTarget(
+            base_url=server.base_url,
+            client_id=server.client_id,
+            client_secret=server.client_secret,
+            is_local=True,
+            server=server,
+        )
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def project(medplum_target: MedplumTarget) -> Iterator[Project]:
+    server = medplum_target.server
+    if server is not None:
+        server.reset()
+    try:
+        yield Project(target=medplum_target, prefix=f"t{uuid.uuid4().hex[:12]}")
+    finally:
+        if server is not None and server.running:
+            server.restore_defaults()
+
+
+@pytest.fixture
+def local_server(project: Project) -> LocalServer:
+    """The local server of this test's project (settings restored after the test); skips on a remote one."""
+    if project.server is None:
+        pytest.skip(LOCAL_ONLY_REASON)
+    return project.server
