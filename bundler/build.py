@@ -10,9 +10,10 @@ again by `identifier=<system>|<thread key>` (header) or `<system>|<thread key>/<
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -34,13 +35,13 @@ def identifier_value(key: str, message_id: str | None = None) -> str:
     return key if message_id is None else f"{key}/{message_id}"
 
 
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
 def full_url(system: str, value: str) -> str:
     """`urn:uuid:` + lowercase uuid5 of `system|value` (the same as `uuid.uuid5`, computed faster)."""
-    b = bytearray(hashlib.sha1(_NS + f"{system}|{value}".encode()).digest()[:16])
-    b[6] = (b[6] & 0x0F) | 0x50
-    b[8] = (b[8] & 0x3F) | 0x80
-    x = b.hex()
-    return f"urn:uuid:{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+    h = hashlib.sha1(_NS + f"{system}|{value}".encode()).hexdigest()
+    return f"urn:uuid:{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 def _concept(c: Coding) -> dict[str, Any]:
@@ -78,36 +79,16 @@ def build_bundle(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
     spec = thread if isinstance(thread, ThreadSpec) else parse_spec(thread)
     system = identifier_system
     key = spec.key
-
-    refs: dict[str, dict[str, str]] = {}
-    for alias, p in spec.participants.items():
-        refs[alias] = {"reference": p.reference, "display": p.display} if p.display is not None else {
-            "reference": p.reference}
-
+    refs = _refs(spec)
     header_url = full_url(system, key)
-    header: dict[str, Any] = {
-        "resourceType": "Communication",
-        "identifier": [{"system": system, "value": key}],
-        "status": spec.status,
-    }
-    if spec.category:
-        header["category"] = [_concept(c) for c in spec.category]
-    if spec.subject is not None:
-        header["subject"] = dict(refs[spec.subject]) if spec.subject in refs else {"reference": spec.subject}
-    header["topic"] = {"text": spec.topic}
-    if spec.sent is not None:
-        header["sent"] = spec.sent
-    header["recipient"] = [dict(r) for r in refs.values()]
-    if spec.sender is not None:
-        header["sender"] = dict(refs[spec.sender])
-    entries: list[dict[str, Any]] = [{"fullUrl": header_url, "resource": header, "request": dict(_REQUEST)}]
-
+    entries: list[dict[str, Any]] = [{"fullUrl": header_url, "resource": _header(spec, system, refs),
+                                      "request": dict(_REQUEST)}]
     urls: dict[str, str] = {}
-    aliases = list(refs)
+    recipients_of: dict[str, list[str]] = {}
+    prefix = f"{key}/"
     for m in spec.messages:
-        value = f"{key}/{m.id}"
-        url = full_url(system, value)
-        urls[m.id] = url
+        value = prefix + m.id
+        url = urls[m.id] = full_url(system, value)
         res: dict[str, Any] = {
             "resourceType": "Communication",
             "identifier": [{"system": system, "value": value}],
@@ -119,13 +100,103 @@ def build_bundle(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
         if spec.category:
             res["category"] = [_concept(c) for c in spec.category]
         res["sent"] = m.sent
-        recipients = m.recipient if m.recipient is not None else [a for a in aliases if a != m.sender]
+        recipients = _recipients(m, refs, recipients_of)
         if recipients:
             res["recipient"] = [dict(refs[a]) for a in recipients]
         res["sender"] = dict(refs[m.sender])
         res["payload"] = _payload(m)
         entries.append({"fullUrl": url, "resource": res, "request": dict(_REQUEST)})
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def _refs(spec: ThreadSpec) -> dict[str, dict[str, str]]:
+    return {alias: {"reference": p.reference, "display": p.display} if p.display is not None
+            else {"reference": p.reference} for alias, p in spec.participants.items()}
+
+
+def _recipients(m: Message, refs: Mapping[str, Any], cache: dict[str, list[str]]) -> Sequence[str]:
+    """A message's recipient aliases: as given, or every participant but the sender."""
+    if m.recipient is not None:
+        return m.recipient
+    found = cache.get(m.sender)
+    if found is None:
+        found = cache[m.sender] = [a for a in refs if a != m.sender]
+    return found
+
+
+def _header(spec: ThreadSpec, system: str, refs: Mapping[str, dict[str, str]],
+            category: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    header: dict[str, Any] = {
+        "resourceType": "Communication",
+        "identifier": [{"system": system, "value": spec.key}],
+        "status": spec.status,
+    }
+    if spec.category:
+        header["category"] = category if category is not None else [_concept(c) for c in spec.category]
+    if spec.subject is not None:
+        header["subject"] = dict(refs[spec.subject]) if spec.subject in refs else {"reference": spec.subject}
+    header["topic"] = {"text": spec.topic}
+    if spec.sent is not None:
+        header["sent"] = spec.sent
+    header["recipient"] = [dict(r) for r in refs.values()]
+    if spec.sender is not None:
+        header["sender"] = dict(refs[spec.sender])
+    return header
+
+
+@functools.lru_cache(maxsize=64)
+def _identifier_json(system: str) -> bytes:
+    return b'"},"resource":{"resourceType":"Communication","identifier":[{"system":' + orjson.dumps(system) + b',"value":'
+
+
+def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM
+                 ) -> bytes:
+    """Exactly `orjson.dumps(build_bundle(thread))`, made faster for NDJSON output and loading.
+
+    The header goes through `build_bundle`'s own code; each message is written from a template whose
+    every value is serialised by orjson (a property test holds the two equal, byte for byte).
+    """
+    spec = thread if isinstance(thread, ThreadSpec) else parse_spec(thread)
+    system = identifier_system
+    dumps_ = orjson.dumps
+    refs = _refs(spec)
+    ref_json = {alias: dumps_(r) for alias, r in refs.items()}
+    header_url = full_url(system, spec.key)
+    concepts = [_concept(c) for c in spec.category]
+    head = dumps_({"fullUrl": header_url, "resource": _header(spec, system, refs, concepts), "request": _REQUEST})
+    identifier = _identifier_json(system)
+    part_of = b'}],"partOf":[{"reference":"' + header_url.encode() + b'"}],'
+    category = b'"category":' + dumps_(concepts) + b"," if concepts else b""
+    status_json = b'"status":' + dumps_(spec.status) + b","
+    recipients_json: dict[str, bytes] = {}  # by sender, for messages with the default recipients
+    recipients_of: dict[str, list[str]] = {}
+    urls: dict[str, bytes] = {}
+    prefix = f"{spec.key}/"
+    name_prefix = _NS + f"{system}|{prefix}".encode()  # full_url, inlined: this loop is the hot path
+    sha1, variant = hashlib.sha1, _VARIANT
+    parts = [b'{"resourceType":"Bundle","type":"transaction","entry":[', head]
+    extend = parts.extend
+    for m in spec.messages:
+        value = prefix + m.id
+        h = sha1(name_prefix + m.id.encode()).hexdigest()
+        url = urls[m.id] = f"urn:uuid:{h[:8]}-{h[8:12]}-5{h[13:16]}-{variant[h[16]]}{h[17:20]}-{h[20:32]}".encode()
+        rec = recipients_json.get(m.sender) if m.recipient is None else None
+        if rec is None:
+            recipients = _recipients(m, refs, recipients_of)
+            rec = b'"recipient":[' + b",".join([ref_json[a] for a in recipients]) + b"]," if recipients else b""
+            if m.recipient is None:
+                recipients_json[m.sender] = rec
+        extend((
+            b',{"fullUrl":"', url, identifier, dumps_(value), part_of,
+            b'"inResponseTo":[{"reference":"' + urls[m.reply_to] + b'"}],' if m.reply_to is not None else b"",
+            b'"status":' + dumps_(m.status) + b"," if m.status else status_json,
+            category, b'"sent":', dumps_(m.sent), b",", rec, b'"sender":', ref_json[m.sender],
+            b',"payload":' + dumps_(_payload(m)) if m.attachments else b',"payload":[{"contentString":'
+            + dumps_(m.text) + b"}]",
+            b'},"request":{"method":"POST","url":"Communication"}}',
+        ))
+    parts.append(b"]}")
+    return b"".join(parts)
 
 
 def build_bundles(threads: Iterable[ThreadSpec | Mapping[str, Any]], *,
