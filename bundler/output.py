@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, dumps
+from .build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, bundle_bytes, dumps
 from .spec import load_specs
 
 
@@ -42,11 +42,11 @@ def write_bundle_files(items: Iterable[tuple[str, dict[str, Any]]], out_dir: Pat
     return written
 
 
-def write_ndjson(bundles: Iterable[dict[str, Any]], stream: IO[bytes]) -> int:
-    """Write bundles as NDJSON lines; returns how many."""
+def write_ndjson(lines: Iterable[bytes], stream: IO[bytes]) -> int:
+    """Write compact bundles (`bundle_bytes`) as NDJSON lines; returns how many."""
     n = 0
-    for bundle in bundles:
-        stream.write(dumps(bundle) + b"\n")
+    for line in lines:
+        stream.write(line + b"\n")
         n += 1
     return n
 
@@ -65,18 +65,19 @@ def build_files(paths: Iterable[str | Path], *, out: Path | None = None, ndjson:
     Every input is read and checked before anything is written (SpecError lists every problem).
     """
     specs = load_specs(paths)
-    bundles = ((s.key, build_bundle(s, identifier_system=identifier_system)) for s in specs)
     messages = sum(len(s.messages) for s in specs)
     if not ndjson:
         if out is None:
             raise ValueError("out is required unless ndjson")
+        bundles = ((s.key, build_bundle(s, identifier_system=identifier_system)) for s in specs)
         return BuildSummary(len(specs), messages, write_bundle_files(bundles, out))
+    lines = (bundle_bytes(s, identifier_system=identifier_system) for s in specs)
     if out is not None:
         buffer = io.BytesIO()
-        write_ndjson((b for _, b in bundles), buffer)
+        write_ndjson(lines, buffer)
         write_atomic(out, buffer.getvalue())
         return BuildSummary(len(specs), messages, [out])
     assert stream is not None
-    write_ndjson((b for _, b in bundles), stream)
+    write_ndjson(lines, stream)
     stream.flush()
     return BuildSummary(len(specs), messages, [])

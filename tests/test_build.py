@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 
 from bundler import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, dumps, full_url, load_specs, parse_spec
-from bundler.build import URN_NAMESPACE
+from bundler.build import URN_NAMESPACE, bundle_bytes
 from bundler.cli import main
 from bundler.strategies import thread_specs
 
@@ -68,6 +68,14 @@ def test_full_url_matches_uuid5() -> None:
         assert full_url("s", value) == f"urn:uuid:{uuid.uuid5(URN_NAMESPACE, 's|' + value)}"
 
 
+def test_bundle_bytes_escapes_what_a_hand_made_spec_holds() -> None:
+    from bundler.spec import Message, Participant, ThreadSpec
+
+    spec = ThreadSpec(key='k"\\', topic="t", participants={"a": Participant("a", 'Patient/"x"', "\u2028\n")},
+                      messages=(Message(id='m"1', sender="a", sent='"now"', text="\x00 </script>", status="x\\y"),))
+    assert bundle_bytes(spec) == orjson.dumps(build_bundle(spec))
+
+
 def test_result_shares_no_objects_between_resources() -> None:
     bundle = _walkthrough_bundle()
     bundle["entry"][1]["resource"]["sender"]["display"] = "changed"
@@ -115,6 +123,9 @@ def test_properties_of_built_bundles(spec: dict[str, Any]) -> None:
     assert problems == []
     assert dumps(build_bundle(reparsed)) == dumps(bundle)  # type: ignore[arg-type]
     assert orjson.loads(dumps(bundle)) == bundle
+    assert bundle_bytes(spec) == orjson.dumps(bundle)  # the fast path writes exactly the same bytes
+    assert bundle_bytes(spec, identifier_system="https://example.org/t") == orjson.dumps(
+        build_bundle(spec, identifier_system="https://example.org/t"))
     # urns: lowercase canonical uuids, unique, and every urn reference resolves to an entry
     urls = [e["fullUrl"] for e in bundle["entry"]]
     assert all(URN.match(u) for u in urls) and len(set(urls)) == len(urls)
