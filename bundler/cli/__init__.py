@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from .build import build_command
+from .load import doctor_command, load_command, verify_command
+from .validate import validate_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -14,4 +16,5 @@ def main() -> None:
     check them, and load them atomically into a Medplum project."""
 
 
-main.add_command(build_command)
+for command in (build_command, validate_command, load_command, verify_command, doctor_command):
+    main.add_command(command)

@@ -1,0 +1,60 @@
+"""`thread-bundler validate`: check Bundles (JSON, NDJSON) or specs before sending them to a server."""
+
+from __future__ import annotations
+
+import sys
+from itertools import groupby
+
+import click
+import orjson
+
+from ..limits import PROFILES
+from ..validate_files import Report, validate_files
+from .common import EXIT_ISSUES, EXIT_OK, report_errors
+
+
+def format_text(report: Report) -> str:
+    """Issues grouped by file, then by entry, then a one-line summary."""
+    lines: list[str] = []
+    for file, by_file in groupby(report.issues, key=lambda i: i.file or "<bundle>"):
+        lines.append(file)
+        for entry, by_entry in groupby(by_file, key=lambda i: (i.line, i.entry)):
+            items = list(by_entry)
+            line, index = entry
+            where = "bundle" if index is None else f"entry {index}"
+            lines.append(f"  {where}" + (f" (line {line})" if line is not None else "") + ":")
+            lines.extend(f"    {i.severity}[{i.code}] {i.path}: {i.message}" for i in items)
+    e, w = report.errors, report.warnings
+    lines.append(f"{e} error{'s' * (e != 1)}, {w} warning{'s' * (w != 1)} in {report.bundles} "
+                 f"bundle{'s' * (report.bundles != 1)} ({report.files} file{'s' * (report.files != 1)})")
+    return "\n".join(lines)
+
+
+@click.command("validate")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--limits", type=click.Choice(sorted(PROFILES)), default="medplum", show_default=True,
+              help="Server limits to check against (body size, conditional and PUT entries, ids).")
+@click.option("--format", "format_", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text for people; json: one object with every issue.")
+@click.option("--no-structure", is_flag=True, help="Skip the FHIR R4 structure check (fhir.resources; the slow part).")
+@click.option("--workers", type=click.IntRange(1), default=None, help="Processes for large inputs [default: cores].")
+@report_errors
+def validate_command(paths: tuple[str, ...], limits: str, format_: str, no_structure: bool,
+                     workers: int | None) -> None:
+    """Check Bundles in PATHS for everything a Medplum server would reject or store broken.
+
+    PATHS are Bundle JSON files, NDJSON files of Bundles (.ndjson), thread specs (.yaml, .yml, .json
+    that are not Bundles: built first, issues name the spec's lines), or folders (recursively).
+    Exit status: 0 clean (warnings allowed), 1 errors found, 2 unreadable input.
+
+    \b
+    Examples:
+      thread-bundler validate out/
+      thread-bundler validate bundles.ndjson --format json --limits none
+    """
+    report = validate_files(paths, limits=limits, structure=not no_structure, workers=workers)
+    if format_ == "json":
+        click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(format_text(report))
+    sys.exit(EXIT_ISSUES if report.errors else EXIT_OK)

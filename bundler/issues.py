@@ -1,0 +1,92 @@
+"""What `validate` reports: `Issue`, and `RULES`, the registry of every rule code it can fire.
+
+    for code, (severity, description) in RULES.items(): ...
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Severity = Literal["error", "warning"]
+
+RULES: dict[str, tuple[Severity, str]] = {
+    # the Bundle itself
+    "bundle.resource-type": ("error", "the document is a JSON object with resourceType Bundle"),
+    "bundle.type": ("error", "Bundle.type is transaction or batch"),
+    "bundle.empty": ("error", "the Bundle has at least one entry"),
+    # entries
+    "entry.resource": ("error", "entries are objects; POST/PUT/PATCH entries carry a resource of a known type"),
+    "entry.fullurl-missing": ("error", "every entry that carries a resource has a fullUrl"),
+    "entry.fullurl-duplicate": ("error", "no two entries share a fullUrl"),
+    "entry.fullurl-format": ("error", "fullUrls are lowercase canonical urn:uuid: (others are stored unresolved)"),
+    "entry.request": ("error", "request has a method (GET/HEAD/POST/PUT/DELETE/PATCH), a url, a valid ifNoneExist"),
+    "entry.request-url": ("error", "request.url fits method and resource (POST Type; PUT Type/id or Type?query)"),
+    "entry.client-id": ("error", "no client-chosen resource id on a create (POST, or conditional PUT)"),
+    # references
+    "ref.unresolved": ("error", "every urn:uuid: reference resolves to an entry's fullUrl"),
+    "ref.format": ("error", "literal references are Type/id (or #contained, urn:uuid:, an absolute URL)"),
+    "ref.type-unknown": ("error", "references name a known FHIR R4 resource type"),
+    "ref.conditional": ("error", "conditional references are Type?param=value[&param=value...]"),
+    "ref.in-text": ("warning", "no text other than a reference contains a fullUrl (the server would rewrite it)"),
+    "ref.target-type": ("error", "Communication subject/sender/recipient point at resource types FHIR R4 allows"),
+    # threads
+    "thread.header-count": ("error", "each thread has exactly one header, each message exactly one thread"),
+    "thread.header-payload": ("error", "a thread header has no payload"),
+    "thread.header-partof": ("error", "a thread header has no partOf"),
+    "thread.message-payload": ("error", "a message (a Communication with partOf) has a payload"),
+    "thread.message-partof": ("error", "a message (a Communication with a payload) has a partOf to its header"),
+    "thread.partof-target": ("error", "partOf points at a header in the bundle or an existing Communication/<id>"),
+    "thread.reply-target": ("error", "inResponseTo points at a message of the same thread"),
+    "thread.sent": ("error", "sent is a real FHIR instant with a time zone"),
+    "thread.sent-order": ("warning", "no message is sent before its thread header"),
+    "thread.header-recipients": ("warning", "the header's recipients include every message's sender and recipients"),
+    # FHIR structure
+    "fhir.structure": ("error", "every resource is valid FHIR R4 for fhir.resources (types, cardinality, elements)"),
+    # server limits (profile-dependent)
+    "limit.body-size": ("error", "the serialized Bundle fits the server's request body limit"),
+    "limit.conditional-entries": ("error", "a transaction with a conditional entry has at most the allowed entries"),
+    "limit.put-entries": ("error", "a transaction has at most the allowed PUT entries"),
+    "limit.uuid-id": ("error", "ids in PUT urls are UUIDs (Medplum refuses other client ids)"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """One thing wrong with a bundle: rule `code`, FHIRPath-like `path`, and where it came from if known.
+
+    `entry` is the entry index (None for the Bundle as a whole); `file`/`line` are filled from an
+    `origin` callback (spec-built bundles) or by the file reader.
+    """
+
+    severity: Severity
+    code: str
+    path: str
+    message: str
+    file: str | None = None
+    line: int | None = None
+    entry: int | None = None
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file is not None:
+            where = f"{self.file}:{self.line}: " if self.line is not None else f"{self.file}: "
+        return f"{where}{self.severity}[{self.code}] {self.path}: {self.message}"
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready mapping of every field."""
+        return {"severity": self.severity, "code": self.code, "path": self.path, "message": self.message,
+                "file": self.file, "line": self.line, "entry": self.entry}
+
+
+def make_issue(code: str, path: str, message: str, entry: int | None = None) -> Issue:
+    """An Issue with the severity its rule has in RULES."""
+    return Issue(RULES[code][0], code, path, message, entry=entry)
+
+
+def entry_path(index: int | None, *parts: str | int) -> str:
+    """`entry_path(3, "resource", "partOf", 0, "reference")` → `Bundle.entry[3].resource.partOf[0].reference`."""
+    out = "Bundle" if index is None else f"Bundle.entry[{index}]"
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out

@@ -1,0 +1,99 @@
+"""Server limits as a profile: what a given server refuses even in a well-formed Bundle.
+
+    validate(bundle, limits="medplum")       # the default
+    validate(bundle, limits="none")          # structure and meaning only
+    validate(bundle, limits=Limits(max_body_bytes=4 << 20))
+
+Medplum 5.x (packages/fhir-router/src/batch.ts, packages/server config): request bodies up to 1 MB
+(`maxJsonSize` '1mb' = 1,048,576 bytes); a *transaction* with a conditional entry (ifNoneExist,
+conditional PUT/DELETE/PATCH) runs serializable and holds at most 8 entries; a transaction holds at
+most 50 updates (PUT); client-chosen ids must be UUIDs ("Invalid id").
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .issues import Issue, entry_path, make_issue
+
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """One server's limits; None (or False) turns a check off."""
+
+    name: str = "custom"
+    max_body_bytes: int | None = None
+    max_conditional_entries: int | None = None
+    max_put_entries: int | None = None
+    uuid_ids: bool = False
+
+
+PROFILES: dict[str, Limits] = {
+    "medplum": Limits("medplum", max_body_bytes=1_048_576, max_conditional_entries=8, max_put_entries=50,
+                      uuid_ids=True),
+    "none": Limits("none"),
+}
+
+
+def get_limits(limits: str | Limits) -> Limits:
+    """A profile by name ('medplum', 'none') or a Limits given as is; ValueError for an unknown name."""
+    if isinstance(limits, Limits):
+        return limits
+    try:
+        return PROFILES[limits]
+    except KeyError:
+        raise ValueError(f"unknown limits profile {limits!r} (known: {', '.join(PROFILES)})") from None
+
+
+def is_conditional(entry: Any) -> bool:
+    """Whether an entry is a conditional interaction (ifNoneExist, or PUT/DELETE/PATCH Type?query)."""
+    request = entry.get("request") if isinstance(entry, dict) else None
+    if not isinstance(request, dict):
+        return False
+    if request.get("method") == "POST":
+        return bool(request.get("ifNoneExist"))
+    url = request.get("url")
+    return request.get("method") in ("PUT", "DELETE", "PATCH") and isinstance(url, str) and "?" in url
+
+
+def limit_issues(bundle: Mapping[str, Any], limits: Limits) -> list[Issue]:
+    """Issues for every limit of `limits` that `bundle` goes over."""
+    out: list[Issue] = []
+    entries = bundle.get("entry")
+    entries = entries if isinstance(entries, list) else []
+    if limits.max_body_bytes is not None:
+        size = len(orjson.dumps(bundle))
+        if size > limits.max_body_bytes:
+            out.append(make_issue("limit.body-size", "Bundle", f"the Bundle is {size:,} bytes as JSON; {limits.name} "
+                                  f"refuses request bodies over {limits.max_body_bytes:,} bytes: split it"))
+    transaction = bundle.get("type") == "transaction"
+    if transaction and limits.max_conditional_entries is not None and len(entries) > limits.max_conditional_entries:
+        first = next((i for i, e in enumerate(entries) if is_conditional(e)), None)
+        if first is not None:
+            out.append(make_issue(
+                "limit.conditional-entries", entry_path(first, "request"),
+                f"a transaction with a conditional entry runs with strict isolation and may hold at most "
+                f"{limits.max_conditional_entries} entries on {limits.name}; this one has {len(entries)}", first))
+    puts = [i for i, e in enumerate(entries) if isinstance(e, dict) and isinstance(e.get("request"), dict)
+            and e["request"].get("method") == "PUT"]
+    if transaction and limits.max_put_entries is not None and len(puts) > limits.max_put_entries:
+        out.append(make_issue("limit.put-entries", entry_path(puts[limits.max_put_entries], "request"),
+                              f"{len(puts)} PUT entries; {limits.name} allows at most {limits.max_put_entries} "
+                              f"updates in a transaction", puts[limits.max_put_entries]))
+    if limits.uuid_ids:
+        for i in puts:
+            url = entries[i]["request"].get("url")
+            if isinstance(url, str) and "?" not in url and url.count("/") == 1:
+                rid = url.split("/", 1)[1]
+                if rid and not UUID_RE.match(rid):
+                    out.append(make_issue("limit.uuid-id", entry_path(i, "request", "url"),
+                                          f"id {rid!r} is not a UUID: {limits.name} refuses client-chosen ids that "
+                                          f"are not UUIDs (400 Invalid id)", i))
+    return out

@@ -1,0 +1,391 @@
+"""Break a valid bundle in exactly one way, one function per rule code of `bundler.validate.RULES`.
+
+    broken = MUTATIONS["thread.header-payload"](bundle, random.Random(7))
+    assert {i.code for i in validate(broken)} == {"thread.header-payload"}
+
+Each mutation takes a valid Bundle as the builder makes it (a header first, then its messages, in one
+thread) and a `random.Random` (or a hypothesis `draw`-backed one, see `rng_from_draw`), and returns a
+deep copy broken surgically: no other rule fires. A mutation that needs more than the bundle has (most
+need at least one message, a few two) raises `NotApplicable`.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+Bundle = dict[str, Any]
+Mutation = Callable[[Bundle, random.Random], Bundle]
+
+
+class NotApplicable(ValueError):
+    """The bundle lacks what the mutation needs (e.g. a message to break)."""
+
+
+def rng_from_draw(draw: Callable[[Any], Any]) -> random.Random:
+    """A `random.Random` seeded from a hypothesis `draw`, so mutations shrink with the data."""
+    from hypothesis import strategies as st
+
+    return random.Random(draw(st.integers(0, 2**32 - 1)))
+
+
+def _uuid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def _copy(bundle: Bundle, min_messages: int = 1) -> tuple[Bundle, list[dict[str, Any]]]:
+    out = copy.deepcopy(bundle)
+    entries = out["entry"]
+    if len(entries) - 1 < min_messages:
+        raise NotApplicable(f"needs a bundle with at least {min_messages} message(s)")
+    return out, entries
+
+
+def _header(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    return entries[0]["resource"]
+
+
+def _message(entries: list[dict[str, Any]], rng: random.Random) -> tuple[int, dict[str, Any]]:
+    i = rng.randrange(1, len(entries))
+    return i, entries[i]["resource"]
+
+
+def _replace_strings(node: Any, old: str, new: str) -> Any:
+    if isinstance(node, dict):
+        return {k: _replace_strings(v, old, new) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_replace_strings(v, old, new) for v in node]
+    return new if node == old else node
+
+
+def _pad(entries: list[dict[str, Any]], count: int, rng: random.Random) -> None:
+    """Add copies of the last message (new fullUrl and identifier, no replies to them) up to `count` entries."""
+    last = entries[-1]
+    n = 0
+    while len(entries) < count:
+        n += 1
+        clone = copy.deepcopy(last)
+        clone["fullUrl"] = f"urn:uuid:{_uuid(rng)}"
+        for ident in clone["resource"].get("identifier", []):
+            ident["value"] = f"{ident['value']}-copy{n}"
+        entries.append(clone)
+
+
+# --- the Bundle ------------------------------------------------------------------------------------
+
+def resource_type(bundle: Bundle, rng: random.Random) -> Bundle:
+    out, _ = _copy(bundle, 0)
+    out["resourceType"] = rng.choice(["Bundles", "bundle", "Communication"])
+    return out
+
+
+def bundle_type(bundle: Bundle, rng: random.Random) -> Bundle:
+    out, _ = _copy(bundle, 0)
+    out["type"] = rng.choice(["collection", "document", "Transaction", "searchset"])
+    return out
+
+
+def empty(bundle: Bundle, rng: random.Random) -> Bundle:
+    out, _ = _copy(bundle, 0)
+    if rng.random() < 0.5:
+        out["entry"] = []
+    else:
+        del out["entry"]
+    return out
+
+
+# --- entries ---------------------------------------------------------------------------------------
+
+def entry_resource(bundle: Bundle, rng: random.Random) -> Bundle:
+    """Drop the resource of the last message (nothing refers to it)."""
+    out, entries = _copy(bundle)
+    del entries[-1]["resource"]
+    return out
+
+
+def fullurl_missing(bundle: Bundle, rng: random.Random) -> Bundle:
+    """Drop the fullUrl of the last message (nothing refers to it)."""
+    out, entries = _copy(bundle)
+    del entries[-1]["fullUrl"]
+    return out
+
+
+def fullurl_duplicate(bundle: Bundle, rng: random.Random) -> Bundle:
+    """Give the last message the fullUrl of an earlier entry."""
+    out, entries = _copy(bundle)
+    entries[-1]["fullUrl"] = entries[rng.randrange(0, len(entries) - 1)]["fullUrl"]
+    return out
+
+
+def fullurl_format(bundle: Bundle, rng: random.Random) -> Bundle:
+    """Uppercase one entry's urn, consistently in its fullUrl and every reference to it."""
+    out, entries = _copy(bundle, 0)
+    old = entries[rng.randrange(len(entries))]["fullUrl"]
+    new = rng.choice([old.upper(), "urn:uuid:" + old[9:].upper(), old.replace("-", "")])
+    out["entry"] = _replace_strings(entries, old, new)
+    return out
+
+
+def request(bundle: Bundle, rng: random.Random) -> Bundle:
+    out, entries = _copy(bundle, 0)
+    e = entries[rng.randrange(len(entries))]
+    choice = rng.randrange(3)
+    if choice == 0:
+        e["request"]["method"] = rng.choice(["SEND", "post", "CREATE"])
+    elif choice == 1:
+        del e["request"]["url"]
+    else:
+        e["request"]["ifNoneExist"] = rng.choice(["identifier", "Communication?identifier=x|y", "=x"])
+    return out
+
+
+def request_url(bundle: Bundle, rng: random.Random) -> Bundle:
+    out, entries = _copy(bundle, 0)
+    e = entries[rng.randrange(len(entries))]
+    e["request"]["url"] = rng.choice(["Patient", "Communication/", "/Communication", "Communications"])
+    return out
+
+
+def client_id(bundle: Bundle, rng: random.Random) -> Bundle:
+    out, entries = _copy(bundle, 0)
+    entries[rng.randrange(len(entries))]["resource"]["id"] = _uuid(rng)
+    return out
+
+
+# --- references ------------------------------------------------------------------------------------
+
+def _set_subject(bundle: Bundle, reference: str) -> Bundle:
+    out, entries = _copy(bundle, 0)
+    _header(entries)["subject"] = {"reference": reference}
+    return out
+
+
+def unresolved(bundle: Bundle, rng: random.Random) -> Bundle:
+    """Delete an entry others point at (the header, or a message replied to)."""
+    out, entries = _copy(bundle)
+    targets = {r["reference"] for e in entries[1:] for r in e["resource"].get("inResponseTo", [])}
+    candidates = [0] + [i for i, e in enumerate(entries) if e["fullUrl"] in targets]
+    del entries[rng.choice(candidates)]
+    return out
+
+
+def ref_format(bundle: Bundle, rng: random.Random) -> Bundle:
+    return _set_subject(bundle, rng.choice(["Patient/", "Patient/has space", "patient", "Patient//1",
+                                            "urn:oid:1.2.3", "Patient/" + "x" * 65]))
+
+
+def type_unknown(bundle: Bundle, rng: random.Random) -> Bundle:
+    return _set_subject(bundle, rng.choice([f"Pateint/{_uuid(rng)}", "Patients?identifier=a|b", "Customer/1"]))
+
+
+def conditional(bundle: Bundle, rng: random.Random) -> Bundle:
+    return _set_subject(bundle, rng.choice(["Patient?identifier", "Patient?", "Patient?=x", "Patient?identifier=",
+                                            "Patient?identifier=a&", "Patient?na me=x"]))
+
+
+def in_text(bundle: Bundle, rng: random.Random) -> Bundle:
+    """Mention an entry's fullUrl in the header's topic text."""
+    out, entries = _copy(bundle, 0)
+    url = entries[rng.randrange(len(entries))]["fullUrl"]
+    topic = _header(entries).setdefault("topic", {})
+    topic["text"] = f"{topic.get('text', 'Thread')} (see {url})"
+    return out
+
+
+def target_type(bundle: Bundle, rng: random.Random) -> Bundle:
+    return _set_subject(bundle, f"{rng.choice(['Location', 'Practitioner', 'Observation'])}/{_uuid(rng)}")
+
+
+# --- threads ---------------------------------------------------------------------------------------
+
+def header_count(bundle: Bundle, rng: random.Random) -> Bundle:
+    """Add a second header with the same identifier (a new fullUrl, nothing points at it)."""
+    out, entries = _copy(bundle, 0)
+    clone = copy.deepcopy(entries[0])
+    clone["fullUrl"] = f"urn:uuid:{_uuid(rng)}"
+    entries.insert(rng.randrange(1, len(entries) + 1), clone)
+    return out
+
+
+def header_payload(bundle: Bundle, rng: random.Random) -> Bundle:
+    out, entries = _copy(bundle)
+    _header(entries)["payload"] = [{"contentString": rng.choice(["Welcome", "Hi all", "Thread opened"])}]
+    return out
+
+
+def header_partof(bundle: Bundle, rng: random.Random) -> Bundle:
+    out, entries = _copy(bundle)
+    _header(entries)["partOf"] = [{"reference": f"Communication/{_uuid(rng)}"}]
+    return out
+
+
+def message_payload(bundle: Bundle, rng: random.Random) -> Bundle:
+    out, entries = _copy(bundle)
+    del _message(entries, rng)[1]["payload"]
+    return out
+
+
+def message_partof(bundle: Bundle, rng: random.Random) -> Bundle:
+    out, entries = _copy(bundle)
+    del _message(entries, rng)[1]["partOf"]
+    return out
+
+
+def partof_target(bundle: Bundle, rng: random.Random) -> Bundle:
+    """Point a message's partOf at another message, or at a resource that is not a Communication."""
+    out, entries = _copy(bundle)
+    i, msg = _message(entries, rng)
+    others = [e["fullUrl"] for k, e in enumerate(entries[1:], 1) if k != i]
+    target = rng.choice(others) if others and rng.random() < 0.5 else f"Patient/{_uuid(rng)}"
+    msg["partOf"] = [{"reference": target}]
+    return out
+
+
+def reply_target(bundle: Bundle, rng: random.Random) -> Bundle:
+    """Point a reply at the header, or at a message outside the (new) thread."""
+    out, entries = _copy(bundle)
+    _, msg = _message(entries, rng)
+    target = entries[0]["fullUrl"] if rng.random() < 0.5 else f"Communication/{_uuid(rng)}"
+    msg["inResponseTo"] = [{"reference": target}]
+    return out
+
+
+def sent(bundle: Bundle, rng: random.Random) -> Bundle:
+    out, entries = _copy(bundle)
+    _message(entries, rng)[1]["sent"] = rng.choice(["2024-02-30T10:00:00Z", "2024-04-10T10:00:00",
+                                                     "2024-04-10T24:30:00Z", "2023-02-29T10:00:00+01:00"])
+    return out
+
+
+def sent_order(bundle: Bundle, rng: random.Random) -> Bundle:
+    """Make a message older than its header (moving the header's sent after it if the message has none)."""
+    from .rules import parse_instant
+
+    out, entries = _copy(bundle)
+    header = _header(entries)
+    _, msg = _message(entries, rng)
+    if "sent" in header:
+        start = parse_instant(header["sent"])[0]
+        assert start is not None
+        msg["sent"] = (start.replace(microsecond=0) - _hours(rng)).strftime("%Y-%m-%dT%H:%M:%S%z")
+        msg["sent"] = msg["sent"][:-2] + ":" + msg["sent"][-2:]
+    else:
+        latest = max(parse_instant(e["resource"]["sent"])[0] for e in entries[1:])  # type: ignore[type-var]
+        header["sent"] = (latest.replace(microsecond=0) + _hours(rng)).strftime("%Y-%m-%dT%H:%M:%S%z")
+        header["sent"] = header["sent"][:-2] + ":" + header["sent"][-2:]
+    return out
+
+
+def _hours(rng: random.Random) -> Any:
+    import datetime as dt
+
+    return dt.timedelta(hours=rng.randint(1, 48))
+
+
+def header_recipients(bundle: Bundle, rng: random.Random) -> Bundle:
+    """Drop from the header's recipients someone a message is sent by or to."""
+    out, entries = _copy(bundle)
+    header = _header(entries)
+    people = {r["reference"] for e in entries[1:] for r in
+              [e["resource"].get("sender", {}), *e["resource"].get("recipient", [])] if "reference" in r}
+    keep = [r for r in header.get("recipient", []) if r.get("reference") not in people]
+    drop = sorted(r["reference"] for r in header.get("recipient", []) if r.get("reference") in people)
+    if not drop:
+        raise NotApplicable("no message sender or recipient is among the header's recipients")
+    gone = rng.choice(drop)
+    keep = [r for r in header["recipient"] if r.get("reference") != gone]
+    if keep:
+        header["recipient"] = keep
+    else:
+        del header["recipient"]
+    return out
+
+
+# --- FHIR structure and limits ---------------------------------------------------------------------
+
+def structure(bundle: Bundle, rng: random.Random) -> Bundle:
+    out, entries = _copy(bundle, 0)
+    res = entries[rng.randrange(len(entries))]["resource"]
+    choice = rng.randrange(3)
+    if choice == 0:
+        res["colour"] = "blue"
+    elif choice == 1:
+        res["identifier"] = {"value": "not-a-list"}
+    else:
+        res["status"] = 7
+    return out
+
+
+def body_size(bundle: Bundle, rng: random.Random) -> Bundle:
+    out, entries = _copy(bundle, 0)
+    topic = _header(entries).setdefault("topic", {})
+    topic["text"] = topic.get("text", "Thread") + " " + "lorem ipsum " * (1_100_000 // 12)
+    return out
+
+
+def conditional_entries(bundle: Bundle, rng: random.Random) -> Bundle:
+    """Make the header a conditional create in a transaction of more than 8 entries."""
+    out, entries = _copy(bundle)
+    _pad(entries, 9 + rng.randrange(3), rng)
+    ident = _header(entries).get("identifier", [{"system": "urn:x", "value": "thread"}])[0]
+    entries[0]["request"]["ifNoneExist"] = f"identifier={ident.get('system', '')}|{ident['value']}"
+    return out
+
+
+def put_entries(bundle: Bundle, rng: random.Random) -> Bundle:
+    """Turn every entry into PUT Communication/<uuid> (with that id), 51 or more of them."""
+    out, entries = _copy(bundle)
+    _pad(entries, 51 + rng.randrange(3), rng)
+    for e in entries:
+        rid = _uuid(rng)
+        e["resource"]["id"] = rid
+        e["request"] = {"method": "PUT", "url": f"Communication/{rid}"}
+    return out
+
+
+def uuid_id(bundle: Bundle, rng: random.Random) -> Bundle:
+    out, entries = _copy(bundle, 0)
+    e = entries[rng.randrange(len(entries))]
+    rid = rng.choice(["homer-simpson", "msg-1", "123"])
+    e["resource"]["id"] = rid
+    e["request"] = {"method": "PUT", "url": f"Communication/{rid}"}
+    return out
+
+
+MUTATIONS: dict[str, Mutation] = {
+    "bundle.resource-type": resource_type,
+    "bundle.type": bundle_type,
+    "bundle.empty": empty,
+    "entry.resource": entry_resource,
+    "entry.fullurl-missing": fullurl_missing,
+    "entry.fullurl-duplicate": fullurl_duplicate,
+    "entry.fullurl-format": fullurl_format,
+    "entry.request": request,
+    "entry.request-url": request_url,
+    "entry.client-id": client_id,
+    "ref.unresolved": unresolved,
+    "ref.format": ref_format,
+    "ref.type-unknown": type_unknown,
+    "ref.conditional": conditional,
+    "ref.in-text": in_text,
+    "ref.target-type": target_type,
+    "thread.header-count": header_count,
+    "thread.header-payload": header_payload,
+    "thread.header-partof": header_partof,
+    "thread.message-payload": message_payload,
+    "thread.message-partof": message_partof,
+    "thread.partof-target": partof_target,
+    "thread.reply-target": reply_target,
+    "thread.sent": sent,
+    "thread.sent-order": sent_order,
+    "thread.header-recipients": header_recipients,
+    "fhir.structure": structure,
+    "limit.body-size": body_size,
+    "limit.conditional-entries": conditional_entries,
+    "limit.put-entries": put_entries,
+    "limit.uuid-id": uuid_id,
+}
+"""rule code → mutation that breaks a valid builder bundle so that exactly that rule fires."""

@@ -1,0 +1,574 @@
+"""The structural, reference and thread rules of `validate` (everything but FHIR structure and limits).
+
+Pure functions over a Bundle dict; nothing here writes to it.
+
+What a thread is, in a Bundle:
+
+* A **message** is a Communication with a `payload` and a `partOf`. Its thread is what its (single)
+  `partOf` points at: a header entry of the bundle (by `urn:uuid:`, by `Communication/<id>` of a PUT
+  entry, or by a conditional `Communication?identifier=system|value` that matches a header's
+  identifier), or otherwise an existing thread on the server, `Communication/<id>` (or a conditional
+  reference to one). Messages that continue an existing thread need no header in the bundle.
+* A **header** is a Communication without `partOf`, or one that messages point at with `partOf`.
+  A header that has a payload or a partOf is reported (`thread.header-payload`,
+  `thread.header-partof`); a Communication with a payload and neither a partOf nor messages pointing
+  at it is a message missing its partOf (`thread.message-partof`).
+* Each thread has exactly one header: two headers sharing an identifier (system|value), or a message
+  with several partOf, are `thread.header-count`.
+* A reply (`inResponseTo`) must point at a message of the same thread. Replies to messages outside the
+  bundle are accepted in an existing thread and refused in a thread the bundle creates (POST).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .fhircheck import resource_types
+from .issues import Issue, entry_path, make_issue
+from .spec import instant_problem
+
+CANONICAL_URN = re.compile(r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_URN_IN_TEXT = re.compile(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_ID = r"[A-Za-z0-9\-.]{1,64}"
+_LITERAL = re.compile(rf"^([A-Za-z]+)/({_ID})(?:/_history/{_ID})?$")
+_ABSOLUTE = re.compile(rf"^https?://\S+/([A-Z][A-Za-z]+)/({_ID})(?:/_history/{_ID})?$")
+_PARAM = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-.:]*$")
+METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH")
+_INSTANT = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d+)?(Z|([+-])(\d\d):(\d\d))$")
+
+# FHIR R4 Communication reference targets.
+TARGET_TYPES: dict[str, frozenset[str]] = {
+    "subject": frozenset({"Patient", "Group"}),
+    "sender": frozenset({"Device", "Organization", "Patient", "Practitioner", "PractitionerRole", "RelatedPerson",
+                         "HealthcareService"}),
+    "recipient": frozenset({"Device", "Organization", "Patient", "Practitioner", "PractitionerRole", "RelatedPerson",
+                            "Group", "CareTeam", "HealthcareService"}),
+}
+
+
+def query_problem(query: str) -> str | None:
+    """Why `query` (what follows '?') is not `param=value[&param=value...]`, or None."""
+    if not query:
+        return "has no search parameters after '?'"
+    for part in query.split("&"):
+        name, eq, value = part.partition("=")
+        if not eq:
+            return f"{part!r} is not param=value"
+        if not _PARAM.match(name):
+            return f"{name!r} is not a search parameter name"
+        if not value or value != value.strip():
+            return f"parameter {name!r} has an empty or padded value"
+    return None
+
+
+@functools.cache
+def _zone(text: str) -> dt.tzinfo | None:
+    """'Z' or '+hh:mm' as a tzinfo; None when FHIR does not allow the offset (beyond ±14:00)."""
+    if text == "Z":
+        return dt.UTC
+    hours, minutes = int(text[1:3]), int(text[4:6])
+    if hours > 14 or minutes > 59 or (hours == 14 and minutes):
+        return None
+    return dt.timezone((1 if text[0] == "+" else -1) * dt.timedelta(hours=hours, minutes=minutes))
+
+
+def parse_instant(value: str) -> tuple[dt.datetime | None, str | None]:
+    """(aware datetime, None) for a real FHIR instant (fraction cut to microseconds), else (None, why)."""
+    m = _INSTANT.match(value)
+    if m is not None and _zone(m.group(8)) is not None:
+        try:
+            return dt.datetime.fromisoformat(value), None
+        except ValueError:
+            pass
+        y, mo, d, h, mi, s = (int(x) for x in m.groups()[:6])
+        frac = int((m.group(7) or ".0")[1:7].ljust(6, "0"))
+        tz = _zone(m.group(8))
+        if tz is not None:
+            try:
+                return dt.datetime(y, mo, d, h, mi, s, frac, tzinfo=tz), None
+            except ValueError:
+                pass
+    problem = instant_problem(value)
+    if problem is None and m is not None:  # a leap second: valid, counted as :59
+        return parse_instant(value[:17] + "59" + value[19:])[0], None
+    return None, problem or f"{value!r} is not a FHIR instant"
+
+
+@dataclass(slots=True)
+class Target:
+    """What a reference string points at."""
+
+    kind: str  # entry | literal | conditional | absolute | contained | bad
+    type: str | None = None
+    entry: int | None = None
+    rest: str = ""  # the id or the query
+
+
+@dataclass
+class _Ctx:
+    bundle: Mapping[str, Any]
+    entries: list[Any]
+    out: list[Issue] = field(default_factory=list)
+    by_url: dict[str, int] = field(default_factory=dict)  # fullUrl → first entry index
+    by_literal: dict[str, int] = field(default_factory=dict)  # "Type/id" of PUT entries → index
+    resources: dict[int, dict[str, Any]] = field(default_factory=dict)  # index → resource of a known type
+    methods: dict[int, str] = field(default_factory=dict)
+    bad_entries: set[int] = field(default_factory=set)
+    _memo: dict[str, Target] = field(default_factory=dict)
+
+    def add(self, code: str, index: int | None, parts: tuple[str | int, ...], message: str) -> None:
+        self.out.append(make_issue(code, entry_path(index, *parts), message, index))
+
+    def target(self, ref: str) -> Target:
+        """What `ref` points at (memoized: bundles repeat the same few references)."""
+        t = self._memo.get(ref)
+        if t is None:
+            t = self._memo[ref] = self._target(ref)
+        return t
+
+    def _target(self, ref: str) -> Target:
+        if ref.startswith("urn:uuid:") or ref[:9].lower() == "urn:uuid:":
+            j = self.by_url.get(ref)
+            return Target("entry", self._type(j), j) if j is not None else Target("bad")
+        if ref.startswith("#"):
+            return Target("contained")
+        if "?" in ref:
+            t, _, q = ref.partition("?")
+            return Target("conditional", t, rest=q)
+        m = _LITERAL.match(ref)
+        if m:
+            j = self.by_literal.get(f"{m.group(1)}/{m.group(2)}")
+            if j is not None:
+                return Target("entry", self._type(j), j)
+            return Target("literal", m.group(1), rest=m.group(2))
+        m = _ABSOLUTE.match(ref)
+        if m:
+            return Target("absolute", m.group(1), rest=m.group(2))
+        return Target("bad")
+
+    def _type(self, j: int) -> str | None:
+        r = self.resources.get(j)
+        return r["resourceType"] if r is not None else None
+
+
+def check_rules(bundle: Any) -> list[Issue]:
+    """Issues of every bundle, entry, reference and thread rule (not FHIR structure, not limits)."""
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        got = bundle.get("resourceType") if isinstance(bundle, dict) else type(bundle).__name__
+        return [make_issue("bundle.resource-type", "Bundle.resourceType", f"expected a Bundle, got {got!r}")]
+    ctx = _Ctx(bundle, [])
+    if bundle.get("type") not in ("transaction", "batch"):
+        ctx.add("bundle.type", None, ("type",), f"must be 'transaction' or 'batch', got {bundle.get('type')!r}")
+    entries = bundle.get("entry")
+    if not isinstance(entries, list) or not entries:
+        ctx.add("bundle.empty", None, ("entry",), "a transaction needs at least one entry")
+        return ctx.out
+    ctx.entries = entries
+    _entries(ctx)
+    _references(ctx)
+    _threads(ctx)
+    return ctx.out
+
+
+# --- entries ---------------------------------------------------------------------------------------
+
+
+def _entries(ctx: _Ctx) -> None:
+    known = resource_types()
+    for i, entry in enumerate(ctx.entries):
+        if not isinstance(entry, dict):
+            ctx.add("entry.resource", i, (), "an entry must be a JSON object")
+            ctx.bad_entries.add(i)
+            continue
+        request = entry.get("request")
+        method = request.get("method") if isinstance(request, dict) else None
+        url = request.get("url") if isinstance(request, dict) else None
+        resource = entry.get("resource")
+        if not isinstance(request, dict):
+            ctx.add("entry.request", i, ("request",), "every entry of a transaction needs a request (method, url)")
+        elif method not in METHODS:
+            ctx.add("entry.request", i, ("request", "method"), f"method must be one of {', '.join(METHODS)}; "
+                                                               f"got {method!r}")
+            method = None
+        elif not isinstance(url, str) or not url.strip():
+            ctx.add("entry.request", i, ("request", "url"), "request.url is missing or empty")
+            method = None
+        elif "ifNoneExist" in request and (not isinstance(request["ifNoneExist"], str)
+                                          or query_problem(request["ifNoneExist"])):
+            why = query_problem(request["ifNoneExist"]) if isinstance(request["ifNoneExist"], str) else "not text"
+            ctx.add("entry.request", i, ("request", "ifNoneExist"),
+                    f"must be a search query like identifier=system|value: {why}")
+        if method is not None:
+            ctx.methods[i] = method
+        carries = method in ("POST", "PUT", "PATCH") or (method is None and resource is not None)
+        if carries:
+            rtype = resource.get("resourceType") if isinstance(resource, dict) else None
+            if not isinstance(resource, dict):
+                ctx.add("entry.resource", i, ("resource",), f"a {method or 'write'} entry needs a resource object")
+                ctx.bad_entries.add(i)
+            elif rtype not in known:
+                ctx.add("entry.resource", i, ("resource", "resourceType"),
+                        f"{rtype!r} is not a FHIR R4 resource type")
+                ctx.bad_entries.add(i)
+            else:
+                ctx.resources[i] = resource
+        elif resource is not None:
+            ctx.add("entry.resource", i, ("resource",), f"a {method} entry carries no resource")
+            ctx.bad_entries.add(i)
+        _full_url(ctx, i, entry, carries)
+        if method is not None and i not in ctx.bad_entries:
+            _request_url(ctx, i, method, url, ctx.resources.get(i))
+
+
+def _full_url(ctx: _Ctx, i: int, entry: dict[str, Any], carries: bool) -> None:
+    url = entry.get("fullUrl")
+    if url is None:
+        if carries:
+            ctx.add("entry.fullurl-missing", i, ("fullUrl",),
+                    "no fullUrl: give every created resource a urn:uuid: fullUrl so it can be referenced")
+        return
+    if not isinstance(url, str):
+        ctx.add("entry.fullurl-format", i, ("fullUrl",), "fullUrl must be a string")
+        return
+    if url in ctx.by_url:
+        ctx.add("entry.fullurl-duplicate", i, ("fullUrl",),
+                f"{url} is also the fullUrl of entry {ctx.by_url[url]}: references to it become ambiguous")
+        return
+    ctx.by_url[url] = i
+    if not CANONICAL_URN.match(url):
+        ctx.add("entry.fullurl-format", i, ("fullUrl",),
+                f"{url!r} is not a lowercase canonical urn:uuid:<uuid>: Medplum leaves references to it unresolved")
+
+
+def _request_url(ctx: _Ctx, i: int, method: str, url: str, resource: dict[str, Any] | None) -> None:
+    rtype = resource["resourceType"] if resource is not None else None
+    known = resource_types()
+    path = ("request", "url")
+    base, q, query = url.partition("?")
+    if method == "POST":
+        if rtype is not None and url != rtype:
+            ctx.add("entry.request-url", i, path, f"a POST of a {rtype} goes to {rtype!r}, not {url!r}")
+        elif rtype is not None and "id" in resource:  # type: ignore[operator]
+            ctx.add("entry.client-id", i, ("resource", "id"),
+                    "a created resource gets its id from the server: remove id (Medplum refuses client ids)")
+        return
+    if method in ("GET", "HEAD"):
+        if url.startswith("/") or "://" in url:
+            ctx.add("entry.request-url", i, path, f"{method} url must be relative to the server base, got {url!r}")
+        return
+    if q:
+        problem = query_problem(query)
+        if base not in known:
+            why: str | None = f"{base!r} is not a resource type"
+        elif rtype is not None and base != rtype:
+            why = f"{base!r} is not the resource's type {rtype!r}"
+        else:
+            why = problem
+        if why:
+            ctx.add("entry.request-url", i, path, f"conditional {method} url must be Type?param=value: {why}")
+        elif method == "PUT" and resource is not None and "id" in resource:
+            ctx.add("entry.client-id", i, ("resource", "id"),
+                    "a conditional PUT may create the resource: remove id (Medplum: 'Cannot provide ID for create "
+                    "by update')")
+        return
+    m = _LITERAL.match(url)
+    if not m or "/_history/" in url or m.group(1) not in known:
+        ctx.add("entry.request-url", i, path, f"{method} url must be Type/id or Type?param=value, got {url!r}")
+        return
+    if rtype is not None and m.group(1) != rtype:
+        ctx.add("entry.request-url", i, path, f"url names a {m.group(1)} but the resource is a {rtype}")
+        return
+    ctx.by_literal.setdefault(f"{m.group(1)}/{m.group(2)}", i)
+    if method == "PUT" and resource is not None and resource.get("id") != m.group(2):
+        ctx.add("entry.request-url", i, path,
+                f"url id {m.group(2)!r} differs from resource.id {resource.get('id')!r}: they must be equal")
+
+
+# --- references ------------------------------------------------------------------------------------
+
+
+def _walk(node: Any, loc: tuple[str | int, ...], refs: list[tuple[tuple[str | int, ...], str]],
+          texts: list[tuple[tuple[str | int, ...], str, str]]) -> None:
+    """Collect every `reference` string and every other string that contains 'urn:uuid:'."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if type(v) is str:
+                if k == "reference":
+                    refs.append(((*loc, k), v))
+                elif "urn:uuid:" in v:
+                    texts.append(((*loc, k), k, v))
+            elif isinstance(v, dict | list):
+                _walk(v, (*loc, k), refs, texts)
+    else:
+        for n, v in enumerate(node):
+            if type(v) is str:
+                if "urn:uuid:" in v:
+                    texts.append(((*loc, n), "", v))
+            elif isinstance(v, dict | list):
+                _walk(v, (*loc, n), refs, texts)
+
+
+def _references_fine(ctx: _Ctx) -> bool:
+    """Fast path: True when serializing the bundle shows every reference is fine and no other string
+    holds 'urn:uuid:' (then the walk that locates problems is not needed); False means: walk."""
+    try:
+        blob = orjson.dumps(ctx.bundle)
+    except (TypeError, orjson.JSONEncodeError):
+        return False
+    known = resource_types()
+    for raw in {part[:part.find(b'"')] for part in blob.split(b'"reference":"')[1:]}:
+        if b"\\" in raw or (b"urn:uuid:" in raw and not raw.startswith(b"urn:uuid:")) or raw.count(b"urn:uuid:") > 1:
+            return False
+        t = ctx.target(raw.decode())
+        if t.kind == "bad" or (t.kind in ("literal", "absolute", "conditional") and t.type not in known) or (
+                t.kind == "conditional" and query_problem(t.rest)):
+            return False
+    urns = sum(u.count("urn:uuid:") for u in ctx.by_url) + blob.count(b'"reference":"urn:uuid:')
+    return blob.count(b"urn:uuid:") == urns
+
+
+def _references(ctx: _Ctx) -> None:
+    if _references_fine(ctx):
+        return
+    known = resource_types()
+    canonical = {u for u in ctx.by_url if CANONICAL_URN.match(u)}
+    for i, resource in ctx.resources.items():
+        refs: list[tuple[tuple[str | int, ...], str]] = []
+        texts: list[tuple[tuple[str | int, ...], str, str]] = []
+        _walk(resource, ("resource",), refs, texts)
+        for loc, ref in refs:
+            t = ctx.target(ref)
+            if t.kind == "entry":
+                continue
+            if ref[:9].lower() == "urn:uuid:":
+                ctx.add("ref.unresolved", i, loc, f"{ref} is the fullUrl of no entry in this bundle: Medplum "
+                                                  f"would store it as written, pointing nowhere")
+            elif t.kind == "conditional":
+                if t.type not in known:
+                    ctx.add("ref.type-unknown", i, loc, f"{t.type!r} is not a FHIR R4 resource type")
+                elif problem := query_problem(t.rest):
+                    ctx.add("ref.conditional", i, loc, f"conditional reference {ref!r} {problem}")
+            elif t.kind in ("literal", "absolute"):
+                if t.type not in known:
+                    ctx.add("ref.type-unknown", i, loc, f"{t.type!r} is not a FHIR R4 resource type")
+            elif t.kind == "bad":
+                ctx.add("ref.format", i, loc, f"{ref!r} is not a reference: expected Type/id, "
+                                              f"Type?param=value or urn:uuid:<uuid>")
+        for loc, key, text in texts:
+            found = [u for u in _URN_IN_TEXT.findall(text) if u in canonical]
+            if found and not (key == "url" and text in canonical):
+                ctx.add("ref.in-text", i, loc, f"contains {found[0]}, the fullUrl of entry {ctx.by_url[found[0]]}: "
+                                               f"the server will replace it with that resource's id")
+
+
+# --- threads ---------------------------------------------------------------------------------------
+
+
+def _refs(resource: Mapping[str, Any], key: str) -> list[tuple[int, str]]:
+    value = resource.get(key)
+    if not isinstance(value, list):
+        return []
+    return [(k, r["reference"]) for k, r in enumerate(value) if isinstance(r, dict) and
+            isinstance(r.get("reference"), str)]
+
+
+def _tokens(resource: Mapping[str, Any]) -> list[str]:
+    ids = resource.get("identifier")
+    if not isinstance(ids, list):
+        return []
+    return [f"{x.get('system', '')}|{x['value']}" for x in ids
+            if isinstance(x, dict) and isinstance(x.get("value"), str)]
+
+
+def _threads(ctx: _Ctx) -> None:
+    comms = {i: r for i, r in ctx.resources.items() if r["resourceType"] == "Communication"}
+    if not comms:
+        return
+    has_partof = {i: bool(r.get("partOf")) for i, r in comms.items()}
+    has_payload = {i: bool(r.get("payload")) for i, r in comms.items()}
+    headers_by_token: dict[str, int] = {}
+    for i, r in comms.items():
+        if not has_partof[i]:
+            for tok in _tokens(r):
+                headers_by_token.setdefault(tok, i)
+
+    def resolve(ref: str, kind_ok: str) -> Target:
+        """Like ctx.target, also matching conditional Communication?identifier=... to bundle entries."""
+        t = ctx.target(ref)
+        if t.kind == "conditional" and t.type == "Communication" and t.rest.startswith("identifier="):
+            tok = t.rest.removeprefix("identifier=")
+            tok = tok if "|" in tok else f"|{tok}"
+            if kind_ok == "message" and not messages_by_token:
+                for m in messages:
+                    for mt in _tokens(comms[m]):
+                        messages_by_token.setdefault(mt, m)
+            j = headers_by_token.get(tok) if kind_ok == "header" else messages_by_token.get(tok)
+            if j is not None:
+                return Target("entry", "Communication", j)
+        return t
+
+    messages_by_token: dict[str, int] = {}  # filled on first need (conditional inResponseTo)
+    headers: set[int] = set()
+    messages: set[int] = set()
+    # partOf targets, and which entries messages point at
+    partof: dict[int, list[tuple[int, str, Target]]] = {}
+    targeted: set[int] = set()
+    for i, r in comms.items():
+        if has_partof[i]:
+            partof[i] = [(k, ref, resolve(ref, "header")) for k, ref in _refs(r, "partOf")]
+            targeted.update(t.entry for _, _, t in partof[i] if t.kind == "entry" and t.entry != i)
+
+    for i in comms:
+        if not has_partof[i]:
+            if has_payload[i] and i not in targeted:
+                messages.add(i)
+                ctx.add("thread.message-partof", i, ("resource", "partOf"),
+                        "a message (it has a payload) needs partOf pointing at its thread header")
+            else:
+                headers.add(i)
+                if has_payload[i]:
+                    ctx.add("thread.header-payload", i, ("resource", "payload"),
+                            "a thread header (messages point at it with partOf) must have no payload")
+        elif i in targeted and not has_payload[i]:
+            headers.add(i)
+            ctx.add("thread.header-partof", i, ("resource", "partOf"),
+                    "a thread header (messages point at it with partOf) must have no partOf")
+        else:
+            messages.add(i)
+            if not has_payload[i]:
+                ctx.add("thread.message-payload", i, ("resource", "payload"),
+                        "a message (it has partOf) needs a payload: contentString, contentAttachment or "
+                        "contentReference")
+
+    # duplicate headers
+    seen: dict[str, int] = {}
+    for h in sorted(headers):
+        for tok in _tokens(comms[h]):
+            if tok in seen and seen[tok] != h:
+                ctx.add("thread.header-count", h, ("resource", "identifier"),
+                        f"entry {seen[tok]} is a header with the same identifier {tok}: a thread has one header")
+                break
+            seen.setdefault(tok, h)
+
+    # each message's thread
+    thread: dict[int, tuple[str, Any]] = {}
+    for i in sorted(messages & set(partof)):
+        targets = partof[i]
+        if len(targets) > 1:
+            ctx.add("thread.header-count", i, ("resource", "partOf"),
+                    f"{len(targets)} partOf references: a message belongs to exactly one thread")
+        if not targets:
+            continue
+        k, ref, t = targets[0]
+        where = ("resource", "partOf", k, "reference")
+        if t.kind == "entry" and t.entry in headers:
+            thread[i] = ("entry", t.entry)
+        elif t.kind == "entry" and t.entry is not None:
+            what = "a message" if t.entry in messages else f"a {t.type}" if t.type else "no resource"
+            ctx.add("thread.partof-target", i, where, f"partOf points at entry {t.entry}, {what}, not a thread header")
+        elif t.kind in ("literal", "conditional", "absolute") and t.type == "Communication":
+            thread[i] = ("external", ref)
+        elif t.kind != "bad" and (t.kind == "contained" or t.type in resource_types()):
+            ctx.add("thread.partof-target", i, where,
+                    f"partOf {ref!r} is not a thread header: point it at the header's urn:uuid: or Communication/<id>")
+
+    _replies(ctx, comms, messages, thread, resolve)
+    _sent(ctx, comms, headers, thread)
+    _recipients(ctx, comms, headers, thread)
+    _target_types(ctx, comms)
+
+
+def _replies(ctx: _Ctx, comms: dict[int, dict[str, Any]], messages: set[int], thread: dict[int, tuple[str, Any]],
+             resolve: Any) -> None:
+    for i in sorted(thread):
+        mine = thread[i]
+        for k, ref in _refs(comms[i], "inResponseTo"):
+            t = resolve(ref, "message")
+            where = ("resource", "inResponseTo", k, "reference")
+            if t.kind == "bad":
+                continue
+            if t.kind == "entry":
+                if t.entry in messages and t.entry not in thread:
+                    continue  # that message's own partOf is already reported
+                if t.entry not in messages or thread.get(t.entry) != mine:
+                    what = "another thread's message" if t.entry in messages else "not a message"
+                    ctx.add("thread.reply-target", i, where, f"inResponseTo points at entry {t.entry}, {what}: "
+                                                             f"a reply answers a message of its own thread")
+                continue
+            if t.type != "Communication" or t.kind == "contained":
+                ctx.add("thread.reply-target", i, where, f"inResponseTo {ref!r} is not a message of this thread")
+            elif mine[0] == "entry" and ctx.methods.get(mine[1]) == "POST":
+                ctx.add("thread.reply-target", i, where,
+                        f"inResponseTo {ref!r} is outside the bundle, but this thread is created by the bundle "
+                        f"(entry {mine[1]}) and has no earlier messages: it belongs to another thread")
+
+
+def _sent(ctx: _Ctx, comms: dict[int, dict[str, Any]], headers: set[int], thread: dict[int, tuple[str, Any]]) -> None:
+    when: dict[int, dt.datetime] = {}
+    for i, r in comms.items():
+        if "sent" not in r:
+            continue
+        value = r["sent"]
+        moment, problem = parse_instant(value) if isinstance(value, str) else (None, f"must be a string, got {value!r}")
+        if problem:
+            ctx.add("thread.sent", i, ("resource", "sent"), problem)
+        elif moment is not None:
+            when[i] = moment
+    for i, (kind, h) in sorted(thread.items()):
+        if kind == "entry" and i in when and h in when and when[i] < when[h]:
+            ctx.add("thread.sent-order", i, ("resource", "sent"),
+                    f"sent {comms[i]['sent']} is before its header's sent {comms[h]['sent']} (entry {h})")
+
+
+def _recipients(ctx: _Ctx, comms: dict[int, dict[str, Any]], headers: set[int],
+                thread: dict[int, tuple[str, Any]]) -> None:
+    missing: dict[int, list[str]] = {}
+    have_by_header: dict[int, set[str]] = {}
+    for i, (kind, h) in sorted(thread.items()):
+        if kind != "entry":
+            continue
+        r = comms[i]
+        people = [ref for _, ref in _refs(r, "recipient")]
+        sender = r.get("sender")
+        if isinstance(sender, dict) and isinstance(sender.get("reference"), str):
+            people.insert(0, sender["reference"])
+        have = have_by_header.get(h)
+        if have is None:
+            have = have_by_header[h] = {ref for _, ref in _refs(comms[h], "recipient")}
+        for ref in people:
+            if ref not in have and ref not in missing.setdefault(h, []):
+                missing[h].append(ref)
+    for h, refs in sorted(missing.items()):
+        if refs:
+            ctx.add("thread.header-recipients", h, ("resource", "recipient"),
+                    f"header recipients lack {', '.join(refs)}: inbox searches (recipient=...) will not find "
+                    f"this thread for them")
+
+
+def _target_types(ctx: _Ctx, comms: dict[int, dict[str, Any]]) -> None:
+    known = resource_types()
+    for i, r in comms.items():
+        for key, allowed in TARGET_TYPES.items():
+            value = r.get(key)
+            if isinstance(value, dict):
+                items: Iterable[tuple[int | None, Any]] = ((None, value),)
+            elif isinstance(value, list):
+                items = enumerate(value)
+            else:
+                continue
+            for k, item in items:
+                ref = item.get("reference") if isinstance(item, dict) else None
+                if type(ref) is not str:
+                    continue
+                t = ctx.target(ref).type
+                if t is not None and t not in allowed and t in known:
+                    loc = ("resource", key, "reference") if k is None else ("resource", key, k, "reference")
+                    ctx.add("ref.target-type", i, loc, f"Communication.{key} may point at "
+                                                       f"{', '.join(sorted(allowed))}; not a {t}")

@@ -1,0 +1,132 @@
+"""Check a transaction Bundle before sending it: everything a Medplum server would reject, or store broken.
+
+    issues = validate(bundle)                                   # [] when clean
+    issues = validate(bundle, limits="none", structure=False)   # rules only, no server profile
+    issues = validate(build_bundle(spec), origin=lambda i: spec.origin(i - 1 if i else None))
+    for issues in validate_many(bundles, workers=2): ...        # many bundles, on several cores
+
+Pure: no I/O, and the bundle is never modified. Every rule has a stable code listed in `RULES`
+(code → (severity, description)); errors mean the server would refuse or corrupt the bundle, warnings
+that it would accept it but probably not as meant. The rules live in `bundler.rules` (bundle,
+entries, references, threads — read its docstring for what a "thread" is in a bundle),
+`bundler.fhircheck` (FHIR R4 structure with fhir.resources R4B) and `bundler.limits` (server limits).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import orjson
+
+from .fhircheck import bundle_structure_issues, resource_types
+from .issues import RULES, Issue, Severity
+from .limits import PROFILES, Limits, get_limits, limit_issues
+from .rules import check_rules
+
+__all__ = ["PROFILES", "RULES", "Issue", "Limits", "Origin", "Severity", "has_errors", "locate", "validate",
+           "validate_many"]
+
+Origin = Callable[[int | None], tuple[str, int | None]]
+"""Entry index (None: the Bundle as a whole) → (file, line) it came from."""
+
+_ORDER = {code: n for n, code in enumerate(RULES)}
+
+
+def validate(bundle: Any, *, limits: str | Limits = "medplum", structure: bool = True,
+             origin: Origin | None = None) -> list[Issue]:
+    """Every issue in `bundle`, errors and warnings, sorted by entry then rule.
+
+    `limits`: a server profile ('medplum', 'none') or a `Limits`. `structure`: also check every
+    resource against the FHIR R4 models (the slow part). `origin(entry_index)` gives the (file, line)
+    an entry came from, for bundles built from specs.
+    """
+    profile = get_limits(limits)
+    issues = check_rules(bundle)
+    if isinstance(bundle, dict) and not any(i.code in ("bundle.resource-type", "bundle.empty") for i in issues):
+        if structure:
+            issues += _structure(bundle, issues)
+        issues += limit_issues(bundle, profile)
+    issues.sort(key=lambda i: (-1 if i.entry is None else i.entry, _ORDER[i.code], i.path))
+    return locate(issues, origin) if origin is not None else issues
+
+
+def _structure(bundle: dict[str, Any], found: list[Issue]) -> list[Issue]:
+    """fhir.structure issues, minus those at (or below) a path another rule already reported."""
+    skip = {i.entry for i in found if i.code == "entry.resource" and i.entry is not None}
+    taken = {i.path for i in found}
+    out = []
+    for issue in bundle_structure_issues(bundle, skip):
+        path = issue.path
+        covered = False
+        while path:
+            if path in taken:
+                covered = True
+                break
+            cut = max(path.rfind("."), path.rfind("["))
+            path = path[:cut] if cut > 0 else ""
+        if not covered:
+            out.append(issue)
+    return out
+
+
+def locate(issues: Sequence[Issue], origin: Origin) -> list[Issue]:
+    """`issues` with file and line filled from `origin(entry index)` (None for bundle-wide issues)."""
+    cache: dict[int | None, tuple[str, int | None]] = {}
+    out = []
+    for issue in issues:
+        if issue.entry not in cache:
+            cache[issue.entry] = origin(issue.entry)
+        file, line = cache[issue.entry]
+        out.append(dataclasses.replace(issue, file=file, line=line))
+    return out
+
+
+def has_errors(issues: Iterable[Issue]) -> bool:
+    """Whether any issue is an error (warnings alone do not stop a load)."""
+    return any(i.severity == "error" for i in issues)
+
+
+# --- many bundles, on several cores -------------------------------------------------------------------
+
+_PARALLEL_MIN = 64  # bundles; below this a process pool costs more than it saves
+
+
+_FORKED: list[Any] = []  # the bundles of the running validate_many, inherited by forked workers
+
+
+def _validate_chunk(payload: tuple[list[bytes] | range, str | Limits, bool]) -> list[list[Issue]]:
+    items, limits, structure = payload
+    bundles = (_FORKED[k] for k in items) if isinstance(items, range) else (orjson.loads(b) for b in items)
+    return [validate(b, limits=limits, structure=structure) for b in bundles]
+
+
+def validate_many(bundles: Iterable[Any], *, limits: str | Limits = "medplum", structure: bool = True,
+                  workers: int | None = None, chunk_size: int = 250) -> Iterator[list[Issue]]:
+    """`validate` for each bundle, in order, on a process pool of `workers` (default: every core) when
+    there are enough bundles for it to pay off. Forked workers read the bundles from the memory they
+    inherit; elsewhere bundles travel as JSON. Pass origins afterwards with `locate`."""
+    items = bundles if isinstance(bundles, list) else list(bundles)
+    n = workers if workers is not None else (os.cpu_count() or 1)
+    if n <= 1 or len(items) < _PARALLEL_MIN:
+        for b in items:
+            yield validate(b, limits=limits, structure=structure)
+        return
+    resource_types()  # computed once here, inherited by forked workers
+    fork = "fork" in multiprocessing.get_all_start_methods()
+    spans = [range(k, min(k + chunk_size, len(items))) for k in range(0, len(items), chunk_size)]
+    chunks = [(span if fork else [orjson.dumps(items[k]) for k in span], limits, structure) for span in spans]
+    ctx = multiprocessing.get_context("fork" if fork else None)
+    _FORKED[:] = items if fork else []
+    try:
+        # gc.freeze in the workers: the forked heap is never scanned (nor copied page by page) by their gc
+        with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=gc.freeze) as pool:
+            for result in pool.map(_validate_chunk, chunks):
+                yield from result
+    finally:
+        _FORKED.clear()

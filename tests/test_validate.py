@@ -1,0 +1,387 @@
+"""bundler.validate: every rule with a hand-made bundle that breaks only it, the fixture, origins, CLI."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bundler.build import build_bundle
+from bundler.limits import Limits
+from bundler.spec import load_specs
+from bundler.strategies import thread_specs
+from bundler.validate import RULES, Issue, validate, validate_many
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "fixtures" / "threads" / "homer-lab-results.yaml"
+
+H = "urn:uuid:11111111-1111-4111-8111-111111111111"
+M1 = "urn:uuid:22222222-2222-4222-8222-222222222222"
+M2 = "urn:uuid:33333333-3333-4333-8333-333333333333"
+PAT = "Patient/8c9f6f2e-1d1b-4a61-9a55-4a5f0c6b1f01"
+DOC = "Practitioner/0d4e3f2a-7b8c-4d9e-8f01-2a3b4c5d6e7f"
+POST = {"method": "POST", "url": "Communication"}
+
+
+def base() -> dict[str, Any]:
+    """A small valid bundle by hand: a header and two messages, the second replying to the first."""
+    return {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": H, "request": dict(POST), "resource": {
+            "resourceType": "Communication", "status": "in-progress", "subject": {"reference": PAT},
+            "topic": {"text": "Lab results"}, "sent": "2024-04-10T09:00:00Z",
+            "recipient": [{"reference": PAT}, {"reference": DOC}], "sender": {"reference": DOC}}},
+        {"fullUrl": M1, "request": dict(POST), "resource": {
+            "resourceType": "Communication", "status": "in-progress", "partOf": [{"reference": H}],
+            "sent": "2024-04-10T10:00:00Z", "sender": {"reference": DOC}, "recipient": [{"reference": PAT}],
+            "payload": [{"contentString": "Your results are in."}]}},
+        {"fullUrl": M2, "request": dict(POST), "resource": {
+            "resourceType": "Communication", "status": "in-progress", "partOf": [{"reference": H}],
+            "inResponseTo": [{"reference": M1}], "sent": "2024-04-10T12:05:00+02:00",
+            "sender": {"reference": PAT}, "recipient": [{"reference": DOC}],
+            "payload": [{"contentString": "Thanks!"}]}},
+    ]}
+
+
+def res(b: dict[str, Any], i: int) -> dict[str, Any]:
+    return b["entry"][i]["resource"]
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """A breaker setting `entry[i].a.b` (a dotted path below the Bundle) to `value`."""
+
+    def apply(b: dict[str, Any]) -> None:
+        node: Any = b
+        parts = path.split(".")
+        for p in parts[:-1]:
+            node = node[int(p)] if p.isdigit() else node[p]
+        node[int(parts[-1]) if parts[-1].isdigit() else parts[-1]] = value
+
+    return apply
+
+
+def _del(path: str) -> Callable[[dict[str, Any]], None]:
+    def apply(b: dict[str, Any]) -> None:
+        node: Any = b
+        parts = path.split(".")
+        for p in parts[:-1]:
+            node = node[int(p)] if p.isdigit() else node[p]
+        del node[parts[-1]]
+
+    return apply
+
+
+def _rename(b: dict[str, Any], old: str, new: str) -> None:
+    """Change a fullUrl consistently: in the entry and in every reference to it."""
+    b["entry"] = json.loads(json.dumps(b["entry"]).replace(old, new))
+
+
+def _pad_conditional(b: dict[str, Any]) -> None:
+    for n in range(7):
+        e = copy.deepcopy(b["entry"][1])
+        e["fullUrl"] = f"urn:uuid:44444444-4444-4444-8444-{n:012d}"
+        b["entry"].append(e)
+    b["entry"][0]["request"]["ifNoneExist"] = "identifier=urn:x|t1"
+
+
+def _many_puts(b: dict[str, Any]) -> None:
+    for n in range(51):
+        rid = f"55555555-5555-4555-8555-{n:012d}"
+        b["entry"].append({"fullUrl": f"urn:uuid:{rid}", "request": {"method": "PUT", "url": f"Communication/{rid}"},
+                           "resource": {**copy.deepcopy(res(b, 1)), "id": rid}})
+
+
+# code → one hand-made break that should fire exactly that code
+BREAKS: dict[str, list[Callable[[dict[str, Any]], None]]] = {
+    "bundle.resource-type": [_set("resourceType", "Parameters")],
+    "bundle.type": [_set("type", "collection"), _del("type")],
+    "bundle.empty": [_set("entry", []), _del("entry")],
+    "entry.resource": [_del("entry.2.resource"), _set("entry.2.resource.resourceType", "Communicaton"),
+                       lambda b: b["entry"].append("not an entry"),
+                       lambda b: b["entry"].append({"request": {"method": "DELETE", "url": PAT}, "resource": {}})],
+    "entry.fullurl-missing": [_del("entry.2.fullUrl")],
+    "entry.fullurl-duplicate": [_set("entry.2.fullUrl", M1)],
+    "entry.fullurl-format": [lambda b: _rename(b, M2, M2.upper()), lambda b: _rename(b, M2, "urn:uuid:abc"),
+                             _set("entry.2.fullUrl", "https://example.org/fhir/Communication/1")],
+    "entry.request": [_set("entry.1.request.method", "post"), _del("entry.1.request"), _del("entry.1.request.url"),
+                      _set("entry.0.request.ifNoneExist", "Communication?identifier=x")],
+    "entry.request-url": [_set("entry.1.request.url", "Patient"),
+                          _set("entry.1.request", {"method": "PUT", "url": "Communication"}),
+                          _set("entry.1.request", {"method": "PUT", "url": "Patient?identifier=a|b"}),
+                          lambda b: b["entry"].append({"request": {"method": "DELETE", "url": "Communication/ x"}}),
+                          lambda b: b["entry"].append({"request": {"method": "GET", "url": "https://x.org/Patient/1"}})],
+    "entry.client-id": [_set("entry.1.resource.id", "8c9f6f2e-1d1b-4a61-9a55-4a5f0c6b1f99"),
+                        lambda b: (_set("entry.1.request", {"method": "PUT", "url": "Communication?identifier=a|b"})(b),
+                                   _set("entry.1.resource.id", "8c9f6f2e-1d1b-4a61-9a55-4a5f0c6b1f99")(b))],
+    "ref.unresolved": [_set("entry.2.resource.inResponseTo.0.reference", "urn:uuid:99999999-9999-4999-8999-99999999"),
+                       lambda b: b["entry"].pop(1)],
+    "ref.format": [_set("entry.0.resource.subject.reference", "Patient/"),
+                   _set("entry.0.resource.subject.reference", "homer simpson")],
+    "ref.type-unknown": [_set("entry.0.resource.subject.reference", "Pateint/1"),
+                         _set("entry.0.resource.subject.reference", "Pateint?identifier=a|b")],
+    "ref.conditional": [_set("entry.0.resource.subject.reference", "Patient?identifier"),
+                        _set("entry.0.resource.subject.reference", "Patient?identifier=a|b&")],
+    "ref.in-text": [_set("entry.1.resource.payload.0.contentString", f"see {M2}"),
+                    _set("entry.0.resource.identifier", [{"system": "urn:x", "value": H}])],
+    "ref.target-type": [_set("entry.0.resource.subject.reference", DOC),
+                        _set("entry.0.resource.subject.reference", M1)],
+    "thread.header-count": [lambda b: (_set("entry.0.resource.identifier", [{"system": "urn:x", "value": "t1"}])(b),
+                                       b["entry"].append({**copy.deepcopy(b["entry"][0]),
+                                                          "fullUrl": "urn:uuid:66666666-6666-4666-8666-666666666666"})),
+                            _set("entry.1.resource.partOf", [{"reference": H}, {"reference": "Communication/x1"}])],
+    "thread.header-payload": [_set("entry.0.resource.payload", [{"contentString": "hello"}])],
+    "thread.header-partof": [_set("entry.0.resource.partOf", [{"reference": "Communication/1"}])],
+    "thread.message-payload": [_del("entry.2.resource.payload")],
+    "thread.message-partof": [_del("entry.2.resource.partOf")],
+    "thread.partof-target": [_set("entry.2.resource.partOf.0.reference", M1),
+                             _set("entry.2.resource.partOf.0.reference", PAT)],
+    "thread.reply-target": [_set("entry.2.resource.inResponseTo.0.reference", H),
+                            _set("entry.2.resource.inResponseTo.0.reference", "Communication/1")],
+    "thread.sent": [_set("entry.1.resource.sent", "2024-02-30T10:00:00Z"),
+                    _set("entry.1.resource.sent", "2024-04-10T10:00:00"),
+                    _set("entry.0.resource.sent", "2024-04-10T09:00:00+14:30")],
+    "thread.sent-order": [_set("entry.2.resource.sent", "2024-04-10T10:59:00+02:00")],
+    "thread.header-recipients": [_set("entry.0.resource.recipient", [{"reference": PAT}])],
+    "fhir.structure": [_set("entry.1.resource.payload.0.contentString", 5), _set("entry.1.resource.colour", "x"),
+                       _set("entry.1.resource.payload.0", {}), _set("meta", {"lastUpdated": "yesterday"})],
+    "limit.body-size": [_set("entry.1.resource.payload.0.contentString", "x" * 1_048_576)],
+    "limit.conditional-entries": [_pad_conditional],
+    "limit.put-entries": [_many_puts],
+    "limit.uuid-id": [lambda b: (_set("entry.1.request", {"method": "PUT", "url": "Communication/msg-1"})(b),
+                                 _set("entry.1.resource.id", "msg-1")(b))],
+}
+
+CASES = [(code, n) for code, breaks in BREAKS.items() for n in range(len(breaks))]
+
+
+def test_base_and_fixture_are_clean() -> None:
+    assert validate(base()) == []
+    spec = load_specs([FIXTURE])[0]
+    assert validate(build_bundle(spec)) == []
+
+
+def test_every_rule_has_a_hand_made_break() -> None:
+    assert set(BREAKS) == set(RULES)
+
+
+@pytest.mark.parametrize(("code", "n"), CASES, ids=[f"{c}-{n}" for c, n in CASES])
+def test_each_break_fires_only_its_rule(code: str, n: int) -> None:
+    b = base()
+    BREAKS[code][n](b)
+    issues = validate(b)
+    assert {i.code for i in issues} == {code}, [str(i) for i in issues]
+    assert all(i.severity == RULES[code][0] for i in issues)
+
+
+def test_paths_name_the_element() -> None:
+    b = base()
+    b["entry"][2]["resource"]["inResponseTo"][0]["reference"] = "urn:uuid:99999999-9999-4999-8999-999999999999"
+    b["entry"][1]["resource"]["payload"][0]["contentString"] = 5
+    paths = {i.code: i.path for i in validate(b)}
+    assert paths == {"ref.unresolved": "Bundle.entry[2].resource.inResponseTo[0].reference",
+                     "fhir.structure": "Bundle.entry[1].resource.payload[0].contentString"}
+
+
+def test_validate_does_not_modify_its_input() -> None:
+    for code, breaks in BREAKS.items():
+        for brk in breaks:
+            b = base()
+            brk(b)
+            before = copy.deepcopy(b)
+            validate(b)
+            assert b == before, code
+
+
+def test_limits_none_and_structure_off() -> None:
+    b = base()
+    BREAKS["limit.body-size"][0](b)
+    assert {i.code for i in validate(b)} == {"limit.body-size"}
+    assert validate(b, limits="none") == []
+    assert validate(b, limits=Limits(max_body_bytes=2_000_000)) == []
+    b = base()
+    res(b, 1)["colour"] = "blue"
+    assert validate(b, structure=False) == []
+    with pytest.raises(ValueError, match="unknown limits profile"):
+        validate(base(), limits="hapi")
+
+
+def test_transaction_limits_do_not_apply_to_batches() -> None:
+    b = base()
+    _pad_conditional(b)
+    b["type"] = "batch"
+    assert validate(b) == []
+
+
+def test_messages_of_an_existing_thread_need_no_header() -> None:
+    b = base()
+    del b["entry"][0]
+    for e in b["entry"]:
+        e["resource"]["partOf"] = [{"reference": "Communication/8c9f6f2e-1d1b-4a61-9a55-4a5f0c6b1faa"}]
+    assert validate(b) == []
+    b["entry"][1]["resource"]["inResponseTo"] = [{"reference": "Communication/8c9f6f2e-1d1b-4a61-9a55-4a5f0c6b1fbb"}]
+    assert validate(b) == []  # a reply to an older message of that existing thread
+
+
+def test_conditional_partof_matches_a_header_by_identifier() -> None:
+    b = base()
+    res(b, 0)["identifier"] = [{"system": "urn:x", "value": "t1"}]
+    for i in (1, 2):
+        res(b, i)["partOf"] = [{"reference": "Communication?identifier=urn:x|t1"}]
+    assert validate(b) == []
+    res(b, 0)["payload"] = [{"contentString": "hi"}]  # now that header has a payload
+    assert {i.code for i in validate(b)} == {"thread.header-payload"}
+
+
+def test_origins_name_the_spec_file_and_line() -> None:
+    spec = load_specs([FIXTURE])[0]
+    b = build_bundle(spec)
+    b["entry"][2]["resource"]["sent"] = "2024-13-01T00:00:00Z"
+    b["type"] = "collection"
+    issues = validate(b, origin=lambda i: spec.origin(i - 1 if i else None))
+    by_code = {i.code: i for i in issues}
+    assert by_code["thread.sent"].file == str(FIXTURE)
+    assert by_code["thread.sent"].line == spec.origin(1)[1] == 14
+    assert by_code["bundle.type"].line == 1
+    assert str(by_code["thread.sent"]).startswith(f"{FIXTURE}:14: error[thread.sent] Bundle.entry[2].resource.sent: ")
+
+
+def test_issue_is_frozen_and_rules_are_described() -> None:
+    issue = validate({"resourceType": "Patient"})[0]
+    with pytest.raises(AttributeError):
+        issue.code = "x"  # type: ignore[misc]
+    assert isinstance(issue, Issue) and issue.code == "bundle.resource-type"
+    assert all(sev in ("error", "warning") and desc for sev, desc in RULES.values())
+    assert validate([1, 2])[0].code == "bundle.resource-type"
+
+
+def test_validate_many_in_parallel_matches_serial() -> None:
+    bundles = []
+    for n in range(80):
+        b = base()
+        if n % 3 == 0:
+            res(b, 1)["colour"] = "blue"
+        if n % 5 == 0:
+            del res(b, 2)["payload"]
+        bundles.append(b)
+    serial = [validate(b) for b in bundles]
+    assert list(validate_many(bundles, workers=2, chunk_size=7)) == serial
+    assert sum(1 for s in serial if s) == 37  # n % 3 == 0 or n % 5 == 0
+
+
+# --- property-based ----------------------------------------------------------------------------------
+
+
+def _fhir_subject(spec: dict[str, Any]) -> dict[str, Any]:
+    """The strategies may pick any participant as subject; FHIR allows only a Patient or Group."""
+    subject = spec.get("subject")
+    if subject is not None and not spec["participants"][subject]["reference"].startswith(("Patient", "Group")):
+        del spec["subject"]
+    return spec
+
+
+def valid_bundles(**options: Any) -> st.SearchStrategy[dict[str, Any]]:
+    return thread_specs(**options).map(_fhir_subject).map(build_bundle)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(valid_bundles())
+def test_builder_bundles_are_clean_and_untouched(bundle: dict[str, Any]) -> None:
+    before = orjson.dumps(bundle)
+    assert validate(bundle) == []
+    assert orjson.dumps(bundle) == before
+
+
+# --- CLI ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli() -> click.Command:
+    from bundler.cli.validate import validate_command
+
+    return validate_command
+
+
+def _write(path: Path, data: Any) -> Path:
+    path.write_bytes(orjson.dumps(data))
+    return path
+
+
+def test_cli_clean_spec_and_bundle(tmp_path: Path, cli: click.Command) -> None:
+    bundle = _write(tmp_path / "b.json", base())
+    result = CliRunner().invoke(cli, [str(FIXTURE), str(bundle)])
+    assert result.exit_code == 0, result.output
+    assert "0 errors, 0 warnings in 2 bundles (2 files)" in result.output
+
+
+def test_cli_errors_exit_1_grouped_by_file_and_entry(tmp_path: Path, cli: click.Command) -> None:
+    b = base()
+    del res(b, 2)["payload"]
+    res(b, 0)["recipient"] = [{"reference": DOC}]
+    path = tmp_path / "bad.json"
+    path.write_bytes(orjson.dumps(b, option=orjson.OPT_INDENT_2))
+    result = CliRunner().invoke(cli, [str(tmp_path)])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert lines[0] == str(path)
+    assert lines[1] == "  entry 0 (line 5):"
+    assert lines[2].startswith("    warning[thread.header-recipients] Bundle.entry[0].resource.recipient:")
+    assert any(line.startswith("  entry 2 (line ") for line in lines)
+    assert lines[-1] == "1 error, 1 warning in 1 bundle (1 file)"
+
+
+def test_cli_warnings_only_exit_0(tmp_path: Path, cli: click.Command) -> None:
+    b = base()
+    res(b, 0)["recipient"] = [{"reference": DOC}]
+    result = CliRunner().invoke(cli, [str(_write(tmp_path / "w.json", b))])
+    assert result.exit_code == 0
+    assert "warning[thread.header-recipients]" in result.output
+
+
+def test_cli_json_output_and_ndjson(tmp_path: Path, cli: click.Command) -> None:
+    good, bad = base(), base()
+    bad["type"] = "collection"
+    nd = tmp_path / "all.ndjson"
+    nd.write_bytes(orjson.dumps(good) + b"\n\n" + orjson.dumps(bad) + b"\n")
+    result = CliRunner().invoke(cli, [str(nd), "--format", "json", "--limits", "none", "--no-structure"])
+    assert result.exit_code == 1
+    out = json.loads(result.output)
+    assert (out["files"], out["bundles"], out["errors"], out["warnings"]) == (1, 2, 1, 0)
+    assert out["issues"] == [{"severity": "error", "code": "bundle.type", "path": "Bundle.type",
+                              "message": "must be 'transaction' or 'batch', got 'collection'", "file": str(nd),
+                              "line": 3, "entry": None}]
+
+
+def test_cli_spec_issue_names_spec_line(tmp_path: Path, cli: click.Command) -> None:
+    spec = tmp_path / "t.yaml"
+    spec.write_text(FIXTURE.read_text().replace("subject: homer", "subject: alice"))
+    result = CliRunner().invoke(cli, [str(spec), "--format", "json"])
+    assert result.exit_code == 1
+    [issue] = json.loads(result.output)["issues"]
+    assert (issue["code"], issue["file"], issue["line"]) == ("ref.target-type", str(spec), 1)
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"\x00\x01binary", b"thread: [unclosed"])
+def test_cli_unreadable_input_exits_2_without_traceback(tmp_path: Path, cli: click.Command, content: bytes) -> None:
+    path = tmp_path / ("x.json" if content.startswith(b"{") else "x.yaml")
+    path.write_bytes(content)
+    result = CliRunner().invoke(cli, [str(path)])
+    assert result.exit_code == 2
+    assert str(path) in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_missing_file_and_bad_ndjson_exit_2(tmp_path: Path, cli: click.Command) -> None:
+    result = CliRunner().invoke(cli, [str(tmp_path / "nope.json")])
+    assert result.exit_code == 2 and "no such file" in result.output
+    nd = tmp_path / "b.ndjson"
+    nd.write_bytes(orjson.dumps(base()) + b"\n{oops\n")
+    result = CliRunner().invoke(cli, [str(nd)])
+    assert result.exit_code == 2 and f"{nd}:2" in result.output
