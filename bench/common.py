@@ -2,38 +2,16 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import random
 import time
 from collections.abc import Callable
 from typing import Any
 
-WORDS = ("results", "ready", "thanks", "appointment", "tomorrow", "lab", "specimen", "— ", "merci", "😀", "dose")
+from bundler.strategies import sample_specs
 
 
 def synthetic_specs(threads: int, messages_per_thread: int, *, seed: int = 1) -> list[dict[str, Any]]:
     """`threads` specs of `messages_per_thread` messages each, as plain data, reproducible by seed."""
-    rng = random.Random(seed)
-    start = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
-    out = []
-    for t in range(threads):
-        people = {f"p{i}": {"reference": f"Patient/p{t}-{i}", "display": f"Person {i}"} for i in range(3)}
-        people["doc"] = {"reference": f"Practitioner/d{t % 50}", "display": "Dr. Who"}
-        aliases = list(people)
-        moment = start + dt.timedelta(minutes=t)
-        msgs = []
-        for m in range(messages_per_thread):
-            moment += dt.timedelta(seconds=rng.randint(1, 3600))
-            msg: dict[str, Any] = {"id": f"m{m}", "sender": rng.choice(aliases),
-                                   "sent": moment.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
-                                   "text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 30)))}
-            if m and rng.random() < 0.2:
-                msg["reply_to"] = f"m{rng.randrange(m)}"
-            msgs.append(msg)
-        out.append({"thread": f"bench-{seed}-{t}", "topic": f"Thread {t}", "subject": "p0", "sender": "doc",
-                    "category": ["http://terminology.hl7.org/CodeSystem/communication-category|notification"],
-                    "participants": people, "messages": msgs})
-    return out
+    return sample_specs(threads, messages_per_thread, seed=seed, prefix="bench")
 
 
 def best_of(repeat: int, func: Callable[[], Any]) -> float:

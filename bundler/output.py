@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from .build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, bundle_bytes, dumps
-from .spec import load_specs
+from .errors import Problem, SpecError
+from .spec import ThreadSpec, load_specs
+from .validate import validate
 
 
 def bundle_filename(key: str) -> str:
@@ -58,6 +60,19 @@ class BuildSummary:
     files: list[Path]
 
 
+def check_bundles(specs: Iterable[ThreadSpec], identifier_system: str) -> None:
+    """Raise SpecError if any spec builds a bundle with validation errors (server limits aside: the
+    loader cuts a thread too large for one request into parts)."""
+    problems = []
+    for spec in specs:
+        issues = validate(build_bundle(spec, identifier_system=identifier_system), limits="none",
+                          origin=lambda i, spec=spec: spec.origin(i - 1 if i else None))
+        problems += [Problem(i.file or "<spec>", i.line, None, i.path, f"[{i.code}] {i.message}")
+                     for i in issues if i.severity == "error"]
+    if problems:
+        raise SpecError(problems)
+
+
 def build_files(paths: Iterable[str | Path], *, out: Path | None = None, ndjson: bool = False,
                 identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, stream: IO[bytes] | None = None) -> BuildSummary:
     """Build every thread in `paths` and write them: `out/<key>.json` files, or NDJSON to `out` or `stream`.
@@ -65,6 +80,7 @@ def build_files(paths: Iterable[str | Path], *, out: Path | None = None, ndjson:
     Every input is read and checked before anything is written (SpecError lists every problem).
     """
     specs = load_specs(paths)
+    check_bundles(specs, identifier_system)
     messages = sum(len(s.messages) for s in specs)
     if not ndjson:
         if out is None:

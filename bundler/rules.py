@@ -32,7 +32,7 @@ import orjson
 
 from .fhircheck import resource_types
 from .issues import Issue, entry_path, make_issue
-from .spec import instant_problem
+from .fhir import TARGET_TYPES, instant_problem
 
 CANONICAL_URN = re.compile(r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _URN_IN_TEXT = re.compile(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -42,16 +42,6 @@ _ABSOLUTE = re.compile(rf"^https?://\S+/([A-Z][A-Za-z]+)/({_ID})(?:/_history/{_I
 _PARAM = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-.:]*$")
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH")
 _INSTANT = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d+)?(Z|([+-])(\d\d):(\d\d))$")
-
-# FHIR R4 Communication reference targets.
-TARGET_TYPES: dict[str, frozenset[str]] = {
-    "subject": frozenset({"Patient", "Group"}),
-    "sender": frozenset({"Device", "Organization", "Patient", "Practitioner", "PractitionerRole", "RelatedPerson",
-                         "HealthcareService"}),
-    "recipient": frozenset({"Device", "Organization", "Patient", "Practitioner", "PractitionerRole", "RelatedPerson",
-                            "Group", "CareTeam", "HealthcareService"}),
-}
-
 
 def query_problem(query: str) -> str | None:
     """Why `query` (what follows '?') is not `param=value[&param=value...]`, or None."""

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -20,6 +19,7 @@ from jsonschema.exceptions import best_match
 
 from . import assets
 from .errors import Problem, SpecError
+from .fhir import INSTANT, TARGET_TYPES, instant_problem, reference_type
 from .source import Document, Path_, decode, parse_text, split_threads
 
 SPEC_SCHEMA = "thread-spec.schema.json"
@@ -174,32 +174,17 @@ def _schema_check(doc: Document) -> list[Problem]:
 
 # --- meaning ---------------------------------------------------------------------------------------
 
-_INSTANT = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.\d{1,9})?(?:Z|([+-])(\d{2}):(\d{2}))$")
-
-
-def instant_problem(value: str) -> str | None:
-    """Why `value` is not a real FHIR instant (impossible date or time), or None when it is one."""
-    m = _INSTANT.match(value)
-    if not m:
-        return "must be a FHIR instant with seconds and a time zone, like 2024-04-10T10:00:00Z"
-    y, mo, d, h, mi, s = (int(x) for x in m.groups()[:6])
-    try:
-        dt.date(y, mo, d)
-    except ValueError as exc:
-        return f"{value!r} is not a real date ({exc})"
-    if h > 23 or mi > 59 or s > 60:
-        return f"{value!r} is not a real time of day"
-    if m.group(7) and (int(m.group(8)) > 14 or int(m.group(9)) > 59 or (int(m.group(8)) == 14 and int(m.group(9)))):
-        return f"{value!r} has an impossible time zone offset"
-    return None
-
-
 def _text(value: Any) -> str:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def _is_alias(value: Any) -> bool:
     return isinstance(value, str | int) and not isinstance(value, bool) and "/" not in str(value) and "?" not in str(value)
+
+
+def _not_allowed(kind: str, what: str, role: str) -> str:
+    return f"FHIR R4 does not allow a {kind} as {what} of a Communication (allowed: " \
+           f"{', '.join(sorted(TARGET_TYPES[role]))})"
 
 
 def _meaning_problems(doc: Document) -> list[Problem]:
@@ -211,16 +196,29 @@ def _meaning_problems(doc: Document) -> list[Problem]:
     aliases = [str(a) for a in parts] if isinstance(parts, dict) else None
     known = f" (known: {', '.join(sorted(aliases))})" if aliases else ""
 
-    def check_alias(path: Path_, value: Any) -> None:
+    types: dict[str, str] = {}  # alias → resource type of its reference
+    if isinstance(parts, dict):
+        for alias, p in parts.items():
+            if isinstance(p, dict) and isinstance(p.get("reference"), str):
+                types[str(alias)] = kind = reference_type(p["reference"])
+                if kind not in TARGET_TYPES["recipient"] and kind[:1].isupper():
+                    out.append(doc.problem(("participants", alias, "reference"), _not_allowed(kind, "a participant",
+                                                                                              "recipient")))
+
+    def check_alias(path: Path_, value: Any, role: str | None = None) -> None:
         if aliases is not None and _is_alias(value) and str(value) not in aliases:
             out.append(doc.problem(path, f"{_text(value)!r} is not a participant{known}"))
+        elif role and (kind := types.get(str(value)) if _is_alias(value) else reference_type(str(value))):
+            if kind not in TARGET_TYPES[role] and kind in TARGET_TYPES["recipient"]:
+                out.append(doc.problem(path, f"{_text(value)!r} is a {kind}: " + _not_allowed(kind, f"the {role}",
+                                                                                                role)))
 
     if "sender" in data:
-        check_alias(("sender",), data["sender"])
+        check_alias(("sender",), data["sender"], "sender")
     if "subject" in data:
-        check_alias(("subject",), data["subject"])
+        check_alias(("subject",), data["subject"], "subject")
     def check_instant(path: Path_, value: Any) -> None:
-        if isinstance(value, str) and _INSTANT.match(value) and (why := instant_problem(value)):
+        if isinstance(value, str) and INSTANT.match(value) and (why := instant_problem(value)):
             out.append(doc.problem(path, why))  # (a value of the wrong form is the schema's to report)
 
     check_instant(("sent",), data.get("sent"))
@@ -241,7 +239,7 @@ def _meaning_problems(doc: Document) -> list[Problem]:
             else:
                 ids[mid] = i
         if "sender" in msg:
-            check_alias(("messages", i, "sender"), msg["sender"])
+            check_alias(("messages", i, "sender"), msg["sender"], "sender")
         if isinstance(msg.get("recipient"), list):
             seen: set[str] = set()
             for j, r in enumerate(msg["recipient"]):

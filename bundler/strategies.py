@@ -14,6 +14,7 @@ Specs are plain dicts exactly as they would be read from a YAML or JSON file, va
 from __future__ import annotations
 
 import datetime as dt
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -177,8 +178,9 @@ def thread_specs(*, min_participants: int = 1, max_participants: int = 5, min_me
         start = draw(st.datetimes(dt.datetime(2000, 1, 1), dt.datetime(2030, 1, 1)))
         spec: dict[str, Any] = {"thread": draw(key or keys()), "topic": draw(st.sampled_from(
             ("Lab results", "Appointment follow-up", "Résultats d'analyse", "処方箋について", "💊 refill")))}
-        if draw(st.booleans()):
-            spec["subject"] = draw(st.sampled_from(aliases))
+        patients = [a for a in aliases if people[a]["reference"].startswith("Patient")]
+        if patients and draw(st.booleans()):
+            spec["subject"] = draw(st.sampled_from(patients))  # FHIR R4: a subject is a Patient or a Group
         if draw(st.booleans()):
             spec["sender"] = draw(st.sampled_from(aliases))
         if draw(st.booleans()):
@@ -194,6 +196,35 @@ def thread_specs(*, min_participants: int = 1, max_participants: int = 5, min_me
         return spec
 
     return build()
+
+
+def sample_specs(threads: int, messages_per_thread: int, *, seed: int = 1, prefix: str = "sample"
+                 ) -> list[dict[str, Any]]:
+    """Many valid thread specs fast, reproducible by `seed`, for load tests and benchmarks (hypothesis is
+    for exploring; this is for volume). Keys are `<prefix>-<seed>-<n>`; messages are ids m0, m1, …"""
+    rng = random.Random(seed)
+    start = dt.datetime(2024, 1, 1)
+    words = ("results", "ready", "thanks", "appointment", "tomorrow", "lab", "specimen", "—", "merci", "😀", "dose")
+    out = []
+    for t in range(threads):
+        people = {f"p{i}": {"reference": f"Patient/p{t}-{i}", "display": f"Person {i}"} for i in range(3)}
+        people["doc"] = {"reference": f"Practitioner/d{t % 50}", "display": "Dr. Who"}
+        aliases = list(people)
+        moment = start + dt.timedelta(minutes=t)
+        msgs = []
+        for m in range(messages_per_thread):
+            moment += dt.timedelta(seconds=rng.randint(1, 3600))
+            msg: dict[str, Any] = {"id": f"m{m}", "sender": rng.choice(aliases),
+                                   "sent": format_instant(moment, 3, "Z"),
+                                   "text": " ".join(rng.choice(words) for _ in range(rng.randint(3, 30)))}
+            if m and rng.random() < 0.2:
+                msg["reply_to"] = f"m{rng.randrange(m)}"
+            msgs.append(msg)
+        out.append({"thread": f"{prefix}-{seed}-{t}", "topic": f"Thread {t}", "subject": "p0", "sender": "doc",
+                    "sent": format_instant(start + dt.timedelta(minutes=t), 3, "Z"),
+                    "category": ["http://terminology.hl7.org/CodeSystem/communication-category|notification"],
+                    "participants": people, "messages": msgs})
+    return out
 
 
 def bundles(*, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, **spec_options: Any

@@ -360,12 +360,17 @@ def test_cli_json_output_and_ndjson(tmp_path: Path, cli: click.Command) -> None:
 
 
 def test_cli_spec_issue_names_spec_line(tmp_path: Path, cli: click.Command) -> None:
+    from bundler.build import DEFAULT_IDENTIFIER_SYSTEM, full_url
+
+    header_urn = full_url(DEFAULT_IDENTIFIER_SYSTEM, "homer-lab-results-2024-04-10")
     spec = tmp_path / "t.yaml"
-    spec.write_text(FIXTURE.read_text().replace("subject: homer", "subject: alice"))
+    spec.write_text(FIXTURE.read_text().replace("We will notify you here.", f"See {header_urn}."))
     result = CliRunner().invoke(cli, [str(spec), "--format", "json"])
-    assert result.exit_code == 1
+    assert result.exit_code == 0  # a warning only
     [issue] = json.loads(result.output)["issues"]
-    assert (issue["code"], issue["file"], issue["line"]) == ("ref.target-type", str(spec), 1)
+    line = next(n for n, text in enumerate(spec.read_text().splitlines(), 1) if "- sender: alice" in text
+                and n > 15)
+    assert (issue["code"], issue["file"], issue["line"]) == ("ref.in-text", str(spec), line)
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"\x00\x01binary", b"thread: [unclosed"])
