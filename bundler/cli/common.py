@@ -9,9 +9,13 @@ from typing import Any, TypeVar
 
 import click
 
+from ..client import Secrets
 from ..errors import BundlerError, SpecError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+SECRETS = Secrets(set())
+"""Every secret this process was given or got (client secret, tokens): scrubbed from whatever we print."""
 
 EXIT_OK = 0
 EXIT_ISSUES = 1
@@ -32,11 +36,11 @@ def report_errors(func: F) -> F:
             click.echo(f"{n} problem{'s' * (n != 1)} in {files} file{'s' * (files != 1)}; nothing written", err=True)
             sys.exit(EXIT_BAD_INPUT)
         except BundlerError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(SECRETS.scrub(f"error: {exc}"), err=True)
             sys.exit(EXIT_BAD_INPUT)
         except OSError as exc:
             where = f" {exc.filename}" if exc.filename else ""
-            click.echo(f"error:{where}: {exc.strerror or exc}", err=True)
+            click.echo(SECRETS.scrub(f"error:{where}: {exc.strerror or exc}"), err=True)
             sys.exit(EXIT_BAD_INPUT)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)

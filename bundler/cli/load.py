@@ -1,0 +1,160 @@
+"""`thread-bundler load`, `doctor` and `verify`: the commands that talk to a server."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import orjson
+
+from ..build import DEFAULT_IDENTIFIER_SYSTEM
+from ..client import FhirClient
+from ..doctor import doctor
+from ..load import OK_OUTCOMES, LoadReport, Progress, ThreadResult, default_journal, load
+from ..output import write_atomic
+from ..progress import Bar, duration, table
+from ..spec import load_specs
+from ..verify import VerifyResult, verify
+from .build import _check_system
+from .common import EXIT_ISSUES, EXIT_OK, SECRETS, report_errors
+from .connect import connection_options, with_client
+
+identifier_option = click.option("--identifier-system", default=DEFAULT_IDENTIFIER_SYSTEM, show_default=True,
+                                 callback=_check_system, help="Identifier system the threads were built with.")
+
+
+def print_load_report(report: LoadReport, *, show: int = 20) -> None:
+    counts = report.counts()
+    messages: dict[str, int] = {}
+    for t in report.threads:
+        messages[t.outcome] = messages.get(t.outcome, 0) + len(t.message_ids)
+    rows = [[outcome, n, messages.get(outcome, 0)] for outcome, n in sorted(counts.items())]
+    click.echo(table(["outcome", "threads", "messages on server"], rows), err=True)
+    if report.dry_run:
+        click.echo(f"\nplan: {report.planned_requests:,} transaction requests, {report.planned_points:,} quota points, "
+                   f"about {duration(report.estimated_seconds)} at the server's quota", err=True)
+    else:
+        atomic = {True: "atomic", False: "NOT atomic (conditional creates)", None: "not probed"}[report.atomic]
+        click.echo(f"\n{report.requests:,} requests in {duration(report.seconds)}; transactions {atomic}"
+                   + (f"; waited {report.waited:.1f}s for the quota" if report.waited >= 0.1 else ""), err=True)
+    bad = [t for t in report.threads if t.outcome not in OK_OUTCOMES and t.outcome != "planned"]
+    for t in bad[:show]:
+        click.echo(SECRETS.scrub(f"{t.outcome}: {t.key}: {t.error}"), err=True)
+    if len(bad) > show:
+        click.echo(f"... and {len(bad) - show} more (see --report)", err=True)
+
+
+@click.command("load")
+@click.argument("paths", nargs=-1, required=True)
+@connection_options
+@identifier_option
+@click.option("--journal", type=click.Path(path_type=Path), help="Journal file [default: <first input>.journal.sqlite]")
+@click.option("--atomic", type=click.Choice(["require", "auto", "off"]), default="auto", show_default=True,
+              help="require: refuse a non-atomic project; auto: conditional creates there; off: plain transactions")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True, help="threads in flight")
+@click.option("--max-entries", type=click.IntRange(1), help="cut threads into transactions of at most N entries")
+@click.option("--dry-run", is_flag=True, help="plan only: what would be sent, what exists, requests, quota, time")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="write every thread's outcome as JSON")
+@click.option("--progress/--no-progress", default=None, help="progress bar [default: on a terminal]")
+@report_errors
+@with_client
+def load_command(paths: tuple[str, ...], client: FhirClient, identifier_system: str, journal: Path | None,
+                 atomic: str, concurrency: int, max_entries: int | None, dry_run: bool, report_path: Path | None,
+                 progress: bool | None) -> None:
+    """Load the threads in PATHS into a Medplum project, atomically and exactly once.
+
+    Re-running the same command skips what is loaded and resumes what is not: after a crash, a Ctrl-C
+    or a lost response nothing is sent twice. Connection: --base-url, --client-id, --client-secret or
+    the MEDPLUM_BASE_URL, MEDPLUM_CLIENT_ID, MEDPLUM_CLIENT_SECRET variables.
+
+    \b
+    Examples:
+      thread-bundler load threads/ --base-url https://api.medplum.com/
+      thread-bundler load threads/ --dry-run
+      thread-bundler load threads/ --atomic require --report loaded.json
+    """
+    specs = load_specs(paths)
+    journal = journal or default_journal(paths)
+    bar = Bar("loading", 0, 0, live=progress if progress is not None else None) if not dry_run else None
+
+    def on_thread(result: ThreadResult, messages: int) -> None:
+        if bar is not None:
+            if bar.total == 0:
+                bar.total, bar.messages_total = watcher.threads, watcher.messages
+            bar.advance(messages, failed=result.outcome not in OK_OUTCOMES)
+
+    watcher = Progress(on_thread=on_thread)
+    try:
+        report = load(specs, client, journal=journal, identifier_system=identifier_system, atomic=atomic,  # type: ignore[arg-type]
+                      concurrency=concurrency, max_entries=max_entries, dry_run=dry_run, progress=watcher)
+    finally:
+        if bar is not None:
+            bar.close()
+    print_load_report(report)
+    click.echo(f"journal: {journal}", err=True)
+    if report_path:
+        write_atomic(report_path, orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2) + b"\n")
+    sys.exit(EXIT_OK if report.ok else EXIT_ISSUES)
+
+
+@click.command("doctor")
+@connection_options
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@report_errors
+@with_client
+def doctor_command(client: FhirClient, fmt: str) -> None:
+    """Probe a project once: login, permission to search and create Communication, whether transactions
+    are atomic, and the quota. Whatever the probe creates, it removes.
+
+    \b
+    Example:
+      MEDPLUM_BASE_URL=https://api.medplum.com/ thread-bundler doctor
+    """
+    report = doctor(client)
+    if fmt == "json":
+        click.echo(orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        mark = {True: "ok", False: "FAIL", None: "?"}
+        click.echo(f"server: {report.base_url}")
+        click.echo(table(["check", "", "detail"], [[c.name, mark[c.ok], c.detail] for c in report.checks],
+                         align="lll"))
+    sys.exit(EXIT_OK if report.ok else EXIT_ISSUES)
+
+
+def print_verify(results: list[VerifyResult], *, show: int = 20) -> None:
+    good = sum(r.ok for r in results)
+    click.echo(f"{good:,} of {len(results):,} threads match their specs", err=True)
+    bad = [r for r in results if not r.ok]
+    for r in bad[:show]:
+        where = f"{r.file}:{r.line}" if r.line else r.file
+        click.echo(f"{where}: {r.key}:", err=True)
+        for d in r.differences[:10]:
+            click.echo(f"  {d}", err=True)
+        if len(r.differences) > 10:
+            click.echo(f"  ... and {len(r.differences) - 10} more", err=True)
+
+
+@click.command("verify")
+@click.argument("paths", nargs=-1, required=True)
+@connection_options
+@identifier_option
+@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@report_errors
+@with_client
+def verify_command(paths: tuple[str, ...], client: FhirClient, identifier_system: str, concurrency: int,
+                   fmt: str) -> None:
+    """Read each thread in PATHS back from the server (part-of, _sort=sent, every page) and compare it
+    with its spec field by field.
+
+    \b
+    Example:
+      thread-bundler verify threads/
+    """
+    results = verify(load_specs(paths), client, identifier_system=identifier_system, concurrency=concurrency)
+    if fmt == "json":
+        click.echo(orjson.dumps([r.as_json() for r in results], option=orjson.OPT_INDENT_2).decode())
+    else:
+        print_verify(results)
+    sys.exit(EXIT_OK if all(r.ok for r in results) else EXIT_ISSUES)

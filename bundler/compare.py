@@ -1,0 +1,95 @@
+"""Comparing a thread spec with what a server holds for it, field by field. Pure.
+
+Server-assigned ids, `meta`, and the rewriting of `urn:uuid:` references into `Communication/<id>`
+are not differences; anything else is. Resources are matched by their identifiers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle
+from .spec import ThreadSpec
+
+IGNORED = ("id", "meta", "text")
+
+
+def _ident(resource: Mapping[str, Any], system: str) -> str | None:
+    for ident in resource.get("identifier") or ():
+        if ident.get("system") == system:
+            return ident.get("value")
+    return None
+
+
+def _differences(path: str, expected: Any, actual: Any, out: list[str]) -> None:
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        for key in expected.keys() | actual.keys():
+            if key in IGNORED and not path.count("."):
+                continue
+            if key not in actual:
+                out.append(f"{path}.{key}: missing on the server (expected {_short(expected[key])})")
+            elif key not in expected:
+                out.append(f"{path}.{key}: on the server but not in the spec ({_short(actual[key])})")
+            else:
+                _differences(f"{path}.{key}", expected[key], actual[key], out)
+    elif isinstance(expected, list) and isinstance(actual, list):
+        if len(expected) != len(actual):
+            out.append(f"{path}: {len(expected)} expected, {len(actual)} on the server")
+        for i, (e, a) in enumerate(zip(expected, actual, strict=False)):
+            _differences(f"{path}[{i}]", e, a, out)
+    elif expected != actual:
+        out.append(f"{path}: expected {_short(expected)}, got {_short(actual)}")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def diff_thread(spec: ThreadSpec, resources: Iterable[Mapping[str, Any]], *,
+                identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM) -> list[str]:
+    """Every difference between `spec` and `resources` (its header and messages as a server returned
+    them, in any order); an empty list when they match."""
+    bundle = build_bundle(spec, identifier_system=identifier_system)
+    by_ident: dict[str, Mapping[str, Any]] = {}
+    out: list[str] = []
+    for resource in resources:
+        ident = _ident(resource, identifier_system)
+        if ident is None:
+            out.append(f"Communication/{resource.get('id')}: has no {identifier_system} identifier")
+        elif ident in by_ident:
+            out.append(f"{ident}: on the server twice (Communication/{by_ident[ident].get('id')} and "
+                       f"Communication/{resource.get('id')})")
+        else:
+            by_ident[ident] = resource
+    # the server's reference for each of our urns, to undo reference rewriting
+    ref_of: dict[str, str] = {}
+    for entry in bundle["entry"]:
+        actual = by_ident.get(_ident(entry["resource"], identifier_system) or "")
+        if actual is not None and actual.get("id"):
+            ref_of[entry["fullUrl"]] = f"Communication/{actual['id']}"
+    names = ["header"] + [f"messages[{i}] ({m.id})" for i, m in enumerate(spec.messages)]
+    expected_idents = set()
+    for name, entry in zip(names, bundle["entry"], strict=True):
+        ident = _ident(entry["resource"], identifier_system)
+        expected_idents.add(ident)
+        actual = by_ident.get(ident or "")
+        if actual is None:
+            out.append(f"{name}: not on the server (identifier {identifier_system}|{ident})")
+            continue
+        _differences(name, _resolve(entry["resource"], ref_of), dict(actual), out)
+    for ident, resource in by_ident.items():
+        if ident not in expected_idents:
+            out.append(f"Communication/{resource.get('id')}: on the server in this thread but not in the spec "
+                       f"(identifier {ident})")
+    return out
+
+
+def _resolve(value: Any, ref_of: Mapping[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {k: (ref_of.get(v, v) if k == "reference" and isinstance(v, str) else _resolve(v, ref_of))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve(v, ref_of) for v in value]
+    return value

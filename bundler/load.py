@@ -1,0 +1,418 @@
+"""Loading threads into a FHIR server: atomically, exactly once, at the pace the server allows.
+
+    from bundler import load_specs
+    from bundler.client import FhirClient, ClientCredentials
+    from bundler.load import load
+
+    with FhirClient(base_url, ClientCredentials(client_id, secret)) as client:
+        report = load(load_specs(["threads/"]), client, journal="threads.journal.sqlite")
+
+Exactly once, in three layers:
+1. the journal records every thread's server ids as its requests commit; a re-run skips what is done
+   and carries on with what is not (a thread cut into parts resumes at its next part);
+2. threads the journal does not know are first looked for on the server by their identifiers (many
+   per search), so a load into a project that already has some of them creates no duplicates;
+3. a request whose outcome is unknown (timeout, connection lost, 502/503/504) is never re-sent blindly:
+   its entries' identifiers are searched, what is there is recorded, and only the rest is sent again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from . import journal as J
+from .build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle
+from .client import FhirClient, outcome_text
+from .errors import BundlerError, ServerError, UnknownOutcome
+from .plan import SAFE_MAX_BYTES, Limits, TooLarge, cut, entry_sizes, part_bundle
+from .ratelimit import SEARCH_POINTS, WRITE_POINTS
+from .spec import ThreadSpec
+
+Atomic = Literal["require", "auto", "off"]
+
+# outcomes of a thread in a report
+LOADED = "loaded"  # created by this run
+RESUMED = "resumed"  # part was on the server already (an earlier run, or a lost response); the rest created now
+EXISTING = "existing"  # all of it was on the server already, found by its identifiers
+SKIPPED = "skipped"  # the journal says it was loaded by an earlier run
+CHANGED = "changed"  # the journal says it was loaded, but the spec has changed since: not sent again
+PARTIAL = "partial"  # some of it is on the server, the rest failed (e.g. a non-atomic project)
+FAILED = "failed"  # nothing of it is on the server
+OK_OUTCOMES = {LOADED, RESUMED, EXISTING, SKIPPED}
+
+_ENTRY_INDEX = re.compile(r"entry\[(\d+)\]")
+MAX_RECONCILE = 6
+
+
+class NotAtomic(BundlerError):
+    """`--atomic require` and the project processes transactions as batches."""
+
+
+@dataclass
+class ThreadResult:
+    key: str
+    outcome: str
+    file: str | None = None
+    line: int | None = None
+    header_id: str | None = None
+    message_ids: dict[str, str] = field(default_factory=dict)  # spec message id → server id
+    error: str | None = None
+    requests: int = 0
+    created: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v not in (None, {}, [])}
+
+
+@dataclass
+class LoadReport:
+    threads: list[ThreadResult]
+    atomic: bool | None
+    requests: int
+    seconds: float
+    waited: float = 0.0
+    dry_run: bool = False
+    planned_requests: int = 0
+    planned_points: int = 0
+    estimated_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(t.outcome in OK_OUTCOMES for t in self.threads)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self.threads:
+            out[t.outcome] = out.get(t.outcome, 0) + 1
+        return out
+
+    def as_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "atomic": self.atomic, "requests": self.requests, "seconds": round(self.seconds, 3),
+                "counts": self.counts(), "threads": [t.as_json() for t in self.threads]}
+
+
+@dataclass
+class Progress:
+    """What a progress display is told: totals first, then each finished thread."""
+
+    threads: int = 0
+    messages: int = 0
+    on_thread: Callable[[ThreadResult, int], None] | None = None  # (result, messages in the thread)
+
+
+def _server_id(location: str | None, resource: dict[str, Any] | None) -> str | None:
+    if resource and resource.get("id"):
+        return str(resource["id"])
+    if location:
+        parts = location.split("/")
+        if "_history" in parts:
+            parts = parts[: parts.index("_history")]
+        return parts[-1] if len(parts) >= 2 else None
+    return None
+
+
+def _identifier(entry: dict[str, Any]) -> str | None:
+    ident = (entry["resource"].get("identifier") or [{}])[0]
+    return f"{ident.get('system', '')}|{ident['value']}" if "value" in ident else None
+
+
+class _Thread:
+    """One thread being loaded: its bundle, what is on the server, and how to map ids back to the spec."""
+
+    def __init__(self, spec: ThreadSpec, system: str) -> None:
+        self.spec = spec
+        self.bundle = build_bundle(spec, identifier_system=system)
+        self.urls = [e["fullUrl"] for e in self.bundle["entry"]]
+        self.fingerprint = hashlib.sha256(orjson.dumps(self.bundle)).hexdigest()
+        self.identifiers = [_identifier(e) for e in self.bundle["entry"]]
+        self.file, self.line = spec.origin()
+
+    def result(self, outcome: str, ids: dict[str, str], **kw: Any) -> ThreadResult:
+        header = ids.get(self.urls[0])
+        messages = {m.id: ids[url] for m, url in zip(self.spec.messages, self.urls[1:], strict=True) if url in ids}
+        return ThreadResult(self.spec.key, outcome, self.file, self.line, header, messages, **kw)
+
+    def where(self, entry_index: int | None) -> str:
+        """`file:line` of the spec element behind an entry (0 = the thread itself)."""
+        if entry_index is None or entry_index <= 0:
+            file, line = self.file, self.line
+        else:
+            file, line = self.spec.origin(entry_index - 1)
+        return f"{file}:{line}" if line else str(file)
+
+
+class Loader:
+    def __init__(self, client: FhirClient, journal: J.Journal, *, identifier_system: str, limits: Limits,
+                 atomic: bool | None) -> None:
+        self.client = client
+        self.journal = journal
+        self.system = identifier_system
+        self.limits = limits
+        self.atomic = atomic
+        self._lock = threading.Lock()
+
+    # --- finding what is on the server ------------------------------------------------------------
+
+    # --- one thread ---------------------------------------------------------------------------------
+
+    def load_thread(self, t: _Thread, entry: J.Entry | None, existing: dict[str, str]) -> ThreadResult:
+        ids: dict[str, str] = dict(entry.ids) if entry else {}
+        in_flight = list(entry.in_flight) if entry else []
+        before = set(ids)
+        requests = 0
+        # what an earlier run (or another tool) left on the server, found by identifier
+        for url, ident in zip(t.urls, t.identifiers, strict=True):
+            if ident in existing and url not in ids:
+                ids[url] = f"Communication/{existing[ident]}"
+        if in_flight:  # a request whose outcome we never learned
+            ids.update(self._reconcile(t, [t.urls.index(u) for u in in_flight if u in t.urls]))
+            requests += 1
+        found_before = set(ids) - before
+        if len(ids) == len(t.urls):
+            self._save(t, J.COMMITTED, ids)
+            return t.result(EXISTING if entry is None else RESUMED, _ids(ids), requests=requests)
+        created = 0
+        unknown_rounds = 0
+        while True:
+            remaining = [i for i, url in enumerate(t.urls) if url not in ids]
+            if not remaining:
+                break
+            try:
+                part = cut(remaining, entry_sizes(t.bundle), self.limits)[0]
+            except TooLarge as exc:
+                return self._fail(t, ids, f"{t.where(None)}: {exc}", requests)
+            body = orjson.dumps(part_bundle(t.bundle, part, ids, conditional=self.limits.conditional))
+            self._save(t, J.SENT, ids, in_flight=[t.urls[i] for i in part])
+            requests += 1
+            try:
+                response = self.client.transaction(body, entries=len(part))
+            except UnknownOutcome:
+                unknown_rounds += 1
+                if unknown_rounds > MAX_RECONCILE:
+                    return self._fail(t, ids, "the server's answers kept getting lost; run again to resume",
+                                      requests, state=J.SENT, in_flight=[t.urls[i] for i in part])
+                ids.update(self._reconcile(t, part))
+                requests += 1
+                continue
+            except ServerError as exc:
+                index = self._failing_entry(exc.outcome, part)
+                why = f"{t.where(index)}: {exc}"
+                return self._fail(t, ids, why, requests)
+            statuses = self._read_response(t, part, response, ids)
+            created += sum(1 for s in statuses if s.startswith("201"))
+            failed = [(i, s) for i, s in zip(part, statuses, strict=True) if not s[:1] == "2" and not
+                      s.startswith("429")]
+            if failed:
+                i, status = failed[0]
+                text = outcome_text((response["entry"][part.index(i)].get("response") or {}).get("outcome"))
+                committed = sum(1 for s in statuses if s[:1] == "2")
+                why = (f"{t.where(i)}: HTTP {status.split()[0]}: {text or 'refused'}"
+                       + (f" — the server processed the transaction non-atomically: {committed} of {len(part)} "
+                          "entries were committed (is the project's transaction-bundles feature off?)"
+                          if committed else ""))
+                return self._fail(t, ids, why, requests)
+            if any(s.startswith("429") for s in statuses):
+                self.client.pacer.blocked(1.0)  # batch mode: the rest was not processed; send it again
+            self._save(t, J.SENT, ids)
+        self._save(t, J.COMMITTED, ids)
+        outcome = LOADED if not (before or found_before) else RESUMED
+        return t.result(outcome, _ids(ids), requests=requests, created=created)
+
+    def _read_response(self, t: _Thread, part: list[int], response: Any, ids: dict[str, str]) -> list[str]:
+        entries = response.get("entry") if isinstance(response, dict) else None
+        if not isinstance(entries, list) or len(entries) != len(part):
+            raise BundlerError(f"{t.spec.key}: the server answered a transaction of {len(part)} entries with "
+                               f"{len(entries) if isinstance(entries, list) else 'no'} entries")
+        statuses = []
+        for i, e in zip(part, entries, strict=True):
+            resp = e.get("response") or {}
+            status = str(resp.get("status", ""))
+            statuses.append(status)
+            if status[:1] == "2":
+                sid = _server_id(resp.get("location"), e.get("resource"))
+                if sid:
+                    ids[t.urls[i]] = f"Communication/{sid}"
+        return statuses
+
+    def _reconcile(self, t: _Thread, part: list[int]) -> dict[str, str]:
+        """The entries of `part` that are on the server, by identifier search."""
+        found = self.client.find_identifiers("Communication", [i for n in part if (i := t.identifiers[n])])
+        return {t.urls[i]: f"Communication/{found[ident]}" for i in part
+                if (ident := t.identifiers[i]) is not None and ident in found}
+
+    @staticmethod
+    def _failing_entry(outcome: dict[str, Any] | None, part: list[int]) -> int | None:
+        for issue in (outcome or {}).get("issue") or ():
+            for where in (issue.get("expression") or []) + (issue.get("location") or []):
+                m = _ENTRY_INDEX.search(where)
+                if m and int(m.group(1)) < len(part):
+                    return part[int(m.group(1))]
+        return None
+
+    def _save(self, t: _Thread, state: str, ids: dict[str, str], *, in_flight: list[str] | None = None,
+              error: str | None = None) -> None:
+        self.journal.put(J.Entry(t.spec.key, state, t.fingerprint, ids, in_flight or [], error))
+
+    def _fail(self, t: _Thread, ids: dict[str, str], why: str, requests: int, *, state: str | None = None,
+              in_flight: list[str] | None = None) -> ThreadResult:
+        state = state or (J.PARTIAL if ids else J.FAILED)
+        self._save(t, state, ids, in_flight=in_flight, error=why)
+        return t.result(PARTIAL if ids else FAILED, _ids(ids), error=why, requests=requests)
+
+
+def _ids(ids: dict[str, str]) -> dict[str, str]:
+    return {url: ref.split("/", 1)[1] for url, ref in ids.items()}
+
+
+def default_journal(paths: Sequence[str | Path]) -> Path:
+    """`<first input>.journal.sqlite` beside the first input (a file or folder); in the current folder for stdin."""
+    first = next((Path(p) for p in paths if str(p) != "-"), None)
+    if first is None:
+        return Path("thread-bundler.journal.sqlite")
+    first = first.resolve()
+    return first.parent / f"{first.name}.journal.sqlite"
+
+
+def probe_atomic(client: FhirClient) -> bool:
+    from .doctor import probe_atomicity
+
+    return bool(probe_atomicity(client).ok)
+
+
+def load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: str | Path,
+         identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, atomic: Atomic = "auto", concurrency: int = 4,
+         max_entries: int | None = None, max_bytes: int = SAFE_MAX_BYTES, dry_run: bool = False,
+         progress: Progress | None = None, is_atomic: bool | None = None) -> LoadReport:
+    """Load `threads` into the server behind `client`; see the module docstring for the guarantees.
+
+    atomic: `require` refuses a project that processes transactions as batches; `auto` (default) finds
+    out once (`doctor`'s probe) and, on such a project, sends the header first and then the messages,
+    every entry a conditional create on its identifier, so that re-running completes a thread; `off`
+    sends plain transactions and reports what a non-atomic server half-committed as partial.
+    `is_atomic` skips the probe when the caller already knows.
+    """
+    import time
+
+    started, requests_before, waited_before = time.monotonic(), client.requests, client.pacer.waited
+    target = f"{client.root}|{identifier_system}"
+    items = [_Thread(spec, identifier_system) for spec in threads]
+    if progress is not None:
+        progress.threads, progress.messages = len(items), sum(len(t.spec.messages) for t in items)
+    with J.Journal(journal, target) as jr:
+        known = jr.get_many([t.spec.key for t in items])
+        results: list[ThreadResult | None] = [None] * len(items)
+        todo: list[int] = []
+        for n, t in enumerate(items):
+            entry = known.get(t.spec.key)
+            if entry and entry.state == J.COMMITTED:
+                outcome = SKIPPED if entry.fingerprint == t.fingerprint else CHANGED
+                error = None if outcome == SKIPPED else "the spec has changed since it was loaded; not sent again"
+                results[n] = t.result(outcome, _ids(entry.ids), error=error)
+            else:
+                todo.append(n)
+        # threads the journal has never seen: are they on the server already (by header identifier)?
+        unseen = [n for n in todo if items[n].spec.key not in known]
+        headers = client.find_identifiers("Communication", [items[n].identifiers[0] for n in unseen])
+        existing: dict[int, dict[str, str]] = {}
+        for n in unseen:
+            if items[n].identifiers[0] in headers:  # the header is there: which of its messages are?
+                existing[n] = client.find_identifiers("Communication", [i for i in items[n].identifiers if i])
+        if todo and atomic != "off" and is_atomic is None and not dry_run:
+            is_atomic = probe_atomic(client)  # only when there is something to send
+            if atomic == "require" and not is_atomic:
+                raise NotAtomic("this project processes transactions non-atomically (Medplum's "
+                                "transaction-bundles feature is off): refusing to load with --atomic require")
+        limits = Limits(max_bytes=max_bytes, max_entries=max_entries,
+                        conditional=atomic == "auto" and is_atomic is False)
+        loader = Loader(client, jr, identifier_system=identifier_system, limits=limits, atomic=is_atomic)
+        if dry_run:
+            report = _plan_report(items, results, todo, existing, known, limits, client, started, is_atomic)
+            report.requests -= requests_before
+            return report
+
+        def run(n: int) -> ThreadResult:
+            t = items[n]
+            try:
+                return loader.load_thread(t, known.get(t.spec.key), existing.get(n, {}))
+            except BundlerError as exc:
+                if _fatal(exc):
+                    raise
+                return t.result(FAILED, {}, error=client.all_secrets().scrub(str(exc)))
+
+        for n, r in enumerate(results):
+            if r is not None and progress and progress.on_thread:
+                progress.on_thread(r, len(items[n].spec.messages))
+        with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="load") as pool:
+            futures = {pool.submit(run, n): n for n in todo}
+            try:
+                for future in _as_completed(futures):
+                    n = futures[future]
+                    results[n] = future.result()
+                    if progress and progress.on_thread:
+                        progress.on_thread(results[n], len(items[n].spec.messages))  # type: ignore[arg-type]
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    secrets = client.all_secrets()
+    final = [r for r in results if r is not None]
+    for r in final:
+        if r.error:
+            r.error = secrets.scrub(r.error)
+    return LoadReport(final, is_atomic, client.requests - requests_before, time.monotonic() - started,
+                      client.pacer.waited - waited_before)
+
+
+def _as_completed(futures: dict[Any, int]) -> Iterable[Any]:
+    from concurrent.futures import as_completed
+
+    return as_completed(futures)
+
+
+def _fatal(exc: BundlerError) -> bool:
+    """Errors that would fail every thread the same way: stop the load instead."""
+    from .client import Unreachable
+    from .errors import AuthError
+
+    return isinstance(exc, AuthError | Unreachable | NotAtomic)
+
+
+def _plan_report(items: list[_Thread], results: list[ThreadResult | None], todo: list[int],
+                 existing: dict[int, dict[str, str]], known: dict[str, J.Entry], limits: Limits,
+                 client: FhirClient, started: float, is_atomic: bool | None) -> LoadReport:
+    import time
+
+    requests = points = 0
+    out: list[ThreadResult] = []
+    for n, t in enumerate(items):
+        if results[n] is not None:
+            out.append(results[n])  # type: ignore[arg-type]
+            continue
+        have = set(existing.get(n, {})) | {u for u in (known[t.spec.key].ids if t.spec.key in known else {})}
+        remaining = [i for i, (u, ident) in enumerate(zip(t.urls, t.identifiers, strict=True))
+                     if u not in have and ident not in have]
+        if not remaining:
+            out.append(t.result(EXISTING, {}))
+            continue
+        try:
+            parts = cut(remaining, entry_sizes(t.bundle), limits)
+        except TooLarge as exc:
+            out.append(t.result(FAILED, {}, error=f"{t.where(None)}: {exc}"))
+            continue
+        requests += len(parts)
+        points += WRITE_POINTS * len(remaining)
+        out.append(t.result("planned", {}, requests=len(parts)))
+    points += SEARCH_POINTS * max(1, len(todo) // 50)
+    report = LoadReport(out, is_atomic, client.requests, time.monotonic() - started, dry_run=True)
+    report.planned_requests, report.planned_points = requests, points
+    report.estimated_seconds = client.pacer.seconds_for(points)
+    return report

@@ -1,0 +1,92 @@
+"""Cutting a thread into requests the server will take, keeping every reference intact. Pure.
+
+A thread goes as one transaction when it fits (1 MB body, `max_entries`). When it does not, it is cut
+into parts sent in order: the first holds the header, later ones point at entries already on the server
+by their server ids (`Communication/<id>`), and at entries of their own part by `urn:uuid:`. Each part
+is atomic on its own. In conditional mode (a project without atomic transactions) the header goes
+alone first and every entry is a conditional create on its identifier, so re-sending is harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+MEDPLUM_MAX_BYTES = 1_048_576  # Medplum's maxJsonSize, 1 MB
+SAFE_MAX_BYTES = 1_000_000  # what we plan for: room for headers and rewritten references
+CONDITIONAL_MAX_ENTRIES = 8  # Medplum: a transaction with a conditional entry holds at most 8
+_ENVELOPE = len(b'{"resourceType":"Bundle","type":"transaction","entry":[]}')
+_REFERENCE_GROWTH = 16  # "Communication/<uuid>" is longer than "urn:uuid:<uuid>"
+
+
+class TooLarge(ValueError):
+    """One entry alone is larger than a request may be."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_bytes: int = SAFE_MAX_BYTES
+    max_entries: int | None = None
+    conditional: bool = False
+
+
+def entry_sizes(bundle: Mapping[str, Any]) -> list[int]:
+    """The serialised size of each entry, plus room for its references to be rewritten."""
+    return [len(orjson.dumps(e)) + 1 + _REFERENCE_GROWTH * str(e).count("urn:uuid:") for e in bundle["entry"]]
+
+
+def cut(indexes: Sequence[int], sizes: Sequence[int], limits: Limits) -> list[list[int]]:
+    """Group entry `indexes` (in order) into parts within `limits`; entry 0, the header, leads alone in
+    conditional mode. Raises TooLarge for an entry that cannot fit in any request."""
+    max_entries = limits.max_entries or 1 << 30
+    if limits.conditional:
+        max_entries = min(max_entries, CONDITIONAL_MAX_ENTRIES)
+    parts: list[list[int]] = []
+    current: list[int] = []
+    size = _ENVELOPE
+    for i in indexes:
+        extra = sizes[i] + (96 if limits.conditional else 0)  # room for ifNoneExist
+        if _ENVELOPE + extra > limits.max_bytes:
+            raise TooLarge(f"entry {i} is {sizes[i]:,} bytes: more than one request may carry "
+                           f"({limits.max_bytes:,} bytes)")
+        if current and (size + extra > limits.max_bytes or len(current) >= max_entries
+                        or (limits.conditional and current == [0])):
+            parts.append(current)
+            current, size = [], _ENVELOPE
+        current.append(i)
+        size += extra
+    if current:
+        parts.append(current)
+    return parts
+
+
+def _rewrite(value: Any, known: Mapping[str, str]) -> Any:
+    if isinstance(value, dict):
+        if isinstance(ref := value.get("reference"), str) and ref in known:
+            return {**value, "reference": known[ref]}
+        return {k: _rewrite(v, known) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rewrite(v, known) for v in value]
+    return value
+
+
+def part_bundle(bundle: Mapping[str, Any], indexes: Sequence[int], known: Mapping[str, str], *,
+                conditional: bool = False) -> dict[str, Any]:
+    """A transaction of the entries `indexes` of `bundle`; references to entries already on the server
+    (`known`: fullUrl → `Communication/<id>`) become literal; with `conditional`, each entry is a
+    conditional create on its first identifier."""
+    entries = []
+    for i in indexes:
+        entry = bundle["entry"][i]
+        if known:
+            entry = {**entry, "resource": _rewrite(entry["resource"], known)}
+        if conditional:
+            ident = (entry["resource"].get("identifier") or [{}])[0]
+            if "value" in ident:
+                query = f"identifier={ident.get('system', '')}|{ident['value']}"
+                entry = {**entry, "request": {**entry["request"], "ifNoneExist": query}}
+        entries.append(entry)
+    return {"resourceType": "Bundle", "type": bundle.get("type", "transaction"), "entry": entries}

@@ -1,0 +1,79 @@
+"""Showing long work: a live bar on a terminal, a quiet line every few seconds otherwise, and tables."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]], *, align: str | None = None) -> str:
+    """A plain-text table; `align` has one 'l' or 'r' per column (numbers right by default)."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    align = align or "".join("r" if rows and isinstance(rows[0][i], int | float) else "l" for i in range(len(header)))
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(row, widths, align, strict=True))
+
+    out = [line(cells[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in cells[1:]]
+    return "\n".join(s.rstrip() for s in out)
+
+
+def duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class Bar:
+    """Progress of `total` threads holding `messages` messages; `advance` once per finished thread."""
+
+    def __init__(self, label: str, total: int, messages: int, *, stream: TextIO | None = None,
+                 live: bool | None = None, every: float = 5.0) -> None:
+        self.label = label
+        self.total = total
+        self.messages_total = messages
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty() if live is None else live
+        self.every = every
+        self.done = 0
+        self.messages = 0
+        self.failed = 0
+        self.started = time.monotonic()
+        self._shown = 0.0
+
+    def advance(self, messages: int, *, failed: bool = False) -> None:
+        self.done += 1
+        self.messages += messages
+        self.failed += failed
+        now = time.monotonic()
+        if self.live and (now - self._shown > 0.1 or self.done == self.total):
+            self._shown = now
+            self.stream.write("\r" + self._line(now, bar=True))
+            self.stream.flush()
+        elif not self.live and (now - self._shown >= self.every):
+            self._shown = now
+            self.stream.write(self._line(now, bar=False) + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.live and self.total:
+            self.stream.write("\r" + self._line(time.monotonic(), bar=True) + "\n")
+            self.stream.flush()
+
+    def _line(self, now: float, *, bar: bool) -> str:
+        elapsed = max(now - self.started, 1e-9)
+        rate = self.messages / elapsed
+        left = self.messages_total - self.messages
+        eta = duration(left / rate) if rate and left else "-"
+        text = (f"{self.label} {self.done:,}/{self.total:,} threads · {self.messages:,}/{self.messages_total:,} "
+                f"messages · {rate:,.0f} msg/s · ETA {eta}" + (f" · {self.failed:,} failed" if self.failed else ""))
+        if not bar:
+            return text
+        width = max(10, min(30, shutil.get_terminal_size((100, 20)).columns - len(text) - 4))
+        filled = int(width * self.done / self.total) if self.total else width
+        return f"[{'#' * filled}{'.' * (width - filled)}] {text}"

@@ -1,0 +1,100 @@
+"""Pacing by the server's quota, before a 429 happens.
+
+Medplum sends `RateLimit: "requests";r=<left>;t=<seconds to reset>, "fhirInteractions";r=<left>;t=<s>`
+(sometimes as two header lines) on every FHIR response. A write costs 100 points per entry, a search
+20. The `Pacer` spreads what is left of the window evenly over the time left in it, so a long load runs
+at the quota rate instead of bursting into 429s; without the header there is no pacing at all.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+WRITE_POINTS = 100
+SEARCH_POINTS = 20
+READ_POINTS = 1
+DEFAULT_QUOTA_PER_MINUTE = 50_000  # Medplum's default per client, for estimates when a server says nothing
+
+_PART = re.compile(r'"?([A-Za-z0-9_-]+)"?\s*((?:;\s*[a-z]+\s*=\s*[0-9.]+\s*)+)')
+_PARAM = re.compile(r";\s*([a-z]+)\s*=\s*([0-9.]+)")
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One policy of a RateLimit header: `remaining` units left, `reset` seconds until the window renews."""
+
+    name: str
+    remaining: float
+    reset: float
+
+
+def parse_ratelimit(values: Iterable[str]) -> dict[str, Limit]:
+    """All policies in the RateLimit header lines `values` (unknown or broken parts are skipped)."""
+    out: dict[str, Limit] = {}
+    for value in values:
+        for m in _PART.finditer(value):
+            params = dict(_PARAM.findall(m.group(2)))
+            if "r" in params and "t" in params:
+                out[m.group(1)] = Limit(m.group(1), float(params["r"]), float(params["t"]))
+    return out
+
+
+class Pacer:
+    """Shared by every worker: `wait(cost)` before a request, `update(limits)` after each response.
+
+    Points are spent no faster than `remaining / reset`: what is left, spread over the time left.
+    A 429 (`blocked(seconds)`) stops every worker until the window renews.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 policy: str = "fhirInteractions") -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._policy = policy
+        self._lock = threading.Lock()
+        self._rate: float | None = None  # points per second we may spend; None: no header seen
+        self._next = 0.0  # the earliest moment the next request may start
+        self._blocked_until = 0.0
+        self.waited = 0.0  # total seconds workers spent waiting, for the report
+
+    @property
+    def active(self) -> bool:
+        """True once a server has told us its quota."""
+        return self._rate is not None
+
+    def update(self, limits: dict[str, Limit]) -> None:
+        with self._lock:
+            now = self._clock()
+            for limit in limits.values():  # any policy spent: nobody sends until it renews
+                if limit.remaining <= 0:
+                    self._blocked_until = max(self._blocked_until, now + limit.reset)
+            limit = limits.get(self._policy)
+            if limit is not None and limit.remaining > 0:
+                self._rate = limit.remaining / max(limit.reset, 1.0)
+
+    def blocked(self, seconds: float) -> None:
+        """The server refused us (429): nobody sends until `seconds` from now."""
+        with self._lock:
+            self._blocked_until = max(self._blocked_until, self._clock() + max(seconds, 0.5))
+
+    def wait(self, cost: float) -> float:
+        """Sleep until a request of `cost` points may start; returns the seconds slept."""
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._next, self._blocked_until)
+            if self._rate:
+                self._next = start + cost / self._rate
+            delay = start - now
+            self.waited += delay
+        if delay > 0:
+            self._sleep(delay)
+        return delay
+
+    def seconds_for(self, points: float, *, quota_per_minute: float = DEFAULT_QUOTA_PER_MINUTE) -> float:
+        """How long `points` take at the server's pace (or at `quota_per_minute` if none is known)."""
+        rate = self._rate or quota_per_minute / 60
+        return points / rate

@@ -1,0 +1,68 @@
+"""`verify`: read each loaded thread back from the server and compare it with its spec, field by field.
+
+Threads are found by their header identifier; their messages are read the way apps read them,
+`Communication?part-of=Communication/<id>&_sort=sent`, following every `next` page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from .build import DEFAULT_IDENTIFIER_SYSTEM
+from .client import FhirClient
+from .compare import diff_thread
+from .spec import ThreadSpec
+
+
+@dataclass
+class VerifyResult:
+    key: str
+    file: str | None
+    line: int | None
+    header_id: str | None = None
+    messages: int = 0
+    differences: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.header_id is not None and not self.differences
+
+    def as_json(self) -> dict[str, Any]:
+        return {"key": self.key, "ok": self.ok, "file": self.file, "line": self.line, "header_id": self.header_id,
+                "messages": self.messages, "differences": self.differences}
+
+
+def read_thread(client: FhirClient, header_id: str) -> list[dict[str, Any]]:
+    """A thread's messages as an app reads them: part-of the header, sorted by sent, every page."""
+    return client.search("Communication", {"part-of": f"Communication/{header_id}", "_sort": "sent",
+                                           "_count": "1000"})
+
+
+def verify(threads: Iterable[ThreadSpec], client: FhirClient, *,
+           identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, concurrency: int = 4,
+           on_thread: Callable[[VerifyResult], None] | None = None) -> list[VerifyResult]:
+    """Compare every thread in `threads` with what the server holds; one result per thread, in order."""
+    specs = list(threads)
+    headers = client.find_identifiers("Communication", [f"{identifier_system}|{s.key}" for s in specs])
+
+    def one(spec: ThreadSpec) -> VerifyResult:
+        file, line = spec.origin()
+        result = VerifyResult(spec.key, file, line)
+        header_id = headers.get(f"{identifier_system}|{spec.key}")
+        if header_id is None:
+            result.differences.append("not on the server (no header with its identifier)")
+        else:
+            result.header_id = header_id
+            header = client.read(f"Communication/{header_id}")
+            messages = read_thread(client, header_id)
+            result.messages = len(messages)
+            result.differences = diff_thread(spec, [header, *messages], identifier_system=identifier_system)
+        if on_thread:
+            on_thread(result)
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="verify") as pool:
+        return list(pool.map(one, specs))

@@ -1,0 +1,359 @@
+"""The loader against a real server (the local Medplum, or MEDPLUM_BASE_URL): exactly once, whatever happens."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from faultproxy import FaultProxy, Rule, throttled
+
+from bundler import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, load_specs, parse_spec
+from bundler.client import ClientCredentials, FhirClient
+from bundler.compare import diff_thread
+from bundler.load import EXISTING, FAILED, LOADED, PARTIAL, RESUMED, SKIPPED, load
+from bundler.spec import ThreadSpec
+from bundler.strategies import sample_specs
+from bundler.verify import read_thread, verify
+
+REPO = Path(__file__).resolve().parent.parent
+WALKTHROUGH = REPO / "fixtures/threads/homer-lab-results.yaml"
+
+
+def client_for(project: Any, url: str | None = None, **kw: Any) -> FhirClient:
+    t = project.target
+    return FhirClient(url or t.base_url, ClientCredentials(t.client_id, t.client_secret), **kw)
+
+
+def specs_for(project: Any, threads: int, messages: int, *, seed: int = 1) -> list[ThreadSpec]:
+    return [parse_spec(s) for s in sample_specs(threads, messages, seed=seed, prefix=project.prefix)]
+
+
+def copies(client: FhirClient, specs: list[ThreadSpec], *, whole_store: bool = False) -> collections.Counter[str]:
+    """How many resources the server holds for each identifier of `specs` (0 when missing).
+
+    `whole_store`: read every Communication instead of searching identifiers (the local server's
+    store is emptied per test, and its identifier search is a slow scan)."""
+    wanted = [e["resource"]["identifier"][0] for s in specs for e in build_bundle(s)["entry"]]
+    values = [f"{i['system']}|{i['value']}" for i in wanted]
+    counts: collections.Counter[str] = collections.Counter({v: 0 for v in values})
+    searches = [{"_count": "1000"}] if whole_store else [
+        {"identifier": ",".join(values[n:n + 50]), "_count": "1000"} for n in range(0, len(values), 50)]
+    for params in searches:
+        for resource in client.search("Communication", params):
+            for ident in resource.get("identifier", ()):
+                value = f"{ident['system']}|{ident['value']}"
+                if value in counts:
+                    counts[value] += 1
+    return counts
+
+
+def assert_exactly_once(client: FhirClient, specs: list[ThreadSpec], project: Any = None) -> None:
+    counts = copies(client, specs, whole_store=project is not None and project.server is not None)
+    wrong = {k: v for k, v in counts.items() if v != 1}
+    assert not wrong, f"{len(wrong)} identifiers not exactly once, e.g. {list(wrong.items())[:5]}"
+
+
+def walkthrough_for(project: Any) -> ThreadSpec:
+    (spec,) = load_specs([WALKTHROUGH])
+    data = {"thread": f"{project.prefix}-{spec.key}", "topic": spec.topic, "subject": "homer", "sender": "alice",
+            "sent": spec.sent, "participants": {a: {"reference": p.reference, "display": p.display}
+                                                for a, p in spec.participants.items()},
+            "messages": [{"id": m.id, "sender": m.sender, "sent": m.sent, "text": m.text}
+                         | ({"reply_to": m.reply_to} if m.reply_to else {}) for m in spec.messages]}
+    return parse_spec(data)
+
+
+def test_walkthrough_end_to_end(project: Any, tmp_path: Path) -> None:
+    spec = walkthrough_for(project)
+    with client_for(project) as client:
+        report = load([spec], client, journal=tmp_path / "j.sqlite")
+        [result] = report.threads
+        assert result.outcome == LOADED, result.error
+        assert set(result.message_ids) == {"specimen-received", "homer-asks", "3"}
+        messages = read_thread(client, result.header_id)  # type: ignore[arg-type]
+        assert [m["payload"][0]["contentString"] for m in messages] == [m.text for m in spec.messages]
+        assert messages[2]["inResponseTo"] == [{"reference": f"Communication/{result.message_ids['homer-asks']}"}]
+        assert all(m["partOf"] == [{"reference": f"Communication/{result.header_id}"}] for m in messages)
+        header = client.read(f"Communication/{result.header_id}")
+        assert diff_thread(spec, [header, *messages]) == []
+        [checked] = verify([spec], client)
+        assert checked.ok and checked.messages == 3
+
+
+def test_a_thousand_threads_concurrently_each_exactly_once(project: Any, tmp_path: Path) -> None:
+    specs = specs_for(project, 1000, 3)
+    with client_for(project) as client:
+        report = load(specs, client, journal=tmp_path / "j.sqlite", concurrency=8)
+        assert report.counts() == {LOADED: 1000}
+        assert_exactly_once(client, specs, project)
+
+
+def test_rerun_and_lost_journal_create_nothing_new(project: Any, tmp_path: Path) -> None:
+    specs = specs_for(project, 40, 4)
+    with client_for(project) as client:
+        assert load(specs, client, journal=tmp_path / "j.sqlite").counts() == {LOADED: 40}
+        again = load(specs, client, journal=tmp_path / "j.sqlite")
+        assert again.counts() == {SKIPPED: 40}
+        assert again.requests <= 2, "a finished load sends nothing (no probe either)"
+        (tmp_path / "j.sqlite").unlink()
+        fresh = load(specs, client, journal=tmp_path / "j.sqlite")
+        assert fresh.counts() == {EXISTING: 40}
+        assert_exactly_once(client, specs, project)
+
+
+def test_threads_too_big_for_one_request_are_cut_and_verified(project: Any, tmp_path: Path) -> None:
+    specs = specs_for(project, 3, 30, seed=7)
+    with client_for(project) as client:
+        report = load(specs, client, journal=tmp_path / "j.sqlite", max_entries=7)
+        assert report.counts() == {LOADED: 3}
+        assert all(t.requests == 5 for t in report.threads)  # 31 entries, 7 a request
+        assert all(r.ok for r in verify(specs, client)), [r.differences for r in verify(specs, client)]
+        # replies across parts point at server ids of earlier parts
+        assert_exactly_once(client, specs, project)
+
+
+def test_dry_run_plans_and_sends_nothing(project: Any, tmp_path: Path) -> None:
+    specs = specs_for(project, 10, 5)
+    with client_for(project) as client:
+        load(specs[:4], client, journal=tmp_path / "other.sqlite")
+        plan = load(specs, client, journal=tmp_path / "j.sqlite", dry_run=True, max_entries=4)
+        assert plan.dry_run and plan.counts() == {EXISTING: 4, "planned": 6}
+        assert plan.planned_requests == 6 * 2
+        assert plan.planned_points == 6 * 6 * 100 + 20
+        assert copies(client, specs[4:]).most_common(1)[0][1] == 0
+
+
+def test_lost_response_is_reconciled_not_resent(project: Any, tmp_path: Path) -> None:
+    specs = specs_for(project, 1, 3)
+    with FaultProxy(project.target.base_url, seed=1) as proxy:
+        proxy.add(Rule("drop_after", method="POST", path=r"/fhir/R4/?$", body_contains='"Bundle"', nth=2, times=1))
+        with client_for(project, proxy.url) as client:
+            [result] = load(specs, client, journal=tmp_path / "j.sqlite").threads
+            assert result.outcome == LOADED, result.error
+            assert_exactly_once(client, specs, project)
+        posts = [e for e in proxy.log if e.method == "POST" and e.path.rstrip("/").endswith("/fhir/R4")]
+        dropped = next(n for n, e in enumerate(proxy.log) if e.action == "drop-after")
+        after = proxy.log[dropped + 1:]
+        assert any(e.method == "GET" and "identifier=" in e.path for e in after), "searched before anything else"
+        assert len(posts) == 2  # the probe, then the lost transaction: nothing re-sent once the search found it
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+def test_faults_through_the_proxy_every_thread_exactly_once(project: Any, tmp_path: Path, seed: int) -> None:
+    specs = specs_for(project, 60, 3, seed=seed)
+    post = r"/fhir/R4/?$"
+    with FaultProxy(project.target.base_url, seed=seed) as proxy:
+        proxy.add(throttled(retry_after=1, method="POST", path=post, every=9))
+        proxy.add(Rule("status", status=503, method="POST", path=post, fraction=0.08))
+        proxy.add(Rule("status", status=502, method="GET", fraction=0.05))
+        proxy.add(Rule("drop_before", method="POST", path=post, fraction=0.05))
+        proxy.add(Rule("drop_after", method="POST", path=post, fraction=0.08))
+        proxy.add(Rule("delay_response", delay=2.5, method="POST", path=post, fraction=0.03))
+        proxy.add(Rule("delay", delay=0.05, fraction=0.2))
+        proxy.add(Rule("status", status=401, path=r"/fhir/R4/", nth=40, times=1))  # a token revoked mid-run
+        with client_for(project, proxy.url, timeout=1.5) as client:
+            report = load(specs, client, journal=tmp_path / "j.sqlite", concurrency=6)
+            assert report.ok, [(t.key, t.outcome, t.error) for t in report.threads if t.outcome not in (LOADED,
+                                                                                                        RESUMED)]
+            fired = {a for e in proxy.log for a in e.actions}
+            assert {"status 429", "status 503", "drop-after", "status 401"} <= fired
+            assert client.auth.logins == 2  # type: ignore[union-attr]
+            proxy.clear()
+            again = load(specs, client, journal=tmp_path / "j.sqlite")  # the journal knows the proxy's URL
+            assert again.counts() == {SKIPPED: 60}
+    with client_for(project) as client:
+        assert_exactly_once(client, specs, project)
+
+
+@pytest.mark.local_only
+def test_token_expiry_mid_run(project: Any, tmp_path: Path) -> None:
+    project.configure(token_ttl_seconds=2)
+    specs = specs_for(project, 60, 3)
+    with FaultProxy(project.target.base_url) as proxy, client_for(project, proxy.url) as client:
+        proxy.add(Rule("delay", delay=0.1))  # make the run outlive a couple of tokens
+        report = load(specs, client, journal=tmp_path / "j.sqlite", concurrency=2)
+        assert report.ok
+        assert client.auth.logins >= 2  # type: ignore[union-attr]
+        assert_exactly_once(client, specs, project)
+
+
+@pytest.mark.local_only
+def test_non_atomic_project_thread_failing_midway_is_partial(project: Any, tmp_path: Path) -> None:
+    project.configure(transaction_bundles=False)
+    data = sample_specs(1, 4, prefix=project.prefix)[0]
+    data["messages"][2] = {"id": "m2", "sender": "p1", "sent": data["messages"][2]["sent"],
+                           "attachments": [{"url": "has space", "contentType": "image/png"}]}
+    spec = parse_spec(data, file="bad.yaml")
+    with client_for(project) as client:
+        off = load([spec], client, journal=tmp_path / "off.sqlite", atomic="off")
+        [t] = off.threads
+        assert t.outcome == PARTIAL
+        assert t.header_id and set(t.message_ids) == {"m0", "m1", "m3"}  # a batch tries every entry
+        assert "non-atomically" in (t.error or "") and "Invalid url" in (t.error or "")
+        assert t.error.startswith("bad.yaml")  # type: ignore[union-attr]
+        with pytest.raises(Exception, match="non-atomically"):
+            load([spec], client, journal=tmp_path / "req.sqlite", atomic="require")
+
+
+@pytest.mark.local_only
+def test_non_atomic_project_auto_uses_conditional_creates_and_completes_on_rerun(project: Any,
+                                                                                  tmp_path: Path) -> None:
+    project.configure(transaction_bundles=False)
+    specs = specs_for(project, 5, 12)
+    with FaultProxy(project.target.base_url, seed=5) as proxy:
+        proxy.add(Rule("drop_before", method="POST", path=r"/fhir/R4/?$", nth=6))
+        with client_for(project, proxy.url, max_attempts=1) as client:
+            first = load(specs, client, journal=tmp_path / "j.sqlite", concurrency=1)
+        bodies = [orjson.loads(e.body) for e in proxy.log if e.method == "POST" and e.body.startswith(b"{")]
+    assert first.atomic is False
+    loads = [b for b in bodies if b.get("type") == "transaction" and any(
+        "ifNoneExist" in e["request"] for e in b["entry"])]
+    assert loads and all(len(b["entry"]) <= 8 for b in loads)
+    assert all(e["request"]["ifNoneExist"].startswith("identifier=") for b in loads for e in b["entry"])
+    with client_for(project) as client:
+        second = load(specs, client, journal=tmp_path / "j.sqlite")
+        assert second.ok
+        assert_exactly_once(client, specs, project)
+
+
+@pytest.mark.local_only
+def test_quota_paced_without_429(project: Any, tmp_path: Path) -> None:
+    project.configure(quota={"enabled": True, "points": 6000, "windowSeconds": 2})
+    specs = specs_for(project, 20, 4)
+    with FaultProxy(project.target.base_url) as proxy, client_for(project, proxy.url) as client:
+        report = load(specs, client, journal=tmp_path / "j.sqlite", concurrency=4)
+        assert report.ok
+        statuses = collections.Counter(e.upstream_status for e in proxy.log)
+        assert statuses[429] == 0, statuses
+        assert report.waited > 0
+
+
+def _cli(args: list[str], env: dict[str, str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bundler", *args], env={**os.environ, **env}, text=True,
+                          capture_output=True, timeout=120, **kw)
+
+
+def _env(project: Any, secret: str | None = None) -> dict[str, str]:
+    t = project.target
+    return {"MEDPLUM_BASE_URL": t.base_url, "MEDPLUM_CLIENT_ID": t.client_id,
+            "MEDPLUM_CLIENT_SECRET": secret or t.client_secret}
+
+
+def _write_specs(folder: Path, specs: list[dict[str, Any]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(0, len(specs), 25):
+        (folder / f"batch-{n:05d}.json").write_text(json.dumps(specs[n:n + 25]))
+
+
+def test_killed_at_random_points_then_resumed_every_thread_exactly_once(project: Any, tmp_path: Path) -> None:
+    data = sample_specs(150, 6, prefix=project.prefix, seed=4)
+    _write_specs(tmp_path / "threads", data)
+    journal = tmp_path / "j.sqlite"
+    rng = random.Random(20261125)
+    committed_after_kill = []
+    with FaultProxy(project.target.base_url) as proxy:
+        proxy.add(Rule("delay", delay=0.01, method="POST"))  # a full load takes a few seconds: kills land mid-way
+        args = ["load", str(tmp_path / "threads"), "--journal", str(journal), "--max-entries", "3",
+                "--concurrency", "2", "--no-progress"]
+        env = {**os.environ, **_env(project), "MEDPLUM_BASE_URL": proxy.url}
+        for _ in range(22):
+            proc = subprocess.Popen([sys.executable, "-m", "bundler", *args], env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.3, 1.2))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            if journal.exists():
+                with sqlite3.connect(journal) as db:
+                    committed_after_kill.append(db.execute(
+                        "SELECT count(*) FROM threads WHERE state='committed'").fetchone()[0])
+        final = _cli([*args, "--report", str(tmp_path / "report.json")], {**_env(project), "MEDPLUM_BASE_URL":
+                                                                             proxy.url})
+    assert final.returncode == 0, final.stderr
+    # the kills really landed mid-load, many times, and each run got further
+    interrupted = [n for n in committed_after_kill if n < 150]
+    assert len(interrupted) >= 10 and interrupted == sorted(interrupted), committed_after_kill
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert sum(report["counts"].values()) == 150 and report["counts"].get("skipped", 0) > 0
+    with client_for(project) as client:
+        assert_exactly_once(client, [parse_spec(d) for d in data], project)
+
+
+def test_cli_errors_are_one_line_and_exit_2(project: Any, tmp_path: Path) -> None:
+    threads = str(WALKTHROUGH)
+    wrong = _cli(["load", threads, "--journal", str(tmp_path / "a.sqlite")], _env(project, "wrong-secret-123"))
+    assert wrong.returncode == 2 and "login refused" in wrong.stderr and len(wrong.stderr.splitlines()) == 1
+    gone = _cli(["load", threads, "--journal", str(tmp_path / "b.sqlite")],
+                {**_env(project), "MEDPLUM_BASE_URL": "http://127.0.0.1:9/"})
+    assert gone.returncode == 2 and "cannot reach" in gone.stderr and "Traceback" not in gone.stderr
+    forbidden = b'{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"forbidden",' \
+                b'"details":{"text":"Forbidden"}}]}'
+    with FaultProxy(project.target.base_url) as proxy:
+        proxy.add(Rule("status", status=403, path=r"/fhir/R4/", body=forbidden,
+                       headers={"Content-Type": "application/fhir+json"}))
+        denied = _cli(["load", threads, "--journal", str(tmp_path / "c.sqlite")],
+                      {**_env(project), "MEDPLUM_BASE_URL": proxy.url})
+    assert denied.returncode == 2 and "forbidden (HTTP 403)" in denied.stderr
+    assert len(denied.stderr.strip().splitlines()) == 1
+    insecure = _cli(["load", threads], {**_env(project), "MEDPLUM_BASE_URL": "http://example.org/"})
+    assert insecure.returncode == 2 and "--allow-insecure" in insecure.stderr
+
+
+def test_secrets_never_appear_in_any_output(project: Any, tmp_path: Path) -> None:
+    secret = project.target.client_secret
+    spec_dir = tmp_path / "threads"
+    data = sample_specs(5, 2, prefix=project.prefix)
+    data[4]["messages"][1]["attachments"] = [{"url": "bad url"}]
+    _write_specs(spec_dir, data)
+    runs = [
+        _cli(["load", str(spec_dir), "--report", str(tmp_path / "r.json")], _env(project)),
+        _cli(["load", str(spec_dir), "--dry-run"], _env(project)),
+        _cli(["verify", str(spec_dir), "--format", "json"], _env(project)),
+        _cli(["doctor"], _env(project)),
+        _cli(["load", str(spec_dir)], _env(project, secret + "-not")),
+    ]
+    with client_for(project) as client:
+        token = client.auth.token(client.http)
+    outputs = [r.stdout + r.stderr for r in runs]
+    files = [p.read_bytes().decode(errors="replace") for p in tmp_path.rglob("*") if p.is_file()]
+    for text in outputs + files:
+        assert secret not in text
+        assert "eyJ" not in text  # no JWT (our tokens are) in any output, journal or report
+    assert token not in "".join(outputs + files)
+    assert runs[0].returncode == 1 and "failed" in runs[0].stderr or "partial" in runs[0].stderr
+
+
+def test_identifier_system_is_part_of_the_journal_target(project: Any, tmp_path: Path) -> None:
+    specs = specs_for(project, 2, 1)
+    with client_for(project) as client:
+        load(specs, client, journal=tmp_path / "j.sqlite")
+        other = load(specs, client, journal=tmp_path / "j.sqlite", identifier_system="https://example.org/t")
+        assert other.counts() == {LOADED: 2}
+        assert load(specs, client, journal=tmp_path / "j.sqlite").counts() == {SKIPPED: 2}
+
+
+def test_failed_thread_names_spec_line_and_outcome(project: Any, tmp_path: Path) -> None:
+    data = sample_specs(2, 3, prefix=project.prefix)
+    data[1]["messages"][1]["attachments"] = [{"url": "has space"}]
+    spec_file = tmp_path / "t.json"
+    spec_file.write_text(json.dumps(data, indent=1))
+    specs = load_specs([spec_file])
+    with client_for(project) as client:
+        report = load(specs, client, journal=tmp_path / "j.sqlite")
+        good, bad = report.threads
+        assert good.outcome == LOADED and bad.outcome == FAILED
+        line = next(n for n, text in enumerate(spec_file.read_text().splitlines(), 1) if "has space" in text)
+        assert bad.error and bad.error.startswith(f"{spec_file}:")
+        assert int(bad.error.split(":")[1]) <= line
+        assert "Invalid url" in bad.error
+    assert DEFAULT_IDENTIFIER_SYSTEM  # the default system is what the journal target used
