@@ -36,6 +36,7 @@ from .errors import BundlerError, ServerError, UnknownOutcome
 from .plan import SAFE_MAX_BYTES, Limits, TooLarge, cut, entry_sizes, part_bundle
 from .ratelimit import SEARCH_POINTS, WRITE_POINTS
 from .spec import ThreadSpec
+from .validate import validate
 
 Atomic = Literal["require", "auto", "off"]
 
@@ -140,6 +141,13 @@ class _Thread:
         header = ids.get(self.urls[0])
         messages = {m.id: ids[url] for m, url in zip(self.spec.messages, self.urls[1:], strict=True) if url in ids}
         return ThreadResult(self.spec.key, outcome, self.file, self.line, header, messages, **kw)
+
+    def problems(self) -> str | None:
+        """The validator's errors (rules and references; size is the planner's job), or None."""
+        errors = [i for i in validate(self.bundle, structure=False, limits="none") if i.severity == "error"]
+        if not errors:
+            return None
+        return "; ".join(f"{self.where(i.entry)}: [{i.code}] {i.path}: {i.message}" for i in errors)
 
     def where(self, entry_index: int | None) -> str:
         """`file:line` of the spec element behind an entry (0 = the thread itself)."""
@@ -313,7 +321,9 @@ def load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: str | Pa
         todo: list[int] = []
         for n, t in enumerate(items):
             entry = known.get(t.spec.key)
-            if entry and entry.state == J.COMMITTED:
+            if problems := t.problems():
+                results[n] = t.result(FAILED, {}, error=problems)  # never sent: the server would refuse it
+            elif entry and entry.state == J.COMMITTED:
                 outcome = SKIPPED if entry.fingerprint == t.fingerprint else CHANGED
                 error = None if outcome == SKIPPED else "the spec has changed since it was loaded; not sent again"
                 results[n] = t.result(outcome, _ids(entry.ids), error=error)

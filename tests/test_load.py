@@ -357,3 +357,17 @@ def test_failed_thread_names_spec_line_and_outcome(project: Any, tmp_path: Path)
         assert int(bad.error.split(":")[1]) <= line
         assert "Invalid url" in bad.error
     assert DEFAULT_IDENTIFIER_SYSTEM  # the default system is what the journal target used
+
+
+def test_a_thread_the_validator_refuses_is_never_sent(project: Any, tmp_path: Path) -> None:
+    import dataclasses
+
+    good, bad = specs_for(project, 2, 2)
+    bad = dataclasses.replace(bad, messages=(dataclasses.replace(bad.messages[0], sent="yesterday"),
+                                             *bad.messages[1:]))  # a ThreadSpec made by hand, not parsed
+    with FaultProxy(project.target.base_url) as proxy, client_for(project, proxy.url) as client:
+        report = load([good, bad], client, journal=tmp_path / "j.sqlite")
+        assert [t.outcome for t in report.threads] == [LOADED, FAILED]
+        assert "[thread.sent]" in (report.threads[1].error or "")
+        posted = b"".join(e.body for e in proxy.log if e.method == "POST")
+        assert bad.key.encode() not in posted
