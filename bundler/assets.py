@@ -1,7 +1,8 @@
 """Files the package reads at run time (JSON Schemas, the local server's sources).
 
-In a wheel they live inside the package (`bundler/schemas/`, `bundler/medplum_local/`: copied there by
-the build); in a source checkout they are the top-level `schemas/` and `medplum-local/` folders.
+In a wheel they live inside the package (`bundler/schemas/`, `bundler/medplum_local/`,
+`bundler/examples/`: copied there by the build); in a source checkout they are the top-level
+`schemas/`, `medplum-local/` and `fixtures/threads/` folders.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ _PACKAGE = Path(__file__).resolve().parent
 _PLACES = {
     "schemas": (_PACKAGE / "schemas", _PACKAGE.parent / "schemas"),
     "medplum-local": (_PACKAGE / "medplum_local", _PACKAGE.parent / "medplum-local"),
+    "examples": (_PACKAGE / "examples", _PACKAGE.parent / "fixtures" / "threads"),
 }
 
 
 def asset_dir(name: str) -> Path:
-    """The folder holding the asset group `name` ('schemas' or 'medplum-local')."""
+    """The folder holding the asset group `name` ('schemas', 'medplum-local' or 'examples')."""
     for place in _PLACES[name]:
         if place.is_dir():
             return place

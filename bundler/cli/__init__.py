@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .build import build_command
+from .demo import demo_command
 from .load import doctor_command, load_command, verify_command
 from .validate import validate_command
 
@@ -16,5 +17,5 @@ def main() -> None:
     check them, and load them atomically into a Medplum project."""
 
 
-for command in (build_command, validate_command, load_command, verify_command, doctor_command):
+for command in (build_command, validate_command, load_command, verify_command, doctor_command, demo_command):
     main.add_command(command)

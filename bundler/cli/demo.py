@@ -1,0 +1,30 @@
+"""`thread-bundler demo`: the whole tool on a local Medplum server, no account needed."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..demo import run_demo
+from ..load import OK_OUTCOMES
+from .common import EXIT_ISSUES, EXIT_OK, report_errors
+
+
+@click.command("demo")
+@click.argument("paths", nargs=-1)
+@report_errors
+def demo_command(paths: tuple[str, ...]) -> None:
+    """Start a local Medplum server, load threads into it, and show them read back as conversations.
+
+    PATHS default to the example shipped with the package: the thread of Medplum's "Creating your
+    first thread" walkthrough.
+
+    \b
+    Examples:
+      thread-bundler demo
+      thread-bundler demo fixtures/threads
+    """
+    report, results = run_demo(paths or None, sys.stdout, note=sys.stderr)
+    ok = all(t.outcome in OK_OUTCOMES for t in report.threads) and all(r.ok for r in results)
+    sys.exit(EXIT_OK if ok else EXIT_ISSUES)
