@@ -16,10 +16,10 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import best_of, markdown_table, synthetic_specs  # noqa: E402
+from common import best_of, markdown_table, synthetic_specs
 
-from bundler import build_bundle, dumps, parse_spec  # noqa: E402
-from bundler.build import bundle_bytes  # noqa: E402
+from bundler import build_bundle, dumps, parse_spec
+from bundler.build import bundle_bytes
 
 
 def main() -> None:

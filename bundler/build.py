@@ -146,7 +146,8 @@ def _header(spec: ThreadSpec, system: str, refs: Mapping[str, dict[str, str]],
 
 @functools.lru_cache(maxsize=64)
 def _identifier_json(system: str) -> bytes:
-    return b'","resource":{"resourceType":"Communication","identifier":[{"system":' + orjson.dumps(system) + b',"value":'
+    return (b'","resource":{"resourceType":"Communication","identifier":[{"system":' + orjson.dumps(system)
+            + b',"value":')
 
 
 def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM

@@ -217,8 +217,8 @@ class Loader:
                 return self._fail(t, ids, why, requests)
             statuses = self._read_response(t, part, response, ids)
             created += sum(1 for s in statuses if s.startswith("201"))
-            failed = [(i, s) for i, s in zip(part, statuses, strict=True) if not s[:1] == "2" and not
-                      s.startswith("429")]
+            failed = [(i, s) for i, s in zip(part, statuses, strict=True)
+                      if s[:1] != "2" and not s.startswith("429")]
             if failed:
                 i, status = failed[0]
                 text = outcome_text((response["entry"][part.index(i)].get("response") or {}).get("outcome"))

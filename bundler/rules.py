@@ -30,9 +30,9 @@ from typing import Any
 
 import orjson
 
+from .fhir import TARGET_TYPES, instant_problem
 from .fhircheck import resource_types
 from .issues import Issue, entry_path, make_issue
-from .fhir import TARGET_TYPES, instant_problem
 
 CANONICAL_URN = re.compile(r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _URN_IN_TEXT = re.compile(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

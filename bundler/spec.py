@@ -179,7 +179,8 @@ def _text(value: Any) -> str:
 
 
 def _is_alias(value: Any) -> bool:
-    return isinstance(value, str | int) and not isinstance(value, bool) and "/" not in str(value) and "?" not in str(value)
+    text = str(value)
+    return isinstance(value, str | int) and not isinstance(value, bool) and "/" not in text and "?" not in text
 
 
 def _not_allowed(kind: str, what: str, role: str) -> str:
@@ -208,10 +209,9 @@ def _meaning_problems(doc: Document) -> list[Problem]:
     def check_alias(path: Path_, value: Any, role: str | None = None) -> None:
         if aliases is not None and _is_alias(value) and str(value) not in aliases:
             out.append(doc.problem(path, f"{_text(value)!r} is not a participant{known}"))
-        elif role and (kind := types.get(str(value)) if _is_alias(value) else reference_type(str(value))):
-            if kind not in TARGET_TYPES[role] and kind in TARGET_TYPES["recipient"]:
-                out.append(doc.problem(path, f"{_text(value)!r} is a {kind}: " + _not_allowed(kind, f"the {role}",
-                                                                                                role)))
+        elif (role and (kind := types.get(str(value)) if _is_alias(value) else reference_type(str(value)))
+              and kind not in TARGET_TYPES[role] and kind in TARGET_TYPES["recipient"]):
+            out.append(doc.problem(path, f"{_text(value)!r} is a {kind}: " + _not_allowed(kind, f"the {role}", role)))
 
     if "sender" in data:
         check_alias(("sender",), data["sender"], "sender")
@@ -274,9 +274,8 @@ def _coding(value: Any) -> Coding:
 
 def _to_spec(doc: Document) -> ThreadSpec:
     data = doc.data
-    participants = {
-        str(alias): Participant(str(alias), p["reference"], p.get("display")) for alias, p in data["participants"].items()
-    }
+    participants = {str(alias): Participant(str(alias), p["reference"], p.get("display"))
+                    for alias, p in data["participants"].items()}
     messages = []
     for i, m in enumerate(data.get("messages") or ()):
         messages.append(Message(
@@ -284,7 +283,8 @@ def _to_spec(doc: Document) -> ThreadSpec:
             sender=_text(m["sender"]),
             sent=m["sent"],
             text=m.get("text"),
-            attachments=tuple(Attachment(a["url"], a.get("contentType"), a.get("title")) for a in m.get("attachments", ())),
+            attachments=tuple(Attachment(a["url"], a.get("contentType"), a.get("title"))
+                              for a in m.get("attachments", ())),
             recipient=tuple(_text(r) for r in m["recipient"]) if "recipient" in m else None,
             reply_to=_text(m["reply_to"]) if "reply_to" in m else None,
             status=m.get("status"),
@@ -306,7 +306,8 @@ def _to_spec(doc: Document) -> ThreadSpec:
 def check_document(doc: Document) -> tuple[ThreadSpec | None, list[Problem]]:
     """A ThreadSpec from one parsed document, or the problems that stop it being one."""
     if not isinstance(doc.data, dict):
-        return None, [doc.problem((), f"expected a thread (a mapping with thread, topic, participants), got {_kind(doc.data)}")]
+        why = f"expected a thread (a mapping with thread, topic, participants), got {_kind(doc.data)}"
+        return None, [doc.problem((), why)]
     problems = _schema_check(doc) + _meaning_problems(doc)
     if problems:
         return None, problems

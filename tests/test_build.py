@@ -88,7 +88,8 @@ def test_cli_writes_one_file_per_thread(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["build", str(REPO / "fixtures/threads"), "-o", str(tmp_path)])
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["bart-school-form-2024-09.json", "homer-lab-results-2024-04-10.json", "marge-refill-2024-05.json"]
+    assert names == ["bart-school-form-2024-09.json", "homer-lab-results-2024-04-10.json",
+                     "marge-refill-2024-05.json"]
     assert json.loads((tmp_path / "homer-lab-results-2024-04-10.json").read_text()) == _walkthrough_bundle()
     for name in names:  # the committed fixtures are what build makes today
         assert (tmp_path / name).read_bytes() == (REPO / "fixtures/bundles" / name).read_bytes()
@@ -96,8 +97,8 @@ def test_cli_writes_one_file_per_thread(tmp_path: Path) -> None:
                                        str(tmp_path / "all.ndjson")])
     assert result.exit_code == 0
     lines = [json.loads(line) for line in (tmp_path / "all.ndjson").read_text().splitlines()]
-    assert lines == [json.loads((tmp_path / name).read_text()) for name in
-                     ["homer-lab-results-2024-04-10.json", "marge-refill-2024-05.json", "bart-school-form-2024-09.json"]]
+    in_file_order = ["homer-lab-results-2024-04-10.json", "marge-refill-2024-05.json", "bart-school-form-2024-09.json"]
+    assert lines == [json.loads((tmp_path / name).read_text()) for name in in_file_order]
 
 
 def _resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:

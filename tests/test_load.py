@@ -330,7 +330,7 @@ def test_secrets_never_appear_in_any_output(project: Any, tmp_path: Path) -> Non
         assert secret not in text
         assert "eyJ" not in text  # no JWT (our tokens are) in any output, journal or report
     assert token not in "".join(outputs + files)
-    assert runs[0].returncode == 1 and "failed" in runs[0].stderr or "partial" in runs[0].stderr
+    assert (runs[0].returncode == 1 and "failed" in runs[0].stderr) or "partial" in runs[0].stderr
 
 
 def test_identifier_system_is_part_of_the_journal_target(project: Any, tmp_path: Path) -> None:

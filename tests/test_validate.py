@@ -279,16 +279,8 @@ def test_validate_many_in_parallel_matches_serial() -> None:
 # --- property-based ----------------------------------------------------------------------------------
 
 
-def _fhir_subject(spec: dict[str, Any]) -> dict[str, Any]:
-    """The strategies may pick any participant as subject; FHIR allows only a Patient or Group."""
-    subject = spec.get("subject")
-    if subject is not None and not spec["participants"][subject]["reference"].startswith(("Patient", "Group")):
-        del spec["subject"]
-    return spec
-
-
 def valid_bundles(**options: Any) -> st.SearchStrategy[dict[str, Any]]:
-    return thread_specs(**options).map(_fhir_subject).map(build_bundle)
+    return thread_specs(**options).map(build_bundle)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

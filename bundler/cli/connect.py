@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 import click
 
 from ..client import BearerToken, ClientCredentials, FhirClient
-from .common import SECRETS
 from ..errors import BundlerError
+from .common import SECRETS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
