@@ -19,10 +19,12 @@ Exactly once, in three layers:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -299,24 +301,81 @@ def probe_atomic(client: FhirClient) -> bool:
 def load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: str | Path,
          identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, atomic: Atomic = "auto", concurrency: int = 4,
          max_entries: int | None = None, max_bytes: int = SAFE_MAX_BYTES, dry_run: bool = False,
-         progress: Progress | None = None, is_atomic: bool | None = None) -> LoadReport:
+         progress: Progress | None = None, is_atomic: bool | None = None, window: int = 1000) -> LoadReport:
     """Load `threads` into the server behind `client`; see the module docstring for the guarantees.
 
     atomic: `require` refuses a project that processes transactions as batches; `auto` (default) finds
     out once (`doctor`'s probe) and, on such a project, sends the header first and then the messages,
     every entry a conditional create on its identifier, so that re-running completes a thread; `off`
     sends plain transactions and reports what a non-atomic server half-committed as partial.
-    `is_atomic` skips the probe when the caller already knows.
+    `is_atomic` skips the probe when the caller already knows. `threads` may be a stream (a migration):
+    it is read `window` threads at a time, so memory does not grow with it.
     """
-    import time
-
     started, requests_before, waited_before = time.monotonic(), client.requests, client.pacer.waited
-    target = f"{client.root}|{identifier_system}"
-    items = [_Thread(spec, identifier_system) for spec in threads]
-    if progress is not None:
-        progress.threads, progress.messages = len(items), sum(len(t.spec.messages) for t in items)
-    with J.Journal(journal, target) as jr:
-        known = jr.get_many([t.spec.key for t in items])
+    if progress is not None and isinstance(threads, Sequence):
+        progress.threads, progress.messages = len(threads), sum(len(t.messages) for t in threads)
+    results: list[ThreadResult] = []
+    plan = _Plan()
+    with J.Journal(journal, f"{client.root}|{identifier_system}") as jr, \
+            ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="load") as pool:
+        run = _Run(client, jr, pool, identifier_system=identifier_system, atomic=atomic, is_atomic=is_atomic,
+                   limits=Limits(max_bytes=max_bytes, max_entries=max_entries), progress=progress)
+        for chunk in _batched(threads, max(1, window)):
+            results += run.window([_Thread(spec, identifier_system) for spec in chunk], plan if dry_run else None)
+    secrets = client.all_secrets()
+    for r in results:
+        if r.error:
+            r.error = secrets.scrub(r.error)
+    report = LoadReport(results, run.is_atomic, client.requests - requests_before, time.monotonic() - started,
+                        client.pacer.waited - waited_before, dry_run=dry_run)
+    if dry_run:
+        report.planned_requests, report.planned_points = plan.requests, plan.points
+        report.estimated_seconds = client.pacer.seconds_for(plan.points)
+    return report
+
+
+def _batched(items: Iterable[ThreadSpec], size: int) -> Iterable[list[ThreadSpec]]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+@dataclass
+class _Plan:
+    requests: int = 0
+    points: int = 0
+
+
+class _Run:
+    """One `load` call: the state its windows share (the probe's answer, the loader, the pool)."""
+
+    def __init__(self, client: FhirClient, journal: J.Journal, pool: ThreadPoolExecutor, *, identifier_system: str,
+                 atomic: Atomic, is_atomic: bool | None, limits: Limits, progress: Progress | None) -> None:
+        self.client, self.journal, self.pool = client, journal, pool
+        self.system, self.atomic, self.is_atomic = identifier_system, atomic, is_atomic
+        self.limits, self.progress = limits, progress
+        self.loader: Loader | None = None
+
+    def _tell(self, result: ThreadResult, t: _Thread) -> None:
+        if self.progress and self.progress.on_thread:
+            self.progress.on_thread(result, len(t.spec.messages))
+
+    def _ready(self, dry_run: bool) -> Loader:
+        """The loader, once we know (probing only when something is to be sent) how to send."""
+        if self.loader is None:
+            if self.atomic != "off" and self.is_atomic is None and not dry_run:
+                self.is_atomic = probe_atomic(self.client)
+                if self.atomic == "require" and not self.is_atomic:
+                    raise NotAtomic("this project processes transactions non-atomically (Medplum's "
+                                    "transaction-bundles feature is off): refusing to load with --atomic require")
+            limits = Limits(self.limits.max_bytes, self.limits.max_entries,
+                            conditional=self.atomic == "auto" and self.is_atomic is False)
+            self.loader = Loader(self.client, self.journal, identifier_system=self.system, limits=limits,
+                                 atomic=self.is_atomic)
+        return self.loader
+
+    def window(self, items: list[_Thread], plan: _Plan | None) -> list[ThreadResult]:
+        known = self.journal.get_many([t.spec.key for t in items])
         results: list[ThreadResult | None] = [None] * len(items)
         todo: list[int] = []
         for n, t in enumerate(items):
@@ -329,25 +388,25 @@ def load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: str | Pa
                 results[n] = t.result(outcome, _ids(entry.ids), error=error)
             else:
                 todo.append(n)
+        for n, r in enumerate(results):
+            if r is not None:
+                self._tell(r, items[n])
         # threads the journal has never seen: are they on the server already (by header identifier)?
         unseen = [n for n in todo if items[n].spec.key not in known]
-        headers = client.find_identifiers("Communication", [items[n].identifiers[0] for n in unseen])
+        headers = self.client.find_identifiers("Communication", [items[n].identifiers[0] for n in unseen])
         existing: dict[int, dict[str, str]] = {}
         for n in unseen:
             if items[n].identifiers[0] in headers:  # the header is there: which of its messages are?
-                existing[n] = client.find_identifiers("Communication", [i for i in items[n].identifiers if i])
-        if todo and atomic != "off" and is_atomic is None and not dry_run:
-            is_atomic = probe_atomic(client)  # only when there is something to send
-            if atomic == "require" and not is_atomic:
-                raise NotAtomic("this project processes transactions non-atomically (Medplum's "
-                                "transaction-bundles feature is off): refusing to load with --atomic require")
-        limits = Limits(max_bytes=max_bytes, max_entries=max_entries,
-                        conditional=atomic == "auto" and is_atomic is False)
-        loader = Loader(client, jr, identifier_system=identifier_system, limits=limits, atomic=is_atomic)
-        if dry_run:
-            report = _plan_report(items, results, todo, existing, known, limits, client, started, is_atomic)
-            report.requests -= requests_before
-            return report
+                existing[n] = self.client.find_identifiers("Communication", [i for i in items[n].identifiers if i])
+        if not todo:
+            return results  # type: ignore[return-value]
+        loader = self._ready(dry_run=plan is not None)
+        if plan is not None:
+            for n in todo:
+                results[n] = _plan_thread(items[n], known.get(items[n].spec.key), existing.get(n, {}), loader.limits,
+                                          plan)
+            plan.points += SEARCH_POINTS * (1 + len(unseen) // 100 + len(existing))
+            return results  # type: ignore[return-value]
 
         def run(n: int) -> ThreadResult:
             t = items[n]
@@ -356,36 +415,19 @@ def load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: str | Pa
             except BundlerError as exc:
                 if _fatal(exc):
                     raise
-                return t.result(FAILED, {}, error=client.all_secrets().scrub(str(exc)))
+                return t.result(FAILED, {}, error=self.client.all_secrets().scrub(str(exc)))
 
-        for n, r in enumerate(results):
-            if r is not None and progress and progress.on_thread:
-                progress.on_thread(r, len(items[n].spec.messages))
-        with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="load") as pool:
-            futures = {pool.submit(run, n): n for n in todo}
-            try:
-                for future in _as_completed(futures):
-                    n = futures[future]
-                    results[n] = future.result()
-                    if progress and progress.on_thread:
-                        progress.on_thread(results[n], len(items[n].spec.messages))  # type: ignore[arg-type]
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
-    secrets = client.all_secrets()
-    final = [r for r in results if r is not None]
-    for r in final:
-        if r.error:
-            r.error = secrets.scrub(r.error)
-    return LoadReport(final, is_atomic, client.requests - requests_before, time.monotonic() - started,
-                      client.pacer.waited - waited_before)
-
-
-def _as_completed(futures: dict[Any, int]) -> Iterable[Any]:
-    from concurrent.futures import as_completed
-
-    return as_completed(futures)
+        futures = {self.pool.submit(run, n): n for n in todo}
+        try:
+            for future in as_completed(futures):
+                n = futures[future]
+                results[n] = result = future.result()
+                self._tell(result, items[n])
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+        return results  # type: ignore[return-value]
 
 
 def _fatal(exc: BundlerError) -> bool:
@@ -396,33 +438,17 @@ def _fatal(exc: BundlerError) -> bool:
     return isinstance(exc, AuthError | Unreachable | NotAtomic)
 
 
-def _plan_report(items: list[_Thread], results: list[ThreadResult | None], todo: list[int],
-                 existing: dict[int, dict[str, str]], known: dict[str, J.Entry], limits: Limits,
-                 client: FhirClient, started: float, is_atomic: bool | None) -> LoadReport:
-    import time
-
-    requests = points = 0
-    out: list[ThreadResult] = []
-    for n, t in enumerate(items):
-        if results[n] is not None:
-            out.append(results[n])  # type: ignore[arg-type]
-            continue
-        have = set(existing.get(n, {})) | {u for u in (known[t.spec.key].ids if t.spec.key in known else {})}
-        remaining = [i for i, (u, ident) in enumerate(zip(t.urls, t.identifiers, strict=True))
-                     if u not in have and ident not in have]
-        if not remaining:
-            out.append(t.result(EXISTING, {}))
-            continue
-        try:
-            parts = cut(remaining, entry_sizes(t.bundle), limits)
-        except TooLarge as exc:
-            out.append(t.result(FAILED, {}, error=f"{t.where(None)}: {exc}"))
-            continue
-        requests += len(parts)
-        points += WRITE_POINTS * len(remaining)
-        out.append(t.result("planned", {}, requests=len(parts)))
-    points += SEARCH_POINTS * max(1, len(todo) // 50)
-    report = LoadReport(out, is_atomic, client.requests, time.monotonic() - started, dry_run=True)
-    report.planned_requests, report.planned_points = requests, points
-    report.estimated_seconds = client.pacer.seconds_for(points)
-    return report
+def _plan_thread(t: _Thread, entry: J.Entry | None, existing: dict[str, str], limits: Limits, plan: _Plan
+                 ) -> ThreadResult:
+    """What loading `t` would take (dry run): its requests and points are added to `plan`."""
+    have = set(entry.ids if entry else ()) | {u for u, i in zip(t.urls, t.identifiers, strict=True) if i in existing}
+    remaining = [i for i, u in enumerate(t.urls) if u not in have]
+    if not remaining:
+        return t.result(EXISTING, {})
+    try:
+        parts = cut(remaining, entry_sizes(t.bundle), limits)
+    except TooLarge as exc:
+        return t.result(FAILED, {}, error=f"{t.where(None)}: {exc}")
+    plan.requests += len(parts)
+    plan.points += WRITE_POINTS * len(remaining)
+    return t.result("planned", {}, requests=len(parts))

@@ -130,7 +130,7 @@ def test_dry_run_plans_and_sends_nothing(project: Any, tmp_path: Path) -> None:
         plan = load(specs, client, journal=tmp_path / "j.sqlite", dry_run=True, max_entries=4)
         assert plan.dry_run and plan.counts() == {EXISTING: 4, "planned": 6}
         assert plan.planned_requests == 6 * 2
-        assert plan.planned_points == 6 * 6 * 100 + 20
+        assert plan.planned_points == 6 * 6 * 100 + 20 * (1 + 4)  # creates; one header search, one per found thread
         assert copies(client, specs[4:]).most_common(1)[0][1] == 0
 
 
@@ -371,3 +371,25 @@ def test_a_thread_the_validator_refuses_is_never_sent(project: Any, tmp_path: Pa
         assert "[thread.sent]" in (report.threads[1].error or "")
         posted = b"".join(e.body for e in proxy.log if e.method == "POST")
         assert bad.key.encode() not in posted
+
+
+def test_a_stream_of_threads_is_loaded_a_window_at_a_time(project: Any, tmp_path: Path) -> None:
+    specs = specs_for(project, 23, 2)
+    pulled: list[str] = []
+
+    def stream() -> Any:
+        for spec in specs:
+            pulled.append(spec.key)
+            yield spec
+
+    with client_for(project) as client:
+        seen: list[str] = []
+        progress_calls: list[tuple[str, int]] = []
+        from bundler.load import Progress
+
+        watcher = Progress(on_thread=lambda r, n: (seen.append(r.key), progress_calls.append((r.outcome, n))))
+        report = load(stream(), client, journal=tmp_path / "j.sqlite", window=5, progress=watcher)
+        assert [t.key for t in report.threads] == [s.key for s in specs]
+        assert report.counts() == {LOADED: 23} and sorted(seen) == sorted(pulled)
+        assert all(n == 2 for _, n in progress_calls)
+        assert_exactly_once(client, specs, project)
