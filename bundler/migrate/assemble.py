@@ -1,0 +1,214 @@
+"""One conversation's rows (in sent order) → a ThreadSpec, and the rows that cannot be in it.
+
+Judged here, with the whole conversation in view: thread key collisions, duplicate message ids,
+participants the table and rules cannot resolve, and replies (to an earlier accepted message of the
+same conversation only). Thread-level values (topic, subject, category, status) come from the first
+accepted message that has one. The header's sender and sent are those of the first accepted message.
+A conversation whose every row is rejected gives no thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..spec import DEFAULT_STATUS, Attachment, Coding, Message, Participant, ThreadSpec
+from . import extract as f
+from .keys import alias as make_alias
+from .keys import thread_key
+from .mapping import MigrationMapping
+from .participants import Resolved
+from .rejects import Reject
+
+
+@dataclass
+class Assembled:
+    spec: ThreadSpec | None
+    rejects: list[tuple[int, Reject]] = field(default_factory=list)
+
+
+def _ref_type(reference: str) -> str:
+    return reference.split("/", 1)[0].split("?", 1)[0]
+
+
+class Assembler:
+    """Callable: (thread key, records in order) → Assembled."""
+
+    def __init__(self, mapping: MigrationMapping, resolve: Callable[[str], Resolved | str], files: Sequence[str]
+                 ) -> None:
+        self.mapping = mapping
+        self.resolve = resolve
+        self.files = files
+
+    def _reject(self, rec: list[Any], reason: str, message: str) -> tuple[int, Reject]:
+        i = rec[f.F_FILE]
+        return i, Reject(self.files[i], rec[f.F_ROW], rec[f.F_LINE], reason, message, rec[f.F_RAW])
+
+    def __call__(self, key: str, records: list[list[Any]]) -> Assembled:
+        out = Assembled(None)
+        reject = out.rejects.append
+        rejected_ids: set[str] = set()  # legacy ids of rejected rows (tombstones first, then as found)
+        if len(records[0]) == 2:
+            rejected_ids.update(rec[1] for rec in records if len(rec) == 2)
+            records = [rec for rec in records if len(rec) != 2]
+            if not records:
+                return out
+        convs = {rec[f.F_CONV] for rec in records}
+        if len(convs) > 1:  # different legacy ids sanitised to one key: the one that is the key keeps it
+            for rec in records:
+                if rec[f.F_CONV] != key:
+                    others = ", ".join(repr(c) for c in sorted(convs - {rec[f.F_CONV]}))
+                    reject(self._reject(rec, "id-collision", f"conversation {rec[f.F_CONV]!r} becomes thread key "
+                                                             f"{key!r}, as does {others}"))
+            records = [rec for rec in records if rec[f.F_CONV] == key]
+            if not records:
+                return out
+        all_ids = {rec[f.F_ID] for rec in records}
+        accepted: list[list[Any]] = []
+        accepted_ids: dict[str, str] = {}  # legacy id → message id
+        used_ids: dict[str, str] = {}  # message id → legacy id
+        people: dict[str, Resolved] = {}  # legacy user id → (reference, display), in order of appearance
+        resolve = self.resolve
+        for rec in records:
+            mid = rec[f.F_ID]
+            why: tuple[str, str] | None = None
+            msg_key = thread_key(mid)
+            if mid in accepted_ids:
+                why = ("duplicate-message-id", f"message id {mid!r} is already used in conversation "
+                                               f"{rec[f.F_CONV]!r}")
+            elif msg_key in used_ids:
+                why = ("id-collision", f"message id {mid!r} becomes {msg_key!r}, as does {used_ids[msg_key]!r}")
+            if why is None:
+                users = [("sender", rec[f.F_SENDER])] + [("recipient", r) for r in rec[f.F_RECIPIENTS]]
+                if rec[f.F_SUBJECT] is not None:
+                    users.append(("subject", rec[f.F_SUBJECT]))
+                for role, user in users:
+                    if user in people:
+                        continue
+                    got = resolve(user)
+                    if isinstance(got, str):
+                        why = ("unknown-participant", f"{role}: {got}")
+                        break
+            target = rec[f.F_REPLY]
+            if why is None and target is not None and target not in accepted_ids:
+                if target in rejected_ids:
+                    why = ("reply-to-rejected", f"replies to {target!r}, which was rejected")
+                elif target in all_ids:
+                    why = ("reply-to-later", f"replies to {target!r}, which is not an earlier message "
+                                             "(sent after this one, or this one itself)")
+                else:
+                    why = ("reply-to-unknown", f"replies to {target!r}, which is not in conversation "
+                                               f"{rec[f.F_CONV]!r}")
+            if why is not None:
+                reject(self._reject(rec, *why))
+                if mid not in accepted_ids:
+                    rejected_ids.add(mid)
+                continue
+            for user in (rec[f.F_SENDER], *rec[f.F_RECIPIENTS]):
+                if user not in people:
+                    people[user] = resolve(user)  # type: ignore[assignment]  # resolved above
+            accepted_ids[mid] = msg_key
+            used_ids[msg_key] = mid
+            accepted.append(rec)
+        if accepted:
+            out.spec = self._spec(key, accepted, accepted_ids, people)
+        return out
+
+    def _spec(self, key: str, records: list[list[Any]], ids: dict[str, str], people: dict[str, Resolved]
+              ) -> ThreadSpec:
+        aliases: dict[str, str] = {}
+        taken: set[str] = set()
+        for user in people:
+            a = base = make_alias(user)
+            n = 1
+            while a in taken:  # only if two ids sanitise alike: deterministic by order of appearance
+                n += 1
+                a = f"{base[:60]}-{n}"
+            aliases[user] = a
+            taken.add(a)
+        names: dict[str, str] = {}
+        for rec in records:
+            if rec[f.F_SENDER_DISPLAY] and rec[f.F_SENDER] not in names:
+                names[rec[f.F_SENDER]] = rec[f.F_SENDER_DISPLAY]
+        participants = {aliases[u]: Participant(aliases[u], ref, display or names.get(u))
+                        for u, (ref, display) in people.items()}
+        order = list(participants)
+        messages = []
+        for rec in records:
+            sender = aliases[rec[f.F_SENDER]]
+            recipient: tuple[str, ...] | None = None
+            if rec[f.F_RECIPIENTS]:
+                recipient = tuple(aliases[u] for u in rec[f.F_RECIPIENTS])
+                if set(recipient) == set(order) - {sender}:
+                    recipient = None  # the default: everyone but the sender
+            attachments = ()
+            if rec[f.F_ATT_URL] is not None:
+                attachments = (Attachment(rec[f.F_ATT_URL], rec[f.F_ATT_TYPE], rec[f.F_ATT_TITLE]),)
+            messages.append(Message(
+                id=ids[rec[f.F_ID]], sender=sender, sent=rec[f.F_SENT], text=rec[f.F_TEXT], attachments=attachments,
+                recipient=recipient, reply_to=ids[rec[f.F_REPLY]] if rec[f.F_REPLY] is not None else None,
+                status=rec[f.F_STATUS],
+            ))
+
+        def first(i: int) -> Any:
+            return next((rec[i] for rec in records if rec[i] is not None), None)
+
+        subject: str | None = None
+        if self.mapping.subject_type is not None:
+            subject = next((a for a, p in participants.items() if _ref_type(p.reference) == self.mapping.subject_type),
+                           None)
+        elif (user := first(f.F_SUBJECT)) is not None:
+            got = self.resolve(user)
+            assert not isinstance(got, str)
+            subject = aliases.get(user, got[0])
+        category = first(f.F_CATEGORY)
+        coding = ()
+        if category is not None:
+            system, code = category.split("|", 1)
+            coding = (Coding(code=code, system=system),)
+        return ThreadSpec(
+            key=key,
+            topic=first(f.F_TOPIC) or f"Conversation {records[0][f.F_CONV]}",
+            participants=participants,
+            messages=tuple(messages),
+            subject=subject,
+            sender=messages[0].sender,
+            sent=messages[0].sent,
+            status=first(f.F_THREAD_STATUS) or DEFAULT_STATUS,
+            category=coding,
+        )
+
+
+def spec_data(spec: ThreadSpec) -> dict[str, Any]:
+    """A ThreadSpec as spec-file data (what `parse_spec` reads back into an equal ThreadSpec)."""
+    data: dict[str, Any] = {"thread": spec.key, "topic": spec.topic}
+    if spec.subject is not None:
+        data["subject"] = spec.subject
+    if spec.status != DEFAULT_STATUS:
+        data["status"] = spec.status
+    if spec.category:
+        data["category"] = [f"{c.system}|{c.code}" for c in spec.category]
+    if spec.sender is not None:
+        data["sender"] = spec.sender
+    if spec.sent is not None:
+        data["sent"] = spec.sent
+    data["participants"] = {a: {"reference": p.reference, **({"display": p.display} if p.display else {})}
+                            for a, p in spec.participants.items()}
+    messages = []
+    for m in spec.messages:
+        msg: dict[str, Any] = {"id": m.id, "sender": m.sender, "sent": m.sent}
+        if m.recipient is not None:
+            msg["recipient"] = list(m.recipient)
+        if m.reply_to is not None:
+            msg["reply_to"] = m.reply_to
+        if m.text is not None:
+            msg["text"] = m.text
+        if m.attachments:
+            msg["attachments"] = [{"url": a.url, **({"contentType": a.content_type} if a.content_type else {}),
+                                   **({"title": a.title} if a.title else {})} for a in m.attachments]
+        if m.status is not None:
+            msg["status"] = m.status
+        messages.append(msg)
+    data["messages"] = messages
+    return data

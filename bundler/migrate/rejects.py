@@ -1,0 +1,81 @@
+"""Rejected rows: the reason codes, and the reject file (CSV or JSON Lines, by its suffix).
+
+Every row that does not become a message gets one line: the input file, its row number (data rows,
+1-based) and line, a reason code, a message for people, and the raw row as it was read.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+REASONS: dict[str, str] = {
+    "bad-row": "the row could not be read (CSV/JSON syntax, wrong number of fields)",
+    "bad-encoding": "the row has bytes that are not valid in the input encoding",
+    "missing-thread": "no conversation id",
+    "missing-message-id": "no message id",
+    "missing-sender": "no sender id",
+    "missing-time": "no sent time",
+    "bad-time": "a sent time that cannot be read, or has no time zone",
+    "nonexistent-time": "a local time skipped by a daylight saving change",
+    "ambiguous-time": "a local time that occurs twice (when sent.ambiguous is reject)",
+    "empty-message": "neither text nor an attachment",
+    "bad-status": "a status the mapping does not translate",
+    "bad-category": "a category that is not 'system|code'",
+    "bad-attachment": "an attachment type that is not a MIME type",
+    "unknown-participant": "a sender, recipient or subject id that the table and rules do not resolve",
+    "duplicate-message-id": "a message id already used in the conversation",
+    "id-collision": "an id whose sanitised form is another id's (thread key or message id)",
+    "reply-to-unknown": "replies to a message id not in the conversation",
+    "reply-to-rejected": "replies to a message that was itself rejected",
+    "reply-to-later": "replies to a message sent after it (or to itself)",
+}
+"""Every reject reason code, with what it means."""
+
+FIELDS = ("file", "row", "line", "reason", "message", "raw")
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    file: str
+    row: int
+    line: int
+    reason: str
+    message: str
+    raw: Any
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: row {self.row}: {self.reason}: {self.message}"
+
+
+def write_rejects(path: Path, rejects: Iterable[Reject]) -> int:
+    """Write the reject file (`.csv`: raw as JSON text in the last column; else JSON Lines) atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    n = 0
+    try:
+        if path.suffix.lower() == ".csv":
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(FIELDS)
+                for r in rejects:
+                    writer.writerow((r.file, r.row, r.line, r.reason, r.message, orjson.dumps(r.raw).decode()))
+                    n += 1
+        else:
+            with os.fdopen(fd, "wb") as fb:
+                for r in rejects:
+                    fb.write(orjson.dumps({"file": r.file, "row": r.row, "line": r.line, "reason": r.reason,
+                                           "message": r.message, "raw": r.raw}) + b"\n")
+                    n += 1
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return n
