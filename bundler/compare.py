@@ -22,10 +22,10 @@ def _ident(resource: Mapping[str, Any], system: str) -> str | None:
     return None
 
 
-def _differences(path: str, expected: Any, actual: Any, out: list[str]) -> None:
+def _differences(path: str, expected: Any, actual: Any, out: list[str], *, top: bool = False) -> None:
     if isinstance(expected, dict) and isinstance(actual, dict):
         for key in expected.keys() | actual.keys():
-            if key in IGNORED and not path.count("."):
+            if top and key in IGNORED:
                 continue
             if key not in actual:
                 out.append(f"{path}.{key}: missing on the server (expected {_short(expected[key])})")
@@ -48,9 +48,13 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 def diff_thread(spec: ThreadSpec, resources: Iterable[Mapping[str, Any]], *,
-                identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM) -> list[str]:
+                identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM,
+                resolved: Mapping[str, str] | None = None) -> list[str]:
     """Every difference between `spec` and `resources` (its header and messages as a server returned
-    them, in any order); an empty list when they match."""
+    them, in any order); an empty list when they match.
+
+    `resolved` maps the spec's conditional references (`Patient?identifier=s|v`) to the literal ones
+    the server replaced them with (`Patient/<id>`), as `bundler.verify.resolve_references` finds them."""
     bundle = build_bundle(spec, identifier_system=identifier_system)
     by_ident: dict[str, Mapping[str, Any]] = {}
     out: list[str] = []
@@ -64,7 +68,7 @@ def diff_thread(spec: ThreadSpec, resources: Iterable[Mapping[str, Any]], *,
         else:
             by_ident[ident] = resource
     # the server's reference for each of our urns, to undo reference rewriting
-    ref_of: dict[str, str] = {}
+    ref_of: dict[str, str] = dict(resolved or {})
     for entry in bundle["entry"]:
         actual = by_ident.get(_ident(entry["resource"], identifier_system) or "")
         if actual is not None and actual.get("id"):
@@ -78,7 +82,7 @@ def diff_thread(spec: ThreadSpec, resources: Iterable[Mapping[str, Any]], *,
         if actual is None:
             out.append(f"{name}: not on the server (identifier {identifier_system}|{ident})")
             continue
-        _differences(name, _resolve(entry["resource"], ref_of), dict(actual), out)
+        _differences(name, _resolve(entry["resource"], ref_of), dict(actual), out, top=True)
     for ident, resource in by_ident.items():
         if ident not in expected_idents:
             out.append(f"Communication/{resource.get('id')}: on the server in this thread but not in the spec "

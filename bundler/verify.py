@@ -11,6 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from .build import DEFAULT_IDENTIFIER_SYSTEM
 from .client import FhirClient
 from .compare import diff_thread
@@ -41,12 +43,27 @@ def read_thread(client: FhirClient, header_id: str) -> list[dict[str, Any]]:
                                            "_count": "1000"})
 
 
+def resolve_references(client: FhirClient, specs: Iterable[ThreadSpec]) -> dict[str, str]:
+    """Each conditional reference of `specs` (`Patient?identifier=s|v`) → the literal reference of the one
+    resource it matches (a server stores that in its place); references matching none or several are left out."""
+    conditional = {p.reference for s in specs for p in s.participants.values() if "?" in p.reference}
+    conditional |= {s.subject for s in specs if s.subject and "?" in s.subject}
+    out: dict[str, str] = {}
+    for ref in sorted(conditional):
+        resource_type, query = ref.split("?", 1)
+        found = client.search(resource_type, dict(httpx.QueryParams(query)) | {"_count": "2"})
+        if len(found) == 1:
+            out[ref] = f"{resource_type}/{found[0]['id']}"
+    return out
+
+
 def verify(threads: Iterable[ThreadSpec], client: FhirClient, *,
            identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, concurrency: int = 4,
            on_thread: Callable[[VerifyResult], None] | None = None) -> list[VerifyResult]:
     """Compare every thread in `threads` with what the server holds; one result per thread, in order."""
     specs = list(threads)
     headers = client.find_identifiers("Communication", [f"{identifier_system}|{s.key}" for s in specs])
+    resolved = resolve_references(client, specs)
 
     def one(spec: ThreadSpec) -> VerifyResult:
         file, line = spec.origin()
@@ -59,7 +76,8 @@ def verify(threads: Iterable[ThreadSpec], client: FhirClient, *,
             header = client.read(f"Communication/{header_id}")
             messages = read_thread(client, header_id)
             result.messages = len(messages)
-            result.differences = diff_thread(spec, [header, *messages], identifier_system=identifier_system)
+            result.differences = diff_thread(spec, [header, *messages], identifier_system=identifier_system,
+                                             resolved=resolved)
         if on_thread:
             on_thread(result)
         return result

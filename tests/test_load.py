@@ -393,3 +393,23 @@ def test_a_stream_of_threads_is_loaded_a_window_at_a_time(project: Any, tmp_path
         assert report.counts() == {LOADED: 23} and sorted(seen) == sorted(pulled)
         assert all(n == 2 for _, n in progress_calls)
         assert_exactly_once(client, specs, project)
+
+
+def test_verify_reports_what_changed_on_the_server(project: Any, tmp_path: Path) -> None:
+    spec = walkthrough_for(project)
+    with client_for(project) as client:
+        [loaded] = load([spec], client, journal=tmp_path / "j.sqlite").threads
+        message_id = loaded.message_ids["homer-asks"]
+        changed = client.read(f"Communication/{message_id}")
+        changed["payload"] = [{"contentString": "Edited on the server"}]
+        changed["status"] = "completed"
+        resp = client.http.put(f"{client.fhir_base}Communication/{message_id}", content=orjson.dumps(changed),
+                               headers={"Authorization": f"Bearer {client.auth.token(client.http)}",
+                                        "Content-Type": "application/fhir+json"})
+        assert resp.status_code == 200, resp.text
+        [result] = verify([spec], client)
+        assert not result.ok
+        assert sorted(result.differences) == [
+            "messages[1] (homer-asks).payload[0].contentString: expected 'Thanks — will the results be ready by the "
+            "end of the week?', got 'Edited on the server'",
+            "messages[1] (homer-asks).status: expected 'in-progress', got 'completed'"]

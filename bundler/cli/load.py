@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 import orjson
@@ -14,11 +16,13 @@ from ..doctor import doctor
 from ..load import OK_OUTCOMES, LoadReport, Progress, ThreadResult, default_journal, load
 from ..output import write_atomic
 from ..progress import Bar, duration, table
-from ..spec import load_specs
+from ..spec import ThreadSpec, load_specs
 from ..verify import VerifyResult, verify
 from .build import _check_system
 from .common import EXIT_ISSUES, EXIT_OK, SECRETS, report_errors
 from .connect import connection_options, with_client
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 identifier_option = click.option("--identifier-system", default=DEFAULT_IDENTIFIER_SYSTEM, show_default=True,
                                  callback=_check_system, help="Identifier system the threads were built with.")
@@ -45,17 +49,60 @@ def print_load_report(report: LoadReport, *, show: int = 20) -> None:
         click.echo(f"... and {len(bad) - show} more (see --report)", err=True)
 
 
+def load_options(func: F) -> F:
+    """The options of `load` (also on `migrate --load`), named as `bundler.load.load`'s arguments."""
+    options = [
+        click.option("--journal", type=click.Path(path_type=Path),
+                     help="Journal file [default: <first input>.journal.sqlite]"),
+        click.option("--atomic", type=click.Choice(["require", "auto", "off"]), default="auto", show_default=True,
+                     help="require: refuse a non-atomic project; auto: conditional creates there; off: plain "
+                          "transactions"),
+        click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
+                     help="threads in flight"),
+        click.option("--max-entries", type=click.IntRange(1), help="cut threads into transactions of at most N "
+                                                                   "entries"),
+        click.option("--dry-run", is_flag=True, help="plan only: what would be sent, what exists, requests, quota, "
+                                                     "time"),
+        click.option("--report", "report_path", type=click.Path(path_type=Path),
+                     help="write every thread's outcome as JSON"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def run_load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: Path, identifier_system: str, atomic: str,
+             concurrency: int, max_entries: int | None, dry_run: bool, report_path: Path | None,
+             progress: bool | None) -> LoadReport:
+    """`load` with a progress bar, the summary table and the --report file: shared by `load` and `migrate`."""
+    bar = Bar("loading", 0, 0, live=progress) if not dry_run else None
+
+    def on_thread(result: ThreadResult, messages: int) -> None:
+        if bar is not None:
+            if bar.total == 0:
+                bar.total, bar.messages_total = watcher.threads, watcher.messages
+            bar.advance(messages, failed=result.outcome not in OK_OUTCOMES)
+
+    watcher = Progress(on_thread=on_thread)
+    try:
+        report = load(threads, client, journal=journal, identifier_system=identifier_system,
+                      atomic=atomic,  # type: ignore[arg-type]
+                      concurrency=concurrency, max_entries=max_entries, dry_run=dry_run, progress=watcher)
+    finally:
+        if bar is not None:
+            bar.close()
+    print_load_report(report)
+    click.echo(f"journal: {journal}", err=True)
+    if report_path:
+        write_atomic(report_path, orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2) + b"\n")
+    return report
+
+
 @click.command("load")
 @click.argument("paths", nargs=-1, required=True)
 @connection_options
 @identifier_option
-@click.option("--journal", type=click.Path(path_type=Path), help="Journal file [default: <first input>.journal.sqlite]")
-@click.option("--atomic", type=click.Choice(["require", "auto", "off"]), default="auto", show_default=True,
-              help="require: refuse a non-atomic project; auto: conditional creates there; off: plain transactions")
-@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True, help="threads in flight")
-@click.option("--max-entries", type=click.IntRange(1), help="cut threads into transactions of at most N entries")
-@click.option("--dry-run", is_flag=True, help="plan only: what would be sent, what exists, requests, quota, time")
-@click.option("--report", "report_path", type=click.Path(path_type=Path), help="write every thread's outcome as JSON")
+@load_options
 @click.option("--progress/--no-progress", default=None, help="progress bar [default: on a terminal]")
 @report_errors
 @with_client
@@ -74,27 +121,9 @@ def load_command(paths: tuple[str, ...], client: FhirClient, identifier_system: 
       thread-bundler load threads/ --dry-run
       thread-bundler load threads/ --atomic require --report loaded.json
     """
-    specs = load_specs(paths)
-    journal = journal or default_journal(paths)
-    bar = Bar("loading", 0, 0, live=progress if progress is not None else None) if not dry_run else None
-
-    def on_thread(result: ThreadResult, messages: int) -> None:
-        if bar is not None:
-            if bar.total == 0:
-                bar.total, bar.messages_total = watcher.threads, watcher.messages
-            bar.advance(messages, failed=result.outcome not in OK_OUTCOMES)
-
-    watcher = Progress(on_thread=on_thread)
-    try:
-        report = load(specs, client, journal=journal, identifier_system=identifier_system, atomic=atomic,  # type: ignore[arg-type]
-                      concurrency=concurrency, max_entries=max_entries, dry_run=dry_run, progress=watcher)
-    finally:
-        if bar is not None:
-            bar.close()
-    print_load_report(report)
-    click.echo(f"journal: {journal}", err=True)
-    if report_path:
-        write_atomic(report_path, orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2) + b"\n")
+    report = run_load(load_specs(paths), client, journal=journal or default_journal(paths),
+                      identifier_system=identifier_system, atomic=atomic, concurrency=concurrency,
+                      max_entries=max_entries, dry_run=dry_run, report_path=report_path, progress=progress)
     sys.exit(EXIT_OK if report.ok else EXIT_ISSUES)
 
 
