@@ -326,19 +326,21 @@ def parse_spec(data: Mapping[str, Any], *, file: str = "<spec>") -> ThreadSpec:
 # --- files -----------------------------------------------------------------------------------------
 
 
-def spec_files(paths: Iterable[str | Path]) -> tuple[list[Path | str], list[Problem]]:
-    """Expand folders (recursively, *.yaml, *.yml, *.json, sorted) and check the paths exist; '-' is stdin."""
+def spec_files(paths: Iterable[str | Path], suffixes: tuple[str, ...] = SPEC_SUFFIXES, *, stdin: bool = True
+               ) -> tuple[list[Path | str], list[Problem]]:
+    """Expand folders (recursively, files with `suffixes`, sorted) and check the paths exist; '-' is stdin."""
     files: list[Path | str] = []
     problems: list[Problem] = []
     for raw in paths:
-        if str(raw) == "-":
+        if stdin and str(raw) == "-":
             files.append("-")
             continue
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix in SPEC_SUFFIXES and p.is_file())
+            found = sorted(p for p in path.rglob("*") if p.suffix in suffixes and p.is_file())
             if not found:
-                problems.append(Problem(str(path), None, None, "", "folder has no *.yaml, *.yml or *.json files"))
+                kinds = ", ".join(f"*{s}" for s in suffixes)
+                problems.append(Problem(str(path), None, None, "", f"folder has no {kinds} files"))
             files.extend(found)
         elif path.is_file():
             files.append(path)

@@ -22,7 +22,7 @@ from .errors import Problem, SpecError
 from .issues import Issue
 from .limits import Limits
 from .source import Document, parse_json
-from .spec import check_document, read_documents
+from .spec import check_document, read_documents, spec_files
 from .validate import Origin, locate, validate_many
 
 SUFFIXES = (".json", ".ndjson", ".yaml", ".yml")
@@ -51,20 +51,8 @@ class Report:
 
 def input_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Problem]]:
     """Files named, and the *.json/*.ndjson/*.yaml/*.yml files in folders (recursively, sorted)."""
-    files: list[Path] = []
-    problems: list[Problem] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
-            if not found:
-                problems.append(Problem(str(path), None, None, "", "folder has no *.json, *.ndjson, *.yaml or *.yml"))
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            problems.append(Problem(str(path), None, None, "", "no such file or folder"))
-    return files, problems
+    files, problems = spec_files(paths, tuple(SUFFIXES), stdin=False)
+    return [Path(f) for f in files], problems
 
 
 def _json_origin(file: str, text: str, prefix: tuple[int, ...] = ()) -> Origin:
