@@ -18,6 +18,7 @@ Exactly once, in three layers:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import re
@@ -139,6 +140,10 @@ class _Thread:
         self.identifiers = [_identifier(e) for e in self.bundle["entry"]]
         self.file, self.line = spec.origin()
 
+    @functools.cached_property
+    def sizes(self) -> list[int]:
+        return entry_sizes(self.bundle)
+
     def result(self, outcome: str, ids: dict[str, str], **kw: Any) -> ThreadResult:
         header = ids.get(self.urls[0])
         messages = {m.id: ids[url] for m, url in zip(self.spec.messages, self.urls[1:], strict=True) if url in ids}
@@ -197,7 +202,7 @@ class Loader:
             if not remaining:
                 break
             try:
-                part = cut(remaining, entry_sizes(t.bundle), self.limits)[0]
+                part = cut(remaining, t.sizes, self.limits)[0]
             except TooLarge as exc:
                 return self._fail(t, ids, f"{t.where(None)}: {exc}", requests)
             body = orjson.dumps(part_bundle(t.bundle, part, ids, conditional=self.limits.conditional))
@@ -446,7 +451,7 @@ def _plan_thread(t: _Thread, entry: J.Entry | None, existing: dict[str, str], li
     if not remaining:
         return t.result(EXISTING, {})
     try:
-        parts = cut(remaining, entry_sizes(t.bundle), limits)
+        parts = cut(remaining, t.sizes, limits)
     except TooLarge as exc:
         return t.result(FAILED, {}, error=f"{t.where(None)}: {exc}")
     plan.requests += len(parts)

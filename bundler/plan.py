@@ -35,7 +35,11 @@ class Limits:
 
 def entry_sizes(bundle: Mapping[str, Any]) -> list[int]:
     """The serialised size of each entry, plus room for its references to be rewritten."""
-    return [len(orjson.dumps(e)) + 1 + _REFERENCE_GROWTH * str(e).count("urn:uuid:") for e in bundle["entry"]]
+    sizes = []
+    for entry in bundle["entry"]:
+        data = orjson.dumps(entry)
+        sizes.append(len(data) + 1 + _REFERENCE_GROWTH * data.count(b"urn:uuid:"))
+    return sizes
 
 
 def cut(indexes: Sequence[int], sizes: Sequence[int], limits: Limits) -> list[list[int]]:
