@@ -217,8 +217,7 @@ class FhirClient:
         attempt = 0
         while True:
             attempt += 1
-            if cost:
-                self.pacer.wait(cost)
+            self.pacer.wait(cost)
             token = self.auth.token(self.http)
             self.secrets.add(token)
             headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
@@ -229,16 +228,19 @@ class FhirClient:
             try:
                 resp = self.http.request(method, url, content=content, headers=headers)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                self.pacer.done(cost)
                 if attempt >= self.max_attempts:
                     raise Unreachable(f"cannot reach {self.root}: {type(exc).__name__} "
                                       f"(after {attempt} attempts)") from None
                 time.sleep(_backoff(attempt))
                 continue
             except httpx.TransportError as exc:  # sent, or maybe sent: the outcome is unknown
+                self.pacer.done(cost)
                 if idempotent and attempt < self.max_attempts:
                     time.sleep(_backoff(attempt))
                     continue
                 raise UnknownOutcome(f"{method} {url}: {type(exc).__name__} after sending") from None
+            self.pacer.done(cost)
             if ratelimit := resp.headers.get_list("RateLimit"):
                 self.last_ratelimit = ratelimit
                 self.pacer.update(parse_ratelimit(ratelimit))

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import orjson
 
 from . import journal as J
-from .build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle
+from .build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, bundle_bytes, full_url
 from .client import FhirClient, outcome_text
 from .errors import BundlerError, ServerError, UnknownOutcome
 from .plan import SAFE_MAX_BYTES, Limits, TooLarge, cut, entry_sizes, part_bundle
@@ -124,25 +124,32 @@ def _server_id(location: str | None, resource: dict[str, Any] | None) -> str | N
     return None
 
 
-def _identifier(entry: dict[str, Any]) -> str | None:
-    ident = (entry["resource"].get("identifier") or [{}])[0]
-    return f"{ident.get('system', '')}|{ident['value']}" if "value" in ident else None
-
-
 class _Thread:
     """One thread being loaded: its bundle, what is on the server, and how to map ids back to the spec."""
 
     def __init__(self, spec: ThreadSpec, system: str) -> None:
         self.spec = spec
-        self.bundle = build_bundle(spec, identifier_system=system)
-        self.urls = [e["fullUrl"] for e in self.bundle["entry"]]
-        self.fingerprint = hashlib.sha256(orjson.dumps(self.bundle)).hexdigest()
-        self.identifiers = [_identifier(e) for e in self.bundle["entry"]]
+        self.system = system
+        self.body = bundle_bytes(spec, identifier_system=system)  # the whole thread as one transaction
+        self.fingerprint = hashlib.sha256(self.body).hexdigest()
+        values = [spec.key] + [f"{spec.key}/{m.id}" for m in spec.messages]
+        self.identifiers: list[str | None] = [f"{system}|{v}" for v in values]
+        self.urls = [full_url(system, v) for v in values]
         self.file, self.line = spec.origin()
+
+    @functools.cached_property
+    def bundle(self) -> dict[str, Any]:
+        """The bundle as data, for cutting it into parts and for the validator (built only when needed)."""
+        return build_bundle(self.spec, identifier_system=self.system)
 
     @functools.cached_property
     def sizes(self) -> list[int]:
         return entry_sizes(self.bundle)
+
+    def whole(self, limits: Limits) -> bool:
+        """True when the thread goes as one plain transaction, its bytes as built."""
+        return (not limits.conditional and len(self.body) <= limits.max_bytes
+                and (limits.max_entries is None or len(self.urls) <= limits.max_entries))
 
     def result(self, outcome: str, ids: dict[str, str], **kw: Any) -> ThreadResult:
         header = ids.get(self.urls[0])
@@ -150,7 +157,13 @@ class _Thread:
         return ThreadResult(self.spec.key, outcome, self.file, self.line, header, messages, **kw)
 
     def problems(self) -> str | None:
-        """The validator's errors (rules and references; size is the planner's job), or None."""
+        """The validator's errors (rules and references; size is the planner's job), or None.
+
+        A spec read from a file or plain data was checked when it was parsed, and the builder makes a
+        clean bundle of every checked spec (a property test holds it to that); a ThreadSpec made by hand
+        was never checked, so its bundle is."""
+        if self.spec.source is not None:
+            return None
         errors = [i for i in validate(self.bundle, structure=False, limits="none") if i.severity == "error"]
         if not errors:
             return None
@@ -201,12 +214,16 @@ class Loader:
             remaining = [i for i, url in enumerate(t.urls) if url not in ids]
             if not remaining:
                 break
-            try:
-                part = cut(remaining, t.sizes, self.limits)[0]
-            except TooLarge as exc:
-                return self._fail(t, ids, f"{t.where(None)}: {exc}", requests)
-            body = orjson.dumps(part_bundle(t.bundle, part, ids, conditional=self.limits.conditional))
-            self._save(t, J.SENT, ids, in_flight=[t.urls[i] for i in part])
+            if not ids and t.whole(self.limits):
+                part, body = remaining, t.body
+            else:
+                try:
+                    part = cut(remaining, t.sizes, self.limits)[0]
+                except TooLarge as exc:
+                    return self._fail(t, ids, f"{t.where(None)}: {exc}", requests)
+                body = orjson.dumps(part_bundle(t.bundle, part, ids, conditional=self.limits.conditional))
+            if entry is not None or ids:  # a thread the journal has never seen is found by the pre-check instead
+                self._save(t, J.SENT, ids, in_flight=[t.urls[i] for i in part])
             requests += 1
             try:
                 response = self.client.transaction(body, entries=len(part))
@@ -237,7 +254,8 @@ class Loader:
                 return self._fail(t, ids, why, requests)
             if any(s.startswith("429") for s in statuses):
                 self.client.pacer.blocked(1.0)  # batch mode: the rest was not processed; send it again
-            self._save(t, J.SENT, ids)
+            if len(ids) < len(t.urls):
+                self._save(t, J.SENT, ids)
         self._save(t, J.COMMITTED, ids)
         outcome = LOADED if not (before or found_before) else RESUMED
         return t.result(outcome, _ids(ids), requests=requests, created=created)

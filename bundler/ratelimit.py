@@ -44,10 +44,12 @@ def parse_ratelimit(values: Iterable[str]) -> dict[str, Limit]:
 
 
 class Pacer:
-    """Shared by every worker: `wait(cost)` before a request, `update(limits)` after each response.
+    """Shared by every worker: `wait(cost)` before a request, `done(cost)` after it, `update(limits)` with
+    each response's RateLimit header.
 
-    Points are spent no faster than `remaining / reset`: what is left, spread over the time left.
-    A 429 (`blocked(seconds)`) stops every worker until the window renews.
+    Points are spent no faster than what is left of the window over the time left in it, counting the
+    points of requests still in flight; a request that costs more than is left waits for the window to
+    renew instead of earning a 429. A 429 (`blocked(seconds)`) stops every worker until the window renews.
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
@@ -57,6 +59,10 @@ class Pacer:
         self._policy = policy
         self._lock = threading.Lock()
         self._rate: float | None = None  # points per second we may spend; None: no header seen
+        self._remaining: float | None = None  # points left in the window, as last told
+        self._renews = 0.0  # when the window renews
+        self._in_flight = 0.0  # points of requests sent and not yet answered
+        self._most = 0.0  # the most points ever left: about a whole window's worth
         self._next = 0.0  # the earliest moment the next request may start
         self._blocked_until = 0.0
         self.waited = 0.0  # total seconds workers spent waiting, for the report
@@ -73,8 +79,13 @@ class Pacer:
                 if limit.remaining <= 0:
                     self._blocked_until = max(self._blocked_until, now + limit.reset)
             limit = limits.get(self._policy)
-            if limit is not None and limit.remaining > 0:
-                self._rate = limit.remaining / max(limit.reset, 1.0)
+            if limit is not None:
+                # the server rounds the seconds up: half a second less is the better guess
+                left = max(limit.reset - 0.5, 0.5)
+                self._remaining, self._renews = limit.remaining, now + left
+                self._most = max(self._most, limit.remaining)
+                if limit.remaining > 0:
+                    self._rate = limit.remaining / left
 
     def blocked(self, seconds: float) -> None:
         """The server refused us (429): nobody sends until `seconds` from now."""
@@ -82,17 +93,31 @@ class Pacer:
             self._blocked_until = max(self._blocked_until, self._clock() + max(seconds, 0.5))
 
     def wait(self, cost: float) -> float:
-        """Sleep until a request of `cost` points may start; returns the seconds slept."""
-        with self._lock:
-            now = self._clock()
-            start = max(now, self._next, self._blocked_until)
-            if self._rate:
-                self._next = start + cost / self._rate
-            delay = start - now
-            self.waited += delay
-        if delay > 0:
+        """Sleep until a request of `cost` points may start, and count it in flight; returns seconds slept."""
+        slept = 0.0
+        while True:
+            with self._lock:
+                now = self._clock()
+                start = max(now, self._next, self._blocked_until)
+                if (self._remaining is not None and now < self._renews and cost <= self._most
+                        and cost > self._remaining - self._in_flight):
+                    start = max(start, self._renews)  # not enough left in this window: wait for the next
+                if start <= now:
+                    self._in_flight += cost
+                    if self._remaining is not None and now >= self._renews:
+                        self._remaining = None  # a new window: what is left is unknown until the next answer
+                    if self._rate:
+                        self._next = now + cost / self._rate
+                    self.waited += slept
+                    return slept
+            delay = min(start - now, 5.0)
             self._sleep(delay)
-        return delay
+            slept += delay
+
+    def done(self, cost: float) -> None:
+        """A request of `cost` points was answered (its points are in the next header's count)."""
+        with self._lock:
+            self._in_flight = max(0.0, self._in_flight - cost)
 
     def seconds_for(self, points: float, *, quota_per_minute: float = DEFAULT_QUOTA_PER_MINUTE) -> float:
         """How long `points` take at the server's pace (or at `quota_per_minute` if none is known)."""

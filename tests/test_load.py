@@ -363,8 +363,8 @@ def test_a_thread_the_validator_refuses_is_never_sent(project: Any, tmp_path: Pa
     import dataclasses
 
     good, bad = specs_for(project, 2, 2)
-    bad = dataclasses.replace(bad, messages=(dataclasses.replace(bad.messages[0], sent="yesterday"),
-                                             *bad.messages[1:]))  # a ThreadSpec made by hand, not parsed
+    bad = dataclasses.replace(bad, source=None, messages=(dataclasses.replace(bad.messages[0], sent="yesterday"),
+                                                          *bad.messages[1:]))  # made by hand, never parsed
     with FaultProxy(project.target.base_url) as proxy, client_for(project, proxy.url) as client:
         report = load([good, bad], client, journal=tmp_path / "j.sqlite")
         assert [t.outcome for t in report.threads] == [LOADED, FAILED]
