@@ -1,0 +1,550 @@
+"""Loader throughput against a Medplum server, beside a bare ceiling and the walkthrough's one-POST-per-resource way.
+
+    python bench/load.py                       # 1,000 threads of 1 header + 10 messages, local server
+    python bench/load.py --markdown            # the same as Markdown tables, for README.md
+    python bench/load.py --quick               # a smoke run in seconds
+
+Starts a local Medplum server (`bundler.localserver.LocalServer`) unless MEDPLUM_BASE_URL,
+MEDPLUM_CLIENT_ID and MEDPLUM_CLIENT_SECRET are all set; then it measures that server (keys get a
+per-run prefix since a remote store cannot be emptied, so every run leaves its resources there, and the
+quota row is skipped). Locally every mode starts on a freshly reset store, after a short warm-up.
+
+Modes, on the same threads (`sample_specs`, deterministic by seed):
+1. `load`: `bundler.load.load` with its defaults (concurrency 4, a fresh journal in a temp dir), wall
+   time including the bundles' build, its pre-check searches and its atomicity probe;
+2. ceiling: a bare loop posting the same transaction bundles (`bundle_bytes`, built beforehand) with
+   httpx, one bearer token, the loader's default concurrency (4 threads), no checks but the status;
+3. per resource: one POST per Communication in sequence, as the walkthrough does: the header, then each
+   message with `partOf` → `Communication/<header id>` and `inResponseTo` → the replied message's id
+   (on a subset of the threads: its rate is what matters);
+4. quota (local only): `load` with the server's quota on (`--quota-points` per `--quota-window` s) on
+   enough threads for about `--quota-seconds` s; points are counted as the server charges them (100 per
+   created entry, 20 per search) from the first request to the last, 429s by the transport.
+
+Targets: load ≥ 80% of the ceiling and ≥ 10× per resource; under quota, within 10% of the quota rate
+and no 429. The CPU columns tell whether other processes shared the cores meanwhile (the server and this
+client share them too); `--rtt-ms` adds a simulated network round trip to every request of every mode,
+since on loopback a request costs almost nothing and one POST per resource is not much slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import markdown_table, synthetic_specs
+
+from bundler import parse_spec
+from bundler.build import build_bundle, bundle_bytes
+from bundler.client import ClientCredentials, FhirClient
+from bundler.load import OK_OUTCOMES, LoadReport, load
+from bundler.localserver import LocalServer
+from bundler.spec import ThreadSpec
+
+REMOTE_ENV = ("MEDPLUM_BASE_URL", "MEDPLUM_CLIENT_ID", "MEDPLUM_CLIENT_SECRET")
+LOAD_CONCURRENCY = 4  # `load`'s default, used by the ceiling too
+WRITE_POINTS, SEARCH_POINTS = 100, 20  # what Medplum charges: per created entry, per search
+
+
+# --------------------------------------------------------------------------- where the requests go
+
+
+@dataclass
+class Call:
+    kind: str  # transaction, search, create, delete, read, token
+    start: float
+    end: float
+    status: int
+    created: int = 0  # entries answered 201 (transactions), 1 for a 201 create
+
+
+class LatencyTransport(httpx.HTTPTransport):
+    """`--rtt-ms`: each request waits `delay` seconds before it is sent, as if the server were that far away."""
+
+    def __init__(self, *, delay: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.delay = delay
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.delay:
+            time.sleep(self.delay)
+        return super().handle_request(request)
+
+
+class CountingTransport(LatencyTransport):
+    """An httpx transport that records every request (kind, timing, status, entries created) and counts
+    429s itself, so the figures do not rely on what the loader reports."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.calls: list[Call] = []
+        self._lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        kind = _kind(request)
+        start = time.perf_counter()
+        response = super().handle_request(request)
+        if kind == "transaction" and response.status_code == 200:
+            response.read()  # httpx reads it next anyway; entries answered 201, counted without parsing the JSON
+            created = response.content.count(b'"status":"201')
+        else:
+            created = int(kind == "create" and response.status_code == 201)
+        call = Call(kind, start, time.perf_counter(), response.status_code, created)
+        with self._lock:
+            self.calls.append(call)
+        return response
+
+    def count(self, kind: str | None = None, status: int | None = None) -> int:
+        return sum(1 for c in self.calls if (kind is None or c.kind == kind) and (status is None or c.status == status))
+
+
+def _kind(request: httpx.Request) -> str:
+    path = request.url.path
+    if path.endswith("/oauth2/token"):
+        return "token"
+    if request.method == "POST":
+        return "transaction" if path.endswith("/fhir/R4/") or path.endswith("/fhir/R4") else "create"
+    if request.method == "DELETE":
+        return "delete"
+    return "search" if request.url.query else "read"
+
+
+# --------------------------------------------------------------------------- the target
+
+
+@dataclass
+class Target:
+    base_url: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    server: LocalServer | None = None
+    rtt: float = 0.0  # seconds added before every request (simulated network round trip)
+
+    @property
+    def fhir_base(self) -> str:
+        return f"{self.base_url}fhir/R4/"
+
+    def reset(self) -> None:
+        if self.server is not None:
+            self.server.reset()
+
+    def transport(self, limits: httpx.Limits, *, counting: bool = False) -> LatencyTransport:
+        return (CountingTransport if counting else LatencyTransport)(limits=limits, delay=self.rtt)
+
+    def cpu(self) -> tuple[float, float, float]:
+        """CPU seconds used so far by this process (every thread), by the local server's Node process, and by
+        the whole machine (to tell what other processes took meanwhile)."""
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        server = 0.0
+        proc = getattr(self.server, "_proc", None)  # the Popen of the Node process; nan on a remote server
+        try:
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split() if proc else None
+            server = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else float("nan")
+        except (OSError, ValueError, IndexError):
+            server = float("nan")
+        try:
+            ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+            machine = (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle, iowait
+        except (OSError, ValueError, IndexError):
+            machine = float("nan")
+        return me.ru_utime + me.ru_stime, server, machine
+
+    def token(self) -> str:
+        form = {"grant_type": "client_credentials", "client_id": self.client_id, "client_secret": self.client_secret}
+        response = httpx.post(f"{self.base_url}oauth2/token", data=form, timeout=30)
+        response.raise_for_status()
+        return str(response.json()["access_token"])
+
+    def bare_client(self, token: str, connections: int) -> httpx.Client:
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        return httpx.Client(base_url=self.fhir_base, timeout=60, transport=self.transport(limits),
+                            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json",
+                                     "Accept": "application/fhir+json"})
+
+
+# --------------------------------------------------------------------------- the modes
+
+
+@dataclass
+class Row:
+    mode: str
+    resources: int
+    seconds: float
+    cpu: tuple[float, float, float] = (0.0, 0.0, 0.0)  # CPU seconds meanwhile: this client, the server, the rest
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.resources / self.seconds if self.seconds else 0.0
+
+
+def specs_for(threads: int, messages: int, prefix: str) -> list[ThreadSpec]:
+    """`threads` specs from `synthetic_specs` (seed 1); `prefix` goes before each key (unique keys on a remote)."""
+    out = []
+    for data in synthetic_specs(threads, messages, seed=1):
+        data["thread"] = prefix + data["thread"]
+        out.append(parse_spec(data))
+    return out
+
+
+def run_load(target: Target, specs: list[ThreadSpec], label: str, *, profile: Path | None = None) -> Row:
+    """`load` with its defaults, in a fresh journal; the wall time of the whole call."""
+    # the pool FhirClient would make for itself (concurrency 8 + 2), since passing a transport replaces it
+    transport = target.transport(httpx.Limits(max_connections=10, max_keepalive_connections=10), counting=True)
+    assert isinstance(transport, CountingTransport)
+    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp, \
+            FhirClient(target.base_url, ClientCredentials(target.client_id, target.client_secret),
+                       transport=transport) as client:
+        journal = Path(tmp) / "bench.journal.sqlite"
+        cpu0 = target.cpu()
+        started = time.perf_counter()
+        if profile is not None:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            report: LoadReport = profiler.runcall(load, specs, client, journal=journal)
+            profiler.dump_stats(profile)
+        else:
+            report = load(specs, client, journal=journal)
+        seconds = time.perf_counter() - started
+        cpu = _spent(cpu0, target.cpu())
+    bad = [t for t in report.threads if t.outcome not in OK_OUTCOMES]
+    if bad:
+        raise SystemExit(f"{label}: {len(bad)} threads not loaded, e.g. {bad[0].key}: {bad[0].outcome} {bad[0].error}")
+    created = sum(t.created for t in report.threads)
+    by_transport = sum(c.created for c in transport.calls if c.kind == "transaction")
+    expected = sum(len(s.messages) + 1 for s in specs)
+    if created != expected or by_transport < expected:
+        raise SystemExit(f"{label}: created {created} (transport saw {by_transport}), expected {expected}")
+    return Row(label, created, seconds, cpu, extra={"transport": transport, "report": report, "started": started})
+
+
+def run_ceiling(target: Target, bodies: list[bytes], resources: int, *, concurrency: int = LOAD_CONCURRENCY) -> Row:
+    """The same bundles posted by `concurrency` threads sharing one httpx client and one token; status checked."""
+    token = target.token()
+    failures: list[str] = []
+    with target.bare_client(token, concurrency) as http:
+        counter = itertools.count()  # next() on a count is atomic under the GIL
+
+        def worker() -> None:
+            while not failures and (i := next(counter)) < len(bodies):
+                response = http.post("", content=bodies[i])
+                if response.status_code != 200:
+                    failures.append(f"HTTP {response.status_code}: {response.text[:300]}")
+
+        workers = [threading.Thread(target=worker, name=f"ceiling-{n}") for n in range(concurrency)]
+        cpu0 = target.cpu()
+        started = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        seconds = time.perf_counter() - started
+        cpu = _spent(cpu0, target.cpu())
+    if failures:
+        raise SystemExit(f"ceiling: {failures[0]}")
+    return Row(f"ceiling: bare httpx, {concurrency} threads", resources, seconds, cpu)
+
+
+def run_per_resource(target: Target, specs: list[ThreadSpec]) -> Row:
+    """One POST per resource, in sequence: header, then messages pointing at the server ids already created."""
+    bundles = [build_bundle(s) for s in specs]
+    token = target.token()
+    created = 0
+    with target.bare_client(token, 1) as http:
+        cpu0 = target.cpu()
+        started = time.perf_counter()
+        for bundle in bundles:
+            ids: dict[str, str] = {}  # fullUrl → Communication/<server id>
+            for entry in bundle["entry"]:
+                resource = entry["resource"]
+                for key in ("partOf", "inResponseTo"):
+                    for ref in resource.get(key) or ():
+                        ref["reference"] = ids[ref["reference"]]
+                response = http.post("Communication", content=orjson.dumps(resource))
+                if response.status_code != 201:
+                    raise SystemExit(f"per resource: HTTP {response.status_code}: {response.text[:300]}")
+                ids[entry["fullUrl"]] = f"Communication/{orjson.loads(response.content)['id']}"
+                created += 1
+        seconds = time.perf_counter() - started
+        cpu = _spent(cpu0, target.cpu())
+    return Row(f"per resource: 1 POST each, sequential ({len(specs):,} threads)", created, seconds, cpu)
+
+
+def _spent(before: tuple[float, float, float], after: tuple[float, float, float]) -> tuple[float, float, float]:
+    client, server, machine = (a - b for a, b in zip(after, before, strict=True))
+    return client, server, machine - client - (server if server == server else 0.0)
+
+
+def warm_up(target: Target, messages: int, seconds: float) -> None:
+    """Post bundles for `seconds` so Node's JIT is warm before anything is measured; then empty the store."""
+    specs = specs_for(200, messages, "warmup-")
+    bodies = [bundle_bytes(s) for s in specs]
+    token = target.token()
+    deadline = time.perf_counter() + seconds
+    with target.bare_client(token, LOAD_CONCURRENCY) as http:
+        for body in itertools.cycle(bodies):
+            if time.perf_counter() > deadline:
+                break
+            http.post("", content=body)
+            http.get("Communication", params={"identifier": "urn:x|y", "_count": "10"})
+    target.reset()
+
+
+# --------------------------------------------------------------------------- the quota run
+
+
+@dataclass
+class QuotaResult:
+    points: int
+    seconds: float
+    quota_rate: float
+    status_429: int
+    requests: int
+    searches: int
+    transactions: int
+    threads: int
+    load_seconds: float
+
+    @property
+    def achieved(self) -> float:
+        return self.points / self.seconds if self.seconds else 0.0
+
+    @property
+    def ratio(self) -> float:
+        return self.achieved / self.quota_rate
+
+
+def run_quota(target: Target, specs: list[ThreadSpec], points: int, window: int) -> QuotaResult:
+    assert target.server is not None
+    target.reset()
+    target.server.configure(quota={"enabled": True, "points": points, "windowSeconds": window})
+    try:
+        row = run_load(target, specs, "load under quota")
+    finally:
+        target.server.restore_defaults()
+    transport: CountingTransport = row.extra["transport"]
+    calls = [c for c in transport.calls if c.kind != "token"]
+    used = (WRITE_POINTS * sum(c.created for c in calls)
+            + SEARCH_POINTS * sum(1 for c in calls if c.kind == "search" and c.status != 429))
+    first, last = min(c.start for c in calls), max(c.end for c in calls)
+    return QuotaResult(used, last - first, points / window, transport.count(status=429), len(calls),
+                       transport.count("search"), transport.count("transaction"), len(specs), row.seconds)
+
+
+# --------------------------------------------------------------------------- where load's time goes
+
+
+def breakdown(row: Row) -> list[tuple[str, str]]:
+    """The phases of a `load` run, from the transport's record of its requests."""
+    transport: CountingTransport = row.extra["transport"]
+    report: LoadReport = row.extra["report"]
+    started: float = row.extra["started"]
+    calls = sorted(transport.calls, key=lambda c: c.start)
+    tx = [c for c in calls if c.kind == "transaction"]
+    # the loader's own transactions are the ones that created entries; the probe's creates nothing
+    loads = [c for c in tx if c.created]
+    probe_start = min((c.start for c in tx if not c.created), default=float("inf"))
+    first_load = loads[0].start if loads else started
+    last_end = max(c.end for c in calls) if calls else started
+    before_first = calls[0].start - started if calls else 0.0
+    searches = [c for c in calls if c.kind == "search" and c.end <= first_load and c.start < probe_start]
+    probe = [c for c in calls if probe_start <= c.start and c.end <= first_load and c.kind != "token"]
+    in_flight = sum(c.end - c.start for c in loads)
+    phase = (loads[-1].end - first_load) if loads else 0.0
+    out = [
+        ("total wall time of load()", f"{row.seconds:.2f} s"),
+        ("before the first request (build, fingerprint, validate every bundle)", f"{before_first:.2f} s"),
+        (f"pre-check searches ({len(searches)})", f"{sum(c.end - c.start for c in searches):.3f} s"),
+        (f"atomicity probe ({len(probe)} requests)", f"{sum(c.end - c.start for c in probe):.3f} s"),
+        ("start of load() → first thread transaction", f"{first_load - started:.2f} s"),
+        (f"thread transactions ({len(loads)}), first start → last end", f"{phase:.2f} s"),
+        ("  mean time in flight per transaction (as the client sees it)",
+         f"{in_flight / max(1, len(loads)) * 1000:.1f} ms"),
+        ("  transactions in flight on average (of 4 workers)", f"{in_flight / phase:.2f}" if phase else "-"),
+        ("last transaction → load() returns", f"{row.seconds - (last_end - started):.2f} s"),
+        ("requests counted by the loader / by the transport", f"{report.requests} / {len(calls)}"),
+    ]
+    return out
+
+
+# --------------------------------------------------------------------------- main
+
+
+def find_target() -> tuple[Target, bool]:
+    values = [os.environ.get(k, "") for k in REMOTE_ENV]
+    if all(values):
+        base = values[0] if values[0].endswith("/") else values[0] + "/"
+        return Target(base, values[1], values[2]), True
+    server = LocalServer(quota=False).start()
+    return Target(server.base_url, server.client_id, server.client_secret, server), False
+
+
+def timed(label: str, func: Callable[[], Row], quiet: bool) -> Row:
+    if not quiet:
+        print(f"… {label}", file=sys.stderr, flush=True)
+    row = func()
+    if not quiet:
+        print(f"  {row.resources:,} resources in {row.seconds:.2f} s: {row.rate:,.0f}/s", file=sys.stderr, flush=True)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=1000, help="threads loaded by `load` and the ceiling")
+    parser.add_argument("--messages", type=int, default=10, help="messages per thread (plus 1 header)")
+    parser.add_argument("--per-resource-threads", type=int, default=100,
+                        help="threads posted one resource at a time (a subset; default 100)")
+    parser.add_argument("--repeat", type=int, default=1, help="run load and the ceiling N times, keep the best")
+    parser.add_argument("--quota-points", type=int, default=15_000, help="quota points per window (quota run)")
+    parser.add_argument("--quota-window", type=int, default=10, help="quota window in seconds (quota run)")
+    parser.add_argument("--quota-seconds", type=float, default=25.0, help="about how long the quota run lasts")
+    parser.add_argument("--no-quota", action="store_true", help="skip the quota run")
+    parser.add_argument("--warm-up", type=float, default=3.0, help="seconds of warm-up traffic first")
+    parser.add_argument("--rtt-ms", type=float, default=0.0,
+                        help="simulate a network round trip: every request of every mode waits this long first")
+    parser.add_argument("--profile", type=Path,
+                        help="write a cProfile of the (last) load run here (its calling thread only: the work "
+                        "before the requests, not the workers)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 60 threads, short quota run")
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.threads, args.per_resource_threads, args.warm_up = 60, 10, 0.5
+        args.quota_points, args.quota_window, args.quota_seconds = 5000, 5, 5.0
+
+    target, remote = find_target()
+    target.rtt = args.rtt_ms / 1000
+    try:
+        return measure(args, target, remote)
+    finally:
+        if target.server is not None:
+            target.server.stop()
+
+
+def measure(args: argparse.Namespace, target: Target, remote: bool) -> int:
+    prefix = f"r{int(time.time())}-" if remote else ""
+    resources_per_thread = args.messages + 1
+    specs = specs_for(args.threads, args.messages, prefix)
+    bodies = [bundle_bytes(s) for s in specs]
+    resources = len(specs) * resources_per_thread
+    quiet = args.markdown
+
+    if args.warm_up > 0 and not remote:
+        warm_up(target, args.messages, args.warm_up)
+
+    loads: list[Row] = []
+    ceilings: list[Row] = []
+    for n in range(args.repeat):
+        ceiling_prefix = f"{prefix}c{n}-" if remote else prefix
+        target.reset()
+        ceiling_bodies = bodies if not remote else [bundle_bytes(s) for s in specs_for(args.threads, args.messages,
+                                                                                        ceiling_prefix)]
+        ceilings.append(timed("ceiling", lambda b=ceiling_bodies: run_ceiling(target, b, resources), quiet))
+        target.reset()
+        load_specs = specs if not remote else specs_for(args.threads, args.messages, f"{prefix}l{n}-")
+        loads.append(timed("load", lambda s=load_specs, last=n == args.repeat - 1: run_load(
+            target, s, "**load** (defaults: concurrency 4, journal, pre-checks, probe)",
+            profile=args.profile if last else None), quiet))
+    ceiling = min(ceilings, key=lambda r: r.seconds)
+    loaded = min(loads, key=lambda r: r.seconds)
+    target.reset()
+    subset = specs_for(min(args.per_resource_threads, args.threads), args.messages, f"{prefix}p-" if remote else prefix)
+    per_resource = timed("per resource", lambda: run_per_resource(target, subset), quiet)
+
+    quota: QuotaResult | None = None
+    if not args.no_quota and not remote:
+        quota_rate = args.quota_points / args.quota_window
+        threads = max(2, round(quota_rate * args.quota_seconds / (WRITE_POINTS * resources_per_thread)))
+        if not quiet:
+            print(f"… load under quota: {args.quota_points:,} points per {args.quota_window} s, {threads} threads",
+                  file=sys.stderr, flush=True)
+        quota = run_quota(target, specs_for(threads, args.messages, "quota-"), args.quota_points, args.quota_window)
+
+    pairs = [lo.rate / ce.rate for lo, ce in zip(loads, ceilings, strict=True)]
+    report(args, target, remote, ceiling, loaded, per_resource, quota, pairs)
+    return 0
+
+
+def report(args: argparse.Namespace, target: Target, remote: bool, ceiling: Row, loaded: Row, per_resource: Row,
+           quota: QuotaResult | None, pairs: list[float]) -> None:
+    where = f"remote {target.base_url}" if remote else "local Medplum server (fhir-router on Node)"
+    if target.rtt:
+        where += f", +{target.rtt * 1000:g} ms simulated round trip per request"
+    best = f", best of {len(pairs)}" if len(pairs) > 1 else ""
+    caption = f"{args.threads:,} threads × (1 header + {args.messages} messages), {where}{best}"
+    head = ["mode", "resources", "seconds", "resources/s", "× ceiling", "CPU: client", "server", "others"]
+    rows = [[r.mode, f"{r.resources:,}", f"{r.seconds:.2f}", f"{r.rate:,.0f}", f"{r.rate / ceiling.rate:.2f}",
+             *(f"{c / r.seconds:.0%}" if c == c else "-" for c in r.cpu)] for r in (ceiling, loaded, per_resource)]
+    vs_ceiling = loaded.rate / ceiling.rate
+    vs_per_resource = loaded.rate / per_resource.rate
+    rounds = f" (each round: {', '.join(f'{r:.2f}' for r in pairs)})" if len(pairs) > 1 else ""
+    targets = [["load ≥ 0.80 × ceiling", f"{vs_ceiling:.2f}{rounds}", "met" if vs_ceiling >= 0.8 else "**NOT met**"],
+               ["load ≥ 10 × per resource", f"{vs_per_resource:.1f}",
+                "met" if vs_per_resource >= 10 else "**NOT met**"]]
+    if quota is not None:
+        ok = abs(quota.ratio - 1) <= 0.10 and quota.status_429 == 0
+        targets.append(["under quota: achieved / quota rate within 10%, no 429",
+                        f"{quota.ratio:.2f}, {quota.status_429} × 429", "met" if ok else "**NOT met**"])
+    quota_head = ["load under the server's quota", ""]
+    quota_rows = []
+    if quota is not None:
+        quota_rows = [
+            ["quota", f"{args.quota_points:,} points / {args.quota_window} s = {quota.quota_rate:,.0f} points/s"],
+            ["threads loaded", f"{quota.threads} × {args.messages + 1} resources ({quota.transactions} transactions, "
+                               f"{quota.searches} searches)"],
+            ["points used (100 per created entry, 20 per search)", f"{quota.points:,}"],
+            ["first request → last response", f"{quota.seconds:.2f} s (load() wall time {quota.load_seconds:.2f} s)"],
+            ["achieved", f"{quota.achieved:,.0f} points/s = **{quota.ratio:.2f} × quota rate**"],
+            ["HTTP 429 seen by the transport", f"{quota.status_429}"],
+        ]
+    phases = breakdown(loaded)
+    cpu_note = (f"CPU columns: share of one core used meanwhile by this client (all its threads), the server's Node "
+                f"process, and every other process; the machine has {os.cpu_count()} cores in all.")
+    if args.markdown:
+        print(f"{caption}:\n")
+        print(markdown_table(head, rows))
+        print(f"\n{cpu_note}")
+        print()
+        print(markdown_table(["target", "measured", ""], targets))
+        if quota_rows:
+            print()
+            print(markdown_table(quota_head, quota_rows))
+        print()
+        print(markdown_table(["where load's time goes", ""], [list(p) for p in phases]))
+    else:
+        print(caption)
+        widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+        for r in [head, *rows]:
+            print("  ".join(str(c).ljust(widths[0]) if i == 0 else str(c).rjust(widths[i]) for i, c in enumerate(r)))
+        print(cpu_note)
+        print()
+        for t in targets:
+            print(f"{t[0]:<56} {t[1]:>34}  {t[2].strip('*')}")
+        if quota_rows:
+            print()
+            for q in quota_rows:
+                print(f"{q[0]:<52} {q[1].replace('**', '')}")
+        print("\nwhere load's time goes")
+        for p in phases:
+            print(f"  {p[0]:<72} {p[1]:>10}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
