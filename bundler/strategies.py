@@ -1,32 +1,79 @@
 """Hypothesis strategies for thread specs and bundles: the one source of generated data for our tests
-and for users' own property-based tests.
+and for users' own property-based tests (`pip install thread-bundler[testing]`).
 
     from hypothesis import given
-    from bundler.strategies import thread_specs, bundles
+    from bundler.strategies import bundles, invalid_bundles, thread_specs
 
     @given(thread_specs(max_messages=5))
     def test_my_code(spec): ...
 
+    @given(invalid_bundles(rule="thread.reply-target"))
+    def test_my_checker_refuses_it(bundle): ...
+
 Specs are plain dicts exactly as they would be read from a YAML or JSON file, valid per
-`schemas/thread-spec.schema.json`; `bundles()` builds them with `bundler.build_bundle`.
+`schemas/thread-spec.schema.json` and `bundler.parse_spec`; `bundles()` builds them with
+`bundler.build_bundle`, and every bundle it makes validates clean (no errors, no warnings).
+`invalid_bundles(rule=...)` breaks such a bundle in exactly one way, named by a validator rule code.
+
+Every strategy shrinks towards a small, readable case: one participant `Patient/0`, no optional
+fields, short ASCII text, instants in UTC. The building blocks (`keys`, `texts`, `references`,
+`participants`, `instants`, `messages`, `categories`) compose: pass your own `text=`, `key=`, ... to
+the bigger ones. `sample_specs` is not a strategy: it makes many specs fast, for volume tests.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import random
+import re
 from collections.abc import Sequence
 from typing import Any
 
+from hypothesis import reject
 from hypothesis import strategies as st
 
 from .build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle
+from .fhir import TARGET_TYPES
+from .issues import RULES
+from .mutations import MUTATIONS, NotApplicable, rng_from_draw
 
-KEY_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-:"
-ALIAS_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789._-"
-ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789-."
+__all__ = [
+    "PARTICIPANT_TYPES",
+    "PRECISIONS",
+    "REFERENCE_STYLES",
+    "SAMPLE_TEXTS",
+    "ZONES",
+    "bundles",
+    "categories",
+    "format_instant",
+    "instants",
+    "invalid_bundles",
+    "keys",
+    "messages",
+    "participants",
+    "references",
+    "sample_specs",
+    "texts",
+    "thread_specs",
+]
+
+KEY_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ._-:"
+ALIAS_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz._-"
+ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz-."
 PARTICIPANT_TYPES = ("Patient", "Practitioner", "RelatedPerson", "PractitionerRole", "Organization")
+"""Default participant resource types (each may send and receive a Communication in FHIR R4)."""
 STATUSES = ("preparation", "in-progress", "completed", "on-hold", "entered-in-error")
+REFERENCE_STYLES = ("literal", "conditional")
+"""`literal`: `Patient/123`; `conditional`: `Patient?identifier=https://example.org/ids|123`."""
+ZONES = ("Z", "+00:00", "+02:00", "-05:00", "+05:30", "+14:00", "-12:00")
+"""Default time zones of generated instants: 'Z' or '±hh:mm' (FHIR allows -12:00 to +14:00)."""
+PRECISIONS = (0, 3, 6, 9)
+"""Default fraction digits of generated instants (FHIR allows 0 to 9)."""
+CONDITIONAL_SYSTEM = "https://example.org/ids"
+CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/communication-category"
+CATEGORY_CODES = ("notification", "reminder", "instruction", "alert")
+TOPICS = ("Lab results", "Appointment follow-up", "Résultats d'analyse", "処方箋について", "💊 refill")
+DISPLAYS = ("Homer Simpson", "Dr. Alice Smith", "Ана Петрова", "李雷", "محمد علي")
 
 # Text: any printable unicode (emoji, RTL scripts, combining marks), no control or surrogate characters.
 TEXT_ALPHABET = st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\x85\u2028\u2029")
@@ -38,67 +85,145 @@ SAMPLE_TEXTS = (
     "Line one\nline two\n\nline four",
     "Zalgo t̶e̷x̸t and ﬁ ligatures, ＦＵＬＬＷＩＤＴＨ",
 )
+"""Hand-picked texts mixed into the default `texts()`: RTL scripts, emoji sequences, line breaks."""
+
+_ZONE = re.compile(r"^(?:Z|[+-](?:0\d|1[0-3]):[0-5]\d|[+-]14:00)$")
+_PER_CENT = 100
+
+
+def _chance(draw: st.DrawFn, share: float) -> bool:
+    """True with probability `share`; shrinks to False (unless share is 1), so minimal examples stay plain."""
+    if share <= 0 or share >= 1:
+        return share >= 1  # no choice to make: nothing drawn, nothing to shrink
+    return draw(st.integers(0, _PER_CENT - 1)) >= _PER_CENT - round(share * _PER_CENT)
+
+
+def _check_share(name: str, value: float) -> None:
+    if not 0 <= value <= 1:
+        raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
+
+
+def _check_instant_options(precisions: Sequence[int], zones: Sequence[str]) -> None:
+    if not precisions or any(not isinstance(p, int) or not 0 <= p <= 9 for p in precisions):
+        raise ValueError(f"precisions must be fraction digit counts 0-9, got {precisions!r}")
+    bad = [z for z in zones if not _ZONE.match(z)]
+    if not zones or bad:
+        raise ValueError(f"zones must be 'Z' or '±hh:mm' between -14:00 and +14:00, got {bad or zones!r}")
+
+
+# --- building blocks ---------------------------------------------------------------------------------
 
 
 def keys(*, max_size: int = 40) -> st.SearchStrategy[str]:
-    """Thread keys and message ids: 1-`max_size` letters, digits, '.', '_', '-', ':'."""
+    """Thread keys and message ids: 1-`max_size` letters, digits, '.', '_', '-', ':'.
+
+        keys(max_size=8).example()   # e.g. 'a:7_Q.'
+    """
     return st.text(KEY_ALPHABET, min_size=1, max_size=max_size)
 
 
-def texts(*, alphabet: st.SearchStrategy[str] | None = None, max_size: int = 200,
-          long_text: bool = True) -> st.SearchStrategy[str]:
-    """Message text: full unicode by default, plus hand-picked RTL/emoji/multi-line samples and long text."""
-    generated = st.text(alphabet or TEXT_ALPHABET, min_size=1, max_size=max_size).filter(lambda s: s.strip() == s and s)
-    choices = [st.sampled_from(SAMPLE_TEXTS), generated]
-    if long_text:
-        choices.append(st.integers(1, 20).map(lambda n: "Lorem ipsum dolor sit amet. " * n * 50))
-    return st.one_of(*choices).filter(lambda s: s.strip() == s)
+def texts(*, alphabet: str | st.SearchStrategy[str] | None = None, max_size: int = 200, long_text: bool = True,
+          long_share: float = 0.05, max_long_size: int = 10_000) -> st.SearchStrategy[str]:
+    """Message text: non-empty, no leading or trailing whitespace.
 
+    By default any printable unicode (emoji, RTL scripts, combining marks, line breaks) up to
+    `max_size` characters, mixed with `SAMPLE_TEXTS`; with `long_text`, a share `long_share` of texts
+    are 1,000-`max_long_size` characters long. `alphabet` (a string of characters, or a strategy for
+    one character) restricts every text, the long ones included, and drops the samples.
 
-def references(*, styles: Sequence[str] = ("literal", "conditional"),
-               types: Sequence[str] = PARTICIPANT_TYPES) -> st.SearchStrategy[str]:
-    """`Type/id` (literal) or `Type?identifier=system|value` (conditional) reference strings."""
-    out = []
-    if "literal" in styles:
-        out.append(st.builds(lambda t, i: f"{t}/{i}", st.sampled_from(types), st.text(ID_ALPHABET, min_size=1, max_size=36)))
-    if "conditional" in styles:
-        out.append(st.builds(lambda t, v: f"{t}?identifier=https://example.org/ids|{v}", st.sampled_from(types),
-                             st.text(ID_ALPHABET, min_size=1, max_size=20)))
-    return st.one_of(*out)
-
-
-def participants(*, min_size: int = 1, max_size: int = 5, styles: Sequence[str] = ("literal", "conditional"),
-                 types: Sequence[str] = PARTICIPANT_TYPES) -> st.SearchStrategy[dict[str, dict[str, str]]]:
-    """alias → {reference, display}; references are unique."""
+        texts(alphabet="abc ", max_size=10).example()      # e.g. 'ab c'
+        messages(["a"], text=texts(long_text=False))
+    """
+    _check_share("long_share", long_share)
+    chars: st.SearchStrategy[str]
+    if alphabet is None:
+        chars = TEXT_ALPHABET
+    elif isinstance(alphabet, str):
+        if not any(not c.isspace() for c in alphabet):
+            raise ValueError("alphabet needs at least one character that is not whitespace")
+        chars = st.sampled_from(sorted(set(alphabet)))
+    else:
+        chars = alphabet
+    first = chars.filter(lambda c: not c.isspace())  # a small space, rarely rejected
+    short = st.builds(lambda head, rest: head + rest.rstrip(), first, st.text(chars, max_size=max(max_size - 1, 0)))
+    long = st.builds(lambda unit, size: (unit * (size // len(unit) + 1))[:size].rstrip(), short,
+                     st.integers(1_000, max(max_long_size, 1_000)))
+    samples = alphabet is None
 
     @st.composite
-    def build(draw: st.DrawFn) -> dict[str, dict[str, str]]:
-        aliases = draw(st.lists(st.text(ALIAS_ALPHABET, min_size=1, max_size=12), min_size=min_size,
-                                max_size=max_size, unique=True))
-        refs = draw(st.lists(references(styles=styles, types=types), min_size=len(aliases), max_size=len(aliases),
-                             unique=True))
-        out: dict[str, dict[str, str]] = {}
-        for alias, ref in zip(aliases, refs, strict=True):
-            entry = {"reference": ref}
-            if draw(st.booleans()):
-                entry["display"] = draw(st.sampled_from(("Homer Simpson", "Dr. Alice Smith", "Ана Петрова", "李雷")))
-            out[alias] = entry
-        return out
+    def build(draw: st.DrawFn) -> str:
+        if long_text and _chance(draw, long_share):
+            return draw(long)
+        if samples and _chance(draw, 0.2):
+            return draw(st.sampled_from(SAMPLE_TEXTS))
+        return draw(short)
 
     return build()
 
 
-def instants(*, min_value: dt.datetime = dt.datetime(2000, 1, 1), max_value: dt.datetime = dt.datetime(2035, 12, 31),
-             precisions: Sequence[int] = (0, 3, 6), zones: Sequence[str] = ("Z", "+00:00", "+02:00", "-05:00", "+05:30",
-                                                                               "+14:00", "-12:00")
-             ) -> st.SearchStrategy[str]:
-    """FHIR instants (seconds, optional fraction, a time zone), as written by people and systems."""
-    return st.builds(format_instant, st.datetimes(min_value, max_value), st.sampled_from(precisions),
-                     st.sampled_from(zones))
+def references(*, styles: Sequence[str] = REFERENCE_STYLES,
+               types: Sequence[str] = PARTICIPANT_TYPES) -> st.SearchStrategy[str]:
+    """`Type/id` (style 'literal') or `Type?identifier=https://example.org/ids|value` ('conditional').
+
+        references(styles=["conditional"], types=["Patient"]).example()
+        # e.g. 'Patient?identifier=https://example.org/ids|4-a'
+    """
+    unknown = set(styles) - set(REFERENCE_STYLES)
+    if not styles or unknown:
+        raise ValueError(f"styles must be some of {REFERENCE_STYLES}, got {list(styles)!r}")
+    if not types:
+        raise ValueError("types must name at least one resource type")
+    out = []
+    if "literal" in styles:
+        out.append(st.builds(lambda t, i: f"{t}/{i}", st.sampled_from(types),
+                             st.text(ID_ALPHABET, min_size=1, max_size=36)))
+    if "conditional" in styles:
+        out.append(st.builds(lambda t, v: f"{t}?identifier={CONDITIONAL_SYSTEM}|{v}", st.sampled_from(types),
+                             st.text(ID_ALPHABET, min_size=1, max_size=20)))
+    return st.one_of(*out)
+
+
+def participants(*, min_size: int = 1, max_size: int = 5, styles: Sequence[str] = REFERENCE_STYLES,
+                 types: Sequence[str] = PARTICIPANT_TYPES, display_share: float = 0.5
+                 ) -> st.SearchStrategy[dict[str, dict[str, str]]]:
+    """A spec's `participants`: alias → {reference, display?}, with unique references.
+
+    `types` are the resource types to refer to (each must be able to send a Communication in FHIR R4,
+    so Group and CareTeam are not allowed); `styles` the reference styles; `display_share` how often a
+    participant has a display name.
+
+        participants(min_size=2, max_size=2, types=["Patient", "Practitioner"]).example()
+        # e.g. {'0': {'reference': 'Patient/0'}, 'dr': {'reference': 'Practitioner?identifier=...|x'}}
+    """
+    not_senders = sorted(set(types) - TARGET_TYPES["sender"])
+    if not_senders:
+        raise ValueError(f"participant types must be able to send a Communication (one of "
+                         f"{', '.join(sorted(TARGET_TYPES['sender']))}), got {', '.join(not_senders)}")
+    if min_size < 1 or max_size < min_size:
+        raise ValueError(f"need 1 <= min_size <= max_size, got {min_size}, {max_size}")
+    _check_share("display_share", display_share)
+    refs = references(styles=styles, types=types)
+
+    @st.composite
+    def one(draw: st.DrawFn) -> tuple[str, dict[str, str]]:
+        alias = draw(st.text(ALIAS_ALPHABET, min_size=1, max_size=12))
+        entry = {"reference": draw(refs)}
+        if _chance(draw, display_share):
+            entry["display"] = draw(st.sampled_from(DISPLAYS))
+        return alias, entry
+
+    # one list of (alias, participant): the shrinker drops a participant whole
+    people = st.lists(one(), min_size=min_size, max_size=max_size,
+                      unique_by=(lambda p: p[0], lambda p: p[1]["reference"]))
+    return people.map(dict)
 
 
 def format_instant(moment: dt.datetime, precision: int, zone: str) -> str:
-    """`moment` (naive, taken as UTC) written in `zone` ('Z' or '+hh:mm') with `precision` fraction digits."""
+    """`moment` (naive, taken as UTC) written in `zone` ('Z' or '±hh:mm') with `precision` (0-9) fraction
+    digits (digits past the microseconds are zeros).
+
+        format_instant(dt.datetime(2024, 4, 10, 9, 30), 3, "+02:00")   # '2024-04-10T11:30:00.000+02:00'
+    """
     if zone == "Z":
         local, suffix = moment, "Z"
     else:
@@ -107,101 +232,272 @@ def format_instant(moment: dt.datetime, precision: int, zone: str) -> str:
         local, suffix = moment + offset, zone
     text = local.strftime("%Y-%m-%dT%H:%M:%S")
     if precision:
-        text += "." + f"{local.microsecond:06d}{'0' * 3}"[:precision]
+        text += "." + f"{local.microsecond:06d}000"[:precision]
     return text + suffix
 
 
-def messages(aliases: Sequence[str], *, min_size: int = 0, max_size: int = 8, reply_share: float = 0.3,
-             attachments: bool = True, text: st.SearchStrategy[str] | None = None,
-             start: dt.datetime = dt.datetime(2024, 4, 10, 9)) -> st.SearchStrategy[list[dict[str, Any]]]:
-    """A message list for a thread with these participant `aliases`, sent after `start` in order."""
+def instants(*, min_value: dt.datetime = dt.datetime(2000, 1, 1), max_value: dt.datetime = dt.datetime(2035, 12, 31),
+             precisions: Sequence[int] = PRECISIONS, zones: Sequence[str] = ZONES) -> st.SearchStrategy[str]:
+    """FHIR instants between two naive UTC datetimes: seconds, `precisions` fraction digits, one of `zones`.
 
-    @st.composite
-    def build(draw: st.DrawFn) -> list[dict[str, Any]]:
-        n = draw(st.integers(min_size, max_size))
-        out: list[dict[str, Any]] = []
-        moment = start
-        ids: list[str] = []
-        for i in range(n):
-            moment += dt.timedelta(seconds=draw(st.integers(0, 86_400)))
-            msg: dict[str, Any] = {}
-            if draw(st.booleans()):
-                mid = draw(keys(max_size=20).filter(lambda k, used=tuple(ids), pos=i: k not in used
-                                                     and not (k.isdigit() and int(k) > pos + 1)))
-                msg["id"] = mid
-            else:
-                mid = str(i + 1)
-                if mid in ids:
-                    msg["id"] = mid = draw(keys().filter(lambda k, used=tuple(ids): k not in used and not k.isdigit()))
-            ids.append(mid)
-            sender = draw(st.sampled_from(aliases))
-            msg["sender"] = sender
-            msg["sent"] = format_instant(moment, draw(st.sampled_from((0, 3))), draw(st.sampled_from(("Z", "+02:00",
-                                                                                                     "-05:00"))))
-            has_attachment = attachments and draw(st.integers(0, 9)) == 0
-            if not has_attachment or draw(st.booleans()):
-                msg["text"] = draw(text or texts())
+        instants(precisions=[0], zones=["+05:30"]).example()   # e.g. '2013-07-01T05:30:00+05:30'
+    """
+    _check_instant_options(precisions, zones)
+    return st.builds(format_instant, st.datetimes(min_value, max_value), st.sampled_from(precisions),
+                     st.sampled_from(zones))
+
+
+def _fresh_id(candidate: str, used: Sequence[str], position: int) -> str:
+    """`candidate`, changed so that it is not an earlier message's id, nor a later message's default id
+    (its 1-based position)."""
+    if candidate.isdigit() and int(candidate) > position + 1:
+        candidate = f"m{candidate}"
+    while candidate in used:
+        candidate += "_"
+    return candidate
+
+
+def messages(aliases: Sequence[str], *, min_size: int = 0, max_size: int = 8, reply_share: float = 0.3,
+             attachments: bool = True, attachment_share: float = 0.1, recipient_share: float = 0.2,
+             id_share: float = 0.5, text: st.SearchStrategy[str] | None = None,
+             alphabet: str | st.SearchStrategy[str] | None = None, precisions: Sequence[int] = PRECISIONS,
+             zones: Sequence[str] = ZONES, start: dt.datetime = dt.datetime(2024, 4, 10, 9),
+             max_gap: dt.timedelta = dt.timedelta(days=1)) -> st.SearchStrategy[list[dict[str, Any]]]:
+    """A spec's `messages` for a thread with these participant `aliases`, sent in order after `start`
+    (naive UTC), at most `max_gap` apart.
+
+    Shares (0-1) set how often a message replies to an earlier one (`reply_share`), carries an
+    attachment (`attachment_share`, 0 when `attachments` is False; such a message may have no text),
+    names its recipients (`recipient_share`; else every participant but the sender) and has an
+    explicit id (`id_share`; else its 1-based position). Text comes from `text`, default
+    `texts(alphabet=alphabet)`; `sent` is written with one of `precisions` and `zones`.
+
+        messages(["homer", "alice"], min_size=2, reply_share=1.0, zones=["Z"]).example()
+        # e.g. [{'sender': 'homer', 'sent': '2024-04-10T09:00:00Z', 'text': '0'},
+        #       {'sender': 'homer', 'sent': '2024-04-10T09:00:00Z', 'text': '0', 'reply_to': '1'}]
+    """
+    if not aliases:
+        raise ValueError("messages need at least one participant alias")
+    lists = _MessageLists(min_size=min_size, max_size=max_size, reply_share=reply_share, attachments=attachments,
+                          attachment_share=attachment_share, recipient_share=recipient_share, id_share=id_share,
+                          text=text, alphabet=alphabet, precisions=precisions, zones=zones, max_gap=max_gap,
+                          max_aliases=len(aliases))
+    names = list(aliases)
+    return lists.drafts.map(lambda drafts: lists.assemble(drafts, names, start))
+
+
+class _MessageLists:
+    """`messages()` in two steps: `drafts` (a strategy, independent of the aliases: made once, as a new
+    strategy object costs hypothesis much more to draw from the first time) and `assemble(drafts,
+    aliases, start)`, which makes ids unique, picks senders and recipients, and points replies back."""
+
+    def __init__(self, *, min_size: int, max_size: int, reply_share: float, attachments: bool,
+                 attachment_share: float, recipient_share: float, id_share: float,
+                 text: st.SearchStrategy[str] | None, alphabet: str | st.SearchStrategy[str] | None,
+                 precisions: Sequence[int], zones: Sequence[str], max_gap: dt.timedelta, max_aliases: int) -> None:
+        for name, value in (("reply_share", reply_share), ("attachment_share", attachment_share),
+                            ("recipient_share", recipient_share), ("id_share", id_share)):
+            _check_share(name, value)
+        _check_instant_options(precisions, zones)
+        text_strategy = text if text is not None else texts(alphabet=alphabet)
+        attachment_share = attachment_share if attachments else 0.0
+        gap = st.integers(0, int(max_gap.total_seconds()))
+        formats = st.sampled_from([(p, z) for z in zones for p in precisions])  # one choice: shrinks faster
+        ids = keys(max_size=20)
+        people = st.integers(0, max(max_aliases - 1, 0))  # an alias, by index modulo their number
+        recipients = st.lists(people, min_size=1, max_size=max(max_aliases - 1, 1), unique=True)
+        replies = st.integers(0, max(max_size - 1, 0))  # an earlier message, by index modulo its position
+
+        @st.composite
+        def draft(draw: st.DrawFn) -> dict[str, Any]:
+            msg: dict[str, Any] = {"gap": draw(gap)}
+            if _chance(draw, id_share):
+                msg["id"] = draw(ids)
+            msg["sender"] = draw(people)
+            msg["sent"] = draw(formats)
+            has_attachment = _chance(draw, attachment_share)
+            if not has_attachment or _chance(draw, 0.5):
+                msg["text"] = draw(text_strategy)
             if has_attachment:
                 msg["attachments"] = [{"url": f"Binary/{draw(st.uuids())}", "contentType": "image/png",
                                        "title": "scan.png"}]
-            if draw(st.integers(0, 5)) == 0:
-                others = [a for a in aliases if a != sender]
-                if others:
-                    msg["recipient"] = draw(st.lists(st.sampled_from(others), min_size=1, unique=True))
-            if i and draw(st.floats(0, 1)) < reply_share:
-                msg["reply_to"] = draw(st.sampled_from(ids[:-1]))
+            if max_aliases > 1 and _chance(draw, recipient_share):
+                msg["recipient"] = draw(recipients)
+            if _chance(draw, reply_share):
+                msg["reply_to"] = draw(replies)
+            return msg
+
+        # a list of independent drafts: the shrinker drops or simplifies one message at a time
+        self.drafts = st.lists(draft(), min_size=min_size, max_size=max_size)
+
+    @staticmethod
+    def assemble(drafts: list[dict[str, Any]], aliases: Sequence[str], start: dt.datetime) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        used: list[str] = []
+        moment = start
+        for i, d in enumerate(drafts):
+            moment += dt.timedelta(seconds=d["gap"])
+            msg: dict[str, Any] = {}
+            if "id" in d:
+                mid = msg["id"] = _fresh_id(d["id"], used, i)
+            else:
+                mid = str(i + 1)
+                if mid in used:  # an earlier explicit id took this position's default
+                    mid = msg["id"] = _fresh_id(f"m{mid}", used, i)
+            sender = msg["sender"] = aliases[d["sender"] % len(aliases)]
+            msg["sent"] = format_instant(moment, *d["sent"])
+            for field in ("text", "attachments"):
+                if field in d:
+                    msg[field] = d[field]
+            if "recipient" in d:
+                chosen = dict.fromkeys(aliases[k % len(aliases)] for k in d["recipient"])
+                chosen.pop(sender, None)
+                if chosen:
+                    msg["recipient"] = list(chosen)
+            if i and "reply_to" in d:
+                msg["reply_to"] = used[d["reply_to"] % i]
+            used.append(mid)
             out.append(msg)
         return out
 
-    return build()
 
+def categories(*, codes: Sequence[str] = CATEGORY_CODES, system: str = CATEGORY_SYSTEM,
+               max_size: int = 2) -> st.SearchStrategy[list[Any]]:
+    """A spec's `category`: codes as 'system|code' strings or {system, code, display} mappings.
 
-def categories() -> st.SearchStrategy[list[Any]]:
-    """Category codes as 'system|code' strings or {system, code, display} mappings."""
-    code = st.sampled_from(("notification", "reminder", "instruction", "alert"))
-    system = "http://terminology.hl7.org/CodeSystem/communication-category"
+        categories(codes=["alert"], max_size=1).example()
+        # e.g. ['http://terminology.hl7.org/CodeSystem/communication-category|alert']
+    """
+    code = st.sampled_from(codes)
     return st.lists(st.one_of(code.map(lambda c: f"{system}|{c}"),
                               st.builds(lambda c: {"system": system, "code": c, "display": c.title()}, code)),
-                    max_size=2)
+                    max_size=max_size)
+
+
+# --- threads and bundles -----------------------------------------------------------------------------
 
 
 def thread_specs(*, min_participants: int = 1, max_participants: int = 5, min_messages: int = 0,
-                 max_messages: int = 8, reply_share: float = 0.3, attachments: bool = True, with_category: bool = True,
-                 text: st.SearchStrategy[str] | None = None, styles: Sequence[str] = ("literal", "conditional"),
+                 max_messages: int = 8, reply_share: float = 0.3, attachments: bool = True,
+                 attachment_share: float = 0.1, recipient_share: float = 0.2, id_share: float = 0.5,
+                 with_category: bool = True,
+                 text: st.SearchStrategy[str] | None = None, alphabet: str | st.SearchStrategy[str] | None = None,
+                 styles: Sequence[str] = REFERENCE_STYLES, participant_types: Sequence[str] = PARTICIPANT_TYPES,
+                 precisions: Sequence[int] = PRECISIONS, zones: Sequence[str] = ZONES,
                  key: st.SearchStrategy[str] | None = None) -> st.SearchStrategy[dict[str, Any]]:
-    """A thread spec as plain data, valid per the JSON Schema and the spec rules."""
+    """A thread spec as plain data (as read from YAML/JSON), valid per the JSON Schema and `parse_spec`.
+
+    Header fields (subject: a Patient, sender, sent, status, category) are each present or not;
+    participants and messages as in `participants()` and `messages()` (`styles` and
+    `participant_types` go to `participants`, the message options to `messages`); `key` draws the thread key
+    (default `keys()`; hypothesis repeats examples, so against a server set a fresh key in the test body).
+
+        @given(thread_specs(max_participants=2, max_messages=3, alphabet="abc", zones=["Z"]))
+        def test_round_trip(spec): assert my_export(my_import(spec)) == spec
+    """
+    _check_instant_options(precisions, zones)
+    if min_messages < 0 or max_messages < min_messages:
+        raise ValueError(f"need 0 <= min_messages <= max_messages, got {min_messages}, {max_messages}")
+    people_strategy = participants(min_size=min_participants, max_size=max_participants, styles=styles,
+                                   types=participant_types)
+    patient_refs = references(styles=styles, types=("Patient",))
+    keys_ = key if key is not None else keys()
+    starts = st.datetimes(dt.datetime(2000, 1, 1), dt.datetime(2030, 1, 1))
+    formats = st.sampled_from([(p, z) for z in zones for p in precisions])
+    statuses = st.sampled_from(("in-progress", "completed"))
+    topics = st.sampled_from(TOPICS)
+    codes = categories()
+    message_lists = _MessageLists(
+        min_size=min_messages, max_size=max_messages, reply_share=reply_share, attachments=attachments,
+        attachment_share=attachment_share, recipient_share=recipient_share, id_share=id_share, text=text,
+        alphabet=alphabet, precisions=precisions, zones=zones, max_gap=dt.timedelta(days=1),
+        max_aliases=max_participants)
 
     @st.composite
     def build(draw: st.DrawFn) -> dict[str, Any]:
-        people = draw(participants(min_size=min_participants, max_size=max_participants, styles=styles))
+        people = draw(people_strategy)
         aliases = list(people)
-        start = draw(st.datetimes(dt.datetime(2000, 1, 1), dt.datetime(2030, 1, 1)))
-        spec: dict[str, Any] = {"thread": draw(key or keys()), "topic": draw(st.sampled_from(
-            ("Lab results", "Appointment follow-up", "Résultats d'analyse", "処方箋について", "💊 refill")))}
-        patients = [a for a in aliases if people[a]["reference"].startswith("Patient")]
-        if patients and draw(st.booleans()):
-            spec["subject"] = draw(st.sampled_from(patients))  # FHIR R4: a subject is a Patient or a Group
-        if draw(st.booleans()):
+        start = draw(starts)
+        spec: dict[str, Any] = {"thread": draw(keys_), "topic": draw(topics)}
+        if _chance(draw, 0.5):  # FHIR R4: a subject is a Patient (or a Group): an alias, or a reference
+            patients = [a for a in aliases if people[a]["reference"].startswith("Patient")]
+            spec["subject"] = draw(st.sampled_from(patients) if patients and _chance(draw, 0.8) else patient_refs)
+        if _chance(draw, 0.5):
             spec["sender"] = draw(st.sampled_from(aliases))
-        if draw(st.booleans()):
-            spec["sent"] = format_instant(start, 3, "Z")
-        if draw(st.booleans()):
-            spec["status"] = draw(st.sampled_from(("in-progress", "completed")))
-        if with_category and draw(st.booleans()):
-            spec["category"] = draw(categories())
+        if _chance(draw, 0.5):
+            spec["sent"] = format_instant(start, *draw(formats))
+        if _chance(draw, 0.5):
+            spec["status"] = draw(statuses)
+        if with_category and _chance(draw, 0.5):
+            spec["category"] = draw(codes)
         spec["participants"] = people
-        spec["messages"] = draw(messages(aliases, min_size=min_messages, max_size=max_messages,
-                                         reply_share=reply_share, attachments=attachments, text=text,
-                                         start=start + dt.timedelta(seconds=1)))
+        spec["messages"] = message_lists.assemble(draw(message_lists.drafts), aliases, start + dt.timedelta(seconds=1))
         return spec
 
     return build()
 
 
+def bundles(*, specs: st.SearchStrategy[dict[str, Any]] | None = None,
+            identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM,
+            **spec_options: Any) -> st.SearchStrategy[dict[str, Any]]:
+    """Transaction Bundles built by `bundler.build_bundle` from `specs` (default
+    `thread_specs(**spec_options)`). Each validates clean with `bundler.validate.validate`.
+
+        @given(bundles(max_messages=3, styles=["literal"]))
+        def test_my_sender(bundle): assert my_sender.accepts(bundle)
+
+        bundles(specs=thread_specs(min_messages=1).map(add_my_defaults))
+    """
+    if specs is not None and spec_options:
+        raise TypeError(f"pass either specs= or thread_specs options, not both ({', '.join(spec_options)})")
+    source = specs if specs is not None else thread_specs(**spec_options)
+    return source.map(lambda s: build_bundle(s, identifier_system=identifier_system))
+
+
+def invalid_bundles(rule: str | None = None, **bundle_options: Any) -> st.SearchStrategy[dict[str, Any]]:
+    """Bundles from `bundles(**bundle_options)` broken in exactly one way: `validate(bundle)` (default
+    'medplum' limits) reports issues of rule `rule` (a code of `bundler.validate.RULES`) and of no other.
+    `rule=None` picks any rule. Every bundle has at least one message (most rules need one to break).
+
+        @given(invalid_bundles(rule="thread.reply-target"))
+        def test_my_checker(bundle): assert "thread.reply-target" in my_checker(bundle)
+
+        # knowing which rule was broken:
+        st.sampled_from(sorted(RULES)).flatmap(lambda r: st.tuples(st.just(r), invalid_bundles(rule=r)))
+
+    Raises ValueError for an unknown rule code (listing the known ones).
+    """
+    if rule is not None and rule not in MUTATIONS:
+        if rule in RULES:
+            raise ValueError(f"rule {rule!r} has no mutation in bundler.mutations yet")
+        raise ValueError(f"unknown rule {rule!r}; known rules: {', '.join(MUTATIONS)}")
+    if "specs" not in bundle_options:
+        bundle_options["min_messages"] = max(1, bundle_options.get("min_messages", 1))
+    valid = bundles(**bundle_options)
+    codes = st.just(rule) if rule is not None else st.sampled_from(list(MUTATIONS))
+
+    @st.composite
+    def build(draw: st.DrawFn) -> dict[str, Any]:
+        code = draw(codes)
+        bundle = draw(valid)
+        try:
+            return MUTATIONS[code](bundle, rng_from_draw(draw))
+        except NotApplicable:
+            reject()  # e.g. specs= gave a bundle without messages
+
+    return build()
+
+
+# --- volume ------------------------------------------------------------------------------------------
+
+
 def sample_specs(threads: int, messages_per_thread: int, *, seed: int = 1, prefix: str = "sample"
                  ) -> list[dict[str, Any]]:
     """Many valid thread specs fast, reproducible by `seed`, for load tests and benchmarks (hypothesis is
-    for exploring; this is for volume). Keys are `<prefix>-<seed>-<n>`; messages are ids m0, m1, …"""
+    for exploring; this is for volume). Keys are `<prefix>-<seed>-<n>`; messages are ids m0, m1, …
+
+        specs = sample_specs(100, 20, seed=7)
+    """
     rng = random.Random(seed)
     start = dt.datetime(2024, 1, 1)
     words = ("results", "ready", "thanks", "appointment", "tomorrow", "lab", "specimen", "—", "merci", "😀", "dose")
@@ -222,12 +518,6 @@ def sample_specs(threads: int, messages_per_thread: int, *, seed: int = 1, prefi
             msgs.append(msg)
         out.append({"thread": f"{prefix}-{seed}-{t}", "topic": f"Thread {t}", "subject": "p0", "sender": "doc",
                     "sent": format_instant(start + dt.timedelta(minutes=t), 3, "Z"),
-                    "category": ["http://terminology.hl7.org/CodeSystem/communication-category|notification"],
+                    "category": [f"{CATEGORY_SYSTEM}|notification"],
                     "participants": people, "messages": msgs})
     return out
-
-
-def bundles(*, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, **spec_options: Any
-            ) -> st.SearchStrategy[dict[str, Any]]:
-    """Transaction Bundles built from `thread_specs(**spec_options)`."""
-    return thread_specs(**spec_options).map(lambda s: build_bundle(s, identifier_system=identifier_system))

@@ -1,0 +1,57 @@
+"""Property tests of `my_integration.export_to_bundle` with thread-bundler's testing kit.
+
+Copy this file next to your own code: `pip install thread-bundler[testing]`, then `pytest`.
+The `medplum_client` fixture comes from the plugin installed with thread-bundler; it starts a local
+Medplum server (or uses the one in MEDPLUM_BASE_URL, MEDPLUM_CLIENT_ID, MEDPLUM_CLIENT_SECRET).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from my_integration import export_to_bundle, export_to_spec
+
+from bundler.client import FhirClient
+from bundler.strategies import thread_specs
+from bundler.testing import assert_same_thread, assert_valid_thread_bundle, fetch_thread
+
+
+def spec_to_export(spec: dict[str, Any], chat_id: str) -> dict[str, Any]:
+    """Our generated thread spec, written the way the chat app exports a conversation."""
+    position = {m.get("id", str(i + 1)): i + 1 for i, m in enumerate(spec["messages"])}
+    members = {alias: {"fhir": p["reference"], "name": p.get("display")} for alias, p in spec["participants"].items()}
+    posts = [{"id": i, "author": m["sender"], "time": m["sent"], "body": m["text"],
+              "in_reply_to": position.get(m.get("reply_to", ""))}
+             for i, m in enumerate(spec["messages"], 1)]
+    return {"id": chat_id, "title": spec["topic"], "members": members, "posts": posts}
+
+
+def chats(**options: Any) -> st.SearchStrategy[dict[str, Any]]:
+    """The app's exports: every post has text and no attachment, no explicit recipients."""
+    specs = thread_specs(attachments=False, recipient_share=0, with_category=False, **options)
+    return st.builds(spec_to_export, specs, st.uuids().map(str))
+
+
+@settings(max_examples=50, deadline=None)
+@given(chats())
+def test_every_export_makes_a_valid_bundle(chat: dict[str, Any]) -> None:
+    bundle = export_to_bundle(chat)
+    assert_valid_thread_bundle(bundle)  # no validator errors, no warnings
+    header, *messages = (e["resource"] for e in bundle["entry"])
+    assert header["topic"]["text"] == chat["title"]
+    assert [m["payload"][0]["contentString"] for m in messages] == [p["body"] for p in chat["posts"]]
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chat=chats(styles=["literal"]))  # a conditional reference must match a resource on the server
+def test_an_export_loads_into_medplum_as_it_was(medplum_client: FhirClient, chat: dict[str, Any]) -> None:
+    # hypothesis repeats examples (and the server keeps what each one loaded): a fresh id per run
+    chat = {**chat, "id": str(uuid.uuid4())}
+    bundle = export_to_bundle(chat)
+    medplum_client.transaction(orjson.dumps(bundle), entries=len(bundle["entry"]))
+    spec = export_to_spec(chat)
+    assert_same_thread(spec, fetch_thread(medplum_client, spec["thread"]))
