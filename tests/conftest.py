@@ -1,8 +1,9 @@
 """Shared fixtures: a Medplum server to test against.
 
-``medplum_target`` (session): a local Medplum server (``bundler.localserver.LocalServer``) started once
-per session on a free port, or, when ``MEDPLUM_BASE_URL``, ``MEDPLUM_CLIENT_ID`` and
-``MEDPLUM_CLIENT_SECRET`` are all set, that remote Medplum (nothing is started).
+``medplum_target`` (session): the server of our own pytest plugin's ``medplum_server`` fixture
+(``bundler.pytest_plugin``, the one users get): a local Medplum server started once per session on a
+free port, or, when ``MEDPLUM_BASE_URL``, ``MEDPLUM_CLIENT_ID`` and ``MEDPLUM_CLIENT_SECRET`` are all
+set, that remote Medplum (nothing is started).
 
 ``project`` (function): a clean slate per test. On the local server the store and quota are emptied
 before the test and the default settings restored after it. On a remote server nothing can be
@@ -16,7 +17,6 @@ a reason on a remote server.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 from bundler.localserver import LocalServer
+from bundler.pytest_plugin import MedplumServer, remote_from_env
 
-REMOTE_ENV = ("MEDPLUM_BASE_URL", "MEDPLUM_CLIENT_ID", "MEDPLUM_CLIENT_SECRET")
 LOCAL_ONLY_REASON = "needs a switch only the local Medplum server has (remote MEDPLUM_BASE_URL is set)"
 
 
@@ -67,16 +67,6 @@ class Project:
         self.target.server.configure(**settings)
 
 
-def _remote_from_env() -> MedplumTarget | None:
-    values = [os.environ.get(name, "") for name in REMOTE_ENV]
-    if not all(values):
-        return None
-    base_url, client_id, client_secret = values
-    if not base_url.endswith("/"):
-        base_url += "/"
-    return MedplumTarget(base_url=base_url, client_id=client_id, client_secret=client_secret, is_local=False)
-
-
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "local_only: needs the local Medplum server's switches; skipped against a remote Medplum"
@@ -84,28 +74,23 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker("local_only") is not None and _remote_from_env() is not None:
+    if item.get_closest_marker("local_only") is not None and _remote() is not None:
         pytest.skip(LOCAL_ONLY_REASON)
 
 
-@pytest.fixture(scope="session")
-def medplum_target() -> Iterator[MedplumTarget]:
-    remote = _remote_from_env()
-    if remote is not None:
-        yield remote
-        return
-    server = LocalServer(port=0)
-    server.start()
+def _remote() -> MedplumServer | None:
     try:
-        yield MedplumTarget(
-            base_url=server.base_url,
-            client_id=server.client_id,
-            client_secret=server.client_secret,
-            is_local=True,
-            server=server,
-        )
-    finally:
-        server.stop()
+        return remote_from_env()
+    except ValueError:
+        return None  # half-set: medplum_server fails the tests that need a server, naming what is missing
+
+
+@pytest.fixture(scope="session")
+def medplum_target(medplum_server: MedplumServer) -> MedplumTarget:
+    """The plugin's session server (ours, `bundler.pytest_plugin`), with the local server's switches."""
+    return MedplumTarget(base_url=medplum_server.base_url, client_id=medplum_server.client_id,
+                         client_secret=medplum_server.client_secret, is_local=medplum_server.is_local,
+                         server=medplum_server.local)
 
 
 @pytest.fixture

@@ -40,3 +40,11 @@ def test_demo_loads_reads_back_and_shows_the_walkthrough() -> None:
     assert text.index("Hi Homer") < text.index("Thanks —") < text.index("Yes — we expect")
     assert "↩ Homer Simpson at 2024-04-10T10:05:00.000Z" in text
     assert "matches its spec field by field" in text
+
+
+def test_every_public_name_resolves() -> None:
+    assert sorted(bundler.__all__) == sorted(bundler._WHERE)
+    for name in bundler.__all__:
+        assert getattr(bundler, name) is not None
+    with pytest.raises(AttributeError):
+        bundler.no_such_name  # noqa: B018

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from bundler.ratelimit import Limit, Pacer, parse_ratelimit
@@ -52,7 +54,7 @@ def test_spends_what_is_left_evenly_over_the_window(t: FakeTime) -> None:
         p.wait(1000)
         starts.append(t.now)
         p.done(1000)
-    gaps = [round(b - a, 3) for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(starts)]
     assert gaps == [2.0, 2.0, 2.0, 2.0]  # 1000 points at 500 points/s
 
 

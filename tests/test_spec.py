@@ -8,13 +8,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 from click.testing import CliRunner
-from hypothesis import given, settings
 
 from bundler import assets
 from bundler.cli import main
 from bundler.errors import SpecError
 from bundler.spec import load_specs, parse_spec
-from bundler.strategies import thread_specs
 
 REPO = Path(__file__).resolve().parent.parent
 INVALID = REPO / "fixtures" / "invalid"
@@ -108,15 +106,6 @@ def test_bad_identifier_system_is_a_usage_error() -> None:
     result = CliRunner().invoke(main, ["build", "fixtures/threads", "--identifier-system", "has space"])
     assert result.exit_code == 2
     assert "absolute URI" in result.output
-
-
-@settings(max_examples=60, deadline=None)
-@given(thread_specs())
-def test_generated_specs_are_valid_per_the_json_schema_and_parse(spec: dict) -> None:
-    jsonschema.Draft202012Validator(assets.schema("thread-spec.schema.json")).validate(spec)
-    parsed = parse_spec(spec)
-    assert parsed.key == spec["thread"]
-    assert len(parsed.messages) == len(spec["messages"])
 
 
 def test_the_schema_is_a_valid_2020_12_schema() -> None:

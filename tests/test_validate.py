@@ -13,12 +13,11 @@ import orjson
 import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from bundler.build import build_bundle
 from bundler.limits import Limits
 from bundler.spec import load_specs
-from bundler.strategies import thread_specs
+from bundler.strategies import bundles
 from bundler.validate import RULES, Issue, validate, validate_many
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -279,12 +278,8 @@ def test_validate_many_in_parallel_matches_serial() -> None:
 # --- property-based ----------------------------------------------------------------------------------
 
 
-def valid_bundles(**options: Any) -> st.SearchStrategy[dict[str, Any]]:
-    return thread_specs(**options).map(build_bundle)
-
-
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(valid_bundles())
+@given(bundles())
 def test_builder_bundles_are_clean_and_untouched(bundle: dict[str, Any]) -> None:
     before = orjson.dumps(bundle)
     assert validate(bundle) == []
