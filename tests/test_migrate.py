@@ -175,6 +175,83 @@ def test_shuffled_rows_give_byte_identical_ndjson(tmp_path: Path) -> None:
     assert (tmp_path / "c.ndjson").read_bytes() == (tmp_path / "d.ndjson").read_bytes()
 
 
+@pytest.mark.parametrize("workers", [2, 3, 5])
+def test_any_number_of_workers_gives_the_same_bytes_over_several_inputs(tmp_path: Path, workers: int) -> None:
+    """Rows of one conversation spread over two inputs (CSV and JSONL.gz) and every worker's share:
+    bundles, reject file (CSV) and summary as one process gives them."""
+    export = tmp_path / "e.csv"
+    write_export(export, 3000, 170, bad_share=0.05, seed=13)
+    header, rows = _rows(export)
+    first = _write_csv(tmp_path / "a.csv", header, rows[:1700])
+    second = tmp_path / "b.jsonl.gz"
+    second.write_bytes(gzip.compress(b"".join(orjson.dumps(dict(zip(header, r, strict=True))) + b"\n"
+                                              for r in rows[1700:])))
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text(SYNTHETIC_MAPPING, encoding="utf-8")
+    inputs = [first, second]
+    one = migrate(inputs, mapping, to="ndjson", out=tmp_path / "1.ndjson", rejects=tmp_path / "1.csv", workers=1)
+    many = migrate(inputs, mapping, to="ndjson", out=tmp_path / "n.ndjson", rejects=tmp_path / "n.csv",
+                   workers=workers)
+    assert (tmp_path / "n.ndjson").read_bytes() == (tmp_path / "1.ndjson").read_bytes()
+    assert (tmp_path / "n.csv").read_bytes() == (tmp_path / "1.csv").read_bytes()
+    assert (many.rows_read, many.messages, many.threads, many.rejects) == \
+        (one.rows_read, one.messages, one.threads, one.rejects)
+    assert len(many.peak_rss) == workers
+    _accounted(many)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no scratch left behind
+
+
+def test_more_workers_than_conversations_and_an_empty_export(tmp_path: Path) -> None:
+    header, rows = _rows(EXPORT)
+    one_thread = _write_csv(tmp_path / "one.csv", header, [r for r in rows if r[0] == "C-1001"])
+    empty = _write_csv(tmp_path / "empty.csv", header, [])
+    (tmp_path / "participants.csv").write_bytes((LEGACY / "participants.csv").read_bytes())
+    (tmp_path / "mapping.yaml").write_bytes(MAPPING.read_bytes())
+    for path in (one_thread, empty):
+        a = migrate([path], tmp_path / "mapping.yaml", to="ndjson", out=tmp_path / "a.ndjson", workers=1)
+        b = migrate([path], tmp_path / "mapping.yaml", to="ndjson", out=tmp_path / "b.ndjson", workers=4)
+        assert (tmp_path / "a.ndjson").read_bytes() == (tmp_path / "b.ndjson").read_bytes()
+        assert (tmp_path / "a.ndjson.rejects.jsonl").read_bytes() == (tmp_path / "b.ndjson.rejects.jsonl").read_bytes()
+        assert (a.threads, a.rejects) == (b.threads, b.rejects)
+    assert a.rows_read == 0
+
+
+def test_fixture_specs_with_three_workers_roles_seen_by_another_worker(tmp_path: Path) -> None:
+    """The caregiver's role is in one worker's rows, its thread maybe in another's key range."""
+    out = tmp_path / "specs"
+    migrate([EXPORT], MAPPING, to="specs", out=out, rejects=tmp_path / "r.jsonl", workers=3)
+    expected = sorted(p.name for p in (EXPECTED / "specs").iterdir())
+    assert sorted(p.name for p in out.iterdir()) == expected
+    for name in expected:
+        assert (out / name).read_bytes() == (EXPECTED / "specs" / name).read_bytes()
+    assert (tmp_path / "r.jsonl").read_bytes() == (EXPECTED / "rejects.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("how", ["raises", "dies"])
+def test_a_failing_worker_fails_the_run_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           how: str) -> None:
+    import os
+
+    from bundler.errors import BundlerError
+    from bundler.migrate import pipeline
+
+    real = pipeline._work
+
+    def failing(job, w, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if w == 1:
+            if how == "dies":
+                os._exit(3)
+            raise ValueError("worker 1 broke")
+        return real(job, w, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_work", failing)  # the forked worker runs this too
+    expected = (ValueError, "worker 1 broke") if how == "raises" else (BundlerError, "worker 1 died")
+    with pytest.raises(expected[0], match=expected[1]):
+        migrate([EXPORT], MAPPING, to="ndjson", out=tmp_path / "o.ndjson", workers=2, work_dir=tmp_path / "work")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+    assert list((tmp_path / "work").iterdir()) == []
+
+
 def test_shards_cover_every_conversation_exactly_once(tmp_path: Path) -> None:
     export = tmp_path / "e.csv"
     write_export(export, 3000, 240, bad_share=0.03, seed=5)

@@ -59,7 +59,11 @@ def _status(sv: StatusValue | None, index: dict[str, int], what: str) -> Callabl
 
 
 class Extractor:
-    """Compiled for one input: `conversation(values)` and `record(values, ...)` (raises RowError)."""
+    """Compiled for one input: `conversation(values)` and `record(values, ...)` (raises RowError).
+
+    `record` runs once per row, so it is a closure over exactly this input's getters (local names, no
+    attribute lookups), with the values the mapping does not read left out rather than read as "".
+    """
 
     def __init__(self, mapping: MigrationMapping, source: Source) -> None:
         index = {c: i for i, c in enumerate(source.columns)}
@@ -69,60 +73,82 @@ class Extractor:
             return v.getter(index) if v is not None else _empty
 
         self.conversation = get(m.thread_id)
-        self._id, self._sender = get(m.message_id), get(m.sender)
-        self.message_id: Getter = lambda row: self._id(row).strip()
-        self._sender_display, self._sender_role = get(m.sender_display), get(m.sender_role)
-        self._text, self._reply = get(m.text), get(m.reply_to)
-        self._att_url, self._att_type, self._att_title = get(m.attachment_url), get(m.attachment_type), \
-            get(m.attachment_title)
-        self._topic, self._category, self._subject = get(m.topic), get(m.category), get(m.subject)
-        self._status = _status(m.status, index, "status")
-        self._thread_status = _status(m.thread_status, index, "thread status")
-        assert m.sent is not None
-        self._sent_value, self._parse_sent = get(m.sent.value), m.sent.parser
-        self._recipients: list[Getter] = [get(v) for v in m.recipients.values] if m.recipients else []
-        self._separator = m.recipients.separator if m.recipients else None
-        self._names = {"id": _name(m.message_id), "sender": _name(m.sender)}
+        get_id = get(m.message_id)
+        self.message_id: Getter = lambda row: get_id(row).strip()
         self.file_index = source.index
+        self.record = _record_function(m, index, source.index)
 
-    def record(self, values: Row, conv: str, row: int, line: int, raw: Any) -> tuple[int, list[Any]]:
-        """(sent µs, record) for a good row; RowError for a bad one."""
-        mid = self._id(values).strip()
+
+def _optional(value: Any, index: dict[str, int]) -> Getter | None:
+    """The getter of a value the mapping may leave out (None: it does)."""
+    return value.getter(index) if value is not None else None
+
+
+def _record_function(m: MigrationMapping, index: dict[str, int], file_index: int
+                     ) -> Callable[[Row, str, int, int, Any], tuple[int, list[Any]]]:
+    """record(values, conv, row, line, raw) → (sent µs, record) for a good row; RowError for a bad one.
+    The checks run in a fixed order: a row with several problems is rejected for the first."""
+    get_id, get_sender = m.message_id.getter(index), m.sender.getter(index)
+    get_display, get_role = _optional(m.sender_display, index), _optional(m.sender_role, index)
+    get_text, get_reply = _optional(m.text, index), _optional(m.reply_to, index)
+    get_url, get_type, get_title = (_optional(m.attachment_url, index), _optional(m.attachment_type, index),
+                                    _optional(m.attachment_title, index))
+    get_topic, get_category, get_subject = (_optional(m.topic, index), _optional(m.category, index),
+                                            _optional(m.subject, index))
+    status, thread_status = _status(m.status, index, "status"), _status(m.thread_status, index, "thread status")
+    assert m.sent is not None
+    get_sent, parse_sent = m.sent.value.getter(index), m.sent.parser
+    get_recipients = [v.getter(index) for v in m.recipients.values] if m.recipients else []
+    separator = m.recipients.separator if m.recipients else None
+    id_name, sender_name = _name(m.message_id), _name(m.sender)
+    mime_match, coding_match = _MIME.match, _CODING.match
+
+    def record(values: Row, conv: str, row: int, line: int, raw: Any) -> tuple[int, list[Any]]:
+        mid = get_id(values).strip()
         if not mid:
-            raise RowError("missing-message-id", f"no message id ({self._names['id']} is empty)")
-        sender = self._sender(values).strip()
+            raise RowError("missing-message-id", f"no message id ({id_name} is empty)")
+        sender = get_sender(values).strip()
         if not sender:
-            raise RowError("missing-sender", f"no sender id ({self._names['sender']} is empty)")
+            raise RowError("missing-sender", f"no sender id ({sender_name} is empty)")
         try:
-            sent, micros = self._parse_sent(self._sent_value(values).strip())
+            sent, micros = parse_sent(get_sent(values).strip())
         except TimeRejected as exc:
             raise RowError(exc.reason, str(exc)) from None
-        text: str | None = self._text(values)
+        text: str | None = get_text(values) if get_text is not None else None
         if not text or text.isspace():
             text = None
-        url: str | None = self._att_url(values).strip() or None
-        att_type = self._att_type(values).strip() or None if url else None
-        if text is None and url is None:
+        url = (get_url(values).strip() or None) if get_url is not None else None
+        att_type = title = None
+        if url is not None:
+            att_type = (get_type(values).strip() or None) if get_type is not None else None
+            title = (get_title(values).strip() or None) if get_title is not None else None
+        elif text is None:
             raise RowError("empty-message", "no text and no attachment")
-        if att_type is not None and not _MIME.match(att_type):
+        if att_type is not None and not mime_match(att_type):
             raise RowError("bad-attachment", f"attachment type {att_type!r} is not a MIME type like image/png")
-        category = self._category(values).strip() or None
-        if category is not None and not _CODING.match(category):
+        category = (get_category(values).strip() or None) if get_category is not None else None
+        if category is not None and not coding_match(category):
             raise RowError("bad-category", f"category {category!r} is not 'system|code'")
-        status = self._status(values)
-        thread_status = self._thread_status(values)
-        recipients: list[str] = []
-        if self._separator is not None:
-            recipients = [r.strip() for r in self._recipients[0](values).split(self._separator)]
+        message_status = status(values)
+        thread_status_ = thread_status(values)
+        if separator is not None:
+            recipients = [r.strip() for r in get_recipients[0](values).split(separator)]
         else:
-            recipients = [g(values).strip() for g in self._recipients]
+            recipients = [g(values).strip() for g in get_recipients]
         recipients = list(dict.fromkeys(r for r in recipients if r))
-        record = [self.file_index, row, line, conv, mid, sender, self._sender_display(values).strip() or None,
-                  self._sender_role(values).strip() or None, recipients, sent, text, url, att_type,
-                  self._att_title(values).strip() or None if url else None, self._reply(values).strip() or None,
-                  status, self._topic(values).strip() or None, category, self._subject(values).strip() or None,
-                  thread_status, raw]
-        return micros, record
+        return micros, [
+            file_index, row, line, conv, mid, sender,
+            (get_display(values).strip() or None) if get_display is not None else None,
+            (get_role(values).strip() or None) if get_role is not None else None,
+            recipients, sent, text, url, att_type, title,
+            (get_reply(values).strip() or None) if get_reply is not None else None,
+            message_status,
+            (get_topic(values).strip() or None) if get_topic is not None else None,
+            category,
+            (get_subject(values).strip() or None) if get_subject is not None else None,
+            thread_status_, raw]
+
+    return record
 
 
 def _name(value: Any) -> str:

@@ -7,6 +7,9 @@ then sent instant, then input order. Rejects are kept here too and come out orde
     with GroupStore(work_dir) as store:
         store.add([(key, sent_micros, seq, blob), ...])
         for key, rows in store.groups(): ...
+
+Several processes of one run each load their share of the rows into a store of their own, `seal` it,
+and then read every store together through `SealedStores`, each process one range of thread keys.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -27,25 +31,62 @@ TOMBSTONE = -(2**62)
 """The sent key of a rejected row's tombstone (its conversation and message id): first in its group."""
 
 Row = tuple[str, int, int, bytes]  # (thread key, sent µs, input order, message data)
+Group = tuple[str, list[tuple[int, int, bytes]]]  # (thread key, [(sent µs, input order, data), ...])
+
+_REJECT_COLUMNS = "file INTEGER, row INTEGER, line INTEGER, name TEXT, reason TEXT, message TEXT, raw BLOB"
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _uri(path: Path, query: str = "") -> str:
+    return "file:" + urllib.parse.quote(str(path.resolve())) + query
+
+
+def _tune(db: sqlite3.Connection, folder: Path, cache_mb: int, threads: int) -> None:
+    """No journal, no fsync; the sorter's spill files next to the database (not in a small /tmp)."""
+    db.execute(f"PRAGMA temp_store_directory = {_quote(str(folder))}")
+    for pragma in ("journal_mode=OFF", "synchronous=OFF", "temp_store=FILE", f"cache_size=-{cache_mb * 1024}",
+                   f"threads={threads}"):
+        db.execute(f"PRAGMA {pragma}")
+
+
+def _grouped(cursor: sqlite3.Cursor) -> Iterator[Group]:
+    """Rows (key, sent, seq, data) ordered by key → one (key, rows) per key."""
+    current: str | None = None
+    rows: list[tuple[int, int, bytes]] = []
+    while batch := cursor.fetchmany(4096):
+        for key, sent, seq, data in batch:
+            if key != current:
+                if current is not None:
+                    yield current, rows
+                current, rows = key, []
+            rows.append((sent, seq, data))
+    if current is not None:
+        yield current, rows
+
+
+def _rejects(cursor: sqlite3.Cursor) -> Iterator[tuple[int, Reject]]:
+    for file, name, row, line, reason, message, raw in cursor:
+        yield file, Reject(name, row, line, reason, message, orjson.loads(raw))
 
 
 class GroupStore:
     """The on-disk store of one migration run; its folder is removed on close."""
 
-    def __init__(self, work_dir: str | Path | None = None, *, cache_mb: int = 16) -> None:
+    def __init__(self, work_dir: str | Path | None = None, *, cache_mb: int = 16, threads: int = 2) -> None:
         if work_dir is not None:
             Path(work_dir).mkdir(parents=True, exist_ok=True)
         self.dir = Path(tempfile.mkdtemp(prefix="thread-bundler-migrate-", dir=work_dir))
-        self.db = sqlite3.connect(self.dir / "rows.sqlite", isolation_level=None, check_same_thread=False)
-        # the sorter's spill files go next to the database, not to a small /tmp
-        self.db.execute(f"PRAGMA temp_store_directory = '{str(self.dir).replace(chr(39), chr(39) * 2)}'")
-        for pragma in ("journal_mode=OFF", "synchronous=OFF", "locking_mode=EXCLUSIVE", "temp_store=FILE",
-                       f"cache_size=-{cache_mb * 1024}", "threads=2"):
-            self.db.execute(f"PRAGMA {pragma}")
+        self.path = self.dir / "rows.sqlite"
+        self._sealed = False
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        _tune(self.db, self.dir, cache_mb, threads)
+        self.db.execute("PRAGMA locking_mode=EXCLUSIVE")
         self.db.execute("CREATE TABLE msgs (key TEXT NOT NULL, sent INTEGER NOT NULL, seq INTEGER NOT NULL, "
                         "data BLOB NOT NULL)")
-        self.db.execute("CREATE TABLE rejects (file INTEGER, row INTEGER, line INTEGER, name TEXT, reason TEXT, "
-                        "message TEXT, raw BLOB)")
+        self.db.execute(f"CREATE TABLE rejects ({_REJECT_COLUMNS})")
         self.db.execute("CREATE TABLE roles (id TEXT NOT NULL, role TEXT NOT NULL, PRIMARY KEY (id, role)) "
                         "WITHOUT ROWID")
         self.db.execute("BEGIN")
@@ -66,28 +107,25 @@ class GroupStore:
     def finish_loading(self) -> None:
         self.db.execute("COMMIT")
 
-    def groups(self) -> Iterator[tuple[str, list[tuple[int, int, bytes]]]]:
+    def seal(self) -> Path:
+        """Commit and close (releasing the exclusive lock), for `SealedStores` in any process to read.
+        The folder stays: whoever made the `work_dir` removes it (close() no longer does)."""
+        self.db.close()
+        self._sealed = True
+        return self.path
+
+    def groups(self) -> Iterator[Group]:
         """(thread key, [(sent µs, input order, data), ...]) per key, keys in order, rows by (sent, order)."""
-        cursor = self.db.execute("SELECT key, sent, seq, data FROM msgs ORDER BY key, sent, seq")
-        current: str | None = None
-        rows: list[tuple[int, int, bytes]] = []
-        while batch := cursor.fetchmany(4096):
-            for key, sent, seq, data in batch:
-                if key != current:
-                    if current is not None:
-                        yield current, rows
-                    current, rows = key, []
-                rows.append((sent, seq, data))
-        if current is not None:
-            yield current, rows
+        return _grouped(self.db.execute("SELECT key, sent, seq, data FROM msgs ORDER BY key, sent, seq"))
 
     def rejects(self) -> Iterator[tuple[int, Reject]]:
         """(input index, reject), ordered by input and row."""
-        for file, name, row, line, reason, message, raw in self.db.execute(
-                "SELECT file, name, row, line, reason, message, raw FROM rejects ORDER BY file, row"):
-            yield file, Reject(name, row, line, reason, message, orjson.loads(raw))
+        return _rejects(self.db.execute("SELECT file, name, row, line, reason, message, raw FROM rejects "
+                                        "ORDER BY file, row"))
 
     def close(self) -> None:
+        if self._sealed:
+            return
         try:
             self.db.close()
         finally:
@@ -103,3 +141,50 @@ class GroupStore:
     def stats(self) -> dict[str, Any]:
         size = sum(p.stat().st_size for p in self.dir.iterdir() if p.is_file())
         return {"dir": str(self.dir), "bytes": size}
+
+
+class SealedStores:
+    """The sealed stores of every process of a run, read together (read-only, no locks: `immutable`):
+    the groups of one range of thread keys, and every store's roles. Rejects found while reading go to
+    a small database of this reader's own, and come out merged with those of store `own`.
+
+    Ranges [lo, hi) that cover all keys give, concatenated in order, exactly what one store holding all
+    the rows would give: so processes can each assemble a range and their outputs just be joined.
+    """
+
+    def __init__(self, paths: Sequence[Path], own: int, lo: str | None, hi: str | None, folder: Path, *,
+                 cache_mb: int = 16, threads: int = 0) -> None:
+        self.dir = folder
+        self.db = sqlite3.connect(_uri(folder / "read.sqlite"), isolation_level=None, check_same_thread=False,
+                                  uri=True)
+        _tune(self.db, folder, cache_mb, threads)
+        for i, path in enumerate(paths):
+            self.db.execute(f"ATTACH DATABASE {_quote(_uri(path, '?immutable=1'))} AS s{i}")
+        self.db.execute(f"CREATE TABLE rejects ({_REJECT_COLUMNS})")
+        self.n = len(paths)
+        self.own = own
+        where = [c for c, bound in (("key >= ?", lo), ("key < ?", hi)) if bound is not None]
+        self._where = (" WHERE " + " AND ".join(where)) if where else ""
+        self._bounds = [b for b in (lo, hi) if b is not None]
+        self._roles = " UNION ".join(f"SELECT role FROM s{i}.roles WHERE id = ?1" for i in range(self.n))
+
+    def groups(self) -> Iterator[Group]:
+        """Like GroupStore.groups, for the keys in [lo, hi) of every store."""
+        union = " UNION ALL ".join(f"SELECT key, sent, seq, data FROM s{i}.msgs{self._where}" for i in range(self.n))
+        return _grouped(self.db.execute(f"{union} ORDER BY key, sent, seq", self._bounds * self.n))
+
+    def roles_of(self, legacy_id: str) -> frozenset[str]:
+        return frozenset(r for (r,) in self.db.execute(self._roles, (legacy_id,)))
+
+    def add_rejects(self, rejects: list[tuple[int, Reject]]) -> None:
+        self.db.executemany("INSERT INTO rejects VALUES (?, ?, ?, ?, ?, ?, ?)", [
+            (i, r.row, r.line, r.file, r.reason, r.message, orjson.dumps(r.raw)) for i, r in rejects])
+
+    def rejects(self) -> Iterator[tuple[int, Reject]]:
+        """This reader's rejects and those its own store took while loading, ordered by input and row."""
+        columns = "file, name, row, line, reason, message, raw"
+        return _rejects(self.db.execute(f"SELECT {columns} FROM main.rejects UNION ALL SELECT {columns} FROM "
+                                        f"s{self.own}.rejects ORDER BY file, row"))
+
+    def close(self) -> None:
+        self.db.close()

@@ -21,6 +21,8 @@ import re
 import unicodedata
 
 _KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+KEY_FITS = _KEY.fullmatch
+"""id → a match when the id is a thread key as it is (so `thread_key(id) == id`), else None."""
 _ALIAS = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _NOT_KEY = re.compile(r"[^A-Za-z0-9._:-]")
 _NOT_ALIAS = re.compile(r"[^A-Za-z0-9._-]")

@@ -30,7 +30,7 @@ REFERENCE = re.compile(r"^(?:[A-Z][A-Za-z]+/[A-Za-z0-9.-]{1,64}|[A-Z][A-Za-z]+\?
 """What the spec format accepts as a participant reference (schemas/thread-spec.schema.json)."""
 
 _TEMPLATE_FIELD = re.compile(r"\{([^{}]*)\}")
-_CACHE_SIZE = 200_000
+_CACHE_SIZE = 20_000  # ~6 MB at most; emptied when full (ids that recur across threads come back soon)
 
 
 @dataclass(frozen=True)

@@ -10,16 +10,16 @@ import hashlib
 import heapq
 import multiprocessing
 import os
-import pickle
 import shutil
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import orjson
 import yaml
@@ -29,14 +29,15 @@ from ..errors import BundlerError
 from ..spec import ThreadSpec, parse_spec
 from .assemble import Assembler, spec_data
 from .extract import F_SENDER, F_SENDER_ROLE, Extractor, RowError
-from .grouping import TOMBSTONE, GroupStore
-from .keys import thread_key
+from .grouping import TOMBSTONE, GroupStore, SealedStores
+from .keys import KEY_FITS, thread_key
 from .mapping import MigrationMapping, load_mapping
 from .readers import open_sources, read_records
 from .rejects import Reject, write_rejects
 
 BATCH = 4_000
 PROGRESS_EVERY = 50_000
+SAMPLE = 4_096  # thread keys sampled per process while loading, to cut the key ranges of a parallel run
 
 
 class RowRejected(BundlerError):
@@ -72,15 +73,6 @@ class Shard:
 
 
 @dataclass(frozen=True)
-class _Split(Shard):
-    """The share of one worker process: like Shard, on other bits of the hash (independent of --shard)."""
-
-    def __contains__(self, conversation: str) -> bool:
-        digest = hashlib.sha1(conversation.encode("utf-8", "surrogateescape")).digest()
-        return int.from_bytes(digest[8:16], "big") % self.count == self.index
-
-
-@dataclass(frozen=True)
 class Progress:
     phase: Literal["reading", "writing", "done"]
     rows: int
@@ -102,7 +94,7 @@ class MigrateSummary:
     output: Path | None = None
     rejects_file: Path | None = None
     seconds: float = 0.0
-    peak_rss: list[int] = field(default_factory=list)  # bytes, per process (the workers')
+    peak_rss: list[int] = field(default_factory=list)  # bytes, per process: this one first, then any workers
 
     @property
     def rejected(self) -> int:
@@ -133,7 +125,7 @@ class ThreadStream(Iterator[ThreadSpec]):
     def __init__(self, inputs: Sequence[str | Path], mapping: str | Path | MigrationMapping, *,
                  shard: Shard | str | None = None, strict: bool = False, rejects: str | Path | None = None,
                  work_dir: str | Path | None = None, progress: ProgressFn | None = None,
-                 _split: _Split | None = None) -> None:
+                 _share: tuple[int, int] | None = None) -> None:
         if rejects is None and not strict:
             raise ValueError("rejects (a .csv or .jsonl path) is required unless strict")
         self.mapping = mapping if isinstance(mapping, MigrationMapping) else load_mapping(mapping)
@@ -143,9 +135,8 @@ class ThreadStream(Iterator[ThreadSpec]):
         self.rejects_path = Path(rejects) if rejects is not None else None
         self.work_dir = work_dir
         self.progress = progress
-        self.split = _split
+        self.share = _share  # (k, n): this process takes rows k mod n of each input (parallel runs; see _work)
         self.summary = MigrateSummary(rejects_file=self.rejects_path)
-        self.rows_other_splits = 0  # rows another worker process of this run handles
         self._store: GroupStore | None = None
         self._gen = self._run()
         self._t0 = time.perf_counter()
@@ -183,29 +174,35 @@ class ThreadStream(Iterator[ThreadSpec]):
     def _run(self) -> Iterator[ThreadSpec]:
         store = self._store = GroupStore(self.work_dir)
         try:
+            self._load(store)
             yield from self._stream(store)
         finally:
             store.close()
             self._store = None
 
-    def _load(self, store: GroupStore) -> None:
-        """Pass 1: every row read, judged alone, and stored by thread key (or rejected)."""
+    def _load(self, store: GroupStore) -> list[str]:
+        """Pass 1: every row read (of this process's share), judged alone, and stored by thread key (or
+        rejected). Returns a sample of the stored rows' keys (every stride-th, at most SAMPLE), by which a
+        parallel run cuts the key ranges that its processes assemble."""
         s = self.summary
         shard = self.shard
-        split = self.split
-        first = (shard is None or shard.index == 0) and (split is None or split.index == 0)  # reports unreadables
+        first = shard is None or shard.index == 0  # reports unreadable rows, which have no key to shard by
+        share = self.share or (0, 1)
+        sample: list[str] = []
+        stride = 1
         rejects: list[tuple[int, Reject]] = []
         batch: list[tuple[str, int, int, bytes]] = []
         roles: list[tuple[str, str]] = []
         with_roles = self.mapping.sender_role is not None
-        dumps = orjson.dumps
-        seq = 0
+        dumps, fits = orjson.dumps, KEY_FITS
+        stored = 0
         next_tick = PROGRESS_EVERY
         for source in self.sources:
             extractor = Extractor(self.mapping, source)
             conversation, record = extractor.conversation, extractor.record
             name, index = source.file, source.index
-            for rec in read_records(source, self.mapping):
+            base = index << 40
+            for rec in read_records(source, self.mapping, share):
                 s.rows_read += 1
                 if s.rows_read >= next_tick:
                     next_tick += PROGRESS_EVERY
@@ -225,14 +222,18 @@ class ThreadStream(Iterator[ThreadSpec]):
                     else:
                         s.rows_other_shards += 1
                     continue
-                key = thread_key(conv)  # shards go by thread key: ids that meet in one key meet in one shard
+                # shards go by thread key: ids that meet in one key meet in one shard
+                key = conv if fits(conv) else thread_key(conv)
                 if shard is not None and key not in shard:
                     s.rows_other_shards += 1
                     continue
-                if split is not None and key not in split:
-                    self.rows_other_splits += 1
-                    continue
-                seq += 1
+                seq = base + rec.row  # input order, the same in every process of a parallel run
+                if stored % stride == 0:
+                    sample.append(key)
+                    if len(sample) >= SAMPLE:  # keep every other one: the sample stays small and even
+                        del sample[1::2]
+                        stride *= 2
+                stored += 1
                 try:
                     micros, data = record(values, conv, rec.row, rec.line, rec.raw)
                 except RowError as exc:
@@ -254,10 +255,11 @@ class ThreadStream(Iterator[ThreadSpec]):
         store.add_roles(roles)
         store.add_rejects(rejects)
         store.finish_loading()
-
-    def _stream(self, store: GroupStore) -> Iterator[ThreadSpec]:
-        self._load(store)
         self._tick("reading")
+        return sample
+
+    def _stream(self, store: GroupStore | SealedStores) -> Iterator[ThreadSpec]:
+        """Pass 2: the groups of `store`, in key order, assembled into threads; then the reject file."""
         s = self.summary
         resolve = self.mapping.participants.resolver(store.roles_of if self.mapping.participants.uses_roles else None)
         assemble = Assembler(self.mapping, resolve, [src.file for src in self.sources])
@@ -278,11 +280,12 @@ class ThreadStream(Iterator[ThreadSpec]):
                 self._tick("writing")
             yield result.spec
         store.add_rejects(rejects)
-        assert s.rows_read == s.messages + s.rejected + s.rows_other_shards + self.rows_other_splits, s
+        if self.share is None:  # (a parallel run's process judges rows of all keys, assembles those of some)
+            assert s.rows_read == s.messages + s.rejected + s.rows_other_shards, s
         if self.rejects_path is not None:
             columns = {src.index: src.columns for src in self.sources if src.format == "csv"}
             rejected = ((i, _with_columns(r, columns.get(i))) for i, r in store.rejects())
-            if self.split is not None:
+            if self.share is not None:
                 _write_part_rejects(self.rejects_path, rejected)
             else:
                 write_rejects(self.rejects_path, (r for _, r in rejected))
@@ -357,9 +360,9 @@ def migrate(inputs: Sequence[str | Path], mapping: str | Path | MigrationMapping
     Output appears only when the run completes (written aside, then moved in); rejects go to
     `rejects` (default `<out>.rejects.jsonl`). See `iter_threads` for the rest.
 
-    `workers` processes (default: the CPU count, at most 4; 1 with `strict`) each take a share of the
-    conversations by hash; every one reads all the input, and their outputs are merged by thread key,
-    so the result is the same bytes whatever the number of workers.
+    `workers` processes (default: the CPU count, at most 4; 1 with `strict`): each judges and stores a
+    share of the rows, then assembles one range of thread keys from every process's store; the ranges'
+    outputs are joined in key order, so the result is the same bytes whatever the number of workers.
 
         summary = migrate(["export.csv"], "mapping.yaml", to="ndjson", out="bundles.ndjson")
         assert summary.rows_read == summary.messages + summary.rejected
@@ -385,15 +388,19 @@ def migrate(inputs: Sequence[str | Path], mapping: str | Path | MigrationMapping
                              progress=progress, identifier_system=identifier_system, workers=workers)
 
 
+def _write_bundles(threads: Iterator[ThreadSpec], f: BinaryIO, identifier_system: str) -> None:
+    write = f.write
+    for spec in threads:
+        write(bundle_bytes(spec, identifier_system=identifier_system))
+        write(b"\n")
+
+
 def _write_ndjson(threads: Iterator[ThreadSpec], out: Path, identifier_system: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as f:
-            write = f.write
-            for spec in threads:
-                write(bundle_bytes(spec, identifier_system=identifier_system))
-                write(b"\n")
+            _write_bundles(threads, f, identifier_system)
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -424,7 +431,14 @@ def _write_specs(threads: Iterator[ThreadSpec], out: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-# --- parallel: worker processes, each a share of the conversations, merged by thread key ------------
+# --- parallel: every process loads a share of the rows, then assembles a range of thread keys -------
+#
+# Phase 1 (read, judge, store) is split by row: every process parses all the input (the CSV reader is C
+# and must see every byte to know where rows begin) but judges and stores only rows k mod n, in a store
+# of its own. Phase 2 is split by thread key: from the stored keys' samples, n-1 cuts; each process
+# sorts and assembles the keys of its range from all the stores (read-only), into a part of the output.
+# The parent is process 0, with the first range: it writes straight into the output and appends the
+# other parts in order. Nothing is merged, and no row crosses a pipe: only samples, paths and summaries.
 
 
 def _peak_rss() -> int:
@@ -444,40 +458,103 @@ class _Job:
     inputs: list[str]
     mapping: MigrationMapping
     to: str
-    part: Path  # NDJSON part file, or staging folder for specs
-    rejects: Path
+    scratch: Path  # in the work dir: the stores and the part reject files
+    staging: Path  # beside the output (same file system, so spec files move in): the NDJSON part files
     shard: Shard | None
-    split: _Split
-    work_dir: str | Path | None
     identifier_system: str
+    workers: int
+
+    def part(self, w: int) -> Path:
+        """Worker w's NDJSON part file, or the staging folder that every worker writes spec files into."""
+        return self.staging / f"part-{w}" if self.to == "ndjson" else self.staging
+
+    def rejects(self, w: int) -> Path:
+        return self.scratch / f"rejects-{w}"
 
 
-def _work(job: _Job, counter: Any) -> tuple[MigrateSummary, int]:
-    """One worker: its share of the conversations, to a part file ('key<TAB>bundle' lines) or spec files."""
-    def count(p: Progress) -> None:
-        counter.value = p.rows
-
-    stream = ThreadStream(job.inputs, job.mapping, shard=job.shard, rejects=job.rejects, work_dir=job.work_dir,
-                          progress=count, _split=job.split)
-    with stream:
-        if job.to == "ndjson":
-            with job.part.open("wb", buffering=1 << 20) as f:
-                write = f.write
-                for spec in stream:
-                    write(spec.key.encode() + b"\t" + bundle_bytes(spec, identifier_system=job.identifier_system)
-                          + b"\n")
-        else:
-            _write_spec_files(stream, job.part)
-    stream.summary.seconds = 0.0
-    return stream.summary, _peak_rss()
+Exchange = Callable[[Path, list[str]], tuple[list[Path], str | None, str | None]]
+"""(own store, own key sample) → (every store, low and high end of own key range): the one meeting point."""
 
 
-def _work_process(job: _Job, counter: Any, result: Path) -> None:
+def _cuts(samples: Sequence[list[str]], n: int) -> list[str | None]:
+    """n+1 range ends (None: open) that split the sampled keys into n parts of about equal rows. A key
+    never straddles a cut (ranges are [lo, hi)), so a conversation's rows all land in one range."""
+    keys = sorted(k for sample in samples for k in sample)
+    inner: list[str | None] = [keys[len(keys) * i // n] if keys else "" for i in range(1, n)]
+    return [None, *inner, None]
+
+
+def _work(job: _Job, w: int, exchange: Exchange, progress: ProgressFn, out: BinaryIO | None = None
+          ) -> MigrateSummary:
+    """Process w of a parallel run: phase 1 on rows w mod n, then phase 2 on its key range, to `out`
+    (the parent's output file) or its part file, with its rejects to a part file."""
+    stream = ThreadStream(job.inputs, job.mapping, shard=job.shard, rejects=job.rejects(w), work_dir=job.scratch,
+                          progress=progress, _share=(w, job.workers))
+    store = GroupStore(job.scratch, threads=0)  # n processes already keep the cores busy: no sorter threads
     try:
-        outcome: tuple[bool, Any] = (True, _work(job, counter))
+        sample = stream._load(store)
+    except BaseException:
+        store.close()
+        raise
+    paths, lo, hi = exchange(store.seal(), sample)
+    folder = job.scratch / f"read-{w}"
+    folder.mkdir()
+    reader = SealedStores(paths, w, lo, hi, folder)
+    try:
+        threads = stream._stream(reader)
+        if job.to == "ndjson":
+            if out is not None:
+                _write_bundles(threads, out, job.identifier_system)
+            else:
+                with job.part(w).open("wb", buffering=1 << 20) as f:
+                    _write_bundles(threads, f, job.identifier_system)
+        else:
+            _write_spec_files(threads, job.part(w))
+    finally:
+        reader.close()
+    return stream.summary
+
+
+def _child(job: _Job, w: int, conn: Connection, counters: Any) -> None:
+    """A worker process: its phase 1, the exchange with the parent, its phase 2; failures to the parent."""
+    def exchange(path: Path, sample: list[str]) -> tuple[list[Path], str | None, str | None]:
+        conn.send(("loaded", path, sample))
+        return conn.recv()  # type: ignore[no-any-return]
+
+    try:
+        summary = _work(job, w, exchange, _counting(counters, w))
+        conn.send(("done", summary, _peak_rss()))
     except BaseException as exc:  # handed to the parent, which raises it
-        outcome = (False, exc)
-    result.write_bytes(pickle.dumps(outcome))
+        try:
+            conn.send(("failed", exc))
+        except Exception:  # not picklable
+            conn.send(("failed", BundlerError(f"migrate worker {w}: {exc!r}")))
+
+
+def _counting(counters: Any, w: int, then: ProgressFn | None = None) -> ProgressFn:
+    """Progress of process w into its slots of the shared counters (rows, messages, threads)."""
+    def count(p: Progress) -> None:
+        counters[3 * w], counters[3 * w + 1], counters[3 * w + 2] = p.rows, p.messages, p.threads
+        if then is not None:
+            then(p)
+    return count
+
+
+def _receive(w: int, conn: Connection, proc: Any, expect: str, tick: Callable[[], None]) -> tuple[Any, ...]:
+    """The next message of worker w (raising what it raised, or if it died), ticking progress meanwhile."""
+    while not conn.poll(0.25):
+        tick()
+        if not proc.is_alive() and not conn.poll():
+            raise BundlerError(f"migrate worker {w} died (exit code {proc.exitcode})")
+    try:
+        message = conn.recv()
+    except EOFError:
+        proc.join()
+        raise BundlerError(f"migrate worker {w} died (exit code {proc.exitcode})") from None
+    if message[0] == "failed":
+        raise message[1]
+    assert message[0] == expect, message
+    return message[1:]  # type: ignore[no-any-return]
 
 
 def _write_part_rejects(path: Path, rejects: Iterator[tuple[int, Reject]]) -> None:
@@ -493,11 +570,36 @@ def _part_rejects(path: Path) -> Iterator[tuple[int, int, Reject]]:
             yield i, row, Reject(name, row, ln, reason, message, raw)
 
 
-def _part_lines(path: Path) -> Iterator[tuple[bytes, bytes]]:
-    with path.open("rb", buffering=1 << 20) as f:
-        for line in f:
-            key, _, bundle = line.partition(b"\t")
-            yield key, bundle
+def _append(out: BinaryIO, part: Path) -> None:
+    """Copy `part` to the end of `out` (in the kernel where it can)."""
+    out.flush()
+    with part.open("rb") as src:
+        size = os.fstat(src.fileno()).st_size
+        try:
+            while size > 0:
+                copied = os.copy_file_range(src.fileno(), out.fileno(), size)
+                if copied == 0:
+                    break
+                size -= copied
+        except (AttributeError, OSError):
+            src.seek(os.fstat(src.fileno()).st_size - size)
+            out.seek(0, os.SEEK_END)
+            shutil.copyfileobj(src, out, 1 << 20)
+            return
+    out.seek(0, os.SEEK_END)
+
+
+def _combine(parts: list[MigrateSummary], rejects: Path, out: Path) -> MigrateSummary:
+    summary = MigrateSummary(rejects_file=rejects, output=out)
+    for part in parts:
+        summary.rows_read += part.rows_read
+        summary.rows_other_shards += part.rows_other_shards
+        summary.messages += part.messages
+        summary.threads += part.threads
+        summary.threads_all_rejected += part.threads_all_rejected
+        summary.rejects.update(part.rejects)
+    assert summary.rows_read == summary.messages + summary.rejected + summary.rows_other_shards, summary
+    return summary
 
 
 def _migrate_parallel(inputs: Sequence[str | Path], mapping: str | Path | MigrationMapping, *, to: str, out: Path,
@@ -511,68 +613,76 @@ def _migrate_parallel(inputs: Sequence[str | Path], mapping: str | Path | Migrat
     out.parent.mkdir(parents=True, exist_ok=True)
     if to == "specs":
         out.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=out if to == "specs" else out.parent, prefix=f".{out.name}.migrate-"))
+    if work_dir is not None:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=work_dir, prefix="thread-bundler-migrate-"))
+    staging = Path(tempfile.mkdtemp(dir=out if to == "specs" else out.parent, prefix=f".{out.name}.migrate-"))
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    counters = [ctx.Value("q", 0, lock=False) for _ in range(workers)]
+    counters = ctx.Array("q", 3 * workers, lock=False)
+    job = _Job([str(p) for p in inputs], loaded, to, scratch, staging, shard, identifier_system, workers)
+
+    def tick(phase: Literal["reading", "writing", "done"] = "reading") -> None:
+        if progress is not None:
+            rows, messages, threads = (sum(counters[i::3]) for i in range(3))
+            progress(Progress(phase, rows, messages, threads, time.perf_counter() - t0))
+
+    pipes = [ctx.Pipe() for _ in range(1, workers)]
+    procs = [ctx.Process(target=_child, args=(job, w, child_end, counters), daemon=True)
+             for w, (_, child_end) in enumerate(pipes, 1)]
     try:
-        jobs = [_Job([str(p) for p in inputs], loaded, to, scratch / (f"part-{w}" if to == "ndjson" else "specs"),
-                     scratch / f"rejects-{w}", shard, _Split(w, workers), work_dir, identifier_system)
-                for w in range(workers)]
-        if to == "specs":
-            jobs[0].part.mkdir()
-        procs = [ctx.Process(target=_work_process, args=(job, counter, scratch / f"result-{w}"), daemon=True)
-                 for w, (job, counter) in enumerate(zip(jobs, counters, strict=True))]
-        try:
-            for proc in procs:
-                proc.start()
-            while any(proc.is_alive() for proc in procs):
-                for proc in procs:
-                    proc.join(0.25)
-                if progress is not None:
-                    rows = min(c.value for c in counters)
-                    progress(Progress("reading", rows, 0, 0, time.perf_counter() - t0))
-        finally:
-            for proc in procs:
-                if proc.is_alive():
-                    proc.terminate()
-                proc.join()
-        results = []
-        for w, proc in enumerate(procs):
-            result = scratch / f"result-{w}"
-            if not result.exists():
-                raise BundlerError(f"migrate worker {w} died (exit code {proc.exitcode})")
-            ok, value = pickle.loads(result.read_bytes())
-            if not ok:
-                raise value
-            results.append(value)
-        summary = MigrateSummary(rejects_file=rejects, output=out)
-        summary.rows_read = results[0][0].rows_read
-        summary.rows_other_shards = results[0][0].rows_other_shards
-        for part, rss in results:
-            summary.messages += part.messages
-            summary.threads += part.threads
-            summary.threads_all_rejected += part.threads_all_rejected
-            summary.rejects.update(part.rejects)
-            summary.peak_rss.append(rss)
-        assert summary.rows_read == summary.messages + summary.rejected + summary.rows_other_shards, summary
-        merged = heapq.merge(*(_part_rejects(job.rejects) for job in jobs), key=lambda t: (t[0], t[1]))
-        write_rejects(rejects, (r for _, _, r in merged))
+        for proc in procs:  # before this process grows: the children start small
+            proc.start()
+        for _, child_end in pipes:
+            child_end.close()
+        conns = [parent_end for parent_end, _ in pipes]
+        children = list(enumerate(zip(conns, procs, strict=True), 1))
+        rss: list[int] = []
+
+        def exchange(path: Path, sample: list[str]) -> tuple[list[Path], str | None, str | None]:
+            loaded = [_receive(w, conn, proc, "loaded", tick) for w, (conn, proc) in children]
+            paths = [path, *(p for p, _ in loaded)]
+            cuts = _cuts([sample, *(s for _, s in loaded)], workers)
+            for w, conn in enumerate(conns, 1):
+                conn.send((paths, cuts[w], cuts[w + 1]))
+            return paths, cuts[0], cuts[1]
+
+        def finish(write: BinaryIO | None) -> list[MigrateSummary]:
+            # this process's part being done is not the run being done: only the end says "done"
+            own = _counting(counters, 0, lambda p: tick("writing" if p.phase == "done" else p.phase))
+            parts = [_work(job, 0, exchange, own, write)]
+            for w, (conn, proc) in children:
+                summary, peak = _receive(w, conn, proc, "done", tick)
+                parts.append(summary)
+                rss.append(peak)
+                if write is not None:
+                    _append(write, job.part(w))
+                    job.part(w).unlink()
+            return parts
+
         if to == "ndjson":
             fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
             try:
                 with os.fdopen(fd, "wb", buffering=1 << 20) as f:
-                    write = f.write
-                    for _, bundle in heapq.merge(*(_part_lines(job.part) for job in jobs), key=lambda t: t[0]):
-                        write(bundle)
+                    parts = finish(f)
                 os.replace(tmp, out)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
         else:
-            _move_in(jobs[0].part, out)
+            parts = finish(None)
+            _move_in(job.part(0), out)
+        summary = _combine(parts, rejects, out)
+        merged = heapq.merge(*(_part_rejects(job.rejects(w)) for w in range(workers)), key=lambda t: (t[0], t[1]))
+        write_rejects(rejects, (r for _, _, r in merged))
+        summary.peak_rss = [_peak_rss(), *rss]
         summary.seconds = time.perf_counter() - t0
         if progress is not None:
             progress(Progress("done", summary.rows_read, summary.messages, summary.threads, summary.seconds))
         return summary
     finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
         shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
