@@ -69,11 +69,16 @@ def test_full_url_matches_uuid5() -> None:
 
 
 def test_bundle_bytes_escapes_what_a_hand_made_spec_holds() -> None:
-    from bundler.spec import Message, Participant, ThreadSpec
+    import dataclasses
+
+    from bundler.spec import Coding, Message, Participant, ThreadSpec
 
     spec = ThreadSpec(key='k"\\', topic="t", participants={"a": Participant("a", 'Patient/"x"', "\u2028\n")},
                       messages=(Message(id='m"1', sender="a", sent='"now"', text="\x00 </script>", status="x\\y"),))
     assert bundle_bytes(spec) == orjson.dumps(build_bundle(spec))
+    full = dataclasses.replace(spec, subject='Patient?identifier=a|"b"', sender="a", sent="\u2028",
+                               category=(Coding("c\\", "s\"", "d\n"),))
+    assert bundle_bytes(full) == orjson.dumps(build_bundle(full))
 
 
 def test_result_shares_no_objects_between_resources() -> None:
