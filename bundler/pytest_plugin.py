@@ -60,6 +60,10 @@ class MedplumServer:
     def fhir_base(self) -> str:
         return f"{self.base_url}fhir/R4/"
 
+    @property
+    def token_url(self) -> str:
+        return f"{self.base_url}oauth2/token"
+
     def client(self, **options: Any) -> FhirClient:
         """A new `FhirClient` logged in with this server's client credentials (close it when done);
         `options` go to `FhirClient` (timeout=, concurrency=, ...)."""

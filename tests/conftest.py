@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -30,23 +30,8 @@ from bundler.pytest_plugin import MedplumServer, remote_from_env
 LOCAL_ONLY_REASON = "needs a switch only the local Medplum server has (remote MEDPLUM_BASE_URL is set)"
 
 
-@dataclass(frozen=True)
-class MedplumTarget:
-    """Where the tests send FHIR traffic. ``base_url`` ends with ``/``."""
-
-    base_url: str
-    client_id: str
-    client_secret: str = field(repr=False)
-    is_local: bool
-    server: LocalServer | None = field(default=None, repr=False)
-
-    @property
-    def fhir_base(self) -> str:
-        return f"{self.base_url}fhir/R4/"
-
-    @property
-    def token_url(self) -> str:
-        return f"{self.base_url}oauth2/token"
+MedplumTarget = MedplumServer
+"""Where the tests send FHIR traffic: the plugin's session server (``local`` is the LocalServer, if any)."""
 
 
 @dataclass(frozen=True)
@@ -58,13 +43,13 @@ class Project:
 
     @property
     def server(self) -> LocalServer | None:
-        return self.target.server
+        return self.target.local
 
     def configure(self, **settings: Any) -> None:
         """Change local server settings for this test (restored afterwards); skips on a remote server."""
-        if self.target.server is None:
+        if self.target.local is None:
             pytest.skip(LOCAL_ONLY_REASON)
-        self.target.server.configure(**settings)
+        self.target.local.configure(**settings)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -87,15 +72,13 @@ def _remote() -> MedplumServer | None:
 
 @pytest.fixture(scope="session")
 def medplum_target(medplum_server: MedplumServer) -> MedplumTarget:
-    """The plugin's session server (ours, `bundler.pytest_plugin`), with the local server's switches."""
-    return MedplumTarget(base_url=medplum_server.base_url, client_id=medplum_server.client_id,
-                         client_secret=medplum_server.client_secret, is_local=medplum_server.is_local,
-                         server=medplum_server.local)
+    """The plugin's session server (ours, `bundler.pytest_plugin`, the one users get)."""
+    return medplum_server
 
 
 @pytest.fixture
 def project(medplum_target: MedplumTarget) -> Iterator[Project]:
-    server = medplum_target.server
+    server = medplum_target.local
     if server is not None:
         server.reset()
     try:
