@@ -71,15 +71,6 @@ class Journal:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def get(self, key: str) -> Entry | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT key, state, fingerprint, ids, in_flight, error FROM threads WHERE target=? AND key=?",
-                (self.target, key)).fetchone()
-        if row is None:
-            return None
-        return Entry(row[0], row[1], row[2], orjson.loads(row[3]), orjson.loads(row[4]), row[5])
-
     def get_many(self, keys: list[str]) -> dict[str, Entry]:
         out: dict[str, Entry] = {}
         for i in range(0, len(keys), 500):

@@ -22,7 +22,6 @@ import functools
 import hashlib
 import itertools
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -33,9 +32,10 @@ from typing import Any, Literal
 import orjson
 
 from . import journal as J
-from .build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, bundle_bytes, full_url
-from .client import FhirClient, outcome_text
-from .errors import BundlerError, ServerError, UnknownOutcome
+from .build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, bundle_bytes, full_url, identifier_value
+from .client import FhirClient, Unreachable, outcome_text
+from .doctor import probe_atomicity
+from .errors import AuthError, BundlerError, ServerError, UnknownOutcome
 from .plan import SAFE_MAX_BYTES, Limits, TooLarge, cut, entry_sizes, part_bundle
 from .ratelimit import SEARCH_POINTS, WRITE_POINTS
 from .spec import ThreadSpec
@@ -132,7 +132,7 @@ class _Thread:
         self.system = system
         self.body = bundle_bytes(spec, identifier_system=system)  # the whole thread as one transaction
         self.fingerprint = hashlib.sha256(self.body).hexdigest()
-        values = [spec.key] + [f"{spec.key}/{m.id}" for m in spec.messages]
+        values = [identifier_value(spec.key)] + [identifier_value(spec.key, m.id) for m in spec.messages]
         self.identifiers: list[str | None] = [f"{system}|{v}" for v in values]
         self.urls = [full_url(system, v) for v in values]
         self.file, self.line = spec.origin()
@@ -179,14 +179,11 @@ class _Thread:
 
 
 class Loader:
-    def __init__(self, client: FhirClient, journal: J.Journal, *, identifier_system: str, limits: Limits,
-                 atomic: bool | None) -> None:
+    def __init__(self, client: FhirClient, journal: J.Journal, *, identifier_system: str, limits: Limits) -> None:
         self.client = client
         self.journal = journal
         self.system = identifier_system
         self.limits = limits
-        self.atomic = atomic
-        self._lock = threading.Lock()
 
     # --- finding what is on the server ------------------------------------------------------------
 
@@ -316,8 +313,6 @@ def default_journal(paths: Sequence[str | Path]) -> Path:
 
 
 def probe_atomic(client: FhirClient) -> bool:
-    from .doctor import probe_atomicity
-
     return bool(probe_atomicity(client).ok)
 
 
@@ -393,8 +388,7 @@ class _Run:
                                     "transaction-bundles feature is off): refusing to load with --atomic require")
             limits = Limits(self.limits.max_bytes, self.limits.max_entries,
                             conditional=self.atomic == "auto" and self.is_atomic is False)
-            self.loader = Loader(self.client, self.journal, identifier_system=self.system, limits=limits,
-                                 atomic=self.is_atomic)
+            self.loader = Loader(self.client, self.journal, identifier_system=self.system, limits=limits)
         return self.loader
 
     def window(self, items: list[_Thread], plan: _Plan | None) -> list[ThreadResult]:
@@ -455,9 +449,6 @@ class _Run:
 
 def _fatal(exc: BundlerError) -> bool:
     """Errors that would fail every thread the same way: stop the load instead."""
-    from .client import Unreachable
-    from .errors import AuthError
-
     return isinstance(exc, AuthError | Unreachable | NotAtomic)
 
 

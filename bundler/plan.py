@@ -15,9 +15,10 @@ from typing import Any
 
 import orjson
 
-MEDPLUM_MAX_BYTES = 1_048_576  # Medplum's maxJsonSize, 1 MB
-SAFE_MAX_BYTES = 1_000_000  # what we plan for: room for headers and rewritten references
-CONDITIONAL_MAX_ENTRIES = 8  # Medplum: a transaction with a conditional entry holds at most 8
+from .limits import PROFILES
+
+SAFE_MAX_BYTES = 1_000_000  # what we plan for, under Medplum's 1 MB: room for rewritten references
+CONDITIONAL_MAX_ENTRIES = PROFILES["medplum"].max_conditional_entries  # 8 when any entry is conditional
 _ENVELOPE = len(b'{"resourceType":"Bundle","type":"transaction","entry":[]}')
 _REFERENCE_GROWTH = 16  # "Communication/<uuid>" is longer than "urn:uuid:<uuid>"
 
