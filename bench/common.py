@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bundler.strategies import sample_specs
+from bundler.testing.strategies import sample_specs
 
 
 def synthetic_specs(threads: int, messages_per_thread: int, *, seed: int = 1) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@
     python bench/load.py --markdown            # the same as Markdown tables, for README.md
     python bench/load.py --quick               # a smoke run in seconds
 
-Starts a local Medplum server (`bundler.localserver.LocalServer`) unless MEDPLUM_BASE_URL,
+Starts a local Medplum server (`bundler.medplum.localserver.LocalServer`) unless MEDPLUM_BASE_URL,
 MEDPLUM_CLIENT_ID and MEDPLUM_CLIENT_SECRET are all set; then it measures that server (keys get a
 per-run prefix since a remote store cannot be emptied, so every run leaves its resources there, and the
 quota row is skipped). Locally every mode starts on a freshly reset store, after a short warm-up.
@@ -52,9 +52,9 @@ from common import markdown_table, synthetic_specs
 
 from bundler import parse_spec
 from bundler.build import build_bundle, bundle_bytes
-from bundler.client import ClientCredentials, FhirClient
 from bundler.load import OK_OUTCOMES, LoadReport, load
-from bundler.localserver import LocalServer
+from bundler.medplum.client import ClientCredentials, FhirClient
+from bundler.medplum.localserver import LocalServer
 from bundler.spec import ThreadSpec
 
 REMOTE_ENV = ("MEDPLUM_BASE_URL", "MEDPLUM_CLIENT_ID", "MEDPLUM_CLIENT_SECRET")

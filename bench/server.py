@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from bundler.localserver import LocalServer
+from bundler.medplum.localserver import LocalServer
 
 SYSTEM = "https://thread-bundler.test/bench"
 

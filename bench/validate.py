@@ -19,7 +19,7 @@ from typing import Any
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from bundler.build import build_bundle
-from bundler.validate import validate, validate_many
+from bundler.check import validate, validate_many
 
 
 def make_bundles(messages: int, per_thread: int) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from .spec import Coding, Message, ThreadSpec, parse_spec
+from .spec.model import Coding, Message, ThreadSpec, parse_spec
 
 DEFAULT_IDENTIFIER_SYSTEM = "urn:thread-bundler:thread"
 """The identifier system put on every Communication unless another is given (`--identifier-system`)."""

@@ -14,12 +14,12 @@ from typing import Any, TextIO
 
 from . import assets
 from .build import DEFAULT_IDENTIFIER_SYSTEM
-from .client import ClientCredentials, FhirClient
-from .load import OK_OUTCOMES, LoadReport, load
-from .localserver import LocalServer
+from .load.loader import OK_OUTCOMES, LoadReport, load
+from .load.verify import VerifyResult, read_thread, verify
+from .medplum.client import ClientCredentials, FhirClient
+from .medplum.localserver import LocalServer
 from .output import check_bundles
-from .spec import ThreadSpec, load_specs
-from .verify import VerifyResult, read_thread, verify
+from .spec.model import ThreadSpec, load_specs
 
 
 def example_paths() -> list[Path]:

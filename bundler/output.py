@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from .build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, bundle_bytes, dumps
+from .check.validate import validate
 from .errors import Problem, SpecError
-from .spec import ThreadSpec, load_specs
-from .validate import validate
+from .spec.model import ThreadSpec, load_specs
 
 
 def bundle_filename(key: str) -> str:

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from my_integration import export_to_bundle, export_to_spec
 
-from bundler.client import FhirClient
-from bundler.strategies import thread_specs
+from bundler.medplum.client import FhirClient
 from bundler.testing import assert_same_thread, assert_valid_thread_bundle, fetch_thread
+from bundler.testing.strategies import thread_specs
 
 
 def spec_to_export(spec: dict[str, Any], chat_id: str) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Shared fixtures: a Medplum server to test against.
 
 ``medplum_target`` (session): the server of our own pytest plugin's ``medplum_server`` fixture
-(``bundler.pytest_plugin``, the one users get): a local Medplum server started once per session on a
+(``bundler.testing.pytest_plugin``, the one users get): a local Medplum server started once per session on a
 free port, or, when ``MEDPLUM_BASE_URL``, ``MEDPLUM_CLIENT_ID`` and ``MEDPLUM_CLIENT_SECRET`` are all
 set, that remote Medplum (nothing is started).
 
@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from bundler.localserver import LocalServer
-from bundler.pytest_plugin import MedplumServer, remote_from_env
+from bundler.medplum.localserver import LocalServer
+from bundler.testing.pytest_plugin import MedplumServer, remote_from_env
 
 LOCAL_ONLY_REASON = "needs a switch only the local Medplum server has (remote MEDPLUM_BASE_URL is set)"
 
@@ -72,7 +72,7 @@ def _remote() -> MedplumServer | None:
 
 @pytest.fixture(scope="session")
 def medplum_target(medplum_server: MedplumServer) -> MedplumTarget:
-    """The plugin's session server (ours, `bundler.pytest_plugin`, the one users get)."""
+    """The plugin's session server (ours, `bundler.testing.pytest_plugin`, the one users get)."""
     return medplum_server
 
 

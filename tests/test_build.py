@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from bundler import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, dumps, full_url, load_specs, parse_spec
 from bundler.build import URN_NAMESPACE, bundle_bytes
 from bundler.cli import main
-from bundler.strategies import thread_specs
+from bundler.testing.strategies import thread_specs
 
 REPO = Path(__file__).resolve().parent.parent
 WALKTHROUGH = REPO / "fixtures/threads/homer-lab-results.yaml"
@@ -126,8 +126,8 @@ def test_properties_of_built_bundles(spec: dict[str, Any]) -> None:
     # determinism: same spec, same bytes, also after a round trip of the spec through JSON and YAML
     assert dumps(build_bundle(spec)) == dumps(bundle)
     assert dumps(build_bundle(json.loads(json.dumps(spec)))) == dumps(bundle)
-    from bundler.source import parse_text
     from bundler.spec import check_document
+    from bundler.spec.source import parse_text
 
     (doc,), _ = parse_text(yaml.safe_dump(spec, allow_unicode=True, sort_keys=False), "x.yaml")
     reparsed, problems = check_document(doc)

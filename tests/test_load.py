@@ -19,12 +19,12 @@ import pytest
 from faultproxy import FaultProxy, Rule, throttled
 
 from bundler import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, load_specs, parse_spec
-from bundler.client import ClientCredentials, FhirClient
-from bundler.compare import diff_thread
 from bundler.load import EXISTING, FAILED, LOADED, PARTIAL, RESUMED, SKIPPED, load
+from bundler.load.compare import diff_thread
+from bundler.load.verify import read_thread, verify
+from bundler.medplum.client import ClientCredentials, FhirClient
 from bundler.spec import ThreadSpec
-from bundler.strategies import sample_specs
-from bundler.verify import read_thread, verify
+from bundler.testing.strategies import sample_specs
 
 REPO = Path(__file__).resolve().parent.parent
 WALKTHROUGH = REPO / "fixtures/threads/homer-lab-results.yaml"

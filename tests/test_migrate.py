@@ -462,8 +462,8 @@ def test_fixture_export_loaded_into_the_server_and_read_back(project, tmp_path: 
     identifier), then every thread read back and compared with the expected specs; a re-run adds nothing."""
     import uuid
 
-    from bundler.client import ClientCredentials, FhirClient
-    from bundler.verify import verify
+    from bundler.load.verify import verify
+    from bundler.medplum.client import ClientCredentials, FhirClient
 
     system = f"urn:test:{project.prefix}"  # isolates this run's threads on a shared remote server
     expected = load_specs([EXPECTED / "specs"])

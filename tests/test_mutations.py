@@ -1,4 +1,4 @@
-"""bundler.mutations: each mutation copies, never changes, its input; every rule has one. That each breaks a
+"""bundler.check.mutations: each mutation copies, never changes, its input; every rule has one. That each breaks a
 generated valid bundle so that exactly its rule fires is held through `invalid_bundles` (test_strategies)."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bundler.build import build_bundle
-from bundler.mutations import MUTATIONS, NotApplicable, rng_from_draw
-from bundler.strategies import bundles
-from bundler.validate import RULES, validate
+from bundler.check import RULES, validate
+from bundler.check.mutations import MUTATIONS, NotApplicable, rng_from_draw
+from bundler.testing.strategies import bundles
 
 VALID = bundles(min_messages=2, max_messages=5)
 

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from bundler.ratelimit import Limit, Pacer, parse_ratelimit
+from bundler.medplum.ratelimit import Limit, Pacer, parse_ratelimit
 
 
 class FakeTime:

@@ -19,7 +19,7 @@ import pytest
 if TYPE_CHECKING:
     from conftest import MedplumTarget, Project
 
-    from bundler.localserver import LocalServer
+    from bundler.medplum.localserver import LocalServer
 
 FHIR_JSON = "application/fhir+json"
 SYSTEM = "https://thread-bundler.test/id"

@@ -61,8 +61,8 @@ messages:
   - {id: 007, sender: a, sent: 2024-04-10T10:00:00.123456789+05:30, text: no}
   - {id: 1.50, sender: 007, sent: 2024-04-10T10:00:00Z, text: "1:30", reply_to: 007}
 """
-    from bundler.source import parse_text
     from bundler.spec import check_document
+    from bundler.spec.source import parse_text
 
     docs, problems = parse_text(text, "x.yaml")
     assert problems == []

@@ -1,4 +1,4 @@
-"""bundler.testing and bundler.pytest_plugin: the assertions, the fixtures (run in a pytester session, as a
+"""bundler.testing and bundler.testing.pytest_plugin: the assertions, the fixtures (run in a pytester session, as a
 user's test suite would), the plugin's light import, and examples/ run as a user would run them."""
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bundler.build import build_bundle
-from bundler.localserver import cache_root
-from bundler.mutations import MUTATIONS
-from bundler.pytest_plugin import REMOTE_ENV, remote_from_env
+from bundler.check import validate
+from bundler.check.mutations import MUTATIONS
+from bundler.medplum.localserver import cache_root
 from bundler.spec import parse_spec
-from bundler.strategies import bundles, invalid_bundles, thread_specs
 from bundler.testing import assert_same_thread, assert_valid_thread_bundle
-from bundler.validate import validate
+from bundler.testing.pytest_plugin import REMOTE_ENV, remote_from_env
+from bundler.testing.strategies import bundles, invalid_bundles, thread_specs
 
 pytest_plugins = ["pytester"]
 
@@ -137,7 +137,7 @@ def test_other_identifier_systems() -> None:
 
 @pytest.fixture
 def user_session(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """A pytester session that loads the plugin only through `-p bundler.pytest_plugin` (so the tests
+    """A pytester session that loads the plugin only through `-p bundler.testing.pytest_plugin` (so the tests
     hold before and after its pytest11 entry point is installed; loading it twice is an error). Run it
     with `runpytest_subprocess`: an in-process run unloads the modules it imported (httpcore's among
     them), which leaves this session's httpx raising exceptions of a stale module."""
@@ -187,7 +187,7 @@ def test_plugin_starts_a_local_server_for_the_session(user_session: pytest.Pytes
     for name in REMOTE_ENV:
         monkeypatch.delenv(name, raising=False)
     user_session.makepyfile(test_user=USER_TESTS.replace("IS_LOCAL", "True"))
-    result = user_session.runpytest_subprocess("-p", "bundler.pytest_plugin")
+    result = user_session.runpytest_subprocess("-p", "bundler.testing.pytest_plugin")
     result.assert_outcomes(passed=3)
     base_url = (user_session.path / "base_url").read_text()
     assert base_url.startswith("http://127.0.0.1:")
@@ -213,7 +213,7 @@ def test_a_remote_server_is_not_emptied(medplum_server):
     with pytest.raises(RuntimeError, match="cannot empty a remote Medplum"):
         medplum_server.reset()
 ''')
-    result = user_session.runpytest_subprocess("-p", "bundler.pytest_plugin")
+    result = user_session.runpytest_subprocess("-p", "bundler.testing.pytest_plugin")
     result.assert_outcomes(passed=4)
     assert (user_session.path / "base_url").read_text() == medplum_target.base_url
 
@@ -223,7 +223,7 @@ def test_plugin_refuses_a_half_set_environment(user_session: pytest.Pytester, mo
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MEDPLUM_BASE_URL", "https://medplum.example.org/")
     user_session.makepyfile(test_user="def test_x(medplum_client):\n    pass\n")
-    result = user_session.runpytest_subprocess("-p", "bundler.pytest_plugin")
+    result = user_session.runpytest_subprocess("-p", "bundler.testing.pytest_plugin")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*MEDPLUM_CLIENT_ID, MEDPLUM_CLIENT_SECRET not set: set all of*"])
     assert remote_from_env({}) is None
@@ -237,10 +237,11 @@ def test_plugin_imports_nothing_heavy_and_works_without_hypothesis(tmp_path: Pat
         sys.modules["hypothesis"] = None  # as if not installed: importing it raises ImportError
         import bundler, pytest
         before = set(sys.modules)
-        import bundler.pytest_plugin
+        import bundler.testing.pytest_plugin
         added = sorted(set(sys.modules) - before)
-        assert added == ["bundler.pytest_plugin"], added
-        args = ["-p", "bundler.pytest_plugin", "-p", "no:cacheprovider", "--fixtures", sys.argv[1]]
+        light = {"bundler.testing", "bundler.testing.pytest_plugin", "bundler.testing.server", "bundler.vocabulary"}
+        assert set(added) <= light, added  # the standard library only beyond these: no httpx, pydantic, ...
+        args = ["-p", "bundler.testing.pytest_plugin", "-p", "no:cacheprovider", "--fixtures", sys.argv[1]]
         sys.exit(pytest.main(args))
     ''')
     env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
@@ -258,5 +259,5 @@ def test_the_example_tests_pass_as_a_user_would_run_them(user_session: pytest.Py
     _use_target(monkeypatch, medplum_target)  # this session's server: no second one to start
     for name in ("my_integration.py", "test_my_bundles.py"):
         (user_session.path / name).write_text((ROOT / "examples" / name).read_text())
-    result = user_session.runpytest_subprocess("-p", "bundler.pytest_plugin")
+    result = user_session.runpytest_subprocess("-p", "bundler.testing.pytest_plugin")
     result.assert_outcomes(passed=2)

@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 
 from bundler.build import build_bundle
-from bundler.limits import Limits
+from bundler.check import RULES, Issue, validate, validate_many
+from bundler.check.limits import Limits
 from bundler.spec import load_specs
-from bundler.strategies import bundles
-from bundler.validate import RULES, Issue, validate, validate_many
+from bundler.testing.strategies import bundles
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "fixtures" / "threads" / "homer-lab-results.yaml"

@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 
 import click
 
-from ..client import Secrets
 from ..errors import BundlerError, SpecError
+from ..medplum.client import Secrets
 
 F = TypeVar("F", bound=Callable[..., Any])
 

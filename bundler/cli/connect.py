@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 
 import click
 
-from ..client import BearerToken, ClientCredentials, FhirClient
 from ..errors import BundlerError
+from ..medplum.client import BearerToken, ClientCredentials, FhirClient
 from .common import SECRETS
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -7,7 +7,7 @@ import sys
 import click
 
 from ..demo import run_demo
-from ..load import OK_OUTCOMES
+from ..load.loader import OK_OUTCOMES
 from .common import EXIT_ISSUES, EXIT_OK, report_errors
 
 

@@ -11,16 +11,16 @@ import click
 import orjson
 
 from ..build import DEFAULT_IDENTIFIER_SYSTEM
-from ..client import FhirClient
-from ..doctor import doctor
-from ..load import OK_OUTCOMES, LoadReport, Progress, ThreadResult, default_journal, load
+from ..load.loader import OK_OUTCOMES, LoadReport, Progress, ThreadResult, default_journal, load
+from ..load.verify import VerifyResult, verify
+from ..medplum.client import FhirClient
+from ..medplum.doctor import doctor
 from ..output import write_atomic
-from ..progress import Bar, duration, table
-from ..spec import ThreadSpec, load_specs
-from ..verify import VerifyResult, verify
+from ..spec.model import ThreadSpec, load_specs
 from .build import _check_system
 from .common import EXIT_ISSUES, EXIT_OK, SECRETS, report_errors
 from .connect import connection_options, with_client
+from .display import Bar, duration, table
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..build import DEFAULT_IDENTIFIER_SYSTEM
-from ..load import default_journal
+from ..load.loader import default_journal
 from ..migrate import MigrateSummary, Progress, Shard, iter_threads, migrate
 from ..migrate.pipeline import default_rejects
 from .common import EXIT_ISSUES, EXIT_OK, report_errors

@@ -8,8 +8,8 @@ from itertools import groupby
 import click
 import orjson
 
-from ..limits import PROFILES
-from ..validate_files import Report, validate_files
+from ..check.files import Report, validate_files
+from ..check.limits import PROFILES
 from .common import EXIT_ISSUES, EXIT_OK, report_errors
 
 

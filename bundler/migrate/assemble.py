@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..spec import DEFAULT_STATUS, Attachment, Coding, Message, Participant, ThreadSpec
+from ..spec.model import DEFAULT_STATUS, Attachment, Coding, Message, Participant, ThreadSpec
+from ..vocabulary import reference_type
 from . import extract as f
 from .extract import (
     F_CATEGORY,
@@ -42,10 +43,6 @@ class Assembled:
 
 
 _ALIAS_CACHE = 20_000  # legacy user id → alias entries kept across threads (then emptied)
-
-
-def _ref_type(reference: str) -> str:
-    return reference.split("/", 1)[0].split("?", 1)[0]
 
 
 class Assembler:
@@ -195,8 +192,8 @@ class Assembler:
 
         subject: str | None = None
         if self.mapping.subject_type is not None:
-            subject = next((a for a, p in participants.items() if _ref_type(p.reference) == self.mapping.subject_type),
-                           None)
+            wanted = self.mapping.subject_type
+            subject = next((a for a, p in participants.items() if reference_type(p.reference) == wanted), None)
         elif (user := first(F_SUBJECT)) is not None:
             got = self.resolve(user)
             assert not isinstance(got, str)

@@ -7,11 +7,11 @@ conversation (duplicates, replies, participants) is judged when the thread is as
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
-from .mapping import STATUSES, Getter, MigrationMapping, Row, StatusValue
+from ..vocabulary import COMMUNICATION_STATUSES, is_coding, is_mime_type
+from .mapping import Getter, MigrationMapping, Row, StatusValue
 from .readers import Source
 from .times import TimeRejected
 
@@ -20,9 +20,7 @@ from .times import TimeRejected
  F_ATT_URL, F_ATT_TYPE, F_ATT_TITLE, F_REPLY, F_STATUS, F_TOPIC, F_CATEGORY, F_SUBJECT, F_THREAD_STATUS,
  F_RAW) = range(21)
 
-_MIME = re.compile(r"^[^\s/]+/[^\s]+$")
-_CODING = re.compile(r"^[^|\s]+\|[^|\s]+$")
-_STATUSES = frozenset(STATUSES)
+_STATUSES = frozenset(COMMUNICATION_STATUSES)
 
 
 class RowError(Exception):
@@ -101,7 +99,7 @@ def _record_function(m: MigrationMapping, index: dict[str, int], file_index: int
     get_recipients = [v.getter(index) for v in m.recipients.values] if m.recipients else []
     separator = m.recipients.separator if m.recipients else None
     id_name, sender_name = _name(m.message_id), _name(m.sender)
-    mime_match, coding_match = _MIME.match, _CODING.match
+    mime_match, coding_match = is_mime_type, is_coding
 
     def record(values: Row, conv: str, row: int, line: int, raw: Any) -> tuple[int, list[Any]]:
         mid = get_id(values).strip()

@@ -21,13 +21,13 @@ import jsonschema
 
 from .. import assets
 from ..errors import Problem, SpecError
-from ..source import Document, Path_, decode, parse_yaml
-from ..spec import _schema_problems  # the spec reader's schema-error wording, shared on purpose
+from ..spec.model import _schema_problems  # the spec reader's schema-error wording, shared on purpose
+from ..spec.source import Document, Path_, decode, parse_yaml
+from ..vocabulary import COMMUNICATION_STATUSES, is_coding
 from .participants import Participants, load_participants
 from .times import SentParser
 
 MAPPING_SCHEMA = "migrate-mapping.schema.json"
-STATUSES = ("preparation", "in-progress", "not-done", "on-hold", "stopped", "completed", "entered-in-error", "unknown")
 
 Row = Sequence[str]
 Getter = Callable[[Row], str]
@@ -189,7 +189,7 @@ def _value(raw: Any, path: Path_, problems: list[Problem], doc: Document) -> Val
 
 def _status(raw: Any, path: Path_, problems: list[Problem], doc: Document) -> StatusValue:
     if isinstance(raw, str):
-        if raw in STATUSES:  # a bare status is a constant; anything else a column or template
+        if raw in COMMUNICATION_STATUSES:  # a bare status is a constant; anything else a column or template
             return StatusValue(Value(path, constant=raw), {}, None)
         return StatusValue(_value(raw, path, problems, doc), {}, None)
     value = None
@@ -256,8 +256,7 @@ def read_mapping(doc: Document, base: Path) -> MigrationMapping:
     elif subject is not None:
         m.subject = value("thread", "subject")
     m.category = value("thread", "category")
-    if m.category is not None and m.category.constant is not None and not re.fullmatch(r"[^|\s]+\|[^|\s]+",
-                                                                                       m.category.constant):
+    if m.category is not None and m.category.constant is not None and not is_coding(m.category.constant):
         problems.append(doc.problem(("thread", "category"), f"{m.category.constant!r} must be 'system|code'"))
     if "status" in thread:
         m.thread_status = _status(thread["status"], ("thread", "status"), problems, doc)

@@ -24,10 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Problem
-from ..source import Document, decode, parse_yaml
-
-REFERENCE = re.compile(r"^(?:[A-Z][A-Za-z]+/[A-Za-z0-9.-]{1,64}|[A-Z][A-Za-z]+\?identifier=[^|\s]*\|[^\s]+)$")
-"""What the spec format accepts as a participant reference (schemas/thread-spec.schema.json)."""
+from ..spec.source import Document, decode, parse_yaml
+from ..vocabulary import is_reference
 
 _TEMPLATE_FIELD = re.compile(r"\{([^{}]*)\}")
 _CACHE_SIZE = 20_000  # ~6 MB at most; emptied when full (ids that recur across threads come back soon)
@@ -106,7 +104,7 @@ class Resolver:
             got = rule.apply(legacy_id, roles)
             if got is None:
                 continue
-            if not REFERENCE.match(got[0]):
+            if not is_reference(got[0]):
                 return (f"user {legacy_id!r} maps to {got[0]!r}, which is not a reference "
                         "(Type/id or Type?identifier=system|value)")
             return got
@@ -175,7 +173,7 @@ def _add(table: dict[str, tuple[str, str | None]], key: str, reference: str, dis
         problems.append(where("empty id"))
     elif key in table:
         problems.append(where(f"user {key!r} is listed twice"))
-    elif not REFERENCE.match(reference):
+    elif not is_reference(reference):
         problems.append(where(f"{reference!r} is not a reference (Type/id or Type?identifier=system|value)"))
     else:
         table[key] = (reference, display or None)

@@ -26,7 +26,7 @@ import yaml
 
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, bundle_bytes
 from ..errors import BundlerError
-from ..spec import ThreadSpec, parse_spec
+from ..spec.model import ThreadSpec, parse_spec
 from .assemble import Assembler, spec_data
 from .extract import F_SENDER, F_SENDER_ROLE, Extractor, RowError
 from .grouping import TOMBSTONE, GroupStore, SealedStores

@@ -12,13 +12,10 @@ occurrence unless the mapping says `later` or `reject`.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from zoneinfo import ZoneInfo
 
-from ..fhir import instant_problem
+from ..vocabulary import InstantError, format_instant, is_instant_shaped, micros, parse_instant
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_FHIR_INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})$")
 _US = dt.timedelta(microseconds=1)
 _HOUR = dt.timedelta(hours=1) - _US
 _NAIVE_EPOCH = dt.datetime(1970, 1, 1)
@@ -30,31 +27,6 @@ class TimeRejected(ValueError):
     def __init__(self, reason: str, message: str) -> None:
         self.reason = reason
         super().__init__(message)
-
-
-def micros(moment: dt.datetime) -> int:
-    """Microseconds since the epoch of an aware datetime: the sort key of a message."""
-    return (moment - _EPOCH) // _US
-
-
-def format_instant(moment: dt.datetime, *, zulu: bool = False) -> str:
-    """An aware datetime as a FHIR instant, keeping its own offset ('Z' when `zulu` and the offset is 0)."""
-    offset = moment.utcoffset()
-    assert offset is not None
-    seconds = int(offset.total_seconds())
-    if seconds % 60 or offset.microseconds:
-        raise TimeRejected("bad-time", f"its time zone offset {offset} has seconds, which a FHIR instant cannot hold")
-    if moment.microsecond == 0:
-        body = moment.strftime("%Y-%m-%dT%H:%M:%S")
-    elif moment.microsecond % 1000 == 0:
-        body = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
-    else:
-        body = moment.strftime("%Y-%m-%dT%H:%M:%S.%f")
-    if zulu and seconds == 0:
-        return body + "Z"
-    sign = "-" if seconds < 0 else "+"
-    hours, minutes = divmod(abs(seconds) // 60, 60)
-    return f"{body}{sign}{hours:02d}:{minutes:02d}"
 
 
 class SentParser:
@@ -72,21 +44,29 @@ class SentParser:
     def __call__(self, value: str) -> tuple[str, int]:
         if not value:
             raise TimeRejected("missing-time", "no sent time")
-        if _FHIR_INSTANT.match(value):  # already an instant: kept exactly as written
-            if why := instant_problem(value):
-                raise TimeRejected("bad-time", why)
-            return value, micros(dt.datetime.fromisoformat(_trim_fraction(value)))
+        if is_instant_shaped(value):  # already an instant: kept exactly as written
+            try:
+                return value, micros(parse_instant(value))
+            except InstantError as exc:
+                raise TimeRejected("bad-time", str(exc)) from None
         if self.zone is not None and len(value) == 19 and self.fmt == "iso" and value[10] in "T ":
             fast = self._fast(value)  # the common case: local wall-clock time to the second
             if fast is not None:
                 return fast
         moment = self._parse(value)
         if moment.tzinfo is not None:
-            return format_instant(moment, zulu=value.endswith(("Z", "z"))), micros(moment)
+            return self._format(moment, zulu=value.endswith(("Z", "z"))), micros(moment)
         if self.zone is None:
             raise TimeRejected("bad-time", f"{value!r} has no time zone and the mapping gives none (sent.timezone)")
         local = self._localize(moment, value)
-        return format_instant(local), micros(local)
+        return self._format(local), micros(local)
+
+    @staticmethod
+    def _format(moment: dt.datetime, *, zulu: bool = False) -> str:
+        try:
+            return format_instant(moment, zulu=zulu)
+        except InstantError as exc:
+            raise TimeRejected("bad-time", str(exc)) from None
 
     def _fast(self, value: str) -> tuple[str, int] | None:
         """'YYYY-MM-DD HH:MM:SS' through a per-hour cache of the zone's offset (None: not cached/possible)."""
@@ -144,14 +124,3 @@ class SentParser:
             raise TimeRejected("ambiguous-time", f"{value!r} occurs twice in {self.timezone} "
                                                  "(daylight saving ends); set sent.ambiguous to earlier or later")
         return early if self.ambiguous == "earlier" else late
-
-
-def _trim_fraction(value: str) -> str:
-    """An instant with at most 6 fraction digits (fromisoformat takes no more), for the sort key only."""
-    dot = value.find(".")
-    if dot < 0:
-        return value
-    end = dot + 1
-    while end < len(value) and value[end].isdigit():
-        end += 1
-    return value[: min(end, dot + 7)] + value[end:]

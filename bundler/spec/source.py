@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .errors import Problem
+from ..errors import Problem
 
 Path_ = tuple[str | int, ...]
 Position = tuple[int, int]  # 1-based line and column

@@ -24,10 +24,10 @@ from typing import Any
 
 import orjson
 
-from .fhircheck import bundle_structure_issues, resource_types
 from .issues import RULES, Issue, Severity
 from .limits import PROFILES, Limits, get_limits, limit_issues
 from .rules import check_rules
+from .structure import bundle_structure_issues
 
 __all__ = ["PROFILES", "RULES", "Issue", "Limits", "Origin", "Severity", "has_errors", "locate", "validate",
            "validate_many"]
@@ -117,7 +117,6 @@ def validate_many(bundles: Iterable[Any], *, limits: str | Limits = "medplum", s
         for b in items:
             yield validate(b, limits=limits, structure=structure)
         return
-    resource_types()  # computed once here, inherited by forked workers
     fork = "fork" in multiprocessing.get_all_start_methods()
     spans = [range(k, min(k + chunk_size, len(items))) for k in range(0, len(items), chunk_size)]
     chunks = [(span if fork else [orjson.dumps(items[k]) for k in span], limits, structure) for span in spans]

@@ -12,10 +12,13 @@ need at least one message, a few two) raises `NotApplicable`.
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import random
 import uuid
 from collections.abc import Callable
 from typing import Any
+
+from ..vocabulary import format_instant, parse_instant
 
 Bundle = dict[str, Any]
 Mutation = Callable[[Bundle, random.Random], Bundle]
@@ -262,27 +265,17 @@ def sent(bundle: Bundle, rng: random.Random) -> Bundle:
 
 def sent_order(bundle: Bundle, rng: random.Random) -> Bundle:
     """Make a message older than its header (moving the header's sent after it if the message has none)."""
-    from .rules import parse_instant
-
     out, entries = _copy(bundle)
     header = _header(entries)
     _, msg = _message(entries, rng)
+    hours = dt.timedelta(hours=rng.randint(1, 48))
     if "sent" in header:
-        start = parse_instant(header["sent"])[0]
-        assert start is not None
-        msg["sent"] = (start.replace(microsecond=0) - _hours(rng)).strftime("%Y-%m-%dT%H:%M:%S%z")
-        msg["sent"] = msg["sent"][:-2] + ":" + msg["sent"][-2:]
+        start = parse_instant(header["sent"])
+        msg["sent"] = format_instant(start.replace(microsecond=0) - hours)
     else:
-        latest = max(parse_instant(e["resource"]["sent"])[0] for e in entries[1:])  # type: ignore[type-var]
-        header["sent"] = (latest.replace(microsecond=0) + _hours(rng)).strftime("%Y-%m-%dT%H:%M:%S%z")
-        header["sent"] = header["sent"][:-2] + ":" + header["sent"][-2:]
+        latest = max(parse_instant(e["resource"]["sent"]) for e in entries[1:])
+        header["sent"] = format_instant(latest.replace(microsecond=0) + hours)
     return out
-
-
-def _hours(rng: random.Random) -> Any:
-    import datetime as dt
-
-    return dt.timedelta(hours=rng.randint(1, 48))
 
 
 def header_recipients(bundle: Bundle, rng: random.Random) -> Bundle:

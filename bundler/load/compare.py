@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle
-from .spec import ThreadSpec
+from ..build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle
+from ..spec.model import ThreadSpec
+from ..vocabulary import rewrite_references
 
 IGNORED = ("id", "meta", "text")
 
@@ -82,18 +83,10 @@ def diff_thread(spec: ThreadSpec, resources: Iterable[Mapping[str, Any]], *,
         if actual is None:
             out.append(f"{name}: not on the server (identifier {identifier_system}|{ident})")
             continue
-        _differences(name, _resolve(entry["resource"], ref_of), dict(actual), out, top=True)
+        _differences(name, rewrite_references(entry["resource"], ref_of), dict(actual), out, top=True)
     for ident, resource in by_ident.items():
         if ident not in expected_idents:
             out.append(f"Communication/{resource.get('id')}: on the server in this thread but not in the spec "
                        f"(identifier {ident})")
     return out
 
-
-def _resolve(value: Any, ref_of: Mapping[str, str]) -> Any:
-    if isinstance(value, dict):
-        return {k: (ref_of.get(v, v) if k == "reference" and isinstance(v, str) else _resolve(v, ref_of))
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [_resolve(v, ref_of) for v in value]
-    return value

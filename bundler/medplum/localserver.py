@@ -39,6 +39,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from .. import assets
+from ..vocabulary import fhir_base, token_url
+
 __all__ = [
     "LocalServer",
     "LocalServerError",
@@ -64,12 +67,10 @@ class LocalServerError(RuntimeError):
 
 def source_dir() -> Path:
     """The directory holding the server sources: the packaged copy, else the source checkout's."""
-    here = Path(__file__).resolve().parent
-    candidates = [here / "medplum_local", here.parent / "medplum-local"]
-    for candidate in candidates:
-        if (candidate / "server.mjs").is_file() and (candidate / "package-lock.json").is_file():
-            return candidate
-    raise LocalServerError("medplum-local sources not found (looked in " + ", ".join(str(c) for c in candidates) + ")")
+    try:
+        return assets.asset_dir("medplum-local")
+    except FileNotFoundError as exc:
+        raise LocalServerError(str(exc)) from None
 
 
 def _source_files(src: Path) -> list[Path]:
@@ -309,11 +310,11 @@ class LocalServer:
 
     @property
     def fhir_base(self) -> str:
-        return f"{self.base_url}fhir/R4/"
+        return fhir_base(self.base_url)
 
     @property
     def token_url(self) -> str:
-        return f"{self.base_url}oauth2/token"
+        return token_url(self.base_url)
 
     @property
     def running(self) -> bool:

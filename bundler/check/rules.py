@@ -22,7 +22,6 @@ What a thread is, in a Bundle:
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -30,65 +29,22 @@ from typing import Any
 
 import orjson
 
-from .fhir import TARGET_TYPES, instant_problem
-from .fhircheck import resource_types
+from ..vocabulary import (
+    COMMUNICATION_TARGETS,
+    ID_PATTERN,
+    RESOURCE_TYPES,
+    TYPE_PATTERN,
+    InstantError,
+    parse_instant,
+    parse_literal,
+    query_problem,
+)
 from .issues import Issue, entry_path, make_issue
 
 CANONICAL_URN = re.compile(r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _URN_IN_TEXT = re.compile(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_ID = r"[A-Za-z0-9\-.]{1,64}"
-_LITERAL = re.compile(rf"^([A-Za-z]+)/({_ID})(?:/_history/{_ID})?$")
-_ABSOLUTE = re.compile(rf"^https?://\S+/([A-Z][A-Za-z]+)/({_ID})(?:/_history/{_ID})?$")
-_PARAM = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-.:]*$")
+_ABSOLUTE = re.compile(rf"https?://\S+/({TYPE_PATTERN})/({ID_PATTERN})(?:/_history/{ID_PATTERN})?")
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH")
-_INSTANT = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d+)?(Z|([+-])(\d\d):(\d\d))$")
-
-def query_problem(query: str) -> str | None:
-    """Why `query` (what follows '?') is not `param=value[&param=value...]`, or None."""
-    if not query:
-        return "has no search parameters after '?'"
-    for part in query.split("&"):
-        name, eq, value = part.partition("=")
-        if not eq:
-            return f"{part!r} is not param=value"
-        if not _PARAM.match(name):
-            return f"{name!r} is not a search parameter name"
-        if not value or value != value.strip():
-            return f"parameter {name!r} has an empty or padded value"
-    return None
-
-
-@functools.cache
-def _zone(text: str) -> dt.tzinfo | None:
-    """'Z' or '+hh:mm' as a tzinfo; None when FHIR does not allow the offset (beyond ±14:00)."""
-    if text == "Z":
-        return dt.UTC
-    hours, minutes = int(text[1:3]), int(text[4:6])
-    if hours > 14 or minutes > 59 or (hours == 14 and minutes):
-        return None
-    return dt.timezone((1 if text[0] == "+" else -1) * dt.timedelta(hours=hours, minutes=minutes))
-
-
-def parse_instant(value: str) -> tuple[dt.datetime | None, str | None]:
-    """(aware datetime, None) for a real FHIR instant (fraction cut to microseconds), else (None, why)."""
-    m = _INSTANT.match(value)
-    if m is not None and _zone(m.group(8)) is not None:
-        try:
-            return dt.datetime.fromisoformat(value), None
-        except ValueError:
-            pass
-        y, mo, d, h, mi, s = (int(x) for x in m.groups()[:6])
-        frac = int((m.group(7) or ".0")[1:7].ljust(6, "0"))
-        tz = _zone(m.group(8))
-        if tz is not None:
-            try:
-                return dt.datetime(y, mo, d, h, mi, s, frac, tzinfo=tz), None
-            except ValueError:
-                pass
-    problem = instant_problem(value)
-    if problem is None and m is not None:  # a leap second: valid, counted as :59
-        return parse_instant(value[:17] + "59" + value[19:])[0], None
-    return None, problem or f"{value!r} is not a FHIR instant"
 
 
 @dataclass(slots=True)
@@ -132,13 +88,13 @@ class _Ctx:
         if "?" in ref:
             t, _, q = ref.partition("?")
             return Target("conditional", t, rest=q)
-        m = _LITERAL.match(ref)
-        if m:
-            j = self.by_literal.get(f"{m.group(1)}/{m.group(2)}")
+        literal = parse_literal(ref)
+        if literal:
+            j = self.by_literal.get(f"{literal[0]}/{literal[1]}")
             if j is not None:
                 return Target("entry", self._type(j), j)
-            return Target("literal", m.group(1), rest=m.group(2))
-        m = _ABSOLUTE.match(ref)
+            return Target("literal", literal[0], rest=literal[1])
+        m = _ABSOLUTE.fullmatch(ref)
         if m:
             return Target("absolute", m.group(1), rest=m.group(2))
         return Target("bad")
@@ -171,7 +127,7 @@ def check_rules(bundle: Any) -> list[Issue]:
 
 
 def _entries(ctx: _Ctx) -> None:
-    known = resource_types()
+    known = RESOURCE_TYPES
     for i, entry in enumerate(ctx.entries):
         if not isinstance(entry, dict):
             ctx.add("entry.resource", i, (), "an entry must be a JSON object")
@@ -239,7 +195,7 @@ def _full_url(ctx: _Ctx, i: int, entry: dict[str, Any], carries: bool) -> None:
 
 def _request_url(ctx: _Ctx, i: int, method: str, url: str, resource: dict[str, Any] | None) -> None:
     rtype = resource["resourceType"] if resource is not None else None
-    known = resource_types()
+    known = RESOURCE_TYPES
     path = ("request", "url")
     base, q, query = url.partition("?")
     if method == "POST":
@@ -268,17 +224,18 @@ def _request_url(ctx: _Ctx, i: int, method: str, url: str, resource: dict[str, A
                     "a conditional PUT may create the resource: remove id (Medplum: 'Cannot provide ID for create "
                     "by update')")
         return
-    m = _LITERAL.match(url)
-    if not m or "/_history/" in url or m.group(1) not in known:
+    literal = parse_literal(url)
+    if not literal or literal[2] is not None or literal[0] not in known:
         ctx.add("entry.request-url", i, path, f"{method} url must be Type/id or Type?param=value, got {url!r}")
         return
-    if rtype is not None and m.group(1) != rtype:
-        ctx.add("entry.request-url", i, path, f"url names a {m.group(1)} but the resource is a {rtype}")
+    url_type, url_id, _ = literal
+    if rtype is not None and url_type != rtype:
+        ctx.add("entry.request-url", i, path, f"url names a {url_type} but the resource is a {rtype}")
         return
-    ctx.by_literal.setdefault(f"{m.group(1)}/{m.group(2)}", i)
-    if method == "PUT" and resource is not None and resource.get("id") != m.group(2):
+    ctx.by_literal.setdefault(f"{url_type}/{url_id}", i)
+    if method == "PUT" and resource is not None and resource.get("id") != url_id:
         ctx.add("entry.request-url", i, path,
-                f"url id {m.group(2)!r} differs from resource.id {resource.get('id')!r}: they must be equal")
+                f"url id {url_id!r} differs from resource.id {resource.get('id')!r}: they must be equal")
 
 
 # --- references ------------------------------------------------------------------------------------
@@ -312,7 +269,7 @@ def _references_fine(ctx: _Ctx) -> bool:
         blob = orjson.dumps(ctx.bundle)
     except (TypeError, orjson.JSONEncodeError):
         return False
-    known = resource_types()
+    known = RESOURCE_TYPES
     for raw in {part[:part.find(b'"')] for part in blob.split(b'"reference":"')[1:]}:
         if b"\\" in raw or (b"urn:uuid:" in raw and not raw.startswith(b"urn:uuid:")) or raw.count(b"urn:uuid:") > 1:
             return False
@@ -327,7 +284,7 @@ def _references_fine(ctx: _Ctx) -> bool:
 def _references(ctx: _Ctx) -> None:
     if _references_fine(ctx):
         return
-    known = resource_types()
+    known = RESOURCE_TYPES
     canonical = {u for u in ctx.by_url if CANONICAL_URN.match(u)}
     for i, resource in ctx.resources.items():
         refs: list[tuple[tuple[str | int, ...], str]] = []
@@ -465,7 +422,7 @@ def _threads(ctx: _Ctx) -> None:
             ctx.add("thread.partof-target", i, where, f"partOf points at entry {t.entry}, {what}, not a thread header")
         elif t.kind in ("literal", "conditional", "absolute") and t.type == "Communication":
             thread[i] = ("external", ref)
-        elif t.kind != "bad" and (t.kind == "contained" or t.type in resource_types()):
+        elif t.kind != "bad" and (t.kind == "contained" or t.type in RESOURCE_TYPES):
             ctx.add("thread.partof-target", i, where,
                     f"partOf {ref!r} is not a thread header: point it at the header's urn:uuid: or Communication/<id>")
 
@@ -506,11 +463,13 @@ def _sent(ctx: _Ctx, comms: dict[int, dict[str, Any]], headers: set[int], thread
         if "sent" not in r:
             continue
         value = r["sent"]
-        moment, problem = parse_instant(value) if isinstance(value, str) else (None, f"must be a string, got {value!r}")
-        if problem:
-            ctx.add("thread.sent", i, ("resource", "sent"), problem)
-        elif moment is not None:
-            when[i] = moment
+        if not isinstance(value, str):
+            ctx.add("thread.sent", i, ("resource", "sent"), f"must be a string, got {value!r}")
+            continue
+        try:
+            when[i] = parse_instant(value)
+        except InstantError as exc:
+            ctx.add("thread.sent", i, ("resource", "sent"), str(exc))
     for i, (kind, h) in sorted(thread.items()):
         if kind == "entry" and i in when and h in when and when[i] < when[h]:
             ctx.add("thread.sent-order", i, ("resource", "sent"),
@@ -543,9 +502,9 @@ def _recipients(ctx: _Ctx, comms: dict[int, dict[str, Any]], headers: set[int],
 
 
 def _target_types(ctx: _Ctx, comms: dict[int, dict[str, Any]]) -> None:
-    known = resource_types()
+    known = RESOURCE_TYPES
     for i, r in comms.items():
-        for key, allowed in TARGET_TYPES.items():
+        for key, allowed in COMMUNICATION_TARGETS.items():
             value = r.get(key)
             if isinstance(value, dict):
                 items: Iterable[tuple[int | None, Any]] = ((None, value),)

@@ -13,10 +13,10 @@ from typing import Any
 
 import httpx
 
-from .build import DEFAULT_IDENTIFIER_SYSTEM
-from .client import FhirClient
+from ..build import DEFAULT_IDENTIFIER_SYSTEM
+from ..medplum.client import FhirClient
+from ..spec.model import ThreadSpec
 from .compare import diff_thread
-from .spec import ThreadSpec
 
 
 @dataclass

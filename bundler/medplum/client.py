@@ -25,7 +25,8 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import orjson
 
-from .errors import AuthError, BundlerError, ServerError, UnknownOutcome
+from ..errors import AuthError, BundlerError, ServerError, UnknownOutcome
+from ..vocabulary import READ_POINTS, SEARCH_POINTS, WRITE_POINTS, fhir_base, identifier_token, server_root, token_url
 from .ratelimit import Pacer, parse_ratelimit
 
 USER_AGENT = "thread-bundler/0.1"
@@ -167,17 +168,17 @@ class FhirClient:
                  allow_insecure: bool = False, verify: bool = True, transport: httpx.BaseTransport | None = None,
                  pacer: Pacer | None = None, max_attempts: int = 8, concurrency: int = 8,
                  secrets: Secrets | None = None) -> None:
-        root, fhir_base = self.split_base(base_url)
+        root = server_root(base_url)
         parts = urlsplit(root)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise BundlerError(f"not an http(s) base URL: {base_url!r}")
         if parts.scheme == "http" and not is_loopback(parts.hostname) and not allow_insecure:
             raise BundlerError(f"refusing plain http to {parts.hostname}: use https, or --allow-insecure")
         self.root = root
-        self.fhir_base = fhir_base
+        self.fhir_base = fhir_base(root)
         self.auth = auth
         if isinstance(auth, ClientCredentials) and auth.token_url is None:
-            auth.token_url = urljoin(root, "oauth2/token")
+            auth.token_url = token_url(root)
         self.pacer = pacer or Pacer()
         self.max_attempts = max_attempts
         self.secrets = secrets if secrets is not None else Secrets(set())
@@ -189,15 +190,6 @@ class FhirClient:
         self.requests = 0
         self.last_ratelimit: list[str] = []
         self._count_lock = threading.Lock()
-
-    @staticmethod
-    def split_base(base_url: str) -> tuple[str, str]:
-        """(server root, FHIR base): `https://x/` → (`https://x/`, `https://x/fhir/R4/`); a URL that already
-        ends in `/fhir/R4` is taken as the FHIR base."""
-        url = base_url.rstrip("/") + "/"
-        if url.endswith("/fhir/R4/"):
-            return url[: -len("fhir/R4/")], url
-        return url, url + "fhir/R4/"
 
     def close(self) -> None:
         self.http.close()
@@ -282,15 +274,15 @@ class FhirClient:
 
         Raises ServerError for a refusal (an atomic transaction answers an OperationOutcome), and
         UnknownOutcome when the request may or may not have been applied."""
-        resp = self._send("POST", self.fhir_base, content=body, cost=100 * entries, idempotent=False)
+        resp = self._send("POST", self.fhir_base, content=body, cost=WRITE_POINTS * entries, idempotent=False)
         return self._check(resp, "transaction")  # type: ignore[no-any-return]
 
     def read(self, reference: str) -> dict[str, Any]:
-        resp = self._send("GET", urljoin(self.fhir_base, reference), cost=1, idempotent=True)
+        resp = self._send("GET", urljoin(self.fhir_base, reference), cost=READ_POINTS, idempotent=True)
         return self._check(resp, f"read {reference}")  # type: ignore[no-any-return]
 
     def delete(self, reference: str) -> None:
-        resp = self._send("DELETE", urljoin(self.fhir_base, reference), cost=100, idempotent=True)
+        resp = self._send("DELETE", urljoin(self.fhir_base, reference), cost=WRITE_POINTS, idempotent=True)
         if resp.status_code not in (404, 410):
             self._check(resp, f"delete {reference}")
 
@@ -298,7 +290,7 @@ class FhirClient:
         """Every page (a searchset Bundle) of a search, following `next` links."""
         url: str | None = str(httpx.URL(urljoin(self.fhir_base, resource_type), params=params))
         while url:
-            resp = self._send("GET", url, cost=20, idempotent=True)
+            resp = self._send("GET", url, cost=SEARCH_POINTS, idempotent=True)
             page = self._check(resp, f"search {resource_type}")
             yield page
             url = next((link.get("url") for link in page.get("link") or () if link.get("relation") == "next"), None)
@@ -322,7 +314,8 @@ class FhirClient:
             chunks[-1].append(ident)
             length += len(ident) + 3
         for chunk in filter(None, chunks):
-            params = {"identifier": ",".join(chunk), "_count": str(min(1000, 2 * len(chunk) + 10)),
+            tokens = ",".join(identifier_token(*ident.split("|", 1)) for ident in chunk)
+            params = {"identifier": tokens, "_count": str(min(1000, 2 * len(chunk) + 10)),
                       "_elements": "identifier"}
             for resource in self.search(resource_type, params):
                 for ident in resource.get("identifier") or ():

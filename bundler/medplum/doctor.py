@@ -14,8 +14,9 @@ from typing import Any
 
 import orjson
 
+from ..errors import AuthError, BundlerError, ServerError
+from ..vocabulary import token_url
 from .client import FhirClient, outcome_text
-from .errors import AuthError, BundlerError, ServerError
 from .ratelimit import parse_ratelimit
 
 PROBE_SYSTEM = "urn:thread-bundler:doctor"
@@ -93,7 +94,7 @@ def doctor(client: FhirClient) -> DoctorReport:
     started = time.monotonic()
     try:
         client.auth.token(client.http)
-        report.checks.append(Check("login", True, f"token from {client.root}oauth2/token"
+        report.checks.append(Check("login", True, f"token from {token_url(client.root)}"
                                    if hasattr(client.auth, "client_id") else "bearer token given"))
     except BundlerError as exc:
         report.checks.append(Check("login", False, client.all_secrets().scrub(str(exc))))

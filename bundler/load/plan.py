@@ -15,10 +15,9 @@ from typing import Any
 
 import orjson
 
-from .limits import PROFILES
+from ..vocabulary import MAX_CONDITIONAL_ENTRIES, identifier_token, rewrite_references
 
 SAFE_MAX_BYTES = 1_000_000  # what we plan for, under Medplum's 1 MB: room for rewritten references
-CONDITIONAL_MAX_ENTRIES = PROFILES["medplum"].max_conditional_entries  # 8 when any entry is conditional
 _ENVELOPE = len(b'{"resourceType":"Bundle","type":"transaction","entry":[]}')
 _REFERENCE_GROWTH = 16  # "Communication/<uuid>" is longer than "urn:uuid:<uuid>"
 
@@ -48,7 +47,7 @@ def cut(indexes: Sequence[int], sizes: Sequence[int], limits: Limits) -> list[li
     conditional mode. Raises TooLarge for an entry that cannot fit in any request."""
     max_entries = limits.max_entries or 1 << 30
     if limits.conditional:
-        max_entries = min(max_entries, CONDITIONAL_MAX_ENTRIES)
+        max_entries = min(max_entries, MAX_CONDITIONAL_ENTRIES)
     parts: list[list[int]] = []
     current: list[int] = []
     size = _ENVELOPE
@@ -68,16 +67,6 @@ def cut(indexes: Sequence[int], sizes: Sequence[int], limits: Limits) -> list[li
     return parts
 
 
-def _rewrite(value: Any, known: Mapping[str, str]) -> Any:
-    if isinstance(value, dict):
-        if isinstance(ref := value.get("reference"), str) and ref in known:
-            return {**value, "reference": known[ref]}
-        return {k: _rewrite(v, known) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rewrite(v, known) for v in value]
-    return value
-
-
 def part_bundle(bundle: Mapping[str, Any], indexes: Sequence[int], known: Mapping[str, str], *,
                 conditional: bool = False) -> dict[str, Any]:
     """A transaction of the entries `indexes` of `bundle`; references to entries already on the server
@@ -87,11 +76,11 @@ def part_bundle(bundle: Mapping[str, Any], indexes: Sequence[int], known: Mappin
     for i in indexes:
         entry = bundle["entry"][i]
         if known:
-            entry = {**entry, "resource": _rewrite(entry["resource"], known)}
+            entry = {**entry, "resource": rewrite_references(entry["resource"], known)}
         if conditional:
             ident = (entry["resource"].get("identifier") or [{}])[0]
             if "value" in ident:
-                query = f"identifier={ident.get('system', '')}|{ident['value']}"
+                query = f"identifier={identifier_token(ident.get('system', ''), ident['value'])}"
                 entry = {**entry, "request": {**entry["request"], "ifNoneExist": query}}
         entries.append(entry)
     return {"resourceType": "Bundle", "type": bundle.get("type", "transaction"), "entry": entries}

@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .build import DEFAULT_IDENTIFIER_SYSTEM
-from .compare import diff_thread
-from .limits import Limits
-from .pytest_plugin import MedplumServer
-from .spec import ThreadSpec, parse_spec
-from .validate import validate
+from ..build import DEFAULT_IDENTIFIER_SYSTEM
+from ..check.limits import Limits
+from ..check.validate import validate
+from ..load.compare import diff_thread
+from ..spec.model import ThreadSpec, parse_spec
+from .server import MedplumServer
 
 if TYPE_CHECKING:
-    from .client import FhirClient
+    from ..medplum.client import FhirClient
 
 __all__ = ["MedplumServer", "assert_same_thread", "assert_valid_thread_bundle", "fetch_thread"]
 
@@ -89,7 +89,7 @@ def fetch_thread(client: FhirClient, key: str, *, identifier_system: str = DEFAU
                  ) -> list[dict[str, Any]]:
     """What the server holds for thread `key`: every header with its identifier, then each header's
     messages (as apps read them: part-of the header, by sent). Empty when the thread is not there."""
-    from .verify import read_thread
+    from ..load.verify import read_thread
 
     headers = client.search("Communication", {"identifier": f"{identifier_system}|{key}"})
     return headers + [m for h in headers for m in read_thread(client, h["id"])]

@@ -31,15 +31,15 @@ from typing import Any, Literal
 
 import orjson
 
+from ..build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, bundle_bytes, full_url, identifier_value
+from ..check.validate import validate
+from ..errors import AuthError, BundlerError, ServerError, UnknownOutcome
+from ..medplum.client import FhirClient, Unreachable, outcome_text
+from ..medplum.doctor import probe_atomicity
+from ..spec.model import ThreadSpec
+from ..vocabulary import SEARCH_POINTS, WRITE_POINTS
 from . import journal as J
-from .build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, bundle_bytes, full_url, identifier_value
-from .client import FhirClient, Unreachable, outcome_text
-from .doctor import probe_atomicity
-from .errors import AuthError, BundlerError, ServerError, UnknownOutcome
 from .plan import SAFE_MAX_BYTES, Limits, TooLarge, cut, entry_sizes, part_bundle
-from .ratelimit import SEARCH_POINTS, WRITE_POINTS
-from .spec import ThreadSpec
-from .validate import validate
 
 Atomic = Literal["require", "auto", "off"]
 

@@ -14,10 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-WRITE_POINTS = 100
-SEARCH_POINTS = 20
-READ_POINTS = 1
-DEFAULT_QUOTA_PER_MINUTE = 50_000  # Medplum's default per client, for estimates when a server says nothing
+from ..vocabulary import DEFAULT_QUOTA_PER_MINUTE
 
 _PART = re.compile(r'"?([A-Za-z0-9_-]+)"?\s*((?:;\s*[a-z]+\s*=\s*[0-9.]+\s*)+)')
 _PARAM = re.compile(r";\s*([a-z]+)\s*=\s*([0-9.]+)")

@@ -17,12 +17,12 @@ from typing import Any
 
 import orjson
 
-from .build import build_bundle
-from .errors import Problem, SpecError
+from ..build import build_bundle
+from ..errors import Problem, SpecError
+from ..spec.model import check_document, read_documents, spec_files
+from ..spec.source import Document, parse_json
 from .issues import Issue
 from .limits import Limits
-from .source import Document, parse_json
-from .spec import check_document, read_documents, spec_files
 from .validate import Origin, locate, validate_many
 
 SUFFIXES = (".json", ".ndjson", ".yaml", ".yml")

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from ..vocabulary import MAX_BODY_BYTES, MAX_CONDITIONAL_ENTRIES, MAX_PUT_ENTRIES
 from .issues import Issue, entry_path, make_issue
 
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -36,8 +37,8 @@ class Limits:
 
 
 PROFILES: dict[str, Limits] = {
-    "medplum": Limits("medplum", max_body_bytes=1_048_576, max_conditional_entries=8, max_put_entries=50,
-                      uuid_ids=True),
+    "medplum": Limits("medplum", max_body_bytes=MAX_BODY_BYTES, max_conditional_entries=MAX_CONDITIONAL_ENTRIES,
+                      max_put_entries=MAX_PUT_ENTRIES, uuid_ids=True),
     "none": Limits("none"),
 }
 

@@ -32,10 +32,10 @@ from typing import Any
 from hypothesis import reject
 from hypothesis import strategies as st
 
-from .build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle
-from .fhir import TARGET_TYPES
-from .issues import RULES
-from .mutations import MUTATIONS, NotApplicable, rng_from_draw
+from ..build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle
+from ..check.issues import RULES
+from ..check.mutations import MUTATIONS, NotApplicable, rng_from_draw
+from ..vocabulary import COMMUNICATION_TARGETS, format_instant, offset_zone
 
 __all__ = [
     "PARTICIPANT_TYPES",
@@ -45,7 +45,6 @@ __all__ = [
     "ZONES",
     "bundles",
     "categories",
-    "format_instant",
     "instants",
     "invalid_bundles",
     "keys",
@@ -195,10 +194,10 @@ def participants(*, min_size: int = 1, max_size: int = 5, styles: Sequence[str] 
         participants(min_size=2, max_size=2, types=["Patient", "Practitioner"]).example()
         # e.g. {'0': {'reference': 'Patient/0'}, 'dr': {'reference': 'Practitioner?identifier=...|x'}}
     """
-    not_senders = sorted(set(types) - TARGET_TYPES["sender"])
+    not_senders = sorted(set(types) - COMMUNICATION_TARGETS["sender"])
     if not_senders:
         raise ValueError(f"participant types must be able to send a Communication (one of "
-                         f"{', '.join(sorted(TARGET_TYPES['sender']))}), got {', '.join(not_senders)}")
+                         f"{', '.join(sorted(COMMUNICATION_TARGETS['sender']))}), got {', '.join(not_senders)}")
     if min_size < 1 or max_size < min_size:
         raise ValueError(f"need 1 <= min_size <= max_size, got {min_size}, {max_size}")
     _check_share("display_share", display_share)
@@ -218,22 +217,10 @@ def participants(*, min_size: int = 1, max_size: int = 5, styles: Sequence[str] 
     return people.map(dict)
 
 
-def format_instant(moment: dt.datetime, precision: int, zone: str) -> str:
-    """`moment` (naive, taken as UTC) written in `zone` ('Z' or '±hh:mm') with `precision` (0-9) fraction
-    digits (digits past the microseconds are zeros).
-
-        format_instant(dt.datetime(2024, 4, 10, 9, 30), 3, "+02:00")   # '2024-04-10T11:30:00.000+02:00'
-    """
-    if zone == "Z":
-        local, suffix = moment, "Z"
-    else:
-        sign = 1 if zone[0] == "+" else -1
-        offset = dt.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])) * sign
-        local, suffix = moment + offset, zone
-    text = local.strftime("%Y-%m-%dT%H:%M:%S")
-    if precision:
-        text += "." + f"{local.microsecond:06d}000"[:precision]
-    return text + suffix
+def _instant(moment: dt.datetime, precision: int, zone: str) -> str:
+    """`moment` (naive, taken as UTC) written in `zone` ('Z' or '±hh:mm') with `precision` (0-9) fraction digits."""
+    local = moment.replace(tzinfo=dt.UTC).astimezone(offset_zone(zone))
+    return format_instant(local, digits=precision, zulu=zone == "Z")
 
 
 def instants(*, min_value: dt.datetime = dt.datetime(2000, 1, 1), max_value: dt.datetime = dt.datetime(2035, 12, 31),
@@ -243,7 +230,7 @@ def instants(*, min_value: dt.datetime = dt.datetime(2000, 1, 1), max_value: dt.
         instants(precisions=[0], zones=["+05:30"]).example()   # e.g. '2013-07-01T05:30:00+05:30'
     """
     _check_instant_options(precisions, zones)
-    return st.builds(format_instant, st.datetimes(min_value, max_value), st.sampled_from(precisions),
+    return st.builds(_instant, st.datetimes(min_value, max_value), st.sampled_from(precisions),
                      st.sampled_from(zones))
 
 
@@ -345,7 +332,7 @@ class _MessageLists:
                 if mid in used:  # an earlier explicit id took this position's default
                     mid = msg["id"] = _fresh_id(f"m{mid}", used, i)
             sender = msg["sender"] = aliases[d["sender"] % len(aliases)]
-            msg["sent"] = format_instant(moment, *d["sent"])
+            msg["sent"] = _instant(moment, *d["sent"])
             for field in ("text", "attachments"):
                 if field in d:
                     msg[field] = d[field]
@@ -425,7 +412,7 @@ def thread_specs(*, min_participants: int = 1, max_participants: int = 5, min_me
         if _chance(draw, 0.5):
             spec["sender"] = draw(st.sampled_from(aliases))
         if _chance(draw, 0.5):
-            spec["sent"] = format_instant(start, *draw(formats))
+            spec["sent"] = _instant(start, *draw(formats))
         if _chance(draw, 0.5):
             spec["status"] = draw(statuses)
         if with_category and _chance(draw, 0.5):
@@ -511,13 +498,13 @@ def sample_specs(threads: int, messages_per_thread: int, *, seed: int = 1, prefi
         for m in range(messages_per_thread):
             moment += dt.timedelta(seconds=rng.randint(1, 3600))
             msg: dict[str, Any] = {"id": f"m{m}", "sender": rng.choice(aliases),
-                                   "sent": format_instant(moment, 3, "Z"),
+                                   "sent": _instant(moment, 3, "Z"),
                                    "text": " ".join(rng.choice(words) for _ in range(rng.randint(3, 30)))}
             if m and rng.random() < 0.2:
                 msg["reply_to"] = f"m{rng.randrange(m)}"
             msgs.append(msg)
         out.append({"thread": f"{prefix}-{seed}-{t}", "topic": f"Thread {t}", "subject": "p0", "sender": "doc",
-                    "sent": format_instant(start + dt.timedelta(minutes=t), 3, "Z"),
+                    "sent": _instant(start + dt.timedelta(minutes=t), 3, "Z"),
                     "category": [f"{CATEGORY_SYSTEM}|notification"],
                     "participants": people, "messages": msgs})
     return out

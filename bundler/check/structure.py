@@ -1,4 +1,4 @@
-"""FHIR R4 structure checks with fhir.resources' R4B models, and the list of resource types they know.
+"""FHIR R4 structure checks with fhir.resources' R4B models (R4 types that R4B dropped are not checked).
 
 Every resource is validated with its own model class (`Communication.model_validate(...)`), which is
 faster than validating the whole Bundle and gives paths relative to the entry. The entries' envelopes
@@ -9,34 +9,23 @@ the models' output is thrown away and the input dicts are never handed back.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 from .issues import Issue, entry_path, make_issue
 
-_CLASS_RE = re.compile(r"^class (\w+)\((?:domainresource\.DomainResource|resource\.Resource)\):", re.M)
-_ABSTRACT = {"Resource", "DomainResource"}
-
-
-@cache
-def resource_types() -> frozenset[str]:
-    """The resource types of FHIR R4 (as fhir.resources' R4B package defines them: 141 names)."""
-    import fhir.resources.R4B as r4b
-
-    names: set[str] = set()
-    for module in Path(r4b.__file__).parent.glob("*.py"):
-        names.update(_CLASS_RE.findall(module.read_text(encoding="utf-8")))
-    return frozenset(names - _ABSTRACT)
-
 
 @cache
 def _model(resource_type: str) -> Any:
+    """fhir.resources' R4B model of `resource_type`, or None where R4B has none (R4 types it dropped, such as
+    MedicinalProduct: their structure is not checked)."""
     from fhir.resources.R4B import get_fhir_model_class
 
-    return get_fhir_model_class(resource_type)
+    try:
+        return get_fhir_model_class(resource_type)
+    except (KeyError, ValueError, AttributeError, ImportError):
+        return None
 
 
 def _loc(loc: Iterable[Any]) -> tuple[str | int, ...]:
@@ -64,8 +53,10 @@ def _message(err: Mapping[str, Any]) -> str:
 def entry_structure_issues(index: int, entry: Mapping[str, Any]) -> Iterator[Issue]:
     """fhir.structure issues of one entry: its resource with its own model, then the rest of the entry."""
     resource = entry.get("resource")
-    if isinstance(resource, dict) and resource.get("resourceType") in resource_types():
-        for err in _errors(_model(resource["resourceType"]), resource):
+    model = _model(resource["resourceType"]) if isinstance(resource, dict) and isinstance(
+        resource.get("resourceType"), str) else None
+    if model is not None:
+        for err in _errors(model, resource):
             yield make_issue("fhir.structure", entry_path(index, "resource", *_loc(err["loc"])), _message(err), index)
     envelope = {k: v for k, v in entry.items() if k != "resource"}
     if envelope:

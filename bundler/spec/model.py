@@ -17,14 +17,14 @@ import jsonschema
 from jsonschema.exceptions import ValidationError as _SchemaError
 from jsonschema.exceptions import best_match
 
-from . import assets
-from .errors import Problem, SpecError
-from .fhir import INSTANT, TARGET_TYPES, instant_problem, reference_type
+from .. import assets
+from ..errors import Problem, SpecError
+from ..vocabulary import COMMUNICATION_TARGETS as TARGET_TYPES
+from ..vocabulary import DEFAULT_STATUS, instant_problem, is_instant_shaped, reference_type
 from .source import Document, Path_, decode, parse_text, split_threads
 
 SPEC_SCHEMA = "thread-spec.schema.json"
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
-DEFAULT_STATUS = "in-progress"
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +218,7 @@ def _meaning_problems(doc: Document) -> list[Problem]:
     if "subject" in data:
         check_alias(("subject",), data["subject"], "subject")
     def check_instant(path: Path_, value: Any) -> None:
-        if isinstance(value, str) and INSTANT.match(value) and (why := instant_problem(value)):
+        if isinstance(value, str) and is_instant_shaped(value) and (why := instant_problem(value)):
             out.append(doc.problem(path, why))  # (a value of the wrong form is the schema's to report)
 
     check_instant(("sent",), data.get("sent"))

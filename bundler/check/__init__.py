@@ -1,0 +1,14 @@
+"""Checking Bundles before they are sent: every rule a Medplum server would reject or silently corrupt.
+
+`issues` (the rule registry and `Issue`), `rules` (bundle, entry, reference and thread rules),
+`structure` (FHIR R4 structure), `limits` (server profiles), `validate` (all of them, on one or many
+bundles), `files` (Bundles, NDJSON and specs from files), `mutations` (each rule broken on purpose).
+"""
+
+from .files import Report, validate_files
+from .issues import RULES, Issue, Severity
+from .limits import PROFILES, Limits
+from .validate import Origin, has_errors, locate, validate, validate_many
+
+__all__ = ["PROFILES", "RULES", "Issue", "Limits", "Origin", "Report", "Severity", "has_errors", "locate", "validate",
+           "validate_files", "validate_many"]

