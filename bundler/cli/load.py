@@ -11,11 +11,11 @@ import click
 import orjson
 
 from ..build import DEFAULT_IDENTIFIER_SYSTEM
+from ..files import write_atomic
 from ..load.loader import OK_OUTCOMES, LoadReport, Progress, ThreadResult, default_journal, load
 from ..load.verify import VerifyResult, verify
 from ..medplum.client import FhirClient
 from ..medplum.doctor import doctor
-from ..output import write_atomic
 from ..spec.model import ThreadSpec, load_specs
 from .build import _check_system
 from .common import EXIT_ISSUES, EXIT_OK, SECRETS, report_errors

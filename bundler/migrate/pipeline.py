@@ -22,10 +22,10 @@ from types import TracebackType
 from typing import Any, BinaryIO, Literal
 
 import orjson
-import yaml
 
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, bundle_bytes
 from ..errors import BundlerError
+from ..spec.dump import dump_yaml
 from ..spec.model import ThreadSpec, parse_spec
 from .assemble import Assembler, spec_data
 from .extract import F_SENDER, F_SENDER_ROLE, Extractor, RowError
@@ -322,26 +322,9 @@ def iter_threads(inputs: Sequence[str | Path], mapping: str | Path | MigrationMa
 # --- writing ---------------------------------------------------------------------------------------
 
 
-class _SpecDumper(yaml.CSafeDumper):  # type: ignore[misc,name-defined]
-    pass
-
-
-def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value and value == value.strip() and "\r" not in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_SpecDumper.add_representer(str, _str)
-
-
-def _yaml(data: dict[str, Any]) -> bytes:
-    text = yaml.dump(data, Dumper=_SpecDumper, sort_keys=False, allow_unicode=True, width=120)
-    return text.encode("utf-8")
-
-
 def spec_yaml(spec: ThreadSpec) -> bytes:
     """A ThreadSpec as a YAML spec file (UTF-8), readable by `thread-bundler build`."""
-    return _yaml(spec_data(spec))
+    return dump_yaml(spec_data(spec))
 
 
 def default_rejects(out: Path) -> Path:
@@ -411,7 +394,7 @@ def _write_spec_files(threads: Iterator[ThreadSpec], staging: Path) -> None:
     for spec in threads:
         data = spec_data(spec)
         parse_spec(data, file=f"{spec.key}.yaml")  # insurance: what we write, `build` reads back
-        (staging / f"{spec.key}.yaml").write_bytes(_yaml(data))
+        (staging / f"{spec.key}.yaml").write_bytes(dump_yaml(data))
 
 
 def _move_in(staging: Path, out: Path) -> None:

@@ -1,0 +1,92 @@
+"""Writing files so that nobody ever sees half of one: the one home of every output we write.
+
+    write_atomic(path, data)                 # a small file, whole or not at all
+    with atomic_file(path) as f: ...          # a large one, streamed, then renamed into place
+    with staged_folder(out) as staging: ...   # many files, moved into `out` only when all are written
+
+Temporary names start with `.thread-bundler-` beside their target (same file system, so a rename is
+atomic), and an error names the target, never the temporary file. A run killed with `kill -9` can
+leave such names behind: `remove_leftovers(folder)` removes them, and the writers here call it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+TEMP_PREFIX = ".thread-bundler-"
+
+
+def _named(exc: OSError, target: Path) -> OSError:
+    """`exc` about `target` (not about our temporary file), with the same errno and class."""
+    return type(exc)(exc.errno, exc.strerror or str(exc), str(target))
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Remove the temporary files and folders an earlier, killed run left in `folder`."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith(TEMP_PREFIX):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, *, buffering: int = -1) -> Iterator[IO[bytes]]:
+    """A binary file to write, renamed to `path` when the block ends without an error (removed otherwise)."""
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f"{TEMP_PREFIX}{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _named(exc, target) from None
+    try:
+        with os.fdopen(fd, "wb", buffering=buffering) as f:
+            yield f
+        os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _named(exc, target) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and a rename: readers never see half a file."""
+    with atomic_file(path) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def staged_folder(out: str | Path) -> Iterator[Path]:
+    """A folder to write many files into; they are moved into `out` (replacing files of the same name) only
+    when the block ends without an error, and nothing of them is left in `out` otherwise."""
+    target = Path(out)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(target)
+        staging = Path(tempfile.mkdtemp(dir=target, prefix=f"{TEMP_PREFIX}staging-"))
+    except OSError as exc:
+        raise _named(exc, target) from None
+    try:
+        yield staging
+        with os.scandir(staging) as entries:
+            for entry in entries:
+                if entry.is_file():
+                    os.replace(entry.path, target / entry.name)
+    except OSError as exc:
+        raise _named(exc, target) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
