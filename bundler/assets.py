@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -29,6 +30,7 @@ def asset_dir(name: str) -> Path:
 
 
 @cache
-def schema(name: str) -> dict:
+def schema(name: str) -> dict[str, Any]:
     """A JSON Schema shipped with the package, by file name."""
-    return orjson.loads((asset_dir("schemas") / name).read_bytes())
+    data: dict[str, Any] = orjson.loads((asset_dir("schemas") / name).read_bytes())
+    return data

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, bundle_bytes, dumps
-from .check.validate import validate
+from .check.validate import spec_origin, validate
 from .errors import Problem, SpecError
 from .files import write_atomic
 from .spec.model import ThreadSpec, load_specs
@@ -52,7 +52,7 @@ def check_bundles(specs: Iterable[ThreadSpec], identifier_system: str) -> None:
     problems = []
     for spec in specs:
         issues = validate(build_bundle(spec, identifier_system=identifier_system), limits="none",
-                          origin=lambda i, spec=spec: spec.origin(i - 1 if i else None))
+                          origin=spec_origin(spec))
         problems += [Problem(i.file or "<spec>", i.line, None, i.path, f"[{i.code}] {i.message}")
                      for i in issues if i.severity == "error"]
     if problems:

@@ -58,7 +58,7 @@ def is_instant_shaped(value: str) -> bool:
     return _INSTANT.fullmatch(value) is not None
 
 
-def parse_instant(value: str) -> dt.datetime:
+def parse_instant(value: object) -> dt.datetime:
     """The aware datetime of a real FHIR instant; InstantError (with the reason) for anything else.
 
     Fraction digits past microseconds are cut (they are kept in the text, never rewritten). A leap
@@ -82,7 +82,7 @@ def parse_instant(value: str) -> dt.datetime:
     return dt.datetime(year, month, day, hour, minute, second, micro, tzinfo=zone)
 
 
-def instant_problem(value: str) -> str | None:
+def instant_problem(value: object) -> str | None:
     """Why `value` is not a real FHIR instant, or None when it is one."""
     try:
         parse_instant(value)

@@ -23,7 +23,7 @@ from ..spec.model import check_document, read_documents, spec_files
 from ..spec.source import Document, parse_json
 from .issues import Issue
 from .limits import Limits
-from .validate import Origin, locate, validate_many
+from .validate import Origin, locate, spec_origin, validate_many
 
 SUFFIXES = (".json", ".ndjson", ".yaml", ".yml")
 
@@ -119,16 +119,12 @@ def read_bundles(file: Path) -> tuple[list[tuple[Any, Origin]], list[Problem]]:
         spec, spec_problems = check_document(doc)
         problems.extend(spec_problems)
         if spec is not None:
-            out.append((build_bundle(spec), _spec_origin(spec)))
+            out.append((build_bundle(spec), spec_origin(spec)))
     return (out, []) if not problems else ([], problems)
 
 
 def _fixed(file: str, line: int) -> Origin:
     return lambda entry: (file, line)
-
-
-def _spec_origin(spec: Any) -> Origin:
-    return lambda entry: spec.origin(entry - 1 if entry else None)
 
 
 def validate_files(paths: Iterable[str | Path], *, limits: str | Limits = "medplum", structure: bool = True,

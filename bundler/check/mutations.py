@@ -48,7 +48,8 @@ def _copy(bundle: Bundle, min_messages: int = 1) -> tuple[Bundle, list[dict[str,
 
 
 def _header(entries: list[dict[str, Any]]) -> dict[str, Any]:
-    return entries[0]["resource"]
+    header: dict[str, Any] = entries[0]["resource"]
+    return header
 
 
 def _message(entries: list[dict[str, Any]], rng: random.Random) -> tuple[int, dict[str, Any]]:

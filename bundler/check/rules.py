@@ -169,7 +169,7 @@ def _entries(ctx: _Ctx) -> None:
             ctx.add("entry.resource", i, ("resource",), f"a {method} entry carries no resource")
             ctx.bad_entries.add(i)
         _full_url(ctx, i, entry, carries)
-        if method is not None and i not in ctx.bad_entries:
+        if method is not None and isinstance(url, str) and i not in ctx.bad_entries:
             _request_url(ctx, i, method, url, ctx.resources.get(i))
 
 
@@ -370,7 +370,8 @@ def _threads(ctx: _Ctx) -> None:
     for i, r in comms.items():
         if has_partof[i]:
             partof[i] = [(k, ref, resolve(ref, "header")) for k, ref in _refs(r, "partOf")]
-            targeted.update(t.entry for _, _, t in partof[i] if t.kind == "entry" and t.entry != i)
+            targeted.update(t.entry for _, _, t in partof[i]
+                            if t.kind == "entry" and t.entry is not None and t.entry != i)
 
     for i in comms:
         if not has_partof[i]:

