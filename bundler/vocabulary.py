@@ -148,6 +148,16 @@ def is_mime_type(value: str) -> bool:
     return _MIME_TYPE.fullmatch(value) is not None
 
 
+BASE64_PATTERN: Final = r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
+"""A base64Binary value (Attachment.data, Attachment.hash, Binary.data) in canonical form: the right padding,
+nothing after it, no whitespace."""
+_BASE64 = re.compile(BASE64_PATTERN)
+
+
+def is_base64(value: str) -> bool:
+    return _BASE64.fullmatch(value) is not None
+
+
 REQUIRED_CODES: Final[Mapping[tuple[str, str], tuple[str, ...]]] = {
     ("Communication", "status"): COMMUNICATION_STATUSES,
     ("Communication", "priority"): REQUEST_PRIORITIES,

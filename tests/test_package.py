@@ -31,6 +31,11 @@ def test_ci_tests_the_installed_wheel_not_the_source_tree() -> None:
     assert not (here.parent / "medplum_local" / "node_modules").exists()
 
 
+def test_the_package_is_typed_for_its_users() -> None:
+    """PEP 561: `py.typed` ships in the package (in the wheel when CI installs it), so a user's mypy sees our hints."""
+    assert (Path(bundler.__file__).resolve().parent / "py.typed").is_file()
+
+
 def test_demo_loads_reads_back_and_shows_the_walkthrough() -> None:
     out, note = io.StringIO(), io.StringIO()
     report, results = run_demo(None, out, note=note)

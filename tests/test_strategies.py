@@ -188,7 +188,7 @@ def test_invalid_bundles_of_any_rule_break_one(bundle: dict[str, Any]) -> None:
 def test_invalid_bundles_of_any_rule_reach_several_rules() -> None:
     seen: set[str] = set()
 
-    @settings(max_examples=60, database=None, deadline=None, derandomize=True,  # the same draws every run
+    @settings(max_examples=120, database=None, deadline=None, derandomize=True,  # the same draws every run
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(invalid_bundles(max_messages=2))
     def collect(bundle: dict[str, Any]) -> None:

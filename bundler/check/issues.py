@@ -14,7 +14,7 @@ RULES: dict[str, tuple[Severity, str]] = {
     # the Bundle itself
     "bundle.resource-type": ("error", "the document is a JSON object with resourceType Bundle"),
     "bundle.type": ("error", "Bundle.type is transaction or batch"),
-    "bundle.empty": ("error", "the Bundle has at least one entry"),
+    "bundle.empty": ("error", "Bundle.entry is a list of at least one entry"),
     # entries
     "entry.resource": ("error", "entries are objects; POST/PUT/PATCH entries carry a resource of a known type"),
     "entry.fullurl-missing": ("error", "every entry that carries a resource has a fullUrl"),
@@ -40,11 +40,17 @@ RULES: dict[str, tuple[Severity, str]] = {
     "thread.reply-target": ("error", "inResponseTo points at a message of the same thread"),
     "thread.sent": ("error", "sent is a real FHIR instant with a time zone"),
     "thread.sent-order": ("warning", "no message is sent before its thread header"),
+    "thread.reply-order": ("warning", "no reply is sent before the message it answers (read by sent, it would "
+                                      "show above it)"),
     "thread.header-recipients": ("warning", "the header's recipients include every message's sender and recipients"),
     # FHIR structure
     "fhir.structure": ("error", "every resource is valid FHIR R4 for fhir.resources (types, cardinality, elements)"),
+    "fhir.code": ("error", "coded elements we emit hold a code of their required binding (status, priority, "
+                           "intent, contentType)"),
+    "fhir.base64": ("error", "base64Binary values (Attachment.data and .hash, Binary.data) are canonical base64"),
     # server limits (profile-dependent)
-    "limit.body-size": ("error", "the serialized Bundle fits the server's request body limit"),
+    "limit.body-size": ("warning", "the serialized Bundle fits the server's request body limit (posted as is, it "
+                                   "is refused; `load` cuts it into parts that fit)"),
     "limit.conditional-entries": ("error", "a transaction with a conditional entry has at most the allowed entries"),
     "limit.put-entries": ("error", "a transaction has at most the allowed PUT entries"),
     "limit.uuid-id": ("error", "ids in PUT urls are UUIDs (Medplum refuses other client ids)"),

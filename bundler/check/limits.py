@@ -73,7 +73,8 @@ def limit_issues(bundle: Mapping[str, Any], limits: Limits) -> list[Issue]:
         size = len(orjson.dumps(bundle))
         if size > limits.max_body_bytes:
             out.append(make_issue("limit.body-size", "Bundle", f"the Bundle is {size:,} bytes as JSON; {limits.name} "
-                                  f"refuses request bodies over {limits.max_body_bytes:,} bytes: split it"))
+                                  f"refuses request bodies over {limits.max_body_bytes:,} bytes, so posted as is it "
+                                  f"fails: `thread-bundler load` cuts it into parts that fit"))
     transaction = bundle.get("type") == "transaction"
     if transaction and limits.max_conditional_entries is not None and len(entries) > limits.max_conditional_entries:
         first = next((i for i, e in enumerate(entries) if is_conditional(e)), None)

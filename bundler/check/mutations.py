@@ -268,7 +268,7 @@ def sent_order(bundle: Bundle, rng: random.Random) -> Bundle:
     """Make a message older than its header (moving the header's sent after it if the message has none)."""
     out, entries = _copy(bundle)
     header = _header(entries)
-    _, msg = _message(entries, rng)
+    msg = entries[1]["resource"]  # the first message: it replies to nothing, so no reply ends up before its target
     hours = dt.timedelta(hours=rng.randint(1, 48))
     if "sent" in header:
         start = parse_instant(header["sent"])
@@ -276,6 +276,16 @@ def sent_order(bundle: Bundle, rng: random.Random) -> Bundle:
     else:
         latest = max(parse_instant(e["resource"]["sent"]) for e in entries[1:])
         header["sent"] = format_instant(latest.replace(microsecond=0) + hours)
+    return out
+
+
+def reply_order(bundle: Bundle, rng: random.Random) -> Bundle:
+    """Make the last message reply to the one before it, and move that one's sent after the reply's."""
+    out, entries = _copy(bundle, 2)
+    question, answer = entries[-2], entries[-1]
+    answer["resource"]["inResponseTo"] = [{"reference": question["fullUrl"]}]
+    later = parse_instant(answer["resource"]["sent"]) + dt.timedelta(seconds=rng.randint(1, 3600))
+    question["resource"]["sent"] = format_instant(later)
     return out
 
 
@@ -310,6 +320,31 @@ def structure(bundle: Bundle, rng: random.Random) -> Bundle:
         res["identifier"] = {"value": "not-a-list"}
     else:
         res["status"] = 7
+    return out
+
+
+def code(bundle: Bundle, rng: random.Random) -> Bundle:
+    """A status, priority or attachment contentType that is not a code of its required binding."""
+    out, entries = _copy(bundle)
+    _, msg = _message(entries, rng)
+    how = rng.randrange(3)
+    if how == 0:
+        msg["status"] = rng.choice(["bogus", "done", "In-Progress", "in-progress "])
+    elif how == 1:
+        msg["priority"] = rng.choice(["high", "URGENT", ""])
+    else:
+        bad = rng.choice(["png", "image", "a b/c"])
+        msg["payload"] = [*msg["payload"], {"contentAttachment": {"url": f"Binary/{_uuid(rng)}", "contentType": bad}}]
+    return out
+
+
+def base64(bundle: Bundle, rng: random.Random) -> Bundle:
+    """An attachment whose data (or hash) is not canonical base64."""
+    out, entries = _copy(bundle)
+    _, msg = _message(entries, rng)
+    attachment = {"contentType": "text/plain", "data": "QUJD"}
+    attachment[rng.choice(["data", "hash"])] = rng.choice(["QUJD=", "QU JD", "QUJ", "not base64!"])
+    msg["payload"] = [*msg["payload"], {"contentAttachment": attachment}]
     return out
 
 
@@ -378,8 +413,11 @@ MUTATIONS: dict[str, Mutation] = {
     "thread.reply-target": reply_target,
     "thread.sent": sent,
     "thread.sent-order": sent_order,
+    "thread.reply-order": reply_order,
     "thread.header-recipients": header_recipients,
     "fhir.structure": structure,
+    "fhir.code": code,
+    "fhir.base64": base64,
     "limit.body-size": body_size,
     "limit.conditional-entries": conditional_entries,
     "limit.put-entries": put_entries,

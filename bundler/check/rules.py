@@ -32,9 +32,13 @@ import orjson
 from ..vocabulary import (
     COMMUNICATION_TARGETS,
     ID_PATTERN,
+    MIME_TYPE_HINT,
+    REQUIRED_CODES,
     RESOURCE_TYPES,
     TYPE_PATTERN,
     InstantError,
+    is_base64,
+    is_mime_type,
     parse_instant,
     parse_literal,
     query_problem,
@@ -68,6 +72,17 @@ class _Ctx:
     methods: dict[int, str] = field(default_factory=dict)
     bad_entries: set[int] = field(default_factory=set)
     _memo: dict[str, Target] = field(default_factory=dict)
+    _blob: bytes | None = None
+
+    @property
+    def blob(self) -> bytes | None:
+        """The bundle serialised (for fast scans that tell whether a slow walk is needed); None if it cannot be."""
+        if self._blob is None:
+            try:
+                self._blob = orjson.dumps(self.bundle)
+            except (TypeError, orjson.JSONEncodeError):
+                self._blob = b""
+        return self._blob or None
 
     def add(self, code: str, index: int | None, parts: tuple[str | int, ...], message: str) -> None:
         self.out.append(make_issue(code, entry_path(index, *parts), message, index))
@@ -113,14 +128,33 @@ def check_rules(bundle: Any) -> list[Issue]:
     if bundle.get("type") not in ("transaction", "batch"):
         ctx.add("bundle.type", None, ("type",), f"must be 'transaction' or 'batch', got {bundle.get('type')!r}")
     entries = bundle.get("entry")
-    if not isinstance(entries, list) or not entries:
+    if not isinstance(entries, list):
+        got = "nothing" if entries is None else f"{_json_kind(entries)}"
+        ctx.add("bundle.empty", None, ("entry",), f"must be a list of entries, got {got}" if entries is not None
+                else "a transaction needs at least one entry")
+        return ctx.out
+    if not entries:
         ctx.add("bundle.empty", None, ("entry",), "a transaction needs at least one entry")
         return ctx.out
     ctx.entries = entries
     _entries(ctx)
     _references(ctx)
     _threads(ctx)
+    _values(ctx)
     return ctx.out
+
+
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, for messages: 'an object', 'a string ('x')', ..."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"a string ({value[:40]!r})"
+    if isinstance(value, bool) or value is None:
+        return f"{str(value).lower() if value is not None else 'null'}"
+    return f"a number ({value!r})"
 
 
 # --- entries ---------------------------------------------------------------------------------------
@@ -265,9 +299,8 @@ def _walk(node: Any, loc: tuple[str | int, ...], refs: list[tuple[tuple[str | in
 def _references_fine(ctx: _Ctx) -> bool:
     """Fast path: True when serializing the bundle shows every reference is fine and no other string
     holds 'urn:uuid:' (then the walk that locates problems is not needed); False means: walk."""
-    try:
-        blob = orjson.dumps(ctx.bundle)
-    except (TypeError, orjson.JSONEncodeError):
+    blob = ctx.blob
+    if blob is None:
         return False
     known = RESOURCE_TYPES
     for raw in {part[:part.find(b'"')] for part in blob.split(b'"reference":"')[1:]}:
@@ -427,14 +460,15 @@ def _threads(ctx: _Ctx) -> None:
             ctx.add("thread.partof-target", i, where,
                     f"partOf {ref!r} is not a thread header: point it at the header's urn:uuid: or Communication/<id>")
 
-    _replies(ctx, comms, messages, thread, resolve)
-    _sent(ctx, comms, headers, thread)
+    when = _sent_times(ctx, comms)
+    _replies(ctx, comms, messages, thread, resolve, when)
+    _sent_order(ctx, comms, thread, when)
     _recipients(ctx, comms, headers, thread)
     _target_types(ctx, comms)
 
 
 def _replies(ctx: _Ctx, comms: dict[int, dict[str, Any]], messages: set[int], thread: dict[int, tuple[str, Any]],
-             resolve: Any) -> None:
+             resolve: Any, when: dict[int, dt.datetime]) -> None:
     for i in sorted(thread):
         mine = thread[i]
         for k, ref in _refs(comms[i], "inResponseTo"):
@@ -449,6 +483,12 @@ def _replies(ctx: _Ctx, comms: dict[int, dict[str, Any]], messages: set[int], th
                     what = "another thread's message" if t.entry in messages else "not a message"
                     ctx.add("thread.reply-target", i, where, f"inResponseTo points at entry {t.entry}, {what}: "
                                                              f"a reply answers a message of its own thread")
+                elif t.entry is not None and i in when and t.entry in when and when[i] < when[t.entry]:
+                    answered = comms[t.entry]
+                    ident = "".join(f", identifier {tok}" for tok in _tokens(answered)[:1])
+                    ctx.add("thread.reply-order", i, ("resource", "sent"),
+                            f"sent {comms[i]['sent']}, before the message it answers (entry {t.entry}{ident}, "
+                            f"sent {answered['sent']}): read back by sent, the answer shows above the question")
                 continue
             if t.type != "Communication" or t.kind == "contained":
                 ctx.add("thread.reply-target", i, where, f"inResponseTo {ref!r} is not a message of this thread")
@@ -458,7 +498,8 @@ def _replies(ctx: _Ctx, comms: dict[int, dict[str, Any]], messages: set[int], th
                         f"(entry {mine[1]}) and has no earlier messages: it belongs to another thread")
 
 
-def _sent(ctx: _Ctx, comms: dict[int, dict[str, Any]], headers: set[int], thread: dict[int, tuple[str, Any]]) -> None:
+def _sent_times(ctx: _Ctx, comms: dict[int, dict[str, Any]]) -> dict[int, dt.datetime]:
+    """Each Communication's `sent` as a moment (thread.sent for those that are not real instants)."""
     when: dict[int, dt.datetime] = {}
     for i, r in comms.items():
         if "sent" not in r:
@@ -471,6 +512,11 @@ def _sent(ctx: _Ctx, comms: dict[int, dict[str, Any]], headers: set[int], thread
             when[i] = parse_instant(value)
         except InstantError as exc:
             ctx.add("thread.sent", i, ("resource", "sent"), str(exc))
+    return when
+
+
+def _sent_order(ctx: _Ctx, comms: dict[int, dict[str, Any]], thread: dict[int, tuple[str, Any]],
+                when: dict[int, dt.datetime]) -> None:
     for i, (kind, h) in sorted(thread.items()):
         if kind == "entry" and i in when and h in when and when[i] < when[h]:
             ctx.add("thread.sent-order", i, ("resource", "sent"),
@@ -522,3 +568,51 @@ def _target_types(ctx: _Ctx, comms: dict[int, dict[str, Any]]) -> None:
                     loc = ("resource", key, "reference") if k is None else ("resource", key, k, "reference")
                     ctx.add("ref.target-type", i, loc, f"Communication.{key} may point at "
                                                        f"{', '.join(sorted(allowed))}; not a {t}")
+
+
+# --- values: codes of required bindings, base64 ------------------------------------------------------
+
+
+def _values(ctx: _Ctx) -> None:
+    blob = ctx.blob
+    attachments = blob is None or b'"contentType"' in blob  # else no element anywhere to walk to
+    for i, resource in ctx.resources.items():
+        rtype = resource["resourceType"]
+        for (of_type, element), codes in REQUIRED_CODES.items():
+            if of_type == rtype and element in resource:
+                value = resource[element]
+                if isinstance(value, str) and value not in codes:  # (a value of the wrong type is fhir.structure)
+                    ctx.add("fhir.code", i, ("resource", element),
+                            f"{value!r} is not a {rtype}.{element} code (one of: {', '.join(codes)}): Medplum stores "
+                            f"it, and every search by {element} misses the resource")
+        if rtype == "Binary" and "data" in resource:
+            _base64(ctx, i, ("resource", "data"), resource["data"])
+        if attachments:
+            _attachments(ctx, i, resource, ("resource",))
+
+
+def _attachments(ctx: _Ctx, i: int, node: Any, loc: tuple[str | int, ...]) -> None:
+    """contentType anywhere is a MIME type (every FHIR contentType is a `mimetypes` code); an Attachment's
+    data and hash are base64."""
+    if isinstance(node, dict):
+        content_type = node.get("contentType")
+        if isinstance(content_type, str) and not is_mime_type(content_type):
+            ctx.add("fhir.code", i, (*loc, "contentType"), f"{content_type!r} {MIME_TYPE_HINT}")
+        if content_type is not None and loc != ("resource",):  # an Attachment (Binary's own data is checked above)
+            for key in ("data", "hash"):
+                if key in node:
+                    _base64(ctx, i, (*loc, key), node[key])
+        for key, value in node.items():
+            if isinstance(value, dict | list):
+                _attachments(ctx, i, value, (*loc, key))
+    elif isinstance(node, list):
+        for k, value in enumerate(node):
+            if isinstance(value, dict | list):
+                _attachments(ctx, i, value, (*loc, k))
+
+
+def _base64(ctx: _Ctx, i: int, loc: tuple[str | int, ...], value: Any) -> None:
+    if isinstance(value, str) and not is_base64(value):
+        shown = value if len(value) <= 24 else value[:24] + "…"
+        ctx.add("fhir.base64", i, loc, f"{shown!r} is not base64 (A-Z a-z 0-9 + /, padded with = to a multiple of "
+                                       f"4, nothing after the padding, no spaces)")

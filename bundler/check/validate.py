@@ -2,14 +2,15 @@
 
     issues = validate(bundle)                                   # [] when clean
     issues = validate(bundle, limits="none", structure=False)   # rules only, no server profile
-    issues = validate(build_bundle(spec), origin=lambda i: spec.origin(i - 1 if i else None))
+    issues = validate(build_bundle(spec), origin=spec_origin(spec))
     for issues in validate_many(bundles, workers=2): ...        # many bundles, on several cores
 
-Pure: no I/O, and the bundle is never modified. Every rule has a stable code listed in `RULES`
-(code → (severity, description)); errors mean the server would refuse or corrupt the bundle, warnings
-that it would accept it but probably not as meant. The rules live in `bundler.rules` (bundle,
-entries, references, threads — read its docstring for what a "thread" is in a bundle),
-`bundler.fhircheck` (FHIR R4 structure with fhir.resources R4B) and `bundler.limits` (server limits).
+`validate` is pure: no I/O, and the bundle is never modified; `validate_many` runs it on a process
+pool. Every rule has a stable code listed in `RULES` (code → (severity, description)); errors mean
+the server would refuse or corrupt the bundle, warnings that it would accept it but probably not as
+meant. The rules live in `check.rules` (bundle, entries, references, threads — read its docstring
+for what a "thread" is in a bundle), `check.structure` (FHIR R4 structure with fhir.resources R4B)
+and `check.limits` (server limits).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle
 from ..check.issues import RULES
 from ..check.mutations import MUTATIONS, NotApplicable, rng_from_draw
-from ..vocabulary import COMMUNICATION_TARGETS, format_instant, offset_zone
+from ..vocabulary import COMMUNICATION_TARGETS, format_instant, offset_zone, parse_instant
 
 __all__ = [
     "PARTICIPANT_TYPES",
@@ -324,8 +324,14 @@ class _MessageLists:
         out: list[dict[str, Any]] = []
         used: list[str] = []
         moment = start
+        shown: dt.datetime | None = None  # the last message's sent as written: sent never goes back
         for i, d in enumerate(drafts):
             moment += dt.timedelta(seconds=d["gap"])
+            sent = _instant(moment, *d["sent"])
+            if shown is not None and parse_instant(sent) < shown:  # fewer digits than the last one cut it earlier
+                moment += dt.timedelta(seconds=1)
+                sent = _instant(moment, *d["sent"])
+            shown = parse_instant(sent)
             msg: dict[str, Any] = {}
             if "id" in d:
                 mid = msg["id"] = _fresh_id(d["id"], used, i)
@@ -334,7 +340,7 @@ class _MessageLists:
                 if mid in used:  # an earlier explicit id took this position's default
                     mid = msg["id"] = _fresh_id(f"m{mid}", used, i)
             sender = msg["sender"] = aliases[d["sender"] % len(aliases)]
-            msg["sent"] = _instant(moment, *d["sent"])
+            msg["sent"] = sent
             for field in ("text", "attachments"):
                 if field in d:
                     msg[field] = d[field]
