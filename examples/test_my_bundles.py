@@ -1,8 +1,10 @@
-"""Property tests of `my_integration.export_to_bundle` with thread-bundler's testing kit.
+"""Property tests of a chat app's export code with thread-bundler's testing kit: a complete file.
 
-Copy this file next to your own code: `pip install thread-bundler[testing]`, then `pytest`.
-The `medplum_client` fixture comes from the plugin installed with thread-bundler; it starts a local
-Medplum server (or uses the one in MEDPLUM_BASE_URL, MEDPLUM_CLIENT_ID, MEDPLUM_CLIENT_SECRET).
+Copy it and run it as it stands (`pip install 'thread-bundler[testing] @ git+<repository URL>'`, or
+`pip install '.[testing]'` from a clone, then `pytest test_my_bundles.py`); then replace the two
+functions under "the code under test" with an import of your own. The `medplum_client` fixture comes
+from the pytest plugin installed with thread-bundler: it starts a local Medplum server (needs npm), or
+uses the one in MEDPLUM_BASE_URL, MEDPLUM_CLIENT_ID, MEDPLUM_CLIENT_SECRET.
 """
 
 from __future__ import annotations
@@ -13,11 +15,46 @@ from typing import Any
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from my_integration import export_to_bundle, export_to_spec
 
+from bundler import build_bundle
 from bundler.medplum.client import FhirClient
 from bundler.testing import assert_same_thread, assert_valid_thread_bundle, fetch_thread
 from bundler.testing.strategies import thread_specs
+
+# --- the code under test: a chat app's export of one conversation → a FHIR transaction Bundle -------
+#
+# The export (a dict per conversation, as the app's JSON export has it):
+#
+#     {"id": "c-42", "title": "Lab results",
+#      "members": {"u1": {"fhir": "Patient/123", "name": "Homer"}, "u2": {"fhir": "Practitioner/9"}},
+#      "posts": [{"id": 1, "author": "u2", "time": "2024-04-10T10:00:00Z", "body": "Results are in."},
+#                {"id": 2, "author": "u1", "time": "2024-04-10T10:05:00Z", "body": "Thanks!", "in_reply_to": 1}]}
+
+
+def export_to_spec(chat: dict[str, Any]) -> dict[str, Any]:
+    """The thread spec for one exported conversation."""
+    participants = {}
+    for user, member in chat["members"].items():
+        participants[user] = {"reference": member["fhir"]}
+        if member.get("name"):
+            participants[user]["display"] = member["name"]
+    messages = []
+    for post in chat["posts"]:
+        message: dict[str, Any] = {"id": f"p{post['id']}", "sender": post["author"], "sent": post["time"],
+                                   "text": post["body"]}
+        if post.get("in_reply_to") is not None:
+            message["reply_to"] = f"p{post['in_reply_to']}"
+        messages.append(message)
+    return {"thread": f"chat-{chat['id']}", "topic": chat["title"], "participants": participants,
+            "messages": messages}
+
+
+def export_to_bundle(chat: dict[str, Any]) -> dict[str, Any]:
+    """The transaction Bundle for one exported conversation."""
+    return build_bundle(export_to_spec(chat))
+
+
+# --- the tests ---------------------------------------------------------------------------------------
 
 
 def spec_to_export(spec: dict[str, Any], chat_id: str) -> dict[str, Any]:

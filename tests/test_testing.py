@@ -258,7 +258,7 @@ def test_plugin_imports_nothing_heavy_and_works_without_hypothesis(tmp_path: Pat
 def test_the_example_tests_pass_as_a_user_would_run_them(user_session: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
                                                           medplum_target: Any) -> None:
     _use_target(monkeypatch, medplum_target)  # this session's server: no second one to start
-    for name in ("my_integration.py", "test_my_bundles.py"):
-        (user_session.path / name).write_text((ROOT / "examples" / name).read_text())
+    assert [p.name for p in (ROOT / "examples").glob("*.py")] == ["test_my_bundles.py"]  # one file, complete
+    (user_session.path / "test_my_bundles.py").write_text((ROOT / "examples" / "test_my_bundles.py").read_text())
     result = user_session.runpytest_subprocess("-p", "bundler.testing.pytest_plugin")
     result.assert_outcomes(passed=2)
