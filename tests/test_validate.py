@@ -356,7 +356,7 @@ def test_cli_json_output_and_ndjson(tmp_path: Path, cli: click.Command) -> None:
     assert (out["files"], out["bundles"], out["errors"], out["warnings"]) == (1, 2, 1, 0)
     assert out["issues"] == [{"severity": "error", "code": "bundle.type", "path": "Bundle.type",
                               "message": "must be 'transaction' or 'batch', got 'collection'", "file": str(nd),
-                              "line": 3, "entry": None}]
+                              "line": 3, "entry": None, "related": None, "related_line": None}]
 
 
 def test_cli_spec_issue_names_spec_line(tmp_path: Path, cli: click.Command) -> None:

@@ -90,16 +90,17 @@ def read_bundles(file: Path) -> tuple[list[tuple[Any, Origin]], list[Problem]]:
         return [], [Problem(name, None, None, "", f"cannot read: {exc.strerror}")]
     out: list[tuple[Any, Origin]] = []
     if file.suffix == ".ndjson":
+        problems: list[Problem] = []
         for n, line in enumerate(raw.splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 out.append((orjson.loads(line), _fixed(name, n)))
-            except orjson.JSONDecodeError as exc:
-                return [], [Problem(name, n, None, "", f"not JSON: {exc}")]
-        if not out:
+            except orjson.JSONDecodeError as exc:  # every bad line is reported, not just the first
+                problems.append(Problem(name, n, exc.colno, "", f"not JSON: {exc.msg}"))
+        if not out and not problems:
             return [], [Problem(name, None, None, "", "empty file: expected one Bundle per line")]
-        return out, []
+        return (out, []) if not problems else ([], problems)
     if file.suffix == ".json":
         try:
             data = orjson.loads(raw)
@@ -111,7 +112,8 @@ def read_bundles(file: Path) -> tuple[list[tuple[Any, Origin]], list[Problem]]:
             if isinstance(data, list) and data and all(_is_bundle_like(d) for d in data):
                 text = raw.decode("utf-8-sig")
                 return [(d, _json_origin(name, text, (k,))) for k, d in enumerate(data)], []
-    docs, problems = read_documents(file)
+    docs, doc_problems = read_documents(file)
+    problems = doc_problems
     for doc in docs:
         if _is_bundle_like(doc.data):
             out.append((doc.data, _doc_origin(doc)))

@@ -62,7 +62,8 @@ class Issue:
     """One thing wrong with a bundle: rule `code`, FHIRPath-like `path`, and where it came from if known.
 
     `entry` is the entry index (None for the Bundle as a whole); `file`/`line` are filled from an
-    `origin` callback (spec-built bundles) or by the file reader.
+    `origin` callback (spec-built bundles) or by the file reader. `related` is another entry the issue
+    is about (the message a reply answers, say), and `related_line` where that one came from.
     """
 
     severity: Severity
@@ -72,22 +73,31 @@ class Issue:
     file: str | None = None
     line: int | None = None
     entry: int | None = None
+    related: int | None = None
+    related_line: int | None = None
+
+    @property
+    def text(self) -> str:
+        """`severity[code] path: message`, with the related entry's line when it is known."""
+        also = f" (entry {self.related}: line {self.related_line})" if self.related_line is not None else ""
+        return f"{self.severity}[{self.code}] {self.path}: {self.message}{also}"
 
     def __str__(self) -> str:
         where = ""
         if self.file is not None:
             where = f"{self.file}:{self.line}: " if self.line is not None else f"{self.file}: "
-        return f"{where}{self.severity}[{self.code}] {self.path}: {self.message}"
+        return where + self.text
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready mapping of every field."""
         return {"severity": self.severity, "code": self.code, "path": self.path, "message": self.message,
-                "file": self.file, "line": self.line, "entry": self.entry}
+                "file": self.file, "line": self.line, "entry": self.entry, "related": self.related,
+                "related_line": self.related_line}
 
 
-def make_issue(code: str, path: str, message: str, entry: int | None = None) -> Issue:
+def make_issue(code: str, path: str, message: str, entry: int | None = None, related: int | None = None) -> Issue:
     """An Issue with the severity its rule has in RULES."""
-    return Issue(RULES[code][0], code, path, message, entry=entry)
+    return Issue(RULES[code][0], code, path, message, entry=entry, related=related)
 
 
 def entry_path(index: int | None, *parts: str | int) -> str:

@@ -84,8 +84,9 @@ class _Ctx:
                 self._blob = b""
         return self._blob or None
 
-    def add(self, code: str, index: int | None, parts: tuple[str | int, ...], message: str) -> None:
-        self.out.append(make_issue(code, entry_path(index, *parts), message, index))
+    def add(self, code: str, index: int | None, parts: tuple[str | int, ...], message: str, *,
+            related: int | None = None) -> None:
+        self.out.append(make_issue(code, entry_path(index, *parts), message, index, related))
 
     def target(self, ref: str) -> Target:
         """What `ref` points at (memoized: bundles repeat the same few references)."""
@@ -488,7 +489,8 @@ def _replies(ctx: _Ctx, comms: dict[int, dict[str, Any]], messages: set[int], th
                     ident = "".join(f", identifier {tok}" for tok in _tokens(answered)[:1])
                     ctx.add("thread.reply-order", i, ("resource", "sent"),
                             f"sent {comms[i]['sent']}, before the message it answers (entry {t.entry}{ident}, "
-                            f"sent {answered['sent']}): read back by sent, the answer shows above the question")
+                            f"sent {answered['sent']}): read back by sent, the answer shows above the question",
+                            related=t.entry)
                 continue
             if t.type != "Communication" or t.kind == "contained":
                 ctx.add("thread.reply-target", i, where, f"inResponseTo {ref!r} is not a message of this thread")

@@ -85,12 +85,17 @@ def _structure(bundle: dict[str, Any], found: list[Issue]) -> list[Issue]:
 def locate(issues: Sequence[Issue], origin: Origin) -> list[Issue]:
     """`issues` with file and line filled from `origin(entry index)` (None for bundle-wide issues)."""
     cache: dict[int | None, tuple[str, int | None]] = {}
+
+    def where(entry: int | None) -> tuple[str, int | None]:
+        if entry not in cache:
+            cache[entry] = origin(entry)
+        return cache[entry]
+
     out = []
     for issue in issues:
-        if issue.entry not in cache:
-            cache[issue.entry] = origin(issue.entry)
-        file, line = cache[issue.entry]
-        out.append(dataclasses.replace(issue, file=file, line=line))
+        file, line = where(issue.entry)
+        related_line = where(issue.related)[1] if issue.related is not None else None
+        out.append(dataclasses.replace(issue, file=file, line=line, related_line=related_line))
     return out
 
 

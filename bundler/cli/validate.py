@@ -23,7 +23,7 @@ def format_text(report: Report) -> str:
             line, index = entry
             where = "bundle" if index is None else f"entry {index}"
             lines.append(f"  {where}" + (f" (line {line})" if line is not None else "") + ":")
-            lines.extend(f"    {i.severity}[{i.code}] {i.path}: {i.message}" for i in items)
+            lines.extend(f"    {i.text}" for i in items)
     e, w = report.errors, report.warnings
     lines.append(f"{e} error{'s' * (e != 1)}, {w} warning{'s' * (w != 1)} in {report.bundles} "
                  f"bundle{'s' * (report.bundles != 1)} ({report.files} file{'s' * (report.files != 1)})")
