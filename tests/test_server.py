@@ -468,6 +468,43 @@ def test_search_by_several_identifiers(project: Project, fhir: httpx.Client) -> 
     assert other_system == []
 
 
+def test_identifier_and_part_of_searches_find_exactly_what_matches(project: Project, fhir: httpx.Client) -> None:
+    """The local server answers these from indexes: what they find must be what a scan of every resource finds,
+    after updates and failed transactions too (and on any Medplum)."""
+    prefix = project.prefix
+    header_ref = "Communication/" + fhir.post("Communication", json=header(prefix)).json()["id"]
+    other_ref = "Communication/" + fhir.post("Communication", json=header(f"{prefix}-other")).json()["id"]
+    odd = f"{prefix}-a,b"  # a comma in a value: escaped in the search
+    ids = {}
+    for name, part_of in (("m1", header_ref), ("m2", header_ref), ("m3", other_ref)):
+        created = fhir.post("Communication", json=message(prefix, 0, part_of, "2024-03-01T10:00:00Z"))
+        resource = created.json()
+        resource["identifier"] = [{"system": SYSTEM, "value": f"{prefix}-{name}"}, {"value": odd if name == "m3" else
+                                                                                    f"{prefix}-x{name}"}]
+        assert fhir.put(f"Communication/{resource['id']}", json=resource).status_code == 200
+        ids[name] = resource["id"]
+
+    def found(query: str) -> set[str]:
+        return {r["id"] for r in search_all(fhir, query)}
+
+    assert found(f"Communication?identifier={SYSTEM}|{prefix}-m1,{SYSTEM}|{prefix}-m3") == {ids["m1"], ids["m3"]}
+    assert found(f"Communication?identifier={prefix}-m2") == {ids["m2"]}  # any system
+    assert found(f"Communication?identifier={SYSTEM}|{prefix}-m0") == set()  # replaced by the update
+    assert found(f"Communication?identifier={prefix}-a%5C,b") == {ids["m3"]}  # escaped comma
+    assert found(f"Communication?part-of={header_ref}&_count=1") <= {ids["m1"], ids["m2"]}
+    assert found(f"Communication?part-of={header_ref}") == {ids["m1"], ids["m2"]}
+    assert found(f"Communication?part-of={header_ref}&identifier={SYSTEM}|{prefix}-m3") == set()
+    assert found(f"Communication?part-of={other_ref}") == {ids["m3"]}
+
+
+@pytest.mark.local_only
+def test_searches_do_not_find_what_a_failed_transaction_rolled_back(project: Project, fhir: httpx.Client) -> None:
+    good = post_entry(urn(), header(project.prefix))
+    bad = post_entry(urn(), {**message(project.prefix, 1, "Communication/x", "2024-03-01T10:00:00Z"), "sent": "no"})
+    assert fhir.post("", json=bundle([good, bad])).status_code == 400
+    assert search_all(fhir, f"Communication?identifier={SYSTEM}|{project.prefix}-header") == []
+
+
 def test_paging_with_count_and_next(project: Project, fhir: httpx.Client) -> None:
     header_ref = "Communication/" + fhir.post("Communication", json=header(project.prefix)).json()["id"]
     for n in range(7):

@@ -1,7 +1,8 @@
 // LocalRepository: fhir-router's MemoryRepository with the behaviour of a Medplum project added on top:
 // server-assigned UUID ids, "Invalid id" / 404 on update, validation against the R4 + Medplum profiles,
 // conditional references, checkReferencesOnWrite, per-interaction quota charges, Medplum-style search
-// paging, and transactions that really roll back (a write log undone on failure).
+// paging, transactions that really roll back (a write log undone on failure), and indexes for the
+// searches a loader makes by the thousand (identifier, part-of), as Medplum's Postgres has them.
 import {
   OperationOutcomeError,
   badRequest,
@@ -12,10 +13,17 @@ import {
   isUUID,
   notFound,
   parseSearchRequest,
+  splitSearchOnComma,
   validateResource,
 } from '@medplum/core';
 import { MemoryRepository } from '@medplum/fhir-router';
 import { randomUUID } from 'node:crypto';
+
+/** Resource types whose `identifier` search parameter is their top-level `identifier` element (indexed). */
+const IDENTIFIER_INDEXED = new Set([
+  'Communication', 'Patient', 'Practitioner', 'PractitionerRole', 'RelatedPerson', 'Organization', 'CareTeam',
+  'Group', 'Device', 'HealthcareService', 'Task', 'Location', 'Endpoint', 'DocumentReference',
+]);
 
 /** Points per interaction, as in Medplum's fhirquota.ts. */
 export const COST = { read: 1, history: 10, search: 20, write: 100 };
@@ -70,6 +78,125 @@ export class LocalRepository extends MemoryRepository {
     this.txLog = undefined;
     /** @type {Set<string> | undefined} resources written in the open transaction, checked at commit */
     this.txWritten = undefined;
+    this.clearIndexes();
+  }
+
+  // ---------------------------------------------------------------- indexes
+  //
+  // MemoryRepository scans every resource of a type for every search: with 200,000 Communications an
+  // identifier search takes seconds. These maps give the candidates of the two searches a loader and
+  // `verify` make (identifier=..., part-of=Communication/<id>); the parent's own matcher then runs on
+  // the candidates only, so results are exactly what a full scan gives. Entries are only ever added
+  // (on every write and on every rollback that restores a resource): a stale candidate is filtered
+  // out by the matcher, a missing one cannot happen.
+
+  clearIndexes() {
+    /** @type {Map<string, Map<string, Set<string>>>} `${type} ${code}` -> key -> ids */
+    this.indexes = new Map();
+    /** @type {Map<string, number>} `${type}/${id}` -> first-write order, so candidates keep a scan's order */
+    this.order = new Map();
+  }
+
+  clear() {
+    super.clear();
+    this.clearIndexes();
+  }
+
+  addToIndex(type, code, key, id) {
+    const name = `${type} ${code}`;
+    let index = this.indexes.get(name);
+    if (!index) {
+      index = new Map();
+      this.indexes.set(name, index);
+    }
+    let ids = index.get(key);
+    if (!ids) {
+      ids = new Set();
+      index.set(key, ids);
+    }
+    ids.add(id);
+  }
+
+  indexResource(resource) {
+    const { resourceType: type, id } = resource;
+    const ref = `${type}/${id}`;
+    if (!this.order.has(ref)) {
+      this.order.set(ref, this.order.size);
+    }
+    if (IDENTIFIER_INDEXED.has(type) && Array.isArray(resource.identifier)) {
+      for (const identifier of resource.identifier) {
+        if (typeof identifier?.value === 'string') {
+          this.addToIndex(type, 'identifier', identifier.value.toLowerCase(), id);
+        }
+      }
+    }
+    if (type === 'Communication' && Array.isArray(resource.partOf)) {
+      for (const partOf of resource.partOf) {
+        if (typeof partOf?.reference === 'string') {
+          this.addToIndex(type, 'part-of', partOf.reference, id);
+        }
+      }
+    }
+  }
+
+  /** The ids a filter can match, from an index; undefined when no index answers it (then: a full scan). */
+  candidatesOf(type, filter) {
+    if (filter.operator !== undefined && filter.operator !== 'eq') {
+      return undefined;
+    }
+    const index = this.indexes.get(`${type} ${filter.code}`) ?? (this.indexed(type, filter.code) ? new Map() : undefined);
+    if (!index) {
+      return undefined;
+    }
+    const ids = new Set();
+    for (const value of splitSearchOnComma(filter.value)) {
+      let key;
+      if (filter.code === 'identifier') {
+        key = (value.includes('|') ? value.split('|')[1] : value)?.toLowerCase(); // as core's matchesTokenValue
+        if (!key) {
+          return undefined; // `system|`: every value of a system, not indexed
+        }
+      } else {
+        if (!value.includes('/')) {
+          return undefined; // a bare id matches any reference ending in it
+        }
+        key = value;
+      }
+      for (const id of index.get(key) ?? []) {
+        ids.add(id);
+      }
+    }
+    return ids;
+  }
+
+  indexed(type, code) {
+    return (code === 'identifier' && IDENTIFIER_INDEXED.has(type)) || (code === 'part-of' && type === 'Communication');
+  }
+
+  searchSync(searchRequest) {
+    const type = searchRequest.resourceType;
+    let candidates;
+    for (const filter of searchRequest.filters ?? []) {
+      const found = this.candidatesOf(type, filter);
+      if (found && (!candidates || found.size < candidates.size)) {
+        candidates = found;
+      }
+    }
+    const all = this.resources.get(type);
+    if (!candidates || !all) {
+      return super.searchSync(searchRequest);
+    }
+    const ordered = [...candidates]
+      .filter((id) => all.has(id))
+      .sort((a, b) => this.order.get(`${type}/${a}`) - this.order.get(`${type}/${b}`));
+    // the parent's matcher, paging and sorting, on the candidates alone (searchSync is synchronous:
+    // nothing else runs while the subset stands in for the whole)
+    this.resources.set(type, new Map(ordered.map((id) => [id, all.get(id)])));
+    try {
+      return super.searchSync(searchRequest);
+    } finally {
+      this.resources.set(type, all);
+    }
   }
 
   // ---------------------------------------------------------------- quota
@@ -193,7 +320,9 @@ export class LocalRepository extends MemoryRepository {
     }
 
     this.logWrite(resourceType, result.id);
-    return super.createResourceSync(result, options, update);
+    const stored = super.createResourceSync(result, options, update);
+    this.indexResource(stored);
+    return stored;
   }
 
   /** Replaces `Type?search` references by the one resource they match, else 400 (Medplum's wording). */
@@ -266,6 +395,7 @@ export class LocalRepository extends MemoryRepository {
       const resources = this.resources.get(entry.type);
       if (entry.resource) {
         resources?.set(entry.id, entry.resource);
+        this.indexResource(entry.resource);
       } else {
         resources?.delete(entry.id);
       }
