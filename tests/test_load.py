@@ -323,7 +323,7 @@ def test_secrets_never_appear_in_any_output(project: Any, tmp_path: Path) -> Non
         _cli(["load", str(spec_dir)], _env(project, secret + "-not")),
     ]
     with client_for(project) as client:
-        token = client.auth.token(client.http)
+        token = client.auth.token()
     outputs = [r.stdout + r.stderr for r in runs]
     files = [p.read_bytes().decode(errors="replace") for p in tmp_path.rglob("*") if p.is_file()]
     for text in outputs + files:
@@ -404,8 +404,7 @@ def test_verify_reports_what_changed_on_the_server(project: Any, tmp_path: Path)
         changed["payload"] = [{"contentString": "Edited on the server"}]
         changed["status"] = "completed"
         resp = client.http.put(f"{client.fhir_base}Communication/{message_id}", content=orjson.dumps(changed),
-                               headers={"Authorization": f"Bearer {client.auth.token(client.http)}",
-                                        "Content-Type": "application/fhir+json"})
+                               headers={"Content-Type": "application/fhir+json"})  # the client's auth
         assert resp.status_code == 200, resp.text
         [result] = verify([spec], client)
         assert not result.ok

@@ -34,8 +34,9 @@ import orjson
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, bundle_bytes, full_url, identifier_value
 from ..check.validate import validate
 from ..errors import AuthError, BundlerError, ServerError, UnknownOutcome
-from ..medplum.client import FhirClient, Unreachable, outcome_text
-from ..medplum.doctor import probe_atomicity
+from ..medplum.auth import Unreachable
+from ..medplum.client import FhirClient, outcome_text
+from ..medplum.probe import probe_atomicity
 from ..spec.model import ThreadSpec
 from ..vocabulary import SEARCH_POINTS, WRITE_POINTS
 from . import journal as J
@@ -313,7 +314,7 @@ def default_journal(paths: Sequence[str | Path]) -> Path:
 
 
 def probe_atomic(client: FhirClient) -> bool:
-    return bool(probe_atomicity(client).ok)
+    return probe_atomicity(client).atomic
 
 
 def load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: str | Path,
