@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from . import assets
 from .build import DEFAULT_IDENTIFIER_SYSTEM
-from .load.loader import OK_OUTCOMES, LoadReport, load
+from .load.loader import LoadReport, load
 from .load.verify import VerifyResult, read_thread, verify
 from .medplum.client import ClientCredentials, FhirClient
 from .medplum.localserver import LocalServer
@@ -71,7 +71,7 @@ def run_demo(paths: Sequence[str | Path] | None, out: TextIO, *, note: TextIO | 
                 f"in {report.requests} requests\n\n")
             results = verify(specs, client)
             for spec, loaded, checked in zip(specs, report.threads, results, strict=True):
-                if loaded.outcome not in OK_OUTCOMES or not loaded.header_id:
+                if not loaded.outcome.ok or not loaded.header_id:
                     out.write(f"✗ {spec.key}: {loaded.outcome}: {loaded.error}\n\n")
                     continue
                 header = client.read(f"Communication/{loaded.header_id}")

@@ -95,7 +95,7 @@ def test_a_token_is_renewed_shortly_before_it_expires(project: Any) -> None:
 def test_login_failures_keep_their_messages(project: Any) -> None:
     wrong = ClientCredentials(project.target.client_id, "wrong-secret-123")
     with FhirClient(project.target.base_url, wrong) as client:
-        with pytest.raises(AuthError, match="login refused by .*oauth2/token.*check the client id and secret"):
+        with pytest.raises(AuthError, match=r"login refused by .*oauth2/token.*check the client id and secret"):
             client.search("Communication", {"_count": "1"})
         assert "wrong-secret-123" in client.all_secrets().values
     with FhirClient("http://127.0.0.1:9/", credentials(project)) as client, \

@@ -19,7 +19,8 @@ IGNORED = ("id", "meta", "text")
 def _ident(resource: Mapping[str, Any], system: str) -> str | None:
     for ident in resource.get("identifier") or ():
         if ident.get("system") == system:
-            return ident.get("value")
+            value = ident.get("value")
+            return None if value is None else str(value)
     return None
 
 
@@ -55,7 +56,7 @@ def diff_thread(spec: ThreadSpec, resources: Iterable[Mapping[str, Any]], *,
     them, in any order); an empty list when they match.
 
     `resolved` maps the spec's conditional references (`Patient?identifier=s|v`) to the literal ones
-    the server replaced them with (`Patient/<id>`), as `bundler.verify.resolve_references` finds them."""
+    the server replaced them with (`Patient/<id>`), as `bundler.load.verify.resolve_references` finds them."""
     bundle = build_bundle(spec, identifier_system=identifier_system)
     by_ident: dict[str, Mapping[str, Any]] = {}
     out: list[str] = []

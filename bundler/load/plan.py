@@ -27,7 +27,11 @@ class TooLarge(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
+class RequestLimits:
+    """How big one request may be (what the loader cuts threads to; `bundler.check.limits.Limits` is the
+    validator's server profile). `conditional`: every entry a conditional create, at most
+    MAX_CONDITIONAL_ENTRIES of them."""
+
     max_bytes: int = SAFE_MAX_BYTES
     max_entries: int | None = None
     conditional: bool = False
@@ -42,7 +46,7 @@ def entry_sizes(bundle: Mapping[str, Any]) -> list[int]:
     return sizes
 
 
-def cut(indexes: Sequence[int], sizes: Sequence[int], limits: Limits) -> list[list[int]]:
+def cut(indexes: Sequence[int], sizes: Sequence[int], limits: RequestLimits) -> list[list[int]]:
     """Group entry `indexes` (in order) into parts within `limits`; entry 0, the header, leads alone in
     conditional mode. Raises TooLarge for an entry that cannot fit in any request."""
     max_entries = limits.max_entries or 1 << 30

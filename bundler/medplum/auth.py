@@ -127,12 +127,7 @@ class ClientCredentials(MedplumAuth):
             resp = self._post(self.token_url, form)
         except httpx.TransportError as exc:
             raise Unreachable(f"cannot reach {self.token_url}: {type(exc).__name__}") from None
-        body = json_body(resp)
-        if resp.status_code != 200 or not isinstance(body, dict) or "access_token" not in body:
-            why = (body.get("error_description") or body.get("error")) if isinstance(body, dict) else None
-            raise AuthError(f"login refused by {self.token_url} (HTTP {resp.status_code}"
-                            f"{': ' + str(why) if why else ''}): check the client id and secret",
-                            status=resp.status_code)
+        body = self._granted(resp)
         self.logins += 1
         self._token = str(body["access_token"])
         if self._issued is not None:
@@ -140,6 +135,15 @@ class ClientCredentials(MedplumAuth):
         lifetime = float(body.get("expires_in") or 3600)
         self._expires = self._clock() + lifetime - min(60.0, lifetime / 10)  # renew a little before expiry
         return self._token
+
+    def _granted(self, resp: httpx.Response) -> dict[str, Any]:
+        """The token response's body; AuthError, with the server's reason, when it is not a token."""
+        body = json_body(resp)
+        if resp.status_code == 200 and isinstance(body, dict) and "access_token" in body:
+            return body
+        why = (body.get("error_description") or body.get("error")) if isinstance(body, dict) else None
+        raise AuthError(f"login refused by {self.token_url} (HTTP {resp.status_code}"
+                        f"{': ' + str(why) if why else ''}): check the client id and secret", status=resp.status_code)
 
     def _post(self, url: str, form: dict[str, str]) -> httpx.Response:
         headers = {"Accept": "application/json"}
