@@ -56,10 +56,7 @@ def cut(indexes: Sequence[int], sizes: Sequence[int], limits: RequestLimits) -> 
     current: list[int] = []
     size = _ENVELOPE
     for i in indexes:
-        extra = sizes[i] + (96 if limits.conditional else 0)  # room for ifNoneExist
-        if _ENVELOPE + extra > limits.max_bytes:
-            raise TooLarge(f"entry {i} is {sizes[i]:,} bytes: more than one request may carry "
-                           f"({limits.max_bytes:,} bytes)")
+        extra = _room(i, sizes[i], limits)
         if current and (size + extra > limits.max_bytes or len(current) >= max_entries
                         or (limits.conditional and current == [0])):
             parts.append(current)
@@ -69,6 +66,15 @@ def cut(indexes: Sequence[int], sizes: Sequence[int], limits: RequestLimits) -> 
     if current:
         parts.append(current)
     return parts
+
+
+def _room(index: int, size: int, limits: RequestLimits) -> int:
+    """The bytes entry `index` takes in a request (with its ifNoneExist in conditional mode)."""
+    extra = size + (96 if limits.conditional else 0)
+    if _ENVELOPE + extra > limits.max_bytes:
+        raise TooLarge(f"entry {index} is {size:,} bytes: more than one request may carry "
+                       f"({limits.max_bytes:,} bytes)")
+    return extra
 
 
 def part_bundle(bundle: Mapping[str, Any], indexes: Sequence[int], known: Mapping[str, str], *,
