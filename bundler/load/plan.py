@@ -2,9 +2,10 @@
 
 A thread goes as one transaction when it fits (1 MB body, `max_entries`). When it does not, it is cut
 into parts sent in order: the first holds the header, later ones point at entries already on the server
-by their server ids (`Communication/<id>`), and at entries of their own part by `urn:uuid:`. Each part
-is atomic on its own. In conditional mode (a project without atomic transactions) the header goes
-alone first and every entry is a conditional create on its identifier, so re-sending is harmless.
+by their server ids (`Communication/<id>`), and at entries of their own part by `urn:uuid:`. On a
+project with atomic transactions each part is atomic on its own. In conditional mode (a project
+without them) the header goes alone first and every entry is a conditional create on its identifier,
+so re-sending is harmless.
 """
 
 from __future__ import annotations
