@@ -166,7 +166,7 @@ def test_faults_through_the_proxy_every_thread_exactly_once(project: Any, tmp_pa
             assert report.ok, [(t.key, t.outcome, t.error) for t in report.threads if not t.outcome.ok]
             fired = {a for e in proxy.log for a in e.actions}
             assert {"status 429", "status 503", "drop-after", "status 401"} <= fired
-            assert client.auth.logins == 2  # type: ignore[union-attr]
+            assert isinstance(client.auth, ClientCredentials) and client.auth.logins == 2
             proxy.clear()
             again = load(specs, client, journal=tmp_path / "j.sqlite")  # the journal knows the proxy's URL
             assert again.counts() == {Outcome.SKIPPED: 60}
@@ -182,7 +182,7 @@ def test_token_expiry_mid_run(project: Any, tmp_path: Path) -> None:
         proxy.add(Rule("delay", delay=0.1))  # make the run outlive a couple of tokens
         report = load(specs, client, journal=tmp_path / "j.sqlite", concurrency=2)
         assert report.ok
-        assert client.auth.logins >= 2  # type: ignore[union-attr]
+        assert isinstance(client.auth, ClientCredentials) and client.auth.logins >= 2
         assert_exactly_once(client, specs, project)
 
 
