@@ -17,15 +17,17 @@ Exactly once, in three layers:
 
 Each thread the journal has not settled is one `ThreadLoad`, a state machine over `Stage`:
 
-    SURVEY   what the server already has ─────────────── all of it ──▶ COMMIT
-      ▼
-    NEXT     what to send next: the whole thread, or ── nothing left ─▶ COMMIT
-             its next part                           ── too large ───▶ FAIL
-      ▼
-    SEND     the request ─── refused ─────────────────────────────────▶ FAIL
-      ▼  └── answer lost ─▶ RECONCILE  what arrived ──▶ NEXT  (or FAIL, answers lost too often)
-    APPLY    the answer: server ids ── an entry failed ───────────────▶ FAIL
-      └──────▶ NEXT
+    stage      what it does                                           goes to
+    SURVEY     what the server already has: the journal's ids, the    COMMIT when all of it is there,
+               pre-check's finds, what a lost request left there      else NEXT
+    NEXT       what to send next: the whole thread as built, or the   SEND; COMMIT when nothing is left;
+               next part of what is left (`plan.cut`)                 FAIL when an entry fits no request
+    SEND       the request, the journal first told what is in flight  APPLY; RECONCILE when the answer is
+                                                                      lost; FAIL when it is refused
+    APPLY      the answer: server ids, refused entries, 429s          NEXT; FAIL when an entry was refused
+    RECONCILE  search what the request whose answer was lost left     NEXT; FAIL after MAX_RECONCILE
+    COMMIT     journal `committed`: loaded, resumed or existing       -
+    FAIL       journal `partial`, `failed` (or `sent`: answers lost)  -
 """
 
 from __future__ import annotations
