@@ -52,7 +52,7 @@ from common import markdown_table, synthetic_specs
 
 from bundler import parse_spec
 from bundler.build import build_bundle, bundle_bytes
-from bundler.load import OK_OUTCOMES, LoadReport, load
+from bundler.load import LoadReport, load
 from bundler.medplum.client import ClientCredentials, FhirClient
 from bundler.medplum.localserver import LocalServer
 from bundler.spec import ThreadSpec
@@ -224,7 +224,7 @@ def run_load(target: Target, specs: list[ThreadSpec], label: str, *, profile: Pa
             report = load(specs, client, journal=journal)
         seconds = time.perf_counter() - started
         cpu = _spent(cpu0, target.cpu())
-    bad = [t for t in report.threads if t.outcome not in OK_OUTCOMES]
+    bad = [t for t in report.threads if not t.outcome.ok]
     if bad:
         raise SystemExit(f"{label}: {len(bad)} threads not loaded, e.g. {bad[0].key}: {bad[0].outcome} {bad[0].error}")
     created = sum(t.created for t in report.threads)

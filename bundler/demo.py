@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from . import assets
 from .build import DEFAULT_IDENTIFIER_SYSTEM
-from .load.loader import OK_OUTCOMES, LoadReport, load
+from .load.loader import LoadReport, load
 from .load.verify import VerifyResult, read_thread, verify
 from .medplum.client import ClientCredentials, FhirClient
 from .medplum.localserver import LocalServer
@@ -29,30 +29,40 @@ def example_paths() -> list[Path]:
 
 def format_thread(header: dict[str, Any], messages: Sequence[dict[str, Any]], *, width: int = 88) -> str:
     """A thread as a person reads it: title, then each message with when, who, to whom and what."""
-    def who(ref: dict[str, Any] | None) -> str:
-        return (ref or {}).get("display") or (ref or {}).get("reference") or "?"
-
     by_ref = {f"Communication/{m['id']}": m for m in messages}
-    title = (header.get("topic") or {}).get("text") or "(no topic)"
-    subject = f" · about {who(header['subject'])}" if header.get("subject") else ""
-    lines = [f"━━ {title} ━━", f"   Communication/{header['id']}{subject} · {len(messages)} messages"]
+    lines = _heading(header, len(messages))
     for m in messages:
-        to = ", ".join(who(r) for r in m.get("recipient") or ()) or "(nobody)"
-        reply = ""
-        for r in m.get("inResponseTo") or ():
-            target = by_ref.get(r.get("reference", ""))
-            reply = f"  ↩ {who(target['sender'])} at {target.get('sent')}" if target else "  ↩ (earlier message)"
-        lines.append(f"  {m.get('sent')}  {who(m.get('sender'))} → {to}{reply}")
-        for part in m.get("payload") or ():
-            if "contentString" in part:
-                body = "\n".join(textwrap.fill(line, width=width, initial_indent="      ",
-                                                subsequent_indent="      ") or "      "
-                                  for line in part["contentString"].split("\n"))
-            else:
-                att = part.get("contentAttachment") or {}
-                body = f"      📎 {att.get('title') or att.get('url')} ({att.get('contentType', '?')})"
-            lines.append(body)
+        to = ", ".join(_who(r) for r in m.get("recipient") or ()) or "(nobody)"
+        lines.append(f"  {m.get('sent')}  {_who(m.get('sender'))} → {to}{_reply(m, by_ref)}")
+        lines += [_payload(part, width) for part in m.get("payload") or ()]
     return "\n".join(lines)
+
+
+def _heading(header: dict[str, Any], messages: int) -> list[str]:
+    title = (header.get("topic") or {}).get("text") or "(no topic)"
+    subject = f" · about {_who(header['subject'])}" if header.get("subject") else ""
+    return [f"━━ {title} ━━", f"   Communication/{header['id']}{subject} · {messages} messages"]
+
+
+def _who(ref: dict[str, Any] | None) -> str:
+    return str((ref or {}).get("display") or (ref or {}).get("reference") or "?")
+
+
+def _reply(message: dict[str, Any], by_ref: dict[str, dict[str, Any]]) -> str:
+    """`↩ who at when` of the (last) message `message` replies to, if any."""
+    reply = ""
+    for r in message.get("inResponseTo") or ():
+        target = by_ref.get(r.get("reference", ""))
+        reply = f"  ↩ {_who(target['sender'])} at {target.get('sent')}" if target else "  ↩ (earlier message)"
+    return reply
+
+
+def _payload(part: dict[str, Any], width: int) -> str:
+    if "contentString" in part:
+        return "\n".join(textwrap.fill(line, width=width, initial_indent="      ", subsequent_indent="      ")
+                         or "      " for line in part["contentString"].split("\n"))
+    att = part.get("contentAttachment") or {}
+    return f"      📎 {att.get('title') or att.get('url')} ({att.get('contentType', '?')})"
 
 
 def run_demo(paths: Sequence[str | Path] | None, out: TextIO, *, note: TextIO | None = None) -> tuple[LoadReport,
@@ -71,7 +81,7 @@ def run_demo(paths: Sequence[str | Path] | None, out: TextIO, *, note: TextIO | 
                 f"in {report.requests} requests\n\n")
             results = verify(specs, client)
             for spec, loaded, checked in zip(specs, report.threads, results, strict=True):
-                if loaded.outcome not in OK_OUTCOMES or not loaded.header_id:
+                if not loaded.outcome.ok or not loaded.header_id:
                     out.write(f"✗ {spec.key}: {loaded.outcome}: {loaded.error}\n\n")
                     continue
                 header = client.read(f"Communication/{loaded.header_id}")

@@ -23,6 +23,7 @@ arrival order, not the decision logic, nondeterministic). Every request is appen
 ``proxy.log`` as an :class:`Event` whose ``actions`` read e.g. ``["delay 0.5", "forwarded"]``,
 ``["status 503"]``, ``["drop-before"]``, ``["drop-after"]`` (plus ``"upstream-error"`` when the
 upstream is unreachable, answered with a 502, and ``"stopped"`` when ``stop()`` cut a delay).
+``wait(condition, timeout)`` blocks until the log satisfies a condition: tests wait on requests, not time.
 
 Actions: ``status`` (answer without forwarding; ``headers``/``body`` optional, see
 :func:`throttled`), ``delay`` (wait before forwarding), ``delay_response`` (forward, then wait
@@ -222,6 +223,7 @@ class FaultProxy:
         self.log: list[Event] = []
         self.url = ""
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)  # notified as each request is logged
         self._stopping = threading.Event()
         self._conns: set[socket.socket] = set()
         self._server: _Server | None = None
@@ -240,6 +242,12 @@ class FaultProxy:
             self.rules.clear()
             if log:
                 self.log.clear()
+
+    def wait(self, condition: Callable[[list[Event]], bool], timeout: float) -> bool:
+        """Block until ``condition(log)`` holds (checked now and as each request arrives); False if it
+        still does not after ``timeout`` seconds."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: condition(self.log), timeout)
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> FaultProxy:
@@ -313,6 +321,7 @@ class FaultProxy:
             else:
                 ev.actions.append(term.action.replace("_", "-"))
             self.log.append(ev)
+            self._arrived.notify_all()
 
         if pre and self._stopping.wait(pre):
             ev.actions.append("stopped")

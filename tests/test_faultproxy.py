@@ -278,3 +278,19 @@ def test_rule_validation() -> None:
         Rule("status")
     with pytest.raises(ValueError):
         Rule("drop_before", fraction=1.5)
+
+
+def test_wait_returns_once_the_log_satisfies_the_condition(proxy: FaultProxy, client: httpx.Client) -> None:
+    assert not proxy.wait(lambda log: len(log) >= 1, timeout=0.05)  # nothing arrived: False after the timeout
+    posted = threading.Event()
+
+    def post_three() -> None:
+        for _ in range(3):
+            client.post("/count")
+        posted.set()
+
+    thread = threading.Thread(target=post_three)
+    thread.start()
+    assert proxy.wait(lambda log: sum(e.method == "POST" for e in log) >= 3, timeout=30)
+    thread.join()
+    assert posted.is_set() and len(proxy.log) == 3

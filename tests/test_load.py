@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 from faultproxy import FaultProxy, Rule, throttled
 
 from bundler import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, load_specs, parse_spec
-from bundler.load import EXISTING, FAILED, LOADED, PARTIAL, RESUMED, SKIPPED, load
+from bundler.load import LoadWatcher, Outcome, load
 from bundler.load.compare import diff_thread
 from bundler.load.verify import read_thread, verify
 from bundler.medplum.client import ClientCredentials, FhirClient
@@ -79,7 +78,7 @@ def test_walkthrough_end_to_end(project: Any, tmp_path: Path) -> None:
     with client_for(project) as client:
         report = load([spec], client, journal=tmp_path / "j.sqlite")
         [result] = report.threads
-        assert result.outcome == LOADED, result.error
+        assert result.outcome == Outcome.LOADED, result.error
         assert set(result.message_ids) == {"specimen-received", "homer-asks", "3"}
         messages = read_thread(client, result.header_id)  # type: ignore[arg-type]
         assert [m["payload"][0]["contentString"] for m in messages] == [m.text for m in spec.messages]
@@ -95,20 +94,20 @@ def test_a_thousand_threads_concurrently_each_exactly_once(project: Any, tmp_pat
     specs = specs_for(project, 1000, 3)
     with client_for(project) as client:
         report = load(specs, client, journal=tmp_path / "j.sqlite", concurrency=8)
-        assert report.counts() == {LOADED: 1000}
+        assert report.counts() == {Outcome.LOADED: 1000}
         assert_exactly_once(client, specs, project)
 
 
 def test_rerun_and_lost_journal_create_nothing_new(project: Any, tmp_path: Path) -> None:
     specs = specs_for(project, 40, 4)
     with client_for(project) as client:
-        assert load(specs, client, journal=tmp_path / "j.sqlite").counts() == {LOADED: 40}
+        assert load(specs, client, journal=tmp_path / "j.sqlite").counts() == {Outcome.LOADED: 40}
         again = load(specs, client, journal=tmp_path / "j.sqlite")
-        assert again.counts() == {SKIPPED: 40}
+        assert again.counts() == {Outcome.SKIPPED: 40}
         assert again.requests <= 2, "a finished load sends nothing (no probe either)"
         (tmp_path / "j.sqlite").unlink()
         fresh = load(specs, client, journal=tmp_path / "j.sqlite")
-        assert fresh.counts() == {EXISTING: 40}
+        assert fresh.counts() == {Outcome.EXISTING: 40}
         assert_exactly_once(client, specs, project)
 
 
@@ -116,7 +115,7 @@ def test_threads_too_big_for_one_request_are_cut_and_verified(project: Any, tmp_
     specs = specs_for(project, 3, 30, seed=7)
     with client_for(project) as client:
         report = load(specs, client, journal=tmp_path / "j.sqlite", max_entries=7)
-        assert report.counts() == {LOADED: 3}
+        assert report.counts() == {Outcome.LOADED: 3}
         assert all(t.requests == 5 for t in report.threads)  # 31 entries, 7 a request
         assert all(r.ok for r in verify(specs, client)), [r.differences for r in verify(specs, client)]
         # replies across parts point at server ids of earlier parts
@@ -128,7 +127,7 @@ def test_dry_run_plans_and_sends_nothing(project: Any, tmp_path: Path) -> None:
     with client_for(project) as client:
         load(specs[:4], client, journal=tmp_path / "other.sqlite")
         plan = load(specs, client, journal=tmp_path / "j.sqlite", dry_run=True, max_entries=4)
-        assert plan.dry_run and plan.counts() == {EXISTING: 4, "planned": 6}
+        assert plan.dry_run and plan.counts() == {Outcome.EXISTING: 4, Outcome.PLANNED: 6}
         assert plan.planned_requests == 6 * 2
         assert plan.planned_points == 6 * 6 * 100 + 20 * (1 + 4)  # creates; one header search, one per found thread
         assert copies(client, specs[4:]).most_common(1)[0][1] == 0
@@ -140,7 +139,7 @@ def test_lost_response_is_reconciled_not_resent(project: Any, tmp_path: Path) ->
         proxy.add(Rule("drop_after", method="POST", path=r"/fhir/R4/?$", body_contains='"Bundle"', nth=2, times=1))
         with client_for(project, proxy.url) as client:
             [result] = load(specs, client, journal=tmp_path / "j.sqlite").threads
-            assert result.outcome == LOADED, result.error
+            assert result.outcome == Outcome.LOADED, result.error
             assert_exactly_once(client, specs, project)
         posts = [e for e in proxy.log if e.method == "POST" and e.path.rstrip("/").endswith("/fhir/R4")]
         dropped = next(n for n, e in enumerate(proxy.log) if e.action == "drop-after")
@@ -164,14 +163,13 @@ def test_faults_through_the_proxy_every_thread_exactly_once(project: Any, tmp_pa
         proxy.add(Rule("status", status=401, path=r"/fhir/R4/", nth=40, times=1))  # a token revoked mid-run
         with client_for(project, proxy.url, timeout=1.5) as client:
             report = load(specs, client, journal=tmp_path / "j.sqlite", concurrency=6)
-            assert report.ok, [(t.key, t.outcome, t.error) for t in report.threads if t.outcome not in (LOADED,
-                                                                                                        RESUMED)]
+            assert report.ok, [(t.key, t.outcome, t.error) for t in report.threads if not t.outcome.ok]
             fired = {a for e in proxy.log for a in e.actions}
             assert {"status 429", "status 503", "drop-after", "status 401"} <= fired
-            assert client.auth.logins == 2  # type: ignore[union-attr]
+            assert isinstance(client.auth, ClientCredentials) and client.auth.logins == 2
             proxy.clear()
             again = load(specs, client, journal=tmp_path / "j.sqlite")  # the journal knows the proxy's URL
-            assert again.counts() == {SKIPPED: 60}
+            assert again.counts() == {Outcome.SKIPPED: 60}
     with client_for(project) as client:
         assert_exactly_once(client, specs, project)
 
@@ -184,7 +182,7 @@ def test_token_expiry_mid_run(project: Any, tmp_path: Path) -> None:
         proxy.add(Rule("delay", delay=0.1))  # make the run outlive a couple of tokens
         report = load(specs, client, journal=tmp_path / "j.sqlite", concurrency=2)
         assert report.ok
-        assert client.auth.logins >= 2  # type: ignore[union-attr]
+        assert isinstance(client.auth, ClientCredentials) and client.auth.logins >= 2
         assert_exactly_once(client, specs, project)
 
 
@@ -198,7 +196,7 @@ def test_non_atomic_project_thread_failing_midway_is_partial(project: Any, tmp_p
     with client_for(project) as client:
         off = load([spec], client, journal=tmp_path / "off.sqlite", atomic="off")
         [t] = off.threads
-        assert t.outcome == PARTIAL
+        assert t.outcome == Outcome.PARTIAL
         assert t.header_id and set(t.message_ids) == {"m0", "m1", "m3"}  # a batch tries every entry
         assert "non-atomically" in (t.error or "") and "Invalid url" in (t.error or "")
         assert t.error.startswith("bad.yaml")  # type: ignore[union-attr]
@@ -256,27 +254,39 @@ def _write_specs(folder: Path, specs: list[dict[str, Any]]) -> None:
         (folder / f"batch-{n:05d}.json").write_text(json.dumps(specs[n:n + 25]))
 
 
+def _committed(journal: Path) -> int:
+    """Threads the journal holds as committed (none while the killed run had not written its schema yet)."""
+    with sqlite3.connect(journal) as db:
+        try:
+            return int(db.execute("SELECT count(*) FROM threads WHERE state='committed'").fetchone()[0])
+        except sqlite3.OperationalError:  # no such table
+            return 0
+
+
 def test_killed_at_random_points_then_resumed_every_thread_exactly_once(project: Any, tmp_path: Path) -> None:
     data = sample_specs(150, 6, prefix=project.prefix, seed=4)
     _write_specs(tmp_path / "threads", data)
     journal = tmp_path / "j.sqlite"
     rng = random.Random(20261125)
     committed_after_kill = []
+
+    def transactions(log: list[Any]) -> int:  # the loader's own, not the atomicity probe's
+        return sum(1 for e in log if e.method == "POST" and project.prefix.encode() in e.body)
+
     with FaultProxy(project.target.base_url) as proxy:
-        proxy.add(Rule("delay", delay=0.01, method="POST"))  # a full load takes a few seconds: kills land mid-way
+        proxy.add(Rule("delay", delay=0.01, method="POST"))  # the kill lands while requests are in flight
         args = ["load", str(tmp_path / "threads"), "--journal", str(journal), "--max-entries", "3",
                 "--concurrency", "2", "--no-progress"]
         env = {**os.environ, **_env(project), "MEDPLUM_BASE_URL": proxy.url}
-        for _ in range(22):
+        for _ in range(22):  # 450 transactions in all (3 a thread); each run is killed after 4 to 24 of them
+            until = transactions(proxy.log) + rng.randint(4, 24)
             proc = subprocess.Popen([sys.executable, "-m", "bundler", *args], env=env, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(0.3, 1.2))
+            while not proxy.wait(lambda log, n=until: transactions(log) >= n, timeout=1) and proc.poll() is None:
+                pass
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            if journal.exists():
-                with sqlite3.connect(journal) as db:
-                    committed_after_kill.append(db.execute(
-                        "SELECT count(*) FROM threads WHERE state='committed'").fetchone()[0])
+            committed_after_kill.append(_committed(journal))
         final = _cli([*args, "--report", str(tmp_path / "report.json")], {**_env(project), "MEDPLUM_BASE_URL":
                                                                              proxy.url})
     assert final.returncode == 0, final.stderr
@@ -323,7 +333,7 @@ def test_secrets_never_appear_in_any_output(project: Any, tmp_path: Path) -> Non
         _cli(["load", str(spec_dir)], _env(project, secret + "-not")),
     ]
     with client_for(project) as client:
-        token = client.auth.token(client.http)
+        token = client.auth.token()
     outputs = [r.stdout + r.stderr for r in runs]
     files = [p.read_bytes().decode(errors="replace") for p in tmp_path.rglob("*") if p.is_file()]
     for text in outputs + files:
@@ -338,8 +348,8 @@ def test_identifier_system_is_part_of_the_journal_target(project: Any, tmp_path:
     with client_for(project) as client:
         load(specs, client, journal=tmp_path / "j.sqlite")
         other = load(specs, client, journal=tmp_path / "j.sqlite", identifier_system="https://example.org/t")
-        assert other.counts() == {LOADED: 2}
-        assert load(specs, client, journal=tmp_path / "j.sqlite").counts() == {SKIPPED: 2}
+        assert other.counts() == {Outcome.LOADED: 2}
+        assert load(specs, client, journal=tmp_path / "j.sqlite").counts() == {Outcome.SKIPPED: 2}
 
 
 def test_failed_thread_names_spec_line_and_outcome(project: Any, tmp_path: Path) -> None:
@@ -351,7 +361,7 @@ def test_failed_thread_names_spec_line_and_outcome(project: Any, tmp_path: Path)
     with client_for(project) as client:
         report = load(specs, client, journal=tmp_path / "j.sqlite")
         good, bad = report.threads
-        assert good.outcome == LOADED and bad.outcome == FAILED
+        assert good.outcome == Outcome.LOADED and bad.outcome == Outcome.FAILED
         line = next(n for n, text in enumerate(spec_file.read_text().splitlines(), 1) if "has space" in text)
         assert bad.error and bad.error.startswith(f"{spec_file}:")
         assert int(bad.error.split(":")[1]) <= line
@@ -359,18 +369,26 @@ def test_failed_thread_names_spec_line_and_outcome(project: Any, tmp_path: Path)
     assert DEFAULT_IDENTIFIER_SYSTEM  # the default system is what the journal target used
 
 
-def test_a_thread_the_validator_refuses_is_never_sent(project: Any, tmp_path: Path) -> None:
-    import dataclasses
-
-    good, bad = specs_for(project, 2, 2)
-    bad = dataclasses.replace(bad, source=None, messages=(dataclasses.replace(bad.messages[0], sent="yesterday"),
-                                                          *bad.messages[1:]))  # made by hand, never parsed
-    with FaultProxy(project.target.base_url) as proxy, client_for(project, proxy.url) as client:
-        report = load([good, bad], client, journal=tmp_path / "j.sqlite")
-        assert [t.outcome for t in report.threads] == [LOADED, FAILED]
-        assert "[thread.sent]" in (report.threads[1].error or "")
-        posted = b"".join(e.body for e in proxy.log if e.method == "POST")
-        assert bad.key.encode() not in posted
+def test_an_unfinished_thread_whose_spec_changed_gets_every_entry_of_the_new_spec(project: Any,
+                                                                                   tmp_path: Path) -> None:
+    # regression: the loader took "as many ids as entries" for "all entries on the server", so a row left
+    # `sent` by an interrupted run, holding the id of a message the edited spec no longer has, made it
+    # commit the edited thread without its new message
+    data = sample_specs(1, 3, prefix=project.prefix)[0]
+    journal = tmp_path / "j.sqlite"
+    with client_for(project) as client:
+        [first] = load([parse_spec(data)], client, journal=journal).threads
+        assert first.outcome == Outcome.LOADED
+        with sqlite3.connect(journal) as db:  # as if the run had been killed before its last part committed
+            db.execute("UPDATE threads SET state='sent'")
+        data["messages"][2] = {**data["messages"][2], "id": "new-message"}  # one message replaced by another
+        edited = parse_spec(data)
+        [result] = load([edited], client, journal=journal).threads
+        assert result.outcome == Outcome.RESUMED and result.created == 1, result
+        assert "new-message" in result.message_ids
+        [checked] = verify([edited], client)
+        assert checked.differences == [f"Communication/{first.message_ids['m2']}: on the server in this thread "
+                                       f"but not in the spec (identifier {edited.key}/m2)"]
 
 
 def test_a_stream_of_threads_is_loaded_a_window_at_a_time(project: Any, tmp_path: Path) -> None:
@@ -385,12 +403,10 @@ def test_a_stream_of_threads_is_loaded_a_window_at_a_time(project: Any, tmp_path
     with client_for(project) as client:
         seen: list[str] = []
         progress_calls: list[tuple[str, int]] = []
-        from bundler.load import Progress
-
-        watcher = Progress(on_thread=lambda r, n: (seen.append(r.key), progress_calls.append((r.outcome, n))))
-        report = load(stream(), client, journal=tmp_path / "j.sqlite", window=5, progress=watcher)
+        watcher = LoadWatcher(on_thread=lambda r, n: (seen.append(r.key), progress_calls.append((r.outcome, n))))
+        report = load(stream(), client, journal=tmp_path / "j.sqlite", window=5, watcher=watcher)
         assert [t.key for t in report.threads] == [s.key for s in specs]
-        assert report.counts() == {LOADED: 23} and sorted(seen) == sorted(pulled)
+        assert report.counts() == {Outcome.LOADED: 23} and sorted(seen) == sorted(pulled)
         assert all(n == 2 for _, n in progress_calls)
         assert_exactly_once(client, specs, project)
 
@@ -404,8 +420,7 @@ def test_verify_reports_what_changed_on_the_server(project: Any, tmp_path: Path)
         changed["payload"] = [{"contentString": "Edited on the server"}]
         changed["status"] = "completed"
         resp = client.http.put(f"{client.fhir_base}Communication/{message_id}", content=orjson.dumps(changed),
-                               headers={"Authorization": f"Bearer {client.auth.token(client.http)}",
-                                        "Content-Type": "application/fhir+json"})
+                               headers={"Content-Type": "application/fhir+json"})  # the client's auth
         assert resp.status_code == 200, resp.text
         [result] = verify([spec], client)
         assert not result.ok

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from ..errors import BundlerError, SpecError
-from ..medplum.client import Secrets
+from ..medplum.auth import Secrets
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 import click
 
 from ..errors import BundlerError
-from ..medplum.client import BearerToken, ClientCredentials, FhirClient
+from ..medplum.auth import BearerToken, ClientCredentials, MedplumAuth
+from ..medplum.client import FhirClient
 from .common import SECRETS
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -39,7 +40,7 @@ def make_client(base_url: str | None, client_id: str | None, client_secret: str 
     SECRETS.add(client_secret)
     SECRETS.add(token)
     if token:
-        auth: ClientCredentials | BearerToken = BearerToken(token)
+        auth: MedplumAuth = BearerToken(token)
     elif client_id and client_secret:
         auth = ClientCredentials(client_id, client_secret)
     else:

@@ -12,7 +12,7 @@ import orjson
 
 from ..build import DEFAULT_IDENTIFIER_SYSTEM
 from ..files import write_atomic
-from ..load.loader import OK_OUTCOMES, LoadReport, Progress, ThreadResult, default_journal, load
+from ..load.loader import LoadReport, LoadWatcher, ThreadResult, default_journal, load
 from ..load.verify import VerifyResult, verify
 from ..medplum.client import FhirClient
 from ..medplum.doctor import doctor
@@ -42,7 +42,7 @@ def print_load_report(report: LoadReport, *, show: int = 20) -> None:
         atomic = {True: "atomic", False: "NOT atomic (conditional creates)", None: "not probed"}[report.atomic]
         click.echo(f"\n{report.requests:,} requests in {duration(report.seconds)}; transactions {atomic}"
                    + (f"; waited {report.waited:.1f}s for the quota" if report.waited >= 0.1 else ""), err=True)
-    bad = [t for t in report.threads if t.outcome not in OK_OUTCOMES and t.outcome != "planned"]
+    bad = [t for t in report.threads if t.outcome.problem]
     for t in bad[:show]:
         click.echo(SECRETS.scrub(f"{t.outcome}: {t.key}: {t.error}"), err=True)
     if len(bad) > show:
@@ -81,13 +81,13 @@ def run_load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: Path
         if bar is not None:
             if bar.total == 0:
                 bar.total, bar.messages_total = watcher.threads, watcher.messages
-            bar.advance(messages, failed=result.outcome not in OK_OUTCOMES)
+            bar.advance(messages, failed=not result.outcome.ok)
 
-    watcher = Progress(on_thread=on_thread)
+    watcher = LoadWatcher(on_thread=on_thread)
     try:
         report = load(threads, client, journal=journal, identifier_system=identifier_system,
                       atomic=atomic,  # type: ignore[arg-type]
-                      concurrency=concurrency, max_entries=max_entries, dry_run=dry_run, progress=watcher)
+                      concurrency=concurrency, max_entries=max_entries, dry_run=dry_run, watcher=watcher)
     finally:
         if bar is not None:
             bar.close()

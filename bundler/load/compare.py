@@ -19,21 +19,14 @@ IGNORED = ("id", "meta", "text")
 def _ident(resource: Mapping[str, Any], system: str) -> str | None:
     for ident in resource.get("identifier") or ():
         if ident.get("system") == system:
-            return ident.get("value")
+            value = ident.get("value")
+            return None if value is None else str(value)
     return None
 
 
 def _differences(path: str, expected: Any, actual: Any, out: list[str], *, top: bool = False) -> None:
     if isinstance(expected, dict) and isinstance(actual, dict):
-        for key in expected.keys() | actual.keys():
-            if top and key in IGNORED:
-                continue
-            if key not in actual:
-                out.append(f"{path}.{key}: missing on the server (expected {_short(expected[key])})")
-            elif key not in expected:
-                out.append(f"{path}.{key}: on the server but not in the spec ({_short(actual[key])})")
-            else:
-                _differences(f"{path}.{key}", expected[key], actual[key], out)
+        _dict_differences(path, expected, actual, out, top=top)
     elif isinstance(expected, list) and isinstance(actual, list):
         if len(expected) != len(actual):
             out.append(f"{path}: {len(expected)} expected, {len(actual)} on the server")
@@ -41,6 +34,19 @@ def _differences(path: str, expected: Any, actual: Any, out: list[str], *, top: 
             _differences(f"{path}[{i}]", e, a, out)
     elif expected != actual:
         out.append(f"{path}: expected {_short(expected)}, got {_short(actual)}")
+
+
+def _dict_differences(path: str, expected: dict[str, Any], actual: dict[str, Any], out: list[str], *,
+                      top: bool) -> None:
+    for key in expected.keys() | actual.keys():
+        if top and key in IGNORED:
+            continue
+        if key not in actual:
+            out.append(f"{path}.{key}: missing on the server (expected {_short(expected[key])})")
+        elif key not in expected:
+            out.append(f"{path}.{key}: on the server but not in the spec ({_short(actual[key])})")
+        else:
+            _differences(f"{path}.{key}", expected[key], actual[key], out)
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -55,25 +61,11 @@ def diff_thread(spec: ThreadSpec, resources: Iterable[Mapping[str, Any]], *,
     them, in any order); an empty list when they match.
 
     `resolved` maps the spec's conditional references (`Patient?identifier=s|v`) to the literal ones
-    the server replaced them with (`Patient/<id>`), as `bundler.verify.resolve_references` finds them."""
+    the server replaced them with (`Patient/<id>`), as `bundler.load.verify.resolve_references` finds them."""
     bundle = build_bundle(spec, identifier_system=identifier_system)
-    by_ident: dict[str, Mapping[str, Any]] = {}
     out: list[str] = []
-    for resource in resources:
-        ident = _ident(resource, identifier_system)
-        if ident is None:
-            out.append(f"Communication/{resource.get('id')}: has no {identifier_system} identifier")
-        elif ident in by_ident:
-            out.append(f"{ident}: on the server twice (Communication/{by_ident[ident].get('id')} and "
-                       f"Communication/{resource.get('id')})")
-        else:
-            by_ident[ident] = resource
-    # the server's reference for each of our urns, to undo reference rewriting
-    ref_of: dict[str, str] = dict(resolved or {})
-    for entry in bundle["entry"]:
-        actual = by_ident.get(_ident(entry["resource"], identifier_system) or "")
-        if actual is not None and actual.get("id"):
-            ref_of[entry["fullUrl"]] = f"Communication/{actual['id']}"
+    by_ident = _by_identifier(resources, identifier_system, out)
+    ref_of = _server_references(bundle, by_ident, identifier_system, resolved)
     names = ["header"] + [f"messages[{i}] ({m.id})" for i, m in enumerate(spec.messages)]
     expected_idents = set()
     for name, entry in zip(names, bundle["entry"], strict=True):
@@ -82,11 +74,35 @@ def diff_thread(spec: ThreadSpec, resources: Iterable[Mapping[str, Any]], *,
         actual = by_ident.get(ident or "")
         if actual is None:
             out.append(f"{name}: not on the server (identifier {identifier_system}|{ident})")
-            continue
-        _differences(name, rewrite_references(entry["resource"], ref_of), dict(actual), out, top=True)
-    for ident, resource in by_ident.items():
-        if ident not in expected_idents:
-            out.append(f"Communication/{resource.get('id')}: on the server in this thread but not in the spec "
-                       f"(identifier {ident})")
+        else:
+            _differences(name, rewrite_references(entry["resource"], ref_of), dict(actual), out, top=True)
+    out += [f"Communication/{resource.get('id')}: on the server in this thread but not in the spec (identifier {ident})"
+            for ident, resource in by_ident.items() if ident not in expected_idents]
     return out
 
+
+def _server_references(bundle: Mapping[str, Any], by_ident: Mapping[str, Mapping[str, Any]], system: str,
+                       resolved: Mapping[str, str] | None) -> dict[str, str]:
+    """The server's reference for each of our fullUrls (and conditional references), to undo its rewriting."""
+    ref_of: dict[str, str] = dict(resolved or {})
+    for entry in bundle["entry"]:
+        actual = by_ident.get(_ident(entry["resource"], system) or "")
+        if actual is not None and actual.get("id"):
+            ref_of[entry["fullUrl"]] = f"Communication/{actual['id']}"
+    return ref_of
+
+
+def _by_identifier(resources: Iterable[Mapping[str, Any]], system: str, out: list[str]
+                   ) -> dict[str, Mapping[str, Any]]:
+    """`resources` by their `system` identifier's value; those without one, or twice, are differences."""
+    by_ident: dict[str, Mapping[str, Any]] = {}
+    for resource in resources:
+        ident = _ident(resource, system)
+        if ident is None:
+            out.append(f"Communication/{resource.get('id')}: has no {system} identifier")
+        elif ident in by_ident:
+            out.append(f"{ident}: on the server twice (Communication/{by_ident[ident].get('id')} and "
+                       f"Communication/{resource.get('id')})")
+        else:
+            by_ident[ident] = resource
+    return by_ident

@@ -1,14 +1,18 @@
 """The load journal: what happened to each thread, on disk, so a load survives a crash, Ctrl-C or kill -9.
 
-One SQLite file (WAL, every change committed at once). A thread is `pending` until a request for it is
-sent; `sent` while a request is in flight or its outcome is unknown; `committed` with its server ids;
-`partial` when some of it is on the server and the rest failed; `failed` with why. Rows are keyed by
-target (server root + identifier system) and thread key, so one journal can serve several servers
-without mixing them up. No secret ever goes in.
+One SQLite file (WAL, every change committed at once). A thread of which neither the journal nor the
+server has anything gets no row before its first request: should that request's answer be lost, the
+next run finds what arrived by the thread's identifiers, as it does for every thread without a row.
+From then on the row is `sent` while a request is in flight or its outcome unknown (`in_flight`), or
+while parts are still to come; `committed` with all its server ids; `partial` when some of it is on
+the server and the rest failed; `failed` with why.
+Rows are keyed by target (server root + identifier system) and thread key, so one journal can serve
+several servers without mixing them up. No secret ever goes in.
 """
 
 from __future__ import annotations
 
+import enum
 import sqlite3
 import threading
 import time
@@ -17,7 +21,16 @@ from pathlib import Path
 
 import orjson
 
-PENDING, SENT, COMMITTED, PARTIAL, FAILED = "pending", "sent", "committed", "partial", "failed"
+from ..errors import BundlerError
+
+
+class State(enum.StrEnum):
+    """A thread's state in the journal (the value is what the file holds)."""
+
+    SENT = "sent"
+    COMMITTED = "committed"
+    PARTIAL = "partial"
+    FAILED = "failed"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS threads (
@@ -40,7 +53,7 @@ class Entry:
     of a request whose outcome is not known yet."""
 
     key: str
-    state: str
+    state: State
     fingerprint: str
     ids: dict[str, str] = field(default_factory=dict)
     in_flight: list[str] = field(default_factory=list)
@@ -80,8 +93,16 @@ class Journal:
                     f"SELECT key, state, fingerprint, ids, in_flight, error FROM threads WHERE target=? AND key IN "
                     f"({','.join('?' * len(chunk))})", (self.target, *chunk)).fetchall()
             for row in rows:
-                out[row[0]] = Entry(row[0], row[1], row[2], orjson.loads(row[3]), orjson.loads(row[4]), row[5])
+                out[row[0]] = Entry(row[0], self._state(row[0], row[1]), row[2], orjson.loads(row[3]),
+                                    orjson.loads(row[4]), row[5])
         return out
+
+    def _state(self, key: str, value: str) -> State:
+        try:
+            return State(value)
+        except ValueError:
+            raise BundlerError(f"{self.path}: thread {key!r} has the unknown state {value!r}: not a journal this "
+                               "version of thread-bundler wrote") from None
 
     def put(self, entry: Entry) -> None:
         with self._lock:

@@ -2,9 +2,10 @@
 
 A thread goes as one transaction when it fits (1 MB body, `max_entries`). When it does not, it is cut
 into parts sent in order: the first holds the header, later ones point at entries already on the server
-by their server ids (`Communication/<id>`), and at entries of their own part by `urn:uuid:`. Each part
-is atomic on its own. In conditional mode (a project without atomic transactions) the header goes
-alone first and every entry is a conditional create on its identifier, so re-sending is harmless.
+by their server ids (`Communication/<id>`), and at entries of their own part by `urn:uuid:`. On a
+project with atomic transactions each part is atomic on its own. In conditional mode (a project
+without them) the header goes alone first and every entry is a conditional create on its identifier,
+so re-sending is harmless.
 """
 
 from __future__ import annotations
@@ -27,7 +28,11 @@ class TooLarge(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
+class RequestLimits:
+    """How big one request may be (what the loader cuts threads to; `bundler.check.limits.Limits` is the
+    validator's server profile). `conditional`: every entry a conditional create, at most
+    MAX_CONDITIONAL_ENTRIES of them."""
+
     max_bytes: int = SAFE_MAX_BYTES
     max_entries: int | None = None
     conditional: bool = False
@@ -42,7 +47,7 @@ def entry_sizes(bundle: Mapping[str, Any]) -> list[int]:
     return sizes
 
 
-def cut(indexes: Sequence[int], sizes: Sequence[int], limits: Limits) -> list[list[int]]:
+def cut(indexes: Sequence[int], sizes: Sequence[int], limits: RequestLimits) -> list[list[int]]:
     """Group entry `indexes` (in order) into parts within `limits`; entry 0, the header, leads alone in
     conditional mode. Raises TooLarge for an entry that cannot fit in any request."""
     max_entries = limits.max_entries or 1 << 30
@@ -52,10 +57,7 @@ def cut(indexes: Sequence[int], sizes: Sequence[int], limits: Limits) -> list[li
     current: list[int] = []
     size = _ENVELOPE
     for i in indexes:
-        extra = sizes[i] + (96 if limits.conditional else 0)  # room for ifNoneExist
-        if _ENVELOPE + extra > limits.max_bytes:
-            raise TooLarge(f"entry {i} is {sizes[i]:,} bytes: more than one request may carry "
-                           f"({limits.max_bytes:,} bytes)")
+        extra = _room(i, sizes[i], limits)
         if current and (size + extra > limits.max_bytes or len(current) >= max_entries
                         or (limits.conditional and current == [0])):
             parts.append(current)
@@ -65,6 +67,15 @@ def cut(indexes: Sequence[int], sizes: Sequence[int], limits: Limits) -> list[li
     if current:
         parts.append(current)
     return parts
+
+
+def _room(index: int, size: int, limits: RequestLimits) -> int:
+    """The bytes entry `index` takes in a request (with its ifNoneExist in conditional mode)."""
+    extra = size + (96 if limits.conditional else 0)
+    if _ENVELOPE + extra > limits.max_bytes:
+        raise TooLarge(f"entry {index} is {size:,} bytes: more than one request may carry "
+                       f"({limits.max_bytes:,} bytes)")
+    return extra
 
 
 def part_bundle(bundle: Mapping[str, Any], indexes: Sequence[int], known: Mapping[str, str], *,

@@ -7,34 +7,37 @@ What it promises its callers:
 - a request that may have been applied (timeout or connection lost after sending, 502/503/504) raises
   `UnknownOutcome` and is NOT retried: only the caller can reconcile it (search, then record or re-send);
 - reads (GET, search) are idempotent and retried on any transient failure;
-- one OAuth2 token is shared by every thread, renewed shortly before expiry and once on a 401;
-- the client secret and tokens never appear in an exception or log line.
+- one OAuth2 token is shared by every thread, renewed shortly before expiry and once on a 401 (`auth`);
+- the client secret and tokens never appear in an exception it raises.
+
+`ClientCredentials`, `BearerToken`, `Secrets` and `Unreachable` live in `auth` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
-import orjson
 
 from ..errors import AuthError, BundlerError, ServerError, UnknownOutcome
-from ..vocabulary import READ_POINTS, SEARCH_POINTS, WRITE_POINTS, fhir_base, identifier_token, server_root, token_url
+from ..vocabulary import READ_POINTS, SEARCH_POINTS, WRITE_POINTS, fhir_base, identifier_token, server_root
+from .auth import BearerToken, ClientCredentials, MedplumAuth, Secrets, Unreachable, json_body
 from .ratelimit import Pacer, parse_ratelimit
 
+__all__ = ["BearerToken", "ClientCredentials", "FhirClient", "MedplumAuth", "Secrets", "Throttled", "Unreachable",
+           "is_loopback", "outcome_text"]
+
 USER_AGENT = "thread-bundler/0.1"
+FHIR_JSON = "application/fhir+json"
 RETRY_STATUSES_UNKNOWN = {502, 503, 504}
-
-
-class Unreachable(BundlerError):
-    """The server could not be reached at all (nothing was sent)."""
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)  # failed before a byte was sent
 
 
 class Throttled(ServerError):
@@ -54,106 +57,20 @@ def outcome_text(outcome: Any) -> str:
     """The human text of an OperationOutcome (every issue's details/diagnostics, with its expression)."""
     if not isinstance(outcome, dict) or outcome.get("resourceType") != "OperationOutcome":
         return ""
-    texts = []
-    for issue in outcome.get("issue") or ():
-        text = (issue.get("details") or {}).get("text") or issue.get("diagnostics") or issue.get("code") or "error"
-        where = issue.get("expression") or issue.get("location")
-        texts.append(f"{text} ({', '.join(where)})" if where else text)
-    return "; ".join(texts)
+    return "; ".join(_issue_text(issue) for issue in outcome.get("issue") or ())
 
 
-@dataclass
-class Secrets:
-    """Strings that must never be shown; `scrub` removes them from any text we print or store."""
-
-    values: set[str]
-
-    def add(self, value: str | None) -> None:
-        if value and len(value) >= 4:
-            self.values.add(value)
-
-    def scrub(self, text: str) -> str:
-        for value in self.values:
-            text = text.replace(value, "***")
-        return text
-
-
-class ClientCredentials:
-    """OAuth2 client credentials at `{base}/oauth2/token`, one token shared by all threads."""
-
-    def __init__(self, client_id: str, client_secret: str, *, token_url: str | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.client_id = client_id
-        self._secret = client_secret
-        self.token_url = token_url
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._token: str | None = None
-        self._expires = 0.0
-        self.logins = 0
-
-    def __repr__(self) -> str:
-        return f"ClientCredentials(client_id={self.client_id!r}, client_secret=***)"
-
-    def secrets(self) -> list[str]:
-        return [self._secret] + ([self._token] if self._token else [])
-
-    def token(self, http: httpx.Client, *, renew: bool = False, stale: str | None = None) -> str:
-        with self._lock:
-            if renew and stale is not None and self._token != stale:
-                return self._token or self._login(http)  # another thread already renewed it
-            if renew or self._token is None or self._clock() >= self._expires:
-                return self._login(http)
-            return self._token
-
-    def _login(self, http: httpx.Client) -> str:
-        assert self.token_url is not None
-        form = {"grant_type": "client_credentials", "client_id": self.client_id, "client_secret": self._secret}
-        try:
-            resp = http.post(self.token_url, data=form, headers={"Accept": "application/json"})
-        except httpx.TransportError as exc:
-            raise Unreachable(f"cannot reach {self.token_url}: {type(exc).__name__}") from None
-        body: Any = _json(resp)
-        if resp.status_code != 200 or not isinstance(body, dict) or "access_token" not in body:
-            why = (body.get("error_description") or body.get("error")) if isinstance(body, dict) else None
-            raise AuthError(f"login refused by {self.token_url} (HTTP {resp.status_code}"
-                            f"{': ' + str(why) if why else ''}): check the client id and secret",
-                            status=resp.status_code)
-        self.logins += 1
-        self._token = str(body["access_token"])
-        lifetime = float(body.get("expires_in") or 3600)
-        self._expires = self._clock() + lifetime - min(60.0, lifetime / 10)  # renew a little before expiry
-        return self._token
-
-
-class BearerToken:
-    """A ready bearer token (`--token`): used as is, never renewed."""
-
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    def __repr__(self) -> str:
-        return "BearerToken(***)"
-
-    def secrets(self) -> list[str]:
-        return [self._token]
-
-    def token(self, http: httpx.Client, *, renew: bool = False, stale: str | None = None) -> str:
-        if renew:
-            raise AuthError("the server refused the bearer token given with --token (expired?)", status=401)
-        return self._token
-
-
-def _json(resp: httpx.Response) -> Any:
-    try:
-        return orjson.loads(resp.content) if resp.content else None
-    except orjson.JSONDecodeError:
-        return None
+def _issue_text(issue: dict[str, Any]) -> str:
+    text = (issue.get("details") or {}).get("text") or issue.get("diagnostics") or issue.get("code") or "error"
+    where = issue.get("expression") or issue.get("location")
+    return f"{text} ({', '.join(where)})" if where else str(text)
 
 
 def _backoff(attempt: int, *, base: float = 0.25, cap: float = 20.0) -> float:
     """Full-jitter exponential backoff."""
     return random.uniform(0, min(cap, base * 2**attempt))
+
+
 
 
 class FhirClient:
@@ -162,34 +79,30 @@ class FhirClient:
         client = FhirClient("https://api.medplum.com/", ClientCredentials(id, secret))
         response = client.transaction(bundle_bytes)     # the response Bundle, as a dict
         resources = client.search("Communication", {"identifier": "urn:x|t1"})
+
+    `auth` is bound to this client (`client.auth` is that copy; the caller's object is not changed) and is
+    also `http`'s default auth, so a request made with `client.http` directly is authenticated too.
+    `requests` counts the FHIR requests sent (every attempt, logins not included).
     """
 
-    def __init__(self, base_url: str, auth: ClientCredentials | BearerToken, *, timeout: float = 60.0,
+    def __init__(self, base_url: str, auth: MedplumAuth, *, timeout: float = 60.0,
                  allow_insecure: bool = False, verify: bool = True, transport: httpx.BaseTransport | None = None,
                  pacer: Pacer | None = None, max_attempts: int = 8, concurrency: int = 8,
                  secrets: Secrets | None = None) -> None:
-        root = server_root(base_url)
-        parts = urlsplit(root)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BundlerError(f"not an http(s) base URL: {base_url!r}")
-        if parts.scheme == "http" and not is_loopback(parts.hostname) and not allow_insecure:
-            raise BundlerError(f"refusing plain http to {parts.hostname}: use https, or --allow-insecure")
-        self.root = root
-        self.fhir_base = fhir_base(root)
-        self.auth = auth
-        if isinstance(auth, ClientCredentials) and auth.token_url is None:
-            auth.token_url = token_url(root)
+        self.root = _checked_root(base_url, allow_insecure=allow_insecure)
+        self.fhir_base = fhir_base(self.root)
         self.pacer = pacer or Pacer()
         self.max_attempts = max_attempts
         self.secrets = secrets if secrets is not None else Secrets(set())
-        for value in auth.secrets():
-            self.secrets.add(value)
-        limits = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=concurrency + 2)
-        self.http = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0), verify=verify, transport=transport,
-                                 limits=limits, headers={"User-Agent": USER_AGENT})
         self.requests = 0
         self.last_ratelimit: list[str] = []
         self._count_lock = threading.Lock()
+        limits = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=concurrency + 2)
+        self.http = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0), verify=verify, transport=transport,
+                                 limits=limits, headers={"User-Agent": USER_AGENT},
+                                 event_hooks={"request": [self._count]})
+        self.auth = auth.bind(self.root, self.http, self.secrets)
+        self.http.auth = self.auth
 
     def close(self) -> None:
         self.http.close()
@@ -202,62 +115,63 @@ class FhirClient:
 
     # --- requests ----------------------------------------------------------------------------------
 
-    def _send(self, method: str, url: str, *, content: bytes | None = None, cost: float = 0,
-              idempotent: bool) -> httpx.Response:
-        """One logical request with auth, pacing, and the retries that are safe for it."""
-        renewed = False
-        attempt = 0
-        while True:
-            attempt += 1
-            self.pacer.wait(cost)
-            token = self.auth.token(self.http)
-            self.secrets.add(token)
-            headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
-            if content is not None:
-                headers["Content-Type"] = "application/fhir+json"
+    def _count(self, request: httpx.Request) -> None:
+        if str(request.url).startswith(self.fhir_base):
             with self._count_lock:
                 self.requests += 1
+
+    def _send(self, method: str, url: str, *, content: bytes | None = None, cost: float = 0,
+              idempotent: bool) -> httpx.Response:
+        """One logical request, paced, with the retries that are safe for it (auth renews itself)."""
+        headers = {"Accept": FHIR_JSON} | ({"Content-Type": FHIR_JSON} if content is not None else {})
+        for attempt in itertools.count(1):
+            self.pacer.wait(cost)
             try:
                 resp = self.http.request(method, url, content=content, headers=headers)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                self.pacer.done(cost)
-                if attempt >= self.max_attempts:
-                    raise Unreachable(f"cannot reach {self.root}: {type(exc).__name__} "
-                                      f"(after {attempt} attempts)") from None
-                time.sleep(_backoff(attempt))
+            except httpx.TransportError as exc:
+                self._transport_failed(exc, f"{method} {url}", attempt, idempotent=idempotent)
                 continue
-            except httpx.TransportError as exc:  # sent, or maybe sent: the outcome is unknown
+            finally:
                 self.pacer.done(cost)
-                if idempotent and attempt < self.max_attempts:
-                    time.sleep(_backoff(attempt))
-                    continue
-                raise UnknownOutcome(f"{method} {url}: {type(exc).__name__} after sending") from None
-            self.pacer.done(cost)
             if ratelimit := resp.headers.get_list("RateLimit"):
                 self.last_ratelimit = ratelimit
                 self.pacer.update(parse_ratelimit(ratelimit))
-            if resp.status_code == 401 and not renewed:
-                renewed = True
-                self.auth.token(self.http, renew=True, stale=token)
-                continue
-            if resp.status_code == 429:
-                limits = parse_ratelimit(resp.headers.get_list("RateLimit"))
-                wait = max((lim.reset for lim in limits.values() if lim.remaining <= 0), default=0.0)
-                self.pacer.blocked(wait or _backoff(attempt, base=1.0))
-                if attempt < self.max_attempts * 4:
-                    continue
-                raise Throttled(f"{method} {url}: still throttled after {attempt} attempts", status=429,
-                                outcome=_json(resp))
-            if resp.status_code in RETRY_STATUSES_UNKNOWN:
-                if idempotent and attempt < self.max_attempts:
-                    time.sleep(_backoff(attempt))
-                    continue
-                if not idempotent:
-                    raise UnknownOutcome(f"{method} {url}: HTTP {resp.status_code} from the server or a gateway")
-            return resp
+            if not self._again(resp, f"{method} {url}", attempt, idempotent=idempotent):
+                return resp
+        raise AssertionError("unreachable")  # itertools.count never ends
+
+    def _transport_failed(self, exc: httpx.TransportError, what: str, attempt: int, *, idempotent: bool) -> None:
+        """Back off before the next attempt, or raise: Unreachable when the request certainly did not reach
+        the server, UnknownOutcome when it may have been applied and may not be sent blindly again."""
+        if isinstance(exc, NOT_SENT):
+            if attempt >= self.max_attempts:
+                raise Unreachable(f"cannot reach {self.root}: {type(exc).__name__} "
+                                  f"(after {attempt} attempts)") from None
+        elif not idempotent or attempt >= self.max_attempts:
+            raise UnknownOutcome(f"{what}: {type(exc).__name__} after sending") from None
+        time.sleep(_backoff(attempt))
+
+    def _again(self, resp: httpx.Response, what: str, attempt: int, *, idempotent: bool) -> bool:
+        """Whether to send the request again after `resp` (having waited as long as it should); raises
+        Throttled when the server keeps refusing for quota, UnknownOutcome for a gateway error on a write."""
+        if resp.status_code == 429:
+            limits = parse_ratelimit(resp.headers.get_list("RateLimit"))
+            wait = max((lim.reset for lim in limits.values() if lim.remaining <= 0), default=0.0)
+            self.pacer.blocked(wait or _backoff(attempt, base=1.0))
+            if attempt < self.max_attempts * 4:
+                return True
+            raise Throttled(f"{what}: still throttled after {attempt} attempts", status=429, outcome=json_body(resp))
+        if resp.status_code not in RETRY_STATUSES_UNKNOWN:
+            return False
+        if not idempotent:
+            raise UnknownOutcome(f"{what}: HTTP {resp.status_code} from the server or a gateway")
+        if attempt < self.max_attempts:
+            time.sleep(_backoff(attempt))
+            return True
+        return False
 
     def _check(self, resp: httpx.Response, what: str) -> Any:
-        body = _json(resp)
+        body = json_body(resp)
         if resp.status_code < 300:
             return body
         text = outcome_text(body) or resp.reason_phrase
@@ -305,15 +219,7 @@ class FhirClient:
         """`system|value` → server id, for those of `identifiers` that exist; many per search request."""
         wanted = set(identifiers)
         found: dict[str, str] = {}
-        chunks: list[list[str]] = [[]]
-        length = 0
-        for ident in dict.fromkeys(identifiers):
-            if chunks[-1] and (length + len(ident) > max_url or len(chunks[-1]) >= 100):
-                chunks.append([])
-                length = 0
-            chunks[-1].append(ident)
-            length += len(ident) + 3
-        for chunk in filter(None, chunks):
+        for chunk in _chunks(identifiers, max_url=max_url, most=100):
             tokens = ",".join(identifier_token(*ident.split("|", 1)) for ident in chunk)
             params = {"identifier": tokens, "_count": str(min(1000, 2 * len(chunk) + 10)),
                       "_elements": "identifier"}
@@ -325,6 +231,31 @@ class FhirClient:
         return found
 
     def all_secrets(self) -> Secrets:
+        """Every secret this client knows (the auth's, every token it got), to scrub text with."""
         for value in self.auth.secrets():
             self.secrets.add(value)
         return self.secrets
+
+
+def _checked_root(base_url: str, *, allow_insecure: bool) -> str:
+    root = server_root(base_url)
+    parts = urlsplit(root)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BundlerError(f"not an http(s) base URL: {base_url!r}")
+    if parts.scheme == "http" and not is_loopback(parts.hostname) and not allow_insecure:
+        raise BundlerError(f"refusing plain http to {parts.hostname}: use https, or --allow-insecure")
+    return root
+
+
+def _chunks(identifiers: Sequence[str], *, max_url: int, most: int) -> Iterator[list[str]]:
+    """`identifiers`, each once, in groups of at most `most` whose search URL stays under about `max_url`."""
+    chunk: list[str] = []
+    length = 0
+    for ident in dict.fromkeys(identifiers):
+        if chunk and (length + len(ident) > max_url or len(chunk) >= most):
+            yield chunk
+            chunk, length = [], 0
+        chunk.append(ident)
+        length += len(ident) + 3
+    if chunk:
+        yield chunk

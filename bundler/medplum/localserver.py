@@ -105,7 +105,7 @@ def _file_lock(path: Path) -> Iterator[None]:
     """An exclusive inter-process lock on ``path`` (blocking)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as handle:
-        if os.name == "nt":  # pragma: no cover - Windows
+        if sys.platform == "win32":  # pragma: no cover - Windows (mypy checks this branch for win32 only)
             import msvcrt
 
             while True:
@@ -247,7 +247,7 @@ def _config_payload(settings: dict[str, Any]) -> dict[str, Any]:
                 quota["enabled"] = value
             elif isinstance(value, dict):
                 for qk, qv in value.items():
-                    name = _QUOTA_KEYS.get(qk, _QUOTA_KEYS.get(f"quota_{qk}", qk))
+                    name = _QUOTA_KEYS.get(qk) or _QUOTA_KEYS.get(f"quota_{qk}") or str(qk)
                     quota[name] = qv
             else:
                 raise TypeError("quota must be a bool or a dict")

@@ -75,14 +75,14 @@ class Pacer:
             for limit in limits.values():  # any policy spent: nobody sends until it renews
                 if limit.remaining <= 0:
                     self._blocked_until = max(self._blocked_until, now + limit.reset)
-            limit = limits.get(self._policy)
-            if limit is not None:
+            ours = limits.get(self._policy)
+            if ours is not None:
                 # the server rounds the seconds up: half a second less is the better guess
-                left = max(limit.reset - 0.5, 0.5)
-                self._remaining, self._renews = limit.remaining, now + left
-                self._most = max(self._most, limit.remaining)
-                if limit.remaining > 0:
-                    self._rate = limit.remaining / left
+                left = max(ours.reset - 0.5, 0.5)
+                self._remaining, self._renews = ours.remaining, now + left
+                self._most = max(self._most, ours.remaining)
+                if ours.remaining > 0:
+                    self._rate = ours.remaining / left
 
     def blocked(self, seconds: float) -> None:
         """The server refused us (429): nobody sends until `seconds` from now."""
