@@ -12,7 +12,7 @@ from .build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, bundle_bytes, dumps
 from .check.validate import validate
 from .errors import Problem, SpecError
 from .files import write_atomic
-from .spec.model import ThreadSpec, load_specs
+from .spec import ThreadSpec, load_specs
 
 
 def bundle_filename(key: str) -> str:

@@ -91,6 +91,19 @@ def instant_problem(value: str) -> str | None:
     return None
 
 
+def is_instant(value: str) -> bool:
+    """Whether `value` is a real FHIR instant: `instant_problem(value) is None`, answered without building a
+    datetime when the date and time cannot be out of range (days 1-28, hours 0-23, offsets within ±13:59)."""
+    m = _INSTANT.fullmatch(value)
+    if m is None:
+        return False
+    year, month, day, hour, minute, second, _, zone = m.groups()
+    if (year != "0000" and "01" <= month <= "12" and "01" <= day <= "28" and hour <= "23" and minute <= "59"
+            and second <= "59" and (zone == "Z" or (zone[1:3] <= "13" and zone[4:] <= "59"))):
+        return True
+    return instant_problem(value) is None
+
+
 def micros(moment: dt.datetime) -> int:
     """Microseconds since the epoch of an aware datetime: the sort key of a message."""
     return (moment - _EPOCH) // _US
@@ -248,6 +261,26 @@ def identifier_token(system: str, value: str) -> str:
 def conditional_reference(resource_type: str, system: str, value: str) -> str:
     """`Type?identifier=system|value`: a reference the server resolves to the one resource with it."""
     return f"{resource_type}?identifier={identifier_token(system, value)}"
+
+
+# --- the spec format's own names ---------------------------------------------------------------------
+
+KEY_PATTERN: Final = r"[A-Za-z0-9._:-]{1,128}"
+"""A thread key or message id (it becomes an identifier value, `key` or `key/id`, and a file name)."""
+KEY_HINT: Final = "must be 1-128 letters, digits, '.', '_', '-' or ':'"
+ALIAS_PATTERN: Final = r"[A-Za-z0-9._-]{1,64}"
+"""A participant alias: what a spec's sender, recipient and subject name a participant by."""
+ALIAS_HINT: Final = "is not a valid alias: use 1-64 letters, digits, '.', '_' or '-'"
+_KEY = re.compile(KEY_PATTERN)
+_ALIAS = re.compile(ALIAS_PATTERN)
+
+
+def is_key(value: str) -> bool:
+    return _KEY.fullmatch(value) is not None
+
+
+def is_alias(value: str) -> bool:
+    return _ALIAS.fullmatch(value) is not None
 
 
 # --- identifier systems ------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import orjson
 
 from ..build import build_bundle
 from ..errors import Problem, SpecError
-from ..spec.model import check_document, read_documents, spec_files
+from ..spec import check_document, read_documents, spec_files
 from ..spec.source import Document, parse_json
 from .issues import Issue
 from .limits import Limits

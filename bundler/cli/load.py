@@ -16,7 +16,7 @@ from ..load.loader import OK_OUTCOMES, LoadReport, Progress, ThreadResult, defau
 from ..load.verify import VerifyResult, verify
 from ..medplum.client import FhirClient
 from ..medplum.doctor import doctor
-from ..spec.model import ThreadSpec, load_specs
+from ..spec import ThreadSpec, load_specs
 from .build import _check_system
 from .common import EXIT_ISSUES, EXIT_OK, SECRETS, report_errors
 from .connect import connection_options, with_client
