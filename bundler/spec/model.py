@@ -20,7 +20,7 @@ the attributes and the constructors' keywords. Positions of a spec read from a f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
 from typing import Annotated, Any, ClassVar, Self, TypeVar
 
 from pydantic import (
@@ -43,7 +43,6 @@ from .problems import describe, expected, fail, problems_of, reraise
 from .scalars import (
     CODING_STRING_SCHEMA,
     Alias,
-    AliasName,
     AliasOrReference,
     Instant,
     Key,
@@ -57,18 +56,16 @@ from .scalars import (
     ParticipantReference,
     Status,
     Text,
-    check_alias,
+    as_alias,
+    as_alias_or_reference,
+    as_key,
     check_alias_name,
-    check_alias_or_reference,
-    check_key,
     not_allowed,
 )
 from .source import Document, Path_
 
 __all__ = ["DEFAULT_STATUS", "Attachment", "Coding", "Message", "Participant", "Participants", "ThreadSpec",
            "check_document", "parse_spec"]
-
-_PYTHON: Any = {"by_alias": False, "by_name": True}  # how the constructors validate: by Python names
 
 
 class _Model(BaseModel):
@@ -80,7 +77,7 @@ class _Model(BaseModel):
     def _validate(self, data: dict[str, Any]) -> None:
         """The constructors' work: validate `data` (by Python names) into self; SpecError listing every problem."""
         try:
-            self.__pydantic_validator__.validate_python(data, self_instance=self, **_PYTHON)
+            self.__pydantic_validator__.validate_python(data, self_instance=self, by_alias=False, by_name=True)
         except ValidationError as exc:
             raise SpecError(problems_of(exc, Document("<spec>", data), type(self))) from None
 
@@ -126,14 +123,15 @@ def _without_defaults(**values: Any) -> dict[str, Any]:
 class Participant(_Model):
     """A person or thing in the thread: `alias` (its key in `participants`) → a reference, and a display name."""
 
-    alias: SkipJsonSchema[AliasName] = Field(exclude=True)
+    alias: SkipJsonSchema[Alias] = Field(exclude=True)
     reference: ParticipantReference = Field(description="Type/id or Type?identifier=system|value: a resource "
                                                         "FHIR R4 allows as a Communication's recipient.")
     display: OptionalText = Field(None, description="The name shown for the participant.")
 
     @_constructor
     def __init__(self, alias: str, reference: str, display: str | None = None) -> None:
-        self._validate(_without_defaults(alias=alias, reference=reference, display=display))
+        self._validate({"alias": alias, "reference": reference} if display is None else
+                       {"alias": alias, "reference": reference, "display": display})
 
 
 class Participants(Mapping[str, Participant]):
@@ -166,6 +164,18 @@ class Participants(Mapping[str, Participant]):
 
     def __contains__(self, alias: object) -> bool:
         return alias in self._items
+
+    def keys(self) -> KeysView[str]:  # (the dict's own views: the builder reads them for every thread)
+        return self._items.keys()
+
+    def values(self) -> ValuesView[Participant]:
+        return self._items.values()
+
+    def items(self) -> ItemsView[str, Participant]:
+        return self._items.items()
+
+    def get(self, alias: str, default: Any = None) -> Any:
+        return self._items.get(alias, default)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Participants):
@@ -206,6 +216,9 @@ def _participants(value: Any) -> Participants:
     out: dict[str, Participant] = {}
     errors: list[ErrorDetails] = []
     for key, entry in value.items():
+        if type(entry) is Participant and entry.alias == key and key not in out:  # made in Python: checked already
+            out[key] = entry
+            continue
         try:
             alias = check_alias_name(key)
         except PydanticCustomError as exc:
@@ -321,21 +334,24 @@ class Message(_Model):
     def __init__(self, id: str, sender: str, sent: str, text: str | None = None,
                  attachments: Sequence[Attachment] = (), recipient: Sequence[str] | None = None,
                  reply_to: str | None = None, status: str | None = None) -> None:
-        self._validate(_without_defaults(id=id, sender=sender, sent=sent, text=text, attachments=attachments,
-                                         recipient=recipient, reply_to=reply_to, status=status))
+        data: dict[str, Any] = {"id": id, "sender": sender, "sent": sent}  # (written out: migrate makes many)
+        if text is not None:
+            data["text"] = text
+        if attachments:
+            data["attachments"] = attachments
+        if recipient is not None:
+            data["recipient"] = recipient
+        if reply_to is not None:
+            data["reply_to"] = reply_to
+        if status is not None:
+            data["status"] = status
+        self._validate(data)
 
-    @model_validator(mode="wrap")
-    @classmethod
-    def _has_content(cls, data: Any, handler: ModelWrapValidatorHandler[Message]) -> Message:
-        try:
-            message = handler(data)
-        except ValidationError as exc:  # said beside the other problems, as long as data shows it
-            if isinstance(data, dict) and "text" not in data and "attachments" not in data:
-                raise reraise([*exc.errors(include_url=False), _error(_NO_CONTENT, (), data)]) from None
-            raise
-        if message.text is None and not message.attachments:
+    @model_validator(mode="after")
+    def _has_content(self) -> Self:  # (when a field failed, `_MessageView` says it beside their problems)
+        if self.text is None and not self.attachments:
             raise fail(_NO_CONTENT)
-        return message
+        return self
 
     @classmethod
     def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
@@ -350,14 +366,14 @@ class Message(_Model):
         out: dict[str, Any] = {} if self.id == str(position) else {"id": self.id}
         out["sender"] = self.sender
         out["sent"] = self.sent
-        if self.text is not None:
-            out["text"] = self.text
-        if self.attachments:
-            out["attachments"] = [a.to_data() for a in self.attachments]
         if self.recipient is not None:
             out["recipient"] = list(self.recipient)
         if self.reply_to is not None:
             out["reply_to"] = self.reply_to
+        if self.text is not None:
+            out["text"] = self.text
+        if self.attachments:
+            out["attachments"] = [a.to_data() for a in self.attachments]
         if self.status is not None:
             out["status"] = self.status
         return out
@@ -417,9 +433,10 @@ class ThreadSpec(_Model):
         except ValidationError as exc:
             errors = exc.errors(include_url=False)
             if isinstance(data, dict):
-                errors += _meaning(*_Partial.read(data), defaults)
+                said = {(e["loc"], e["msg"]) for e in errors}
+                errors += [e for e in _meaning(*_Partial.read(data), defaults) if (e["loc"], e["msg"]) not in said]
             raise reraise(errors) from None
-        errors = _meaning(spec.participants, spec.messages, spec.subject, spec.sender, defaults)
+        errors = _meaning(spec.participants._items, spec.messages, spec.subject, spec.sender, defaults)
         if errors:
             raise reraise(errors)
         return spec
@@ -467,25 +484,31 @@ class ThreadSpec(_Model):
 def _default_ids(data: dict[str, Any]) -> tuple[dict[str, Any], frozenset[int]]:
     """A message without an id gets its 1-based position: `data` with those ids filled, and their indexes."""
     messages = data.get("messages")
-    if not isinstance(messages, list | tuple) or all(type(m) is not dict or "id" in m for m in messages):
+    if type(messages) is not list and type(messages) is not tuple:
         return data, frozenset()
-    filled = [m if type(m) is not dict or "id" in m else {**m, "id": str(i + 1)} for i, m in enumerate(messages)]
-    defaults = frozenset(i for i, m in enumerate(messages) if type(m) is dict and "id" not in m)
-    return {**data, "messages": filled}, defaults
+    filled: list[Any] | None = None
+    for i, m in enumerate(messages):
+        if type(m) is dict and "id" not in m:
+            if filled is None:
+                filled = list(messages)
+            filled[i] = {**m, "id": str(i + 1)}
+    if filled is None:
+        return data, frozenset()
+    return {**data, "messages": filled}, frozenset(i for i, m in enumerate(messages) if filled[i] is not m)
 
 
 class _MessageView:
     """The parts of a message the meaning rules read, from data that did not validate: None where invalid."""
 
-    __slots__ = ("id", "recipient", "reply_to", "sender")
+    __slots__ = ("empty", "id", "recipient", "reply_to", "sender")
 
     def __init__(self, data: Mapping[str, Any]) -> None:
-        self.id = _valid(check_key, data.get("id"))
-        self.sender = _valid(check_alias, data.get("sender"))
-        self.reply_to = _valid(check_key, data.get("reply_to"))
+        self.empty = "text" not in data and "attachments" not in data
+        self.id = as_key(data.get("id"))
+        self.sender = as_alias(data.get("sender"))
+        self.reply_to = as_key(data.get("reply_to"))
         recipient = data.get("recipient")
-        self.recipient = (tuple(r if isinstance(r, str) else str(r) for r in recipient)
-                          if isinstance(recipient, list | tuple) else None)
+        self.recipient = tuple(map(str, recipient)) if isinstance(recipient, list | tuple) else None
 
 
 class _Partial:
@@ -507,73 +530,79 @@ class _Partial:
         raw = data.get("messages")
         for m in raw if isinstance(raw, list | tuple) else ():
             messages.append(m if isinstance(m, Message) else _MessageView(m) if isinstance(m, Mapping) else None)
-        return (participants, messages, _valid(check_alias_or_reference, data.get("subject")),
-                _valid(check_alias, data.get("sender")))
+        return participants, messages, as_alias_or_reference(data.get("subject")), as_alias(data.get("sender"))
 
 
-def _valid(check: Any, value: Any) -> Any:
-    if value is None:
-        return None
-    try:
-        return check(value)
-    except PydanticCustomError:
-        return None
+def _prefixes(types: frozenset[str]) -> tuple[str, ...]:
+    return tuple(f"{t}{sep}" for t in sorted(types) for sep in "/?")
 
 
-_SENDERS = COMMUNICATION_TARGETS["sender"]
-_SUBJECTS = COMMUNICATION_TARGETS["subject"]
+_SUBJECT_PREFIXES = _prefixes(COMMUNICATION_TARGETS["subject"])
+_NOT_SENDER_PREFIXES = _prefixes(COMMUNICATION_TARGETS["recipient"] - COMMUNICATION_TARGETS["sender"])
+"""A participant's reference is of a type FHIR allows as a recipient (its own check): it may not send if it
+starts with one of these (`Group/`, `Group?`, ...)."""
 
 
 def _meaning(participants: Mapping[str, Participant | None] | None, messages: Sequence[Any], subject: str | None,
              sender: str | None, defaults: frozenset[int]) -> list[ErrorDetails]:
     """What the fields mean together: aliases known, reference types FHIR allows per role, message ids unique,
-    replies to earlier messages. Parts that are None (invalid, reported already) are not judged."""
+    replies to earlier messages. Parts that are None (invalid, reported already) are not judged.
+
+    It runs for every thread migrate makes: the common case (every sender seen before, no recipients
+    given, no reply) takes the fewest steps."""
     errors: list[ErrorDetails] = []
+    may_send: set[str] = set()  # aliases of participants found fit to send
+
+    def known() -> str:
+        return f" (known: {', '.join(sorted(participants or ()))})"
+
+    def not_fit(loc: Path_, value: str, role: str) -> None:
+        p = participants.get(value) if participants is not None else None
+        kind = reference_type(p.reference if p is not None else value)
+        errors.append(_error(f"{value!r} is a {kind}: " + not_allowed(kind, f"the {role}", role), loc, value))
+
+    def judge_sender(loc: Path_, alias: str) -> None:
+        assert participants is not None
+        if alias not in participants:
+            errors.append(_error(f"{alias!r} is not a participant{known()}", loc, alias))
+        elif (p := participants[alias]) is not None:
+            if p.reference.startswith(_NOT_SENDER_PREFIXES):
+                not_fit(loc, alias, "sender")
+            else:
+                may_send.add(alias)
+
     if participants is not None:
-        known = f" (known: {', '.join(sorted(participants))})"
-        types = {a: reference_type(p.reference) for a, p in participants.items() if p is not None}
-
-        def unknown(loc: Path_, alias: str) -> None:
-            errors.append(_error(f"{alias!r} is not a participant{known}", loc, alias))
-
-        def role(loc: Path_, value: str, kind: str, name: str, allowed: frozenset[str]) -> None:
-            if kind not in allowed:
-                errors.append(_error(f"{value!r} is a {kind}: " + not_allowed(kind, f"the {name}", name), loc, value))
-
         if sender is not None:
-            if sender not in participants:
-                unknown(("sender",), sender)
-            elif sender in types:
-                role(("sender",), sender, types[sender], "sender", _SENDERS)
+            judge_sender(("sender",), sender)
         if subject is not None:
             if "/" in subject or "?" in subject:
-                role(("subject",), subject, reference_type(subject), "subject", _SUBJECTS)
+                if not subject.startswith(_SUBJECT_PREFIXES):
+                    not_fit(("subject",), subject, "subject")
             elif subject not in participants:
-                unknown(("subject",), subject)
-            elif subject in types:
-                role(("subject",), subject, types[subject], "subject", _SUBJECTS)
+                errors.append(_error(f"{subject!r} is not a participant{known()}", ("subject",), subject))
+            elif (p := participants[subject]) is not None and not p.reference.startswith(_SUBJECT_PREFIXES):
+                not_fit(("subject",), subject, "subject")
     ids: dict[str, int] = {}  # message id → index of its first message
     for i, m in enumerate(messages):
         if m is None:
             continue
+        if type(m) is _MessageView and m.empty:
+            errors.append(_error(_NO_CONTENT, ("messages", i), None))
         mid = m.id
-        if mid is not None:
-            first = ids.setdefault(mid, i)
-            if first != i:
-                how = " (its default id, from its position)" if i in defaults else ""
-                loc: Path_ = ("messages", i) if i in defaults else ("messages", i, "id")
-                errors.append(_error(f"duplicate message id {mid!r}{how}: messages[{first}] has it too", loc, mid))
+        if mid is not None and ids.setdefault(mid, i) != i:
+            how = " (its default id, from its position)" if i in defaults else ""
+            loc: Path_ = ("messages", i) if i in defaults else ("messages", i, "id")
+            errors.append(_error(f"duplicate message id {mid!r}{how}: messages[{ids[mid]}] has it too", loc, mid))
         if participants is not None:
-            if m.sender is not None:
-                if m.sender not in participants:
-                    unknown(("messages", i, "sender"), m.sender)
-                elif (kind := types.get(m.sender)) is not None and kind not in _SENDERS:
-                    role(("messages", i, "sender"), m.sender, kind, "sender", _SENDERS)
+            s = m.sender
+            if s is not None and s not in may_send:
+                judge_sender(("messages", i, "sender"), s)
             if m.recipient is not None:
                 seen: set[str] = set()
                 for j, r in enumerate(m.recipient):
                     if r not in participants:
-                        unknown(("messages", i, "recipient", j), r)
+                        errors.append(_error(f"{r!r} is not a participant{known()}", ("messages", i, "recipient", j),
+                                             r))
                     if r in seen:
                         errors.append(_error(f"{r!r} is listed twice", ("messages", i, "recipient", j), r))
                     seen.add(r)

@@ -1,11 +1,12 @@
 """The words of a spec problem: pydantic's errors (its `type`, `loc`, `input`) → `Problem`s with file, line,
 column and field path, in our wording.
 
-Two kinds of error reach this module. Our own, raised by the spec's validators with their message
-already written (`fail()`: error type `spec`, about the value at the error's location, or `spec_key`,
-about the mapping key there). And pydantic's, worded here by type: `missing`, `extra_forbidden`,
-`string_type`, `model_type`, `tuple_type`, `string_too_short`, `too_short`, ... Any other type keeps
-pydantic's message (none is known to reach it).
+Three kinds of error reach this module. A scalar's refusal (type `key`, `alias`, `instant`, ...), worded
+from the refused input by the function the scalar registered in `WORDING`. Our own, raised by the
+spec's validators with their message written (`fail()`: type `spec`, about the value at the error's
+location, or `spec_key`, about the mapping key there). And pydantic's, worded here by type: `missing`,
+`extra_forbidden`, `string_type`, `model_type`, `string_too_short`, ... Any other type keeps pydantic's
+message (none is known to reach it).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import difflib
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
@@ -26,6 +27,10 @@ SPEC_ERROR = "spec"
 """Error type of our own messages about the value at the error's location."""
 SPEC_KEY_ERROR = "spec_key"
 """Error type of our own messages about the mapping key at the error's location (its position is the key's)."""
+
+
+WORDING: dict[str, Callable[[Any], str]] = {}
+"""Error type → the message for the refused input: the spec's scalars register theirs (`key`, `instant`, ...)."""
 
 
 def fail(message: str, *, key: bool = False) -> PydanticCustomError:
@@ -72,8 +77,8 @@ def reraise(errors: list[ErrorDetails]) -> ValidationError:
     details: list[InitErrorDetails] = []
     for e in errors:
         kind: str | PydanticCustomError = e["type"]
-        if kind in (SPEC_ERROR, SPEC_KEY_ERROR):
-            kind = fail(e["msg"], key=kind == SPEC_KEY_ERROR)
+        if kind in (SPEC_ERROR, SPEC_KEY_ERROR) or kind in WORDING:  # ours: pydantic knows them by instance only
+            kind = PydanticCustomError(kind, e["msg"])
         detail: InitErrorDetails = {"type": kind, "loc": e["loc"], "input": e["input"]}
         if "ctx" in e and not isinstance(kind, PydanticCustomError):
             detail["ctx"] = e["ctx"]
@@ -89,7 +94,9 @@ def problems_of(exc: ValidationError, doc: Document, model: type[BaseModel]) -> 
 def _problem(e: ErrorDetails, doc: Document, model: type[BaseModel]) -> Iterator[Problem]:
     loc: Path_ = tuple(e["loc"])
     kind, value = e["type"], e["input"]
-    if kind == SPEC_ERROR:
+    if kind in WORDING:
+        yield doc.problem(loc, WORDING[kind](value))
+    elif kind == SPEC_ERROR:
         yield doc.problem(loc, e["msg"])
     elif kind == SPEC_KEY_ERROR:
         yield doc.problem(loc, e["msg"], key=True)

@@ -1,17 +1,21 @@
-"""The constrained values of the spec format, each one type: what it accepts, its message when it does not,
-and its JSON Schema (a `$defs` entry the generated schema refers to by name).
+"""The constrained values of the spec format, one type each: what it accepts, how a refusal is worded, and its
+JSON Schema (a `$defs` entry the generated schema refers to by name).
 
-Every grammar, code list and hint comes from `bundler.vocabulary`; patterns are matched with
-`fullmatch` (the JSON Schema carries them as `^...$`). Keys, ids and aliases may be written as YAML/JSON
-integers and become strings (`007` stays "007", `12` becomes "12"); booleans never do.
+Every grammar, code list and hint comes from `bundler.vocabulary`. Checks run inside pydantic-core where a
+pattern says it all (anchored `^...$`, which there matches only at the very end, like `fullmatch`: "abc\\n"
+is no key), in Python where a rule needs more (a real date, a reference type allowed in a role). A
+refusal is one error of the scalar's own type (`key`, `alias`, `instant`, ...), worded from the input by
+`WORDING` when it is reported: so the hot path never builds a message.
 
-A type here annotated `str | None` takes only strings: the `None` is its default when the field is left
-out, never a value data may hold (`text: null` is refused).
+Keys, ids and aliases may be written as YAML/JSON integers and become strings (`12` → "12"; `007` is a
+string already); booleans never do. A type annotated `str | None` takes only strings: its None is the
+default when the field is left out, never a value data may hold (`text: null` is refused).
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Final
@@ -35,16 +39,17 @@ from ..vocabulary import (
     MIME_TYPE_PATTERN,
     REFERENCE_HINT,
     REFERENCE_PATTERN,
+    SURELY_REAL_INSTANT_PATTERN,
     instant_problem,
     is_alias,
     is_instant,
     is_instant_shaped,
     is_key,
-    is_mime_type,
     is_reference,
     reference_type,
+    spec_reference_type,
 )
-from .problems import expected, fail, wrong_type
+from .problems import WORDING, expected, fail
 
 ALIAS_MESSAGE: Final = "must be a participant alias"
 ALIAS_OR_REFERENCE_MESSAGE: Final = ("must be a participant alias or a reference (Type/id or "
@@ -55,7 +60,8 @@ DEFS: dict[str, dict[str, Any]] = {}
 """name → JSON Schema of every named scalar, for the generated schema's `$defs`."""
 
 
-def _anchored(pattern: str) -> str:
+def anchored(pattern: str) -> str:
+    """A vocabulary pattern (used with fullmatch) as JSON Schema and pydantic-core write it: `^...$`."""
     return f"^{pattern}$"
 
 
@@ -65,112 +71,124 @@ def not_allowed(kind: str, what: str, role: str) -> str:
             f"{', '.join(sorted(COMMUNICATION_TARGETS[role]))})")
 
 
-def _str_or_int(value: Any) -> str:
+def text_of(value: Any) -> str | None:
+    """A string as it is, an integer (not a boolean) as its digits, anything else None."""
     if isinstance(value, str):
         return value
-    if type(value) is int:
-        return str(value)
-    raise wrong_type("a string or an integer", value)
+    return str(value) if type(value) is int else None
 
 
-def check_key(value: Any) -> str:
-    text = _str_or_int(value)
-    if is_key(text):
-        return text
-    raise fail(f"{text!r} {KEY_HINT}")
+def as_key(value: Any) -> str | None:
+    """`value` as a key or message id, or None if it is not one."""
+    text = text_of(value)
+    return text if text is not None and is_key(text) else None
 
 
-def check_alias(value: Any) -> str:
-    text = _str_or_int(value)
-    if is_alias(text):
-        return text
-    raise fail(f"{text!r} {ALIAS_MESSAGE}")
+def as_alias(value: Any) -> str | None:
+    """`value` as a participant alias, or None if it is not one."""
+    text = text_of(value)
+    return text if text is not None and is_alias(text) else None
 
 
-def check_alias_name(value: Any) -> str:
-    """A participant's alias where it is a mapping key: its problem is placed at the key."""
-    kind = type(value)
-    if kind is not str and kind is not int:
-        raise fail(expected("a string or an integer", value), key=True)
-    text = str(value)
-    if is_alias(text):
-        return text
-    raise fail(f"{text!r} {ALIAS_HINT}", key=True)
+def as_alias_or_reference(value: Any) -> str | None:
+    text = text_of(value)
+    return text if text is not None and (is_alias(text) or is_reference(text)) else None
 
 
-def check_alias_or_reference(value: Any) -> str:
-    text = _str_or_int(value)
-    if is_alias(text) or is_reference(text):
-        return text
-    raise fail(f"{text!r} {ALIAS_OR_REFERENCE_MESSAGE}")
+# --- wording: a refused value → our message (looked up by `problems` from the error's type) -----------------
+
+def _grammar(hint: str, *, integers: bool = True) -> Callable[[Any], str]:
+    def words(value: Any) -> str:
+        text = text_of(value) if integers else value if isinstance(value, str) else None
+        if text is None:
+            return expected("a string or an integer" if integers else "a string", value)
+        return f"{text!r} {hint}"
+    return words
 
 
-def check_participant_reference(value: Any) -> str:
-    if type(value) is not str:
-        raise wrong_type("a string", value)
-    if not is_reference(value):
-        raise fail(f"{value!r} {REFERENCE_HINT}")
-    kind = reference_type(value)
-    if kind not in COMMUNICATION_TARGETS["recipient"]:
-        raise fail(not_allowed(kind, "a participant", "recipient"))
-    return value
-
-
-def check_instant(value: Any) -> str:
-    if type(value) is not str:
-        raise wrong_type("a string", value)
-    if is_instant(value):
-        return value
+def _instant_words(value: Any) -> str:
+    if not isinstance(value, str):
+        return expected("a string", value)
     if not is_instant_shaped(value):
-        raise fail(f"{value!r} {INSTANT_HINT}")
-    raise fail(instant_problem(value) or INSTANT_HINT)
+        return f"{value!r} {INSTANT_HINT}"
+    return instant_problem(value) or INSTANT_HINT
 
 
-def check_status(value: Any) -> str:
-    if type(value) is str and value in COMMUNICATION_STATUSES:
+def _reference_words(value: Any) -> str:
+    if not isinstance(value, str):
+        return expected("a string", value)
+    if not is_reference(value):
+        return f"{value!r} {REFERENCE_HINT}"
+    return not_allowed(reference_type(value), "a participant", "recipient")
+
+
+def _status_words(value: Any) -> str:
+    if not isinstance(value, str):
+        return expected(f"a Communication status (one of: {', '.join(COMMUNICATION_STATUSES)})", value)
+    return f"{value!r} {STATUS_MESSAGE} (one of: {', '.join(COMMUNICATION_STATUSES)})"
+
+
+WORDING.update({
+    "key": _grammar(KEY_HINT),
+    "alias": _grammar(ALIAS_MESSAGE),
+    "alias_or_reference": _grammar(ALIAS_OR_REFERENCE_MESSAGE),
+    "participant_reference": _reference_words,
+    "instant": _instant_words,
+    "status": _status_words,
+    "mime_type": _grammar(MIME_TYPE_HINT, integers=False),
+})
+
+
+# --- checks --------------------------------------------------------------------------------------------------
+
+def _pattern(pattern: str, *, integers: bool = True) -> CoreSchema:
+    """A string matching `pattern` (a vocabulary pattern), or with `integers` an integer whose digits do."""
+    text = core_schema.str_schema(pattern=anchored(pattern), strict=True)
+    if not integers:
+        return text
+    digits = core_schema.chain_schema([core_schema.int_schema(strict=True),
+                                       core_schema.no_info_plain_validator_function(str), text])
+    return core_schema.union_schema([text, digits], mode="left_to_right")
+
+
+def _real_instant(value: Any) -> str:
+    if isinstance(value, str) and is_instant(value):
         return value
-    raise fail(f"{value!r} {STATUS_MESSAGE} (one of: {', '.join(COMMUNICATION_STATUSES)})")
+    raise ValueError  # (worded by `_instant_words`)
 
 
-def check_mime_type(value: Any) -> str:
-    if type(value) is not str:
-        raise wrong_type("a string", value)
-    if is_mime_type(value):
+_RECIPIENTS = COMMUNICATION_TARGETS["recipient"]
+
+
+def _participant_reference(value: Any) -> str:
+    if isinstance(value, str) and spec_reference_type(value) in _RECIPIENTS:
         return value
-    raise fail(f"{value!r} {MIME_TYPE_HINT}")
-
-
-def as_tuple(value: Any, min_length: int = 0) -> tuple[Any, ...]:
-    """A YAML/JSON list (or a Python tuple) as a tuple; anything else is refused (a set has no order to keep)."""
-    kind = type(value)
-    if kind is not list and kind is not tuple:
-        raise wrong_type("a list", value)
-    items = tuple(value)  # (the same object when it is a tuple)
-    if len(items) < min_length:
-        raise fail("must not be empty")
-    return items
+    raise ValueError  # (worded by `_reference_words`)
 
 
 @dataclass(frozen=True)
-class _Check:
-    """Annotation of a named scalar: validated by `check` alone, and `{"$ref": "#/$defs/<name>"}` in the schema."""
+class _Scalar:
+    """Annotation of a named scalar: `schema` checks it, an error of type `name` refuses it (worded by
+    `WORDING[name]`), and the JSON Schema is `{"$ref": "#/$defs/<def_name>"}`."""
 
-    check: Callable[[Any], str]
     name: str
-    schema: dict[str, Any] = field(compare=False)
+    schema: CoreSchema = field(compare=False)
+    def_name: str
+    json_schema: dict[str, Any] = field(compare=False)
 
     def __post_init__(self) -> None:
-        DEFS[self.name] = self.schema
+        DEFS[self.def_name] = self.json_schema
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
-        return core_schema.no_info_plain_validator_function(self.check)
+        return core_schema.custom_error_schema(self.schema, custom_error_type=self.name,
+                                               custom_error_message=f"invalid {self.name}")
 
     def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
-        return {"$ref": f"#/$defs/{self.name}"}
+        return {"$ref": f"#/$defs/{self.def_name}"}
 
 
 class _Text:
-    """Annotation of a non-empty string kept exactly as written (pydantic's own str check, our wording)."""
+    """Annotation of a non-empty string kept exactly as written (pydantic's own check; `problems` words it)."""
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
         return core_schema.str_schema(strict=True, min_length=1)
@@ -179,14 +197,17 @@ class _Text:
         return {"type": "string", "minLength": 1}
 
 
-_KEY = _Check(check_key, "key", {"type": ["string", "integer"], "pattern": _anchored(KEY_PATTERN),
-                                  "x-message": KEY_HINT})
-_ALIAS = _Check(check_alias, "alias", {"type": ["string", "integer"], "pattern": _anchored(ALIAS_PATTERN),
-                                        "x-message": ALIAS_MESSAGE})
-_INSTANT = _Check(check_instant, "instant", {"type": "string", "pattern": _anchored(INSTANT_PATTERN),
-                                              "x-message": INSTANT_HINT})
-_STATUS = _Check(check_status, "status", {"description": "A Communication status (default in-progress).",
-                                           "enum": list(COMMUNICATION_STATUSES), "x-message": STATUS_MESSAGE})
+_KEY = _Scalar("key", _pattern(KEY_PATTERN), "key", {
+    "type": ["string", "integer"], "pattern": anchored(KEY_PATTERN), "x-message": KEY_HINT})
+_ALIAS = _Scalar("alias", _pattern(ALIAS_PATTERN), "alias", {
+    "type": ["string", "integer"], "pattern": anchored(ALIAS_PATTERN), "x-message": ALIAS_MESSAGE})
+_INSTANT = _Scalar("instant", core_schema.union_schema(  # the common case in pydantic-core, the rest in Python
+    [core_schema.str_schema(pattern=anchored(SURELY_REAL_INSTANT_PATTERN), strict=True),
+     core_schema.no_info_plain_validator_function(_real_instant)], mode="left_to_right"), "instant", {
+    "type": "string", "pattern": anchored(INSTANT_PATTERN), "x-message": INSTANT_HINT})
+_STATUS = _Scalar("status", core_schema.literal_schema(list(COMMUNICATION_STATUSES)), "status", {
+    "description": "A Communication status (default in-progress).", "enum": list(COMMUNICATION_STATUSES),
+    "x-message": STATUS_MESSAGE})
 
 Key = Annotated[str, _KEY]
 """A thread key or message id: `vocabulary.KEY_PATTERN` (an integer becomes its digits)."""
@@ -194,15 +215,14 @@ OptionalKey = Annotated[str | None, _KEY]
 Alias = Annotated[str, _ALIAS]
 """A participant alias where it names a participant: `vocabulary.ALIAS_PATTERN`."""
 OptionalAlias = Annotated[str | None, _ALIAS]
-AliasName = Annotated[str, _Check(check_alias_name, "aliasName", {
-    "type": "string", "pattern": _anchored(ALIAS_PATTERN), "x-message": ALIAS_HINT})]
-"""A participant alias where it is defined (a key of `participants`)."""
-AliasOrReference = Annotated[str | None, _Check(check_alias_or_reference, "aliasOrReference", {
-    "type": ["string", "integer"], "pattern": _anchored(f"(?:{ALIAS_PATTERN}|{REFERENCE_PATTERN})"),
-    "x-message": ALIAS_OR_REFERENCE_MESSAGE})]
+AliasOrReference = Annotated[str | None, _Scalar(
+    "alias_or_reference", _pattern(f"(?:{ALIAS_PATTERN}|{REFERENCE_PATTERN})"), "aliasOrReference", {
+        "type": ["string", "integer"], "pattern": anchored(f"(?:{ALIAS_PATTERN}|{REFERENCE_PATTERN})"),
+        "x-message": ALIAS_OR_REFERENCE_MESSAGE})]
 """A participant alias or a reference string (`Type/id`, `Type?identifier=system|value`)."""
-ParticipantReference = Annotated[str, _Check(check_participant_reference, "reference", {
-    "type": "string", "pattern": _anchored(REFERENCE_PATTERN), "x-message": REFERENCE_HINT})]
+ParticipantReference = Annotated[str, _Scalar(
+    "participant_reference", core_schema.no_info_plain_validator_function(_participant_reference), "reference", {
+        "type": "string", "pattern": anchored(REFERENCE_PATTERN), "x-message": REFERENCE_HINT})]
 """A reference to a resource a Communication may have as a recipient (`COMMUNICATION_TARGETS`)."""
 Instant = Annotated[str, _INSTANT]
 """A real FHIR instant, kept exactly as written (`vocabulary.is_instant`)."""
@@ -210,16 +230,39 @@ OptionalInstant = Annotated[str | None, _INSTANT]
 Status = Annotated[str, _STATUS]
 """A Communication status (`vocabulary.COMMUNICATION_STATUSES`)."""
 OptionalStatus = Annotated[str | None, _STATUS]
-MimeType = Annotated[str | None, _Check(check_mime_type, "mimeType", {
-    "type": "string", "pattern": _anchored(MIME_TYPE_PATTERN), "x-message": MIME_TYPE_HINT})]
+MimeType = Annotated[str | None, _Scalar("mime_type", _pattern(MIME_TYPE_PATTERN, integers=False), "mimeType", {
+    "type": "string", "pattern": anchored(MIME_TYPE_PATTERN), "x-message": MIME_TYPE_HINT})]
 """Attachment.contentType: `vocabulary.MIME_TYPE_PATTERN`."""
 Text = Annotated[str, _Text()]
 """Any non-empty string, kept exactly as written."""
 OptionalText = Annotated[str | None, _Text()]
 
-CODING_STRING_SCHEMA: Final = {"type": "string", "pattern": _anchored(CODING_PATTERN), "x-message": CODING_HINT}
+CODING_STRING_SCHEMA: Final = {"type": "string", "pattern": anchored(CODING_PATTERN), "x-message": CODING_HINT}
 """A code written as one string, `system|code`."""
 
+_ALIAS_NAME = re.compile(ALIAS_PATTERN)
+DEFS["aliasName"] = {"type": "string", "pattern": anchored(ALIAS_PATTERN), "x-message": ALIAS_HINT}
+
+
+def check_alias_name(value: Any) -> str:
+    """A participant's alias where it is a mapping key (`participants`): its problem is placed at the key."""
+    text = text_of(value)
+    if text is None:
+        raise fail(expected("a string or an integer", value), key=True)
+    if _ALIAS_NAME.fullmatch(text) is None:
+        raise fail(f"{text!r} {ALIAS_HINT}", key=True)
+    return text
+
+
+def as_tuple(value: Any, min_length: int = 0) -> tuple[Any, ...]:
+    """A YAML/JSON list (or a Python tuple) as a tuple; anything else is refused (a set has no order to keep)."""
+    kind = type(value)
+    if kind is not list and kind is not tuple:
+        raise fail(expected("a list", value))
+    items = tuple(value)  # (the same object when it is a tuple)
+    if len(items) < min_length:
+        raise fail("must not be empty")
+    return items
 
 
 @dataclass(frozen=True)
@@ -240,3 +283,4 @@ class ListOf:
     def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         out = handler(schema)
         return {**out, "minItems": self.min_length} if self.min_length else out
+
