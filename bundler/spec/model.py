@@ -42,6 +42,7 @@ from ..vocabulary import CODING_HINT, COMMUNICATION_TARGETS, DEFAULT_STATUS, is_
 from .problems import describe, expected, fail, problems_of, reraise
 from .scalars import (
     CODING_STRING_SCHEMA,
+    DEF_KEY,
     Alias,
     AliasOrReference,
     Instant,
@@ -201,7 +202,7 @@ class Participants(Mapping[str, Participant]):
     def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         return {"description": "Everyone in the thread: alias -> {reference, display}.", "type": "object",
                 "minProperties": 1, "x-message": "needs at least one participant",
-                "propertyNames": {"$ref": "#/$defs/aliasName"},
+                "propertyNames": {DEF_KEY: "aliasName"},
                 "additionalProperties": handler(Participant.__pydantic_core_schema__)}
 
 

@@ -58,6 +58,8 @@ STATUS_MESSAGE: Final = "must be a Communication status"
 
 DEFS: dict[str, dict[str, Any]] = {}
 """name → JSON Schema of every named scalar, for the generated schema's `$defs`."""
+DEF_KEY: Final = "x-def"
+"""Where a scalar's JSON Schema names its `$defs` entry: `bundler.spec.schema` turns it into a `$ref`."""
 
 
 def anchored(pattern: str) -> str:
@@ -169,7 +171,7 @@ def _participant_reference(value: Any) -> str:
 @dataclass(frozen=True)
 class _Scalar:
     """Annotation of a named scalar: `schema` checks it, an error of type `name` refuses it (worded by
-    `WORDING[name]`), and the JSON Schema is `{"$ref": "#/$defs/<def_name>"}`."""
+    `WORDING[name]`), and its JSON Schema is `DEFS[def_name]`, referred to by name."""
 
     name: str
     schema: CoreSchema = field(compare=False)
@@ -184,7 +186,7 @@ class _Scalar:
                                                custom_error_message=f"invalid {self.name}")
 
     def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
-        return {"$ref": f"#/$defs/{self.def_name}"}
+        return {DEF_KEY: self.def_name}
 
 
 class _Text:
