@@ -18,10 +18,22 @@ from typing import Any
 
 import orjson
 
+from .errors import OptionError
 from .spec.model import Coding, Message, ThreadSpec, parse_spec
+from .vocabulary import identifier_system_problem
 
 DEFAULT_IDENTIFIER_SYSTEM = "urn:thread-bundler:thread"
 """The identifier system put on every Communication unless another is given (`--identifier-system`)."""
+
+
+@functools.lru_cache(maxsize=64)
+def check_identifier_system(system: str) -> str:
+    """`system` if it can be the identifier system of our resources (`vocabulary.identifier_system_problem`: an
+    absolute URI without whitespace, `|`, `,`, `$` or `\\`), else OptionError saying why."""
+    why = identifier_system_problem(system)
+    if why is not None:
+        raise OptionError(f"identifier system: {why}")
+    return system
 
 URN_NAMESPACE = uuid.UUID("5f0c2a7e-3d3b-5b8e-9a57-0c1f2b7d6e41")
 """The UUIDv5 namespace of fullUrls: urn = uuid5(URN_NAMESPACE, f"{system}|{identifier value}")."""
@@ -73,11 +85,12 @@ def build_bundle(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
                  ) -> dict[str, Any]:
     """The transaction Bundle for one thread: its header first, then its messages in spec order.
 
-    `thread` is a ThreadSpec, or plain spec data (checked first; SpecError if invalid). Nothing in the
+    `thread` is a ThreadSpec, or plain spec data (checked first; SpecError if invalid); `identifier_system`
+    must be usable in identifier searches (`check_identifier_system`; OptionError if not). Nothing in the
     result is shared between resources, so it is safe to change.
     """
+    system = check_identifier_system(identifier_system)
     spec = thread if isinstance(thread, ThreadSpec) else parse_spec(thread)
-    system = identifier_system
     key = spec.key
     refs = _refs(spec)
     header_url = full_url(system, key)
@@ -154,10 +167,10 @@ def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
     """Exactly `orjson.dumps(build_bundle(thread))`, made faster for NDJSON output and loading.
 
     The header and each message are written from templates whose every value is serialised by orjson
-    (a property test holds the two equal, byte for byte).
+    (a property test holds the two equal, byte for byte). OptionError for an unusable `identifier_system`.
     """
+    system = check_identifier_system(identifier_system)
     spec = thread if isinstance(thread, ThreadSpec) else parse_spec(thread)
-    system = identifier_system
     dumps_ = orjson.dumps
     refs = _refs(spec)
     ref_json = {alias: dumps_(r) for alias, r in refs.items()}
