@@ -82,6 +82,19 @@ def test_bundle_bytes_escapes_what_a_hand_made_spec_holds() -> None:
     assert bundle_bytes(full) == orjson.dumps(build_bundle(full))
 
 
+def test_what_bundle_bytes_writes_unescaped_has_nothing_to_escape() -> None:
+    """bundle_bytes writes message ids, statuses and instants as they are: their grammars allow no character
+    that JSON escapes (a checked ThreadSpec holds nothing else)."""
+    from bundler.vocabulary import COMMUNICATION_STATUSES, is_instant, is_key
+
+    key_chars = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF and is_key(chr(c))]
+    assert len(key_chars) == 66
+    instant_chars = "0123456789-T:.Z+"
+    assert is_instant("2024-02-29T23:59:60.123456789+14:00")
+    for text in [*key_chars, instant_chars, *COMMUNICATION_STATUSES]:
+        assert orjson.dumps(text) == b'"' + text.encode() + b'"', text
+
+
 def test_result_shares_no_objects_between_resources() -> None:
     bundle = _walkthrough_bundle()
     bundle["entry"][1]["resource"]["sender"]["display"] = "changed"
