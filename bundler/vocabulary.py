@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 # --- instants --------------------------------------------------------------------------------------
@@ -192,6 +192,12 @@ CONDITIONAL_REFERENCE_PATTERN: Final = rf"{TYPE_PATTERN}\?identifier=[^|\s]*\|\S
 REFERENCE_PATTERN: Final = rf"(?:{LITERAL_REFERENCE_PATTERN}|{CONDITIONAL_REFERENCE_PATTERN})"
 REFERENCE_HINT: Final = "must be a literal reference Type/id or a conditional reference Type?identifier=system|value"
 
+
+def reference_pattern(types: Iterable[str]) -> str:
+    """`REFERENCE_PATTERN` for references to these resource types only."""
+    return REFERENCE_PATTERN.replace(TYPE_PATTERN, f"(?:{'|'.join(sorted(types))})")
+
+
 _LITERAL = re.compile(rf"({TYPE_PATTERN}|[A-Za-z]+)/({ID_PATTERN})(?:/_history/({ID_PATTERN}))?")
 _REFERENCE = re.compile(REFERENCE_PATTERN)
 _SEARCH_PARAM = re.compile(r"[A-Za-z_][A-Za-z0-9_\-.:]*")
@@ -206,15 +212,6 @@ def reference_type(reference: str) -> str:
     """`Patient` for `Patient/1` and for `Patient?identifier=s|v`."""
     return re.split(r"[/?]", reference, maxsplit=1)[0]
 
-
-_TYPED_REFERENCE = re.compile(rf"(?=({TYPE_PATTERN})){REFERENCE_PATTERN}")
-
-
-def spec_reference_type(value: str) -> str | None:
-    """The resource type of a reference as specs write them (`is_reference`), or None when `value` is not one:
-    `is_reference` and `reference_type` in one match."""
-    m = _TYPED_REFERENCE.fullmatch(value)
-    return m.group(1) if m is not None else None
 
 
 def parse_literal(reference: str) -> tuple[str, str, str | None] | None:

@@ -23,6 +23,7 @@ from bundler.vocabulary import (
     CODING_HINT,
     CODING_PATTERN,
     COMMUNICATION_STATUSES,
+    COMMUNICATION_TARGETS,
     INSTANT_HINT,
     INSTANT_PATTERN,
     KEY_HINT,
@@ -32,13 +33,15 @@ from bundler.vocabulary import (
     REFERENCE_HINT,
     REFERENCE_PATTERN,
     TYPE_PATTERN,
+    reference_pattern,
 )
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = assets.schema(SCHEMA_FILE)
 MAPPING = assets.schema("migrate-mapping.schema.json")
+RECIPIENT_REFERENCE = reference_pattern(COMMUNICATION_TARGETS["recipient"])
 VOCABULARY_PATTERNS = {f"^{p}$" for p in (KEY_PATTERN, ALIAS_PATTERN, REFERENCE_PATTERN, INSTANT_PATTERN,
-                                          MIME_TYPE_PATTERN, CODING_PATTERN, TYPE_PATTERN,
+                                          MIME_TYPE_PATTERN, CODING_PATTERN, TYPE_PATTERN, RECIPIENT_REFERENCE,
                                           f"(?:{ALIAS_PATTERN}|{REFERENCE_PATTERN})")}
 
 
@@ -82,7 +85,7 @@ def test_the_spec_schema_names_its_grammars_and_hints() -> None:
     assert (defs["key"]["pattern"], defs["key"]["x-message"]) == (f"^{KEY_PATTERN}$", KEY_HINT)
     assert (defs["aliasName"]["pattern"], defs["aliasName"]["x-message"]) == (f"^{ALIAS_PATTERN}$", ALIAS_HINT)
     assert defs["alias"]["pattern"] == f"^{ALIAS_PATTERN}$"
-    assert (defs["reference"]["pattern"], defs["reference"]["x-message"]) == (f"^{REFERENCE_PATTERN}$",
+    assert (defs["reference"]["pattern"], defs["reference"]["x-message"]) == (f"^{RECIPIENT_REFERENCE}$",
                                                                               REFERENCE_HINT)
     assert (defs["instant"]["pattern"], defs["instant"]["x-message"]) == (f"^{INSTANT_PATTERN}$", INSTANT_HINT)
     assert (defs["mimeType"]["pattern"], defs["mimeType"]["x-message"]) == (f"^{MIME_TYPE_PATTERN}$", MIME_TYPE_HINT)

@@ -52,6 +52,7 @@ from .scalars import (
     OptionalAlias,
     OptionalInstant,
     OptionalKey,
+    OptionalLongText,
     OptionalStatus,
     OptionalText,
     ParticipantReference,
@@ -324,7 +325,7 @@ class Message(_Model):
     id: Key = Field(description="Unique in the thread; default: the message's 1-based position.")
     sender: Alias
     sent: Instant = Field(description="When it was sent: a FHIR instant, kept exactly as written.")
-    text: OptionalText = None
+    text: OptionalLongText = None
     attachments: Annotated[tuple[Attachment, ...], ListOf(Attachment, min_length=1)] = ()
     recipient: Annotated[tuple[str, ...] | None, ListOf(Alias, min_length=1)] = Field(
         None, description="Aliases; default: every participant except the sender.")

@@ -46,8 +46,8 @@ from ..vocabulary import (
     is_instant_shaped,
     is_key,
     is_reference,
+    reference_pattern,
     reference_type,
-    spec_reference_type,
 )
 from .problems import WORDING, expected, fail
 
@@ -159,15 +159,6 @@ def _real_instant(value: Any) -> str:
     raise ValueError  # (worded by `_instant_words`)
 
 
-_RECIPIENTS = COMMUNICATION_TARGETS["recipient"]
-
-
-def _participant_reference(value: Any) -> str:
-    if isinstance(value, str) and spec_reference_type(value) in _RECIPIENTS:
-        return value
-    raise ValueError  # (worded by `_reference_words`)
-
-
 @dataclass(frozen=True)
 class _Scalar:
     """Annotation of a named scalar: `schema` checks it, an error of type `name` refuses it (worded by
@@ -223,8 +214,10 @@ AliasOrReference = Annotated[str | None, _Scalar(
         "x-message": ALIAS_OR_REFERENCE_MESSAGE})]
 """A participant alias or a reference string (`Type/id`, `Type?identifier=system|value`)."""
 ParticipantReference = Annotated[str, _Scalar(
-    "participant_reference", core_schema.no_info_plain_validator_function(_participant_reference), "reference", {
-        "type": "string", "pattern": anchored(REFERENCE_PATTERN), "x-message": REFERENCE_HINT})]
+    "participant_reference", _pattern(reference_pattern(COMMUNICATION_TARGETS["recipient"]), integers=False),
+    "reference", {
+        "type": "string", "pattern": anchored(reference_pattern(COMMUNICATION_TARGETS["recipient"])),
+        "x-message": REFERENCE_HINT})]
 """A reference to a resource a Communication may have as a recipient (`COMMUNICATION_TARGETS`)."""
 Instant = Annotated[str, _INSTANT]
 """A real FHIR instant, kept exactly as written (`vocabulary.is_instant`)."""
@@ -238,6 +231,23 @@ MimeType = Annotated[str | None, _Scalar("mime_type", _pattern(MIME_TYPE_PATTERN
 Text = Annotated[str, _Text()]
 """Any non-empty string, kept exactly as written."""
 OptionalText = Annotated[str | None, _Text()]
+
+
+def _not_empty(value: str) -> str:
+    if value:
+        return value
+    raise fail("must not be empty")
+
+
+class _LongText(_Text):
+    """A `_Text` that may be long (a message's text): its emptiness is asked in Python, as pydantic-core would
+    first copy a non-ASCII string to UTF-8 to count its characters."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(_not_empty, core_schema.str_schema(strict=True))
+
+
+OptionalLongText = Annotated[str | None, _LongText()]
 
 CODING_STRING_SCHEMA: Final = {"type": "string", "pattern": anchored(CODING_PATTERN), "x-message": CODING_HINT}
 """A code written as one string, `system|code`."""
