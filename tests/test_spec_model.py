@@ -233,3 +233,26 @@ def test_the_fast_instant_check_agrees_with_the_parser(value: str) -> None:
     except SpecError:
         spec_ok = False
     assert spec_ok == (instant_problem(value) is None)
+
+
+def test_participants_are_checked_when_made_alone() -> None:
+    from bundler.spec import Participants
+
+    people = Participants({"a": Participant("a", "Patient/1")})
+    assert people == {"a": Participant("a", "Patient/1")} and hash(people) == hash(Participants(people))
+    with pytest.raises(SpecError) as info:
+        Participants({"a": {"reference": "Patient/1", "dispaly": "x"}, "b c": {"reference": "Patient/2"}})
+    assert _messages(info.value.problems) == [
+        "<spec>: a.dispaly: unknown field 'dispaly' (did you mean 'display'?)",
+        "<spec>: b c: 'b c' is not a valid alias: use 1-64 letters, digits, '.', '_' or '-'"]
+    with pytest.raises(SpecError, match="needs at least one participant"):
+        Participants({})
+
+
+def test_a_recipient_that_is_no_alias_is_reported_once() -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec({"thread": "t", "topic": "x", "participants": {"a": {"reference": "Patient/1"}},
+                    "messages": [{"sender": "a", "sent": SENT, "text": "x", "recipient": [{"b": 1}, "c"]}]})
+    assert _messages(info.value.problems) == [
+        "<spec>: messages[0].recipient[0]: expected a string or an integer, got a mapping",
+        "<spec>: messages[0].recipient[1]: 'c' is not a participant (known: a)"]

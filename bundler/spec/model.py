@@ -74,7 +74,7 @@ class _Model(BaseModel):
     """Frozen, no unknown fields, data names (aliases) when reading data; equal and hashed by value."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_by_alias=True, validate_by_name=False,
-                              revalidate_instances="never", hide_input_in_errors=True)
+                              revalidate_instances="never")
 
     def _validate(self, data: dict[str, Any]) -> None:
         """The constructors' work: validate `data` (by Python names) into self; SpecError listing every problem."""
@@ -146,8 +146,15 @@ class Participants(Mapping[str, Participant]):
     __item_model__: ClassVar[type[BaseModel]] = Participant
     _items: dict[str, Participant]
 
-    def __init__(self, participants: Mapping[str, Participant]) -> None:
-        self._items = _participants(participants)._items
+    def __init__(self, participants: Mapping[str, Participant | Mapping[str, Any]]) -> None:
+        """From Participants, or data (alias → {reference, display}); checked like the models (SpecError listing
+        every problem)."""
+        try:
+            self._items = _participants(participants)._items
+        except PydanticCustomError as exc:
+            raise SpecError([Problem("<spec>", None, None, "", exc.message())]) from None
+        except ValidationError as exc:
+            raise SpecError(problems_of(exc, Document("<spec>", participants), Participants)) from None
 
     @classmethod
     def _of(cls, items: dict[str, Participant]) -> Participants:
@@ -427,6 +434,8 @@ class ThreadSpec(_Model):
     @classmethod
     def _checked(cls, data: Any, handler: ModelWrapValidatorHandler[ThreadSpec]) -> ThreadSpec:
         """The fields (pydantic), then what they mean together; every problem of both at once."""
+        if isinstance(data, ThreadSpec):
+            return data  # checked when it was made
         defaults: frozenset[int] = frozenset()
         if isinstance(data, dict):
             data, defaults = _default_ids(data)
@@ -510,7 +519,7 @@ class _MessageView:
         self.sender = as_alias(data.get("sender"))
         self.reply_to = as_key(data.get("reply_to"))
         recipient = data.get("recipient")
-        self.recipient = tuple(map(str, recipient)) if isinstance(recipient, list | tuple) else None
+        self.recipient = tuple(map(as_alias, recipient)) if isinstance(recipient, list | tuple) else None
 
 
 class _Partial:
@@ -602,6 +611,8 @@ def _meaning(participants: Mapping[str, Participant | None] | None, messages: Se
             if m.recipient is not None:
                 seen: set[str] = set()
                 for j, r in enumerate(m.recipient):
+                    if r is None:  # (not an alias: reported already)
+                        continue
                     if r not in participants:
                         errors.append(_error(f"{r!r} is not a participant{known()}", ("messages", i, "recipient", j),
                                              r))

@@ -86,12 +86,13 @@ def reraise(errors: list[ErrorDetails]) -> ValidationError:
     return ValidationError.from_exception_data("ThreadSpec", details)
 
 
-def problems_of(exc: ValidationError, doc: Document, model: type[BaseModel]) -> list[Problem]:
-    """Every error of `exc` (from validating `doc.data` as `model`) as a Problem at its file:line:col."""
+def problems_of(exc: ValidationError, doc: Document, model: Any) -> list[Problem]:
+    """Every error of `exc` (from validating `doc.data` as `model`: a model, or a type holding models) as a
+    Problem at its file:line:col."""
     return [p for e in exc.errors(include_url=False) for p in _problem(e, doc, model)]
 
 
-def _problem(e: ErrorDetails, doc: Document, model: type[BaseModel]) -> Iterator[Problem]:
+def _problem(e: ErrorDetails, doc: Document, model: Any) -> Iterator[Problem]:
     loc: Path_ = tuple(e["loc"])
     kind, value = e["type"], e["input"]
     if kind in WORDING:
@@ -124,8 +125,9 @@ def data_names(model: type[BaseModel]) -> list[str]:
     return [f.alias or name for name, f in model.model_fields.items() if not f.exclude]
 
 
-def fields_at(model: type[BaseModel], path: Path_) -> list[str]:
-    """The data names allowed in the mapping at `path` below `model` (following its fields' types)."""
+def fields_at(model: Any, path: Path_) -> list[str]:
+    """The data names allowed in the mapping at `path` below `model` (following its fields' types; `model` may
+    also be a list or mapping type of models)."""
     current: Any = model
     for part in path:
         if _is_model(current):
