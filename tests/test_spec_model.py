@@ -256,3 +256,24 @@ def test_a_recipient_that_is_no_alias_is_reported_once() -> None:
     assert _messages(info.value.problems) == [
         "<spec>: messages[0].recipient[0]: expected a string or an integer, got a mapping",
         "<spec>: messages[0].recipient[1]: 'c' is not a participant (known: a)"]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Attachment("Binary/1", "image/png\n"),
+    lambda: Participant("a", "Patient/1\n"),
+    lambda: Participant("a\n", "Patient/1"),
+    lambda: Message(id="1", sender="a", sent=SENT + "\n", text="x"),
+    lambda: Message(id="1\n", sender="a", sent=SENT, text="x"),
+    lambda: Message(id="1", sender="a\n", sent=SENT, text="x"),
+    lambda: Message(id="1", sender="a", sent=SENT, text="x", reply_to="0\n"),
+    lambda: Message(id="1", sender="a", sent=SENT, text="x", status="completed\n"),
+    lambda: Coding("c", None, None).model_copy(update={"code": ""}),
+    lambda: parse_spec({"thread": "t", "topic": "x", "participants": {"a": {"reference": "Patient/1"}},
+                        "subject": "Patient/2\n"}),
+    lambda: parse_spec({"thread": "t", "topic": "x", "participants": {"a": {"reference": "Patient/1"}},
+                        "category": ["http://s|c\n"]}),
+], ids=lambda f: "")
+def test_every_grammar_matches_the_whole_value(make: Any) -> None:
+    """A value that only starts like a valid one (a trailing newline) is refused everywhere."""
+    with pytest.raises(SpecError):
+        make()
