@@ -45,4 +45,4 @@ if TYPE_CHECKING:
     from .build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, build_bundles, bundle_bytes, dumps, full_url
     from .errors import AuthError, BundleInvalid, BundlerError, Problem, ServerError, SpecError, UnknownOutcome
     from .output import build_files
-    from .spec.model import ThreadSpec, load_specs, parse_spec
+    from .spec import ThreadSpec, load_specs, parse_spec

@@ -18,10 +18,22 @@ from typing import Any
 
 import orjson
 
-from .spec.model import Coding, Message, ThreadSpec, parse_spec
+from .errors import OptionError
+from .spec.model import Attachment, Coding, ThreadSpec, parse_spec
+from .vocabulary import identifier_system_problem
 
 DEFAULT_IDENTIFIER_SYSTEM = "urn:thread-bundler:thread"
 """The identifier system put on every Communication unless another is given (`--identifier-system`)."""
+
+
+@functools.lru_cache(maxsize=64)
+def check_identifier_system(system: str) -> str:
+    """`system` if it can be the identifier system of our resources (`vocabulary.identifier_system_problem`: an
+    absolute URI without whitespace, `|`, `,`, `$` or `\\`), else OptionError saying why."""
+    why = identifier_system_problem(system)
+    if why is not None:
+        raise OptionError(f"identifier system: {why}")
+    return system
 
 URN_NAMESPACE = uuid.UUID("5f0c2a7e-3d3b-5b8e-9a57-0c1f2b7d6e41")
 """The UUIDv5 namespace of fullUrls: urn = uuid5(URN_NAMESPACE, f"{system}|{identifier value}")."""
@@ -38,27 +50,32 @@ def identifier_value(key: str, message_id: str | None = None) -> str:
 _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
+
 def full_url(system: str, value: str) -> str:
     """`urn:uuid:` + lowercase uuid5 of `system|value` (the same as `uuid.uuid5`, computed faster)."""
     h = hashlib.sha1(_NS + f"{system}|{value}".encode()).hexdigest()
     return f"urn:uuid:{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
-def _concept(c: Coding) -> dict[str, Any]:
+def _coding(c: Coding) -> dict[str, Any]:
     coding: dict[str, Any] = {}
     if c.system is not None:
         coding["system"] = c.system
     coding["code"] = c.code
     if c.display is not None:
         coding["display"] = c.display
-    return {"coding": [coding]}
+    return coding
 
 
-def _payload(m: Message) -> list[dict[str, Any]]:
+def _concept(c: Coding) -> dict[str, Any]:
+    return {"coding": [_coding(c)]}
+
+
+def _payload(text: str | None, attachments: Sequence[Attachment]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    if m.text is not None:
-        out.append({"contentString": m.text})
-    for a in m.attachments:
+    if text is not None:
+        out.append({"contentString": text})
+    for a in attachments:
         att: dict[str, Any] = {}
         if a.content_type is not None:
             att["contentType"] = a.content_type
@@ -73,11 +90,12 @@ def build_bundle(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
                  ) -> dict[str, Any]:
     """The transaction Bundle for one thread: its header first, then its messages in spec order.
 
-    `thread` is a ThreadSpec, or plain spec data (checked first; SpecError if invalid). Nothing in the
+    `thread` is a ThreadSpec, or plain spec data (checked first; SpecError if invalid); `identifier_system`
+    must be usable in identifier searches (`check_identifier_system`; OptionError if not). Nothing in the
     result is shared between resources, so it is safe to change.
     """
+    system = check_identifier_system(identifier_system)
     spec = thread if isinstance(thread, ThreadSpec) else parse_spec(thread)
-    system = identifier_system
     key = spec.key
     refs = _refs(spec)
     header_url = full_url(system, key)
@@ -86,25 +104,30 @@ def build_bundle(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
     urls: dict[str, str] = {}
     recipients_of: dict[str, list[str]] = {}
     prefix = f"{key}/"
+    thread_status = spec.status
+    codings = [_coding(c) for c in spec.category]  # read once; every resource gets its own copy
     for m in spec.messages:
-        value = prefix + m.id
-        url = urls[m.id] = full_url(system, value)
+        f = m.__dict__  # the model's fields: read here, once each (attribute reads on a model cost more)
+        mid, reply_to = f["id"], f["reply_to"]
+        value = prefix + mid
+        url = urls[mid] = full_url(system, value)
         res: dict[str, Any] = {
             "resourceType": "Communication",
             "identifier": [{"system": system, "value": value}],
             "partOf": [{"reference": header_url}],
         }
-        if m.reply_to is not None:
-            res["inResponseTo"] = [{"reference": urls[m.reply_to]}]
-        res["status"] = m.status or spec.status
-        if spec.category:
-            res["category"] = [_concept(c) for c in spec.category]
-        res["sent"] = m.sent
-        recipients = _recipients(m, refs, recipients_of)
+        if reply_to is not None:
+            res["inResponseTo"] = [{"reference": urls[reply_to]}]
+        res["status"] = f["status"] or thread_status
+        if codings:
+            res["category"] = [{"coding": [dict(c)]} for c in codings]
+        res["sent"] = f["sent"]
+        sender = f["sender"]
+        recipients = _recipients(f["recipient"], sender, refs, recipients_of)
         if recipients:
             res["recipient"] = [dict(refs[a]) for a in recipients]
-        res["sender"] = dict(refs[m.sender])
-        res["payload"] = _payload(m)
+        res["sender"] = dict(refs[sender])
+        res["payload"] = _payload(f["text"], f["attachments"])
         entries.append({"fullUrl": url, "resource": res, "request": dict(_REQUEST)})
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
@@ -114,13 +137,14 @@ def _refs(spec: ThreadSpec) -> dict[str, dict[str, str]]:
             else {"reference": p.reference} for alias, p in spec.participants.items()}
 
 
-def _recipients(m: Message, refs: Mapping[str, Any], cache: dict[str, list[str]]) -> Sequence[str]:
+def _recipients(recipient: Sequence[str] | None, sender: str, refs: Mapping[str, Any], cache: dict[str, list[str]]
+                ) -> Sequence[str]:
     """A message's recipient aliases: as given, or every participant but the sender."""
-    if m.recipient is not None:
-        return m.recipient
-    found = cache.get(m.sender)
+    if recipient is not None:
+        return recipient
+    found = cache.get(sender)
     if found is None:
-        found = cache[m.sender] = [a for a in refs if a != m.sender]
+        found = cache[sender] = [a for a in refs if a != sender]
     return found
 
 
@@ -153,11 +177,13 @@ def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
                  ) -> bytes:
     """Exactly `orjson.dumps(build_bundle(thread))`, made faster for NDJSON output and loading.
 
-    The header and each message are written from templates whose every value is serialised by orjson
-    (a property test holds the two equal, byte for byte).
+    The header and each message are written from templates whose values are serialised by orjson, or
+    written as they are where the spec's grammar leaves nothing to escape (message ids, statuses,
+    instants: a ThreadSpec is always checked). A property test holds the two equal, byte for byte.
+    OptionError for an unusable `identifier_system`.
     """
+    system = check_identifier_system(identifier_system)
     spec = thread if isinstance(thread, ThreadSpec) else parse_spec(thread)
-    system = identifier_system
     dumps_ = orjson.dumps
     refs = _refs(spec)
     ref_json = {alias: dumps_(r) for alias, r in refs.items()}
@@ -187,23 +213,29 @@ def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
     sha1, variant = hashlib.sha1, _VARIANT
     parts = [b'{"resourceType":"Bundle","type":"transaction","entry":[', head]
     extend = parts.extend
+    value_prefix = b'"' + prefix.encode()
     for m in spec.messages:
-        value = prefix + m.id
-        h = sha1(name_prefix + m.id.encode()).hexdigest()
-        url = urls[m.id] = f"urn:uuid:{h[:8]}-{h[8:12]}-5{h[13:16]}-{variant[h[16]]}{h[17:20]}-{h[20:32]}".encode()
-        rec = recipients_json.get(m.sender) if m.recipient is None else None
+        f = m.__dict__  # the model's fields: read here, once each (attribute reads on a model cost more)
+        mid, sender, recipient, reply_to, status = f["id"], f["sender"], f["recipient"], f["reply_to"], f["status"]
+        raw_id = mid.encode()
+        h = sha1(name_prefix + raw_id).hexdigest()
+        url = urls[mid] = f"urn:uuid:{h[:8]}-{h[8:12]}-5{h[13:16]}-{variant[h[16]]}{h[17:20]}-{h[20:32]}".encode()
+        rec = recipients_json.get(sender) if recipient is None else None
         if rec is None:
-            recipients = _recipients(m, refs, recipients_of)
+            recipients = _recipients(recipient, sender, refs, recipients_of)
             rec = b'"recipient":[' + b",".join([ref_json[a] for a in recipients]) + b"]," if recipients else b""
-            if m.recipient is None:
-                recipients_json[m.sender] = rec
+            if recipient is None:
+                recipients_json[sender] = rec
+        # keys, ids, statuses and instants of a ThreadSpec (always checked) hold no character JSON escapes:
+        # written as they are, they are what orjson writes
+        text, attachments = f["text"], f["attachments"]
         extend((
-            b',{"fullUrl":"', url, identifier, dumps_(value), part_of,
-            b'"inResponseTo":[{"reference":"' + urls[m.reply_to] + b'"}],' if m.reply_to is not None else b"",
-            b'"status":' + dumps_(m.status) + b"," if m.status else status_json,
-            category, b'"sent":', dumps_(m.sent), b",", rec, b'"sender":', ref_json[m.sender],
-            b',"payload":' + dumps_(_payload(m)) if m.attachments else b',"payload":[{"contentString":'
-            + dumps_(m.text) + b"}]",
+            b',{"fullUrl":"', url, identifier, value_prefix, raw_id, b'"', part_of,
+            b'"inResponseTo":[{"reference":"' + urls[reply_to] + b'"}],' if reply_to is not None else b"",
+            b'"status":"' + status.encode() + b'",' if status else status_json,
+            category, b'"sent":"', f["sent"].encode(), b'",', rec, b'"sender":', ref_json[sender],
+            b',"payload":' + dumps_(_payload(text, attachments)) if attachments else b',"payload":[{"contentString":'
+            + dumps_(text) + b"}]",
             b'},"request":{"method":"POST","url":"Communication"}}',
         ))
     parts.append(b"]}")

@@ -19,7 +19,7 @@ from .load.verify import VerifyResult, read_thread, verify
 from .medplum.client import ClientCredentials, FhirClient
 from .medplum.localserver import LocalServer
 from .output import check_bundles
-from .spec.model import ThreadSpec, load_specs
+from .spec import ThreadSpec, load_specs
 
 
 def example_paths() -> list[Path]:

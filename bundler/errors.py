@@ -5,6 +5,7 @@ input files, `ServerError` for what a FHIR server answered.
 
     BundlerError
     ├── SpecError          a spec (or any input file) is malformed or invalid
+    ├── OptionError        an option's value cannot be used (also a ValueError)
     ├── BundleInvalid      a bundle failed validation
     ├── ServerError        the server answered with an error (carries its OperationOutcome)
     │   └── AuthError      login refused, or a token the server would not take
@@ -49,6 +50,10 @@ class SpecError(BundlerError):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = sorted(problems, key=Problem.sort_key)
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class OptionError(BundlerError, ValueError):
+    """An option's value cannot be used (an identifier system with a space, say); the message says why."""
 
 
 class BundleInvalid(BundlerError):

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, bundle_bytes, dumps
+from .build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, bundle_bytes, check_identifier_system, dumps
 from .check.validate import spec_origin, validate
 from .errors import Problem, SpecError
 from .files import write_atomic
-from .spec.model import ThreadSpec, load_specs
+from .spec import ThreadSpec, load_specs
 
 
 def bundle_filename(key: str) -> str:
@@ -63,8 +63,10 @@ def build_files(paths: Iterable[str | Path], *, out: Path | None = None, ndjson:
                 identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, stream: IO[bytes] | None = None) -> BuildSummary:
     """Build every thread in `paths` and write them: `out/<key>.json` files, or NDJSON to `out` or `stream`.
 
-    Every input is read and checked before anything is written (SpecError lists every problem).
+    Every input is read and checked before anything is written (SpecError lists every problem;
+    OptionError for an `identifier_system` unusable in identifier searches).
     """
+    check_identifier_system(identifier_system)
     specs = load_specs(paths)
     check_bundles(specs, identifier_system)
     messages = sum(len(s.messages) for s in specs)

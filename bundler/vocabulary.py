@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 # --- instants --------------------------------------------------------------------------------------
@@ -89,6 +89,19 @@ def instant_problem(value: object) -> str | None:
     except InstantError as exc:
         return str(exc)
     return None
+
+
+SURELY_REAL_INSTANT_PATTERN: Final = (
+    r"(?:[1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])-(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])"
+    r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?(?:Z|[+-](?:0[0-9]|1[0-3]):[0-5][0-9])")
+"""Instants that are real whatever their month and year (days 1-28, no leap second, offsets within ±13:59): the
+common case, answered by one match (a test holds it to `instant_problem`)."""
+_SURELY_REAL = re.compile(SURELY_REAL_INSTANT_PATTERN)
+
+
+def is_instant(value: str) -> bool:
+    """Whether `value` is a real FHIR instant (`instant_problem(value) is None`), fast for the common case."""
+    return _SURELY_REAL.fullmatch(value) is not None or instant_problem(value) is None
 
 
 def micros(moment: dt.datetime) -> int:
@@ -189,6 +202,12 @@ CONDITIONAL_REFERENCE_PATTERN: Final = rf"{TYPE_PATTERN}\?identifier=[^|\s]*\|\S
 REFERENCE_PATTERN: Final = rf"(?:{LITERAL_REFERENCE_PATTERN}|{CONDITIONAL_REFERENCE_PATTERN})"
 REFERENCE_HINT: Final = "must be a literal reference Type/id or a conditional reference Type?identifier=system|value"
 
+
+def reference_pattern(types: Iterable[str]) -> str:
+    """`REFERENCE_PATTERN` for references to these resource types only."""
+    return REFERENCE_PATTERN.replace(TYPE_PATTERN, f"(?:{'|'.join(sorted(types))})")
+
+
 _LITERAL = re.compile(rf"({TYPE_PATTERN}|[A-Za-z]+)/({ID_PATTERN})(?:/_history/({ID_PATTERN}))?")
 _REFERENCE = re.compile(REFERENCE_PATTERN)
 _SEARCH_PARAM = re.compile(r"[A-Za-z_][A-Za-z0-9_\-.:]*")
@@ -202,6 +221,7 @@ def is_reference(value: str) -> bool:
 def reference_type(reference: str) -> str:
     """`Patient` for `Patient/1` and for `Patient?identifier=s|v`."""
     return re.split(r"[/?]", reference, maxsplit=1)[0]
+
 
 
 def parse_literal(reference: str) -> tuple[str, str, str | None] | None:
@@ -258,6 +278,26 @@ def identifier_token(system: str, value: str) -> str:
 def conditional_reference(resource_type: str, system: str, value: str) -> str:
     """`Type?identifier=system|value`: a reference the server resolves to the one resource with it."""
     return f"{resource_type}?identifier={identifier_token(system, value)}"
+
+
+# --- the spec format's own names ---------------------------------------------------------------------
+
+KEY_PATTERN: Final = r"[A-Za-z0-9._:-]{1,128}"
+"""A thread key or message id (it becomes an identifier value, `key` or `key/id`, and a file name)."""
+KEY_HINT: Final = "must be 1-128 letters, digits, '.', '_', '-' or ':'"
+ALIAS_PATTERN: Final = r"[A-Za-z0-9._-]{1,64}"
+"""A participant alias: what a spec's sender, recipient and subject name a participant by."""
+ALIAS_HINT: Final = "is not a valid alias: use 1-64 letters, digits, '.', '_' or '-'"
+_KEY = re.compile(KEY_PATTERN)
+_ALIAS = re.compile(ALIAS_PATTERN)
+
+
+def is_key(value: str) -> bool:
+    return _KEY.fullmatch(value) is not None
+
+
+def is_alias(value: str) -> bool:
+    return _ALIAS.fullmatch(value) is not None
 
 
 # --- identifier systems ------------------------------------------------------------------------------

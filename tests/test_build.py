@@ -69,16 +69,30 @@ def test_full_url_matches_uuid5() -> None:
 
 
 def test_bundle_bytes_escapes_what_a_hand_made_spec_holds() -> None:
-    import dataclasses
+    from bundler.spec import Attachment, Coding, Message, Participant, ThreadSpec
 
-    from bundler.spec import Coding, Message, Participant, ThreadSpec
-
-    spec = ThreadSpec(key='k"\\', topic="t", participants={"a": Participant("a", 'Patient/"x"', "\u2028\n")},
-                      messages=(Message(id='m"1', sender="a", sent='"now"', text="\x00 </script>", status="x\\y"),))
+    # every field that takes free text (a ThreadSpec made in Python is checked like one read from a file)
+    spec = ThreadSpec(key="k", topic='t"\\\u2028', participants={"a": Participant("a", 'Patient?identifier=s|"x\\"',
+                                                                                   "\u2028\n")},
+                      messages=(Message(id="m1", sender="a", sent="2024-04-10T10:00:00Z", text="\x00 </script>",
+                                        attachments=(Attachment('Binary/"1"', title="\\"),)),))
     assert bundle_bytes(spec) == orjson.dumps(build_bundle(spec))
-    full = dataclasses.replace(spec, subject='Patient?identifier=a|"b"', sender="a", sent="\u2028",
-                               category=(Coding("c\\", "s\"", "d\n"),))
+    full = spec.model_copy(update={"subject": 'Patient?identifier=a|"b"', "sender": "a", "sent": "2024-04-10T10:00:00Z",
+                                   "category": (Coding("c\\", "s\"", "d\n"),)})
     assert bundle_bytes(full) == orjson.dumps(build_bundle(full))
+
+
+def test_what_bundle_bytes_writes_unescaped_has_nothing_to_escape() -> None:
+    """bundle_bytes writes message ids, statuses and instants as they are: their grammars allow no character
+    that JSON escapes (a checked ThreadSpec holds nothing else)."""
+    from bundler.vocabulary import COMMUNICATION_STATUSES, is_instant, is_key
+
+    key_chars = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF and is_key(chr(c))]
+    assert len(key_chars) == 66
+    instant_chars = "0123456789-T:.Z+"
+    assert is_instant("2024-02-29T23:59:60.123456789+14:00")
+    for text in [*key_chars, instant_chars, *COMMUNICATION_STATUSES]:
+        assert orjson.dumps(text) == b'"' + text.encode() + b'"', text
 
 
 def test_result_shares_no_objects_between_resources() -> None:

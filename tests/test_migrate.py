@@ -17,7 +17,6 @@ from click.testing import CliRunner
 from bundler.cli.migrate import migrate_command
 from bundler.errors import SpecError
 from bundler.migrate import RowRejected, iter_threads, load_mapping, migrate
-from bundler.migrate.assemble import spec_data
 from bundler.migrate.keys import thread_key
 from bundler.migrate.times import SentParser, TimeRejected
 from bundler.spec import load_specs, parse_spec
@@ -92,7 +91,7 @@ def test_every_thread_is_a_valid_spec_equal_to_what_its_file_reads_back(tmp_path
         specs = list(threads)
     assert [s.key for s in specs] == sorted(s.key for s in specs)
     for spec in specs:
-        assert parse_spec(spec_data(spec)) == spec
+        assert parse_spec(spec.to_data()) == spec
     assert load_specs([EXPECTED / "specs"]) == specs
 
 

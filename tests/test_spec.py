@@ -112,3 +112,19 @@ def test_the_schema_is_a_valid_2020_12_schema() -> None:
     schema = assets.schema("thread-spec.schema.json")
     jsonschema.Draft202012Validator.check_schema(schema)
     assert schema["$schema"].endswith("2020-12/schema")
+
+
+@pytest.mark.parametrize("name, text", [
+    ("big.yaml", "thread: t\ntopic: " + "9" * 5000 + "\nparticipants: {a: {reference: Patient/1}}\n"),
+    ("big.json", '{"thread": "t", "topic": ' + "9" * 5000 + ', "participants": {"a": {"reference": "Patient/1"}}}'),
+])
+def test_a_number_too_long_for_python_is_a_problem_not_a_traceback(tmp_path: Path, name: str, text: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_specs([path])
+    first = info.value.problems[0]
+    assert (first.line, first.column) == ((2, 8) if name.endswith(".yaml") else (1, 26))
+    assert first.message == "a number with 5000 digits is too long to read (quote it if it is text)"
+    result = CliRunner().invoke(main, ["build", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output

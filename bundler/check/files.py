@@ -17,9 +17,9 @@ from typing import Any
 
 import orjson
 
-from ..build import build_bundle
+from ..build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, check_identifier_system
 from ..errors import Problem, SpecError
-from ..spec.model import check_document, read_documents, spec_files
+from ..spec import check_document, read_documents, spec_files
 from ..spec.source import Document, parse_json
 from .issues import Issue
 from .limits import Limits
@@ -81,8 +81,10 @@ def _is_bundle_like(data: Any) -> bool:
     return isinstance(data, dict) and "resourceType" in data
 
 
-def read_bundles(file: Path) -> tuple[list[tuple[Any, Origin]], list[Problem]]:
-    """(bundle, origin) for every Bundle in `file`, building thread specs; problems if unreadable."""
+def read_bundles(file: Path, *, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM
+                 ) -> tuple[list[tuple[Any, Origin]], list[Problem]]:
+    """(bundle, origin) for every Bundle in `file`, building thread specs (with `identifier_system`); problems
+    if unreadable."""
     name = str(file)
     try:
         raw = file.read_bytes()
@@ -121,7 +123,7 @@ def read_bundles(file: Path) -> tuple[list[tuple[Any, Origin]], list[Problem]]:
         spec, spec_problems = check_document(doc)
         problems.extend(spec_problems)
         if spec is not None:
-            out.append((build_bundle(spec), spec_origin(spec)))
+            out.append((build_bundle(spec, identifier_system=identifier_system), spec_origin(spec)))
     return (out, []) if not problems else ([], problems)
 
 
@@ -130,12 +132,14 @@ def _fixed(file: str, line: int) -> Origin:
 
 
 def validate_files(paths: Iterable[str | Path], *, limits: str | Limits = "medplum", structure: bool = True,
-                   workers: int | None = None) -> Report:
-    """Validate every Bundle in `paths`; raises SpecError if any input cannot be read or built."""
+                   workers: int | None = None, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM) -> Report:
+    """Validate every Bundle in `paths`, specs built with `identifier_system`; raises SpecError if any input
+    cannot be read or built, OptionError if `identifier_system` is unusable in identifier searches."""
+    check_identifier_system(identifier_system)
     files, problems = input_files(paths)
     items: list[tuple[Any, Origin]] = []
     for file in files:
-        found, file_problems = read_bundles(file)
+        found, file_problems = read_bundles(file, identifier_system=identifier_system)
         problems.extend(file_problems)
         items.extend(found)
     if problems:

@@ -7,15 +7,9 @@ from pathlib import Path
 
 import click
 
-from ..build import DEFAULT_IDENTIFIER_SYSTEM
 from ..output import build_files
 from .common import report_errors
-
-
-def _check_system(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    if not value or any(c.isspace() for c in value) or "|" in value or ":" not in value:
-        raise click.BadParameter("must be an absolute URI without spaces or '|', e.g. https://example.org/threads")
-    return value
+from .identifier import identifier_system_option
 
 
 @click.command("build")
@@ -23,8 +17,7 @@ def _check_system(ctx: click.Context, param: click.Parameter, value: str) -> str
 @click.option("-o", "--out", type=click.Path(path_type=Path),
               help="Folder for one <thread>.json per thread (with --ndjson: the NDJSON file).")
 @click.option("--ndjson", is_flag=True, help="Write NDJSON, one Bundle per line (to stdout unless -o).")
-@click.option("--identifier-system", default=DEFAULT_IDENTIFIER_SYSTEM, show_default=True, callback=_check_system,
-              help="Identifier system of every Communication (value: thread key, or key/message id).")
+@identifier_system_option("Identifier system of every Communication (value: thread key, or key/message id).")
 @report_errors
 def build_command(paths: tuple[str, ...], out: Path | None, ndjson: bool, identifier_system: str) -> None:
     """Build a FHIR transaction Bundle for every thread in PATHS.

@@ -16,11 +16,11 @@ from ..load.loader import LoadReport, LoadWatcher, ThreadResult, default_journal
 from ..load.verify import VerifyResult, verify
 from ..medplum.client import FhirClient
 from ..medplum.doctor import doctor
-from ..spec.model import ThreadSpec, load_specs
-from .build import _check_system
+from ..spec import ThreadSpec, load_specs
 from .common import EXIT_ISSUES, EXIT_OK, SECRETS, report_errors
 from .connect import connection_options, with_client
 from .display import Bar, duration, table
+from .identifier import check_identifier_system as _check_system
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -215,36 +215,3 @@ class Assembler:
             category=coding,
         )
 
-
-def spec_data(spec: ThreadSpec) -> dict[str, Any]:
-    """A ThreadSpec as spec-file data (what `parse_spec` reads back into an equal ThreadSpec)."""
-    data: dict[str, Any] = {"thread": spec.key, "topic": spec.topic}
-    if spec.subject is not None:
-        data["subject"] = spec.subject
-    if spec.status != DEFAULT_STATUS:
-        data["status"] = spec.status
-    if spec.category:
-        data["category"] = [f"{c.system}|{c.code}" for c in spec.category]
-    if spec.sender is not None:
-        data["sender"] = spec.sender
-    if spec.sent is not None:
-        data["sent"] = spec.sent
-    data["participants"] = {a: {"reference": p.reference, **({"display": p.display} if p.display else {})}
-                            for a, p in spec.participants.items()}
-    messages = []
-    for m in spec.messages:
-        msg: dict[str, Any] = {"id": m.id, "sender": m.sender, "sent": m.sent}
-        if m.recipient is not None:
-            msg["recipient"] = list(m.recipient)
-        if m.reply_to is not None:
-            msg["reply_to"] = m.reply_to
-        if m.text is not None:
-            msg["text"] = m.text
-        if m.attachments:
-            msg["attachments"] = [{"url": a.url, **({"contentType": a.content_type} if a.content_type else {}),
-                                   **({"title": a.title} if a.title else {})} for a in m.attachments]
-        if m.status is not None:
-            msg["status"] = m.status
-        messages.append(msg)
-    data["messages"] = messages
-    return data

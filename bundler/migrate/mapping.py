@@ -21,7 +21,7 @@ import jsonschema
 
 from .. import assets
 from ..errors import Problem, SpecError
-from ..spec.model import _schema_problems  # the spec reader's schema-error wording, shared on purpose
+from ..spec.schema_errors import schema_problems as _schema_problems
 from ..spec.source import Document, Path_, decode, parse_yaml
 from ..vocabulary import COMMUNICATION_STATUSES, is_coding
 from .participants import Participants, load_participants

@@ -27,7 +27,7 @@ from ..build import DEFAULT_IDENTIFIER_SYSTEM, bundle_bytes
 from ..errors import BundlerError
 from ..spec.dump import dump_yaml
 from ..spec.model import ThreadSpec, parse_spec
-from .assemble import Assembler, spec_data
+from .assemble import Assembler
 from .extract import F_SENDER, F_SENDER_ROLE, Extractor, RowError
 from .grouping import TOMBSTONE, GroupStore, SealedStores
 from .keys import KEY_FITS, thread_key
@@ -324,7 +324,7 @@ def iter_threads(inputs: Sequence[str | Path], mapping: str | Path | MigrationMa
 
 def spec_yaml(spec: ThreadSpec) -> bytes:
     """A ThreadSpec as a YAML spec file (UTF-8), readable by `thread-bundler build`."""
-    return dump_yaml(spec_data(spec))
+    return dump_yaml(spec.to_data())
 
 
 def default_rejects(out: Path) -> Path:
@@ -392,7 +392,7 @@ def _write_ndjson(threads: Iterator[ThreadSpec], out: Path, identifier_system: s
 
 def _write_spec_files(threads: Iterator[ThreadSpec], staging: Path) -> None:
     for spec in threads:
-        data = spec_data(spec)
+        data = spec.to_data()
         parse_spec(data, file=f"{spec.key}.yaml")  # insurance: what we write, `build` reads back
         (staging / f"{spec.key}.yaml").write_bytes(dump_yaml(data))
 

@@ -21,7 +21,7 @@ class _Dumper(_Base):
     pass
 
 
-def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+def _str(dumper: _Dumper, value: str) -> yaml.Node:
     style = "|" if "\n" in value and value == value.strip() and "\r" not in value else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 

@@ -1,393 +1,646 @@
-"""Thread specs: files → checked `ThreadSpec` objects, or every problem found, with its file and line.
+"""The spec format, one model of it: frozen pydantic models that read spec data, check it whole, and write it
+back (`ThreadSpec.to_data()`); the JSON Schema is generated from them (`bundler.spec.schema`).
 
-    specs = load_specs(["fixtures/threads"])          # raises SpecError listing every problem
-    spec = parse_spec({"thread": "t1", ...})           # one thread from plain data
+    spec = parse_spec({"thread": "t1", "topic": "Hello", "participants": {...}, "messages": [...]})
+    spec = ThreadSpec(key="t1", topic="Hello", participants={"a": Participant("a", "Patient/1")}, messages=(...))
+    parse_spec(spec.to_data()) == spec
+
+A ThreadSpec only exists checked. Whether it is read from data (`parse_spec`, `check_document`,
+`bundler.spec.load_specs`) or made in Python (`ThreadSpec(...)`, `Message(...)`, ...), the same rules
+hold: the structure (fields, types, grammars of keys, aliases, references, instants, codes) and the
+meaning (aliases known, a reference type FHIR allows in each role, message ids unique, a reply after
+what it answers). Bad data gives `SpecError` listing every problem with its field path (and, for a
+file, its line and column); so does a bad construction in Python: `SpecError` (never pydantic's
+ValidationError), each problem's path naming the Python field (`messages[2].sent`).
+
+Data names (`thread`, `contentType`) are the spec format's; Python names (`key`, `content_type`) are
+the attributes and the constructors' keywords. Positions of a spec read from a file are kept aside
+(`origin()`), never compared or hashed: two specs are equal when their values are.
 """
 
 from __future__ import annotations
 
-import re
-import sys
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
+from typing import Annotated, Any, ClassVar, Self, TypeVar
 
-import jsonschema
-from jsonschema.exceptions import ValidationError as _SchemaError
-from jsonschema.exceptions import best_match
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue, SkipJsonSchema
+from pydantic_core import CoreSchema, ErrorDetails, PydanticCustomError, core_schema
 
-from .. import assets
 from ..errors import Problem, SpecError
-from ..vocabulary import COMMUNICATION_TARGETS as TARGET_TYPES
-from ..vocabulary import DEFAULT_STATUS, instant_problem, is_instant_shaped, reference_type
-from .source import Document, Path_, decode, parse_text, split_threads
+from ..vocabulary import CODING_HINT, COMMUNICATION_TARGETS, DEFAULT_STATUS, is_coding, reference_type
+from .problems import describe, expected, fail, problems_of, reraise
+from .scalars import (
+    CODING_STRING_SCHEMA,
+    DEF_KEY,
+    Alias,
+    AliasOrReference,
+    Instant,
+    Key,
+    ListOf,
+    MimeType,
+    OptionalAlias,
+    OptionalInstant,
+    OptionalKey,
+    OptionalLongText,
+    OptionalStatus,
+    OptionalText,
+    ParticipantReference,
+    Status,
+    Text,
+    as_alias,
+    as_alias_or_reference,
+    as_key,
+    check_alias_name,
+    not_allowed,
+)
+from .source import Document, Path_
 
-SPEC_SCHEMA = "thread-spec.schema.json"
-SPEC_SUFFIXES = (".yaml", ".yml", ".json")
-
-
-@dataclass(frozen=True, slots=True)
-class Participant:
-    alias: str
-    reference: str
-    display: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Coding:
-    code: str
-    system: str | None = None
-    display: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Attachment:
-    url: str
-    content_type: str | None = None
-    title: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    id: str
-    sender: str
-    sent: str
-    text: str | None = None
-    attachments: tuple[Attachment, ...] = ()
-    recipient: tuple[str, ...] | None = None  # None: every participant but the sender
-    reply_to: str | None = None
-    status: str | None = None
+__all__ = ["DEFAULT_STATUS", "Attachment", "Coding", "Message", "Participant", "Participants", "ThreadSpec",
+           "check_document", "parse_spec"]
 
 
-@dataclass(frozen=True, slots=True)
-class ThreadSpec:
-    key: str
-    topic: str
-    participants: Mapping[str, Participant]
-    messages: tuple[Message, ...] = ()
-    subject: str | None = None  # an alias or a reference string
-    sender: str | None = None
-    sent: str | None = None
-    status: str = DEFAULT_STATUS
-    category: tuple[Coding, ...] = ()
-    source: Document | None = field(default=None, compare=False, repr=False)
+class _Model(BaseModel):
+    """Frozen, no unknown fields, data names (aliases) when reading data; equal and hashed by value."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_by_alias=True, validate_by_name=False,
+                              revalidate_instances="never")
+
+    def _validate(self, data: dict[str, Any]) -> None:
+        """The constructors' work: validate `data` (by Python names) into self; SpecError listing every problem."""
+        try:
+            self.__pydantic_validator__.validate_python(data, self_instance=self, by_alias=False, by_name=True)
+        except ValidationError as exc:
+            raise SpecError(problems_of(exc, Document("<spec>", data), type(self))) from None
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.__dict__ == other.__dict__  # fields only: where a spec was read from is not part of it
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy; with `update` (Python names), a new object checked like any other (SpecError if invalid)."""
+        if not update:
+            return super().model_copy(deep=deep)
+        return type(self)(**{**{name: getattr(self, name) for name in type(self).model_fields}, **update})
+
+    @classmethod
+    def model_construct(cls, _fields_set: set[str] | None = None, **values: Any) -> Self:
+        """Checked like any construction: a spec model is never made unchecked (SpecError if invalid)."""
+        new = cls.__new__(cls)
+        new._validate(values)
+        return new
+
+
+_Init = TypeVar("_Init", bound=Callable[..., None])
+
+
+def _constructor(init: _Init) -> _Init:
+    """Marks a model's `__init__` (Python names, positional too) as not pydantic's entry point when reading
+    data: `model_validate` keeps validating the data directly, by data names (pydantic calls a model's own
+    `__init__` with the data otherwise)."""
+    setattr(init, "__pydantic_base_init__", True)  # noqa: B010 - the flag pydantic's own __init__ carries
+    return init
+
+
+def _without_defaults(**values: Any) -> dict[str, Any]:
+    """Keyword arguments left at their defaults (None, or an empty tuple of attachments) are left out, so the
+    model's defaults apply: in Python, None is 'not given'; data never holds it."""
+    return {k: v for k, v in values.items() if v is not None and v != ()}
+
+
+# --- participants -----------------------------------------------------------------------------------
+
+
+class Participant(_Model):
+    """A person or thing in the thread: `alias` (its key in `participants`) → a reference, and a display name."""
+
+    alias: SkipJsonSchema[Alias] = Field(exclude=True)
+    reference: ParticipantReference = Field(description="Type/id or Type?identifier=system|value: a resource "
+                                                        "FHIR R4 allows as a Communication's recipient.")
+    display: OptionalText = Field(None, description="The name shown for the participant.")
+
+    @_constructor
+    def __init__(self, alias: str, reference: str, display: str | None = None) -> None:
+        self._validate({"alias": alias, "reference": reference} if display is None else
+                       {"alias": alias, "reference": reference, "display": display})
+
+
+class Participants(Mapping[str, Participant]):
+    """A spec's participants: alias → Participant, in the order written; immutable and hashable.
+
+    Read from data as a mapping alias → {reference, display}; made in Python from a mapping alias →
+    Participant (each with that alias)."""
+
+    __slots__ = ("_items",)
+    __item_model__: ClassVar[type[BaseModel]] = Participant
+    _items: dict[str, Participant]
+
+    def __init__(self, participants: Mapping[str, Participant | Mapping[str, Any]]) -> None:
+        """From Participants, or data (alias → {reference, display}); checked like the models (SpecError listing
+        every problem)."""
+        try:
+            self._items = _participants(participants)._items
+        except PydanticCustomError as exc:
+            raise SpecError([Problem("<spec>", None, None, "", exc.message())]) from None
+        except ValidationError as exc:
+            raise SpecError(problems_of(exc, Document("<spec>", participants), Participants)) from None
+
+    @classmethod
+    def _of(cls, items: dict[str, Participant]) -> Participants:
+        new = object.__new__(cls)
+        new._items = items
+        return new
+
+    def __getitem__(self, alias: str) -> Participant:
+        return self._items[alias]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, alias: object) -> bool:
+        return alias in self._items
+
+    def keys(self) -> KeysView[str]:  # (the dict's own views: the builder reads them for every thread)
+        return self._items.keys()
+
+    def values(self) -> ValuesView[Participant]:
+        return self._items.values()
+
+    def items(self) -> ItemsView[str, Participant]:
+        return self._items.items()
+
+    def get(self, alias: str, default: Any = None) -> Any:
+        return self._items.get(alias, default)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Participants):
+            return list(self._items.items()) == list(other._items.items())  # the order is part of a spec
+        if isinstance(other, Mapping):
+            return self._items == dict(other.items())
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._items.items()))
+
+    def __repr__(self) -> str:
+        return f"Participants({self._items!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Participants._of, (self._items,))
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_plain_validator_function(_participants)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {"description": "Everyone in the thread: alias -> {reference, display}.", "type": "object",
+                "minProperties": 1, "x-message": "needs at least one participant",
+                "propertyNames": {DEF_KEY: "aliasName"},
+                "additionalProperties": handler(Participant.__pydantic_core_schema__)}
+
+
+def _participants(value: Any) -> Participants:
+    """Validate a mapping alias → participant data (or Participant): every problem in every entry at once."""
+    if isinstance(value, Participants):
+        return value
+    if not isinstance(value, Mapping):
+        raise fail(expected("a mapping", value))
+    if not value:
+        raise fail("needs at least one participant")
+    out: dict[str, Participant] = {}
+    errors: list[ErrorDetails] = []
+    for key, entry in value.items():
+        if type(entry) is Participant and entry.alias == key and key not in out:  # made in Python: checked already
+            out[key] = entry
+            continue
+        try:
+            alias = check_alias_name(key)
+        except PydanticCustomError as exc:
+            errors.append(_error(exc.message(), (key,), key, on_key=True))
+            continue
+        if alias in out:
+            errors.append(_error(f"alias {alias!r} is given twice", (key,), key, on_key=True))
+        elif isinstance(entry, Participant):
+            if entry.alias != alias:
+                errors.append(_error(f"is the participant aliased {entry.alias!r}: give it under that key", (key,),
+                                     entry))
+            else:
+                out[alias] = entry
+        elif isinstance(entry, dict):
+            data = dict(entry)
+            if "alias" in data:  # the alias is the key: data never names it inside
+                errors.append({"type": "extra_forbidden", "loc": (key, "alias"), "msg": "", "input": data.pop("alias")})
+            try:
+                out[alias] = Participant.model_validate({**data, "alias": alias})
+            except ValidationError as exc:
+                errors.extend({**e, "loc": (key, *e["loc"])} for e in exc.errors(include_url=False))
+        else:
+            errors.append(_error(expected("a mapping", entry), (key,), entry))
+    if errors:
+        raise reraise(errors)
+    return Participants._of(out)
+
+
+def _error(message: str, loc: Path_, value: Any, *, on_key: bool = False) -> ErrorDetails:
+    return {"type": "spec_key" if on_key else "spec", "loc": loc, "msg": message, "input": value}
+
+
+# --- codes, attachments, messages ------------------------------------------------------------------
+
+
+class Coding(_Model):
+    """A code of the thread's `category`: data writes it `system|code`, or as {system, code, display}."""
+
+    code: Text
+    system: OptionalText = None
+    display: OptionalText = None
+
+    @_constructor
+    def __init__(self, code: str, system: str | None = None, display: str | None = None) -> None:
+        self._validate(_without_defaults(code=code, system=system, display=display))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            if not is_coding(data):
+                raise fail(f"{data!r} {CODING_HINT}")
+            system, code = data.split("|", 1)
+            return {"system": system, "code": code}
+        if not isinstance(data, dict | Coding):
+            raise fail(f"must be 'system|code' or a mapping {{system, code, display}}; got {describe(data)}")
+        return data
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        mapping = handler.resolve_ref_schema(handler(schema))
+        return {"x-message": "must be 'system|code' or a mapping {system, code, display}",
+                "oneOf": [CODING_STRING_SCHEMA, mapping]}
+
+    def to_data(self) -> str | dict[str, str]:
+        """`system|code` when that says it all, else {system, code, display} without what is absent."""
+        if self.system is not None and self.display is None and is_coding(f"{self.system}|{self.code}"):
+            return f"{self.system}|{self.code}"
+        out = {"system": self.system} if self.system is not None else {}
+        out["code"] = self.code
+        if self.display is not None:
+            out["display"] = self.display
+        return out
+
+
+class Attachment(_Model):
+    """A message's attachment: becomes a `payload.contentAttachment`."""
+
+    url: Text = Field(description="Where the content is: Binary/<id> for a Medplum Binary, or a URL.")
+    content_type: MimeType = Field(None, alias="contentType")
+    title: OptionalText = None
+
+    @_constructor
+    def __init__(self, url: str, content_type: str | None = None, title: str | None = None) -> None:
+        self._validate(_without_defaults(url=url, content_type=content_type, title=title))
+
+    def to_data(self) -> dict[str, str]:
+        out = {"url": self.url}
+        if self.content_type is not None:
+            out["contentType"] = self.content_type
+        if self.title is not None:
+            out["title"] = self.title
+        return out
+
+
+_NO_CONTENT = "a message needs text or attachments"
+
+
+class Message(_Model):
+    """One message of a thread: becomes a Communication with `partOf` → the thread's header."""
+
+    id: Key = Field(description="Unique in the thread; default: the message's 1-based position.")
+    sender: Alias
+    sent: Instant = Field(description="When it was sent: a FHIR instant, kept exactly as written.")
+    text: OptionalLongText = None
+    attachments: Annotated[tuple[Attachment, ...], ListOf(Attachment, min_length=1)] = ()
+    recipient: Annotated[tuple[str, ...] | None, ListOf(Alias, min_length=1)] = Field(
+        None, description="Aliases; default: every participant except the sender.")
+    reply_to: OptionalKey = Field(None, description="The id of an earlier message in this thread.")
+    status: OptionalStatus = Field(None, description="Its own Communication status; default: the thread's.")
+
+    @_constructor
+    def __init__(self, id: str, sender: str, sent: str, text: str | None = None,
+                 attachments: Sequence[Attachment] = (), recipient: Sequence[str] | None = None,
+                 reply_to: str | None = None, status: str | None = None) -> None:
+        data: dict[str, Any] = {"id": id, "sender": sender, "sent": sent}  # (written out: migrate makes many)
+        if text is not None:
+            data["text"] = text
+        if attachments:
+            data["attachments"] = attachments
+        if recipient is not None:
+            data["recipient"] = recipient
+        if reply_to is not None:
+            data["reply_to"] = reply_to
+        if status is not None:
+            data["status"] = status
+        self._validate(data)
+
+    @model_validator(mode="after")
+    def _has_content(self) -> Self:  # (when a field failed, `_MessageView` says it beside their problems)
+        if self.text is None and not self.attachments:
+            raise fail(_NO_CONTENT)
+        return self
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        out = handler.resolve_ref_schema(handler(schema))
+        out["required"] = [name for name in out["required"] if name != "id"]  # data may leave it out
+        out["anyOf"] = [{"required": ["text"]}, {"required": ["attachments"]}]
+        out["x-message"] = _NO_CONTENT
+        return out
+
+    def to_data(self, position: int) -> dict[str, Any]:
+        """As spec data, for the message at 1-based `position` (whose default id is that number)."""
+        out: dict[str, Any] = {} if self.id == str(position) else {"id": self.id}
+        out["sender"] = self.sender
+        out["sent"] = self.sent
+        if self.recipient is not None:
+            out["recipient"] = list(self.recipient)
+        if self.reply_to is not None:
+            out["reply_to"] = self.reply_to
+        if self.text is not None:
+            out["text"] = self.text
+        if self.attachments:
+            out["attachments"] = [a.to_data() for a in self.attachments]
+        if self.status is not None:
+            out["status"] = self.status
+        return out
+
+
+# --- the thread -------------------------------------------------------------------------------------
+
+
+class ThreadSpec(_Model):
+    """One conversation thread: a header Communication and its messages, checked whole.
+
+    `participants` maps each alias to its Participant, in the order written (the header's recipients
+    are in that order). `subject` is an alias or a reference string; `sender` an alias. Messages keep
+    their order; a message's `recipient` None means every participant but its sender, its `status`
+    None the thread's.
+    """
+
+    key: Key = Field(alias="thread", description="The thread's key, unique within a target project. It becomes "
+                                                 "the header's identifier value.")
+    topic: Text = Field(description="The thread title: Communication.topic.text.")
+    participants: Participants
+    messages: Annotated[tuple[Message, ...], ListOf(Message)] = ()
+    subject: AliasOrReference = Field(None, description="Who the thread is about: a participant alias, or a "
+                                                        "reference string (Type/id or Type?identifier=system|value).")
+    sender: OptionalAlias = Field(None, description="The alias of the participant who started the thread.")
+    sent: OptionalInstant = Field(None, description="When the thread was started (FHIR instant).")
+    status: Status = DEFAULT_STATUS
+    category: Annotated[tuple[Coding, ...], ListOf(Coding)] = Field(
+        (), description="Codes for the header and every message: 'system|code' strings or {system, code, display} "
+                        "objects.")
+
+    _source: Document | None = PrivateAttr(default=None)
+
+    @_constructor
+    def __init__(self, key: str, topic: str, participants: Mapping[str, Participant],
+                 messages: Sequence[Message] = (), subject: str | None = None, sender: str | None = None,
+                 sent: str | None = None, status: str = DEFAULT_STATUS, category: Sequence[Coding] = ()) -> None:
+        data = {"key": key, "topic": topic, "participants": participants, "messages": messages, "status": status,
+                "category": category}
+        if subject is not None:
+            data["subject"] = subject
+        if sender is not None:
+            data["sender"] = sender
+        if sent is not None:
+            data["sent"] = sent
+        self._validate(data)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _checked(cls, data: Any, handler: ModelWrapValidatorHandler[ThreadSpec]) -> ThreadSpec:
+        """The fields (pydantic), then what they mean together; every problem of both at once."""
+        if isinstance(data, ThreadSpec):
+            return data  # checked when it was made
+        defaults: frozenset[int] = frozenset()
+        if isinstance(data, dict):
+            data, defaults = _default_ids(data)
+        try:
+            spec = handler(data)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            if isinstance(data, dict):
+                said = {(e["loc"], e["msg"]) for e in errors}
+                errors += [e for e in _meaning(*_Partial.read(data), defaults) if (e["loc"], e["msg"]) not in said]
+            raise reraise(errors) from None
+        errors = _meaning(spec.participants._items, spec.messages, spec.subject, spec.sender, defaults)
+        if errors:
+            raise reraise(errors)
+        return spec
 
     def origin(self, message_index: int | None = None, *fields: str | int) -> tuple[str, int | None]:
-        """(file, line) of the thread, or of `messages[message_index]` and a field below it."""
-        if self.source is None:
+        """(file, line) of the thread, or of `messages[message_index]` and a field below it; ('<spec>', None) for
+        a spec made in Python."""
+        if self._source is None:
             return ("<spec>", None)
         path: Path_ = ("messages", message_index, *fields) if message_index is not None else tuple(fields)
-        pos = self.source.position(path)
-        return (self.source.file, pos[0] if pos else None)
+        pos = self._source.position(path)
+        return (self._source.file, pos[0] if pos else None)
 
-
-# --- schema ----------------------------------------------------------------------------------------
-
-
-def _validator() -> jsonschema.protocols.Validator:
-    global _VALIDATOR
-    if _VALIDATOR is None:
-        cls = jsonschema.validators.validator_for(assets.schema(SPEC_SCHEMA))
-        _VALIDATOR = cls(assets.schema(SPEC_SCHEMA))
-    return _VALIDATOR
-
-
-_VALIDATOR: jsonschema.protocols.Validator | None = None
-
-_TYPE_NAMES = {"string": "a string", "integer": "an integer", "object": "a mapping", "array": "a list",
-               "boolean": "true/false", "null": "null", "number": "a number"}
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return f"a boolean ({str(value).lower()})"
-    if isinstance(value, int):
-        return f"an integer ({value})"
-    if isinstance(value, str):
-        return f"a string ({value!r})"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
-
-
-def _schema_problems(doc: Document, error: _SchemaError) -> Iterator[Problem]:
-    path: Path_ = tuple(error.absolute_path)
-    custom = error.schema.get("x-message") if isinstance(error.schema, dict) else None
-    v = error.validator
-    if v == "anyOf" and custom:
-        yield doc.problem(path, custom)
-        return
-    if v in ("oneOf", "anyOf"):
-        subs = [e for e in error.context or () if e.validator != "type"]
-        if subs:
-            yield from _schema_problems(doc, best_match(subs))
-            return
-        yield doc.problem(path, f"{custom or 'is not valid here'}; got {_kind(error.instance)}")
-        return
-    if v == "additionalProperties":
-        allowed = sorted(error.schema.get("properties", {}))
-        for key in sorted(set(error.instance) - set(allowed)):
-            hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
-            yield doc.problem(path + (key,), f"unknown field '{key}'{hint}", key=True)
-        return
-    if v == "required":
-        missing = re.findall(r"'([^']+)' is a required property", error.message)
-        field_ = missing[0] if missing else "?"
-        yield doc.problem(path, f"missing required field '{field_}'")
-        return
-    if v == "type":
-        want = error.validator_value
-        wants = [want] if isinstance(want, str) else list(want)
-        expected = " or ".join(_TYPE_NAMES.get(w, w) for w in wants)
-        hint = " (quote it in YAML)" if "string" in wants and not isinstance(error.instance, dict | list) else ""
-        yield doc.problem(path, f"expected {expected}, got {_kind(error.instance)}{hint}")
-        return
-    if v == "propertyNames":
-        for sub in error.context or ():
-            name = str(sub.instance)
-            yield doc.problem(path + (name,), f"{name!r} {sub.schema.get('x-message', sub.message)}", key=True)
-        return
-    if v == "enum":
-        options = ", ".join(map(str, error.validator_value))
-        yield doc.problem(path, f"{error.instance!r} {custom or 'is not allowed'} (one of: {options})")
-        return
-    if v in ("pattern", "maxLength") and custom:
-        yield doc.problem(path, f"{error.instance!r} {custom}")
-        return
-    if v == "minLength":
-        yield doc.problem(path, "must not be empty")
-        return
-    if v in ("minItems", "minProperties"):
-        yield doc.problem(path, custom or "must not be empty")
-        return
-    yield doc.problem(path, custom or error.message)
-
-
-def _schema_check(doc: Document) -> list[Problem]:
-    return [p for error in _validator().iter_errors(doc.data) for p in _schema_problems(doc, error)]
-
-
-# --- meaning ---------------------------------------------------------------------------------------
-
-def _text(value: Any) -> str:
-    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-def _is_alias(value: Any) -> bool:
-    text = str(value)
-    return isinstance(value, str | int) and not isinstance(value, bool) and "/" not in text and "?" not in text
-
-
-def _not_allowed(kind: str, what: str, role: str) -> str:
-    return f"FHIR R4 does not allow a {kind} as {what} of a Communication (allowed: " \
-           f"{', '.join(sorted(TARGET_TYPES[role]))})"
-
-
-def _meaning_problems(doc: Document) -> list[Problem]:
-    data = doc.data
-    if not isinstance(data, dict):
-        return []
-    out: list[Problem] = []
-    parts = data.get("participants")
-    aliases = [str(a) for a in parts] if isinstance(parts, dict) else None
-    known = f" (known: {', '.join(sorted(aliases))})" if aliases else ""
-
-    types: dict[str, str] = {}  # alias → resource type of its reference
-    if isinstance(parts, dict):
-        for alias, p in parts.items():
-            if isinstance(p, dict) and isinstance(p.get("reference"), str):
-                types[str(alias)] = kind = reference_type(p["reference"])
-                if kind not in TARGET_TYPES["recipient"] and kind[:1].isupper():
-                    out.append(doc.problem(("participants", alias, "reference"), _not_allowed(kind, "a participant",
-                                                                                              "recipient")))
-
-    def check_alias(path: Path_, value: Any, role: str | None = None) -> None:
-        if aliases is not None and _is_alias(value) and str(value) not in aliases:
-            out.append(doc.problem(path, f"{_text(value)!r} is not a participant{known}"))
-        elif (role and (kind := types.get(str(value)) if _is_alias(value) else reference_type(str(value)))
-              and kind not in TARGET_TYPES[role] and kind in TARGET_TYPES["recipient"]):
-            out.append(doc.problem(path, f"{_text(value)!r} is a {kind}: " + _not_allowed(kind, f"the {role}", role)))
-
-    if "sender" in data:
-        check_alias(("sender",), data["sender"], "sender")
-    if "subject" in data:
-        check_alias(("subject",), data["subject"], "subject")
-    def check_instant(path: Path_, value: Any) -> None:
-        if isinstance(value, str) and is_instant_shaped(value) and (why := instant_problem(value)):
-            out.append(doc.problem(path, why))  # (a value of the wrong form is the schema's to report)
-
-    check_instant(("sent",), data.get("sent"))
-    messages = data.get("messages")
-    if not isinstance(messages, list):
+    def to_data(self) -> dict[str, Any]:
+        """This spec as plain spec data (what a YAML or JSON spec file holds), which `parse_spec` reads back
+        equal: defaults are left out, a code is `system|code` when it has a system and no display."""
+        out: dict[str, Any] = {"thread": self.key, "topic": self.topic}
+        if self.subject is not None:
+            out["subject"] = self.subject
+        if self.status != DEFAULT_STATUS:
+            out["status"] = self.status
+        if self.category:
+            out["category"] = [c.to_data() for c in self.category]
+        if self.sender is not None:
+            out["sender"] = self.sender
+        if self.sent is not None:
+            out["sent"] = self.sent
+        out["participants"] = {a: {"reference": p.reference} | ({"display": p.display} if p.display is not None
+                                                                 else {}) for a, p in self.participants.items()}
+        if self.messages:
+            out["messages"] = [m.to_data(i) for i, m in enumerate(self.messages, 1)]
         return out
-    ids: dict[str, int] = {}
-    for i, msg in enumerate(messages):
-        if not isinstance(msg, dict):
+
+
+# --- what the fields mean together ------------------------------------------------------------------
+
+
+def _default_ids(data: dict[str, Any]) -> tuple[dict[str, Any], frozenset[int]]:
+    """A message without an id gets its 1-based position: `data` with those ids filled, and their indexes."""
+    messages = data.get("messages")
+    if type(messages) is not list and type(messages) is not tuple:
+        return data, frozenset()
+    filled: list[Any] | None = None
+    for i, m in enumerate(messages):
+        if type(m) is dict and "id" not in m:
+            if filled is None:
+                filled = list(messages)
+            filled[i] = {**m, "id": str(i + 1)}
+    if filled is None:
+        return data, frozenset()
+    return {**data, "messages": filled}, frozenset(i for i, m in enumerate(messages) if filled[i] is not m)
+
+
+class _MessageView:
+    """The parts of a message the meaning rules read, from data that did not validate: None where invalid."""
+
+    __slots__ = ("empty", "id", "recipient", "reply_to", "sender")
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self.empty = "text" not in data and "attachments" not in data
+        self.id = as_key(data.get("id"))
+        self.sender = as_alias(data.get("sender"))
+        self.reply_to = as_key(data.get("reply_to"))
+        recipient = data.get("recipient")
+        self.recipient = tuple(map(as_alias, recipient)) if isinstance(recipient, list | tuple) else None
+
+
+class _Partial:
+    """What the meaning rules can still read from thread data that failed to validate."""
+
+    @staticmethod
+    def read(data: Mapping[str, Any]) -> tuple[Any, list[Any], str | None, str | None]:
+        parts = data.get("participants")
+        participants: dict[str, Any] | None = None
+        if isinstance(parts, Mapping) and parts:
+            participants = {}
+            for key, entry in parts.items():
+                alias = key if isinstance(key, str) else str(key)
+                try:
+                    participants[alias] = _participants({key: entry})[alias]
+                except (ValidationError, PydanticCustomError):
+                    participants[alias] = None  # a known alias, of an unknown type
+        messages: list[Any] = []
+        raw = data.get("messages")
+        for m in raw if isinstance(raw, list | tuple) else ():
+            messages.append(m if isinstance(m, Message) else _MessageView(m) if isinstance(m, Mapping) else None)
+        return participants, messages, as_alias_or_reference(data.get("subject")), as_alias(data.get("sender"))
+
+
+def _prefixes(types: frozenset[str]) -> tuple[str, ...]:
+    return tuple(f"{t}{sep}" for t in sorted(types) for sep in "/?")
+
+
+_SUBJECT_PREFIXES = _prefixes(COMMUNICATION_TARGETS["subject"])
+_NOT_SENDER_PREFIXES = _prefixes(COMMUNICATION_TARGETS["recipient"] - COMMUNICATION_TARGETS["sender"])
+"""A participant's reference is of a type FHIR allows as a recipient (its own check): it may not send if it
+starts with one of these (`Group/`, `Group?`, ...)."""
+
+
+def _meaning(participants: Mapping[str, Participant | None] | None, messages: Sequence[Any], subject: str | None,
+             sender: str | None, defaults: frozenset[int]) -> list[ErrorDetails]:
+    """What the fields mean together: aliases known, reference types FHIR allows per role, message ids unique,
+    replies to earlier messages. Parts that are None (invalid, reported already) are not judged.
+
+    It runs for every thread migrate makes: the common case (every sender seen before, no recipients
+    given, no reply) takes the fewest steps."""
+    errors: list[ErrorDetails] = []
+    may_send: set[str] = set()  # aliases of participants found fit to send
+
+    def known() -> str:
+        return f" (known: {', '.join(sorted(participants or ()))})"
+
+    def not_fit(loc: Path_, value: str, role: str) -> None:
+        p = participants.get(value) if participants is not None else None
+        kind = reference_type(p.reference if p is not None else value)
+        errors.append(_error(f"{value!r} is a {kind}: " + not_allowed(kind, f"the {role}", role), loc, value))
+
+    def judge_sender(loc: Path_, alias: str) -> None:
+        assert participants is not None
+        if alias not in participants:
+            errors.append(_error(f"{alias!r} is not a participant{known()}", loc, alias))
+        elif (p := participants[alias]) is not None:
+            if p.reference.startswith(_NOT_SENDER_PREFIXES):
+                not_fit(loc, alias, "sender")
+            else:
+                may_send.add(alias)
+
+    if participants is not None:
+        if sender is not None:
+            judge_sender(("sender",), sender)
+        if subject is not None:
+            if "/" in subject or "?" in subject:
+                if not subject.startswith(_SUBJECT_PREFIXES):
+                    not_fit(("subject",), subject, "subject")
+            elif subject not in participants:
+                errors.append(_error(f"{subject!r} is not a participant{known()}", ("subject",), subject))
+            elif (p := participants[subject]) is not None and not p.reference.startswith(_SUBJECT_PREFIXES):
+                not_fit(("subject",), subject, "subject")
+    ids: dict[str, int] = {}  # message id → index of its first message
+    for i, m in enumerate(messages):
+        if m is None:
             continue
-        mid = _text(msg["id"]) if "id" in msg else str(i + 1)
-        if isinstance(mid, str):
-            if mid in ids:
-                first = ids[mid]
-                how = "" if "id" in msg else " (its default id, from its position)"
-                out.append(doc.problem(("messages", i, "id") if "id" in msg else ("messages", i),
-                                       f"duplicate message id {mid!r}{how}: messages[{first}] has it too"))
-            else:
-                ids[mid] = i
-        if "sender" in msg:
-            check_alias(("messages", i, "sender"), msg["sender"], "sender")
-        if isinstance(msg.get("recipient"), list):
-            seen: set[str] = set()
-            for j, r in enumerate(msg["recipient"]):
-                check_alias(("messages", i, "recipient", j), r)
-                if str(r) in seen:
-                    out.append(doc.problem(("messages", i, "recipient", j), f"{_text(r)!r} is listed twice"))
-                seen.add(str(r))
-        check_instant(("messages", i, "sent"), msg.get("sent"))
-        if "reply_to" in msg and isinstance(target := _text(msg["reply_to"]), str):
-            if target in ids and ids[target] != i:
-                pass
-            elif any(_text(m.get("id", j + 1)) == target for j, m in enumerate(messages) if isinstance(m, dict)):
-                out.append(doc.problem(("messages", i, "reply_to"),
-                                       f"replies to {target!r}, which is not an earlier message (a reply must follow "
-                                       "what it answers)"))
-            else:
-                out.append(doc.problem(("messages", i, "reply_to"),
-                                       f"no message with id {target!r} in this thread"
-                                       + (f" (ids: {', '.join(ids)})" if ids else "")))
-    return out
+        if type(m) is _MessageView and m.empty:
+            errors.append(_error(_NO_CONTENT, ("messages", i), None))
+        mid = m.id
+        if mid is not None and ids.setdefault(mid, i) != i:
+            how = " (its default id, from its position)" if i in defaults else ""
+            loc: Path_ = ("messages", i) if i in defaults else ("messages", i, "id")
+            errors.append(_error(f"duplicate message id {mid!r}{how}: messages[{ids[mid]}] has it too", loc, mid))
+        if participants is not None:
+            s = m.sender
+            if s is not None and s not in may_send:
+                judge_sender(("messages", i, "sender"), s)
+            if m.recipient is not None:
+                seen: set[str] = set()
+                for j, r in enumerate(m.recipient):
+                    if r is None:  # (not an alias: reported already)
+                        continue
+                    if r not in participants:
+                        errors.append(_error(f"{r!r} is not a participant{known()}", ("messages", i, "recipient", j),
+                                             r))
+                    if r in seen:
+                        errors.append(_error(f"{r!r} is listed twice", ("messages", i, "recipient", j), r))
+                    seen.add(r)
+        target = m.reply_to
+        if target is not None and ids.get(target, i) == i:
+            later = any(o is not None and o.id == target for o in messages)
+            why = (f"replies to {target!r}, which is not an earlier message (a reply must follow what it answers)"
+                   if later else f"no message with id {target!r} in this thread"
+                   + (f" (ids: {', '.join(ids)})" if ids else ""))
+            errors.append(_error(why, ("messages", i, "reply_to"), target))
+    return errors
 
 
-# --- construction ----------------------------------------------------------------------------------
-
-
-def _coding(value: Any) -> Coding:
-    if isinstance(value, str):
-        system, code = value.split("|", 1)
-        return Coding(code=code, system=system)
-    return Coding(code=value["code"], system=value.get("system"), display=value.get("display"))
-
-
-def _to_spec(doc: Document) -> ThreadSpec:
-    data = doc.data
-    participants = {str(alias): Participant(str(alias), p["reference"], p.get("display"))
-                    for alias, p in data["participants"].items()}
-    messages = []
-    for i, m in enumerate(data.get("messages") or ()):
-        messages.append(Message(
-            id=_text(m["id"]) if "id" in m else str(i + 1),
-            sender=_text(m["sender"]),
-            sent=m["sent"],
-            text=m.get("text"),
-            attachments=tuple(Attachment(a["url"], a.get("contentType"), a.get("title"))
-                              for a in m.get("attachments", ())),
-            recipient=tuple(_text(r) for r in m["recipient"]) if "recipient" in m else None,
-            reply_to=_text(m["reply_to"]) if "reply_to" in m else None,
-            status=m.get("status"),
-        ))
-    return ThreadSpec(
-        key=_text(data["thread"]),
-        topic=data["topic"],
-        participants=participants,
-        messages=tuple(messages),
-        subject=_text(data["subject"]) if "subject" in data else None,
-        sender=_text(data["sender"]) if "sender" in data else None,
-        sent=data.get("sent"),
-        status=data.get("status", DEFAULT_STATUS),
-        category=tuple(_coding(c) for c in data.get("category", ())),
-        source=doc,
-    )
+# --- reading ---------------------------------------------------------------------------------------
 
 
 def check_document(doc: Document) -> tuple[ThreadSpec | None, list[Problem]]:
-    """A ThreadSpec from one parsed document, or the problems that stop it being one."""
+    """A ThreadSpec from one parsed document, or every problem that stops it being one (with positions)."""
     if not isinstance(doc.data, dict):
-        why = f"expected a thread (a mapping with thread, topic, participants), got {_kind(doc.data)}"
+        why = f"expected a thread (a mapping with thread, topic, participants), got {describe(doc.data)}"
         return None, [doc.problem((), why)]
-    problems = _schema_check(doc) + _meaning_problems(doc)
-    if problems:
-        return None, problems
-    return _to_spec(doc), []
+    try:
+        spec = ThreadSpec.model_validate(doc.data)
+    except ValidationError as exc:
+        return None, problems_of(exc, doc, ThreadSpec)
+    spec._source = doc
+    return spec, []
 
 
 def parse_spec(data: Mapping[str, Any], *, file: str = "<spec>") -> ThreadSpec:
     """One ThreadSpec from plain data (as loaded from YAML/JSON); raises SpecError listing every problem."""
     spec, problems = check_document(Document(file, data))
-    if problems:
+    if spec is None:
         raise SpecError(problems)
-    assert spec is not None
     return spec
-
-
-# --- files -----------------------------------------------------------------------------------------
-
-
-def spec_files(paths: Iterable[str | Path], suffixes: tuple[str, ...] = SPEC_SUFFIXES, *, stdin: bool = True
-               ) -> tuple[list[Path | str], list[Problem]]:
-    """Expand folders (recursively, files with `suffixes`, sorted) and check the paths exist; '-' is stdin."""
-    files: list[Path | str] = []
-    problems: list[Problem] = []
-    for raw in paths:
-        if stdin and str(raw) == "-":
-            files.append("-")
-            continue
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix in suffixes and p.is_file())
-            if not found:
-                kinds = ", ".join(f"*{s}" for s in suffixes)
-                problems.append(Problem(str(path), None, None, "", f"folder has no {kinds} files"))
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        elif path.exists():
-            problems.append(Problem(str(path), None, None, "", "not a regular file or folder"))
-        else:
-            problems.append(Problem(str(path), None, None, "", "no such file or folder"))
-    return files, problems
-
-
-def read_documents(file: Path | str) -> tuple[list[Document], list[Problem]]:
-    """The thread documents in one file (or '-' for stdin)."""
-    name = "<stdin>" if file == "-" else str(file)
-    try:
-        raw = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
-    except OSError as exc:
-        return [], [Problem(name, None, None, "", f"cannot read: {exc.strerror}")]
-    text, problems = decode(raw, name)
-    if text is None:
-        return [], problems
-    kind = None if file == "-" else ("json" if Path(file).suffix == ".json" else "yaml")
-    docs, problems = parse_text(text, name, kind=kind)
-    if not docs and not problems:
-        problems = [Problem(name, None, None, "", "no thread in this file")]
-    return list(split_threads(docs)), problems
-
-
-def load_specs(paths: Iterable[str | Path]) -> list[ThreadSpec]:
-    """Every thread in `paths`, checked; raises SpecError with every problem in every file."""
-    files, problems = spec_files(paths)
-    specs: list[ThreadSpec] = []
-    seen: dict[str, ThreadSpec] = {}
-    for file in files:
-        docs, file_problems = read_documents(file)
-        problems.extend(file_problems)
-        for doc in docs:
-            spec, doc_problems = check_document(doc)
-            problems.extend(doc_problems)
-            if spec is None:
-                continue
-            if spec.key in seen:
-                other_file, other_line = seen[spec.key].origin()
-                problems.append(doc.problem(("thread",), f"thread key {spec.key!r} is already used by "
-                                                         f"{other_file}:{other_line}"))
-                continue
-            seen[spec.key] = spec
-            specs.append(spec)
-    if problems:
-        raise SpecError(problems)
-    return specs

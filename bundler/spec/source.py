@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import json
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,9 +73,9 @@ _Resolver.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|
 _Resolver.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^(?:0|-?[1-9][0-9]*)$"), list("-0123456789"))
 
 try:  # libyaml's parser and composer when PyYAML has them (much faster), else the pure-Python ones
-    from yaml.cyaml import CParser
+    from yaml._yaml import CParser
 
-    class _Loader(CParser, _Resolver):  # type: ignore[misc]
+    class _Loader(CParser, _Resolver):
         def __init__(self, stream: str) -> None:
             CParser.__init__(self, stream)
             _Resolver.__init__(self)
@@ -128,14 +129,27 @@ class _YamlBuilder:
         if isinstance(node, yaml.SequenceNode):
             return [self.value(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
         tag = node.tag
-        if not node.style:  # plain scalar (libyaml says '', PyYAML None): apply the core schema
+        if isinstance(node, yaml.ScalarNode) and not node.style:  # plain (libyaml says '', PyYAML None): core schema
             if tag == "tag:yaml.org,2002:null":
                 return None
             if tag == "tag:yaml.org,2002:bool":
                 return node.value.lower() == "true"
             if tag == "tag:yaml.org,2002:int":
+                if _too_long(node.value):
+                    self.problems.append(self.doc.problem(path, _too_long_message(node.value)))
+                    return node.value
                 return int(node.value)
         return node.value
+
+
+def _too_long(digits: str) -> bool:
+    """Whether Python refuses to read this integer (`sys.get_int_max_str_digits()`, 4300 by default)."""
+    limit = sys.get_int_max_str_digits()
+    return bool(limit) and len(digits.lstrip("-")) > limit
+
+
+def _too_long_message(digits: str) -> str:
+    return f"a number with {len(digits.lstrip('-'))} digits is too long to read (quote it if it is text)"
 
 
 _MARK_RE = re.compile(r"line (\d+), column (\d+)")
@@ -149,6 +163,8 @@ def parse_yaml(text: str, file: str) -> tuple[list[Document], list[Problem]]:
     try:
         while loader.check_node():
             node = loader.get_node()
+            if node is None:  # pragma: no cover - check_node() said there is one
+                break
             doc = Document(file, None)
             doc.data = _YamlBuilder(doc, problems).value(node, ())
             if not (doc.data is None and isinstance(node, yaml.ScalarNode) and node.value == ""):
@@ -179,8 +195,16 @@ def parse_json(text: str, file: str) -> tuple[list[Document], list[Problem]]:
             out[key] = value
         return out
 
+    too_long: list[str] = []
+
+    def integer(digits: str) -> int | str:
+        if _too_long(digits):
+            too_long.append(digits)
+            return digits
+        return int(digits)
+
     try:
-        data = json.loads(text, object_pairs_hook=no_duplicates)
+        data = json.loads(text, object_pairs_hook=no_duplicates, parse_int=integer)
     except json.JSONDecodeError as exc:
         return [], [Problem(file, exc.lineno, exc.colno, "", f"JSON syntax error: {exc.msg}")]
     except _DuplicateKey:
@@ -189,7 +213,11 @@ def parse_json(text: str, file: str) -> tuple[list[Document], list[Problem]]:
         scanner.scan()
         return [], [doc.problem(p, f"duplicate key '{p[-1]}'", key=True) for p in sorted(scanner.duplicates, key=str)]
     doc = Document(file, data)
-    _JsonScanner(text, doc).scan()
+    scanner = _JsonScanner(text, doc)
+    scanner.scan()
+    if too_long:
+        return [], [Problem(file, *scanner.at(m.start()), "", _too_long_message(m.group()))
+                    for m in re.finditer(r"-?[0-9]+", text) if m.group() in too_long]
     return [doc], []
 
 

@@ -1,0 +1,142 @@
+"""The JSON Schemas we ship: the spec's is generated from the models (the committed file is what they give),
+and both hold the grammars and codes of bundler.vocabulary, nothing of their own."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from bundler import assets
+from bundler.errors import SpecError
+from bundler.spec import load_specs
+from bundler.spec.schema import SCHEMA_FILE, main, schema_text, spec_schema
+from bundler.testing.strategies import thread_specs
+from bundler.vocabulary import (
+    ALIAS_HINT,
+    ALIAS_PATTERN,
+    CODING_HINT,
+    CODING_PATTERN,
+    COMMUNICATION_STATUSES,
+    COMMUNICATION_TARGETS,
+    INSTANT_HINT,
+    INSTANT_PATTERN,
+    KEY_HINT,
+    KEY_PATTERN,
+    MIME_TYPE_HINT,
+    MIME_TYPE_PATTERN,
+    REFERENCE_HINT,
+    REFERENCE_PATTERN,
+    TYPE_PATTERN,
+    reference_pattern,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+SPEC = assets.schema(SCHEMA_FILE)
+MAPPING = assets.schema("migrate-mapping.schema.json")
+RECIPIENT_REFERENCE = reference_pattern(COMMUNICATION_TARGETS["recipient"])
+VOCABULARY_PATTERNS = {f"^{p}$" for p in (KEY_PATTERN, ALIAS_PATTERN, REFERENCE_PATTERN, INSTANT_PATTERN,
+                                          MIME_TYPE_PATTERN, CODING_PATTERN, TYPE_PATTERN, RECIPIENT_REFERENCE,
+                                          f"(?:{ALIAS_PATTERN}|{REFERENCE_PATTERN})")}
+
+
+def _walk(node: Any, path: str = "#") -> Iterator[tuple[str, dict[str, Any]]]:
+    if isinstance(node, dict):
+        yield path, node
+        for key, value in node.items():
+            yield from _walk(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _walk(value, f"{path}/{i}")
+
+
+def test_the_committed_spec_schema_is_what_the_models_generate() -> None:
+    committed = (REPO / "schemas" / SCHEMA_FILE).read_text(encoding="utf-8")
+    assert committed == schema_text(), "run: python -m bundler.spec.schema"
+    assert main(["--check", str(REPO / "schemas" / SCHEMA_FILE)]) == 0
+
+
+def test_the_generator_writes_the_file(tmp_path: Path) -> None:
+    target = tmp_path / SCHEMA_FILE
+    assert main([str(target)]) == 0
+    assert target.read_text(encoding="utf-8") == schema_text()
+    target.write_text("{}")
+    assert main(["--check", str(target)]) == 1
+
+
+@pytest.mark.parametrize("schema", [SPEC, MAPPING], ids=["thread-spec", "migrate-mapping"])
+def test_every_pattern_and_status_list_is_the_vocabulary_s(schema: dict[str, Any]) -> None:
+    jsonschema.Draft202012Validator.check_schema(schema)
+    patterns = [(where, node["pattern"]) for where, node in _walk(schema) if isinstance(node.get("pattern"), str)]
+    assert patterns
+    assert [(w, p) for w, p in patterns if p not in VOCABULARY_PATTERNS] == []
+    enums = [(where, node["enum"]) for where, node in _walk(schema) if "enum" in node]
+    statuses = [(w, e) for w, e in enums if "in-progress" in e]
+    assert statuses and all(e == list(COMMUNICATION_STATUSES) for _, e in statuses)
+
+
+def test_the_spec_schema_names_its_grammars_and_hints() -> None:
+    defs = SPEC["$defs"]
+    assert (defs["key"]["pattern"], defs["key"]["x-message"]) == (f"^{KEY_PATTERN}$", KEY_HINT)
+    assert (defs["aliasName"]["pattern"], defs["aliasName"]["x-message"]) == (f"^{ALIAS_PATTERN}$", ALIAS_HINT)
+    assert defs["alias"]["pattern"] == f"^{ALIAS_PATTERN}$"
+    assert (defs["reference"]["pattern"], defs["reference"]["x-message"]) == (f"^{RECIPIENT_REFERENCE}$",
+                                                                              REFERENCE_HINT)
+    assert (defs["instant"]["pattern"], defs["instant"]["x-message"]) == (f"^{INSTANT_PATTERN}$", INSTANT_HINT)
+    assert (defs["mimeType"]["pattern"], defs["mimeType"]["x-message"]) == (f"^{MIME_TYPE_PATTERN}$", MIME_TYPE_HINT)
+    coding_string = defs["coding"]["oneOf"][0]
+    assert (coding_string["pattern"], coding_string["x-message"]) == (f"^{CODING_PATTERN}$", CODING_HINT)
+    assert defs["status"]["enum"] == list(COMMUNICATION_STATUSES)
+    assert MAPPING["$defs"]["fhirStatus"]["enum"] == list(COMMUNICATION_STATUSES)
+    participant_type = MAPPING["properties"]["thread"]["properties"]["subject"]["oneOf"][0]
+    assert participant_type["properties"]["participant_type"]["pattern"] == f"^{TYPE_PATTERN}$"
+
+
+def test_the_schema_knows_the_model_s_fields() -> None:
+    schema = spec_schema()
+    assert set(schema["properties"]) == {"thread", "topic", "subject", "status", "category", "sent", "sender",
+                                         "participants", "messages"}
+    assert schema["required"] == ["thread", "topic", "participants"]
+    message = schema["$defs"]["message"]
+    assert set(message["properties"]) == {"id", "sender", "sent", "text", "attachments", "recipient", "reply_to",
+                                          "status"}
+    assert message["required"] == ["sender", "sent"]
+    assert set(schema["$defs"]["attachment"]["properties"]) == {"url", "contentType", "title"}
+    assert set(schema["properties"]["participants"]["additionalProperties"]["properties"]) == {"reference",
+                                                                                              "display"}
+
+
+VALIDATOR = jsonschema.Draft202012Validator(SPEC)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(thread_specs())
+def test_what_the_model_reads_the_schema_accepts(spec: dict[str, Any]) -> None:
+    VALIDATOR.validate(spec)
+
+
+STRUCTURAL = ["bad-values.yaml", "unknown-fields.yaml", "wrong-types.yaml"]
+
+
+@pytest.mark.parametrize("name", STRUCTURAL)
+def test_what_the_schema_refuses_the_model_refuses(name: str) -> None:
+    """Fixtures whose problems a schema can see: the schema and our reader refuse the same fields."""
+    from bundler.spec.files import read_documents
+
+    (doc,), _ = read_documents(REPO / "fixtures" / "invalid" / name)
+    schema_paths = {".".join(map(str, e.absolute_path)) for e in VALIDATOR.iter_errors(doc.data)}
+    with pytest.raises(SpecError) as info:
+        load_specs([REPO / "fixtures" / "invalid" / name])
+    ours = {re.sub(r"\[(\d+)\]", r".\1", p.path) for p in info.value.problems}
+
+    def covers(outer: str, inner: str) -> bool:
+        return outer in ("", inner) or inner.startswith(f"{outer}.")
+
+    assert schema_paths
+    assert all(any(covers(s, o) for o in ours) for s in schema_paths)
+    assert all(any(covers(s, o) for s in schema_paths) for o in ours)
