@@ -11,6 +11,7 @@ import orjson
 from ..check.files import Report, validate_files
 from ..check.limits import PROFILES
 from .common import EXIT_ISSUES, EXIT_OK, report_errors
+from .display import count
 
 
 def format_text(report: Report) -> str:
@@ -24,9 +25,8 @@ def format_text(report: Report) -> str:
             where = "bundle" if index is None else f"entry {index}"
             lines.append(f"  {where}" + (f" (line {line})" if line is not None else "") + ":")
             lines.extend(f"    {i.text}" for i in items)
-    e, w = report.errors, report.warnings
-    lines.append(f"{e} error{'s' * (e != 1)}, {w} warning{'s' * (w != 1)} in {report.bundles} "
-                 f"bundle{'s' * (report.bundles != 1)} ({report.files} file{'s' * (report.files != 1)})")
+    lines.append(f"{count(report.errors, 'error')}, {count(report.warnings, 'warning')} in "
+                 f"{count(report.bundles, 'bundle')} ({count(report.files, 'file')})")
     return "\n".join(lines)
 
 
