@@ -196,13 +196,13 @@ def ensure_installed(*, quiet: bool = False) -> Path:
     target = root / f"medplum-local-{digest}"
     if (target / _MARKER).is_file():
         return target
+    npm = shutil.which("npm")
+    if npm is None:  # (said before anything is made in the cache)
+        raise LocalServerError(f"npm is not on PATH: the local Medplum server needs it once, to install itself "
+                               f"into {root}; install Node.js with npm (https://nodejs.org/), then run again")
     with _file_lock(root / f"medplum-local-{digest}.lock"):
         if (target / _MARKER).is_file():
             return target
-        npm = shutil.which("npm")
-        if npm is None:
-            raise LocalServerError(f"npm is not on PATH: the local Medplum server needs it once, to install itself "
-                                   f"into {root}; install Node.js with npm (https://nodejs.org/), then run again")
         if not quiet:
             print(
                 f"thread-bundler: installing the local Medplum server into {target} ({INSTALL_NOTE})...",
