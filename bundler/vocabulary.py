@@ -197,10 +197,12 @@ ID_PATTERN: Final = r"[A-Za-z0-9\-.]{1,64}"
 TYPE_PATTERN: Final = r"[A-Z][A-Za-z]+"
 """The shape of a resource type name (whether it exists is `RESOURCE_TYPES`)."""
 LITERAL_REFERENCE_PATTERN: Final = rf"{TYPE_PATTERN}/{ID_PATTERN}"
-CONDITIONAL_REFERENCE_PATTERN: Final = rf"{TYPE_PATTERN}\?identifier=[^|\s]*\|\S+"
-"""A conditional reference by identifier, as specs and mappings write it: `Type?identifier=system|value`."""
+CONDITIONAL_REFERENCE_PATTERN: Final = rf"{TYPE_PATTERN}\?identifier=[^|&\s]*\|[^&\s]+"
+"""A conditional reference by identifier, as specs and mappings write it: `Type?identifier=system|value`. No '&'
+in system or value: in a search it starts another parameter (`|a&b` asks for value `a` and a parameter `b`)."""
 REFERENCE_PATTERN: Final = rf"(?:{LITERAL_REFERENCE_PATTERN}|{CONDITIONAL_REFERENCE_PATTERN})"
-REFERENCE_HINT: Final = "must be a literal reference Type/id or a conditional reference Type?identifier=system|value"
+REFERENCE_HINT: Final = ("must be a literal reference Type/id or a conditional reference Type?identifier=system|value "
+                          "(without spaces or '&')")
 
 
 def reference_pattern(types: Iterable[str]) -> str:

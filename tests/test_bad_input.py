@@ -284,6 +284,18 @@ CASES: dict[str, Case] = {
     "message positions count from 1": Case({"t.yaml": WALKTHROUGH.replace("sender: homer\n", "sender: bart\n")},
                                            ["build", "t.yaml"], 2, ["t.yaml:15:13: messages[2].sender: 'bart'"]),
     "an empty folder": Case({"in": None}, ["build", "in"], 2, ["in: folder has no *.yaml, *.yml, *.json files"]),
+    # --- what the fuzzer found (tests/test_fuzz*.py) ----------------------------------------------------------
+    "a resourceType that is a list": Case(
+        {"b.json": _bundle(resourceType=[])}, ["validate", "b.json"], 1,
+        ["error[entry.resource] Bundle.entry[1].resource.resourceType: [] is not a FHIR R4 resource type"]),
+    "'&' in a conditional reference": Case(
+        {"t.yaml": _spec("k").replace("Patient/1", "'Patient?identifier=https://x.org|a&b'")}, ["build", "t.yaml"], 2,
+        ["t.yaml:3:31: participants.a.reference: 'Patient?identifier=https://x.org|a&b' must be a literal reference",
+         "(without spaces or '&')"]),
+    "a YAML tag without a name": Case({"t.yaml": "!!\n"}, ["build", "t.yaml"], 2,
+                                      ["t.yaml:1:3: YAML syntax error: a tag (!name) without a name: quote text"]),
+    "a block of text without its line end": Case({"t.yaml": "|x\n"}, ["build", "t.yaml"], 2,
+                                                 ["t.yaml:1:2: YAML syntax error: after '|' or '>' (a block of text)"]),
     "local server: port in use": Case({}, ["--port", "{port}"], 2,
                                       ["error: port {port} on 127.0.0.1 is already in use",
                                        "--port 0 for any free one"], never=["EADDRINUSE", "Node.js"],

@@ -287,55 +287,96 @@ class _YamlBuilder:
         return int(text)
 
 
-_SCANNING = re.compile(r"^(?:while )?(?:scanning|parsing) (?:a |an |the )?(.*)$")
+_YAML_WORDS: Final = {  # libyaml's problem → our words ({line}: where what it was reading started; {column})
+    "did not find expected '-' indicator": "this line is not indented like the items of the list that starts on line "
+                                           "{line} (each item starts with '- ' at column {column}, and the lines of "
+                                           "an item line up under its first key)",
+    "did not find expected key": "this line is not indented like the keys of the mapping that starts on line {line} "
+                                 "(its keys start at column {column}; a list item needs '- ')",
+    "could not find expected ':'": "line {line} is neither 'key: value' nor a list item '- ...' (a ':' is missing, "
+                                   "or the indentation is wrong)",
+    "mapping values are not allowed in this context": "a ': ' where no key can start: quote text that holds ': ', "
+                                                      "or check the indentation",
+    "found unexpected ':'": "a ': ' where no key can start: quote text that holds ': '",
+    "block sequence entries are not allowed in this context": "a '- ' where no list item can start: check the "
+                                                              "indentation, or quote text that starts with '- '",
+    "mapping keys are not allowed in this context": "a '? ' where no key can start: quote text that starts with '?'",
+    "did not find expected ',' or '}'": "the {{...}} that starts on line {line} is not closed (or a ',' is missing)",
+    "did not find expected ',' or ']'": "the [...] that starts on line {line} is not closed (or a ',' is missing)",
+    "found undefined alias": "an alias (*name) that no anchor (&name) before it defines",
+    "second occurrence": "an anchor (&name) that is already defined on line {line}",
+    "found unknown escape character": "an unknown escape in double-quoted text (write a backslash as \\\\, or use "
+                                      "single quotes)",
+    "did not find expected hexdecimal number": "an escape \\x, \\u or \\U without its hex digits",
+    "found invalid Unicode character escape code": "an escape that is not a Unicode character (\\ud800-\\udfff are "
+                                                   "halves of a surrogate pair)",
+    "found unexpected document indicator": "a line '---' or '...' inside quoted text ends the document: indent it",
+    "exceeded maximum nesting depth": "nested too deeply",
+    "did not find expected node content": "a value is missing here",
+    "did not find expected alphabetic or numeric character": "an anchor (&) or alias (*) needs a name of letters and "
+                                                             "digits: quote text that starts with '&' or '*'",
+    "did not find expected tag URI": "a tag (!name) without a name: quote text that starts with '!'",
+    "did not find expected whitespace or line break": "a tag (!name) or directive (%...) must be followed by a space: "
+                                                      "quote text that starts with '!' or '%'",
+    "did not find the expected '>'": "a tag !<...> that is not closed: quote text that starts with '!'",
+    "did not find expected '!'": "a tag (!name!...) that is not closed: quote text that starts with '!'",
+    "did not find URI escaped octet": "a tag with a bad %-escape: quote text that starts with '!'",
+    "found an incorrect leading UTF-8 octet": "a tag with a bad %-escape: quote text that starts with '!'",
+    "found an incorrect trailing UTF-8 octet": "a tag with a bad %-escape: quote text that starts with '!'",
+    "found undefined tag handle": "a tag handle (!name!) that no %TAG directive defines: quote text that starts "
+                                  "with '!'",
+    "found unexpected non-alphabetical character": "a line that starts with '%' is a directive: quote it",
+    "could not find expected directive name": "a line that starts with '%' is a directive: quote it",
+    "found unknown directive name": "a line that starts with '%' is a directive: quote it",
+    "did not find expected digit or '.' character": "a %YAML directive needs a version like 1.2: quote text that "
+                                                    "starts with '%'",
+    "found extremely long version number": "a %YAML directive needs a version like 1.2",
+    "found incompatible YAML document": "a %YAML version that is not 1.x",
+    "found duplicate %YAML directive": "a %YAML directive given twice",
+    "found duplicate %TAG directive": "a %TAG directive given twice",
+    "did not find expected whitespace": "a %TAG directive needs a space between its parts",
+    "found an indentation indicator equal to 0": "the indentation of a block of text ('|' or '>') must be 1-9",
+}
+"""What libyaml says (`problem`) → what we say, for every problem it has (scanner.c, parser.c, the composer)."""
+
+_CONTEXT = re.compile(r"^(?:while )?(?:scanning|parsing) (?:a |an |the )?(.*)$")
+_CONTEXT_WORDS: Final = {"quoted scalar": "quoted text", "block scalar": "block of text ('|' or '>')",
+                         "plain scalar": "text", "simple key": "key", "flow mapping": "{...}", "flow sequence": "[...]",
+                         "flow node": "value", "block node": "value", "block mapping": "mapping",
+                         "block collection": "list", "node": "value"}
+
+
+def _context(context: str) -> str | None:
+    """`while scanning a quoted scalar` → 'quoted text'."""
+    what = _CONTEXT.match(context)
+    return _CONTEXT_WORDS.get(what.group(1), what.group(1)) if what else None
 
 
 def _yaml_words(exc: yaml.MarkedYAMLError, text: str) -> str:
     """PyYAML's (libyaml's) description of a syntax error, in our words: what is wrong and what to do."""
     problem = exc.problem or ""
     context = exc.context or ""
-    started = exc.context_mark.line + 1 if exc.context_mark else None
+    line = exc.context_mark.line + 1 if exc.context_mark else None
     column = exc.context_mark.column + 1 if exc.context_mark else None
     mark = exc.problem_mark
     here = text[mark.index] if mark is not None and 0 <= mark.index < len(text) else ""
     if "tab" in problem or (here == "\t" and "cannot start any token" in problem):
         return "a tab character: YAML indents with spaces only"
-    if problem == "did not find expected '-' indicator":
-        return (f"this line is not indented like the items of the list that starts on line {started} (each item "
-                f"starts with '- ' at column {column}, and the lines of an item line up under its first key)")
-    if problem == "did not find expected key":
-        return (f"this line is not indented like the keys of the mapping that starts on line {started} (its keys "
-                f"start at column {column}; a list item needs '- ')")
-    if problem == "could not find expected ':'":
-        return (f"line {started} is neither 'key: value' nor a list item '- ...' (a ':' is missing, or the "
-                f"indentation is wrong)")
-    if problem.startswith("mapping values are not allowed"):
-        return "a ': ' where no key can start: quote text that holds ': ', or check the indentation"
-    if problem == "found unexpected end of stream" and "quoted scalar" in context:
-        return f"the quoted text that starts on line {started} is never closed"
-    if problem in ("did not find expected ',' or '}'", "did not find expected ',' or ']'"):
-        closing = problem[-2]
-        return f"the {'{' if closing == '}' else '['}...{closing} that starts on line {started} is not closed " \
-               f"(or a ',' is missing)"
-    if problem == "found undefined alias":
-        return "an alias (*name) that no anchor (&name) before it defines"
-    if "duplicate anchor" in context or "duplicate anchor" in problem:
-        return f"an anchor (&name) that is already defined on line {started}"
-    if problem == "found unknown escape character":
-        return "an unknown escape in double-quoted text (write a backslash as \\\\, or use single quotes)"
-    if problem == "found invalid Unicode character escape code":
-        return "an escape that is not a Unicode character (\\ud800-\\udfff are halves of a surrogate pair)"
-    if problem == "exceeded maximum nesting depth":
-        return "nested too deeply"
-    if problem == "did not find expected node content":
-        return "a value is missing here"
-    if problem.startswith("expected <document start>"):
+    if problem == "found character that cannot start any token":
+        return f"{here!r} cannot start a value: quote the text" if here else "a value cannot start here"
+    if problem == "did not find expected comment or line break":
+        if "block scalar" in context:
+            return "after '|' or '>' (a block of text) the line must end: quote text that starts with '|' or '>'"
+        return "a line that starts with '%' is a directive and must end here: quote it"
+    if problem == "found unexpected end of stream":
+        return f"the file ends inside the {_context(context) or 'value'} that starts on line {line}"
+    if "expected <document start>" in problem:
         return "more after the end of the document (several threads are separated by a line '---')"
-    if problem == "did not find expected alphabetic or numeric character":
-        return "an anchor (&) or alias (*) needs a name of letters and digits"
-    scanning = _SCANNING.match(context)
-    while_ = f" (in {scanning.group(1)} that starts on line {started})" if scanning and started else ""
-    return f"{problem or context or 'invalid YAML'}{while_}"
+    if problem in _YAML_WORDS:
+        return _YAML_WORDS[problem].format(line=line, column=column)
+    what = _context(context)  # (none is known to reach here)
+    return f"{problem or context or 'invalid YAML'}" + (f" (in the {what} that starts on line {line})"
+                                                         if what and line else "")
 
 
 _READER = re.compile(r"unacceptable character #x([0-9a-fA-F]+): (.*)")
