@@ -52,7 +52,7 @@ class Project:
         self.target.local.configure(**settings)
 
 
-FUZZ_EXAMPLES = 25
+FUZZ_EXAMPLES = 100
 """Examples per fuzz test in a default run (derandomized: the same ones each run, so CI is steady)."""
 
 

@@ -10,7 +10,10 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TextIO
+
+from ..errors import Problem
 
 
 def count(n: int, noun: str | None = None, plural: str | None = None) -> str:
@@ -19,6 +22,16 @@ def count(n: int, noun: str | None = None, plural: str | None = None) -> str:
     if noun is None:
         return f"{n:,}"
     return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
+def problems_summary(problems: Sequence[Problem]) -> str:
+    """`3 problems in 2 files`; a folder is named a folder (`1 problem in 1 folder`), a problem with no file
+    counted alone (`1 problem`)."""
+    places = {p.file for p in problems if p.file}
+    folders = sum(Path(p).is_dir() for p in places)
+    where = [count(len(places) - folders, "file")] if len(places) > folders else []
+    where += [count(folders, "folder")] if folders else []
+    return count(len(problems), "problem") + (" in " + " and ".join(where) if where else "")
 
 
 def _cell(value: object) -> str:

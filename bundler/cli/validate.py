@@ -35,9 +35,10 @@ def format_text(report: Report) -> str:
 @click.option("--limits", type=click.Choice(sorted(PROFILES)), default="medplum", show_default=True,
               help="Server limits to check against (body size, conditional and PUT entries, ids).")
 @click.option("--format", "format_", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="text for people; json: one object with every issue.")
+              help="Output: text for people, or json: one object with every issue.")
 @click.option("--no-structure", is_flag=True, help="Skip the FHIR R4 structure check (fhir.resources; the slow part).")
-@click.option("--workers", type=click.IntRange(1), default=None, help="Processes for large inputs [default: cores].")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Processes for large inputs.  [default: the number of cores]")
 @report_errors
 def validate_command(paths: tuple[str, ...], limits: str, format_: str, no_structure: bool,
                      workers: int | None) -> None:

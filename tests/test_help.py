@@ -1,0 +1,51 @@
+"""The command line as a newcomer reads it: every option has help, written the same way (a capital first, a full
+stop or a [default] last), and what `--help` promises is true."""
+
+from __future__ import annotations
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from bundler.cli import main
+
+OURS = ["build", "validate", "demo"]
+"""The commands whose help this branch owns; the others' changes are listed for the lead (issue 11)."""
+
+
+def _options(command: click.Command) -> list[click.Option]:
+    return [p for p in command.params if isinstance(p, click.Option)]
+
+
+def _badly_written(command: click.Command) -> list[str]:
+    """`--name: help` of every option whose help is missing or not written the house way."""
+    bad = []
+    for option in _options(command):
+        text = (option.help or "").strip()
+        if not text or not text[0].isupper() or not text.endswith((".", "]")):
+            bad.append(f"{option.opts[-1]}: {text!r}")
+    return bad
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_every_option_has_help_written_the_house_way(name: str) -> None:
+    assert _badly_written(main.commands[name]) == []
+
+
+@pytest.mark.xfail(strict=True, reason="cli/load.py and cli/connect.py (not this branch's): verify's --concurrency and "
+                                       "--format have no help, load's and the connection options' help starts in "
+                                       "lower case; the lead applies the changes listed in the issue 11 report")
+def test_the_other_commands_write_help_the_same_way() -> None:
+    others = [name for name in main.commands if name not in OURS]
+    assert {name: _badly_written(main.commands[name]) for name in others} == {name: [] for name in others}
+
+
+def test_demo_help_says_it_loads_three_threads() -> None:
+    result = CliRunner().invoke(main, ["demo", "--help"])
+    assert "three threads" in result.output and "the thread of" not in result.output
+
+
+def test_every_command_shows_its_help() -> None:
+    for name in main.commands:
+        result = CliRunner().invoke(main, [name, "--help"])
+        assert result.exit_code == 0 and "Usage:" in result.output, name
