@@ -3,10 +3,14 @@ stop or a [default] last), and what `--help` promises is true."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import click
 import pytest
 from click.testing import CliRunner
 
+from bundler.check import RULES
 from bundler.cli import main
 
 OURS = ["build", "validate", "demo"]
@@ -49,3 +53,23 @@ def test_every_command_shows_its_help() -> None:
     for name in main.commands:
         result = CliRunner().invoke(main, [name, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output, name
+
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_readme_s_command_line_section_names_every_option() -> None:
+    section = README[README.index("## Command line"):README.index("### What `load` promises")]
+    missing = [f"{name} {option.opts[-1]}" for name, command in main.commands.items() for option in _options(command)
+               if option.opts[-1] != "--help" and not any(re.search(rf"`[^`]*{re.escape(o)}\b", section)
+                                                          for o in option.opts)]
+    assert missing == []
+
+
+def test_the_readme_lists_every_rule_code_for_invalid_bundles() -> None:
+    section = README[README.index("The rules `invalid_bundles(rule=...)`"):README.index("Make thread keys unique")]
+    assert set(re.findall(r"`([a-z0-9]+\.[a-z0-9-]+)`", section)) == set(RULES)
+
+
+def test_the_readme_s_install_commands_quote_their_brackets() -> None:
+    assert re.findall(r"pip install [^'\n]*\[", README) == []
