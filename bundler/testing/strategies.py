@@ -1,5 +1,5 @@
 """Hypothesis strategies for thread specs and bundles: the one source of generated data for our tests
-and for users' own property-based tests (`pip install thread-bundler[testing]`).
+and for users' own property-based tests (`pip install '.[testing]'` from a clone).
 
     from hypothesis import given
     from bundler.strategies import bundles, invalid_bundles, thread_specs
