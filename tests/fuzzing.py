@@ -32,7 +32,7 @@ MEMORY_MB = 1024
 """Data memory one input may add to the process."""
 
 FILE_LEVEL = ("not a text file", "this is UTF-", "not UTF-8 text", "empty file", "no thread in this file",
-              "expected one mapping", "cannot read", "no such file", "folder has no")
+              "expected one mapping", "expected a mapping: legacy id", "cannot read", "no such file", "folder has no")
 """Problems about a file as a whole: they have no line."""
 
 
