@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from bundler.cli.display import Bar, count, duration, problems_summary, table
+import pytest
+
+from bundler.cli.display import Bar, count, duration, path, problems_summary, table
 from bundler.errors import Problem
 
 
@@ -42,3 +44,10 @@ def test_problem_summaries_name_folders_as_folders(tmp_path: Path) -> None:
     assert problems_summary([Problem(file, 1, 1, "", "x"), Problem(file, 2, 1, "", "y"),
                              Problem(folder, None, None, "", "z")]) == "3 problems in 1 file and 1 folder"
     assert problems_summary([Problem("", None, None, "", "x")]) == "1 problem"
+
+
+def test_paths_are_shown_relative_to_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert path(tmp_path / "threads.journal.sqlite") == "threads.journal.sqlite"
+    assert path("threads/a.yaml") == "threads/a.yaml"
+    assert path("/") == "/"

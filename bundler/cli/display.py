@@ -24,6 +24,16 @@ def count(n: int, noun: str | None = None, plural: str | None = None) -> str:
     return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
 
 
+def path(p: str | Path) -> str:
+    """A path as the user's other messages show files: relative to the current folder when it is below it, else as
+    it is (so `journal: threads.journal.sqlite`, beside `threads/a.yaml:3:9: ...`)."""
+    given = Path(p)
+    try:
+        return str(given.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(given)
+
+
 def problems_summary(problems: Sequence[Problem]) -> str:
     """`3 problems in 2 files`; a folder is named a folder (`1 problem in 1 folder`), a problem with no file
     counted alone (`1 problem`)."""
