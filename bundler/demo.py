@@ -1,6 +1,6 @@
 """The embedded default: a local Medplum server, the example threads loaded into it, read back and shown.
 
-    thread-bundler demo                  # the walkthrough thread shipped with the package
+    thread-bundler demo                  # the three example threads shipped with the package
     thread-bundler demo fixtures/threads # any specs
 """
 
@@ -23,7 +23,7 @@ from .spec import ThreadSpec, load_specs
 
 
 def example_paths() -> list[Path]:
-    """The example specs shipped with the package (the Medplum walkthrough's thread)."""
+    """The example specs shipped with the package: three threads, the Medplum walkthrough's among them."""
     return [assets.asset_dir("examples")]
 
 
@@ -71,8 +71,8 @@ def run_demo(paths: Sequence[str | Path] | None, out: TextIO, *, note: TextIO | 
     specs: list[ThreadSpec] = load_specs(paths or example_paths())
     check_bundles(specs, DEFAULT_IDENTIFIER_SYSTEM)
     say = (note or out).write
-    say(f"built and validated {len(specs)} thread(s); starting a local Medplum server "
-        "(the first run installs it, ~10-30 s)\n")
+    n = len(specs)
+    say(f"built and validated {n:,} thread{'s' * (n != 1)}; starting a local Medplum server\n")
     with LocalServer() as server, tempfile.TemporaryDirectory() as tmp:
         say(f"server: {server.base_url} (Medplum fhir-router, in memory)\n")
         with FhirClient(server.base_url, ClientCredentials(server.client_id, server.client_secret)) as client:

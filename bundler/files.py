@@ -12,6 +12,7 @@ leave such names behind: `remove_leftovers(folder)` removes them, and the writer
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -72,21 +73,50 @@ def write_atomic(path: str | Path, data: bytes) -> None:
 @contextlib.contextmanager
 def staged_folder(out: str | Path) -> Iterator[Path]:
     """A folder to write many files into; they are moved into `out` (replacing files of the same name) only
-    when the block ends without an error, and nothing of them is left in `out` otherwise."""
+    when the block ends without an error, all of them or none: nothing of them is left in `out` otherwise,
+    and a file they would replace is kept until every one is in place."""
     target = Path(out)
     try:
+        if target.exists() and not target.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", str(target))
         target.mkdir(parents=True, exist_ok=True)
         remove_leftovers(target)
         staging = Path(tempfile.mkdtemp(dir=target, prefix=f"{TEMP_PREFIX}staging-"))
     except OSError as exc:
         raise _named(exc, target) from None
     try:
-        yield staging
-        with os.scandir(staging) as entries:
-            for entry in entries:
-                if entry.is_file():
-                    os.replace(entry.path, target / entry.name)
-    except OSError as exc:
-        raise _named(exc, target) from None
+        try:
+            yield staging
+        except OSError as exc:
+            raise _named(exc, target) from None
+        _move_all(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_all(staging: Path, target: Path) -> None:
+    """Move the files of `staging` into `target`, all or none (OSError naming the file that could not be)."""
+    names = sorted(e.name for e in os.scandir(staging) if e.is_file(follow_symlinks=False))
+    for name in names:  # what would stop a move: found before anything is moved
+        dest = target / name
+        if dest.is_dir() and not dest.is_symlink():
+            raise IsADirectoryError(errno.EISDIR, "a folder has the name of this file", str(dest))
+    aside = staging / f"{TEMP_PREFIX}replaced"
+    aside.mkdir()
+    done: list[tuple[str, bool]] = []  # (name, whether a file it replaced is aside)
+    try:
+        for name in names:
+            dest = target / name
+            kept = os.path.lexists(dest)
+            if kept:
+                os.replace(dest, aside / name)
+            done.append((name, kept))
+            os.replace(staging / name, dest)
+    except OSError as exc:
+        for name, kept in reversed(done):  # undo: the new file out, the replaced one back
+            with contextlib.suppress(OSError):
+                if not (staging / name).exists():  # it was moved in (the one that failed is still staged)
+                    os.unlink(target / name)
+                if kept:
+                    os.replace(aside / name, target / name)
+        raise _named(exc, target / done[-1][0] if done else target) from None

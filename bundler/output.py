@@ -1,18 +1,22 @@
-"""Writing bundles: one pretty JSON file per thread, or NDJSON lines. All-or-nothing per file."""
+"""Writing bundles: one pretty JSON file per thread (all of them or none), or NDJSON lines (one file, whole or
+not at all)."""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from .build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, bundle_bytes, check_identifier_system, dumps
+from .check.issues import Issue
+from .check.limits import Limits
 from .check.validate import spec_origin, validate
 from .errors import Problem, SpecError
-from .files import write_atomic
+from .files import staged_folder, write_atomic
 from .spec import ThreadSpec, load_specs
+from .vocabulary import MAX_BODY_BYTES
 
 
 def bundle_filename(key: str) -> str:
@@ -21,12 +25,13 @@ def bundle_filename(key: str) -> str:
 
 
 def write_bundle_files(items: Iterable[tuple[str, dict[str, Any]]], out_dir: Path) -> list[Path]:
-    """Write each (thread key, bundle) as `out_dir/<key>.json`; returns the paths written."""
+    """Write each (thread key, bundle) as `out_dir/<key>.json`, all of them or none; returns the paths written."""
     written = []
-    for key, bundle in items:
-        path = out_dir / bundle_filename(key)
-        write_atomic(path, dumps(bundle, pretty=True))
-        written.append(path)
+    with staged_folder(out_dir) as staging:
+        for key, bundle in items:
+            name = bundle_filename(key)
+            (staging / name).write_bytes(dumps(bundle, pretty=True))
+            written.append(out_dir / name)
     return written
 
 
@@ -41,22 +46,33 @@ def write_ndjson(lines: Iterable[bytes], stream: IO[bytes]) -> int:
 
 @dataclass(frozen=True)
 class BuildSummary:
+    """What `build_files` wrote, and its warnings (a bundle over Medplum's request size limit)."""
+
     threads: int
     messages: int
     files: list[Path]
+    warnings: list[Issue] = field(default_factory=list)
 
 
-def check_bundles(specs: Iterable[ThreadSpec], identifier_system: str) -> None:
-    """Raise SpecError if any spec builds a bundle with validation errors (server limits aside: the
-    loader cuts a thread too large for one request into parts)."""
+_BODY_SIZE = Limits("medplum", max_body_bytes=MAX_BODY_BYTES)
+"""The one server limit a built bundle can go over: its size (a warning, as in `validate`: `load` cuts such a
+thread into parts that fit)."""
+
+
+def check_bundles(specs: Iterable[ThreadSpec], identifier_system: str) -> list[Issue]:
+    """Raise SpecError if any spec builds a bundle with validation errors; return the warnings (a bundle too
+    large for one Medplum request: the loader cuts such a thread into parts)."""
     problems = []
+    warnings = []
     for spec in specs:
-        issues = validate(build_bundle(spec, identifier_system=identifier_system), limits="none",
+        issues = validate(build_bundle(spec, identifier_system=identifier_system), limits=_BODY_SIZE,
                           origin=spec_origin(spec))
         problems += [Problem(i.file or "<spec>", i.line, None, i.path, f"[{i.code}] {i.message}")
                      for i in issues if i.severity == "error"]
+        warnings += [i for i in issues if i.severity == "warning"]
     if problems:
         raise SpecError(problems)
+    return warnings
 
 
 def build_files(paths: Iterable[str | Path], *, out: Path | None = None, ndjson: bool = False,
@@ -68,20 +84,20 @@ def build_files(paths: Iterable[str | Path], *, out: Path | None = None, ndjson:
     """
     check_identifier_system(identifier_system)
     specs = load_specs(paths)
-    check_bundles(specs, identifier_system)
+    warnings = check_bundles(specs, identifier_system)
     messages = sum(len(s.messages) for s in specs)
     if not ndjson:
         if out is None:
             raise ValueError("out is required unless ndjson")
         bundles = ((s.key, build_bundle(s, identifier_system=identifier_system)) for s in specs)
-        return BuildSummary(len(specs), messages, write_bundle_files(bundles, out))
+        return BuildSummary(len(specs), messages, write_bundle_files(bundles, out), warnings)
     lines = (bundle_bytes(s, identifier_system=identifier_system) for s in specs)
     if out is not None:
         buffer = io.BytesIO()
         write_ndjson(lines, buffer)
         write_atomic(out, buffer.getvalue())
-        return BuildSummary(len(specs), messages, [out])
+        return BuildSummary(len(specs), messages, [out], warnings)
     assert stream is not None
     write_ndjson(lines, stream)
     stream.flush()
-    return BuildSummary(len(specs), messages, [])
+    return BuildSummary(len(specs), messages, [], warnings)

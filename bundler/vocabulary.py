@@ -197,10 +197,12 @@ ID_PATTERN: Final = r"[A-Za-z0-9\-.]{1,64}"
 TYPE_PATTERN: Final = r"[A-Z][A-Za-z]+"
 """The shape of a resource type name (whether it exists is `RESOURCE_TYPES`)."""
 LITERAL_REFERENCE_PATTERN: Final = rf"{TYPE_PATTERN}/{ID_PATTERN}"
-CONDITIONAL_REFERENCE_PATTERN: Final = rf"{TYPE_PATTERN}\?identifier=[^|\s]*\|\S+"
-"""A conditional reference by identifier, as specs and mappings write it: `Type?identifier=system|value`."""
+CONDITIONAL_REFERENCE_PATTERN: Final = rf"{TYPE_PATTERN}\?identifier=[^|&\s]*\|[^&\s]+"
+"""A conditional reference by identifier, as specs and mappings write it: `Type?identifier=system|value`. No '&'
+in system or value: in a search it starts another parameter (`|a&b` asks for value `a` and a parameter `b`)."""
 REFERENCE_PATTERN: Final = rf"(?:{LITERAL_REFERENCE_PATTERN}|{CONDITIONAL_REFERENCE_PATTERN})"
-REFERENCE_HINT: Final = "must be a literal reference Type/id or a conditional reference Type?identifier=system|value"
+REFERENCE_HINT: Final = ("must be a literal reference Type/id or a conditional reference Type?identifier=system|value "
+                          "(without spaces or '&')")
 
 
 def reference_pattern(types: Iterable[str]) -> str:
@@ -285,15 +287,24 @@ def conditional_reference(resource_type: str, system: str, value: str) -> str:
 KEY_PATTERN: Final = r"[A-Za-z0-9._:-]{1,128}"
 """A thread key or message id (it becomes an identifier value, `key` or `key/id`, and a file name)."""
 KEY_HINT: Final = "must be 1-128 letters, digits, '.', '_', '-' or ':'"
+THREAD_KEY_PATTERN: Final = r"[A-Za-z0-9_:-][A-Za-z0-9._:-]{0,127}"
+"""A thread key: a KEY_PATTERN that does not start with '.' (its bundle file, `<key>.json`, would be hidden)."""
+THREAD_KEY_HINT: Final = f"{KEY_HINT}, and not start with '.'"
+LEADING_DOT_HINT: Final = "must not start with '.': its bundle file, <key>.json, would be hidden"
 ALIAS_PATTERN: Final = r"[A-Za-z0-9._-]{1,64}"
 """A participant alias: what a spec's sender, recipient and subject name a participant by."""
 ALIAS_HINT: Final = "is not a valid alias: use 1-64 letters, digits, '.', '_' or '-'"
 _KEY = re.compile(KEY_PATTERN)
+_THREAD_KEY = re.compile(THREAD_KEY_PATTERN)
 _ALIAS = re.compile(ALIAS_PATTERN)
 
 
 def is_key(value: str) -> bool:
     return _KEY.fullmatch(value) is not None
+
+
+def is_thread_key(value: str) -> bool:
+    return _THREAD_KEY.fullmatch(value) is not None
 
 
 def is_alias(value: str) -> bool:

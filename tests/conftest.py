@@ -52,10 +52,24 @@ class Project:
         self.target.local.configure(**settings)
 
 
+FUZZ_EXAMPLES = 100
+"""Examples per fuzz test in a default run (derandomized: the same ones each run, so CI is steady)."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--fuzz-examples", type=int, default=None, metavar="N",
+                     help=f"Examples per fuzz test (tests/test_fuzz*.py), with fresh random seeds each run "
+                          f"[default: {FUZZ_EXAMPLES}, the same ones each run].")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "local_only: needs the local Medplum server's switches; skipped against a remote Medplum"
     )
+    from fuzzing import register_fuzz_profile
+
+    examples = config.getoption("--fuzz-examples")
+    register_fuzz_profile(examples or FUZZ_EXAMPLES, derandomize=examples is None)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -1,22 +1,46 @@
 """Every bad input a user or an attacker has given us, in one table: the files, the command, the exit status
 and the fragments of the message it must print. The next one is one line to add.
 
-Each case runs the real command line (`thread-bundler ...`) in a fresh folder, in a subprocess with a time
-limit, so a hang or a crash fails the case instead of the run; the output must never hold a traceback.
+Each case runs the real command line (`thread-bundler ...`, or another module with `module=`) in a fresh
+folder, in a subprocess under hard limits: a wall-clock timeout, CPU seconds and data memory
+(`resource.setrlimit` in the child), so a hang, a crash or a memory blow-up fails the case instead of the
+run. The output must never hold a traceback, and a failing command must leave no file behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import resource
+import socket
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-WALKTHROUGH = (Path(__file__).resolve().parent.parent / "fixtures" / "threads" / "homer-lab-results.yaml").read_text()
+from bundler.spec import load_specs
+
+REPO = Path(__file__).resolve().parent.parent
+WALKTHROUGH_FILE = REPO / "fixtures" / "threads" / "homer-lab-results.yaml"
+WALKTHROUGH = WALKTHROUGH_FILE.read_text()
+"""Medplum's walkthrough thread, as YAML: three messages, the third (line 18) replying to the second."""
+WALKTHROUGH_JSON = load_specs([WALKTHROUGH_FILE])[0].to_data()
+"""The same thread as plain data, to write as JSON (with changes)."""
+
+
+def _json(**changes: object) -> str:
+    """The walkthrough as a JSON spec, with `changes` to its top-level fields."""
+    return json.dumps({**WALKTHROUGH_JSON, **changes}, indent=2)
+
+
+def _spec(key: str, *extra: str, message: str = "") -> str:
+    """A small YAML spec: thread `key`, one participant, one message (with `message` added to it)."""
+    return "\n".join([f"thread: {key}", "topic: t", "participants: {a: {reference: Patient/1}}", "messages:",
+                      f"  - {{sender: a, sent: 2024-01-01T00:00:00Z, text: hi{message}}}", *extra, ""])
 
 
 def _bundle(**changes: object) -> str:
@@ -34,55 +58,303 @@ def _bundle(**changes: object) -> str:
          "request": {"method": "POST", "url": "Communication"}}]})
 
 
+def _text(raw: str) -> str:
+    """The small Bundle with its message's text replaced by `raw` JSON (NaN, a number, nested lists)."""
+    return _bundle().replace('"hi"', raw)
+
+
+ALIAS_BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+    f"{name}: &{name} [{', '.join(['*' + inner] * 9)}]\n" for inner, name in zip("abcdefgh", "bcdefghi", strict=True))
+"""Billion laughs: nine anchors of nine aliases each, 387 million strings once expanded."""
+DEEP = "[" * 100_000 + "]" * 100_000
+DIGITS = "1" * 5000
+WALKTHROUGH_WITH_BOMB = WALKTHROUGH + "x-data:\n" + "".join(f"  {line}\n" for line in ALIAS_BOMB.splitlines())
+HOSTILE = {"memory_mb": 100, "cpu_seconds": 5}
+"""The limits of input built to exhaust us: refused fast and small, as the issue asks (under 1 s and 100 MB)."""
+
+
+@contextlib.contextmanager
+def _port_in_use(folder: Path) -> Iterator[dict[str, str]]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield {"port": str(s.getsockname()[1])}
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path) -> Iterator[dict[str, str]]:
+    (folder / "out").chmod(0o555)
+    try:
+        yield {}
+    finally:
+        (folder / "out").chmod(0o755)
+
+
 @dataclass(frozen=True)
 class Case:
-    files: dict[str, str | bytes]
+    files: dict[str, str | bytes | None]
+    """Files to make (None: an empty folder)."""
     argv: list[str]
+    """Arguments of `python -m <module>`; `{name}` is filled from what `setup` yields."""
     exit: int
     says: list[str] = field(default_factory=list)
+    """Fragments the output must hold."""
+    never: list[str] = field(default_factory=list)
+    """Fragments the output must not hold (a traceback never, in any case)."""
+    creates: list[str] | None = None
+    """The files the command writes (default: none when it fails, not checked when it succeeds)."""
+    before: list[list[str]] = field(default_factory=list)
+    """Commands to run first (each must succeed)."""
+    setup: Callable[[Path], contextlib.AbstractContextManager[dict[str, str]]] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment changes; `{tmp}` is the case's folder."""
+    module: str = "bundler"
+    memory_mb: int = 400
+    cpu_seconds: int = 60
+    as_root: bool = True
+    """Whether the case means anything when run as root (file permissions do not stop root)."""
 
 
 CASES: dict[str, Case] = {
-    "ndjson: every bad line reported": Case(
-        {"b.ndjson": '{"resourceType": "Bundle"\n' + _bundle() + "\nnot json\n"}, ["validate", "b.ndjson"], 2,
-        ["b.ndjson:1:", "b.ndjson:3:1: not JSON"]),
-    "status bogus": Case({"b.json": _bundle(status="bogus")}, ["validate", "b.json"], 1,
-                         ["error[fhir.code]", "'bogus' is not a Communication.status code"]),
-    "priority high": Case({"b.json": _bundle(priority="high")}, ["validate", "b.json"], 1, ["error[fhir.code]"]),
-    "contentType without a slash": Case(
+    # --- hangs and crashes: each a clear message naming the file, fast and small ---------------------------
+    "YAML alias bomb: build": Case({"bomb.yaml": ALIAS_BOMB}, ["build", "bomb.yaml", "-o", "out"], 2,
+                                   ["bomb.yaml:5:1: e: the aliases (*name)", "repeat more than 10,000 values"],
+                                   **HOSTILE),
+    "YAML alias bomb: validate": Case({"bomb.yaml": ALIAS_BOMB}, ["validate", "bomb.yaml"], 2,
+                                      ["bomb.yaml:5:1:", "alias bomb"], **HOSTILE),
+    "YAML alias bomb inside a valid thread": Case({"t.yaml": WALKTHROUGH_WITH_BOMB}, ["build", "t.yaml", "-o", "out"],
+                                                  2, ["t.yaml:27:3: x-data.e:", "alias bomb"], **HOSTILE),
+    "YAML alias bomb inside a valid thread: validate": Case({"t.yaml": WALKTHROUGH_WITH_BOMB}, ["validate", "t.yaml"],
+                                                            2, ["t.yaml:27:3:", "alias bomb"], **HOSTILE),
+    "JSON spec nested 100,000 deep: build": Case({"t.json": DEEP}, ["build", "t.json", "-o", "out"], 2,
+                                                 ["t.json:1:101: nested more than 100 levels deep"], **HOSTILE),
+    "JSON spec nested 100,000 deep: validate": Case({"t.json": DEEP}, ["validate", "t.json"], 2,
+                                                    ["t.json:1:101: nested more than 100 levels deep"], **HOSTILE),
+    "Bundle JSON nested 100,000 deep": Case({"b.json": _text(DEEP)}, ["validate", "b.json"], 2,
+                                            ["b.json:1:", "nested more than 100 levels deep"], **HOSTILE),
+    "Bundle NDJSON line nested 100,000 deep": Case({"b.ndjson": _text(DEEP) + "\n"}, ["validate", "b.ndjson"], 2,
+                                                   ["b.ndjson:1:", "nested more than 100 levels deep"], **HOSTILE),
+    "Bundle nested 900 deep (orjson reads it, then could not write it)": Case(
+        {"b.json": _text("[" * 900 + "1" + "]" * 900)}, ["validate", "b.json"], 2,
+        ["b.json:1:", "nested more than 100 levels deep"], **HOSTILE),
+    "YAML spec nested 100,000 deep": Case({"t.yaml": DEEP}, ["build", "t.yaml"], 2,
+                                          ["t.yaml:1:", "YAML syntax error: nested too deeply"], **HOSTILE),
+    "5,000-digit integer: YAML spec": Case({"t.yaml": _spec("k", f"sent: {DIGITS}")}, ["build", "t.yaml"], 2,
+                                           ["t.yaml:6:7: sent: a number with 5000 digits is too long to read"]),
+    "5,000-digit integer: JSON spec": Case({"t.json": _json(topic=0).replace('"topic": 0', f'"topic": {DIGITS}')},
+                                           ["build", "t.json"], 2, ["t.json:3:12: topic: a number with 5000 digits"]),
+    "5,000-digit integer: Bundle JSON": Case({"b.json": _text(DIGITS)}, ["validate", "b.json"], 2,
+                                             ["b.json:1:625: entry[2].resource.payload[1].contentString: a number "
+                                              "with 5000 digits is too long to read"]),
+    "5,000-digit integer: Bundle NDJSON": Case({"b.ndjson": _text(DIGITS) + "\n"}, ["validate", "b.ndjson"], 2,
+                                               ["b.ndjson:1:625:", "a number with 5000 digits"]),
+    "5,000-digit integer: Bundle YAML": Case({"b.yaml": f"resourceType: Bundle\ntype: transaction\nentry: {DIGITS}\n"},
+                                             ["validate", "b.yaml"], 2, ["b.yaml:3:8: entry: a number with 5000"]),
+    "NaN in a JSON spec": Case({"t.json": _json(topic=0).replace('"topic": 0', '"topic": NaN')},
+                               ["build", "t.json", "-o", "out"], 2, ["t.json:3:12: topic: NaN is not JSON"]),
+    "Infinity in a JSON spec": Case({"t.json": _json(topic=0).replace('"topic": 0', '"topic": Infinity')},
+                                    ["validate", "t.json"], 2, ["t.json:3:12: topic: Infinity is not JSON"]),
+    "-Infinity in a Bundle": Case({"b.json": _text("-Infinity")}, ["validate", "b.json"], 2,
+                                  ["b.json:1:625:", "-Infinity is not JSON: JSON numbers are finite"]),
+    "NaN in an NDJSON line": Case({"b.ndjson": _bundle() + "\n" + _text("NaN") + "\n"}, ["validate", "b.ndjson"], 2,
+                                  ["b.ndjson:2:625:", "NaN is not JSON"], never=["b.ndjson:1:"]),
+    "a number read as infinity": Case({"b.json": _text("1e400")}, ["validate", "b.json"], 2,
+                                      ["b.json:1:625:", "'1e400' is too large for a number"]),
+    "half a surrogate pair in a JSON spec": Case(
+        {"t.json": _json(topic="x").replace('"topic": "x"', '"topic": "\\ud800"')}, ["build", "t.json"], 2,
+        ["t.json:3:12: topic: an escape \\uD800-\\uDFFF that is half of a UTF-16 surrogate pair"]),
+    "integer beyond 64 bits in a Bundle (orjson cannot write it)": Case(
+        {"b.json": _bundle(extension=[{"url": "https://example.org/x", "valueDecimal": 10**30}])},
+        ["validate", "b.json", "--no-structure"], 0, ["0 errors"]),
+    "YAML tag that the value does not fit": Case({"t.yaml": _spec("!!int abc")}, ["build", "t.yaml"], 2,
+                                                 ["t.yaml:1:9: thread: 'abc' is not a decimal integer, as its tag "
+                                                  "!!int says"]),
+    "YAML tag that would change a value": Case({"t.yaml": _spec("k", "status: !!bool maybe")}, ["build", "t.yaml"], 2,
+                                               ["t.yaml:6:9: status: 'maybe' is not a boolean"]),
+    "YAML tag of another application": Case({"t.yaml": _spec("k", "subject: !python/object:os.system ls")},
+                                            ["build", "t.yaml"], 2, ["the YAML tag !python/object:os.system is not "
+                                                                     "used in these files"]),
+    # --- silent acceptance of what is wrong ----------------------------------------------------------------
+    "thread status bogus": Case({"t.yaml": _spec("k", "status: bogus")}, ["build", "t.yaml"], 2,
+                                ["t.yaml:6:9: status: 'bogus' must be a Communication status"]),
+    "message status bogus": Case({"t.yaml": _spec("k", message=", status: bogus")}, ["validate", "t.yaml"], 2,
+                                 ["t.yaml:5:", "messages[1].status: 'bogus' must be a Communication status"]),
+    "Bundle status bogus": Case({"b.json": _bundle(status="bogus")}, ["validate", "b.json"], 1,
+                                ["error[fhir.code]", "'bogus' is not a Communication.status code"]),
+    "Bundle priority high": Case({"b.json": _bundle(priority="high")}, ["validate", "b.json"], 1, ["error[fhir.code]"]),
+    "Bundle contentType without a slash": Case(
         {"b.json": _bundle(payload=[{"contentAttachment": {"url": "Binary/1", "contentType": "png"}}])},
         ["validate", "b.json"], 1, ["error[fhir.code]", "MIME type"]),
-    "base64 with excess padding": Case(
-        {"b.json": _bundle(payload=[{"contentAttachment": {"contentType": "text/plain", "data": "QUJD="}}])},
-        ["validate", "b.json"], 1, ["error[fhir.base64]", "'QUJD=' is not base64"]),
+    "spec contentType without a slash": Case(
+        {"t.yaml": _spec("k", message=", attachments: [{url: Binary/1, contentType: png}]")}, ["build", "t.yaml"], 2,
+        ["'png' must be a MIME type"]),
+    "thread key with a trailing newline": Case({"t.json": _json(thread="abc\n")}, ["build", "t.json"], 2,
+                                               ["t.json:2:13: thread: 'abc\\n' must be 1-128 letters"]),
+    "message id with a trailing newline": Case(
+        {"t.json": _json().replace('"id": "homer-asks"', '"id": "homer-asks\\n"')}, ["validate", "t.json"], 2,
+        ["messages[2].id: 'homer-asks\\n' must be 1-128 letters"]),
+    "integer thread key of 300 digits": Case({"t.yaml": _spec("1" * 300)}, ["validate", "t.yaml"], 2,
+                                             ["t.yaml:1:9: thread: '" + "1" * 60 + "'... (300 characters) must be "
+                                              "1-128 letters"]),
+    "integer thread key of 300 digits: build": Case({"t.yaml": _spec("1" * 300)}, ["build", "t.yaml", "-o", "out"], 2,
+                                                    ["(300 characters) must be 1-128"], never=["File name too long"]),
+    "thread key '.'": Case({"t.yaml": _spec("'.'")}, ["build", "t.yaml", "-o", "out"], 2,
+                           ["thread: '.' must not start with '.': its bundle file, <key>.json, would be hidden"]),
+    "thread key '..'": Case({"t.yaml": _spec("'..'")}, ["build", "t.yaml", "-o", "out"], 2, ["'..' must not start"]),
+    "thread key '...'": Case({"t.yaml": _spec("'...'")}, ["validate", "t.yaml"], 2, ["'...' must not start"]),
+    "thread keys that differ only in case": Case(
+        {"a.yaml": _spec("Case-A"), "b.yaml": _spec("case-a")}, ["build", "a.yaml", "b.yaml", "-o", "out"], 2,
+        ["b.yaml:1:9: thread: thread key 'case-a' differs only in case from 'Case-A' (a.yaml:1)"]),
+    "thread keys that differ only in case: validate": Case(
+        {"a.yaml": _spec("Case-A"), "b.yaml": _spec("case-a")}, ["validate", "a.yaml", "b.yaml"], 2,
+        ["differs only in case"]),
+    "the same thread key twice: validate, as build": Case(
+        {"a.yaml": _spec("same"), "b.yaml": _spec("same")}, ["validate", "."], 2,
+        ["b.yaml:1:9: thread: thread key 'same' is already used by a.yaml:1"]),
+    "one good and one bad thread: nothing written": Case(
+        {"in/a.yaml": _spec("a"), "in/b.yaml": _spec("b", "status: open")}, ["build", "in", "-o", "out"], 2,
+        ["in/b.yaml:6:9: status:", "nothing written"]),
+    "a later bundle cannot be written: nothing written": Case(
+        {"in/a.yaml": _spec("a"), "in/b.yaml": _spec("b"), "out/b.json": None}, ["build", "in", "-o", "out"], 2,
+        ["error: out/b.json: a folder has the name of this file"]),
+    "duplicate keys in a Bundle": Case({"b.json": _bundle()[:-1] + ', "type": "batch"}'}, ["validate", "b.json"], 2,
+                                       ["b.json:1:691: type: duplicate key 'type'"]),
+    "duplicate keys in an NDJSON line": Case({"b.ndjson": _bundle()[:-1] + ', "type": "batch"}\n'},
+                                             ["validate", "b.ndjson"], 2, ["b.ndjson:1:691: type: duplicate key"]),
     "entry is an object": Case(
         {"b.json": json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": {"fullUrl": "x"}})},
         ["validate", "b.json"], 1, ["Bundle.entry: must be a list of entries, got an object"]),
     "entry is a string": Case(
         {"b.json": json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": "x"})},
         ["validate", "b.json"], 1, ["must be a list of entries, got a string"]),
+    "base64 with excess padding": Case(
+        {"b.json": _bundle(payload=[{"contentAttachment": {"contentType": "text/plain", "data": "QUJD="}}])},
+        ["validate", "b.json"], 1, ["error[fhir.base64]", "'QUJD=' is not base64"]),
+    "NDJSON: every bad line reported": Case(
+        {"b.ndjson": '{"resourceType": "Bundle"\n' + _bundle() + "\nnot json\n"}, ["validate", "b.ndjson"], 2,
+        ["b.ndjson:1:", "b.ndjson:3:1: not JSON"]),
     "reply sent before its question": Case(
         {"t.yaml": WALKTHROUGH.replace("    sent: 2024-04-10T10:15:00.000Z", "    sent: 2024-04-10T10:01:00.000Z")},
-        ["validate", "t.yaml"], 0, ["warning[thread.reply-order]", "before the message it answers", "entry 3 (line 18)",
-                                  "(entry 2: line 14)"]),
+        ["validate", "t.yaml"], 0, ["warning[thread.reply-order]", "before the message it answers",
+                                    "entry 3 (line 18)", "(entry 2: line 14)"]),
+    "a bundle over 1 MB: build warns, as validate does": Case(
+        {"t.yaml": _spec("big").replace("text: hi", "text: " + "x" * 1_100_000)}, ["build", "t.yaml", "-o", "out"], 0,
+        ["t.yaml:1: warning[limit.body-size]", "`thread-bundler load` cuts it into parts that fit",
+         "built 1 thread (1 message) → out; 1 warning"], creates=["out/big.json"]),
+    "a bundle over 1 MB: validate warns": Case(
+        {"t.yaml": _spec("big").replace("text: hi", "text: " + "x" * 1_100_000)}, ["validate", "t.yaml"], 0,
+        ["warning[limit.body-size]", "`thread-bundler load` cuts it into parts that fit"]),
+    "build on a folder skips hidden files and folders": Case(
+        {"in/t.yaml": WALKTHROUGH, "in/.draft.yaml": "junk: [", "in/.git/x.json": "{"}, ["build", "in", "-o", "out"],
+        0, ["built 1 thread"], creates=["out/homer-lab-results-2024-04-10.json"]),
+    "build on a folder with the Bundles it wrote": Case(
+        {"in/t.yaml": WALKTHROUGH}, ["build", "in", "-o", "in"], 2,
+        ["in/homer-lab-results-2024-04-10.json:1:1: this is a FHIR Bundle, not a thread spec", "1 problem"],
+        never=["unknown field"], before=[["build", "in", "-o", "in"]]),
+    "build on a Bundle": Case({"b.json": _bundle()}, ["build", "b.json"], 2,
+                              ["b.json:1:1: this is a FHIR Bundle, not a thread spec (`validate` checks Bundles"]),
+    # --- clear messages ------------------------------------------------------------------------------------
+    "UTF-16 with a byte order mark": Case({"t.yaml": WALKTHROUGH.encode("utf-16")}, ["build", "t.yaml"], 2,
+                                          ["t.yaml: this is UTF-16 (little-endian) text: save it as UTF-8"],
+                                          never=["NUL"]),
+    "UTF-16 big-endian without one": Case({"t.json": _json().encode("utf-16-be")}, ["validate", "t.json"], 2,
+                                          ["t.json: this is UTF-16 (big-endian) text: save it as UTF-8"]),
+    "Latin-1": Case({"t.yaml": WALKTHROUGH.replace("—", "é").encode("latin-1")}, ["build", "t.yaml"], 2,
+                    ["t.yaml:13:", "not UTF-8 text (byte 0xe9 at offset", "save it as UTF-8"]),
+    "a control character in YAML": Case({"t.yaml": _spec("k", "topic: a\x07b")}, ["build", "t.yaml"], 2,
+                                        ["t.yaml:6:9: the character U+0007 is not allowed in YAML"]),
+    "a read-only output folder": Case({"t.yaml": WALKTHROUGH, "out": None}, ["build", "t.yaml", "-o", "out"], 2,
+                                      ["error: out: Permission denied"], never=[".thread-bundler-"],
+                                      setup=_read_only, as_root=False),
+    "an output folder that is a file": Case({"t.yaml": WALKTHROUGH, "out": "x"}, ["build", "t.yaml", "-o", "out"], 2,
+                                            ["error: out: exists and is not a folder"], creates=[]),
+    "a list item indented wrong": Case(
+        {"t.yaml": WALKTHROUGH.replace("    sent: 2024-04-10T10:15", "   sent: 2024-04-10T10:15")},
+        ["build", "t.yaml"], 2, ["t.yaml:19:4: YAML syntax error: this line is not indented like the items of the "
+                                 "list that starts on line 10"], never=["did not find expected"]),
+    "a key indented wrong": Case({"t.yaml": WALKTHROUGH.replace("  - id: homer-asks", " - id: homer-asks")},
+                                 ["build", "t.yaml"], 2, ["t.yaml:14:2: YAML syntax error: this line is not indented "
+                                                          "like the keys of the mapping that starts on line 1"]),
+    "a tab for indentation": Case({"t.yaml": WALKTHROUGH.replace("  homer: {", "\thomer: {")}, ["build", "t.yaml"], 2,
+                                  ["t.yaml:7:1: YAML syntax error: a tab character: YAML indents with spaces only"]),
+    "': ' in unquoted text": Case({"t.yaml": _spec("k", "topic: Re: results")}, ["build", "t.yaml"], 2,
+                                  ["t.yaml:6:10: YAML syntax error: a ': ' where no key can start: quote text"]),
+    "an unknown field": Case({"t.yaml": WALKTHROUGH.replace("topic:", "topik:")}, ["build", "t.yaml"], 2,
+                             ["t.yaml:2:1: topik: unknown field 'topik' (did you mean 'topic'?)"]),
+    "message positions count from 1": Case({"t.yaml": WALKTHROUGH.replace("sender: homer\n", "sender: bart\n")},
+                                           ["build", "t.yaml"], 2, ["t.yaml:15:13: messages[2].sender: 'bart'"]),
+    "an empty folder": Case({"in": None}, ["build", "in"], 2, ["in: folder has no *.yaml, *.yml, *.json files"]),
+    # --- what the fuzzer found (tests/test_fuzz*.py) ----------------------------------------------------------
+    "a resourceType that is a list": Case(
+        {"b.json": _bundle(resourceType=[])}, ["validate", "b.json"], 1,
+        ["error[entry.resource] Bundle.entry[1].resource.resourceType: [] is not a FHIR R4 resource type"]),
+    "'&' in a conditional reference": Case(
+        {"t.yaml": _spec("k").replace("Patient/1", "'Patient?identifier=https://x.org|a&b'")}, ["build", "t.yaml"], 2,
+        ["t.yaml:3:31: participants.a.reference: 'Patient?identifier=https://x.org|a&b' must be a literal reference",
+         "(without spaces or '&')"]),
+    "a YAML tag without a name": Case({"t.yaml": "!!\n"}, ["build", "t.yaml"], 2,
+                                      ["t.yaml:1:3: YAML syntax error: a tag (!name) without a name: quote text"]),
+    "a block of text without its line end": Case({"t.yaml": "|x\n"}, ["build", "t.yaml"], 2,
+                                                 ["t.yaml:1:2: YAML syntax error: after '|' or '>' (a block of text)"]),
+    "local server: port in use": Case({}, ["--port", "{port}"], 2,
+                                      ["error: port {port} on 127.0.0.1 is already in use",
+                                       "--port 0 for any free one"], never=["EADDRINUSE", "Node.js"],
+                                      module="bundler.medplum.localserver", setup=_port_in_use),
+    "local server: no npm": Case({"bin": None, "cache": None}, [], 2,
+                                 ["error: npm is not on PATH", "install Node.js with npm"],
+                                 module="bundler.medplum.localserver",
+                                 env={"PATH": "{tmp}/bin", "THREAD_BUNDLER_CACHE": "{tmp}/cache"}),
+    "demo: no npm": Case({"bin": None, "cache": None}, ["demo"], 2,
+                         ["error: npm is not on PATH", "install Node.js with npm"],
+                         env={"PATH": "{tmp}/bin", "THREAD_BUNDLER_CACHE": "{tmp}/cache"}),
 }
+
+
+def _limits(memory_mb: int, cpu_seconds: int) -> Callable[[], None]:
+    def apply() -> None:  # in the child, before it runs Python
+        resource.setrlimit(resource.RLIMIT_DATA, (memory_mb << 20, memory_mb << 20))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
+
+    return apply
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+def _run(case: Case, argv: list[str], folder: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1",
+           **{k: v.replace("{tmp}", str(folder)) for k, v in case.env.items()}}
+    return subprocess.run([sys.executable, "-m", case.module, *argv], capture_output=True, text=True, cwd=folder,
+                          env=env, timeout=120, preexec_fn=_limits(case.memory_mb, case.cpu_seconds))
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input(name: str, tmp_path: Path) -> None:
     case = CASES[name]
+    if not case.as_root and os.geteuid() == 0:
+        pytest.skip("file permissions do not stop root")
     for file, content in case.files.items():
         path = tmp_path / file
+        if content is None:
+            path.mkdir(parents=True, exist_ok=True)
+            continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content, encoding="utf-8")
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
-    done = subprocess.run([sys.executable, "-m", "bundler", *case.argv], capture_output=True, text=True,
-                          cwd=tmp_path, env=env, timeout=60)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    for argv in case.before:
+        first = _run(case, argv, tmp_path)
+        assert first.returncode == 0, first.stdout + first.stderr
+    files = _files(tmp_path)
+    with case.setup(tmp_path) if case.setup else contextlib.nullcontext({}) as values:
+        done = _run(case, [a.format(**values) if values else a for a in case.argv], tmp_path)
     output = done.stdout + done.stderr
     assert "Traceback" not in output, output
     assert done.returncode == case.exit, output
     for fragment in case.says:
+        fragment = fragment.format(**values) if values else fragment
         assert fragment in output, f"{fragment!r} not in:\n{output}"
+    for fragment in case.never:
+        assert fragment not in output, f"{fragment!r} in:\n{output}"
+    created = sorted(_files(tmp_path) - files)
+    if case.creates is not None or case.exit != 0:
+        assert created == sorted(case.creates or []), output

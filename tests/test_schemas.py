@@ -32,6 +32,7 @@ from bundler.vocabulary import (
     MIME_TYPE_PATTERN,
     REFERENCE_HINT,
     REFERENCE_PATTERN,
+    THREAD_KEY_PATTERN,
     TYPE_PATTERN,
     reference_pattern,
 )
@@ -40,9 +41,9 @@ REPO = Path(__file__).resolve().parent.parent
 SPEC = assets.schema(SCHEMA_FILE)
 MAPPING = assets.schema("migrate-mapping.schema.json")
 RECIPIENT_REFERENCE = reference_pattern(COMMUNICATION_TARGETS["recipient"])
-VOCABULARY_PATTERNS = {f"^{p}$" for p in (KEY_PATTERN, ALIAS_PATTERN, REFERENCE_PATTERN, INSTANT_PATTERN,
-                                          MIME_TYPE_PATTERN, CODING_PATTERN, TYPE_PATTERN, RECIPIENT_REFERENCE,
-                                          f"(?:{ALIAS_PATTERN}|{REFERENCE_PATTERN})")}
+VOCABULARY_PATTERNS = {f"^{p}$" for p in (KEY_PATTERN, THREAD_KEY_PATTERN, ALIAS_PATTERN, REFERENCE_PATTERN,
+                                          INSTANT_PATTERN, MIME_TYPE_PATTERN, CODING_PATTERN, TYPE_PATTERN,
+                                          RECIPIENT_REFERENCE, f"(?:{ALIAS_PATTERN}|{REFERENCE_PATTERN})")}
 
 
 def _walk(node: Any, path: str = "#") -> Iterator[tuple[str, dict[str, Any]]]:
@@ -132,7 +133,7 @@ def test_what_the_schema_refuses_the_model_refuses(name: str) -> None:
     schema_paths = {".".join(map(str, e.absolute_path)) for e in VALIDATOR.iter_errors(doc.data)}
     with pytest.raises(SpecError) as info:
         load_specs([REPO / "fixtures" / "invalid" / name])
-    ours = {re.sub(r"\[(\d+)\]", r".\1", p.path) for p in info.value.problems}
+    ours = {re.sub(r"\[(\d+)\]", lambda m: f".{int(m.group(1)) - 1}", p.path) for p in info.value.problems}  # 1-based
 
     def covers(outer: str, inner: str) -> bool:
         return outer in ("", inner) or inner.startswith(f"{outer}.")

@@ -83,7 +83,7 @@ def test_json_array_holds_several_threads_with_positions(tmp_path: Path) -> None
     with pytest.raises(SpecError) as info:
         load_specs([path])
     (problem,) = info.value.problems
-    assert problem.path == "[2].participants.a.reference"
+    assert problem.path == "[3].participants.a.reference"  # list positions count from 1
     assert path.read_text().splitlines()[problem.line - 1].strip().startswith('"reference": "nope"')
 
 

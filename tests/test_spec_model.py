@@ -149,15 +149,15 @@ def _people() -> dict[str, Participant]:
       "<spec>: reference: FHIR R4 does not allow a Location as a participant of a Communication (allowed: CareTeam, "
       "Device, Group, HealthcareService, Organization, Patient, Practitioner, PractitionerRole, RelatedPerson)"]),
     (lambda: ThreadSpec(key="k" * 129, topic="t", participants={}),
-     ["<spec>: key: '" + "k" * 129 + "' must be 1-128 letters, digits, '.', '_', '-' or ':'",
+     ["<spec>: key: '" + "k" * 60 + "'... (129 characters) must be 1-128 letters, digits, '.', '_', '-' or ':'",
       "<spec>: participants: needs at least one participant"]),
     (lambda: ThreadSpec(key="k", topic="t", participants=_people(), sender="team", subject="team", messages=(
         Message(id="1", sender="b", sent=SENT, text="x", reply_to="2"),
         Message(id="1", sender="a", sent=SENT, text="y", recipient=("a", "a")))),
-     ["<spec>: messages[0].reply_to: no message with id '2' in this thread (ids: 1)",
-      "<spec>: messages[0].sender: 'b' is not a participant (known: a, team)",
-      "<spec>: messages[1].id: duplicate message id '1': messages[0] has it too",
-      "<spec>: messages[1].recipient[1]: 'a' is listed twice",
+     ["<spec>: messages[1].reply_to: no message with id '2' in this thread (ids: 1)",
+      "<spec>: messages[1].sender: 'b' is not a participant (known: a, team)",
+      "<spec>: messages[2].id: duplicate message id '1': messages[1] has it too",
+      "<spec>: messages[2].recipient[2]: 'a' is listed twice",
       "<spec>: sender: 'team' is a CareTeam: FHIR R4 does not allow a CareTeam as the sender of a Communication "
       "(allowed: Device, HealthcareService, Organization, Patient, Practitioner, PractitionerRole, RelatedPerson)",
       "<spec>: subject: 'team' is a CareTeam: FHIR R4 does not allow a CareTeam as the subject of a Communication "
@@ -200,16 +200,16 @@ def test_structure_and_meaning_problems_are_reported_together() -> None:
             {"sender": "zed", "sent": SENT, "txt": "hi", "reply_to": "9"},
             {"sender": "a", "sent": SENT, "text": "ok", "recipient": ["a", "q"]}]})
     assert _messages(info.value.problems) == [
-        "<spec>: messages[0]: a message needs text or attachments",
-        "<spec>: messages[0].sender: 'g' is a Group: FHIR R4 does not allow a Group as the sender of a Communication "
-        "(allowed: Device, HealthcareService, Organization, Patient, Practitioner, PractitionerRole, RelatedPerson)",
-        "<spec>: messages[0].sent: '2024-04-10' must be a FHIR instant with seconds and a time zone, like "
-        "2024-04-10T10:00:00Z or 2024-04-10T12:00:00.000+02:00",
         "<spec>: messages[1]: a message needs text or attachments",
-        "<spec>: messages[1].reply_to: no message with id '9' in this thread (ids: 1, 2)",
-        "<spec>: messages[1].sender: 'zed' is not a participant (known: a, g)",
-        "<spec>: messages[1].txt: unknown field 'txt' (did you mean 'text'?)",
-        "<spec>: messages[2].recipient[1]: 'q' is not a participant (known: a, g)",
+        "<spec>: messages[1].sender: 'g' is a Group: FHIR R4 does not allow a Group as the sender of a Communication "
+        "(allowed: Device, HealthcareService, Organization, Patient, Practitioner, PractitionerRole, RelatedPerson)",
+        "<spec>: messages[1].sent: '2024-04-10' must be a FHIR instant with seconds and a time zone, like "
+        "2024-04-10T10:00:00Z or 2024-04-10T12:00:00.000+02:00",
+        "<spec>: messages[2]: a message needs text or attachments",
+        "<spec>: messages[2].reply_to: no message with id '9' in this thread (ids: 1, 2)",
+        "<spec>: messages[2].sender: 'zed' is not a participant (known: a, g)",
+        "<spec>: messages[2].txt: unknown field 'txt' (did you mean 'text'?)",
+        "<spec>: messages[3].recipient[2]: 'q' is not a participant (known: a, g)",
         "<spec>: participants.a.dispaly: unknown field 'dispaly' (did you mean 'display'?)",
         "<spec>: sender: 'nobody' is not a participant (known: a, g)",
         "<spec>: topic: expected a string, got an integer (3) (quote it in YAML)",
@@ -254,8 +254,8 @@ def test_a_recipient_that_is_no_alias_is_reported_once() -> None:
         parse_spec({"thread": "t", "topic": "x", "participants": {"a": {"reference": "Patient/1"}},
                     "messages": [{"sender": "a", "sent": SENT, "text": "x", "recipient": [{"b": 1}, "c"]}]})
     assert _messages(info.value.problems) == [
-        "<spec>: messages[0].recipient[0]: expected a string or an integer, got a mapping",
-        "<spec>: messages[0].recipient[1]: 'c' is not a participant (known: a)"]
+        "<spec>: messages[1].recipient[1]: expected a string or an integer, got a mapping",
+        "<spec>: messages[1].recipient[2]: 'c' is not a participant (known: a)"]
 
 
 @pytest.mark.parametrize("make", [

@@ -10,17 +10,18 @@ raises `SpecError` listing every problem (nothing is validated then).
 
 from __future__ import annotations
 
+import codecs
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, check_identifier_system
 from ..errors import Problem, SpecError
-from ..spec import check_document, read_documents, spec_files
-from ..spec.source import Document, parse_json
+from ..spec import check_document, spec_files
+from ..spec.files import ThreadKeys
+from ..spec.source import SAVE_AS_UTF8, Document, decode, parse_json, parse_text, split_threads
 from .issues import Issue
 from .limits import Limits
 from .validate import Origin, locate, spec_origin, validate_many
@@ -55,23 +56,10 @@ def input_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Problem]]
     return [Path(f) for f in files], problems
 
 
-def _json_origin(file: str, text: str, prefix: tuple[int, ...] = ()) -> Origin:
-    """Entry index → line in a JSON file, positions computed on first use (only files with issues pay)."""
-    doc: list[Document] = []
-
+def _doc_origin(doc: Document, prefix: tuple[int, ...] = ()) -> Origin:
+    """Entry index → line in `doc` (positions are computed on first use: only files with issues pay)."""
     def origin(entry: int | None) -> tuple[str, int | None]:
-        if not doc:
-            docs, _ = parse_json(text, file)
-            doc.append(docs[0] if docs else Document(file, None))
-        pos = doc[0].position((*prefix, "entry", entry) if entry is not None else prefix)
-        return (file, pos[0] if pos else None)
-
-    return origin
-
-
-def _doc_origin(doc: Document) -> Origin:
-    def origin(entry: int | None) -> tuple[str, int | None]:
-        pos = doc.position(("entry", entry) if entry is not None else ())
+        pos = doc.position((*prefix, "entry", entry) if entry is not None else prefix)
         return (doc.file, pos[0] if pos else None)
 
     return origin
@@ -81,48 +69,73 @@ def _is_bundle_like(data: Any) -> bool:
     return isinstance(data, dict) and "resourceType" in data
 
 
-def read_bundles(file: Path, *, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM
+def _ndjson(raw: bytes, name: str) -> tuple[list[tuple[Any, Origin]], list[Problem]]:
+    """One Bundle per line; every bad line is reported, not just the first."""
+    out: list[tuple[Any, Origin]] = []
+    problems: list[Problem] = []
+    for n, line in enumerate(raw.removeprefix(codecs.BOM_UTF8).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(Problem(name, n, exc.start + 1, "", f"not UTF-8 text (byte 0x{line[exc.start]:02x}): "
+                                                                f"{SAVE_AS_UTF8}"))
+            continue
+        docs, line_problems = parse_json(text, name, positions=False)
+        if line_problems:
+            problems += [dataclasses.replace(p, line=n, message=_as_line(p.message)) for p in line_problems]
+        else:
+            out.append((docs[0].data, _fixed(name, n)))
+    if not out and not problems:
+        return [], [Problem(name, None, None, "", "empty file: expected one Bundle per line")]
+    return (out, []) if not problems else ([], problems)
+
+
+def _as_line(message: str) -> str:
+    """A JSON problem of one NDJSON line: `not JSON: ...` for a syntax error."""
+    return "not JSON: " + message.removeprefix("JSON syntax error: ") if message.startswith("JSON syntax") else message
+
+
+def read_bundles(file: Path, *, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, keys: ThreadKeys | None = None
                  ) -> tuple[list[tuple[Any, Origin]], list[Problem]]:
-    """(bundle, origin) for every Bundle in `file`, building thread specs (with `identifier_system`); problems
-    if unreadable."""
+    """(bundle, origin) for every Bundle in `file`, building thread specs (with `identifier_system`; a thread key
+    that `keys` has seen already is a problem); problems if unreadable."""
     name = str(file)
     try:
         raw = file.read_bytes()
     except OSError as exc:
         return [], [Problem(name, None, None, "", f"cannot read: {exc.strerror}")]
-    out: list[tuple[Any, Origin]] = []
     if file.suffix == ".ndjson":
-        problems: list[Problem] = []
-        for n, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                out.append((orjson.loads(line), _fixed(name, n)))
-            except orjson.JSONDecodeError as exc:  # every bad line is reported, not just the first
-                problems.append(Problem(name, n, exc.colno, "", f"not JSON: {exc.msg}"))
-        if not out and not problems:
-            return [], [Problem(name, None, None, "", "empty file: expected one Bundle per line")]
-        return (out, []) if not problems else ([], problems)
-    if file.suffix == ".json":
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            data = None  # read_documents below gives a positioned message
-        else:
-            if _is_bundle_like(data):
-                return [(data, _json_origin(name, raw.decode("utf-8-sig")))], []
-            if isinstance(data, list) and data and all(_is_bundle_like(d) for d in data):
-                text = raw.decode("utf-8-sig")
-                return [(d, _json_origin(name, text, (k,))) for k, d in enumerate(data)], []
-    docs, doc_problems = read_documents(file)
-    problems = doc_problems
-    for doc in docs:
+        return _ndjson(raw, name)
+    text, problems = decode(raw, name)
+    if text is None:
+        return [], problems
+    json_ = file.suffix == ".json"
+    if json_ and text.strip():
+        docs, problems = parse_json(text, name, positions=False)
+        if problems:
+            return [], problems
+        data = docs[0].data
+        if _is_bundle_like(data):
+            return [(data, _doc_origin(docs[0]))], []
+        if isinstance(data, list) and data and all(_is_bundle_like(d) for d in data):
+            return [(d, _doc_origin(docs[0], (k,))) for k, d in enumerate(data)], []
+    else:
+        docs, problems = parse_text(text, name, kind="json" if json_ else "yaml")
+        if not docs and not problems:
+            problems = [Problem(name, None, None, "", "no thread in this file")]
+    out: list[tuple[Any, Origin]] = []
+    for doc in split_threads(docs):
         if _is_bundle_like(doc.data):
             out.append((doc.data, _doc_origin(doc)))
             continue
         spec, spec_problems = check_document(doc)
         problems.extend(spec_problems)
-        if spec is not None:
+        duplicate = keys.add(spec, doc) if spec is not None and keys is not None else None
+        if duplicate is not None:
+            problems.append(duplicate)
+        elif spec is not None:
             out.append((build_bundle(spec, identifier_system=identifier_system), spec_origin(spec)))
     return (out, []) if not problems else ([], problems)
 
@@ -138,8 +151,9 @@ def validate_files(paths: Iterable[str | Path], *, limits: str | Limits = "medpl
     check_identifier_system(identifier_system)
     files, problems = input_files(paths)
     items: list[tuple[Any, Origin]] = []
+    keys = ThreadKeys()
     for file in files:
-        found, file_problems = read_bundles(file, identifier_system=identifier_system)
+        found, file_problems = read_bundles(file, identifier_system=identifier_system, keys=keys)
         problems.extend(file_problems)
         items.extend(found)
     if problems:

@@ -12,6 +12,7 @@ most 50 updates (PUT); client-chosen ids must be UUIDs ("Invalid id").
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -64,13 +65,23 @@ def is_conditional(entry: Any) -> bool:
     return request.get("method") in ("PUT", "DELETE", "PATCH") and isinstance(url, str) and "?" in url
 
 
+def json_size(data: Any) -> int:
+    """Bytes of `data` as compact JSON (what is posted), also when orjson cannot write it (an integer beyond 64
+    bits, a string with half a surrogate pair)."""
+    try:
+        return len(orjson.dumps(data))
+    except (orjson.JSONEncodeError, TypeError):
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), check_circular=False)
+        return len(text.encode("utf-8", "surrogatepass"))
+
+
 def limit_issues(bundle: Mapping[str, Any], limits: Limits) -> list[Issue]:
     """Issues for every limit of `limits` that `bundle` goes over."""
     out: list[Issue] = []
     entries = bundle.get("entry")
     entries = entries if isinstance(entries, list) else []
     if limits.max_body_bytes is not None:
-        size = len(orjson.dumps(bundle))
+        size = json_size(bundle)
         if size > limits.max_body_bytes:
             out.append(make_issue("limit.body-size", "Bundle", f"the Bundle is {size:,} bytes as JSON; {limits.name} "
                                   f"refuses request bodies over {limits.max_body_bytes:,} bytes, so posted as is it "

@@ -194,7 +194,7 @@ def _entries(ctx: _Ctx) -> None:
             if not isinstance(resource, dict):
                 ctx.add("entry.resource", i, ("resource",), f"a {method or 'write'} entry needs a resource object")
                 ctx.bad_entries.add(i)
-            elif rtype not in known:
+            elif not isinstance(rtype, str) or rtype not in known:
                 ctx.add("entry.resource", i, ("resource", "resourceType"),
                         f"{rtype!r} is not a FHIR R4 resource type")
                 ctx.bad_entries.add(i)

@@ -9,6 +9,7 @@ import click
 
 from ..output import build_files
 from .common import report_errors
+from .display import count
 from .identifier import identifier_system_option
 
 
@@ -34,6 +35,9 @@ def build_command(paths: tuple[str, ...], out: Path | None, ndjson: bool, identi
         ndjson = True
     summary = build_files(paths, out=out, ndjson=ndjson, identifier_system=identifier_system,
                           stream=sys.stdout.buffer)
+    for warning in summary.warnings:
+        click.echo(str(warning), err=True)
     where = f" → {out}" if out else ""
-    click.echo(f"built {summary.threads} thread{'s' * (summary.threads != 1)} "
-               f"({summary.messages} message{'s' * (summary.messages != 1)}){where}", err=True)
+    warned = f"; {count(len(summary.warnings), 'warning')}" if summary.warnings else ""
+    click.echo(f"built {count(summary.threads, 'thread')} ({count(summary.messages, 'message')}){where}{warned}",
+               err=True)

@@ -7,7 +7,8 @@ import sys
 import click
 
 from ..demo import run_demo
-from .common import EXIT_ISSUES, EXIT_OK, report_errors
+from ..medplum.localserver import LocalServerError
+from .common import EXIT_BAD_INPUT, EXIT_ISSUES, EXIT_OK, report_errors
 
 
 @click.command("demo")
@@ -16,14 +17,19 @@ from .common import EXIT_ISSUES, EXIT_OK, report_errors
 def demo_command(paths: tuple[str, ...]) -> None:
     """Start a local Medplum server, load threads into it, and show them read back as conversations.
 
-    PATHS default to the example shipped with the package: the thread of Medplum's "Creating your
-    first thread" walkthrough.
+    PATHS default to the examples shipped with the package: three threads, among them the one of
+    Medplum's "Creating your first thread" walkthrough. The first run installs the local server
+    (needs npm; about 10-30 s and 300 MB, once).
 
     \b
     Examples:
       thread-bundler demo
       thread-bundler demo fixtures/threads
     """
-    report, results = run_demo(paths or None, sys.stdout, note=sys.stderr)
+    try:
+        report, results = run_demo(paths or None, sys.stdout, note=sys.stderr)
+    except LocalServerError as exc:  # no npm, no usable Node, a server that would not start: one line
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     ok = report.ok and all(r.ok for r in results)
     sys.exit(EXIT_OK if ok else EXIT_ISSUES)

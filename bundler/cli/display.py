@@ -1,4 +1,8 @@
-"""Showing long work: a live bar on a terminal, a quiet line every few seconds otherwise, and tables."""
+"""Showing work: counts, a live bar on a terminal (a quiet line every few seconds otherwise), and tables.
+
+Every number a command prints goes through `count` (`1,013`, `1 thread`, `2 threads`), so numbers read the
+same everywhere.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,47 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TextIO
+
+from ..errors import Problem
+
+
+def count(n: int, noun: str | None = None, plural: str | None = None) -> str:
+    """`count(1013)` → '1,013'; with a noun, `count(1, "thread")` → '1 thread', `count(2, "thread")` → '2 threads'
+    (`plural` when it is not the noun + 's')."""
+    if noun is None:
+        return f"{n:,}"
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
+def path(p: str | Path) -> str:
+    """A path as the user's other messages show files: relative to the current folder when it is below it, else as
+    it is (so `journal: threads.journal.sqlite`, beside `threads/a.yaml:3:9: ...`)."""
+    given = Path(p)
+    try:
+        return str(given.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(given)
+
+
+def problems_summary(problems: Sequence[Problem]) -> str:
+    """`3 problems in 2 files`; a folder is named a folder (`1 problem in 1 folder`), a problem with no file
+    counted alone (`1 problem`)."""
+    places = {p.file for p in problems if p.file}
+    folders = sum(Path(p).is_dir() for p in places)
+    where = [count(len(places) - folders, "file")] if len(places) > folders else []
+    where += [count(folders, "folder")] if folders else []
+    return count(len(problems), "problem") + (" in " + " and ".join(where) if where else "")
+
+
+def _cell(value: object) -> str:
+    return count(value) if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]], *, align: str | None = None) -> str:
-    """A plain-text table; `align` has one 'l' or 'r' per column (numbers right by default)."""
-    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    """A plain-text table; `align` has one 'l' or 'r' per column (numbers right by default, written by `count`)."""
+    cells = [[str(c) for c in header]] + [[_cell(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     align = align or "".join("r" if rows and isinstance(rows[0][i], int | float) else "l" for i in range(len(header)))
 
@@ -23,7 +62,8 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]], *, align: str
 
 
 def duration(seconds: float) -> str:
-    seconds = round(seconds)
+    """`75.4` → '1:15'; `3725` → '1:02:05' (never negative)."""
+    seconds = max(0, round(seconds))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
@@ -69,9 +109,13 @@ class Bar:
         elapsed = max(now - self.started, 1e-9)
         rate = self.messages / elapsed
         left = self.messages_total - self.messages
-        eta = duration(left / rate) if rate and left else "-"
-        text = (f"{self.label} {self.done:,}/{self.total:,} threads · {self.messages:,}/{self.messages_total:,} "
-                f"messages · {rate:,.0f} msg/s · ETA {eta}" + (f" · {self.failed:,} failed" if self.failed else ""))
+        if self.done >= self.total:
+            when = f"done in {duration(elapsed)}"
+        else:
+            when = f"ETA {duration(left / rate)}" if rate and left > 0 else "ETA -"
+        text = (f"{self.label} {count(self.done)}/{count(self.total)} threads · {count(self.messages)}/"
+                f"{count(self.messages_total)} messages · {count(round(rate))} msg/s · {when}"
+                + (f" · {count(self.failed)} failed" if self.failed else ""))
         if not bar:
             return text
         width = max(10, min(30, shutil.get_terminal_size((100, 20)).columns - len(text) - 4))

@@ -11,6 +11,7 @@ import orjson
 from ..check.files import Report, validate_files
 from ..check.limits import PROFILES
 from .common import EXIT_ISSUES, EXIT_OK, report_errors
+from .display import count
 
 
 def format_text(report: Report) -> str:
@@ -24,9 +25,8 @@ def format_text(report: Report) -> str:
             where = "bundle" if index is None else f"entry {index}"
             lines.append(f"  {where}" + (f" (line {line})" if line is not None else "") + ":")
             lines.extend(f"    {i.text}" for i in items)
-    e, w = report.errors, report.warnings
-    lines.append(f"{e} error{'s' * (e != 1)}, {w} warning{'s' * (w != 1)} in {report.bundles} "
-                 f"bundle{'s' * (report.bundles != 1)} ({report.files} file{'s' * (report.files != 1)})")
+    lines.append(f"{count(report.errors, 'error')}, {count(report.warnings, 'warning')} in "
+                 f"{count(report.bundles, 'bundle')} ({count(report.files, 'file')})")
     return "\n".join(lines)
 
 
@@ -35,9 +35,10 @@ def format_text(report: Report) -> str:
 @click.option("--limits", type=click.Choice(sorted(PROFILES)), default="medplum", show_default=True,
               help="Server limits to check against (body size, conditional and PUT entries, ids).")
 @click.option("--format", "format_", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="text for people; json: one object with every issue.")
+              help="Output: text for people, or json: one object with every issue.")
 @click.option("--no-structure", is_flag=True, help="Skip the FHIR R4 structure check (fhir.resources; the slow part).")
-@click.option("--workers", type=click.IntRange(1), default=None, help="Processes for large inputs [default: cores].")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Processes for large inputs.  [default: the number of cores]")
 @report_errors
 def validate_command(paths: tuple[str, ...], limits: str, format_: str, no_structure: bool,
                      workers: int | None) -> None:

@@ -11,7 +11,7 @@ Usage::
     with LocalServer() as server:
         print(server.base_url, server.client_id)   # server.client_secret is random
 
-or ``python -m bundler.localserver`` to run one in the foreground.
+or ``python -m bundler.medplum.localserver`` to run one in the foreground.
 """
 
 from __future__ import annotations
@@ -60,6 +60,19 @@ _STARTUP_TIMEOUT = 60.0
 
 class LocalServerError(RuntimeError):
     """The local server could not be installed, started or reached."""
+
+
+class PortInUse(LocalServerError):
+    """The port the local server was to listen on is taken."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        super().__init__(f"port {port} on {host} is already in use (another local server?)")
+
+
+INSTALL_NOTE = "about 10-30 s and 300 MB, once"
+"""What installing the local server costs (npm ci, with its own Node 22)."""
 
 
 # --------------------------------------------------------------------------- locating and installing
@@ -183,15 +196,16 @@ def ensure_installed(*, quiet: bool = False) -> Path:
     target = root / f"medplum-local-{digest}"
     if (target / _MARKER).is_file():
         return target
+    npm = shutil.which("npm")
+    if npm is None:  # (said before anything is made in the cache)
+        raise LocalServerError(f"npm is not on PATH: the local Medplum server needs it once, to install itself "
+                               f"into {root}; install Node.js with npm (https://nodejs.org/), then run again")
     with _file_lock(root / f"medplum-local-{digest}.lock"):
         if (target / _MARKER).is_file():
             return target
-        npm = shutil.which("npm")
-        if npm is None:
-            raise LocalServerError("npm is required to install the local Medplum server (not on PATH)")
         if not quiet:
             print(
-                f"thread-bundler: installing the local Medplum server into {target} (npm ci, first run only)...",
+                f"thread-bundler: installing the local Medplum server into {target} ({INSTALL_NOTE})...",
                 file=sys.stderr,
                 flush=True,
             )
@@ -382,6 +396,8 @@ class LocalServer:
         thread.join(_STARTUP_TIMEOUT)
         line = result[0] if result else ""
         if not line.startswith("http"):
+            if proc.poll() is not None and "EADDRINUSE" in self._stderr_tail():
+                raise PortInUse(self.host, self.port)
             raise LocalServerError(
                 "local Medplum server did not start"
                 + (f" (exit code {proc.poll()})" if proc.poll() is not None else " (timed out)")
@@ -508,30 +524,40 @@ def _stop_all() -> None:
 # --------------------------------------------------------------------------- command line
 
 
+def env_file(port: int) -> Path:
+    """Where `python -m bundler.medplum.localserver` keeps the connection settings of the server on `port` (the
+    client secret too, readable by the user only) while it runs."""
+    return cache_root() / f"local-server-{port}.env"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bundler.localserver",
-        description="Run a local Medplum-compatible FHIR server (in memory) in the foreground.",
+        prog="python -m bundler.medplum.localserver",
+        description="Run a local Medplum-compatible FHIR server (in memory) in the foreground. Its connection "
+                    "settings, the client secret too, are in a file only you can read while it runs: "
+                    f"{env_file(8103)} for port 8103.",
     )
-    parser.add_argument("--port", type=int, default=8103, help="port (0 = any free port; default 8103)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--client-id", default=os.environ.get("MEDPLUM_LOCAL_CLIENT_ID", "thread-bundler-local"))
+    parser.add_argument("--port", type=int, default=8103, help="Port (0: any free port). [default: 8103]")
+    parser.add_argument("--host", default="127.0.0.1", help="Address to listen on. [default: 127.0.0.1]")
+    parser.add_argument("--client-id", default=os.environ.get("MEDPLUM_LOCAL_CLIENT_ID", "thread-bundler-local"),
+                        help="OAuth2 client id. [default: $MEDPLUM_LOCAL_CLIENT_ID, else thread-bundler-local]")
     parser.add_argument(
         "--client-secret",
         default=os.environ.get("MEDPLUM_LOCAL_CLIENT_SECRET"),
-        help="default: $MEDPLUM_LOCAL_CLIENT_SECRET, else a random one",
+        help="OAuth2 client secret. [default: $MEDPLUM_LOCAL_CLIENT_SECRET, else a random one]",
     )
-    parser.add_argument("--show-secret", action="store_true", help="print the client secret")
+    parser.add_argument("--show-secret", action="store_true", help="Print the client secret.")
     parser.add_argument(
         "--no-transaction-bundles",
         action="store_true",
-        help="process transactions as batches (a Medplum project without transaction-bundles)",
+        help="Process transactions as batches (a Medplum project without transaction-bundles).",
     )
-    parser.add_argument("--quota", action="store_true", help="enforce Medplum's FHIR quota")
-    parser.add_argument("--quota-points", type=int, default=50_000)
-    parser.add_argument("--token-ttl", type=int, default=3600)
-    parser.add_argument("--check-references", action="store_true", help="checkReferencesOnWrite")
-    parser.add_argument("--log", type=Path, help="append the server's log (one line a request) here")
+    parser.add_argument("--quota", action="store_true", help="Enforce Medplum's FHIR quota.")
+    parser.add_argument("--quota-points", type=int, default=50_000, help="Quota points per minute. [default: 50000]")
+    parser.add_argument("--token-ttl", type=int, default=3600, help="Token lifetime in seconds. [default: 3600]")
+    parser.add_argument("--check-references", action="store_true",
+                        help="Refuse references to resources that do not exist (checkReferencesOnWrite).")
+    parser.add_argument("--log", type=Path, help="Append the server's log (one line a request) to this file.")
     args = parser.parse_args(argv)
 
     server = LocalServer(
@@ -549,18 +575,41 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    with server:
+    try:
+        server.start()
+    except PortInUse as exc:
+        print(f"error: {exc}: choose another with --port, or --port 0 for any free one", file=sys.stderr)
+        return 2
+    except LocalServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    settings = env_file(int(server.base_url.rstrip("/").rsplit(":", 1)[1]))
+    try:
+        _write_private(settings, f"MEDPLUM_BASE_URL={server.base_url}\nMEDPLUM_CLIENT_ID={server.client_id}\n"
+                                 f"MEDPLUM_CLIENT_SECRET={server.client_secret}\n")
         print(f"MEDPLUM_BASE_URL={server.base_url}")
         print(f"FHIR base:        {server.fhir_base}")
         print(f"MEDPLUM_CLIENT_ID={server.client_id}")
         if args.show_secret:
             print(f"MEDPLUM_CLIENT_SECRET={server.client_secret}")
         else:
-            print("client secret:    (hidden; --show-secret prints it)")
+            print(f"client secret:    in {settings} (readable by you only), or restart with --show-secret")
         print("Ctrl-C to stop.", flush=True)
         while not stop.is_set() and server.running:
             stop.wait(0.5)
+    finally:
+        settings.unlink(missing_ok=True)
+        server.stop()
     return 0
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to `path`, readable and writable by the user only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(fd, 0o600)
+        f.write(text)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from ..errors import Problem, SpecError
 from .model import ThreadSpec, check_document
@@ -27,10 +28,12 @@ def spec_files(paths: Iterable[str | Path], suffixes: tuple[str, ...] = SPEC_SUF
             continue
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix in suffixes and p.is_file())
+            candidates = [p for p in path.rglob("*") if p.suffix in suffixes and p.is_file()]
+            found = sorted(p for p in candidates if not _hidden(p, path))
             if not found:
                 kinds = ", ".join(f"*{s}" for s in suffixes)
-                problems.append(Problem(str(path), None, None, "", f"folder has no {kinds} files"))
+                skipped = " (hidden ones, named .*, are skipped)" if candidates else ""
+                problems.append(Problem(str(path), None, None, "", f"folder has no {kinds} files{skipped}"))
             files.extend(found)
         elif path.is_file():
             files.append(path)
@@ -39,6 +42,48 @@ def spec_files(paths: Iterable[str | Path], suffixes: tuple[str, ...] = SPEC_SUF
         else:
             problems.append(Problem(str(path), None, None, "", "no such file or folder"))
     return files, problems
+
+
+def _hidden(path: Path, folder: Path) -> bool:
+    """Whether `path`, found in `folder`, is hidden (or inside a hidden folder, like `.git`): named `.*`."""
+    return any(part.startswith(".") for part in path.relative_to(folder).parts)
+
+
+def resource_type(data: Any) -> str | None:
+    """The `resourceType` of `data` if it is a FHIR resource (a mapping with one; '' if it is not a string)."""
+    if not isinstance(data, dict) or "resourceType" not in data:
+        return None
+    kind = data["resourceType"]
+    return kind if isinstance(kind, str) else ""
+
+
+def not_a_spec(doc: Document, kind: str) -> Problem:
+    """The one problem of a file that holds a FHIR resource (a Bundle, say) where thread specs belong."""
+    what = "a FHIR Bundle" if kind == "Bundle" else f"a FHIR {kind} resource" if kind.isalpha() else "a FHIR resource"
+    return doc.problem((), f"this is {what}, not a thread spec (`validate` checks Bundles; `build` and `load` "
+                           f"read thread specs)")
+
+
+class ThreadKeys:
+    """The thread keys seen so far: a key used twice, or twice but for case, is a problem.
+
+    Keys that differ only in case (`Case-A`, `case-a`) are refused too: their bundle files would be one
+    file on a case-insensitive file system (macOS, Windows), the second overwriting the first."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, ThreadSpec] = {}
+
+    def add(self, spec: ThreadSpec, doc: Document) -> Problem | None:
+        """None if `spec`'s key is new, else the problem (at its `thread` field); the first one keeps the key."""
+        first = self._seen.setdefault(spec.key.lower(), spec)
+        if first is spec:
+            return None
+        file, line = first.origin()
+        where = f"{file}:{line}" if line is not None else file
+        if first.key == spec.key:
+            return doc.problem(("thread",), f"thread key {spec.key!r} is already used by {where}")
+        return doc.problem(("thread",), f"thread key {spec.key!r} differs only in case from {first.key!r} ({where}): "
+                                        f"their bundle files would be one file on a case-insensitive file system")
 
 
 def read_documents(file: Path | str) -> tuple[list[Document], list[Problem]]:
@@ -62,21 +107,23 @@ def load_specs(paths: Iterable[str | Path]) -> list[ThreadSpec]:
     """Every thread in `paths`, checked; raises SpecError with every problem in every file."""
     files, problems = spec_files(paths)
     specs: list[ThreadSpec] = []
-    seen: dict[str, ThreadSpec] = {}
+    keys = ThreadKeys()
     for file in files:
         docs, file_problems = read_documents(file)
         problems.extend(file_problems)
+        kind = next((k for d in docs if (k := resource_type(d.data)) is not None), None)
+        if kind is not None:  # once per file, not once per field a thread spec does not have
+            problems.append(not_a_spec(next(d for d in docs if resource_type(d.data) == kind), kind))
+            continue
         for doc in docs:
             spec, doc_problems = check_document(doc)
             problems.extend(doc_problems)
             if spec is None:
                 continue
-            if spec.key in seen:
-                other_file, other_line = seen[spec.key].origin()
-                problems.append(doc.problem(("thread",), f"thread key {spec.key!r} is already used by "
-                                                         f"{other_file}:{other_line}"))
+            duplicate = keys.add(spec, doc)
+            if duplicate is not None:
+                problems.append(duplicate)
                 continue
-            seen[spec.key] = spec
             specs.append(spec)
     if problems:
         raise SpecError(problems)

@@ -58,13 +58,14 @@ from .scalars import (
     ParticipantReference,
     Status,
     Text,
+    ThreadKey,
     as_alias,
     as_alias_or_reference,
     as_key,
     check_alias_name,
     not_allowed,
 )
-from .source import Document, Path_
+from .source import Document, Path_, shown
 
 __all__ = ["DEFAULT_STATUS", "Attachment", "Coding", "Message", "Participant", "Participants", "ThreadSpec",
            "check_document", "parse_spec"]
@@ -279,7 +280,7 @@ class Coding(_Model):
     def _from_string(cls, data: Any) -> Any:
         if isinstance(data, str):
             if not is_coding(data):
-                raise fail(f"{data!r} {CODING_HINT}")
+                raise fail(f"{shown(data)} {CODING_HINT}")
             system, code = data.split("|", 1)
             return {"system": system, "code": code}
         if not isinstance(data, dict | Coding):
@@ -400,7 +401,7 @@ class ThreadSpec(_Model):
     None the thread's.
     """
 
-    key: Key = Field(alias="thread", description="The thread's key, unique within a target project. It becomes "
+    key: ThreadKey = Field(alias="thread", description="The thread's key, unique within a target project. It becomes "
                                                  "the header's identifier value.")
     topic: Text = Field(description="The thread title: Communication.topic.text.")
     participants: Participants
@@ -596,7 +597,7 @@ def _meaning(participants: Mapping[str, Participant | None] | None, messages: Se
         if mid is not None and ids.setdefault(mid, i) != i:
             how = " (its default id, from its position)" if i in defaults else ""
             loc: Path_ = ("messages", i) if i in defaults else ("messages", i, "id")
-            errors.append(_error(f"duplicate message id {mid!r}{how}: messages[{ids[mid]}] has it too", loc, mid))
+            errors.append(_error(f"duplicate message id {mid!r}{how}: messages[{ids[mid] + 1}] has it too", loc, mid))
         if participants is not None:
             s = m.sender
             if s is not None and s not in may_send:

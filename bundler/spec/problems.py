@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from ..errors import Problem
-from .source import Document, Path_
+from .source import Document, Path_, shown
 
 SPEC_ERROR = "spec"
 """Error type of our own messages about the value at the error's location."""
@@ -47,7 +47,7 @@ def describe(value: Any) -> str:
     if isinstance(value, int):
         return f"an integer ({value})"
     if isinstance(value, str):
-        return f"a string ({value!r})"
+        return f"a string ({shown(value)})"
     if isinstance(value, list | tuple):
         return "a list"
     if isinstance(value, dict):

@@ -35,11 +35,14 @@ from ..vocabulary import (
     INSTANT_PATTERN,
     KEY_HINT,
     KEY_PATTERN,
+    LEADING_DOT_HINT,
     MIME_TYPE_HINT,
     MIME_TYPE_PATTERN,
     REFERENCE_HINT,
     REFERENCE_PATTERN,
     SURELY_REAL_INSTANT_PATTERN,
+    THREAD_KEY_HINT,
+    THREAD_KEY_PATTERN,
     instant_problem,
     is_alias,
     is_instant,
@@ -50,6 +53,7 @@ from ..vocabulary import (
     reference_type,
 )
 from .problems import WORDING, expected, fail
+from .source import shown
 
 ALIAS_MESSAGE: Final = "must be a participant alias"
 ALIAS_OR_REFERENCE_MESSAGE: Final = ("must be a participant alias or a reference (Type/id or "
@@ -104,15 +108,22 @@ def _grammar(hint: str, *, integers: bool = True) -> Callable[[Any], str]:
         text = text_of(value) if integers else value if isinstance(value, str) else None
         if text is None:
             return expected("a string or an integer" if integers else "a string", value)
-        return f"{text!r} {hint}"
+        return f"{shown(text)} {hint}"
     return words
+
+
+def _thread_key_words(value: Any) -> str:
+    text = text_of(value)
+    if text is not None and is_key(text):  # a key, but for its leading '.'
+        return f"{shown(text)} {LEADING_DOT_HINT}"
+    return _grammar(KEY_HINT)(value)
 
 
 def _instant_words(value: Any) -> str:
     if not isinstance(value, str):
         return expected("a string", value)
     if not is_instant_shaped(value):
-        return f"{value!r} {INSTANT_HINT}"
+        return f"{shown(value)} {INSTANT_HINT}"
     return instant_problem(value) or INSTANT_HINT
 
 
@@ -120,18 +131,19 @@ def _reference_words(value: Any) -> str:
     if not isinstance(value, str):
         return expected("a string", value)
     if not is_reference(value):
-        return f"{value!r} {REFERENCE_HINT}"
+        return f"{shown(value)} {REFERENCE_HINT}"
     return not_allowed(reference_type(value), "a participant", "recipient")
 
 
 def _status_words(value: Any) -> str:
     if not isinstance(value, str):
         return expected(f"a Communication status (one of: {', '.join(COMMUNICATION_STATUSES)})", value)
-    return f"{value!r} {STATUS_MESSAGE} (one of: {', '.join(COMMUNICATION_STATUSES)})"
+    return f"{shown(value)} {STATUS_MESSAGE} (one of: {', '.join(COMMUNICATION_STATUSES)})"
 
 
 WORDING.update({
     "key": _grammar(KEY_HINT),
+    "thread_key": _thread_key_words,
     "alias": _grammar(ALIAS_MESSAGE),
     "alias_or_reference": _grammar(ALIAS_OR_REFERENCE_MESSAGE),
     "participant_reference": _reference_words,
@@ -203,7 +215,10 @@ _STATUS = _Scalar("status", core_schema.literal_schema(list(COMMUNICATION_STATUS
     "x-message": STATUS_MESSAGE})
 
 Key = Annotated[str, _KEY]
-"""A thread key or message id: `vocabulary.KEY_PATTERN` (an integer becomes its digits)."""
+"""A message id: `vocabulary.KEY_PATTERN` (an integer becomes its digits)."""
+ThreadKey = Annotated[str, _Scalar("thread_key", _pattern(THREAD_KEY_PATTERN), "threadKey", {
+    "type": ["string", "integer"], "pattern": anchored(THREAD_KEY_PATTERN), "x-message": THREAD_KEY_HINT})]
+"""A thread key: `vocabulary.THREAD_KEY_PATTERN` (an integer becomes its digits)."""
 OptionalKey = Annotated[str | None, _KEY]
 Alias = Annotated[str, _ALIAS]
 """A participant alias where it names a participant: `vocabulary.ALIAS_PATTERN`."""
@@ -262,7 +277,7 @@ def check_alias_name(value: Any) -> str:
     if text is None:
         raise fail(expected("a string or an integer", value), key=True)
     if _ALIAS_NAME.fullmatch(text) is None:
-        raise fail(f"{text!r} {ALIAS_HINT}", key=True)
+        raise fail(f"{shown(text)} {ALIAS_HINT}", key=True)
     return text
 
 

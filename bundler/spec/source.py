@@ -4,17 +4,25 @@ Values are never silently changed: YAML is read with a YAML 1.2-like core schema
 `null`/`~`, `true`/`false` and canonical decimal integers are anything but strings, so timestamps keep
 their precision and offset, `007` stays `"007"` and `yes` stays `"yes"`. Duplicate mapping keys are an
 error, not a silent overwrite.
+
+Hostile input is refused, each time with a problem at its line, in bounded time and memory: values
+nested more than `MAX_DEPTH` levels deep, YAML aliases that repeat more than `MAX_ALIAS_VALUES` values
+(an "alias bomb"), YAML tags other than the core schema's, what JSON does not allow though Python's
+reader takes it (`NaN`, `Infinity`, a number too large for a float, half a surrogate pair), integers
+too long for Python to read, and text that is not UTF-8 (UTF-16 is named as such).
 """
 
 from __future__ import annotations
 
 import bisect
+import codecs
 import json
+import math
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
@@ -23,13 +31,22 @@ from ..errors import Problem
 Path_ = tuple[str | int, ...]
 Position = tuple[int, int]  # 1-based line and column
 
+MAX_DEPTH: Final = 100
+"""Values nested deeper than this are refused: no spec or Bundle needs as many levels, and code that walks
+data (ours, pydantic's, orjson's) must not run out of stack on what a file holds."""
+MAX_ALIAS_VALUES: Final = 10_000
+"""How many values a YAML document may repeat through aliases (`*name`) before it is refused as an alias
+bomb: nine anchors of nine aliases each would otherwise expand to 387 million values."""
+TOO_DEEP: Final = f"nested more than {MAX_DEPTH} levels deep"
+
 
 def format_path(path: Path_) -> str:
-    """`("messages", 2, "sender")` → `messages[2].sender`."""
+    """`("messages", 2, "sender")` → `messages[3].sender`: list positions count from 1, as a message's default
+    id does, so `messages[1]` is the first message."""
     out = ""
     for part in path:
         if isinstance(part, int):
-            out += f"[{part}]"
+            out += f"[{part + 1}]"
         else:
             out += f".{part}" if out else str(part)
     return out
@@ -37,16 +54,23 @@ def format_path(path: Path_) -> str:
 
 @dataclass
 class Document:
-    """One thread's worth of input data and the positions of its values."""
+    """One thread's worth of input data and the positions of its values.
+
+    `locate`, when set, fills `values` and `keys` on first use (JSON read without positions: only files
+    with problems pay for them)."""
 
     file: str
     data: Any
     prefix: Path_ = ()
     values: dict[Path_, Position] = field(default_factory=dict)
     keys: dict[Path_, Position] = field(default_factory=dict)
+    locate: Callable[[], object] | None = field(default=None, repr=False, compare=False)
 
     def position(self, path: Path_, *, key: bool = False) -> Position | None:
         """Where the value (or, with key=True, the key) at `path` starts; falls back to its parents."""
+        if self.locate is not None:
+            self.locate()
+            self.locate = None
         full = self.prefix + tuple(path)
         if key and full in self.keys:
             return self.keys[full]
@@ -63,14 +87,97 @@ class Document:
         return Problem(self.file, pos[0] if pos else None, pos[1] if pos else None, shown, message)
 
 
+def _too_long(digits: str) -> bool:
+    """Whether Python refuses to read this integer (`sys.get_int_max_str_digits()`, 4300 by default)."""
+    limit = sys.get_int_max_str_digits()
+    return bool(limit) and len(digits.lstrip("-")) > limit
+
+
+def _too_long_message(digits: str) -> str:
+    return f"a number with {len(digits.lstrip('-'))} digits is too long to read (quote it if it is text)"
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """`text` quoted for a message, cut short when long (the message's position says where all of it is)."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
+# --- text ------------------------------------------------------------------------------------------------
+
+_BOMS: Final = ((codecs.BOM_UTF32_LE, "UTF-32 (little-endian)"), (codecs.BOM_UTF32_BE, "UTF-32 (big-endian)"),
+                (codecs.BOM_UTF16_LE, "UTF-16 (little-endian)"), (codecs.BOM_UTF16_BE, "UTF-16 (big-endian)"))
+SAVE_AS_UTF8: Final = "save it as UTF-8"
+
+
+def _wide_encoding(head: bytes) -> str | None:
+    """The name of the UTF-16 or UTF-32 encoding `head` (a file's first bytes) is in, if it is one."""
+    for bom, name in _BOMS:
+        if head.startswith(bom):
+            return name
+    sample = head[:512]
+    if len(sample) < 4 or sample.count(0) < len(sample) // 4:
+        return None
+    even, odd = sample[0::2], sample[1::2]
+    if sample[0::4].count(0) == 0 and sample[1::4] == sample[2::4] == sample[3::4] == bytes(len(sample[1::4])):
+        return "UTF-32 (little-endian)"
+    if odd.count(0) > len(odd) * 0.9 and even.count(0) < len(even) * 0.1:
+        return "UTF-16 (little-endian)"
+    if even.count(0) > len(even) * 0.9 and odd.count(0) < len(odd) * 0.1:
+        return "UTF-16 (big-endian)"
+    return None
+
+
+def decode(raw: bytes, file: str) -> tuple[str | None, list[Problem]]:
+    """Bytes → text, refusing binary data, UTF-16/UTF-32 and invalid UTF-8 with a clear message."""
+    wide = _wide_encoding(raw[:8192])
+    if wide is not None:
+        return None, [Problem(file, None, None, "", f"this is {wide} text: {SAVE_AS_UTF8} (YAML and JSON are read "
+                                                    "as UTF-8)")]
+    if b"\x00" in raw[:8192]:
+        return None, [Problem(file, None, None, "", "not a text file (it contains NUL bytes): expected YAML or JSON")]
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        why = f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start:,}): {SAVE_AS_UTF8}"
+        return None, [Problem(file, line, column, "", why)]
+    return text, []
+
+
+class _Lines:
+    """Offset → 1-based (line, column) in a text."""
+
+    def __init__(self, text: str) -> None:
+        self.starts = [0] + [m.end() for m in re.finditer("\n", text)]
+
+    def at(self, offset: int) -> Position:
+        line = bisect.bisect_right(self.starts, offset)
+        return (line, offset - self.starts[line - 1] + 1)
+
+
+# --- YAML ------------------------------------------------------------------------------------------------
+
+_STR = "tag:yaml.org,2002:str"
+_NULL = "tag:yaml.org,2002:null"
+_BOOL = "tag:yaml.org,2002:bool"
+_INT = "tag:yaml.org,2002:int"
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
+_CORE: Final = {  # tag → (the values it takes, what they are)
+    _NULL: (re.compile(r"~|null|Null|NULL|"), "null"),
+    _BOOL: (re.compile(r"true|True|TRUE|false|False|FALSE"), "a boolean (true or false)"),
+    _INT: (re.compile(r"0|-?[1-9][0-9]*"), "a decimal integer"),
+}
+
+
 class _Resolver(yaml.resolver.BaseResolver):
     """YAML 1.2 core-like implicit typing: everything not null, bool or a plain int is a string."""
 
 
-_Resolver.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|)$"), list("~nN") + [""])
-_Resolver.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                                list("tTfF"))
-_Resolver.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^(?:0|-?[1-9][0-9]*)$"), list("-0123456789"))
+_Resolver.add_implicit_resolver(_NULL, re.compile(rf"^(?:{_CORE[_NULL][0].pattern})$"), list("~nN") + [""])
+_Resolver.add_implicit_resolver(_BOOL, re.compile(rf"^(?:{_CORE[_BOOL][0].pattern})$"), list("tTfF"))
+_Resolver.add_implicit_resolver(_INT, re.compile(rf"^(?:{_CORE[_INT][0].pattern})$"), list("-0123456789"))
 
 try:  # libyaml's parser and composer when PyYAML has them (much faster), else the pure-Python ones
     from yaml._yaml import CParser
@@ -97,62 +204,182 @@ def _pos(node: yaml.Node) -> Position:
     return (node.start_mark.line + 1, node.start_mark.column + 1)
 
 
+def _tag_name(tag: str) -> str:
+    return "!!" + tag.removeprefix("tag:yaml.org,2002:") if tag.startswith("tag:yaml.org,2002:") else tag
+
+
+class _AliasBomb(Exception):
+    def __init__(self, path: Path_) -> None:
+        self.path = path
+
+
 class _YamlBuilder:
+    """A composed YAML document → plain data and positions; aliases are expanded within a budget."""
+
     def __init__(self, doc: Document, problems: list[Problem]) -> None:
         self.doc = doc
         self.problems = problems
+        self.distinct: set[int] = set()
+        self.built = 0
 
     def value(self, node: yaml.Node, path: Path_, depth: int = 0) -> Any:
         self.doc.values[path] = _pos(node)
-        if depth > 100:
-            self.problems.append(self.doc.problem(path, "nested too deeply"))
+        self.built += 1
+        self.distinct.add(id(node))  # (every node lives as long as the document: ids are not reused)
+        if self.built - len(self.distinct) > MAX_ALIAS_VALUES:
+            raise _AliasBomb(path)
+        if depth >= MAX_DEPTH and isinstance(node, yaml.CollectionNode):
+            self.problems.append(Problem(self.doc.file, *_pos(node), "", TOO_DEEP))  # (its path is as long)
             return None
         if isinstance(node, yaml.MappingNode):
-            out: dict[str, Any] = {}
-            for key_node, value_node in node.value:
-                if not isinstance(key_node, yaml.ScalarNode):
-                    self.doc.values[path + ("?",)] = _pos(key_node)
-                    self.problems.append(self.doc.problem(path + ("?",), "a mapping key must be a plain value"))
-                    continue
-                key = key_node.value
-                child = path + (key,)
-                if key in out:
-                    self.doc.keys[child] = _pos(key_node)
-                    first = self.doc.values[child]
-                    self.problems.append(
-                        self.doc.problem(child, f"duplicate key '{key}' (first at line {first[0]})", key=True)
-                    )
-                    continue
-                self.doc.keys[child] = _pos(key_node)
-                out[key] = self.value(value_node, child, depth + 1)
-            return out
+            self._collection_tag(node, _MAP, path)
+            return self.mapping(node, path, depth)
         if isinstance(node, yaml.SequenceNode):
+            self._collection_tag(node, _SEQ, path)
             return [self.value(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
-        tag = node.tag
-        if isinstance(node, yaml.ScalarNode) and not node.style:  # plain (libyaml says '', PyYAML None): core schema
-            if tag == "tag:yaml.org,2002:null":
-                return None
-            if tag == "tag:yaml.org,2002:bool":
-                return node.value.lower() == "true"
-            if tag == "tag:yaml.org,2002:int":
-                if _too_long(node.value):
-                    self.problems.append(self.doc.problem(path, _too_long_message(node.value)))
-                    return node.value
-                return int(node.value)
-        return node.value
+        return self.scalar(node, path)
+
+    def mapping(self, node: yaml.MappingNode, path: Path_, depth: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.doc.values[path + ("?",)] = _pos(key_node)
+                self.problems.append(self.doc.problem(path + ("?",), "a mapping key must be a plain value"))
+                continue
+            key = key_node.value
+            child = path + (key,)
+            if key in out:
+                self.doc.keys[child] = _pos(key_node)
+                first = self.doc.values[child]
+                self.problems.append(
+                    self.doc.problem(child, f"duplicate key '{key}' (first at line {first[0]})", key=True)
+                )
+                continue
+            self.doc.keys[child] = _pos(key_node)
+            out[key] = self.value(value_node, child, depth + 1)
+        return out
+
+    def _collection_tag(self, node: yaml.Node, tag: str, path: Path_) -> None:
+        if node.tag != tag:
+            self.problems.append(self.doc.problem(path, f"the YAML tag {_tag_name(node.tag)} is not used in these "
+                                                        "files: write the value without it"))
+
+    def scalar(self, node: yaml.Node, path: Path_) -> Any:
+        tag, text = node.tag, node.value
+        if tag == _STR:
+            return text
+        if tag not in _CORE:
+            self.problems.append(self.doc.problem(path, f"the YAML tag {_tag_name(tag)} is not used in these files: "
+                                                        "write the value without it (quoted, if it is text)"))
+            return text
+        pattern, what = _CORE[tag]
+        if pattern.fullmatch(text) is None:  # an explicit tag (`!!int abc`) that the value does not fit
+            self.problems.append(self.doc.problem(path, f"{shown(text)} is not {what}, as its tag "
+                                                        f"{_tag_name(tag)} says"))
+            return text
+        if tag == _NULL:
+            return None
+        if tag == _BOOL:
+            return text.lower() == "true"
+        if _too_long(text):
+            self.problems.append(self.doc.problem(path, _too_long_message(text)))
+            return text
+        return int(text)
 
 
-def _too_long(digits: str) -> bool:
-    """Whether Python refuses to read this integer (`sys.get_int_max_str_digits()`, 4300 by default)."""
-    limit = sys.get_int_max_str_digits()
-    return bool(limit) and len(digits.lstrip("-")) > limit
+_YAML_WORDS: Final = {  # libyaml's problem → our words ({line}: where what it was reading started; {column})
+    "did not find expected '-' indicator": "this line is not indented like the items of the list that starts on line "
+                                           "{line} (each item starts with '- ' at column {column}, and the lines of "
+                                           "an item line up under its first key)",
+    "did not find expected key": "this line is not indented like the keys of the mapping that starts on line {line} "
+                                 "(its keys start at column {column}; a list item needs '- ')",
+    "could not find expected ':'": "line {line} is neither 'key: value' nor a list item '- ...' (a ':' is missing, "
+                                   "or the indentation is wrong)",
+    "mapping values are not allowed in this context": "a ': ' where no key can start: quote text that holds ': ', "
+                                                      "or check the indentation",
+    "found unexpected ':'": "a ': ' where no key can start: quote text that holds ': '",
+    "block sequence entries are not allowed in this context": "a '- ' where no list item can start: check the "
+                                                              "indentation, or quote text that starts with '- '",
+    "mapping keys are not allowed in this context": "a '? ' where no key can start: quote text that starts with '?'",
+    "did not find expected ',' or '}'": "the {{...}} that starts on line {line} is not closed (or a ',' is missing)",
+    "did not find expected ',' or ']'": "the [...] that starts on line {line} is not closed (or a ',' is missing)",
+    "found undefined alias": "an alias (*name) that no anchor (&name) before it defines",
+    "second occurrence": "an anchor (&name) that is already defined on line {line}",
+    "found unknown escape character": "an unknown escape in double-quoted text (write a backslash as \\\\, or use "
+                                      "single quotes)",
+    "did not find expected hexdecimal number": "an escape \\x, \\u or \\U without its hex digits",
+    "found invalid Unicode character escape code": "an escape that is not a Unicode character (\\ud800-\\udfff are "
+                                                   "halves of a surrogate pair)",
+    "found unexpected document indicator": "a line '---' or '...' inside quoted text ends the document: indent it",
+    "exceeded maximum nesting depth": "nested too deeply",
+    "did not find expected node content": "a value is missing here",
+    "did not find expected alphabetic or numeric character": "an anchor (&) or alias (*) needs a name of letters and "
+                                                             "digits: quote text that starts with '&' or '*'",
+    "did not find expected tag URI": "a tag (!name) without a name: quote text that starts with '!'",
+    "did not find expected whitespace or line break": "a tag (!name) or directive (%...) must be followed by a space: "
+                                                      "quote text that starts with '!' or '%'",
+    "did not find the expected '>'": "a tag !<...> that is not closed: quote text that starts with '!'",
+    "did not find expected '!'": "a tag (!name!...) that is not closed: quote text that starts with '!'",
+    "did not find URI escaped octet": "a tag with a bad %-escape: quote text that starts with '!'",
+    "found an incorrect leading UTF-8 octet": "a tag with a bad %-escape: quote text that starts with '!'",
+    "found an incorrect trailing UTF-8 octet": "a tag with a bad %-escape: quote text that starts with '!'",
+    "found undefined tag handle": "a tag handle (!name!) that no %TAG directive defines: quote text that starts "
+                                  "with '!'",
+    "found unexpected non-alphabetical character": "a line that starts with '%' is a directive: quote it",
+    "could not find expected directive name": "a line that starts with '%' is a directive: quote it",
+    "found unknown directive name": "a line that starts with '%' is a directive: quote it",
+    "did not find expected digit or '.' character": "a %YAML directive needs a version like 1.2: quote text that "
+                                                    "starts with '%'",
+    "found extremely long version number": "a %YAML directive needs a version like 1.2",
+    "found incompatible YAML document": "a %YAML version that is not 1.x",
+    "found duplicate %YAML directive": "a %YAML directive given twice",
+    "found duplicate %TAG directive": "a %TAG directive given twice",
+    "did not find expected whitespace": "a %TAG directive needs a space between its parts",
+    "found an indentation indicator equal to 0": "the indentation of a block of text ('|' or '>') must be 1-9",
+}
+"""What libyaml says (`problem`) → what we say, for every problem it has (scanner.c, parser.c, the composer)."""
+
+_CONTEXT = re.compile(r"^(?:while )?(?:scanning|parsing) (?:a |an |the )?(.*)$")
+_CONTEXT_WORDS: Final = {"quoted scalar": "quoted text", "block scalar": "block of text ('|' or '>')",
+                         "plain scalar": "text", "simple key": "key", "flow mapping": "{...}", "flow sequence": "[...]",
+                         "flow node": "value", "block node": "value", "block mapping": "mapping",
+                         "block collection": "list", "node": "value"}
 
 
-def _too_long_message(digits: str) -> str:
-    return f"a number with {len(digits.lstrip('-'))} digits is too long to read (quote it if it is text)"
+def _context(context: str) -> str | None:
+    """`while scanning a quoted scalar` → 'quoted text'."""
+    what = _CONTEXT.match(context)
+    return _CONTEXT_WORDS.get(what.group(1), what.group(1)) if what else None
 
 
-_MARK_RE = re.compile(r"line (\d+), column (\d+)")
+def _yaml_words(exc: yaml.MarkedYAMLError, text: str) -> str:
+    """PyYAML's (libyaml's) description of a syntax error, in our words: what is wrong and what to do."""
+    problem = exc.problem or ""
+    context = exc.context or ""
+    line = exc.context_mark.line + 1 if exc.context_mark else None
+    column = exc.context_mark.column + 1 if exc.context_mark else None
+    mark = exc.problem_mark
+    here = text[mark.index] if mark is not None and 0 <= mark.index < len(text) else ""
+    if "tab" in problem or (here == "\t" and "cannot start any token" in problem):
+        return "a tab character: YAML indents with spaces only"
+    if problem == "found character that cannot start any token":
+        return f"{here!r} cannot start a value: quote the text" if here else "a value cannot start here"
+    if problem == "did not find expected comment or line break":
+        if "block scalar" in context:
+            return "after '|' or '>' (a block of text) the line must end: quote text that starts with '|' or '>'"
+        return "a line that starts with '%' is a directive and must end here: quote it"
+    if problem == "found unexpected end of stream":
+        return f"the file ends inside the {_context(context) or 'value'} that starts on line {line}"
+    if "expected <document start>" in problem:
+        return "more after the end of the document (several threads are separated by a line '---')"
+    if problem in _YAML_WORDS:
+        return _YAML_WORDS[problem].format(line=line, column=column)
+    what = _context(context)  # (none is known to reach here)
+    return f"{problem or context or 'invalid YAML'}" + (f" (in the {what} that starts on line {line})"
+                                                         if what and line else "")
+
+
+_READER = re.compile(r"unacceptable character #x([0-9a-fA-F]+): (.*)")
 
 
 def parse_yaml(text: str, file: str) -> tuple[list[Document], list[Problem]]:
@@ -166,149 +393,261 @@ def parse_yaml(text: str, file: str) -> tuple[list[Document], list[Problem]]:
             if node is None:  # pragma: no cover - check_node() said there is one
                 break
             doc = Document(file, None)
-            doc.data = _YamlBuilder(doc, problems).value(node, ())
+            try:
+                doc.data = _YamlBuilder(doc, problems).value(node, ())
+            except _AliasBomb as bomb:
+                at = bomb.path[: max((i + 1 for i, part in enumerate(bomb.path) if isinstance(part, str)), default=0)]
+                problems.append(doc.problem(at, f"the aliases (*name) of this document repeat more than "
+                                                       f"{MAX_ALIAS_VALUES:,} values, as an alias bomb does: write "
+                                                       f"the values out, or use fewer aliases", key=True))
+                break
             if not (doc.data is None and isinstance(node, yaml.ScalarNode) and node.value == ""):
                 docs.append(doc)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
-        what = exc.problem or exc.context or "invalid YAML"
-        if exc.context and exc.problem:
-            started = f" started on line {exc.context_mark.line + 1}" if exc.context_mark else ""
-            what = f"{exc.problem} ({exc.context.removeprefix('while ')}{started})"
-        problems.append(Problem(file, line, col, "", f"YAML syntax error: {what}"))
-    except yaml.YAMLError as exc:  # reader errors (e.g. control characters)
+        problems.append(Problem(file, line, col, "", f"YAML syntax error: {_yaml_words(exc, text)}"))
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (control characters)
+        line, col = _Lines(text).at(exc.position)
+        bad = _READER.match(str(exc).splitlines()[0])
+        what = f"U+{int(bad.group(1), 16):04X}" if bad else repr(exc.character)
+        problems.append(Problem(file, line, col, "", f"the character {what} is not allowed in YAML (a control "
+                                                     f"character): remove it, or write it as an escape in "
+                                                     f"double-quoted text"))
+    except yaml.YAMLError as exc:  # pragma: no cover - PyYAML raises the two above
         problems.append(Problem(file, None, None, "", f"YAML error: {exc}"))
     finally:
         loader.dispose()
     return docs, problems
 
 
-def parse_json(text: str, file: str) -> tuple[list[Document], list[Problem]]:
-    """The JSON value in `text` as one document; positions are computed by a second, exact scan."""
+# --- JSON ------------------------------------------------------------------------------------------------
 
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in out:
-                raise _DuplicateKey(key)
-            out[key] = value
+_JSON_WORDS: Final = (  # the start of Python's JSON error → our words
+    ("Expecting property name enclosed in double quotes",
+     "expected a key in double quotes (JSON has no trailing commas, no single quotes, no comments)"),
+    ("Expecting value", "expected a value (JSON has no trailing commas; text goes in double quotes)"),
+    ("Expecting ',' delimiter", "expected ',' between two values"),
+    ("Expecting ':' delimiter", "expected ':' after a key"),
+    ("Extra data", "more after the end of the JSON value (several threads go in one list: [{...}, {...}])"),
+    ("Unterminated string", "a string that is never closed with '\"'"),
+    ("Invalid control character", "a control character inside a string (write a line break as \\n, a tab as \\t)"),
+    ("Invalid \\uXXXX escape", "an invalid \\u escape (it takes 4 hex digits)"),
+    ("Invalid \\escape", "an invalid escape in a string (write a backslash as \\\\)"),
+    ("Illegal trailing comma", "a trailing comma (JSON has none)"),
+)
+
+
+def _json_words(msg: str) -> str:
+    return next((words for start, words in _JSON_WORDS if msg.startswith(start)), msg)
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+class _Suspect:
+    """What the fast read saw that only the position scan can word: duplicates, non-JSON numbers."""
+
+    def __init__(self) -> None:
+        self.found = False
+
+    def object(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(pairs)
+        if len(out) != len(pairs):
+            self.found = True
         return out
 
-    too_long: list[str] = []
+    def constant(self, name: str) -> None:
+        self.found = True
 
-    def integer(digits: str) -> int | str:
+    def integer(self, digits: str) -> int | str:
         if _too_long(digits):
-            too_long.append(digits)
+            self.found = True
             return digits
         return int(digits)
 
+    def number(self, text: str) -> float:
+        value = float(text)
+        if math.isinf(value):
+            self.found = True
+        return value
+
+
+def _too_deep(data: Any) -> bool:
+    """Whether `data` nests lists and mappings more than MAX_DEPTH levels deep (the outermost is level 1)."""
+    stack = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        for child in node.values() if type(node) is dict else node if type(node) is list else ():
+            if type(child) is dict or type(child) is list:
+                stack.append((child, depth + 1))
+    return False
+
+
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)
+
+
+def _deep_offset(text: str) -> int:
+    """The offset where `text` (JSON, maybe broken) opens its (MAX_DEPTH + 1)th level, or 0."""
+    depth = 0
+    for m in _TOKEN.finditer(text):
+        c = m.group()
+        if c in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return m.start()
+        elif c in "]}":
+            depth -= 1
+    return 0
+
+
+def read_json(text: str) -> tuple[Any, bool]:
+    """`text` as data by Python's reader, and whether it needs `parse_json`'s scan to be judged (a duplicate key,
+    NaN or Infinity, a number too large, half a surrogate pair, or deep nesting). JSONDecodeError, RecursionError
+    as Python's reader raises them."""
+    suspect = _Suspect()
+    data = json.loads(text, object_pairs_hook=suspect.object, parse_constant=suspect.constant,
+                      parse_int=suspect.integer, parse_float=suspect.number)
+    return data, suspect.found or _SURROGATE_ESCAPE.search(text) is not None or _too_deep(data)
+
+
+def parse_json(text: str, file: str, *, positions: bool = True) -> tuple[list[Document], list[Problem]]:
+    """The JSON value in `text` as one document, or every problem in it; positions come from a second, exact
+    scan, made at once or (`positions=False`) on first use."""
     try:
-        data = json.loads(text, object_pairs_hook=no_duplicates, parse_int=integer)
+        data, suspect = read_json(text)
     except json.JSONDecodeError as exc:
-        return [], [Problem(file, exc.lineno, exc.colno, "", f"JSON syntax error: {exc.msg}")]
-    except _DuplicateKey:
-        doc = Document(file, None)
-        scanner = _JsonScanner(text, doc)
-        scanner.scan()
-        return [], [doc.problem(p, f"duplicate key '{p[-1]}'", key=True) for p in sorted(scanner.duplicates, key=str)]
+        return [], [Problem(file, exc.lineno, exc.colno, "", f"JSON syntax error: {_json_words(exc.msg)}")]
+    except RecursionError:
+        return [], [Problem(file, *_Lines(text).at(_deep_offset(text)), "", TOO_DEEP)]
     doc = Document(file, data)
     scanner = _JsonScanner(text, doc)
-    scanner.scan()
-    if too_long:
-        return [], [Problem(file, *scanner.at(m.start()), "", _too_long_message(m.group()))
-                    for m in re.finditer(r"-?[0-9]+", text) if m.group() in too_long]
+    if positions or suspect:
+        problems = scanner.scan()
+        return ([], problems) if problems else ([doc], [])
+    doc.locate = scanner.scan
     return [doc], []
 
 
-class _DuplicateKey(Exception):
-    pass
+_NOT_JSON = {"NaN": "NaN", "Infinity": "Infinity", "-Infinity": "-Infinity"}
+
+
+@dataclass
+class _Frame:
+    path: Path_
+    is_object: bool
+    count: int = 0
+    seen: set[str] = field(default_factory=set)
 
 
 class _JsonScanner:
-    """Walks JSON text that is known to be valid and records the position of every key and value."""
+    """Walks JSON text that Python's reader has read and records the position of every key and value, and every
+    problem that reader let through. Iterative: its own stack, never Python's."""
 
     _ws = re.compile(r"[ \t\r\n]*")
     _string = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
-    _scalar = re.compile(r"-?[0-9][0-9eE.+\-]*|true|false|null")
+    _scalar = re.compile(r"-?[0-9][0-9eE.+\-]*|true|false|null|NaN|-?Infinity")
 
     def __init__(self, text: str, doc: Document) -> None:
         self.text = text
         self.doc = doc
-        self.i = 0
-        self.line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
-        self.duplicates: set[Path_] = set()
+        self.lines = _Lines(text)
+        self.problems: list[Problem] = []
+        self.scanned = False
 
-    def at(self, offset: int) -> Position:
-        line = bisect.bisect_right(self.line_starts, offset)
-        return (line, offset - self.line_starts[line - 1] + 1)
+    def skip(self, i: int) -> int:
+        return self._ws.match(self.text, i).end()  # type: ignore[union-attr]
 
-    def skip(self) -> None:
-        self.i = self._ws.match(self.text, self.i).end()  # type: ignore[union-attr]
+    def scan(self) -> list[Problem]:
+        """Every problem, in text order (run once: later calls return the first's answer)."""
+        if not self.scanned:
+            self.scanned = True
+            self._scan()
+        return self.problems
 
-    def scan(self) -> None:
-        self.skip()
-        self.value(())
+    def _scan(self) -> None:
+        text, doc, at = self.text, self.doc, self.lines.at
+        stack: list[_Frame] = []
+        too_deep = False
+        i = self.skip(0)
+        path: Path_ = ()
+        while True:
+            # a value starts at i
+            ch = text[i]
+            if len(stack) <= MAX_DEPTH:
+                doc.values[path] = at(i)
+            if ch in "{[" and len(stack) == MAX_DEPTH and not too_deep:  # the first too deep, once
+                too_deep = True
+                self.problems.append(Problem(doc.file, *at(i), "", TOO_DEEP))
+            if ch in "{[":
+                stack.append(_Frame(path, ch == "{"))
+                i = self.skip(i + 1)
+            elif ch == '"':
+                i = self._string_at(i, path)
+            else:
+                m = self._scalar.match(text, i)
+                if m is None:  # pragma: no cover - Python's reader took it, so it is one of the above
+                    raise AssertionError(f"unexpected JSON at offset {i}")
+                self._number(m.group(), path)
+                i = m.end()
+            # after a value (or an opening bracket): close what ends here, then find the next value
+            while True:
+                i = self.skip(i)
+                if not stack:
+                    return
+                frame = stack[-1]
+                if text[i] in "}]":
+                    stack.pop()
+                    i += 1
+                    continue
+                if text[i] == ",":
+                    i = self.skip(i + 1)
+                if frame.is_object:
+                    start = i
+                    i = self._string_at(i, None)
+                    key = json.loads(text[start:i])
+                    path = frame.path + (key,)
+                    if len(stack) <= MAX_DEPTH:
+                        doc.keys[path] = at(start)
+                    if key in frame.seen:
+                        self.problems.append(doc.problem(path, f"duplicate key '{key}'", key=True))
+                    frame.seen.add(key)
+                    i = self.skip(self.skip(i) + 1)  # ':'
+                else:
+                    path = frame.path + (frame.count,)
+                    frame.count += 1
+                break
 
-    def value(self, path: Path_) -> None:
-        self.doc.values[path] = self.at(self.i)
-        ch = self.text[self.i] if self.i < len(self.text) else ""
-        if ch == "{":
-            self.i += 1
-            self.skip()
-            seen: set[str] = set()
-            while self.text[self.i] != "}":
-                m = self._string.match(self.text, self.i)
-                assert m is not None
-                key = json.loads(m.group(0))
-                child = path + (key,)
-                if key in seen:
-                    self.duplicates.add(child)
-                seen.add(key)
-                self.doc.keys[child] = self.at(self.i)
-                self.i = m.end()
-                self.skip()
-                self.i += 1  # ':'
-                self.skip()
-                self.value(child)
-                self.skip()
-                if self.text[self.i] == ",":
-                    self.i += 1
-                    self.skip()
-            self.i += 1
-        elif ch == "[":
-            self.i += 1
-            self.skip()
-            n = 0
-            while self.text[self.i] != "]":
-                self.value(path + (n,))
-                n += 1
-                self.skip()
-                if self.text[self.i] == ",":
-                    self.i += 1
-                    self.skip()
-            self.i += 1
-        elif ch == '"':
-            m = self._string.match(self.text, self.i)
-            assert m is not None
-            self.i = m.end()
-        else:
-            m = self._scalar.match(self.text, self.i)
-            assert m is not None
-            self.i = m.end()
+    def _string_at(self, i: int, path: Path_ | None) -> int:
+        m = self._string.match(self.text, i)
+        if m is None:  # pragma: no cover - Python's reader took it
+            raise AssertionError(f"unexpected JSON at offset {i}")
+        token = m.group()
+        if path is not None and "\\u" in token and _SURROGATE_ESCAPE.search(token):
+            try:
+                json.loads(token).encode("utf-8")
+            except UnicodeEncodeError:
+                self.problems.append(self.doc.problem(
+                    path, "an escape \\uD800-\\uDFFF that is half of a UTF-16 surrogate pair, not a character"))
+        return m.end()
+
+    def _number(self, token: str, path: Path_) -> None:
+        problems = self.problems
+        if token in _NOT_JSON:
+            problems.append(self.doc.problem(path, f"{token} is not JSON: JSON numbers are finite (quote it if it "
+                                                   f"is text)"))
+        elif token[:1] in "-0123456789":
+            if any(c in token for c in ".eE"):
+                if math.isinf(float(token)):
+                    problems.append(self.doc.problem(path, f"{shown(token)} is too large for a number (it would "
+                                                           f"be read as infinity)"))
+            elif _too_long(token):
+                problems.append(self.doc.problem(path, _too_long_message(token)))
 
 
-def decode(raw: bytes, file: str) -> tuple[str | None, list[Problem]]:
-    """Bytes → text, refusing binary data and invalid UTF-8 with a clear message."""
-    if b"\x00" in raw[:8192]:
-        return None, [Problem(file, None, None, "", "not a text file (it contains NUL bytes): expected YAML or JSON")]
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        why = f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
-        return None, [Problem(file, line, None, "", why)]
-    return text, []
+# --- either ----------------------------------------------------------------------------------------------
 
 
 def parse_text(text: str, file: str, *, kind: str | None = None) -> tuple[list[Document], list[Problem]]:
@@ -325,6 +664,6 @@ def split_threads(docs: list[Document]) -> Iterator[Document]:
     for doc in docs:
         if isinstance(doc.data, list):
             for i, item in enumerate(doc.data):
-                yield Document(doc.file, item, doc.prefix + (i,), doc.values, doc.keys)
+                yield Document(doc.file, item, doc.prefix + (i,), doc.values, doc.keys, doc.locate)
         else:
             yield doc

@@ -1,4 +1,4 @@
-"""Assertions for tests of code that makes or loads thread bundles (`pip install thread-bundler[testing]`).
+"""Assertions for tests of code that makes or loads thread bundles (`pip install '.[testing]'` from a clone).
 
     from bundler.testing import assert_same_thread, assert_valid_thread_bundle, fetch_thread
 

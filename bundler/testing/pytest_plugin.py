@@ -1,4 +1,4 @@
-"""pytest fixtures for testing code that sends thread bundles to Medplum (`pip install thread-bundler[testing]`).
+"""pytest fixtures for testing code that sends thread bundles to Medplum (`pip install '.[testing]'` from a clone).
 
 Installed with the package as the pytest plugin `thread_bundler` (entry point `pytest11`), so the
 fixtures are there in every test session without a conftest:
@@ -8,7 +8,7 @@ fixtures are there in every test session without a conftest:
         assert_same_thread(spec, fetch_thread(medplum_client, spec["thread"]))
 
 ``medplum_server`` (session): a `MedplumServer` (base_url, client_id, client_secret, local). By default
-a local Medplum FHIR server (`bundler.localserver.LocalServer`, needs `npm`) started on a free
+a local Medplum FHIR server (`bundler.medplum.localserver.LocalServer`, needs `npm`) started on a free
 loopback port the first time a test asks for it and stopped at the end of the session. When
 ``MEDPLUM_BASE_URL``, ``MEDPLUM_CLIENT_ID`` and ``MEDPLUM_CLIENT_SECRET`` are all set, that Medplum is
 used instead and nothing is started. The server keeps what each test loads: give each test's threads

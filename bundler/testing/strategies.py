@@ -1,5 +1,5 @@
 """Hypothesis strategies for thread specs and bundles: the one source of generated data for our tests
-and for users' own property-based tests (`pip install thread-bundler[testing]`).
+and for users' own property-based tests (`pip install '.[testing]'` from a clone).
 
     from hypothesis import given
     from bundler.strategies import bundles, invalid_bundles, thread_specs
@@ -113,12 +113,16 @@ def _check_instant_options(precisions: Sequence[int], zones: Sequence[str]) -> N
 # --- building blocks ---------------------------------------------------------------------------------
 
 
-def keys(*, max_size: int = 40) -> st.SearchStrategy[str]:
-    """Thread keys and message ids: 1-`max_size` letters, digits, '.', '_', '-', ':'.
+def keys(*, max_size: int = 40, thread: bool = False) -> st.SearchStrategy[str]:
+    """Message ids (and, with `thread=True`, thread keys): 1-`max_size` letters, digits, '.', '_', '-', ':'; a
+    thread key does not start with '.'.
 
         keys(max_size=8).example()   # e.g. 'a:7_Q.'
     """
-    return st.text(KEY_ALPHABET, min_size=1, max_size=max_size)
+    if not thread:
+        return st.text(KEY_ALPHABET, min_size=1, max_size=max_size)
+    first = st.sampled_from(KEY_ALPHABET.replace(".", ""))
+    return st.tuples(first, st.text(KEY_ALPHABET, max_size=max_size - 1)).map("".join)
 
 
 def texts(*, alphabet: str | st.SearchStrategy[str] | None = None, max_size: int = 200, long_text: bool = True,
@@ -385,7 +389,7 @@ def thread_specs(*, min_participants: int = 1, max_participants: int = 5, min_me
     Header fields (subject: a Patient, sender, sent, status, category) are each present or not;
     participants and messages as in `participants()` and `messages()` (`styles` and
     `participant_types` go to `participants`, the message options to `messages`); `key` draws the thread key
-    (default `keys()`; hypothesis repeats examples, so against a server set a fresh key in the test body).
+    (default `keys(thread=True)`; hypothesis repeats examples, so against a server set a fresh key in the test body).
 
         @given(thread_specs(max_participants=2, max_messages=3, alphabet="abc", zones=["Z"]))
         def test_round_trip(spec): assert my_export(my_import(spec)) == spec
@@ -396,7 +400,7 @@ def thread_specs(*, min_participants: int = 1, max_participants: int = 5, min_me
     people_strategy = participants(min_size=min_participants, max_size=max_participants, styles=styles,
                                    types=participant_types)
     patient_refs = references(styles=styles, types=("Patient",))
-    keys_ = key if key is not None else keys()
+    keys_ = key if key is not None else keys(thread=True)
     starts = st.datetimes(dt.datetime(2000, 1, 1), dt.datetime(2030, 1, 1))
     formats = st.sampled_from([(p, z) for z in zones for p in precisions])
     statuses = st.sampled_from(("in-progress", "completed"))

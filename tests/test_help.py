@@ -1,0 +1,75 @@
+"""The command line as a newcomer reads it: every option has help, written the same way (a capital first, a full
+stop or a [default] last), and what `--help` promises is true."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from bundler.check import RULES
+from bundler.cli import main
+
+OURS = ["build", "validate", "demo"]
+"""The commands whose help this branch owns; the others' changes are listed for the lead (issue 11)."""
+
+
+def _options(command: click.Command) -> list[click.Option]:
+    return [p for p in command.params if isinstance(p, click.Option)]
+
+
+def _badly_written(command: click.Command) -> list[str]:
+    """`--name: help` of every option whose help is missing or not written the house way."""
+    bad = []
+    for option in _options(command):
+        text = (option.help or "").strip()
+        if not text or not text[0].isupper() or not text.endswith((".", "]")):
+            bad.append(f"{option.opts[-1]}: {text!r}")
+    return bad
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_every_option_has_help_written_the_house_way(name: str) -> None:
+    assert _badly_written(main.commands[name]) == []
+
+
+@pytest.mark.xfail(strict=True, reason="cli/load.py and cli/connect.py (not this branch's): verify's --concurrency and "
+                                       "--format have no help, load's and the connection options' help starts in "
+                                       "lower case; the lead applies the changes listed in the issue 11 report")
+def test_the_other_commands_write_help_the_same_way() -> None:
+    others = [name for name in main.commands if name not in OURS]
+    assert {name: _badly_written(main.commands[name]) for name in others} == {name: [] for name in others}
+
+
+def test_demo_help_says_it_loads_three_threads() -> None:
+    result = CliRunner().invoke(main, ["demo", "--help"])
+    assert "three threads" in result.output and "the thread of" not in result.output
+
+
+def test_every_command_shows_its_help() -> None:
+    for name in main.commands:
+        result = CliRunner().invoke(main, [name, "--help"])
+        assert result.exit_code == 0 and "Usage:" in result.output, name
+
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_readme_s_command_line_section_names_every_option() -> None:
+    section = README[README.index("## Command line"):README.index("### What `load` promises")]
+    missing = [f"{name} {option.opts[-1]}" for name, command in main.commands.items() for option in _options(command)
+               if option.opts[-1] != "--help" and not any(re.search(rf"`[^`]*{re.escape(o)}\b", section)
+                                                          for o in option.opts)]
+    assert missing == []
+
+
+def test_the_readme_lists_every_rule_code_for_invalid_bundles() -> None:
+    section = README[README.index("The rules `invalid_bundles(rule=...)`"):README.index("Make thread keys unique")]
+    assert set(re.findall(r"`([a-z0-9]+\.[a-z0-9-]+)`", section)) == set(RULES)
+
+
+def test_the_readme_s_install_commands_quote_their_brackets() -> None:
+    assert re.findall(r"pip install [^'\n]*\[", README) == []

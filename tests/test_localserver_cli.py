@@ -1,0 +1,38 @@
+"""`python -m bundler.medplum.localserver` by hand: its settings, the secret too, are in a file only the user can
+read while it runs (the secret of a running server, without a restart), and never on its output."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from bundler.medplum.localserver import env_file
+
+
+def test_a_running_server_s_secret_is_in_a_private_file_not_on_its_output(tmp_path: Path) -> None:
+    env = {**os.environ, "MEDPLUM_LOCAL_CLIENT_SECRET": "s3cret-for-this-test"}
+    proc = subprocess.Popen([sys.executable, "-m", "bundler.medplum.localserver", "--port", "0"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = []
+        while not lines or not lines[-1].startswith("Ctrl-C"):  # (each line is read as it comes: no sleeping)
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read() if proc.stderr else ""
+            lines.append(line)
+        base_url = lines[0].strip().removeprefix("MEDPLUM_BASE_URL=")
+        settings = env_file(int(base_url.rstrip("/").rsplit(":", 1)[1]))
+        assert f"client secret:    in {settings}" in "".join(lines)
+        assert "s3cret-for-this-test" not in "".join(lines)
+        assert stat.S_IMODE(settings.stat().st_mode) == 0o600
+        assert settings.read_text().splitlines() == [f"MEDPLUM_BASE_URL={base_url}",
+                                                     "MEDPLUM_CLIENT_ID=thread-bundler-local",
+                                                     "MEDPLUM_CLIENT_SECRET=s3cret-for-this-test"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    assert not settings.exists()  # gone with the server
