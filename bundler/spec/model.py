@@ -94,7 +94,7 @@ class _Model(BaseModel):
         try:
             self.__pydantic_validator__.validate_python(data, self_instance=self, by_alias=False, by_name=True)
         except ValidationError as exc:
-            raise SpecError(problems_of(exc, Document("<spec>", data), type(self))) from None
+            raise _spec_error(exc, data, type(self)) from None
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
@@ -149,7 +149,7 @@ class _Record:
         try:
             self.__pydantic_validator__.validate_python(data, self_instance=self, by_alias=False, by_name=True)
         except ValidationError as exc:
-            raise SpecError(problems_of(exc, Document("<spec>", data), type(self))) from None
+            raise _spec_error(exc, data, type(self)) from None
 
     @classmethod
     def model_validate(cls, data: Any) -> Self:
@@ -174,6 +174,11 @@ class _Record:
         """The fields by Python name, nested objects as dicts (as a model dumps)."""
         out: dict[str, Any] = type(self).__pydantic_serializer__.to_python(self)
         return out
+
+
+def _spec_error(exc: ValidationError, data: dict[str, Any], cls: type[Any]) -> SpecError:
+    """A construction's errors (from validating `data` by Python names) as SpecError."""
+    return SpecError(problems_of(exc, Document("<spec>", data), cls))
 
 
 _R = TypeVar("_R", bound=_Record)
@@ -402,6 +407,15 @@ class Attachment(_Record):
 _NO_CONTENT = "a message needs text or attachments"
 
 
+def _has_content(args: tuple[dict[str, Any], Any]) -> tuple[dict[str, Any], Any]:
+    """A message's fields, all valid, and its dataclass's init-only arguments (none): it has text or attachments
+    (when a field failed, `_MessageView` says it beside their problems)."""
+    fields = args[0]
+    if fields["text"] is None and not fields["attachments"]:
+        raise fail(_NO_CONTENT)
+    return args
+
+
 @_slotted
 class Message(_Record):
     """One message of a thread: becomes a Communication with `partOf` → the thread's header."""
@@ -430,13 +444,19 @@ class Message(_Record):
             data["reply_to"] = reply_to
         if status is not None:
             data["status"] = status
-        self._check(data)
+        try:  # (`_check`, inlined: no aliases to ask for)
+            self.__pydantic_validator__.validate_python(data, self_instance=self)
+        except ValidationError as exc:
+            raise _spec_error(exc, data, Message) from None
 
-    @model_validator(mode="after")
-    def _has_content(self) -> Self:  # (when a field failed, `_MessageView` says it beside their problems)
-        if self.text is None and not self.attachments:
-            raise fail(_NO_CONTENT)
-        return self
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        """The dataclass's schema, its validated fields then checked together (`_has_content`). Inside it, unlike
+        a model validator: a Message given as one (checked when it was made) is not checked again."""
+        schema = handler(source)
+        if schema["type"] != "dataclass":  # pragma: no cover - what pydantic makes of a dataclass
+            raise TypeError(f"expected a dataclass schema, got {schema['type']}")
+        return {**schema, "schema": core_schema.no_info_after_validator_function(_has_content, schema["schema"])}
 
     @classmethod
     def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
