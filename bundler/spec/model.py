@@ -444,8 +444,8 @@ class Message(_Record):
             data["reply_to"] = reply_to
         if status is not None:
             data["status"] = status
-        try:  # (`_check`, inlined: no aliases to ask for)
-            self.__pydantic_validator__.validate_python(data, self_instance=self)
+        try:  # (`_check`, inlined: migrate makes many)
+            self.__pydantic_validator__.validate_python(data, self_instance=self, by_alias=False, by_name=True)
         except ValidationError as exc:
             raise _spec_error(exc, data, Message) from None
 
