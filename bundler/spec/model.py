@@ -170,10 +170,23 @@ class _Record:
         new._check(values)
         return new
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise _frozen(type(self), name, value)
+
+    def __delattr__(self, name: str) -> None:
+        raise _frozen(type(self), name, None)
+
     def model_dump(self) -> dict[str, Any]:
         """The fields by Python name, nested objects as dicts (as a model dumps)."""
         out: dict[str, Any] = type(self).__pydantic_serializer__.to_python(self)
         return out
+
+
+def _frozen(cls: type[Any], name: str, value: Any) -> ValidationError:
+    """What a frozen model raises when a field is set or deleted (a frozen dataclass raises FrozenInstanceError,
+    or in Python 3.11, for a name that is not a field, TypeError)."""
+    return ValidationError.from_exception_data(cls.__name__, [{"type": "frozen_instance", "loc": (name,),
+                                                               "input": value}])
 
 
 def _spec_error(exc: ValidationError, data: dict[str, Any], cls: type[Any]) -> SpecError:
@@ -191,6 +204,7 @@ def _slotted(cls: type[_R]) -> type[_R]:
     init = cls.__dict__["__init__"]
     out = cast("type[_R]", pydantic_dataclass(frozen=True, slots=True, config=_RECORD_CONFIG)(cls))
     setattr(out, "__init__", init)  # noqa: B010 - (mypy refuses assigning a method)
+    del out.__setattr__, out.__delattr__  # the dataclass's: `_Record`'s, a model's error, apply
     out.model_fields = out.__pydantic_fields__
     return out
 
