@@ -196,14 +196,15 @@ def test_copies_and_constructs_are_checked_too() -> None:
     assert message.model_copy(update={"status": "completed"}) == Message("1", "a", SENT, text="x", status="completed")
 
 
-def test_messages_and_attachments_are_slotted_frozen_values() -> None:
-    """A thread holds many: each is a slotted object (no __dict__: ~100 bytes, not ~570 as a model), still a
-    frozen value, equal and hashed by its fields, whichever way it was made or copied."""
+def test_what_a_thread_holds_are_slotted_frozen_values() -> None:
+    """Each is a slotted object (no __dict__: ~100 bytes, not ~500 as a model), still a frozen value, equal and
+    hashed by its fields, whichever way it was made or copied."""
     attachment = Attachment("Binary/1", "image/png")
     message = Message("1", "a", SENT, attachments=(attachment,), recipient=["b"])
-    for obj in (message, attachment):
+    for obj in (message, attachment, Participant("a", "Patient/1"), Coding("c", "http://s")):
         assert not hasattr(obj, "__dict__")
-        for name in ("title", "sender"):  # as a frozen model: pydantic's frozen_instance error
+        assert obj == copy.copy(obj) == pickle.loads(pickle.dumps(obj)) and hash(obj) == hash(copy.deepcopy(obj))
+        for name in ("title", "display"):  # as a frozen model: pydantic's frozen_instance error
             with pytest.raises(ValidationError, match="Instance is frozen"):
                 setattr(obj, name, "x")
             with pytest.raises(ValidationError, match="Instance is frozen"):
