@@ -174,6 +174,9 @@ class _Record:
         new._check(values)
         return new
 
+    def __str__(self) -> str:  # a model's: its fields without the class's name (repr is the dataclass's, the same)
+        return " ".join(f"{name}={getattr(self, name)!r}" for name in self.model_fields)
+
     def __setattr__(self, name: str, value: Any) -> None:
         raise _frozen(type(self), name, value)
 
