@@ -215,6 +215,7 @@ def test_what_a_thread_holds_are_slotted_frozen_values() -> None:
     assert message.recipient == ("b",) and message.attachments == (attachment,)
     assert repr(attachment) == "Attachment(url='Binary/1', content_type='image/png', title=None)"  # as a model's
     assert str(attachment) == "url='Binary/1' content_type='image/png' title=None"
+    assert dict(attachment) == {"url": "Binary/1", "content_type": "image/png", "title": None}
     assert (message == pickle.loads(pickle.dumps(message)) == copy.copy(message) == copy.deepcopy(message)
             == message.model_copy() == Message.model_validate(message.to_data(2)))
     assert message != message.model_copy(update={"text": "x"}) and message.model_dump()["attachments"] == (

@@ -174,6 +174,10 @@ class _Record:
         new._check(values)
         return new
 
+    def __iter__(self) -> Iterator[tuple[str, Any]]:  # a model's: (name, value) of each field, so dict(obj) works
+        for name in self.model_fields:
+            yield name, getattr(self, name)
+
     def __str__(self) -> str:  # a model's: its fields without the class's name (repr is the dataclass's, the same)
         return " ".join(f"{name}={getattr(self, name)!r}" for name in self.model_fields)
 
