@@ -146,6 +146,7 @@ class _Record:
     __pydantic_serializer__: ClassVar[SchemaSerializer]
     __pydantic_fields__: ClassVar[dict[str, FieldInfo]]
     model_fields: ClassVar[dict[str, FieldInfo]]
+    model_config: ClassVar[ConfigDict] = ConfigDict(frozen=True, **_RECORD_CONFIG)
 
     def _check(self, data: dict[str, Any]) -> None:
         """The constructors' work: validate `data` (by Python names) into self; SpecError listing every problem."""
@@ -191,6 +192,16 @@ class _Record:
         """The fields by Python name, nested objects as dicts, as a model dumps. `options`: those of
         `SchemaSerializer.to_python` (`mode`, `by_alias`, `exclude_none`, ...)."""
         out: dict[str, Any] = type(self).__pydantic_serializer__.to_python(self, **options)
+        return out
+
+    def model_dump_json(self, **options: Any) -> str:
+        """As JSON, as a model dumps it (`SchemaSerializer.to_json`'s options: `by_alias`, `indent`, ...)."""
+        return type(self).__pydantic_serializer__.to_json(self, **options).decode()
+
+    @classmethod
+    def model_validate_json(cls, data: str | bytes, **options: Any) -> Self:
+        """From spec data as JSON, as a model reads it: pydantic's ValidationError if invalid."""
+        out: Self = cls.__pydantic_validator__.validate_json(data, **options)
         return out
 
     @classmethod
