@@ -232,7 +232,7 @@ def _slotted(cls: type[_R]) -> type[_R]:
     init = cls.__dict__["__init__"]
     out = cast("type[_R]", pydantic_dataclass(frozen=True, slots=True, config=_RECORD_CONFIG)(cls))
     setattr(out, "__init__", init)  # noqa: B010 - (mypy refuses assigning a method)
-    del out.__setattr__, out.__delattr__  # the dataclass's: `_Record`'s, a model's error, apply
+    del out.__setattr__, out.__delattr__  # the dataclass's go: `_Record`'s raise a model's error instead
     out.model_fields = out.__pydantic_fields__
     return out
 
