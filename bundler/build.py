@@ -107,8 +107,7 @@ def build_bundle(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
     thread_status = spec.status
     codings = [_coding(c) for c in spec.category]  # read once; every resource gets its own copy
     for m in spec.messages:
-        f = m.__dict__  # the model's fields: read here, once each (attribute reads on a model cost more)
-        mid, reply_to = f["id"], f["reply_to"]
+        mid, reply_to = m.id, m.reply_to
         value = prefix + mid
         url = urls[mid] = full_url(system, value)
         res: dict[str, Any] = {
@@ -118,16 +117,16 @@ def build_bundle(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
         }
         if reply_to is not None:
             res["inResponseTo"] = [{"reference": urls[reply_to]}]
-        res["status"] = f["status"] or thread_status
+        res["status"] = m.status or thread_status
         if codings:
             res["category"] = [{"coding": [dict(c)]} for c in codings]
-        res["sent"] = f["sent"]
-        sender = f["sender"]
-        recipients = _recipients(f["recipient"], sender, refs, recipients_of)
+        res["sent"] = m.sent
+        sender = m.sender
+        recipients = _recipients(m.recipient, sender, refs, recipients_of)
         if recipients:
             res["recipient"] = [dict(refs[a]) for a in recipients]
         res["sender"] = dict(refs[sender])
-        res["payload"] = _payload(f["text"], f["attachments"])
+        res["payload"] = _payload(m.text, m.attachments)
         entries.append({"fullUrl": url, "resource": res, "request": dict(_REQUEST)})
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
@@ -215,8 +214,7 @@ def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
     extend = parts.extend
     value_prefix = b'"' + prefix.encode()
     for m in spec.messages:
-        f = m.__dict__  # the model's fields: read here, once each (attribute reads on a model cost more)
-        mid, sender, recipient, reply_to, status = f["id"], f["sender"], f["recipient"], f["reply_to"], f["status"]
+        mid, sender, recipient, reply_to, status = m.id, m.sender, m.recipient, m.reply_to, m.status
         raw_id = mid.encode()
         h = sha1(name_prefix + raw_id).hexdigest()
         url = urls[mid] = f"urn:uuid:{h[:8]}-{h[8:12]}-5{h[13:16]}-{variant[h[16]]}{h[17:20]}-{h[20:32]}".encode()
@@ -228,12 +226,12 @@ def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
                 recipients_json[sender] = rec
         # keys, ids, statuses and instants of a ThreadSpec (always checked) hold no character JSON escapes:
         # written as they are, they are what orjson writes
-        text, attachments = f["text"], f["attachments"]
+        text, attachments = m.text, m.attachments
         extend((
             b',{"fullUrl":"', url, identifier, value_prefix, raw_id, b'"', part_of,
             b'"inResponseTo":[{"reference":"' + urls[reply_to] + b'"}],' if reply_to is not None else b"",
             b'"status":"' + status.encode() + b'",' if status else status_json,
-            category, b'"sent":"', f["sent"].encode(), b'",', rec, b'"sender":', ref_json[sender],
+            category, b'"sent":"', m.sent.encode(), b'",', rec, b'"sender":', ref_json[sender],
             b',"payload":' + dumps_(_payload(text, attachments)) if attachments else b',"payload":[{"contentString":'
             + dumps_(text) + b"}]",
             b'},"request":{"method":"POST","url":"Communication"}}',

@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from bundler.errors import SpecError
 from bundler.migrate import spec_yaml
@@ -178,6 +181,64 @@ def test_copies_and_constructs_are_checked_too() -> None:
     with pytest.raises(SpecError, match="missing required field 'participants'"):
         ThreadSpec.model_construct(key="t", topic="x")
     assert spec.model_copy(update={"sent": SENT}).sent == SENT
+    message = Message("1", "a", SENT, text="x")
+    copies: list[Callable[[], Message]] = [lambda: message.model_copy(update={"sent": "soon"}),
+                                           lambda: dataclasses.replace(message, sent="soon")]
+    for changed in copies:
+        with pytest.raises(SpecError, match="sent: 'soon' must be a FHIR instant"):
+            changed()
+    with pytest.raises(SpecError, match="a message needs text or attachments"):
+        message.model_copy(update={"text": None})
+    with pytest.raises(SpecError, match="missing required field 'sent'"):
+        Message.model_construct(id="1", sender="a", text="x")
+    with pytest.raises(SpecError, match="url: must not be empty"):
+        Attachment("Binary/1").model_copy(update={"url": ""})
+    assert message.model_copy(update={"status": "completed"}) == Message("1", "a", SENT, text="x", status="completed")
+
+
+def test_what_a_thread_holds_are_slotted_frozen_values() -> None:
+    """Each is a slotted object (no __dict__: ~100 bytes, not ~500 as a model), still a frozen value, equal and
+    hashed by its fields, whichever way it was made or copied."""
+    attachment = Attachment("Binary/1", "image/png")
+    message = Message("1", "a", SENT, attachments=(attachment,), recipient=["b"])
+    for obj in (message, attachment, Participant("a", "Patient/1"), Coding("c", "http://s")):
+        assert not hasattr(obj, "__dict__")
+        assert obj == copy.copy(obj) == pickle.loads(pickle.dumps(obj)) and hash(obj) == hash(copy.deepcopy(obj))
+        for name in ("title", "display"):  # as a frozen model: pydantic's frozen_instance error
+            with pytest.raises(ValidationError, match="Instance is frozen"):
+                setattr(obj, name, "x")
+            with pytest.raises(ValidationError, match="Instance is frozen"):
+                delattr(obj, name)
+    same = Message(id="1", sender="a", sent=SENT, recipient=("b",),
+                   attachments=[Attachment(url="Binary/1", content_type="image/png")])
+    assert message == same and hash(message) == hash(same) and len({message, same}) == 1
+    assert message.recipient == ("b",) and message.attachments == (attachment,)
+    assert repr(attachment) == "Attachment(url='Binary/1', content_type='image/png', title=None)"  # as a model's
+    assert str(attachment) == "url='Binary/1' content_type='image/png' title=None"
+    assert dict(attachment) == {"url": "Binary/1", "content_type": "image/png", "title": None}
+    assert (message == pickle.loads(pickle.dumps(message)) == copy.copy(message) == copy.deepcopy(message)
+            == message.model_copy() == Message.model_validate(message.to_data(2)))
+    assert message != message.model_copy(update={"text": "x"}) and message.model_dump()["attachments"] == (
+        {"url": "Binary/1", "content_type": "image/png", "title": None},)
+    spec = ThreadSpec(key="t", topic="x", participants={"a": Participant("a", "Patient/1"),
+                                                         "b": Participant("b", "Patient/2")}, messages=[message])
+    assert spec.messages[0] is message  # checked when it was made: taken as it is
+
+
+def test_messages_and_attachments_in_data_are_worded_as_before() -> None:
+    """Pydantic names a dataclass's errors its own way (unexpected_keyword_argument, dataclass_type): the words
+    are a model's."""
+    with pytest.raises(SpecError) as info:
+        parse_spec({"thread": "t", "topic": "x", "participants": {"a": {"reference": "Patient/1"}}, "messages": [
+            "hi", {"sender": "a", "sent": SENT, "attachments": ["x", {"url": "u", "content_type": "text/plain"}, {}]},
+            {"sender": "a", "sent": SENT, "text": "x", "from": "b"}]})
+    assert _messages(info.value.problems) == [
+        "<spec>: messages[1]: expected a mapping, got a string ('hi')",
+        "<spec>: messages[2].attachments[1]: expected a mapping, got a string ('x')",
+        "<spec>: messages[2].attachments[2].content_type: unknown field 'content_type' (did you mean 'contentType'?)",
+        "<spec>: messages[2].attachments[3]: missing required field 'url'",
+        "<spec>: messages[3].from: unknown field 'from' (allowed: attachments, id, recipient, reply_to, sender, sent, "
+        "status, text)"]
 
 
 def test_keys_ids_and_aliases_follow_the_grammar_whole() -> None:

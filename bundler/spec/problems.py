@@ -5,8 +5,9 @@ Three kinds of error reach this module. A scalar's refusal (type `key`, `alias`,
 from the refused input by the function the scalar registered in `WORDING`. Our own, raised by the
 spec's validators with their message written (`fail()`: type `spec`, about the value at the error's
 location, or `spec_key`, about the mapping key there). And pydantic's, worded here by type: `missing`,
-`extra_forbidden`, `string_type`, `model_type`, `string_too_short`, ... Any other type keeps pydantic's
-message (none is known to reach it).
+`extra_forbidden`, `string_type`, `model_type`, `string_too_short`, ... (a pydantic dataclass says
+`unexpected_keyword_argument` and `dataclass_type` where a model says `extra_forbidden` and `model_type`).
+Any other type keeps pydantic's message (none is known to reach it).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
+from pydantic.dataclasses import is_pydantic_dataclass
+from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from ..errors import Problem
@@ -67,7 +70,8 @@ def wrong_type(what: str, value: Any) -> PydanticCustomError:
 
 _TYPE_WORDS = {
     "string_type": "a string", "model_type": "a mapping", "model_attributes_type": "a mapping",
-    "dict_type": "a mapping", "tuple_type": "a list", "list_type": "a list", "int_type": "an integer",
+    "dataclass_type": "a mapping", "dict_type": "a mapping", "tuple_type": "a list", "list_type": "a list",
+    "int_type": "an integer",
 }
 
 
@@ -103,7 +107,7 @@ def _problem(e: ErrorDetails, doc: Document, model: Any) -> Iterator[Problem]:
         yield doc.problem(loc, e["msg"], key=True)
     elif kind == "missing":
         yield doc.problem(loc[:-1], f"missing required field '{loc[-1]}'")
-    elif kind == "extra_forbidden":
+    elif kind in ("extra_forbidden", "unexpected_keyword_argument"):  # (a model's word, a dataclass's)
         yield doc.problem(loc, _unknown_field(str(loc[-1]), fields_at(model, loc[:-1])), key=True)
     elif kind in _TYPE_WORDS:
         yield doc.problem(loc, expected(_TYPE_WORDS[kind], value))
@@ -120,9 +124,10 @@ def _unknown_field(name: str, allowed: list[str]) -> str:
     return f"unknown field '{name}' (allowed: {', '.join(sorted(allowed))})" if allowed else f"unknown field '{name}'"
 
 
-def data_names(model: type[BaseModel]) -> list[str]:
-    """The field names of `model` as data writes them (aliases), leaving out fields data never holds."""
-    return [f.alias or name for name, f in model.model_fields.items() if not f.exclude]
+def data_names(model: type[Any]) -> list[str]:
+    """The field names of `model` (a model or a pydantic dataclass) as data writes them (aliases), leaving out
+    fields data never holds."""
+    return [f.alias or name for name, f in _fields(model).items() if not f.exclude]
 
 
 def fields_at(model: Any, path: Path_) -> list[str]:
@@ -131,7 +136,7 @@ def fields_at(model: Any, path: Path_) -> list[str]:
     current: Any = model
     for part in path:
         if _is_model(current):
-            current = next((f.annotation for name, f in current.model_fields.items() if part in (name, f.alias)), None)
+            current = next((f.annotation for name, f in _fields(current).items() if part in (name, f.alias)), None)
         else:
             current = _item(current)  # `part` is a list index or a mapping key
         if current is None:
@@ -141,7 +146,13 @@ def fields_at(model: Any, path: Path_) -> list[str]:
 
 
 def _is_model(tp: Any) -> bool:
-    return isinstance(tp, type) and issubclass(tp, BaseModel)
+    """A pydantic model, or a pydantic dataclass (the spec's slotted classes)."""
+    return isinstance(tp, type) and (issubclass(tp, BaseModel) or is_pydantic_dataclass(tp))
+
+
+def _fields(model: type[Any]) -> dict[str, FieldInfo]:
+    fields: dict[str, FieldInfo] = model.__pydantic_fields__
+    return fields
 
 
 def _unwrap(tp: Any) -> Any:
