@@ -396,13 +396,14 @@ class LocalServer:
         thread.join(_STARTUP_TIMEOUT)
         line = result[0] if result else ""
         if not line.startswith("http"):
-            if proc.poll() is not None and "EADDRINUSE" in self._stderr_tail():
+            if not thread.is_alive():  # its stdout closed: the process is ending; let it finish saying why
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=_STARTUP_TIMEOUT)
+            code, tail = proc.poll(), self._stderr_tail()
+            if code is not None and "EADDRINUSE" in tail:
                 raise PortInUse(self.host, self.port)
-            raise LocalServerError(
-                "local Medplum server did not start"
-                + (f" (exit code {proc.poll()})" if proc.poll() is not None else " (timed out)")
-                + self._stderr_tail()
-            )
+            raise LocalServerError("local Medplum server did not start"
+                                   + (f" (exit code {code})" if code is not None else " (timed out)") + tail)
         return line if line.endswith("/") else line + "/"
 
     def _stderr_tail(self) -> str:
