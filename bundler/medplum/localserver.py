@@ -34,12 +34,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
 from .. import assets
+from ..files import file_lock
 from ..vocabulary import fhir_base, token_url
 
 __all__ = [
@@ -100,35 +100,6 @@ def cache_root() -> Path:
     return base / "thread-bundler"
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive inter-process lock on ``path`` (blocking)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
-        if sys.platform == "win32":  # pragma: no cover - Windows (mypy checks this branch for win32 only)
-            import msvcrt
-
-            while True:
-                try:
-                    msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
-                    break
-                except OSError:
-                    time.sleep(0.2)
-            try:
-                yield
-            finally:
-                handle.seek(0)
-                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
-        else:
-            import fcntl
-
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 def _node_version(node: str) -> tuple[int, int] | None:
     try:
         out = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30, check=True).stdout
@@ -183,7 +154,7 @@ def ensure_installed(*, quiet: bool = False) -> Path:
     target = root / f"medplum-local-{digest}"
     if (target / _MARKER).is_file():
         return target
-    with _file_lock(root / f"medplum-local-{digest}.lock"):
+    with file_lock(root / f"medplum-local-{digest}.lock"):
         if (target / _MARKER).is_file():
             return target
         npm = shutil.which("npm")
