@@ -60,6 +60,14 @@ class Bar:
             self.stream.write(self._line(now, bar=False) + "\n")
             self.stream.flush()
 
+    def start(self, note: str = "") -> None:
+        """Show the line at once, before any work (a long silent start looks like a hang)."""
+        now = time.monotonic()
+        self._shown = now
+        line = self._line(now, bar=self.live) + (f" · {note}" if note else "")
+        self.stream.write(("\r" + line) if self.live else line + "\n")
+        self.stream.flush()
+
     def close(self) -> None:
         if self.live and self.total:
             self.stream.write("\r" + self._line(time.monotonic(), bar=True) + "\n")
@@ -70,8 +78,12 @@ class Bar:
         rate = self.messages / elapsed
         left = self.messages_total - self.messages
         eta = duration(left / rate) if rate and left else "-"
-        text = (f"{self.label} {self.done:,}/{self.total:,} threads · {self.messages:,}/{self.messages_total:,} "
-                f"messages · {rate:,.0f} msg/s · ETA {eta}" + (f" · {self.failed:,} failed" if self.failed else ""))
+        if not self.total:  # a stream: how much is to come is not known
+            text = f"{self.label} {self.done:,} threads · {self.messages:,} messages · {rate:,.0f} msg/s"
+        else:
+            text = (f"{self.label} {self.done:,}/{self.total:,} threads · {self.messages:,}/{self.messages_total:,} "
+                    f"messages · {rate:,.0f} msg/s · ETA {eta}")
+        text += f" · {self.failed:,} failed" if self.failed else ""
         if not bar:
             return text
         width = max(10, min(30, shutil.get_terminal_size((100, 20)).columns - len(text) - 4))
