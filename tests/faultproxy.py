@@ -80,6 +80,7 @@ class Event:
     body: bytes
     actions: list[str] = field(default_factory=list)
     upstream_status: int | None = None
+    delivered_after: int | None = None  # a late request: how many requests the proxy had seen when it landed
 
     @property
     def action(self) -> str:
@@ -362,7 +363,9 @@ class FaultProxy:
         except (OSError, http.client.HTTPException) as exc:
             ev.actions.append("upstream-error")
             return _respond(h, 502, None, [("Content-Type", "text/plain")], f"upstream error: {exc!r}\n".encode())
-        ev.upstream_status = status
+        with self._arrived:  # what `wait` and `until` conditions may be waiting for
+            ev.upstream_status = status
+            self._arrived.notify_all()
         if post and self._stopping.wait(post):
             ev.actions.append("stopped")
             return self._drop(h, reset=False)
@@ -408,6 +411,7 @@ class FaultProxy:
             status = None
         with self._arrived:
             ev.upstream_status = status
+            ev.delivered_after = len(self.log)
             ev.actions.append("delivered-late")
             self._arrived.notify_all()
         h.close_connection = True

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import itertools
 import json
 import os
@@ -18,57 +17,18 @@ from typing import Any
 import orjson
 import pytest
 from faultproxy import FaultProxy, Rule, throttled
+from loadkit import assert_exactly_once, cli, client_for, committed, copies, env, errors, load, specs_for, write_specs
 
-from bundler import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, load_specs, parse_spec
-from bundler.load import LoadReport, LoadWatcher, Outcome
-from bundler.load import load as _load
+from bundler import DEFAULT_IDENTIFIER_SYSTEM, load_specs, parse_spec
+from bundler.load import LoadWatcher, Outcome
 from bundler.load.compare import diff_thread
 from bundler.load.verify import read_thread, verify
-from bundler.medplum.client import ClientCredentials, FhirClient
+from bundler.medplum.client import ClientCredentials
 from bundler.spec import ThreadSpec
 from bundler.testing.strategies import sample_specs
 
 REPO = Path(__file__).resolve().parent.parent
 WALKTHROUGH = REPO / "fixtures/threads/homer-lab-results.yaml"
-
-
-def load(*args: Any, **kw: Any) -> LoadReport:
-    """`load`, keeping every thread's result in the report (tests look at them)."""
-    return _load(*args, keep_results=True, **kw)
-
-
-def client_for(project: Any, url: str | None = None, **kw: Any) -> FhirClient:
-    t = project.target
-    return FhirClient(url or t.base_url, ClientCredentials(t.client_id, t.client_secret), **kw)
-
-
-def specs_for(project: Any, threads: int, messages: int, *, seed: int = 1) -> list[ThreadSpec]:
-    return [parse_spec(s) for s in sample_specs(threads, messages, seed=seed, prefix=project.prefix)]
-
-
-def copies(client: FhirClient, specs: list[ThreadSpec], *, whole_store: bool = False) -> collections.Counter[str]:
-    """How many resources the server holds for each identifier of `specs` (0 when missing).
-
-    `whole_store`: read every Communication instead of searching identifiers (the local server's
-    store is emptied per test, and its identifier search is a slow scan)."""
-    wanted = [e["resource"]["identifier"][0] for s in specs for e in build_bundle(s)["entry"]]
-    values = [f"{i['system']}|{i['value']}" for i in wanted]
-    counts: collections.Counter[str] = collections.Counter({v: 0 for v in values})
-    searches = [{"_count": "1000"}] if whole_store else [
-        {"identifier": ",".join(values[n:n + 50]), "_count": "1000"} for n in range(0, len(values), 50)]
-    for params in searches:
-        for resource in client.search("Communication", params):
-            for ident in resource.get("identifier", ()):
-                value = f"{ident['system']}|{ident['value']}"
-                if value in counts:
-                    counts[value] += 1
-    return counts
-
-
-def assert_exactly_once(client: FhirClient, specs: list[ThreadSpec], project: Any = None) -> None:
-    counts = copies(client, specs, whole_store=project is not None and project.server is not None)
-    wrong = {k: v for k, v in counts.items() if v != 1}
-    assert not wrong, f"{len(wrong)} identifiers not exactly once, e.g. {list(wrong.items())[:5]}"
 
 
 def walkthrough_for(project: Any) -> ThreadSpec:
@@ -255,38 +215,9 @@ def test_quota_paced_without_429(project: Any, tmp_path: Path) -> None:
         assert report.waited > 0
 
 
-def _cli(args: list[str], env: dict[str, str], **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bundler", *args], env={**os.environ, **env}, text=True,
-                          capture_output=True, timeout=120, **kw)
-
-
-def _env(project: Any, secret: str | None = None) -> dict[str, str]:
-    t = project.target
-    return {"MEDPLUM_BASE_URL": t.base_url, "MEDPLUM_CLIENT_ID": t.client_id,
-            "MEDPLUM_CLIENT_SECRET": secret or t.client_secret}
-
-
-def _write_specs(folder: Path, specs: list[dict[str, Any]]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for n in range(0, len(specs), 25):
-        (folder / f"batch-{n:05d}.json").write_text(json.dumps(specs[n:n + 25]))
-
-
-def _committed(journal: Path) -> int:
-    """Threads the journal holds as committed (0 before the killed run wrote its first row); read-only, so the
-    test never creates the file itself."""
-    if not journal.exists():
-        return 0
-    with contextlib.closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True)) as db:
-        try:
-            return int(db.execute("SELECT count(*) FROM threads WHERE state='committed'").fetchone()[0])
-        except sqlite3.OperationalError:  # no such table yet
-            return 0
-
-
 def test_killed_at_random_points_then_resumed_every_thread_exactly_once(project: Any, tmp_path: Path) -> None:
     data = sample_specs(150, 6, prefix=project.prefix, seed=4)
-    _write_specs(tmp_path / "threads", data)
+    write_specs(tmp_path / "threads", data)
     journal = tmp_path / "j.sqlite"
     rng = random.Random(20261125)
     committed_after_kill = []
@@ -300,23 +231,23 @@ def test_killed_at_random_points_then_resumed_every_thread_exactly_once(project:
         # --timeout + --late-margin after they were sent (short here, so the test does not wait for long)
         args = ["load", str(tmp_path / "threads"), "--journal", str(journal), "--max-entries", "3",
                 "--concurrency", "2", "--no-progress", "--timeout", "5", "--late-margin", "1"]
-        env = {**os.environ, **_env(project), "MEDPLUM_BASE_URL": proxy.url}
+        environ = {**os.environ, **env(project), "MEDPLUM_BASE_URL": proxy.url}
         for _ in range(22):  # 450 transactions in all (3 a thread)
             # each run is killed on observed progress: after 4 to 24 more of its transactions reached the proxy
             # and once the journal holds more committed threads than at the last kill
-            until, last = transactions(proxy.log) + rng.randint(4, 24), _committed(journal)
-            proc = subprocess.Popen([sys.executable, "-m", "bundler", *args], env=env, stdout=subprocess.DEVNULL,
+            until, last = transactions(proxy.log) + rng.randint(4, 24), committed(journal)
+            proc = subprocess.Popen([sys.executable, "-m", "bundler", *args], env=environ, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
 
             def progressed(log: list[Any], until: int = until, last: int = last) -> bool:
-                return transactions(log) >= until and _committed(journal) > last
+                return transactions(log) >= until and committed(journal) > last
 
             while not proxy.wait(progressed, timeout=1) and proc.poll() is None:
                 pass
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            committed_after_kill.append(_committed(journal))
-        final = _cli([*args, "--report", str(tmp_path / "report.json")], {**_env(project), "MEDPLUM_BASE_URL":
+            committed_after_kill.append(committed(journal))
+        final = cli([*args, "--report", str(tmp_path / "report.json")], {**env(project), "MEDPLUM_BASE_URL":
                                                                              proxy.url})
     assert final.returncode == 0, final.stderr
     # the kills really landed mid-load, many times, each after more threads had committed than the last
@@ -329,30 +260,24 @@ def test_killed_at_random_points_then_resumed_every_thread_exactly_once(project:
         assert_exactly_once(client, [parse_spec(d) for d in data], project)
 
 
-def _errors(run: subprocess.CompletedProcess[str]) -> int:
-    """The error lines a command printed (besides its progress line), after checking there is no traceback."""
-    assert "Traceback" not in run.stderr, run.stderr
-    return sum(1 for line in run.stderr.splitlines() if line.startswith("error:"))
-
-
 def test_cli_errors_are_one_line_and_exit_2(project: Any, tmp_path: Path) -> None:
     threads = str(WALKTHROUGH)
-    wrong = _cli(["load", threads, "--journal", str(tmp_path / "a.sqlite")], _env(project, "wrong-secret-123"))
-    assert wrong.returncode == 2 and "login refused" in wrong.stderr and _errors(wrong) == 1
-    gone = _cli(["load", threads, "--journal", str(tmp_path / "b.sqlite")],
-                {**_env(project), "MEDPLUM_BASE_URL": "http://127.0.0.1:9/"})
+    wrong = cli(["load", threads, "--journal", str(tmp_path / "a.sqlite")], env(project, "wrong-secret-123"))
+    assert wrong.returncode == 2 and "login refused" in wrong.stderr and errors(wrong) == 1
+    gone = cli(["load", threads, "--journal", str(tmp_path / "b.sqlite")],
+                {**env(project), "MEDPLUM_BASE_URL": "http://127.0.0.1:9/"})
     assert gone.returncode == 2 and "cannot reach" in gone.stderr and "connection refused" in gone.stderr
-    assert _errors(gone) == 1
+    assert errors(gone) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "a failed login or an unreachable server: no journal"
     forbidden = b'{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"forbidden",' \
                 b'"details":{"text":"Forbidden"}}]}'
     with FaultProxy(project.target.base_url) as proxy:
         proxy.add(Rule("status", status=403, path=r"/fhir/R4/", body=forbidden,
                        headers={"Content-Type": "application/fhir+json"}))
-        denied = _cli(["load", threads, "--journal", str(tmp_path / "c.sqlite")],
-                      {**_env(project), "MEDPLUM_BASE_URL": proxy.url})
-    assert denied.returncode == 2 and "forbidden (HTTP 403)" in denied.stderr and _errors(denied) == 1
-    insecure = _cli(["load", threads], {**_env(project), "MEDPLUM_BASE_URL": "http://example.org/"})
+        denied = cli(["load", threads, "--journal", str(tmp_path / "c.sqlite")],
+                      {**env(project), "MEDPLUM_BASE_URL": proxy.url})
+    assert denied.returncode == 2 and "forbidden (HTTP 403)" in denied.stderr and errors(denied) == 1
+    insecure = cli(["load", threads], {**env(project), "MEDPLUM_BASE_URL": "http://example.org/"})
     assert insecure.returncode == 2 and "--allow-insecure" in insecure.stderr
 
 
@@ -361,13 +286,13 @@ def test_secrets_never_appear_in_any_output(project: Any, tmp_path: Path) -> Non
     spec_dir = tmp_path / "threads"
     data = sample_specs(5, 2, prefix=project.prefix)
     data[4]["messages"][1]["attachments"] = [{"url": "bad url"}]
-    _write_specs(spec_dir, data)
+    write_specs(spec_dir, data)
     runs = [
-        _cli(["load", str(spec_dir), "--report", str(tmp_path / "r.json")], _env(project)),
-        _cli(["load", str(spec_dir), "--dry-run"], _env(project)),
-        _cli(["verify", str(spec_dir), "--format", "json"], _env(project)),
-        _cli(["doctor"], _env(project)),
-        _cli(["load", str(spec_dir)], _env(project, secret + "-not")),
+        cli(["load", str(spec_dir), "--report", str(tmp_path / "r.json")], env(project)),
+        cli(["load", str(spec_dir), "--dry-run"], env(project)),
+        cli(["verify", str(spec_dir), "--format", "json"], env(project)),
+        cli(["doctor"], env(project)),
+        cli(["load", str(spec_dir)], env(project, secret + "-not")),
     ]
     with client_for(project) as client:
         token = client.auth.token()

@@ -131,6 +131,9 @@ def run_load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: Path
         bars.append(bar := Bar("planning" if dry_run else "loading", threads or 0, messages or 0, live=progress))
         bar.start("reading the journal and looking for the threads on the server")
 
+    def on_wait(why: str) -> None:
+        click.echo(why, err=True)
+
     def on_thread(result: ThreadResult, messages: int) -> None:
         bars[0].advance(messages, failed=not result.outcome.ok)
         if writer is not None:
@@ -141,7 +144,8 @@ def run_load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: Path
                       atomic=atomic,  # type: ignore[arg-type]
                       exactly_once=exactly_once,  # type: ignore[arg-type]
                       late_margin=late_margin, update=update, concurrency=concurrency, max_entries=max_entries,
-                      dry_run=dry_run, wait=wait, watcher=LoadWatcher(on_start=on_start, on_thread=on_thread))
+                      dry_run=dry_run, wait=wait,
+                      watcher=LoadWatcher(on_start=on_start, on_thread=on_thread, on_wait=on_wait))
     except LoadInterrupted as exc:
         _interrupted(exc.report, bars, writer, journal)
     except BaseException:

@@ -29,6 +29,7 @@ import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,9 +122,10 @@ class Journal:
 
     `read_only`: read what is there, record nothing, create no file, take no lock (a dry run). Otherwise
     the journal is locked for this process until `close`: `wait` waits for another load to finish instead
-    of raising JournalBusy."""
+    of raising JournalBusy, telling `on_wait` first (with who holds it)."""
 
-    def __init__(self, path: str | Path, target: str, *, read_only: bool = False, wait: bool = False) -> None:
+    def __init__(self, path: str | Path, target: str, *, read_only: bool = False, wait: bool = False,
+                 on_wait: Callable[[str], None] | None = None) -> None:
         self.path = Path(path)
         self.target = target
         self.read_only = read_only
@@ -132,7 +134,7 @@ class Journal:
         self._lock = threading.Lock()
         self._held = ExitStack()
         if not read_only:
-            self._take_lock(wait)
+            self._take_lock(wait, on_wait)
         try:
             if self.path.exists():
                 self._db = self._connect()
@@ -143,13 +145,21 @@ class Journal:
             self._held.close()
             raise
 
-    def _take_lock(self, wait: bool) -> None:
+    def _take_lock(self, wait: bool, on_wait: Callable[[str], None] | None) -> None:
         lock = self.path.with_name(self.path.name + ".lock")
+        me = f"thread-bundler load: {owner()}"
         try:
-            self._held.enter_context(file_lock(lock, wait=wait, owner=f"thread-bundler load: {owner()}", remove=True))
-        except FileLocked as exc:
-            raise JournalBusy(f"the journal {self.path} is in use by another load ({exc.holder or 'unknown'}): "
-                              "let it finish, or run with --wait to start when it has; nothing was sent") from None
+            try:
+                self._held.enter_context(file_lock(lock, wait=False, owner=me, remove=True))
+            except FileLocked as exc:
+                if not wait:
+                    raise JournalBusy(f"the journal {self.path} is in use by another load ({exc.holder or 'unknown'}): "
+                                      "let it finish, or run with --wait to start when it has; nothing was "
+                                      "sent") from None
+                if on_wait is not None:
+                    on_wait(f"the journal {self.path} is in use by another load ({exc.holder or 'unknown'}): "
+                            "waiting for it to finish")
+                self._held.enter_context(file_lock(lock, wait=True, owner=me, remove=True))
         except OSError as exc:
             raise JournalError(f"cannot lock the journal {self.path}: {exc.strerror or exc}") from None
 

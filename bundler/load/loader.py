@@ -118,7 +118,7 @@ def load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: str | Pa
                          else None)
     started, requests_before, waited_before = time.monotonic(), client.requests, client.pacer.waited
     target = f"{client.root}|{identifier_system}"
-    with Journal(journal, target, read_only=dry_run, wait=wait) as jr, \
+    with Journal(journal, target, read_only=dry_run, wait=wait, on_wait=watcher.on_wait if watcher else None) as jr, \
             ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="load") as pool:
         run = _Run(client, jr, pool, report, identifier_system=identifier_system, atomic=atomic,
                    exactly_once=exactly_once, margin=late_margin, update=update, is_atomic=is_atomic,
@@ -325,7 +325,7 @@ class _Run:
         something only on a project that is not atomic)."""
         if self.probe is None or self.probe.atomic or not self.probe.lost:
             return
-        settles = self.probed_at + self.client.timeout + self.margin
+        settles = self.probed_at + self.margin  # the probe gave up on them before it answered
         if (left := settles - time.time()) > 0:
             time.sleep(left)
         remove_probes(self.client, *self.probe.lost)

@@ -157,11 +157,13 @@ class LoadReport:
 @dataclass
 class LoadWatcher:
     """What a progress display is told: `on_start(threads, messages)` before anything is sent or searched
-    (None when the input is a stream of unknown length), then `on_thread(result, messages in the thread)` as
-    each thread finishes, in the calling thread."""
+    (None when the input is a stream of unknown length), `on_wait(why)` when the load waits for another one
+    to release the journal, then `on_thread(result, messages in the thread)` as each thread finishes, in the
+    calling thread."""
 
     on_start: Callable[[int | None, int | None], None] | None = None
     on_thread: Callable[[ThreadResult, int], None] | None = None
+    on_wait: Callable[[str], None] | None = None
 
 
 class ReportWriter:
