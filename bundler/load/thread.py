@@ -353,6 +353,8 @@ class ThreadLoad:
         (partial when a non-atomic project committed the others); entries answered 429 inside a batch were
         not processed: every worker backs off and they are sent again."""
         statuses = self._statuses()
+        if statuses is None:  # not one answer per entry: which entry is which cannot be told
+            return Stage.LOST
         self.created += sum(1 for s in statuses if s.startswith("201"))
         if (failed := _first_failed(self.part, statuses)) is not None:
             return self._failing(self._entry_failure(*failed, statuses))
@@ -562,12 +564,12 @@ class ThreadLoad:
             self.pending.remove(n)
             self.updated += 1
 
-    def _statuses(self) -> list[str]:
-        """Each entry's status in the answer, recording the server id and version of every committed one."""
+    def _statuses(self) -> list[str] | None:
+        """Each entry's status in the answer, recording the server id and version of every committed one; None
+        when the answer does not have one entry per entry sent."""
         entries = self.response.get("entry") or []
         if len(entries) != len(self.part):
-            raise BundlerError(f"{self.t.spec.key}: the server answered a transaction of {len(self.part)} entries "
-                               f"with {len(entries)} entries")
+            return None
         statuses = []
         for i, e in zip(self.part, entries, strict=True):
             resp = e["response"]

@@ -285,10 +285,15 @@ class FhirClient:
         each, for pacing); the response Bundle, each entry with its `response.status`.
 
         Raises ServerError for a refusal (an atomic transaction answers an OperationOutcome), and
-        UnknownOutcome when the request may or may not have been applied."""
+        UnknownOutcome when the request may or may not have been applied (its answer lost, or a success
+        answer that is not a transaction-response Bundle)."""
         resp = self._send("POST", self.fhir_base, content=body, cost=WRITE_POINTS * entries if cost is None else cost,
                           idempotent=False)
-        return _transaction_response(self._check(resp, "transaction"), "transaction")
+        answer = self._check(resp, "transaction")
+        try:
+            return _transaction_response(answer, "transaction")
+        except ServerError as exc:  # processed, but how is unreadable: as good as a lost answer
+            raise self._error(UnknownOutcome, str(exc)) from None
 
     def read(self, reference: str) -> dict[str, Any]:
         what = f"read {reference}"
