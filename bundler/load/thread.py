@@ -612,8 +612,8 @@ class ThreadLoad:
             return
         urls = [self.t.urls[i] for i in in_flight or ()]
         entries = {url: [self.versions.get(url, ""), self._hash(url)] for url in self.ids}
-        self.s.journal.put(Entry(self.t.spec.key, state, fingerprint or self.t.fingerprint, self.ids, urls, error,
-                                 entries, settles))
+        fingerprint = self.t.fingerprint if fingerprint is None else fingerprint
+        self.s.journal.put(Entry(self.t.spec.key, state, fingerprint, self.ids, urls, error, entries, settles))
 
     def _hash(self, url: str) -> str:
         """The spec hash the journal keeps for an entry on the server: the spec's own when the server has it as
