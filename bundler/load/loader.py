@@ -128,6 +128,8 @@ def load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: str | Pa
             for chunk in _batched(threads, max(1, window)):
                 run.window([Thread(spec, identifier_system) for spec in chunk])
             run.finish()
+            if dry_run:
+                run.ready()  # a plan (and what the journal knows of the project) even when nothing was left to do
         except KeyboardInterrupt:
             run.stop()
             report.interrupted = True

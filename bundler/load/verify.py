@@ -54,17 +54,24 @@ class Resolver:
         self.searches = 0
         self._found: dict[str, tuple[int, str | None]] = {}
         self._lock = threading.Lock()
+        self._searching: dict[str, threading.Lock] = {}  # one per reference: searched by one thread only
 
     def _lookup(self, ref: str) -> tuple[int, str | None]:
         with self._lock:
             if ref in self._found:
                 return self._found[ref]
-        resource_type, query = ref.split("?", 1)
-        found = self.client.search(resource_type, dict(httpx.QueryParams(query)) | {"_count": "2"})
-        answer = (len(found), f"{resource_type}/{found[0]['id']}" if len(found) == 1 else None)
-        with self._lock:
-            self.searches += ref not in self._found
-            return self._found.setdefault(ref, answer)
+            searching = self._searching.setdefault(ref, threading.Lock())
+        with searching:
+            with self._lock:
+                if ref in self._found:
+                    return self._found[ref]
+            resource_type, query = ref.split("?", 1)
+            found = self.client.search(resource_type, dict(httpx.QueryParams(query)) | {"_count": "2"})
+            answer = (len(found), f"{resource_type}/{found[0]['id']}" if len(found) == 1 else None)
+            with self._lock:
+                self.searches += 1
+                self._found[ref] = answer
+                return answer
 
     def matches(self, ref: str) -> int:
         """How many resources `ref` matches: 0, 1, or 2 for several."""
