@@ -297,14 +297,15 @@ def test_wait_returns_once_the_log_satisfies_the_condition(proxy: FaultProxy, cl
 
 
 def test_hold_forwards_once_its_condition_holds(upstream: Upstream, proxy: FaultProxy, client: httpx.Client) -> None:
-    proxy.add(Rule("hold", method="POST", path="/count", nth=1, until=lambda log: any(e.method == "GET" for e in log)))
+    proxy.add(Rule("hold", method="POST", path="/count", nth=1,
+                   until=lambda log: any(e.method == "GET" and e.upstream_status for e in log)))
     answers: list[int] = []
     thread = threading.Thread(target=lambda: answers.append(client.post("/count").json()["count"]))
     thread.start()
     assert proxy.wait(lambda log: len(log) == 1, timeout=10)
     assert upstream.count == 0  # held: not forwarded yet
     with httpx.Client(base_url=proxy.url) as other:
-        assert other.get("/count").json() == {"count": 0}  # this GET releases the held POST
+        assert other.get("/count").json() == {"count": 0}  # this GET, once answered, releases the held POST
     thread.join(10)
     assert answers == [1] and upstream.count == 1
     assert proxy.log[0].actions == ["hold"] and proxy.log[0].upstream_status == 201
