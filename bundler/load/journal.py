@@ -183,6 +183,7 @@ class Journal:
         return db
 
     def _prepare(self, db: sqlite3.Connection) -> None:
+        """Check that `db` is a journal this version can use; for writing, create or upgrade its tables."""
         version = int(db.execute("PRAGMA user_version").fetchone()[0])
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if version > SCHEMA_VERSION:
@@ -192,11 +193,16 @@ class Journal:
         columns = {row[1] for row in db.execute("PRAGMA table_info(threads)")}
         if self.read_only:
             self._columns = "" if not columns else _COLUMNS if set(_ADDED) <= columns else _COLUMNS_V1
-            return
+        else:
+            self._upgrade(db, columns)
+
+    @staticmethod
+    def _upgrade(db: sqlite3.Connection, columns: set[str]) -> None:
+        """Tables created, or those of a version 1 journal upgraded in place (its rows kept)."""
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_TABLES)
-        for name, kind in _ADDED.items():  # a version 1 journal: upgraded in place, its rows kept
+        for name, kind in _ADDED.items():
             if columns and name not in columns:
                 db.execute(f"ALTER TABLE threads ADD COLUMN {name} {kind}")
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")

@@ -110,12 +110,7 @@ def load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: str | Pa
     Ctrl-C raises LoadInterrupted, which carries the report so far.
     """
     _check_options(identifier_system, exactly_once, late_margin)
-    report = LoadReport(dry_run=dry_run)
-    if isinstance(threads, Sequence):
-        report.total = len(threads)
-    if watcher is not None and watcher.on_start is not None:
-        watcher.on_start(report.total, sum(len(t.messages) for t in threads) if isinstance(threads, Sequence)
-                         else None)
+    report = _started(threads, watcher, dry_run)
     started, requests_before, waited_before = time.monotonic(), client.requests, client.pacer.waited
     target = f"{client.root}|{identifier_system}"
     with Journal(journal, target, read_only=dry_run, wait=wait, on_wait=watcher.on_wait if watcher else None) as jr, \
@@ -136,6 +131,17 @@ def load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: str | Pa
             _close(report, run, client, started, requests_before, waited_before)
             raise LoadInterrupted(report) from None
     return _close(report, run, client, started, requests_before, waited_before)
+
+
+def _started(threads: Iterable[ThreadSpec], watcher: LoadWatcher | None, dry_run: bool) -> LoadReport:
+    """A new report, the watcher told how much there is to do (before anything is searched or sent)."""
+    report = LoadReport(dry_run=dry_run)
+    messages = None
+    if isinstance(threads, Sequence):
+        report.total, messages = len(threads), sum(len(t.messages) for t in threads)
+    if watcher is not None and watcher.on_start is not None:
+        watcher.on_start(report.total, messages)
+    return report
 
 
 def _check_options(identifier_system: str, exactly_once: str, late_margin: float) -> None:
@@ -279,10 +285,8 @@ class _Run:
     def _run(self, machines: dict[int, ThreadLoad], items: list[Thread]) -> None:
         """Run every thread's machine on the pool; a machine that has to wait (quarantine) gives its worker
         back and is started again when its time has come."""
-        pending: dict[Future[Any], int] = {}
+        pending = {self._submit(machines[n]): n for n in machines}
         deferred: list[tuple[float, int]] = []
-        for n in machines:
-            pending[self._submit(machines[n])] = n
         while pending or deferred:
             while deferred and deferred[0][0] <= time.time():
                 n = heapq.heappop(deferred)[1]
@@ -293,13 +297,17 @@ class _Run:
             timeout = max(0.0, deferred[0][0] - time.time()) if deferred else None
             done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
             for future in done:
-                n = pending.pop(future)
-                self.futures.discard(future)
-                out = future.result()
-                if isinstance(out, Deferred):
-                    heapq.heappush(deferred, (out.until, n))
-                elif isinstance(out, ThreadResult):
-                    self._tell(out, machines.pop(n).t)
+                self._settle(future, pending.pop(future), machines, deferred)
+
+    def _settle(self, future: Future[Any], n: int, machines: dict[int, ThreadLoad],
+                deferred: list[tuple[float, int]]) -> None:
+        """What a machine's run came to: a result (told, the machine let go), or a time to start it again."""
+        self.futures.discard(future)
+        out = future.result()
+        if isinstance(out, Deferred):
+            heapq.heappush(deferred, (out.until, n))
+        elif isinstance(out, ThreadResult):
+            self._tell(out, machines.pop(n).t)
 
     def _submit(self, machine: ThreadLoad) -> Future[Any]:
         future = self.pool.submit(self._one, machine)

@@ -515,13 +515,15 @@ class ThreadLoad:
             known = self.entry.version(url) if self.entry else None
             if version := known or resource_version(dict(resource)):
                 self.versions[url] = version
-        for n, lines in diff.differences.items():
-            recorded = self.entry.hash(self.t.urls[n]) if self.entry else None
-            if recorded is None or recorded != self.t.hashes[n]:
-                self.changes[n] = lines
+        self.changes = {n: lines for n, lines in diff.differences.items() if self._spec_changed(n)}
         self.pending = sorted(self.changes)
         prefix = f"{self.t.spec.key}/"
         self.removed = [ident.removeprefix(prefix) for ident, _ in diff.extra]
+
+    def _spec_changed(self, n: int) -> bool:
+        """Whether the spec of entry `n` is not what the journal recorded as loaded (or there is no record)."""
+        recorded = self.entry.hash(self.t.urls[n]) if self.entry else None
+        return recorded is None or recorded != self.t.hashes[n]
 
     def _plan(self, remaining: list[int]) -> Stage:
         """(A dry run) count the requests the rest would take, for this project and, when it is not known
