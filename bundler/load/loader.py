@@ -265,9 +265,11 @@ class _Run:
                 loads[n] = (entry, None)
         headers = self._headers(items, unseen)
         loads |= {n: (None, headers.get(n)) for n in unseen}
-        if loads:
-            self._run({n: ThreadLoad(self.ready(), items[n], entry, {}, header)
-                       for n, (entry, header) in sorted(loads.items())}, items)
+        machines = {n: ThreadLoad(self.ready(), items[n], entry, {}, header)
+                    for n, (entry, header) in sorted(loads.items())}
+        items.clear()  # each thread is now held by its machine only, and let go when it is settled
+        if machines:
+            self._run(machines)
 
     def _headers(self, items: list[Thread], unseen: list[int]) -> dict[int, dict[str, Any]]:
         """The headers of the `unseen` threads (the journal has no row for them) that are on the server
@@ -282,7 +284,7 @@ class _Run:
             self.plan.searched(self.client.requests - before)
         return {n: found[items[n].identifiers[0]] for n in unseen if items[n].identifiers[0] in found}
 
-    def _run(self, machines: dict[int, ThreadLoad], items: list[Thread]) -> None:
+    def _run(self, machines: dict[int, ThreadLoad]) -> None:
         """Run every thread's machine on the pool; a machine that has to wait (quarantine) gives its worker
         back and is started again when its time has come."""
         pending = {self._submit(machines[n]): n for n in machines}

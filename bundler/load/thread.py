@@ -144,8 +144,10 @@ class Thread:
 
     @functools.cached_property
     def hashes(self) -> list[str]:
-        """A hash of each entry's resource as the spec says it: what the journal compares a later spec with."""
-        return [hashlib.sha256(orjson.dumps(e["resource"])).hexdigest()[:20] for e in self.bundle["entry"]]
+        """A hash of each entry's resource as the spec says it: what the journal compares a later spec with.
+        (Read from the body without keeping the bundle as data: a thread sent whole never needs it.)"""
+        entries = self.__dict__["bundle"]["entry"] if "bundle" in self.__dict__ else orjson.loads(self.body)["entry"]
+        return [hashlib.sha256(orjson.dumps(e["resource"])).hexdigest()[:20] for e in entries]
 
     @functools.cached_property
     def references(self) -> dict[str, tuple[str, ...]]:
