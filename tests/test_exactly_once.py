@@ -278,3 +278,19 @@ def test_random_faults_around_the_probe_never_abort_the_load(project: Any, tmp_p
     assert probe_leftovers(project) == 0
     with client_for(project) as client:
         assert_exactly_once(client, specs, project)
+
+
+def test_a_quarantined_thread_holds_no_worker_and_no_window(project: Any, tmp_path: Path) -> None:
+    specs = specs_for(project, 8, 2, seed=9)
+    key = specs[0].key
+    with FaultProxy(project.target.base_url) as proxy:
+        proxy.add(Rule("late", method="POST", path=POST, body_contains=header_value(key), times=1))
+        with client_for(project, proxy.url, timeout=1) as client:
+            report = load(specs, client, journal=tmp_path / "j.sqlite", late_margin=3, window=2, concurrency=1)
+        assert report.ok
+        search = next(e for e in proxy.log if e.method == "GET" and "identifier=" in e.path and key in e.path
+                      and e.seq > transactions(proxy.log, header_value(key))[0].seq)
+        later = [transactions(proxy.log, header_value(s.key))[0].seq for s in specs[2:]]
+        assert max(later) < search.seq, "the other windows went on while the thread waited"
+    with client_for(project) as client:
+        assert_exactly_once(client, specs, project)

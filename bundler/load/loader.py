@@ -194,6 +194,8 @@ class _Run:
         self.probed_at = 0.0
         self.stopping = threading.Event()
         self.futures: set[Future[Any]] = set()
+        self.deferred: list[tuple[float, int, ThreadLoad]] = []  # machines waiting (a heap: the soonest first)
+        self._order = itertools.count()
 
     # --- how to send --------------------------------------------------------------------------------
 
@@ -265,11 +267,10 @@ class _Run:
                 loads[n] = (entry, None)
         headers = self._headers(items, unseen)
         loads |= {n: (None, headers.get(n)) for n in unseen}
-        machines = {n: ThreadLoad(self.ready(), items[n], entry, {}, header)
-                    for n, (entry, header) in sorted(loads.items())}
+        machines = [ThreadLoad(self.ready(), items[n], entry, {}, header)
+                    for n, (entry, header) in sorted(loads.items())]
         items.clear()  # each thread is now held by its machine only, and let go when it is settled
-        if machines:
-            self._run(machines)
+        self._run(machines)
 
     def _headers(self, items: list[Thread], unseen: list[int]) -> dict[int, dict[str, Any]]:
         """The headers of the `unseen` threads (the journal has no row for them) that are on the server
@@ -284,32 +285,31 @@ class _Run:
             self.plan.searched(self.client.requests - before)
         return {n: found[items[n].identifiers[0]] for n in unseen if items[n].identifiers[0] in found}
 
-    def _run(self, machines: dict[int, ThreadLoad]) -> None:
-        """Run every thread's machine on the pool; a machine that has to wait (quarantine) gives its worker
-        back and is started again when its time has come."""
-        pending = {self._submit(machines[n]): n for n in machines}
-        deferred: list[tuple[float, int]] = []
-        while pending or deferred:
-            while deferred and deferred[0][0] <= time.time():
-                n = heapq.heappop(deferred)[1]
-                pending[self._submit(machines[n])] = n
+    def _run(self, machines: Iterable[ThreadLoad], *, drain: bool = False) -> None:
+        """Run the machines on the pool until each is settled, or waits: a machine that has to wait (a
+        quarantine) gives its worker back and is started again when its time has come, in this window or a
+        later one; `drain` also waits for every machine still waiting (the end of the load)."""
+        pending = {self._submit(m): m for m in machines}
+        while pending or (drain and self.deferred):
+            while self.deferred and self.deferred[0][0] <= time.time():
+                machine = heapq.heappop(self.deferred)[2]
+                pending[self._submit(machine)] = machine
             if not pending:
-                self.stopping.wait(max(0.0, deferred[0][0] - time.time()))
+                self.stopping.wait(max(0.0, self.deferred[0][0] - time.time()))
                 continue
-            timeout = max(0.0, deferred[0][0] - time.time()) if deferred else None
+            timeout = max(0.0, self.deferred[0][0] - time.time()) if self.deferred else None
             done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
             for future in done:
-                self._settle(future, pending.pop(future), machines, deferred)
+                self._settle(future, pending.pop(future))
 
-    def _settle(self, future: Future[Any], n: int, machines: dict[int, ThreadLoad],
-                deferred: list[tuple[float, int]]) -> None:
+    def _settle(self, future: Future[Any], machine: ThreadLoad) -> None:
         """What a machine's run came to: a result (told, the machine let go), or a time to start it again."""
         self.futures.discard(future)
         out = future.result()
         if isinstance(out, Deferred):
-            heapq.heappush(deferred, (out.until, n))
+            heapq.heappush(self.deferred, (out.until, next(self._order), machine))
         elif isinstance(out, ThreadResult):
-            self._tell(out, machines.pop(n).t)
+            self._tell(out, machine.t)
 
     def _submit(self, machine: ThreadLoad) -> Future[Any]:
         future = self.pool.submit(self._one, machine)
@@ -333,8 +333,10 @@ class _Run:
     # --- the end ------------------------------------------------------------------------------------
 
     def finish(self) -> None:
-        """Remove what a probe whose answer was lost may have left, once it can no longer land (it leaves
-        something only on a project that is not atomic)."""
+        """Settle the threads still waiting for a lost request to land; remove what a probe whose answer was
+        lost may have left, once it can no longer land (it leaves something only on a project that is not
+        atomic)."""
+        self._run([], drain=True)
         if self.probe is None or self.probe.atomic or not self.probe.lost:
             return
         settles = self.probed_at + self.margin  # the probe gave up on them before it answered
