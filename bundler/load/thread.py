@@ -144,10 +144,15 @@ class Thread:
 
     @functools.cached_property
     def hashes(self) -> list[str]:
-        """A hash of each entry's resource as the spec says it: what the journal compares a later spec with.
-        (Read from the body without keeping the bundle as data: a thread sent whole never needs it.)"""
-        entries = self.__dict__["bundle"]["entry"] if "bundle" in self.__dict__ else orjson.loads(self.body)["entry"]
-        return [hashlib.sha256(orjson.dumps(e["resource"])).hexdigest()[:20] for e in entries]
+        """A hash of each entry as the spec builds it: what the journal compares a later spec with. Read from
+        the body's bytes (each entry starts with its own fullUrl), without parsing it."""
+        starts = []
+        at = 0
+        for url in self.urls:
+            at = self.body.index(b'{"fullUrl":"' + url.encode() + b'"', at)
+            starts.append(at)
+        ends = [*(n - 1 for n in starts[1:]), len(self.body) - 2]  # before each ',' and the final ']}'
+        return [hashlib.sha256(self.body[a:b]).hexdigest()[:20] for a, b in zip(starts, ends, strict=True)]
 
     @functools.cached_property
     def references(self) -> dict[str, tuple[str, ...]]:
@@ -295,6 +300,8 @@ class ThreadLoad:
         """Record which entries of the lost request are on the server, by identifier search; only the rest is
         sent again."""
         found = self.client.find_identifiers("Communication", [self.t.identifiers[n] for n in self.part])
+        if self.s.plan is not None:
+            self.s.plan.searched(1)
         self.ids.update({self.t.urls[n]: f"Communication/{found[self.t.identifiers[n]]}" for n in self.part
                          if self.t.identifiers[n] in found})
         self.requests += 1
@@ -615,19 +622,23 @@ class ThreadLoad:
         if self.s.plan is not None:
             return
         urls = [self.t.urls[i] for i in in_flight or ()]
-        entries = {url: [self.versions.get(url, ""), self._hash(url)] for url in self.ids}
         fingerprint = self.t.fingerprint if fingerprint is None else fingerprint
-        self.s.journal.put(Entry(self.t.spec.key, state, fingerprint, self.ids, urls, error, entries, settles))
+        self.s.journal.put(Entry(self.t.spec.key, state, fingerprint, self.ids, urls, error, self._entries(),
+                                 settles))
 
-    def _hash(self, url: str) -> str:
-        """The spec hash the journal keeps for an entry on the server: the spec's own when the server has it as
-        the spec says; the one it had (or none) for a changed entry not updated yet."""
-        n = self._index.get(url)
-        if n is None:
-            return (self.entry.hash(url) or "") if self.entry else ""
-        if n in self.pending:
-            return (self.entry.hash(url) or "") if self.entry else ""
-        return self.t.hashes[n]
+    def _entries(self) -> dict[str, list[str]]:
+        """What the journal keeps of each entry on the server: [its version, the spec hash]. The hash is the
+        spec's own when the server has the entry as the spec says; for a changed entry not updated yet, the one
+        the journal had (or none), so the next run sees the change again."""
+        if not self.ids:
+            return {}
+        hashes, index, pending, versions, entry = self.t.hashes, self._index, self.pending, self.versions, self.entry
+        out = {}
+        for url in self.ids:
+            n = index.get(url, -1)
+            known = n >= 0 and n not in pending
+            out[url] = [versions.get(url, ""), hashes[n] if known else (entry.hash(url) or "") if entry else ""]
+        return out
 
     @functools.cached_property
     def _index(self) -> dict[str, int]:

@@ -49,7 +49,7 @@ class DoctorReport:
 
     def as_json(self) -> dict[str, Any]:
         return {"base_url": self.base_url, "ok": self.ok, "atomic": self.atomic, "leftovers": self.leftovers,
-                "checks": [{"name": c.name, "status": c.status, "detail": c.detail} for c in self.checks]}
+                "checks": [{"name": c.name, "status": c.status, "ok": c.ok, "detail": c.detail} for c in self.checks]}
 
 
 def doctor(client: FhirClient) -> DoctorReport:
