@@ -409,6 +409,24 @@ def points(row: Row) -> int:
             + SEARCH_POINTS * sum(1 for c in calls if c.kind == "search"))
 
 
+def run_filled(target: Target, args: argparse.Namespace, quiet: bool) -> tuple[int, Row, Row]:
+    """`load` into an empty server, then into one holding `args.filled` Communications: the best of
+    `args.repeat` runs each, the empty ones just before the filling (so both see the same machine)."""
+    empty, full = [], []
+    for n in range(max(1, args.repeat)):
+        target.reset()
+        empty.append(timed("load into an empty server", lambda n=n: run_load(
+            target, specs_for(args.threads, args.messages, f"e{n}-"), "empty"), quiet))
+    target.reset()
+    if not quiet:
+        print(f"… filling the server with {args.filled:,} Communications", file=sys.stderr, flush=True)
+    fill(target, args.filled, args.messages)
+    for n in range(max(1, args.repeat)):
+        full.append(timed("load into the filled server", lambda n=n: run_load(
+            target, specs_for(args.threads, args.messages, f"f{n}-"), f"{args.filled:,} Communications"), quiet))
+    return args.filled, min(empty, key=lambda r: r.seconds), min(full, key=lambda r: r.seconds)
+
+
 def fill(target: Target, communications: int, messages: int) -> float:
     """Post bare bundles until the server holds about `communications` more Communications; the seconds taken."""
     threads = max(1, communications // (messages + 1))
@@ -481,7 +499,7 @@ def run_memory(target: Target, messages: int, per_thread: int, quiet: bool) -> M
     return result
 
 
-def extra_tables(args: argparse.Namespace, loaded: Row, strict: Row | None, filled: tuple[int, Row] | None,
+def extra_tables(args: argparse.Namespace, loaded: Row, strict: Row | None, filled: tuple[int, Row, Row] | None,
                  memory: list[Memory]) -> list[tuple[str, list[str], list[list[str]]]]:
     """The strict mode, filled-server and memory tables: (caption, header, rows)."""
     tables = []
@@ -496,12 +514,14 @@ def extra_tables(args: argparse.Namespace, loaded: Row, strict: Row | None, fill
                                                             "× quarantine", "transactions", "quota points a resource"],
                        rows))
     if filled is not None:
-        holds, row = filled
-        rows = [["empty", f"{loaded.resources:,}", f"{loaded.seconds:.2f}", f"{loaded.rate:,.0f}", "1.00"],
-                [f"{holds:,} Communications", f"{row.resources:,}", f"{row.seconds:.2f}", f"{row.rate:,.0f}",
-                 f"**{row.rate / loaded.rate:.2f}**"]]
-        tables.append(("`load` into a server that already holds many Communications",
-                       ["server holds", "resources", "seconds", "resources/s", "× empty"], rows))
+        holds, empty, full = filled
+        rows = [[label, f"{row.resources:,}", f"{row.seconds:.2f}", f"{row.rate:,.0f}", ratio,
+                 *(f"{c / row.seconds:.0%}" if c == c else "-" for c in row.cpu)]
+                for label, row, ratio in (("empty", empty, "1.00"), (f"{holds:,} Communications", full,
+                                                                    f"**{full.rate / empty.rate:.2f}**"))]
+        tables.append(("`load` into a server that already holds many Communications (best of "
+                       f"{max(1, args.repeat)})", ["server holds", "resources", "seconds", "resources/s", "× empty",
+                                                   "CPU: client", "server", "others"], rows))
     if memory:
         first = memory[0]
         rows = [[f"{m.messages:,}", f"{m.threads:,}", f"{m.seconds:.0f}", f"{m.messages / m.seconds:,.0f}",
@@ -636,14 +656,9 @@ def measure(args: argparse.Namespace, target: Target, remote: bool) -> int:
         strict_specs = specs if not remote else specs_for(args.threads, args.messages, f"{prefix}s-")
         strict = timed("strict", lambda: run_load(target, strict_specs, "strict (every entry conditional, 8 a "
                                                   "request)", exactly_once="strict"), quiet)
-    filled: tuple[int, Row] | None = None
+    filled: tuple[int, Row, Row] | None = None
     if args.filled and not remote:
-        target.reset()
-        if not quiet:
-            print(f"… filling the server with {args.filled:,} Communications", file=sys.stderr, flush=True)
-        fill(target, args.filled, args.messages)
-        filled = (args.filled, timed("load into the filled server", lambda: run_load(
-            target, specs, "load, filled server"), quiet))
+        filled = run_filled(target, args, quiet)
     memory = [run_memory(target, int(n), args.messages, quiet) for n in args.memory_sizes.split(",")] \
         if args.memory and not remote else []
 
