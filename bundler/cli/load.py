@@ -65,7 +65,7 @@ def _plan_text(report: LoadReport) -> str:
     def one(requests: int, points: int, seconds: float | None) -> str:
         when = (f"about {duration(seconds)} at the server's quota" if seconds is not None else
                 "time unknown: the server sends no RateLimit header, so nothing paces the load")
-        return f"{requests:,} transaction requests, {points:,} quota points; {when}"
+        return f"{requests:,} transaction request{'s' * (requests != 1)}, {points:,} quota points; {when}"
 
     text = f"plan: {one(plan.requests, plan.points, plan.seconds)}"
     if plan.requests_not_atomic is not None and plan.points_not_atomic is not None:
