@@ -14,8 +14,21 @@ from typing import Any
 import httpx
 import pytest
 from faultproxy import FaultProxy, Rule
-from loadkit import POST, assert_exactly_once, cli, client_for, env, errors, header_value, load, specs_for, write_specs
+from loadkit import (
+    POST,
+    assert_exactly_once,
+    cli,
+    client_for,
+    copies,
+    env,
+    errors,
+    header_value,
+    load,
+    specs_for,
+    write_specs,
+)
 
+from bundler import parse_spec
 from bundler.errors import ServerError, UnknownOutcome
 from bundler.load import Outcome
 from bundler.medplum.auth import transport_problem
@@ -62,6 +75,11 @@ def test_a_token_a_server_echoes_reaches_no_journal_report_or_output(project: An
     assert doctor_text.returncode == 1 and "FAIL" in doctor_text.stdout and "Bearer ***" in doctor_text.stdout
     report = json.loads(doctor_json.stdout)
     assert report["ok"] is False and any("Bearer ***" in c["detail"] for c in report["checks"])
+    with client_for(project) as client:  # the refused thread is not there, the others once
+        counts = copies(client, [parse_spec(d) for d in data], whole_store=project.server is not None)
+    assert {v: n for v, n in counts.items() if data[1]["thread"] in v} == {
+        v: 0 for v in counts if data[1]["thread"] in v}
+    assert all(n == 1 for v, n in counts.items() if data[1]["thread"] not in v)
 
 
 # --- 6. next links ----------------------------------------------------------------------------------------

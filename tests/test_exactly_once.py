@@ -19,6 +19,7 @@ from loadkit import (
     assert_exactly_once,
     cli,
     client_for,
+    copies,
     env,
     header_value,
     load,
@@ -222,6 +223,8 @@ def test_load_refuses_an_identifier_system_that_is_not_a_usable_uri(project: Any
             load(specs, client, journal=tmp_path / "j.sqlite", identifier_system=system)
         assert proxy.log == []
     assert list(tmp_path.iterdir()) == []
+    with client_for(project) as client:
+        assert set(copies(client, specs, whole_store=project.server is not None).values()) == {0}
     run = cli(["load", "-", "--journal", str(tmp_path / "k.sqlite"), "--identifier-system", system], env(project),
               input="[]")
     assert run.returncode == 2 and "Traceback" not in run.stderr and re.search("identifier.system", run.stderr)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from faultproxy import Event, FaultProxy, Rule
-from loadkit import POST, assert_exactly_once, cli, client_for, committed, env, load, transactions, write_specs
+from loadkit import POST, assert_exactly_once, cli, client_for, committed, copies, env, load, transactions, write_specs
 
 from bundler import load_specs, parse_spec
 from bundler.load import Outcome
@@ -55,6 +55,9 @@ def test_a_dry_run_exits_0_writes_nothing_and_says_the_time_is_unknown_without_a
     assert existing.split() == ["existing", "2", "6"], "the messages of threads that exist are counted"
     assert "nothing was sent, no journal written" in run.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "threads"]
+    with client_for(project) as client:  # the two loaded before, once; nothing of the others
+        counts = copies(client, [parse_spec(d) for d in data], whole_store=project.server is not None)
+    assert sorted(set(counts.values())) == [0, 1] and sum(counts.values()) == 2 * 4
 
 
 @pytest.mark.local_only
@@ -103,8 +106,6 @@ def test_a_conditional_reference_matching_nothing_is_found_by_the_dry_run_at_the
 
 
 def _copies(client: Any, path: Path) -> dict[str, int]:
-    from loadkit import copies
-
     return dict(copies(client, load_specs([path])))
 
 
@@ -122,6 +123,8 @@ def test_doctor_asks_one_search_and_exits_by_its_table(project: Any, tmp_path: P
     assert len(searches) == 1, [e.path for e in searches]  # not a page per Communication
     report = json.loads(run.stdout)
     statuses = {c["name"]: c["status"] for c in report["checks"]}
+    with client_for(project) as client:  # the probes left nothing; the threads are as they were
+        assert client.search("Communication", {"identifier": "urn:thread-bundler:doctor|", "_count": "10"}) == []
     assert statuses["atomic transactions"] == "ok" and statuses["clean up"] == "ok"
     assert statuses["references must exist"] == "ok"
     forbidden = ('{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"forbidden",'
@@ -223,3 +226,6 @@ def test_the_progress_line_appears_before_the_first_search(project: Any, tmp_pat
         proxy.release()
         rest = proc.communicate(timeout=120)[1]
         assert proc.returncode == 0, rest
+    with client_for(project) as client:
+        assert_exactly_once(client, [parse_spec(d) for d in sample_specs(8, 2, prefix=project.prefix, seed=26)],
+                            project)
