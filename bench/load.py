@@ -40,6 +40,7 @@ nothing and one POST per resource is not much slower.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import os
 import resource
@@ -412,18 +413,19 @@ def points(row: Row) -> int:
 def run_filled(target: Target, args: argparse.Namespace, quiet: bool) -> tuple[int, Row, Row]:
     """`load` into an empty server, then into one holding `args.filled` Communications: the best of
     `args.repeat` runs each, the empty ones just before the filling (so both see the same machine)."""
+    def one(prefix: str, label: str) -> Row:
+        return timed(f"load, {label}", functools.partial(
+            run_load, target, specs_for(args.threads, args.messages, prefix), label), quiet)
+
     empty, full = [], []
     for n in range(max(1, args.repeat)):
         target.reset()
-        empty.append(timed("load into an empty server", lambda n=n: run_load(
-            target, specs_for(args.threads, args.messages, f"e{n}-"), "empty"), quiet))
+        empty.append(one(f"e{n}-", "empty server"))
     target.reset()
     if not quiet:
         print(f"… filling the server with {args.filled:,} Communications", file=sys.stderr, flush=True)
     fill(target, args.filled, args.messages)
-    for n in range(max(1, args.repeat)):
-        full.append(timed("load into the filled server", lambda n=n: run_load(
-            target, specs_for(args.threads, args.messages, f"f{n}-"), f"{args.filled:,} Communications"), quiet))
+    full = [one(f"f{n}-", f"{args.filled:,} Communications") for n in range(max(1, args.repeat))]
     return args.filled, min(empty, key=lambda r: r.seconds), min(full, key=lambda r: r.seconds)
 
 
@@ -629,12 +631,12 @@ def measure(args: argparse.Namespace, target: Target, remote: bool) -> int:
         target.reset()
         ceiling_bodies = bodies if not remote else [bundle_bytes(s) for s in specs_for(args.threads, args.messages,
                                                                                         ceiling_prefix)]
-        ceilings.append(timed("ceiling", lambda b=ceiling_bodies: run_ceiling(target, b, resources), quiet))
+        ceilings.append(timed("ceiling", functools.partial(run_ceiling, target, ceiling_bodies, resources), quiet))
         target.reset()
         load_specs = specs if not remote else specs_for(args.threads, args.messages, f"{prefix}l{n}-")
-        loads.append(timed("load", lambda s=load_specs, last=n == args.repeat - 1: run_load(
-            target, s, "**load** (defaults: concurrency 4, journal, pre-checks, probe)",
-            profile=args.profile if last else None), quiet))
+        loads.append(timed("load", functools.partial(
+            run_load, target, load_specs, "**load** (defaults: concurrency 4, journal, pre-checks, probe)",
+            profile=args.profile if n == args.repeat - 1 else None), quiet))
     ceiling = min(ceilings, key=lambda r: r.seconds)
     loaded = min(loads, key=lambda r: r.seconds)
     target.reset()

@@ -270,7 +270,7 @@ def test_a_probe_whose_answer_is_lost_on_a_non_atomic_project_is_reconciled_and_
 def test_random_faults_around_the_probe_never_abort_the_load(project: Any, tmp_path: Path, seed: int) -> None:
     specs = specs_for(project, 2, 2, seed=seed)
     with FaultProxy(project.target.base_url, seed=seed) as proxy:
-        probe = {"body_contains": PROBE_SYSTEM, "method": "POST", "path": POST}
+        probe: dict[str, Any] = {"body_contains": PROBE_SYSTEM, "method": "POST", "path": POST}
         proxy.add(Rule("status", status=503, fraction=0.3, **probe))
         proxy.add(Rule("drop_after", fraction=0.3, **probe))
         proxy.add(Rule("drop_before", fraction=0.3, **probe))
