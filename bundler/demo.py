@@ -81,7 +81,9 @@ def run_demo(paths: Sequence[str | Path] | None, out: TextIO, *, note: TextIO | 
             say(f"loaded: {', '.join(f'{n} {k}' for k, n in sorted(report.counts().items()))} "
                 f"in {report.requests} requests\n\n")
             results = verify(specs, client)
-            for spec, loaded, checked in zip(specs, report.threads, results, strict=True):
+            loaded_by_key = {t.key: t for t in report.threads}  # (in the order they finished)
+            for spec, checked in zip(specs, results, strict=True):
+                loaded = loaded_by_key[spec.key]
                 if not loaded.outcome.ok or not loaded.header_id:
                     out.write(f"✗ {spec.key}: {loaded.outcome}: {loaded.error}\n\n")
                     continue
