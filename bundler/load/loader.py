@@ -39,10 +39,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import queue
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -193,7 +194,8 @@ class _Run:
         self.probe: Atomicity | None = None
         self.probed_at = 0.0
         self.stopping = threading.Event()
-        self.futures: set[Future[Any]] = set()
+        self.futures: dict[Future[Any], ThreadLoad] = {}  # submitted, not yet settled
+        self._done: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()  # finished, in the order they did
         self.deferred: list[tuple[float, int, ThreadLoad]] = []  # machines waiting (a heap: the soonest first)
         self._order = itertools.count()
 
@@ -288,23 +290,27 @@ class _Run:
     def _run(self, machines: Iterable[ThreadLoad], *, drain: bool = False) -> None:
         """Run the machines on the pool until each is settled, or waits: a machine that has to wait (a
         quarantine) gives its worker back and is started again when its time has come, in this window or a
-        later one; `drain` also waits for every machine still waiting (the end of the load)."""
-        pending = {self._submit(m): m for m in machines}
+        later one; `drain` also waits for every machine still waiting (the end of the load). Finished runs
+        come back through a queue, one at a time (waiting on all pending futures at each would cost the
+        square of a window's size)."""
+        pending = {self._submit(m) for m in machines}
         while pending or (drain and self.deferred):
             while self.deferred and self.deferred[0][0] <= time.time():
-                machine = heapq.heappop(self.deferred)[2]
-                pending[self._submit(machine)] = machine
+                pending.add(self._submit(heapq.heappop(self.deferred)[2]))
             if not pending:
                 self.stopping.wait(max(0.0, self.deferred[0][0] - time.time()))
                 continue
-            timeout = max(0.0, self.deferred[0][0] - time.time()) if self.deferred else None
-            done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
-            for future in done:
-                self._settle(future, pending.pop(future))
+            timeout = max(0.0, self.deferred[0][0] - time.time()) if self.deferred else 1.0
+            try:
+                future = self._done.get(timeout=timeout)
+            except queue.Empty:
+                continue
+            pending.discard(future)
+            self._settle(future)
 
-    def _settle(self, future: Future[Any], machine: ThreadLoad) -> None:
+    def _settle(self, future: Future[Any]) -> None:
         """What a machine's run came to: a result (told, the machine let go), or a time to start it again."""
-        self.futures.discard(future)
+        machine = self.futures.pop(future)
         out = future.result()
         if isinstance(out, Deferred):
             heapq.heappush(self.deferred, (out.until, next(self._order), machine))
@@ -313,7 +319,8 @@ class _Run:
 
     def _submit(self, machine: ThreadLoad) -> Future[Any]:
         future = self.pool.submit(self._one, machine)
-        self.futures.add(future)
+        self.futures[future] = machine
+        future.add_done_callback(self._done.put)
         return future
 
     def _one(self, machine: ThreadLoad) -> ThreadResult | Deferred | object:
