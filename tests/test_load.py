@@ -230,7 +230,7 @@ def test_killed_at_random_points_then_resumed_every_thread_exactly_once(project:
         # a killed run's requests in flight are searched for by the next run only once they can no longer land:
         # --timeout + --late-margin after they were sent (short here, so the test does not wait for long)
         args = ["load", str(tmp_path / "threads"), "--journal", str(journal), "--max-entries", "3",
-                "--concurrency", "2", "--no-progress", "--timeout", "5", "--late-margin", "1"]
+                "--concurrency", "2", "--no-progress", "--timeout", "3", "--late-margin", "0.5"]
         environ = {**os.environ, **env(project), "MEDPLUM_BASE_URL": proxy.url}
         for _ in range(22):  # 450 transactions in all (3 a thread)
             # each run is killed on observed progress: after 4 to 24 more of its transactions reached the proxy

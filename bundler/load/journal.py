@@ -3,12 +3,12 @@
 One SQLite file (WAL, every change committed at once), created by the first thing it records: a load
 that never reached the server (a failed login, an unreachable server) leaves no journal behind. Before a
 thread's first request the journal gets its row (`sent`, what is `in_flight`, and from when on no
-request of it can still be on its way: `settles`), so a run that follows a crash knows what may still
-land. The row stays `sent` while a request is in flight or its outcome unknown, or while parts are
-still to come; `committed` with all its server ids; `partial` when some of it is on the server and the
-rest failed; `failed` with why. Each committed entry keeps its server version and a hash of what the
-spec said (`EntryState`), so a spec that changes later shows which entries changed without reading the
-server.
+request of it can still be on its way: `settles`; the new threads of a window get theirs together, in
+one transaction, their `settles` UNKNOWN), so a run that follows a crash knows what may still land. The
+row stays `sent` while a request is in flight or its outcome unknown, or while parts are still to come;
+`committed` with all its server ids; `partial` when some of it is on the server and the rest failed;
+`failed` with why. Each committed entry keeps its server version and a hash of what the spec said
+(`Entry.entries`), so a spec that changes later shows which entries changed without reading the server.
 
 Rows are keyed by target (server root + identifier system) and thread key, so one journal can serve
 several servers without mixing them up. No secret ever goes in.
@@ -84,6 +84,14 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 _ADDED = {"entries": "TEXT NOT NULL DEFAULT '{}'", "settles": "REAL NOT NULL DEFAULT 0"}  # version 2
 _COLUMNS = "key, state, fingerprint, ids, in_flight, error, entries, settles"
+_PUT = ("INSERT INTO threads (target, key, state, fingerprint, ids, in_flight, error, updated, entries, settles) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (target, key) DO UPDATE SET state=excluded.state, "
+        "fingerprint=excluded.fingerprint, ids=excluded.ids, in_flight=excluded.in_flight, error=excluded.error, "
+        "updated=excluded.updated, entries=excluded.entries, settles=excluded.settles")
+UNKNOWN = -1.0
+"""`settles` of a thread whose first request was recorded (with a window of others) before it was sent: when it
+was sent, if at all, is not known; it cannot land later than the load that follows a crash starts, plus the
+client's timeout and the margin."""
 _COLUMNS_V1 = "key, state, fingerprint, ids, in_flight, error, '{}', 0"  # what a dry run reads from an old journal
 
 
@@ -92,7 +100,8 @@ class Entry:
     """A thread's record: `ids` maps each entry's fullUrl to `Communication/<id>`; `entries` each committed
     entry's fullUrl to its [server version, hash of its spec resource] (either may be empty: journals of
     version 1 had neither); `in_flight` lists the fullUrls of a request whose outcome is not known yet, and
-    `settles` is the epoch time after which no such request can still land (0: it may be reconciled now)."""
+    `settles` is the epoch time after which no such request can still land (0: it may be reconciled now;
+    UNKNOWN: recorded before it was sent, with its window)."""
 
     key: str
     state: State
@@ -263,16 +272,36 @@ class Journal:
         """Record `entry` (nothing, in a read-only journal)."""
         if self.read_only:
             return
+        row = self._row(entry, time.time())
         with self._lock:
-            self._ready().execute(
-                "INSERT INTO threads (target, key, state, fingerprint, ids, in_flight, error, updated, entries, "
-                "settles) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (target, key) DO UPDATE SET "
-                "state=excluded.state, fingerprint=excluded.fingerprint, ids=excluded.ids, "
-                "in_flight=excluded.in_flight, error=excluded.error, updated=excluded.updated, "
-                "entries=excluded.entries, settles=excluded.settles",
-                (self.target, entry.key, entry.state, entry.fingerprint, orjson.dumps(entry.ids).decode(),
-                 orjson.dumps(entry.in_flight).decode(), entry.error, time.time(),
-                 orjson.dumps(entry.entries).decode(), entry.settles))
+            self._ready().execute(_PUT, row)
+
+    def put_many(self, entries: list[Entry]) -> None:
+        """Record `entries` in one transaction (nothing, in a read-only journal)."""
+        if self.read_only or not entries:
+            return
+        now = time.time()
+        rows = [self._row(e, now) for e in entries]
+        with self._lock:
+            db = self._ready()
+            db.execute("BEGIN")
+            try:
+                db.executemany(_PUT, rows)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _row(self, e: Entry, now: float) -> tuple[Any, ...]:
+        return (self.target, e.key, e.state, e.fingerprint, orjson.dumps(e.ids).decode(),
+                orjson.dumps(e.in_flight).decode(), e.error, now, orjson.dumps(e.entries).decode(), e.settles)
+
+    def delete_many(self, keys: list[str]) -> None:
+        """Forget the rows of `keys` (threads whose first request was recorded, then never sent)."""
+        if self.read_only or not keys or self._db is None:
+            return
+        with self._lock:
+            self._db.executemany("DELETE FROM threads WHERE target=? AND key=?", [(self.target, k) for k in keys])
 
     def get_meta(self, name: str) -> str | None:
         if self._columns is _COLUMNS_V1:

@@ -37,6 +37,7 @@ journal and the watcher as it comes (`report.LoadReport` keeps counts only).
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import queue
@@ -119,7 +120,7 @@ def load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: str | Pa
         run = _Run(client, jr, pool, report, identifier_system=identifier_system, atomic=atomic,
                    exactly_once=exactly_once, margin=late_margin, update=update, is_atomic=is_atomic,
                    limits=RequestLimits(max_bytes=max_bytes, max_entries=max_entries), watcher=watcher,
-                   keep=keep_results, dry_run=dry_run)
+                   keep=keep_results, dry_run=dry_run, concurrency=max(1, concurrency))
         try:
             for chunk in _batched(threads, max(1, window)):
                 run.window([Thread(spec, identifier_system) for spec in chunk])
@@ -182,7 +183,7 @@ class _Run:
     def __init__(self, client: FhirClient, journal: Journal, pool: ThreadPoolExecutor, report: LoadReport, *,
                  identifier_system: str, atomic: Atomic, exactly_once: ExactlyOnce, margin: float, update: bool,
                  is_atomic: bool | None, limits: RequestLimits, watcher: LoadWatcher | None, keep: bool,
-                 dry_run: bool) -> None:
+                 dry_run: bool, concurrency: int) -> None:
         self.client, self.journal, self.pool, self.report = client, journal, pool, report
         self.system, self.atomic, self.strict, self.is_atomic = identifier_system, atomic, exactly_once == "strict", \
             is_atomic
@@ -194,6 +195,8 @@ class _Run:
         self.probe: Atomicity | None = None
         self.probed_at = 0.0
         self.stopping = threading.Event()
+        self.started = time.time()
+        self.ahead = 4 * concurrency  # machines handed to the pool at a time
         self.futures: dict[Future[Any], ThreadLoad] = {}  # submitted, not yet settled
         self._done: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()  # finished, in the order they did
         self.deferred: list[tuple[float, int, ThreadLoad]] = []  # machines waiting (a heap: the soonest first)
@@ -213,7 +216,8 @@ class _Run:
                 alt = self._limits(False) if self.is_atomic is None and self.atomic == "auto" else None
                 self.plan = PlanBook(alt)
             self.settings = Settings(self.client, self.journal, self.system, limits, self.margin, update=self.update,
-                                     resolver=self.resolver, plan=self.plan, stopping=self.stopping)
+                                     resolver=self.resolver, plan=self.plan, stopping=self.stopping,
+                                     started=self.started)
         return self.settings
 
     def _limits(self, atomic: bool) -> RequestLimits:
@@ -269,10 +273,18 @@ class _Run:
                 loads[n] = (entry, None)
         headers = self._headers(items, unseen)
         loads |= {n: (None, headers.get(n)) for n in unseen}
-        machines = [ThreadLoad(self.ready(), items[n], entry, {}, header)
-                    for n, (entry, header) in sorted(loads.items())]
+        machines = collections.deque(ThreadLoad(self.ready(), items[n], entry, {}, header)
+                                     for n, (entry, header) in sorted(loads.items()))
         items.clear()  # each thread is now held by its machine only, and let go when it is settled
         self._run(machines)
+
+    def _record_first_requests(self, machines: list[ThreadLoad]) -> None:
+        """The journal rows of the new threads' first requests, written together before any is sent (one
+        transaction for a batch of threads, not one per thread)."""
+        first = [(m, entry) for m in machines if (entry := m.first_request()) is not None]
+        self.journal.put_many([entry for _, entry in first])
+        for m, _ in first:
+            m.recorded = True
 
     def _headers(self, items: list[Thread], unseen: list[int]) -> dict[int, dict[str, Any]]:
         """The headers of the `unseen` threads (the journal has no row for them) that are on the server
@@ -287,14 +299,18 @@ class _Run:
             self.plan.searched(self.client.requests - before)
         return {n: found[items[n].identifiers[0]] for n in unseen if items[n].identifiers[0] in found}
 
-    def _run(self, machines: Iterable[ThreadLoad], *, drain: bool = False) -> None:
+    def _run(self, backlog: collections.deque[ThreadLoad], *, drain: bool = False) -> None:
         """Run the machines on the pool until each is settled, or waits: a machine that has to wait (a
         quarantine) gives its worker back and is started again when its time has come, in this window or a
-        later one; `drain` also waits for every machine still waiting (the end of the load). Finished runs
-        come back through a queue, one at a time (waiting on all pending futures at each would cost the
-        square of a window's size)."""
-        pending = {self._submit(m) for m in machines}
-        while pending or (drain and self.deferred):
+        later one; `drain` also waits for every machine still waiting (the end of the load). Machines are
+        handed to the pool a batch at a time (their first requests recorded together, so a crash leaves few
+        threads whose first request may or may not have been sent); finished runs come back through a
+        queue, one at a time (waiting on all pending futures at each would cost the square of a window).
+        Machines are taken from `backlog` (nothing else holds them: each is let go once settled)."""
+        pending: set[Future[Any]] = set()
+        while backlog or pending or (drain and self.deferred):
+            if len(pending) <= self.ahead // 2:
+                self._feed(backlog, pending)
             while self.deferred and self.deferred[0][0] <= time.time():
                 pending.add(self._submit(heapq.heappop(self.deferred)[2]))
             if not pending:
@@ -307,6 +323,12 @@ class _Run:
                 continue
             pending.discard(future)
             self._settle(future)
+
+    def _feed(self, backlog: collections.deque[ThreadLoad], pending: set[Future[Any]]) -> None:
+        """Hand the pool machines from `backlog` until `ahead` are pending, their first requests recorded."""
+        batch = [backlog.popleft() for _ in range(min(len(backlog), self.ahead - len(pending)))]
+        self._record_first_requests(batch)
+        pending.update(self._submit(m) for m in batch)
 
     def _settle(self, future: Future[Any]) -> None:
         """What a machine's run came to: a result (told, the machine let go), or a time to start it again."""
@@ -343,7 +365,7 @@ class _Run:
         """Settle the threads still waiting for a lost request to land; remove what a probe whose answer was
         lost may have left, once it can no longer land (it leaves something only on a project that is not
         atomic)."""
-        self._run([], drain=True)
+        self._run(collections.deque(), drain=True)
         if self.probe is None or self.probe.atomic or not self.probe.lost:
             return
         settles = self.probed_at + self.margin  # the probe gave up on them before it answered
@@ -352,9 +374,11 @@ class _Run:
         remove_probes(self.client, *self.probe.lost)
 
     def stop(self) -> None:
-        """Ctrl-C: no thread sends another request; those not started are dropped; the journal knows where
-        each one is."""
+        """Ctrl-C: no thread sends another request; those not started are dropped, and the journal forgets
+        the first requests it recorded for them (they were never sent); it knows where every other one is."""
         self.stopping.set()
         for future in list(self.futures):
             future.cancel()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        unsent = [m.t.spec.key for m in self.futures.values() if m.recorded and not m.sent]
+        self.journal.delete_many(unsent)

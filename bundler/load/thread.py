@@ -44,7 +44,7 @@ from ..medplum.client import FhirClient, outcome_text, resource_version
 from ..spec.model import ThreadSpec
 from ..vocabulary import READ_POINTS, SEARCH_POINTS, WRITE_POINTS
 from .compare import ThreadDiff, compare_thread
-from .journal import Entry, Journal, State
+from .journal import UNKNOWN, Entry, Journal, State
 from .plan import RequestLimits, TooLarge, cut, entry_sizes, part_bundle, update_bundle, update_parts
 from .report import Outcome, ThreadResult
 from .verify import Resolver, read_thread
@@ -112,6 +112,7 @@ class Settings:
     resolver: Resolver | None = None
     plan: PlanBook | None = None  # a dry run
     stopping: threading.Event = field(default_factory=threading.Event)
+    started: float = field(default_factory=time.time)  # when this load began (epoch seconds)
 
     @property
     def quarantine(self) -> float:
@@ -239,6 +240,7 @@ class ThreadLoad:
         self.had = False  # something of it was on the server before this run sent anything
         self.grown = False  # a thread on the server before (loaded, or found) that gets new messages
         self.sent = self.planned = False
+        self.recorded = False  # the journal has this thread's first request already (with its window)
         self.requests = self.created = self.updated = self.lost = self.rechecks = 0
         self.part: list[int] = []  # the entries of the request at hand
         self.settles = 0.0  # the request at hand, if its answer was lost: when it can no longer land
@@ -281,7 +283,9 @@ class ThreadLoad:
             return self._failing(unresolved)
         if self.entry is not None and self.entry.in_flight:
             self.part = [self.t.urls.index(u) for u in self.entry.in_flight if u in self.t.urls]
-            self.settles = self.entry.settles
+            # recorded before it was sent, with its window: sent (if at all) before this load began
+            unknown = self.entry.settles == UNKNOWN
+            self.settles = self.s.started + self.s.quarantine if unknown else self.entry.settles
             return Stage.QUARANTINE
         self.had = bool(self.ids)
         if self.header is not None or (self.entry is not None and self.entry.state == State.COMMITTED):
@@ -333,7 +337,8 @@ class ThreadLoad:
         until when it may still land after a crash."""
         started = time.time()
         self.settles = started + self.s.quarantine if self.plain else 0.0
-        self._save(State.SENT, in_flight=self.part, settles=self.settles)
+        if not (self.recorded and not self.sent):
+            self._save(State.SENT, in_flight=self.part, settles=self.settles)
         self.sent = True
         self.requests += 1
         try:
@@ -342,6 +347,8 @@ class ThreadLoad:
             return Stage.LOST
         except ServerError as exc:  # an atomic refusal: nothing of this request is on the server
             return self._failing(self._refusal(exc))
+        finally:
+            self.body = b""  # (not needed any more: a window of machines is held until each is settled)
         return Stage.APPLY
 
     def lost_answer(self) -> Stage:
@@ -364,6 +371,8 @@ class ThreadLoad:
         statuses = self._statuses()
         if statuses is None:  # not one answer per entry: which entry is which cannot be told
             return Stage.LOST
+        self.response = {"entry": [{"response": e["response"]} for e in self.response["entry"]]}  # (no resources:
+        # a window of machines holds their answers until each is settled)
         self.created += sum(1 for s in statuses if s.startswith("201"))
         if (failed := _first_failed(self.part, statuses)) is not None:
             return self._failing(self._entry_failure(*failed, statuses))
@@ -582,13 +591,14 @@ class ThreadLoad:
         if len(entries) != len(self.part):
             return None
         statuses = []
+        urls, ids, versions = self.t.urls, self.ids, self.versions
         for i, e in zip(self.part, entries, strict=True):
             resp = e["response"]
-            statuses.append(status := str(resp["status"]))
+            statuses.append(status := resp["status"])
             if status[:1] == "2" and (sid := _server_id(resp.get("location"), e.get("resource"))):
-                self.ids[self.t.urls[i]] = f"Communication/{sid}"
+                ids[urls[i]] = f"Communication/{sid}"
                 if version := resource_version(e):
-                    self.versions[self.t.urls[i]] = version
+                    versions[urls[i]] = version
         return statuses
 
     def _refusal(self, exc: ServerError) -> str:
@@ -616,6 +626,15 @@ class ThreadLoad:
                 if m and int(m.group(1)) < len(self.part):
                     return self.part[int(m.group(1))]
         return None
+
+    def first_request(self) -> Entry | None:
+        """The journal row that records this thread's first request before it is sent, for a thread of which
+        neither the journal nor the server has anything (the loader writes a window's together); None for
+        others. Once the loader has written it, `recorded` is set."""
+        if self.entry is not None or self.header is not None or self.ids or self.s.plan is not None:
+            return None
+        return Entry(self.t.spec.key, State.SENT, self.t.fingerprint, {}, list(self.t.urls), None, {},
+                     UNKNOWN if self.plain else 0.0)
 
     def _save(self, state: State, *, in_flight: list[int] | None = None, settles: float = 0.0,
               error: str | None = None, fingerprint: str | None = None) -> None:

@@ -135,14 +135,17 @@ def _matches(page: dict[str, Any], what: str) -> list[dict[str, Any]]:
 
 
 def _transaction_response(body: Any, what: str) -> dict[str, Any]:
-    page = _bundle(body, what)
-    for n, entry in enumerate(page.get("entry") or ()):
-        response = entry.get("response")
-        if not isinstance(response, dict) or not isinstance(response.get("status"), str):
+    """`body` if it is a Bundle whose every entry has a response status (and a resource object, if any)."""
+    if type(body) is not dict or body.get("resourceType") != "Bundle" or type(body.get("entry", [])) is not list:
+        return _bundle(body, what)  # says what is wrong with it
+    for n, entry in enumerate(body.get("entry") or ()):  # one pass, few calls: this runs for every request
+        response = entry.get("response") if type(entry) is dict else None
+        if type(response) is not dict or type(response.get("status")) is not str:
+            _bundle(body, what)
             raise _malformed(what, f"its entry[{n}] has no response status")
-        if not isinstance(entry.get("resource", {}), dict):
+        if type(entry.get("resource", {})) is not dict:
             raise _malformed(what, f"its entry[{n}].resource is {_kind(entry['resource'])}")
-    return page
+    return body
 
 
 def _backoff(attempt: int, *, base: float = 0.25, cap: float = 20.0) -> float:
@@ -238,7 +241,7 @@ class FhirClient:
 
     def _body(self, resp: httpx.Response) -> Any:
         """The answer's JSON (None when it has none), scrubbed of every secret before anything reads it."""
-        content = self.all_secrets().scrub_bytes(resp.content) if resp.content else b""
+        content = self.secrets.scrub_bytes(resp.content) if resp.content else b""  # (every token is added as issued)
         try:
             return orjson.loads(content) if content else None
         except orjson.JSONDecodeError:
