@@ -567,6 +567,21 @@ def timed(label: str, func: Callable[[], Row], quiet: bool) -> Row:
     return row
 
 
+def measure_more(args: argparse.Namespace, target: Target, remote: bool, specs: list[ThreadSpec], prefix: str,
+                 quiet: bool) -> tuple[Row | None, tuple[int, Row, Row] | None, list[Memory]]:
+    """The strict mode's run, the filled server's (local only) and the memory runs (local only), as asked."""
+    strict: Row | None = None
+    if not args.no_strict:
+        target.reset()
+        strict_specs = specs if not remote else specs_for(args.threads, args.messages, f"{prefix}s-")
+        strict = timed("strict", functools.partial(run_load, target, strict_specs, "strict (every entry "
+                                                   "conditional, 8 a request)", exactly_once="strict"), quiet)
+    filled = run_filled(target, args, quiet) if args.filled and not remote else None
+    memory = [run_memory(target, int(n), args.messages, quiet) for n in args.memory_sizes.split(",")] \
+        if args.memory and not remote else []
+    return strict, filled, memory
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1000, help="threads loaded by `load` and the ceiling")
@@ -652,18 +667,7 @@ def measure(args: argparse.Namespace, target: Target, remote: bool) -> int:
                   file=sys.stderr, flush=True)
         quota = run_quota(target, specs_for(threads, args.messages, "quota-"), args.quota_points, args.quota_window)
 
-    strict: Row | None = None
-    if not args.no_strict:
-        target.reset()
-        strict_specs = specs if not remote else specs_for(args.threads, args.messages, f"{prefix}s-")
-        strict = timed("strict", lambda: run_load(target, strict_specs, "strict (every entry conditional, 8 a "
-                                                  "request)", exactly_once="strict"), quiet)
-    filled: tuple[int, Row, Row] | None = None
-    if args.filled and not remote:
-        filled = run_filled(target, args, quiet)
-    memory = [run_memory(target, int(n), args.messages, quiet) for n in args.memory_sizes.split(",")] \
-        if args.memory and not remote else []
-
+    strict, filled, memory = measure_more(args, target, remote, specs, prefix, quiet)
     pairs = [lo.rate / ce.rate for lo, ce in zip(loads, ceilings, strict=True)]
     report(args, target, remote, ceiling, loaded, per_resource, quota, pairs)
     print_tables(extra_tables(args, loaded, strict, filled, memory), args.markdown)

@@ -112,10 +112,9 @@ class Rule:
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
             raise ValueError(f"action must be one of {ACTIONS}, got {self.action!r}")
-        if self.action == "status" and self.status is None:
-            raise ValueError("a 'status' rule needs status=")
-        if self.action == "hold" and self.until is None:
-            raise ValueError("a 'hold' rule needs until= (or use proxy.release())")
+        needs = {"status": "status", "hold": "until"}.get(self.action)  # (hold: or let it go by proxy.release())
+        if needs is not None and getattr(self, needs) is None:
+            raise ValueError(f"a {self.action!r} rule needs {needs}=")
         if self.fraction is not None and not 0.0 <= self.fraction <= 1.0:
             raise ValueError("fraction must be within [0, 1]")
         if (self.nth is not None and self.nth < 1) or (self.every is not None and self.every < 1):
@@ -349,15 +348,8 @@ class FaultProxy:
         if pre and self._stopping.wait(pre):
             ev.actions.append("stopped")
             return self._drop(h, reset=False)
-        if term is not None and term.action == "drop_before":
-            return self._drop(h, term.reset)
-        if term is not None and term.action == "status":
-            return self._status(h, term, ev)
-        if term is not None and term.action == "late":
-            return self._late(h, term, ev, raw)
-        if term is not None and term.action == "hold" and not self._held(term):
-            ev.actions.append("stopped")
-            return self._drop(h, reset=False)
+        if term is not None and self._acted(h, term, ev, raw):
+            return None
         try:
             status, reason, rhdrs, data = self._forward(h, raw)
         except (OSError, http.client.HTTPException) as exc:
@@ -373,6 +365,22 @@ class FaultProxy:
             return self._drop(h, term.reset)
         length = next((v for k, v in rhdrs if k.lower() == "content-length"), None)
         _respond(h, status, reason, rhdrs, data, length)
+
+    def _acted(self, h: _Handler, term: Rule, ev: Event, raw: bytes | None) -> bool:
+        """Carry out a terminal rule that answers (or drops, or delivers late) instead of forwarding now; False
+        when the request is to be forwarded as usual (a held one, once let go; a drop-after)."""
+        if term.action == "drop_before":
+            self._drop(h, term.reset)
+        elif term.action == "status":
+            self._status(h, term, ev)
+        elif term.action == "late":
+            self._late(h, term, ev, raw)
+        elif term.action == "hold" and not self._held(term):
+            ev.actions.append("stopped")
+            self._drop(h, reset=False)
+        else:
+            return False
+        return True
 
     def _status(self, h: _Handler, term: Rule, ev: Event) -> None:
         assert term.status is not None

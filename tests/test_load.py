@@ -322,7 +322,7 @@ def test_failed_thread_names_spec_line_and_outcome(project: Any, tmp_path: Path)
     specs = load_specs([spec_file])
     with client_for(project) as client:
         report = load(specs, client, journal=tmp_path / "j.sqlite")
-        good, bad = report.threads
+        good, bad = report.threads  # (kept results come in input order)
         assert good.outcome == Outcome.LOADED and bad.outcome == Outcome.FAILED
         line = next(n for n, text in enumerate(spec_file.read_text().splitlines(), 1) if "has space" in text)
         assert bad.error and bad.error.startswith(f"{spec_file}:")
@@ -367,7 +367,7 @@ def test_a_stream_of_threads_is_loaded_a_window_at_a_time(project: Any, tmp_path
         progress_calls: list[tuple[str, int]] = []
         watcher = LoadWatcher(on_thread=lambda r, n: (seen.append(r.key), progress_calls.append((r.outcome, n))))
         report = load(stream(), client, journal=tmp_path / "j.sqlite", window=5, watcher=watcher)
-        assert sorted(t.key for t in report.threads) == sorted(s.key for s in specs)  # in the order they finished
+        assert [t.key for t in report.threads] == [s.key for s in specs]  # kept results: in input order
         assert report.counts() == {Outcome.LOADED: 23} and sorted(seen) == sorted(pulled)
         assert all(n == 2 for _, n in progress_calls)
         assert_exactly_once(client, specs, project)

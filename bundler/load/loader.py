@@ -123,7 +123,7 @@ def load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: str | Pa
                    keep=keep_results, dry_run=dry_run, concurrency=max(1, concurrency))
         try:
             for chunk in _batched(threads, max(1, window)):
-                run.window([Thread(spec, identifier_system) for spec in chunk])
+                run.window([run.numbered(Thread(spec, identifier_system)) for spec in chunk])
             run.finish()
             if dry_run:
                 run.ready()  # a plan (and what the journal knows of the project) even when nothing was left to do
@@ -161,6 +161,7 @@ def _close(report: LoadReport, run: _Run, client: FhirClient, started: float, re
     report.requests = client.requests - requests_before
     report.seconds = time.monotonic() - started
     report.waited = client.pacer.waited - waited_before
+    report.in_input_order()
     if run.plan is not None:
         report.plan = run.planned()
     return report
@@ -201,6 +202,7 @@ class _Run:
         self._done: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()  # finished, in the order they did
         self.deferred: list[tuple[float, int, ThreadLoad]] = []  # machines waiting (a heap: the soonest first)
         self._order = itertools.count()
+        self._seq = itertools.count()  # input order
 
     # --- how to send --------------------------------------------------------------------------------
 
@@ -313,16 +315,21 @@ class _Run:
                 self._feed(backlog, pending)
             while self.deferred and self.deferred[0][0] <= time.time():
                 pending.add(self._submit(heapq.heappop(self.deferred)[2]))
-            if not pending:
-                self.stopping.wait(max(0.0, self.deferred[0][0] - time.time()))
-                continue
-            timeout = max(0.0, self.deferred[0][0] - time.time()) if self.deferred else 1.0
-            try:
-                future = self._done.get(timeout=timeout)
-            except queue.Empty:
-                continue
-            pending.discard(future)
-            self._settle(future)
+            if (future := self._next_done(pending)) is not None:
+                pending.discard(future)
+                self._settle(future)
+
+    def _next_done(self, pending: set[Future[Any]]) -> Future[Any] | None:
+        """The next finished run, or None when the soonest waiting machine is due first (or after a second,
+        so that a Ctrl-C is never kept waiting)."""
+        soonest = max(0.0, self.deferred[0][0] - time.time()) if self.deferred else 1.0
+        if not pending:
+            self.stopping.wait(soonest)
+            return None
+        try:
+            return self._done.get(timeout=soonest)
+        except queue.Empty:
+            return None
 
     def _feed(self, backlog: collections.deque[ThreadLoad], pending: set[Future[Any]]) -> None:
         """Hand the pool machines from `backlog` until `ahead` are pending, their first requests recorded."""
@@ -354,8 +361,12 @@ class _Run:
             return machine.t.result(Outcome.FAILED, machine.ids, error=self.client.all_secrets().scrub(str(exc)),
                                     requests=machine.requests)
 
+    def numbered(self, t: Thread) -> Thread:
+        t.seq = next(self._seq)
+        return t
+
     def _tell(self, result: ThreadResult, t: Thread) -> None:
-        self.report.add(result, keep=self.keep)
+        self.report.add(result, keep=self.keep, seq=t.seq)
         if self.watcher is not None and self.watcher.on_thread is not None:
             self.watcher.on_thread(result, len(t.spec.messages))
 

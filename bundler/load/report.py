@@ -3,8 +3,8 @@
 A `LoadReport` holds counts, not results: a migration of a million messages keeps the memory of a
 small one. Each `ThreadResult` goes to the journal and to whoever listens (`LoadWatcher.on_thread`: the
 progress bar, a `ReportWriter`) as its thread finishes, and is then let go; `load(..., keep_results=True)`
-keeps them in `LoadReport.threads` for callers that want them in memory (tests, the demo). The first
-`SHOWN` problems are kept for the summary.
+keeps them in `LoadReport.threads`, in input order, for callers that want them in memory (tests, the
+demo). The first `SHOWN` problems are kept for the summary.
 
 `ReportWriter` streams the `--report` file: one JSON document, `{"threads": [...], "ok": ..., "counts": ...}`,
 threads in the order they finished, written through `bundler.files.atomic_file`, so a crash leaves the
@@ -110,7 +110,8 @@ class LoadReport:
     problem_count: int = 0
     noted: list[ThreadResult] = field(default_factory=list)  # the first SHOWN with messages removed from the spec
     noted_count: int = 0
-    threads: list[ThreadResult] = field(default_factory=list)  # only with keep_results
+    threads: list[ThreadResult] = field(default_factory=list)  # only with keep_results: in input order
+    _kept: list[tuple[int, ThreadResult]] = field(default_factory=list, repr=False)
     plan: Plan | None = None
 
     @property
@@ -129,7 +130,8 @@ class LoadReport:
     def counts(self) -> dict[str, int]:
         return dict(self.by_outcome)
 
-    def add(self, result: ThreadResult, *, keep: bool) -> None:
+    def add(self, result: ThreadResult, *, keep: bool, seq: int = 0) -> None:
+        """Count `result` (the `seq`-th thread of the input); with `keep`, keep it too."""
         self.by_outcome[result.outcome.value] += 1
         self.messages[result.outcome.value] += result.messages
         if result.outcome.problem:
@@ -141,7 +143,11 @@ class LoadReport:
             if len(self.noted) < SHOWN:
                 self.noted.append(result)
         if keep:
-            self.threads.append(result)
+            self._kept.append((seq, result))
+
+    def in_input_order(self) -> None:
+        """`threads`: the results kept, in input order (they came in the order threads finished)."""
+        self.threads = [r for _, r in sorted(self._kept, key=lambda kept: kept[0])]
 
     def as_json(self) -> dict[str, Any]:
         """The summary (the `--report` file has it after the threads)."""

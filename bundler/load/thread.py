@@ -133,6 +133,7 @@ class Thread:
         self.identifiers = [f"{system}|{v}" for v in values]
         self.urls = [full_url(system, v) for v in values]
         self.file, self.line = spec.origin()
+        self.seq = 0  # its place in the input (set by the loader)
 
     @functools.cached_property
     def bundle(self) -> dict[str, Any]:
@@ -282,16 +283,21 @@ class ThreadLoad:
         if self.s.plan is not None and (unresolved := self._unresolved()):
             return self._failing(unresolved)
         if self.entry is not None and self.entry.in_flight:
-            self.part = [self.t.urls.index(u) for u in self.entry.in_flight if u in self.t.urls]
-            # recorded before it was sent, with its window: sent (if at all) before this load began
-            unknown = self.entry.settles == UNKNOWN
-            self.settles = self.s.started + self.s.quarantine if unknown else self.entry.settles
+            self._lost_earlier(self.entry)
             return Stage.QUARANTINE
         self.had = bool(self.ids)
         if self.header is not None or (self.entry is not None and self.entry.state == State.COMMITTED):
             self._read_back()
             self.grown = self.had = True
         return Stage.NEXT
+
+    def _lost_earlier(self, entry: Entry) -> None:
+        """The request an earlier run had in flight (its answer lost, or the run killed) is the one at hand,
+        to be searched for once it can no longer land."""
+        self.part = [self.t.urls.index(u) for u in entry.in_flight if u in self.t.urls]
+        # recorded with its batch before it was sent: sent (if at all) before this load began
+        unknown = entry.settles == UNKNOWN
+        self.settles = self.s.started + self.s.quarantine if unknown else entry.settles
 
     def quarantine(self) -> Stage | Deferred:
         """A request whose answer was lost may still be on its way: it is searched for only once it can no
