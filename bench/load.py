@@ -21,15 +21,26 @@ Modes, on the same threads (`sample_specs`, deterministic by seed):
    enough threads for about `--quota-seconds` s; points are counted as the server charges them (100 per
    created entry, 20 per search) from the first request to the last, 429s by the transport.
 
+5. strict: `load(..., exactly_once="strict")` on the same threads: every entry a conditional create, 8 to a
+   request; its cost against the default mode in throughput and in quota points (a conditional create is
+   charged a search and a write);
+6. a filled server (`--filled N`, local only): the same `load` into a server that already holds N
+   Communications (posted beforehand as bare bundles), against the rate into the empty one;
+7. memory (`--memory`, local only): a fresh process loads a stream of threads (1 header + 10 messages) of
+   100,000 and of 1,000,000 messages; its peak resident memory, from the kernel (VmHWM).
+
 Targets: load ≥ 80% of the ceiling and ≥ 10× per resource; under quota, within 10% of the quota rate
-and no 429. The CPU columns tell whether other processes shared the cores meanwhile (the server and this
-client share them too); `--rtt-ms` adds a simulated network round trip to every request of every mode,
-since on loopback a request costs almost nothing and one POST per resource is not much slower.
+and no 429; into a server holding 200,000 Communications ≥ 80% of the rate into an empty one; peak
+memory under 150 MB and within 10% from 100,000 to 1,000,000 messages. The CPU columns tell whether other
+processes shared the cores meanwhile (the server and this client share them too); `--rtt-ms` adds a
+simulated network round trip to every request of every mode, since on loopback a request costs almost
+nothing and one POST per resource is not much slower.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import os
 import resource
@@ -72,6 +83,7 @@ class Call:
     end: float
     status: int
     created: int = 0  # entries answered 201 (transactions), 1 for a 201 create
+    conditional: int = 0  # entries sent as conditional creates (ifNoneExist): a search each, in Medplum's quota
 
 
 class LatencyTransport(httpx.HTTPTransport):
@@ -98,6 +110,7 @@ class CountingTransport(LatencyTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         kind = _kind(request)
+        conditional = request.content.count(b'"ifNoneExist"') if kind == "transaction" else 0
         start = time.perf_counter()
         response = super().handle_request(request)
         if kind == "transaction" and response.status_code == 200:
@@ -105,7 +118,7 @@ class CountingTransport(LatencyTransport):
             created = response.content.count(b'"status":"201')
         else:
             created = int(kind == "create" and response.status_code == 201)
-        call = Call(kind, start, time.perf_counter(), response.status_code, created)
+        call = Call(kind, start, time.perf_counter(), response.status_code, created, conditional)
         with self._lock:
             self.calls.append(call)
         return response
@@ -203,8 +216,9 @@ def specs_for(threads: int, messages: int, prefix: str) -> list[ThreadSpec]:
     return out
 
 
-def run_load(target: Target, specs: list[ThreadSpec], label: str, *, profile: Path | None = None) -> Row:
-    """`load` with its defaults, in a fresh journal; the wall time of the whole call."""
+def run_load(target: Target, specs: list[ThreadSpec], label: str, *, profile: Path | None = None,
+             **options: Any) -> Row:
+    """`load` with its defaults (or `options`), in a fresh journal; the wall time of the whole call."""
     # the pool FhirClient would make for itself (concurrency 8 + 2), since passing a transport replaces it
     transport = target.transport(httpx.Limits(max_connections=10, max_keepalive_connections=10), counting=True)
     assert isinstance(transport, CountingTransport)
@@ -218,10 +232,11 @@ def run_load(target: Target, specs: list[ThreadSpec], label: str, *, profile: Pa
             import cProfile
 
             profiler = cProfile.Profile()
-            report: LoadReport = profiler.runcall(load, specs, client, journal=journal)
+            report: LoadReport = profiler.runcall(load, specs, client, journal=journal, keep_results=True,
+                                                  **options)
             profiler.dump_stats(profile)
         else:
-            report = load(specs, client, journal=journal)
+            report = load(specs, client, journal=journal, keep_results=True, **options)
         seconds = time.perf_counter() - started
         cpu = _spent(cpu0, target.cpu())
     bad = [t for t in report.threads if not t.outcome.ok]
@@ -384,6 +399,153 @@ def breakdown(row: Row) -> list[tuple[str, str]]:
     return out
 
 
+# --------------------------------------------------------------------------- strict mode, a filled server, memory
+
+
+def points(row: Row) -> int:
+    """Quota points Medplum would charge for `row`'s requests: 100 per created entry, 20 per search, and 20 more
+    per conditional create (its search)."""
+    calls: list[Call] = row.extra["transport"].calls
+    return (WRITE_POINTS * sum(c.created for c in calls) + SEARCH_POINTS * sum(c.conditional for c in calls)
+            + SEARCH_POINTS * sum(1 for c in calls if c.kind == "search"))
+
+
+def run_filled(target: Target, args: argparse.Namespace, quiet: bool) -> tuple[int, Row, Row]:
+    """`load` into an empty server, then into one holding `args.filled` Communications: the best of
+    `args.repeat` runs each, the empty ones just before the filling (so both see the same machine)."""
+    def one(prefix: str, label: str) -> Row:
+        return timed(f"load, {label}", functools.partial(
+            run_load, target, specs_for(args.threads, args.messages, prefix), label), quiet)
+
+    empty, full = [], []
+    for n in range(max(1, args.repeat)):
+        target.reset()
+        empty.append(one(f"e{n}-", "empty server"))
+    target.reset()
+    if not quiet:
+        print(f"… filling the server with {args.filled:,} Communications", file=sys.stderr, flush=True)
+    fill(target, args.filled, args.messages)
+    full = [one(f"f{n}-", f"{args.filled:,} Communications") for n in range(max(1, args.repeat))]
+    return args.filled, min(empty, key=lambda r: r.seconds), min(full, key=lambda r: r.seconds)
+
+
+def fill(target: Target, communications: int, messages: int) -> float:
+    """Post bare bundles until the server holds about `communications` more Communications; the seconds taken."""
+    threads = max(1, communications // (messages + 1))
+    started = time.perf_counter()
+    for n in range(0, threads, 2000):
+        specs = specs_for(min(2000, threads - n), messages, f"fill{n}-")
+        run_ceiling(target, [bundle_bytes(s) for s in specs], len(specs) * (messages + 1))
+    return time.perf_counter() - started
+
+
+@dataclass
+class Memory:
+    messages: int
+    threads: int
+    seconds: float
+    peak_mb: float
+    after_imports_mb: float
+
+
+def peak_mb() -> float:
+    """This process's peak resident memory (VmHWM: of its own address space, so not the parent's it was forked
+    from, which ru_maxrss keeps across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: an upper bound
+
+
+def memory_child(messages: int, per_thread: int) -> None:
+    """(In a fresh process) load a stream of `messages` messages into the server named by MEDPLUM_*; print the
+    figures as JSON. Specs are made and parsed a thousand at a time, as a migration streams them."""
+    after_imports = peak_mb()
+    threads = messages // per_thread
+
+    def stream() -> Any:
+        for n in range(0, threads, 1000):
+            for data in synthetic_specs(min(1000, threads - n), per_thread, seed=n):
+                data["thread"] = f"mem{n}-{data['thread']}"
+                yield parse_spec(data)
+
+    base, client_id, secret = (os.environ[k] for k in REMOTE_ENV)
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp, \
+            FhirClient(base, ClientCredentials(client_id, secret)) as client:
+        started = time.perf_counter()
+        report = load(stream(), client, journal=Path(tmp) / "j.sqlite")
+        seconds = time.perf_counter() - started
+    if not report.ok or report.done != threads:
+        raise SystemExit(f"memory run: {report.counts()}")
+    peak = peak_mb()
+    print(orjson.dumps({"messages": messages, "threads": threads, "seconds": seconds, "peak_mb": peak,
+                        "after_imports_mb": after_imports}).decode())
+
+
+def run_memory(target: Target, messages: int, per_thread: int, quiet: bool) -> Memory:
+    """A fresh process loads `messages` messages (see `memory_child`) into the emptied server."""
+    import subprocess
+
+    target.reset()
+    if not quiet:
+        print(f"… memory: {messages:,} messages in a fresh process", file=sys.stderr, flush=True)
+    environ = {**os.environ, "MEDPLUM_BASE_URL": target.base_url, "MEDPLUM_CLIENT_ID": target.client_id,
+               "MEDPLUM_CLIENT_SECRET": target.client_secret}
+    out = subprocess.run([sys.executable, __file__, "--memory-child", str(messages), "--messages", str(per_thread)],
+                         env=environ, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"memory run of {messages:,} messages failed:\n{out.stderr[-2000:]}")
+    result = Memory(**orjson.loads(out.stdout.strip().splitlines()[-1]))
+    if not quiet:
+        print(f"  peak {result.peak_mb:.0f} MB, {result.messages / result.seconds:,.0f} messages/s", file=sys.stderr)
+    return result
+
+
+def extra_tables(args: argparse.Namespace, loaded: Row, strict: Row | None, filled: tuple[int, Row, Row] | None,
+                 memory: list[Memory]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The strict mode, filled-server and memory tables: (caption, header, rows)."""
+    tables = []
+    if strict is not None:
+        rows = []
+        for row in (loaded, strict):
+            transactions = row.extra["transport"].count("transaction")
+            rows.append([row.mode, f"{row.resources:,}", f"{row.seconds:.2f}", f"{row.rate:,.0f}",
+                         f"{row.rate / loaded.rate:.2f}", f"{transactions:,}",
+                         f"{points(row) / row.resources:.1f}"])
+        tables.append(("Exactly-once modes, same threads", ["mode", "resources", "seconds", "resources/s",
+                                                            "× quarantine", "transactions", "quota points a resource"],
+                       rows))
+    if filled is not None:
+        holds, empty, full = filled
+        rows = [[label, f"{row.resources:,}", f"{row.seconds:.2f}", f"{row.rate:,.0f}", ratio,
+                 *(f"{c / row.seconds:.0%}" if c == c else "-" for c in row.cpu)]
+                for label, row, ratio in (("empty", empty, "1.00"), (f"{holds:,} Communications", full,
+                                                                    f"**{full.rate / empty.rate:.2f}**"))]
+        tables.append(("`load` into a server that already holds many Communications (best of "
+                       f"{max(1, args.repeat)})", ["server holds", "resources", "seconds", "resources/s", "× empty",
+                                                   "CPU: client", "server", "others"], rows))
+    if memory:
+        first = memory[0]
+        rows = [[f"{m.messages:,}", f"{m.threads:,}", f"{m.seconds:.0f}", f"{m.messages / m.seconds:,.0f}",
+                 f"{m.after_imports_mb:.0f}", f"**{m.peak_mb:.0f}**", f"{m.peak_mb / first.peak_mb:.2f}"]
+                for m in memory]
+        tables.append(("Peak memory of the loading process (a stream of threads of 1 header + "
+                       f"{args.messages} messages)", ["messages", "threads", "seconds", "messages/s",
+                                                     "MB after imports", "peak MB", f"× {first.messages:,}"], rows))
+    return tables
+
+
+def print_tables(tables: list[tuple[str, list[str], list[list[str]]]], markdown: bool) -> None:
+    for caption, head, rows in tables:
+        print(f"\n{caption}:\n")
+        if markdown:
+            print(markdown_table(head, rows))
+        else:
+            widths = [max(len(str(r[i]).replace("**", "")) for r in [head, *rows]) for i in range(len(head))]
+            for r in [head, *rows]:
+                print("  ".join(str(c).replace("**", "").ljust(widths[i]) for i, c in enumerate(r)))
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -405,6 +567,21 @@ def timed(label: str, func: Callable[[], Row], quiet: bool) -> Row:
     return row
 
 
+def measure_more(args: argparse.Namespace, target: Target, remote: bool, specs: list[ThreadSpec], prefix: str,
+                 quiet: bool) -> tuple[Row | None, tuple[int, Row, Row] | None, list[Memory]]:
+    """The strict mode's run, the filled server's (local only) and the memory runs (local only), as asked."""
+    strict: Row | None = None
+    if not args.no_strict:
+        target.reset()
+        strict_specs = specs if not remote else specs_for(args.threads, args.messages, f"{prefix}s-")
+        strict = timed("strict", functools.partial(run_load, target, strict_specs, "strict (every entry "
+                                                   "conditional, 8 a request)", exactly_once="strict"), quiet)
+    filled = run_filled(target, args, quiet) if args.filled and not remote else None
+    memory = [run_memory(target, int(n), args.messages, quiet) for n in args.memory_sizes.split(",")] \
+        if args.memory and not remote else []
+    return strict, filled, memory
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1000, help="threads loaded by `load` and the ceiling")
@@ -422,12 +599,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path,
                         help="write a cProfile of the (last) load run here (its calling thread only: the work "
                         "before the requests, not the workers)")
+    parser.add_argument("--no-strict", action="store_true", help="skip the strict mode's run")
+    parser.add_argument("--filled", type=int, default=200_000,
+                        help="Communications the server holds for the filled-server run (0: skip; local only)")
+    parser.add_argument("--memory", action="store_true",
+                        help="measure peak memory loading 100,000 and 1,000,000 messages (local only; minutes)")
+    parser.add_argument("--memory-sizes", default="100000,1000000", help="messages of each memory run")
+    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 60 threads, short quota run")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
+    if args.memory_child:
+        memory_child(args.memory_child, args.messages)
+        return 0
     if args.quick:
         args.threads, args.per_resource_threads, args.warm_up = 60, 10, 0.5
         args.quota_points, args.quota_window, args.quota_seconds = 5000, 5, 5.0
+        args.filled, args.memory_sizes = min(args.filled, 5000), "2000,6000"
+    if args.memory:  # a million stored resources need more than Node's default heap
+        os.environ.setdefault("NODE_OPTIONS", "--max-old-space-size=16384")
 
     target, remote = find_target()
     target.rtt = args.rtt_ms / 1000
@@ -456,12 +646,12 @@ def measure(args: argparse.Namespace, target: Target, remote: bool) -> int:
         target.reset()
         ceiling_bodies = bodies if not remote else [bundle_bytes(s) for s in specs_for(args.threads, args.messages,
                                                                                         ceiling_prefix)]
-        ceilings.append(timed("ceiling", lambda b=ceiling_bodies: run_ceiling(target, b, resources), quiet))
+        ceilings.append(timed("ceiling", functools.partial(run_ceiling, target, ceiling_bodies, resources), quiet))
         target.reset()
         load_specs = specs if not remote else specs_for(args.threads, args.messages, f"{prefix}l{n}-")
-        loads.append(timed("load", lambda s=load_specs, last=n == args.repeat - 1: run_load(
-            target, s, "**load** (defaults: concurrency 4, journal, pre-checks, probe)",
-            profile=args.profile if last else None), quiet))
+        loads.append(timed("load", functools.partial(
+            run_load, target, load_specs, "**load** (defaults: concurrency 4, journal, pre-checks, probe)",
+            profile=args.profile if n == args.repeat - 1 else None), quiet))
     ceiling = min(ceilings, key=lambda r: r.seconds)
     loaded = min(loads, key=lambda r: r.seconds)
     target.reset()
@@ -477,8 +667,10 @@ def measure(args: argparse.Namespace, target: Target, remote: bool) -> int:
                   file=sys.stderr, flush=True)
         quota = run_quota(target, specs_for(threads, args.messages, "quota-"), args.quota_points, args.quota_window)
 
+    strict, filled, memory = measure_more(args, target, remote, specs, prefix, quiet)
     pairs = [lo.rate / ce.rate for lo, ce in zip(loads, ceilings, strict=True)]
     report(args, target, remote, ceiling, loaded, per_resource, quota, pairs)
+    print_tables(extra_tables(args, loaded, strict, filled, memory), args.markdown)
     return 0
 
 

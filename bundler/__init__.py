@@ -15,16 +15,23 @@ from typing import TYPE_CHECKING, Any
 _WHERE = {
     "DEFAULT_IDENTIFIER_SYSTEM": "build", "build_bundle": "build", "build_bundles": "build", "bundle_bytes": "build",
     "dumps": "build", "full_url": "build",
-    "AuthError": "errors", "BundleInvalid": "errors", "BundlerError": "errors", "Problem": "errors",
-    "ServerError": "errors", "SpecError": "errors", "UnknownOutcome": "errors",
+    "AuthError": "errors", "BundleInvalid": "errors", "BundlerError": "errors", "OptionError": "errors",
+    "Problem": "errors", "ServerError": "errors", "SpecError": "errors", "UnknownOutcome": "errors",
     "build_files": "output",
     "ThreadSpec": "spec", "load_specs": "spec", "parse_spec": "spec",
+    "validate": "check", "validate_files": "check",
+    "BearerToken": "medplum.auth", "ClientCredentials": "medplum.auth", "FhirClient": "medplum.client",
+    "doctor": "medplum.doctor",
+    "load": "load", "verify": "load",
+    "iter_threads": "migrate", "migrate": "migrate",
 }
+"""Where each public name lives; `import bundler` imports none of them until one is used."""
 
 __all__ = [
-    "DEFAULT_IDENTIFIER_SYSTEM", "AuthError", "BundleInvalid", "BundlerError", "Problem", "ServerError", "SpecError",
-    "ThreadSpec", "UnknownOutcome", "build_bundle", "build_bundles", "build_files", "bundle_bytes", "dumps", "full_url",
-    "load_specs", "parse_spec",
+    "DEFAULT_IDENTIFIER_SYSTEM", "AuthError", "BearerToken", "BundleInvalid", "BundlerError", "ClientCredentials",
+    "FhirClient", "OptionError", "Problem", "ServerError", "SpecError", "ThreadSpec", "UnknownOutcome",
+    "build_bundle", "build_bundles", "build_files", "bundle_bytes", "doctor", "dumps", "full_url", "iter_threads",
+    "load", "load_specs", "migrate", "parse_spec", "validate", "validate_files", "verify",
 ]
 
 
@@ -43,6 +50,21 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, build_bundles, bundle_bytes, dumps, full_url
-    from .errors import AuthError, BundleInvalid, BundlerError, Problem, ServerError, SpecError, UnknownOutcome
+    from .check import validate, validate_files
+    from .errors import (
+        AuthError,
+        BundleInvalid,
+        BundlerError,
+        OptionError,
+        Problem,
+        ServerError,
+        SpecError,
+        UnknownOutcome,
+    )
+    from .load import load, verify
+    from .medplum.auth import BearerToken, ClientCredentials
+    from .medplum.client import FhirClient
+    from .medplum.doctor import doctor
+    from .migrate import iter_threads, migrate
     from .output import build_files
     from .spec import ThreadSpec, load_specs, parse_spec

@@ -14,7 +14,8 @@ from typing import Any, TextIO
 
 from . import assets
 from .build import DEFAULT_IDENTIFIER_SYSTEM
-from .load.loader import LoadReport, load
+from .load.loader import load
+from .load.report import LoadReport
 from .load.verify import VerifyResult, read_thread, verify
 from .medplum.client import ClientCredentials, FhirClient
 from .medplum.localserver import LocalServer
@@ -76,11 +77,13 @@ def run_demo(paths: Sequence[str | Path] | None, out: TextIO, *, note: TextIO | 
     with LocalServer() as server, tempfile.TemporaryDirectory() as tmp:
         say(f"server: {server.base_url} (Medplum fhir-router, in memory)\n")
         with FhirClient(server.base_url, ClientCredentials(server.client_id, server.client_secret)) as client:
-            report = load(specs, client, journal=Path(tmp) / "demo.journal.sqlite")
+            report = load(specs, client, journal=Path(tmp) / "demo.journal.sqlite", keep_results=True)
             say(f"loaded: {', '.join(f'{n} {k}' for k, n in sorted(report.counts().items()))} "
                 f"in {report.requests} requests\n\n")
             results = verify(specs, client)
-            for spec, loaded, checked in zip(specs, report.threads, results, strict=True):
+            loaded_by_key = {t.key: t for t in report.threads}  # (in the order they finished)
+            for spec, checked in zip(specs, results, strict=True):
+                loaded = loaded_by_key[spec.key]
                 if not loaded.outcome.ok or not loaded.header_id:
                     out.write(f"✗ {spec.key}: {loaded.outcome}: {loaded.error}\n\n")
                     continue

@@ -8,13 +8,22 @@ input files, `ServerError` for what a FHIR server answered.
     ├── OptionError        an option's value cannot be used (also a ValueError)
     ├── BundleInvalid      a bundle failed validation
     ├── ServerError        the server answered with an error (carries its OperationOutcome)
-    │   └── AuthError      login refused, or a token the server would not take
-    └── UnknownOutcome     a request was sent but its response was lost
+    │   ├── AuthError      login refused, or a token the server would not take
+    │   └── Throttled      refused for quota (429), and still refused after waiting
+    ├── Unreachable        the server could not be reached at all (nothing was sent)
+    ├── UnknownOutcome     a request was sent but its response was lost
+    ├── NotAtomic          `--atomic require`, and the project runs transactions as batches
+    ├── FileLocked         another process holds a lock file (a journal's, the local server's install)
+    ├── JournalError       the journal file cannot be used (not a journal, damaged, from a newer version)
+    │   └── JournalBusy    another load holds the journal
+    └── LocalServerError   the local server could not be installed or started (also a RuntimeError)
+        └── PortInUse      the port it was to listen on is taken
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -79,3 +88,45 @@ class AuthError(ServerError):
 
 class UnknownOutcome(BundlerError):
     """A request was sent but its response was lost: the server may or may not have applied it."""
+
+
+class Throttled(ServerError):
+    """The server refused the request for quota (429) and kept refusing after waiting."""
+
+
+class Unreachable(BundlerError):
+    """The server could not be reached at all (nothing was sent)."""
+
+
+class NotAtomic(BundlerError):
+    """`--atomic require` and the project processes transactions as batches."""
+
+
+class FileLocked(BundlerError):
+    """Another process holds the lock; `holder` is what it wrote into the lock file (who and since when)."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        self.path = path
+        self.holder = holder
+        super().__init__(f"{path} is locked by {holder or 'another process'}")
+
+
+class JournalError(BundlerError):
+    """The journal file cannot be used (not a journal, damaged, written by a newer version)."""
+
+
+class JournalBusy(JournalError):
+    """Another load holds the journal."""
+
+
+class LocalServerError(BundlerError, RuntimeError):
+    """The local server could not be installed, started or reached."""
+
+
+class PortInUse(LocalServerError):
+    """The port the local server was to listen on is taken."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        super().__init__(f"port {port} on {host} is already in use (another local server?)")

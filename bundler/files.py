@@ -3,6 +3,7 @@
     write_atomic(path, data)                 # a small file, whole or not at all
     with atomic_file(path) as f: ...          # a large one, streamed, then renamed into place
     with staged_folder(out) as staging: ...   # many files, moved into `out` only when all are written
+    with file_lock(path, wait=False): ...     # one process at a time (FileLocked names the holder)
 
 Temporary names start with `.thread-bundler-` beside their target (same file system, so a rename is
 atomic), and an error names the target, never the temporary file. A run killed with `kill -9` can
@@ -15,10 +16,14 @@ import contextlib
 import errno
 import os
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+from .errors import FileLocked
 
 TEMP_PREFIX = ".thread-bundler-"
 
@@ -120,3 +125,77 @@ def _move_all(staging: Path, target: Path) -> None:
                 if kept:
                     os.replace(aside / name, target / name)
         raise _named(exc, target / done[-1][0] if done else target) from None
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path, *, wait: bool = True, owner: str = "", remove: bool = False) -> Iterator[None]:
+    """An exclusive lock between processes on the file `path` (created if missing), held for the block.
+
+    `wait=False` raises FileLocked at once when another process holds it. `owner` is written into the file
+    while the lock is held, so the one refused can say who holds it. `remove` deletes the file on release
+    (a process that was waiting for it then locks afresh: the file it waited on is no longer `path`). The
+    operating system releases the lock of a process that dies, even by kill -9."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd = _locked(target, wait=wait)
+    try:
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, owner.encode())
+        yield
+    finally:
+        if remove:
+            with contextlib.suppress(OSError):
+                os.unlink(target)
+        _unlock(fd)
+        os.close(fd)
+
+
+def _locked(target: Path, *, wait: bool) -> int:
+    """A descriptor of `target`, locked; the file it refers to is still the one at `target`."""
+    while True:
+        fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o644)
+        if not _lock(fd, wait=wait):
+            os.lseek(fd, 0, os.SEEK_SET)
+            holder = os.read(fd, 4096).decode(errors="replace").strip()
+            os.close(fd)
+            raise FileLocked(target, holder)
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(target))
+        except FileNotFoundError:  # its holder removed it as we got the lock: lock the new one
+            same = False
+        if same:
+            return fd
+        _unlock(fd)
+        os.close(fd)
+
+
+if sys.platform == "win32":  # pragma: no cover - Windows (mypy checks this branch for win32 only)
+    import msvcrt
+
+    def _lock(fd: int, *, wait: bool) -> bool:
+        while True:
+            try:
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+                return True
+            except OSError:
+                if not wait:
+                    return False
+                time.sleep(0.2)
+
+    def _unlock(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        with contextlib.suppress(OSError):
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+else:
+    import fcntl
+
+    def _lock(fd: int, *, wait: bool) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return False
+        return True
+
+    def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)

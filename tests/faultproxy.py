@@ -26,9 +26,16 @@ upstream is unreachable, answered with a 502, and ``"stopped"`` when ``stop()`` 
 ``wait(condition, timeout)`` blocks until the log satisfies a condition: tests wait on requests, not time.
 
 Actions: ``status`` (answer without forwarding; ``headers``/``body`` optional, see
-:func:`throttled`), ``delay`` (wait before forwarding), ``delay_response`` (forward, then wait
-before answering: the client may time out after the upstream committed), ``drop_before`` (close
-without forwarding), ``drop_after`` (forward, upstream commits, close without answering).
+:func:`throttled`; ``echo_headers=True`` puts the request's headers, Authorization included, into an
+OperationOutcome's diagnostics, as a careless server or gateway does), ``delay`` (wait before
+forwarding), ``delay_response`` (forward, then wait before answering: the client may time out after
+the upstream committed), ``drop_before`` (close without forwarding), ``drop_after`` (forward,
+upstream commits, close without answering), ``hold`` (forward only once ``until(log)`` holds, or
+``release()`` is called; then answer as usual, if the client is still there), and ``late`` (a
+request that reaches the server after the client gave up on it: the client gets ``status`` at once,
+e.g. a gateway's 504, or nothing until it times out and closes the connection; only then, and once
+``until(log)`` holds if given, is the request forwarded; the event's actions then read
+``["late", "delivered-late"]`` and ``upstream_status`` is set).
 Drops close cleanly (httpx: RemoteProtocolError) or with ``reset=True`` send a TCP RST
 (httpx: ReadError). ``clear()`` drops all rules; rule RNGs are keyed by position since then.
 """
@@ -37,8 +44,10 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import random
 import re
+import select
 import socket
 import struct
 import threading
@@ -49,7 +58,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-ACTIONS = ("status", "delay", "delay_response", "drop_before", "drop_after")
+ACTIONS = ("status", "delay", "delay_response", "drop_before", "drop_after", "hold", "late")
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding"}
     | {"upgrade", "expect", "host", "content-length"}  # the last ones are recomputed
@@ -71,6 +80,7 @@ class Event:
     body: bytes
     actions: list[str] = field(default_factory=list)
     upstream_status: int | None = None
+    delivered_after: int | None = None  # a late request: how many requests the proxy had seen when it landed
 
     @property
     def action(self) -> str:
@@ -93,6 +103,8 @@ class Rule:
     headers: dict[str, str] = field(default_factory=dict)  # for 'status'
     body: bytes | str | None = None  # for 'status'
     reset: bool = False  # drops: send TCP RST instead of a clean FIN
+    echo_headers: bool = False  # for 'status': the request's headers in the OperationOutcome
+    until: Callable[[list[Event]], bool] | None = None  # for 'hold' and 'late': forward once this holds
     seen: int = 0
     fired: int = 0
     _rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
@@ -100,8 +112,9 @@ class Rule:
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
             raise ValueError(f"action must be one of {ACTIONS}, got {self.action!r}")
-        if self.action == "status" and self.status is None:
-            raise ValueError("a 'status' rule needs status=")
+        needs = {"status": "status", "hold": "until"}.get(self.action)  # (hold: or let it go by proxy.release())
+        if needs is not None and getattr(self, needs) is None:
+            raise ValueError(f"a {self.action!r} rule needs {needs}=")
         if self.fraction is not None and not 0.0 <= self.fraction <= 1.0:
             raise ValueError("fraction must be within [0, 1]")
         if (self.nth is not None and self.nth < 1) or (self.every is not None and self.every < 1):
@@ -225,6 +238,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)  # notified as each request is logged
         self._stopping = threading.Event()
+        self._released = False
         self._conns: set[socket.socket] = set()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -242,6 +256,12 @@ class FaultProxy:
             self.rules.clear()
             if log:
                 self.log.clear()
+
+    def release(self) -> None:
+        """Let every request held by a ``hold`` (or waiting ``late``) rule go, whatever its ``until`` says."""
+        with self._arrived:
+            self._released = True
+            self._arrived.notify_all()
 
     def wait(self, condition: Callable[[list[Event]], bool], timeout: float) -> bool:
         """Block until ``condition(log)`` holds (checked now and as each request arrives); False if it
@@ -263,6 +283,8 @@ class FaultProxy:
         if self._server is None:
             return
         self._stopping.set()  # interrupts pending delays
+        with self._arrived:
+            self._arrived.notify_all()  # and held requests
         self._server.shutdown()
         with self._lock:
             conns = list(self._conns)
@@ -312,7 +334,7 @@ class FaultProxy:
                         ev.actions.append(f"delay {rule.delay:g}")
                     if rule.action == "drop_after":
                         post += rule.delay
-                    else:
+                    elif rule.action != "late":  # a late request's delay counts from when the client gave up
                         pre += rule.delay
             if term is None:
                 ev.actions.append("forwarded")
@@ -326,22 +348,16 @@ class FaultProxy:
         if pre and self._stopping.wait(pre):
             ev.actions.append("stopped")
             return self._drop(h, reset=False)
-        if term is not None and term.action == "drop_before":
-            return self._drop(h, term.reset)
-        if term is not None and term.action == "status":
-            assert term.status is not None
-            data = term.body.encode() if isinstance(term.body, str) else term.body
-            hdrs = list(term.headers.items())
-            if data is None:
-                data = f"{term.status} injected by FaultProxy\n".encode()
-                hdrs.append(("Content-Type", "text/plain; charset=utf-8"))
-            return _respond(h, term.status, None, hdrs, data)
+        if term is not None and self._acted(h, term, ev, raw):
+            return None
         try:
             status, reason, rhdrs, data = self._forward(h, raw)
         except (OSError, http.client.HTTPException) as exc:
             ev.actions.append("upstream-error")
             return _respond(h, 502, None, [("Content-Type", "text/plain")], f"upstream error: {exc!r}\n".encode())
-        ev.upstream_status = status
+        with self._arrived:  # what `wait` and `until` conditions may be waiting for
+            ev.upstream_status = status
+            self._arrived.notify_all()
         if post and self._stopping.wait(post):
             ev.actions.append("stopped")
             return self._drop(h, reset=False)
@@ -349,6 +365,82 @@ class FaultProxy:
             return self._drop(h, term.reset)
         length = next((v for k, v in rhdrs if k.lower() == "content-length"), None)
         _respond(h, status, reason, rhdrs, data, length)
+
+    def _acted(self, h: _Handler, term: Rule, ev: Event, raw: bytes | None) -> bool:
+        """Carry out a terminal rule that answers (or drops, or delivers late) instead of forwarding now; False
+        when the request is to be forwarded as usual (a held one, once let go; a drop-after)."""
+        if term.action == "drop_before":
+            self._drop(h, term.reset)
+        elif term.action == "status":
+            self._status(h, term, ev)
+        elif term.action == "late":
+            self._late(h, term, ev, raw)
+        elif term.action == "hold" and not self._held(term):
+            ev.actions.append("stopped")
+            self._drop(h, reset=False)
+        else:
+            return False
+        return True
+
+    def _status(self, h: _Handler, term: Rule, ev: Event) -> None:
+        assert term.status is not None
+        data = term.body.encode() if isinstance(term.body, str) else term.body
+        hdrs = list(term.headers.items())
+        if term.echo_headers:
+            seen = "; ".join(f"{k}: {v}" for k, v in ev.headers.items())
+            data = json.dumps({"resourceType": "OperationOutcome", "issue": [
+                {"severity": "error", "code": "processing", "diagnostics": f"bad request; headers were {seen}"}]
+            }).encode()
+            hdrs = [("Content-Type", "application/fhir+json")]
+        if data is None:
+            data = f"{term.status} injected by FaultProxy\n".encode()
+            hdrs.append(("Content-Type", "text/plain; charset=utf-8"))
+        _respond(h, term.status, None, hdrs, data)
+
+    def _held(self, term: Rule) -> bool:
+        """Wait until the rule's ``until`` holds (or ``release()``); False when the proxy stops first."""
+        with self._arrived:
+            self._arrived.wait_for(lambda: self._stopping.is_set() or self._released
+                                   or (term.until is not None and term.until(self.log)))
+        return not self._stopping.is_set()
+
+    def _late(self, h: _Handler, term: Rule, ev: Event, raw: bytes | None) -> None:
+        """Answer ``term.status`` now (or nothing until the client gives up), then forward the request."""
+        if term.status is not None:
+            h.close_connection = True
+            _respond(h, term.status, None, [("Content-Type", "text/plain")], f"{term.status} from a gateway\n".encode())
+        else:
+            self._until_client_gone(h)
+        if (term.until is not None or term.delay) and not self._held_late(term):
+            return
+        try:
+            status, _, _, _ = self._forward(h, raw)
+        except (OSError, http.client.HTTPException):
+            status = None
+        with self._arrived:
+            ev.upstream_status = status
+            ev.delivered_after = len(self.log)
+            ev.actions.append("delivered-late")
+            self._arrived.notify_all()
+        h.close_connection = True
+
+    def _held_late(self, term: Rule) -> bool:
+        if term.delay and self._stopping.wait(term.delay):
+            return False
+        return term.until is None or self._held(term)
+
+    def _until_client_gone(self, h: _Handler) -> None:
+        """Block until the client closes its connection (it gave up), or the proxy stops."""
+        conn = h.connection
+        while not self._stopping.is_set():
+            ready, _, _ = select.select([conn], [], [], 0.02)
+            if ready:
+                try:
+                    if not conn.recv(1, socket.MSG_PEEK):
+                        return
+                except OSError:
+                    return
+        h.close_connection = True
 
     def _forward(self, h: _Handler, body: bytes | None) -> tuple[int, str, list[tuple[str, str]], bytes]:
         conn = http.client.HTTPConnection(self._host, self._port, timeout=self.upstream_timeout)

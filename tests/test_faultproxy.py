@@ -294,3 +294,45 @@ def test_wait_returns_once_the_log_satisfies_the_condition(proxy: FaultProxy, cl
     assert proxy.wait(lambda log: sum(e.method == "POST" for e in log) >= 3, timeout=30)
     thread.join()
     assert posted.is_set() and len(proxy.log) == 3
+
+
+def test_hold_forwards_once_its_condition_holds(upstream: Upstream, proxy: FaultProxy, client: httpx.Client) -> None:
+    proxy.add(Rule("hold", method="POST", path="/count", nth=1,
+                   until=lambda log: any(e.method == "GET" and e.upstream_status for e in log)))
+    answers: list[int] = []
+    thread = threading.Thread(target=lambda: answers.append(client.post("/count").json()["count"]))
+    thread.start()
+    assert proxy.wait(lambda log: len(log) == 1, timeout=10)
+    assert upstream.count == 0  # held: not forwarded yet
+    with httpx.Client(base_url=proxy.url) as other:
+        assert other.get("/count").json() == {"count": 0}  # this GET, once answered, releases the held POST
+    thread.join(10)
+    assert answers == [1] and upstream.count == 1
+    assert proxy.log[0].actions == ["hold"] and proxy.log[0].upstream_status == 201
+
+
+def test_late_request_reaches_the_upstream_after_the_client_gave_up(upstream: Upstream, proxy: FaultProxy,
+                                                                     client: httpx.Client) -> None:
+    proxy.add(Rule("late", method="POST", path="/count", times=1))
+    with pytest.raises(httpx.ReadTimeout):
+        client.post("/count", timeout=0.3)
+    assert proxy.wait(lambda log: "delivered-late" in log[0].actions, timeout=10)
+    assert upstream.count == 1 and proxy.log[0].upstream_status == 201  # it landed, after the client gave up
+    assert proxy.log[0].actions == ["late", "delivered-late"]
+
+
+def test_late_request_behind_a_gateway_504_lands_when_allowed(upstream: Upstream, proxy: FaultProxy,
+                                                               client: httpx.Client) -> None:
+    proxy.add(Rule("late", status=504, method="POST", times=1,
+                   until=lambda log: any(e.method == "GET" and e.upstream_status for e in log)))
+    assert client.post("/count").status_code == 504  # the gateway gave up; the request is still on its way
+    assert upstream.count == 0
+    assert client.get("/count").json() == {"count": 0}  # lets it land
+    assert proxy.wait(lambda log: log[0].upstream_status == 201, timeout=10)
+    assert upstream.count == 1
+
+
+def test_a_server_that_echoes_headers(proxy: FaultProxy, client: httpx.Client) -> None:
+    proxy.add(Rule("status", status=400, echo_headers=True))
+    r = client.get("/echo", headers={"Authorization": "Bearer secret-token-value"})
+    assert r.status_code == 400 and "Bearer secret-token-value" in r.json()["issue"][0]["diagnostics"]

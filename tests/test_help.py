@@ -36,9 +36,6 @@ def test_every_option_has_help_written_the_house_way(name: str) -> None:
     assert _badly_written(main.commands[name]) == []
 
 
-@pytest.mark.xfail(strict=True, reason="cli/load.py and cli/connect.py (not this branch's): verify's --concurrency and "
-                                       "--format have no help, load's and the connection options' help starts in "
-                                       "lower case; the lead applies the changes listed in the issue 11 report")
 def test_the_other_commands_write_help_the_same_way() -> None:
     others = [name for name in main.commands if name not in OURS]
     assert {name: _badly_written(main.commands[name]) for name in others} == {name: [] for name in others}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
 import random
@@ -16,51 +17,18 @@ from typing import Any
 import orjson
 import pytest
 from faultproxy import FaultProxy, Rule, throttled
+from loadkit import assert_exactly_once, cli, client_for, committed, copies, env, errors, load, specs_for, write_specs
 
-from bundler import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, load_specs, parse_spec
-from bundler.load import LoadWatcher, Outcome, load
+from bundler import DEFAULT_IDENTIFIER_SYSTEM, load_specs, parse_spec
+from bundler.load import LoadWatcher, Outcome
 from bundler.load.compare import diff_thread
 from bundler.load.verify import read_thread, verify
-from bundler.medplum.client import ClientCredentials, FhirClient
+from bundler.medplum.client import ClientCredentials
 from bundler.spec import ThreadSpec
 from bundler.testing.strategies import sample_specs
 
 REPO = Path(__file__).resolve().parent.parent
 WALKTHROUGH = REPO / "fixtures/threads/homer-lab-results.yaml"
-
-
-def client_for(project: Any, url: str | None = None, **kw: Any) -> FhirClient:
-    t = project.target
-    return FhirClient(url or t.base_url, ClientCredentials(t.client_id, t.client_secret), **kw)
-
-
-def specs_for(project: Any, threads: int, messages: int, *, seed: int = 1) -> list[ThreadSpec]:
-    return [parse_spec(s) for s in sample_specs(threads, messages, seed=seed, prefix=project.prefix)]
-
-
-def copies(client: FhirClient, specs: list[ThreadSpec], *, whole_store: bool = False) -> collections.Counter[str]:
-    """How many resources the server holds for each identifier of `specs` (0 when missing).
-
-    `whole_store`: read every Communication instead of searching identifiers (the local server's
-    store is emptied per test, and its identifier search is a slow scan)."""
-    wanted = [e["resource"]["identifier"][0] for s in specs for e in build_bundle(s)["entry"]]
-    values = [f"{i['system']}|{i['value']}" for i in wanted]
-    counts: collections.Counter[str] = collections.Counter({v: 0 for v in values})
-    searches = [{"_count": "1000"}] if whole_store else [
-        {"identifier": ",".join(values[n:n + 50]), "_count": "1000"} for n in range(0, len(values), 50)]
-    for params in searches:
-        for resource in client.search("Communication", params):
-            for ident in resource.get("identifier", ()):
-                value = f"{ident['system']}|{ident['value']}"
-                if value in counts:
-                    counts[value] += 1
-    return counts
-
-
-def assert_exactly_once(client: FhirClient, specs: list[ThreadSpec], project: Any = None) -> None:
-    counts = copies(client, specs, whole_store=project is not None and project.server is not None)
-    wrong = {k: v for k, v in counts.items() if v != 1}
-    assert not wrong, f"{len(wrong)} identifiers not exactly once, e.g. {list(wrong.items())[:5]}"
 
 
 def walkthrough_for(project: Any) -> ThreadSpec:
@@ -126,11 +94,21 @@ def test_dry_run_plans_and_sends_nothing(project: Any, tmp_path: Path) -> None:
     specs = specs_for(project, 10, 5)
     with client_for(project) as client:
         load(specs[:4], client, journal=tmp_path / "other.sqlite")
+        before = client.requests
         plan = load(specs, client, journal=tmp_path / "j.sqlite", dry_run=True, max_entries=4)
-        assert plan.dry_run and plan.counts() == {Outcome.EXISTING: 4, Outcome.PLANNED: 6}
-        assert plan.planned_requests == 6 * 2
-        assert plan.planned_points == 6 * 6 * 100 + 20 * (1 + 4)  # creates; one header search, one per found thread
+        assert plan.dry_run and plan.ok and plan.counts() == {Outcome.EXISTING: 4, Outcome.PLANNED: 6}
+        assert plan.messages[Outcome.EXISTING] == 4 * 5  # the messages of threads that exist are counted
+        assert plan.plan is not None
+        # atomicity is not known (no probe: it would write): both plans. 6 entries a thread, 4 a request; not
+        # atomic: the header alone, then conditional creates
+        assert (plan.plan.requests, plan.plan.requests_not_atomic) == (6 * 2, 6 * 3)
+        searches = 1 + 4  # the headers (one search), then each found thread read back
+        assert plan.plan.searches == searches == client.requests - before
+        assert plan.plan.points == 6 * 6 * 100 + 20 * searches
+        assert plan.plan.points_not_atomic == 6 * 6 * 120 + 20 * searches  # a conditional create: search + write
+        assert plan.plan.seconds is None  # the local server sends no RateLimit header: time unknown
         assert copies(client, specs[4:]).most_common(1)[0][1] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.sqlite"], "a dry run writes no journal"
 
 
 def test_lost_response_is_reconciled_not_resent(project: Any, tmp_path: Path) -> None:
@@ -138,7 +116,7 @@ def test_lost_response_is_reconciled_not_resent(project: Any, tmp_path: Path) ->
     with FaultProxy(project.target.base_url, seed=1) as proxy:
         proxy.add(Rule("drop_after", method="POST", path=r"/fhir/R4/?$", body_contains='"Bundle"', nth=2, times=1))
         with client_for(project, proxy.url) as client:
-            [result] = load(specs, client, journal=tmp_path / "j.sqlite").threads
+            [result] = load(specs, client, journal=tmp_path / "j.sqlite", late_margin=0.2).threads
             assert result.outcome == Outcome.LOADED, result.error
             assert_exactly_once(client, specs, project)
         posts = [e for e in proxy.log if e.method == "POST" and e.path.rstrip("/").endswith("/fhir/R4")]
@@ -153,6 +131,7 @@ def test_faults_through_the_proxy_every_thread_exactly_once(project: Any, tmp_pa
     specs = specs_for(project, 60, 3, seed=seed)
     post = r"/fhir/R4/?$"
     with FaultProxy(project.target.base_url, seed=seed) as proxy:
+        proxy.add(Rule("status", status=401, path=r"/fhir/R4/", nth=40, times=1))  # a token revoked mid-run
         proxy.add(throttled(retry_after=1, method="POST", path=post, every=9))
         proxy.add(Rule("status", status=503, method="POST", path=post, fraction=0.08))
         proxy.add(Rule("status", status=502, method="GET", fraction=0.05))
@@ -160,9 +139,8 @@ def test_faults_through_the_proxy_every_thread_exactly_once(project: Any, tmp_pa
         proxy.add(Rule("drop_after", method="POST", path=post, fraction=0.08))
         proxy.add(Rule("delay_response", delay=2.5, method="POST", path=post, fraction=0.03))
         proxy.add(Rule("delay", delay=0.05, fraction=0.2))
-        proxy.add(Rule("status", status=401, path=r"/fhir/R4/", nth=40, times=1))  # a token revoked mid-run
         with client_for(project, proxy.url, timeout=1.5) as client:
-            report = load(specs, client, journal=tmp_path / "j.sqlite", concurrency=6)
+            report = load(specs, client, journal=tmp_path / "j.sqlite", concurrency=6, late_margin=0.5)
             assert report.ok, [(t.key, t.outcome, t.error) for t in report.threads if not t.outcome.ok]
             fired = {a for e in proxy.log for a in e.actions}
             assert {"status 429", "status 503", "drop-after", "status 401"} <= fired
@@ -237,35 +215,9 @@ def test_quota_paced_without_429(project: Any, tmp_path: Path) -> None:
         assert report.waited > 0
 
 
-def _cli(args: list[str], env: dict[str, str], **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bundler", *args], env={**os.environ, **env}, text=True,
-                          capture_output=True, timeout=120, **kw)
-
-
-def _env(project: Any, secret: str | None = None) -> dict[str, str]:
-    t = project.target
-    return {"MEDPLUM_BASE_URL": t.base_url, "MEDPLUM_CLIENT_ID": t.client_id,
-            "MEDPLUM_CLIENT_SECRET": secret or t.client_secret}
-
-
-def _write_specs(folder: Path, specs: list[dict[str, Any]]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for n in range(0, len(specs), 25):
-        (folder / f"batch-{n:05d}.json").write_text(json.dumps(specs[n:n + 25]))
-
-
-def _committed(journal: Path) -> int:
-    """Threads the journal holds as committed (none while the killed run had not written its schema yet)."""
-    with sqlite3.connect(journal) as db:
-        try:
-            return int(db.execute("SELECT count(*) FROM threads WHERE state='committed'").fetchone()[0])
-        except sqlite3.OperationalError:  # no such table
-            return 0
-
-
 def test_killed_at_random_points_then_resumed_every_thread_exactly_once(project: Any, tmp_path: Path) -> None:
     data = sample_specs(150, 6, prefix=project.prefix, seed=4)
-    _write_specs(tmp_path / "threads", data)
+    write_specs(tmp_path / "threads", data)
     journal = tmp_path / "j.sqlite"
     rng = random.Random(20261125)
     committed_after_kill = []
@@ -275,24 +227,33 @@ def test_killed_at_random_points_then_resumed_every_thread_exactly_once(project:
 
     with FaultProxy(project.target.base_url) as proxy:
         proxy.add(Rule("delay", delay=0.01, method="POST"))  # the kill lands while requests are in flight
+        # a killed run's requests in flight are searched for by the next run only once they can no longer land:
+        # --timeout + --late-margin after they were sent (short here, so the test does not wait for long)
         args = ["load", str(tmp_path / "threads"), "--journal", str(journal), "--max-entries", "3",
-                "--concurrency", "2", "--no-progress"]
-        env = {**os.environ, **_env(project), "MEDPLUM_BASE_URL": proxy.url}
-        for _ in range(22):  # 450 transactions in all (3 a thread); each run is killed after 4 to 24 of them
-            until = transactions(proxy.log) + rng.randint(4, 24)
-            proc = subprocess.Popen([sys.executable, "-m", "bundler", *args], env=env, stdout=subprocess.DEVNULL,
+                "--concurrency", "2", "--no-progress", "--timeout", "3", "--late-margin", "0.5"]
+        environ = {**os.environ, **env(project), "MEDPLUM_BASE_URL": proxy.url}
+        for _ in range(22):  # 450 transactions in all (3 a thread)
+            # each run is killed on observed progress: after 4 to 24 more of its transactions reached the proxy
+            # and once the journal holds more committed threads than at the last kill
+            until, last = transactions(proxy.log) + rng.randint(4, 24), committed(journal)
+            proc = subprocess.Popen([sys.executable, "-m", "bundler", *args], env=environ, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
-            while not proxy.wait(lambda log, n=until: transactions(log) >= n, timeout=1) and proc.poll() is None:
+
+            def progressed(log: list[Any], until: int = until, last: int = last) -> bool:
+                return transactions(log) >= until and committed(journal) > last
+
+            while not proxy.wait(progressed, timeout=1) and proc.poll() is None:
                 pass
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            committed_after_kill.append(_committed(journal))
-        final = _cli([*args, "--report", str(tmp_path / "report.json")], {**_env(project), "MEDPLUM_BASE_URL":
+            committed_after_kill.append(committed(journal))
+        final = cli([*args, "--report", str(tmp_path / "report.json")], {**env(project), "MEDPLUM_BASE_URL":
                                                                              proxy.url})
     assert final.returncode == 0, final.stderr
-    # the kills really landed mid-load, many times, and each run got further
-    interrupted = [n for n in committed_after_kill if n < 150]
-    assert len(interrupted) >= 10 and interrupted == sorted(interrupted), committed_after_kill
+    # the kills really landed mid-load, many times, each after more threads had committed than the last
+    interrupted = [n for n in committed_after_kill if 0 < n < 150]
+    assert len(interrupted) >= 10, committed_after_kill
+    assert all(a < b for a, b in itertools.pairwise(interrupted)), committed_after_kill
     report = json.loads((tmp_path / "report.json").read_text())
     assert sum(report["counts"].values()) == 150 and report["counts"].get("skipped", 0) > 0
     with client_for(project) as client:
@@ -301,21 +262,22 @@ def test_killed_at_random_points_then_resumed_every_thread_exactly_once(project:
 
 def test_cli_errors_are_one_line_and_exit_2(project: Any, tmp_path: Path) -> None:
     threads = str(WALKTHROUGH)
-    wrong = _cli(["load", threads, "--journal", str(tmp_path / "a.sqlite")], _env(project, "wrong-secret-123"))
-    assert wrong.returncode == 2 and "login refused" in wrong.stderr and len(wrong.stderr.splitlines()) == 1
-    gone = _cli(["load", threads, "--journal", str(tmp_path / "b.sqlite")],
-                {**_env(project), "MEDPLUM_BASE_URL": "http://127.0.0.1:9/"})
-    assert gone.returncode == 2 and "cannot reach" in gone.stderr and "Traceback" not in gone.stderr
+    wrong = cli(["load", threads, "--journal", str(tmp_path / "a.sqlite")], env(project, "wrong-secret-123"))
+    assert wrong.returncode == 2 and "login refused" in wrong.stderr and errors(wrong) == 1
+    gone = cli(["load", threads, "--journal", str(tmp_path / "b.sqlite")],
+                {**env(project), "MEDPLUM_BASE_URL": "http://127.0.0.1:9/"})
+    assert gone.returncode == 2 and "cannot reach" in gone.stderr and "connection refused" in gone.stderr
+    assert errors(gone) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "a failed login or an unreachable server: no journal"
     forbidden = b'{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"forbidden",' \
                 b'"details":{"text":"Forbidden"}}]}'
     with FaultProxy(project.target.base_url) as proxy:
         proxy.add(Rule("status", status=403, path=r"/fhir/R4/", body=forbidden,
                        headers={"Content-Type": "application/fhir+json"}))
-        denied = _cli(["load", threads, "--journal", str(tmp_path / "c.sqlite")],
-                      {**_env(project), "MEDPLUM_BASE_URL": proxy.url})
-    assert denied.returncode == 2 and "forbidden (HTTP 403)" in denied.stderr
-    assert len(denied.stderr.strip().splitlines()) == 1
-    insecure = _cli(["load", threads], {**_env(project), "MEDPLUM_BASE_URL": "http://example.org/"})
+        denied = cli(["load", threads, "--journal", str(tmp_path / "c.sqlite")],
+                      {**env(project), "MEDPLUM_BASE_URL": proxy.url})
+    assert denied.returncode == 2 and "forbidden (HTTP 403)" in denied.stderr and errors(denied) == 1
+    insecure = cli(["load", threads], {**env(project), "MEDPLUM_BASE_URL": "http://example.org/"})
     assert insecure.returncode == 2 and "--allow-insecure" in insecure.stderr
 
 
@@ -324,13 +286,13 @@ def test_secrets_never_appear_in_any_output(project: Any, tmp_path: Path) -> Non
     spec_dir = tmp_path / "threads"
     data = sample_specs(5, 2, prefix=project.prefix)
     data[4]["messages"][1]["attachments"] = [{"url": "bad url"}]
-    _write_specs(spec_dir, data)
+    write_specs(spec_dir, data)
     runs = [
-        _cli(["load", str(spec_dir), "--report", str(tmp_path / "r.json")], _env(project)),
-        _cli(["load", str(spec_dir), "--dry-run"], _env(project)),
-        _cli(["verify", str(spec_dir), "--format", "json"], _env(project)),
-        _cli(["doctor"], _env(project)),
-        _cli(["load", str(spec_dir)], _env(project, secret + "-not")),
+        cli(["load", str(spec_dir), "--report", str(tmp_path / "r.json")], env(project)),
+        cli(["load", str(spec_dir), "--dry-run"], env(project)),
+        cli(["verify", str(spec_dir), "--format", "json"], env(project)),
+        cli(["doctor"], env(project)),
+        cli(["load", str(spec_dir)], env(project, secret + "-not")),
     ]
     with client_for(project) as client:
         token = client.auth.token()
@@ -360,7 +322,7 @@ def test_failed_thread_names_spec_line_and_outcome(project: Any, tmp_path: Path)
     specs = load_specs([spec_file])
     with client_for(project) as client:
         report = load(specs, client, journal=tmp_path / "j.sqlite")
-        good, bad = report.threads
+        good, bad = report.threads  # (kept results come in input order)
         assert good.outcome == Outcome.LOADED and bad.outcome == Outcome.FAILED
         line = next(n for n, text in enumerate(spec_file.read_text().splitlines(), 1) if "has space" in text)
         assert bad.error and bad.error.startswith(f"{spec_file}:")
@@ -405,7 +367,7 @@ def test_a_stream_of_threads_is_loaded_a_window_at_a_time(project: Any, tmp_path
         progress_calls: list[tuple[str, int]] = []
         watcher = LoadWatcher(on_thread=lambda r, n: (seen.append(r.key), progress_calls.append((r.outcome, n))))
         report = load(stream(), client, journal=tmp_path / "j.sqlite", window=5, watcher=watcher)
-        assert [t.key for t in report.threads] == [s.key for s in specs]
+        assert [t.key for t in report.threads] == [s.key for s in specs]  # kept results: in input order
         assert report.counts() == {Outcome.LOADED: 23} and sorted(seen) == sorted(pulled)
         assert all(n == 2 for _, n in progress_calls)
         assert_exactly_once(client, specs, project)
@@ -425,6 +387,6 @@ def test_verify_reports_what_changed_on_the_server(project: Any, tmp_path: Path)
         [result] = verify([spec], client)
         assert not result.ok
         assert sorted(result.differences) == [
-            "messages[1] (homer-asks).payload[0].contentString: expected 'Thanks — will the results be ready by the "
+            "messages[2] (homer-asks).payload[0].contentString: expected 'Thanks — will the results be ready by the "
             "end of the week?', got 'Edited on the server'",
-            "messages[1] (homer-asks).status: expected 'in-progress', got 'completed'"]
+            "messages[2] (homer-asks).status: expected 'in-progress', got 'completed'"]

@@ -116,11 +116,11 @@ def test_differences_are_listed_one_per_line() -> None:
         assert_same_thread(SPEC, stored)
     assert str(info.value).splitlines() == [
         "thread 'lab-1' differs from its spec (1 difference):",
-        "  messages[1] (2).payload[0].contentString: expected 'Thanks!', got 'Thanks!!'"]
+        "  messages[2] (2).payload[0].contentString: expected 'Thanks!', got 'Thanks!!'"]
     with pytest.raises(AssertionError) as info:
         assert_same_thread(SPEC, [r for r in stored if r is not reply])
     assert str(info.value).splitlines()[1:] == [
-        "  messages[1] (2): not on the server (identifier urn:thread-bundler:thread|lab-1/2)"]
+        "  messages[2] (2): not on the server (identifier urn:thread-bundler:thread|lab-1/2)"]
     with pytest.raises(AssertionError, match="not on the server"):
         assert_same_thread(SPEC, [])
 

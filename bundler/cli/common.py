@@ -5,12 +5,13 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import click
 
 from ..errors import BundlerError, SpecError
 from ..medplum.auth import Secrets
+from . import display
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -22,8 +23,21 @@ EXIT_ISSUES = 1
 EXIT_BAD_INPUT = 2
 
 
-def report_errors(func: F) -> F:
-    """Run a command; a SpecError prints every problem and exits 2, other errors of ours one line and exit 2."""
+@overload
+def report_errors(func: F) -> F: ...
+
+
+@overload
+def report_errors(*, nothing: str) -> Callable[[F], F]: ...
+
+
+def report_errors(func: F | None = None, *, nothing: str = "nothing written") -> F | Callable[[F], F]:
+    """Run a command; a SpecError prints every problem and exits 2, other errors of ours one line and exit 2.
+
+    `nothing` says what bad input means for the command: `nothing written` (build, migrate), or `nothing
+    sent` for the commands that talk to a server (`@report_errors(nothing="nothing sent")`)."""
+    if func is None:
+        return functools.partial(report_errors, nothing=nothing)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -32,8 +46,7 @@ def report_errors(func: F) -> F:
         except SpecError as exc:
             for problem in exc.problems:
                 click.echo(str(problem), err=True)
-            n, files = len(exc.problems), len({p.file for p in exc.problems})
-            click.echo(f"{n} problem{'s' * (n != 1)} in {files} file{'s' * (files != 1)}; nothing written", err=True)
+            click.echo(f"{display.problems_summary(exc.problems)}; {nothing}", err=True)
             sys.exit(EXIT_BAD_INPUT)
         except BundlerError as exc:
             click.echo(SECRETS.scrub(f"error: {exc}"), err=True)
@@ -46,4 +59,4 @@ def report_errors(func: F) -> F:
             click.echo("interrupted", err=True)
             sys.exit(130)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper

@@ -23,10 +23,10 @@ def connection_options(func: F) -> F:
                      help="Medplum server root, e.g. https://api.medplum.com/ [env MEDPLUM_BASE_URL]"),
         click.option("--client-id", envvar="MEDPLUM_CLIENT_ID", help="OAuth2 client id [env MEDPLUM_CLIENT_ID]"),
         click.option("--client-secret", envvar="MEDPLUM_CLIENT_SECRET", show_envvar=False,
-                     help="OAuth2 client secret [env MEDPLUM_CLIENT_SECRET]; prefer the variable"),
-        click.option("--token", envvar="MEDPLUM_TOKEN", help="a ready bearer token instead of client credentials"),
-        click.option("--allow-insecure", is_flag=True, help="allow plain http to a host that is not loopback"),
-        click.option("--timeout", type=float, default=60.0, show_default=True, help="seconds per request"),
+                     help="OAuth2 client secret [env MEDPLUM_CLIENT_SECRET]; prefer the variable."),
+        click.option("--token", envvar="MEDPLUM_TOKEN", help="A ready bearer token instead of client credentials."),
+        click.option("--allow-insecure", is_flag=True, help="Allow plain http to a host that is not loopback."),
+        click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds per request."),
     ]
     for option in reversed(options):
         func = option(func)

@@ -100,6 +100,14 @@ class Bar:
             self.stream.write(self._line(now, bar=False) + "\n")
             self.stream.flush()
 
+    def start(self, note: str = "") -> None:
+        """Show the line at once, before any work (a long silent start looks like a hang)."""
+        now = time.monotonic()
+        self._shown = now
+        line = self._line(now, bar=self.live) + (f" · {note}" if note else "")
+        self.stream.write(("\r" + line) if self.live else line + "\n")
+        self.stream.flush()
+
     def close(self) -> None:
         if self.live and self.total:
             self.stream.write("\r" + self._line(time.monotonic(), bar=True) + "\n")
@@ -109,13 +117,17 @@ class Bar:
         elapsed = max(now - self.started, 1e-9)
         rate = self.messages / elapsed
         left = self.messages_total - self.messages
-        if self.done >= self.total:
-            when = f"done in {duration(elapsed)}"
+        if not self.total:  # a stream: how much is to come is not known
+            text = (f"{self.label} {count(self.done)} threads · {count(self.messages)} messages · "
+                    f"{count(round(rate))} msg/s")
         else:
-            when = f"ETA {duration(left / rate)}" if rate and left > 0 else "ETA -"
-        text = (f"{self.label} {count(self.done)}/{count(self.total)} threads · {count(self.messages)}/"
-                f"{count(self.messages_total)} messages · {count(round(rate))} msg/s · {when}"
-                + (f" · {count(self.failed)} failed" if self.failed else ""))
+            if self.done >= self.total:
+                when = f"done in {duration(elapsed)}"
+            else:
+                when = f"ETA {duration(left / rate)}" if rate and left > 0 else "ETA -"
+            text = (f"{self.label} {count(self.done)}/{count(self.total)} threads · {count(self.messages)}/"
+                    f"{count(self.messages_total)} messages · {count(round(rate))} msg/s · {when}")
+        text += f" · {count(self.failed)} failed" if self.failed else ""
         if not bar:
             return text
         width = max(10, min(30, shutil.get_terminal_size((100, 20)).columns - len(text) - 4))

@@ -11,60 +11,108 @@ import click
 import orjson
 
 from ..build import DEFAULT_IDENTIFIER_SYSTEM
-from ..files import write_atomic
-from ..load.loader import LoadReport, LoadWatcher, ThreadResult, default_journal, load
+from ..load.loader import DEFAULT_LATE_MARGIN, EXACTLY_ONCE_MODES, LoadInterrupted, default_journal, load
+from ..load.report import LoadReport, LoadWatcher, ReportWriter, ThreadResult
 from ..load.verify import VerifyResult, verify
 from ..medplum.client import FhirClient
 from ..medplum.doctor import doctor
 from ..spec import ThreadSpec, load_specs
+from . import display
 from .common import EXIT_ISSUES, EXIT_OK, SECRETS, report_errors
 from .connect import connection_options, with_client
 from .display import Bar, duration, table
-from .identifier import check_identifier_system as _check_system
+from .identifier import check_identifier_system
 
 F = TypeVar("F", bound=Callable[..., Any])
+EXIT_INTERRUPTED = 130
 
 identifier_option = click.option("--identifier-system", default=DEFAULT_IDENTIFIER_SYSTEM, show_default=True,
-                                 callback=_check_system, help="Identifier system the threads were built with.")
+                                 callback=check_identifier_system,
+                                 help="Identifier system the threads were built with.")
 
 
 def print_load_report(report: LoadReport, *, show: int = 20) -> None:
-    counts = report.counts()
-    messages: dict[str, int] = {}
-    for t in report.threads:
-        messages[t.outcome] = messages.get(t.outcome, 0) + len(t.message_ids)
-    rows = [[outcome, n, messages.get(outcome, 0)] for outcome, n in sorted(counts.items())]
+    rows = [[outcome, n, report.messages.get(outcome, 0)] for outcome, n in sorted(report.counts().items())]
     click.echo(table(["outcome", "threads", "messages on server"], rows), err=True)
-    if report.dry_run:
-        click.echo(f"\nplan: {report.planned_requests:,} transaction requests, {report.planned_points:,} quota points, "
-                   f"about {duration(report.estimated_seconds)} at the server's quota", err=True)
+    if report.plan is not None:
+        click.echo("\n" + _plan_text(report), err=True)
     else:
         atomic = {True: "atomic", False: "NOT atomic (conditional creates)", None: "not probed"}[report.atomic]
         click.echo(f"\n{report.requests:,} requests in {duration(report.seconds)}; transactions {atomic}"
                    + (f"; waited {report.waited:.1f}s for the quota" if report.waited >= 0.1 else ""), err=True)
-    bad = [t for t in report.threads if t.outcome.problem]
-    for t in bad[:show]:
+    for t in report.problems[:show]:
         click.echo(SECRETS.scrub(f"{t.outcome}: {t.key}: {t.error}"), err=True)
-    if len(bad) > show:
-        click.echo(f"... and {len(bad) - show} more (see --report)", err=True)
+        _lines(t.changes, show=10)
+    if report.problem_count > show:
+        click.echo(f"... and {report.problem_count - show} more (see --report)", err=True)
+    for t in report.noted[:show]:
+        click.echo(f"note: {t.key}: {len(t.removed)} message{'s' * (len(t.removed) != 1)} on the server no longer "
+                   f"in the spec (not deleted): {', '.join(t.removed[:10])}", err=True)
+    if report.noted_count > show:
+        click.echo(f"... and {report.noted_count - show} more threads with messages removed from their specs", err=True)
+
+
+def _lines(lines: list[str], *, show: int) -> None:
+    for line in lines[:show]:
+        click.echo(SECRETS.scrub(f"  {line}"), err=True)
+    if len(lines) > show:
+        click.echo(f"  ... and {len(lines) - show} more", err=True)
+
+
+def _plan_text(report: LoadReport) -> str:
+    """What a dry run predicts, in words; the time only when the server told its quota."""
+    plan = report.plan
+    assert plan is not None
+
+    def one(requests: int, points: int, seconds: float | None) -> str:
+        when = (f"about {duration(seconds)} at the server's quota" if seconds is not None else
+                "time unknown: the server sends no RateLimit header, so nothing paces the load")
+        return f"{requests:,} transaction request{'s' * (requests != 1)}, {points:,} quota points; {when}"
+
+    text = f"plan: {one(plan.requests, plan.points, plan.seconds)}"
+    if plan.requests_not_atomic is not None and plan.points_not_atomic is not None:
+        text += (f"\n  if the project's transactions are atomic; if they are not (conditional creates): "
+                 f"{one(plan.requests_not_atomic, plan.points_not_atomic, plan.seconds_not_atomic)}\n"
+                 "  (a real load finds out with a probe; `thread-bundler doctor` tells now)")
+    return text + f"\nincluding {plan.searches:,} searches made to plan; nothing was sent, no journal written"
 
 
 def load_options(func: F) -> F:
     """The options of `load` (also on `migrate --load`), named as `bundler.load.load`'s arguments."""
     options = [
         click.option("--journal", type=click.Path(path_type=Path),
-                     help="Journal file [default: <first input>.journal.sqlite]"),
+                     help="Journal file.  [default: <first input>.journal.sqlite]"),
         click.option("--atomic", type=click.Choice(["require", "auto", "off"]), default="auto", show_default=True,
-                     help="require: refuse a non-atomic project; auto: conditional creates there; off: plain "
-                          "transactions"),
+                     help="Require: refuse a non-atomic project; auto: conditional creates there; off: plain "
+                          "transactions."),
         click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
-                     help="threads in flight"),
-        click.option("--max-entries", type=click.IntRange(1), help="cut threads into transactions of at most N "
-                                                                   "entries"),
-        click.option("--dry-run", is_flag=True, help="plan only: what would be sent, what exists, requests, quota, "
-                                                     "time"),
+                     help="Threads in flight."),
+        click.option("--max-entries", type=click.IntRange(1), help="Cut threads into transactions of at most N "
+                                                                   "entries."),
+        click.option("--dry-run", is_flag=True, help="Plan only: what would be sent, what exists, requests, quota "
+                                                     "points, time; sends nothing, writes no journal."),
         click.option("--report", "report_path", type=click.Path(path_type=Path),
-                     help="write every thread's outcome as JSON"),
+                     help="Write every thread's outcome as JSON to this file, as threads finish."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def sync_options(func: F) -> F:
+    """The options of `load` about lost answers and threads that changed, named as `bundler.load.load`'s."""
+    options = [
+        click.option("--exactly-once", type=click.Choice(EXACTLY_ONCE_MODES), default="quarantine",
+                     show_default=True,
+                     help="Quarantine: a request whose answer was lost is searched for once it can no longer "
+                          "land (--timeout + --late-margin); strict: every entry a conditional create, 8 to a "
+                          "request, safe against a request of any lateness (more requests and quota points)."),
+        click.option("--late-margin", type=click.FloatRange(0), default=DEFAULT_LATE_MARGIN, show_default=True,
+                     metavar="SECONDS", help="How long after the client gave up a request may still land."),
+        click.option("--update", is_flag=True, help="Send changed fields of loaded threads as updates "
+                                                    "(version-checked); without it they are only reported."),
+        click.option("--wait", is_flag=True, help="Wait for another load using the same journal to finish, "
+                                                  "instead of refusing."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -73,29 +121,63 @@ def load_options(func: F) -> F:
 
 def run_load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: Path, identifier_system: str, atomic: str,
              concurrency: int, max_entries: int | None, dry_run: bool, report_path: Path | None,
-             progress: bool | None) -> LoadReport:
-    """`load` with a progress bar, the summary table and the --report file: shared by `load` and `migrate`."""
-    bar = Bar("loading", 0, 0, live=progress) if not dry_run else None
+             progress: bool | None, exactly_once: str = "quarantine", late_margin: float = DEFAULT_LATE_MARGIN,
+             update: bool = False, wait: bool = False) -> LoadReport:
+    """`load` with a progress line (shown before the first search), the summary table and the --report file
+    (written as threads finish); Ctrl-C prints the summary so far, finishes the report and exits 130.
+    Shared by `load` and `migrate`."""
+    bars: list[Bar] = []
+    writer = ReportWriter(report_path) if report_path else None
+
+    def on_start(threads: int | None, messages: int | None) -> None:
+        bars.append(bar := Bar("planning" if dry_run else "loading", threads or 0, messages or 0, live=progress))
+        bar.start("reading the journal and looking for the threads on the server")
+
+    def on_wait(why: str) -> None:
+        click.echo(why, err=True)
 
     def on_thread(result: ThreadResult, messages: int) -> None:
-        if bar is not None:
-            if bar.total == 0:
-                bar.total, bar.messages_total = watcher.threads, watcher.messages
-            bar.advance(messages, failed=not result.outcome.ok)
+        bars[0].advance(messages, failed=not result.outcome.ok)
+        if writer is not None:
+            writer.add(result)
 
-    watcher = LoadWatcher(on_thread=on_thread)
     try:
         report = load(threads, client, journal=journal, identifier_system=identifier_system,
                       atomic=atomic,  # type: ignore[arg-type]
-                      concurrency=concurrency, max_entries=max_entries, dry_run=dry_run, watcher=watcher)
-    finally:
-        if bar is not None:
+                      exactly_once=exactly_once,  # type: ignore[arg-type]
+                      late_margin=late_margin, update=update, concurrency=concurrency, max_entries=max_entries,
+                      dry_run=dry_run, wait=wait,
+                      watcher=LoadWatcher(on_start=on_start, on_thread=on_thread, on_wait=on_wait))
+    except LoadInterrupted as exc:
+        _interrupted(exc.report, bars, writer, journal)
+    except BaseException:
+        for bar in bars:
             bar.close()
+        if writer is not None:
+            writer.abandon()
+        raise
+    for bar in bars:
+        bar.close()
+    if writer is not None:
+        writer.finish(report)
     print_load_report(report)
-    click.echo(f"journal: {journal}", err=True)
-    if report_path:
-        write_atomic(report_path, orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2) + b"\n")
+    if not dry_run:
+        click.echo(f"journal: {display.path(journal)}", err=True)
     return report
+
+
+def _interrupted(report: LoadReport, bars: list[Bar], writer: ReportWriter | None, journal: Path) -> None:
+    """Ctrl-C: the summary so far, the partial report, and how to go on; exit 130."""
+    for bar in bars:
+        bar.close()
+    if writer is not None:
+        writer.finish(report)
+    click.echo("", err=True)
+    print_load_report(report)
+    of = f" of {report.total:,}" if report.total is not None else ""
+    click.echo(f"\ninterrupted: {report.settled:,}{of} threads in; run the same command again to resume "
+               f"(journal: {display.path(journal)})", err=True)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 @click.command("load")
@@ -103,13 +185,15 @@ def run_load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: Path
 @connection_options
 @identifier_option
 @load_options
-@click.option("--progress/--no-progress", default=None, help="progress bar [default: on a terminal]")
-@report_errors
+@sync_options
+@click.option("--progress/--no-progress", default=None, help="A progress bar.  [default: on a terminal]")
+@report_errors(nothing="nothing sent")
 @with_client
 def load_command(paths: tuple[str, ...], client: FhirClient, identifier_system: str, journal: Path | None,
                  atomic: str, concurrency: int, max_entries: int | None, dry_run: bool, report_path: Path | None,
-                 progress: bool | None) -> None:
-    """Load the threads in PATHS into a Medplum project, atomically and exactly once.
+                 exactly_once: str, late_margin: float, update: bool, wait: bool, progress: bool | None) -> None:
+    """Load the threads in PATHS into a Medplum project, atomically and exactly once; run again on specs
+    that grew or changed, send what is new (and, with --update, what changed).
 
     Re-running the same command skips what is loaded and resumes what is not: after a crash, a Ctrl-C
     or a lost response nothing is sent twice. Connection: --base-url, --client-id, --client-secret or
@@ -120,21 +204,25 @@ def load_command(paths: tuple[str, ...], client: FhirClient, identifier_system: 
       thread-bundler load threads/ --base-url https://api.medplum.com/
       thread-bundler load threads/ --dry-run
       thread-bundler load threads/ --atomic require --report loaded.json
+      thread-bundler load threads/ --update          # a delta load: new messages and changed fields
     """
     report = run_load(load_specs(paths), client, journal=journal or default_journal(paths),
                       identifier_system=identifier_system, atomic=atomic, concurrency=concurrency,
-                      max_entries=max_entries, dry_run=dry_run, report_path=report_path, progress=progress)
+                      max_entries=max_entries, dry_run=dry_run, report_path=report_path, progress=progress,
+                      exactly_once=exactly_once, late_margin=late_margin, update=update, wait=wait)
     sys.exit(EXIT_OK if report.ok else EXIT_ISSUES)
 
 
 @click.command("doctor")
 @connection_options
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@report_errors
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Output: text for people, or json: every check.")
+@report_errors(nothing="nothing sent")
 @with_client
 def doctor_command(client: FhirClient, fmt: str) -> None:
     """Probe a project once: login, permission to search and create Communication, whether transactions
-    are atomic, and the quota. Whatever the probe creates, it removes.
+    are atomic, whether references must exist, and the quota. Whatever the probe creates, it removes.
+    Exit 0 unless a check says FAIL (a project without atomic transactions is a warning: `load` handles it).
 
     \b
     Example:
@@ -142,12 +230,12 @@ def doctor_command(client: FhirClient, fmt: str) -> None:
     """
     report = doctor(client)
     if fmt == "json":
-        click.echo(orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2).decode())
+        click.echo(SECRETS.scrub(orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2).decode()))
     else:
-        mark = {True: "ok", False: "FAIL", None: "?"}
+        mark = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "unknown": "?"}
         click.echo(f"server: {report.base_url}")
-        click.echo(table(["check", "", "detail"], [[c.name, mark[c.ok], c.detail] for c in report.checks],
-                         align="lll"))
+        click.echo(SECRETS.scrub(table(["check", "", "detail"], [[c.name, mark[c.status], c.detail]
+                                                                  for c in report.checks], align="lll")))
     sys.exit(EXIT_OK if report.ok else EXIT_ISSUES)
 
 
@@ -158,24 +246,23 @@ def print_verify(results: list[VerifyResult], *, show: int = 20) -> None:
     for r in bad[:show]:
         where = f"{r.file}:{r.line}" if r.line else r.file
         click.echo(f"{where}: {r.key}:", err=True)
-        for d in r.differences[:10]:
-            click.echo(f"  {d}", err=True)
-        if len(r.differences) > 10:
-            click.echo(f"  ... and {len(r.differences) - 10} more", err=True)
+        _lines(r.differences, show=10)
 
 
 @click.command("verify")
 @click.argument("paths", nargs=-1, required=True)
 @connection_options
 @identifier_option
-@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@report_errors
+@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Threads read back at once.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Output: text for people, or json: one object per thread.")
+@report_errors(nothing="nothing sent")
 @with_client
 def verify_command(paths: tuple[str, ...], client: FhirClient, identifier_system: str, concurrency: int,
                    fmt: str) -> None:
     """Read each thread in PATHS back from the server (part-of, _sort=sent, every page) and compare it
-    with its spec field by field.
+    with its spec field by field, in the words `load` uses for what changed.
 
     \b
     Example:

@@ -1,8 +1,11 @@
-"""Loading threads into a project exactly once (`loader`, `journal`, `plan`) and reading them back (`verify`,
-`compare`)."""
+"""Loading threads into a project exactly once, and syncing them with their specs (`loader`, `thread`,
+`journal`, `plan`, `report`) and reading them back (`verify`, `compare`)."""
 
-from .loader import LoadReport, LoadWatcher, NotAtomic, Outcome, ThreadResult, default_journal, load
+from ..errors import JournalBusy, JournalError, NotAtomic
+from .loader import DEFAULT_LATE_MARGIN, LoadInterrupted, default_journal, load
+from .report import LoadReport, LoadWatcher, Outcome, Plan, ReportWriter, ThreadResult
 from .verify import VerifyResult, read_thread, verify
 
-__all__ = ["LoadReport", "LoadWatcher", "NotAtomic", "Outcome", "ThreadResult", "VerifyResult", "default_journal",
-           "load", "read_thread", "verify"]
+__all__ = ["DEFAULT_LATE_MARGIN", "JournalBusy", "JournalError", "LoadInterrupted", "LoadReport", "LoadWatcher",
+           "NotAtomic", "Outcome", "Plan", "ReportWriter", "ThreadResult", "VerifyResult", "default_journal", "load",
+           "read_thread", "verify"]

@@ -7,9 +7,10 @@ are not differences; anything else is. Resources are matched by their identifier
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle
+from ..build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, identifier_value
 from ..spec.model import ThreadSpec
 from ..vocabulary import rewrite_references
 
@@ -54,31 +55,72 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def diff_thread(spec: ThreadSpec, resources: Iterable[Mapping[str, Any]], *,
-                identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM,
-                resolved: Mapping[str, str] | None = None) -> list[str]:
-    """Every difference between `spec` and `resources` (its header and messages as a server returned
-    them, in any order); an empty list when they match.
+@dataclass
+class ThreadDiff:
+    """How a server's resources differ from a thread's spec, entry by entry (entry 0 is the header)."""
+
+    names: list[str]  # each entry's name: "header", "messages[0] (m0)", ...
+    differences: dict[int, list[str]] = field(default_factory=dict)  # entry → its differences, in verify's words
+    missing: list[int] = field(default_factory=list)  # entries not on the server
+    found: dict[int, Mapping[str, Any]] = field(default_factory=dict)  # entry → the server's resource
+    extra: list[tuple[str, Mapping[str, Any]]] = field(default_factory=list)  # (identifier value, resource) of
+    # this thread on the server but not in the spec
+    problems: list[str] = field(default_factory=list)  # resources without our identifier, or twice
+
+    def lines(self, system: str, idents: list[str]) -> list[str]:
+        """Every difference as one line each (what `verify` shows)."""
+        out = list(self.problems)
+        for n in range(len(self.names)):
+            if n in self.missing:
+                out.append(f"{self.names[n]}: not on the server (identifier {system}|{idents[n]})")
+            out += self.differences.get(n, [])
+        out += [f"Communication/{resource.get('id')}: on the server in this thread but not in the spec "
+                f"(identifier {ident})" for ident, resource in self.extra]
+        return out
+
+
+def entry_names(spec: ThreadSpec) -> list[str]:
+    """The name of each entry of a thread's bundle, as differences call it."""
+    return ["header"] + [f"messages[{i}] ({m.id})" for i, m in enumerate(spec.messages, 1)]
+
+
+def compare_thread(spec: ThreadSpec, resources: Iterable[Mapping[str, Any]], *,
+                   identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, resolved: Mapping[str, str] | None = None,
+                   bundle: Mapping[str, Any] | None = None) -> ThreadDiff:
+    """How `resources` (a thread's header and messages as a server returned them, in any order) differ from
+    `spec`, entry by entry. `bundle` is the spec's bundle when the caller has it already.
 
     `resolved` maps the spec's conditional references (`Patient?identifier=s|v`) to the literal ones
     the server replaced them with (`Patient/<id>`), as `bundler.load.verify.resolve_references` finds them."""
-    bundle = build_bundle(spec, identifier_system=identifier_system)
-    out: list[str] = []
-    by_ident = _by_identifier(resources, identifier_system, out)
+    bundle = bundle if bundle is not None else build_bundle(spec, identifier_system=identifier_system)
+    diff = ThreadDiff(entry_names(spec))
+    by_ident = _by_identifier(resources, identifier_system, diff.problems)
     ref_of = _server_references(bundle, by_ident, identifier_system, resolved)
-    names = ["header"] + [f"messages[{i}] ({m.id})" for i, m in enumerate(spec.messages)]
     expected_idents = set()
-    for name, entry in zip(names, bundle["entry"], strict=True):
+    for n, entry in enumerate(bundle["entry"]):
         ident = _ident(entry["resource"], identifier_system)
         expected_idents.add(ident)
         actual = by_ident.get(ident or "")
         if actual is None:
-            out.append(f"{name}: not on the server (identifier {identifier_system}|{ident})")
-        else:
-            _differences(name, rewrite_references(entry["resource"], ref_of), dict(actual), out, top=True)
-    out += [f"Communication/{resource.get('id')}: on the server in this thread but not in the spec (identifier {ident})"
-            for ident, resource in by_ident.items() if ident not in expected_idents]
-    return out
+            diff.missing.append(n)
+            continue
+        diff.found[n] = actual
+        out: list[str] = []
+        _differences(diff.names[n], rewrite_references(entry["resource"], ref_of), dict(actual), out, top=True)
+        if out:
+            diff.differences[n] = out
+    diff.extra = [(ident, resource) for ident, resource in by_ident.items() if ident not in expected_idents]
+    return diff
+
+
+def diff_thread(spec: ThreadSpec, resources: Iterable[Mapping[str, Any]], *,
+                identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM,
+                resolved: Mapping[str, str] | None = None) -> list[str]:
+    """Every difference between `spec` and `resources` (its header and messages as a server returned
+    them, in any order); an empty list when they match (see `compare_thread`)."""
+    diff = compare_thread(spec, resources, identifier_system=identifier_system, resolved=resolved)
+    idents = [identifier_value(spec.key)] + [identifier_value(spec.key, m.id) for m in spec.messages]
+    return diff.lines(identifier_system, idents)
 
 
 def _server_references(bundle: Mapping[str, Any], by_ident: Mapping[str, Mapping[str, Any]], system: str,

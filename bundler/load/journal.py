@@ -1,27 +1,47 @@
 """The load journal: what happened to each thread, on disk, so a load survives a crash, Ctrl-C or kill -9.
 
-One SQLite file (WAL, every change committed at once). A thread of which neither the journal nor the
-server has anything gets no row before its first request: should that request's answer be lost, the
-next run finds what arrived by the thread's identifiers, as it does for every thread without a row.
-From then on the row is `sent` while a request is in flight or its outcome unknown (`in_flight`), or
-while parts are still to come; `committed` with all its server ids; `partial` when some of it is on
-the server and the rest failed; `failed` with why.
+One SQLite file (WAL, every change committed at once), created by the first thing it records: a load
+that never reached the server (a failed login, an unreachable server) leaves no journal behind. Before a
+thread's first request the journal gets its row (`sent`, what is `in_flight`, and from when on no
+request of it can still be on its way: `settles`; the new threads of a window get theirs together, in
+one transaction, their `settles` UNKNOWN), so a run that follows a crash knows what may still land. The
+row stays `sent` while a request is in flight or its outcome unknown, or while parts are still to come;
+`committed` with all its server ids; `partial` when some of it is on the server and the rest failed;
+`failed` with why. Each committed entry keeps its server version and a hash of what the spec said
+(`Entry.entries`), so a spec that changes later shows which entries changed without reading the server.
+
 Rows are keyed by target (server root + identifier system) and thread key, so one journal can serve
 several servers without mixing them up. No secret ever goes in.
+
+One load at a time: the journal is locked (`<journal>.lock`, naming the process that holds it) for as
+long as it is open for writing; a second load refuses at once (`JournalBusy`), or waits. A dry run opens
+it read-only, without the lock, and creates no file. A journal of an earlier version (without per-entry
+versions) is upgraded in place; a file that is not a journal is refused (`JournalError`) before anything
+is sent.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
+import os
+import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import orjson
 
-from ..errors import BundlerError
+from ..errors import FileLocked, JournalBusy, JournalError
+from ..files import file_lock
+
+SCHEMA_VERSION = 2
 
 
 class State(enum.StrEnum):
@@ -32,7 +52,8 @@ class State(enum.StrEnum):
     PARTIAL = "partial"
     FAILED = "failed"
 
-_SCHEMA = """
+
+_TABLES = """
 CREATE TABLE IF NOT EXISTS threads (
     target TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -42,15 +63,37 @@ CREATE TABLE IF NOT EXISTS threads (
     in_flight TEXT NOT NULL DEFAULT '[]',
     error TEXT,
     updated REAL NOT NULL,
+    entries TEXT NOT NULL DEFAULT '{}',
+    settles REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (target, key)
 );
+CREATE TABLE IF NOT EXISTS meta (
+    target TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (target, name)
+);
 """
+_ADDED = {"entries": "TEXT NOT NULL DEFAULT '{}'", "settles": "REAL NOT NULL DEFAULT 0"}  # version 2
+_COLUMNS = "key, state, fingerprint, ids, in_flight, error, entries, settles"
+_PUT = ("INSERT INTO threads (target, key, state, fingerprint, ids, in_flight, error, updated, entries, settles) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (target, key) DO UPDATE SET state=excluded.state, "
+        "fingerprint=excluded.fingerprint, ids=excluded.ids, in_flight=excluded.in_flight, error=excluded.error, "
+        "updated=excluded.updated, entries=excluded.entries, settles=excluded.settles")
+UNKNOWN = -1.0
+"""`settles` of a thread whose first request was recorded (with a window of others) before it was sent: when it
+was sent, if at all, is not known; it cannot land later than the load that follows a crash starts, plus the
+client's timeout and the margin."""
+_COLUMNS_V1 = "key, state, fingerprint, ids, in_flight, error, '{}', 0"  # what a dry run reads from an old journal
 
 
 @dataclass
 class Entry:
-    """A thread's record: `ids` maps each entry's fullUrl to its server id; `in_flight` lists the fullUrls
-    of a request whose outcome is not known yet."""
+    """A thread's record: `ids` maps each entry's fullUrl to `Communication/<id>`; `entries` each committed
+    entry's fullUrl to its [server version, hash of its spec resource] (either may be empty: journals of
+    version 1 had neither); `in_flight` lists the fullUrls of a request whose outcome is not known yet, and
+    `settles` is the epoch time after which no such request can still land (0: it may be reconciled now;
+    UNKNOWN: recorded before it was sent, with its window)."""
 
     key: str
     state: State
@@ -58,25 +101,124 @@ class Entry:
     ids: dict[str, str] = field(default_factory=dict)
     in_flight: list[str] = field(default_factory=list)
     error: str | None = None
+    entries: dict[str, list[str]] = field(default_factory=dict)
+    settles: float = 0.0
+
+    def version(self, url: str) -> str | None:
+        return (self.entries.get(url) or [""])[0] or None
+
+    def hash(self, url: str) -> str | None:
+        state = self.entries.get(url) or []
+        return state[1] if len(state) > 1 and state[1] else None
+
+
+def owner() -> str:
+    """Who holds a lock we take: process id, host and since when (shown to a load that is refused)."""
+    since = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    return f"process {os.getpid()} on {socket.gethostname()}, since {since}"
 
 
 class Journal:
-    """A thread-safe journal in `path` for one `target`."""
+    """A thread-safe journal in `path` for one `target`.
 
-    def __init__(self, path: str | Path, target: str) -> None:
+    `read_only`: read what is there, record nothing, create no file, take no lock (a dry run). Otherwise
+    the journal is locked for this process until `close`: `wait` waits for another load to finish instead
+    of raising JournalBusy, telling `on_wait` first (with who holds it)."""
+
+    def __init__(self, path: str | Path, target: str, *, read_only: bool = False, wait: bool = False,
+                 on_wait: Callable[[str], None] | None = None) -> None:
         self.path = Path(path)
         self.target = target
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self.read_only = read_only
+        self._db: sqlite3.Connection | None = None
+        self._columns = _COLUMNS
         self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+        self._held = ExitStack()
+        if not read_only:
+            self._take_lock(wait, on_wait)
+        try:
+            if self.path.exists():
+                self._db = self._connect()
+                if read_only and self._columns == "":  # an empty file: nothing recorded yet
+                    self._db.close()
+                    self._db = None
+        except BaseException:
+            self._held.close()
+            raise
+
+    def _take_lock(self, wait: bool, on_wait: Callable[[str], None] | None) -> None:
+        lock = self.path.with_name(self.path.name + ".lock")
+        me = f"thread-bundler load: {owner()}"
+        try:
+            try:
+                self._held.enter_context(file_lock(lock, wait=False, owner=me, remove=True))
+            except FileLocked as exc:
+                if not wait:
+                    raise JournalBusy(f"the journal {self.path} is in use by another load ({exc.holder or 'unknown'}): "
+                                      "let it finish, or run with --wait to start when it has; nothing was "
+                                      "sent") from None
+                if on_wait is not None:
+                    on_wait(f"the journal {self.path} is in use by another load ({exc.holder or 'unknown'}): "
+                            "waiting for it to finish")
+                self._held.enter_context(file_lock(lock, wait=True, owner=me, remove=True))
+        except OSError as exc:
+            raise JournalError(f"cannot lock the journal {self.path}: {exc.strerror or exc}") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        """The open journal, checked (and upgraded) before it is used; JournalError when it cannot be."""
+        try:
+            if self.read_only:
+                # a journal closed cleanly has no -wal file: read it as it is, creating nothing beside it
+                mode = "ro" if Path(f"{self.path}-wal").exists() else "ro&immutable=1"
+                db = sqlite3.connect(f"file:{quote(str(self.path.resolve()))}?mode={mode}", uri=True,
+                                     check_same_thread=False, isolation_level=None, timeout=30)
+            else:
+                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            try:
+                self._prepare(db)
+            except BaseException:
+                db.close()
+                raise
+        except sqlite3.DatabaseError as exc:
+            raise self._unusable(str(exc)) from None
+        return db
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        """Check that `db` is a journal this version can use; for writing, create or upgrade its tables."""
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if version > SCHEMA_VERSION:
+            raise self._unusable(f"written by a newer thread-bundler (journal version {version})")
+        if tables and "threads" not in tables:
+            raise self._unusable("it holds other tables than a journal's")
+        columns = {row[1] for row in db.execute("PRAGMA table_info(threads)")}
+        if self.read_only:
+            self._columns = "" if not columns else _COLUMNS if set(_ADDED) <= columns else _COLUMNS_V1
+        else:
+            self._upgrade(db, columns)
+
+    @staticmethod
+    def _upgrade(db: sqlite3.Connection, columns: set[str]) -> None:
+        """Tables created, or those of a version 1 journal upgraded in place (its rows kept)."""
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_TABLES)
+        for name, kind in _ADDED.items():
+            if columns and name not in columns:
+                db.execute(f"ALTER TABLE threads ADD COLUMN {name} {kind}")
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _unusable(self, why: str) -> JournalError:
+        return JournalError(f"{self.path} is not a usable journal ({why}). Move it away, or give --journal another "
+                            "file, and run again: threads already on the server are then found by their "
+                            "identifiers. Nothing was sent.")
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+        self._held.close()
 
     def __enter__(self) -> Journal:
         return self
@@ -84,38 +226,88 @@ class Journal:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _ready(self) -> sqlite3.Connection:
+        """The database, created with its first record (called under `_lock`)."""
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = self._connect()
+        return self._db
+
+    def _rows(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        with self._lock:
+            if self._db is None:
+                return []
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise self._unusable(str(exc)) from None
+
     def get_many(self, keys: list[str]) -> dict[str, Entry]:
         out: dict[str, Entry] = {}
         for i in range(0, len(keys), 500):
             chunk = keys[i:i + 500]
-            with self._lock:
-                rows = self._db.execute(
-                    f"SELECT key, state, fingerprint, ids, in_flight, error FROM threads WHERE target=? AND key IN "
-                    f"({','.join('?' * len(chunk))})", (self.target, *chunk)).fetchall()
+            rows = self._rows(f"SELECT {self._columns} FROM threads WHERE target=? AND key IN "
+                              f"({','.join('?' * len(chunk))})", (self.target, *chunk))
             for row in rows:
-                out[row[0]] = Entry(row[0], self._state(row[0], row[1]), row[2], orjson.loads(row[3]),
-                                    orjson.loads(row[4]), row[5])
+                out[row[0]] = self._entry(row)
         return out
 
-    def _state(self, key: str, value: str) -> State:
+    def _entry(self, row: tuple[Any, ...]) -> Entry:
+        key, state, fingerprint, ids, in_flight, error, entries, settles = row
         try:
-            return State(value)
-        except ValueError:
-            raise BundlerError(f"{self.path}: thread {key!r} has the unknown state {value!r}: not a journal this "
-                               "version of thread-bundler wrote") from None
+            return Entry(key, State(state), fingerprint, orjson.loads(ids), orjson.loads(in_flight), error,
+                         orjson.loads(entries), float(settles))
+        except (ValueError, TypeError, orjson.JSONDecodeError):
+            raise self._unusable(f"thread {key!r} has a row this version of thread-bundler did not write") from None
 
     def put(self, entry: Entry) -> None:
+        """Record `entry` (nothing, in a read-only journal)."""
+        if self.read_only:
+            return
+        row = self._row(entry, time.time())
         with self._lock:
-            self._db.execute(
-                "INSERT INTO threads (target, key, state, fingerprint, ids, in_flight, error, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (target, key) DO UPDATE SET state=excluded.state, "
-                "fingerprint=excluded.fingerprint, ids=excluded.ids, in_flight=excluded.in_flight, "
-                "error=excluded.error, updated=excluded.updated",
-                (self.target, entry.key, entry.state, entry.fingerprint, orjson.dumps(entry.ids).decode(),
-                 orjson.dumps(entry.in_flight).decode(), entry.error, time.time()))
+            self._ready().execute(_PUT, row)
+
+    def put_many(self, entries: list[Entry]) -> None:
+        """Record `entries` in one transaction (nothing, in a read-only journal)."""
+        if self.read_only or not entries:
+            return
+        now = time.time()
+        rows = [self._row(e, now) for e in entries]
+        with self._lock:
+            db = self._ready()
+            db.execute("BEGIN")
+            try:
+                db.executemany(_PUT, rows)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _row(self, e: Entry, now: float) -> tuple[Any, ...]:
+        return (self.target, e.key, e.state, e.fingerprint, orjson.dumps(e.ids).decode(),
+                orjson.dumps(e.in_flight).decode(), e.error, now, orjson.dumps(e.entries).decode(), e.settles)
+
+    def delete_many(self, keys: list[str]) -> None:
+        """Forget the rows of `keys` (threads whose first request was recorded, then never sent)."""
+        if self.read_only or not keys or self._db is None:
+            return
+        with self._lock:
+            self._db.executemany("DELETE FROM threads WHERE target=? AND key=?", [(self.target, k) for k in keys])
+
+    def get_meta(self, name: str) -> str | None:
+        if self._columns is _COLUMNS_V1:
+            return None  # an old journal has no meta table
+        rows = self._rows("SELECT value FROM meta WHERE target=? AND name=?", (self.target, name))
+        return str(rows[0][0]) if rows else None
+
+    def set_meta(self, name: str, value: str) -> None:
+        if self.read_only:
+            return
+        with self._lock:
+            self._ready().execute("INSERT INTO meta (target, name, value) VALUES (?, ?, ?) ON CONFLICT (target, name) "
+                                  "DO UPDATE SET value=excluded.value", (self.target, name, value))
 
     def counts(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._db.execute("SELECT state, count(*) FROM threads WHERE target=? GROUP BY state",
-                                    (self.target,)).fetchall()
+        rows = self._rows("SELECT state, count(*) FROM threads WHERE target=? GROUP BY state", (self.target,))
         return dict(rows)

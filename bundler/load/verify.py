@@ -6,6 +6,7 @@ Threads are found by their header identifier; their messages are read the way ap
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,18 +44,58 @@ def read_thread(client: FhirClient, header_id: str) -> list[dict[str, Any]]:
                                            "_count": "1000"})
 
 
+class Resolver:
+    """Conditional references (`Patient?identifier=s|v`), each searched once and remembered (thread-safe):
+    how many resources each matches, and the literal reference of the one it matches (what a server stores
+    in its place)."""
+
+    def __init__(self, client: FhirClient) -> None:
+        self.client = client
+        self.searches = 0
+        self._found: dict[str, tuple[int, str | None]] = {}
+        self._lock = threading.Lock()
+        self._searching: dict[str, threading.Lock] = {}  # one per reference: searched by one thread only
+
+    def _lookup(self, ref: str) -> tuple[int, str | None]:
+        with self._lock:
+            if ref in self._found:
+                return self._found[ref]
+            searching = self._searching.setdefault(ref, threading.Lock())
+        with searching:
+            with self._lock:
+                if ref in self._found:
+                    return self._found[ref]
+            resource_type, query = ref.split("?", 1)
+            found = self.client.search(resource_type, dict(httpx.QueryParams(query)) | {"_count": "2"})
+            answer = (len(found), f"{resource_type}/{found[0]['id']}" if len(found) == 1 else None)
+            with self._lock:
+                self.searches += 1
+                self._found[ref] = answer
+                return answer
+
+    def matches(self, ref: str) -> int:
+        """How many resources `ref` matches: 0, 1, or 2 for several."""
+        return self._lookup(ref)[0]
+
+    def mapping(self, refs: Iterable[str]) -> dict[str, str]:
+        """Each of `refs` that matches exactly one resource → that resource's literal reference."""
+        out = {}
+        for ref in refs:
+            if (literal := self._lookup(ref)[1]) is not None:
+                out[ref] = literal
+        return out
+
+
+def conditional_references(specs: Iterable[ThreadSpec]) -> set[str]:
+    """Every conditional reference (participant or subject) of `specs`."""
+    conditional = {p.reference for s in specs for p in s.participants.values() if "?" in p.reference}
+    return conditional | {s.subject for s in specs if s.subject and "?" in s.subject}
+
+
 def resolve_references(client: FhirClient, specs: Iterable[ThreadSpec]) -> dict[str, str]:
     """Each conditional reference of `specs` (`Patient?identifier=s|v`) → the literal reference of the one
     resource it matches (a server stores that in its place); references matching none or several are left out."""
-    conditional = {p.reference for s in specs for p in s.participants.values() if "?" in p.reference}
-    conditional |= {s.subject for s in specs if s.subject and "?" in s.subject}
-    out: dict[str, str] = {}
-    for ref in sorted(conditional):
-        resource_type, query = ref.split("?", 1)
-        found = client.search(resource_type, dict(httpx.QueryParams(query)) | {"_count": "2"})
-        if len(found) == 1:
-            out[ref] = f"{resource_type}/{found[0]['id']}"
-    return out
+    return Resolver(client).mapping(sorted(conditional_references(specs)))
 
 
 def verify(threads: Iterable[ThreadSpec], client: FhirClient, *,

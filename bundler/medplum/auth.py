@@ -18,6 +18,7 @@ it is issued, so whatever the program prints or stores can be scrubbed of it.
 from __future__ import annotations
 
 import abc
+import re
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -27,17 +28,14 @@ from typing import Any
 import httpx
 import orjson
 
-from ..errors import AuthError, BundlerError
+from ..errors import AuthError, BundlerError, ServerError, Unreachable
 from ..vocabulary import token_url
-
-
-class Unreachable(BundlerError):
-    """The server could not be reached at all (nothing was sent)."""
 
 
 @dataclass
 class Secrets:
-    """Strings that must never be shown; `scrub` removes them from any text we print or store."""
+    """Strings that must never be shown; `scrub` removes them from any text we print or store, `scrub_bytes`
+    from a server's answer before anything reads it. Safe to share between threads."""
 
     values: set[str]
 
@@ -46,9 +44,61 @@ class Secrets:
             self.values.add(value)
 
     def scrub(self, text: str) -> str:
-        for value in self.values:
+        for value in tuple(self.values):  # a copy: another thread may add a token meanwhile
             text = text.replace(value, "***")
         return text
+
+    def scrub_bytes(self, data: bytes) -> bytes:
+        for value in tuple(self.values):
+            raw = value.encode()
+            if raw in data:
+                data = data.replace(raw, b"***")
+        return data
+
+
+_SSL_REASON = re.compile(r"\]\s*(.*?)\s*\(_ssl\.c")
+
+
+def transport_problem(exc: httpx.TransportError, *, timeout: float | None = None) -> str:
+    """What went wrong with a connection, in words ("connection refused", "TLS failed: ...")."""
+    if isinstance(exc, httpx.TimeoutException):
+        return _timeout_problem(exc, timeout)
+    if isinstance(exc, httpx.ConnectError):
+        return _connect_problem(str(exc))
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "the server closed the connection without answering"
+    if isinstance(exc, httpx.ReadError):
+        return "the connection was lost while waiting for the answer"
+    if isinstance(exc, httpx.WriteError):
+        return "the connection was lost while sending"
+    if isinstance(exc, httpx.ProxyError):
+        return "the HTTP proxy refused the connection"
+    return "the connection failed"
+
+
+def _timeout_problem(exc: httpx.TimeoutException, timeout: float | None) -> str:
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "connection timed out"
+    if isinstance(exc, httpx.PoolTimeout):
+        return "no free connection in time"
+    if isinstance(exc, httpx.WriteTimeout):
+        return "timed out while sending"
+    return f"no answer within {timeout:g} s" if timeout else "no answer in time"
+
+
+def _connect_problem(text: str) -> str:
+    low = text.lower()
+    if "ssl" in low or "certificate" in low or "tls" in low:
+        m = _SSL_REASON.search(text)
+        return f"TLS failed ({m.group(1)})" if m and m.group(1) else "TLS failed"
+    if "refused" in low:
+        return "connection refused"
+    if any(s in low for s in ("name or service not known", "nodename nor servname", "name resolution",
+                              "getaddrinfo", "no address associated")):
+        return "host name not found"
+    if "unreachable" in low:
+        return "network unreachable"
+    return "could not connect"
 
 
 class MedplumAuth(httpx.Auth, abc.ABC):
@@ -126,24 +176,26 @@ class ClientCredentials(MedplumAuth):
         try:
             resp = self._post(self.token_url, form)
         except httpx.TransportError as exc:
-            raise Unreachable(f"cannot reach {self.token_url}: {type(exc).__name__}") from None
-        body = self._granted(resp)
+            raise Unreachable(f"cannot reach {self.token_url}: {transport_problem(exc)}") from None
+        token, lifetime = self._granted(resp)
         self.logins += 1
-        self._token = str(body["access_token"])
+        self._token = token
         if self._issued is not None:
             self._issued.add(self._token)
-        lifetime = float(body.get("expires_in") or 3600)
         self._expires = self._clock() + lifetime - min(60.0, lifetime / 10)  # renew a little before expiry
         return self._token
 
-    def _granted(self, resp: httpx.Response) -> dict[str, Any]:
-        """The token response's body; AuthError, with the server's reason, when it is not a token."""
+    def _granted(self, resp: httpx.Response) -> tuple[str, float]:
+        """The token and its lifetime in seconds; AuthError, with the server's reason, when the answer is not
+        a token, ServerError when it is a token response that is not what OAuth2 promises."""
         body = json_body(resp)
         if resp.status_code == 200 and isinstance(body, dict) and "access_token" in body:
-            return body
+            return _token_of(body, self.token_url)
         why = (body.get("error_description") or body.get("error")) if isinstance(body, dict) else None
-        raise AuthError(f"login refused by {self.token_url} (HTTP {resp.status_code}"
-                        f"{': ' + str(why) if why else ''}): check the client id and secret", status=resp.status_code)
+        message = (f"login refused by {self.token_url} (HTTP {resp.status_code}{': ' + str(why) if why else ''}): "
+                   "check the client id and secret")
+        scrub = self._issued.scrub if self._issued is not None else str
+        raise AuthError(scrub(message.replace(self._secret, "***")), status=resp.status_code)
 
     def _post(self, url: str, form: dict[str, str]) -> httpx.Response:
         headers = {"Accept": "application/json"}
@@ -179,6 +231,20 @@ class BearerToken(MedplumAuth):
         response = yield request
         if response.status_code == 401:
             self.token(stale=self._token)
+
+
+def _token_of(body: dict[str, Any], url: str | None) -> tuple[str, float]:
+    """`access_token` and `expires_in` (3600 when absent) of a token response; ServerError when either is not
+    what RFC 6749 promises (never showing the token)."""
+    token, lifetime = body.get("access_token"), body.get("expires_in", 3600)
+    if not isinstance(token, str) or not token:
+        raise ServerError(f"login at {url}: the token endpoint answered an access_token that is not a string")
+    if isinstance(lifetime, str) and lifetime.isdigit():
+        lifetime = int(lifetime)
+    if isinstance(lifetime, bool) or not isinstance(lifetime, int | float) or lifetime <= 0:
+        raise ServerError(f"login at {url}: the token endpoint answered expires_in {str(lifetime)[:40]!r}, "
+                          "not a number of seconds")
+    return token, float(lifetime)
 
 
 def json_body(resp: httpx.Response) -> Any:

@@ -8,7 +8,13 @@ What it promises its callers:
   `UnknownOutcome` and is NOT retried: only the caller can reconcile it (search, then record or re-send);
 - reads (GET, search) are idempotent and retried on any transient failure;
 - one OAuth2 token is shared by every thread, renewed shortly before expiry and once on a 401 (`auth`);
-- the client secret and tokens never appear in an exception it raises.
+- the client secret and tokens never appear in an exception it raises, nor in an answer it returns: every
+  answer is scrubbed of them as it arrives (`_body`), before anything reads it, and every error it raises
+  is made by `_error`, which scrubs its text too (a server's error text may echo our request's headers);
+- an answer that is not what FHIR promises (a search answered `[1, 2]`, an entry that is a number) is a
+  ServerError naming the request, never a traceback;
+- `next` links are followed only to the base URL's own origin (scheme, host, port): the token goes nowhere
+  else.
 
 `ClientCredentials`, `BearerToken`, `Secrets` and `Unreachable` live in `auth` and are re-exported here.
 """
@@ -21,18 +27,19 @@ import random
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
-from urllib.parse import urljoin, urlsplit
+from typing import Any, TypeVar
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import httpx
+import orjson
 
-from ..errors import AuthError, BundlerError, ServerError, UnknownOutcome
+from ..errors import AuthError, BundlerError, ServerError, Throttled, UnknownOutcome, Unreachable
 from ..vocabulary import READ_POINTS, SEARCH_POINTS, WRITE_POINTS, fhir_base, identifier_token, server_root
-from .auth import BearerToken, ClientCredentials, MedplumAuth, Secrets, Unreachable, json_body
+from .auth import BearerToken, ClientCredentials, MedplumAuth, Secrets, transport_problem
 from .ratelimit import Pacer, parse_ratelimit
 
 __all__ = ["BearerToken", "ClientCredentials", "FhirClient", "MedplumAuth", "Secrets", "Throttled", "Unreachable",
-           "is_loopback", "outcome_text"]
+           "is_loopback", "outcome_text", "resource_version"]
 
 USER_AGENT = "thread-bundler/0.1"
 FHIR_JSON = "application/fhir+json"
@@ -40,8 +47,7 @@ RETRY_STATUSES_UNKNOWN = {502, 503, 504}
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)  # failed before a byte was sent
 
 
-class Throttled(ServerError):
-    """The server refused the request for quota (429) and kept refusing after waiting."""
+E = TypeVar("E", bound=BundlerError)
 
 
 def is_loopback(host: str) -> bool:
@@ -57,13 +63,85 @@ def outcome_text(outcome: Any) -> str:
     """The human text of an OperationOutcome (every issue's details/diagnostics, with its expression)."""
     if not isinstance(outcome, dict) or outcome.get("resourceType") != "OperationOutcome":
         return ""
-    return "; ".join(_issue_text(issue) for issue in outcome.get("issue") or ())
+    issues = outcome.get("issue")
+    return "; ".join(_issue_text(issue) for issue in issues if isinstance(issue, dict)) \
+        if isinstance(issues, list) else ""
 
 
 def _issue_text(issue: dict[str, Any]) -> str:
-    text = (issue.get("details") or {}).get("text") or issue.get("diagnostics") or issue.get("code") or "error"
-    where = issue.get("expression") or issue.get("location")
+    details = issue.get("details")
+    text = (details.get("text") if isinstance(details, dict) else None) or issue.get("diagnostics") \
+        or issue.get("code") or "error"
+    where = [str(w) for w in (issue.get("expression") or issue.get("location") or ()) if isinstance(w, str)]
     return f"{text} ({', '.join(where)})" if where else str(text)
+
+
+def resource_version(entry: dict[str, Any]) -> str | None:
+    """The versionId a transaction-response entry (or a resource) carries: `resource.meta.versionId`, else
+    the entry's `response.etag` (`W/"<versionId>"`)."""
+    resource = entry.get("resource") if "resource" in entry else entry
+    meta = resource.get("meta") if isinstance(resource, dict) else None
+    if isinstance(meta, dict) and isinstance(meta.get("versionId"), str):
+        return str(meta["versionId"])
+    response = entry.get("response")
+    etag = response.get("etag") if isinstance(response, dict) else None
+    if isinstance(etag, str) and etag:
+        return etag.removeprefix("W/").strip('"') or None
+    return None
+
+
+def _kind(value: Any) -> str:
+    """What a JSON value is, for a message (never the value itself: it may be large)."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, dict):
+        return f"a {value['resourceType']}" if isinstance(value.get("resourceType"), str) else "an object"
+    return {list: "a list", str: "text", bool: "true/false"}.get(type(value), "a number")
+
+
+def _malformed(what: str, why: str) -> ServerError:
+    return ServerError(f"{what}: the server's answer is not what FHIR promises: {why}")
+
+
+def _bundle(body: Any, what: str) -> dict[str, Any]:
+    """`body` if it is a Bundle whose `entry` and `link` are lists of objects; else ServerError."""
+    if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
+        raise _malformed(what, f"expected a Bundle, got {_kind(body)}")
+    for name in ("entry", "link"):
+        items = body.get(name, [])
+        if not isinstance(items, list):
+            raise _malformed(what, f"its {name} is {_kind(items)}, not a list")
+        if (bad := next((n for n, item in enumerate(items) if not isinstance(item, dict)), None)) is not None:
+            raise _malformed(what, f"its {name}[{bad}] is {_kind(items[bad])}, not an object")
+    return body
+
+
+def _matches(page: dict[str, Any], what: str) -> list[dict[str, Any]]:
+    """The resources a searchset page matched (not included ones), each with an id."""
+    out = []
+    for n, entry in enumerate(page.get("entry") or ()):
+        search = entry.get("search")
+        if isinstance(search, dict) and search.get("mode", "match") != "match":
+            continue
+        resource = entry.get("resource")
+        if not isinstance(resource, dict) or not isinstance(resource.get("id"), str):
+            raise _malformed(what, f"its entry[{n}] has no resource with an id")
+        out.append(resource)
+    return out
+
+
+def _transaction_response(body: Any, what: str) -> dict[str, Any]:
+    """`body` if it is a Bundle whose every entry has a response status (and a resource object, if any)."""
+    if type(body) is not dict or body.get("resourceType") != "Bundle" or type(body.get("entry", [])) is not list:
+        return _bundle(body, what)  # says what is wrong with it
+    for n, entry in enumerate(body.get("entry") or ()):  # one pass, few calls: this runs for every request
+        response = entry.get("response") if type(entry) is dict else None
+        if type(response) is not dict or type(response.get("status")) is not str:
+            _bundle(body, what)
+            raise _malformed(what, f"its entry[{n}] has no response status")
+        if type(entry.get("resource", {})) is not dict:
+            raise _malformed(what, f"its entry[{n}].resource is {_kind(entry['resource'])}")
+    return body
 
 
 def _backoff(attempt: int, *, base: float = 0.25, cap: float = 20.0) -> float:
@@ -91,6 +169,7 @@ class FhirClient:
                  secrets: Secrets | None = None) -> None:
         self.root = _checked_root(base_url, allow_insecure=allow_insecure)
         self.fhir_base = fhir_base(self.root)
+        self.timeout = timeout
         self.pacer = pacer or Pacer()
         self.max_attempts = max_attempts
         self.secrets = secrets if secrets is not None else Secrets(set())
@@ -143,13 +222,26 @@ class FhirClient:
     def _transport_failed(self, exc: httpx.TransportError, what: str, attempt: int, *, idempotent: bool) -> None:
         """Back off before the next attempt, or raise: Unreachable when the request certainly did not reach
         the server, UnknownOutcome when it may have been applied and may not be sent blindly again."""
+        problem = transport_problem(exc, timeout=self.timeout)
         if isinstance(exc, NOT_SENT):
             if attempt >= self.max_attempts:
-                raise Unreachable(f"cannot reach {self.root}: {type(exc).__name__} "
-                                  f"(after {attempt} attempts)") from None
+                raise self._error(Unreachable, f"cannot reach {self.root}: {problem} (after {attempt} attempts)")
         elif not idempotent or attempt >= self.max_attempts:
-            raise UnknownOutcome(f"{what}: {type(exc).__name__} after sending") from None
+            raise self._error(UnknownOutcome, f"{what}: {problem}, after the request was sent")
         time.sleep(_backoff(attempt))
+
+    def _error(self, cls: type[E], message: str, **kw: Any) -> E:
+        """An error of ours about a request, its text scrubbed of every secret: every error the client
+        raises is made here."""
+        return cls(self.all_secrets().scrub(message), **kw)
+
+    def _body(self, resp: httpx.Response) -> Any:
+        """The answer's JSON (None when it has none), scrubbed of every secret before anything reads it."""
+        content = self.secrets.scrub_bytes(resp.content) if resp.content else b""  # (every token is added as issued)
+        try:
+            return orjson.loads(content) if content else None
+        except orjson.JSONDecodeError:
+            return None
 
     def _again(self, resp: httpx.Response, what: str, attempt: int, *, idempotent: bool) -> bool:
         """Whether to send the request again after `resp` (having waited as long as it should); raises
@@ -160,81 +252,132 @@ class FhirClient:
             self.pacer.blocked(wait or _backoff(attempt, base=1.0))
             if attempt < self.max_attempts * 4:
                 return True
-            raise Throttled(f"{what}: still throttled after {attempt} attempts", status=429, outcome=json_body(resp))
+            body = self._body(resp)
+            raise self._error(Throttled, f"{what}: still throttled after {attempt} attempts", status=429,
+                              outcome=body if isinstance(body, dict) else None)
         if resp.status_code not in RETRY_STATUSES_UNKNOWN:
             return False
         if not idempotent:
-            raise UnknownOutcome(f"{what}: HTTP {resp.status_code} from the server or a gateway")
+            raise self._error(UnknownOutcome, f"{what}: HTTP {resp.status_code} from the server or a gateway")
         if attempt < self.max_attempts:
             time.sleep(_backoff(attempt))
             return True
         return False
 
     def _check(self, resp: httpx.Response, what: str) -> Any:
-        body = json_body(resp)
+        body = self._body(resp)
         if resp.status_code < 300:
             return body
+        outcome = body if isinstance(body, dict) else None
         text = outcome_text(body) or resp.reason_phrase
         if resp.status_code == 401:
-            raise AuthError(f"{what}: the server refused our token (HTTP 401): {text}", status=401, outcome=body)
+            raise self._error(AuthError, f"{what}: the server refused our token (HTTP 401): {text}", status=401,
+                              outcome=outcome)
         if resp.status_code == 403:
-            raise AuthError(f"{what}: forbidden (HTTP 403) — the client's access policy does not allow this: "
-                            f"{text}", status=403, outcome=body)
-        raise ServerError(f"{what}: HTTP {resp.status_code}: {text}", status=resp.status_code,
-                          outcome=body if isinstance(body, dict) else None)
+            raise self._error(AuthError, f"{what}: forbidden (HTTP 403) — the client's access policy does not "
+                                         f"allow this: {text}", status=403, outcome=outcome)
+        raise self._error(ServerError, f"{what}: HTTP {resp.status_code}: {text}", status=resp.status_code,
+                          outcome=outcome)
 
-    def transaction(self, body: bytes, *, entries: int) -> dict[str, Any]:
-        """POST a transaction/batch Bundle (`entries` of them, for pacing); the response Bundle.
+    def transaction(self, body: bytes, *, entries: int, cost: float | None = None) -> dict[str, Any]:
+        """POST a transaction/batch Bundle (`entries` of them; `cost` in quota points, by default a write
+        each, for pacing); the response Bundle, each entry with its `response.status`.
 
         Raises ServerError for a refusal (an atomic transaction answers an OperationOutcome), and
-        UnknownOutcome when the request may or may not have been applied."""
-        resp = self._send("POST", self.fhir_base, content=body, cost=WRITE_POINTS * entries, idempotent=False)
-        return self._check(resp, "transaction")  # type: ignore[no-any-return]
+        UnknownOutcome when the request may or may not have been applied (its answer lost, or a success
+        answer that is not a transaction-response Bundle)."""
+        resp = self._send("POST", self.fhir_base, content=body, cost=WRITE_POINTS * entries if cost is None else cost,
+                          idempotent=False)
+        answer = self._check(resp, "transaction")
+        try:
+            return _transaction_response(answer, "transaction")
+        except ServerError as exc:  # processed, but how is unreadable: as good as a lost answer
+            raise self._error(UnknownOutcome, str(exc)) from None
 
     def read(self, reference: str) -> dict[str, Any]:
+        what = f"read {reference}"
         resp = self._send("GET", urljoin(self.fhir_base, reference), cost=READ_POINTS, idempotent=True)
-        return self._check(resp, f"read {reference}")  # type: ignore[no-any-return]
+        body = self._check(resp, what)
+        if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
+            raise _malformed(what, f"expected a resource, got {_kind(body)}")
+        return body
 
     def delete(self, reference: str) -> None:
         resp = self._send("DELETE", urljoin(self.fhir_base, reference), cost=WRITE_POINTS, idempotent=True)
         if resp.status_code not in (404, 410):
             self._check(resp, f"delete {reference}")
 
+    def search_page(self, resource_type: str, params: dict[str, str]) -> dict[str, Any]:
+        """The first page of a search only (a searchset Bundle): one request."""
+        return next(self.search_pages(resource_type, params))
+
     def search_pages(self, resource_type: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
-        """Every page (a searchset Bundle) of a search, following `next` links."""
+        """Every page (a searchset Bundle) of a search, following `next` links of our own origin only."""
+        what = f"search {resource_type}"
         url: str | None = str(httpx.URL(urljoin(self.fhir_base, resource_type), params=params))
         while url:
             resp = self._send("GET", url, cost=SEARCH_POINTS, idempotent=True)
-            page = self._check(resp, f"search {resource_type}")
+            page = _bundle(self._check(resp, what), what)
             yield page
-            url = next((link.get("url") for link in page.get("link") or () if link.get("relation") == "next"), None)
+            url = self._next(page, what)
+
+    def _next(self, page: dict[str, Any], what: str) -> str | None:
+        """The page's `next` link, if any; ServerError when it leads away from the base URL's origin."""
+        link = next((link.get("url") for link in page.get("link") or () if link.get("relation") == "next"), None)
+        if link is None:
+            return None
+        if not isinstance(link, str):
+            raise _malformed(what, f"its next link is {_kind(link)}")
+        url = urljoin(self.fhir_base, link)
+        here, there = urlsplit(self.root), urlsplit(url)
+        if (there.scheme, there.hostname, _port(there)) != (here.scheme, here.hostname, _port(here)):
+            origin = f"{there.scheme}://{there.netloc.rpartition('@')[2]}"
+            raise self._error(ServerError, f"{what}: the server's next page is at {origin}, not at "
+                                           f"{here.scheme}://{here.netloc}: not followed (our token goes to the "
+                                           "base URL only)")
+        return url
 
     def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
-        """All resources a search matches (every page), without included resources."""
-        return [e["resource"] for page in self.search_pages(resource_type, params) for e in page.get("entry") or ()
-                if e.get("search", {}).get("mode", "match") == "match" and "resource" in e]
+        """All resources a search matches (every page), without included resources; each has an `id`."""
+        what = f"search {resource_type}"
+        return [r for page in self.search_pages(resource_type, params) for r in _matches(page, what)]
+
+    def find_resources(self, resource_type: str, identifiers: Sequence[str], *, elements: str | None = None,
+                       max_url: int = 6000) -> dict[str, dict[str, Any]]:
+        """`system|value` → the resource (only its `elements`, if given) of those of `identifiers` that
+        exist; many per search request. A value held by several resources maps to the first found."""
+        wanted = set(identifiers)
+        found: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks(identifiers, max_url=max_url, most=100):
+            tokens = ",".join(identifier_token(*ident.split("|", 1)) for ident in chunk)
+            params = {"identifier": tokens, "_count": str(min(1000, 2 * len(chunk) + 10))}
+            if elements:
+                params["_elements"] = elements
+            for resource in self.search(resource_type, params):
+                for ident in resource.get("identifier") or ():
+                    value = f"{ident.get('system', '')}|{ident.get('value')}" if isinstance(ident, dict) else None
+                    if value in wanted:
+                        found.setdefault(value, resource)
+        return found
 
     def find_identifiers(self, resource_type: str, identifiers: Sequence[str], *, max_url: int = 6000
                          ) -> dict[str, str]:
         """`system|value` → server id, for those of `identifiers` that exist; many per search request."""
-        wanted = set(identifiers)
-        found: dict[str, str] = {}
-        for chunk in _chunks(identifiers, max_url=max_url, most=100):
-            tokens = ",".join(identifier_token(*ident.split("|", 1)) for ident in chunk)
-            params = {"identifier": tokens, "_count": str(min(1000, 2 * len(chunk) + 10)),
-                      "_elements": "identifier"}
-            for resource in self.search(resource_type, params):
-                for ident in resource.get("identifier") or ():
-                    value = f"{ident.get('system', '')}|{ident.get('value')}"
-                    if value in wanted:
-                        found.setdefault(value, resource["id"])
-        return found
+        found = self.find_resources(resource_type, identifiers, elements="identifier", max_url=max_url)
+        return {ident: str(resource["id"]) for ident, resource in found.items()}
 
     def all_secrets(self) -> Secrets:
         """Every secret this client knows (the auth's, every token it got), to scrub text with."""
         for value in self.auth.secrets():
             self.secrets.add(value)
         return self.secrets
+
+
+def _port(parts: SplitResult) -> int | None:
+    try:
+        return parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:  # a port that is not a number: no origin of ours
+        return -1
 
 
 def _checked_root(base_url: str, *, allow_insecure: bool) -> str:

@@ -34,12 +34,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
 from .. import assets
+from ..errors import LocalServerError, PortInUse
+from ..files import file_lock
 from ..vocabulary import fhir_base, token_url
 
 __all__ = [
@@ -56,19 +57,6 @@ _SOURCE_GLOBS = ("server.mjs", "lib/*.mjs", "package.json", "package-lock.json")
 _MARKER = ".thread-bundler-installed"
 _MIN_NODE = (22, 18)
 _STARTUP_TIMEOUT = 60.0
-
-
-class LocalServerError(RuntimeError):
-    """The local server could not be installed, started or reached."""
-
-
-class PortInUse(LocalServerError):
-    """The port the local server was to listen on is taken."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host = host
-        self.port = port
-        super().__init__(f"port {port} on {host} is already in use (another local server?)")
 
 
 INSTALL_NOTE = "about 10-30 s and 300 MB, once"
@@ -111,35 +99,6 @@ def cache_root() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "thread-bundler"
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive inter-process lock on ``path`` (blocking)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
-        if sys.platform == "win32":  # pragma: no cover - Windows (mypy checks this branch for win32 only)
-            import msvcrt
-
-            while True:
-                try:
-                    msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
-                    break
-                except OSError:
-                    time.sleep(0.2)
-            try:
-                yield
-            finally:
-                handle.seek(0)
-                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
-        else:
-            import fcntl
-
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _node_version(node: str) -> tuple[int, int] | None:
@@ -200,7 +159,7 @@ def ensure_installed(*, quiet: bool = False) -> Path:
     if npm is None:  # (said before anything is made in the cache)
         raise LocalServerError(f"npm is not on PATH: the local Medplum server needs it once, to install itself "
                                f"into {root}; install Node.js with npm (https://nodejs.org/), then run again")
-    with _file_lock(root / f"medplum-local-{digest}.lock"):
+    with file_lock(root / f"medplum-local-{digest}.lock"):
         if (target / _MARKER).is_file():
             return target
         if not quiet:

@@ -47,7 +47,8 @@ def medplum_server() -> Iterator[MedplumServer]:
     if remote is not None:
         yield remote
         return
-    from ..medplum.localserver import LocalServer, LocalServerError
+    from ..errors import LocalServerError
+    from ..medplum.localserver import LocalServer
 
     server = LocalServer(port=0)
     try:

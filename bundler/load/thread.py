@@ -1,0 +1,703 @@
+"""One thread's load, as a state machine over `Stage` (see `bundler.load.loader` for the whole run).
+
+    stage       what it does                                            goes to
+    SURVEY      what the server already has: the journal's ids, the     QUARANTINE when a request of an
+                pre-check's finds; a thread loaded before whose spec    earlier run may still land; NEXT
+                changed (or found without a journal row) is read back
+                and compared with its spec (`compare.compare_thread`)
+    QUARANTINE  wait (without holding a worker) until a request whose   RECONCILE
+                answer was lost can no longer land: `settles`
+    RECONCILE   search the identifiers of that request's entries;       NEXT
+                record what is there
+    NEXT        what to send next: the whole thread as built, or the    SEND; UPDATE when only changed
+                next part of what is missing (`plan.cut`)               fields are left; COMMIT; FAIL
+    SEND        the request, the journal first told what is in flight   APPLY; LOST; FAIL when refused
+    LOST        the answer was lost: conditional entries are re-sent    NEXT; QUARANTINE; FAIL after
+                at once, plain ones only after the quarantine           MAX_LOST
+    APPLY       the answer: server ids and versions, refusals, 429s     NEXT; FAIL when an entry was refused
+    UPDATE      changed entries as `PUT` with `ifMatch` (--update)      UPDATE; RECHECK; COMMIT; FAIL
+    RECHECK     an update refused (412) or whose answer was lost: read  UPDATE; FAIL when someone else
+                what the server holds now                               changed the resource meanwhile
+    COMMIT      journal `committed`                                     -
+    FAIL        journal `partial`, `failed` (or `sent`: answers lost)   -
+
+A dry run goes through the same stages but plans instead of sending (`Settings.plan`).
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import hashlib
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..build import bundle_bytes, full_url, identifier_value
+from ..errors import BundlerError, ServerError, UnknownOutcome
+from ..medplum.client import FhirClient, outcome_text, resource_version
+from ..spec.model import ThreadSpec
+from ..vocabulary import READ_POINTS, SEARCH_POINTS, WRITE_POINTS
+from .compare import ThreadDiff, compare_thread
+from .journal import UNKNOWN, Entry, Journal, State
+from .plan import RequestLimits, TooLarge, cut, entry_sizes, part_bundle, update_bundle, update_parts
+from .report import Outcome, ThreadResult
+from .verify import Resolver, read_thread
+
+_ENTRY_INDEX = re.compile(r"entry\[(\d+)\]")
+_CONDITIONAL = re.compile(r"'([A-Z][A-Za-z]+\?[^'\s]+)'")
+MAX_LOST = 6  # lost answers one thread may have in a run before it is left for the next run
+MAX_RECHECKS = 3  # updates refused or lost, then read back, before the thread is given up
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """The thread waits (without a worker) until `until` (epoch seconds), then goes on where it was."""
+
+    until: float
+
+
+STOPPED = object()
+"""What `ThreadLoad.run` returns when the load is being stopped (Ctrl-C): the journal says where it was."""
+
+
+class PlanBook:
+    """What a dry run would send, added up from every thread (thread-safe); `alt` is the same for a project
+    without atomic transactions, when it is not known which kind the project is."""
+
+    def __init__(self, alt: RequestLimits | None) -> None:
+        self.alt = alt
+        self.requests = self.points = self.searches = 0
+        self.requests_alt = self.points_alt = 0
+        self._lock = threading.Lock()
+
+    def searched(self, searches: int, points: int = SEARCH_POINTS) -> None:
+        with self._lock:
+            self.searches += searches
+            self.points += searches * points
+            self.points_alt += searches * points
+
+    def sends(self, parts: list[list[int]], alt_parts: list[list[int]] | None, *, conditional: bool) -> None:
+        create = WRITE_POINTS + (SEARCH_POINTS if conditional else 0)
+        with self._lock:
+            self.requests += len(parts)
+            self.points += create * sum(map(len, parts))
+            if alt_parts is not None:
+                self.requests_alt += len(alt_parts)
+                self.points_alt += (WRITE_POINTS + SEARCH_POINTS) * sum(map(len, alt_parts))
+
+    def updates(self, parts: list[list[int]]) -> None:
+        with self._lock:
+            for bucket in ("requests", "requests_alt"):
+                setattr(self, bucket, getattr(self, bucket) + len(parts))
+            self.points += WRITE_POINTS * sum(map(len, parts))
+            self.points_alt += WRITE_POINTS * sum(map(len, parts))
+
+
+@dataclass
+class Settings:
+    """What every thread's load shares: the client, the journal, how to send, what to do."""
+
+    client: FhirClient
+    journal: Journal
+    system: str
+    limits: RequestLimits
+    margin: float  # seconds after giving up on a request until it can no longer land (--late-margin)
+    update: bool = False
+    resolver: Resolver | None = None
+    plan: PlanBook | None = None  # a dry run
+    stopping: threading.Event = field(default_factory=threading.Event)
+    started: float = field(default_factory=time.time)  # when this load began (epoch seconds)
+
+    @property
+    def quarantine(self) -> float:
+        """How long after it was sent a plain request can still land: our timeout, then the margin."""
+        return self.client.timeout + self.margin
+
+
+class Thread:
+    """One thread to load: its bundle, its entries' identifiers, fullUrls and hashes, where it came from."""
+
+    def __init__(self, spec: ThreadSpec, system: str) -> None:
+        self.spec = spec
+        self.system = system
+        self.body = bundle_bytes(spec, identifier_system=system)  # the whole thread as one transaction
+        self.fingerprint = hashlib.sha256(self.body).hexdigest()
+        values = [identifier_value(spec.key)] + [identifier_value(spec.key, m.id) for m in spec.messages]
+        self.values = values
+        self.identifiers = [f"{system}|{v}" for v in values]
+        self.urls = [full_url(system, v) for v in values]
+        self.file, self.line = spec.origin()
+        self.seq = 0  # its place in the input (set by the loader)
+
+    @functools.cached_property
+    def bundle(self) -> dict[str, Any]:
+        """The bundle as data (what `build_bundle` gives: `bundle_bytes` is byte-equal to it)."""
+        return orjson.loads(self.body)  # type: ignore[no-any-return]
+
+    @functools.cached_property
+    def sizes(self) -> list[int]:
+        return entry_sizes(self.bundle)
+
+    @functools.cached_property
+    def hashes(self) -> list[str]:
+        """A hash of each entry as the spec builds it: what the journal compares a later spec with. Read from
+        the body's bytes (each entry starts with its own fullUrl), without parsing it."""
+        starts = []
+        at = 0
+        for url in self.urls:
+            at = self.body.index(b'{"fullUrl":"' + url.encode() + b'"', at)
+            starts.append(at)
+        ends = [*(n - 1 for n in starts[1:]), len(self.body) - 2]  # before each ',' and the final ']}'
+        return [hashlib.sha256(self.body[a:b]).hexdigest()[:20] for a, b in zip(starts, ends, strict=True)]
+
+    @functools.cached_property
+    def references(self) -> dict[str, tuple[str, ...]]:
+        """Each conditional reference of the thread (`Patient?identifier=...`) → where the spec says it."""
+        out: dict[str, tuple[str, ...]] = {}
+        for alias, p in self.spec.participants.items():
+            if "?" in p.reference:
+                out.setdefault(p.reference, ("participants", alias, "reference"))
+        if self.spec.subject and "?" in self.spec.subject:
+            out.setdefault(self.spec.subject, ("subject",))
+        return out
+
+    def whole(self, limits: RequestLimits) -> bool:
+        """True when the thread goes as one plain transaction, its bytes as built."""
+        return (not limits.conditional and len(self.body) <= limits.max_bytes
+                and (limits.max_entries is None or len(self.urls) <= limits.max_entries))
+
+    def known(self, entry: Entry | None, existing: dict[str, str]) -> dict[str, str]:
+        """fullUrl → `Communication/<id>` of the entries the journal (`entry`) or the pre-check (`existing`,
+        identifier → id) found on the server, for the entries this spec has."""
+        ids = {url: ref for url, ref in (entry.ids if entry else {}).items()}
+        for url, ident in zip(self.urls, self.identifiers, strict=True):
+            if ident in existing and url not in ids:
+                ids[url] = f"Communication/{existing[ident]}"
+        return ids
+
+    def result(self, outcome: Outcome, ids: dict[str, str], **kw: Any) -> ThreadResult:
+        header = ids.get(self.urls[0])
+        messages = {m.id: ids[url] for m, url in zip(self.spec.messages, self.urls[1:], strict=True) if url in ids}
+        return ThreadResult(self.spec.key, outcome, self.file, self.line, header and _id(header),
+                            {k: _id(v) for k, v in messages.items()}, **kw)
+
+    def where(self, entry_index: int | None) -> str:
+        """`file:line` of the spec element behind an entry (0 = the thread itself)."""
+        if entry_index is None or entry_index <= 0:
+            return _at(self.file, self.line)
+        return _at(*self.spec.origin(entry_index - 1))
+
+    def where_reference(self, text: str) -> str | None:
+        """`file:line: participants.<alias>` of the conditional reference a server's error text quotes."""
+        m = _CONDITIONAL.search(text)
+        path = self.references.get(m.group(1)) if m else None
+        if path is None:
+            return None
+        return f"{_at(*self.spec.origin(None, *path))}: {'.'.join(path[:2])}"
+
+
+def _at(file: str | None, line: int | None) -> str:
+    return f"{file}:{line}" if line else str(file)
+
+
+def _id(reference: str) -> str:
+    return reference.split("/", 1)[1]
+
+
+class Stage(enum.Enum):
+    """The states of one thread's load (see the module docstring for the transitions)."""
+
+    SURVEY = "what the server already has"
+    QUARANTINE = "wait until a request whose answer was lost can no longer land"
+    RECONCILE = "find what that request left on the server"
+    NEXT = "what to send next"
+    SEND = "send it"
+    LOST = "its answer was lost"
+    APPLY = "apply the answer"
+    UPDATE = "send changed fields as updates"
+    RECHECK = "read what the server holds after an update was refused or lost"
+    COMMIT = "all of it is on the server"
+    FAIL = "give up on it"
+
+
+class ThreadLoad:
+    """One thread's way from SURVEY to COMMIT or FAIL; each stage is a method that returns the next one."""
+
+    def __init__(self, settings: Settings, t: Thread, entry: Entry | None, existing: dict[str, str],
+                 header: dict[str, Any] | None = None) -> None:
+        self.s, self.client, self.t, self.entry, self.header = settings, settings.client, t, entry, header
+        self.ids = t.known(entry, existing)  # fullUrl → Communication/<id>: what is on the server
+        self.versions: dict[str, str] = {}  # fullUrl → the version to update (If-Match)
+        self.changes: dict[int, list[str]] = {}  # changed entries (the spec's changes): their differences
+        self.pending: list[int] = []  # changed entries still to update
+        self.removed: list[str] = []
+        self.stage: Stage | None = Stage.SURVEY
+        self.had = False  # something of it was on the server before this run sent anything
+        self.grown = False  # a thread on the server before (loaded, or found) that gets new messages
+        self.sent = self.planned = False
+        self.recorded = False  # the journal has this thread's first request already (with its window)
+        self.requests = self.created = self.updated = self.lost = self.rechecks = 0
+        self.part: list[int] = []  # the entries of the request at hand
+        self.settles = 0.0  # the request at hand, if its answer was lost: when it can no longer land
+        self.body = b""
+        self.response: dict[str, Any] = {}
+        self.why = ""
+        self.fail_state: State | None = None  # for the journal, when not partial/failed
+        self.result: ThreadResult | None = None
+
+    def run(self) -> ThreadResult | Deferred | object:
+        """Go on from the current stage until the thread is settled (a result), has to wait (Deferred), or the
+        load is being stopped (STOPPED, before a request would be sent)."""
+        while self.stage is not None:
+            if self.stage in (Stage.SEND, Stage.UPDATE) and self.s.stopping.is_set():
+                return STOPPED
+            step = _STEPS[self.stage](self)
+            if isinstance(step, Deferred):
+                return step
+            self.stage = step
+        assert self.result is not None
+        return self.result
+
+    @property
+    def complete(self) -> bool:
+        # every entry by its fullUrl: a journal row written for an earlier version of the spec may hold
+        # ids of entries the spec no longer has, so counting them would not do
+        return all(url in self.ids for url in self.t.urls)
+
+    @property
+    def plain(self) -> bool:
+        return not self.s.limits.conditional
+
+    # --- the stages ---------------------------------------------------------------------------------
+
+    def survey(self) -> Stage:
+        """What the server already has: the journal's ids and the pre-check's finds (in `ids` already); what
+        a request of an earlier run whose answer was lost may have left; for a thread loaded before whose
+        spec changed (or found without a journal row), all of it, read back and compared."""
+        if self.s.plan is not None and (unresolved := self._unresolved()):
+            return self._failing(unresolved)
+        if self.entry is not None and self.entry.in_flight:
+            self._lost_earlier(self.entry)
+            return Stage.QUARANTINE
+        self.had = bool(self.ids)
+        if self.header is not None or (self.entry is not None and self.entry.state == State.COMMITTED):
+            self._read_back()
+            self.grown = self.had = True
+        return Stage.NEXT
+
+    def _lost_earlier(self, entry: Entry) -> None:
+        """The request an earlier run had in flight (its answer lost, or the run killed) is the one at hand,
+        to be searched for once it can no longer land."""
+        self.part = [self.t.urls.index(u) for u in entry.in_flight if u in self.t.urls]
+        # recorded with its batch before it was sent: sent (if at all) before this load began
+        unknown = entry.settles == UNKNOWN
+        self.settles = self.s.started + self.s.quarantine if unknown else entry.settles
+
+    def quarantine(self) -> Stage | Deferred:
+        """A request whose answer was lost may still be on its way: it is searched for only once it can no
+        longer land (conditional requests are never quarantined: `settles` is 0)."""
+        if time.time() < self.settles and self.s.plan is None:
+            return Deferred(self.settles)
+        return Stage.RECONCILE
+
+    def reconcile(self) -> Stage:
+        """Record which entries of the lost request are on the server, by identifier search; only the rest is
+        sent again."""
+        found = self.client.find_identifiers("Communication", [self.t.identifiers[n] for n in self.part])
+        if self.s.plan is not None:
+            self.s.plan.searched(1)
+        self.ids.update({self.t.urls[n]: f"Communication/{found[self.t.identifiers[n]]}" for n in self.part
+                         if self.t.identifiers[n] in found})
+        self.requests += 1
+        if not self.sent:  # what an earlier run left
+            self.had = bool(self.ids)
+        return Stage.NEXT
+
+    def next(self) -> Stage:
+        """What to send next: the whole thread as built when none of it is on the server and it fits one
+        request; else the next part of what is left (`plan.cut`), pointing at what is there by server id."""
+        remaining = [i for i, url in enumerate(self.t.urls) if url not in self.ids]
+        if not remaining:
+            return Stage.UPDATE if self.pending and self.s.update else Stage.COMMIT
+        limits = self.s.limits
+        try:
+            if self.s.plan is not None:
+                return self._plan(remaining)
+            if not self.ids and self.t.whole(limits):
+                self.part, self.body = remaining, self.t.body
+                return Stage.SEND
+            self.part = cut(remaining, self.t.sizes, limits)[0]
+        except TooLarge as exc:
+            return self._failing(f"{self.t.where(None)}: {exc}")
+        self.body = orjson.dumps(part_bundle(self.t.bundle, self.part, self.ids, conditional=limits.conditional))
+        return Stage.SEND
+
+    def send(self) -> Stage:
+        """Send the request, the journal first told which entries are in flight and, for a plain request,
+        until when it may still land after a crash."""
+        started = time.time()
+        self.settles = started + self.s.quarantine if self.plain else 0.0
+        if not (self.recorded and not self.sent):
+            self._save(State.SENT, in_flight=self.part, settles=self.settles)
+        self.sent = True
+        self.requests += 1
+        try:
+            self.response = self.client.transaction(self.body, entries=len(self.part), cost=self._cost())
+        except UnknownOutcome:
+            return Stage.LOST
+        except ServerError as exc:  # an atomic refusal: nothing of this request is on the server
+            return self._failing(self._refusal(exc))
+        finally:
+            self.body = b""  # (not needed any more: a window of machines is held until each is settled)
+        return Stage.APPLY
+
+    def lost_answer(self) -> Stage:
+        """The request may or may not have been applied. Conditional entries are simply sent again (what is
+        there answers 200); plain ones are quarantined, then searched for. After MAX_LOST lost answers the
+        thread is left `sent`, for the next run to reconcile."""
+        self.lost += 1
+        if self.lost > MAX_LOST:
+            return self._failing("the server's answers kept getting lost; run again to resume", state=State.SENT)
+        if not self.plain:
+            return Stage.NEXT
+        self.settles = time.time() + self.s.margin  # no later than the margin after we gave up on it
+        self._save(State.SENT, in_flight=self.part, settles=self.settles)
+        return Stage.QUARANTINE
+
+    def apply(self) -> Stage:
+        """Apply the answer: every committed entry's server id and version. A failed entry fails the thread
+        (partial when a non-atomic project committed the others); entries answered 429 inside a batch were
+        not processed: every worker backs off and they are sent again."""
+        statuses = self._statuses()
+        if statuses is None:  # not one answer per entry: which entry is which cannot be told
+            return Stage.LOST
+        self.response = {"entry": [{"response": e["response"]} for e in self.response["entry"]]}  # (no resources:
+        # a window of machines holds their answers until each is settled)
+        self.created += sum(1 for s in statuses if s.startswith("201"))
+        if (failed := _first_failed(self.part, statuses)) is not None:
+            return self._failing(self._entry_failure(*failed, statuses))
+        if any(s.startswith("429") for s in statuses):
+            self.client.pacer.blocked(1.0)
+        if not self.complete:
+            self._save(State.SENT)
+        return Stage.NEXT
+
+    def update(self) -> Stage:
+        """Send the next changed entries as updates, each `ifMatch` on the version we know (MAX_PUT_ENTRIES
+        to a transaction). Updates carry their version, so one sent twice, or late, is refused, not applied
+        twice: no quarantine is needed."""
+        if not self.pending:
+            return Stage.COMMIT
+        self.part = update_parts(self.pending, self.t.sizes, self.s.limits)[0]
+        body = orjson.dumps(update_bundle(self.t.bundle, self.part, self._references(), self.versions))
+        self._save(State.SENT)
+        self.requests += 1
+        try:
+            self.response = self.client.transaction(body, entries=len(self.part))
+        except UnknownOutcome:
+            return Stage.RECHECK
+        except ServerError as exc:
+            if exc.status == 412:
+                return Stage.RECHECK
+            return self._failing(self._refusal(exc))
+        return self._updated()
+
+    def recheck(self) -> Stage:
+        """An update was refused for its version (412) or its answer was lost: read what the server holds.
+        An entry that now matches the spec is done; one still at the version we sent is sent again; one
+        someone else changed meanwhile is not overwritten: the thread fails, saying which."""
+        self.rechecks += 1
+        diff = self._read_back(record=False)
+        conflicts = []
+        for n in self.part:
+            url = self.t.urls[n]
+            if n not in diff.differences and n in diff.found:
+                self._updated_entry(n, resource_version(dict(diff.found[n])))
+            elif resource_version(dict(diff.found.get(n, {}))) != self.versions.get(url):
+                conflicts.append(n)
+        if conflicts:
+            names = ", ".join(diff.names[n] for n in conflicts)
+            return self._failing(f"{self.t.where(conflicts[0])}: {names}: changed on the server since it was "
+                                 "loaded (its version is not the one we know): not overwritten; run `verify` "
+                                 "to see the server's version, and load again with --update to replace it")
+        if self.rechecks > MAX_RECHECKS:
+            return self._failing("updates kept getting refused or lost; run again to resume")
+        return Stage.UPDATE
+
+    def commit(self) -> None:
+        self._save(State.COMMITTED, fingerprint=self._fingerprint())
+        changes = [line for n in sorted(self.changes) for line in self.changes[n]]
+        self.result = self.t.result(self._outcome(), self.ids, requests=self.requests, created=self.created,
+                                    updated=self.updated, changes=changes, removed=self.removed,
+                                    error=self._advice())
+
+    def fail(self) -> None:
+        state = self.fail_state or (State.PARTIAL if self.ids else State.FAILED)
+        self._save(state, in_flight=self.part if state == State.SENT else None,
+                   settles=self.settles if state == State.SENT else 0.0, error=self.why)
+        outcome = Outcome.PARTIAL if self.ids else Outcome.FAILED
+        changes = [line for n in sorted(self.changes) for line in self.changes[n]]
+        self.result = self.t.result(outcome, self.ids, error=self.why, requests=self.requests,
+                                    created=self.created, updated=self.updated, changes=changes,
+                                    removed=self.removed)
+
+    # --- helpers ------------------------------------------------------------------------------------
+
+    def _failing(self, why: str, *, state: State | None = None) -> Stage:
+        self.why, self.fail_state = why, state
+        return Stage.FAIL
+
+    def _outcome(self) -> Outcome:
+        if self.pending and not self.s.update:
+            return Outcome.CHANGED
+        if self.planned:
+            return Outcome.PLANNED
+        if self.updated:
+            return Outcome.UPDATED
+        if self.sent:
+            if self.grown:
+                return Outcome.APPENDED
+            return Outcome.RESUMED if self.had else Outcome.LOADED
+        if self.entry is None:
+            return Outcome.EXISTING
+        return Outcome.SKIPPED if self.entry.state == State.COMMITTED else Outcome.RESUMED
+
+    def _advice(self) -> str | None:
+        if self.pending and not self.s.update:
+            n = len(self.pending)
+            return (f"{self.t.where(self.pending[0])}: {n} loaded resource{'s' * (n != 1)} differ{'s' * (n == 1)} "
+                    "from the spec (see changes): not sent; load again with --update to send them as updates")
+        return None
+
+    def _fingerprint(self) -> str:
+        """The thread's fingerprint for the journal: the spec's when the server has all of it as it says, else
+        the earlier one (so the next run looks again)."""
+        if self.pending and not self.planned:
+            return self.entry.fingerprint if self.entry else ""
+        return self.t.fingerprint
+
+    def _cost(self) -> float:
+        per_entry = WRITE_POINTS + (0 if self.plain else SEARCH_POINTS)
+        return float(per_entry * len(self.part))
+
+    def _unresolved(self) -> str | None:
+        """(A dry run) why a conditional reference of the thread would fail: it matches no or several
+        resources; None when each matches exactly one."""
+        assert self.s.resolver is not None
+        for ref, path in self.t.references.items():
+            matches = self.s.resolver.matches(ref)
+            if matches != 1:
+                where = _at(*self.t.spec.origin(None, *path))
+                found = "matches nothing" if not matches else "matches several resources"
+                return f"{where}: {'.'.join(path[:2])}: {ref} {found} on the server"
+        return None
+
+    def _read_back(self, *, record: bool = True) -> ThreadDiff:
+        """Read the thread back (its header, its messages by part-of) and compare it with the spec; with
+        `record`, take what is there as the truth: ids, versions, the entries the spec changed."""
+        header = self.header if record and self.header is not None else self._read_header()
+        messages = read_thread(self.client, str(header["id"]))
+        self.requests += 1
+        if self.s.plan is not None:
+            self.s.plan.searched(1)
+        resolved = self._resolved()
+        diff = compare_thread(self.t.spec, [header, *messages], identifier_system=self.t.system, resolved=resolved,
+                              bundle=self.t.bundle)
+        if diff.problems:
+            raise BundlerError(f"{self.t.where(None)}: {'; '.join(diff.problems)}")
+        if record:
+            self._record(diff)
+        return diff
+
+    def _read_header(self) -> dict[str, Any]:
+        ref = self.ids.get(self.t.urls[0])
+        if ref is None:
+            raise BundlerError(f"{self.t.where(None)}: the journal has no server id for the thread's header")
+        self.requests += 1
+        if self.s.plan is not None:
+            self.s.plan.searched(1, READ_POINTS)
+        return self.client.read(ref)
+
+    def _resolved(self) -> dict[str, str]:
+        if not self.t.references:
+            return {}
+        assert self.s.resolver is not None
+        return self.s.resolver.mapping(self.t.references)
+
+    def _record(self, diff: ThreadDiff) -> None:
+        """What the read-back found: ids and versions; the entries whose spec changed (a hash the journal does
+        not know, or no journal at all) and differ from the server are `changes`, to update."""
+        self.ids = {self.t.urls[n]: f"Communication/{r['id']}" for n, r in diff.found.items()}
+        for n, resource in diff.found.items():
+            url = self.t.urls[n]
+            known = self.entry.version(url) if self.entry else None
+            if version := known or resource_version(dict(resource)):
+                self.versions[url] = version
+        self.changes = {n: lines for n, lines in diff.differences.items() if self._spec_changed(n)}
+        self.pending = sorted(self.changes)
+        prefix = f"{self.t.spec.key}/"
+        self.removed = [ident.removeprefix(prefix) for ident, _ in diff.extra]
+
+    def _spec_changed(self, n: int) -> bool:
+        """Whether the spec of entry `n` is not what the journal recorded as loaded (or there is no record)."""
+        recorded = self.entry.hash(self.t.urls[n]) if self.entry else None
+        return recorded is None or recorded != self.t.hashes[n]
+
+    def _plan(self, remaining: list[int]) -> Stage:
+        """(A dry run) count the requests the rest would take, for this project and, when it is not known
+        whether its transactions are atomic, for one whose are not."""
+        plan, limits = self.s.plan, self.s.limits
+        assert plan is not None
+        parts = [remaining] if not self.ids and self.t.whole(limits) else cut(remaining, self.t.sizes, limits)
+        alt = cut(remaining, self.t.sizes, plan.alt) if plan.alt is not None else None
+        plan.sends(parts, alt, conditional=limits.conditional)
+        if self.s.update and self.pending:
+            plan.updates(update_parts(self.pending, self.t.sizes, limits))
+        self.planned = True
+        self.requests += len(parts)
+        return Stage.COMMIT
+
+    def _references(self) -> dict[str, str]:
+        """Every reference an update needs: our entries' server ids, and the conditional references the server
+        resolved."""
+        return {**self._resolved(), **self.ids}
+
+    def _updated(self) -> Stage:
+        statuses = [str(e["response"]["status"]) for e in self.response.get("entry") or ()]
+        if len(statuses) != len(self.part):
+            raise BundlerError(f"{self.t.spec.key}: the server answered an update of {len(self.part)} entries "
+                               f"with {len(statuses)} entries")
+        if any(s.startswith("412") for s in statuses):
+            return Stage.RECHECK
+        for n, entry, status in zip(self.part, self.response["entry"], statuses, strict=True):
+            if status[:1] == "2":
+                self._updated_entry(n, resource_version(entry))
+        if (failed := _first_failed(self.part, statuses)) is not None:
+            return self._failing(self._entry_failure(*failed, statuses))
+        return Stage.UPDATE
+
+    def _updated_entry(self, n: int, version: str | None) -> None:
+        url = self.t.urls[n]
+        if version:
+            self.versions[url] = version
+        if n in self.pending:
+            self.pending.remove(n)
+            self.updated += 1
+
+    def _statuses(self) -> list[str] | None:
+        """Each entry's status in the answer, recording the server id and version of every committed one; None
+        when the answer does not have one entry per entry sent."""
+        entries = self.response.get("entry") or []
+        if len(entries) != len(self.part):
+            return None
+        statuses = []
+        urls, ids, versions = self.t.urls, self.ids, self.versions
+        for i, e in zip(self.part, entries, strict=True):
+            resp = e["response"]
+            statuses.append(status := resp["status"])
+            if status[:1] == "2" and (sid := _server_id(resp.get("location"), e.get("resource"))):
+                ids[urls[i]] = f"Communication/{sid}"
+                if version := resource_version(e):
+                    versions[urls[i]] = version
+        return statuses
+
+    def _refusal(self, exc: ServerError) -> str:
+        """Why the server refused a request, at the spec line of what it blames: an entry (`entry[n]`), or a
+        participant whose conditional reference it could not resolve."""
+        where = self.t.where_reference(str(exc)) or self.t.where(self._failing_entry(exc.outcome))
+        return f"{where}: {exc}"
+
+    def _entry_failure(self, index: int, status: str, statuses: list[str]) -> str:
+        entry = self.response["entry"][self.part.index(index)]
+        text = outcome_text((entry.get("response") or {}).get("outcome"))
+        committed = sum(1 for s in statuses if s[:1] == "2")
+        where = self.t.where_reference(text) or self.t.where(index)
+        why = f"{where}: HTTP {status.split()[0]}: {text or 'refused'}"
+        if committed:
+            why += (f" — the server processed the transaction non-atomically: {committed} of {len(self.part)} "
+                    "entries were committed (is the project's transaction-bundles feature off?)")
+        return why
+
+    def _failing_entry(self, outcome: dict[str, Any] | None) -> int | None:
+        """The thread entry an OperationOutcome blames (`entry[n]` of this request), if it names one."""
+        for issue in (outcome or {}).get("issue") or ():
+            for where in (issue.get("expression") or []) + (issue.get("location") or []):
+                m = _ENTRY_INDEX.search(str(where))
+                if m and int(m.group(1)) < len(self.part):
+                    return self.part[int(m.group(1))]
+        return None
+
+    def first_request(self) -> Entry | None:
+        """The journal row that records this thread's first request before it is sent, for a thread of which
+        neither the journal nor the server has anything (the loader writes a window's together); None for
+        others. Once the loader has written it, `recorded` is set."""
+        if self.entry is not None or self.header is not None or self.ids or self.s.plan is not None:
+            return None
+        return Entry(self.t.spec.key, State.SENT, self.t.fingerprint, {}, list(self.t.urls), None, {},
+                     UNKNOWN if self.plain else 0.0)
+
+    def _save(self, state: State, *, in_flight: list[int] | None = None, settles: float = 0.0,
+              error: str | None = None, fingerprint: str | None = None) -> None:
+        if self.s.plan is not None:
+            return
+        urls = [self.t.urls[i] for i in in_flight or ()]
+        fingerprint = self.t.fingerprint if fingerprint is None else fingerprint
+        self.s.journal.put(Entry(self.t.spec.key, state, fingerprint, self.ids, urls, error, self._entries(),
+                                 settles))
+
+    def _entries(self) -> dict[str, list[str]]:
+        """What the journal keeps of each entry on the server: [its version, the spec hash]. The hash is the
+        spec's own when the server has the entry as the spec says; for a changed entry not updated yet, the one
+        the journal had (or none), so the next run sees the change again."""
+        if not self.ids:
+            return {}
+        hashes, index, pending, versions, entry = self.t.hashes, self._index, self.pending, self.versions, self.entry
+        out = {}
+        for url in self.ids:
+            n = index.get(url, -1)
+            known = n >= 0 and n not in pending
+            out[url] = [versions.get(url, ""), hashes[n] if known else (entry.hash(url) or "") if entry else ""]
+        return out
+
+    @functools.cached_property
+    def _index(self) -> dict[str, int]:
+        return {url: n for n, url in enumerate(self.t.urls)}
+
+
+def _server_id(location: str | None, resource: dict[str, Any] | None) -> str | None:
+    if resource and resource.get("id"):
+        return str(resource["id"])
+    if location:
+        parts = location.split("/")
+        if "_history" in parts:
+            parts = parts[: parts.index("_history")]
+        return parts[-1] if len(parts) >= 2 else None
+    return None
+
+
+def _first_failed(part: list[int], statuses: list[str]) -> tuple[int, str] | None:
+    """The first entry (thread index, status) the server refused; a 429 is not a refusal: the entry was
+    not processed."""
+    return next(((i, s) for i, s in zip(part, statuses, strict=True) if s[:1] != "2" and not s.startswith("429")),
+                None)
+
+
+_STEPS: dict[Stage, Callable[[ThreadLoad], Stage | Deferred | None]] = {
+    Stage.SURVEY: ThreadLoad.survey,
+    Stage.QUARANTINE: ThreadLoad.quarantine,
+    Stage.RECONCILE: ThreadLoad.reconcile,
+    Stage.NEXT: ThreadLoad.next,
+    Stage.SEND: ThreadLoad.send,
+    Stage.LOST: ThreadLoad.lost_answer,
+    Stage.APPLY: ThreadLoad.apply,
+    Stage.UPDATE: ThreadLoad.update,
+    Stage.RECHECK: ThreadLoad.recheck,
+    Stage.COMMIT: ThreadLoad.commit,
+    Stage.FAIL: ThreadLoad.fail,
+}

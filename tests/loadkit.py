@@ -1,0 +1,108 @@
+"""What the loader's tests share: a `load` that keeps results, clients, specs, counting on the server, the CLI."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from bundler import build_bundle, parse_spec
+from bundler.load import LoadReport
+from bundler.load import load as _load
+from bundler.medplum.client import ClientCredentials, FhirClient
+from bundler.spec import ThreadSpec
+from bundler.testing.strategies import sample_specs
+
+POST = r"/fhir/R4/?$"  # where transactions go
+
+def load(*args: Any, **kw: Any) -> LoadReport:
+    """`load`, keeping every thread's result in the report (tests look at them)."""
+    return _load(*args, keep_results=True, **kw)
+
+
+def client_for(project: Any, url: str | None = None, **kw: Any) -> FhirClient:
+    t = project.target
+    return FhirClient(url or t.base_url, ClientCredentials(t.client_id, t.client_secret), **kw)
+
+
+def specs_for(project: Any, threads: int, messages: int, *, seed: int = 1) -> list[ThreadSpec]:
+    return [parse_spec(s) for s in sample_specs(threads, messages, seed=seed, prefix=project.prefix)]
+
+
+def copies(client: FhirClient, specs: list[ThreadSpec], *, whole_store: bool = False) -> collections.Counter[str]:
+    """How many resources the server holds for each identifier of `specs` (0 when missing).
+
+    `whole_store`: read every Communication instead of searching identifiers (the local server's
+    store is emptied per test, and its identifier search is a slow scan)."""
+    wanted = [e["resource"]["identifier"][0] for s in specs for e in build_bundle(s)["entry"]]
+    values = [f"{i['system']}|{i['value']}" for i in wanted]
+    counts: collections.Counter[str] = collections.Counter({v: 0 for v in values})
+    searches = [{"_count": "1000"}] if whole_store else [
+        {"identifier": ",".join(values[n:n + 50]), "_count": "1000"} for n in range(0, len(values), 50)]
+    for params in searches:
+        for resource in client.search("Communication", params):
+            for ident in resource.get("identifier", ()):
+                value = f"{ident['system']}|{ident['value']}"
+                if value in counts:
+                    counts[value] += 1
+    return counts
+
+
+def assert_exactly_once(client: FhirClient, specs: list[ThreadSpec], project: Any = None) -> None:
+    counts = copies(client, specs, whole_store=project is not None and project.server is not None)
+    wrong = {k: v for k, v in counts.items() if v != 1}
+    assert not wrong, f"{len(wrong)} identifiers not exactly once, e.g. {list(wrong.items())[:5]}"
+
+
+def cli(args: list[str], env: dict[str, str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bundler", *args], env={**os.environ, **env}, text=True,
+                          capture_output=True, timeout=120, **kw)
+
+
+def env(project: Any, secret: str | None = None) -> dict[str, str]:
+    t = project.target
+    return {"MEDPLUM_BASE_URL": t.base_url, "MEDPLUM_CLIENT_ID": t.client_id,
+            "MEDPLUM_CLIENT_SECRET": secret or t.client_secret}
+
+
+def write_specs(folder: Path, specs: list[dict[str, Any]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(0, len(specs), 25):
+        (folder / f"batch-{n:05d}.json").write_text(json.dumps(specs[n:n + 25]))
+
+
+def committed(journal: Path) -> int:
+    """Threads the journal holds as committed (0 before the killed run wrote its first row); read-only, so the
+    test never creates the file itself."""
+    if not journal.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True)) as db:
+        try:
+            return int(db.execute("SELECT count(*) FROM threads WHERE state='committed'").fetchone()[0])
+        except sqlite3.OperationalError:  # no such table yet
+            return 0
+
+
+def errors(run: subprocess.CompletedProcess[str]) -> int:
+    """The error lines a command printed (besides its progress line), after checking there is no traceback."""
+    assert "Traceback" not in run.stderr, run.stderr
+    return sum(1 for line in run.stderr.splitlines() if line.startswith("error:"))
+
+
+
+
+def transactions(log: list[Any], marker: str) -> list[Any]:
+    """The proxy's events of transactions whose body holds `marker` (a thread key, a test's prefix)."""
+    return [e for e in log if e.method == "POST" and e.path.rstrip("/").endswith("/fhir/R4") and marker.encode()
+            in e.body]
+
+
+def header_value(key: str) -> str:
+    """What a transaction body holds for a thread's header identifier: matches that thread's requests only."""
+    return f'"value":"{key}"'
