@@ -13,14 +13,18 @@ from pathlib import Path
 import orjson
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bundler.cli.migrate import migrate_command
 from bundler.errors import SpecError
 from bundler.migrate import RowRejected, iter_threads, load_mapping, migrate
 from bundler.migrate.assemble import spec_data
 from bundler.migrate.keys import thread_key
+from bundler.migrate.records import TOMBSTONE_SENT, MessageRecord, Tombstone, decode, encode
 from bundler.migrate.times import SentParser, TimeRejected
 from bundler.spec import load_specs, parse_spec
+from bundler.vocabulary import micros, parse_instant
 
 REPO = Path(__file__).resolve().parent.parent
 LEGACY = Path("fixtures/legacy")
@@ -497,3 +501,31 @@ def test_fixture_export_loaded_into_the_server_and_read_back(project, tmp_path: 
         again = CliRunner().invoke(migrate_command, args, env=env)
         assert again.exit_code == 0
         assert orjson.loads((tmp_path / "report.json").read_bytes())["counts"] == {"skipped": len(expected)}
+
+
+# --- records -----------------------------------------------------------------------------------------
+
+_TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)  # rows with surrogates are rejected first
+_MAYBE = st.none() | _TEXT
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False,
+                     allow_infinity=False) | _TEXT,
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+                     max_leaves=8)
+
+
+@given(st.builds(MessageRecord, st.integers(0, 2**20), st.integers(1, 2**40), st.integers(1, 2**40), _TEXT, _TEXT,
+                 _TEXT, _MAYBE, _MAYBE, st.lists(_TEXT, max_size=3), _TEXT, _MAYBE, _MAYBE, _MAYBE, _MAYBE, _MAYBE,
+                 _MAYBE, _MAYBE, _MAYBE, _MAYBE, _MAYBE, _JSON),
+       st.integers(-(2**62) + 1, 2**62))
+def test_a_record_comes_back_from_the_store_as_it_went_in(record: MessageRecord, sent: int) -> None:
+    back = decode(sent, encode(record))
+    assert type(back) is MessageRecord and back == record
+
+
+@given(_TEXT, _TEXT)
+def test_a_tombstone_is_told_apart_by_its_sent_value_and_sorts_first(conversation: str, message_id: str) -> None:
+    tombstone = Tombstone(conversation, message_id)
+    back = decode(TOMBSTONE_SENT, encode(tombstone))
+    assert type(back) is Tombstone and back == tombstone
+    earliest = micros(parse_instant("0001-01-01T00:00:00+14:00"))
+    assert earliest > TOMBSTONE_SENT

@@ -10,6 +10,9 @@ then sent instant, then input order. Rejects are kept here too and come out orde
 
 Several processes of one run each load their share of the rows into a store of their own, `seal` it,
 and then read every store together through `SealedStores`, each process one range of thread keys.
+
+The store knows rows as bytes; what they hold is `records`' business (a tombstone's sent value sorts
+first, so a group's tombstones come first).
 """
 
 from __future__ import annotations
@@ -26,9 +29,6 @@ from typing import Any
 import orjson
 
 from .rejects import Reject
-
-TOMBSTONE = -(2**62)
-"""The sent key of a rejected row's tombstone (its conversation and message id): first in its group."""
 
 Row = tuple[str, int, int, bytes]  # (thread key, sent µs, input order, message data)
 Group = tuple[str, list[tuple[int, int, bytes]]]  # (thread key, [(sent µs, input order, data), ...])

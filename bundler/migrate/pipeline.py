@@ -28,11 +28,12 @@ from ..errors import BundlerError
 from ..spec.dump import dump_yaml
 from ..spec.model import ThreadSpec, parse_spec
 from .assemble import Assembler, spec_data
-from .extract import F_SENDER, F_SENDER_ROLE, Extractor, RowError
-from .grouping import TOMBSTONE, GroupStore, SealedStores
+from .extract import Extractor, RowError
+from .grouping import GroupStore, SealedStores
 from .keys import KEY_FITS, thread_key
 from .mapping import MigrationMapping, load_mapping
 from .readers import open_sources, read_records
+from .records import TOMBSTONE_SENT, Tombstone, decode, encode
 from .rejects import Reject, write_rejects
 
 BATCH = 4_000
@@ -194,7 +195,7 @@ class ThreadStream(Iterator[ThreadSpec]):
         batch: list[tuple[str, int, int, bytes]] = []
         roles: list[tuple[str, str]] = []
         with_roles = self.mapping.sender_role is not None
-        dumps, fits = orjson.dumps, KEY_FITS
+        fits = KEY_FITS
         stored = 0
         next_tick = PROGRESS_EVERY
         for source in self.sources:
@@ -235,16 +236,17 @@ class ThreadStream(Iterator[ThreadSpec]):
                         stride *= 2
                 stored += 1
                 try:
-                    micros, data = record(values, conv, rec.row, rec.line, rec.raw)
+                    micros, message_record = record(values, conv, rec.row, rec.line, rec.raw)
                 except RowError as exc:
                     self._reject(store, rejects, (index, Reject(name, rec.row, rec.line, exc.reason, str(exc),
                                                                 rec.raw)))
-                    # a tombstone, so that the conversation knows this id was rejected (for replies to it)
-                    batch.append((key, TOMBSTONE, seq, dumps([conv, extractor.message_id(values)])))
+                    # so that the conversation knows this id was rejected (for replies to it)
+                    tombstone = Tombstone(conv, extractor.message_id(values))
+                    batch.append((key, TOMBSTONE_SENT, seq, encode(tombstone)))
                     continue
-                batch.append((key, micros, seq, dumps(data)))
-                if with_roles and data[F_SENDER_ROLE]:
-                    roles.append((data[F_SENDER], data[F_SENDER_ROLE]))
+                batch.append((key, micros, seq, encode(message_record)))
+                if with_roles and message_record.sender_role:
+                    roles.append((message_record.sender, message_record.sender_role))
                 if len(batch) >= BATCH:
                     store.add(batch)
                     batch.clear()
@@ -263,11 +265,10 @@ class ThreadStream(Iterator[ThreadSpec]):
         s = self.summary
         resolve = self.mapping.participants.resolver(store.roles_of if self.mapping.participants.uses_roles else None)
         assemble = Assembler(self.mapping, resolve, [src.file for src in self.sources])
-        loads = orjson.loads
         rejects: list[tuple[int, Reject]] = []
         next_tick = PROGRESS_EVERY
         for key, rows in store.groups():
-            result = assemble(key, [loads(data) for _, _, data in rows])
+            result = assemble(key, [decode(sent, data) for sent, _, data in rows])
             for item in result.rejects:
                 self._reject(store, rejects, item)
             if result.spec is None:
