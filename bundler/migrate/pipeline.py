@@ -25,6 +25,7 @@ import orjson
 
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, bundle_bytes
 from ..errors import BundlerError
+from ..files import atomic_file, staged_folder
 from ..spec.dump import dump_yaml
 from ..spec.model import ThreadSpec, parse_spec
 from .assemble import Assembler, spec_data
@@ -380,15 +381,8 @@ def _write_bundles(threads: Iterator[ThreadSpec], f: BinaryIO, identifier_system
 
 
 def _write_ndjson(threads: Iterator[ThreadSpec], out: Path, identifier_system: str) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
-            _write_bundles(threads, f, identifier_system)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(out, buffering=1 << 20) as f:
+        _write_bundles(threads, f, identifier_system)
 
 
 def _write_spec_files(threads: Iterator[ThreadSpec], staging: Path) -> None:
@@ -406,13 +400,8 @@ def _move_in(staging: Path, out: Path) -> None:
 
 
 def _write_specs(threads: Iterator[ThreadSpec], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=".migrate-"))
-    try:
+    with staged_folder(out) as staging:
         _write_spec_files(threads, staging)
-        _move_in(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 # --- parallel: every process loads a share of the rows, then assembles a range of thread keys -------
@@ -644,14 +633,8 @@ def _migrate_parallel(inputs: Sequence[str | Path], mapping: str | Path | Migrat
             return parts
 
         if to == "ndjson":
-            fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb", buffering=1 << 20) as f:
-                    parts = finish(f)
-                os.replace(tmp, out)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with atomic_file(out, buffering=1 << 20) as f:
+                parts = finish(f)
         else:
             parts = finish(None)
             _move_in(job.part(0), out)
