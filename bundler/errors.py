@@ -50,6 +50,10 @@ class SpecError(BundlerError):
         self.problems = sorted(problems, key=Problem.sort_key)
         super().__init__("\n".join(str(p) for p in self.problems))
 
+    def __reduce__(self) -> tuple[type[SpecError], tuple[list[Problem]]]:
+        """Pickled with its problems (not its message), so it crosses to another process intact."""
+        return type(self), (self.problems,)
+
 
 class BundleInvalid(BundlerError):
     """A bundle has validation errors; `issues` lists them."""

@@ -49,6 +49,9 @@ class RowRejected(BundlerError):
         self.reject = reject
         super().__init__(f"{reject} (--strict stops at the first rejected row)")
 
+    def __reduce__(self) -> tuple[type[RowRejected], tuple[Reject]]:
+        return type(self), (self.reject,)
+
 
 @dataclass(frozen=True)
 class Shard:
