@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from bundler.cli.migrate import migrate_command
 from bundler.errors import BundlerError, Problem, SpecError
 from bundler.migrate import Progress, RowRejected, ThreadStream, migrate, pipeline
-from bundler.migrate.grouping import GroupStore
+from bundler.migrate.grouping import GroupStore, max_stores
 from bundler.migrate.rejects import Reject
 
 REPO = Path(__file__).resolve().parent.parent
@@ -173,6 +173,18 @@ def test_workers_started_by_spawn_give_the_same_bytes(tmp_path: Path, monkeypatc
     assert (tmp_path / "3.csv").read_bytes() == (tmp_path / "1.csv").read_bytes()
     assert (many.rows_read, many.messages, many.threads, many.rejects) == \
         (one.rows_read, one.messages, one.threads, one.rejects)
+
+
+def test_more_workers_than_sqlite_can_attach_stores(tmp_path: Path) -> None:
+    """Regression: workers=11 failed with sqlite3.OperationalError (too many attached databases)."""
+    limit = max_stores()
+    export, mapping = _synthetic(tmp_path, rows=600, conversations=40)
+    one = migrate([export], mapping, to="ndjson", out=tmp_path / "1.ndjson", workers=1)
+    many = migrate([export], mapping, to="ndjson", out=tmp_path / "n.ndjson", workers=limit + 2)
+    assert (tmp_path / "n.ndjson").read_bytes() == (tmp_path / "1.ndjson").read_bytes()
+    assert (tmp_path / "n.ndjson.rejects.jsonl").read_bytes() == (tmp_path / "1.ndjson.rejects.jsonl").read_bytes()
+    assert many.messages == one.messages and many.rejects == one.rejects
+    assert len(many.peak_rss) <= limit
 
 
 # --- progress ------------------------------------------------------------------------------------------

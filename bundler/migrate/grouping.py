@@ -18,6 +18,7 @@ first, so a group's tombstones come first).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sqlite3
 import tempfile
@@ -71,6 +72,12 @@ def _grouped(cursor: sqlite3.Cursor) -> Iterator[Group]:
 def _rejects(cursor: sqlite3.Cursor) -> Iterator[tuple[int, Reject]]:
     for file, name, row, line, reason, message, raw in cursor:
         yield file, Reject(name, row, line, reason, message, orjson.loads(raw))
+
+
+def max_stores() -> int:
+    """How many stores `SealedStores` can read together: SQLite's limit on attached databases."""
+    with contextlib.closing(sqlite3.connect(":memory:")) as db:
+        return db.getlimit(sqlite3.SQLITE_LIMIT_ATTACHED)
 
 
 class Groups(Protocol):

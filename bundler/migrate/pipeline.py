@@ -29,7 +29,7 @@ from ..files import TEMP_PREFIX, atomic_file, staged_folder
 from ..spec.dump import dump_yaml
 from ..spec.model import ThreadSpec, parse_spec
 from .assemble import spec_data
-from .grouping import GroupStore, SealedStores
+from .grouping import GroupStore, SealedStores, max_stores
 from .mapping import MigrationMapping, load_mapping
 from .readers import open_sources
 from .rejects import Reject, write_rejects
@@ -83,10 +83,11 @@ def migrate(inputs: Sequence[str | Path], mapping: str | Path | MigrationMapping
     Output appears only when the run completes (written aside, then moved in); rejects go to
     `rejects` (default `<out>.rejects.jsonl`). See `iter_threads` for the rest.
 
-    `workers` processes (default: the CPU count, at most 4; 1 with `strict`): each judges and stores a
-    share of the rows, then assembles one range of thread keys from every process's store; the ranges'
-    outputs are joined in key order, so the result is the same bytes whatever the number of workers.
-    A worker that fails or dies fails the run (BundlerError), and nothing is written.
+    `workers` processes (default: the CPU count, at most 4; 1 with `strict`; at most as many as SQLite
+    can read together, 10): each judges and stores a share of the rows, then assembles one range of
+    thread keys from every process's store; the ranges' outputs are joined in key order, so the result
+    is the same bytes whatever the number of workers. A worker that fails or dies fails the run
+    (BundlerError), and nothing is written.
 
         summary = migrate(["export.csv"], "mapping.yaml", to="ndjson", out="bundles.ndjson")
         assert summary.rows_read == summary.messages + summary.rejected
@@ -97,6 +98,7 @@ def migrate(inputs: Sequence[str | Path], mapping: str | Path | MigrationMapping
         raise ValueError(f"to must be 'specs' or 'ndjson', not {to!r}")
     if workers is None:
         workers = min(os.cpu_count() or 1, 4)
+    workers = min(workers, max_stores())
     if strict or workers <= 1:
         stream = iter_threads(inputs, mapping, shard=shard, strict=strict, rejects=rejects, work_dir=work_dir,
                               progress=progress)
