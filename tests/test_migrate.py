@@ -479,6 +479,47 @@ def test_fixture_export_loaded_into_the_server_and_read_back(project, tmp_path: 
         assert orjson.loads((tmp_path / "report.json").read_bytes())["counts"] == {"skipped": len(expected)}
 
 
+# --- leap seconds ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_leap_second_row_is_a_message_or_a_reject_never_a_crash(tmp_path: Path, workers: int) -> None:
+    """Regression (issue 10): a `...:60Z` row passed one process and crashed another. A leap second with
+    an offset is a message, its `sent` kept as written and ordered after every other moment of its minute
+    (ties in input order); a wall-clock `23:59:60` (no zone: it is no leap second in New York) a reject."""
+    header, _ = _rows(EXPORT)
+
+    def row(mid: str, sender: str, recipient: str, sent: str, text: str, reply: str = "") -> list[str]:
+        values = dict.fromkeys(header, "")
+        values.update(conversation_id="leap-2016", message_id=mid, created_at=sent, sender_id=sender,
+                      recipient_ids=recipient, body=text, parent_id=reply, state="read")
+        return [values[h] for h in header]
+
+    rows = [row("c", "dr.alice", "pt-1001", "2017-01-01T00:00:00Z", "after", reply="b"),
+            row("d", "pt-1001", "dr.alice", "2016-12-31T18:59:60.5-05:00", "the same leap second, in New York"),
+            row("a", "dr.alice", "pt-1001", "2016-12-31T23:59:59Z", "before"),
+            row("e", "pt-1001", "dr.alice", "2016-12-31 23:59:60", "wall clock"),
+            row("b", "pt-1001", "dr.alice", "2016-12-31T23:59:60Z", "during")]
+    _write_csv(tmp_path / "leap.csv", header, rows)
+    (tmp_path / "participants.csv").write_bytes((LEGACY / "participants.csv").read_bytes())
+    (tmp_path / "mapping.yaml").write_bytes(MAPPING.read_bytes())
+    for to in ("ndjson", "specs"):
+        out = tmp_path / f"out-{to}-{workers}"
+        summary = migrate([tmp_path / "leap.csv"], tmp_path / "mapping.yaml", to=to, out=out,  # type: ignore[arg-type]
+                          workers=workers)
+        assert (summary.messages, dict(summary.rejects)) == (4, {"bad-time": 1})
+        _accounted(summary)
+        reject = orjson.loads(Path(f"{out}.rejects.jsonl").read_bytes())
+        assert (reject["row"], reject["raw"]["message_id"]) == (4, "e")
+    [spec] = load_specs([tmp_path / f"out-specs-{workers}"])
+    assert [(m.id, m.sent) for m in spec.messages] == [
+        ("a", "2016-12-31T23:59:59Z"), ("d", "2016-12-31T18:59:60.5-05:00"), ("b", "2016-12-31T23:59:60Z"),
+        ("c", "2017-01-01T00:00:00Z")]
+    assert spec.messages[3].reply_to == "b"
+    [bundle] = (tmp_path / f"out-ndjson-{workers}").read_bytes().splitlines()
+    assert [e["resource"].get("sent") for e in orjson.loads(bundle)["entry"][1:]] == [m.sent for m in spec.messages]
+
+
 # --- records -----------------------------------------------------------------------------------------
 
 _TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)  # rows with surrogates are rejected first
