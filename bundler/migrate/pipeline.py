@@ -52,6 +52,7 @@ __all__ = [
     "ProgressFn",
     "RowRejected",
     "Shard",
+    "Stopped",
     "ThreadStream",
     "default_rejects",
     "iter_threads",
