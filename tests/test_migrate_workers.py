@@ -192,7 +192,8 @@ def test_more_workers_than_sqlite_can_attach_stores(tmp_path: Path) -> None:
 
 def test_progress_of_a_parallel_run_counts_every_process_and_ends_with_the_summary(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("bundler.migrate.stream.PROGRESS_EVERY", 500)  # forked workers see it too
+    monkeypatch.setattr("bundler.migrate.stream.PROGRESS_EVERY", 500)  # rows; forked workers see it too
+    monkeypatch.setattr("bundler.migrate.stream.PROGRESS_SECONDS", 0.0)  # while assembling: every thread
     export, mapping = _synthetic(tmp_path, rows=6000, conversations=400)
     seen: list[Progress] = []
     summary = migrate([export], mapping, to="ndjson", out=tmp_path / "o.ndjson", workers=3, progress=seen.append)
@@ -206,6 +207,7 @@ def test_progress_of_a_parallel_run_counts_every_process_and_ends_with_the_summa
     assert rows == sorted(rows) and 0 < rows[0] < summary.rows_read  # live: partial counts came first
     writing = [p.messages for p in seen if p.phase == "writing"]
     assert writing == sorted(writing) and writing[-1] == summary.messages
+    assert any(0 < m < summary.messages for m in writing)  # live while assembling too
     assert all(p.rows == summary.rows_read for p in seen if p.phase == "writing")
 
 

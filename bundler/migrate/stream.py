@@ -34,7 +34,8 @@ from .records import TOMBSTONE_SENT, Tombstone, decode, encode
 from .rejects import Reject, write_rejects
 
 BATCH = 4_000  # rows per insert into the store
-PROGRESS_EVERY = 50_000  # rows (reading) or messages (writing) between progress reports
+PROGRESS_EVERY = 10_000  # rows read between progress reports (well under a second)
+PROGRESS_SECONDS = 1.0  # between progress reports while assembling (how long a thread takes is the writer's)
 SAMPLE = 4_096  # thread keys sampled while loading, by which a parallel run cuts its key ranges
 
 Phase = Literal["reading", "writing", "done"]
@@ -307,7 +308,9 @@ class ThreadStream(Iterator[ThreadSpec]):
         resolve = self.mapping.participants.resolver(store.roles_of if self.mapping.participants.uses_roles else None)
         assemble = Assembler(self.mapping, resolve, [src.file for src in self.sources])
         rejects: list[tuple[int, Reject]] = []
-        next_tick = PROGRESS_EVERY
+        clock = time.monotonic
+        next_tick = clock() + PROGRESS_SECONDS
+        self._tick("writing")  # before the store's sort, which comes first and takes a while
         for key, rows in store.groups():
             result = assemble(key, [decode(sent, data) for sent, _, data in rows])
             for item in result.rejects:
@@ -317,8 +320,8 @@ class ThreadStream(Iterator[ThreadSpec]):
                 continue
             s.threads += 1
             s.messages += len(result.spec.messages)
-            if s.messages >= next_tick:
-                next_tick += PROGRESS_EVERY
+            if clock() >= next_tick:
+                next_tick = clock() + PROGRESS_SECONDS
                 self._tick("writing")
             yield result.spec
         store.add_rejects(rejects)
