@@ -38,10 +38,10 @@ class VerifyResult:
                 "messages": self.messages, "differences": self.differences}
 
 
-def read_thread(client: FhirClient, header_id: str) -> list[dict[str, Any]]:
+def read_thread(client: FhirClient, header_id: str, *, page_size: int = 1000) -> list[dict[str, Any]]:
     """A thread's messages as an app reads them: part-of the header, sorted by sent, every page."""
     return client.search("Communication", {"part-of": f"Communication/{header_id}", "_sort": "sent",
-                                           "_count": "1000"})
+                                           "_count": str(page_size)})
 
 
 class Resolver:

@@ -339,8 +339,13 @@ class FhirClient:
 
     def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
         """All resources a search matches (every page), without included resources; each has an `id`."""
+        return [r for page in self.search_resource_pages(resource_type, params) for r in page]
+
+    def search_resource_pages(self, resource_type: str, params: dict[str, str]) -> Iterator[list[dict[str, Any]]]:
+        """The resources a search matches, a page at a time (every page; no included resources; each has an `id`)."""
         what = f"search {resource_type}"
-        return [r for page in self.search_pages(resource_type, params) for r in _matches(page, what)]
+        for page in self.search_pages(resource_type, params):
+            yield _matches(page, what)
 
     def find_resources(self, resource_type: str, identifiers: Sequence[str], *, elements: str | None = None,
                        max_url: int = 6000) -> dict[str, dict[str, Any]]:

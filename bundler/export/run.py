@@ -1,0 +1,142 @@
+"""`export`: threads out of a project as specs, streamed and paced like `load`.
+
+Headers are read a page at a time (`search.header_pages`); each thread is handed to a pool of `concurrency`
+workers that read its messages (`part-of`, `_sort=sent`, every page), shape it (`shape.shape_thread`) and write
+it (`write.Writer`) as it completes; at most a few pages' worth of threads are in flight, so memory does not grow
+with the number of threads. The client paces every request by the server's RateLimit header.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..build import DEFAULT_IDENTIFIER_SYSTEM, check_identifier_system
+from ..errors import AuthError, BundlerError, OptionError, Unreachable
+from ..files import staged_folder
+from ..load.verify import read_thread
+from ..medplum.client import FhirClient
+from .search import DEFAULT_PAGE_SIZE, Filters, check_page_size, header_pages
+from .shape import shape_thread
+from .write import REPORT_NAME, ThreadExport, Writer
+
+Attachments = Literal["keep", "download"]
+SHOWN = 20
+"""Threads with problems an ExportReport keeps to show (the report file has every one)."""
+
+
+@dataclass
+class ExportReport:
+    """Counts of what an export did; `problems` holds the first few threads not in our shape (the report file in
+    the output folder has every thread)."""
+
+    out: Path
+    threads: int = 0  # threads read
+    written: int = 0  # spec files written
+    messages: int = 0  # messages in the written specs
+    not_in_shape: int = 0  # threads written, with problems
+    failed: int = 0  # threads with no spec (unreadable, or nothing a spec could hold)
+    requests: int = 0
+    seconds: float = 0.0
+    waited: float = 0.0
+    problems: list[ThreadExport] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Every thread found was written, in our shape."""
+        return self.failed == 0 and self.not_in_shape == 0
+
+    @property
+    def report_file(self) -> Path:
+        return self.out / REPORT_NAME
+
+    def add(self, result: ThreadExport) -> None:
+        self.threads += 1
+        if result.file is not None:
+            self.written += 1
+            self.messages += result.exported
+        if result.file is None:
+            self.failed += 1
+        elif result.problems:
+            self.not_in_shape += 1
+        if not result.in_shape and len(self.problems) < SHOWN:
+            self.problems.append(result)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"threads": self.threads, "written": self.written, "messages": self.messages,
+                "not_in_shape": self.not_in_shape, "failed": self.failed, "requests": self.requests,
+                "seconds": round(self.seconds, 3), "waited": round(self.waited, 3)}
+
+
+def _fatal(exc: BundlerError) -> bool:
+    """Errors that would fail every thread the same way: stop the export (nothing is written)."""
+    return isinstance(exc, AuthError | Unreachable)
+
+
+def export(client: FhirClient, out: str | Path, *, topic: str | None = None, subject: str | None = None,
+           since: str | None = None, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM,
+           attachments: Attachments = "keep", concurrency: int = 4, page_size: int = DEFAULT_PAGE_SIZE,
+           on_thread: Callable[[ThreadExport], None] | None = None) -> ExportReport:
+    """Write one spec per thread of the project behind `client` into the folder `out`, and `export-report.jsonl`
+    beside them (one line per thread: its file, its problems; a summary last).
+
+    topic: threads whose topic text contains this (case ignored); subject: a literal reference (`Patient/123`);
+    since: threads whose header changed on or after this instant; identifier_system: the system of our
+    identifiers, from which thread keys and message ids are read. attachments: `keep` keeps their URLs.
+    All or nothing: the files are moved into `out` only when the export is complete. OptionError for an option
+    that cannot be used (before anything is sent).
+    """
+    filters = Filters.checked(topic=topic, subject=subject, since=since)
+    check_identifier_system(identifier_system)
+    check_page_size(page_size)
+    if attachments != "keep":
+        raise OptionError(f"attachments: {attachments!r} is not supported yet (keep)")
+    report = ExportReport(Path(out))
+    started, requests_before, waited_before = time.monotonic(), client.requests, client.pacer.waited
+
+    def one(header: dict[str, Any]) -> ThreadExport:
+        try:
+            messages = read_thread(client, str(header["id"]), page_size=page_size)
+        except BundlerError as exc:
+            if _fatal(exc):
+                raise
+            result = ThreadExport(None, str(header["id"]), error=client.all_secrets().scrub(str(exc)),
+                                  problems=[f"its messages could not be read: {exc}"])
+            writer.line(result)
+            return result
+        return writer.thread(shape_thread(header, messages, identifier_system=identifier_system))
+
+    with staged_folder(out) as staging, ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="export") as pool:
+        writer = Writer(staging)
+        pending: set[Future[ThreadExport]] = set()
+
+        def settle(futures: set[Future[ThreadExport]]) -> None:
+            for future in futures:
+                result = future.result()
+                report.add(result)
+                if on_thread is not None:
+                    on_thread(result)
+
+        try:
+            for page in header_pages(client, filters, page_size=page_size):
+                for header in page:
+                    pending.add(pool.submit(one, header))
+                while len(pending) > 4 * max(1, concurrency):
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    settle(done)
+            done, pending = wait(pending)
+            settle(done)
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+        finally:
+            report.requests = client.requests - requests_before
+            report.seconds = time.monotonic() - started
+            report.waited = client.pacer.waited - waited_before
+        writer.close(report.as_json())
+    return report
