@@ -1,0 +1,303 @@
+"""`export`: threads out of a project as specs. Round trips against the server (the local Medplum, or MEDPLUM_BASE_URL),
+a copy between two local servers, threads that are not in our shape, and the shaping itself (pure)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from loadkit import cli, client_for, env, load
+
+from bundler import DEFAULT_IDENTIFIER_SYSTEM, bundle_bytes, load_specs, parse_spec
+from bundler.errors import OptionError
+from bundler.export import REPORT_NAME, export, shape_thread
+from bundler.export.shape import aliases_for, slug
+from bundler.load.verify import verify
+from bundler.medplum.client import ClientCredentials, FhirClient
+from bundler.medplum.localserver import LocalServer
+from bundler.spec import ThreadSpec
+from bundler.testing.strategies import sample_specs, thread_specs
+from bundler.vocabulary import format_instant, parse_instant
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "fixtures/threads"
+SYSTEM = DEFAULT_IDENTIFIER_SYSTEM
+
+
+def _ours(spec: ThreadSpec | dict[str, Any], prefix: str) -> ThreadSpec:
+    """`spec` under a key and topic of this test's own (a remote server keeps what every test loads)."""
+    data = spec.to_data() if isinstance(spec, ThreadSpec) else dict(spec)
+    data["thread"] = f"{prefix}-{data['thread']}"[:128]
+    data["topic"] = f"{prefix} {data['topic']}"
+    return parse_spec(data)
+
+
+def _untied(data: dict[str, Any]) -> dict[str, Any]:
+    """Spec data whose messages are sent at strictly increasing moments: export orders messages by `sent`, and
+    the order of messages sent at the same moment is the server's, which FHIR leaves undefined."""
+    last: dt.datetime | None = None
+    messages = []
+    for m in data.get("messages", []):
+        moment = parse_instant(m["sent"])
+        if last is not None and moment <= last:
+            moment = (last + dt.timedelta(milliseconds=1)).astimezone(moment.tzinfo)
+            m = {**m, "sent": format_instant(moment, digits=3)}
+        last = moment
+        messages.append(m)
+    return {**data, "messages": messages}
+
+
+def _exported(folder: Path) -> dict[str, ThreadSpec]:
+    return {s.key: s for s in load_specs([folder])}
+
+
+def _report(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (folder / REPORT_NAME).read_text().splitlines()]
+
+
+def assert_same_bundles(originals: list[ThreadSpec], exported: dict[str, ThreadSpec]) -> None:
+    """Each original builds exactly the bundle its export builds (aliases are not in a bundle)."""
+    for spec in originals:
+        assert spec.key in exported, f"{spec.key} not exported"
+        assert bundle_bytes(exported[spec.key]) == bundle_bytes(spec), spec.key
+
+
+# --- round trips on the server -----------------------------------------------------------------------
+
+
+def test_fixtures_and_sample_threads_round_trip(project: Any, tmp_path: Path) -> None:
+    specs = [_ours(s, project.prefix) for s in load_specs([FIXTURES])]
+    specs += [_ours(s, project.prefix) for s in sample_specs(6, 4, prefix="s")]
+    with client_for(project) as client:
+        assert load(specs, client, journal=tmp_path / "j.sqlite").ok
+        # pages of 2: headers and messages both come in several pages
+        report = export(client, tmp_path / "out", topic=project.prefix, page_size=2)
+    assert (report.threads, report.written, report.not_in_shape, report.failed) == (len(specs), len(specs), 0, 0)
+    assert report.messages == sum(len(s.messages) for s in specs)
+    assert_same_bundles(specs, _exported(tmp_path / "out"))
+    lines = _report(tmp_path / "out")
+    assert len(lines) == len(specs) + 1 and all(line["in_shape"] for line in lines[:-1])
+    assert lines[-1]["summary"]["written"] == len(specs)
+
+
+@settings(max_examples=3, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.lists(thread_specs(styles=["literal"], max_participants=4, max_messages=6), min_size=4, max_size=4))
+def test_generated_threads_round_trip(project: Any, tmp_path_factory: pytest.TempPathFactory,
+                                      drawn: list[dict[str, Any]]) -> None:
+    run = f"{project.prefix}{uuid.uuid4().hex[:6]}"  # hypothesis runs this body several times in one test
+    specs = [_ours(_untied({**d, "thread": f"g{n}"}), run) for n, d in enumerate(drawn)]
+    folder = tmp_path_factory.mktemp("export")
+    with client_for(project) as client:
+        assert load(specs, client, journal=folder / "j.sqlite").ok
+        report = export(client, folder / "out", topic=run, page_size=3)
+    assert report.ok, [t.problems for t in report.problems]
+    assert_same_bundles(specs, _exported(folder / "out"))
+
+
+def test_a_thread_longer_than_a_search_page(project: Any, tmp_path: Path) -> None:
+    (spec,) = [_ours(s, project.prefix) for s in sample_specs(1, 25, prefix="long")]
+    with client_for(project) as client:
+        assert load([spec], client, journal=tmp_path / "j.sqlite").ok
+        before = client.requests
+        report = export(client, tmp_path / "out", topic=project.prefix, page_size=4)
+        searches = client.requests - before
+    assert report.messages == 25
+    assert searches >= 1 + 25 // 4  # every page of messages was read: 7 of them, and a page of headers
+    assert_same_bundles([spec], _exported(tmp_path / "out"))
+
+
+def _transaction(client: FhirClient, resources: list[dict[str, Any]]) -> list[str]:
+    """Post `resources` (fullUrls urn:uuid:<n>) as one transaction; their server ids."""
+    entries = [{"fullUrl": f"urn:uuid:{uuid.UUID(int=n + 1)}", "resource": r,
+                "request": {"method": "POST", "url": "Communication"}} for n, r in enumerate(resources)]
+    body = json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries}).encode()
+    answer = client.transaction(body, entries=len(entries))
+    return [e["response"]["location"].split("/")[1] for e in answer["entry"]]
+
+
+def _urn(n: int) -> dict[str, str]:
+    return {"reference": f"urn:uuid:{uuid.UUID(int=n + 1)}"}
+
+
+def test_a_thread_not_in_our_shape_is_exported_as_far_as_it_goes(project: Any, tmp_path: Path) -> None:
+    patient = {"reference": "Patient/p1", "display": "Pat Smith"}
+    doctor = {"reference": "Practitioner/d1", "display": "Dr. Who"}
+    header = {"resourceType": "Communication", "status": "in-progress", "topic": {"text": f"{project.prefix} odd"},
+              "recipient": [patient, doctor], "payload": [{"contentString": "a header with a payload"}],
+              "priority": "urgent"}
+    good = {"resourceType": "Communication", "status": "in-progress", "partOf": [_urn(0)], "sender": patient,
+            "recipient": [doctor], "sent": "2024-01-01T10:00:00Z", "payload": [{"contentString": "hello"}]}
+    no_sender = {**good, "sent": "2024-01-01T11:00:00Z", "payload": [{"contentString": "who am I?"}]}
+    del no_sender["sender"]
+    outside = {**good, "sent": "2024-01-01T12:00:00Z", "inResponseTo": [{"reference": "Communication/elsewhere"}]}
+    with client_for(project) as client:
+        ids = _transaction(client, [header, good, no_sender, outside])
+        result = cli(["export", "-o", str(tmp_path / "out"), "--topic", project.prefix, "--page-size", "2"],
+                     env(project))
+    assert result.returncode == 1, result.stderr
+    (spec,) = _exported(tmp_path / "out").values()
+    assert spec.key == ids[0]  # no identifier of ours: the key is the header's server id
+    assert [m.id for m in spec.messages] == [ids[1], ids[3]] and spec.messages[1].reply_to is None
+    (line, summary) = _report(tmp_path / "out")
+    problems = "\n".join(line["problems"])
+    for fragment in ["header has a payload", "priority not in the spec format",
+                     f"Communication/{ids[2]}: no sender: the message is not in the spec",
+                     f"Communication/{ids[3]}: replies to Communication/elsewhere",
+                     "not as on the server: header.payload: on the server but not in the spec"]:
+        assert fragment in problems
+        assert fragment in result.stderr or "more" in result.stderr
+    assert {d.get("id") for d in line["dropped"]} == {ids[0], ids[2]}  # nothing silently dropped
+    assert summary["summary"]["not_in_shape"] == 1
+    assert re.search(r"not in our shape \(written, with problems\) +1\n", result.stderr)
+
+
+def test_cli_exports_and_says_where(project: Any, tmp_path: Path) -> None:
+    specs = [_ours(s, project.prefix) for s in load_specs([FIXTURES])]
+    with client_for(project) as client:
+        assert load(specs, client, journal=tmp_path / "j.sqlite").ok
+    result = cli(["export", "-o", str(tmp_path / "out"), "--topic", project.prefix, "--no-progress"], env(project))
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"spec files written +3\n", result.stderr)
+    assert f"report: {tmp_path / 'out' / REPORT_NAME}" in result.stderr
+    assert project.target.client_secret not in result.stdout + result.stderr
+    assert_same_bundles(specs, _exported(tmp_path / "out"))
+
+
+def test_subject_and_since_are_asked_of_the_server(project: Any, tmp_path: Path) -> None:
+    specs = [_ours(s, project.prefix) for s in sample_specs(3, 1, prefix="f")]
+    with client_for(project) as client:
+        assert load(specs, client, journal=tmp_path / "j.sqlite").ok
+        subject = specs[1].participants[str(specs[1].subject)].reference
+        export(client, tmp_path / "one", topic=project.prefix, subject=subject)
+        later = export(client, tmp_path / "later", topic=project.prefix, since="2999-01-01T00:00:00Z")
+        with pytest.raises(OptionError, match="since"):
+            export(client, tmp_path / "bad", since="yesterday")
+    assert list(_exported(tmp_path / "one")) == [specs[1].key]
+    assert later.threads == 0 and [p.name for p in (tmp_path / "later").iterdir()] == [REPORT_NAME]
+    assert not (tmp_path / "bad").exists()
+
+
+# --- a copy between two projects ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def second_server() -> Iterator[LocalServer]:
+    with LocalServer(port=0) as server:
+        yield server
+
+
+@pytest.mark.local_only
+def test_copy_between_two_servers_then_verify_there(project: Any, second_server: LocalServer,
+                                                    tmp_path: Path) -> None:
+    specs = [_ours(s, project.prefix) for s in load_specs([FIXTURES])]
+    specs += [_ours(s, project.prefix) for s in sample_specs(5, 3, prefix="c")]
+    with client_for(project) as source:
+        assert load(specs, source, journal=tmp_path / "a.sqlite").ok
+    assert cli(["export", "-o", str(tmp_path / "out")], env(project)).returncode == 0
+    target = {"MEDPLUM_BASE_URL": second_server.base_url, "MEDPLUM_CLIENT_ID": second_server.client_id,
+              "MEDPLUM_CLIENT_SECRET": second_server.client_secret}
+    loaded = cli(["load", str(tmp_path / "out"), "--journal", str(tmp_path / "b.sqlite")], target)
+    assert loaded.returncode == 0, loaded.stderr
+    with FhirClient(second_server.base_url, ClientCredentials(second_server.client_id,
+                                                              second_server.client_secret)) as there:
+        results = verify(specs, there)  # the originals match what the copy made there
+    assert [r.differences for r in results if not r.ok] == []
+    assert cli(["verify", str(tmp_path / "out")], target).returncode == 0
+
+
+# --- shaping, without a server -----------------------------------------------------------------------
+
+
+def _without_none(resource: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in resource.items() if v is not None}
+
+
+def _header(**changes: Any) -> dict[str, Any]:
+    """A header of ours (thread t1, two participants), with `changes` (None: the field removed)."""
+    return _without_none({
+        "resourceType": "Communication", "id": "h1", "identifier": [{"system": SYSTEM, "value": "t1"}],
+        "status": "in-progress", "topic": {"text": "Hello"},
+        "recipient": [{"reference": "Patient/1", "display": "Ann"}, {"reference": "Practitioner/2"}]} | changes)
+
+
+def _message(n: int, **changes: Any) -> dict[str, Any]:
+    """Message `n` of thread t1, Ann to the doctor, with `changes` (None: the field removed)."""
+    return _without_none({
+        "resourceType": "Communication", "id": f"m{n}", "identifier": [{"system": SYSTEM, "value": f"t1/{n}"}],
+        "partOf": [{"reference": "Communication/h1"}], "status": "in-progress", "sent": f"2024-01-01T10:0{n}:00Z",
+        "recipient": [{"reference": "Practitioner/2"}], "sender": {"reference": "Patient/1", "display": "Ann"},
+        "payload": [{"contentString": f"text {n}"}]} | changes)
+
+
+SHAPES: dict[str, tuple[dict[str, Any], list[dict[str, Any]], list[str]]] = {
+    "in our shape": (_header(), [_message(1), _message(2)], []),
+    "header with a payload": (_header(payload=[{"contentString": "x"}]), [_message(1)],
+                              ["header has a payload"]),
+    "header without a topic": (_header(topic={"coding": [{"code": "x"}]}), [], ["header has no topic text"]),
+    "status Medplum stored but FHIR has not": (_header(status="bogus"), [], ["status 'bogus' is not a Communication"]),
+    "message without a sender": (_header(), [_message(1, sender=None)], ["Communication/m1: no sender"]),
+    "message without sent": (_header(), [_message(1, sent=None)], ["Communication/m1: no sent instant"]),
+    "message sent as a date": (_header(), [_message(1, sent="2024-01-01")], ["sent '2024-01-01' is not an instant"]),
+    "message with nothing a spec holds": (_header(), [_message(1, payload=[{"contentReference": {
+        "reference": "Patient/1"}}])], ["a payload part the spec cannot hold", "no text or attachment"]),
+    "reply to a message of another thread": (_header(), [_message(1, inResponseTo=[{
+        "reference": "Communication/x"}])], ["replies to Communication/x"]),
+    "two messages with one identifier": (_header(), [_message(1), _message(2, identifier=[
+        {"system": SYSTEM, "value": "t1/1"}])], ["message id '1' is another message's too"]),
+    "identifiers of another system": (_header(identifier=[{"system": SYSTEM, "value": "t1"},
+                                                          {"system": "urn:other", "value": "9"}]), [],
+                                      ["identifiers of other systems not kept"]),
+    "a field the format has not": (_header(), [_message(1, priority="urgent")], ["priority not in the spec format"]),
+    "a message without recipients": (_header(), [_message(1, recipient=None)], ["no recipients"]),
+    "a sender the header does not list": (_header(), [_message(1, sender={"reference": "Patient/9"})],
+                                          ["header.recipient: 3 expected, 2 on the server"]),
+}
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_shaping_lists_what_is_not_in_our_shape(name: str) -> None:
+    header, messages, expected = SHAPES[name]
+    shaped = shape_thread(header, messages, identifier_system=SYSTEM)
+    problems = "\n".join(shaped.problems)
+    assert [e for e in expected if e not in problems] == [], problems
+    if not expected:
+        assert shaped.problems == [] and shaped.spec is not None
+    assert shaped.spec is not None  # as far as it goes: every one of these still makes a spec
+
+
+def test_keys_and_ids_from_our_identifiers_else_from_server_ids() -> None:
+    shaped = shape_thread(_header(), [_message(1)], identifier_system=SYSTEM)
+    assert shaped.problems == []
+    assert shaped.spec is not None and shaped.spec.key == "t1" and shaped.spec.messages[0].id == "1"
+    other = shape_thread(_header(identifier=None), [_message(1, identifier=None)], identifier_system=SYSTEM)
+    assert other.spec is not None and other.spec.key == "h1" and other.spec.messages[0].id == "m1"
+    assert other.problems == []  # nothing lost: a derived key is a key
+    foreign = shape_thread(_header(), [_message(1)], identifier_system="urn:another")
+    assert foreign.spec is not None and foreign.spec.key == "h1"
+    assert "identifiers of other systems not kept" in foreign.problems[0]
+
+
+def test_messages_in_sent_order_whatever_the_zone_and_recipients_only_when_not_the_default() -> None:
+    early = _message(2, sent="2024-01-01T11:00:00+02:00", recipient=[{"reference": "Practitioner/2"}])
+    late = _message(1, sent="2024-01-01T09:30:00Z", recipient=[{"reference": "Patient/1", "display": "Ann"}],
+                    sender={"reference": "Practitioner/2"})
+    spec = shape_thread(_header(), [late, early], identifier_system=SYSTEM).spec
+    assert spec is not None
+    assert [(m.id, m.sent, m.recipient) for m in spec.messages] == [
+        ("2", "2024-01-01T11:00:00+02:00", None), ("1", "2024-01-01T09:30:00Z", None)]
+
+
+def test_aliases_are_readable_deterministic_and_distinct() -> None:
+    assert slug("Dr. Élise O'Brien") == "dr-elise-o-brien"
+    assert aliases_for([("Patient/1", "Homer Simpson"), ("RelatedPerson/2", "Homer Simpson"),
+                        ("Practitioner/abcdef123456", None), ("Patient/3", "***")]) == [
+        "homer-simpson", "homer-simpson-2", "practitioner-abcdef12", "patient-3"]
