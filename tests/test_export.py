@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from loadkit import cli, client_for, env, load
 
 from bundler import DEFAULT_IDENTIFIER_SYSTEM, bundle_bytes, load_specs, parse_spec
-from bundler.errors import OptionError
+from bundler.errors import OptionError, Unreachable
 from bundler.export import REPORT_NAME, export, shape_thread
 from bundler.export.shape import aliases_for, slug
 from bundler.load.verify import verify
@@ -301,3 +301,15 @@ def test_aliases_are_readable_deterministic_and_distinct() -> None:
     assert aliases_for([("Patient/1", "Homer Simpson"), ("RelatedPerson/2", "Homer Simpson"),
                         ("Practitioner/abcdef123456", None), ("Patient/3", "***")]) == [
         "homer-simpson", "homer-simpson-2", "practitioner-abcdef12", "patient-3"]
+
+
+def test_an_export_that_fails_leaves_nothing_behind(tmp_path: Path) -> None:
+    with FhirClient("http://127.0.0.1:9/", ClientCredentials("id", "secret"), max_attempts=1) as client:
+        with pytest.raises(Unreachable):
+            export(client, tmp_path / "new")
+        (tmp_path / "old").mkdir()
+        (tmp_path / "old" / "kept.yaml").write_text("x")
+        with pytest.raises(Unreachable):
+            export(client, tmp_path / "old")
+    assert not (tmp_path / "new").exists()
+    assert [p.name for p in (tmp_path / "old").iterdir()] == ["kept.yaml"]

@@ -8,6 +8,7 @@ with the number of threads. The client paces every request by the server's RateL
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -87,56 +88,89 @@ def export(client: FhirClient, out: str | Path, *, topic: str | None = None, sub
     topic: threads whose topic text contains this (case ignored); subject: a literal reference (`Patient/123`);
     since: threads whose header changed on or after this instant; identifier_system: the system of our
     identifiers, from which thread keys and message ids are read. attachments: `keep` keeps their URLs.
-    All or nothing: the files are moved into `out` only when the export is complete. OptionError for an option
-    that cannot be used (before anything is sent).
+    concurrency: threads read at once; page_size: headers and messages a search page asks for. `on_thread` is
+    told each thread's result as it is written. All or nothing: the files are moved into `out` only when the
+    export is complete (an export that fails leaves nothing, not even the folder it would have made). OptionError
+    for an option that cannot be used, before anything is sent.
     """
     filters = Filters.checked(topic=topic, subject=subject, since=since)
     check_identifier_system(identifier_system)
     check_page_size(page_size)
     if attachments != "keep":
         raise OptionError(f"attachments: {attachments!r} is not supported yet (keep)")
-    report = ExportReport(Path(out))
-    started, requests_before, waited_before = time.monotonic(), client.requests, client.pacer.waited
+    run = _Run(client, filters, identifier_system=identifier_system, page_size=page_size,
+               concurrency=max(1, concurrency), on_thread=on_thread)
+    new_folder = not Path(out).exists()
+    try:
+        return run.into(Path(out))
+    except BaseException:
+        if new_folder:  # an export that did not finish leaves nothing behind, not even its folder
+            with contextlib.suppress(OSError):
+                Path(out).rmdir()
+        raise
 
-    def one(header: dict[str, Any]) -> ThreadExport:
+
+class _Run:
+    """One `export` call: header pages read here, threads read, shaped and written by a pool of workers."""
+
+    def __init__(self, client: FhirClient, filters: Filters, *, identifier_system: str, page_size: int,
+                 concurrency: int, on_thread: Callable[[ThreadExport], None] | None) -> None:
+        self.client, self.filters, self.system = client, filters, identifier_system
+        self.page_size, self.concurrency, self.on_thread = page_size, concurrency, on_thread
+        self.writer: Writer | None = None
+        self.report: ExportReport | None = None
+
+    def into(self, out: Path) -> ExportReport:
+        client = self.client
+        report = self.report = ExportReport(out)
+        started, requests_before, waited_before = time.monotonic(), client.requests, client.pacer.waited
+        with staged_folder(out) as staging:
+            writer = self.writer = Writer(staging)
+            try:
+                self._threads()
+            finally:
+                report.requests = client.requests - requests_before
+                report.seconds = time.monotonic() - started
+                report.waited = client.pacer.waited - waited_before
+                writer.close(report.as_json())
+        return report
+
+    def _threads(self) -> None:
+        """Every thread the filters select, at most a few pages' worth in flight."""
+        pending: set[Future[ThreadExport]] = set()
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="export") as pool:
+            try:
+                for page in header_pages(self.client, self.filters, page_size=self.page_size):
+                    pending |= {pool.submit(self._one, header) for header in page}
+                    while len(pending) > 4 * self.concurrency:
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        self._settle(done)
+                done, pending = wait(pending)
+                self._settle(done)
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
+
+    def _settle(self, futures: set[Future[ThreadExport]]) -> None:
+        assert self.report is not None
+        for future in futures:
+            result = future.result()
+            self.report.add(result)
+            if self.on_thread is not None:
+                self.on_thread(result)
+
+    def _one(self, header: dict[str, Any]) -> ThreadExport:
+        """Read, shape and write one thread (in a worker)."""
+        assert self.writer is not None
         try:
-            messages = read_thread(client, str(header["id"]), page_size=page_size)
+            messages = read_thread(self.client, str(header["id"]), page_size=self.page_size)
         except BundlerError as exc:
             if _fatal(exc):
                 raise
-            result = ThreadExport(None, str(header["id"]), error=client.all_secrets().scrub(str(exc)),
-                                  problems=[f"its messages could not be read: {exc}"])
-            writer.line(result)
+            error = self.client.all_secrets().scrub(str(exc))
+            result = ThreadExport(None, str(header["id"]), error=error,
+                                  problems=[f"its messages could not be read: {error}"], dropped=[header])
+            self.writer.line(result)
             return result
-        return writer.thread(shape_thread(header, messages, identifier_system=identifier_system))
-
-    with staged_folder(out) as staging, ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="export") as pool:
-        writer = Writer(staging)
-        pending: set[Future[ThreadExport]] = set()
-
-        def settle(futures: set[Future[ThreadExport]]) -> None:
-            for future in futures:
-                result = future.result()
-                report.add(result)
-                if on_thread is not None:
-                    on_thread(result)
-
-        try:
-            for page in header_pages(client, filters, page_size=page_size):
-                for header in page:
-                    pending.add(pool.submit(one, header))
-                while len(pending) > 4 * max(1, concurrency):
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    settle(done)
-            done, pending = wait(pending)
-            settle(done)
-        except BaseException:
-            for future in pending:
-                future.cancel()
-            raise
-        finally:
-            report.requests = client.requests - requests_before
-            report.seconds = time.monotonic() - started
-            report.waited = client.pacer.waited - waited_before
-        writer.close(report.as_json())
-    return report
+        return self.writer.thread(shape_thread(header, messages, identifier_system=self.system))

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import OptionError
 from ..medplum.client import FhirClient
-from ..vocabulary import COMMUNICATION_TARGETS, REFERENCE_HINT, instant_problem, parse_literal
+from ..vocabulary import COMMUNICATION_TARGETS, instant_problem, parse_literal
 
 MAX_PAGE_SIZE = 1000
 """Medplum's largest `_count`."""
@@ -39,8 +39,8 @@ def check_subject(subject: str | None) -> str | None:
     literal = parse_literal(subject)
     allowed = COMMUNICATION_TARGETS["subject"]
     if literal is None or literal[2] is not None:
-        raise OptionError(f"subject: {subject!r} must be a literal reference Type/id, like Patient/123 "
-                          f"({REFERENCE_HINT.split(' or ')[0].removeprefix('must be ')})")
+        raise OptionError(f"subject: {subject!r} must be a literal reference Type/id, like Patient/123 (a search "
+                          "finds threads by the reference they store, which is always a literal one)")
     if literal[0] not in allowed:
         raise OptionError(f"subject: {subject!r} is a {literal[0]}: a Communication's subject is one of "
                           f"{', '.join(sorted(allowed))}")
