@@ -186,6 +186,33 @@ def test_subject_and_since_are_asked_of_the_server(project: Any, tmp_path: Path)
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.local_only  # the scan reads every message of the project
+def test_orphans_are_found_by_the_scan_and_written_as_far_as_they_go(project: Any, tmp_path: Path) -> None:
+    kept, lost = [_ours(s, project.prefix) for s in sample_specs(2, 3, prefix="o")]
+    with client_for(project) as client:
+        assert load([kept, lost], client, journal=tmp_path / "j.sqlite").ok
+        header = client.find_identifiers("Communication", [f"{SYSTEM}|{lost.key}"])[f"{SYSTEM}|{lost.key}"]
+        client.delete(f"Communication/{header}")
+        first = client.search("Communication", {"identifier": f"{SYSTEM}|{kept.key}/m0"})[0]
+        nested = {**_message(1, identifier=None, partOf=[{"reference": f"Communication/{first['id']}"}]),
+                  "sender": {"reference": kept.participants["doc"].reference, "display": "Dr. Who"}}
+        _transaction(client, [{k: v for k, v in nested.items() if k != "id"}])
+        blind = export(client, tmp_path / "blind")
+        report = export(client, tmp_path / "out", orphans=True, page_size=2)
+    assert (blind.threads, blind.orphans) == (1, 0)  # a header search cannot see them
+    assert (report.threads, report.orphans, report.not_in_shape) == (3, 2, 2)
+    specs = _exported(tmp_path / "out")
+    assert_same_bundles([kept], specs)
+    # the lost header's messages carry its key: they come back under it, as far as they go
+    assert [m.id for m in specs[lost.key].messages] == [m.id for m in lost.messages]
+    lines = {line.get("key"): line for line in _report(tmp_path / "out")}
+    assert f"its header Communication/{header} does not exist" in lines[lost.key]["problems"]
+    assert any("header: not on the server" in p for p in lines[lost.key]["problems"])
+    assert lines[lost.key]["orphans"] and lines[first["id"]]["orphans"]
+    assert any(p.startswith(f"part of Communication/{first['id']}, which is a message")
+               for p in lines[first["id"]]["problems"])
+
+
 # --- a copy between two projects ---------------------------------------------------------------------
 
 

@@ -34,6 +34,8 @@ def print_export_report(report: ExportReport, *, show: int = 10) -> None:
     rows = [["threads found", report.threads], ["spec files written", report.written],
             ["messages in them", report.messages], ["not in our shape (written, with problems)", report.not_in_shape],
             ["not written (no spec could be made)", report.failed]]
+    if report.orphans:
+        rows.append(["of them: messages part of no header", report.orphans])
     click.echo(table(["", "count"], rows), err=True)
     click.echo(f"\n{count(report.requests, 'request')} in {duration(report.seconds)}"
                + (f"; waited {report.waited:.1f}s for the quota" if report.waited >= 0.1 else ""), err=True)
@@ -62,6 +64,9 @@ def print_export_report(report: ExportReport, *, show: int = 10) -> None:
 @identifier_system_option("Identifier system of our Communications: thread keys and message ids are read from it.")
 @click.option("--attachments", type=click.Choice(["keep"]), default="keep", show_default=True,
               help="Keep: attachments keep their URLs.")
+@click.option("--orphans", is_flag=True,
+              help="Also scan every message for those part of no header (one search per page of messages), and "
+                   "write each group of them as a thread.")
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Threads read at once.")
 @click.option("--page-size", type=click.IntRange(1, MAX_PAGE_SIZE), default=DEFAULT_PAGE_SIZE, show_default=True,
@@ -70,7 +75,7 @@ def print_export_report(report: ExportReport, *, show: int = 10) -> None:
 @report_errors(nothing="nothing written")
 @with_client
 def export_command(out: Path, client: FhirClient, topic: str | None, subject: str | None, since: str | None,
-                   identifier_system: str, attachments: str, concurrency: int, page_size: int,
+                   identifier_system: str, attachments: str, orphans: bool, concurrency: int, page_size: int,
                    progress: bool | None) -> None:
     """Export the threads of a Medplum project as specs, one file per thread: the way back from `load`.
 
@@ -83,6 +88,7 @@ def export_command(out: Path, client: FhirClient, topic: str | None, subject: st
     Examples:
       thread-bundler export -o threads/
       thread-bundler export -o homer/ --subject Patient/123 --since 2024-01-01T00:00:00Z
+      thread-bundler export -o all/ --orphans     # and messages whose header is gone
     """
     bar = Bar("exporting", 0, 0, live=progress)
     bar.start("reading the thread headers")
@@ -92,7 +98,8 @@ def export_command(out: Path, client: FhirClient, topic: str | None, subject: st
 
     try:
         report = export(client, out, topic=topic, subject=subject, since=since, identifier_system=identifier_system,
-                        attachments="keep", concurrency=concurrency, page_size=page_size, on_thread=on_thread)
+                        attachments="keep", orphans=orphans, concurrency=concurrency, page_size=page_size,
+                        on_thread=on_thread)
     finally:
         bar.close()
     print_export_report(report)

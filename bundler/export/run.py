@@ -19,10 +19,11 @@ from typing import Any, Literal
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, check_identifier_system
 from ..errors import AuthError, BundlerError, OptionError, Unreachable
 from ..files import staged_folder
-from ..load.verify import read_thread
+from ..load.verify import read_part_of, read_thread
 from ..medplum.client import FhirClient
+from .read import HeaderIds, orphan_targets
 from .search import DEFAULT_PAGE_SIZE, Filters, check_page_size, header_pages
-from .shape import shape_thread
+from .shape import shape_orphans, shape_thread
 from .write import REPORT_NAME, ThreadExport, Writer
 
 Attachments = Literal["keep", "download"]
@@ -41,6 +42,7 @@ class ExportReport:
     messages: int = 0  # messages in the written specs
     not_in_shape: int = 0  # threads written, with problems
     failed: int = 0  # threads with no spec (unreadable, or nothing a spec could hold)
+    orphans: int = 0  # groups of messages part of no header (each written as a thread, with problems)
     requests: int = 0
     seconds: float = 0.0
     waited: float = 0.0
@@ -57,6 +59,7 @@ class ExportReport:
 
     def add(self, result: ThreadExport) -> None:
         self.threads += 1
+        self.orphans += result.orphans
         if result.file is not None:
             self.written += 1
             self.messages += result.exported
@@ -69,7 +72,8 @@ class ExportReport:
 
     def as_json(self) -> dict[str, Any]:
         return {"threads": self.threads, "written": self.written, "messages": self.messages,
-                "not_in_shape": self.not_in_shape, "failed": self.failed, "requests": self.requests,
+                "not_in_shape": self.not_in_shape, "failed": self.failed, "orphans": self.orphans,
+                "requests": self.requests,
                 "seconds": round(self.seconds, 3), "waited": round(self.waited, 3)}
 
 
@@ -80,14 +84,17 @@ def _fatal(exc: BundlerError) -> bool:
 
 def export(client: FhirClient, out: str | Path, *, topic: str | None = None, subject: str | None = None,
            since: str | None = None, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM,
-           attachments: Attachments = "keep", concurrency: int = 4, page_size: int = DEFAULT_PAGE_SIZE,
-           on_thread: Callable[[ThreadExport], None] | None = None) -> ExportReport:
+           attachments: Attachments = "keep", orphans: bool = False, concurrency: int = 4,
+           page_size: int = DEFAULT_PAGE_SIZE, on_thread: Callable[[ThreadExport], None] | None = None
+           ) -> ExportReport:
     """Write one spec per thread of the project behind `client` into the folder `out`, and `export-report.jsonl`
     beside them (one line per thread: its file, its problems; a summary last).
 
     topic: threads whose topic text contains this (case ignored); subject: a literal reference (`Patient/123`);
     since: threads whose header changed on or after this instant; identifier_system: the system of our
     identifiers, from which thread keys and message ids are read. attachments: `keep` keeps their URLs.
+    orphans: also scan every message of the project for those part of no header this export wrote (`read`), and
+    write each group of them as a thread (with its problems).
     concurrency: threads read at once; page_size: headers and messages a search page asks for. `on_thread` is
     told each thread's result as it is written. All or nothing: the files are moved into `out` only when the
     export is complete (an export that fails leaves nothing, not even the folder it would have made). OptionError
@@ -99,7 +106,7 @@ def export(client: FhirClient, out: str | Path, *, topic: str | None = None, sub
     if attachments != "keep":
         raise OptionError(f"attachments: {attachments!r} is not supported yet (keep)")
     run = _Run(client, filters, identifier_system=identifier_system, page_size=page_size,
-               concurrency=max(1, concurrency), on_thread=on_thread)
+               concurrency=max(1, concurrency), on_thread=on_thread, headers=HeaderIds() if orphans else None)
     new_folder = not Path(out).exists()
     try:
         return run.into(Path(out))
@@ -108,15 +115,19 @@ def export(client: FhirClient, out: str | Path, *, topic: str | None = None, sub
             with contextlib.suppress(OSError):
                 Path(out).rmdir()
         raise
+    finally:
+        if run.headers is not None:
+            run.headers.close()
 
 
 class _Run:
     """One `export` call: header pages read here, threads read, shaped and written by a pool of workers."""
 
     def __init__(self, client: FhirClient, filters: Filters, *, identifier_system: str, page_size: int,
-                 concurrency: int, on_thread: Callable[[ThreadExport], None] | None) -> None:
+                 concurrency: int, on_thread: Callable[[ThreadExport], None] | None, headers: HeaderIds | None) -> None:
         self.client, self.filters, self.system = client, filters, identifier_system
         self.page_size, self.concurrency, self.on_thread = page_size, concurrency, on_thread
+        self.headers = headers  # the headers written, when orphans are looked for
         self.writer: Writer | None = None
         self.report: ExportReport | None = None
 
@@ -136,27 +147,39 @@ class _Run:
         return report
 
     def _threads(self) -> None:
-        """Every thread the filters select, at most a few pages' worth in flight."""
+        """Every thread the filters select, then (if asked) every group of orphans; at most a few pages' worth in
+        flight."""
         pending: set[Future[ThreadExport]] = set()
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="export") as pool:
             try:
                 for page in header_pages(self.client, self.filters, page_size=self.page_size):
-                    pending |= {pool.submit(self._one, header) for header in page}
-                    while len(pending) > 4 * self.concurrency:
-                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        self._settle(done)
-                done, pending = wait(pending)
-                self._settle(done)
+                    pending = self._flow(pending | {pool.submit(self._one, header) for header in page})
+                pending = self._flow(pending, 0)
+                if self.headers is not None:
+                    for target, why in orphan_targets(self.client, self.headers, since=self.filters.since,
+                                                      page_size=self.page_size):
+                        pending = self._flow(pending | {pool.submit(self._orphans, target, why)})
+                self._flow(pending, 0)
             except BaseException:
                 for future in pending:
                     future.cancel()
                 raise
+
+    def _flow(self, pending: set[Future[ThreadExport]], most: int | None = None) -> set[Future[ThreadExport]]:
+        """Settle finished threads until at most `most` (default: a few pages' worth) are in flight."""
+        most = 4 * self.concurrency if most is None else most
+        while len(pending) > most:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            self._settle(done)
+        return pending
 
     def _settle(self, futures: set[Future[ThreadExport]]) -> None:
         assert self.report is not None
         for future in futures:
             result = future.result()
             self.report.add(result)
+            if self.headers is not None and result.header_id is not None and not result.orphans:
+                self.headers.add(result.header_id)
             if self.on_thread is not None:
                 self.on_thread(result)
 
@@ -174,3 +197,10 @@ class _Run:
             self.writer.line(result)
             return result
         return self.writer.thread(shape_thread(header, messages, identifier_system=self.system))
+
+    def _orphans(self, target: str, why: str) -> ThreadExport:
+        """Read, shape and write the messages part of `target`, which is no header (in a worker)."""
+        assert self.writer is not None
+        messages = read_part_of(self.client, target, page_size=self.page_size)
+        shaped = shape_orphans(target.rpartition("/")[2], messages, why, identifier_system=self.system)
+        return self.writer.thread(shaped, orphans=True)

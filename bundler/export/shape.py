@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..build import identifier_value
+from ..build import full_url, identifier_value
 from ..errors import SpecError
 from ..load.compare import compare_thread
 from ..spec.model import Attachment, Coding, Message, Participant, ThreadSpec
@@ -137,9 +137,12 @@ class _People:
 class _Thread:
     """The work of `shape_thread` for one thread."""
 
-    def __init__(self, header: Mapping[str, Any], messages: Sequence[Mapping[str, Any]], system: str) -> None:
-        self.header, self.system = header, system
+    def __init__(self, header: Mapping[str, Any], messages: Sequence[Mapping[str, Any]], system: str,
+                 missing: str | None = None) -> None:
+        self.header, self.system, self.missing = header, system, missing
         self.out = Shaped(header_id=header.get("id"), messages=len(messages))
+        if missing is not None:
+            self.problem(missing)
         self.people = _People()
         self.messages = _in_order(messages)
         self.key = self._key()
@@ -184,7 +187,8 @@ class _Thread:
         text = topic.get("text") if isinstance(topic, dict) else None
         if isinstance(text, str) and text:
             return text
-        self.problem(f"header has no topic text: the spec says {NO_TOPIC!r}")
+        if self.missing is None:
+            self.problem(f"header has no topic text: the spec says {NO_TOPIC!r}")
         return NO_TOPIC
 
     def status(self, resource: Mapping[str, Any], where: str, default: str) -> str:
@@ -370,20 +374,39 @@ def shape_thread(header: Mapping[str, Any], messages: Iterable[Mapping[str, Any]
     return thread.out
 
 
+def shape_orphans(target: str, messages: Iterable[Mapping[str, Any]], why: str, *, identifier_system: str
+                  ) -> Shaped:
+    """Messages whose `partOf` points at `target`, which is no header (`why` says what it is), as a thread of their
+    own: its key is the one their identifiers name (`<key>/<message id>`, when they all agree), else `target`;
+    topic `NO_TOPIC`. Building it would make a header the server does not have: that is one of its problems."""
+    messages = list(messages)
+    keys = {v.split("/", 1)[0] for m in messages if (v := _our_value(m, identifier_system)) and "/" in v}
+    stub: dict[str, Any] = {"resourceType": "Communication", "id": target}
+    if len(keys) == 1:
+        stub["identifier"] = [{"system": identifier_system, "value": keys.pop()}]
+    thread = _Thread(stub, messages, identifier_system, missing=why)
+    spec = thread.out.spec = thread.spec()
+    if spec is not None:
+        thread.out.problems += _differences(spec, thread, identifier_system)
+    return thread.out
+
+
 def _differences(spec: ThreadSpec, thread: _Thread, system: str) -> list[str]:
     """What building `spec` does not give back of the server's resources, in verify's words. Resources whose
-    identifiers were not ours (a derived key or id) are compared as if they carried the derived ones."""
+    identifiers were not ours (a derived key or id) are compared as if they carried the derived ones; a header
+    the server does not have (`thread.missing`) is compared as missing, its messages' `partOf` as what they hold."""
     wanted = {str(thread.header.get("id")): identifier_value(spec.key)}
     ids = {m.id for m in spec.messages}
     for server_id, mid in thread.ids.items():
         if mid in ids:
             wanted[server_id] = identifier_value(spec.key, mid)
     resources = []
-    for resource in [thread.header, *thread.messages]:
+    for resource in thread.messages if thread.missing is not None else [thread.header, *thread.messages]:
         value = wanted.get(str(resource.get("id")))
         if value is not None:
             resources.append({**resource, "identifier": [{"system": system, "value": value}]})
-    diff = compare_thread(spec, resources, identifier_system=system)
+    resolved = {full_url(system, spec.key): f"Communication/{thread.header.get('id')}"}
+    diff = compare_thread(spec, resources, identifier_system=system, resolved=resolved)
     return [f"not as on the server: {line}" for line in diff.lines(system, _names(spec))]
 
 

@@ -35,13 +35,14 @@ class ThreadExport:
     problems: list[str] = field(default_factory=list)
     dropped: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None  # the thread could not be read
+    orphans: bool = False  # messages part of no header, written as a thread
 
     @property
     def in_shape(self) -> bool:
         return self.file is not None and not self.problems
 
     def as_json(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if v not in (None, [])}
+        out = {k: v for k, v in self.__dict__.items() if v not in (None, [], False)}
         return out | {"in_shape": self.in_shape}
 
 
@@ -58,11 +59,11 @@ class Writer:
             self._report.write(orjson.dumps({"summary": summary}) + b"\n")
             self._report.close()
 
-    def thread(self, shaped: Shaped) -> ThreadExport:
+    def thread(self, shaped: Shaped, *, orphans: bool = False) -> ThreadExport:
         """Write `shaped`'s spec (if any) and its report line; what became of it."""
         spec = shaped.spec
         result = ThreadExport(spec.key if spec else None, shaped.header_id, messages=shaped.messages,
-                              problems=list(shaped.problems), dropped=shaped.dropped)
+                              problems=list(shaped.problems), dropped=shaped.dropped, orphans=orphans)
         if spec is not None:
             spec = self._placed(spec, result)
             result.key, result.exported = spec.key, len(spec.messages)

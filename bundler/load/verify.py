@@ -40,8 +40,12 @@ class VerifyResult:
 
 def read_thread(client: FhirClient, header_id: str, *, page_size: int = 1000) -> list[dict[str, Any]]:
     """A thread's messages as an app reads them: part-of the header, sorted by sent, every page."""
-    return client.search("Communication", {"part-of": f"Communication/{header_id}", "_sort": "sent",
-                                           "_count": str(page_size)})
+    return read_part_of(client, f"Communication/{header_id}", page_size=page_size)
+
+
+def read_part_of(client: FhirClient, reference: str, *, page_size: int = 1000) -> list[dict[str, Any]]:
+    """The Communications part of `reference` (a header, or whatever they point at), sorted by sent, every page."""
+    return client.search("Communication", {"part-of": reference, "_sort": "sent", "_count": str(page_size)})
 
 
 class Resolver:
