@@ -20,7 +20,7 @@ from bundler import DEFAULT_IDENTIFIER_SYSTEM, bundle_bytes, load_specs, parse_s
 from bundler.errors import OptionError, Unreachable
 from bundler.export import REPORT_NAME, export, shape_thread
 from bundler.export.shape import aliases_for, slug
-from bundler.load.verify import verify
+from bundler.load.verify import conditional_references, resolve_references, verify
 from bundler.medplum.client import ClientCredentials, FhirClient
 from bundler.medplum.localserver import LocalServer
 from bundler.spec import ThreadSpec
@@ -101,6 +101,60 @@ def test_generated_threads_round_trip(project: Any, tmp_path_factory: pytest.Tem
         report = export(client, folder / "out", topic=run, page_size=3)
     assert report.ok, [t.problems for t in report.problems]
     assert_same_bundles(specs, _exported(folder / "out"))
+
+
+def _create_participants(client: FhirClient, specs: list[ThreadSpec]) -> None:
+    """Each resource the specs' conditional references name, created if missing (a conditional create)."""
+    refs = sorted(conditional_references(specs))
+    for start in range(0, len(refs), 8):  # Medplum's cap on conditional entries in a transaction
+        entries = []
+        for ref in refs[start:start + 8]:
+            kind, query = ref.split("?identifier=", 1)
+            system, value = query.split("|", 1)
+            entries.append({"resource": {"resourceType": kind, "identifier": [{"system": system, "value": value}]},
+                            "request": {"method": "POST", "url": kind, "ifNoneExist": f"identifier={query}"}})
+        body = json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries}).encode()
+        client.transaction(body, entries=len(entries))
+
+
+def _as_loaded(exported: ThreadSpec, original: ThreadSpec, literal: dict[str, str]) -> ThreadSpec:
+    """`exported` with what the server changed undone: each literal reference a conditional one of `original`
+    became (`literal`: conditional → literal) back to the conditional one, and the display a real Medplum fills
+    in for it dropped where `original` had none."""
+    back = {v: k for k, v in literal.items()}
+    displays = {p.reference: p.display for p in original.participants.values()}
+    data = exported.to_data()
+    for p in data["participants"].values():
+        if p["reference"] in back:
+            p["reference"] = back[p["reference"]]
+            if displays.get(p["reference"]) is None:
+                p.pop("display", None)
+    if data.get("subject") in back:
+        data["subject"] = back[data["subject"]]
+    return parse_spec(data)
+
+
+@settings(max_examples=2, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.lists(thread_specs(styles=["conditional"], participant_types=("Patient", "Practitioner", "Organization"),
+                             max_participants=3, max_messages=4), min_size=3, max_size=3))
+def test_conditional_references_come_back_as_the_literal_ones_the_server_made(
+        project: Any, tmp_path_factory: pytest.TempPathFactory, drawn: list[dict[str, Any]]) -> None:
+    run = f"{project.prefix}{uuid.uuid4().hex[:6]}"
+    ours = [json.loads(json.dumps(d).replace("https://example.org/ids|", f"https://example.org/ids|{run}-"))
+            for d in drawn]  # identifiers of this run's own: a remote server keeps every test's
+    specs = [_ours(_untied({**d, "thread": f"c{n}"}), run) for n, d in enumerate(ours)]
+    folder = tmp_path_factory.mktemp("export")
+    with client_for(project) as client:
+        _create_participants(client, specs)
+        assert load(specs, client, journal=folder / "j.sqlite").ok
+        report = export(client, folder / "out", topic=run)
+        literal = resolve_references(client, specs)
+    assert report.ok, [t.problems for t in report.problems]
+    exported = _exported(folder / "out")
+    for spec in specs:
+        assert all("?" not in p.reference for p in exported[spec.key].participants.values())
+        assert bundle_bytes(_as_loaded(exported[spec.key], spec, literal)) == bundle_bytes(spec), spec.key
 
 
 def test_a_thread_longer_than_a_search_page(project: Any, tmp_path: Path) -> None:
