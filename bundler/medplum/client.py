@@ -353,7 +353,7 @@ class FhirClient:
         exist; many per search request. A value held by several resources maps to the first found."""
         wanted = set(identifiers)
         found: dict[str, dict[str, Any]] = {}
-        for chunk in _chunks(identifiers, max_url=max_url, most=100):
+        for chunk in chunked(identifiers, max_url=max_url, most=100):
             tokens = ",".join(identifier_token(*ident.split("|", 1)) for ident in chunk)
             params = {"identifier": tokens, "_count": str(min(1000, 2 * len(chunk) + 10))}
             if elements:
@@ -395,7 +395,7 @@ def _checked_root(base_url: str, *, allow_insecure: bool) -> str:
     return root
 
 
-def _chunks(identifiers: Sequence[str], *, max_url: int, most: int) -> Iterator[list[str]]:
+def chunked(identifiers: Sequence[str], *, max_url: int, most: int) -> Iterator[list[str]]:
     """`identifiers`, each once, in groups of at most `most` whose search URL stays under about `max_url`."""
     chunk: list[str] = []
     length = 0
