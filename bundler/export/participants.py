@@ -14,11 +14,14 @@ order that does not depend on which thread was read first.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..medplum.client import FhirClient, chunked
 from ..vocabulary import identifier_system_problem, parse_literal
+from .shape import alias_base, aliases_for
 
 SERVER_SET = ("id", "meta")
 """What the server sets on a resource it creates: left out of a `create` block."""
@@ -69,3 +72,54 @@ def participants_document(entries: Mapping[str, tuple[str | None, Mapping[str, A
         display, create = entries[alias]
         out[alias] = ({"display": display} if display is not None else {}) | {"create": dict(create)}
     return {"participants": out}
+
+
+class People:
+    """Every participant of an export: reference → display, told by the workers as threads are shaped (thread-safe).
+    Of the displays threads give one participant, the smallest is its own: the same whatever thread came first."""
+
+    def __init__(self) -> None:
+        self.displays: dict[str, str | None] = {}
+        self._lock = threading.Lock()
+
+    def see(self, people: Mapping[str, str | None]) -> None:
+        with self._lock:
+            for reference, display in people.items():
+                known = self.displays.get(reference)
+                if reference not in self.displays or (display is not None and (known is None or display < known)):
+                    self.displays[reference] = display
+
+    def aliases(self) -> dict[str, str]:
+        """Reference → alias, one alias a participant across the export (`aliases_for`, in the order of their
+        names, then references: not the order threads were read in)."""
+        order = sorted(self.displays, key=lambda r: (alias_base(r, self.displays[r]), r))
+        return dict(zip(order, aliases_for([(r, self.displays[r]) for r in order]), strict=True))
+
+
+@dataclass
+class Plan:
+    """What becomes of each participant: its alias, and how to create it, or why it cannot be."""
+
+    aliases: dict[str, str] = field(default_factory=dict)  # reference → alias
+    creates: dict[str, dict[str, Any]] = field(default_factory=dict)  # reference → its create block
+    problems: dict[str, str] = field(default_factory=dict)  # reference → why it keeps its reference
+
+    def document(self, people: People) -> dict[str, Any]:
+        """The participants file: every participant that can be created."""
+        return participants_document({self.aliases[r]: (people.displays[r], c) for r, c in self.creates.items()})
+
+
+def plan(client: FhirClient, people: People) -> Plan:
+    """Read every participant (one search per type, many ids a request) and say how each is to be created."""
+    out = Plan(aliases=people.aliases())
+    found = read_resources(client, people.displays)
+    for reference in people.displays:
+        resource = found.get(reference)
+        if resource is None:
+            why: str | None = ("is not on the server" if parse_literal(reference) else
+                               "is no literal reference") + ": it cannot be read, its reference is kept"
+        elif (why := create_problem(resource)) is None:
+            out.creates[reference] = create_block(resource)
+            continue
+        out.problems[reference] = f"{reference} {why}"
+    return out

@@ -57,7 +57,7 @@ class Shaped:
     spec: ThreadSpec | None = None
     problems: list[str] = field(default_factory=list)
     dropped: list[dict[str, Any]] = field(default_factory=list)
-    references: list[str] = field(default_factory=list)  # every participant's literal reference, in order
+    people: dict[str, str | None] = field(default_factory=dict)  # each participant's reference → display, in order
     messages: int = 0  # messages on the server
 
     @property
@@ -71,7 +71,8 @@ def slug(text: str, *, length: int = 48) -> str:
     return re.sub(r"[^a-z0-9]+", "-", ascii_).strip("-")[:length].strip("-")
 
 
-def _alias_base(reference: str, display: str | None) -> str:
+def alias_base(reference: str, display: str | None) -> str:
+    """The alias a participant gets when no other has it: its display's slug, else its type and id's start."""
     base = slug(display) if display else ""
     if not base:
         literal = parse_literal(reference)
@@ -85,7 +86,7 @@ def aliases_for(people: Sequence[tuple[str, str | None]]) -> list[str]:
     taken: set[str] = set()
     out = []
     for reference, display in people:
-        base = _alias_base(reference, display)
+        base = alias_base(reference, display)
         alias, n = base, 1
         while alias in taken:
             n += 1
@@ -308,7 +309,7 @@ class _Thread:
             for r in m.get("recipient") or ():
                 self.people.see(r)
         self.people.name()
-        self.out.references = [r for r in self.people.displays if parse_literal(r)]
+        self.out.people = dict(self.people.displays)
 
     def subject(self) -> str | None:
         ref = _ref(self.header.get("subject"))
