@@ -35,7 +35,8 @@ from .rejects import Reject
 Row = tuple[str, int, int, bytes]  # (thread key, sent µs, input order, message data)
 Group = tuple[str, list[tuple[int, int, bytes]]]  # (thread key, [(sent µs, input order, data), ...])
 
-_REJECT_COLUMNS = "file INTEGER, row INTEGER, line INTEGER, name TEXT, reason TEXT, message TEXT, raw BLOB"
+_REJECT_COLUMNS = ("file INTEGER, row INTEGER, line INTEGER, name TEXT, reason TEXT, message TEXT, raw BLOB, "
+                   "severity TEXT")
 
 
 def _quote(text: str) -> str:
@@ -70,8 +71,13 @@ def _grouped(cursor: sqlite3.Cursor) -> Iterator[Group]:
 
 
 def _rejects(cursor: sqlite3.Cursor) -> Iterator[tuple[int, Reject]]:
-    for file, name, row, line, reason, message, raw in cursor:
-        yield file, Reject(name, row, line, reason, message, orjson.loads(raw))
+    for file, name, row, line, reason, message, raw, severity in cursor:
+        yield file, Reject(name, row, line, reason, message, orjson.loads(raw), severity)
+
+
+def _insert_rejects(db: sqlite3.Connection, rejects: list[tuple[int, Reject]]) -> None:
+    db.executemany("INSERT INTO rejects VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
+        (i, r.row, r.line, r.file, r.reason, r.message, orjson.dumps(r.raw), r.severity) for i, r in rejects])
 
 
 def max_stores() -> int:
@@ -121,8 +127,12 @@ class GroupStore:
         return frozenset(r for (r,) in self.db.execute("SELECT role FROM roles WHERE id = ?", (legacy_id,)))
 
     def add_rejects(self, rejects: list[tuple[int, Reject]]) -> None:
-        self.db.executemany("INSERT INTO rejects VALUES (?, ?, ?, ?, ?, ?, ?)", [
-            (i, r.row, r.line, r.file, r.reason, r.message, orjson.dumps(r.raw)) for i, r in rejects])
+        _insert_rejects(self.db, rejects)
+
+    def totals(self, tombstone: int) -> tuple[int, int]:
+        """(groups, rows) stored, tombstones left out."""
+        got = self.db.execute("SELECT COUNT(DISTINCT key), COUNT(*) FROM msgs WHERE sent != ?", (tombstone,)).fetchone()
+        return int(got[0]), int(got[1] or 0)
 
     def finish_loading(self) -> None:
         self.db.execute("COMMIT")
@@ -140,7 +150,7 @@ class GroupStore:
 
     def rejects(self) -> Iterator[tuple[int, Reject]]:
         """(input index, reject), ordered by input and row."""
-        return _rejects(self.db.execute("SELECT file, name, row, line, reason, message, raw FROM rejects "
+        return _rejects(self.db.execute("SELECT file, name, row, line, reason, message, raw, severity FROM rejects "
                                         "ORDER BY file, row"))
 
     def close(self) -> None:
@@ -197,12 +207,11 @@ class SealedStores:
         return frozenset(r for (r,) in self.db.execute(self._roles, (legacy_id,)))
 
     def add_rejects(self, rejects: list[tuple[int, Reject]]) -> None:
-        self.db.executemany("INSERT INTO rejects VALUES (?, ?, ?, ?, ?, ?, ?)", [
-            (i, r.row, r.line, r.file, r.reason, r.message, orjson.dumps(r.raw)) for i, r in rejects])
+        _insert_rejects(self.db, rejects)
 
     def rejects(self) -> Iterator[tuple[int, Reject]]:
         """This reader's rejects and those its own store took while loading, ordered by input and row."""
-        columns = "file, name, row, line, reason, message, raw"
+        columns = "file, name, row, line, reason, message, raw, severity"
         return _rejects(self.db.execute(f"SELECT {columns} FROM main.rejects UNION ALL SELECT {columns} FROM "
                                         f"s{self.own}.rejects ORDER BY file, row"))
 

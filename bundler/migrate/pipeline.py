@@ -29,8 +29,8 @@ from ..files import TEMP_PREFIX, atomic_file, staged_folder
 from ..spec.dump import dump_yaml
 from ..spec.model import ThreadSpec, parse_spec
 from .grouping import GroupStore, SealedStores, max_stores
-from .mapping import MigrationMapping, load_mapping
-from .readers import open_sources
+from .mapping import MigrationMapping
+from .readers import prepare
 from .rejects import Reject, write_rejects
 from .stream import (
     MigrateSummary,
@@ -233,7 +233,7 @@ class _Job:
 
     def stream(self, w: int, progress: ProgressFn | None) -> ThreadStream:
         return ThreadStream(self.inputs, self.mapping, shard=self.shard, rejects=self.rejects(w),
-                            progress=progress or self.board.reporter(w))
+                            progress=progress or self.board.reporter(w), origins=False)
 
     def rejects(self, w: int) -> Path:
         """Process w's rejects, merged by the parent (see _write_part_rejects)."""
@@ -290,14 +290,14 @@ def _assemble_range(job: _Job, w: int, stores: list[Path], lo: str | None, hi: s
 def _write_part_rejects(path: Path, rejects: Iterable[tuple[int, Reject]]) -> None:
     with path.open("wb") as f:
         for i, r in rejects:
-            f.write(orjson.dumps([i, r.row, r.line, r.file, r.reason, r.message, r.raw]) + b"\n")
+            f.write(orjson.dumps([i, r.row, r.line, r.file, r.reason, r.message, r.raw, r.severity]) + b"\n")
 
 
 def _part_rejects(path: Path) -> Iterator[tuple[int, int, Reject]]:
     with path.open("rb") as f:
         for line in f:
-            i, row, ln, name, reason, message, raw = orjson.loads(line)
-            yield i, row, Reject(name, row, ln, reason, message, raw)
+            i, row, ln, name, reason, message, raw, severity = orjson.loads(line)
+            yield i, row, Reject(name, row, ln, reason, message, raw, severity)
 
 
 def _cuts(samples: Sequence[list[str]], n: int) -> list[str | None]:
@@ -395,8 +395,7 @@ def _migrate_parallel(inputs: Sequence[str | Path], mapping: str | Path | Migrat
                       shard: Shard | str | None, rejects: Path, work_dir: str | Path | None,
                       progress: ProgressFn | None, identifier_system: str, workers: int) -> MigrateSummary:
     t0 = time.perf_counter()
-    loaded = mapping if isinstance(mapping, MigrationMapping) else load_mapping(mapping)
-    open_sources([str(p) for p in inputs], loaded)  # fail early, in this process, on missing files and columns
+    loaded, _ = prepare(inputs, mapping)  # fail early, in this process, on a bad mapping and inputs (all at once)
     if isinstance(shard, str):
         shard = Shard.parse(shard)
     if work_dir is not None:
