@@ -19,6 +19,7 @@ first, so a group's tombstones come first).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -30,10 +31,14 @@ from typing import Any, Protocol
 
 import orjson
 
+from ..files import held_folder
 from .rejects import Reject
 
 Row = tuple[str, int, int, bytes]  # (thread key, sent µs, input order, message data)
 Group = tuple[str, list[tuple[int, int, bytes]]]  # (thread key, [(sent µs, input order, data), ...])
+
+SCRATCH_PREFIX = "thread-bundler-migrate-"
+"""The temporary folders of migrations (in --work-dir, or the system's temporary folder)."""
 
 _REJECT_COLUMNS = ("file INTEGER, row INTEGER, line INTEGER, name TEXT, reason TEXT, message TEXT, raw BLOB, "
                    "severity TEXT")
@@ -101,10 +106,15 @@ class Groups(Protocol):
 class GroupStore:
     """The on-disk store of one migration run; its folder is removed on close."""
 
-    def __init__(self, work_dir: str | Path | None = None, *, cache_mb: int = 16, threads: int = 2) -> None:
-        if work_dir is not None:
-            Path(work_dir).mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(prefix="thread-bundler-migrate-", dir=work_dir))
+    def __init__(self, work_dir: str | Path | None = None, *, cache_mb: int = 16, threads: int = 2,
+                 held: bool = True) -> None:
+        """`held`: the store's folder is held (files.held_folder), so that a run killed with kill -9 leaves
+        nothing the next run in `work_dir` does not remove; not held: inside a folder that is."""
+        self._held: int | None = None
+        if held:
+            self.dir, self._held = held_folder(SCRATCH_PREFIX, work_dir)
+        else:
+            self.dir = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=work_dir))
         self.path = self.dir / "rows.sqlite"
         self._sealed = False
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -159,6 +169,9 @@ class GroupStore:
         try:
             self.db.close()
         finally:
+            if self._held is not None:
+                os.close(self._held)
+                self._held = None
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> GroupStore:

@@ -6,12 +6,17 @@ process or, by default, in several (see "parallel" below).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import heapq
 import multiprocessing
 import os
 import shutil
+import signal
 import struct
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
@@ -25,10 +30,10 @@ import orjson
 
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, bundle_bytes
 from ..errors import BundlerError
-from ..files import TEMP_PREFIX, atomic_file, staged_folder
+from ..files import TEMP_PREFIX, atomic_file, held_folder, remove_leftovers, staged_folder
 from ..spec.dump import dump_yaml
 from ..spec.model import ThreadSpec, parse_spec
-from .grouping import GroupStore, SealedStores, max_stores
+from .grouping import SCRATCH_PREFIX, GroupStore, SealedStores, max_stores
 from .mapping import MigrationMapping
 from .readers import prepare
 from .rejects import Reject, write_rejects
@@ -122,6 +127,7 @@ def _write_bundles(threads: Iterator[ThreadSpec], f: IO[bytes], identifier_syste
 
 
 def _write_ndjson(threads: Iterator[ThreadSpec], out: Path, identifier_system: str) -> None:
+    remove_leftovers(out.parent, f"{TEMP_PREFIX}{out.name}.")
     with atomic_file(out, buffering=1 << 20) as f:
         _write_bundles(threads, f, identifier_system)
 
@@ -254,7 +260,8 @@ class _Done:
 def _load_share(job: _Job, w: int, progress: ProgressFn | None = None) -> _Done:
     """Step 1 of process w: rows w mod n judged and stored in a store of its own, sealed."""
     stream = job.stream(w, progress)
-    store = GroupStore(job.scratch, threads=0)  # n processes already keep the cores busy: no sorter threads
+    store = GroupStore(job.scratch, threads=0, held=False)  # (the scratch is held); no sorter threads: n
+    # processes already keep the cores busy
     try:
         sample = stream.load_rows(store, share=(w, job.workers))
     except BaseException:
@@ -342,13 +349,37 @@ def _gather(futures: Sequence[Future[T]], tick: Callable[[], None]) -> list[T]:
 def _pool(job: _Job) -> Iterator[ProcessPoolExecutor]:
     """The n-1 worker processes; on any failure they are told to stop and waited for (within seconds:
     they look at the board each time they report progress), so that nothing of them outlives the run."""
-    pool = ProcessPoolExecutor(job.workers - 1, mp_context=multiprocessing.get_context(START_METHOD))
+    pool = ProcessPoolExecutor(job.workers - 1, mp_context=multiprocessing.get_context(START_METHOD),
+                               initializer=die_with_parent, initargs=(os.getpid(),))
     try:
         yield pool
     except BaseException:
         _stop(pool, job)
         raise
     pool.shutdown(wait=True)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCH_SECONDS = 0.5
+"""How often a worker looks whether its parent is still there (where the kernel cannot tell it)."""
+
+
+def die_with_parent(parent: int) -> None:
+    """A pool worker's first step: end when the process that started it ends, even by kill -9, rather than
+    wait forever for work that will not come. On Linux the kernel sends SIGKILL (PR_SET_PDEATHSIG);
+    everywhere a watchdog thread also looks for the parent every WATCH_SECONDS."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # it ended before the kernel was told
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(WATCH_SECONDS)
+        os._exit(1)
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 def _stop(pool: ProcessPoolExecutor, job: _Job) -> None:
@@ -361,6 +392,7 @@ def _output(to: str, out: Path) -> Iterator[tuple[IO[bytes] | None, Path]]:
     """(the output file, the folder of parts) for NDJSON; (None, the staging folder) for specs. Nothing
     appears at `out` unless the block ends without an error."""
     if to == "ndjson":
+        remove_leftovers(out.parent, f"{TEMP_PREFIX}{out.name}.")  # what a killed run left beside it
         with atomic_file(out, buffering=1 << 20) as f:
             parts = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{TEMP_PREFIX}{out.name}.parts-"))
             try:
@@ -398,14 +430,13 @@ def _migrate_parallel(inputs: Sequence[str | Path], mapping: str | Path | Migrat
     loaded, _ = prepare(inputs, mapping)  # fail early, in this process, on a bad mapping and inputs (all at once)
     if isinstance(shard, str):
         shard = Shard.parse(shard)
-    if work_dir is not None:
-        Path(work_dir).mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=work_dir, prefix="thread-bundler-migrate-"))
+    scratch, held = held_folder(SCRATCH_PREFIX, work_dir)  # (what killed runs left there goes first)
     try:
         job = _Job([str(p) for p in inputs], loaded, to, scratch, shard, identifier_system, workers,
                    _Board.create(scratch, workers))
         summary = _run(job, out, rejects, progress, t0)
     finally:
+        os.close(held)
         shutil.rmtree(scratch, ignore_errors=True)
     summary.seconds = time.perf_counter() - t0
     if progress is not None:
