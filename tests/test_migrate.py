@@ -387,6 +387,12 @@ def test_values_with_their_own_offset_are_kept_as_written() -> None:
 
 
 BAD_MAPPINGS = [
+    ("thread: {id: conv}\nmessage: {id: m, sender: s, sent: {column: t, format: '%s'}, text: b}\n"
+     "participants: {rules: [{match: '[[a]', reference: 'Patient/{id}'}]}\n",
+     ["m.yaml:2:55: message.sent.format: '%s' is not 'iso', 'epoch' (seconds since 1970), 'epoch_ms' (milliseconds) "
+      "or a strptime format like '%m/%d/%Y %H:%M' ('s' is a bad directive in format '%s')",
+      "m.yaml:3:34: participants.rules[0].match: ambiguous regular expression: Possible nested set at position 1 "
+      "(write \\[ for a literal '[')"]),
     ("thread: {id: conv}\nmessage:\n  id: mid\n  sender: s\n  sent: t\n  text: b\n  colour: red\n"
      "participants: {rules: [{prefix: x, reference: 'Patient/{rest}'}]}\n",
      ["m.yaml:7:3: message.colour: unknown field 'colour' (allowed: attachment, attachments, id, recipients, reply_to, "

@@ -337,13 +337,15 @@ def _skip(raw: list[Any], problems: list[Problem], doc: Document) -> tuple[SkipR
 
 def _schema_check(doc: Document) -> tuple[list[Problem], Callable[[Path_], bool]]:
     """The schema's problems, and a test: is the value at this path fit to be read (no schema error in it,
-    nor in a value that holds it; a missing or unknown field leaves the rest of its mapping readable)?"""
+    nor in a value that holds it; an unknown field leaves the rest of its mapping readable, and so does a
+    missing section)?"""
     problems: list[Problem] = []
     bad: list[Path_] = []
     for error in _validator().iter_errors(doc.data):
         problems.extend(_schema_problems(doc, error))
-        if error.validator not in ("required", "additionalProperties"):
-            bad.append(tuple(error.absolute_path))
+        path = tuple(error.absolute_path)
+        if error.validator != "additionalProperties" and (error.validator != "required" or path):
+            bad.append(path)
 
     def fit(path: Path_) -> bool:
         return not any(path[:len(b)] == b or b[:len(path)] == path for b in bad)

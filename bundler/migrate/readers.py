@@ -153,13 +153,18 @@ SAMPLE_ROWS = 1000
 
 
 def _jsonl_source(name: str, i: int, mapping: MigrationMapping, problems: list[Problem]) -> Source:
+    """A JSON Lines input; the values every message needs (conversation, message id, sender, sent) must be in
+    one of its first SAMPLE_ROWS rows (a misspelt path would reject every row); optional ones may be absent."""
     needed = mapping.columns()
+    required = [v for v in (mapping.thread_id, mapping.message_id, mapping.sender,
+                            mapping.sent.value if mapping.sent else None) if v is not None]
+    wanted = list(dict.fromkeys(c for v in required for c in v.columns))
     seen: set[str] = set()
     rows = 0
     try:
         with _open(Path(name), mapping.encoding) as f:
             for text in _bounded_lines(f, mapping.max_row_chars):
-                if rows >= SAMPLE_ROWS or len(seen) == len(needed):
+                if rows >= SAMPLE_ROWS or len(seen) == len(wanted):
                     break
                 if isinstance(text, _Long):
                     continue
@@ -169,11 +174,11 @@ def _jsonl_source(name: str, i: int, mapping: MigrationMapping, problems: list[P
                     continue
                 if isinstance(data, dict):
                     rows += 1
-                    seen.update(c for c in needed if lookup(data, c) is not _MISSING)
+                    seen.update(c for c in wanted if lookup(data, c) is not _MISSING)
     except (OSError, EOFError, zlib.error) as exc:
         problems.append(Problem(name, None, None, "", f"cannot read: {exc}"))
     if rows:
-        for value in mapping.values():
+        for value in required:
             for column in value.columns:
                 if column not in seen:
                     problems.append(mapping.problem(value.path, f"{column!r} is in none of the first {rows:,} "
