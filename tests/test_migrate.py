@@ -391,7 +391,7 @@ BAD_MAPPINGS = [
      "participants: {rules: [{match: '[[a]', reference: 'Patient/{id}'}]}\n",
      ["m.yaml:2:55: message.sent.format: '%s' is not 'iso', 'epoch' (seconds since 1970), 'epoch_ms' (milliseconds) "
       "or a strptime format like '%m/%d/%Y %H:%M' ('s' is a bad directive in format '%s')",
-      "m.yaml:3:34: participants.rules[0].match: ambiguous regular expression: Possible nested set at position 1 "
+      "m.yaml:3:32: participants.rules[1].match: ambiguous regular expression: Possible nested set at position 1 "
       "(write \\[ for a literal '[')"]),
     ("thread: {id: conv}\nmessage:\n  id: mid\n  sender: s\n  sent: t\n  text: b\n  colour: red\n"
      "participants: {rules: [{prefix: x, reference: 'Patient/{rest}'}]}\n",

@@ -3,6 +3,7 @@ phone numbers), bad inputs that broke it (one table), exit status, shard summari
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import signal
@@ -16,7 +17,6 @@ import pytest
 from click.testing import CliRunner
 
 from bundler.cli import main
-from bundler.errors import SpecError
 from bundler.migrate import migrate
 from bundler.migrate.keys import alias, thread_key
 from bundler.migrate.stream import Shard
@@ -193,8 +193,8 @@ def test_an_unterminated_quote_rejects_its_row_not_the_rest_of_the_file(tmp_path
 
 
 def test_a_quote_running_over_the_line_limit_is_cut_and_the_lines_read_again(tmp_path: Path) -> None:
-    text = CSV_HEADER + 'c1,bad,2024-05-01 11:00:00,u1,"opens\n' + _csv_rows(30) + 'c2,x,2024-05-01 12:00:00,u1,"a"b"\n' \
-        + _csv_rows(5, start=40)
+    text = (CSV_HEADER + 'c1,bad,2024-05-01 11:00:00,u1,"opens\n' + _csv_rows(30)
+            + 'c2,x,2024-05-01 12:00:00,u1,"a"b"\n' + _csv_rows(5, start=40))
     (tmp_path / "e.csv").write_text(text, encoding="utf-8")
     (tmp_path / "m.yaml").write_text(CSV_MAPPING.replace("participants:", "input: {max_quoted_lines: 10}\n"
                                                                             "participants:"), encoding="utf-8")
@@ -207,8 +207,8 @@ def test_a_quote_running_over_the_line_limit_is_cut_and_the_lines_read_again(tmp
 def test_an_over_size_row_is_a_reject_read_at_bounded_memory(tmp_path: Path) -> None:
     """A 20 MB line against a 100,000-character cap: the reader never holds more than the cap of it."""
     big = "x" * 20_000_000
-    (tmp_path / "e.csv.gz").write_bytes(gzip.compress((CSV_HEADER + _csv_rows(2) + f"c1,big,2024-05-01 11:00:00,u1,{big}\n"
-                                                       + _csv_rows(2, start=5)).encode(), 1))
+    text = CSV_HEADER + _csv_rows(2) + f"c1,big,2024-05-01 11:00:00,u1,{big}\n" + _csv_rows(2, start=5)
+    (tmp_path / "e.csv.gz").write_bytes(gzip.compress(text.encode(), 1))
     (tmp_path / "m.yaml").write_text(CSV_MAPPING.replace("participants:", "input: {max_row_chars: 100000}\n"
                                                                             "participants:"), encoding="utf-8")
     code = ("import sys, json, tracemalloc; from bundler.migrate import migrate; tracemalloc.start(); "
@@ -295,10 +295,8 @@ def test_report_adds_up_the_shards_and_names_a_missing_one(tmp_path: Path) -> No
 def _children(pid: int) -> set[int]:
     found: set[int] = set()
     for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
+        with contextlib.suppress(OSError):
             found |= {int(c) for c in (task / "children").read_text().split()}
-        except OSError:
-            pass
     return found
 
 
