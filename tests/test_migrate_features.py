@@ -59,6 +59,36 @@ def _row(mid: str, thread: str, ts: object, text: str = "hi", author: str = "u-7
             "kind": kind}, "ts": ts, "text": text, **more}
 
 
+# --- the two real-world fixtures, tested as fixtures/legacy is -------------------------------------------------
+
+FIXTURES = [("sms-gateway", "messages.csv", "mapping.yaml"), ("chat-export", "messages.jsonl", "mapping.yaml"),
+            ("chat-export", "messages-ms.jsonl", "mapping-ms.yaml")]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(("folder", "export", "mapping"), FIXTURES)
+def test_fixture_exports_give_exactly_the_expected_specs_and_rejects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      folder: str, export: str, mapping: str,
+                                                                      workers: int) -> None:
+    monkeypatch.chdir(REPO)
+    where = Path("fixtures") / folder
+    expected = where / "expected"
+    out, rejects = tmp_path / "specs", tmp_path / "rejects.jsonl"
+    summary = migrate([where / export], where / mapping, to="specs", out=out, rejects=rejects, workers=workers)
+    names = sorted(p.name for p in (expected / "specs").iterdir())
+    assert sorted(p.name for p in out.iterdir()) == names
+    for name in names:
+        assert (out / name).read_bytes() == (expected / "specs" / name).read_bytes(), name
+    got = [orjson.loads(line) for line in rejects.read_bytes().splitlines()]
+    want = [orjson.loads(line) for line in (expected / "rejects.jsonl").read_bytes().splitlines()]
+    if export == "messages.jsonl" or export.endswith(".csv"):
+        assert rejects.read_bytes() == (expected / "rejects.jsonl").read_bytes()
+    else:  # the same rows in milliseconds: the same rows rejected for the same reasons
+        assert [(r["row"], r["severity"], r["reason"]) for r in got] == \
+            [(r["row"], r["severity"], r["reason"]) for r in want]
+    assert summary.accounted and summary.rejected == sum(r["severity"] == "reject" for r in want)
+
+
 def test_nested_paths_epoch_seconds_several_files_and_a_filtered_bot(tmp_path: Path) -> None:
     export = _jsonl(tmp_path / "chat.jsonl", [
         _row("m1", "T-100", 1710425700, files=[{"url": "https://f/1.png", "mime": "image/png", "name": "one"},

@@ -132,16 +132,29 @@ def _write_ndjson(threads: Iterator[ThreadSpec], out: Path, identifier_system: s
         _write_bundles(threads, f, identifier_system)
 
 
-def _write_spec_files(threads: Iterator[ThreadSpec], staging: Path) -> None:
+def _same_file(path: Path, data: bytes) -> bool:
+    """Whether `path` holds exactly `data` (its size first: most changed files differ in size)."""
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        return False
+
+
+def _write_spec_files(threads: Iterator[ThreadSpec], staging: Path, out: Path) -> None:
+    """Each spec into `staging`, unless `out` has its file with these very bytes already: a re-run over a
+    grown export touches only the files of threads that changed."""
     for spec in threads:
         data = spec.to_data()
         parse_spec(data, file=f"{spec.key}.yaml")  # insurance: what we write, `build` reads back
-        (staging / f"{spec.key}.yaml").write_bytes(dump_yaml(data))
+        name = f"{spec.key}.yaml"
+        text = dump_yaml(data)
+        if not _same_file(out / name, text):
+            (staging / name).write_bytes(text)
 
 
 def _write_specs(threads: Iterator[ThreadSpec], out: Path) -> None:
     with staged_folder(out) as staging:
-        _write_spec_files(threads, staging)
+        _write_spec_files(threads, staging, out)
 
 
 # --- parallel: every process loads a share of the rows, then assembles a range of thread keys -------
@@ -236,6 +249,7 @@ class _Job:
     identifier_system: str
     workers: int
     board: _Board
+    out: Path
 
     def stream(self, w: int, progress: ProgressFn | None) -> ThreadStream:
         return ThreadStream(self.inputs, self.mapping, shard=self.shard, rejects=self.rejects(w),
@@ -287,7 +301,7 @@ def _assemble_range(job: _Job, w: int, stores: list[Path], lo: str | None, hi: s
                 with (parts / f"part-{w}").open("wb", buffering=1 << 20) as f:
                     _write_bundles(threads, f, job.identifier_system)
         else:
-            _write_spec_files(threads, parts)
+            _write_spec_files(threads, parts, job.out)
         _write_part_rejects(job.rejects(w), stream.rejects_from(reader))
     finally:
         reader.close()
@@ -433,7 +447,7 @@ def _migrate_parallel(inputs: Sequence[str | Path], mapping: str | Path | Migrat
     scratch, held = held_folder(SCRATCH_PREFIX, work_dir)  # (what killed runs left there goes first)
     try:
         job = _Job([str(p) for p in inputs], loaded, to, scratch, shard, identifier_system, workers,
-                   _Board.create(scratch, workers))
+                   _Board.create(scratch, workers), out)
         summary = _run(job, out, rejects, progress, t0)
     finally:
         os.close(held)
