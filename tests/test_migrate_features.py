@@ -372,3 +372,97 @@ def test_kill_9_of_the_parent_takes_its_workers_and_a_rerun_cleans_up(tmp_path: 
     assert again.accounted and out.exists()
     assert list(work.iterdir()) == []
     assert sorted(p.name for p in out.parent.iterdir()) == ["o.ndjson", "o.ndjson.rejects.jsonl"]
+
+
+# --- a delta run against the server: bulk, then a grown export ---------------------------------------
+
+
+def _delta_export(path: Path, prefix: str, rows: list[tuple[str, str, str, str, str, str]]) -> Path:
+    lines = ["conv,id,sender,sent,text,state"] + [",".join((f"{prefix}-{c}", m, s, t, x, st))
+                                                    for c, m, s, t, x, st in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_a_delta_run_sends_only_what_is_new_and_updates_a_closed_conversation(project, tmp_path: Path  # type: ignore[no-untyped-def]
+                                                                                ) -> None:
+    from bundler.medplum.client import ClientCredentials, FhirClient
+
+    prefix = project.prefix
+    people = f"urn:test:{prefix}:people"
+    system = f"urn:test:{prefix}"
+    (tmp_path / "m.yaml").write_text(f"""\
+thread:
+  id: conv
+  status: {{column: state, map: {{open: in-progress, closed: completed}}}}
+message: {{id: id, sender: sender, sent: {{column: sent, timezone: UTC}}, text: text}}
+participants:
+  rules:
+    - prefix: "pt-"
+      reference: "Patient?identifier={people}|{{rest}}"
+    - prefix: "dr-"
+      reference: "Practitioner?identifier={people}|{{rest}}"
+""", encoding="utf-8")
+    bulk = [("a", "a1", "pt-1", "2024-05-01 09:00:00", "Hello", "open"),
+            ("a", "a2", "dr-1", "2024-05-01 10:00:00", "Hi there", "open"),
+            ("b", "b1", "pt-2", "2024-05-02 09:00:00", "Question", "open"),
+            ("b", "b2", "dr-1", "2024-05-02 10:00:00", "Answer", "open")]
+    grown = [r if r[0] != "b" else (*r[:5], "closed") for r in bulk] + [
+        ("a", "a3", "pt-1", "2024-05-03 09:00:00", "One more thing", "open"),
+        ("c", "c1", "pt-2", "2024-05-04 09:00:00", "A new conversation", "open")]
+    t = project.target
+    env = {"MEDPLUM_BASE_URL": t.base_url, "MEDPLUM_CLIENT_ID": t.client_id, "MEDPLUM_CLIENT_SECRET": t.client_secret}
+    with FhirClient(t.base_url, ClientCredentials(t.client_id, t.client_secret)) as client:
+        entries = [{"fullUrl": f"urn:uuid:{kind}-{n}", "request": {"method": "POST", "url": kind},
+                    "resource": {"resourceType": kind, "identifier": [{"system": people, "value": str(n)}]}}
+                   for kind, n in (("Patient", 1), ("Patient", 2), ("Practitioner", 1))]
+        client.transaction(orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
+                           entries=len(entries))
+
+        def run(export: Path, *more: str) -> tuple[int, dict[str, int]]:
+            result = CliRunner().invoke(main, [
+                "migrate", str(export), "--mapping", str(tmp_path / "m.yaml"), "--load", "--identifier-system",
+                system, "--journal", str(tmp_path / "j.sqlite"), "--report", str(tmp_path / "r.json"), *more],
+                env=env)
+            assert "Traceback" not in result.output, result.output
+            return result.exit_code, orjson.loads((tmp_path / "r.json").read_bytes())["counts"]
+
+        def on_server() -> list[dict[str, object]]:
+            return client.search("Communication", {"identifier": f"{system}|", "_count": "100"})
+
+        assert run(_delta_export(tmp_path / "v1.csv", prefix, bulk)) == (0, {"loaded": 2})
+        before = {r["id"]: r["meta"]["versionId"] for r in on_server()}  # type: ignore[index]
+        assert len(before) == 2 + 4  # two headers, four messages
+        v2 = _delta_export(tmp_path / "v2.csv", prefix, grown)
+        code, counts = run(v2)  # without --update: b's change is only reported
+        assert (code, counts) == (1, {"appended": 1, "loaded": 1, "changed": 1})
+        after = on_server()
+        assert len(after) == 6 + 1 + 2  # a3; c's header and c1: nothing else created
+        assert all(before[r["id"]] == r["meta"]["versionId"] for r in after if r["id"] in before)  # type: ignore[index]
+        assert run(v2, "--update") == (0, {"skipped": 2, "updated": 1})
+        headers = [r for r in on_server() if "partOf" not in r]
+        status = {r["identifier"][0]["value"]: r["status"] for r in headers}  # type: ignore[index]
+        assert status == {f"{prefix}-a": "in-progress", f"{prefix}-b": "completed", f"{prefix}-c": "in-progress"}
+        assert len(on_server()) == 9
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_delta_run_to_specs_rewrites_only_the_threads_that_changed(tmp_path: Path, workers: int) -> None:
+    (tmp_path / "m.yaml").write_text(CSV_MAPPING, encoding="utf-8")
+    first = tmp_path / "v1.csv"
+    first.write_text(CSV_HEADER + _csv_rows(30), encoding="utf-8")
+    out = tmp_path / "specs"
+    migrate([first], tmp_path / "m.yaml", to="specs", out=out, workers=workers)
+    files = {p.name: p.stat() for p in out.iterdir()}
+    assert sorted(files) == ["c0.yaml", "c1.yaml", "c2.yaml"]
+    grown = tmp_path / "v2.csv"  # c1 gets a message (31 % 3 == 1): c0 and c2 are as they were
+    grown.write_text(CSV_HEADER + _csv_rows(31), encoding="utf-8")
+    migrate([grown], tmp_path / "m.yaml", to="specs", out=out, workers=workers)
+    now = {p.name: p.stat() for p in out.iterdir()}
+    untouched = sorted(n for n in now if (now[n].st_ino, now[n].st_mtime_ns) == (files[n].st_ino, files[n].st_mtime_ns))
+    assert untouched == sorted(set(now) - {"c1.yaml"}) == ["c0.yaml", "c2.yaml"]
+    for to in ("ndjson",):  # and NDJSON: the same export, the same bytes
+        a = migrate([grown], tmp_path / "m.yaml", to=to, out=tmp_path / "a.ndjson", workers=workers)
+        b = migrate([grown], tmp_path / "m.yaml", to=to, out=tmp_path / "b.ndjson", workers=3 - workers)
+        assert a.messages == b.messages == 31
+        assert (tmp_path / "a.ndjson").read_bytes() == (tmp_path / "b.ndjson").read_bytes()
