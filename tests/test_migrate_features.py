@@ -159,27 +159,58 @@ def test_readable_aliases_and_keys() -> None:
 # --- bad inputs: each a clear answer, never a traceback --------------------------------------------
 
 
+CSV_HEADER = "conversation_id,message_id,created_at,sender_id,body\n"
+CSV_MAPPING = """\
+thread: {id: conversation_id}
+message: {id: message_id, sender: sender_id, sent: {column: created_at, timezone: UTC}, text: body}
+participants: {rules: [{prefix: "u", reference: "Patient/{rest}"}]}
+"""
+
+
+def _csv_rows(n: int, start: int = 1) -> str:
+    return "".join(f"c{i % 3},m{i},2024-05-01 10:{i % 60:02d}:00,u{i % 2},text {i}\n" for i in range(start, start + n))
+
+
+_ONE = orjson.dumps(_row("m1", "T", 1)) + b"\n"
+_MAX_LINES = "input: {max_quoted_lines: 10}\nparticipants:"
+
 BAD_INPUTS = [
-    # (what, input name, its bytes, mapping changes, (exit code, text in stderr), counts or None)
-    ("a mapping path that no JSON row has", "x.jsonl", orjson.dumps(_row("m1", "T", 1)) + b"\n",
-     {"thread.id": "thread.key"}, (2, "'thread.key' is in none of the first 1 rows of"), None),
-    ("an epoch value that is not a number", "x.jsonl", orjson.dumps(_row("m1", "T", "soon")) + b"\n", {},
-     (1, ""), {"bad-time": 1}),
-    ("a strptime %s format", "x.jsonl", orjson.dumps(_row("m1", "T", 1)) + b"\n", {"format: epoch": "format: '%s'"},
+    # (what, input name, its bytes, mapping, changes to it, (exit code, text in stderr), reject counts or None:
+    # nothing written)
+    ("a mapping path that no JSON row has", "x.jsonl", _ONE, CHAT_MAPPING, {"thread.id": "thread.key"},
+     (2, "'thread.key' is in none of the first 1 rows of"), None),
+    ("an epoch value that is not a number", "x.jsonl", orjson.dumps(_row("m1", "T", "soon")) + b"\n", CHAT_MAPPING,
+     {}, (1, ""), {"bad-time": 1}),
+    ("a strptime %s format", "x.jsonl", _ONE, CHAT_MAPPING, {"format: epoch": "format: '%s'"},
      (2, "is not 'iso', 'epoch' (seconds since 1970)"), None),
     ("a files value that is not an array of objects", "x.jsonl",
-     orjson.dumps(_row("m1", "T", 1, files="nope")) + b"\n", {}, (1, ""), {"bad-attachment": 1}),
+     orjson.dumps(_row("m1", "T", 1, files="nope")) + b"\n", CHAT_MAPPING, {}, (1, ""), {"bad-attachment": 1}),
     ("an over-long JSON line", "x.jsonl",
      orjson.dumps(_row("m1", "T", 1, text="x" * 5000)) + b"\n" + orjson.dumps(_row("m2", "T", 2)) + b"\n",
+     CHAT_MAPPING, {"participants:": "input: {max_row_chars: 1000}\nparticipants:"}, (1, ""), {"bad-row": 1}),
+    ("an unterminated quote", "e.csv",
+     (CSV_HEADER + _csv_rows(10) + 'c1,bad,2024-05-01 11:00:00,u1,"never closed\n' + _csv_rows(20, 12)).encode(),
+     CSV_MAPPING, {}, (1, "rows rejected       1"), {"bad-row": 1}),
+    ("a quote over max_quoted_lines", "e.csv",
+     (CSV_HEADER + 'c1,bad,2024-05-01 11:00:00,u1,"opens\n' + _csv_rows(20) + 'c2,x,2024-05-01,u1,"closes"\n').encode(),
+     CSV_MAPPING, {"participants:": _MAX_LINES}, (1, ""), {"bad-row": 1, "bad-time": 1}),
+    ("an over-size CSV row", "e.csv", (CSV_HEADER + _csv_rows(2) + "c1,big,2024-05-01 11:00:00,u1," + "y" * 3000
+                                       + "\n" + _csv_rows(2, 4)).encode(), CSV_MAPPING,
      {"participants:": "input: {max_row_chars: 1000}\nparticipants:"}, (1, ""), {"bad-row": 1}),
+    ("a delimiter the mapping does not set", "e.csv", (CSV_HEADER.replace(",", ";") + "c;m;t;s;b\n").encode(),
+     CSV_MAPPING, {}, (2, "set input.delimiter: ';'"), None),
+    ("a Latin-1 export read as UTF-8", "e.csv",
+     (CSV_HEADER + "c1,m1,2024-05-01 10:00:00,u1,Jos\xe9\n").encode("latin-1"), CSV_MAPPING, {},
+     (1, "set input.encoding"), {"bad-encoding": 1}),
 ]
 
 
-@pytest.mark.parametrize(("what", "name", "data", "changes", "expected", "counts"), BAD_INPUTS,
+@pytest.mark.parametrize(("what", "name", "data", "mapping", "changes", "expected", "counts"), BAD_INPUTS,
                          ids=[b[0] for b in BAD_INPUTS])
-def test_bad_inputs(tmp_path: Path, what: str, name: str, data: bytes, changes: dict[str, str],
+def test_bad_inputs(tmp_path: Path, what: str, name: str, data: bytes, mapping: str, changes: dict[str, str],
                     expected: tuple[int, str], counts: dict[str, int] | None) -> None:
-    mapping = CHAT_MAPPING
+    """Each bad input of issue 13: a clear answer with the right exit status, never a traceback; the rows it
+    spoils rejected one by one (the rest still messages), or nothing written."""
     for old, new in changes.items():
         mapping = mapping.replace(old, new)
     (tmp_path / "m.yaml").write_text(mapping, encoding="utf-8")
@@ -194,18 +225,6 @@ def test_bad_inputs(tmp_path: Path, what: str, name: str, data: bytes, changes: 
         assert orjson.loads((tmp_path / "sum.json").read_bytes())["rejected"] == counts
     else:
         assert not (tmp_path / "o.ndjson").exists()
-
-
-CSV_HEADER = "conversation_id,message_id,created_at,sender_id,body\n"
-CSV_MAPPING = """\
-thread: {id: conversation_id}
-message: {id: message_id, sender: sender_id, sent: {column: created_at, timezone: UTC}, text: body}
-participants: {rules: [{prefix: "u", reference: "Patient/{rest}"}]}
-"""
-
-
-def _csv_rows(n: int, start: int = 1) -> str:
-    return "".join(f"c{i % 3},m{i},2024-05-01 10:{i % 60:02d}:00,u{i % 2},text {i}\n" for i in range(start, start + n))
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -265,14 +284,6 @@ def test_mapping_problems_come_all_at_once_with_a_delimiter_hint(tmp_path: Path)
     assert "unknown field 'colour'" in err and "'Mars/Base' is not an IANA time zone" in err  # schema and values
     assert "column 'conversation_id' is not in the header" in err  # and the input's header, in one go
     assert "set input.delimiter: ';'" in err
-
-
-def test_a_latin1_export_gets_an_encoding_hint(tmp_path: Path) -> None:
-    (tmp_path / "e.csv").write_bytes((CSV_HEADER + "c1,m1,2024-05-01 10:00:00,u1,Jos\xe9\n").encode("latin-1"))
-    (tmp_path / "m.yaml").write_text(CSV_MAPPING, encoding="utf-8")
-    result = CliRunner().invoke(main, ["migrate", str(tmp_path / "e.csv"), "--mapping", str(tmp_path / "m.yaml"),
-                                       "--to", "specs", str(tmp_path / "s")])
-    assert result.exit_code == 1 and "set input.encoding" in result.stderr
 
 
 # --- exit status ----------------------------------------------------------------------------------
@@ -466,3 +477,21 @@ def test_a_delta_run_to_specs_rewrites_only_the_threads_that_changed(tmp_path: P
         b = migrate([grown], tmp_path / "m.yaml", to=to, out=tmp_path / "b.ndjson", workers=3 - workers)
         assert a.messages == b.messages == 31
         assert (tmp_path / "a.ndjson").read_bytes() == (tmp_path / "b.ndjson").read_bytes()
+
+
+def test_a_load_failure_names_the_input_file_and_line(project, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A thread the server refuses (its patient is not there) is named by the export's file and line, not <spec>."""
+    (tmp_path / "m.yaml").write_text(CSV_MAPPING.replace('reference: "Patient/{rest}"',
+                                                         f'reference: "Patient?identifier=urn:test:{project.prefix}'
+                                                         '|{rest}"'), encoding="utf-8")
+    export = tmp_path / "e.csv"
+    export.write_text(CSV_HEADER + f"{project.prefix}-c,m1,2024-05-01 10:00:00,u1,hello\n"
+                      f"{project.prefix}-c,m2,2024-05-01 10:01:00,u2,hi\n", encoding="utf-8")
+    t = project.target
+    env = {"MEDPLUM_BASE_URL": t.base_url, "MEDPLUM_CLIENT_ID": t.client_id, "MEDPLUM_CLIENT_SECRET": t.client_secret}
+    result = CliRunner().invoke(main, ["migrate", str(export), "--mapping", str(tmp_path / "m.yaml"), "--load",
+                                       "--identifier-system", f"urn:test:{project.prefix}", "--journal",
+                                       str(tmp_path / "j.sqlite")], env=env)
+    assert result.exit_code == 1, result.output
+    assert f"failed: {project.prefix}-c: {export}:2" in result.stderr, result.stderr
+    assert "<spec>" not in result.stderr

@@ -10,6 +10,7 @@ Blank lines are not rows. Bytes that are not valid in the input's encoding make 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
@@ -152,6 +153,26 @@ SAMPLE_ROWS = 1000
 """How many JSON Lines rows are read up front to check that every path the mapping names is in one of them."""
 
 
+def _paths_seen(path: Path, mapping: MigrationMapping, wanted: list[str]) -> tuple[int, set[str]]:
+    """(rows looked at, which of `wanted` one of them has) over the first SAMPLE_ROWS JSON objects."""
+    seen: set[str] = set()
+    rows = 0
+    with _open(path, mapping.encoding) as f:
+        for text in _bounded_lines(f, mapping.max_row_chars):
+            if rows >= SAMPLE_ROWS or len(seen) == len(wanted):
+                break
+            if isinstance(text, _Long):
+                continue
+            try:
+                data = orjson.loads(text.encode("utf-8", "surrogateescape"))
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(data, dict):
+                rows += 1
+                seen.update(c for c in wanted if lookup(data, c) is not _MISSING)
+    return rows, seen
+
+
 def _jsonl_source(name: str, i: int, mapping: MigrationMapping, problems: list[Problem]) -> Source:
     """A JSON Lines input; the values every message needs (conversation, message id, sender, sent) must be in
     one of its first SAMPLE_ROWS rows (a misspelt path would reject every row); optional ones may be absent."""
@@ -159,24 +180,11 @@ def _jsonl_source(name: str, i: int, mapping: MigrationMapping, problems: list[P
     required = [v for v in (mapping.thread_id, mapping.message_id, mapping.sender,
                             mapping.sent.value if mapping.sent else None) if v is not None]
     wanted = list(dict.fromkeys(c for v in required for c in v.columns))
-    seen: set[str] = set()
-    rows = 0
     try:
-        with _open(Path(name), mapping.encoding) as f:
-            for text in _bounded_lines(f, mapping.max_row_chars):
-                if rows >= SAMPLE_ROWS or len(seen) == len(wanted):
-                    break
-                if isinstance(text, _Long):
-                    continue
-                try:
-                    data = orjson.loads(text.encode("utf-8", "surrogateescape"))
-                except orjson.JSONDecodeError:
-                    continue
-                if isinstance(data, dict):
-                    rows += 1
-                    seen.update(c for c in wanted if lookup(data, c) is not _MISSING)
+        rows, seen = _paths_seen(Path(name), mapping, wanted)
     except (OSError, EOFError, zlib.error) as exc:
         problems.append(Problem(name, None, None, "", f"cannot read: {exc}"))
+        rows, seen = 0, set()
     if rows:
         for value in required:
             for column in value.columns:
@@ -228,7 +236,7 @@ _SHOWN = 200  # characters of an over-long row kept for the reject file
 class _Overrun(Exception):
     """The row being read is over a limit (`why`); the lines after its first are in `rest` to read again."""
 
-    def __init__(self, why: str, first: str, rest: list[str | _Long]) -> None:
+    def __init__(self, why: str, first: str, rest: Sequence[str | _Long]) -> None:
         self.why, self.first, self.rest = why, first, rest
         super().__init__(why)
 
@@ -326,6 +334,18 @@ class _Lines:
         return self.ended and bool(self.more) and not self.more[-1].rstrip("\r\n").endswith(quotechar)
 
 
+def _next_values(rows: Iterator[list[str]], lines: _Lines, width: int, quotechar: str) -> list[str]:
+    """The next row's fields; _Overrun also for a row over several lines that does not fit (a quote opened
+    and not closed where it should be), so that its lines after the first are read again."""
+    values = next(rows)
+    if lines.more and (len(values) != width or lines.unterminated(quotechar)):
+        why = _unterminated(lines, len(values), width, quotechar)
+        lines.ended = False
+        raise _Overrun(why, lines.first, lines.more)
+    lines.mark = lines.taken
+    return values
+
+
 def _csv_records(f: IO[str], source: Source, mapping: MigrationMapping, share: tuple[int, int]
                  ) -> Iterator[Record]:
     lines = _Lines(f, mapping.max_row_chars, mapping.max_quoted_lines)
@@ -334,17 +354,15 @@ def _csv_records(f: IO[str], source: Source, mapping: MigrationMapping, share: t
         return csv.reader(lines, delimiter=source.delimiter, quotechar=mapping.quotechar)
     rows = reader()
     mine, every = share
-    width = len(source.columns)
-    try:
-        next(rows, None)  # the header
-    except _Overrun:
-        return  # (open_sources read it already: it is not over the cap)
+    width, quotechar = len(source.columns), mapping.quotechar
+    with contextlib.suppress(_Overrun):  # (open_sources read the header already: it is not over the cap)
+        next(rows, None)
     lines.mark = lines.taken
     row = 0
     while True:
         start = lines.mark + 1
         try:
-            values = next(rows)
+            values = _next_values(rows, lines, width, quotechar)
         except StopIteration:
             return
         except _Overrun as exc:
@@ -360,34 +378,23 @@ def _csv_records(f: IO[str], source: Source, mapping: MigrationMapping, share: t
             if row % every == mine:
                 yield Record(row, start, None, None, ("bad-row", f"not a CSV row: {exc}"))
             continue
-        if lines.more and (len(values) != width or lines.unterminated(mapping.quotechar)):
-            # a row over several lines that does not fit: a quote opened and not closed where it should be
-            row += 1
-            why = _unterminated(lines, start, len(values), width, mapping.quotechar)
-            first = lines.first
-            lines.ended = False
-            lines.retry(lines.more)
-            rows = reader()
-            if row % every == mine:
-                yield Record(row, start, None, _clean(_shown(first)), ("bad-row", why))
-            continue
-        lines.mark = lines.taken
         if not values or (len(values) == 1 and not values[0]):
             continue
         row += 1
-        if row % every != mine:
-            continue
-        if len(values) != width:
-            yield Record(row, start, None, _clean(values),
-                         ("bad-row", f"{len(values)} fields, the header has {width}"))
-        elif _bad_encoding(values):
-            yield Record(row, start, None, _clean(values), ("bad-encoding", f"bytes that are not {mapping.encoding} "
-                                                                            "(another encoding? set input.encoding)"))
-        else:
-            yield Record(row, start, values, values)
+        if row % every == mine:
+            yield _judged(values, row, start, width, mapping.encoding)
 
 
-def _unterminated(lines: _Lines, start: int, fields: int, width: int, quotechar: str) -> str:
+def _judged(values: list[str], row: int, start: int, width: int, encoding: str) -> Record:
+    if len(values) != width:
+        return Record(row, start, None, _clean(values), ("bad-row", f"{len(values)} fields, the header has {width}"))
+    if _bad_encoding(values):
+        return Record(row, start, None, _clean(values), ("bad-encoding", f"bytes that are not {encoding} (another "
+                                                                         "encoding? set input.encoding)"))
+    return Record(row, start, values, values)
+
+
+def _unterminated(lines: _Lines, fields: int, width: int, quotechar: str) -> str:
     where = "the end of the input" if lines.unterminated(quotechar) else f"line {lines.taken}"
     return (f"a quoted field opened on this line runs to {where} ({fields} fields where the header has "
             f"{width}): an unterminated quote? This line is rejected, the {len(lines.more):,} after it read "

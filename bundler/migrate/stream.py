@@ -29,8 +29,8 @@ from .assemble import Assembler
 from .extract import Extractor, RowError
 from .grouping import Groups, GroupStore
 from .keys import KEY_FITS, thread_key
-from .mapping import MigrationMapping
-from .readers import prepare, read_records
+from .mapping import MigrationMapping, Row
+from .readers import Record, prepare, read_records
 from .records import TOMBSTONE_SENT, Tombstone, decode, encode
 from .rejects import WARNING, Reject, write_rejects
 
@@ -272,6 +272,22 @@ class ThreadStream(Iterator[ThreadSpec]):
             store.add_rejects(pending)
             pending.clear()
 
+    def _unreadable(self, store: Groups, rejects: list[tuple[int, Reject]], first: bool, index: int, name: str,
+                    rec: Record) -> None:
+        if first:
+            assert rec.error is not None  # a row without values says why
+            reason, message = rec.error
+            self._reject(store, rejects, (index, Reject(name, rec.row, rec.line, reason, message, rec.raw)))
+        else:
+            self.summary.rows_other_shards += 1
+
+    def _skipped(self, skipped: Callable[[Row], str | None] | None, values: Row) -> bool:
+        """Whether a skip rule of the mapping leaves this row out (counted by rule if so)."""
+        rule = skipped(values) if skipped is not None else None
+        if rule is not None:
+            self.summary.skipped_by[rule] += 1
+        return rule is not None
+
     def load_rows(self, store: GroupStore, share: tuple[int, int] = (0, 1)) -> list[str]:
         """Step 1: every row read, judged alone, and stored in `store` by thread key (or rejected there);
         then the store is committed. Counts rows and rejects into `summary`.
@@ -304,21 +320,13 @@ class ThreadStream(Iterator[ThreadSpec]):
                     self._tick("reading")
                 values = rec.values
                 if values is None:  # unreadable: no conversation to shard by, so shard 0 reports it
-                    if first:
-                        assert rec.error is not None  # a row without values says why
-                        reason, message = rec.error
-                        self._reject(store, rejects, (index, Reject(name, rec.row, rec.line, reason, message,
-                                                                    rec.raw)))
-                    else:
-                        s.rows_other_shards += 1
+                    self._unreadable(store, rejects, first, index, name, rec)
                     continue
                 conv = conversation(values).strip()
-                if not conv:
+                if not conv:  # no conversation to shard by: shard 0 says what it is
                     if not first:
                         s.rows_other_shards += 1
-                    elif skipped is not None and (rule := skipped(values)) is not None:
-                        s.skipped_by[rule] += 1
-                    else:
+                    elif not self._skipped(skipped, values):
                         self._reject(store, rejects, (index, Reject(name, rec.row, rec.line, "missing-thread",
                                                                     "no conversation id", rec.raw)))
                     continue
@@ -328,15 +336,11 @@ class ThreadStream(Iterator[ThreadSpec]):
                 if shard is not None and key not in shard:
                     s.rows_other_shards += 1
                     continue
-                if skipped is not None and (rule := skipped(values)) is not None:
-                    s.skipped_by[rule] += 1
+                if skipped is not None and self._skipped(skipped, values):
                     continue
                 seq = base + rec.row  # input order, the same in every process of a parallel run
                 if stored % stride == 0:
-                    sample.append(key)
-                    if len(sample) >= SAMPLE:  # keep every other one: the sample stays small and even
-                        del sample[1::2]
-                        stride *= 2
+                    stride = _sampled(sample, key, stride)
                 stored += 1
                 try:
                     micros, message_record = record(values, conv, rec.row, rec.line, rec.raw)
@@ -396,6 +400,16 @@ class ThreadStream(Iterator[ThreadSpec]):
         columns = {src.index: src.columns for src in self.sources if src.format == "csv"}
         for index, reject in store.rejects():
             yield index, _with_columns(reject, columns.get(index))
+
+
+def _sampled(sample: list[str], key: str, stride: int) -> int:
+    """`key` into the sample of thread keys; the stride from now on (doubled when the sample is thinned: it keeps
+    every other key, so it stays small and even)."""
+    sample.append(key)
+    if len(sample) >= SAMPLE:
+        del sample[1::2]
+        return stride * 2
+    return stride
 
 
 def _with_columns(reject: Reject, columns: tuple[str, ...] | None) -> Reject:
