@@ -63,18 +63,18 @@ def _phone(raw: str) -> str | None:
     return TEL_PREFIX + digits if 4 <= len(digits) <= 15 else None
 
 
+def _fitted(raw: str, fits: re.Pattern[str], bad: re.Pattern[str], length: int) -> str:
+    return raw if fits.fullmatch(raw) else _phone(raw) or _sanitise(raw, bad, length)
+
+
 def thread_key(raw: str) -> str:
     """A conversation id as a thread key: as it is when it fits, else readable or sanitised (module doc)."""
-    if _THREAD_KEY.fullmatch(raw):
-        return raw
-    return _phone(raw) or _sanitise(raw, _NOT_KEY, 128)
+    return _fitted(raw, _THREAD_KEY, _NOT_KEY, 128)
 
 
 def message_id(raw: str) -> str:
     """A legacy message id as a spec message id: as it is when it fits, else readable or sanitised."""
-    if _MESSAGE_ID.fullmatch(raw):
-        return raw
-    return _phone(raw) or _sanitise(raw, _NOT_KEY, 128)
+    return _fitted(raw, _MESSAGE_ID, _NOT_KEY, 128)
 
 
 def fold(key: str) -> str:
@@ -90,6 +90,4 @@ def distinct_in_case(conversation: str) -> str:
 
 def alias(raw: str) -> str:
     """A legacy user id as a participant alias: as it is when it fits, else readable or sanitised."""
-    if _ALIAS.fullmatch(raw):
-        return raw
-    return _phone(raw) or _sanitise(raw, _NOT_ALIAS, 64)
+    return _fitted(raw, _ALIAS, _NOT_ALIAS, 64)
