@@ -3,8 +3,15 @@
     mapping = load_mapping("fixtures/legacy/mapping.yaml")   # raises SpecError listing every problem
 
 A value in the mapping is a column name (`body`), a template joining columns (`"{first} {last}"`, `{{`
-for a literal brace), or `{column: ...}`, `{template: ...}`, `{value: <constant>}`. Values are compiled
-against each input's columns (`Value.getter`), so the per-row work is a list index or a join.
+for a literal brace), or `{column: ...}`, `{template: ...}`, `{value: <constant>}`. In JSON Lines a column
+name with dots reads a nested field (`thread.id`). Values are compiled against each input's columns
+(`Value.getter`), so the per-row work is a list index or a join.
+
+Besides the values: `sent.format` (iso, epoch, epoch_ms or strptime), `attachments` (a list of
+{url, content_type, title}, or {each: <JSON array column>, url: <key>, ...}), `skip` rules, and the
+input's limits (`max_row_chars`, `max_quoted_lines`). Every default is in the schema
+(`schemas/migrate-mapping.schema.json`). Problems come all at once: the schema's and the values'
+(`load_mapping_problems`; with the inputs' missing columns: `readers.prepare`).
 """
 
 from __future__ import annotations

@@ -422,13 +422,14 @@ def _with_columns(reject: Reject, columns: tuple[str, ...] | None) -> Reject:
 def iter_threads(inputs: Sequence[str | Path], mapping: str | Path | MigrationMapping, *,
                  shard: Shard | str | None = None, strict: bool = False, rejects: str | Path | None = None,
                  work_dir: str | Path | None = None, progress: ProgressFn | None = None) -> ThreadStream:
-    # (each spec knows the input file and lines of its rows: `spec.origin(i)`, what `load` names a failure by)
     """The threads of a legacy export, as ThreadSpecs in thread-key order, at constant memory.
 
     `inputs` are CSV/JSONL files (optionally .gz); `mapping` a mapping file (or a loaded one). Rejected
     rows go to `rejects` (.csv or .jsonl), written when the stream ends; with `strict`, the first one
-    raises RowRejected instead. The returned stream's `summary` counts rows, messages, threads and
-    rejects. Raises SpecError (with file:line) for a bad mapping or unreadable inputs, before any row.
+    raises RowRejected instead. The returned stream's `summary` counts rows, messages, threads,
+    rejects, warnings and skipped rows. Each spec knows the input file and line of its rows
+    (`spec.origin(i)`: what `load` names a failure by); `stream.start()` reads every row before the first
+    thread is asked for and says how many threads and messages are coming, at most. Raises SpecError (with file:line) for a bad mapping or unreadable inputs, before any row.
 
         with iter_threads(["export.csv"], "mapping.yaml", rejects="rejects.jsonl") as threads:
             for spec in threads:
