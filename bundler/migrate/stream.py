@@ -429,7 +429,8 @@ def iter_threads(inputs: Sequence[str | Path], mapping: str | Path | MigrationMa
     raises RowRejected instead. The returned stream's `summary` counts rows, messages, threads,
     rejects, warnings and skipped rows. Each spec knows the input file and line of its rows
     (`spec.origin(i)`: what `load` names a failure by); `stream.start()` reads every row before the first
-    thread is asked for and says how many threads and messages are coming, at most. Raises SpecError (with file:line) for a bad mapping or unreadable inputs, before any row.
+    thread is asked for and says how many threads and messages are coming, at most. Raises SpecError
+    (with file:line) for a bad mapping or unreadable inputs, before any row.
 
         with iter_threads(["export.csv"], "mapping.yaml", rejects="rejects.jsonl") as threads:
             for spec in threads:
