@@ -95,7 +95,7 @@ def migrate(inputs: Sequence[str | Path], mapping: str | Path | MigrationMapping
     (BundlerError), and nothing is written.
 
         summary = migrate(["export.csv"], "mapping.yaml", to="ndjson", out="bundles.ndjson")
-        assert summary.rows_read == summary.messages + summary.rejected
+        assert summary.accounted  # rows_read == messages + rejected + skipped + rows_other_shards
     """
     out = Path(out)
     rejects = Path(rejects) if rejects is not None else default_rejects(out)
