@@ -20,5 +20,5 @@ def main() -> None:
 
 
 for command in (build_command, validate_command, migrate_command, report_command, load_command, verify_command,
-                export_command,                doctor_command, demo_command):
+                export_command, doctor_command, demo_command):
     main.add_command(command)
