@@ -18,7 +18,7 @@ from loadkit import cli, client_for, env, load
 
 from bundler import DEFAULT_IDENTIFIER_SYSTEM, bundle_bytes, load_specs, parse_spec
 from bundler.errors import OptionError, Unreachable
-from bundler.export import REPORT_NAME, export, shape_thread
+from bundler.export import REPORT_NAME, ThreadExport, export, shape_thread
 from bundler.export.shape import aliases_for, slug
 from bundler.load.verify import conditional_references, resolve_references, verify
 from bundler.medplum.client import ClientCredentials, FhirClient
@@ -265,6 +265,29 @@ def test_orphans_are_found_by_the_scan_and_written_as_far_as_they_go(project: An
     assert lines[lost.key]["orphans"] and lines[first["id"]]["orphans"]
     assert any(p.startswith(f"part of Communication/{first['id']}, which is a message")
                for p in lines[first["id"]]["problems"])
+
+
+def test_a_header_changed_during_the_export_is_exported_once(project: Any, tmp_path: Path) -> None:
+    specs = [_ours(s, project.prefix) for s in sample_specs(12, 1, prefix="u")]
+    with client_for(project) as client:
+        assert load(specs, client, journal=tmp_path / "j.sqlite").ok
+        changed: list[str] = []
+
+        def change(result: ThreadExport) -> None:  # the first header read is changed: it comes again, last
+            if not changed and result.header_id is not None:
+                header = client.read(f"Communication/{result.header_id}")
+                body = json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
+                    {"resource": {**header, "status": "completed"},
+                     "request": {"method": "PUT", "url": f"Communication/{header['id']}"}}]}).encode()
+                client.transaction(body, entries=1)
+                changed.append(result.header_id)
+
+        # one worker, pages of 2: the change is made while later pages are still to be read
+        report = export(client, tmp_path / "out", topic=project.prefix, page_size=2, concurrency=1, on_thread=change)
+    lines = [line for line in _report(tmp_path / "out") if "header_id" in line]
+    assert [line["header_id"] for line in lines].count(changed[0]) == 1
+    assert not any("another thread's too" in p for line in lines for p in line.get("problems", []))
+    assert report.written == len({line["key"] for line in lines}) == len(lines)
 
 
 # --- a copy between two projects ---------------------------------------------------------------------

@@ -24,7 +24,7 @@ from ..vocabulary import parse_literal
 
 
 class HeaderIds:
-    """The server ids of the headers an export wrote, in a temporary SQLite file."""
+    """The server ids of the headers an export has seen, in a temporary SQLite file: memory stays flat."""
 
     def __init__(self) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="thread-bundler-export-")

@@ -106,7 +106,7 @@ def export(client: FhirClient, out: str | Path, *, topic: str | None = None, sub
     if attachments != "keep":
         raise OptionError(f"attachments: {attachments!r} is not supported yet (keep)")
     run = _Run(client, filters, identifier_system=identifier_system, page_size=page_size,
-               concurrency=max(1, concurrency), on_thread=on_thread, headers=HeaderIds() if orphans else None)
+               concurrency=max(1, concurrency), on_thread=on_thread, orphans=orphans)
     new_folder = not Path(out).exists()
     try:
         return run.into(Path(out))
@@ -116,18 +116,18 @@ def export(client: FhirClient, out: str | Path, *, topic: str | None = None, sub
                 Path(out).rmdir()
         raise
     finally:
-        if run.headers is not None:
-            run.headers.close()
+        run.headers.close()
 
 
 class _Run:
     """One `export` call: header pages read here, threads read, shaped and written by a pool of workers."""
 
     def __init__(self, client: FhirClient, filters: Filters, *, identifier_system: str, page_size: int,
-                 concurrency: int, on_thread: Callable[[ThreadExport], None] | None, headers: HeaderIds | None) -> None:
+                 concurrency: int, on_thread: Callable[[ThreadExport], None] | None, orphans: bool) -> None:
         self.client, self.filters, self.system = client, filters, identifier_system
         self.page_size, self.concurrency, self.on_thread = page_size, concurrency, on_thread
-        self.headers = headers  # the headers written, when orphans are looked for
+        self.headers = HeaderIds()  # every header seen (on disk): a header read twice is exported once
+        self.orphans = orphans
         self.writer: Writer | None = None
         self.report: ExportReport | None = None
 
@@ -153,9 +153,9 @@ class _Run:
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="export") as pool:
             try:
                 for page in header_pages(self.client, self.filters, page_size=self.page_size):
-                    pending = self._flow(pending | {pool.submit(self._one, header) for header in page})
+                    pending = self._flow(pending | {pool.submit(self._one, header) for header in self._new(page)})
                 pending = self._flow(pending, 0)
-                if self.headers is not None:
+                if self.orphans:
                     for target, why in orphan_targets(self.client, self.headers, since=self.filters.since,
                                                       page_size=self.page_size):
                         pending = self._flow(pending | {pool.submit(self._orphans, target, why)})
@@ -164,6 +164,15 @@ class _Run:
                 for future in pending:
                     future.cancel()
                 raise
+
+    def _new(self, page: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The headers of `page` not seen before (a header changed during the export comes again in a later page:
+        a `_lastUpdated` sort puts it last), now seen."""
+        seen = self.headers.known({str(h["id"]) for h in page})
+        fresh = [h for h in page if str(h["id"]) not in seen]
+        for h in fresh:
+            self.headers.add(str(h["id"]))
+        return list({str(h["id"]): h for h in fresh}.values())
 
     def _flow(self, pending: set[Future[ThreadExport]], most: int | None = None) -> set[Future[ThreadExport]]:
         """Settle finished threads until at most `most` (default: a few pages' worth) are in flight."""
@@ -178,8 +187,6 @@ class _Run:
         for future in futures:
             result = future.result()
             self.report.add(result)
-            if self.headers is not None and result.header_id is not None and not result.orphans:
-                self.headers.add(result.header_id)
             if self.on_thread is not None:
                 self.on_thread(result)
 

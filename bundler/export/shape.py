@@ -145,7 +145,8 @@ class _Thread:
         if missing is not None:
             self.problem(missing)
         self.people = _People()
-        self.messages = _in_order(messages)
+        unique = {str(m.get("id")): m for m in reversed(messages)}  # read twice (pages shifted): once, as first read
+        self.messages = _in_order(list(reversed(unique.values())))
         self.key = self._key()
         self.ids: dict[str, str] = {}  # server id → message id
 
