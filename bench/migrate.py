@@ -1,12 +1,13 @@
 """Migration throughput and memory: a shuffled CSV export → NDJSON bundles, at two sizes.
 
-    python bench/migrate.py [--messages 1000000] [--per-conversation 10] [--workers N] [--markdown]
+    python bench/migrate.py [--messages 1000000] [--per-conversation 10] [--workers N] [--data DIR] [--markdown]
 
 Runs the export at `--messages` and at twice that (same shape: 10 messages a conversation, shuffled,
 1% bad rows), each migration in a fresh child process. Memory is VmHWM (peak RSS) of each process:
 the one that calls `migrate` (which does a share of the work itself) and every worker it starts;
 "all processes" adds them, the honest figure for the machine. Generated data lives in a temporary
-folder and is removed.
+folder and is removed, unless `--data DIR` keeps it there for the next run (same arguments, same
+bytes: an export already there is used as it is).
 """
 
 from __future__ import annotations
@@ -27,27 +28,34 @@ from legacy_export import MAPPING, write_export
 CHILD = """
 import json, sys, time
 from bundler.migrate import migrate
-from bundler.migrate.pipeline import _peak_rss
 t0 = time.perf_counter()
 s = migrate([sys.argv[1]], sys.argv[2], to="ndjson", out=sys.argv[3], workers=int(sys.argv[4]) or None)
 seconds = time.perf_counter() - t0
-# s.peak_rss: this process first (as it was at the end of the run), then each worker
+with open("/proc/self/status", encoding="ascii") as f:  # VmHWM: this process's peak RSS
+    parent = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+# s.peak_rss: this process first (as it was at the end of the run), then each worker process
 print(json.dumps({"seconds": seconds, "rows": s.rows_read, "messages": s.messages, "threads": s.threads,
-                  "rejected": s.rejected, "workers": s.peak_rss[1:], "parent": _peak_rss()}))
+                  "rejected": s.rejected, "workers": s.peak_rss[1:], "parent": parent}))
 """
 
 
-def run(messages: int, per_conversation: int, workers: int, tmp: Path) -> dict[str, float]:
-    export, mapping, out = tmp / f"export-{messages}.csv", tmp / "mapping.yaml", tmp / f"out-{messages}.ndjson"
-    t0 = time.perf_counter()
-    write_export(export, messages, messages // per_conversation, bad_share=0.01, seed=1)
-    print(f"generated {messages:,} rows ({export.stat().st_size / 1e6:,.0f} MB) in {time.perf_counter() - t0:.0f}s",
-          file=sys.stderr)
+def run(messages: int, per_conversation: int, workers: int, tmp: Path, data: Path | None) -> dict[str, float]:
+    folder = data or tmp
+    export = folder / f"export-{messages}-{per_conversation}.csv"
+    mapping, out = tmp / "mapping.yaml", tmp / f"out-{messages}.ndjson"
+    if not export.exists():
+        t0 = time.perf_counter()
+        partial = export.with_name(export.name + ".partial")
+        write_export(partial, messages, messages // per_conversation, bad_share=0.01, seed=1)
+        partial.replace(export)
+        print(f"generated {messages:,} rows ({export.stat().st_size / 1e6:,.0f} MB) in "
+              f"{time.perf_counter() - t0:.0f}s", file=sys.stderr)
     mapping.write_text(MAPPING, encoding="utf-8")
     done = subprocess.run([sys.executable, "-c", CHILD, str(export), str(mapping), str(out), str(workers)],
                           check=True, capture_output=True, text=True)
     result = json.loads(done.stdout)
-    export.unlink()
+    if data is None:
+        export.unlink()
     out.unlink()
     Path(str(out) + ".rejects.jsonl").unlink()
     return result
@@ -58,13 +66,16 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--per-conversation", type=int, default=10)
     parser.add_argument("--workers", type=int, default=0, help="worker processes (0: migrate's default)")
+    parser.add_argument("--data", type=Path, help="keep generated exports in this folder, and reuse them")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     rows = []
     results = []
+    if args.data is not None:
+        args.data.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-migrate-") as tmp:
         for n in (args.messages, args.messages * 2):
-            r = run(n, args.per_conversation, args.workers, Path(tmp))
+            r = run(n, args.per_conversation, args.workers, Path(tmp), args.data)
             results.append(r)
             per_process = max([r["parent"], *r["workers"]]) / 2**20
             total = (r["parent"] + sum(r["workers"])) / 2**20

@@ -60,6 +60,10 @@ class SpecError(BundlerError):
         self.problems = sorted(problems, key=Problem.sort_key)
         super().__init__("\n".join(str(p) for p in self.problems))
 
+    def __reduce__(self) -> tuple[type[SpecError], tuple[list[Problem]]]:
+        """Pickled with its problems (not its message), so it crosses to another process intact."""
+        return type(self), (self.problems,)
+
 
 class OptionError(BundlerError, ValueError):
     """An option's value cannot be used (an identifier system with a space, say); the message says why."""

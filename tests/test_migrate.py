@@ -13,13 +13,17 @@ from pathlib import Path
 import orjson
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bundler.cli.migrate import migrate_command
 from bundler.errors import SpecError
 from bundler.migrate import RowRejected, iter_threads, load_mapping, migrate
 from bundler.migrate.keys import thread_key
+from bundler.migrate.records import TOMBSTONE_SENT, MessageRecord, Tombstone, decode, encode
 from bundler.migrate.times import SentParser, TimeRejected
 from bundler.spec import load_specs, parse_spec
+from bundler.vocabulary import micros, parse_instant
 
 REPO = Path(__file__).resolve().parent.parent
 LEGACY = Path("fixtures/legacy")
@@ -195,7 +199,8 @@ def test_any_number_of_workers_gives_the_same_bytes_over_several_inputs(tmp_path
     assert (tmp_path / "n.csv").read_bytes() == (tmp_path / "1.csv").read_bytes()
     assert (many.rows_read, many.messages, many.threads, many.rejects) == \
         (one.rows_read, one.messages, one.threads, one.rejects)
-    assert len(many.peak_rss) == workers
+    # this process, then each pool process that ran a task (one may have run two, if another was slow to start)
+    assert 2 <= len(many.peak_rss) <= workers and all(peak > 0 for peak in many.peak_rss)
     _accounted(many)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no scratch left behind
 
@@ -224,31 +229,6 @@ def test_fixture_specs_with_three_workers_roles_seen_by_another_worker(tmp_path:
     for name in expected:
         assert (out / name).read_bytes() == (EXPECTED / "specs" / name).read_bytes()
     assert (tmp_path / "r.jsonl").read_bytes() == (EXPECTED / "rejects.jsonl").read_bytes()
-
-
-@pytest.mark.parametrize("how", ["raises", "dies"])
-def test_a_failing_worker_fails_the_run_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                           how: str) -> None:
-    import os
-
-    from bundler.errors import BundlerError
-    from bundler.migrate import pipeline
-
-    real = pipeline._work
-
-    def failing(job, w, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if w == 1:
-            if how == "dies":
-                os._exit(3)
-            raise ValueError("worker 1 broke")
-        return real(job, w, *args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "_work", failing)  # the forked worker runs this too
-    expected = (ValueError, "worker 1 broke") if how == "raises" else (BundlerError, "worker 1 died")
-    with pytest.raises(expected[0], match=expected[1]):
-        migrate([EXPORT], MAPPING, to="ndjson", out=tmp_path / "o.ndjson", workers=2, work_dir=tmp_path / "work")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
-    assert list((tmp_path / "work").iterdir()) == []
 
 
 def test_shards_cover_every_conversation_exactly_once(tmp_path: Path) -> None:
@@ -496,3 +476,72 @@ def test_fixture_export_loaded_into_the_server_and_read_back(project, tmp_path: 
         again = CliRunner().invoke(migrate_command, args, env=env)
         assert again.exit_code == 0
         assert orjson.loads((tmp_path / "report.json").read_bytes())["counts"] == {"skipped": len(expected)}
+
+
+# --- leap seconds ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_leap_second_row_is_a_message_or_a_reject_never_a_crash(tmp_path: Path, workers: int) -> None:
+    """Regression (issue 10): a `...:60Z` row passed one process and crashed another. A leap second with
+    an offset is a message, its `sent` kept as written and ordered after every other moment of its minute
+    (ties in input order); a wall-clock `23:59:60` (no zone: it is no leap second in New York) a reject."""
+    header, _ = _rows(EXPORT)
+
+    def row(mid: str, sender: str, recipient: str, sent: str, text: str, reply: str = "") -> list[str]:
+        values = dict.fromkeys(header, "")
+        values.update(conversation_id="leap-2016", message_id=mid, created_at=sent, sender_id=sender,
+                      recipient_ids=recipient, body=text, parent_id=reply, state="read")
+        return [values[h] for h in header]
+
+    rows = [row("c", "dr.alice", "pt-1001", "2017-01-01T00:00:00Z", "after", reply="b"),
+            row("d", "pt-1001", "dr.alice", "2016-12-31T18:59:60.5-05:00", "the same leap second, in New York"),
+            row("a", "dr.alice", "pt-1001", "2016-12-31T23:59:59Z", "before"),
+            row("e", "pt-1001", "dr.alice", "2016-12-31 23:59:60", "wall clock"),
+            row("b", "pt-1001", "dr.alice", "2016-12-31T23:59:60Z", "during")]
+    _write_csv(tmp_path / "leap.csv", header, rows)
+    (tmp_path / "participants.csv").write_bytes((LEGACY / "participants.csv").read_bytes())
+    (tmp_path / "mapping.yaml").write_bytes(MAPPING.read_bytes())
+    for to in ("ndjson", "specs"):
+        out = tmp_path / f"out-{to}-{workers}"
+        summary = migrate([tmp_path / "leap.csv"], tmp_path / "mapping.yaml", to=to, out=out,  # type: ignore[arg-type]
+                          workers=workers)
+        assert (summary.messages, dict(summary.rejects)) == (4, {"bad-time": 1})
+        _accounted(summary)
+        reject = orjson.loads(Path(f"{out}.rejects.jsonl").read_bytes())
+        assert (reject["row"], reject["raw"]["message_id"]) == (4, "e")
+    [spec] = load_specs([tmp_path / f"out-specs-{workers}"])
+    assert [(m.id, m.sent) for m in spec.messages] == [
+        ("a", "2016-12-31T23:59:59Z"), ("d", "2016-12-31T18:59:60.5-05:00"), ("b", "2016-12-31T23:59:60Z"),
+        ("c", "2017-01-01T00:00:00Z")]
+    assert spec.messages[3].reply_to == "b"
+    [bundle] = (tmp_path / f"out-ndjson-{workers}").read_bytes().splitlines()
+    assert [e["resource"].get("sent") for e in orjson.loads(bundle)["entry"][1:]] == [m.sent for m in spec.messages]
+
+
+# --- records -----------------------------------------------------------------------------------------
+
+_TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)  # rows with surrogates are rejected first
+_MAYBE = st.none() | _TEXT
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False,
+                     allow_infinity=False) | _TEXT,
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+                     max_leaves=8)
+
+
+@given(st.builds(MessageRecord, st.integers(0, 2**20), st.integers(1, 2**40), st.integers(1, 2**40), _TEXT, _TEXT,
+                 _TEXT, _MAYBE, _MAYBE, st.lists(_TEXT, max_size=3), _TEXT, _MAYBE, _MAYBE, _MAYBE, _MAYBE, _MAYBE,
+                 _MAYBE, _MAYBE, _MAYBE, _MAYBE, _MAYBE, _JSON),
+       st.integers(-(2**62) + 1, 2**62))
+def test_a_record_comes_back_from_the_store_as_it_went_in(record: MessageRecord, sent: int) -> None:
+    back = decode(sent, encode(record))
+    assert type(back) is MessageRecord and back == record
+
+
+@given(_TEXT, _TEXT)
+def test_a_tombstone_is_told_apart_by_its_sent_value_and_sorts_first(conversation: str, message_id: str) -> None:
+    tombstone = Tombstone(conversation, message_id)
+    back = decode(TOMBSTONE_SENT, encode(tombstone))
+    assert type(back) is Tombstone and back == tombstone
+    earliest = micros(parse_instant("0001-01-01T00:00:00+14:00"))
+    assert earliest > TOMBSTONE_SENT

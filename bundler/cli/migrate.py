@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 import click
 
@@ -108,10 +109,10 @@ def migrate_command(inputs: tuple[str, ...], mapping: str, to: tuple[str, str] |
         click.echo(f"rejects in {rejects}", err=True)
         sys.exit(EXIT_OK if report.ok else EXIT_ISSUES)
     assert to is not None
-    kind, target = to
-    out = Path(target)
-    summary = migrate(list(inputs), mapping, to=kind, out=out, shard=shard, strict=strict,  # type: ignore[arg-type]
-                      rejects=rejects, work_dir=work_dir, progress=_ProgressLine() if progress else None,
+    kind: Literal["specs", "ndjson"] = "specs" if to[0] == "specs" else "ndjson"  # click.Choice checked it
+    out = Path(to[1])
+    summary = migrate(list(inputs), mapping, to=kind, out=out, shard=shard, strict=strict, rejects=rejects,
+                      work_dir=work_dir, progress=_ProgressLine() if progress else None,
                       identifier_system=identifier_system)
     _print_summary(summary)
     where = "files in" if kind == "specs" else "bundles in"

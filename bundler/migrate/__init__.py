@@ -9,13 +9,16 @@ ThreadSpecs. Every row becomes a message or a line in the reject file, never not
         for spec in threads: ...
 
 The modules, in the order rows meet them: `mapping` (the mapping file), `readers` (CSV/JSONL/gzip),
-`extract` (one row → a record or a reject), `grouping` (on-disk grouping), `assemble` (records →
-ThreadSpec), `rejects` (reason codes, the reject file), `pipeline` (the run).
+`extract` (one row → a record or a reject), `records` (MessageRecord, Tombstone, their stored form),
+`grouping` (on-disk grouping), `assemble` (records → ThreadSpec), `rejects` (reason codes, the reject
+file), `stream` (one process's run: ThreadStream), `pipeline` (`migrate`: the writers, and the run
+over several processes).
 """
 
 from .mapping import MigrationMapping, load_mapping
-from .pipeline import MigrateSummary, Progress, RowRejected, Shard, ThreadStream, iter_threads, migrate, spec_yaml
+from .pipeline import migrate, spec_yaml
 from .rejects import REASONS, Reject
+from .stream import MigrateSummary, Progress, RowRejected, Shard, ThreadStream, iter_threads
 
 __all__ = [
     "REASONS",

@@ -9,30 +9,18 @@ A conversation whose every row is rejected gives no thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from ..spec.model import DEFAULT_STATUS, Attachment, Coding, Message, Participant, ThreadSpec
-from ..vocabulary import reference_type
-from . import extract as f
-from .extract import (
-    F_CATEGORY,
-    F_CONV,
-    F_ID,
-    F_RECIPIENTS,
-    F_REPLY,
-    F_SENDER,
-    F_SENDER_DISPLAY,
-    F_SUBJECT,
-    F_THREAD_STATUS,
-    F_TOPIC,
-)
+from ..spec.model import Attachment, Coding, Message, Participant, ThreadSpec
+from ..vocabulary import DEFAULT_STATUS, reference_type
 from .keys import KEY_FITS as _KEY_FITS
 from .keys import alias as make_alias
 from .keys import thread_key
 from .mapping import MigrationMapping
 from .participants import Resolved
+from .records import MessageRecord, Tombstone
 from .rejects import Reject
 
 
@@ -46,7 +34,7 @@ _ALIAS_CACHE = 20_000  # legacy user id → alias entries kept across threads (t
 
 
 class Assembler:
-    """Callable: (thread key, records in order) → Assembled.
+    """Callable: (thread key, its records in sent order, tombstones first) → Assembled.
 
     It runs once per thread, over every message: the common case (every user already seen in the
     thread, no collision) takes the fewest steps, and aliases of legacy ids are cached across threads.
@@ -59,16 +47,15 @@ class Assembler:
         self.files = files
         self._aliases: dict[str, str] = {}  # legacy user id → make_alias(id), bounded
 
-    def _reject(self, rec: list[Any], reason: str, message: str) -> tuple[int, Reject]:
-        i = rec[f.F_FILE]
-        return i, Reject(self.files[i], rec[f.F_ROW], rec[f.F_LINE], reason, message, rec[f.F_RAW])
+    def _reject(self, rec: MessageRecord, reason: str, message: str) -> tuple[int, Reject]:
+        return rec.file, Reject(self.files[rec.file], rec.row, rec.line, reason, message, rec.raw)
 
-    def _unresolved(self, rec: list[Any], people: dict[str, Resolved]) -> tuple[str, str] | None:
+    def _unresolved(self, rec: MessageRecord, people: dict[str, Resolved]) -> tuple[str, str] | None:
         """The first user of the message (sender, recipients, subject) not in `people` that cannot be
         resolved, as a reject reason; None if all can."""
-        users = [("sender", rec[f.F_SENDER])] + [("recipient", r) for r in rec[f.F_RECIPIENTS]]
-        if rec[f.F_SUBJECT] is not None:
-            users.append(("subject", rec[f.F_SUBJECT]))
+        users = [("sender", rec.sender)] + [("recipient", r) for r in rec.recipients]
+        if rec.subject is not None:
+            users.append(("subject", rec.subject))
         for role, user in users:
             if user in people:
                 continue
@@ -77,42 +64,49 @@ class Assembler:
                 return "unknown-participant", f"{role}: {got}"
         return None
 
-    def __call__(self, key: str, records: list[list[Any]]) -> Assembled:
+    def __call__(self, key: str, items: list[MessageRecord | Tombstone]) -> Assembled:
         out = Assembled(None)
         reject = out.rejects.append
         rejected_ids: set[str] = set()  # legacy ids of rejected rows (tombstones first, then as found)
-        if len(records[0]) == 2:
-            rejected_ids.update(rec[1] for rec in records if len(rec) == 2)
-            records = [rec for rec in records if len(rec) != 2]
+        records: list[MessageRecord]
+        if isinstance(items[0], Tombstone):  # the store puts a group's tombstones first
+            records = []
+            for item in items:
+                if isinstance(item, Tombstone):
+                    rejected_ids.add(item.message_id)
+                else:
+                    records.append(item)
             if not records:
                 return out
-        convs = {rec[F_CONV] for rec in records}
+        else:
+            records = cast(list[MessageRecord], items)  # no tombstone first: none at all
+        convs = {rec.conversation for rec in records}
         if len(convs) > 1:  # different legacy ids sanitised to one key: the one that is the key keeps it
             for rec in records:
-                if rec[F_CONV] != key:
-                    others = ", ".join(repr(c) for c in sorted(convs - {rec[F_CONV]}))
-                    reject(self._reject(rec, "id-collision", f"conversation {rec[F_CONV]!r} becomes thread key "
-                                                             f"{key!r}, as does {others}"))
-            records = [rec for rec in records if rec[F_CONV] == key]
+                if rec.conversation != key:
+                    others = ", ".join(repr(c) for c in sorted(convs - {rec.conversation}))
+                    reject(self._reject(rec, "id-collision", f"conversation {rec.conversation!r} becomes thread "
+                                                             f"key {key!r}, as does {others}"))
+            records = [rec for rec in records if rec.conversation == key]
             if not records:
                 return out
-        all_ids = {rec[F_ID] for rec in records}
-        accepted: list[list[Any]] = []
+        all_ids = {rec.message_id for rec in records}
+        accepted: list[MessageRecord] = []
         accepted_ids: dict[str, str] = {}  # legacy id → message id
         used_ids: dict[str, str] = {}  # message id → legacy id
         people: dict[str, Resolved] = {}  # legacy user id → (reference, display), in order of appearance
         resolve = self.resolve
         fits = _KEY_FITS
         for rec in records:
-            mid, sender, recipients, target = rec[F_ID], rec[F_SENDER], rec[F_RECIPIENTS], rec[F_REPLY]
+            mid, sender, recipients, target = rec.message_id, rec.sender, rec.recipients, rec.reply_to
             why: tuple[str, str] | None = None
             msg_key = mid if fits(mid) else thread_key(mid)
             if mid in accepted_ids:
                 why = ("duplicate-message-id", f"message id {mid!r} is already used in conversation "
-                                               f"{rec[F_CONV]!r}")
+                                               f"{rec.conversation!r}")
             elif msg_key in used_ids:
                 why = ("id-collision", f"message id {mid!r} becomes {msg_key!r}, as does {used_ids[msg_key]!r}")
-            elif sender not in people or (rec[F_SUBJECT] is not None and rec[F_SUBJECT] not in people) or \
+            elif sender not in people or (rec.subject is not None and rec.subject not in people) or \
                     any(r not in people for r in recipients):
                 why = self._unresolved(rec, people)
             if why is None and target is not None and target not in accepted_ids:
@@ -123,7 +117,7 @@ class Assembler:
                                              "(sent after this one, or this one itself)")
                 else:
                     why = ("reply-to-unknown", f"replies to {target!r}, which is not in conversation "
-                                               f"{rec[F_CONV]!r}")
+                                               f"{rec.conversation!r}")
             if why is not None:
                 reject(self._reject(rec, *why))
                 if mid not in accepted_ids:
@@ -149,7 +143,7 @@ class Assembler:
             found = self._aliases[user] = make_alias(user)
         return found
 
-    def _spec(self, key: str, records: list[list[Any]], ids: dict[str, str], people: dict[str, Resolved]
+    def _spec(self, key: str, records: list[MessageRecord], ids: dict[str, str], people: dict[str, Resolved]
               ) -> ThreadSpec:
         aliases: dict[str, str] = {}
         taken: set[str] = set()
@@ -163,55 +157,57 @@ class Assembler:
             taken.add(a)
         names: dict[str, str] = {}
         for rec in records:
-            if rec[F_SENDER_DISPLAY] and rec[F_SENDER] not in names:
-                names[rec[F_SENDER]] = rec[F_SENDER_DISPLAY]
-        participants = {aliases[u]: Participant(aliases[u], ref, display or names.get(u))
+            if rec.sender_display and rec.sender not in names:
+                names[rec.sender] = rec.sender_display
+        participants = {aliases[u]: Participant(alias=aliases[u], reference=ref,
+                                                 display=display or names.get(u))
                         for u, (ref, display) in people.items()}
         everyone = set(participants)
         others: dict[str, set[str]] = {}  # sender alias → everyone but the sender: the default recipients
         messages = []
-        for (_, _, _, _, mid, sender_id, _, _, recipient_ids, sent, text, url, att_type, title, reply, status,
-             *_) in records:
-            sender = aliases[sender_id]
+        for rec in records:
+            sender = aliases[rec.sender]
             recipient: tuple[str, ...] | None = None
-            if recipient_ids:
-                recipient = tuple([aliases[u] for u in recipient_ids])
+            if rec.recipients:
+                recipient = tuple([aliases[u] for u in rec.recipients])
                 default = others.get(sender)
                 if default is None:
                     default = others[sender] = everyone - {sender}
                 if len(recipient) == len(default) and set(recipient) == default:
                     recipient = None  # the default: everyone but the sender
+            url, reply = rec.attachment_url, rec.reply_to
             messages.append(Message(
-                id=ids[mid], sender=sender, sent=sent, text=text,
-                attachments=(Attachment(url, att_type, title),) if url is not None else (),
-                recipient=recipient, reply_to=ids[reply] if reply is not None else None, status=status,
+                id=ids[rec.message_id], sender=sender, sent=rec.sent, text=rec.text,
+                attachments=(Attachment(url=url, content_type=rec.attachment_type, title=rec.attachment_title),)
+                if url is not None else (),
+                recipient=recipient, reply_to=ids[reply] if reply is not None else None, status=rec.status,
             ))
 
-        def first(i: int) -> Any:
-            return next((rec[i] for rec in records if rec[i] is not None), None)
+        def first(values: Iterable[str | None]) -> str | None:
+            return next((v for v in values if v is not None), None)
 
         subject: str | None = None
         if self.mapping.subject_type is not None:
             wanted = self.mapping.subject_type
             subject = next((a for a, p in participants.items() if reference_type(p.reference) == wanted), None)
-        elif (user := first(F_SUBJECT)) is not None:
-            got = self.resolve(user)
-            assert not isinstance(got, str)
-            subject = aliases.get(user, got[0])
-        category = first(F_CATEGORY)
-        coding = ()
+        elif (subject_id := first(rec.subject for rec in records)) is not None:
+            got = self.resolve(subject_id)
+            assert not isinstance(got, str)  # resolved when its message was accepted
+            subject = aliases.get(subject_id, got[0])
+        category = first(rec.category for rec in records)
+        coding: tuple[Coding, ...] = ()
         if category is not None:
             system, code = category.split("|", 1)
             coding = (Coding(code=code, system=system),)
         return ThreadSpec(
             key=key,
-            topic=first(F_TOPIC) or f"Conversation {records[0][F_CONV]}",
+            topic=first(rec.topic for rec in records) or f"Conversation {records[0].conversation}",
             participants=participants,
             messages=tuple(messages),
             subject=subject,
             sender=messages[0].sender,
             sent=messages[0].sent,
-            status=first(F_THREAD_STATUS) or DEFAULT_STATUS,
+            status=first(rec.thread_status for rec in records) or DEFAULT_STATUS,
             category=coding,
         )
 

@@ -10,10 +10,15 @@ then sent instant, then input order. Rejects are kept here too and come out orde
 
 Several processes of one run each load their share of the rows into a store of their own, `seal` it,
 and then read every store together through `SealedStores`, each process one range of thread keys.
+Both kinds are `Groups`: what assembling threads reads.
+
+The store knows rows as bytes; what they hold is `records`' business (a tombstone's sent value sorts
+first, so a group's tombstones come first).
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sqlite3
 import tempfile
@@ -21,14 +26,11 @@ import urllib.parse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from .rejects import Reject
-
-TOMBSTONE = -(2**62)
-"""The sent key of a rejected row's tombstone (its conversation and message id): first in its group."""
 
 Row = tuple[str, int, int, bytes]  # (thread key, sent µs, input order, message data)
 Group = tuple[str, list[tuple[int, int, bytes]]]  # (thread key, [(sent µs, input order, data), ...])
@@ -70,6 +72,24 @@ def _grouped(cursor: sqlite3.Cursor) -> Iterator[Group]:
 def _rejects(cursor: sqlite3.Cursor) -> Iterator[tuple[int, Reject]]:
     for file, name, row, line, reason, message, raw in cursor:
         yield file, Reject(name, row, line, reason, message, orjson.loads(raw))
+
+
+def max_stores() -> int:
+    """How many stores `SealedStores` can read together: SQLite's limit on attached databases."""
+    with contextlib.closing(sqlite3.connect(":memory:")) as db:
+        return db.getlimit(sqlite3.SQLITE_LIMIT_ATTACHED)
+
+
+class Groups(Protocol):
+    """What assembling threads reads: groups in key order, users' roles; and where its rejects go."""
+
+    def groups(self) -> Iterator[Group]: ...
+
+    def roles_of(self, legacy_id: str) -> frozenset[str]: ...
+
+    def add_rejects(self, rejects: list[tuple[int, Reject]]) -> None: ...
+
+    def rejects(self) -> Iterator[tuple[int, Reject]]: ...
 
 
 class GroupStore:

@@ -54,7 +54,9 @@ class Rule:
             if self.role not in roles:
                 return None
             fields["role"] = self.role
-        fill = lambda t: _TEMPLATE_FIELD.sub(lambda m: fields[m.group(1)], t)  # noqa: E731
+
+        def fill(template: str) -> str:
+            return _TEMPLATE_FIELD.sub(lambda m: fields[m.group(1)], template)
         return fill(self.reference), fill(self.display) if self.display else None
 
 

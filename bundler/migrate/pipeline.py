@@ -1,323 +1,63 @@
 """The migration run: read rows → group on disk → assemble threads → write specs or NDJSON bundles.
 
-`iter_threads` is the stream of ThreadSpecs (for writers and the loader); `migrate` writes them.
+`iter_threads` is the stream of ThreadSpecs (for writers and the loader); `migrate` writes them, in one
+process or, by default, in several (see "parallel" below).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import heapq
 import multiprocessing
 import os
 import shutil
+import struct
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, BinaryIO, Literal
+from typing import IO, Literal, TypeVar
 
 import orjson
 
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, bundle_bytes
 from ..errors import BundlerError
+from ..files import TEMP_PREFIX, atomic_file, staged_folder
 from ..spec.dump import dump_yaml
 from ..spec.model import ThreadSpec, parse_spec
-from .assemble import Assembler
-from .extract import F_SENDER, F_SENDER_ROLE, Extractor, RowError
-from .grouping import TOMBSTONE, GroupStore, SealedStores
-from .keys import KEY_FITS, thread_key
+from .grouping import GroupStore, SealedStores, max_stores
 from .mapping import MigrationMapping, load_mapping
-from .readers import open_sources, read_records
+from .readers import open_sources
 from .rejects import Reject, write_rejects
+from .stream import (
+    MigrateSummary,
+    Phase,
+    Progress,
+    ProgressFn,
+    RowRejected,
+    Shard,
+    ThreadStream,
+    iter_threads,
+    peak_rss,
+)
 
-BATCH = 4_000
-PROGRESS_EVERY = 50_000
-SAMPLE = 4_096  # thread keys sampled per process while loading, to cut the key ranges of a parallel run
-
-
-class RowRejected(BundlerError):
-    """`strict=True` and a row was rejected; `reject` says which and why."""
-
-    def __init__(self, reject: Reject) -> None:
-        self.reject = reject
-        super().__init__(f"{reject} (--strict stops at the first rejected row)")
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Conversations whose thread key hashes (SHA-1 of its UTF-8, first 8 bytes, big-endian) to `index`
-    modulo `count`. The thread key is the conversation id itself unless it had to be sanitised."""
-
-    index: int
-    count: int
-
-    @classmethod
-    def parse(cls, text: str) -> Shard:
-        """'K/N' with 0 <= K < N."""
-        try:
-            k, n = (int(x) for x in text.split("/"))
-        except ValueError:
-            raise ValueError(f"{text!r} is not K/N (like 0/4)") from None
-        if not 0 <= k < n:
-            raise ValueError(f"{text!r}: K must be 0..N-1")
-        return cls(k, n)
-
-    def __contains__(self, conversation: str) -> bool:
-        digest = hashlib.sha1(conversation.encode("utf-8", "surrogateescape")).digest()
-        return int.from_bytes(digest[:8], "big") % self.count == self.index
-
-
-@dataclass(frozen=True)
-class Progress:
-    phase: Literal["reading", "writing", "done"]
-    rows: int
-    messages: int
-    threads: int
-    seconds: float
-
-
-@dataclass
-class MigrateSummary:
-    """What a migration did. Always: rows_read == messages + rejected + rows_other_shards."""
-
-    rows_read: int = 0
-    rows_other_shards: int = 0
-    messages: int = 0
-    threads: int = 0
-    threads_all_rejected: int = 0
-    rejects: Counter[str] = field(default_factory=Counter)
-    output: Path | None = None
-    rejects_file: Path | None = None
-    seconds: float = 0.0
-    peak_rss: list[int] = field(default_factory=list)  # bytes, per process: this one first, then any workers
-
-    @property
-    def rejected(self) -> int:
-        return sum(self.rejects.values())
-
-    def table(self) -> list[tuple[str, str]]:
-        rows = [("rows read", f"{self.rows_read:,}")]
-        if self.rows_other_shards:
-            rows.append(("rows of other shards", f"{self.rows_other_shards:,}"))
-        rows += [("messages written", f"{self.messages:,}"), ("threads", f"{self.threads:,}")]
-        if self.threads_all_rejected:
-            rows.append(("conversations with every row rejected", f"{self.threads_all_rejected:,}"))
-        rows.append(("rows rejected", f"{self.rejected:,}"))
-        rows += [(f"  {reason}", f"{n:,}") for reason, n in sorted(self.rejects.items())]
-        return rows
-
-
-ProgressFn = Callable[[Progress], None]
-
-
-class ThreadStream(Iterator[ThreadSpec]):
-    """The threads of a migration, one at a time, in thread-key order; `summary` fills as it runs.
-
-    The reject file is written when the stream is exhausted. Close it (or use `with`) to clean up the
-    work folder if you stop early.
-    """
-
-    def __init__(self, inputs: Sequence[str | Path], mapping: str | Path | MigrationMapping, *,
-                 shard: Shard | str | None = None, strict: bool = False, rejects: str | Path | None = None,
-                 work_dir: str | Path | None = None, progress: ProgressFn | None = None,
-                 _share: tuple[int, int] | None = None) -> None:
-        if rejects is None and not strict:
-            raise ValueError("rejects (a .csv or .jsonl path) is required unless strict")
-        self.mapping = mapping if isinstance(mapping, MigrationMapping) else load_mapping(mapping)
-        self.sources = open_sources([str(p) for p in inputs], self.mapping)
-        self.shard = Shard.parse(shard) if isinstance(shard, str) else shard
-        self.strict = strict
-        self.rejects_path = Path(rejects) if rejects is not None else None
-        self.work_dir = work_dir
-        self.progress = progress
-        self.share = _share  # (k, n): this process takes rows k mod n of each input (parallel runs; see _work)
-        self.summary = MigrateSummary(rejects_file=self.rejects_path)
-        self._store: GroupStore | None = None
-        self._gen = self._run()
-        self._t0 = time.perf_counter()
-
-    def __next__(self) -> ThreadSpec:
-        return next(self._gen)
-
-    def close(self) -> None:
-        self._gen.close()
-        if self._store is not None:
-            self._store.close()
-            self._store = None
-
-    def __enter__(self) -> ThreadStream:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-    def _tick(self, phase: Literal["reading", "writing", "done"]) -> None:
-        if self.progress is not None:
-            s = self.summary
-            self.progress(Progress(phase, s.rows_read, s.messages, s.threads, time.perf_counter() - self._t0))
-
-    def _reject(self, store: GroupStore, pending: list[tuple[int, Reject]], item: tuple[int, Reject]) -> None:
-        self.summary.rejects[item[1].reason] += 1
-        if self.strict:
-            raise RowRejected(item[1])
-        pending.append(item)
-        if len(pending) >= 1000:
-            store.add_rejects(pending)
-            pending.clear()
-
-    def _run(self) -> Iterator[ThreadSpec]:
-        store = self._store = GroupStore(self.work_dir)
-        try:
-            self._load(store)
-            yield from self._stream(store)
-        finally:
-            store.close()
-            self._store = None
-
-    def _load(self, store: GroupStore) -> list[str]:
-        """Pass 1: every row read (of this process's share), judged alone, and stored by thread key (or
-        rejected). Returns a sample of the stored rows' keys (every stride-th, at most SAMPLE), by which a
-        parallel run cuts the key ranges that its processes assemble."""
-        s = self.summary
-        shard = self.shard
-        first = shard is None or shard.index == 0  # reports unreadable rows, which have no key to shard by
-        share = self.share or (0, 1)
-        sample: list[str] = []
-        stride = 1
-        rejects: list[tuple[int, Reject]] = []
-        batch: list[tuple[str, int, int, bytes]] = []
-        roles: list[tuple[str, str]] = []
-        with_roles = self.mapping.sender_role is not None
-        dumps, fits = orjson.dumps, KEY_FITS
-        stored = 0
-        next_tick = PROGRESS_EVERY
-        for source in self.sources:
-            extractor = Extractor(self.mapping, source)
-            conversation, record = extractor.conversation, extractor.record
-            name, index = source.file, source.index
-            base = index << 40
-            for rec in read_records(source, self.mapping, share):
-                s.rows_read += 1
-                if s.rows_read >= next_tick:
-                    next_tick += PROGRESS_EVERY
-                    self._tick("reading")
-                values = rec.values
-                if values is None:  # unreadable: no conversation to shard by, so shard 0 reports it
-                    if first:
-                        self._reject(store, rejects, (index, Reject(name, rec.row, rec.line, *rec.error, rec.raw)))  # type: ignore[misc]
-                    else:
-                        s.rows_other_shards += 1
-                    continue
-                conv = conversation(values).strip()
-                if not conv:
-                    if first:
-                        self._reject(store, rejects, (index, Reject(name, rec.row, rec.line, "missing-thread",
-                                                                    "no conversation id", rec.raw)))
-                    else:
-                        s.rows_other_shards += 1
-                    continue
-                # shards go by thread key: ids that meet in one key meet in one shard
-                key = conv if fits(conv) else thread_key(conv)
-                if shard is not None and key not in shard:
-                    s.rows_other_shards += 1
-                    continue
-                seq = base + rec.row  # input order, the same in every process of a parallel run
-                if stored % stride == 0:
-                    sample.append(key)
-                    if len(sample) >= SAMPLE:  # keep every other one: the sample stays small and even
-                        del sample[1::2]
-                        stride *= 2
-                stored += 1
-                try:
-                    micros, data = record(values, conv, rec.row, rec.line, rec.raw)
-                except RowError as exc:
-                    self._reject(store, rejects, (index, Reject(name, rec.row, rec.line, exc.reason, str(exc),
-                                                                rec.raw)))
-                    # a tombstone, so that the conversation knows this id was rejected (for replies to it)
-                    batch.append((key, TOMBSTONE, seq, dumps([conv, extractor.message_id(values)])))
-                    continue
-                batch.append((key, micros, seq, dumps(data)))
-                if with_roles and data[F_SENDER_ROLE]:
-                    roles.append((data[F_SENDER], data[F_SENDER_ROLE]))
-                if len(batch) >= BATCH:
-                    store.add(batch)
-                    batch.clear()
-                    if roles:
-                        store.add_roles(roles)
-                        roles.clear()
-        store.add(batch)
-        store.add_roles(roles)
-        store.add_rejects(rejects)
-        store.finish_loading()
-        self._tick("reading")
-        return sample
-
-    def _stream(self, store: GroupStore | SealedStores) -> Iterator[ThreadSpec]:
-        """Pass 2: the groups of `store`, in key order, assembled into threads; then the reject file."""
-        s = self.summary
-        resolve = self.mapping.participants.resolver(store.roles_of if self.mapping.participants.uses_roles else None)
-        assemble = Assembler(self.mapping, resolve, [src.file for src in self.sources])
-        loads = orjson.loads
-        rejects: list[tuple[int, Reject]] = []
-        next_tick = PROGRESS_EVERY
-        for key, rows in store.groups():
-            result = assemble(key, [loads(data) for _, _, data in rows])
-            for item in result.rejects:
-                self._reject(store, rejects, item)
-            if result.spec is None:
-                s.threads_all_rejected += 1
-                continue
-            s.threads += 1
-            s.messages += len(result.spec.messages)
-            if s.messages >= next_tick:
-                next_tick += PROGRESS_EVERY
-                self._tick("writing")
-            yield result.spec
-        store.add_rejects(rejects)
-        if self.share is None:  # (a parallel run's process judges rows of all keys, assembles those of some)
-            assert s.rows_read == s.messages + s.rejected + s.rows_other_shards, s
-        if self.rejects_path is not None:
-            columns = {src.index: src.columns for src in self.sources if src.format == "csv"}
-            rejected = ((i, _with_columns(r, columns.get(i))) for i, r in store.rejects())
-            if self.share is not None:
-                _write_part_rejects(self.rejects_path, rejected)
-            else:
-                write_rejects(self.rejects_path, (r for _, r in rejected))
-        s.seconds = time.perf_counter() - self._t0
-        self._tick("done")
-
-
-def _with_columns(reject: Reject, columns: tuple[str, ...] | None) -> Reject:
-    """A CSV row shown as {column: value} when it has the header's width."""
-    raw = reject.raw
-    if columns is not None and isinstance(raw, list) and len(raw) == len(columns):
-        return dataclasses.replace(reject, raw=dict(zip(columns, raw, strict=True)))
-    return reject
-
-
-def iter_threads(inputs: Sequence[str | Path], mapping: str | Path | MigrationMapping, *,
-                 shard: Shard | str | None = None, strict: bool = False, rejects: str | Path | None = None,
-                 work_dir: str | Path | None = None, progress: ProgressFn | None = None) -> ThreadStream:
-    """The threads of a legacy export, as ThreadSpecs in thread-key order, at constant memory.
-
-    `inputs` are CSV/JSONL files (optionally .gz); `mapping` a mapping file (or a loaded one). Rejected
-    rows go to `rejects` (.csv or .jsonl), written when the stream ends; with `strict`, the first one
-    raises RowRejected instead. The returned stream's `summary` counts rows, messages, threads and
-    rejects. Raises SpecError (with file:line) for a bad mapping or unreadable inputs, before any row.
-
-        with iter_threads(["export.csv"], "mapping.yaml", rejects="rejects.jsonl") as threads:
-            for spec in threads:
-                bundle = build_bundle(spec)
-    """
-    return ThreadStream(inputs, mapping, shard=shard, strict=strict, rejects=rejects, work_dir=work_dir,
-                        progress=progress)
-
+__all__ = [
+    "START_METHOD",
+    "MigrateSummary",
+    "Progress",
+    "ProgressFn",
+    "RowRejected",
+    "Shard",
+    "Stopped",
+    "ThreadStream",
+    "default_rejects",
+    "iter_threads",
+    "migrate",
+    "spec_yaml",
+]
 
 # --- writing ---------------------------------------------------------------------------------------
 
@@ -343,9 +83,11 @@ def migrate(inputs: Sequence[str | Path], mapping: str | Path | MigrationMapping
     Output appears only when the run completes (written aside, then moved in); rejects go to
     `rejects` (default `<out>.rejects.jsonl`). See `iter_threads` for the rest.
 
-    `workers` processes (default: the CPU count, at most 4; 1 with `strict`): each judges and stores a
-    share of the rows, then assembles one range of thread keys from every process's store; the ranges'
-    outputs are joined in key order, so the result is the same bytes whatever the number of workers.
+    `workers` processes (default: the CPU count, at most 4; 1 with `strict`; at most as many as SQLite
+    can read together, 10): each judges and stores a share of the rows, then assembles one range of
+    thread keys from every process's store; the ranges' outputs are joined in key order, so the result
+    is the same bytes whatever the number of workers. A worker that fails or dies fails the run
+    (BundlerError), and nothing is written.
 
         summary = migrate(["export.csv"], "mapping.yaml", to="ndjson", out="bundles.ndjson")
         assert summary.rows_read == summary.messages + summary.rejected
@@ -356,6 +98,7 @@ def migrate(inputs: Sequence[str | Path], mapping: str | Path | MigrationMapping
         raise ValueError(f"to must be 'specs' or 'ndjson', not {to!r}")
     if workers is None:
         workers = min(os.cpu_count() or 1, 4)
+    workers = min(workers, max_stores())
     if strict or workers <= 1:
         stream = iter_threads(inputs, mapping, shard=shard, strict=strict, rejects=rejects, work_dir=work_dir,
                               progress=progress)
@@ -365,13 +108,13 @@ def migrate(inputs: Sequence[str | Path], mapping: str | Path | MigrationMapping
             else:
                 _write_specs(stream, out)
         stream.summary.output = out
-        stream.summary.peak_rss = [_peak_rss()]
+        stream.summary.peak_rss = [peak_rss()]
         return stream.summary
     return _migrate_parallel(inputs, mapping, to=to, out=out, shard=shard, rejects=rejects, work_dir=work_dir,
                              progress=progress, identifier_system=identifier_system, workers=workers)
 
 
-def _write_bundles(threads: Iterator[ThreadSpec], f: BinaryIO, identifier_system: str) -> None:
+def _write_bundles(threads: Iterator[ThreadSpec], f: IO[bytes], identifier_system: str) -> None:
     write = f.write
     for spec in threads:
         write(bundle_bytes(spec, identifier_system=identifier_system))
@@ -379,15 +122,8 @@ def _write_bundles(threads: Iterator[ThreadSpec], f: BinaryIO, identifier_system
 
 
 def _write_ndjson(threads: Iterator[ThreadSpec], out: Path, identifier_system: str) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
-            _write_bundles(threads, f, identifier_system)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(out, buffering=1 << 20) as f:
+        _write_bundles(threads, f, identifier_system)
 
 
 def _write_spec_files(threads: Iterator[ThreadSpec], staging: Path) -> None:
@@ -397,150 +133,161 @@ def _write_spec_files(threads: Iterator[ThreadSpec], staging: Path) -> None:
         (staging / f"{spec.key}.yaml").write_bytes(dump_yaml(data))
 
 
-def _move_in(staging: Path, out: Path) -> None:
-    with os.scandir(staging) as entries:
-        for entry in entries:
-            if entry.is_file():
-                os.replace(entry.path, out / entry.name)
-
-
 def _write_specs(threads: Iterator[ThreadSpec], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=".migrate-"))
-    try:
+    with staged_folder(out) as staging:
         _write_spec_files(threads, staging)
-        _move_in(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 # --- parallel: every process loads a share of the rows, then assembles a range of thread keys -------
 #
-# Phase 1 (read, judge, store) is split by row: every process parses all the input (the CSV reader is C
+# Step 1 (read, judge, store) is split by row: every process parses all the input (the CSV reader is C
 # and must see every byte to know where rows begin) but judges and stores only rows k mod n, in a store
-# of its own. Phase 2 is split by thread key: from the stored keys' samples, n-1 cuts; each process
-# sorts and assembles the keys of its range from all the stores (read-only), into a part of the output.
-# The parent is process 0, with the first range: it writes straight into the output and appends the
-# other parts in order. Nothing is merged, and no row crosses a pipe: only samples, paths and summaries.
+# of its own. Step 2 is split by thread key: from the stored keys' samples, n-1 cuts; each process sorts
+# and assembles the keys of its range from all the stores (read-only), into a part of the output.
+#
+# The processes are this one (share 0, and the first key range, written straight into the output) and
+# a standard process pool of n-1 (START_METHOD; every task and its arguments are picklable, so any start
+# method works). Each step is one task per share; the parent waits for them, cuts, submits the second
+# step, and appends the other parts in order. No row crosses a process boundary: only paths, key
+# samples and summaries. Progress goes through a small file (`_Board`), which also tells the pool to
+# stop early when the run fails.
+
+START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+"""How the pool's processes start: fork where there is fork (fast; they start small, before this
+process loads anything), else spawn."""
+
+T = TypeVar("T")
 
 
-def _peak_rss() -> int:
-    """This process's peak resident memory (VmHWM), in bytes (0 where /proc is not there)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+class Stopped(BundlerError):
+    """A worker was told to stop: another process of its migration failed."""
+
+
+_COUNTS = struct.Struct("<3q")  # per process: rows read, messages, threads
+_INT = struct.Struct("<q")  # the stop flag, and each count
+
+
+@dataclass(frozen=True)
+class _Board:
+    """The progress of a parallel run, in a small file: a stop flag, then a slot per process. Each process
+    writes its slot as it reports progress (and stops if the flag is up); the parent adds the slots up."""
+
+    path: Path
+    workers: int
+
+    @classmethod
+    def create(cls, folder: Path, workers: int) -> _Board:
+        path = folder / "progress"
+        path.write_bytes(bytes(_INT.size + _COUNTS.size * workers))
+        return cls(path, workers)
+
+    def reporter(self, w: int) -> _Reporter:
+        return _Reporter(self.path, _INT.size + _COUNTS.size * w)
+
+    def totals(self) -> tuple[int, int, int]:
+        data = self.path.read_bytes()
+        rows = messages = threads = 0
+        for offset in range(_INT.size, len(data) - _COUNTS.size + 1, _COUNTS.size):
+            r, m, t = _COUNTS.unpack_from(data, offset)
+            rows, messages, threads = rows + r, messages + m, threads + t
+        return rows, messages, threads
+
+    def stop(self) -> None:
+        with self.path.open("r+b") as f:
+            f.write(_INT.pack(1))
+
+
+@dataclass(frozen=True)
+class _Reporter:
+    """A ProgressFn writing one process's slot of the board: rows while reading, then messages, threads."""
+
+    path: Path
+    offset: int
+
+    def __call__(self, p: Progress) -> None:
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            if p.phase == "reading":
+                os.pwrite(fd, _INT.pack(p.rows), self.offset)
+            else:
+                os.pwrite(fd, _INT.pack(p.messages) + _INT.pack(p.threads), self.offset + _INT.size)
+            flag = os.pread(fd, _INT.size, 0)
+        finally:
+            os.close(fd)
+        if flag != bytes(_INT.size):
+            raise Stopped("stopped: another process of this migration failed")
 
 
 @dataclass(frozen=True)
 class _Job:
+    """What every task of a parallel run needs (picklable)."""
+
     inputs: list[str]
     mapping: MigrationMapping
     to: str
-    scratch: Path  # in the work dir: the stores and the part reject files
-    staging: Path  # beside the output (same file system, so spec files move in): the NDJSON part files
+    scratch: Path  # in the work dir: the stores, the part reject files, the board
     shard: Shard | None
     identifier_system: str
     workers: int
+    board: _Board
 
-    def part(self, w: int) -> Path:
-        """Worker w's NDJSON part file, or the staging folder that every worker writes spec files into."""
-        return self.staging / f"part-{w}" if self.to == "ndjson" else self.staging
+    def stream(self, w: int, progress: ProgressFn | None) -> ThreadStream:
+        return ThreadStream(self.inputs, self.mapping, shard=self.shard, rejects=self.rejects(w),
+                            progress=progress or self.board.reporter(w))
 
     def rejects(self, w: int) -> Path:
+        """Process w's rejects, merged by the parent (see _write_part_rejects)."""
         return self.scratch / f"rejects-{w}"
 
 
-Exchange = Callable[[Path, list[str]], tuple[list[Path], str | None, str | None]]
-"""(own store, own key sample) → (every store, low and high end of own key range): the one meeting point."""
+@dataclass(frozen=True)
+class _Done:
+    """A task's result: what its step did, and the memory of the process that ran it."""
+
+    summary: MigrateSummary
+    pid: int
+    peak_rss: int
+    store: Path | None = None  # step 1: the sealed store
+    sample: list[str] | None = None  # step 1: the key sample
 
 
-def _cuts(samples: Sequence[list[str]], n: int) -> list[str | None]:
-    """n+1 range ends (None: open) that split the sampled keys into n parts of about equal rows. A key
-    never straddles a cut (ranges are [lo, hi)), so a conversation's rows all land in one range."""
-    keys = sorted(k for sample in samples for k in sample)
-    inner: list[str | None] = [keys[len(keys) * i // n] if keys else "" for i in range(1, n)]
-    return [None, *inner, None]
-
-
-def _work(job: _Job, w: int, exchange: Exchange, progress: ProgressFn, out: BinaryIO | None = None
-          ) -> MigrateSummary:
-    """Process w of a parallel run: phase 1 on rows w mod n, then phase 2 on its key range, to `out`
-    (the parent's output file) or its part file, with its rejects to a part file."""
-    stream = ThreadStream(job.inputs, job.mapping, shard=job.shard, rejects=job.rejects(w), work_dir=job.scratch,
-                          progress=progress, _share=(w, job.workers))
+def _load_share(job: _Job, w: int, progress: ProgressFn | None = None) -> _Done:
+    """Step 1 of process w: rows w mod n judged and stored in a store of its own, sealed."""
+    stream = job.stream(w, progress)
     store = GroupStore(job.scratch, threads=0)  # n processes already keep the cores busy: no sorter threads
     try:
-        sample = stream._load(store)
+        sample = stream.load_rows(store, share=(w, job.workers))
     except BaseException:
         store.close()
         raise
-    paths, lo, hi = exchange(store.seal(), sample)
+    return _Done(stream.summary, os.getpid(), peak_rss(), store.seal(), sample)
+
+
+def _assemble_range(job: _Job, w: int, stores: list[Path], lo: str | None, hi: str | None, parts: Path,
+                    out: IO[bytes] | None = None, progress: ProgressFn | None = None) -> _Done:
+    """Step 2 of process w: the keys in [lo, hi) of every store, assembled into `out` (NDJSON), its part
+    file in `parts` (NDJSON) or spec files in `parts`; its rejects (and its store's) to its part file."""
+    stream = job.stream(w, progress)
     folder = job.scratch / f"read-{w}"
     folder.mkdir()
-    reader = SealedStores(paths, w, lo, hi, folder)
+    reader = SealedStores(stores, w, lo, hi, folder)
     try:
-        threads = stream._stream(reader)
+        threads = stream.threads_from(reader)
         if job.to == "ndjson":
             if out is not None:
                 _write_bundles(threads, out, job.identifier_system)
             else:
-                with job.part(w).open("wb", buffering=1 << 20) as f:
+                with (parts / f"part-{w}").open("wb", buffering=1 << 20) as f:
                     _write_bundles(threads, f, job.identifier_system)
         else:
-            _write_spec_files(threads, job.part(w))
+            _write_spec_files(threads, parts)
+        _write_part_rejects(job.rejects(w), stream.rejects_from(reader))
     finally:
         reader.close()
-    return stream.summary
+    return _Done(stream.summary, os.getpid(), peak_rss())
 
 
-def _child(job: _Job, w: int, conn: Connection, counters: Any) -> None:
-    """A worker process: its phase 1, the exchange with the parent, its phase 2; failures to the parent."""
-    def exchange(path: Path, sample: list[str]) -> tuple[list[Path], str | None, str | None]:
-        conn.send(("loaded", path, sample))
-        return conn.recv()  # type: ignore[no-any-return]
-
-    try:
-        summary = _work(job, w, exchange, _counting(counters, w))
-        conn.send(("done", summary, _peak_rss()))
-    except BaseException as exc:  # handed to the parent, which raises it
-        try:
-            conn.send(("failed", exc))
-        except Exception:  # not picklable
-            conn.send(("failed", BundlerError(f"migrate worker {w}: {exc!r}")))
-
-
-def _counting(counters: Any, w: int, then: ProgressFn | None = None) -> ProgressFn:
-    """Progress of process w into its slots of the shared counters (rows, messages, threads)."""
-    def count(p: Progress) -> None:
-        counters[3 * w], counters[3 * w + 1], counters[3 * w + 2] = p.rows, p.messages, p.threads
-        if then is not None:
-            then(p)
-    return count
-
-
-def _receive(w: int, conn: Connection, proc: Any, expect: str, tick: Callable[[], None]) -> tuple[Any, ...]:
-    """The next message of worker w (raising what it raised, or if it died), ticking progress meanwhile."""
-    while not conn.poll(0.25):
-        tick()
-        if not proc.is_alive() and not conn.poll():
-            raise BundlerError(f"migrate worker {w} died (exit code {proc.exitcode})")
-    try:
-        message = conn.recv()
-    except EOFError:
-        proc.join()
-        raise BundlerError(f"migrate worker {w} died (exit code {proc.exitcode})") from None
-    if message[0] == "failed":
-        raise message[1]
-    assert message[0] == expect, message
-    return message[1:]  # type: ignore[no-any-return]
-
-
-def _write_part_rejects(path: Path, rejects: Iterator[tuple[int, Reject]]) -> None:
+def _write_part_rejects(path: Path, rejects: Iterable[tuple[int, Reject]]) -> None:
     with path.open("wb") as f:
         for i, r in rejects:
             f.write(orjson.dumps([i, r.row, r.line, r.file, r.reason, r.message, r.raw]) + b"\n")
@@ -553,7 +300,79 @@ def _part_rejects(path: Path) -> Iterator[tuple[int, int, Reject]]:
             yield i, row, Reject(name, row, ln, reason, message, raw)
 
 
-def _append(out: BinaryIO, part: Path) -> None:
+def _cuts(samples: Sequence[list[str]], n: int) -> list[str | None]:
+    """n+1 range ends (None: open) that split the sampled keys into n parts of about equal rows. A key
+    never straddles a cut (ranges are [lo, hi)), so a conversation's rows all land in one range."""
+    keys = sorted(k for sample in samples for k in sample)
+    inner: list[str | None] = [keys[len(keys) * i // n] if keys else "" for i in range(1, n)]
+    return [None, *inner, None]
+
+
+def _result(future: Future[T], w: int) -> T:
+    """A task's result, or the run's failure: what it raised if ours, else a BundlerError naming it."""
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise BundlerError("a migrate worker process died (killed, or out of memory?); nothing was written"
+                           ) from None
+    except BundlerError:
+        raise
+    except Exception as exc:
+        raise BundlerError(f"migrate worker {w} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _raise_failed(futures: Sequence[Future[T]]) -> None:
+    """Raise the failure of the first task that failed already, if any (without waiting)."""
+    for w, future in enumerate(futures, 1):
+        if future.done() and (future.cancelled() or future.exception() is not None):
+            _result(future, w)
+
+
+def _gather(futures: Sequence[Future[T]], tick: Callable[[], None]) -> list[T]:
+    """Every task's result in order, ticking progress while waiting; the first failure as soon as it comes."""
+    pending = set(futures)
+    while pending:
+        _, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
+        _raise_failed(futures)
+        tick()
+    return [_result(f, w) for w, f in enumerate(futures, 1)]
+
+
+@contextmanager
+def _pool(job: _Job) -> Iterator[ProcessPoolExecutor]:
+    """The n-1 worker processes; on any failure they are told to stop and waited for (within seconds:
+    they look at the board each time they report progress), so that nothing of them outlives the run."""
+    pool = ProcessPoolExecutor(job.workers - 1, mp_context=multiprocessing.get_context(START_METHOD))
+    try:
+        yield pool
+    except BaseException:
+        _stop(pool, job)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _stop(pool: ProcessPoolExecutor, job: _Job) -> None:
+    job.board.stop()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def _output(to: str, out: Path) -> Iterator[tuple[IO[bytes] | None, Path]]:
+    """(the output file, the folder of parts) for NDJSON; (None, the staging folder) for specs. Nothing
+    appears at `out` unless the block ends without an error."""
+    if to == "ndjson":
+        with atomic_file(out, buffering=1 << 20) as f:
+            parts = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{TEMP_PREFIX}{out.name}.parts-"))
+            try:
+                yield f, parts
+            finally:
+                shutil.rmtree(parts, ignore_errors=True)
+    else:
+        with staged_folder(out) as staging:
+            yield None, staging
+
+
+def _append(out: IO[bytes], part: Path) -> None:
     """Copy `part` to the end of `out` (in the kernel where it can)."""
     out.flush()
     with part.open("rb") as src:
@@ -572,19 +391,6 @@ def _append(out: BinaryIO, part: Path) -> None:
     out.seek(0, os.SEEK_END)
 
 
-def _combine(parts: list[MigrateSummary], rejects: Path, out: Path) -> MigrateSummary:
-    summary = MigrateSummary(rejects_file=rejects, output=out)
-    for part in parts:
-        summary.rows_read += part.rows_read
-        summary.rows_other_shards += part.rows_other_shards
-        summary.messages += part.messages
-        summary.threads += part.threads
-        summary.threads_all_rejected += part.threads_all_rejected
-        summary.rejects.update(part.rejects)
-    assert summary.rows_read == summary.messages + summary.rejected + summary.rows_other_shards, summary
-    return summary
-
-
 def _migrate_parallel(inputs: Sequence[str | Path], mapping: str | Path | MigrationMapping, *, to: str, out: Path,
                       shard: Shard | str | None, rejects: Path, work_dir: str | Path | None,
                       progress: ProgressFn | None, identifier_system: str, workers: int) -> MigrateSummary:
@@ -593,79 +399,67 @@ def _migrate_parallel(inputs: Sequence[str | Path], mapping: str | Path | Migrat
     open_sources([str(p) for p in inputs], loaded)  # fail early, in this process, on missing files and columns
     if isinstance(shard, str):
         shard = Shard.parse(shard)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if to == "specs":
-        out.mkdir(parents=True, exist_ok=True)
     if work_dir is not None:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=work_dir, prefix="thread-bundler-migrate-"))
-    staging = Path(tempfile.mkdtemp(dir=out if to == "specs" else out.parent, prefix=f".{out.name}.migrate-"))
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    counters = ctx.Array("q", 3 * workers, lock=False)
-    job = _Job([str(p) for p in inputs], loaded, to, scratch, staging, shard, identifier_system, workers)
+    try:
+        job = _Job([str(p) for p in inputs], loaded, to, scratch, shard, identifier_system, workers,
+                   _Board.create(scratch, workers))
+        summary = _run(job, out, rejects, progress, t0)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    summary.seconds = time.perf_counter() - t0
+    if progress is not None:
+        progress(Progress("done", summary.rows_read, summary.messages, summary.threads, summary.seconds))
+    return summary
 
-    def tick(phase: Literal["reading", "writing", "done"] = "reading") -> None:
+
+def _run(job: _Job, out: Path, rejects: Path, progress: ProgressFn | None, t0: float) -> MigrateSummary:
+    n = job.workers
+
+    def tick(phase: Phase) -> None:
         if progress is not None:
-            rows, messages, threads = (sum(counters[i::3]) for i in range(3))
+            rows, messages, threads = job.board.totals()
             progress(Progress(phase, rows, messages, threads, time.perf_counter() - t0))
 
-    pipes = [ctx.Pipe() for _ in range(1, workers)]
-    procs = [ctx.Process(target=_child, args=(job, w, child_end, counters), daemon=True)
-             for w, (_, child_end) in enumerate(pipes, 1)]
-    try:
-        for proc in procs:  # before this process grows: the children start small
-            proc.start()
-        for _, child_end in pipes:
-            child_end.close()
-        conns = [parent_end for parent_end, _ in pipes]
-        children = list(enumerate(zip(conns, procs, strict=True), 1))
-        rss: list[int] = []
+    def own(phase: Phase, others: Sequence[Future[_Done]]) -> ProgressFn:
+        """This process's progress: into its slot, then the whole run's line; a failed worker stops it."""
+        report = job.board.reporter(0)
 
-        def exchange(path: Path, sample: list[str]) -> tuple[list[Path], str | None, str | None]:
-            loaded = [_receive(w, conn, proc, "loaded", tick) for w, (conn, proc) in children]
-            paths = [path, *(p for p, _ in loaded)]
-            cuts = _cuts([sample, *(s for _, s in loaded)], workers)
-            for w, conn in enumerate(conns, 1):
-                conn.send((paths, cuts[w], cuts[w + 1]))
-            return paths, cuts[0], cuts[1]
+        def own_progress(p: Progress) -> None:
+            report(p)
+            _raise_failed(others)
+            tick(phase)
+        return own_progress
 
-        def finish(write: BinaryIO | None) -> list[MigrateSummary]:
-            # this process's part being done is not the run being done: only the end says "done"
-            own = _counting(counters, 0, lambda p: tick("writing" if p.phase == "done" else p.phase))
-            parts = [_work(job, 0, exchange, own, write)]
-            for w, (conn, proc) in children:
-                summary, peak = _receive(w, conn, proc, "done", tick)
-                parts.append(summary)
-                rss.append(peak)
-                if write is not None:
-                    _append(write, job.part(w))
-                    job.part(w).unlink()
-            return parts
-
-        if to == "ndjson":
-            fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    with _pool(job) as pool:
+        # the pool's processes start (fork) at the first submit: before this process grows
+        loading = [pool.submit(_load_share, job, w) for w in range(1, n)]
+        steps = [_load_share(job, 0, own("reading", loading))]
+        steps += _gather(loading, lambda: tick("reading"))
+        stores = [step.store for step in steps if step.store is not None]
+        cuts = _cuts([step.sample or [] for step in steps], n)
+        with _output(job.to, out) as (f, parts):
             try:
-                with os.fdopen(fd, "wb", buffering=1 << 20) as f:
-                    parts = finish(f)
-                os.replace(tmp, out)
+                assembling = [pool.submit(_assemble_range, job, w, stores, cuts[w], cuts[w + 1], parts)
+                              for w in range(1, n)]
+                mine = _assemble_range(job, 0, stores, cuts[0], cuts[1], parts, f, own("writing", assembling))
+                steps += [mine, *_gather(assembling, lambda: tick("writing"))]
+                if f is not None:
+                    for w in range(1, n):
+                        _append(f, parts / f"part-{w}")
+                        (parts / f"part-{w}").unlink()
+                merged = heapq.merge(*(_part_rejects(job.rejects(w)) for w in range(n)), key=lambda t: (t[0], t[1]))
+                write_rejects(rejects, (r for _, _, r in merged))
             except BaseException:
-                Path(tmp).unlink(missing_ok=True)
+                _stop(pool, job)  # before the output's temporary files go: no worker still writes them
                 raise
-        else:
-            parts = finish(None)
-            _move_in(job.part(0), out)
-        summary = _combine(parts, rejects, out)
-        merged = heapq.merge(*(_part_rejects(job.rejects(w)) for w in range(workers)), key=lambda t: (t[0], t[1]))
-        write_rejects(rejects, (r for _, _, r in merged))
-        summary.peak_rss = [_peak_rss(), *rss]
-        summary.seconds = time.perf_counter() - t0
-        if progress is not None:
-            progress(Progress("done", summary.rows_read, summary.messages, summary.threads, summary.seconds))
-        return summary
-    finally:
-        for proc in procs:
-            if proc.is_alive():
-                proc.terminate()
-            proc.join()
-        shutil.rmtree(scratch, ignore_errors=True)
-        shutil.rmtree(staging, ignore_errors=True)
+    summary = MigrateSummary(rejects_file=rejects, output=out)
+    peaks: dict[int, int] = {}
+    for step in steps:
+        summary.add(step.summary)
+        if step.pid != os.getpid():
+            peaks[step.pid] = max(peaks.get(step.pid, 0), step.peak_rss)
+    assert summary.accounted, summary
+    summary.peak_rss = [peak_rss(), *peaks.values()]
+    return summary

@@ -7,14 +7,15 @@ Every row that does not become a message gets one line: the input file, its row 
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
+import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from ..files import atomic_file
 
 REASONS: dict[str, str] = {
     "bad-row": "the row could not be read (CSV/JSON syntax, wrong number of fields)",
@@ -56,26 +57,24 @@ class Reject:
 
 
 def write_rejects(path: Path, rejects: Iterable[Reject]) -> int:
-    """Write the reject file (`.csv`: raw as JSON text in the last column; else JSON Lines) atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write the reject file (`.csv`: raw as JSON text in the last column; else JSON Lines) atomically.
+    Returns how many rejects it holds."""
     n = 0
-    try:
+    with atomic_file(path, buffering=1 << 16) as fb:
         if path.suffix.lower() == ".csv":
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f = io.TextIOWrapper(fb, encoding="utf-8", newline="")
+            try:
                 writer = csv.writer(f)
                 writer.writerow(FIELDS)
                 for r in rejects:
                     writer.writerow((r.file, r.row, r.line, r.reason, r.message, orjson.dumps(r.raw).decode()))
                     n += 1
+            finally:
+                f.flush()
+                f.detach()  # the binary file stays atomic_file's to close (and rename into place)
         else:
-            with os.fdopen(fd, "wb") as fb:
-                for r in rejects:
-                    fb.write(orjson.dumps({"file": r.file, "row": r.row, "line": r.line, "reason": r.reason,
-                                           "message": r.message, "raw": r.raw}) + b"\n")
-                    n += 1
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            for r in rejects:
+                fb.write(orjson.dumps({"file": r.file, "row": r.row, "line": r.line, "reason": r.reason,
+                                       "message": r.message, "raw": r.raw}) + b"\n")
+                n += 1
     return n

@@ -1,0 +1,73 @@
+"""What one legacy row becomes while it waits to be grouped: a MessageRecord, or a Tombstone.
+
+A row judged good alone is a `MessageRecord` (every value the thread needs, plus where the row came from
+and the raw row for the reject file). A row rejected alone still leaves a `Tombstone` in its
+conversation, so that a reply to it is rejected as `reply-to-rejected` rather than `reply-to-unknown`.
+
+Both are stored in the grouping database as compact JSON arrays (their fields in order), with the
+row's sent instant in microseconds beside them; a tombstone's sent value is `TOMBSTONE_SENT`, which
+sorts before every real instant, so a conversation's tombstones come first in its group.
+
+    data = encode(record)                  # bytes for the store
+    decode(sent, data)                     # → MessageRecord, or Tombstone when sent == TOMBSTONE_SENT
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import orjson
+
+TOMBSTONE_SENT = -(2**62)
+"""The sent value a tombstone is stored with: before any instant, so tombstones open their group."""
+
+
+class MessageRecord(NamedTuple):
+    """A row that can be a message: its values as the mapping read them (stripped; None when absent).
+
+    A named tuple: one is made per row, and it is stored as the JSON array of its fields."""
+
+    file: int  # index of the input among the run's inputs
+    row: int  # data row number in that input, 1-based
+    line: int  # line where the row starts
+    conversation: str  # the legacy conversation id (the thread key derives from it)
+    message_id: str
+    sender: str
+    sender_display: str | None
+    sender_role: str | None
+    recipients: list[str]  # legacy user ids, in order, without repeats; [] for the default
+    sent: str  # a FHIR instant, as written or as made from local time
+    text: str | None
+    attachment_url: str | None
+    attachment_type: str | None
+    attachment_title: str | None
+    reply_to: str | None  # the legacy message id this one answers
+    status: str | None
+    topic: str | None
+    category: str | None  # 'system|code'
+    subject: str | None  # legacy user id
+    thread_status: str | None
+    raw: Any  # the row as read: a list of CSV fields or a JSON object
+
+
+class Tombstone(NamedTuple):
+    """A row rejected on its own: what its conversation must know of it (its message id)."""
+
+    conversation: str
+    message_id: str
+
+
+_dumps, _loads = orjson.dumps, orjson.loads
+_make_record, _make_tombstone = MessageRecord._make, Tombstone._make
+
+
+def encode(item: MessageRecord | Tombstone) -> bytes:
+    """The stored form: the JSON array of the fields (orjson writes tuples, not named tuples)."""
+    return _dumps(tuple(item))
+
+
+def decode(sent: int, data: bytes) -> MessageRecord | Tombstone:
+    """Back from the stored form; `sent` (stored beside it) says which of the two it is."""
+    if sent == TOMBSTONE_SENT:
+        return _make_tombstone(_loads(data))
+    return _make_record(_loads(data))
