@@ -109,7 +109,7 @@ def test_the_schema_knows_the_model_s_fields() -> None:
     assert message["required"] == ["sender", "sent"]
     assert set(schema["$defs"]["attachment"]["properties"]) == {"url", "contentType", "title"}
     assert set(schema["properties"]["participants"]["additionalProperties"]["properties"]) == {"reference",
-                                                                                              "display"}
+                                                                                              "display", "create"}
 
 
 VALIDATOR = jsonschema.Draft202012Validator(SPEC)

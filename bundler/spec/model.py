@@ -29,6 +29,7 @@ import copy
 from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
 from typing import Annotated, Any, ClassVar, Self, TypeVar, cast, dataclass_transform
 
+import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -47,7 +48,18 @@ from pydantic.json_schema import JsonSchemaValue, SkipJsonSchema
 from pydantic_core import CoreSchema, ErrorDetails, PydanticCustomError, SchemaSerializer, SchemaValidator, core_schema
 
 from ..errors import Problem, SpecError
-from ..vocabulary import CODING_HINT, COMMUNICATION_TARGETS, DEFAULT_STATUS, is_coding, reference_type
+from ..vocabulary import (
+    CODING_HINT,
+    COMMUNICATION_TARGETS,
+    DEFAULT_STATUS,
+    IDENTIFIER_VALUE_HINT,
+    SERVER_ELEMENTS,
+    conditional_reference,
+    identifier_system_problem,
+    is_coding,
+    is_identifier_value,
+    reference_type,
+)
 from .problems import describe, expected, fail, problems_of, reraise
 from .scalars import (
     CODING_STRING_SCHEMA,
@@ -76,7 +88,7 @@ from .scalars import (
 )
 from .source import Document, Path_, shown
 
-__all__ = ["DEFAULT_STATUS", "Attachment", "Coding", "Message", "Participant", "Participants", "ThreadSpec",
+__all__ = ["DEFAULT_STATUS", "Attachment", "Coding", "CreateResource", "Message", "Participant", "Participants", "ThreadSpec",
            "check_document", "parse_spec"]
 
 
@@ -240,19 +252,134 @@ def _slotted(cls: type[_R]) -> type[_R]:
 # --- participants -----------------------------------------------------------------------------------
 
 
+class CreateResource(str):
+    """A participant's `create`: a FHIR resource as canonical JSON text (keys sorted, no spaces), so a Participant
+    stays hashable and equal by value; `resource()` gives it as data."""
+
+    __slots__ = ()
+
+    def resource(self) -> dict[str, Any]:
+        out: dict[str, Any] = orjson.loads(str(self))
+        return out
+
+
+def _create_problem(value: Any) -> str | None:
+    """Why `value` cannot be a participant's `create` (a FHIR resource to create when missing), or None."""
+    if not isinstance(value, Mapping):
+        return expected("a FHIR resource (a mapping with resourceType and identifier)", value)
+    kind = value.get("resourceType")
+    if not isinstance(kind, str) or kind not in COMMUNICATION_TARGETS["recipient"]:
+        shown_kind = kind if isinstance(kind, str) else describe(kind)
+        return (f"resourceType {shown_kind!r}: " if kind is not None else "needs a resourceType: ") + \
+            not_allowed("resource of that type" if kind is not None else "resource", "a participant", "recipient")
+    given = [e for e in SERVER_ELEMENTS if e in value]
+    if given:
+        return f"must not give {' or '.join(given)}: the server sets it (the participant is found by its identifier)"
+    idents = value.get("identifier")
+    if not isinstance(idents, list | tuple) or not idents or not isinstance(idents[0], Mapping):
+        return "needs an identifier: a list whose first item is {system, value} (its conditional reference searches it)"
+    first = idents[0]
+    if (why := identifier_system_problem(first.get("system"))) is not None:
+        return f"identifier[0].system: {why}"
+    if not is_identifier_value(first.get("value")):
+        return f"identifier[0].value: {IDENTIFIER_VALUE_HINT}"
+    return None
+
+
+def _create(value: Any) -> CreateResource:
+    """A participant's `create`, checked, as canonical JSON text."""
+    if isinstance(value, CreateResource):
+        return value
+    if (why := _create_problem(value)) is not None:
+        raise fail(why)
+    try:
+        return CreateResource(orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode())
+    except TypeError as exc:
+        raise fail(f"is not plain JSON data ({exc})") from None
+
+
+def created_reference(create: Mapping[str, Any]) -> str:
+    """The conditional reference of a resource to create (checked by `_create_problem`): its type and first
+    identifier."""
+    first = create["identifier"][0]
+    return conditional_reference(create["resourceType"], first["system"], first["value"])
+
+
+class _Create:
+    """Annotation of a participant's `create` (`_create`); its JSON Schema: a FHIR resource with an identifier."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_plain_validator_function(_create)
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {"description": "A FHIR resource to create when missing (conditional create on its first "
+                               "identifier): no id, a type a Communication may have as a recipient.",
+                "type": "object", "required": ["resourceType", "identifier"],
+                "properties": {"resourceType": {"enum": sorted(COMMUNICATION_TARGETS["recipient"])},
+                               "identifier": {"type": "array", "minItems": 1,
+                                              "prefixItems": [{"type": "object", "required": ["system", "value"]}]}},
+                "not": {"anyOf": [{"required": [e]} for e in SERVER_ELEMENTS]}}
+
+
+OptionalCreate = Annotated[CreateResource | None, _Create()]
+
+
 @_slotted
 class Participant(_Record):
-    """A person or thing in the thread: `alias` (its key in `participants`) → a reference, and a display name."""
+    """A person or thing in the thread: `alias` (its key in `participants`) → a reference, a display name, and how
+    to create it when missing (`create`: its reference is then the conditional one of its first identifier)."""
 
     alias: Annotated[SkipJsonSchema[Alias], Field(exclude=True)]
     reference: Annotated[ParticipantReference, Field(description="Type/id or Type?identifier=system|value: a "
                                                                  "resource FHIR R4 allows as a Communication's "
-                                                                 "recipient.")]
+                                                                 "recipient. Derived from `create` when omitted.")]
     display: Annotated[OptionalText, Field(description="The name shown for the participant.")] = None
+    create: OptionalCreate = None
 
-    def __init__(self, alias: str, reference: str, display: str | None = None) -> None:
-        self._check({"alias": alias, "reference": reference} if display is None else
-                    {"alias": alias, "reference": reference, "display": display})
+    def __init__(self, alias: str, reference: str | None = None, display: str | None = None,
+                 create: Mapping[str, Any] | None = None) -> None:
+        self._check(_without_defaults(alias=alias, reference=reference, display=display, create=create))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived(cls, data: Any) -> Any:
+        """`reference` from `create` when omitted; refused when both are given and disagree."""
+        if not isinstance(data, dict):
+            return data
+        create = data.get("create")
+        if create is None:
+            if data.get("reference") is None and "reference" not in data:
+                raise fail("needs a reference (Type/id or Type?identifier=system|value), or create (a FHIR "
+                           "resource to create when missing)")
+            return data
+        if _create_problem(create) is not None and not isinstance(create, CreateResource):
+            return data  # (the create field says why)
+        derived = created_reference(create.resource() if isinstance(create, CreateResource) else create)
+        given = data.get("reference")
+        if given is None:
+            return {**data, "reference": derived}
+        if given != derived:
+            raise fail(f"reference {given!r} does not match create: its type and first identifier make it "
+                       f"{derived!r} (leave reference out)")
+        return data
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        out = handler.resolve_ref_schema(handler(schema))
+        out["required"] = [name for name in out.get("required", []) if name != "reference"]
+        if not out["required"]:
+            del out["required"]
+        out["anyOf"] = [{"required": ["reference"]}, {"required": ["create"]}]
+        return out
+
+    def to_data(self) -> dict[str, Any]:
+        """As spec data: `reference` left out when `create` makes it."""
+        out: dict[str, Any] = {} if self.create is not None else {"reference": self.reference}
+        if self.display is not None:
+            out["display"] = self.display
+        if self.create is not None:
+            out["create"] = self.create.resource()
+        return out
 
 
 class Participants(Mapping[str, Participant]):
@@ -367,12 +494,19 @@ def _participants(value: Any) -> Participants:
             try:
                 out[alias] = Participant.model_validate({**data, "alias": alias})
             except ValidationError as exc:
-                errors.extend({**e, "loc": (key, *e["loc"])} for e in exc.errors(include_url=False))
+                errors.extend({**e, "loc": (key, *e["loc"])} for e in _without_derived(exc.errors(include_url=False)))
         else:
             errors.append(_error(expected("a mapping", entry), (key,), entry))
     if errors:
         raise reraise(errors)
     return Participants._of(out)
+
+
+def _without_derived(errors: list[ErrorDetails]) -> list[ErrorDetails]:
+    """A participant's errors, less the missing `reference` when its `create` (which would make it) is wrong."""
+    if any(e["loc"][:1] == ("create",) for e in errors):
+        return [e for e in errors if not (e["loc"] == ("reference",) and e["type"] == "missing")]
+    return errors
 
 
 def _error(message: str, loc: Path_, value: Any, *, on_key: bool = False) -> ErrorDetails:
@@ -614,8 +748,7 @@ class ThreadSpec(_Model):
             out["sender"] = self.sender
         if self.sent is not None:
             out["sent"] = self.sent
-        out["participants"] = {a: {"reference": p.reference} | ({"display": p.display} if p.display is not None
-                                                                 else {}) for a, p in self.participants.items()}
+        out["participants"] = {a: p.to_data() for a, p in self.participants.items()}
         if self.messages:
             out["messages"] = [m.to_data(i) for i, m in enumerate(self.messages, 1)]
         return out
