@@ -19,8 +19,8 @@ from typing import Any
 import orjson
 
 from .errors import OptionError
-from .spec.model import Attachment, Coding, ThreadSpec, parse_spec
-from .vocabulary import identifier_system_problem
+from .spec.model import Attachment, Coding, Participant, ThreadSpec, parse_spec
+from .vocabulary import MAX_CONDITIONAL_ENTRIES, identifier_system_problem, identifier_token
 
 DEFAULT_IDENTIFIER_SYSTEM = "urn:thread-bundler:thread"
 """The identifier system put on every Communication unless another is given (`--identifier-system`)."""
@@ -245,6 +245,43 @@ def build_bundles(threads: Iterable[ThreadSpec | Mapping[str, Any]], *,
     """Bundles for many threads, built one at a time as they are asked for."""
     for thread in threads:
         yield build_bundle(thread, identifier_system=identifier_system)
+
+
+# --- participants created when missing ---------------------------------------------------------------
+
+PARTICIPANT_URN_SYSTEM = "urn:thread-bundler:participant"
+"""The name space of a created participant's fullUrl: urn = uuid5 of this system and its conditional reference."""
+
+
+def created_participants(threads: Iterable[ThreadSpec]) -> list[Participant]:
+    """The distinct participants of `threads` that say how to create them (`create`), by reference, in order of
+    first use (the first spec that gives a reference wins)."""
+    out: dict[str, Participant] = {}
+    for spec in threads:
+        for p in spec.participants.values():
+            if p.create is not None and p.reference not in out:
+                out[p.reference] = p
+    return list(out.values())
+
+
+def participant_entry(participant: Participant) -> dict[str, Any]:
+    """A participant's conditional create: POST its `create` resource unless one with its first identifier exists."""
+    if participant.create is None:
+        raise ValueError(f"participant {participant.alias!r} has no create")
+    resource = participant.create.resource()
+    first = resource["identifier"][0]
+    return {"fullUrl": full_url(PARTICIPANT_URN_SYSTEM, participant.reference), "resource": resource,
+            "request": {"method": "POST", "url": resource["resourceType"],
+                        "ifNoneExist": f"identifier={identifier_token(first['system'], first['value'])}"}}
+
+
+def participant_bundles(participants: Iterable[Participant], *, size: int = MAX_CONDITIONAL_ENTRIES
+                        ) -> Iterator[dict[str, Any]]:
+    """Transactions of conditional creates for `participants` (those with `create`), at most `size` entries each
+    (Medplum's cap for transactions with conditional entries)."""
+    entries = [participant_entry(p) for p in participants if p.create is not None]
+    for start in range(0, len(entries), size):
+        yield {"resourceType": "Bundle", "type": "transaction", "entry": entries[start:start + size]}
 
 
 def dumps(bundle: Mapping[str, Any], *, pretty: bool = False) -> bytes:

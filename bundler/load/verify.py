@@ -73,6 +73,12 @@ class Resolver:
                 self._found[ref] = answer
                 return answer
 
+    def assume(self, refs: Iterable[str]) -> None:
+        """(A dry run) take each of `refs` as matching one resource: participants a real load would create first."""
+        with self._lock:
+            for ref in refs:
+                self._found.setdefault(ref, (1, None))
+
     def matches(self, ref: str) -> int:
         """How many resources `ref` matches: 0, 1, or 2 for several."""
         return self._lookup(ref)[0]

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import Problem, SpecError
 from .model import ThreadSpec, check_document
+from .participants import ParticipantsFile, read_participants
 from .source import Document, decode, parse_text, split_threads
 
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
@@ -103,8 +104,11 @@ def read_documents(file: Path | str) -> tuple[list[Document], list[Problem]]:
     return list(split_threads(docs)), problems
 
 
-def load_specs(paths: Iterable[str | Path]) -> list[ThreadSpec]:
-    """Every thread in `paths`, checked; raises SpecError with every problem in every file."""
+def load_specs(paths: Iterable[str | Path], *, participants: str | Path | ParticipantsFile | None = None
+               ) -> list[ThreadSpec]:
+    """Every thread in `paths`, checked; raises SpecError with every problem in every file. `participants`: a
+    participants file (`bundler.spec.participants`) whose participants the threads may use."""
+    shared = read_participants(participants) if participants is not None else None
     files, problems = spec_files(paths)
     specs: list[ThreadSpec] = []
     keys = ThreadKeys()
@@ -116,7 +120,7 @@ def load_specs(paths: Iterable[str | Path]) -> list[ThreadSpec]:
             problems.append(not_a_spec(next(d for d in docs if resource_type(d.data) == kind), kind))
             continue
         for doc in docs:
-            spec, doc_problems = check_document(doc)
+            spec, doc_problems = check_document(doc, shared)
             problems.extend(doc_problems)
             if spec is None:
                 continue

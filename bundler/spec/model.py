@@ -26,8 +26,9 @@ the builder. Either kind is checked whenever it is made.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
-from typing import Annotated, Any, ClassVar, Self, TypeVar, cast, dataclass_transform
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self, TypeVar, cast, dataclass_transform
 
 import orjson
 from pydantic import (
@@ -88,8 +89,11 @@ from .scalars import (
 )
 from .source import Document, Path_, shown
 
-__all__ = ["DEFAULT_STATUS", "Attachment", "Coding", "CreateResource", "Message", "Participant", "Participants", "ThreadSpec",
-           "check_document", "parse_spec"]
+if TYPE_CHECKING:
+    from .participants import ParticipantsFile
+
+__all__ = ["DEFAULT_STATUS", "Attachment", "Coding", "CreateResource", "Message", "Participant", "Participants",
+           "ThreadSpec", "check_document", "parse_spec"]
 
 
 _RECORD_CONFIG = ConfigDict(extra="forbid", validate_by_alias=True, validate_by_name=False,
@@ -688,6 +692,8 @@ class ThreadSpec(_Model):
                         "objects.")
 
     _source: Document | None = PrivateAttr(default=None)
+    _shared: Document | None = PrivateAttr(default=None)  # the participants file it took participants from
+    _borrowed: frozenset[str] = PrivateAttr(default=frozenset())  # the aliases it took from there
 
     @_constructor
     def __init__(self, key: str, topic: str, participants: Mapping[str, Participant],
@@ -731,8 +737,11 @@ class ThreadSpec(_Model):
         if self._source is None:
             return ("<spec>", None)
         path: Path_ = ("messages", message_index, *fields) if message_index is not None else tuple(fields)
-        pos = self._source.position(path)
-        return (self._source.file, pos[0] if pos else None)
+        source = self._source
+        if self._shared is not None and path[:1] == ("participants",) and path[1:2] and path[1] in self._borrowed:
+            source = self._shared
+        pos = source.position(path)
+        return (source.file, pos[0] if pos else None)
 
     def to_data(self) -> dict[str, Any]:
         """This spec as plain spec data (what a YAML or JSON spec file holds), which `parse_spec` reads back
@@ -897,17 +906,33 @@ def _meaning(participants: Mapping[str, Participant | None] | None, messages: Se
 # --- reading ---------------------------------------------------------------------------------------
 
 
-def check_document(doc: Document) -> tuple[ThreadSpec | None, list[Problem]]:
-    """A ThreadSpec from one parsed document, or every problem that stops it being one (with positions)."""
+def check_document(doc: Document, shared: ParticipantsFile | None = None) -> tuple[ThreadSpec | None, list[Problem]]:
+    """A ThreadSpec from one parsed document, or every problem that stops it being one (with positions).
+    `shared`: a participants file whose participants the thread may use (its own win)."""
     if not isinstance(doc.data, dict):
         why = f"expected a thread (a mapping with thread, topic, participants), got {describe(doc.data)}"
         return None, [doc.problem((), why)]
+    data, borrowed = shared.merged(doc.data) if shared is not None else (doc.data, frozenset[str]())
     try:
-        spec = ThreadSpec.model_validate(doc.data)
+        spec = ThreadSpec.model_validate(data)
     except ValidationError as exc:
-        return None, problems_of(exc, doc, ThreadSpec)
+        problems = problems_of(exc, doc, ThreadSpec)
+        if shared is not None:
+            nor = f" is not a participant of the thread nor of {shared.file} ("
+            problems = [dataclasses.replace(p, message=p.message.replace(" is not a participant (", nor))
+                        for p in problems]
+        return None, problems
     spec._source = doc
+    if borrowed:
+        assert shared is not None
+        spec._shared, spec._borrowed = shared.doc, borrowed
     return spec, []
+
+
+class ParticipantsDocument(_Model):
+    """A participants file: the spec's `participants` block under the same key (`bundler.spec.participants`)."""
+
+    participants: Participants
 
 
 def parse_spec(data: Mapping[str, Any], *, file: str = "<spec>") -> ThreadSpec:
