@@ -253,6 +253,50 @@ CASES: dict[str, Case] = {
         never=["unknown field"], before=[["build", "in", "-o", "in"]]),
     "build on a Bundle": Case({"b.json": _bundle()}, ["build", "b.json"], 2,
                               ["b.json:1:1: this is a FHIR Bundle, not a thread spec (`validate` checks Bundles"]),
+    # --- participants created when missing, the participants file -----------------------------------------
+    "create of a type no Communication may reference": Case(
+        {"t.yaml": _spec("c").replace("{a: {reference: Patient/1}}", "{a: {create: {resourceType: Observation, "
+                                      "identifier: [{system: 'https://x.org/id', value: '1'}]}}}")},
+        ["build", "t.yaml"], 2, ["t.yaml:3:", "participants.a.create: resourceType 'Observation'",
+                                 "FHIR R4 does not allow"], never=["missing required field"]),
+    "create without an identifier": Case(
+        {"t.yaml": _spec("c").replace("{a: {reference: Patient/1}}", "{a: {create: {resourceType: Patient}}}")},
+        ["validate", "t.yaml"], 2, ["t.yaml:3:", "participants.a.create: needs an identifier"]),
+    "create with an id": Case(
+        {"t.yaml": _spec("c").replace("{a: {reference: Patient/1}}", "{a: {create: {resourceType: Patient, id: x, "
+                                      "identifier: [{system: 'https://x.org/id', value: '1'}]}}}")},
+        ["build", "t.yaml"], 2, ["participants.a.create: must not give id: the server sets it"]),
+    "create with an identifier a search cannot carry": Case(
+        {"t.yaml": _spec("c").replace("{a: {reference: Patient/1}}", "{a: {create: {resourceType: Patient, "
+                                      "identifier: [{system: 'https://x.org/id', value: 'a b'}]}}}")},
+        ["build", "t.yaml"], 2, ["participants.a.create: identifier[0].value: must be a value without spaces"]),
+    "reference and create that disagree": Case(
+        {"t.yaml": _spec("c").replace("{a: {reference: Patient/1}}", "{a: {reference: Patient/1, create: {resourceType:"
+                                      " Patient, identifier: [{system: 'https://x.org/id', value: '1'}]}}}")},
+        ["build", "t.yaml"], 2, ["participants.a: reference 'Patient/1' does not match create",
+                                 "'Patient?identifier=https://x.org/id|1' (leave reference out)"]),
+    "neither reference nor create": Case(
+        {"t.yaml": _spec("c").replace("{a: {reference: Patient/1}}", "{a: {display: A}}")},
+        ["build", "t.yaml"], 2, ["participants.a: needs a reference", "or create"]),
+    "create the server would refuse: validate says where": Case(
+        {"t.yaml": _spec("c").replace("{a: {reference: Patient/1}}", "{a: {create: {resourceType: Patient, birthDate:"
+                                      " soon, identifier: [{system: 'https://x.org/id', value: '1'}]}}}")},
+        ["validate", "t.yaml"], 1, ["t.yaml", "(line 3)", "error[fhir.structure]", "birthDate"]),
+    "participants file: an alias in neither": Case(
+        {"p.yaml": "participants:\n  a: {reference: Patient/1}\n",
+         "t.yaml": _spec("c").replace("participants: {a: {reference: Patient/1}}\n", "").replace("text: hi",
+                                                                                                   "text: hi, recipient: [b]")},
+        ["build", "t.yaml", "--participants", "p.yaml"], 2,
+        ["t.yaml:4:", "'b' is not a participant of the thread nor of p.yaml (known: a)"]),
+    "participants file: not one": Case(
+        {"p.yaml": "thread: x\n", "t.yaml": _spec("c")}, ["build", "t.yaml", "--participants", "p.yaml"], 2,
+        ["p.yaml:1:1: expected a participants file: a mapping with one key, participants"]),
+    "participants file: a bad entry, at its line": Case(
+        {"p.yaml": "participants:\n  a: {reference: Patient/1}\n  b: {reference: Location/1}\n", "t.yaml": _spec("c")},
+        ["build", "t.yaml", "--participants", "p.yaml"], 2, ["p.yaml:3:", "participants.b.reference", "nothing written"]),
+    "participants file: missing": Case(
+        {"t.yaml": _spec("c")}, ["validate", "t.yaml", "--participants", "people.yaml"], 2,
+        ["people.yaml: cannot read"]),
     # --- clear messages ------------------------------------------------------------------------------------
     "UTF-16 with a byte order mark": Case({"t.yaml": WALKTHROUGH.encode("utf-16")}, ["build", "t.yaml"], 2,
                                           ["t.yaml: this is UTF-16 (little-endian) text: save it as UTF-8"],
