@@ -327,6 +327,10 @@ def attachment_hash(data: bytes) -> str:
 BASE64_GROWTH: Final = 4 / 3
 """Base64 (Binary.data in a JSON body) is a third larger than the bytes it holds: a file of 768 KB is a 1 MB
 Binary entry."""
+MAX_INLINE_FILE_BYTES: Final = 720_000
+"""The largest file that travels inside a thread's transaction as a Binary entry: base64 makes it 960,000 bytes,
+which leaves room in a request under Medplum's 1 MB body limit (`MAX_BODY_BYTES`). A larger file is uploaded first
+as raw bytes (`POST Binary` with its own Content-Type) and referenced as `Binary/<id>`."""
 
 _STORED_BINARY = re.compile(r"(?:https?://[^?#]*/)?Binary/(" + ID_PATTERN + r")(?:/_history/" + ID_PATTERN
                             + r")?")

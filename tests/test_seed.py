@@ -3,18 +3,21 @@ participants file; against the local server with checkReferencesOnWrite on (or a
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 import yaml
+from faultproxy import FaultProxy
 from loadkit import cli, client_for, env, load
 
-from bundler import load_specs, parse_spec
+from bundler import build_bundle, load_specs, parse_spec
 from bundler.load import Outcome
 from bundler.load.verify import verify
 from bundler.spec import ThreadSpec
+from bundler.vocabulary import attachment_hash, binary_reference
 
 MRN = "https://example.org/mrn"
 NPI = "http://hl7.org/fhir/sid/us-npi"
@@ -184,3 +187,75 @@ def test_build_and_validate_take_a_participants_file(tmp_path: Path, command: st
         assert bundle["entry"][0]["resource"]["subject"]["reference"] == f"Patient?identifier={MRN}|p-1"
     else:
         assert "0 errors, 0 warnings in 2 bundles" in run.stdout, run.stdout  # the thread, the participants
+
+
+# --- attachments from files ------------------------------------------------------------------------------
+
+def files_thread(prefix: str, folder: Path, small: bytes, large: bytes) -> Path:
+    """A thread whose messages attach a small file (inline), the same again, and a large one (uploaded first)."""
+    (folder / "scans").mkdir(parents=True, exist_ok=True)
+    (folder / "scans" / "knee.png").write_bytes(small)
+    (folder / "scans" / "mri.dcm").write_bytes(large)
+    spec = thread(prefix, "files", people(prefix))
+    spec["messages"][0]["attachments"] = [{"file": "scans/knee.png", "title": "Knee"}, {"file": "scans/mri.dcm"}]
+    spec["messages"].append({"sender": "hibbert", "sent": "2024-04-10T10:00:00Z", "text": "Again",
+                             "attachments": [{"file": "scans/knee.png"}]})
+    path = folder / "t.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("atomic", [True, False], ids=["atomic", "batch"])
+def test_file_attachments_round_trip_byte_identical_and_upload_once(project: Any, tmp_path: Path, atomic: bool
+                                                                     ) -> None:
+    strict(project)
+    if not atomic:
+        project.configure(transaction_bundles=False)
+    small, large = bytes(range(256)) * 12, os.urandom(800_000)  # 3 KB inline; 800 KB: its base64 is over 1 MB
+    path = files_thread(project.prefix, tmp_path / "in", small, large)
+    (spec,) = load_specs([path])
+    a, b = spec.messages[0].attachments
+    assert (a.size, a.hash, a.content_type) == (len(small), attachment_hash(small), "image/png")
+    assert (b.size, b.content_type) == (len(large), "application/dicom")
+    bundle = build_bundle(spec)
+    assert [e["resource"]["resourceType"] for e in bundle["entry"]][-1] == "Binary"  # the small one, once
+    assert sum(e["resource"]["resourceType"] == "Binary" for e in bundle["entry"]) == 1
+    with FaultProxy(project.target.base_url) as proxy, client_for(project, proxy.url) as client:
+        report = load([spec], client, journal=tmp_path / "j.sqlite")
+        assert report.ok, [t.error for t in report.threads]
+        uploads = [e for e in proxy.log if e.method == "POST" and e.path.endswith("/Binary")]
+        assert len(uploads) == 1 and uploads[0].body == large  # the large file, raw, first
+        assert report.files["uploaded"] == 1
+        [result] = report.threads
+        stored = client.read(f"Communication/{result.message_ids['1']}")
+        urls = [p["contentAttachment"]["url"] for p in stored["payload"] if "contentAttachment" in p]
+        assert all(binary_reference(u) for u in urls), urls
+        assert client.read_binary(binary_reference(urls[0]) or "") == small
+        assert client.read_binary(binary_reference(urls[1]) or "") == large
+        [checked] = verify([spec], client)
+        assert checked.ok, checked.differences
+        proxy.clear(log=True)
+        (again,) = load_specs([path])  # a re-run, even of a changed thread: nothing uploaded twice
+        report = load([again], client, journal=tmp_path / "j.sqlite")
+        assert report.ok and not [e for e in proxy.log if e.path.endswith("/Binary")]
+
+
+def test_verify_finds_bytes_that_differ(project: Any, tmp_path: Path) -> None:
+    strict(project)
+    path = files_thread(project.prefix, tmp_path / "in", b"small file", b"x" * 800_000)
+    with client_for(project) as client:
+        assert load(load_specs([path]), client, journal=tmp_path / "j.sqlite").ok
+        (tmp_path / "in" / "scans" / "knee.png").write_bytes(b"another file")
+        [checked] = verify(load_specs([path]), client)
+        assert not checked.ok
+        assert any("(scans/knee.png): Binary/" in d and "reads back 10 bytes" in d for d in checked.differences), \
+            checked.differences
+
+
+def test_a_missing_file_is_a_spec_error_at_its_line(tmp_path: Path) -> None:
+    path = files_thread("p", tmp_path, b"a", b"b")
+    (tmp_path / "scans" / "mri.dcm").unlink()
+    run = cli(["build", str(path), "-o", str(tmp_path / "out")], {})
+    assert run.returncode == 2 and not (tmp_path / "out").exists()
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if "mri.dcm" in text)
+    assert f"{path}:{line}:" in run.stderr and "cannot read 'scans/mri.dcm'" in run.stderr, run.stderr

@@ -19,8 +19,8 @@ from typing import Any
 
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, check_identifier_system, participant_bundles
 from ..errors import Problem, SpecError
-from ..spec import ParticipantsFile, check_document, read_participants, spec_files
-from ..spec.files import ThreadKeys
+from ..spec import ParticipantsFile, read_participants, spec_files
+from ..spec.files import ThreadKeys, read_document
 from ..spec.model import Participant, ThreadSpec
 from ..spec.source import SAVE_AS_UTF8, Document, decode, parse_json, parse_text, split_threads
 from ..vocabulary import MAX_CONDITIONAL_ENTRIES
@@ -134,7 +134,7 @@ def read_bundles(file: Path, *, identifier_system: str = DEFAULT_IDENTIFIER_SYST
         if _is_bundle_like(doc.data):
             out.append((doc.data, _doc_origin(doc)))
             continue
-        spec, spec_problems = check_document(doc, shared)
+        spec, spec_problems = read_document(doc, shared)
         problems.extend(spec_problems)
         duplicate = keys.add(spec, doc) if spec is not None and keys is not None else None
         if duplicate is not None:

@@ -59,6 +59,7 @@ from .participants import Ensurer
 from .plan import SAFE_MAX_BYTES, RequestLimits
 from .report import LoadReport, LoadWatcher, Outcome, Plan, ThreadResult
 from .thread import Deferred, PlanBook, Settings, Thread, ThreadLoad
+from .uploads import Uploader
 from .verify import Resolver
 
 Atomic = Literal["require", "auto", "off"]
@@ -159,6 +160,8 @@ def _close(report: LoadReport, run: _Run, client: FhirClient, started: float, re
     report.waited = client.pacer.waited - waited_before
     report.in_input_order()
     report.participants = run.ensurer.counts
+    report.files = {"uploaded": run.uploader.uploaded, "known": run.uploader.known,
+                    "failed": len(run.uploader.failed)}
     if run.plan is not None:
         report.plan = run.planned()
     return report
@@ -188,6 +191,7 @@ class _Run:
         self.margin, self.update, self.limits, self.watcher, self.keep = margin, update, limits, watcher, keep
         self.resolver = Resolver(client)
         self.ensurer = Ensurer(client, journal, dry_run=dry_run)
+        self.uploader = Uploader(client, journal, dry_run=dry_run)
         self.plan: PlanBook | None = None
         self.dry_run = dry_run
         self.settings: Settings | None = None
@@ -217,7 +221,7 @@ class _Run:
                 self.plan = PlanBook(alt)
             self.settings = Settings(self.client, self.journal, self.system, limits, self.margin, update=self.update,
                                      resolver=self.resolver, plan=self.plan, stopping=self.stopping,
-                                     started=self.started)
+                                     started=self.started, binaries=self.uploader.refs)
         return self.settings
 
     def _limits(self, atomic: bool) -> RequestLimits:
@@ -245,8 +249,8 @@ class _Run:
     def planned(self) -> Plan:
         assert self.plan is not None
         book, pacer = self.plan, self.client.pacer
-        extra_requests = self.ensurer.requests
-        extra_points = self.ensurer.points + SEARCH_POINTS * self.resolver.searches
+        extra_requests = self.ensurer.requests + self.uploader.requests
+        extra_points = self.ensurer.points + self.uploader.points + SEARCH_POINTS * self.resolver.searches
         plan = Plan(book.requests + extra_requests, book.points + extra_points, book.searches + self.resolver.searches)
         if book.alt is not None:
             plan.requests_not_atomic = book.requests_alt + extra_requests
@@ -282,18 +286,22 @@ class _Run:
 
     def _with_participants(self, items: list[Thread], unseen: list[int],
                            loads: dict[int, tuple[Entry | None, dict[str, Any] | None]]) -> list[int]:
-        """Ensure the participants to create that the threads to send use (`participants.Ensurer`); a thread
-        whose participant could not be ensured is not sent: it fails, saying why. The `unseen` left."""
+        """Ensure the participants to create that the threads to send use (`participants.Ensurer`), and upload
+        the files too large for their transactions (`uploads.Uploader`); a thread whose participant could not be
+        ensured, or whose file could not be uploaded, is not sent: it fails, saying why. The `unseen` left."""
         self.ensurer.ensure(items[n].spec for n in [*unseen, *loads])
+        self.uploader.upload(items[n].spec for n in [*unseen, *loads])
         if self.dry_run and self.ensurer.ensured:
             self.resolver.assume(ref for ref, known in self.ensurer.ensured.items() if not known)
-        if not self.ensurer.failed:
+        if not self.ensurer.failed and not self.uploader.failed:
             return unseen
+        stopped = set()
         for n in [*unseen, *loads]:
-            if (why := self.ensurer.why_not(items[n].spec)) is not None:
+            if (why := self.ensurer.why_not(items[n].spec) or self.uploader.why_not(items[n].spec)) is not None:
                 loads.pop(n, None)
+                stopped.add(n)
                 self._tell(items[n].result(Outcome.FAILED, {}, error=why), items[n])
-        return [n for n in unseen if self.ensurer.why_not(items[n].spec) is None]
+        return [n for n in unseen if n not in stopped]
 
     def _record_first_requests(self, machines: list[ThreadLoad]) -> None:
         """The journal rows of the new threads' first requests, written together before any is sent (one

@@ -137,6 +137,7 @@ class LoadReport:
     _kept: list[tuple[int, ThreadResult]] = field(default_factory=list, repr=False)
     plan: Plan | None = None
     participants: ParticipantCounts = field(default_factory=ParticipantCounts)
+    files: dict[str, int] = field(default_factory=dict)  # files uploaded first: uploaded, known, failed
 
     @property
     def ok(self) -> bool:
@@ -179,6 +180,8 @@ class LoadReport:
                                "seconds": round(self.seconds, 3), "counts": self.counts()}
         if self.participants:
             out["participants"] = self.participants.as_json()
+        if any(self.files.values()):
+            out["files"] = dict(self.files)
         if self.interrupted:
             out["interrupted"] = True
         if self.plan is not None:

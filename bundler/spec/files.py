@@ -5,12 +5,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..errors import Problem, SpecError
+from .attachments import read_files
 from .model import ThreadSpec, check_document
 from .participants import ParticipantsFile, read_participants
 from .source import Document, decode, parse_text, split_threads
@@ -104,6 +106,18 @@ def read_documents(file: Path | str) -> tuple[list[Document], list[Problem]]:
     return list(split_threads(docs)), problems
 
 
+def read_document(doc: Document, shared: ParticipantsFile | None = None) -> tuple[ThreadSpec | None, list[Problem]]:
+    """`check_document` for a document read from a file: its file attachments read first (relative to the file,
+    `attachments.read_files`), their bytes held by the spec (`ThreadSpec.files`)."""
+    data, files, problems = read_files(doc)
+    if problems:
+        return None, problems
+    spec, problems = check_document(dataclasses.replace(doc, data=data) if files else doc, shared)
+    if spec is not None and files:
+        spec.with_files(files)
+    return spec, problems
+
+
 def load_specs(paths: Iterable[str | Path], *, participants: str | Path | ParticipantsFile | None = None
                ) -> list[ThreadSpec]:
     """Every thread in `paths`, checked; raises SpecError with every problem in every file. `participants`: a
@@ -120,7 +134,7 @@ def load_specs(paths: Iterable[str | Path], *, participants: str | Path | Partic
             problems.append(not_a_spec(next(d for d in docs if resource_type(d.data) == kind), kind))
             continue
         for doc in docs:
-            spec, doc_problems = check_document(doc, shared)
+            spec, doc_problems = read_document(doc, shared)
             problems.extend(doc_problems)
             if spec is None:
                 continue

@@ -562,26 +562,50 @@ class Coding(_Record):
 
 @_slotted
 class Attachment(_Record):
-    """A message's attachment: becomes a `payload.contentAttachment`."""
+    """A message's attachment: becomes a `payload.contentAttachment`. Either `url` (where the content is), or
+    `file` (a path relative to the spec file: the bytes travel with the thread as a Binary, or are uploaded first
+    when too large for a request). A file's `size` and `hash` (SHA-1, base64) are filled in when the spec is read
+    from its file (`bundler.spec.load_specs`; its `contentType` too, from the file name, unless given); given in
+    the spec, they must be the file's."""
 
-    url: Annotated[Text, Field(description="Where the content is: Binary/<id> for a Medplum Binary, or a URL.")]
+    url: Annotated[OptionalText, Field(description="Where the content is: Binary/<id> for a Medplum Binary, or a "
+                                                   "URL.")] = None
+    file: Annotated[OptionalText, Field(description="A file whose bytes to attach, relative to the spec file.")] = None
     content_type: Annotated[MimeType, Field(alias="contentType")] = None
     title: OptionalText = None
+    size: Annotated[int | None, Field(ge=0, strict=True, description="The file's size in bytes (filled in).")] = None
+    hash: Annotated[OptionalText, Field(description="SHA-1 of the file, base64 (filled in).")] = None
 
-    def __init__(self, url: str, content_type: str | None = None, title: str | None = None) -> None:
-        data = {"url": url}
-        if content_type is not None:
-            data["content_type"] = content_type
-        if title is not None:
-            data["title"] = title
-        self._check(data)
+    def __init__(self, url: str | None = None, content_type: str | None = None, title: str | None = None, *,
+                 file: str | None = None, size: int | None = None, hash: str | None = None) -> None:
+        self._check(_without_defaults(url=url, file=file, content_type=content_type, title=title, size=size,
+                                      hash=hash))
 
-    def to_data(self) -> dict[str, str]:
-        out = {"url": self.url}
+    @model_validator(mode="after")
+    def _one_source(self) -> Attachment:
+        if (self.url is None) == (self.file is None):
+            raise fail("needs url (where the content is) or file (a file to attach), not both" if self.url else
+                       "needs url (where the content is) or file (a file to attach)")
+        if self.file is None and (self.size is not None or self.hash is not None):
+            raise fail("size and hash are filled in for a file attachment: give file, or leave them out")
+        return self
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        out = handler.resolve_ref_schema(handler(schema))
+        out["oneOf"] = [{"required": ["url"]}, {"required": ["file"]}]
+        return out
+
+    def to_data(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"url": self.url} if self.url is not None else {"file": self.file}
         if self.content_type is not None:
             out["contentType"] = self.content_type
         if self.title is not None:
             out["title"] = self.title
+        if self.size is not None:
+            out["size"] = self.size
+        if self.hash is not None:
+            out["hash"] = self.hash
         return out
 
 
@@ -694,6 +718,7 @@ class ThreadSpec(_Model):
     _source: Document | None = PrivateAttr(default=None)
     _shared: Document | None = PrivateAttr(default=None)  # the participants file it took participants from
     _borrowed: frozenset[str] = PrivateAttr(default=frozenset())  # the aliases it took from there
+    _files: Mapping[str, bytes] | None = PrivateAttr(default=None)  # its attachments' bytes, by hash
 
     @_constructor
     def __init__(self, key: str, topic: str, participants: Mapping[str, Participant],
@@ -730,6 +755,22 @@ class ThreadSpec(_Model):
         if errors:
             raise reraise(errors)
         return spec
+
+    @property
+    def has_files(self) -> bool:
+        """Whether a message has a file attachment (the builder then adds Binary entries)."""
+        return any(a.file is not None for m in self.messages for a in m.attachments)
+
+    @property
+    def files(self) -> Mapping[str, bytes]:
+        """The bytes of its file attachments by hash (`Attachment.hash`), as read with the spec from its file
+        (`bundler.spec.load_specs`); empty for a spec made otherwise."""
+        return self._files or {}
+
+    def with_files(self, files: Mapping[str, bytes]) -> ThreadSpec:
+        """This spec holding `files` (hash → bytes) for its file attachments: what the builder reads."""
+        self._files = dict(files)
+        return self
 
     def origin(self, message_index: int | None = None, *fields: str | int) -> tuple[str, int | None]:
         """(file, line) of the thread, or of `messages[message_index]` and a field below it; ('<spec>', None) for
