@@ -297,6 +297,18 @@ CASES: dict[str, Case] = {
     "participants file: missing": Case(
         {"t.yaml": _spec("c")}, ["validate", "t.yaml", "--participants", "people.yaml"], 2,
         ["people.yaml: cannot read"]),
+    "generate: a message range upside down": Case(
+        {}, ["generate", "--threads", "3", "--messages", "5..2", "-o", "out"], 2, ["'5..2': need 1 <= MIN <= MAX"]),
+    "generate: a message range that is not one": Case(
+        {}, ["generate", "--threads", "3", "--messages", "two", "-o", "out"], 2, ["'two' is not MIN..MAX"]),
+    "generate: a participants file without a patient": Case(
+        {"p.yaml": "participants:\n  a: {reference: Practitioner/1}\n"},
+        ["generate", "--threads", "3", "--participants", "p.yaml", "-o", "out"], 2,
+        ["p.yaml: generating threads needs at least one Patient", "found 0 and 1"]),
+    "generate: a participants file with errors, at their lines": Case(
+        {"p.yaml": "participants:\n  a: {reference: Patient/1}\n  b: {create: {resourceType: Patient}}\n"},
+        ["generate", "--threads", "3", "--participants", "p.yaml", "-o", "out"], 2,
+        ["p.yaml:3:", "participants.b.create: needs an identifier"]),
     # --- clear messages ------------------------------------------------------------------------------------
     "UTF-16 with a byte order mark": Case({"t.yaml": WALKTHROUGH.encode("utf-16")}, ["build", "t.yaml"], 2,
                                           ["t.yaml: this is UTF-16 (little-endian) text: save it as UTF-8"],
