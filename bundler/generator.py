@@ -215,7 +215,7 @@ def _from_file(shared: ParticipantsFile) -> tuple[dict[str, Any], _Cast]:
     if not patients or not staff:
         raise OptionError(f"{shared.file}: generating threads needs at least one Patient and one participant who "
                           f"may write to them (a Practitioner, say): found {len(patients)} and {len(staff)}")
-    return {}, _Cast(patients, staff, teams)
+    return {a: {"display": p.display or a} for a, p in items}, _Cast(patients, staff, teams)
 
 
 def _weighted(rng: random.Random, choices: Sequence[tuple[str, int]]) -> str:

@@ -284,16 +284,18 @@ CASES: dict[str, Case] = {
         ["validate", "t.yaml"], 1, ["t.yaml", "(line 3)", "error[fhir.structure]", "birthDate"]),
     "participants file: an alias in neither": Case(
         {"p.yaml": "participants:\n  a: {reference: Patient/1}\n",
-         "t.yaml": _spec("c").replace("participants: {a: {reference: Patient/1}}\n", "").replace("text: hi",
-                                                                                                   "text: hi, recipient: [b]")},
+         "t.yaml": _spec("c").replace("participants: {a: {reference: Patient/1}}\n", "")
+                             .replace("text: hi", "text: hi, recipient: [b]")},
         ["build", "t.yaml", "--participants", "p.yaml"], 2,
         ["t.yaml:4:", "'b' is not a participant of the thread nor of p.yaml (known: a)"]),
     "participants file: not one": Case(
         {"p.yaml": "thread: x\n", "t.yaml": _spec("c")}, ["build", "t.yaml", "--participants", "p.yaml"], 2,
         ["p.yaml:1:1: expected a participants file: a mapping with one key, participants"]),
     "participants file: a bad entry, at its line": Case(
-        {"p.yaml": "participants:\n  a: {reference: Patient/1}\n  b: {reference: Location/1}\n", "t.yaml": _spec("c")},
-        ["build", "t.yaml", "--participants", "p.yaml"], 2, ["p.yaml:3:", "participants.b.reference", "nothing written"]),
+        {"p.yaml": "participants:\n  a: {reference: Patient/1}\n  b: {reference: Location/1}\n",
+         "t.yaml": _spec("c")},
+        ["build", "t.yaml", "--participants", "p.yaml"], 2,
+        ["p.yaml:3:", "participants.b.reference", "nothing written"]),
     "participants file: missing": Case(
         {"t.yaml": _spec("c")}, ["validate", "t.yaml", "--participants", "people.yaml"], 2,
         ["people.yaml: cannot read"]),

@@ -213,8 +213,8 @@ def test_what_a_thread_holds_are_slotted_frozen_values() -> None:
                    attachments=[Attachment(url="Binary/1", content_type="image/png")])
     assert message == same and hash(message) == hash(same) and len({message, same}) == 1
     assert message.recipient == ("b",) and message.attachments == (attachment,)
-    assert repr(attachment) == ("Attachment(url='Binary/1', file=None, content_type='image/png', title=None, size=None, "
-                                "hash=None)")  # as a model's
+    assert repr(attachment) == ("Attachment(url='Binary/1', file=None, content_type='image/png', title=None, "
+                                "size=None, hash=None)")  # as a model's
     assert str(attachment) == "url='Binary/1' file=None content_type='image/png' title=None size=None hash=None"
     fields = {"url": "Binary/1", "file": None, "content_type": "image/png", "title": None, "size": None, "hash": None}
     assert dict(attachment) == fields

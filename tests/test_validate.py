@@ -137,8 +137,8 @@ BREAKS: dict[str, list[Callable[[dict[str, Any]], None]]] = {
         lambda b: b["entry"].append({"fullUrl": "urn:uuid:88888888-8888-4888-8888-888888888888",
                                      "request": {"method": "POST", "url": "Patient",
                                                  "ifNoneExist": "identifier=https://example.org/mrn|1"},
-                                     "resource": {"resourceType": "Patient",
-                                                  "identifier": [{"system": "https://example.org/mrn", "value": "2"}]}}),
+                                     "resource": {"resourceType": "Patient", "identifier": [
+                                         {"system": "https://example.org/mrn", "value": "2"}]}}),
         lambda b: b["entry"].append({"fullUrl": "urn:uuid:88888888-8888-4888-8888-888888888888",
                                      "request": {"method": "POST", "url": "Practitioner",
                                                  "ifNoneExist": "identifier=urn:npi|1"},
@@ -329,7 +329,7 @@ def test_cli_clean_spec_and_bundle(tmp_path: Path, cli: click.Command) -> None:
     bundle = _write(tmp_path / "b.json", base())
     result = CliRunner().invoke(cli, [str(FIXTURE), str(bundle)])
     assert result.exit_code == 0, result.output
-    assert "0 errors, 0 warnings in 2 bundles (2 files)" in result.output
+    assert "0 errors, 0 warnings in 3 bundles (2 files)" in result.output  # and the spec's participants to create
 
 
 def test_cli_errors_exit_1_grouped_by_file_and_entry(tmp_path: Path, cli: click.Command) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from ..build import participant_bundles
-from ..errors import ServerError, UnknownOutcome
+from ..errors import AuthError, ServerError, UnknownOutcome
 from ..medplum.client import FhirClient, outcome_text
 from ..spec.model import Participant, ThreadSpec
 from ..vocabulary import MAX_CONDITIONAL_ENTRIES, SEARCH_POINTS, WRITE_POINTS
@@ -59,8 +59,9 @@ class Ensurer:
         if self.dry_run:
             self._plan(left)
             return
-        for start in range(0, len(left), MAX_CONDITIONAL_ENTRIES):
-            self._send(left[start:start + MAX_CONDITIONAL_ENTRIES])
+        for group in _rounds(left):
+            for start in range(0, len(group), MAX_CONDITIONAL_ENTRIES):
+                self._send(group[start:start + MAX_CONDITIONAL_ENTRIES])
 
     def _plan(self, participants: list[Participant]) -> None:
         self.counts.planned += len(participants)
@@ -78,6 +79,8 @@ class Ensurer:
             except UnknownOutcome:
                 self.requests += 1
                 continue  # a conditional create is safe to send again
+            except AuthError:
+                raise  # (every request would be refused the same way: the load stops)
             except ServerError as exc:
                 self.requests += 1
                 if len(group) > 1:  # refused as a whole: one at a time finds the one(s) to blame
@@ -131,6 +134,19 @@ class Ensurer:
                 where = f"{file}:{line}" if line else file
                 return f"{where}: participants.{alias}: could not be created ({p.reference}): {why}"
         return None
+
+
+def _rounds(participants: list[Participant]) -> list[list[Participant]]:
+    """`participants` in rounds: one whose `create` refers to another of them (a RelatedPerson's `patient`, say)
+    comes in a round after it, as a conditional reference matches only what exists when its transaction starts."""
+    rounds: list[list[Participant]] = []
+    left = list(participants)
+    while left:
+        refs = {p.reference for p in left}
+        ready = [p for p in left if not any(r != p.reference and f'"{r}"' in str(p.create) for r in refs)] or left
+        rounds.append(ready)
+        left = [p for p in left if p not in ready]
+    return rounds
 
 
 def _reference(resource: object, location: str) -> str | None:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..build import binary_url, split_files
-from ..errors import ServerError, UnknownOutcome
+from ..errors import AuthError, ServerError, UnknownOutcome
 from ..medplum.client import FhirClient
 from ..spec.model import ThreadSpec
 from ..vocabulary import DEFAULT_CONTENT_TYPE, WRITE_POINTS
@@ -70,6 +70,8 @@ class Uploader:
                 ref = self.client.upload_binary(data, content_type)
             except UnknownOutcome:
                 continue
+            except AuthError:
+                raise  # (every request would be refused the same way: the load stops)
             except ServerError as exc:
                 self.failed[digest] = self.client.all_secrets().scrub(str(exc))
                 return
