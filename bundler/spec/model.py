@@ -369,21 +369,26 @@ class Participant(_Record):
 
     @classmethod
     def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
-        out = handler.resolve_ref_schema(handler(schema))
-        out["required"] = [name for name in out.get("required", []) if name != "reference"]
-        if not out["required"]:
-            del out["required"]
-        out["anyOf"] = [{"required": ["reference"]}, {"required": ["create"]}]
-        return out
+        return _reference_or_create(handler.resolve_ref_schema(handler(schema)))
 
     def to_data(self) -> dict[str, Any]:
-        """As spec data: `reference` left out when `create` makes it."""
-        out: dict[str, Any] = {} if self.create is not None else {"reference": self.reference}
+        """As spec data (with `reference` also when `create` makes it: what data gave is never left out)."""
+        out: dict[str, Any] = {"reference": self.reference}
         if self.display is not None:
             out["display"] = self.display
         if self.create is not None:
             out["create"] = self.create.resource()
         return out
+
+
+def _reference_or_create(out: JsonSchemaValue) -> JsonSchemaValue:
+    """A participant's JSON Schema: `reference`, or `create` (which makes it)."""
+    out = dict(out)
+    out["required"] = [name for name in out.get("required", []) if name != "reference"]
+    if not out["required"]:
+        del out["required"]
+    out["anyOf"] = [{"required": ["reference"]}, {"required": ["create"]}]
+    return out
 
 
 class Participants(Mapping[str, Participant]):
@@ -458,10 +463,10 @@ class Participants(Mapping[str, Participant]):
 
     @classmethod
     def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
-        return {"description": "Everyone in the thread: alias -> {reference, display}.", "type": "object",
+        return {"description": "Everyone in the thread: alias -> {reference, display, create}.", "type": "object",
                 "minProperties": 1, "x-message": "needs at least one participant",
                 "propertyNames": {DEF_KEY: "aliasName"},
-                "additionalProperties": handler(Participant.__pydantic_core_schema__)}
+                "additionalProperties": _reference_or_create(handler(Participant.__pydantic_core_schema__))}
 
 
 def _participants(value: Any) -> Participants:
