@@ -38,6 +38,7 @@ def walkthrough_for(project: Any) -> ThreadSpec:
     data = spec.to_data()
     data["thread"] = f"{project.prefix}-{spec.key}"
     for p in data["participants"].values():
+        del p["reference"]  # (made from the identifier, which changes)
         p["create"]["identifier"][0]["value"] = f"{project.prefix}-{p['create']['identifier'][0]['value']}"
     return parse_spec(data)
 
