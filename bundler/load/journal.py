@@ -11,7 +11,9 @@ row stays `sent` while a request is in flight or its outcome unknown, or while p
 (`Entry.entries`), so a spec that changes later shows which entries changed without reading the server.
 
 Rows are keyed by target (server root + identifier system) and thread key, so one journal can serve
-several servers without mixing them up. No secret ever goes in.
+several servers without mixing them up. No secret ever goes in. Beside the threads, `resources` records what a
+load put on the server for them once: each participant it made sure of (by its conditional reference) and each
+file it uploaded first (`Binary#<hash>`), with its `Type/<id>`, so a re-run creates and uploads nothing twice.
 
 One load at a time: the journal is locked (`<journal>.lock`, naming the process that holds it) for as
 long as it is open for writing; a second load refuses at once (`JournalBusy`), or waits. A dry run opens

@@ -30,6 +30,11 @@ journal's per-entry hashes, then read back and compared by `compare.compare_thre
 and, with `update=True`, sent as updates version-checked with `ifMatch`; messages the spec no longer has
 are reported, never deleted. Without a journal the server's identifiers say which messages are there.
 
+Before a window's threads are sent, the participants they use that say how to create them are made sure of
+(`participants.Ensurer`: conditional creates, once per run, journaled) and their files too large for a
+transaction are uploaded (`uploads.Uploader`, journaled by hash); a thread whose participant or file could not be
+is not sent, and says why at its spec line.
+
 Each thread is a `thread.ThreadLoad`, a state machine; this module feeds them in windows of `window`
 threads (a stream is never read whole), runs them on `concurrency` workers, and tells each result to the
 journal and the watcher as it comes (`report.LoadReport` keeps counts only).
