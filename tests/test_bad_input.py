@@ -299,6 +299,20 @@ CASES: dict[str, Case] = {
     "participants file: missing": Case(
         {"t.yaml": _spec("c")}, ["validate", "t.yaml", "--participants", "people.yaml"], 2,
         ["people.yaml: cannot read"]),
+    "attachment file missing": Case(
+        {"t.yaml": _spec("f", message=", attachments: [{file: scans/knee.png}]")}, ["build", "t.yaml", "-o", "out"], 2,
+        ["t.yaml:5:", "messages[1].attachments[1].file: cannot read 'scans/knee.png'", "nothing written"]),
+    "attachment file a folder": Case(
+        {"t.yaml": _spec("f", message=", attachments: [{file: scans}]"), "scans": None}, ["validate", "t.yaml"], 2,
+        ["messages[1].attachments[1].file: 'scans' is a folder, not a file"]),
+    "attachment with a hash that is not its file's": Case(
+        {"t.yaml": _spec("f", message=", attachments: [{file: a.txt, hash: abc}]"), "a.txt": "hello"},
+        ["build", "t.yaml"], 2, ["messages[1].attachments[1].hash: 'abc' is not the hash of 'a.txt'",
+                                 "leave it out, it is filled in"]),
+    "attachment with both url and file": Case(
+        {"t.yaml": _spec("f", message=", attachments: [{file: a.txt, url: Binary/1}]"), "a.txt": "hello"},
+        ["build", "t.yaml"], 2, ["messages[1].attachments[1]: needs url (where the content is) or file (a file to "
+                                 "attach), not both"]),
     "generate: a message range upside down": Case(
         {}, ["generate", "--threads", "3", "--messages", "5..2", "-o", "out"], 2, ["'5..2': need 1 <= MIN <= MAX"]),
     "generate: a message range that is not one": Case(
