@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 import yaml
-from faultproxy import FaultProxy
+from faultproxy import FaultProxy, Rule
 from loadkit import cli, client_for, env, load
 
 from bundler import build_bundle, load_specs, parse_spec
@@ -262,3 +262,27 @@ def test_a_missing_file_is_a_spec_error_at_its_line(tmp_path: Path) -> None:
     assert run.returncode == 2 and not (tmp_path / "out").exists()
     line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if "mri.dcm" in text)
     assert f"{path}:{line}:" in run.stderr and "cannot read 'scans/mri.dcm'" in run.stderr, run.stderr
+
+
+def test_a_lost_answer_to_a_participants_creation_creates_nothing_twice(project: Any, tmp_path: Path) -> None:
+    """The server created them, the answer was lost: the conditional creates are sent again, and find them."""
+    strict(project)
+    specs = [parse_spec(thread(project.prefix, "lost", people(project.prefix)))]
+    with FaultProxy(project.target.base_url) as proxy, client_for(project, proxy.url, max_attempts=2) as client:
+        proxy.add(Rule("drop_after", method="POST", body_contains=b'"ifNoneExist"', times=1))
+        report = load(specs, client, journal=tmp_path / "j.sqlite")
+        assert report.ok, [t.error for t in report.threads]
+        creates = [e for e in proxy.log if e.method == "POST" and b'"ifNoneExist"' in e.body]
+        assert len(creates) == 2  # the one whose answer was lost, and again
+        assert (report.participants.created, report.participants.existing) == (0, 2)  # the second found them
+        assert found(client, "Patient", MRN, f"{project.prefix}-1") == 1
+
+
+def test_the_report_file_counts_the_participants(project: Any, tmp_path: Path) -> None:
+    strict(project)
+    (tmp_path / "t.json").write_bytes(orjson.dumps(thread(project.prefix, "r", people(project.prefix))))
+    run = cli(["load", str(tmp_path / "t.json"), "--report", str(tmp_path / "r.json"), "--journal",
+               str(tmp_path / "j.sqlite")], env(project))
+    assert run.returncode == 0, run.stderr
+    assert orjson.loads((tmp_path / "r.json").read_bytes())["participants"] == {"created": 2, "existing": 0,
+                                                                                 "failed": 0}
