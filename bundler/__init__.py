@@ -17,7 +17,7 @@ _WHERE = {
     "dumps": "build", "full_url": "build",
     "AuthError": "errors", "BundleInvalid": "errors", "BundlerError": "errors", "OptionError": "errors",
     "Problem": "errors", "ServerError": "errors", "SpecError": "errors", "UnknownOutcome": "errors",
-    "build_files": "output",
+    "build_files": "output", "generate": "generator",
     "ThreadSpec": "spec", "load_specs": "spec", "parse_spec": "spec",
     "validate": "check", "validate_files": "check",
     "BearerToken": "medplum.auth", "ClientCredentials": "medplum.auth", "FhirClient": "medplum.client",
@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_IDENTIFIER_SYSTEM", "AuthError", "BearerToken", "BundleInvalid", "BundlerError", "ClientCredentials",
     "FhirClient", "OptionError", "Problem", "ServerError", "SpecError", "ThreadSpec", "UnknownOutcome",
     "build_bundle", "build_bundles", "build_files", "bundle_bytes", "doctor", "dumps", "export", "full_url",
+    "generate",
     "iter_threads",
     "load", "load_specs", "migrate", "parse_spec", "validate", "validate_files", "verify",
 ]
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
         UnknownOutcome,
     )
     from .export import export
+    from .generator import generate
     from .load import load, verify
     from .medplum.auth import BearerToken, ClientCredentials
     from .medplum.client import FhirClient

@@ -10,6 +10,7 @@ again by `identifier=<system>|<thread key>` (header) or `<system>|<thread key>/<
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import uuid
@@ -18,9 +19,15 @@ from typing import Any
 
 import orjson
 
-from .errors import OptionError
-from .spec.model import Attachment, Coding, ThreadSpec, parse_spec
-from .vocabulary import identifier_system_problem
+from .errors import OptionError, Problem, SpecError
+from .spec.model import Attachment, Coding, Participant, ThreadSpec, parse_spec
+from .vocabulary import (
+    DEFAULT_CONTENT_TYPE,
+    MAX_CONDITIONAL_ENTRIES,
+    MAX_INLINE_FILE_BYTES,
+    identifier_system_problem,
+    identifier_token,
+)
 
 DEFAULT_IDENTIFIER_SYSTEM = "urn:thread-bundler:thread"
 """The identifier system put on every Communication unless another is given (`--identifier-system`)."""
@@ -79,16 +86,82 @@ def _payload(text: str | None, attachments: Sequence[Attachment]) -> list[dict[s
         att: dict[str, Any] = {}
         if a.content_type is not None:
             att["contentType"] = a.content_type
-        att["url"] = a.url
+        if a.file is None:
+            att["url"] = a.url
+        else:
+            att["url"] = binary_url(a.hash or "")
+            att["size"] = a.size
+            att["hash"] = a.hash
         if a.title is not None:
             att["title"] = a.title
         out.append({"contentAttachment": att})
     return out
 
 
-def build_bundle(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM
-                 ) -> dict[str, Any]:
-    """The transaction Bundle for one thread: its header first, then its messages in spec order.
+BINARY_URN_SYSTEM = "urn:thread-bundler:binary"
+"""The name space of a file's Binary: its urn is uuid5 of this system and the file's hash."""
+
+
+def binary_url(digest: str) -> str:
+    """The `urn:uuid:` of the Binary holding the file whose `attachment_hash` is `digest`: the url of its attachments
+    (the server rewrites it to `Binary/<id>` in a transaction holding that Binary; the loader does for a file it
+    uploaded first)."""
+    return full_url(BINARY_URN_SYSTEM, digest)
+
+
+def file_attachments(spec: ThreadSpec) -> list[tuple[int, int, Attachment]]:
+    """(message index, attachment index, attachment) of every file attachment of `spec`, in order."""
+    return [(i, j, a) for i, m in enumerate(spec.messages) for j, a in enumerate(m.attachments) if a.file is not None]
+
+
+def split_files(spec: ThreadSpec) -> tuple[dict[str, Attachment], dict[str, Attachment]]:
+    """A thread's distinct files by hash: those whose bytes travel inside its transaction (a Binary entry each), and
+    those uploaded first. A message's new files travel inline while their sizes add up to at most
+    MAX_INLINE_FILE_BYTES (so a message with its Binaries fits one request); the others are uploaded first."""
+    inline: dict[str, Attachment] = {}
+    uploaded: dict[str, Attachment] = {}
+    for m in spec.messages:
+        budget = MAX_INLINE_FILE_BYTES
+        for a in m.attachments:
+            if a.file is None or a.hash is None or a.hash in inline or a.hash in uploaded:
+                continue
+            if (a.size or 0) <= budget:
+                inline[a.hash] = a
+                budget -= a.size or 0
+            else:
+                uploaded[a.hash] = a
+    return inline, uploaded
+
+
+def _binaries(spec: ThreadSpec, files: Mapping[str, bytes] | None) -> list[dict[str, Any]]:
+    """The Binary entries of a thread's small file attachments (one per distinct file, in order of first use);
+    SpecError, at its line, for a file whose bytes are not given."""
+    entries: dict[str, dict[str, Any]] = {}
+    problems: list[Problem] = []
+    given = spec.files if files is None else files
+    inline, _ = split_files(spec)
+    for i, j, a in file_attachments(spec):
+        data = given.get(a.hash or "")
+        if data is None or a.hash is None:
+            file, line = spec.origin(i, "attachments", j, "file")
+            problems.append(Problem(file, line, None, f"messages[{i + 1}].attachments[{j + 1}].file",
+                                    f"the bytes of {a.file!r} were not read: read the spec from its file "
+                                    "(load_specs), or give files= (hash → bytes)"))
+        elif a.hash in inline and a.hash not in entries:
+            entries[a.hash] = {"fullUrl": binary_url(a.hash),
+                               "resource": {"resourceType": "Binary", "contentType": a.content_type or
+                                            DEFAULT_CONTENT_TYPE, "data": base64.b64encode(data).decode()},
+                               "request": {"method": "POST", "url": "Binary"}}
+    if problems:
+        raise SpecError(problems)
+    return list(entries.values())
+
+
+def build_bundle(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM,
+                 files: Mapping[str, bytes] | None = None) -> dict[str, Any]:
+    """The transaction Bundle for one thread: its header first, then its messages in spec order, then a Binary
+    for each small file attachment (`inline`; their bytes from `files`, hash → bytes, by default the spec's own
+    `ThreadSpec.files`).
 
     `thread` is a ThreadSpec, or plain spec data (checked first; SpecError if invalid); `identifier_system`
     must be usable in identifier searches (`check_identifier_system`; OptionError if not). Nothing in the
@@ -128,6 +201,8 @@ def build_bundle(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
         res["sender"] = dict(refs[sender])
         res["payload"] = _payload(m.text, m.attachments)
         entries.append({"fullUrl": url, "resource": res, "request": dict(_REQUEST)})
+    if spec.has_files:
+        entries += _binaries(spec, files)
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
@@ -183,6 +258,8 @@ def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
     """
     system = check_identifier_system(identifier_system)
     spec = thread if isinstance(thread, ThreadSpec) else parse_spec(thread)
+    if spec.has_files:
+        return orjson.dumps(build_bundle(spec, identifier_system=system))
     dumps_ = orjson.dumps
     refs = _refs(spec)
     ref_json = {alias: dumps_(r) for alias, r in refs.items()}
@@ -245,6 +322,43 @@ def build_bundles(threads: Iterable[ThreadSpec | Mapping[str, Any]], *,
     """Bundles for many threads, built one at a time as they are asked for."""
     for thread in threads:
         yield build_bundle(thread, identifier_system=identifier_system)
+
+
+# --- participants created when missing ---------------------------------------------------------------
+
+PARTICIPANT_URN_SYSTEM = "urn:thread-bundler:participant"
+"""The name space of a created participant's fullUrl: urn = uuid5 of this system and its conditional reference."""
+
+
+def created_participants(threads: Iterable[ThreadSpec]) -> list[Participant]:
+    """The distinct participants of `threads` that say how to create them (`create`), by reference, in order of
+    first use (the first spec that gives a reference wins)."""
+    out: dict[str, Participant] = {}
+    for spec in threads:
+        for p in spec.participants.values():
+            if p.create is not None and p.reference not in out:
+                out[p.reference] = p
+    return list(out.values())
+
+
+def participant_entry(participant: Participant) -> dict[str, Any]:
+    """A participant's conditional create: POST its `create` resource unless one with its first identifier exists."""
+    if participant.create is None:
+        raise ValueError(f"participant {participant.alias!r} has no create")
+    resource = participant.create.resource()
+    first = resource["identifier"][0]
+    return {"fullUrl": full_url(PARTICIPANT_URN_SYSTEM, participant.reference), "resource": resource,
+            "request": {"method": "POST", "url": resource["resourceType"],
+                        "ifNoneExist": f"identifier={identifier_token(first['system'], first['value'])}"}}
+
+
+def participant_bundles(participants: Iterable[Participant], *, size: int = MAX_CONDITIONAL_ENTRIES
+                        ) -> Iterator[dict[str, Any]]:
+    """Transactions of conditional creates for `participants` (those with `create`), at most `size` entries each
+    (Medplum's cap for transactions with conditional entries)."""
+    entries = [participant_entry(p) for p in participants if p.create is not None]
+    for start in range(0, len(entries), size):
+        yield {"resourceType": "Bundle", "type": "transaction", "entry": entries[start:start + size]}
 
 
 def dumps(bundle: Mapping[str, Any], *, pretty: bool = False) -> bytes:

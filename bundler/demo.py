@@ -1,7 +1,8 @@
-"""The embedded default: a local Medplum server, the example threads loaded into it, read back and shown.
+"""The embedded default: a local Medplum server, strict and empty, seeded with the example threads (their
+participants created when missing), read back and shown.
 
-    thread-bundler demo                  # the three example threads shipped with the package
-    thread-bundler demo fixtures/threads # any specs
+    thread-bundler demo                  # the three example threads shipped with the package, and four generated
+    thread-bundler demo fixtures/threads --participants people.yaml   # any specs
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, TextIO
 
 from . import assets
 from .build import DEFAULT_IDENTIFIER_SYSTEM
+from .generator import generate
 from .load.loader import load
 from .load.report import LoadReport
 from .load.verify import VerifyResult, read_thread, verify
@@ -21,6 +23,7 @@ from .medplum.client import ClientCredentials, FhirClient
 from .medplum.localserver import LocalServer
 from .output import check_bundles
 from .spec import ThreadSpec, load_specs
+from .vocabulary import binary_reference
 
 
 def example_paths() -> list[Path]:
@@ -66,29 +69,75 @@ def _payload(part: dict[str, Any], width: int) -> str:
     return f"      📎 {att.get('title') or att.get('url')} ({att.get('contentType', '?')})"
 
 
-def run_demo(paths: Sequence[str | Path] | None, out: TextIO, *, note: TextIO | None = None) -> tuple[LoadReport,
-                                                                                                   list[VerifyResult]]:
-    """Start a local server, build and load `paths` (default: the shipped examples), print every thread."""
-    specs: list[ThreadSpec] = load_specs(paths or example_paths())
-    check_bundles(specs, DEFAULT_IDENTIFIER_SYSTEM)
+GENERATED = 4
+"""Threads the demo generates from the shipped participants file, beside the example threads."""
+
+
+def example_participants() -> Path:
+    """The participants file shipped with the package: the example clinic's patients and staff."""
+    return assets.asset_dir("participants") / "people.yaml"
+
+
+def _specs(paths: Sequence[str | Path] | None, participants: str | Path | None, tmp: Path) -> list[ThreadSpec]:
+    """The specs to seed: `paths` (with `participants`); by default the shipped examples, and a few threads
+    generated (seed 1) with the shipped participants file as their cast."""
+    if paths:
+        return load_specs(paths, participants=participants)
+    people = participants or example_participants()
+    generate(GENERATED, out=tmp / "generated", seed=1, messages=(2, 4), participants=people, prefix="demo")
+    return load_specs(example_paths()) + load_specs([tmp / "generated" / "threads"], participants=people)
+
+
+def run_demo(paths: Sequence[str | Path] | None, out: TextIO, *, note: TextIO | None = None,
+             participants: str | Path | None = None) -> tuple[LoadReport, list[VerifyResult]]:
+    """Start a local server, strict (references must exist: Medplum's `checkReferencesOnWrite`) and empty; seed it
+    with `paths` (default: the shipped examples, plus threads generated from the shipped participants file), their
+    participants created when missing; read a file attachment back; verify every thread and print it."""
     say = (note or out).write
-    n = len(specs)
-    say(f"built and validated {n:,} thread{'s' * (n != 1)}; starting a local Medplum server\n")
-    with LocalServer() as server, tempfile.TemporaryDirectory() as tmp:
-        say(f"server: {server.base_url} (Medplum fhir-router, in memory)\n")
-        with FhirClient(server.base_url, ClientCredentials(server.client_id, server.client_secret)) as client:
-            report = load(specs, client, journal=Path(tmp) / "demo.journal.sqlite", keep_results=True)
-            say(f"loaded: {', '.join(f'{n} {k}' for k, n in sorted(report.counts().items()))} "
-                f"in {report.requests} requests\n\n")
-            results = verify(specs, client)
-            loaded_by_key = {t.key: t for t in report.threads}  # (in the order they finished)
-            for spec, checked in zip(specs, results, strict=True):
-                loaded = loaded_by_key[spec.key]
-                if not loaded.outcome.ok or not loaded.header_id:
-                    out.write(f"✗ {spec.key}: {loaded.outcome}: {loaded.error}\n\n")
-                    continue
-                header = client.read(f"Communication/{loaded.header_id}")
-                out.write(format_thread(header, read_thread(client, loaded.header_id)) + "\n")
-                out.write("   ✓ read back: matches its spec field by field\n\n" if checked.ok else
-                          "   ✗ read back: " + "; ".join(checked.differences[:5]) + "\n\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        specs = _specs(paths, participants, Path(tmp))
+        check_bundles(specs, DEFAULT_IDENTIFIER_SYSTEM)
+        n = len(specs)
+        say(f"built and validated {n:,} thread{'s' * (n != 1)}; starting a local Medplum server\n")
+        with LocalServer(check_references_on_write=True) as server:
+            say(f"server: {server.base_url} (Medplum fhir-router, in memory, strict: references must exist)\n")
+            with FhirClient(server.base_url, ClientCredentials(server.client_id, server.client_secret)) as client:
+                report = load(specs, client, journal=Path(tmp) / "demo.journal.sqlite", keep_results=True)
+                say(f"loaded: {', '.join(f'{n} {k}' for k, n in sorted(report.counts().items()))} "
+                    f"in {report.requests} requests; {report.participants.text()}\n\n")
+                results = verify(specs, client)
+                _show(specs, report, results, client, out)
+                _read_back_a_file(specs, report, client, out)
     return report, results
+
+
+def _show(specs: list[ThreadSpec], report: LoadReport, results: list[VerifyResult], client: FhirClient,
+          out: TextIO) -> None:
+    loaded_by_key = {t.key: t for t in report.threads}  # (in the order they finished)
+    for spec, checked in zip(specs, results, strict=True):
+        loaded = loaded_by_key[spec.key]
+        if not loaded.outcome.ok or not loaded.header_id:
+            out.write(f"✗ {spec.key}: {loaded.outcome}: {loaded.error}\n\n")
+            continue
+        header = client.read(f"Communication/{loaded.header_id}")
+        out.write(format_thread(header, read_thread(client, loaded.header_id)) + "\n")
+        out.write("   ✓ read back: matches its spec field by field\n\n" if checked.ok else
+                  "   ✗ read back: " + "; ".join(checked.differences[:5]) + "\n\n")
+
+
+def _read_back_a_file(specs: list[ThreadSpec], report: LoadReport, client: FhirClient, out: TextIO) -> None:
+    """The first file attachment, read back from the server and compared with the file, byte for byte."""
+    loaded = {t.key: t for t in report.threads}
+    for spec in specs:
+        for m in spec.messages:
+            for j, a in enumerate(m.attachments):
+                message_id = loaded[spec.key].message_ids.get(m.id)
+                if a.file is None or a.hash is None or message_id is None:
+                    continue
+                stored = client.read(f"Communication/{message_id}")
+                held = [p["contentAttachment"] for p in stored.get("payload") or () if "contentAttachment" in p]
+                ref = binary_reference(held[j].get("url")) if j < len(held) else None
+                data = client.read_binary(ref) if ref else b""
+                same = "identical to the file" if data == spec.files.get(a.hash) else "NOT the file's bytes"
+                out.write(f"📎 {a.file} ({spec.key}) read back from {ref}: {len(data):,} bytes, {same}\n")
+                return

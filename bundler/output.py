@@ -15,7 +15,7 @@ from .check.limits import Limits
 from .check.validate import spec_origin, validate
 from .errors import Problem, SpecError
 from .files import staged_folder, write_atomic
-from .spec import ThreadSpec, load_specs
+from .spec import ParticipantsFile, ThreadSpec, load_specs
 from .vocabulary import MAX_BODY_BYTES
 
 
@@ -76,14 +76,16 @@ def check_bundles(specs: Iterable[ThreadSpec], identifier_system: str) -> list[I
 
 
 def build_files(paths: Iterable[str | Path], *, out: Path | None = None, ndjson: bool = False,
-                identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, stream: IO[bytes] | None = None) -> BuildSummary:
+                identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, stream: IO[bytes] | None = None,
+                participants: str | Path | ParticipantsFile | None = None) -> BuildSummary:
     """Build every thread in `paths` and write them: `out/<key>.json` files, or NDJSON to `out` or `stream`.
 
     Every input is read and checked before anything is written (SpecError lists every problem;
-    OptionError for an `identifier_system` unusable in identifier searches).
+    OptionError for an `identifier_system` unusable in identifier searches). `participants`: a participants file
+    the specs may use (`bundler.spec.participants`).
     """
     check_identifier_system(identifier_system)
-    specs = load_specs(paths)
+    specs = load_specs(paths, participants=participants)
     warnings = check_bundles(specs, identifier_system)
     messages = sum(len(s.messages) for s in specs)
     if not ndjson:

@@ -13,8 +13,10 @@ Only the standard library is imported: the pytest plugin and the CLI's start-up 
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import functools
+import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
@@ -247,14 +249,21 @@ def query_problem(query: str) -> str | None:
     return None
 
 
+REWRITTEN_ELEMENTS: Final = ("reference", "url")
+"""The elements that point at another resource and that we rewrite: a Reference's `reference`, and an Attachment's
+`url` (`urn:uuid:` of a Binary entry in the same transaction, which the server turns into `Binary/<id>`)."""
+
+
 def rewrite_references(value: Any, mapping: Mapping[str, str]) -> Any:
-    """A copy of `value` (JSON-like data) in which every `reference` found in `mapping` is replaced by
-    what it maps to: urns by server ids before a later part is sent, and back when comparing."""
+    """A copy of `value` (JSON-like data) in which every `reference`, and every attachment `url`, found in `mapping`
+    is replaced by what it maps to: urns by server ids (`Communication/<id>`, `Binary/<id>`) before a later part is
+    sent, and back when comparing. Only a value equal to a key of `mapping` changes: other URLs stay as they are."""
     if isinstance(value, dict):
         out = {k: rewrite_references(v, mapping) for k, v in value.items()}
-        ref = value.get("reference")
-        if isinstance(ref, str) and ref in mapping:
-            out["reference"] = mapping[ref]
+        for element in REWRITTEN_ELEMENTS:
+            ref = value.get(element)
+            if isinstance(ref, str) and ref in mapping:
+                out[element] = mapping[ref]
         return out
     if isinstance(value, list):
         return [rewrite_references(v, mapping) for v in value]
@@ -280,6 +289,83 @@ def identifier_token(system: str, value: str) -> str:
 def conditional_reference(resource_type: str, system: str, value: str) -> str:
     """`Type?identifier=system|value`: a reference the server resolves to the one resource with it."""
     return f"{resource_type}?identifier={identifier_token(system, value)}"
+
+
+# --- files attached to messages, and the Binary resources that hold them --------------------------------
+
+CONTENT_TYPES: Final[Mapping[str, str]] = {
+    ".bmp": "image/bmp", ".gif": "image/gif", ".heic": "image/heic", ".jpeg": "image/jpeg", ".jpg": "image/jpeg",
+    ".png": "image/png", ".svg": "image/svg+xml", ".tif": "image/tiff", ".tiff": "image/tiff", ".webp": "image/webp",
+    ".dcm": "application/dicom", ".doc": "application/msword", ".json": "application/json",
+    ".pdf": "application/pdf", ".rtf": "application/rtf", ".xml": "application/xml", ".zip": "application/zip",
+    ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    ".xls": "application/vnd.ms-excel",
+    ".xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    ".csv": "text/csv", ".htm": "text/html", ".html": "text/html", ".md": "text/markdown", ".txt": "text/plain",
+    ".m4a": "audio/mp4", ".mp3": "audio/mpeg", ".wav": "audio/wav",
+    ".mov": "video/quicktime", ".mp4": "video/mp4", ".webm": "video/webm",
+}
+"""File name suffix (lowercase) → the content type an attachment from such a file gets when its spec gives none.
+Our own table, not the machine's (`/etc/mime.types` differs between machines): the same spec builds the same bytes
+everywhere."""
+DEFAULT_CONTENT_TYPE: Final = "application/octet-stream"
+"""The content type of a file whose suffix `CONTENT_TYPES` does not know: bytes, nothing more said."""
+
+
+def content_type_for(name: str) -> str:
+    """The content type of a file named `name`, from its suffix (`CONTENT_TYPES`, case ignored)."""
+    dot = name.rfind(".")
+    slash = max(name.rfind("/"), name.rfind("\\"))
+    return CONTENT_TYPES.get(name[dot:].lower(), DEFAULT_CONTENT_TYPE) if dot > slash + 1 else DEFAULT_CONTENT_TYPE
+
+
+def attachment_hash(data: bytes) -> str:
+    """Attachment.hash of `data`: its SHA-1, base64 (as FHIR R4 defines the element)."""
+    return base64.b64encode(hashlib.sha1(data).digest()).decode()
+
+
+BASE64_GROWTH: Final = 4 / 3
+"""Base64 (Binary.data in a JSON body) is a third larger than the bytes it holds: a file of 768 KB is a 1 MB
+Binary entry."""
+MAX_INLINE_FILE_BYTES: Final = 720_000
+"""The largest file that travels inside a thread's transaction as a Binary entry: base64 makes it 960,000 bytes,
+which leaves room in a request under Medplum's 1 MB body limit (`MAX_BODY_BYTES`). A larger file is uploaded first
+as raw bytes (`POST Binary` with its own Content-Type) and referenced as `Binary/<id>`."""
+
+_STORED_BINARY = re.compile(r"(?:https?://[^?#]*/)?Binary/(" + ID_PATTERN + r")(?:/_history/" + ID_PATTERN
+                            + r")?")
+_SIGNED_BINARY = re.compile(r"https?://[^/?#]+/(?:[^?#]*/)?(?:storage|binary)/(" + ID_PATTERN + r")/"
+                            + ID_PATTERN + r"(?:\?[^#]*)?")
+
+
+def binary_reference(url: Any) -> str | None:
+    """`Binary/<id>` for an attachment `url` that names a stored Binary, however the server wrote it; else None.
+
+    Medplum stores `Binary/<id>` and, on every read, replaces it by a short-lived signed URL of its storage
+    (packages/server/src/fhir/rewrite.ts, storage/presign.ts): `<storageBaseUrl><id>/<versionId>?Expires=...&
+    Signature=...`, its storage base `<server>/storage/` by default, or a CDN's `https://storage.example/binary/`.
+    A FHIR API URL (`<server>/fhir/R4/Binary/<id>`) and a versioned reference (`Binary/<id>/_history/<v>`) name
+    the same Binary."""
+    if not isinstance(url, str):
+        return None
+    m = _STORED_BINARY.fullmatch(url) or _SIGNED_BINARY.fullmatch(url)
+    return f"Binary/{m.group(1)}" if m else None
+
+
+# --- participants created when missing ---------------------------------------------------------------------
+
+SERVER_ELEMENTS: Final = ("id", "meta")
+"""Elements of a resource the server sets when it creates it: a resource to create must not give them (Medplum
+refuses client ids, and keeps its own meta)."""
+IDENTIFIER_VALUE_PATTERN: Final = r"[^&\s]+"
+"""An identifier value a conditional reference can carry (`CONDITIONAL_REFERENCE_PATTERN`'s value): no whitespace,
+no '&' (in a search it starts another parameter); `escape_search` takes care of `\\ , $ |`."""
+IDENTIFIER_VALUE_HINT: Final = "must be a value without spaces or '&' (a conditional reference searches for it)"
+_IDENTIFIER_VALUE = re.compile(IDENTIFIER_VALUE_PATTERN)
+
+
+def is_identifier_value(value: Any) -> bool:
+    return isinstance(value, str) and _IDENTIFIER_VALUE.fullmatch(value) is not None
 
 
 # --- the spec format's own names ---------------------------------------------------------------------

@@ -253,6 +253,78 @@ CASES: dict[str, Case] = {
         never=["unknown field"], before=[["build", "in", "-o", "in"]]),
     "build on a Bundle": Case({"b.json": _bundle()}, ["build", "b.json"], 2,
                               ["b.json:1:1: this is a FHIR Bundle, not a thread spec (`validate` checks Bundles"]),
+    # --- participants created when missing, the participants file -----------------------------------------
+    "create of a type no Communication may reference": Case(
+        {"t.yaml": _spec("c").replace("{a: {reference: Patient/1}}", "{a: {create: {resourceType: Observation, "
+                                      "identifier: [{system: 'https://x.org/id', value: '1'}]}}}")},
+        ["build", "t.yaml"], 2, ["t.yaml:3:", "participants.a.create: resourceType 'Observation'",
+                                 "FHIR R4 does not allow"], never=["missing required field"]),
+    "create without an identifier": Case(
+        {"t.yaml": _spec("c").replace("{a: {reference: Patient/1}}", "{a: {create: {resourceType: Patient}}}")},
+        ["validate", "t.yaml"], 2, ["t.yaml:3:", "participants.a.create: needs an identifier"]),
+    "create with an id": Case(
+        {"t.yaml": _spec("c").replace("{a: {reference: Patient/1}}", "{a: {create: {resourceType: Patient, id: x, "
+                                      "identifier: [{system: 'https://x.org/id', value: '1'}]}}}")},
+        ["build", "t.yaml"], 2, ["participants.a.create: must not give id: the server sets it"]),
+    "create with an identifier a search cannot carry": Case(
+        {"t.yaml": _spec("c").replace("{a: {reference: Patient/1}}", "{a: {create: {resourceType: Patient, "
+                                      "identifier: [{system: 'https://x.org/id', value: 'a b'}]}}}")},
+        ["build", "t.yaml"], 2, ["participants.a.create: identifier[0].value: must be a value without spaces"]),
+    "reference and create that disagree": Case(
+        {"t.yaml": _spec("c").replace("{a: {reference: Patient/1}}", "{a: {reference: Patient/1, create: {resourceType:"
+                                      " Patient, identifier: [{system: 'https://x.org/id', value: '1'}]}}}")},
+        ["build", "t.yaml"], 2, ["participants.a: reference 'Patient/1' does not match create",
+                                 "'Patient?identifier=https://x.org/id|1' (leave reference out)"]),
+    "neither reference nor create": Case(
+        {"t.yaml": _spec("c").replace("{a: {reference: Patient/1}}", "{a: {display: A}}")},
+        ["build", "t.yaml"], 2, ["participants.a: needs a reference", "or create"]),
+    "create the server would refuse: validate says where": Case(
+        {"t.yaml": _spec("c").replace("{a: {reference: Patient/1}}", "{a: {create: {resourceType: Patient, birthDate:"
+                                      " soon, identifier: [{system: 'https://x.org/id', value: '1'}]}}}")},
+        ["validate", "t.yaml"], 1, ["t.yaml", "(line 3)", "error[fhir.structure]", "birthDate"]),
+    "participants file: an alias in neither": Case(
+        {"p.yaml": "participants:\n  a: {reference: Patient/1}\n",
+         "t.yaml": _spec("c").replace("participants: {a: {reference: Patient/1}}\n", "")
+                             .replace("text: hi", "text: hi, recipient: [b]")},
+        ["build", "t.yaml", "--participants", "p.yaml"], 2,
+        ["t.yaml:4:", "'b' is not a participant of the thread nor of p.yaml (known: a)"]),
+    "participants file: not one": Case(
+        {"p.yaml": "thread: x\n", "t.yaml": _spec("c")}, ["build", "t.yaml", "--participants", "p.yaml"], 2,
+        ["p.yaml:1:1: expected a participants file: a mapping with one key, participants"]),
+    "participants file: a bad entry, at its line": Case(
+        {"p.yaml": "participants:\n  a: {reference: Patient/1}\n  b: {reference: Location/1}\n",
+         "t.yaml": _spec("c")},
+        ["build", "t.yaml", "--participants", "p.yaml"], 2,
+        ["p.yaml:3:", "participants.b.reference", "nothing written"]),
+    "participants file: missing": Case(
+        {"t.yaml": _spec("c")}, ["validate", "t.yaml", "--participants", "people.yaml"], 2,
+        ["people.yaml: cannot read"]),
+    "attachment file missing": Case(
+        {"t.yaml": _spec("f", message=", attachments: [{file: scans/knee.png}]")}, ["build", "t.yaml", "-o", "out"], 2,
+        ["t.yaml:5:", "messages[1].attachments[1].file: cannot read 'scans/knee.png'", "nothing written"]),
+    "attachment file a folder": Case(
+        {"t.yaml": _spec("f", message=", attachments: [{file: scans}]"), "scans": None}, ["validate", "t.yaml"], 2,
+        ["messages[1].attachments[1].file: 'scans' is a folder, not a file"]),
+    "attachment with a hash that is not its file's": Case(
+        {"t.yaml": _spec("f", message=", attachments: [{file: a.txt, hash: abc}]"), "a.txt": "hello"},
+        ["build", "t.yaml"], 2, ["messages[1].attachments[1].hash: 'abc' is not the hash of 'a.txt'",
+                                 "leave it out, it is filled in"]),
+    "attachment with both url and file": Case(
+        {"t.yaml": _spec("f", message=", attachments: [{file: a.txt, url: Binary/1}]"), "a.txt": "hello"},
+        ["build", "t.yaml"], 2, ["messages[1].attachments[1]: needs url (where the content is) or file (a file to "
+                                 "attach), not both"]),
+    "generate: a message range upside down": Case(
+        {}, ["generate", "--threads", "3", "--messages", "5..2", "-o", "out"], 2, ["'5..2': need 1 <= MIN <= MAX"]),
+    "generate: a message range that is not one": Case(
+        {}, ["generate", "--threads", "3", "--messages", "two", "-o", "out"], 2, ["'two' is not MIN..MAX"]),
+    "generate: a participants file without a patient": Case(
+        {"p.yaml": "participants:\n  a: {reference: Practitioner/1}\n"},
+        ["generate", "--threads", "3", "--participants", "p.yaml", "-o", "out"], 2,
+        ["p.yaml: generating threads needs at least one Patient", "found 0 and 1"]),
+    "generate: a participants file with errors, at their lines": Case(
+        {"p.yaml": "participants:\n  a: {reference: Patient/1}\n  b: {create: {resourceType: Patient}}\n"},
+        ["generate", "--threads", "3", "--participants", "p.yaml", "-o", "out"], 2,
+        ["p.yaml:3:", "participants.b.create: needs an identifier"]),
     # --- clear messages ------------------------------------------------------------------------------------
     "UTF-16 with a byte order mark": Case({"t.yaml": WALKTHROUGH.encode("utf-16")}, ["build", "t.yaml"], 2,
                                           ["t.yaml: this is UTF-16 (little-endian) text: save it as UTF-8"],

@@ -17,6 +17,7 @@ from bundler import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, dumps, full_url, lo
 from bundler.build import URN_NAMESPACE, bundle_bytes
 from bundler.cli import main
 from bundler.testing.strategies import thread_specs
+from bundler.vocabulary import rewrite_references
 
 REPO = Path(__file__).resolve().parent.parent
 WALKTHROUGH = REPO / "fixtures/threads/homer-lab-results.yaml"
@@ -33,9 +34,12 @@ def test_walkthrough_resources_field_for_field() -> None:
     expected = json.loads((REPO / "fixtures/walkthrough/resources.json").read_text())["resources"]
     names = {bundle["entry"][0]["fullUrl"]: "Communication/{header}",
              bundle["entry"][2]["fullUrl"]: "Communication/{homer-asks}"}
+    # the walkthrough's participants exist already; ours are created when missing, found by their identifiers
+    people = {"Patient?identifier=https://example.org/mrn|12345": "Patient/homer-simpson",
+              "Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|1234567893": "Practitioner/doctor-alice-smith"}
     got = []
     for entry in bundle["entry"]:
-        resource = json.loads(json.dumps(entry["resource"]))
+        resource = rewrite_references(json.loads(json.dumps(entry["resource"])), people)
         resource.pop("identifier")
         for key in ("partOf", "inResponseTo"):
             for ref in resource.get(key, []):

@@ -60,7 +60,7 @@ def test_usable_systems_are_used_everywhere(system: str, tmp_path: Path) -> None
     bundle = build_bundle(spec, identifier_system=system)
     assert {e["resource"]["identifier"][0]["system"] for e in bundle["entry"]} == {system}
     report = validate_files([WALKTHROUGH], identifier_system=system, structure=False)
-    assert report.errors == 0 and report.bundles == 1
+    assert report.errors == 0 and report.bundles == 2  # the thread, and its participants' conditional creates
     result = CliRunner().invoke(main, ["build", str(WALKTHROUGH), "--ndjson", "--identifier-system", system])
     assert result.exit_code == 0, result.output
     assert f'"system":"{system}"' in result.stdout

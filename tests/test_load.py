@@ -22,7 +22,7 @@ from loadkit import assert_exactly_once, cli, client_for, committed, copies, env
 from bundler import DEFAULT_IDENTIFIER_SYSTEM, load_specs, parse_spec
 from bundler.load import LoadWatcher, Outcome
 from bundler.load.compare import diff_thread
-from bundler.load.verify import read_thread, verify
+from bundler.load.verify import read_thread, resolve_references, verify
 from bundler.medplum.client import ClientCredentials
 from bundler.spec import ThreadSpec
 from bundler.testing.strategies import sample_specs
@@ -32,12 +32,14 @@ WALKTHROUGH = REPO / "fixtures/threads/homer-lab-results.yaml"
 
 
 def walkthrough_for(project: Any) -> ThreadSpec:
+    """The walkthrough thread with a key of this test's own, and its participants' identifiers too (a real Medplum
+    keeps what every test created)."""
     (spec,) = load_specs([WALKTHROUGH])
-    data = {"thread": f"{project.prefix}-{spec.key}", "topic": spec.topic, "subject": "homer", "sender": "alice",
-            "sent": spec.sent, "participants": {a: {"reference": p.reference, "display": p.display}
-                                                for a, p in spec.participants.items()},
-            "messages": [{"id": m.id, "sender": m.sender, "sent": m.sent, "text": m.text}
-                         | ({"reply_to": m.reply_to} if m.reply_to else {}) for m in spec.messages]}
+    data = spec.to_data()
+    data["thread"] = f"{project.prefix}-{spec.key}"
+    for p in data["participants"].values():
+        del p["reference"]  # (made from the identifier, which changes)
+        p["create"]["identifier"][0]["value"] = f"{project.prefix}-{p['create']['identifier'][0]['value']}"
     return parse_spec(data)
 
 
@@ -53,7 +55,7 @@ def test_walkthrough_end_to_end(project: Any, tmp_path: Path) -> None:
         assert messages[2]["inResponseTo"] == [{"reference": f"Communication/{result.message_ids['homer-asks']}"}]
         assert all(m["partOf"] == [{"reference": f"Communication/{result.header_id}"}] for m in messages)
         header = client.read(f"Communication/{result.header_id}")
-        assert diff_thread(spec, [header, *messages]) == []
+        assert diff_thread(spec, [header, *messages], resolved=resolve_references(client, [spec])) == []
         [checked] = verify([spec], client)
         assert checked.ok and checked.messages == 3
 

@@ -107,9 +107,9 @@ def test_the_schema_knows_the_model_s_fields() -> None:
     assert set(message["properties"]) == {"id", "sender", "sent", "text", "attachments", "recipient", "reply_to",
                                           "status"}
     assert message["required"] == ["sender", "sent"]
-    assert set(schema["$defs"]["attachment"]["properties"]) == {"url", "contentType", "title"}
+    assert set(schema["$defs"]["attachment"]["properties"]) == {"url", "file", "contentType", "title", "size", "hash"}
     assert set(schema["properties"]["participants"]["additionalProperties"]["properties"]) == {"reference",
-                                                                                              "display"}
+                                                                                              "display", "create"}
 
 
 VALIDATOR = jsonschema.Draft202012Validator(SPEC)

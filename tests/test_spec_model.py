@@ -213,13 +213,14 @@ def test_what_a_thread_holds_are_slotted_frozen_values() -> None:
                    attachments=[Attachment(url="Binary/1", content_type="image/png")])
     assert message == same and hash(message) == hash(same) and len({message, same}) == 1
     assert message.recipient == ("b",) and message.attachments == (attachment,)
-    assert repr(attachment) == "Attachment(url='Binary/1', content_type='image/png', title=None)"  # as a model's
-    assert str(attachment) == "url='Binary/1' content_type='image/png' title=None"
-    assert dict(attachment) == {"url": "Binary/1", "content_type": "image/png", "title": None}
+    assert repr(attachment) == ("Attachment(url='Binary/1', file=None, content_type='image/png', title=None, "
+                                "size=None, hash=None)")  # as a model's
+    assert str(attachment) == "url='Binary/1' file=None content_type='image/png' title=None size=None hash=None"
+    fields = {"url": "Binary/1", "file": None, "content_type": "image/png", "title": None, "size": None, "hash": None}
+    assert dict(attachment) == fields
     assert (message == pickle.loads(pickle.dumps(message)) == copy.copy(message) == copy.deepcopy(message)
             == message.model_copy() == Message.model_validate(message.to_data(2)))
-    assert message != message.model_copy(update={"text": "x"}) and message.model_dump()["attachments"] == (
-        {"url": "Binary/1", "content_type": "image/png", "title": None},)
+    assert message != message.model_copy(update={"text": "x"}) and message.model_dump()["attachments"] == (fields,)
     spec = ThreadSpec(key="t", topic="x", participants={"a": Participant("a", "Patient/1"),
                                                          "b": Participant("b", "Patient/2")}, messages=[message])
     assert spec.messages[0] is message  # checked when it was made: taken as it is
@@ -236,7 +237,7 @@ def test_messages_and_attachments_in_data_are_worded_as_before() -> None:
         "<spec>: messages[1]: expected a mapping, got a string ('hi')",
         "<spec>: messages[2].attachments[1]: expected a mapping, got a string ('x')",
         "<spec>: messages[2].attachments[2].content_type: unknown field 'content_type' (did you mean 'contentType'?)",
-        "<spec>: messages[2].attachments[3]: missing required field 'url'",
+        "<spec>: messages[2].attachments[3]: needs url (where the content is) or file (a file to attach)",
         "<spec>: messages[3].from: unknown field 'from' (allowed: attachments, id, recipient, reply_to, sender, sent, "
         "status, text)"]
 

@@ -88,7 +88,8 @@ def _pad_conditional(b: dict[str, Any]) -> None:
         e = copy.deepcopy(b["entry"][1])
         e["fullUrl"] = f"urn:uuid:44444444-4444-4444-8444-{n:012d}"
         b["entry"].append(e)
-    b["entry"][0]["request"]["ifNoneExist"] = "identifier=urn:x|t1"
+    b["entry"][0]["resource"]["identifier"] = [{"system": "urn:x", "value": "t1"}]  # (what it searches: else
+    b["entry"][0]["request"]["ifNoneExist"] = "identifier=urn:x|t1"                 # ref.created-identifier fires)
 
 
 def _many_puts(b: dict[str, Any]) -> None:
@@ -132,6 +133,16 @@ BREAKS: dict[str, list[Callable[[dict[str, Any]], None]]] = {
                     _set("entry.0.resource.identifier", [{"system": "urn:x", "value": H}])],
     "ref.target-type": [_set("entry.0.resource.subject.reference", DOC),
                         _set("entry.0.resource.subject.reference", M1)],
+    "ref.created-identifier": [
+        lambda b: b["entry"].append({"fullUrl": "urn:uuid:88888888-8888-4888-8888-888888888888",
+                                     "request": {"method": "POST", "url": "Patient",
+                                                 "ifNoneExist": "identifier=https://example.org/mrn|1"},
+                                     "resource": {"resourceType": "Patient", "identifier": [
+                                         {"system": "https://example.org/mrn", "value": "2"}]}}),
+        lambda b: b["entry"].append({"fullUrl": "urn:uuid:88888888-8888-4888-8888-888888888888",
+                                     "request": {"method": "POST", "url": "Practitioner",
+                                                 "ifNoneExist": "identifier=urn:npi|1"},
+                                     "resource": {"resourceType": "Practitioner"}})],
     "thread.header-count": [lambda b: (_set("entry.0.resource.identifier", [{"system": "urn:x", "value": "t1"}])(b),
                                        b["entry"].append({**copy.deepcopy(b["entry"][0]),
                                                           "fullUrl": "urn:uuid:66666666-6666-4666-8666-666666666666"})),
@@ -318,7 +329,7 @@ def test_cli_clean_spec_and_bundle(tmp_path: Path, cli: click.Command) -> None:
     bundle = _write(tmp_path / "b.json", base())
     result = CliRunner().invoke(cli, [str(FIXTURE), str(bundle)])
     assert result.exit_code == 0, result.output
-    assert "0 errors, 0 warnings in 2 bundles (2 files)" in result.output
+    assert "0 errors, 0 warnings in 3 bundles (2 files)" in result.output  # and the spec's participants to create
 
 
 def test_cli_errors_exit_1_grouped_by_file_and_entry(tmp_path: Path, cli: click.Command) -> None:

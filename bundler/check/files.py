@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, check_identifier_system
+from ..build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, check_identifier_system, participant_bundles
 from ..errors import Problem, SpecError
-from ..spec import check_document, spec_files
-from ..spec.files import ThreadKeys
+from ..spec import ParticipantsFile, read_participants, spec_files
+from ..spec.files import ThreadKeys, read_document
+from ..spec.model import Participant, ThreadSpec
 from ..spec.source import SAVE_AS_UTF8, Document, decode, parse_json, parse_text, split_threads
+from ..vocabulary import MAX_CONDITIONAL_ENTRIES
 from .issues import Issue
 from .limits import Limits
 from .validate import Origin, locate, spec_origin, validate_many
@@ -97,10 +99,12 @@ def _as_line(message: str) -> str:
     return "not JSON: " + message.removeprefix("JSON syntax error: ") if message.startswith("JSON syntax") else message
 
 
-def read_bundles(file: Path, *, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, keys: ThreadKeys | None = None
+def read_bundles(file: Path, *, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, keys: ThreadKeys | None = None,
+                 shared: ParticipantsFile | None = None, created: Created | None = None
                  ) -> tuple[list[tuple[Any, Origin]], list[Problem]]:
-    """(bundle, origin) for every Bundle in `file`, building thread specs (with `identifier_system`; a thread key
-    that `keys` has seen already is a problem); problems if unreadable."""
+    """(bundle, origin) for every Bundle in `file`, building thread specs (with `identifier_system`, the
+    participants of `shared`; a thread key that `keys` has seen already is a problem); problems if unreadable.
+    `created` collects the specs' participants to create, each where it is written (`Created`)."""
     name = str(file)
     try:
         raw = file.read_bytes()
@@ -123,7 +127,7 @@ def read_bundles(file: Path, *, identifier_system: str = DEFAULT_IDENTIFIER_SYST
         docs, problems = parse_text(text, name, kind="json" if json_ else "yaml")
         if not docs and not problems:
             problems = [Problem(name, None, None, "", "no thread in this file")]
-    out = _document_bundles(docs, problems, identifier_system, keys)
+    out = _document_bundles(docs, problems, identifier_system, keys, shared=shared, created=created)
     return (out, []) if not problems else ([], problems)
 
 
@@ -138,21 +142,51 @@ def _json_bundles(doc: Document) -> list[tuple[Any, Origin]] | None:
 
 
 def _document_bundles(docs: list[Document], problems: list[Problem], identifier_system: str,
-                      keys: ThreadKeys | None) -> list[tuple[Any, Origin]]:
-    """Each document as a Bundle: as it is, or built from the thread spec it holds (problems appended)."""
+                      keys: ThreadKeys | None, *, shared: ParticipantsFile | None = None,
+                      created: Created | None = None) -> list[tuple[Any, Origin]]:
+    """Each document as a Bundle: as it is, or built from the thread spec it holds (with the participants of
+    `shared`; its participants to create collected in `created`; problems appended)."""
     out: list[tuple[Any, Origin]] = []
     for doc in split_threads(docs):
         if _is_bundle_like(doc.data):
             out.append((doc.data, _doc_origin(doc)))
             continue
-        spec, spec_problems = check_document(doc)
+        spec, spec_problems = read_document(doc, shared)
         problems.extend(spec_problems)
         duplicate = keys.add(spec, doc) if spec is not None and keys is not None else None
         if duplicate is not None:
             problems.append(duplicate)
         elif spec is not None:
             out.append((build_bundle(spec, identifier_system=identifier_system), spec_origin(spec)))
+            if created is not None:
+                created.add(spec)
     return out
+
+
+class Created:
+    """The distinct participants to create of the specs read (the first spec to give a reference wins), each with
+    where it is written: validated as the conditional-create bundles `load` sends (`build.participant_bundles`)."""
+
+    def __init__(self) -> None:
+        self.participants: dict[str, tuple[Participant, tuple[str, int | None]]] = {}
+
+    def add(self, spec: ThreadSpec) -> None:
+        for alias, p in spec.participants.items():
+            if p.create is not None and p.reference not in self.participants:
+                self.participants[p.reference] = (p, spec.origin(None, "participants", alias))
+
+    def bundles(self) -> list[tuple[Any, Origin]]:
+        items = list(self.participants.values())
+        out: list[tuple[Any, Origin]] = []
+        for start, bundle in zip(range(0, len(items), MAX_CONDITIONAL_ENTRIES), participant_bundles(
+                [p for p, _ in items]), strict=True):
+            out.append((bundle, _listed([at for _, at in items[start:start + MAX_CONDITIONAL_ENTRIES]])))
+        return out
+
+
+def _listed(where: list[tuple[str, int | None]]) -> Origin:
+    """The origin of a bundle whose entry k was written at `where[k]` (the bundle as a whole: its first)."""
+    return lambda entry: where[entry] if entry is not None else where[0]
 
 
 def _fixed(file: str, line: int) -> Origin:
@@ -160,19 +194,26 @@ def _fixed(file: str, line: int) -> Origin:
 
 
 def validate_files(paths: Iterable[str | Path], *, limits: str | Limits = "medplum", structure: bool = True,
-                   workers: int | None = None, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM) -> Report:
-    """Validate every Bundle in `paths`, specs built with `identifier_system`; raises SpecError if any input
-    cannot be read or built, OptionError if `identifier_system` is unusable in identifier searches."""
+                   workers: int | None = None, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM,
+                   participants: str | Path | ParticipantsFile | None = None) -> Report:
+    """Validate every Bundle in `paths`, specs built with `identifier_system` and the participants file
+    `participants`, and the conditional creates of the specs' participants to create (as `load` sends them);
+    raises SpecError if any input cannot be read or built, OptionError if `identifier_system` is unusable in
+    identifier searches."""
     check_identifier_system(identifier_system)
+    shared = read_participants(participants) if participants is not None else None
     files, problems = input_files(paths)
     items: list[tuple[Any, Origin]] = []
     keys = ThreadKeys()
+    created = Created()
     for file in files:
-        found, file_problems = read_bundles(file, identifier_system=identifier_system, keys=keys)
+        found, file_problems = read_bundles(file, identifier_system=identifier_system, keys=keys, shared=shared,
+                                            created=created)
         problems.extend(file_problems)
         items.extend(found)
     if problems:
         raise SpecError(problems)
+    items += created.bundles()
     report = Report(files=len(files), bundles=len(items))
     results = validate_many([b for b, _ in items], limits=limits, structure=structure, workers=workers)
     for (_, origin), issues in zip(items, results, strict=True):

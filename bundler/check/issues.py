@@ -30,6 +30,9 @@ RULES: dict[str, tuple[Severity, str]] = {
     "ref.conditional": ("error", "conditional references are Type?param=value[&param=value...]"),
     "ref.in-text": ("warning", "no text other than a reference contains a fullUrl (the server would rewrite it)"),
     "ref.target-type": ("error", "Communication subject/sender/recipient point at resource types FHIR R4 allows"),
+    "ref.created-identifier": ("error", "a conditional create on an identifier (a participant created when missing) "
+                                        "carries that identifier (else every run creates it again, and conditional "
+                                        "references to it match nothing)"),
     # threads
     "thread.header-count": ("error", "each thread has exactly one header, each message exactly one thread"),
     "thread.header-payload": ("error", "a thread header has no payload"),

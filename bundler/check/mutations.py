@@ -364,6 +364,21 @@ def conditional_entries(bundle: Bundle, rng: random.Random) -> Bundle:
     return out
 
 
+def created_identifier(bundle: Bundle, rng: random.Random) -> Bundle:
+    """Add a participant created when missing (a conditional create of a Patient) that searches an identifier it
+    does not carry. Messages past the 7th are dropped, to stay within the cap of 8 entries a transaction with a
+    conditional entry has (replies point at earlier messages only: nothing left points at them)."""
+    out, entries = _copy(bundle, 0)
+    del entries[7:]
+    value = f"mrn-{rng.randrange(10_000)}"
+    entries.append({"fullUrl": f"urn:uuid:{_uuid(rng)}",
+                    "resource": {"resourceType": "Patient", "identifier": [{"system": "https://example.org/mrn",
+                                                                           "value": value}]},
+                    "request": {"method": "POST", "url": "Patient",
+                                "ifNoneExist": f"identifier=https://example.org/mrn|{value}-other"}})
+    return out
+
+
 def put_entries(bundle: Bundle, rng: random.Random) -> Bundle:
     """Turn every entry into PUT Communication/<uuid> (with that id), 51 or more of them; payloads are cut
     short so that the bundle stays under the body-size limit (only the PUT count is broken)."""
@@ -404,6 +419,7 @@ MUTATIONS: dict[str, Mutation] = {
     "ref.conditional": conditional,
     "ref.in-text": in_text,
     "ref.target-type": target_type,
+    "ref.created-identifier": created_identifier,
     "thread.header-count": header_count,
     "thread.header-payload": header_payload,
     "thread.header-partof": header_partof,

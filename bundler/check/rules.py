@@ -37,6 +37,7 @@ from ..vocabulary import (
     RESOURCE_TYPES,
     TYPE_PATTERN,
     InstantError,
+    identifier_token,
     is_base64,
     is_mime_type,
     parse_instant,
@@ -139,6 +140,7 @@ def check_rules(bundle: Any) -> list[Issue]:
         return ctx.out
     ctx.entries = entries
     _entries(ctx)
+    _created_identifiers(ctx)
     _references(ctx)
     _threads(ctx)
     _values(ctx)
@@ -178,6 +180,24 @@ def _entries(ctx: _Ctx) -> None:
         url = request.get("url") if isinstance(request, dict) else None
         if method is not None and isinstance(url, str) and i not in ctx.bad_entries:
             _request_url(ctx, i, method, url, ctx.resources.get(i))
+
+
+def _created_identifiers(ctx: _Ctx) -> None:
+    """A create whose `ifNoneExist` searches `identifier=system|value` carries that identifier."""
+    for i, resource in ctx.resources.items():
+        request = ctx.entries[i].get("request")
+        query = request.get("ifNoneExist") if isinstance(request, dict) else None
+        if not isinstance(query, str) or query_problem(query):
+            continue
+        params = dict(part.partition("=")[::2] for part in query.split("&"))
+        wanted = params.get("identifier")
+        if wanted is None or "|" not in wanted:
+            continue
+        tokens = {identifier_token(str(ident.get("system", "")), str(ident.get("value", "")))
+                  for ident in resource.get("identifier") or () if isinstance(ident, dict)}
+        if wanted not in tokens:
+            ctx.add("ref.created-identifier", i, ("request", "ifNoneExist"),
+                    f"searches identifier {wanted!r}, which the {resource['resourceType']} it creates does not have")
 
 
 def _request(ctx: _Ctx, i: int, request: Any) -> str | None:

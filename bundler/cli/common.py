@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar, overload
 
 import click
@@ -21,6 +22,14 @@ SECRETS = Secrets(set())
 EXIT_OK = 0
 EXIT_ISSUES = 1
 EXIT_BAD_INPUT = 2
+
+
+def participants_option(func: F) -> F:
+    """`--participants FILE`: a participants file (`participants: {alias: {reference, display, create}}`) whose
+    participants the specs may use (their own win); `participants=` of the library function."""
+    return click.option("--participants", type=click.Path(path_type=Path, dir_okay=False),
+                        help="A participants file (participants: {alias: {reference, display, create}}) the specs "
+                             "may use; a spec's own participants win.")(func)
 
 
 @overload

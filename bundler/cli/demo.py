@@ -3,28 +3,33 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
 from ..demo import run_demo
-from .common import EXIT_ISSUES, EXIT_OK, report_errors
+from .common import EXIT_ISSUES, EXIT_OK, participants_option, report_errors
 
 
 @click.command("demo")
 @click.argument("paths", nargs=-1)
+@participants_option
 @report_errors
-def demo_command(paths: tuple[str, ...]) -> None:
-    """Start a local Medplum server, load threads into it, and show them read back as conversations.
+def demo_command(paths: tuple[str, ...], participants: Path | None) -> None:
+    """Start a local Medplum server, strict (references must exist) and empty, seed it, and show the threads
+    read back as conversations: participants created when missing, a file attachment read back, every
+    thread verified.
 
     PATHS default to the examples shipped with the package: three threads, among them the one of
-    Medplum's "Creating your first thread" walkthrough. The first run installs the local server
-    (needs npm; about 10-30 s and 300 MB, once).
+    Medplum's "Creating your first thread" walkthrough, and four generated with the shipped participants
+    file as their cast. The first run installs the local server (needs npm; about 10-30 s and 300 MB, once).
 
     \b
     Examples:
       thread-bundler demo
-      thread-bundler demo fixtures/threads
+      thread-bundler demo fixtures/threads --participants people.yaml
     """
-    report, results = run_demo(paths or None, sys.stdout, note=sys.stderr)  # (no npm, a busy port: BundlerErrors)
+    report, results = run_demo(paths or None, sys.stdout, note=sys.stderr,
+                               participants=participants)  # (no npm, a busy port: BundlerErrors)
     ok = report.ok and all(r.ok for r in results)
     sys.exit(EXIT_OK if ok else EXIT_ISSUES)

@@ -18,7 +18,7 @@ from ..medplum.client import FhirClient
 from ..medplum.doctor import doctor
 from ..spec import ThreadSpec, load_specs
 from . import display
-from .common import EXIT_ISSUES, EXIT_OK, SECRETS, report_errors
+from .common import EXIT_ISSUES, EXIT_OK, SECRETS, participants_option, report_errors
 from .connect import connection_options, with_client
 from .display import Bar, duration, table
 from .identifier import check_identifier_system
@@ -34,6 +34,8 @@ identifier_option = click.option("--identifier-system", default=DEFAULT_IDENTIFI
 def print_load_report(report: LoadReport, *, show: int = 20) -> None:
     rows = [[outcome, n, report.messages.get(outcome, 0)] for outcome, n in sorted(report.counts().items())]
     click.echo(table(["outcome", "threads", "messages on server"], rows), err=True)
+    if report.participants:
+        click.echo(report.participants.text(), err=True)
     if report.plan is not None:
         click.echo("\n" + _plan_text(report), err=True)
     else:
@@ -189,11 +191,13 @@ def _interrupted(report: LoadReport, bars: list[Bar], writer: ReportWriter | Non
 @load_options
 @sync_options
 @click.option("--progress/--no-progress", default=None, help="A progress bar.  [default: on a terminal]")
+@participants_option
 @report_errors(nothing="nothing sent")
 @with_client
 def load_command(paths: tuple[str, ...], client: FhirClient, identifier_system: str, journal: Path | None,
                  atomic: str, concurrency: int, max_entries: int | None, dry_run: bool, report_path: Path | None,
-                 exactly_once: str, late_margin: float, update: bool, wait: bool, progress: bool | None) -> None:
+                 exactly_once: str, late_margin: float, update: bool, wait: bool, progress: bool | None,
+                 participants: Path | None) -> None:
     """Load the threads in PATHS into a Medplum project, atomically and exactly once; run again on specs
     that grew or changed, send what is new (and, with --update, what changed).
 
@@ -207,8 +211,9 @@ def load_command(paths: tuple[str, ...], client: FhirClient, identifier_system: 
       thread-bundler load threads/ --dry-run
       thread-bundler load threads/ --atomic require --report loaded.json
       thread-bundler load threads/ --update          # a delta load: new messages and changed fields
+      thread-bundler load threads/ --participants people.yaml   # participants created when missing
     """
-    report = run_load(load_specs(paths), client, journal=journal or default_journal(paths),
+    report = run_load(load_specs(paths, participants=participants), client, journal=journal or default_journal(paths),
                       identifier_system=identifier_system, atomic=atomic, concurrency=concurrency,
                       max_entries=max_entries, dry_run=dry_run, report_path=report_path, progress=progress,
                       exactly_once=exactly_once, late_margin=late_margin, update=update, wait=wait)
@@ -259,10 +264,11 @@ def print_verify(results: list[VerifyResult], *, show: int = 20) -> None:
               help="Threads read back at once.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Output: text for people, or json: one object per thread.")
+@participants_option
 @report_errors(nothing="nothing sent")
 @with_client
 def verify_command(paths: tuple[str, ...], client: FhirClient, identifier_system: str, concurrency: int,
-                   fmt: str) -> None:
+                   fmt: str, participants: Path | None) -> None:
     """Read each thread in PATHS back from the server (part-of, _sort=sent, every page) and compare it
     with its spec field by field, in the words `load` uses for what changed.
 
@@ -270,7 +276,8 @@ def verify_command(paths: tuple[str, ...], client: FhirClient, identifier_system
     Example:
       thread-bundler verify threads/
     """
-    results = verify(load_specs(paths), client, identifier_system=identifier_system, concurrency=concurrency)
+    results = verify(load_specs(paths, participants=participants), client, identifier_system=identifier_system,
+                     concurrency=concurrency)
     if fmt == "json":
         click.echo(orjson.dumps([r.as_json() for r in results], option=orjson.OPT_INDENT_2).decode())
     else:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, identifier_value
 from ..spec.model import ThreadSpec
-from ..vocabulary import rewrite_references
+from ..vocabulary import binary_reference, rewrite_references
 
 IGNORED = ("id", "meta", "text")
 
@@ -106,7 +106,8 @@ def compare_thread(spec: ThreadSpec, resources: Iterable[Mapping[str, Any]], *,
             continue
         diff.found[n] = actual
         out: list[str] = []
-        _differences(diff.names[n], rewrite_references(entry["resource"], ref_of), dict(actual), out, top=True)
+        mapping = ref_of | _attachment_urls(entry["resource"], actual) if "payload" in entry["resource"] else ref_of
+        _differences(diff.names[n], rewrite_references(entry["resource"], mapping), dict(actual), out, top=True)
         if out:
             diff.differences[n] = out
     diff.extra = [(ident, resource) for ident, resource in by_ident.items() if ident not in expected_idents]
@@ -121,6 +122,19 @@ def diff_thread(spec: ThreadSpec, resources: Iterable[Mapping[str, Any]], *,
     diff = compare_thread(spec, resources, identifier_system=identifier_system, resolved=resolved)
     idents = [identifier_value(spec.key)] + [identifier_value(spec.key, m.id) for m in spec.messages]
     return diff.lines(identifier_system, idents)
+
+
+def _attachment_urls(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> dict[str, str]:
+    """The urns of a message's file attachments (`build.binary_url`) → the url the server holds in their place:
+    `Binary/<id>`, or a signed URL of its storage (`vocabulary.binary_reference`). Their bytes are compared by
+    hash by `verify`, which reads them."""
+    out = {}
+    for want, got in zip(expected.get("payload") or (), actual.get("payload") or (), strict=False):
+        url = (want.get("contentAttachment") or {}).get("url") if isinstance(want, dict) else None
+        held = (got.get("contentAttachment") or {}).get("url") if isinstance(got, dict) else None
+        if isinstance(url, str) and url.startswith("urn:uuid:") and binary_reference(held) is not None:
+            out[url] = str(held)
+    return out
 
 
 def _server_references(bundle: Mapping[str, Any], by_ident: Mapping[str, Mapping[str, Any]], system: str,

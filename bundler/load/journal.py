@@ -11,7 +11,9 @@ row stays `sent` while a request is in flight or its outcome unknown, or while p
 (`Entry.entries`), so a spec that changes later shows which entries changed without reading the server.
 
 Rows are keyed by target (server root + identifier system) and thread key, so one journal can serve
-several servers without mixing them up. No secret ever goes in.
+several servers without mixing them up. No secret ever goes in. Beside the threads, `resources` records what a
+load put on the server for them once: each participant it made sure of (by its conditional reference) and each
+file it uploaded first (`Binary#<hash>`), with its `Type/<id>`, so a re-run creates and uploads nothing twice.
 
 One load at a time: the journal is locked (`<journal>.lock`, naming the process that holds it) for as
 long as it is open for writing; a second load refuses at once (`JournalBusy`), or waits. A dry run opens
@@ -65,6 +67,13 @@ CREATE TABLE IF NOT EXISTS threads (
     updated REAL NOT NULL,
     entries TEXT NOT NULL DEFAULT '{}',
     settles REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (target, key)
+);
+CREATE TABLE IF NOT EXISTS resources (
+    target TEXT NOT NULL,
+    key TEXT NOT NULL,
+    reference TEXT NOT NULL,
+    updated REAL NOT NULL,
     PRIMARY KEY (target, key)
 );
 CREATE TABLE IF NOT EXISTS meta (
@@ -294,6 +303,40 @@ class Journal:
             return
         with self._lock:
             self._db.executemany("DELETE FROM threads WHERE target=? AND key=?", [(self.target, k) for k in keys])
+
+    def get_resources(self, keys: list[str]) -> dict[str, str]:
+        """What the journal knows of resources other than threads' (a created participant by its conditional
+        reference, an uploaded file by its hash): key → the server's `Type/<id>` of it."""
+        if self._columns is _COLUMNS_V1 or not keys:
+            return {}
+        with self._lock:
+            if self._db is None or not self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND "
+                                                        "name='resources'").fetchone():
+                return {}  # (a journal of a version before participants, read by a dry run)
+        out: dict[str, str] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            rows = self._rows(f"SELECT key, reference FROM resources WHERE target=? AND key IN "
+                              f"({','.join('?' * len(chunk))})", (self.target, *chunk))
+            out |= {str(k): str(r) for k, r in rows}
+        return out
+
+    def put_resources(self, found: dict[str, str]) -> None:
+        """Record resources that are on the server: key → `Type/<id>` (see `get_resources`)."""
+        if self.read_only or not found:
+            return
+        now = time.time()
+        with self._lock:
+            db = self._ready()
+            db.execute("BEGIN")
+            try:
+                db.executemany("INSERT INTO resources (target, key, reference, updated) VALUES (?, ?, ?, ?) ON "
+                               "CONFLICT (target, key) DO UPDATE SET reference=excluded.reference, "
+                               "updated=excluded.updated", [(self.target, k, r, now) for k, r in found.items()])
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def get_meta(self, name: str) -> str | None:
         if self._columns is _COLUMNS_V1:

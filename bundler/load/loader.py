@@ -30,6 +30,11 @@ journal's per-entry hashes, then read back and compared by `compare.compare_thre
 and, with `update=True`, sent as updates version-checked with `ifMatch`; messages the spec no longer has
 are reported, never deleted. Without a journal the server's identifiers say which messages are there.
 
+Before a window's threads are sent, the participants they use that say how to create them are made sure of
+(`participants.Ensurer`: conditional creates, once per run, journaled) and their files too large for a
+transaction are uploaded (`uploads.Uploader`, journaled by hash); a thread whose participant or file could not be
+is not sent, and says why at its spec line.
+
 Each thread is a `thread.ThreadLoad`, a state machine; this module feeds them in windows of `window`
 threads (a stream is never read whole), runs them on `concurrency` workers, and tells each result to the
 journal and the watcher as it comes (`report.LoadReport` keeps counts only).
@@ -55,9 +60,11 @@ from ..medplum.probe import Atomicity, probe_atomicity, remove_probes
 from ..spec.model import ThreadSpec
 from ..vocabulary import SEARCH_POINTS, identifier_system_problem
 from .journal import Entry, Journal, State
+from .participants import Ensurer
 from .plan import SAFE_MAX_BYTES, RequestLimits
 from .report import LoadReport, LoadWatcher, Outcome, Plan, ThreadResult
 from .thread import Deferred, PlanBook, Settings, Thread, ThreadLoad
+from .uploads import Uploader
 from .verify import Resolver
 
 Atomic = Literal["require", "auto", "off"]
@@ -157,6 +164,9 @@ def _close(report: LoadReport, run: _Run, client: FhirClient, started: float, re
     report.seconds = time.monotonic() - started
     report.waited = client.pacer.waited - waited_before
     report.in_input_order()
+    report.participants = run.ensurer.counts
+    report.files = {"uploaded": run.uploader.uploaded, "known": run.uploader.known,
+                    "failed": len(run.uploader.failed)}
     if run.plan is not None:
         report.plan = run.planned()
     return report
@@ -185,6 +195,8 @@ class _Run:
             is_atomic
         self.margin, self.update, self.limits, self.watcher, self.keep = margin, update, limits, watcher, keep
         self.resolver = Resolver(client)
+        self.ensurer = Ensurer(client, journal, dry_run=dry_run)
+        self.uploader = Uploader(client, journal, dry_run=dry_run)
         self.plan: PlanBook | None = None
         self.dry_run = dry_run
         self.settings: Settings | None = None
@@ -214,7 +226,7 @@ class _Run:
                 self.plan = PlanBook(alt)
             self.settings = Settings(self.client, self.journal, self.system, limits, self.margin, update=self.update,
                                      resolver=self.resolver, plan=self.plan, stopping=self.stopping,
-                                     started=self.started)
+                                     started=self.started, binaries=self.uploader.refs)
         return self.settings
 
     def _limits(self, atomic: bool) -> RequestLimits:
@@ -242,11 +254,12 @@ class _Run:
     def planned(self) -> Plan:
         assert self.plan is not None
         book, pacer = self.plan, self.client.pacer
-        points = book.points + SEARCH_POINTS * self.resolver.searches
-        plan = Plan(book.requests, points, book.searches + self.resolver.searches)
+        extra_requests = self.ensurer.requests + self.uploader.requests
+        extra_points = self.ensurer.points + self.uploader.points + SEARCH_POINTS * self.resolver.searches
+        plan = Plan(book.requests + extra_requests, book.points + extra_points, book.searches + self.resolver.searches)
         if book.alt is not None:
-            plan.requests_not_atomic = book.requests_alt
-            plan.points_not_atomic = book.points_alt + SEARCH_POINTS * self.resolver.searches
+            plan.requests_not_atomic = book.requests_alt + extra_requests
+            plan.points_not_atomic = book.points_alt + extra_points
         if pacer.active:  # the server told its quota: the time it takes to spend the points
             plan.seconds = pacer.seconds_for(plan.points)
             if plan.points_not_atomic is not None:
@@ -268,12 +281,32 @@ class _Run:
                 self._tell(t.result(Outcome.SKIPPED, entry.ids), t)
             else:
                 loads[n] = (entry, None)
+        unseen = self._with_participants(items, unseen, loads)
         headers = self._headers(items, unseen)
         loads |= {n: (None, headers.get(n)) for n in unseen}
         machines = collections.deque(ThreadLoad(self.ready(), items[n], entry, {}, header)
                                      for n, (entry, header) in sorted(loads.items()))
         items.clear()  # each thread is now held by its machine only, and let go when it is settled
         self._run(machines)
+
+    def _with_participants(self, items: list[Thread], unseen: list[int],
+                           loads: dict[int, tuple[Entry | None, dict[str, Any] | None]]) -> list[int]:
+        """Ensure the participants to create that the threads to send use (`participants.Ensurer`), and upload
+        the files too large for their transactions (`uploads.Uploader`); a thread whose participant could not be
+        ensured, or whose file could not be uploaded, is not sent: it fails, saying why. The `unseen` left."""
+        self.ensurer.ensure(items[n].spec for n in [*unseen, *loads])
+        self.uploader.upload(items[n].spec for n in [*unseen, *loads])
+        if self.dry_run and self.ensurer.ensured:
+            self.resolver.assume(ref for ref, known in self.ensurer.ensured.items() if not known)
+        if not self.ensurer.failed and not self.uploader.failed:
+            return unseen
+        stopped = set()
+        for n in [*unseen, *loads]:
+            if (why := self.ensurer.why_not(items[n].spec) or self.uploader.why_not(items[n].spec)) is not None:
+                loads.pop(n, None)
+                stopped.add(n)
+                self._tell(items[n].result(Outcome.FAILED, {}, error=why), items[n])
+        return [n for n in unseen if n not in stopped]
 
     def _record_first_requests(self, machines: list[ThreadLoad]) -> None:
         """The journal rows of the new threads' first requests, written together before any is sent (one

@@ -53,23 +53,28 @@ def entry_sizes(bundle: Mapping[str, Any]) -> list[int]:
     return sizes
 
 
-def cut(indexes: Sequence[int], sizes: Sequence[int], limits: RequestLimits) -> list[list[int]]:
+def cut(indexes: Sequence[int], sizes: Sequence[int], limits: RequestLimits, weights: Sequence[int] | None = None
+        ) -> list[list[int]]:
     """Group entry `indexes` (in order) into parts within `limits`; entry 0, the header, leads alone in
-    `header_alone` mode. Raises TooLarge for an entry that cannot fit in any request."""
+    `header_alone` mode. `weights`: how many entries each takes in a request (a message with the Binaries it
+    carries), 1 by default. Raises TooLarge for an entry that cannot fit in any request."""
     max_entries = limits.max_entries or 1 << 30
     if limits.conditional:
         max_entries = min(max_entries, MAX_CONDITIONAL_ENTRIES)
     parts: list[list[int]] = []
     current: list[int] = []
     size = _ENVELOPE
+    count = 0
     for i in indexes:
         extra = _room(i, sizes[i], limits)
-        if current and (size + extra > limits.max_bytes or len(current) >= max_entries
+        weight = weights[i] if weights is not None else 1
+        if current and (size + extra > limits.max_bytes or count + weight > max_entries
                         or (limits.header_alone and current == [0])):
             parts.append(current)
-            current, size = [], _ENVELOPE
+            current, size, count = [], _ENVELOPE, 0
         current.append(i)
         size += extra
+        count += weight
     if current:
         parts.append(current)
     return parts

@@ -94,6 +94,29 @@ class Plan:
 
 
 @dataclass
+class ParticipantCounts:
+    """What a load did about participants to create: how many it created, found there (by the journal or the
+    server), and could not ensure."""
+
+    created: int = 0
+    existing: int = 0
+    failed: int = 0
+    planned: int = 0  # (a dry run) to be made sure of by conditional creates
+
+    def __bool__(self) -> bool:
+        return bool(self.created or self.existing or self.failed or self.planned)
+
+    def text(self) -> str:
+        if self.planned:
+            return f"participants: {self.planned:,} to create if missing, {self.existing:,} known"
+        failed = f", {self.failed:,} failed" if self.failed else ""
+        return f"participants: {self.created:,} created, {self.existing:,} existing{failed}"
+
+    def as_json(self) -> dict[str, int]:
+        return {"created": self.created, "existing": self.existing, "failed": self.failed}
+
+
+@dataclass
 class LoadReport:
     """Counts of what a load did (results themselves are streamed: see the module docstring)."""
 
@@ -113,6 +136,8 @@ class LoadReport:
     threads: list[ThreadResult] = field(default_factory=list)  # only with keep_results: in input order
     _kept: list[tuple[int, ThreadResult]] = field(default_factory=list, repr=False)
     plan: Plan | None = None
+    participants: ParticipantCounts = field(default_factory=ParticipantCounts)
+    files: dict[str, int] = field(default_factory=dict)  # files uploaded first: uploaded, known, failed
 
     @property
     def ok(self) -> bool:
@@ -153,6 +178,10 @@ class LoadReport:
         """The summary (the `--report` file has it after the threads)."""
         out: dict[str, Any] = {"ok": self.ok, "atomic": self.atomic, "requests": self.requests,
                                "seconds": round(self.seconds, 3), "counts": self.counts()}
+        if self.participants:
+            out["participants"] = self.participants.as_json()
+        if any(self.files.values()):
+            out["files"] = dict(self.files)
         if self.interrupted:
             out["interrupted"] = True
         if self.plan is not None:

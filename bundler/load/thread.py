@@ -38,7 +38,7 @@ from typing import Any
 
 import orjson
 
-from ..build import bundle_bytes, full_url, identifier_value
+from ..build import binary_url, bundle_bytes, full_url, identifier_value, split_files
 from ..errors import BundlerError, ServerError, UnknownOutcome
 from ..medplum.client import FhirClient, outcome_text, resource_version
 from ..spec.model import ThreadSpec
@@ -113,6 +113,7 @@ class Settings:
     plan: PlanBook | None = None  # a dry run
     stopping: threading.Event = field(default_factory=threading.Event)
     started: float = field(default_factory=time.time)  # when this load began (epoch seconds)
+    binaries: dict[str, str] = field(default_factory=dict)  # urn of a file uploaded first → its Binary/<id>
 
     @property
     def quarantine(self) -> float:
@@ -134,6 +135,29 @@ class Thread:
         self.urls = [full_url(system, v) for v in values]
         self.file, self.line = spec.origin()
         self.seq = 0  # its place in the input (set by the loader)
+        self.inline, self.uploads = split_files(spec) if spec.has_files else ({}, {})
+
+    @functools.cached_property
+    def all_urls(self) -> list[str]:
+        """The fullUrl of every entry of the bundle: the header, the messages, then the Binaries of its small files."""
+        return self.urls + [binary_url(h) for h in self.inline]
+
+    @functools.cached_property
+    def carried(self) -> dict[int, list[int]]:
+        """Entry index of a message → the entry indexes of the Binaries it is the first to use (they go in the
+        same request, unless the server has them already)."""
+        out: dict[int, list[int]] = {}
+        at = {h: len(self.urls) + k for k, h in enumerate(self.inline)}
+        for i, m in enumerate(self.spec.messages, 1):
+            for a in m.attachments:
+                if a.hash in at:
+                    out.setdefault(i, []).append(at.pop(a.hash))
+        return out
+
+    @functools.cached_property
+    def weights(self) -> list[int]:
+        """How many entries each entry takes in a request: itself and the Binaries it carries."""
+        return [1 + len(self.carried.get(i, ())) for i in range(len(self.urls))]
 
     @functools.cached_property
     def bundle(self) -> dict[str, Any]:
@@ -142,7 +166,9 @@ class Thread:
 
     @functools.cached_property
     def sizes(self) -> list[int]:
-        return entry_sizes(self.bundle)
+        """Each header's or message's size in a request, with the Binaries it carries."""
+        sizes = entry_sizes(self.bundle)
+        return [size + sum(sizes[b] for b in self.carried.get(i, ())) for i, size in enumerate(sizes[:len(self.urls)])]
 
     @functools.cached_property
     def hashes(self) -> list[str]:
@@ -169,8 +195,8 @@ class Thread:
 
     def whole(self, limits: RequestLimits) -> bool:
         """True when the thread goes as one plain transaction, its bytes as built."""
-        return (not limits.conditional and len(self.body) <= limits.max_bytes
-                and (limits.max_entries is None or len(self.urls) <= limits.max_entries))
+        return (not limits.conditional and not self.uploads and len(self.body) <= limits.max_bytes
+                and (limits.max_entries is None or len(self.all_urls) <= limits.max_entries))
 
     def known(self, entry: Entry | None, existing: dict[str, str]) -> dict[str, str]:
         """fullUrl → `Communication/<id>` of the entries the journal (`entry`) or the pre-check (`existing`,
@@ -244,6 +270,7 @@ class ThreadLoad:
         self.recorded = False  # the journal has this thread's first request already (with its window)
         self.requests = self.created = self.updated = self.lost = self.rechecks = 0
         self.part: list[int] = []  # the entries of the request at hand
+        self.extras: list[int] = []  # the Binaries (entry indexes) it carries
         self.settles = 0.0  # the request at hand, if its answer was lost: when it can no longer land
         self.body = b""
         self.response: dict[str, Any] = {}
@@ -331,11 +358,15 @@ class ThreadLoad:
                 return self._plan(remaining)
             if not self.ids and self.t.whole(limits):
                 self.part, self.body = remaining, self.t.body
+                self.extras = list(range(len(self.t.urls), len(self.t.all_urls)))
                 return Stage.SEND
-            self.part = cut(remaining, self.t.sizes, limits)[0]
+            self.part = cut(remaining, self.t.sizes, limits, self.t.weights)[0]
         except TooLarge as exc:
             return self._failing(f"{self.t.where(None)}: {exc}")
-        self.body = orjson.dumps(part_bundle(self.t.bundle, self.part, self.ids, conditional=limits.conditional))
+        known = {**self.s.binaries, **self.ids} if self.t.uploads else self.ids
+        self.extras = [b for i in self.part for b in self.t.carried.get(i, ()) if self.t.all_urls[b] not in known]
+        self.body = orjson.dumps(part_bundle(self.t.bundle, self.part + self.extras, known,
+                                             conditional=limits.conditional))
         return Stage.SEND
 
     def send(self) -> Stage:
@@ -379,9 +410,13 @@ class ThreadLoad:
             return Stage.LOST
         self.response = {"entry": [{"response": e["response"]} for e in self.response["entry"]]}  # (no resources:
         # a window of machines holds their answers until each is settled)
+        statuses, binaries = statuses[:len(self.part)], statuses[len(self.part):]
         self.created += sum(1 for s in statuses if s.startswith("201"))
         if (failed := _first_failed(self.part, statuses)) is not None:
             return self._failing(self._entry_failure(*failed, statuses))
+        if (refused := _first_failed(self.extras, binaries)) is not None:
+            return self._failing(f"{self.t.where(None)}: the Binary of a file attachment was refused: HTTP "
+                                 f"{refused[1].split()[0]}")
         if any(s.startswith("429") for s in statuses):
             self.client.pacer.blocked(1.0)
         if not self.complete:
@@ -484,7 +519,7 @@ class ThreadLoad:
 
     def _cost(self) -> float:
         per_entry = WRITE_POINTS + (0 if self.plain else SEARCH_POINTS)
-        return float(per_entry * len(self.part))
+        return float(per_entry * len(self.part) + WRITE_POINTS * len(self.extras))
 
     def _unresolved(self) -> str | None:
         """(A dry run) why a conditional reference of the thread would fail: it matches no or several
@@ -554,8 +589,10 @@ class ThreadLoad:
         whether its transactions are atomic, for one whose are not."""
         plan, limits = self.s.plan, self.s.limits
         assert plan is not None
-        parts = [remaining] if not self.ids and self.t.whole(limits) else cut(remaining, self.t.sizes, limits)
-        alt = cut(remaining, self.t.sizes, plan.alt) if plan.alt is not None else None
+        weights = self.t.weights
+        parts = [remaining] if not self.ids and self.t.whole(limits) else cut(remaining, self.t.sizes, limits,
+                                                                                 weights)
+        alt = cut(remaining, self.t.sizes, plan.alt, weights) if plan.alt is not None else None
         plan.sends(parts, alt, conditional=limits.conditional)
         if self.s.update and self.pending:
             plan.updates(update_parts(self.pending, self.t.sizes, limits))
@@ -594,15 +631,15 @@ class ThreadLoad:
         """Each entry's status in the answer, recording the server id and version of every committed one; None
         when the answer does not have one entry per entry sent."""
         entries = self.response.get("entry") or []
-        if len(entries) != len(self.part):
+        if len(entries) != len(self.part) + len(self.extras):
             return None
         statuses = []
-        urls, ids, versions = self.t.urls, self.ids, self.versions
-        for i, e in zip(self.part, entries, strict=True):
+        urls, ids, versions, n = self.t.all_urls, self.ids, self.versions, len(self.t.urls)
+        for i, e in zip(self.part + self.extras, entries, strict=True):
             resp = e["response"]
             statuses.append(status := resp["status"])
             if status[:1] == "2" and (sid := _server_id(resp.get("location"), e.get("resource"))):
-                ids[urls[i]] = f"Communication/{sid}"
+                ids[urls[i]] = f"{'Communication' if i < n else 'Binary'}/{sid}"
                 if version := resource_version(e):
                     versions[urls[i]] = version
         return statuses

@@ -14,9 +14,10 @@ from typing import Any
 
 import httpx
 
-from ..build import DEFAULT_IDENTIFIER_SYSTEM
+from ..build import DEFAULT_IDENTIFIER_SYSTEM, identifier_value
 from ..medplum.client import FhirClient
 from ..spec.model import ThreadSpec
+from ..vocabulary import attachment_hash, binary_reference
 from .compare import diff_thread
 
 
@@ -77,6 +78,12 @@ class Resolver:
                 self._found[ref] = answer
                 return answer
 
+    def assume(self, refs: Iterable[str]) -> None:
+        """(A dry run) take each of `refs` as matching one resource: participants a real load would create first."""
+        with self._lock:
+            for ref in refs:
+                self._found.setdefault(ref, (1, None))
+
     def matches(self, ref: str) -> int:
         """How many resources `ref` matches: 0, 1, or 2 for several."""
         return self._lookup(ref)[0]
@@ -102,6 +109,37 @@ def resolve_references(client: FhirClient, specs: Iterable[ThreadSpec]) -> dict[
     return Resolver(client).mapping(sorted(conditional_references(specs)))
 
 
+def file_differences(client: FhirClient, spec: ThreadSpec, messages: Iterable[dict[str, Any]], system: str,
+                     hashes: dict[str, tuple[int, str]] | None = None) -> list[str]:
+    """The file attachments of `spec` whose bytes, read back from the server (`FhirClient.read_binary`), are not the
+    file's (by size and hash, `vocabulary.attachment_hash`). `hashes` remembers what each Binary read gave."""
+    seen = hashes if hashes is not None else {}
+    by_value = {str(i.get("value")): m for m in messages for i in m.get("identifier") or ()
+                if i.get("system") == system}
+    out = []
+    for i, m in enumerate(spec.messages):
+        resource = by_value.get(identifier_value(spec.key, m.id))
+        if resource is None or not any(a.file is not None for a in m.attachments):
+            continue  # (a missing message is a difference already)
+        held = [p["contentAttachment"] for p in resource.get("payload") or () if "contentAttachment" in p]
+        for j, a in enumerate(m.attachments):
+            if a.file is None:
+                continue
+            url = held[j].get("url") if j < len(held) else None
+            ref = binary_reference(url)
+            where = f"messages[{i + 1}] ({m.id}).attachments[{j + 1}] ({a.file})"
+            if ref is None:
+                out.append(f"{where}: no Binary on the server (url {url!r})")
+                continue
+            if ref not in seen:
+                data = client.read_binary(ref)
+                seen[ref] = (len(data), attachment_hash(data))
+            if seen[ref] != (a.size, a.hash):
+                out.append(f"{where}: {ref} reads back {seen[ref][0]:,} bytes, hash {seen[ref][1]}; the file has "
+                           f"{a.size:,} bytes, hash {a.hash}")
+    return out
+
+
 def verify(threads: Iterable[ThreadSpec], client: FhirClient, *,
            identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, concurrency: int = 4,
            on_thread: Callable[[VerifyResult], None] | None = None) -> list[VerifyResult]:
@@ -109,6 +147,7 @@ def verify(threads: Iterable[ThreadSpec], client: FhirClient, *,
     specs = list(threads)
     headers = client.find_identifiers("Communication", [f"{identifier_system}|{s.key}" for s in specs])
     resolved = resolve_references(client, specs)
+    hashes: dict[str, tuple[int, str]] = {}
 
     def one(spec: ThreadSpec) -> VerifyResult:
         file, line = spec.origin()
@@ -123,6 +162,8 @@ def verify(threads: Iterable[ThreadSpec], client: FhirClient, *,
             result.messages = len(messages)
             result.differences = diff_thread(spec, [header, *messages], identifier_system=identifier_system,
                                              resolved=resolved)
+            if spec.has_files:
+                result.differences += file_differences(client, spec, messages, identifier_system, hashes)
         if on_thread:
             on_thread(result)
         return result

@@ -200,13 +200,16 @@ class FhirClient:
                 self.requests += 1
 
     def _send(self, method: str, url: str, *, content: bytes | None = None, cost: float = 0,
-              idempotent: bool) -> httpx.Response:
-        """One logical request, paced, with the retries that are safe for it (auth renews itself)."""
-        headers = {"Accept": FHIR_JSON} | ({"Content-Type": FHIR_JSON} if content is not None else {})
+              idempotent: bool, headers: dict[str, str] | None = None, follow: bool = False) -> httpx.Response:
+        """One logical request, paced, with the retries that are safe for it (auth renews itself). `headers`
+        replace our FHIR JSON Accept/Content-Type; `follow`: follow redirects (httpx drops our Authorization
+        on a redirect to another origin)."""
+        if headers is None:
+            headers = {"Accept": FHIR_JSON} | ({"Content-Type": FHIR_JSON} if content is not None else {})
         for attempt in itertools.count(1):
             self.pacer.wait(cost)
             try:
-                resp = self.http.request(method, url, content=content, headers=headers)
+                resp = self.http.request(method, url, content=content, headers=headers, follow_redirects=follow)
             except httpx.TransportError as exc:
                 self._transport_failed(exc, f"{method} {url}", attempt, idempotent=idempotent)
                 continue
@@ -293,6 +296,27 @@ class FhirClient:
             return _transaction_response(answer, "transaction")
         except ServerError as exc:  # processed, but how is unreadable: as good as a lost answer
             raise self._error(UnknownOutcome, str(exc)) from None
+
+    def upload_binary(self, data: bytes, content_type: str) -> str:
+        """POST the raw bytes of a file as a Binary (with its own Content-Type, as Medplum takes uploads): its
+        `Binary/<id>`. UnknownOutcome when the answer was lost (a Binary has no identifier to search it by)."""
+        what = "upload Binary"
+        resp = self._send("POST", urljoin(self.fhir_base, "Binary"), content=data, cost=WRITE_POINTS,
+                          idempotent=False, headers={"Accept": FHIR_JSON, "Content-Type": content_type})
+        body = self._check(resp, what)
+        if not isinstance(body, dict) or not body.get("id"):
+            raise self._error(UnknownOutcome, f"{what}: the answer names no Binary ({_kind(body)})")
+        return f"Binary/{body['id']}"
+
+    def read_binary(self, reference: str) -> bytes:
+        """The raw bytes of `Binary/<id>` (Medplum answers a read that does not ask for FHIR JSON with the bytes,
+        or redirects to its storage: followed)."""
+        what = f"read {reference}"
+        resp = self._send("GET", urljoin(self.fhir_base, reference), cost=READ_POINTS, idempotent=True,
+                          headers={"Accept": "*/*"}, follow=True)
+        if resp.status_code >= 300:
+            self._check(resp, what)  # (raises)
+        return resp.content
 
     def read(self, reference: str) -> dict[str, Any]:
         what = f"read {reference}"

@@ -19,6 +19,21 @@ from .model import (
     check_document,
     parse_spec,
 )
+from .participants import ParticipantsFile, read_participants
 
-__all__ = ["DEFAULT_STATUS", "Attachment", "Coding", "Message", "Participant", "Participants", "ThreadSpec",
-           "check_document", "load_specs", "parse_spec", "read_documents", "spec_files"]
+__all__ = [
+    "DEFAULT_STATUS",
+    "Attachment",
+    "Coding",
+    "Message",
+    "Participant",
+    "Participants",
+    "ParticipantsFile",
+    "ThreadSpec",
+    "check_document",
+    "load_specs",
+    "parse_spec",
+    "read_documents",
+    "read_participants",
+    "spec_files",
+]

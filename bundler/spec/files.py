@@ -5,13 +5,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..errors import Problem, SpecError
+from .attachments import read_files
 from .model import ThreadSpec, check_document
+from .participants import ParticipantsFile, read_participants
 from .source import Document, decode, parse_text, split_threads
 
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
@@ -103,8 +106,23 @@ def read_documents(file: Path | str) -> tuple[list[Document], list[Problem]]:
     return list(split_threads(docs)), problems
 
 
-def load_specs(paths: Iterable[str | Path]) -> list[ThreadSpec]:
-    """Every thread in `paths`, checked; raises SpecError with every problem in every file."""
+def read_document(doc: Document, shared: ParticipantsFile | None = None) -> tuple[ThreadSpec | None, list[Problem]]:
+    """`check_document` for a document read from a file: its file attachments read first (relative to the file,
+    `attachments.read_files`), their bytes held by the spec (`ThreadSpec.files`)."""
+    data, files, problems = read_files(doc)
+    if problems:
+        return None, problems
+    spec, problems = check_document(dataclasses.replace(doc, data=data) if files else doc, shared)
+    if spec is not None and files:
+        spec.with_files(files)
+    return spec, problems
+
+
+def load_specs(paths: Iterable[str | Path], *, participants: str | Path | ParticipantsFile | None = None
+               ) -> list[ThreadSpec]:
+    """Every thread in `paths`, checked; raises SpecError with every problem in every file. `participants`: a
+    participants file (`bundler.spec.participants`) whose participants the threads may use."""
+    shared = read_participants(participants) if participants is not None else None
     files, problems = spec_files(paths)
     specs: list[ThreadSpec] = []
     keys = ThreadKeys()
@@ -116,7 +134,7 @@ def load_specs(paths: Iterable[str | Path]) -> list[ThreadSpec]:
             problems.append(not_a_spec(next(d for d in docs if resource_type(d.data) == kind), kind))
             continue
         for doc in docs:
-            spec, doc_problems = check_document(doc)
+            spec, doc_problems = read_document(doc, shared)
             problems.extend(doc_problems)
             if spec is None:
                 continue

@@ -26,9 +26,11 @@ the builder. Either kind is checked whenever it is made.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
-from typing import Annotated, Any, ClassVar, Self, TypeVar, cast, dataclass_transform
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self, TypeVar, cast, dataclass_transform
 
+import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -47,7 +49,18 @@ from pydantic.json_schema import JsonSchemaValue, SkipJsonSchema
 from pydantic_core import CoreSchema, ErrorDetails, PydanticCustomError, SchemaSerializer, SchemaValidator, core_schema
 
 from ..errors import Problem, SpecError
-from ..vocabulary import CODING_HINT, COMMUNICATION_TARGETS, DEFAULT_STATUS, is_coding, reference_type
+from ..vocabulary import (
+    CODING_HINT,
+    COMMUNICATION_TARGETS,
+    DEFAULT_STATUS,
+    IDENTIFIER_VALUE_HINT,
+    SERVER_ELEMENTS,
+    conditional_reference,
+    identifier_system_problem,
+    is_coding,
+    is_identifier_value,
+    reference_type,
+)
 from .problems import describe, expected, fail, problems_of, reraise
 from .scalars import (
     CODING_STRING_SCHEMA,
@@ -76,8 +89,11 @@ from .scalars import (
 )
 from .source import Document, Path_, shown
 
-__all__ = ["DEFAULT_STATUS", "Attachment", "Coding", "Message", "Participant", "Participants", "ThreadSpec",
-           "check_document", "parse_spec"]
+if TYPE_CHECKING:
+    from .participants import ParticipantsFile
+
+__all__ = ["DEFAULT_STATUS", "Attachment", "Coding", "CreateResource", "Message", "Participant", "Participants",
+           "ThreadSpec", "check_document", "parse_spec"]
 
 
 _RECORD_CONFIG = ConfigDict(extra="forbid", validate_by_alias=True, validate_by_name=False,
@@ -240,19 +256,139 @@ def _slotted(cls: type[_R]) -> type[_R]:
 # --- participants -----------------------------------------------------------------------------------
 
 
+class CreateResource(str):
+    """A participant's `create`: a FHIR resource as canonical JSON text (keys sorted, no spaces), so a Participant
+    stays hashable and equal by value; `resource()` gives it as data."""
+
+    __slots__ = ()
+
+    def resource(self) -> dict[str, Any]:
+        out: dict[str, Any] = orjson.loads(str(self))
+        return out
+
+
+def _create_problem(value: Any) -> str | None:
+    """Why `value` cannot be a participant's `create` (a FHIR resource to create when missing), or None."""
+    if not isinstance(value, Mapping):
+        return expected("a FHIR resource (a mapping with resourceType and identifier)", value)
+    kind = value.get("resourceType")
+    if not isinstance(kind, str) or kind not in COMMUNICATION_TARGETS["recipient"]:
+        shown_kind = kind if isinstance(kind, str) else describe(kind)
+        return (f"resourceType {shown_kind!r}: " if kind is not None else "needs a resourceType: ") + \
+            not_allowed("resource of that type" if kind is not None else "resource", "a participant", "recipient")
+    given = [e for e in SERVER_ELEMENTS if e in value]
+    if given:
+        return f"must not give {' or '.join(given)}: the server sets it (the participant is found by its identifier)"
+    idents = value.get("identifier")
+    if not isinstance(idents, list | tuple) or not idents or not isinstance(idents[0], Mapping):
+        return "needs an identifier: a list whose first item is {system, value} (its conditional reference searches it)"
+    first = idents[0]
+    if (why := identifier_system_problem(first.get("system"))) is not None:
+        return f"identifier[0].system: {why}"
+    if not is_identifier_value(first.get("value")):
+        return f"identifier[0].value: {IDENTIFIER_VALUE_HINT}"
+    return None
+
+
+def _create(value: Any) -> CreateResource:
+    """A participant's `create`, checked, as canonical JSON text."""
+    if isinstance(value, CreateResource):
+        return value
+    if (why := _create_problem(value)) is not None:
+        raise fail(why)
+    try:
+        return CreateResource(orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode())
+    except TypeError as exc:
+        raise fail(f"is not plain JSON data ({exc})") from None
+
+
+def created_reference(create: Mapping[str, Any]) -> str:
+    """The conditional reference of a resource to create (checked by `_create_problem`): its type and first
+    identifier."""
+    first = create["identifier"][0]
+    return conditional_reference(create["resourceType"], first["system"], first["value"])
+
+
+class _Create:
+    """Annotation of a participant's `create` (`_create`); its JSON Schema: a FHIR resource with an identifier."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_plain_validator_function(_create)
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {"description": "A FHIR resource to create when missing (conditional create on its first "
+                               "identifier): no id, a type a Communication may have as a recipient.",
+                "type": "object", "required": ["resourceType", "identifier"],
+                "properties": {"resourceType": {"enum": sorted(COMMUNICATION_TARGETS["recipient"])},
+                               "identifier": {"type": "array", "minItems": 1,
+                                              "prefixItems": [{"type": "object", "required": ["system", "value"]}]}},
+                "not": {"anyOf": [{"required": [e]} for e in SERVER_ELEMENTS]}}
+
+
+OptionalCreate = Annotated[CreateResource | None, _Create()]
+
+
 @_slotted
 class Participant(_Record):
-    """A person or thing in the thread: `alias` (its key in `participants`) → a reference, and a display name."""
+    """A person or thing in the thread: `alias` (its key in `participants`) → a reference, a display name, and how
+    to create it when missing (`create`: its reference is then the conditional one of its first identifier)."""
 
     alias: Annotated[SkipJsonSchema[Alias], Field(exclude=True)]
     reference: Annotated[ParticipantReference, Field(description="Type/id or Type?identifier=system|value: a "
                                                                  "resource FHIR R4 allows as a Communication's "
-                                                                 "recipient.")]
+                                                                 "recipient. Derived from `create` when omitted.")]
     display: Annotated[OptionalText, Field(description="The name shown for the participant.")] = None
+    create: OptionalCreate = None
 
-    def __init__(self, alias: str, reference: str, display: str | None = None) -> None:
-        self._check({"alias": alias, "reference": reference} if display is None else
-                    {"alias": alias, "reference": reference, "display": display})
+    def __init__(self, alias: str, reference: str | None = None, display: str | None = None,
+                 create: Mapping[str, Any] | None = None) -> None:
+        self._check(_without_defaults(alias=alias, reference=reference, display=display, create=create))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived(cls, data: Any) -> Any:
+        """`reference` from `create` when omitted; refused when both are given and disagree."""
+        if not isinstance(data, dict):
+            return data
+        create = data.get("create")
+        if create is None:
+            if data.get("reference") is None and "reference" not in data:
+                raise fail("needs a reference (Type/id or Type?identifier=system|value), or create (a FHIR "
+                           "resource to create when missing)")
+            return data
+        if _create_problem(create) is not None and not isinstance(create, CreateResource):
+            return data  # (the create field says why)
+        derived = created_reference(create.resource() if isinstance(create, CreateResource) else create)
+        given = data.get("reference")
+        if given is None:
+            return {**data, "reference": derived}
+        if given != derived:
+            raise fail(f"reference {given!r} does not match create: its type and first identifier make it "
+                       f"{derived!r} (leave reference out)")
+        return data
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return _reference_or_create(handler.resolve_ref_schema(handler(schema)))
+
+    def to_data(self) -> dict[str, Any]:
+        """As spec data (with `reference` also when `create` makes it: what data gave is never left out)."""
+        out: dict[str, Any] = {"reference": self.reference}
+        if self.display is not None:
+            out["display"] = self.display
+        if self.create is not None:
+            out["create"] = self.create.resource()
+        return out
+
+
+def _reference_or_create(out: JsonSchemaValue) -> JsonSchemaValue:
+    """A participant's JSON Schema: `reference`, or `create` (which makes it)."""
+    out = dict(out)
+    out["required"] = [name for name in out.get("required", []) if name != "reference"]
+    if not out["required"]:
+        del out["required"]
+    out["anyOf"] = [{"required": ["reference"]}, {"required": ["create"]}]
+    return out
 
 
 class Participants(Mapping[str, Participant]):
@@ -327,10 +463,10 @@ class Participants(Mapping[str, Participant]):
 
     @classmethod
     def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
-        return {"description": "Everyone in the thread: alias -> {reference, display}.", "type": "object",
+        return {"description": "Everyone in the thread: alias -> {reference, display, create}.", "type": "object",
                 "minProperties": 1, "x-message": "needs at least one participant",
                 "propertyNames": {DEF_KEY: "aliasName"},
-                "additionalProperties": handler(Participant.__pydantic_core_schema__)}
+                "additionalProperties": _reference_or_create(handler(Participant.__pydantic_core_schema__))}
 
 
 def _participants(value: Any) -> Participants:
@@ -367,12 +503,19 @@ def _participants(value: Any) -> Participants:
             try:
                 out[alias] = Participant.model_validate({**data, "alias": alias})
             except ValidationError as exc:
-                errors.extend({**e, "loc": (key, *e["loc"])} for e in exc.errors(include_url=False))
+                errors.extend({**e, "loc": (key, *e["loc"])} for e in _without_derived(exc.errors(include_url=False)))
         else:
             errors.append(_error(expected("a mapping", entry), (key,), entry))
     if errors:
         raise reraise(errors)
     return Participants._of(out)
+
+
+def _without_derived(errors: list[ErrorDetails]) -> list[ErrorDetails]:
+    """A participant's errors, less the missing `reference` when its `create` (which would make it) is wrong."""
+    if any(e["loc"][:1] == ("create",) for e in errors):
+        return [e for e in errors if not (e["loc"] == ("reference",) and e["type"] == "missing")]
+    return errors
 
 
 def _error(message: str, loc: Path_, value: Any, *, on_key: bool = False) -> ErrorDetails:
@@ -424,26 +567,50 @@ class Coding(_Record):
 
 @_slotted
 class Attachment(_Record):
-    """A message's attachment: becomes a `payload.contentAttachment`."""
+    """A message's attachment: becomes a `payload.contentAttachment`. Either `url` (where the content is), or
+    `file` (a path relative to the spec file: the bytes travel with the thread as a Binary, or are uploaded first
+    when too large for a request). A file's `size` and `hash` (SHA-1, base64) are filled in when the spec is read
+    from its file (`bundler.spec.load_specs`; its `contentType` too, from the file name, unless given); given in
+    the spec, they must be the file's."""
 
-    url: Annotated[Text, Field(description="Where the content is: Binary/<id> for a Medplum Binary, or a URL.")]
+    url: Annotated[OptionalText, Field(description="Where the content is: Binary/<id> for a Medplum Binary, or a "
+                                                   "URL.")] = None
+    file: Annotated[OptionalText, Field(description="A file whose bytes to attach, relative to the spec file.")] = None
     content_type: Annotated[MimeType, Field(alias="contentType")] = None
     title: OptionalText = None
+    size: Annotated[int | None, Field(ge=0, strict=True, description="The file's size in bytes (filled in).")] = None
+    hash: Annotated[OptionalText, Field(description="SHA-1 of the file, base64 (filled in).")] = None
 
-    def __init__(self, url: str, content_type: str | None = None, title: str | None = None) -> None:
-        data = {"url": url}
-        if content_type is not None:
-            data["content_type"] = content_type
-        if title is not None:
-            data["title"] = title
-        self._check(data)
+    def __init__(self, url: str | None = None, content_type: str | None = None, title: str | None = None, *,
+                 file: str | None = None, size: int | None = None, hash: str | None = None) -> None:
+        self._check(_without_defaults(url=url, file=file, content_type=content_type, title=title, size=size,
+                                      hash=hash))
 
-    def to_data(self) -> dict[str, str]:
-        out = {"url": self.url}
+    @model_validator(mode="after")
+    def _one_source(self) -> Attachment:
+        if (self.url is None) == (self.file is None):
+            raise fail("needs url (where the content is) or file (a file to attach), not both" if self.url else
+                       "needs url (where the content is) or file (a file to attach)")
+        if self.file is None and (self.size is not None or self.hash is not None):
+            raise fail("size and hash are filled in for a file attachment: give file, or leave them out")
+        return self
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        out = handler.resolve_ref_schema(handler(schema))
+        out["oneOf"] = [{"required": ["url"]}, {"required": ["file"]}]
+        return out
+
+    def to_data(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"url": self.url} if self.url is not None else {"file": self.file}
         if self.content_type is not None:
             out["contentType"] = self.content_type
         if self.title is not None:
             out["title"] = self.title
+        if self.size is not None:
+            out["size"] = self.size
+        if self.hash is not None:
+            out["hash"] = self.hash
         return out
 
 
@@ -554,6 +721,9 @@ class ThreadSpec(_Model):
                         "objects.")
 
     _source: Document | None = PrivateAttr(default=None)
+    _shared: Document | None = PrivateAttr(default=None)  # the participants file it took participants from
+    _borrowed: frozenset[str] = PrivateAttr(default=frozenset())  # the aliases it took from there
+    _files: Mapping[str, bytes] | None = PrivateAttr(default=None)  # its attachments' bytes, by hash
 
     @_constructor
     def __init__(self, key: str, topic: str, participants: Mapping[str, Participant],
@@ -591,14 +761,33 @@ class ThreadSpec(_Model):
             raise reraise(errors)
         return spec
 
+    @property
+    def has_files(self) -> bool:
+        """Whether a message has a file attachment (the builder then adds Binary entries)."""
+        return any(a.file is not None for m in self.messages for a in m.attachments)
+
+    @property
+    def files(self) -> Mapping[str, bytes]:
+        """The bytes of its file attachments by hash (`Attachment.hash`), as read with the spec from its file
+        (`bundler.spec.load_specs`); empty for a spec made otherwise."""
+        return self._files or {}
+
+    def with_files(self, files: Mapping[str, bytes]) -> ThreadSpec:
+        """This spec holding `files` (hash → bytes) for its file attachments: what the builder reads."""
+        self._files = dict(files)
+        return self
+
     def origin(self, message_index: int | None = None, *fields: str | int) -> tuple[str, int | None]:
         """(file, line) of the thread, or of `messages[message_index]` and a field below it; ('<spec>', None) for
         a spec made in Python."""
         if self._source is None:
             return ("<spec>", None)
         path: Path_ = ("messages", message_index, *fields) if message_index is not None else tuple(fields)
-        pos = self._source.position(path)
-        return (self._source.file, pos[0] if pos else None)
+        source = self._source
+        if self._shared is not None and path[:1] == ("participants",) and path[1:2] and path[1] in self._borrowed:
+            source = self._shared
+        pos = source.position(path)
+        return (source.file, pos[0] if pos else None)
 
     def to_data(self) -> dict[str, Any]:
         """This spec as plain spec data (what a YAML or JSON spec file holds), which `parse_spec` reads back
@@ -614,8 +803,7 @@ class ThreadSpec(_Model):
             out["sender"] = self.sender
         if self.sent is not None:
             out["sent"] = self.sent
-        out["participants"] = {a: {"reference": p.reference} | ({"display": p.display} if p.display is not None
-                                                                 else {}) for a, p in self.participants.items()}
+        out["participants"] = {a: p.to_data() for a, p in self.participants.items()}
         if self.messages:
             out["messages"] = [m.to_data(i) for i, m in enumerate(self.messages, 1)]
         return out
@@ -764,17 +952,33 @@ def _meaning(participants: Mapping[str, Participant | None] | None, messages: Se
 # --- reading ---------------------------------------------------------------------------------------
 
 
-def check_document(doc: Document) -> tuple[ThreadSpec | None, list[Problem]]:
-    """A ThreadSpec from one parsed document, or every problem that stops it being one (with positions)."""
+def check_document(doc: Document, shared: ParticipantsFile | None = None) -> tuple[ThreadSpec | None, list[Problem]]:
+    """A ThreadSpec from one parsed document, or every problem that stops it being one (with positions).
+    `shared`: a participants file whose participants the thread may use (its own win)."""
     if not isinstance(doc.data, dict):
         why = f"expected a thread (a mapping with thread, topic, participants), got {describe(doc.data)}"
         return None, [doc.problem((), why)]
+    data, borrowed = shared.merged(doc.data) if shared is not None else (doc.data, frozenset[str]())
     try:
-        spec = ThreadSpec.model_validate(doc.data)
+        spec = ThreadSpec.model_validate(data)
     except ValidationError as exc:
-        return None, problems_of(exc, doc, ThreadSpec)
+        problems = problems_of(exc, doc, ThreadSpec)
+        if shared is not None:
+            nor = f" is not a participant of the thread nor of {shared.file} ("
+            problems = [dataclasses.replace(p, message=p.message.replace(" is not a participant (", nor))
+                        for p in problems]
+        return None, problems
     spec._source = doc
+    if borrowed:
+        assert shared is not None
+        spec._shared, spec._borrowed = shared.doc, borrowed
     return spec, []
+
+
+class ParticipantsDocument(_Model):
+    """A participants file: the spec's `participants` block under the same key (`bundler.spec.participants`)."""
+
+    participants: Participants
 
 
 def parse_spec(data: Mapping[str, Any], *, file: str = "<spec>") -> ThreadSpec:

@@ -189,13 +189,15 @@ def references(*, styles: Sequence[str] = REFERENCE_STYLES,
 
 
 def participants(*, min_size: int = 1, max_size: int = 5, styles: Sequence[str] = REFERENCE_STYLES,
-                 types: Sequence[str] = PARTICIPANT_TYPES, display_share: float = 0.5
-                 ) -> st.SearchStrategy[dict[str, dict[str, str]]]:
-    """A spec's `participants`: alias → {reference, display?}, with unique references.
+                 types: Sequence[str] = PARTICIPANT_TYPES, display_share: float = 0.5, create_share: float = 0.2
+                 ) -> st.SearchStrategy[dict[str, dict[str, Any]]]:
+    """A spec's `participants`: alias → {reference, display?, create?}, with unique references.
 
     `types` are the resource types to refer to (each must be able to send a Communication in FHIR R4,
     so Group and CareTeam are not allowed); `styles` the reference styles; `display_share` how often a
-    participant has a display name.
+    participant has a display name; `create_share` how often one with a conditional reference says instead
+    how to create it (`create`: a resource of its type with that identifier, and a name now and then; not a
+    RelatedPerson, which FHIR cannot create without its patient).
 
         participants(min_size=2, max_size=2, types=["Patient", "Practitioner"]).example()
         # e.g. {'0': {'reference': 'Patient/0'}, 'dr': {'reference': 'Practitioner?identifier=...|x'}}
@@ -207,20 +209,33 @@ def participants(*, min_size: int = 1, max_size: int = 5, styles: Sequence[str] 
     if min_size < 1 or max_size < min_size:
         raise ValueError(f"need 1 <= min_size <= max_size, got {min_size}, {max_size}")
     _check_share("display_share", display_share)
+    _check_share("create_share", create_share)
     refs = references(styles=styles, types=types)
 
     @st.composite
-    def one(draw: st.DrawFn) -> tuple[str, dict[str, str]]:
+    def one(draw: st.DrawFn) -> tuple[str, dict[str, Any], str]:
         alias = draw(st.text(ALIAS_ALPHABET, min_size=1, max_size=12))
-        entry = {"reference": draw(refs)}
+        reference = draw(refs)
+        entry: dict[str, Any] = {"reference": reference}
+        if "?" in reference and not reference.startswith("RelatedPerson") and _chance(draw, create_share):
+            entry["create"] = _created(draw, reference)  # (with the reference it makes: readers of data find it)
         if _chance(draw, display_share):
             entry["display"] = draw(st.sampled_from(DISPLAYS))
-        return alias, entry
+        return alias, entry, reference
 
-    # one list of (alias, participant): the shrinker drops a participant whole
-    people = st.lists(one(), min_size=min_size, max_size=max_size,
-                      unique_by=(lambda p: p[0], lambda p: p[1]["reference"]))
-    return people.map(dict)
+    # one list of (alias, participant, its reference): the shrinker drops a participant whole
+    people = st.lists(one(), min_size=min_size, max_size=max_size, unique_by=(lambda p: p[0], lambda p: p[2]))
+    return people.map(lambda items: {alias: entry for alias, entry, _ in items})
+
+
+def _created(draw: st.DrawFn, reference: str) -> dict[str, Any]:
+    """A resource to create whose conditional reference is `reference` (`Type?identifier=system|value`)."""
+    kind, query = reference.split("?identifier=", 1)
+    system, value = query.split("|", 1)
+    out: dict[str, Any] = {"resourceType": kind, "identifier": [{"system": system, "value": value}]}
+    if kind in ("Patient", "Practitioner") and _chance(draw, 0.5):
+        out["name"] = [{"given": [draw(st.sampled_from(DISPLAYS)).split()[0]], "family": "Test"}]
+    return out
 
 
 def _instant(moment: dt.datetime, precision: int, zone: str) -> str:
