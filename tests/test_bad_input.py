@@ -382,6 +382,13 @@ CASES: dict[str, Case] = {
         ["'Practitioner/1' is a Practitioner: a Communication's subject is one of Group, Patient"]),
     "export: bad identifier system": Case({}, ["export", "-o", "out", "--identifier-system", "not a uri"], 2,
                                           ["Invalid value for '--identifier-system'", "must be an absolute URI"]),
+    "export: participants file inside the export's folder": Case(
+        {}, ["export", "-o", "out", "--participants-file", "out/people.yaml", "--base-url", "http://127.0.0.1:9/",
+             "--token", "t"], 2, ["participants file: out/people.yaml is inside out", "put it beside the folder"],
+        never=["exporting"]),
+    "export: --attachments neither keep nor download": Case(
+        {}, ["export", "-o", "out", "--attachments", "fetch"], 2,
+        ["Invalid value for '--attachments': 'fetch' is not one of 'keep', 'download'"]),
     "export: -o is a file": Case({"out": "x"}, ["export", "-o", "out", "--base-url", "http://127.0.0.1:9/",
                                                 "--token", "t"], 2, ["'out' is a file"]),
     "local server: port in use": Case({}, ["--port", "{port}"], 2,

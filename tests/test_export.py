@@ -20,10 +20,11 @@ from bundler import DEFAULT_IDENTIFIER_SYSTEM, bundle_bytes, load_specs, parse_s
 from bundler.errors import OptionError, Unreachable
 from bundler.export import REPORT_NAME, ThreadExport, export, shape_thread
 from bundler.export.shape import aliases_for, slug
-from bundler.load.verify import conditional_references, resolve_references, verify
+from bundler.load.verify import conditional_references, resolve_references
 from bundler.medplum.client import ClientCredentials, FhirClient
 from bundler.medplum.localserver import LocalServer
-from bundler.spec import ThreadSpec
+from bundler.spec import ThreadSpec, read_participants
+from bundler.spec.dump import dump_yaml
 from bundler.testing.strategies import sample_specs, thread_specs
 from bundler.vocabulary import format_instant, parse_instant
 
@@ -37,7 +38,7 @@ def _ours(spec: ThreadSpec | dict[str, Any], prefix: str) -> ThreadSpec:
     data = spec.to_data() if isinstance(spec, ThreadSpec) else dict(spec)
     data["thread"] = f"{prefix}-{data['thread']}"[:128]
     data["topic"] = f"{prefix} {data['topic']}"
-    return parse_spec(data)
+    return parse_spec(data).with_files(spec.files if isinstance(spec, ThreadSpec) else {})
 
 
 def _untied(data: dict[str, Any]) -> dict[str, Any]:
@@ -63,11 +64,14 @@ def _report(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (folder / REPORT_NAME).read_text().splitlines()]
 
 
-def assert_same_bundles(originals: list[ThreadSpec], exported: dict[str, ThreadSpec]) -> None:
-    """Each original builds exactly the bundle its export builds (aliases are not in a bundle)."""
+def assert_same_bundles(originals: list[ThreadSpec], exported: dict[str, ThreadSpec],
+                        literal: dict[str, str] | None = None) -> None:
+    """Each original builds exactly the bundle its export builds (aliases are not in a bundle), once what the
+    server changed is undone: the literal references it made of conditional ones (`literal`, `_as_loaded`)."""
     for spec in originals:
         assert spec.key in exported, f"{spec.key} not exported"
-        assert bundle_bytes(exported[spec.key]) == bundle_bytes(spec), spec.key
+        back = _as_loaded(exported[spec.key], spec, literal) if literal else exported[spec.key]
+        assert bundle_bytes(back) == bundle_bytes(spec), spec.key
 
 
 # --- round trips on the server -----------------------------------------------------------------------
@@ -78,11 +82,12 @@ def test_fixtures_and_sample_threads_round_trip(project: Any, tmp_path: Path) ->
     specs += [_ours(s, project.prefix) for s in sample_specs(6, 4, prefix="s")]
     with client_for(project) as client:
         assert load(specs, client, journal=tmp_path / "j.sqlite").ok
-        # pages of 2: headers and messages both come in several pages
-        report = export(client, tmp_path / "out", topic=project.prefix, page_size=2)
+        # pages of 2: headers and messages both come in several pages; the fixtures' files come back as files
+        report = export(client, tmp_path / "out", topic=project.prefix, page_size=2, attachments="download")
+        literal = resolve_references(client, specs)  # the fixtures' participants are created ones
     assert (report.threads, report.written, report.not_in_shape, report.failed) == (len(specs), len(specs), 0, 0)
     assert report.messages == sum(len(s.messages) for s in specs)
-    assert_same_bundles(specs, _exported(tmp_path / "out"))
+    assert_same_bundles(specs, _exported(tmp_path / "out"), literal)
     lines = _report(tmp_path / "out")
     assert len(lines) == len(specs) + 1 and all(line["in_shape"] for line in lines[:-1])
     assert lines[-1]["summary"]["written"] == len(specs)
@@ -101,6 +106,25 @@ def test_generated_threads_round_trip(project: Any, tmp_path_factory: pytest.Tem
         report = export(client, folder / "out", topic=run, page_size=3)
     assert report.ok, [t.problems for t in report.problems]
     assert_same_bundles(specs, _exported(folder / "out"))
+
+
+def _prefixed(data: dict[str, Any], run: str) -> dict[str, Any]:
+    """Thread data whose conditional references (and the identifiers of participants to create) name values of
+    this run's own."""
+    def ref(value: str) -> str:
+        return value.replace("?identifier=https://example.org/ids|", f"?identifier=https://example.org/ids|{run}-")
+
+    people = {}
+    for alias, p in data["participants"].items():
+        p = {**p, "reference": ref(p["reference"])} if "reference" in p else dict(p)
+        if "create" in p:
+            first = {**p["create"]["identifier"][0], "value": f"{run}-{p['create']['identifier'][0]['value']}"}
+            p["create"] = {**p["create"], "identifier": [first, *p["create"]["identifier"][1:]]}
+        people[alias] = p
+    out = {**data, "participants": people}
+    if isinstance(data.get("subject"), str):
+        out["subject"] = ref(data["subject"])
+    return out
 
 
 def _create_participants(client: FhirClient, specs: list[ThreadSpec]) -> None:
@@ -131,7 +155,7 @@ def _as_loaded(exported: ThreadSpec, original: ThreadSpec, literal: dict[str, st
                 p.pop("display", None)
     if data.get("subject") in back:
         data["subject"] = back[data["subject"]]
-    return parse_spec(data)
+    return parse_spec(data).with_files(exported.files)
 
 
 @settings(max_examples=2, deadline=None, derandomize=True,
@@ -141,8 +165,7 @@ def _as_loaded(exported: ThreadSpec, original: ThreadSpec, literal: dict[str, st
 def test_conditional_references_come_back_as_the_literal_ones_the_server_made(
         project: Any, tmp_path_factory: pytest.TempPathFactory, drawn: list[dict[str, Any]]) -> None:
     run = f"{project.prefix}{uuid.uuid4().hex[:6]}"
-    ours = [json.loads(json.dumps(d).replace("https://example.org/ids|", f"https://example.org/ids|{run}-"))
-            for d in drawn]  # identifiers of this run's own: a remote server keeps every test's
+    ours = [_prefixed(d, run) for d in drawn]  # identifiers of this run's own: a remote server keeps every test's
     specs = [_ours(_untied({**d, "thread": f"c{n}"}), run) for n, d in enumerate(ours)]
     folder = tmp_path_factory.mktemp("export")
     with client_for(project) as client:
@@ -218,12 +241,17 @@ def test_cli_exports_and_says_where(project: Any, tmp_path: Path) -> None:
     specs = [_ours(s, project.prefix) for s in load_specs([FIXTURES])]
     with client_for(project) as client:
         assert load(specs, client, journal=tmp_path / "j.sqlite").ok
-    result = cli(["export", "-o", str(tmp_path / "out"), "--topic", project.prefix, "--no-progress"], env(project))
+        literal = resolve_references(client, specs)
+    result = cli(["export", "-o", str(tmp_path / "out"), "--topic", project.prefix, "--no-progress",
+                  "--attachments", "download"], env(project))
     assert result.returncode == 0, result.stderr
     assert re.search(r"spec files written +3\n", result.stderr)
     assert f"report: {tmp_path / 'out' / REPORT_NAME}" in result.stderr
     assert project.target.client_secret not in result.stdout + result.stderr
-    assert_same_bundles(specs, _exported(tmp_path / "out"))
+    assert_same_bundles(specs, _exported(tmp_path / "out"), literal)
+    kept = cli(["export", "-o", str(tmp_path / "kept"), "--topic", project.prefix], env(project))
+    assert kept.returncode == 1  # a url cannot hold the size and hash of the files the fixtures attach: said
+    assert "contentAttachment.size: on the server but not in the spec" in kept.stderr
 
 
 def test_subject_and_since_are_asked_of_the_server(project: Any, tmp_path: Path) -> None:
@@ -306,16 +334,139 @@ def test_copy_between_two_servers_then_verify_there(project: Any, second_server:
     specs += [_ours(s, project.prefix) for s in sample_specs(5, 3, prefix="c")]
     with client_for(project) as source:
         assert load(specs, source, journal=tmp_path / "a.sqlite").ok
-    assert cli(["export", "-o", str(tmp_path / "out")], env(project)).returncode == 0
+    exported = cli(["export", "-o", str(tmp_path / "out"), "--attachments", "download"], env(project))
+    assert exported.returncode == 0, exported.stderr
     target = {"MEDPLUM_BASE_URL": second_server.base_url, "MEDPLUM_CLIENT_ID": second_server.client_id,
               "MEDPLUM_CLIENT_SECRET": second_server.client_secret}
     loaded = cli(["load", str(tmp_path / "out"), "--journal", str(tmp_path / "b.sqlite")], target)
     assert loaded.returncode == 0, loaded.stderr
-    with FhirClient(second_server.base_url, ClientCredentials(second_server.client_id,
-                                                              second_server.client_secret)) as there:
-        results = verify(specs, there)  # the originals match what the copy made there
-    assert [r.differences for r in results if not r.ok] == []
-    assert cli(["verify", str(tmp_path / "out")], target).returncode == 0
+    checked = cli(["verify", str(tmp_path / "out")], target)  # files read back there and compared by hash
+    assert checked.returncode == 0, checked.stderr
+    assert f"{len(specs)} of {len(specs)} threads match their specs" in checked.stderr
+
+
+def _people(client: FhirClient, prefix: str, n: int) -> list[tuple[str, str]]:
+    """`n` Patients and Practitioners (by turns) with identifiers of this test's own: (literal reference, display)."""
+    kinds = ["Patient", "Practitioner"]
+    resources = [{"resourceType": kinds[i % 2], "identifier": [{"system": "https://example.org/people",
+                                                                "value": f"{prefix}-{i}"}],
+                  "name": [{"text": f"Person {i}"}]} for i in range(n)]
+    entries = [{"resource": r, "request": {"method": "POST", "url": r["resourceType"]}} for r in resources]
+    answer = client.transaction(json.dumps({"resourceType": "Bundle", "type": "transaction",
+                                            "entry": entries}).encode(), entries=n)
+    return [(e["response"]["location"], f"Person {i}") for i, e in enumerate(answer["entry"])]
+
+
+def _threads_of(people: list[tuple[str, str]], prefix: str, threads: int) -> list[ThreadSpec]:
+    """Sample threads whose participants are `people` (each thread three of them, the first the subject)."""
+    out = []
+    for n, data in enumerate(sample_specs(threads, 4, prefix="p")):
+        chosen = [people[(n + i) % len(people)] for i in range(3)]
+        if n % 2:  # the header lists them in an order no message follows
+            chosen.reverse()
+        data["participants"] = {f"x{i}": {"reference": ref, "display": display}
+                                for i, (ref, display) in enumerate(chosen)}
+        data["subject"] = next(a for a, p in data["participants"].items() if p["reference"].startswith("Patient"))
+        data["sender"] = "x0"
+        for k, m in enumerate(data["messages"]):
+            m["sender"] = f"x{k % 2}"  # x2 never writes: a participant that only receives
+        out.append(_ours(data, prefix))
+    return out
+
+
+@pytest.mark.local_only
+def test_copy_with_a_participants_file_into_an_empty_strict_project(project: Any, tmp_path: Path) -> None:
+    with client_for(project) as source:
+        people = _people(source, project.prefix, 5)
+        specs = _threads_of(people, project.prefix, 6)
+        assert load(specs, source, journal=tmp_path / "a.sqlite").ok
+        report = export(source, tmp_path / "out", participants_file=tmp_path / "people.yaml", topic=project.prefix)
+    assert report.ok and report.participants == 5, report.participant_problems
+    shared = read_participants(tmp_path / "people.yaml")
+    # a spec names a participant by alias alone where the file puts it in the same place; else in full
+    texts = [f.read_text() for f in (tmp_path / "out").glob("*.yaml")]
+    assert 0 < sum("participants:" not in t for t in texts) < len(texts)
+    assert sorted(p.display for p in shared.participants.values()) == [f"Person {i}" for i in range(5)]
+    exported = {s.key: s for s in load_specs([tmp_path / "out"], participants=shared)}
+    conditional = {ref: shared.participants[a].reference for a in shared.participants
+                   for ref, d in people if shared.participants[a].display == d}
+    for spec in specs:  # the same bundle, but for the references: conditional ones, to be made anywhere
+        original = bundle_bytes(spec).decode()
+        for literal, ref in conditional.items():
+            original = original.replace(f'"{literal}"', json.dumps(ref))
+        assert bundle_bytes(exported[spec.key]).decode() == original
+    with LocalServer(port=0, check_references_on_write=True) as strict:
+        target = {"MEDPLUM_BASE_URL": strict.base_url, "MEDPLUM_CLIENT_ID": strict.client_id,
+                  "MEDPLUM_CLIENT_SECRET": strict.client_secret}
+        loaded = cli(["load", str(tmp_path / "out"), "--participants", str(tmp_path / "people.yaml"),
+                      "--journal", str(tmp_path / "b.sqlite")], target)
+        assert loaded.returncode == 0, loaded.stderr
+        checked = cli(["verify", str(tmp_path / "out"), "--participants", str(tmp_path / "people.yaml")], target)
+    assert checked.returncode == 0, checked.stderr
+    assert f"{len(specs)} of {len(specs)} threads match their specs" in checked.stderr
+
+
+def test_participants_that_cannot_be_created_keep_their_references_and_are_listed(project: Any,
+                                                                                   tmp_path: Path) -> None:
+    with client_for(project) as client:
+        (named,) = _people(client, project.prefix, 1)
+        anonymous = client.transaction(json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {"resourceType": "Practitioner", "name": [{"text": "No Id"}]},
+             "request": {"method": "POST", "url": "Practitioner"}}]}).encode(), entries=1)
+        nobody = anonymous["entry"][0]["response"]["location"]
+        data = sample_specs(1, 2, prefix="n")[0]
+        data["participants"] = {"a": {"reference": named[0], "display": named[1]},
+                                "b": {"reference": nobody, "display": "No Id"},
+                                "c": {"reference": "Patient/not-there"}}
+        data["subject"], data["sender"] = "a", "b"
+        for m in data["messages"]:
+            m["sender"] = "a"
+        spec = _ours(data, project.prefix)
+        assert load([spec], client, journal=tmp_path / "j.sqlite").ok
+        result = cli(["export", "-o", str(tmp_path / "out"), "--topic", project.prefix, "--participants-file",
+                      str(tmp_path / "people.yaml")], env(project))
+    assert result.returncode == 1, result.stderr
+    assert f"participant: {nobody} has no identifier, so it cannot be created conditionally" in result.stderr
+    assert "participant: Patient/not-there is not on the server" in result.stderr
+    shared = read_participants(tmp_path / "people.yaml")
+    assert [p.display for p in shared.participants.values()] == [named[1]]
+    (exported,) = load_specs([tmp_path / "out"], participants=shared)
+    assert {p.reference for p in exported.participants.values()} >= {nobody, "Patient/not-there"}
+    lines = _report(tmp_path / "out")
+    assert {line.get("participant") for line in lines} >= {nobody, "Patient/not-there"}
+    assert lines[-1]["summary"]["participants_not_created"] == 2
+
+
+@pytest.mark.local_only
+def test_attachments_downloaded_travel_with_the_copy(project: Any, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "scan.png").write_bytes(b"\x89PNG fake image bytes")
+    (source / "lab.dat").write_bytes(b'{"resourceType": "not a spec"}')
+    data = sample_specs(1, 2, prefix="att")[0]
+    data["messages"][0]["attachments"] = [{"file": "scan.png", "title": "scan.png"}]
+    data["messages"][1]["attachments"] = [{"file": "lab.dat", "contentType": "application/json", "title": "lab.json"}]
+    (source / "t.yaml").write_bytes(dump_yaml(_ours(data, project.prefix).to_data()))
+    (spec,) = load_specs([source])
+    with client_for(project) as client:
+        assert load([spec], client, journal=tmp_path / "a.sqlite").ok
+        kept = export(client, tmp_path / "kept", topic=project.prefix)
+        report = export(client, tmp_path / "out", topic=project.prefix, attachments="download")
+    assert report.ok, [t.problems for t in report.problems]
+    assert kept.not_in_shape == 1  # a url cannot hold the size and hash the server keeps: said
+    assert any("contentAttachment.size" in p for p in kept.problems[0].problems)
+    files = sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix not in (".yaml", ".jsonl"))
+    assert files == [f"{spec.key}.m0.1.png", f"{spec.key}.m1.1.bin"]  # never .json: load would read it as a spec
+    assert (tmp_path / "out" / files[0]).read_bytes() == (source / "scan.png").read_bytes()
+    assert (tmp_path / "out" / files[1]).read_bytes() == (source / "lab.dat").read_bytes()
+    (exported,) = load_specs([tmp_path / "out"])
+    assert bundle_bytes(exported) == bundle_bytes(spec)  # the same bytes: the same bundle
+    with LocalServer(port=0) as other:
+        target = {"MEDPLUM_BASE_URL": other.base_url, "MEDPLUM_CLIENT_ID": other.client_id,
+                  "MEDPLUM_CLIENT_SECRET": other.client_secret}
+        assert cli(["load", str(tmp_path / "out"), "--journal", str(tmp_path / "b.sqlite")], target).returncode == 0
+        checked = cli(["verify", str(tmp_path / "out")], target)
+    assert checked.returncode == 0, checked.stderr
 
 
 # --- shaping, without a server -----------------------------------------------------------------------
@@ -417,3 +568,13 @@ def test_an_export_that_fails_leaves_nothing_behind(tmp_path: Path) -> None:
             export(client, tmp_path / "old")
     assert not (tmp_path / "new").exists()
     assert [p.name for p in (tmp_path / "old").iterdir()] == ["kept.yaml"]
+
+
+def test_an_attachment_url_medplum_signed_on_the_way_out_is_kept_as_the_binary_it_names() -> None:
+    binary = "0b6d2e55-1c1e-4c9b-8b1a-6e5f4d3c2b1a"
+    signed = (f"https://storage.medplum.com/binary/{binary}/5f0c2a7e-3d3b-4b8e-9a57-0c1f2b7d6e41?Expires=1&"
+              "Key-Pair-Id=K&Signature=abc")
+    message = _message(1, payload=[{"contentAttachment": {"url": signed, "contentType": "image/png"}}])
+    shaped = shape_thread(_header(), [message], identifier_system=SYSTEM)
+    assert shaped.problems == [] and shaped.spec is not None
+    assert shaped.spec.messages[0].attachments[0].url == f"Binary/{binary}"

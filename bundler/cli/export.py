@@ -5,12 +5,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 
 from ..errors import OptionError
 from ..export import ExportReport, ThreadExport, export
+from ..export.participants import check_participants_file
+from ..export.run import Attachments
 from ..export.search import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, check_since, check_subject
 from ..medplum.client import FhirClient
 from . import display
@@ -36,6 +38,9 @@ def print_export_report(report: ExportReport, *, show: int = 10) -> None:
             ["not written (no spec could be made)", report.failed]]
     if report.orphans:
         rows.append(["of them: messages part of no header", report.orphans])
+    if report.participants or report.participant_problems:
+        rows += [["participants in the participants file", report.participants],
+                 ["participants that cannot be created there", len(report.participant_problems)]]
     click.echo(table(["", "count"], rows), err=True)
     click.echo(f"\n{count(report.requests, 'request')} in {duration(report.seconds)}"
                + (f"; waited {report.waited:.1f}s for the quota" if report.waited >= 0.1 else ""), err=True)
@@ -49,6 +54,10 @@ def print_export_report(report: ExportReport, *, show: int = 10) -> None:
     more = report.not_in_shape + report.failed - min(show, len(report.problems))
     if more > 0:
         click.echo(f"... and {count(more, 'more thread')} (see the report)", err=True)
+    for why in report.participant_problems[:show]:
+        click.echo(SECRETS.scrub(f"participant: {why}"), err=True)
+    if len(report.participant_problems) > show:
+        click.echo(f"... and {count(len(report.participant_problems) - show, 'more participant')}", err=True)
     click.echo(f"specs in {display.path(report.out)}; report: {display.path(report.report_file)}", err=True)
 
 
@@ -62,8 +71,12 @@ def print_export_report(report: ExportReport, *, show: int = 10) -> None:
 @click.option("--since", metavar="INSTANT", callback=_checked(check_since),
               help="Only threads whose header was created or changed at or after this FHIR instant.")
 @identifier_system_option("Identifier system of our Communications: thread keys and message ids are read from it.")
-@click.option("--attachments", type=click.Choice(["keep"]), default="keep", show_default=True,
-              help="Keep: attachments keep their URLs.")
+@click.option("--participants-file", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+              help="Also read every participant and write them to FILE with how to create them (for load "
+                   "--participants); the specs then name them by alias.")
+@click.option("--attachments", type=click.Choice(["keep", "download"]), default="keep", show_default=True,
+              help="Keep: attachments keep their URLs; download: each Binary's bytes are downloaded next to the "
+                   "spec, which attaches the file.")
 @click.option("--orphans", is_flag=True,
               help="Also scan every message for those part of no header (one search per page of messages), and "
                    "write each group of them as a thread.")
@@ -75,8 +88,8 @@ def print_export_report(report: ExportReport, *, show: int = 10) -> None:
 @report_errors(nothing="nothing written")
 @with_client
 def export_command(out: Path, client: FhirClient, topic: str | None, subject: str | None, since: str | None,
-                   identifier_system: str, attachments: str, orphans: bool, concurrency: int, page_size: int,
-                   progress: bool | None) -> None:
+                   identifier_system: str, participants_file: Path | None, attachments: str, orphans: bool,
+                   concurrency: int, page_size: int, progress: bool | None) -> None:
     """Export the threads of a Medplum project as specs, one file per thread: the way back from `load`.
 
     Thread keys and message ids come from our identifiers, else from the server ids; `sent` is kept as
@@ -89,7 +102,9 @@ def export_command(out: Path, client: FhirClient, topic: str | None, subject: st
       thread-bundler export -o threads/
       thread-bundler export -o homer/ --subject Patient/123 --since 2024-01-01T00:00:00Z
       thread-bundler export -o all/ --orphans     # and messages whose header is gone
+      thread-bundler export -o copy/ --participants-file people.yaml    # to load into an empty project
     """
+    check_participants_file(participants_file, out)  # (export checks it too: said here before the progress line)
     bar = Bar("exporting", 0, 0, live=progress)
     bar.start("reading the thread headers")
 
@@ -98,8 +113,8 @@ def export_command(out: Path, client: FhirClient, topic: str | None, subject: st
 
     try:
         report = export(client, out, topic=topic, subject=subject, since=since, identifier_system=identifier_system,
-                        attachments="keep", orphans=orphans, concurrency=concurrency, page_size=page_size,
-                        on_thread=on_thread)
+                        participants_file=participants_file, attachments=cast(Attachments, attachments),
+                        orphans=orphans, concurrency=concurrency, page_size=page_size, on_thread=on_thread)
     finally:
         bar.close()
     print_export_report(report)

@@ -17,9 +17,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from ..errors import OptionError, SpecError
 from ..medplum.client import FhirClient, chunked
+from ..spec.dump import dump_yaml
+from ..spec.files import read_documents
+from ..spec.model import check_document
+from ..spec.participants import ParticipantsFile
+from ..spec.source import Document
 from ..vocabulary import identifier_system_problem, parse_literal
 from .shape import alias_base, aliases_for
 
@@ -123,3 +130,96 @@ def plan(client: FhirClient, people: People) -> Plan:
             continue
         out.problems[reference] = f"{reference} {why}"
     return out
+
+
+def _renamed(data: dict[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
+    """Spec data with its aliases renamed (`names`: old → new)."""
+    out = dict(data)
+    for field_ in ("subject", "sender"):
+        if out.get(field_) in names:
+            out[field_] = names[out[field_]]
+    out["messages"] = [{**m, "sender": names[m["sender"]]}
+                       | ({"recipient": [names[r] for r in m["recipient"]]} if "recipient" in m else {})
+                       for m in data.get("messages", ())]
+    if not out["messages"]:
+        del out["messages"]
+    return out
+
+
+def thin(data: dict[str, Any], plan: Plan, people: People, shared: ParticipantsFile) -> dict[str, Any]:
+    """A spec's data (as exported: literal references, the thread's own aliases) for use with the participants
+    file `shared`: the export's aliases; each participant the file can create named by its alias alone where the
+    file gives the thread the same participant in the same place, else given in full (its `create` too). The
+    header's recipients, in order, are the same either way (`ParticipantsFile.merged` says where the file's
+    participants go: after the spec's own, in order of first use)."""
+    own = data["participants"]
+    names = {alias: plan.aliases[p["reference"]] for alias, p in own.items()}
+    full: dict[str, dict[str, Any]] = {}
+    borrowable: set[str] = set()
+    for alias, p in own.items():
+        reference, display = p["reference"], p.get("display")
+        create = plan.creates.get(reference)
+        name = names[alias]
+        if create is None:
+            full[name] = dict(p)
+            continue
+        full[name] = ({"display": display} if display is not None else {}) | {"create": create}
+        if display == people.displays[reference]:
+            borrowable.add(name)
+    order = list(full)
+    renamed = _everyone_named(_renamed(data, names), order, shared)
+    for k in range(len(order) + 1):
+        if not borrowable.issuperset(order[k:]):
+            continue
+        candidate = {**renamed, "participants": {a: full[a] for a in order[:k]}}
+        if not candidate["participants"]:
+            del candidate["participants"]
+        merged, _ = shared.merged(candidate)
+        if list(merged.get("participants", {})) == order:
+            return _ordered(candidate)
+    raise AssertionError("unreachable: every participant given in full always keeps the order")
+
+
+def _everyone_named(data: dict[str, Any], order: list[str], shared: ParticipantsFile) -> dict[str, Any]:
+    """`data` in which each participant of the file that the thread never names (one who only receives, as every
+    participant but the sender does by default) is named: the first message it receives by default gets its
+    recipients written out, the same ones in the same order, so the bundle is the same."""
+    _, named = shared.merged({**data, "participants": {}})
+    messages = [dict(m) for m in data.get("messages", ())]
+    for alias in order:
+        if alias in named or alias not in shared.participants:
+            continue
+        for m in messages:
+            if "recipient" not in m and m["sender"] != alias:
+                m["recipient"] = [a for a in order if a != m["sender"]]
+                named = named | set(m["recipient"])
+                break
+    return {**data, "messages": messages} if messages else data
+
+
+def _ordered(data: dict[str, Any]) -> dict[str, Any]:
+    """Spec data in the order `ThreadSpec.to_data` writes its fields."""
+    first = ["thread", "topic", "subject", "status", "category", "sender", "sent", "participants", "messages"]
+    return {k: data[k] for k in first if k in data} | {k: v for k, v in data.items() if k not in first}
+
+
+def check_participants_file(path: str | Path | None, out: str | Path) -> Path | None:
+    """`path` as a Path; OptionError when it is inside the export's folder (`load DIR` would read it as a spec)."""
+    if path is None:
+        return None
+    target, folder = Path(path).resolve(), Path(out).resolve()
+    if target == folder or folder in target.parents:
+        raise OptionError(f"participants file: {path} is inside {out}, where `load {out}` would read it as a "
+                          "spec: put it beside the folder")
+    return Path(path)
+
+
+def rewrite_spec(path: Path, known: Plan, people: People, shared: ParticipantsFile) -> None:
+    """The exported spec at `path`, rewritten to name its participants by the export's aliases (`thin`), and
+    checked with the participants file before it is written."""
+    (doc,), _ = read_documents(path)
+    data = thin(doc.data, known, people, shared)
+    spec, problems = check_document(Document(str(path), data), shared)
+    if spec is None:  # pragma: no cover - made to the model's rules
+        raise SpecError(problems)
+    path.write_bytes(dump_yaml(data))

@@ -9,21 +9,28 @@ with the number of threads. The client paces every request by the server's RateL
 from __future__ import annotations
 
 import contextlib
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, check_identifier_system
-from ..errors import AuthError, BundlerError, OptionError, Unreachable
-from ..files import staged_folder
+from ..errors import AuthError, BundlerError, OptionError, SpecError, Unreachable
+from ..files import staged_folder, write_atomic
 from ..load.verify import read_part_of, read_thread
 from ..medplum.client import FhirClient
+from ..spec.dump import dump_yaml
+from ..spec.model import Attachment
+from ..spec.participants import check_participants
+from ..spec.source import Document
+from .download import download
+from .participants import People, check_participants_file, plan, rewrite_spec
 from .read import HeaderIds, orphan_targets
 from .search import DEFAULT_PAGE_SIZE, Filters, check_page_size, header_pages
-from .shape import shape_orphans, shape_thread
+from .shape import Shaped, shape_orphans, shape_thread
 from .write import REPORT_NAME, ThreadExport, Writer
 
 Attachments = Literal["keep", "download"]
@@ -43,6 +50,8 @@ class ExportReport:
     not_in_shape: int = 0  # threads written, with problems
     failed: int = 0  # threads with no spec (unreadable, or nothing a spec could hold)
     orphans: int = 0  # groups of messages part of no header (each written as a thread, with problems)
+    participants: int = 0  # in the participants file
+    participant_problems: list[str] = field(default_factory=list)  # participants that cannot be created
     requests: int = 0
     seconds: float = 0.0
     waited: float = 0.0
@@ -50,8 +59,8 @@ class ExportReport:
 
     @property
     def ok(self) -> bool:
-        """Every thread found was written, in our shape."""
-        return self.failed == 0 and self.not_in_shape == 0
+        """Every thread found was written, in our shape (and every participant can be created, if asked)."""
+        return self.failed == 0 and self.not_in_shape == 0 and not self.participant_problems
 
     @property
     def report_file(self) -> Path:
@@ -73,8 +82,8 @@ class ExportReport:
     def as_json(self) -> dict[str, Any]:
         return {"threads": self.threads, "written": self.written, "messages": self.messages,
                 "not_in_shape": self.not_in_shape, "failed": self.failed, "orphans": self.orphans,
-                "requests": self.requests,
-                "seconds": round(self.seconds, 3), "waited": round(self.waited, 3)}
+                "participants": self.participants, "participants_not_created": len(self.participant_problems),
+                "requests": self.requests, "seconds": round(self.seconds, 3), "waited": round(self.waited, 3)}
 
 
 def _fatal(exc: BundlerError) -> bool:
@@ -84,15 +93,18 @@ def _fatal(exc: BundlerError) -> bool:
 
 def export(client: FhirClient, out: str | Path, *, topic: str | None = None, subject: str | None = None,
            since: str | None = None, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM,
-           attachments: Attachments = "keep", orphans: bool = False, concurrency: int = 4,
-           page_size: int = DEFAULT_PAGE_SIZE, on_thread: Callable[[ThreadExport], None] | None = None
-           ) -> ExportReport:
+           participants_file: str | Path | None = None, attachments: Attachments = "keep", orphans: bool = False,
+           concurrency: int = 4, page_size: int = DEFAULT_PAGE_SIZE,
+           on_thread: Callable[[ThreadExport], None] | None = None) -> ExportReport:
     """Write one spec per thread of the project behind `client` into the folder `out`, and `export-report.jsonl`
     beside them (one line per thread: its file, its problems; a summary last).
 
     topic: threads whose topic text contains this (case ignored); subject: a literal reference (`Patient/123`);
     since: threads whose header changed on or after this instant; identifier_system: the system of our
-    identifiers, from which thread keys and message ids are read. attachments: `keep` keeps their URLs.
+    identifiers, from which thread keys and message ids are read. participants_file: also read every participant
+    (one search per type) and write them there, with how to create them (`participants`); the specs then name
+    them by alias. attachments: `keep` keeps their URLs; `download` downloads each Binary's bytes next to the spec
+    and attaches the file (`download`).
     orphans: also scan every message of the project for those part of no header this export wrote (`read`), and
     write each group of them as a thread (with its problems).
     concurrency: threads read at once; page_size: headers and messages a search page asks for. `on_thread` is
@@ -103,10 +115,11 @@ def export(client: FhirClient, out: str | Path, *, topic: str | None = None, sub
     filters = Filters.checked(topic=topic, subject=subject, since=since)
     check_identifier_system(identifier_system)
     check_page_size(page_size)
-    if attachments != "keep":
-        raise OptionError(f"attachments: {attachments!r} is not supported yet (keep)")
-    run = _Run(client, filters, identifier_system=identifier_system, page_size=page_size,
-               concurrency=max(1, concurrency), on_thread=on_thread, orphans=orphans)
+    shared = check_participants_file(participants_file, out)
+    if attachments not in ("keep", "download"):
+        raise OptionError(f"attachments: {attachments!r} must be keep or download")
+    options = _Options(identifier_system, page_size, max(1, concurrency), shared, attachments == "download")
+    run = _Run(client, filters, options, on_thread=on_thread, orphans=orphans)
     new_folder = not Path(out).exists()
     try:
         return run.into(Path(out))
@@ -119,15 +132,28 @@ def export(client: FhirClient, out: str | Path, *, topic: str | None = None, sub
         run.headers.close()
 
 
+@dataclass(frozen=True)
+class _Options:
+    """How `export` reads and writes (checked)."""
+
+    system: str
+    page_size: int
+    concurrency: int
+    participants_file: Path | None
+    download: bool
+
+
 class _Run:
     """One `export` call: header pages read here, threads read, shaped and written by a pool of workers."""
 
-    def __init__(self, client: FhirClient, filters: Filters, *, identifier_system: str, page_size: int,
-                 concurrency: int, on_thread: Callable[[ThreadExport], None] | None, orphans: bool) -> None:
-        self.client, self.filters, self.system = client, filters, identifier_system
-        self.page_size, self.concurrency, self.on_thread = page_size, concurrency, on_thread
+    def __init__(self, client: FhirClient, filters: Filters, options: _Options, *,
+                 on_thread: Callable[[ThreadExport], None] | None, orphans: bool) -> None:
+        self.client, self.filters, self.on_thread = client, filters, on_thread
+        self.system, self.page_size, self.concurrency = options.system, options.page_size, options.concurrency
+        self.participants_file, self.download = options.participants_file, options.download
         self.headers = HeaderIds()  # every header seen (on disk): a header read twice is exported once
         self.orphans = orphans
+        self.people = People() if self.participants_file is not None else None
         self.writer: Writer | None = None
         self.report: ExportReport | None = None
 
@@ -139,6 +165,8 @@ class _Run:
             writer = self.writer = Writer(staging)
             try:
                 self._threads()
+                if self.participants_file is not None:
+                    self._participants(staging, self.participants_file)
             finally:
                 report.requests = client.requests - requests_before
                 report.seconds = time.monotonic() - started
@@ -203,11 +231,43 @@ class _Run:
                                   problems=[f"its messages could not be read: {error}"], dropped=[header])
             self.writer.line(result)
             return result
-        return self.writer.thread(shape_thread(header, messages, identifier_system=self.system))
+        return self._written(lambda files: shape_thread(header, messages, identifier_system=self.system,
+                                                        files=files))
+
+    def _written(self, shape: Callable[[Mapping[str, tuple[Attachment, bytes]] | None], Shaped], *,
+                 orphans: bool = False) -> ThreadExport:
+        """A thread shaped (`shape(files)`), its attachments downloaded if asked (then shaped again, with the files in
+        place of the urls, and compared so), its participants told, and written."""
+        assert self.writer is not None
+        shaped = shape(None)
+        if self.download and shaped.spec is not None:
+            files, problems = download(self.client, shaped.spec, self.writer.staging)
+            if files:
+                shaped = shape(files)
+            shaped.problems += problems
+        if self.people is not None:
+            self.people.see(shaped.people)
+        return self.writer.thread(shaped, orphans=orphans)
+
+    def _participants(self, staging: Path, path: Path) -> None:
+        """Read every participant, write the participants file, and make each spec name them by alias."""
+        assert self.people is not None and self.writer is not None and self.report is not None
+        known = plan(self.client, self.people)
+        document = known.document(self.people)
+        shared, problems = check_participants(Document(str(path), document))
+        if shared is None:  # pragma: no cover - made by the model's own rules
+            raise SpecError(problems)
+        for name in sorted(n for n in os.listdir(staging) if n.endswith(".yaml")):
+            rewrite_spec(staging / name, known, self.people, shared)
+        for reference, why in known.problems.items():
+            self.report.participant_problems.append(why)
+            self.writer.participant(reference, why)
+        self.report.participants = len(known.creates)
+        write_atomic(path, dump_yaml(document))
 
     def _orphans(self, target: str, why: str) -> ThreadExport:
         """Read, shape and write the messages part of `target`, which is no header (in a worker)."""
         assert self.writer is not None
         messages = read_part_of(self.client, target, page_size=self.page_size)
-        shaped = shape_orphans(target.rpartition("/")[2], messages, why, identifier_system=self.system)
-        return self.writer.thread(shaped, orphans=True)
+        return self._written(lambda files: shape_orphans(target.rpartition("/")[2], messages, why,
+                                                         identifier_system=self.system, files=files), orphans=True)

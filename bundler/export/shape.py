@@ -25,13 +25,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..build import full_url, identifier_value
+from ..build import build_bundle, full_url, identifier_value
 from ..errors import SpecError
 from ..load.compare import compare_thread
 from ..spec.model import Attachment, Coding, Message, Participant, ThreadSpec
 from ..vocabulary import (
     COMMUNICATION_STATUSES,
     DEFAULT_STATUS,
+    binary_reference,
     is_instant,
     is_key,
     is_thread_key,
@@ -139,14 +140,14 @@ class _Thread:
     """The work of `shape_thread` for one thread."""
 
     def __init__(self, header: Mapping[str, Any], messages: Sequence[Mapping[str, Any]], system: str,
-                 missing: str | None = None) -> None:
-        self.header, self.system, self.missing = header, system, missing
+                 missing: str | None = None, files: Mapping[str, tuple[Attachment, bytes]] | None = None) -> None:
+        self.header, self.system, self.missing, self.files = header, system, missing, files or {}
         self.out = Shaped(header_id=header.get("id"), messages=len(messages))
         if missing is not None:
             self.problem(missing)
         self.people = _People()
         unique = {str(m.get("id")): m for m in reversed(messages)}  # read twice (pages shifted): once, as first read
-        self.messages = _in_order(list(reversed(unique.values())))
+        self.messages = _in_order([_unsigned(m) for m in reversed(unique.values())])
         self.key = self._key()
         self.ids: dict[str, str] = {}  # server id → message id
 
@@ -256,8 +257,10 @@ class _Thread:
         return text, attachments
 
     def attachment(self, a: Mapping[str, Any], where: str) -> Attachment | None:
+        if (file := self.files.get(str(a.get("url")))) is not None:
+            return file[0]
         try:
-            return Attachment(a.get("url"), a.get("contentType"), a.get("title"))  # type: ignore[arg-type]
+            return Attachment(a.get("url"), a.get("contentType"), a.get("title"))
         except SpecError as exc:
             self.problem(f"{where}: an attachment is not kept ({exc.problems[0].message}): {_short(a)}")
             return None
@@ -348,6 +351,22 @@ class _Thread:
             return None
 
 
+def _unsigned(message: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`message` with each attachment url that Medplum signed on the way out (`<storage>/<id>/<version>?...
+    Signature=...`, valid for an hour) back as the `Binary/<id>` it stores (`vocabulary.binary_reference`)."""
+    payload = message.get("payload")
+    if not isinstance(payload, list) or not any(isinstance(p, dict) and "contentAttachment" in p for p in payload):
+        return message
+    parts = []
+    for part in payload:
+        a = part.get("contentAttachment") if isinstance(part, dict) else None
+        url = a.get("url") if isinstance(a, dict) else None
+        if isinstance(url, str) and not url.startswith("Binary/") and (ref := binary_reference(url)) is not None:
+            part = {**part, "contentAttachment": {**a, "url": ref}}  # type: ignore[dict-item]
+        parts.append(part)
+    return {**message, "payload": parts}
+
+
 def _in_order(messages: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """By sent instant (the moment, whatever its zone), ties in the server's order (which FHIR leaves undefined);
     messages without a readable instant last."""
@@ -365,19 +384,20 @@ def _short(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def shape_thread(header: Mapping[str, Any], messages: Iterable[Mapping[str, Any]], *, identifier_system: str
-                 ) -> Shaped:
+def shape_thread(header: Mapping[str, Any], messages: Iterable[Mapping[str, Any]], *, identifier_system: str,
+                 files: Mapping[str, tuple[Attachment, bytes]] | None = None) -> Shaped:
     """`header` and its `messages` (as the server returned them) as a ThreadSpec, with every way it falls short of
-    them (see the module docstring)."""
-    thread = _Thread(header, list(messages), identifier_system)
+    them (see the module docstring). `files`: attachment url → the file attachment that replaces it, and its bytes
+    (downloaded: they travel with the spec, their size and hash with them)."""
+    thread = _Thread(header, list(messages), identifier_system, files=files)
     spec = thread.out.spec = thread.spec()
     if spec is not None:
         thread.out.problems += _differences(spec, thread, identifier_system)
     return thread.out
 
 
-def shape_orphans(target: str, messages: Iterable[Mapping[str, Any]], why: str, *, identifier_system: str
-                  ) -> Shaped:
+def shape_orphans(target: str, messages: Iterable[Mapping[str, Any]], why: str, *, identifier_system: str,
+                  files: Mapping[str, tuple[Attachment, bytes]] | None = None) -> Shaped:
     """Messages whose `partOf` points at `target`, which is no header (`why` says what it is), as a thread of their
     own: its key is the one their identifiers name (`<key>/<message id>`, when they all agree), else `target`;
     topic `NO_TOPIC`. Building it would make a header the server does not have: that is one of its problems."""
@@ -386,7 +406,7 @@ def shape_orphans(target: str, messages: Iterable[Mapping[str, Any]], why: str, 
     stub: dict[str, Any] = {"resourceType": "Communication", "id": target}
     if len(keys) == 1:
         stub["identifier"] = [{"system": identifier_system, "value": keys.pop()}]
-    thread = _Thread(stub, messages, identifier_system, missing=why)
+    thread = _Thread(stub, messages, identifier_system, missing=why, files=files)
     spec = thread.out.spec = thread.spec()
     if spec is not None:
         thread.out.problems += _differences(spec, thread, identifier_system)
@@ -408,8 +428,15 @@ def _differences(spec: ThreadSpec, thread: _Thread, system: str) -> list[str]:
         if value is not None:
             resources.append({**resource, "identifier": [{"system": system, "value": value}]})
     resolved = {full_url(system, spec.key): f"Communication/{thread.header.get('id')}"}
-    diff = compare_thread(spec, resources, identifier_system=system, resolved=resolved)
-    return [f"not as on the server: {line}" for line in diff.lines(system, _names(spec))]
+    data = {a.hash: b for a, b in thread.files.values() if a.hash is not None}
+    bundle = build_bundle(spec, identifier_system=system, files=data) if data else None
+    diff = compare_thread(spec, resources, identifier_system=system, resolved=resolved, bundle=bundle)
+    return [f"not as on the server: {line}" for line in diff.lines(system, _names(spec))
+            if not (thread.files and _FILE_FACTS.search(line))]
+
+
+_FILE_FACTS = re.compile(r"\.contentAttachment\.(?:size|hash): missing on the server")
+"""A downloaded file brings its size and hash, which the server's attachment may not have held: not a loss."""
 
 
 def _names(spec: ThreadSpec) -> list[str]:

@@ -75,6 +75,11 @@ class Writer:
         with self._lock:
             self._report.write(orjson.dumps(result.as_json()) + b"\n")
 
+    def participant(self, reference: str, why: str) -> None:
+        """A report line for a participant that cannot be created in another project."""
+        with self._lock:
+            self._report.write(orjson.dumps({"participant": reference, "problem": why}) + b"\n")
+
     def _placed(self, spec: ThreadSpec, result: ThreadExport) -> ThreadSpec:
         """`spec`, under a key no other thread of this export has (its file created empty, to hold the name)."""
         with self._lock:
