@@ -101,12 +101,13 @@ def test_the_spec_schema_names_its_grammars_and_hints() -> None:
 def test_the_schema_knows_the_model_s_fields() -> None:
     schema = spec_schema()
     assert set(schema["properties"]) == {"thread", "topic", "subject", "status", "category", "sent", "sender",
-                                         "participants", "messages"}
+                                         "participants", "messages", "priority", "read_model"}
     assert schema["required"] == ["thread", "topic", "participants"]
     message = schema["$defs"]["message"]
     assert set(message["properties"]) == {"id", "sender", "sent", "text", "attachments", "recipient", "reply_to",
-                                          "status"}
-    assert message["required"] == ["sender", "sent"]
+                                          "status", "received", "priority", "read_by"}
+    assert message["required"] == ["sender"]
+    assert message["else"]["required"] == ["sent"]  # sent, unless a draft (status: preparation)
     assert set(schema["$defs"]["attachment"]["properties"]) == {"url", "contentType", "title"}
     assert set(schema["properties"]["participants"]["additionalProperties"]["properties"]) == {"reference",
                                                                                               "display"}
