@@ -180,6 +180,9 @@ READ_RECEIPT_CODE: Final = "read-receipt"
 Medplum's docs (not a hosted CodeSystem)."""
 READ_RECEIPT_INTENT: Final = "order"
 """Task.intent of a read receipt, as in Medplum's example."""
+READ_RECEIPT_OWNERS: Final = frozenset({"Practitioner", "PractitionerRole", "Organization", "CareTeam",
+                                        "HealthcareService", "Patient", "Device", "RelatedPerson"})
+"""The resource types FHIR R4 allows as Task.owner: a recipient of another type (a Group) cannot own a read receipt."""
 READ_RECEIPT_UNREAD: Final = "requested"
 READ_RECEIPT_READ: Final = "completed"
 """Task.status of a read receipt: `requested` while its message is unread, `completed` once read."""

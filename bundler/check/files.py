@@ -21,6 +21,7 @@ from ..build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, check_identifier_sy
 from ..errors import Problem, SpecError
 from ..spec import check_document, spec_files
 from ..spec.files import ThreadKeys
+from ..spec.model import read_model_problems
 from ..spec.source import SAVE_AS_UTF8, Document, decode, parse_json, parse_text, split_threads
 from .issues import Issue
 from .limits import Limits
@@ -97,10 +98,11 @@ def _as_line(message: str) -> str:
     return "not JSON: " + message.removeprefix("JSON syntax error: ") if message.startswith("JSON syntax") else message
 
 
-def read_bundles(file: Path, *, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, keys: ThreadKeys | None = None
-                 ) -> tuple[list[tuple[Any, Origin]], list[Problem]]:
-    """(bundle, origin) for every Bundle in `file`, building thread specs (with `identifier_system`; a thread key
-    that `keys` has seen already is a problem); problems if unreadable."""
+def read_bundles(file: Path, *, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, keys: ThreadKeys | None = None,
+                 read_model: str | None = None) -> tuple[list[tuple[Any, Origin]], list[Problem]]:
+    """(bundle, origin) for every Bundle in `file`, building thread specs (with `identifier_system`, and
+    `read_model` overriding theirs; a thread key that `keys` has seen already is a problem); problems if
+    unreadable."""
     name = str(file)
     try:
         raw = file.read_bytes()
@@ -136,6 +138,8 @@ def read_bundles(file: Path, *, identifier_system: str = DEFAULT_IDENTIFIER_SYST
         if duplicate is not None:
             problems.append(duplicate)
         elif spec is not None:
+            spec, model_problems = read_model_problems(spec, read_model)
+            problems.extend(model_problems)
             out.append((build_bundle(spec, identifier_system=identifier_system), spec_origin(spec)))
     return (out, []) if not problems else ([], problems)
 
@@ -145,15 +149,18 @@ def _fixed(file: str, line: int) -> Origin:
 
 
 def validate_files(paths: Iterable[str | Path], *, limits: str | Limits = "medplum", structure: bool = True,
-                   workers: int | None = None, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM) -> Report:
-    """Validate every Bundle in `paths`, specs built with `identifier_system`; raises SpecError if any input
-    cannot be read or built, OptionError if `identifier_system` is unusable in identifier searches."""
+                   workers: int | None = None, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM,
+                   read_model: str | None = None) -> Report:
+    """Validate every Bundle in `paths`, specs built with `identifier_system` (and `read_model` overriding
+    theirs); raises SpecError if any input cannot be read or built, OptionError if `identifier_system` is unusable
+    in identifier searches."""
     check_identifier_system(identifier_system)
     files, problems = input_files(paths)
     items: list[tuple[Any, Origin]] = []
     keys = ThreadKeys()
     for file in files:
-        found, file_problems = read_bundles(file, identifier_system=identifier_system, keys=keys)
+        found, file_problems = read_bundles(file, identifier_system=identifier_system, keys=keys,
+                                            read_model=read_model)
         problems.extend(file_problems)
         items.extend(found)
     if problems:

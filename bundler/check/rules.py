@@ -44,6 +44,8 @@ from ..vocabulary import (
     query_problem,
 )
 from .issues import Issue, entry_path, make_issue
+from .readstate import read_state_rules
+from .readstate import tokens as _tokens
 
 CANONICAL_URN = re.compile(r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _URN_IN_TEXT = re.compile(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -360,14 +362,6 @@ def _refs(resource: Mapping[str, Any], key: str) -> list[tuple[int, str]]:
             isinstance(r.get("reference"), str)]
 
 
-def _tokens(resource: Mapping[str, Any]) -> list[str]:
-    ids = resource.get("identifier")
-    if not isinstance(ids, list):
-        return []
-    return [f"{x.get('system', '')}|{x['value']}" for x in ids
-            if isinstance(x, dict) and isinstance(x.get("value"), str)]
-
-
 def _threads(ctx: _Ctx) -> None:
     comms = {i: r for i, r in ctx.resources.items() if r["resourceType"] == "Communication"}
     if not comms:
@@ -466,6 +460,7 @@ def _threads(ctx: _Ctx) -> None:
     _sent_order(ctx, comms, thread, when)
     _recipients(ctx, comms, headers, thread)
     _target_types(ctx, comms)
+    read_state_rules(ctx, comms, headers, thread)
 
 
 def _replies(ctx: _Ctx, comms: dict[int, dict[str, Any]], messages: set[int], thread: dict[int, tuple[str, Any]],

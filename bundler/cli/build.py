@@ -11,6 +11,7 @@ from ..output import build_files
 from .common import report_errors
 from .display import count
 from .identifier import identifier_system_option
+from .readmodel import read_model_option
 
 
 @click.command("build")
@@ -19,8 +20,10 @@ from .identifier import identifier_system_option
               help="Folder for one <thread>.json per thread (with --ndjson: the NDJSON file).")
 @click.option("--ndjson", is_flag=True, help="Write NDJSON, one Bundle per line (to stdout unless -o).")
 @identifier_system_option("Identifier system of every Communication (value: thread key, or key/message id).")
+@read_model_option
 @report_errors
-def build_command(paths: tuple[str, ...], out: Path | None, ndjson: bool, identifier_system: str) -> None:
+def build_command(paths: tuple[str, ...], out: Path | None, ndjson: bool, identifier_system: str,
+                  read_model: str | None) -> None:
     """Build a FHIR transaction Bundle for every thread in PATHS.
 
     PATHS are spec files (.yaml, .yml, .json), folders (searched recursively) or - for stdin.
@@ -30,11 +33,12 @@ def build_command(paths: tuple[str, ...], out: Path | None, ndjson: bool, identi
     Examples:
       thread-bundler build fixtures/threads -o out/
       thread-bundler build thread.yaml --ndjson > bundles.ndjson
+      thread-bundler build threads/ -o out/ --read-model tasks
     """
     if out is None and not ndjson:
         ndjson = True
     summary = build_files(paths, out=out, ndjson=ndjson, identifier_system=identifier_system,
-                          stream=sys.stdout.buffer)
+                          stream=sys.stdout.buffer, read_model=read_model)
     for warning in summary.warnings:
         click.echo(str(warning), err=True)
     where = f" → {out}" if out else ""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 from ..spec.model import Attachment, Coding, Message, Participant, ThreadSpec
 from ..vocabulary import DEFAULT_STATUS, reference_type

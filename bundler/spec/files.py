@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Problem, SpecError
-from .model import ThreadSpec, check_document
+from .model import ThreadSpec, check_document, read_model_problems
 from .source import Document, decode, parse_text, split_threads
 
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
@@ -103,8 +103,9 @@ def read_documents(file: Path | str) -> tuple[list[Document], list[Problem]]:
     return list(split_threads(docs)), problems
 
 
-def load_specs(paths: Iterable[str | Path]) -> list[ThreadSpec]:
-    """Every thread in `paths`, checked; raises SpecError with every problem in every file."""
+def load_specs(paths: Iterable[str | Path], *, read_model: str | None = None) -> list[ThreadSpec]:
+    """Every thread in `paths`, checked; raises SpecError with every problem in every file. `read_model` (one of
+    `vocabulary.READ_MODELS`) overrides every thread's own (`model.with_read_model`)."""
     files, problems = spec_files(paths)
     specs: list[ThreadSpec] = []
     keys = ThreadKeys()
@@ -124,6 +125,8 @@ def load_specs(paths: Iterable[str | Path]) -> list[ThreadSpec]:
             if duplicate is not None:
                 problems.append(duplicate)
                 continue
+            spec, model_problems = read_model_problems(spec, read_model)
+            problems.extend(model_problems)
             specs.append(spec)
     if problems:
         raise SpecError(problems)

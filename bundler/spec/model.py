@@ -53,6 +53,7 @@ from ..vocabulary import (
     DEFAULT_STATUS,
     DRAFT_STATUS,
     READ_MODELS,
+    READ_RECEIPT_OWNERS,
     SIMPLE_MAX_PARTICIPANTS,
     instant_problem,
     is_coding,
@@ -65,7 +66,6 @@ from .scalars import (
     DEF_KEY,
     Alias,
     AliasOrReference,
-    Instant,
     Key,
     ListOf,
     MimeType,
@@ -936,10 +936,27 @@ def _read_state_meaning(spec: ThreadSpec) -> list[ErrorDetails]:
                              f"participants), and this thread has {count}: use read_model: tasks (unread counts "
                              "searchable) or read_model: header-extension (kept on the header, not searchable)",
                              ("read_model",), spec.read_model))
+    if spec.read_model == "tasks":
+        errors += _task_owners(spec)
     for i, m in enumerate(spec.messages):
         if m.received is None and not m.read_by:
             continue
         errors += _message_reads(spec, i, m)
+    return errors
+
+
+def _task_owners(spec: ThreadSpec) -> list[ErrorDetails]:
+    """In the tasks model every recipient owns a read receipt: each participant that receives a message must be a
+    type FHIR allows as Task.owner."""
+    errors: list[ErrorDetails] = []
+    for alias, p in spec.participants.items():
+        kind = reference_type(p.reference)
+        receives = any(alias != m.sender and (m.recipient is None or alias in m.recipient) for m in spec.messages)
+        if receives and kind not in READ_RECEIPT_OWNERS:
+            errors.append(_error(f"{alias!r} is a {kind}, which cannot own a read-receipt Task (the tasks read "
+                                 f"model): FHIR allows {', '.join(sorted(READ_RECEIPT_OWNERS))}; use read_model: "
+                                 "header-extension, or name the people", ("participants", alias, "reference"),
+                                 p.reference))
     return errors
 
 
@@ -986,6 +1003,14 @@ def with_read_model(spec: ThreadSpec, read_model: str | None) -> ThreadSpec:
                          for p in exc.problems]) from None
     new._source = spec._source
     return new
+
+
+def read_model_problems(spec: ThreadSpec, read_model: str | None) -> tuple[ThreadSpec, list[Problem]]:
+    """`with_read_model`, its refusal as problems: (the spec as it was, [problems]) when the model does not fit."""
+    try:
+        return with_read_model(spec, read_model), []
+    except SpecError as exc:
+        return spec, list(exc.problems)
 
 
 # --- reading ---------------------------------------------------------------------------------------
