@@ -223,6 +223,18 @@ def entry_messages(spec: ThreadSpec) -> list[int | None]:
     return [None, *range(len(spec.messages)), *(i for i, _ in read_receipts(spec))]
 
 
+def entry_values(spec: ThreadSpec) -> list[str]:
+    """The identifier value of each entry of `spec`'s bundle, in order: header, messages, read receipts."""
+    key = spec.key
+    return [key, *(f"{key}/{m.id}" for m in spec.messages),
+            *(identifier_value(key, spec.messages[i].id, alias) for i, alias in read_receipts(spec))]
+
+
+def entry_types(spec: ThreadSpec) -> list[str]:
+    """The resource type of each entry of `spec`'s bundle, in order (Communications, then any read-receipt Tasks)."""
+    return ["Communication"] * (1 + len(spec.messages)) + ["Task"] * len(read_receipts(spec))
+
+
 def _refs(spec: ThreadSpec) -> dict[str, dict[str, str]]:
     return {alias: {"reference": p.reference, "display": p.display} if p.display is not None
             else {"reference": p.reference} for alias, p in spec.participants.items()}

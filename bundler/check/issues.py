@@ -45,7 +45,7 @@ RULES: dict[str, tuple[Severity, str]] = {
     "thread.header-recipients": ("warning", "the header's recipients include every message's sender and recipients"),
     # read state (Medplum's read models)
     "read.simple-group": ("warning", "no message is marked read by status completed and received (the simple read "
-                                     "model) in a thread of more than two participants"),
+                                     "model) in an open thread of more than two participants"),
     "read.extension": ("error", "thread-read-state extensions hold participant (a thread participant), lastRead (a "
                                 "message of the thread) and lastReadAt (an instant), each once; one per participant"),
     "read.task": ("error", "read-receipt Tasks have code https://medplum.com/task-codes|read-receipt, intent order, "

@@ -438,6 +438,7 @@ def simple_group(bundle: Bundle, rng: random.Random) -> Bundle:
     people = header.setdefault("recipient", [])
     while len(people) < 3:
         people.append({"reference": f"Practitioner/{_uuid(rng)}"})
+    header["status"] = "in-progress"  # (in a closed thread, completed messages may be closed ones)
     msg = _message(entries, rng)[1]
     msg["status"] = READ_STATUS
     msg["received"] = msg.get("sent", "2024-04-10T10:00:00Z")

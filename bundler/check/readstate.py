@@ -2,7 +2,7 @@
 
 * **simple** (1:1 threads): a read message has `status: completed` and `received`. In a thread of more
   than two participants such a message cannot say who read it: `read.simple-group` (a warning: the status
-  may mean something else to the app; a message that only has its closed thread's status is not judged).
+  may mean something else to the app; messages of a closed thread, `completed` too, are not judged).
 * **header-extension**: each `thread-read-state` extension of a header holds the sub-extensions
   `participant` (valueReference to one of the header's recipients), `lastRead` (valueReference to a message
   of that thread) and `lastReadAt` (valueDateTime, a real instant), each once; one block per participant:
@@ -86,7 +86,7 @@ def _simple(ctx: _Ctx, comms: Mapping[int, dict[str, Any]], recipients: Mapping[
             thread: Mapping[int, tuple[str, Any]]) -> None:
     for i, (kind, h) in sorted(thread.items()):
         if kind == "entry" and comms[i].get("status") == READ_STATUS and "received" in comms[i] and \
-                len(recipients.get(h, ())) > SIMPLE_MAX_PARTICIPANTS:
+                comms[h].get("status") != READ_STATUS and len(recipients.get(h, ())) > SIMPLE_MAX_PARTICIPANTS:
             ctx.add("read.simple-group", i, ("resource", "status"),
                     f"status {READ_STATUS} marks a message read in the simple read model, which fits 1:1 threads; "
                     f"this thread has {len(recipients[h])} participants, so it cannot say who read it: keep read "
