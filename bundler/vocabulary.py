@@ -438,6 +438,21 @@ def token_url(root: str) -> str:
     return server_root(root) + TOKEN_PATH
 
 
+class ServerUrls:
+    """`fhir_base` and `token_url` of an object that has a `base_url` (the server root): the local server and the
+    test fixture's server share the layout from here."""
+
+    base_url: str
+
+    @property
+    def fhir_base(self) -> str:
+        return fhir_base(self.base_url)
+
+    @property
+    def token_url(self) -> str:
+        return token_url(self.base_url)
+
+
 MAX_BODY_BYTES: Final = 1_048_576
 """Medplum's request body limit for JSON (`maxJsonSize` '1mb'): 400 "File too large" above it."""
 MAX_CONDITIONAL_ENTRIES: Final = 8

@@ -118,15 +118,30 @@ def read_bundles(file: Path, *, identifier_system: str = DEFAULT_IDENTIFIER_SYST
         docs, problems = parse_json(text, name, positions=False)
         if problems:
             return [], problems
-        data = docs[0].data
-        if _is_bundle_like(data):
-            return [(data, _doc_origin(docs[0]))], []
-        if isinstance(data, list) and data and all(_is_bundle_like(d) for d in data):
-            return [(d, _doc_origin(docs[0], (k,))) for k, d in enumerate(data)], []
+        bundles = _json_bundles(docs[0])
+        if bundles is not None:
+            return bundles, []
     else:
         docs, problems = parse_text(text, name, kind="json" if json_ else "yaml")
         if not docs and not problems:
             problems = [Problem(name, None, None, "", "no thread in this file")]
+    out = _document_bundles(docs, problems, identifier_system, keys, read_model)
+    return (out, []) if not problems else ([], problems)
+
+
+def _json_bundles(doc: Document) -> list[tuple[Any, Origin]] | None:
+    """The Bundles of a JSON file that holds a Bundle or an array of them; None if it holds something else."""
+    data = doc.data
+    if _is_bundle_like(data):
+        return [(data, _doc_origin(doc))]
+    if isinstance(data, list) and data and all(_is_bundle_like(d) for d in data):
+        return [(d, _doc_origin(doc, (k,))) for k, d in enumerate(data)]
+    return None
+
+
+def _document_bundles(docs: list[Document], problems: list[Problem], identifier_system: str,
+                      keys: ThreadKeys | None, read_model: str | None = None) -> list[tuple[Any, Origin]]:
+    """Each document as a Bundle: as it is, or built from the thread spec it holds (problems appended)."""
     out: list[tuple[Any, Origin]] = []
     for doc in split_threads(docs):
         if _is_bundle_like(doc.data):
@@ -141,7 +156,7 @@ def read_bundles(file: Path, *, identifier_system: str = DEFAULT_IDENTIFIER_SYST
             spec, model_problems = read_model_problems(spec, read_model)
             problems.extend(model_problems)
             out.append((build_bundle(spec, identifier_system=identifier_system), spec_origin(spec)))
-    return (out, []) if not problems else ([], problems)
+    return out
 
 
 def _fixed(file: str, line: int) -> Origin:

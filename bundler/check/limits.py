@@ -77,36 +77,65 @@ def json_size(data: Any) -> int:
 
 def limit_issues(bundle: Mapping[str, Any], limits: Limits) -> list[Issue]:
     """Issues for every limit of `limits` that `bundle` goes over."""
-    out: list[Issue] = []
     entries = bundle.get("entry")
     entries = entries if isinstance(entries, list) else []
-    if limits.max_body_bytes is not None:
-        size = json_size(bundle)
-        if size > limits.max_body_bytes:
-            out.append(make_issue("limit.body-size", "Bundle", f"the Bundle is {size:,} bytes as JSON; {limits.name} "
-                                  f"refuses request bodies over {limits.max_body_bytes:,} bytes, so posted as is it "
-                                  f"fails: `thread-bundler load` cuts it into parts that fit"))
-    transaction = bundle.get("type") == "transaction"
-    if transaction and limits.max_conditional_entries is not None and len(entries) > limits.max_conditional_entries:
-        first = next((i for i, e in enumerate(entries) if is_conditional(e)), None)
-        if first is not None:
-            out.append(make_issue(
-                "limit.conditional-entries", entry_path(first, "request"),
-                f"a transaction with a conditional entry runs with strict isolation and may hold at most "
-                f"{limits.max_conditional_entries} entries on {limits.name}; this one has {len(entries)}", first))
-    puts = [i for i, e in enumerate(entries) if isinstance(e, dict) and isinstance(e.get("request"), dict)
-            and e["request"].get("method") == "PUT"]
-    if transaction and limits.max_put_entries is not None and len(puts) > limits.max_put_entries:
-        out.append(make_issue("limit.put-entries", entry_path(puts[limits.max_put_entries], "request"),
-                              f"{len(puts)} PUT entries; {limits.name} allows at most {limits.max_put_entries} "
-                              f"updates in a transaction", puts[limits.max_put_entries]))
-    if limits.uuid_ids:
-        for i in puts:
-            url = entries[i]["request"].get("url")
-            if isinstance(url, str) and "?" not in url and url.count("/") == 1:
-                rid = url.split("/", 1)[1]
-                if rid and not UUID_RE.match(rid):
-                    out.append(make_issue("limit.uuid-id", entry_path(i, "request", "url"),
-                                          f"id {rid!r} is not a UUID: {limits.name} refuses client-chosen ids that "
-                                          f"are not UUIDs (400 Invalid id)", i))
+    out = _body_size(bundle, limits)
+    if bundle.get("type") == "transaction":
+        out += _conditional_entries(entries, limits)
+        out += _put_entries(entries, limits)
+    out += _uuid_ids(entries, limits)
     return out
+
+
+def _puts(entries: list[Any]) -> list[int]:
+    return [i for i, e in enumerate(entries) if isinstance(e, dict) and isinstance(e.get("request"), dict)
+            and e["request"].get("method") == "PUT"]
+
+
+def _body_size(bundle: Mapping[str, Any], limits: Limits) -> list[Issue]:
+    if limits.max_body_bytes is None:
+        return []
+    size = json_size(bundle)
+    if size <= limits.max_body_bytes:
+        return []
+    return [make_issue("limit.body-size", "Bundle", f"the Bundle is {size:,} bytes as JSON; {limits.name} refuses "
+                       f"request bodies over {limits.max_body_bytes:,} bytes, so posted as is it fails: "
+                       f"`thread-bundler load` cuts it into parts that fit")]
+
+
+def _conditional_entries(entries: list[Any], limits: Limits) -> list[Issue]:
+    cap = limits.max_conditional_entries
+    if cap is None or len(entries) <= cap:
+        return []
+    first = next((i for i, e in enumerate(entries) if is_conditional(e)), None)
+    if first is None:
+        return []
+    return [make_issue("limit.conditional-entries", entry_path(first, "request"),
+                       f"a transaction with a conditional entry runs with strict isolation and may hold at most "
+                       f"{cap} entries on {limits.name}; this one has {len(entries)}", first)]
+
+
+def _put_entries(entries: list[Any], limits: Limits) -> list[Issue]:
+    cap = limits.max_put_entries
+    puts = _puts(entries)
+    if cap is None or len(puts) <= cap:
+        return []
+    return [make_issue("limit.put-entries", entry_path(puts[cap], "request"),
+                       f"{len(puts)} PUT entries; {limits.name} allows at most {cap} updates in a transaction",
+                       puts[cap])]
+
+
+def _uuid_ids(entries: list[Any], limits: Limits) -> list[Issue]:
+    if not limits.uuid_ids:
+        return []
+    out: list[Issue] = []
+    for i in _puts(entries):
+        url = entries[i]["request"].get("url")
+        if isinstance(url, str) and "?" not in url and url.count("/") == 1:
+            rid = url.split("/", 1)[1]
+            if rid and not UUID_RE.match(rid):
+                out.append(make_issue("limit.uuid-id", entry_path(i, "request", "url"),
+                                      f"id {rid!r} is not a UUID: {limits.name} refuses client-chosen ids that are "
+                                      f"not UUIDs (400 Invalid id)", i))
+    return out
+

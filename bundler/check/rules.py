@@ -164,50 +164,62 @@ def _json_kind(value: Any) -> str:
 
 
 def _entries(ctx: _Ctx) -> None:
-    known = RESOURCE_TYPES
     for i, entry in enumerate(ctx.entries):
         if not isinstance(entry, dict):
             ctx.add("entry.resource", i, (), "an entry must be a JSON object")
             ctx.bad_entries.add(i)
             continue
         request = entry.get("request")
-        method = request.get("method") if isinstance(request, dict) else None
-        url = request.get("url") if isinstance(request, dict) else None
-        resource = entry.get("resource")
-        if not isinstance(request, dict):
-            ctx.add("entry.request", i, ("request",), "every entry of a transaction needs a request (method, url)")
-        elif method not in METHODS:
-            ctx.add("entry.request", i, ("request", "method"), f"method must be one of {', '.join(METHODS)}; "
-                                                               f"got {method!r}")
-            method = None
-        elif not isinstance(url, str) or not url.strip():
-            ctx.add("entry.request", i, ("request", "url"), "request.url is missing or empty")
-            method = None
-        elif "ifNoneExist" in request and (not isinstance(request["ifNoneExist"], str)
-                                          or query_problem(request["ifNoneExist"])):
-            why = query_problem(request["ifNoneExist"]) if isinstance(request["ifNoneExist"], str) else "not text"
-            ctx.add("entry.request", i, ("request", "ifNoneExist"),
-                    f"must be a search query like identifier=system|value: {why}")
+        method = _request(ctx, i, request)
         if method is not None:
             ctx.methods[i] = method
+        resource = entry.get("resource")
         carries = method in ("POST", "PUT", "PATCH") or (method is None and resource is not None)
-        if carries:
-            rtype = resource.get("resourceType") if isinstance(resource, dict) else None
-            if not isinstance(resource, dict):
-                ctx.add("entry.resource", i, ("resource",), f"a {method or 'write'} entry needs a resource object")
-                ctx.bad_entries.add(i)
-            elif not isinstance(rtype, str) or rtype not in known:
-                ctx.add("entry.resource", i, ("resource", "resourceType"),
-                        f"{rtype!r} is not a FHIR R4 resource type")
-                ctx.bad_entries.add(i)
-            else:
-                ctx.resources[i] = resource
-        elif resource is not None:
-            ctx.add("entry.resource", i, ("resource",), f"a {method} entry carries no resource")
-            ctx.bad_entries.add(i)
+        _resource(ctx, i, method, resource, carries)
         _full_url(ctx, i, entry, carries)
+        url = request.get("url") if isinstance(request, dict) else None
         if method is not None and isinstance(url, str) and i not in ctx.bad_entries:
             _request_url(ctx, i, method, url, ctx.resources.get(i))
+
+
+def _request(ctx: _Ctx, i: int, request: Any) -> str | None:
+    """The entry's method if its request is usable (entry.request otherwise)."""
+    if not isinstance(request, dict):
+        ctx.add("entry.request", i, ("request",), "every entry of a transaction needs a request (method, url)")
+        return None
+    method, url = request.get("method"), request.get("url")
+    if method not in METHODS:
+        ctx.add("entry.request", i, ("request", "method"), f"method must be one of {', '.join(METHODS)}; "
+                                                           f"got {method!r}")
+        return None
+    if not isinstance(url, str) or not url.strip():
+        ctx.add("entry.request", i, ("request", "url"), "request.url is missing or empty")
+        return None
+    if "ifNoneExist" in request:
+        condition = request["ifNoneExist"]
+        why = query_problem(condition) if isinstance(condition, str) else "not text"
+        if why:
+            ctx.add("entry.request", i, ("request", "ifNoneExist"),
+                    f"must be a search query like identifier=system|value: {why}")
+    return str(method)
+
+
+def _resource(ctx: _Ctx, i: int, method: str | None, resource: Any, carries: bool) -> None:
+    """Record the entry's resource if it carries one of a known type (entry.resource otherwise)."""
+    if not carries:
+        if resource is not None:
+            ctx.add("entry.resource", i, ("resource",), f"a {method} entry carries no resource")
+            ctx.bad_entries.add(i)
+        return
+    rtype = resource.get("resourceType") if isinstance(resource, dict) else None
+    if not isinstance(resource, dict):
+        ctx.add("entry.resource", i, ("resource",), f"a {method or 'write'} entry needs a resource object")
+        ctx.bad_entries.add(i)
+    elif not isinstance(rtype, str) or rtype not in RESOURCE_TYPES:
+        ctx.add("entry.resource", i, ("resource", "resourceType"), f"{rtype!r} is not a FHIR R4 resource type")
+        ctx.bad_entries.add(i)
+    else:
+        ctx.resources[i] = resource
 
 
 def _full_url(ctx: _Ctx, i: int, entry: dict[str, Any], carries: bool) -> None:
@@ -231,41 +243,54 @@ def _full_url(ctx: _Ctx, i: int, entry: dict[str, Any], carries: bool) -> None:
 
 
 def _request_url(ctx: _Ctx, i: int, method: str, url: str, resource: dict[str, Any] | None) -> None:
-    rtype = resource["resourceType"] if resource is not None else None
-    known = RESOURCE_TYPES
-    path = ("request", "url")
-    base, q, query = url.partition("?")
     if method == "POST":
-        if rtype is not None and url != rtype:
-            ctx.add("entry.request-url", i, path, f"a POST of a {rtype} goes to {rtype!r}, not {url!r}")
-        elif rtype is not None and "id" in resource:  # type: ignore[operator]
-            ctx.add("entry.client-id", i, ("resource", "id"),
-                    "a created resource gets its id from the server: remove id (Medplum refuses client ids)")
-        return
-    if method in ("GET", "HEAD"):
+        _post_url(ctx, i, url, resource)
+    elif method in ("GET", "HEAD"):
         if url.startswith("/") or "://" in url:
-            ctx.add("entry.request-url", i, path, f"{method} url must be relative to the server base, got {url!r}")
+            ctx.add("entry.request-url", i, ("request", "url"),
+                    f"{method} url must be relative to the server base, got {url!r}")
+    elif "?" in url:
+        _conditional_url(ctx, i, method, url, resource)
+    else:
+        _literal_url(ctx, i, method, url, resource)
+
+
+def _post_url(ctx: _Ctx, i: int, url: str, resource: dict[str, Any] | None) -> None:
+    if resource is None:
         return
-    if q:
-        problem = query_problem(query)
-        if base not in known:
-            why: str | None = f"{base!r} is not a resource type"
-        elif rtype is not None and base != rtype:
-            why = f"{base!r} is not the resource's type {rtype!r}"
-        else:
-            why = problem
-        if why:
-            ctx.add("entry.request-url", i, path, f"conditional {method} url must be Type?param=value: {why}")
-        elif method == "PUT" and resource is not None and "id" in resource:
-            ctx.add("entry.client-id", i, ("resource", "id"),
-                    "a conditional PUT may create the resource: remove id (Medplum: 'Cannot provide ID for create "
-                    "by update')")
-        return
+    rtype = resource["resourceType"]
+    if url != rtype:
+        ctx.add("entry.request-url", i, ("request", "url"), f"a POST of a {rtype} goes to {rtype!r}, not {url!r}")
+    elif "id" in resource:
+        ctx.add("entry.client-id", i, ("resource", "id"),
+                "a created resource gets its id from the server: remove id (Medplum refuses client ids)")
+
+
+def _conditional_url(ctx: _Ctx, i: int, method: str, url: str, resource: dict[str, Any] | None) -> None:
+    base, _, query = url.partition("?")
+    rtype = resource["resourceType"] if resource is not None else None
+    if base not in RESOURCE_TYPES:
+        why: str | None = f"{base!r} is not a resource type"
+    elif rtype is not None and base != rtype:
+        why = f"{base!r} is not the resource's type {rtype!r}"
+    else:
+        why = query_problem(query)
+    if why:
+        ctx.add("entry.request-url", i, ("request", "url"), f"conditional {method} url must be Type?param=value: {why}")
+    elif method == "PUT" and resource is not None and "id" in resource:
+        ctx.add("entry.client-id", i, ("resource", "id"),
+                "a conditional PUT may create the resource: remove id (Medplum: 'Cannot provide ID for create "
+                "by update')")
+
+
+def _literal_url(ctx: _Ctx, i: int, method: str, url: str, resource: dict[str, Any] | None) -> None:
+    path = ("request", "url")
     literal = parse_literal(url)
-    if not literal or literal[2] is not None or literal[0] not in known:
+    if not literal or literal[2] is not None or literal[0] not in RESOURCE_TYPES:
         ctx.add("entry.request-url", i, path, f"{method} url must be Type/id or Type?param=value, got {url!r}")
         return
     url_type, url_id, _ = literal
+    rtype = resource["resourceType"] if resource is not None else None
     if rtype is not None and url_type != rtype:
         ctx.add("entry.request-url", i, path, f"url names a {url_type} but the resource is a {rtype}")
         return
@@ -362,105 +387,122 @@ def _refs(resource: Mapping[str, Any], key: str) -> list[tuple[int, str]]:
             isinstance(r.get("reference"), str)]
 
 
+@dataclass
+class _Threads:
+    """The thread structure of a bundle's Communications, found in named steps: which entries are headers and
+    which are messages (`classify`), each message's thread (`membership`), then the thread rules over them."""
+
+    ctx: _Ctx
+    comms: dict[int, dict[str, Any]]
+    headers: set[int] = field(default_factory=set)
+    messages: set[int] = field(default_factory=set)
+    partof: dict[int, list[tuple[int, str, Target]]] = field(default_factory=dict)  # message → its partOf targets
+    thread: dict[int, tuple[str, Any]] = field(default_factory=dict)  # message → ("entry", header) | ("external", ref)
+    _headers_by_token: dict[str, int] = field(default_factory=dict)
+    _messages_by_token: dict[str, int] = field(default_factory=dict)  # filled on first need (conditional replies)
+
+    def __post_init__(self) -> None:
+        for i, r in self.comms.items():
+            if not r.get("partOf"):
+                for tok in _tokens(r):
+                    self._headers_by_token.setdefault(tok, i)
+
+    def resolve(self, ref: str, kind_ok: str) -> Target:
+        """Like ctx.target, also matching conditional Communication?identifier=... to bundle entries."""
+        t = self.ctx.target(ref)
+        if t.kind != "conditional" or t.type != "Communication" or not t.rest.startswith("identifier="):
+            return t
+        tok = t.rest.removeprefix("identifier=")
+        tok = tok if "|" in tok else f"|{tok}"
+        if kind_ok == "message" and not self._messages_by_token:
+            for m in self.messages:
+                for mt in _tokens(self.comms[m]):
+                    self._messages_by_token.setdefault(mt, m)
+        by_token = self._headers_by_token if kind_ok == "header" else self._messages_by_token
+        j = by_token.get(tok)
+        return Target("entry", "Communication", j) if j is not None else t
+
+    def classify(self) -> None:
+        """Headers and messages, from partOf and payload (and which entries messages point at)."""
+        targeted: set[int] = set()
+        for i, r in self.comms.items():
+            if r.get("partOf"):
+                self.partof[i] = [(k, ref, self.resolve(ref, "header")) for k, ref in _refs(r, "partOf")]
+                targeted.update(t.entry for _, _, t in self.partof[i]
+                                if t.kind == "entry" and t.entry is not None and t.entry != i)
+        for i, r in self.comms.items():
+            payload, part_of = bool(r.get("payload")), bool(r.get("partOf"))
+            if not part_of and payload and i not in targeted:
+                self.messages.add(i)
+                self.ctx.add("thread.message-partof", i, ("resource", "partOf"),
+                             "a message (it has a payload) needs partOf pointing at its thread header")
+            elif not part_of:
+                self.headers.add(i)
+                if payload:
+                    self.ctx.add("thread.header-payload", i, ("resource", "payload"),
+                                 "a thread header (messages point at it with partOf) must have no payload")
+            elif i in targeted and not payload:
+                self.headers.add(i)
+                self.ctx.add("thread.header-partof", i, ("resource", "partOf"),
+                             "a thread header (messages point at it with partOf) must have no partOf")
+            else:
+                self.messages.add(i)
+                if not payload:
+                    self.ctx.add("thread.message-payload", i, ("resource", "payload"),
+                                 "a message (it has partOf) needs a payload: contentString, contentAttachment or "
+                                 "contentReference")
+
+    def duplicate_headers(self) -> None:
+        seen: dict[str, int] = {}
+        for h in sorted(self.headers):
+            for tok in _tokens(self.comms[h]):
+                if tok in seen and seen[tok] != h:
+                    self.ctx.add("thread.header-count", h, ("resource", "identifier"),
+                                 f"entry {seen[tok]} is a header with the same identifier {tok}: a thread has one "
+                                 f"header")
+                    break
+                seen.setdefault(tok, h)
+
+    def membership(self) -> None:
+        """Each message's thread: a header entry of the bundle, or a thread on the server."""
+        for i in sorted(self.messages & set(self.partof)):
+            targets = self.partof[i]
+            if len(targets) > 1:
+                self.ctx.add("thread.header-count", i, ("resource", "partOf"),
+                             f"{len(targets)} partOf references: a message belongs to exactly one thread")
+            if targets:
+                self._member(i, *targets[0])
+
+    def _member(self, i: int, k: int, ref: str, t: Target) -> None:
+        where = ("resource", "partOf", k, "reference")
+        if t.kind == "entry" and t.entry in self.headers:
+            self.thread[i] = ("entry", t.entry)
+        elif t.kind == "entry" and t.entry is not None:
+            what = "a message" if t.entry in self.messages else f"a {t.type}" if t.type else "no resource"
+            self.ctx.add("thread.partof-target", i, where,
+                         f"partOf points at entry {t.entry}, {what}, not a thread header")
+        elif t.kind in ("literal", "conditional", "absolute") and t.type == "Communication":
+            self.thread[i] = ("external", ref)
+        elif t.kind != "bad" and (t.kind == "contained" or t.type in RESOURCE_TYPES):
+            self.ctx.add("thread.partof-target", i, where,
+                         f"partOf {ref!r} is not a thread header: point it at the header's urn:uuid: or "
+                         f"Communication/<id>")
+
+
 def _threads(ctx: _Ctx) -> None:
     comms = {i: r for i, r in ctx.resources.items() if r["resourceType"] == "Communication"}
     if not comms:
         return
-    has_partof = {i: bool(r.get("partOf")) for i, r in comms.items()}
-    has_payload = {i: bool(r.get("payload")) for i, r in comms.items()}
-    headers_by_token: dict[str, int] = {}
-    for i, r in comms.items():
-        if not has_partof[i]:
-            for tok in _tokens(r):
-                headers_by_token.setdefault(tok, i)
-
-    def resolve(ref: str, kind_ok: str) -> Target:
-        """Like ctx.target, also matching conditional Communication?identifier=... to bundle entries."""
-        t = ctx.target(ref)
-        if t.kind == "conditional" and t.type == "Communication" and t.rest.startswith("identifier="):
-            tok = t.rest.removeprefix("identifier=")
-            tok = tok if "|" in tok else f"|{tok}"
-            if kind_ok == "message" and not messages_by_token:
-                for m in messages:
-                    for mt in _tokens(comms[m]):
-                        messages_by_token.setdefault(mt, m)
-            j = headers_by_token.get(tok) if kind_ok == "header" else messages_by_token.get(tok)
-            if j is not None:
-                return Target("entry", "Communication", j)
-        return t
-
-    messages_by_token: dict[str, int] = {}  # filled on first need (conditional inResponseTo)
-    headers: set[int] = set()
-    messages: set[int] = set()
-    # partOf targets, and which entries messages point at
-    partof: dict[int, list[tuple[int, str, Target]]] = {}
-    targeted: set[int] = set()
-    for i, r in comms.items():
-        if has_partof[i]:
-            partof[i] = [(k, ref, resolve(ref, "header")) for k, ref in _refs(r, "partOf")]
-            targeted.update(t.entry for _, _, t in partof[i]
-                            if t.kind == "entry" and t.entry is not None and t.entry != i)
-
-    for i in comms:
-        if not has_partof[i]:
-            if has_payload[i] and i not in targeted:
-                messages.add(i)
-                ctx.add("thread.message-partof", i, ("resource", "partOf"),
-                        "a message (it has a payload) needs partOf pointing at its thread header")
-            else:
-                headers.add(i)
-                if has_payload[i]:
-                    ctx.add("thread.header-payload", i, ("resource", "payload"),
-                            "a thread header (messages point at it with partOf) must have no payload")
-        elif i in targeted and not has_payload[i]:
-            headers.add(i)
-            ctx.add("thread.header-partof", i, ("resource", "partOf"),
-                    "a thread header (messages point at it with partOf) must have no partOf")
-        else:
-            messages.add(i)
-            if not has_payload[i]:
-                ctx.add("thread.message-payload", i, ("resource", "payload"),
-                        "a message (it has partOf) needs a payload: contentString, contentAttachment or "
-                        "contentReference")
-
-    # duplicate headers
-    seen: dict[str, int] = {}
-    for h in sorted(headers):
-        for tok in _tokens(comms[h]):
-            if tok in seen and seen[tok] != h:
-                ctx.add("thread.header-count", h, ("resource", "identifier"),
-                        f"entry {seen[tok]} is a header with the same identifier {tok}: a thread has one header")
-                break
-            seen.setdefault(tok, h)
-
-    # each message's thread
-    thread: dict[int, tuple[str, Any]] = {}
-    for i in sorted(messages & set(partof)):
-        targets = partof[i]
-        if len(targets) > 1:
-            ctx.add("thread.header-count", i, ("resource", "partOf"),
-                    f"{len(targets)} partOf references: a message belongs to exactly one thread")
-        if not targets:
-            continue
-        k, ref, t = targets[0]
-        where = ("resource", "partOf", k, "reference")
-        if t.kind == "entry" and t.entry in headers:
-            thread[i] = ("entry", t.entry)
-        elif t.kind == "entry" and t.entry is not None:
-            what = "a message" if t.entry in messages else f"a {t.type}" if t.type else "no resource"
-            ctx.add("thread.partof-target", i, where, f"partOf points at entry {t.entry}, {what}, not a thread header")
-        elif t.kind in ("literal", "conditional", "absolute") and t.type == "Communication":
-            thread[i] = ("external", ref)
-        elif t.kind != "bad" and (t.kind == "contained" or t.type in RESOURCE_TYPES):
-            ctx.add("thread.partof-target", i, where,
-                    f"partOf {ref!r} is not a thread header: point it at the header's urn:uuid: or Communication/<id>")
-
+    threads = _Threads(ctx, comms)
+    threads.classify()
+    threads.duplicate_headers()
+    threads.membership()
     when = _sent_times(ctx, comms)
-    _replies(ctx, comms, messages, thread, resolve, when)
-    _sent_order(ctx, comms, thread, when)
-    _recipients(ctx, comms, headers, thread)
+    _replies(ctx, comms, threads.messages, threads.thread, threads.resolve, when)
+    _sent_order(ctx, comms, threads.thread, when)
+    _recipients(ctx, comms, threads.headers, threads.thread)
     _target_types(ctx, comms)
-    read_state_rules(ctx, comms, headers, thread)
+    read_state_rules(ctx, comms, threads.headers, threads.thread)
 
 
 def _replies(ctx: _Ctx, comms: dict[int, dict[str, Any]], messages: set[int], thread: dict[int, tuple[str, Any]],

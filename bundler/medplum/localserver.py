@@ -41,7 +41,7 @@ from typing import IO, Any
 from .. import assets
 from ..errors import LocalServerError, PortInUse
 from ..files import file_lock
-from ..vocabulary import fhir_base, token_url
+from ..vocabulary import ServerUrls
 
 __all__ = [
     "LocalServer",
@@ -233,7 +233,7 @@ def _config_payload(settings: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-class LocalServer:
+class LocalServer(ServerUrls):
     """A running local Medplum server (context manager).
 
     ``base_url`` is the server root (``http://127.0.0.1:PORT/``); the FHIR base is
@@ -280,14 +280,6 @@ class LocalServer:
     def __repr__(self) -> str:  # never shows the secret
         state = self.base_url or "not started"
         return f"LocalServer({state}, client_id={self.client_id!r})"
-
-    @property
-    def fhir_base(self) -> str:
-        return fhir_base(self.base_url)
-
-    @property
-    def token_url(self) -> str:
-        return token_url(self.base_url)
 
     @property
     def running(self) -> bool:

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..vocabulary import fhir_base, token_url
+from ..vocabulary import ServerUrls
 
 if TYPE_CHECKING:
     from ..medplum.client import FhirClient
@@ -22,7 +22,7 @@ REMOTE_ENV = ("MEDPLUM_BASE_URL", "MEDPLUM_CLIENT_ID", "MEDPLUM_CLIENT_SECRET")
 
 
 @dataclass(frozen=True)
-class MedplumServer:
+class MedplumServer(ServerUrls):
     """A Medplum server to test against. ``base_url`` is the server root and ends with ``/``;
     ``local`` is the `LocalServer` when one was started for the session, else None (a remote one)."""
 
@@ -34,14 +34,6 @@ class MedplumServer:
     @property
     def is_local(self) -> bool:
         return self.local is not None
-
-    @property
-    def fhir_base(self) -> str:
-        return fhir_base(self.base_url)
-
-    @property
-    def token_url(self) -> str:
-        return token_url(self.base_url)
 
     def client(self, **options: Any) -> FhirClient:
         """A new `FhirClient` logged in with this server's client credentials (close it when done);
