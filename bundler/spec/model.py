@@ -268,33 +268,37 @@ class Participant(_Record):
                     {"alias": alias, "reference": reference, "display": display})
 
 
-class Participants(Mapping[str, Participant]):
-    """A spec's participants: alias → Participant, in the order written; immutable and hashable.
+_V = TypeVar("_V")
 
-    Read from data as a mapping alias → {reference, display}; made in Python from a mapping alias →
-    Participant (each with that alias)."""
+
+class _FrozenMap(Mapping[str, _V]):
+    """An immutable, hashable mapping alias → value in the order written (what a spec's mappings are): equal to
+    another of its kind with the same items in the same order, and to any mapping with the same items."""
 
     __slots__ = ("_items",)
-    __item_model__: ClassVar[type[_Record]] = Participant
-    _items: dict[str, Participant]
+    _items: dict[str, _V]
 
-    def __init__(self, participants: Mapping[str, Participant | Mapping[str, Any]]) -> None:
-        """From Participants, or data (alias → {reference, display}); checked like the models (SpecError listing
-        every problem)."""
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        """From data, or a mapping of checked values; checked like the models (SpecError listing every problem)."""
         try:
-            self._items = _participants(participants)._items
+            self._items = self._validated(data or {})._items
         except PydanticCustomError as exc:
             raise SpecError([Problem("<spec>", None, None, "", exc.message())]) from None
         except ValidationError as exc:
-            raise SpecError(problems_of(exc, Document("<spec>", participants), Participants)) from None
+            raise SpecError(problems_of(exc, Document("<spec>", data), type(self))) from None
 
     @classmethod
-    def _of(cls, items: dict[str, Participant]) -> Participants:
+    def _validated(cls, data: Any) -> Self:
+        """`data` checked, as an object of this class (PydanticCustomError or ValidationError if invalid)."""
+        raise NotImplementedError
+
+    @classmethod
+    def _of(cls, items: dict[str, _V]) -> Self:
         new = object.__new__(cls)
         new._items = items
         return new
 
-    def __getitem__(self, alias: str) -> Participant:
+    def __getitem__(self, alias: str) -> _V:
         return self._items[alias]
 
     def __iter__(self) -> Iterator[str]:
@@ -309,17 +313,17 @@ class Participants(Mapping[str, Participant]):
     def keys(self) -> KeysView[str]:  # (the dict's own views: the builder reads them for every thread)
         return self._items.keys()
 
-    def values(self) -> ValuesView[Participant]:
+    def values(self) -> ValuesView[_V]:
         return self._items.values()
 
-    def items(self) -> ItemsView[str, Participant]:
+    def items(self) -> ItemsView[str, _V]:
         return self._items.items()
 
     def get(self, alias: str, default: Any = None) -> Any:
         return self._items.get(alias, default)
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, Participants):
+        if type(other) is type(self):
             return list(self._items.items()) == list(other._items.items())  # the order is part of a spec
         if isinstance(other, Mapping):
             return self._items == dict(other.items())
@@ -329,10 +333,24 @@ class Participants(Mapping[str, Participant]):
         return hash(tuple(self._items.items()))
 
     def __repr__(self) -> str:
-        return f"Participants({self._items!r})"
+        return f"{type(self).__name__}({self._items!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Participants._of, (self._items,))
+        return (type(self)._of, (self._items,))
+
+
+class Participants(_FrozenMap[Participant]):
+    """A spec's participants: alias → Participant, in the order written; immutable and hashable.
+
+    Read from data as a mapping alias → {reference, display}; made in Python from a mapping alias →
+    Participant (each with that alias)."""
+
+    __slots__ = ()
+    __item_model__: ClassVar[type[_Record]] = Participant
+
+    @classmethod
+    def _validated(cls, data: Any) -> Participants:
+        return _participants(data)
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
@@ -395,53 +413,18 @@ def _error(message: str, loc: Path_, value: Any, *, on_key: bool = False) -> Err
 # --- read state ------------------------------------------------------------------------------------
 
 
-class ReadBy(Mapping[str, str]):
+class ReadBy(_FrozenMap[str]):
     """Who read a message and when: alias → FHIR instant, in the order written; immutable and hashable.
 
     Read from data as a mapping `{alias: instant}`; made in Python from any such mapping. Which aliases may
     read the message (its recipients) and when (not before it was sent) is the thread's to judge
     (`_read_state_meaning`)."""
 
-    __slots__ = ("_items",)
-    _items: dict[str, str]
-
-    def __init__(self, reads: Mapping[str, str] | None = None) -> None:
-        """From a mapping alias → instant; SpecError listing every problem."""
-        try:
-            self._items = _read_by(reads or {})._items
-        except PydanticCustomError as exc:
-            raise SpecError([Problem("<spec>", None, None, "", exc.message())]) from None
-        except ValidationError as exc:
-            raise SpecError(problems_of(exc, Document("<spec>", reads), ReadBy)) from None
+    __slots__ = ()
 
     @classmethod
-    def _of(cls, items: dict[str, str]) -> ReadBy:
-        new = object.__new__(cls)
-        new._items = items
-        return new
-
-    def __getitem__(self, alias: str) -> str:
-        return self._items[alias]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Mapping):
-            return self._items == dict(other.items())
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(tuple(self._items.items()))
-
-    def __repr__(self) -> str:
-        return f"ReadBy({self._items!r})"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (ReadBy._of, (self._items,))
+    def _validated(cls, data: Any) -> ReadBy:
+        return _read_by(data)
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
