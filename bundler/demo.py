@@ -1,6 +1,6 @@
 """The embedded default: a local Medplum server, the example threads loaded into it, read back and shown.
 
-    thread-bundler demo                  # the three example threads shipped with the package
+    thread-bundler demo                  # the six example threads shipped with the package
     thread-bundler demo fixtures/threads # any specs
 """
 
@@ -24,7 +24,8 @@ from .spec import ThreadSpec, load_specs
 
 
 def example_paths() -> list[Path]:
-    """The example specs shipped with the package: three threads, the Medplum walkthrough's among them."""
+    """The example specs shipped with the package: six threads, the Medplum walkthrough's among them (three keep
+    read state, one in each of Medplum's read models)."""
     return [assets.asset_dir("examples")]
 
 

@@ -136,7 +136,7 @@ def _all_references(value: Any) -> list[str]:
 
 
 @settings(max_examples=150, deadline=None)
-@given(thread_specs())
+@given(thread_specs(drafts=True))
 def test_properties_of_built_bundles(spec: dict[str, Any]) -> None:
     bundle = build_bundle(spec)
     # determinism: same spec, same bytes, also after a round trip of the spec through JSON and YAML

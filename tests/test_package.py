@@ -45,7 +45,7 @@ def test_demo_loads_reads_back_and_shows_the_walkthrough() -> None:
     assert text.index("Hi Homer") < text.index("Thanks —") < text.index("Yes — we expect")
     assert "↩ Homer Simpson at 2024-04-10T10:05:00.000Z" in text
     assert "matches its spec field by field" in text
-    assert note.getvalue().startswith("built and validated 3 threads; starting a local Medplum server\n")
+    assert note.getvalue().startswith("built and validated 6 threads; starting a local Medplum server\n")
     assert "install" not in note.getvalue()  # the note of a first run is the installer's, and only when it installs
 
 

@@ -140,7 +140,7 @@ def spec_state(spec: ThreadSpec) -> Any:
 
 
 @settings(max_examples=80, deadline=None)
-@given(thread_specs(min_messages=1, read_models=["simple", "header-extension", "tasks"]))
+@given(thread_specs(min_messages=1, read_models=["simple", "header-extension", "tasks"], drafts=True))
 def test_each_model_writes_who_read_what(data: dict[str, Any]) -> None:
     spec = parse_spec(data)
     bundle = build_bundle(spec)

@@ -117,7 +117,7 @@ VALIDATOR = jsonschema.Draft202012Validator(SPEC)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(thread_specs())
+@given(thread_specs(drafts=True))
 def test_what_the_model_reads_the_schema_accepts(spec: dict[str, Any]) -> None:
     VALIDATOR.validate(spec)
 

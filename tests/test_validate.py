@@ -338,7 +338,7 @@ def test_validate_many_in_parallel_matches_serial() -> None:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(bundles())
+@given(bundles(drafts=True))
 def test_builder_bundles_are_clean_and_untouched(bundle: dict[str, Any]) -> None:
     before = orjson.dumps(bundle)
     assert validate(bundle) == []

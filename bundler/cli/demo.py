@@ -16,7 +16,7 @@ from .common import EXIT_ISSUES, EXIT_OK, report_errors
 def demo_command(paths: tuple[str, ...]) -> None:
     """Start a local Medplum server, load threads into it, and show them read back as conversations.
 
-    PATHS default to the examples shipped with the package: three threads, among them the one of
+    PATHS default to the examples shipped with the package: six threads, among them the one of
     Medplum's "Creating your first thread" walkthrough. The first run installs the local server
     (needs npm; about 10-30 s and 300 MB, once).
 
