@@ -76,10 +76,10 @@ def _last_unreferenced(entries: list[dict[str, Any]]) -> dict[str, Any]:
     """The last entry nothing points at (a message or a read receipt); NotApplicable when every entry is pointed
     at (each message is someone's last read)."""
     held = set(re.findall(r'"reference":"([^"]*)"', json.dumps(entries, separators=(",", ":"))))
-    found = next((e for e in reversed(entries) if e["fullUrl"] not in held), None)
-    if found is None:
-        raise NotApplicable("every entry is pointed at")
-    return found
+    for entry in reversed(entries):
+        if entry["fullUrl"] not in held:
+            return entry
+    raise NotApplicable("every entry is pointed at")
 
 
 def _header(entries: list[dict[str, Any]]) -> dict[str, Any]:
