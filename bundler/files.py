@@ -33,14 +33,15 @@ def _named(exc: OSError, target: Path) -> OSError:
     return type(exc)(exc.errno, exc.strerror or str(exc), str(target))
 
 
-def remove_leftovers(folder: Path) -> None:
-    """Remove the temporary files and folders an earlier, killed run left in `folder`."""
+def remove_leftovers(folder: Path, prefix: str = TEMP_PREFIX) -> None:
+    """Remove the temporary files and folders an earlier, killed run left in `folder` (those of `prefix`,
+    which starts with TEMP_PREFIX: all of them by default)."""
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return
     for entry in entries:
-        if entry.name.startswith(TEMP_PREFIX):
+        if entry.name.startswith(prefix):
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path, ignore_errors=True)
             else:
@@ -199,3 +200,41 @@ else:
 
     def _unlock(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+_HELD = ".held"  # the lock file inside a held_folder
+
+
+def held_folder(prefix: str, parent: str | Path | None = None) -> tuple[Path, int]:
+    """A new temporary folder `<parent>/<prefix>XXXX` (parent: the system's temporary folder), and the
+    descriptor of a lock in it that this process (and the children it forks) holds until it closes it or
+    dies, even by kill -9. First removes the folders of `prefix` in `parent` that no process holds: what
+    runs that were killed left. Close the descriptor, then remove the folder, when done."""
+    base = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    base.mkdir(parents=True, exist_ok=True)
+    remove_abandoned(base, prefix)
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    fd = os.open(folder / _HELD, os.O_RDWR | os.O_CREAT, 0o644)
+    _lock(fd, wait=False)
+    return folder, fd
+
+
+def remove_abandoned(base: Path, prefix: str) -> list[Path]:
+    """Remove the folders `held_folder` made in `base` whose lock no process holds; returns them. A folder
+    without its lock file (being made just now, or not ours) is left alone."""
+    removed: list[Path] = []
+    try:
+        entries = [e for e in os.scandir(base) if e.name.startswith(prefix) and e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            fd = os.open(os.path.join(entry.path, _HELD), os.O_RDWR)
+        except OSError:
+            continue
+        abandoned = _lock(fd, wait=False)
+        os.close(fd)  # (before the folder goes: Windows removes no open file)
+        if abandoned:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed

@@ -78,7 +78,8 @@ def _last_unreferenced(entries: list[dict[str, Any]]) -> dict[str, Any]:
     held = set(re.findall(r'"reference":"([^"]*)"', json.dumps(entries, separators=(",", ":"))))
     for entry in reversed(entries):
         if entry["fullUrl"] not in held:
-            return entry
+            found: dict[str, Any] = entry
+            return found
     raise NotApplicable("every entry is pointed at")
 
 

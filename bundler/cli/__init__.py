@@ -7,7 +7,7 @@ import click
 from .build import build_command
 from .demo import demo_command
 from .load import doctor_command, load_command, verify_command
-from .migrate import migrate_command
+from .migrate import migrate_command, report_command
 from .validate import validate_command
 
 
@@ -18,6 +18,6 @@ def main() -> None:
     check them, and load them atomically into a Medplum project."""
 
 
-for command in (build_command, validate_command, migrate_command, load_command, verify_command, doctor_command,
-                demo_command):
+for command in (build_command, validate_command, migrate_command, report_command, load_command, verify_command,
+                doctor_command, demo_command):
     main.add_command(command)

@@ -123,14 +123,16 @@ def sync_options(func: F) -> F:
 def run_load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: Path, identifier_system: str, atomic: str,
              concurrency: int, max_entries: int | None, dry_run: bool, report_path: Path | None,
              progress: bool | None, exactly_once: str = "quarantine", late_margin: float = DEFAULT_LATE_MARGIN,
-             update: bool = False, wait: bool = False) -> LoadReport:
+             update: bool = False, wait: bool = False, totals: tuple[int, int] | None = None) -> LoadReport:
     """`load` with a progress line (shown before the first search), the summary table and the --report file
     (written as threads finish); Ctrl-C prints the summary so far, finishes the report and exits 130.
-    Shared by `load` and `migrate`."""
+    Shared by `load` and `migrate` (which gives `totals`, (threads, messages), for a stream of threads)."""
     bars: list[Bar] = []
     writer = ReportWriter(report_path) if report_path else None
 
     def on_start(threads: int | None, messages: int | None) -> None:
+        if totals is not None and threads is None:
+            threads, messages = totals
         bars.append(bar := Bar("planning" if dry_run else "loading", threads or 0, messages or 0, live=progress))
         bar.start("reading the journal and looking for the threads on the server")
 

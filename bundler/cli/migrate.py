@@ -8,14 +8,19 @@ from pathlib import Path
 from typing import Literal
 
 import click
+import orjson
 
 from ..build import DEFAULT_IDENTIFIER_SYSTEM
+from ..files import write_atomic
 from ..load.loader import default_journal
 from ..migrate import MigrateSummary, Progress, Shard, iter_threads, migrate
 from ..migrate.pipeline import default_rejects
+from ..migrate.report import combine, summary_json
+from ..migrate.stream import INDEX_VARIABLE
 from .common import EXIT_ISSUES, EXIT_OK, report_errors
 from .connect import connection_options, make_client
-from .load import load_options, run_load
+from .identifier import check_identifier_system
+from .load import load_options, run_load, sync_options
 
 
 def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Shard | None:
@@ -44,14 +49,20 @@ class _ProgressLine:
         click.echo(f"\r\x1b[2K{line}", err=True, nl=p.phase == "done")
 
 
-def _print_summary(summary: MigrateSummary) -> None:
-    rows = summary.table()
+def _print_summary(summary: MigrateSummary, *, loading: bool = False) -> None:
+    rows = summary.table(loading=loading)
     if summary.seconds:
         rows.append(("seconds", f"{summary.seconds:,.1f}"))
-    width = max(len(k) for k, _ in rows)
-    vwidth = max(len(v) for _, v in rows)
-    for k, v in rows:
-        click.echo(f"{k:<{width}}  {v:>{vwidth}}", err=True)
+    _summary_table(rows)
+    if summary.rejects.get("bad-encoding"):
+        click.echo(f"hint: {summary.rejects['bad-encoding']:,} rows have bytes that are not valid in the input "
+                   "encoding: if the export is in another one, set input.encoding in the mapping (latin-1, cp1252, "
+                   "...)", err=True)
+
+
+def _exit_status(summary: MigrateSummary) -> int:
+    """0: every row a message (or skipped); 1: any row rejected, or no message at all."""
+    return EXIT_OK if summary.rejected == 0 and summary.messages > 0 else EXIT_ISSUES
 
 
 @click.command("migrate")
@@ -62,36 +73,47 @@ def _print_summary(summary: MigrateSummary) -> None:
               metavar="specs DIR | ndjson FILE",
               help="One YAML spec per thread into DIR, or one transaction Bundle per line into FILE.")
 @click.option("--load", "load_", is_flag=True, help="Load the threads into a Medplum project instead (with every "
-                                                     "option of `load`).")
-@click.option("--shard", callback=_shard, metavar="K/N",
-              help="Only the conversations whose id hashes to K of N (0-based): split a migration across runs.")
+                                                     "option of `load`, --update for a delta run).")
+@click.option("--shard", callback=_shard, metavar="K/N | env/N",
+              help="Only the conversations whose thread key hashes to K of N (0-based): split a migration across "
+                   f"runs. env/N: K from ${INDEX_VARIABLE} (a Kubernetes Indexed Job).")
 @click.option("--rejects", type=click.Path(dir_okay=False, path_type=Path),
               help="Where rejected rows go (.csv or .jsonl).  [default: <out>.rejects.jsonl]")
-@click.option("--strict", is_flag=True, help="Stop at the first rejected row (exit 2), writing nothing.")
+@click.option("--summary", "summary_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the summary as JSON (for `thread-bundler report` to add up shards).")
+@click.option("--strict", is_flag=True, help="Stop at the first rejected row (exit 2), writing nothing; a reply "
+                                             "whose parent cannot be linked is a reject too.")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where the temporary grouping database goes (it needs about twice the input's size).")
 @click.option("--progress/--no-progress", default=None, help="A progress line on stderr.  [default: on a terminal]")
 @click.option("--identifier-system", default=DEFAULT_IDENTIFIER_SYSTEM, show_default=True,
-              help="Identifier system of every Communication (NDJSON output).")
+              callback=check_identifier_system, help="Identifier system of every Communication (NDJSON output, load).")
 @connection_options
 @load_options
+@sync_options
 @report_errors
 def migrate_command(inputs: tuple[str, ...], mapping: str, to: tuple[str, str] | None, load_: bool,
-                    shard: Shard | None, rejects: Path | None, strict: bool, work_dir: Path | None,
-                    progress: bool | None, identifier_system: str, base_url: str | None, client_id: str | None,
-                    client_secret: str | None, token: str | None, allow_insecure: bool, timeout: float,
-                    journal: Path | None, atomic: str, concurrency: int, max_entries: int | None, dry_run: bool,
-                    report_path: Path | None) -> None:
+                    shard: Shard | None, rejects: Path | None, summary_path: Path | None, strict: bool,
+                    work_dir: Path | None, progress: bool | None, identifier_system: str, base_url: str | None,
+                    client_id: str | None, client_secret: str | None, token: str | None, allow_insecure: bool,
+                    timeout: float, journal: Path | None, atomic: str, concurrency: int, max_entries: int | None,
+                    dry_run: bool, report_path: Path | None, exactly_once: str, late_margin: float, update: bool,
+                    wait: bool) -> None:
     """Migrate a legacy message export (INPUT: CSV or JSON Lines, optionally .gz) into threads.
 
-    Rows are grouped by conversation on disk, ordered by sent time, and every row becomes a message
-    or a line in the reject file. Output appears only when the run completes.
+    Rows are grouped by conversation on disk, ordered by sent time, and every row becomes a message,
+    a row skipped by the mapping's filter, or a line in the reject file. Output appears only when the
+    run completes; a re-run over a grown export writes the same bytes for what did not change.
+
+    Exit status: 0 when no row was rejected, 1 when any row was rejected (or no message came out, or
+    --load failed for a thread), 2 for unusable input (mapping, files, options) with nothing written.
 
     \b
     Examples:
       thread-bundler migrate export.csv --mapping mapping.yaml --to specs threads/
       thread-bundler migrate part-*.jsonl.gz --mapping m.yaml --to ndjson out.ndjson --shard 0/4
       thread-bundler migrate export.csv --mapping mapping.yaml --load --report loaded.json
+      thread-bundler migrate export.csv --mapping mapping.yaml --load --update   # a delta run
     """
     if (to is None) == (not load_):
         raise click.UsageError("give either --to specs DIR / --to ndjson FILE, or --load")
@@ -102,12 +124,20 @@ def migrate_command(inputs: tuple[str, ...], mapping: str, to: tuple[str, str] |
         rejects = rejects or Path(f"{inputs[0]}.rejects.jsonl")
         with client, iter_threads(list(inputs), mapping, shard=shard, strict=strict, rejects=rejects,
                                   work_dir=work_dir) as stream:
+            totals = stream.start()
             report = run_load(stream, client, journal=journal or default_journal(inputs),
                               identifier_system=identifier_system, atomic=atomic, concurrency=concurrency,
-                              max_entries=max_entries, dry_run=dry_run, report_path=report_path, progress=progress)
-        _print_summary(stream.summary)
-        click.echo(f"rejects in {rejects}", err=True)
-        sys.exit(EXIT_OK if report.ok else EXIT_ISSUES)
+                              max_entries=max_entries, dry_run=dry_run, report_path=report_path, progress=progress,
+                              exactly_once=exactly_once, late_margin=late_margin, update=update, wait=wait,
+                              totals=totals)
+        summary = stream.summary
+        summary.loaded = dict(report.messages)
+        _print_summary(summary, loading=True)
+        on_server = sum(report.messages.values())
+        click.echo(f"{summary.messages:,} messages of {summary.threads:,} threads migrated; {on_server:,} messages "
+                   f"of those threads on the server; rejects in {rejects}", err=True)
+        _write_summary(summary_path, summary, shard, report.ok)
+        sys.exit(max(_exit_status(summary), EXIT_OK if report.ok else EXIT_ISSUES))
     assert to is not None
     kind: Literal["specs", "ndjson"] = "specs" if to[0] == "specs" else "ndjson"  # click.Choice checked it
     out = Path(to[1])
@@ -117,3 +147,45 @@ def migrate_command(inputs: tuple[str, ...], mapping: str, to: tuple[str, str] |
     _print_summary(summary)
     where = "files in" if kind == "specs" else "bundles in"
     click.echo(f"{where} {out}; rejects in {rejects or default_rejects(out)}", err=True)
+    _write_summary(summary_path, summary, shard, True)
+    sys.exit(_exit_status(summary))
+
+
+def _write_summary(path: Path | None, summary: MigrateSummary, shard: Shard | None, load_ok: bool) -> None:
+    if path is not None:
+        where = (shard.index, shard.count) if shard is not None else None
+        write_atomic(path, orjson.dumps(summary_json(summary, shard=where, load_ok=load_ok),
+                                        option=orjson.OPT_INDENT_2))
+
+
+def _summary_table(rows: list[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    vwidth = max(len(v) for _, v in rows)
+    for k, v in rows:
+        click.echo(f"{k:<{width}}  {v:>{vwidth}}", err=True)
+
+
+@click.command("report")
+@click.argument("summaries", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@report_errors(nothing="nothing combined")
+def report_command(summaries: tuple[str, ...]) -> None:
+    """Add up the summaries of the shards of one migration (written by `migrate --summary FILE`) into one,
+    and say whether every shard is there.
+
+    Exit status: 0 when every shard of K/N is there once, no row was rejected and every load was ok; 1
+    otherwise; 2 for a file that is not a summary.
+
+    \b
+    Example:
+      thread-bundler report shard-*.json
+    """
+    total = combine(summaries)
+    _summary_table(total.summary.table())
+    click.echo(f"{len(total.files)} summar{'y' if len(total.files) == 1 else 'ies'}"
+               + (f" of shards {', '.join(f'{k}/{n}' for k, n in sorted(total.shards))}" if total.shards else ""),
+               err=True)
+    for missing in total.missing_shards:
+        click.echo(f"missing: shard {missing}", err=True)
+    if not total.load_ok:
+        click.echo("a load of one of the shards had failures (see its --report)", err=True)
+    sys.exit(EXIT_OK if total.ok else EXIT_ISSUES)

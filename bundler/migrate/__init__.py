@@ -12,16 +12,18 @@ The modules, in the order rows meet them: `mapping` (the mapping file), `readers
 `extract` (one row → a record or a reject), `records` (MessageRecord, Tombstone, their stored form),
 `grouping` (on-disk grouping), `assemble` (records → ThreadSpec), `rejects` (reason codes, the reject
 file), `stream` (one process's run: ThreadStream), `pipeline` (`migrate`: the writers, and the run
-over several processes).
+over several processes), `report` (summaries as JSON, and the shards' summaries added up: `combine`).
 """
 
 from .mapping import MigrationMapping, load_mapping
 from .pipeline import migrate, spec_yaml
 from .rejects import REASONS, Reject
+from .report import Combined, combine, summary_json
 from .stream import MigrateSummary, Progress, RowRejected, Shard, ThreadStream, iter_threads
 
 __all__ = [
     "REASONS",
+    "Combined",
     "MigrateSummary",
     "MigrationMapping",
     "Progress",
@@ -29,8 +31,10 @@ __all__ = [
     "RowRejected",
     "Shard",
     "ThreadStream",
+    "combine",
     "iter_threads",
     "load_mapping",
     "migrate",
     "spec_yaml",
+    "summary_json",
 ]

@@ -14,14 +14,25 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from ..spec.model import Attachment, Coding, Message, Participant, ThreadSpec
+from ..spec.source import Document, Path_, Position
 from ..vocabulary import DEFAULT_STATUS, reference_type
 from .keys import KEY_FITS as _KEY_FITS
+from .keys import MESSAGE_ID_FITS, distinct_in_case, message_id, thread_key
 from .keys import alias as make_alias
-from .keys import thread_key
 from .mapping import MigrationMapping
 from .participants import Resolved
 from .records import MessageRecord, Tombstone
-from .rejects import Reject
+from .rejects import REJECT, WARNING, Reject
+
+
+def _broken_link(rec: MessageRecord, target: str, rejected_ids: set[str], all_ids: set[str]) -> tuple[str, str]:
+    """Why a reply cannot point at `target` (not an accepted earlier message of its conversation)."""
+    if target in rejected_ids:
+        return "reply-to-rejected", f"replies to {target!r}, which was rejected"
+    if target in all_ids:
+        return "reply-to-later", f"replies to {target!r}, which is not an earlier message (sent after this one, " \
+                                 "or this one itself)"
+    return "reply-to-unknown", f"replies to {target!r}, which is not in conversation {rec.conversation!r}"
 
 
 @dataclass
@@ -33,22 +44,35 @@ class Assembled:
 _ALIAS_CACHE = 20_000  # legacy user id → alias entries kept across threads (then emptied)
 
 
-class Assembler:
-    """Callable: (thread key, its records in sent order, tombstones first) → Assembled.
+def _thread_keys(convs: set[str]) -> dict[str, str]:
+    """Legacy conversation ids of one group (their keys equal but for case, or equal) → their thread keys:
+    of keys that differ only in case the first (in code point order) stays, the others are made distinct."""
+    keys = {conv: conv if _KEY_FITS(conv) else thread_key(conv) for conv in convs}
+    first = min(keys.values())
+    return {conv: key if key == first else distinct_in_case(conv) for conv, key in keys.items()}
 
-    It runs once per thread, over every message: the common case (every user already seen in the
-    thread, no collision) takes the fewest steps, and aliases of legacy ids are cached across threads.
+
+class Assembler:
+    """Callable: (group, its records in sent order, tombstones first) → one Assembled per conversation.
+
+    A group is the rows of one thread key (`keys.fold`: keys that differ only in case meet in one group,
+    and all but the first are made distinct). It runs once per group, over every message: the common
+    case (one conversation, every user already seen in the thread, no collision) takes the fewest steps,
+    and aliases of legacy ids are cached across threads. With `strict`, a reply whose parent cannot be
+    linked is a reject; else the message keeps everything but the link, and a warning says so.
     """
 
-    def __init__(self, mapping: MigrationMapping, resolve: Callable[[str], Resolved | str], files: Sequence[str]
-                 ) -> None:
+    def __init__(self, mapping: MigrationMapping, resolve: Callable[[str], Resolved | str], files: Sequence[str],
+                 *, strict: bool = False, origins: bool = False) -> None:
         self.mapping = mapping
+        self.origins = origins
         self.resolve = resolve
         self.files = files
+        self.strict = strict
         self._aliases: dict[str, str] = {}  # legacy user id → make_alias(id), bounded
 
-    def _reject(self, rec: MessageRecord, reason: str, message: str) -> tuple[int, Reject]:
-        return rec.file, Reject(self.files[rec.file], rec.row, rec.line, reason, message, rec.raw)
+    def _reject(self, rec: MessageRecord, reason: str, message: str, severity: str = REJECT) -> tuple[int, Reject]:
+        return rec.file, Reject(self.files[rec.file], rec.row, rec.line, reason, message, rec.raw, severity)
 
     def _unresolved(self, rec: MessageRecord, people: dict[str, Resolved]) -> tuple[str, str] | None:
         """The first user of the message (sender, recipients, subject) not in `people` that cannot be
@@ -64,43 +88,73 @@ class Assembler:
                 return "unknown-participant", f"{role}: {got}"
         return None
 
-    def __call__(self, key: str, items: list[MessageRecord | Tombstone]) -> Assembled:
-        out = Assembled(None)
-        reject = out.rejects.append
-        rejected_ids: set[str] = set()  # legacy ids of rejected rows (tombstones first, then as found)
+    def __call__(self, group: str, items: list[MessageRecord | Tombstone]) -> list[Assembled]:
+        rejected_ids: dict[str, set[str]] = {}  # conversation → legacy ids of its rejected rows
         records: list[MessageRecord]
         if isinstance(items[0], Tombstone):  # the store puts a group's tombstones first
             records = []
             for item in items:
                 if isinstance(item, Tombstone):
-                    rejected_ids.add(item.message_id)
+                    rejected_ids.setdefault(item.conversation, set()).add(item.message_id)
                 else:
                     records.append(item)
-            if not records:
-                return out
         else:
             records = cast(list[MessageRecord], items)  # no tombstone first: none at all
         convs = {rec.conversation for rec in records}
-        if len(convs) > 1:  # different legacy ids sanitised to one key: the one that is the key keeps it
-            for rec in records:
-                if rec.conversation != key:
-                    others = ", ".join(repr(c) for c in sorted(convs - {rec.conversation}))
-                    reject(self._reject(rec, "id-collision", f"conversation {rec.conversation!r} becomes thread "
-                                                             f"key {key!r}, as does {others}"))
-            records = [rec for rec in records if rec.conversation == key]
-            if not records:
-                return out
+        # a conversation whose every row was rejected alone: no thread
+        out = [Assembled(None) for conv in rejected_ids if conv not in convs]
+        if len(convs) == 1:
+            conv = records[0].conversation
+            key = conv if _KEY_FITS(conv) else thread_key(conv)
+            out.append(self._thread(key, records, rejected_ids.get(conv, set())))
+        elif convs:
+            out += self._several(convs, records, rejected_ids)
+        return out
+
+    def _several(self, convs: set[str], records: list[MessageRecord], rejected_ids: dict[str, set[str]]
+                 ) -> list[Assembled]:
+        """A group of several conversations: those whose ids make one key (the one that is the key keeps
+        it, the others are `id-collision`s), and those whose keys differ only in case (made distinct)."""
+        keys = _thread_keys(convs)
+        by_key: dict[str, list[MessageRecord]] = {}
+        for rec in records:
+            by_key.setdefault(keys[rec.conversation], []).append(rec)
+        out = []
+        for key in sorted(by_key):
+            done = Assembled(None)
+            mine = by_key[key]
+            same = {rec.conversation for rec in mine}
+            if len(same) > 1:  # different legacy ids sanitised to one key: the one that is the key keeps it
+                for rec in mine:
+                    if rec.conversation != key:
+                        others = ", ".join(repr(c) for c in sorted(same - {rec.conversation}))
+                        done.rejects.append(self._reject(rec, "id-collision", f"conversation {rec.conversation!r} "
+                                                                             f"becomes thread key {key!r}, as does "
+                                                                             f"{others}"))
+                mine = [rec for rec in mine if rec.conversation == key]
+            if mine:
+                got = self._thread(key, mine, rejected_ids.get(mine[0].conversation, set()))
+                got.rejects[:0] = done.rejects
+                done = got
+            out.append(done)
+        return out
+
+    def _thread(self, key: str, records: list[MessageRecord], rejected_ids: set[str]) -> Assembled:
+        out = Assembled(None)
+        reject = out.rejects.append
+        rejected_ids = set(rejected_ids)
         all_ids = {rec.message_id for rec in records}
         accepted: list[MessageRecord] = []
         accepted_ids: dict[str, str] = {}  # legacy id → message id
         used_ids: dict[str, str] = {}  # message id → legacy id
+        unlinked: set[int] = set()  # index in accepted of replies kept without their link
         people: dict[str, Resolved] = {}  # legacy user id → (reference, display), in order of appearance
         resolve = self.resolve
-        fits = _KEY_FITS
+        fits = MESSAGE_ID_FITS
         for rec in records:
             mid, sender, recipients, target = rec.message_id, rec.sender, rec.recipients, rec.reply_to
             why: tuple[str, str] | None = None
-            msg_key = mid if fits(mid) else thread_key(mid)
+            msg_key = mid if fits(mid) else message_id(mid)
             if mid in accepted_ids:
                 why = ("duplicate-message-id", f"message id {mid!r} is already used in conversation "
                                                f"{rec.conversation!r}")
@@ -109,20 +163,19 @@ class Assembler:
             elif sender not in people or (rec.subject is not None and rec.subject not in people) or \
                     any(r not in people for r in recipients):
                 why = self._unresolved(rec, people)
+            link: tuple[str, str] | None = None
             if why is None and target is not None and target not in accepted_ids:
-                if target in rejected_ids:
-                    why = ("reply-to-rejected", f"replies to {target!r}, which was rejected")
-                elif target in all_ids:
-                    why = ("reply-to-later", f"replies to {target!r}, which is not an earlier message "
-                                             "(sent after this one, or this one itself)")
-                else:
-                    why = ("reply-to-unknown", f"replies to {target!r}, which is not in conversation "
-                                               f"{rec.conversation!r}")
+                link = _broken_link(rec, target, rejected_ids, all_ids)
+                if self.strict:
+                    why, link = link, None
             if why is not None:
                 reject(self._reject(rec, *why))
                 if mid not in accepted_ids:
                     rejected_ids.add(mid)
                 continue
+            if link is not None:
+                reject(self._reject(rec, link[0], link[1] + "; the message is kept without the link", WARNING))
+                unlinked.add(len(accepted))
             if sender not in people:
                 people[sender] = resolve(sender)  # type: ignore[assignment]  # resolved above
             for user in recipients:
@@ -132,8 +185,21 @@ class Assembler:
             used_ids[msg_key] = mid
             accepted.append(rec)
         if accepted:
-            out.spec = self._spec(key, accepted, accepted_ids, people)
+            out.spec = self._spec(key, accepted, accepted_ids, people, unlinked)
+            if self.origins:
+                out.spec._source = self._origin(accepted)
         return out
+
+    def _origin(self, records: list[MessageRecord]) -> Document:
+        """Where a thread's values come from, for what names them (`spec.origin`, the loader's failures):
+        the input file of its first row, the line of each message's row (a thread whose rows come from several
+        inputs is named by the first, and its rows from the others by the thread's first line)."""
+        first = records[0]
+        values: dict[Path_, Position] = {(): (first.line, 1)}
+        for i, rec in enumerate(records):
+            if rec.file == first.file:
+                values[("messages", i)] = (rec.line, 1)
+        return Document(self.files[first.file], None, values=values)
 
     def _alias(self, user: str) -> str:
         found = self._aliases.get(user)
@@ -143,8 +209,8 @@ class Assembler:
             found = self._aliases[user] = make_alias(user)
         return found
 
-    def _spec(self, key: str, records: list[MessageRecord], ids: dict[str, str], people: dict[str, Resolved]
-              ) -> ThreadSpec:
+    def _spec(self, key: str, records: list[MessageRecord], ids: dict[str, str], people: dict[str, Resolved],
+              unlinked: set[int]) -> ThreadSpec:
         aliases: dict[str, str] = {}
         taken: set[str] = set()
         for user in people:
@@ -165,7 +231,7 @@ class Assembler:
         everyone = set(participants)
         others: dict[str, set[str]] = {}  # sender alias → everyone but the sender: the default recipients
         messages = []
-        for rec in records:
+        for i, rec in enumerate(records):
             sender = aliases[rec.sender]
             recipient: tuple[str, ...] | None = None
             if rec.recipients:
@@ -175,11 +241,11 @@ class Assembler:
                     default = others[sender] = everyone - {sender}
                 if len(recipient) == len(default) and set(recipient) == default:
                     recipient = None  # the default: everyone but the sender
-            url, reply = rec.attachment_url, rec.reply_to
+            reply = rec.reply_to if i not in unlinked else None
             messages.append(Message(
                 id=ids[rec.message_id], sender=sender, sent=rec.sent, text=rec.text,
-                attachments=(Attachment(url=url, content_type=rec.attachment_type, title=rec.attachment_title),)
-                if url is not None else (),
+                attachments=tuple(Attachment(url=cast(str, url), content_type=kind, title=title)
+                                  for url, kind, title in rec.attachments),
                 recipient=recipient, reply_to=ids[reply] if reply is not None else None, status=rec.status,
             ))
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from ..vocabulary import COMMUNICATION_STATUSES, is_coding, is_mime_type
-from .mapping import Getter, MigrationMapping, Row, StatusValue
-from .readers import Source
+from .mapping import AttachmentList, AttachmentValues, Getter, MigrationMapping, Row, StatusValue
+from .readers import Source, as_text, lookup
 from .records import MessageRecord
 from .times import TimeRejected
 
@@ -71,6 +73,15 @@ class Extractor:
         self.message_id: Getter = lambda row: get_id(row).strip()
         self.file_index = source.index
         self.record = _record_function(m, index, source.index)
+        tests = [(rule.test(get(rule.value)), rule.label) for rule in m.skip]
+
+        def skipped(row: Row) -> str | None:
+            for test, label in tests:
+                if test(row):
+                    return label
+            return None
+        self.skipped: Callable[[Row], str | None] | None = skipped if tests else None
+        """row → the label of the first skip rule it meets, or None; None when the mapping skips nothing."""
 
 
 def _optional(value: Any, index: dict[str, int]) -> Getter | None:
@@ -85,8 +96,7 @@ def _record_function(m: MigrationMapping, index: dict[str, int], file_index: int
     get_id, get_sender = m.message_id.getter(index), m.sender.getter(index)
     get_display, get_role = _optional(m.sender_display, index), _optional(m.sender_role, index)
     get_text, get_reply = _optional(m.text, index), _optional(m.reply_to, index)
-    get_url, get_type, get_title = (_optional(m.attachment_url, index), _optional(m.attachment_type, index),
-                                    _optional(m.attachment_title, index))
+    get_attachments = _attachments_function(m.attachments, index)
     get_topic, get_category, get_subject = (_optional(m.topic, index), _optional(m.category, index),
                                             _optional(m.subject, index))
     status, thread_status = _status(m.status, index, "status"), _status(m.thread_status, index, "thread status")
@@ -111,15 +121,12 @@ def _record_function(m: MigrationMapping, index: dict[str, int], file_index: int
         text: str | None = get_text(values) if get_text is not None else None
         if not text or text.isspace():
             text = None
-        url = (get_url(values).strip() or None) if get_url is not None else None
-        att_type = title = None
-        if url is not None:
-            att_type = (get_type(values).strip() or None) if get_type is not None else None
-            title = (get_title(values).strip() or None) if get_title is not None else None
-        elif text is None:
+        attachments = get_attachments(values) if get_attachments is not None else []
+        if not attachments and text is None:
             raise RowError("empty-message", "no text and no attachment")
-        if att_type is not None and not mime_match(att_type):
-            raise RowError("bad-attachment", f"attachment type {att_type!r} is not a MIME type like image/png")
+        for _, att_type, _ in attachments:
+            if att_type is not None and not mime_match(att_type):
+                raise RowError("bad-attachment", f"attachment type {att_type!r} is not a MIME type like image/png")
         category = (get_category(values).strip() or None) if get_category is not None else None
         if category is not None and not coding_match(category):
             raise RowError("bad-category", f"category {category!r} is not 'system|code'")
@@ -135,7 +142,7 @@ def _record_function(m: MigrationMapping, index: dict[str, int], file_index: int
             file_index, row, line, conv, mid, sender,
             (get_display(values).strip() or None) if get_display is not None else None,
             (get_role(values).strip() or None) if get_role is not None else None,
-            recipients, sent, text, url, att_type, title,
+            recipients, sent, text, attachments,
             (get_reply(values).strip() or None) if get_reply is not None else None,
             message_status,
             (get_topic(values).strip() or None) if get_topic is not None else None,
@@ -144,6 +151,57 @@ def _record_function(m: MigrationMapping, index: dict[str, int], file_index: int
             thread_status_, raw)
 
     return record
+
+
+Attachments = list[list[str | None]]
+
+
+def _attachments_function(spec: tuple[AttachmentValues, ...] | AttachmentList, index: dict[str, int]
+                          ) -> Callable[[Row], Attachments] | None:
+    """row → its attachments ([url, content type, title] each; those without a url left out); RowError for
+    an `each` value that is not a JSON array of objects. None when the mapping has no attachments."""
+    if isinstance(spec, AttachmentList):
+        return _each_function(spec, index)
+    if not spec:
+        return None
+    getters = [(a.url.getter(index), _optional(a.content_type, index), _optional(a.title, index)) for a in spec]
+
+    def attachments(row: Row) -> Attachments:
+        out: Attachments = []
+        for get_url, get_type, get_title in getters:
+            url = get_url(row).strip()
+            if url:
+                out.append([url, (get_type(row).strip() or None) if get_type is not None else None,
+                            (get_title(row).strip() or None) if get_title is not None else None])
+        return out
+    return attachments
+
+
+def _each_function(spec: AttachmentList, index: dict[str, int]) -> Callable[[Row], Attachments]:
+    get = spec.each.getter(index)
+    keys = (spec.url, spec.content_type, spec.title)
+    name = spec.each.column
+
+    def field(item: dict[str, Any], key: str | None) -> str | None:
+        return (as_text(lookup(item, key)).strip() or None) if key is not None else None
+
+    def attachments(row: Row) -> Attachments:
+        text = get(row).strip()
+        if not text:
+            return []
+        try:
+            items = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            items = None
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise RowError("bad-attachment", f"{name} is not a JSON array of objects: {text[:80]!r}")
+        out: Attachments = []
+        for item in items:
+            url = field(item, keys[0])
+            if url is not None:
+                out.append([url, field(item, keys[1]), field(item, keys[2])])
+        return out
+    return attachments
 
 
 def _name(value: Any) -> str:

@@ -19,6 +19,7 @@ first, so a group's tombstones come first).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -30,12 +31,17 @@ from typing import Any, Protocol
 
 import orjson
 
+from ..files import held_folder
 from .rejects import Reject
 
 Row = tuple[str, int, int, bytes]  # (thread key, sent µs, input order, message data)
 Group = tuple[str, list[tuple[int, int, bytes]]]  # (thread key, [(sent µs, input order, data), ...])
 
-_REJECT_COLUMNS = "file INTEGER, row INTEGER, line INTEGER, name TEXT, reason TEXT, message TEXT, raw BLOB"
+SCRATCH_PREFIX = "thread-bundler-migrate-"
+"""The temporary folders of migrations (in --work-dir, or the system's temporary folder)."""
+
+_REJECT_COLUMNS = ("file INTEGER, row INTEGER, line INTEGER, name TEXT, reason TEXT, message TEXT, raw BLOB, "
+                   "severity TEXT")
 
 
 def _quote(text: str) -> str:
@@ -70,8 +76,13 @@ def _grouped(cursor: sqlite3.Cursor) -> Iterator[Group]:
 
 
 def _rejects(cursor: sqlite3.Cursor) -> Iterator[tuple[int, Reject]]:
-    for file, name, row, line, reason, message, raw in cursor:
-        yield file, Reject(name, row, line, reason, message, orjson.loads(raw))
+    for file, name, row, line, reason, message, raw, severity in cursor:
+        yield file, Reject(name, row, line, reason, message, orjson.loads(raw), severity)
+
+
+def _insert_rejects(db: sqlite3.Connection, rejects: list[tuple[int, Reject]]) -> None:
+    db.executemany("INSERT INTO rejects VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
+        (i, r.row, r.line, r.file, r.reason, r.message, orjson.dumps(r.raw), r.severity) for i, r in rejects])
 
 
 def max_stores() -> int:
@@ -95,10 +106,15 @@ class Groups(Protocol):
 class GroupStore:
     """The on-disk store of one migration run; its folder is removed on close."""
 
-    def __init__(self, work_dir: str | Path | None = None, *, cache_mb: int = 16, threads: int = 2) -> None:
-        if work_dir is not None:
-            Path(work_dir).mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(prefix="thread-bundler-migrate-", dir=work_dir))
+    def __init__(self, work_dir: str | Path | None = None, *, cache_mb: int = 16, threads: int = 2,
+                 held: bool = True) -> None:
+        """`held`: the store's folder is held (files.held_folder), so that a run killed with kill -9 leaves
+        nothing the next run in `work_dir` does not remove; not held: inside a folder that is."""
+        self._held: int | None = None
+        if held:
+            self.dir, self._held = held_folder(SCRATCH_PREFIX, work_dir)
+        else:
+            self.dir = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=work_dir))
         self.path = self.dir / "rows.sqlite"
         self._sealed = False
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -121,8 +137,12 @@ class GroupStore:
         return frozenset(r for (r,) in self.db.execute("SELECT role FROM roles WHERE id = ?", (legacy_id,)))
 
     def add_rejects(self, rejects: list[tuple[int, Reject]]) -> None:
-        self.db.executemany("INSERT INTO rejects VALUES (?, ?, ?, ?, ?, ?, ?)", [
-            (i, r.row, r.line, r.file, r.reason, r.message, orjson.dumps(r.raw)) for i, r in rejects])
+        _insert_rejects(self.db, rejects)
+
+    def totals(self, tombstone: int) -> tuple[int, int]:
+        """(groups, rows) stored, tombstones left out."""
+        got = self.db.execute("SELECT COUNT(DISTINCT key), COUNT(*) FROM msgs WHERE sent != ?", (tombstone,)).fetchone()
+        return int(got[0]), int(got[1] or 0)
 
     def finish_loading(self) -> None:
         self.db.execute("COMMIT")
@@ -140,7 +160,7 @@ class GroupStore:
 
     def rejects(self) -> Iterator[tuple[int, Reject]]:
         """(input index, reject), ordered by input and row."""
-        return _rejects(self.db.execute("SELECT file, name, row, line, reason, message, raw FROM rejects "
+        return _rejects(self.db.execute("SELECT file, name, row, line, reason, message, raw, severity FROM rejects "
                                         "ORDER BY file, row"))
 
     def close(self) -> None:
@@ -149,6 +169,9 @@ class GroupStore:
         try:
             self.db.close()
         finally:
+            if self._held is not None:
+                os.close(self._held)
+                self._held = None
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> GroupStore:
@@ -197,12 +220,11 @@ class SealedStores:
         return frozenset(r for (r,) in self.db.execute(self._roles, (legacy_id,)))
 
     def add_rejects(self, rejects: list[tuple[int, Reject]]) -> None:
-        self.db.executemany("INSERT INTO rejects VALUES (?, ?, ?, ?, ?, ?, ?)", [
-            (i, r.row, r.line, r.file, r.reason, r.message, orjson.dumps(r.raw)) for i, r in rejects])
+        _insert_rejects(self.db, rejects)
 
     def rejects(self) -> Iterator[tuple[int, Reject]]:
         """This reader's rejects and those its own store took while loading, ordered by input and row."""
-        columns = "file, name, row, line, reason, message, raw"
+        columns = "file, name, row, line, reason, message, raw, severity"
         return _rejects(self.db.execute(f"SELECT {columns} FROM main.rejects UNION ALL SELECT {columns} FROM "
                                         f"s{self.own}.rejects ORDER BY file, row"))
 

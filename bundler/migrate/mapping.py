@@ -3,12 +3,20 @@
     mapping = load_mapping("fixtures/legacy/mapping.yaml")   # raises SpecError listing every problem
 
 A value in the mapping is a column name (`body`), a template joining columns (`"{first} {last}"`, `{{`
-for a literal brace), or `{column: ...}`, `{template: ...}`, `{value: <constant>}`. Values are compiled
-against each input's columns (`Value.getter`), so the per-row work is a list index or a join.
+for a literal brace), or `{column: ...}`, `{template: ...}`, `{value: <constant>}`. In JSON Lines a column
+name with dots reads a nested field (`thread.id`). Values are compiled against each input's columns
+(`Value.getter`), so the per-row work is a list index or a join.
+
+Besides the values: `sent.format` (iso, epoch, epoch_ms or strptime), `attachments` (a list of
+{url, content_type, title}, or {each: <JSON array column>, url: <key>, ...}), `skip` rules, and the
+input's limits (`max_row_chars`, `max_quoted_lines`). Every default is in the schema
+(`schemas/migrate-mapping.schema.json`). Problems come all at once: the schema's and the values'
+(`load_mapping_problems`; with the inputs' missing columns: `readers.prepare`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +36,12 @@ from .participants import Participants, load_participants
 from .times import SentParser
 
 MAPPING_SCHEMA = "migrate-mapping.schema.json"
+DEFAULT_MAX_ROW_CHARS = 16_000_000
+"""input.max_row_chars: a row longer than this (in characters, as decoded) is rejected, read at bounded memory."""
+DEFAULT_MAX_QUOTED_LINES = 10_000
+"""input.max_quoted_lines: a CSV row whose quoted field runs over more lines is taken for an unterminated quote."""
+SENT_FORMATS = ("iso", "epoch", "epoch_ms")
+"""sent.format, besides a strptime format: ISO 8601, seconds or milliseconds since 1970-01-01T00:00:00Z."""
 
 Row = Sequence[str]
 Getter = Callable[[Row], str]
@@ -77,6 +91,44 @@ class SentValue:
 
 
 @dataclass(frozen=True)
+class AttachmentValues:
+    """One attachment a row may carry: its url, content type and title (None: not mapped)."""
+
+    url: Value
+    content_type: Value | None = None
+    title: Value | None = None
+
+
+@dataclass(frozen=True)
+class AttachmentList:
+    """Several attachments in one value holding a JSON array of objects (`each`), with the key (a dotted
+    path) of each field in the objects."""
+
+    each: Value
+    url: str
+    content_type: str | None = None
+    title: str | None = None
+
+
+@dataclass(frozen=True)
+class SkipRule:
+    """Rows whose value equals one of `values` (or matches `pattern`) are skipped, counted under `label`."""
+
+    value: Value
+    values: frozenset[str] | None
+    pattern: re.Pattern[str] | None
+    label: str
+
+    def test(self, get: Getter) -> Callable[[Row], bool]:
+        values, pattern = self.values, self.pattern
+        if values is not None:
+            return lambda row: get(row).strip() in values
+        assert pattern is not None
+        search = pattern.search
+        return lambda row: search(get(row)) is not None
+
+
+@dataclass(frozen=True)
 class Recipients:
     values: tuple[Value, ...]
     separator: str | None  # split the single value by this
@@ -92,6 +144,8 @@ class MigrationMapping:
     delimiter: str | None = None
     quotechar: str = '"'
     encoding: str = "utf-8-sig"
+    max_row_chars: int = DEFAULT_MAX_ROW_CHARS
+    max_quoted_lines: int = DEFAULT_MAX_QUOTED_LINES
     thread_id: Value = field(default_factory=lambda: Value(()))
     topic: Value | None = None
     subject_type: str | None = None
@@ -105,9 +159,8 @@ class MigrationMapping:
     recipients: Recipients | None = None
     sent: SentValue | None = None
     text: Value | None = None
-    attachment_url: Value | None = None
-    attachment_type: Value | None = None
-    attachment_title: Value | None = None
+    attachments: tuple[AttachmentValues, ...] | AttachmentList = ()
+    skip: tuple[SkipRule, ...] = ()
     reply_to: Value | None = None
     status: StatusValue | None = None
     participants: Participants = field(default_factory=Participants)
@@ -117,11 +170,17 @@ class MigrationMapping:
         out: list[Value | None] = [
             self.thread_id, self.topic, self.subject, self.category, self.message_id, self.sender,
             self.sender_display, self.sender_role, self.sent.value if self.sent else None, self.text,
-            self.attachment_url, self.attachment_type, self.attachment_title, self.reply_to,
-            self.thread_status.value if self.thread_status else None, self.status.value if self.status else None,
+            self.reply_to, self.thread_status.value if self.thread_status else None,
+            self.status.value if self.status else None,
         ]
         if self.recipients:
             out.extend(self.recipients.values)
+        if isinstance(self.attachments, AttachmentList):
+            out.append(self.attachments.each)
+        else:
+            for a in self.attachments:
+                out += [a.url, a.content_type, a.title]
+        out += [rule.value for rule in self.skip]
         return [v for v in out if v is not None]
 
     def columns(self) -> list[str]:
@@ -204,14 +263,28 @@ def _status(raw: Any, path: Path_, problems: list[Problem], doc: Document) -> St
     return StatusValue(value, {str(k): v for k, v in (raw.get("map") or {}).items()}, raw.get("default"))
 
 
+def _strptime_problem(fmt: str) -> str | None:
+    """Why `fmt` cannot read back what it writes (so that it would reject every row), or None."""
+    sample = dt.datetime(2024, 11, 28, 13, 45, 30)
+    try:
+        dt.datetime.strptime(sample.strftime(fmt), fmt)
+    except (ValueError, TypeError) as exc:
+        return str(exc)
+    return None
+
+
 def _sent(raw: Any, path: Path_, problems: list[Problem], doc: Document) -> SentValue | None:
     if isinstance(raw, str):
         raw = {"column": raw}
     value = _value({k: raw[k] for k in ("column", "template") if k in raw}, path, problems, doc)
     fmt = raw.get("format", "iso")
-    if fmt != "iso" and "%" not in fmt:
-        problems.append(doc.problem((*path, "format"), f"{fmt!r} is not 'iso' or a strptime format like "
-                                                         "'%m/%d/%Y %H:%M'"))
+    if fmt not in SENT_FORMATS:
+        why = _strptime_problem(fmt) if "%" in fmt else "not a format"
+        if why is not None:
+            problems.append(doc.problem((*path, "format"), f"{fmt!r} is not 'iso', 'epoch' (seconds since 1970), "
+                                                             f"'epoch_ms' (milliseconds) or a strptime format like "
+                                                             f"'%m/%d/%Y %H:%M' ({why})"))
+            return None
     tz = raw.get("timezone")
     if tz is not None:
         try:
@@ -224,18 +297,75 @@ def _sent(raw: Any, path: Path_, problems: list[Problem], doc: Document) -> Sent
                                        nonexistent=raw.get("nonexistent", "reject")))
 
 
-def read_mapping(doc: Document, base: Path) -> MigrationMapping:
-    """A MigrationMapping from a parsed mapping document; SpecError with every problem found."""
-    problems = [p for e in _validator().iter_errors(doc.data) for p in _schema_problems(doc, e)]
-    if problems:
-        raise SpecError(problems)
-    data = doc.data
-    m = MigrationMapping(file=doc.file, doc=doc)
-    inp = data.get("input", {})
+def _attachments(message: Mapping[str, Any], problems: list[Problem], doc: Document
+                 ) -> tuple[AttachmentValues, ...] | AttachmentList:
+    def one(raw: Mapping[str, Any], path: Path_) -> AttachmentValues:
+        def opt(key: str) -> Value | None:
+            return _value(raw[key], (*path, key), problems, doc) if key in raw else None
+        return AttachmentValues(_value(raw["url"], (*path, "url"), problems, doc), opt("content_type"), opt("title"))
+
+    if "attachment" in message and "attachments" in message:
+        problems.append(doc.problem(("message", "attachments"), "give attachment (one) or attachments (several), "
+                                                                "not both"))
+    if "attachment" in message:
+        return (one(message["attachment"], ("message", "attachment")),)
+    raw = message.get("attachments")
+    if raw is None:
+        return ()
+    if isinstance(raw, list):
+        return tuple(one(a, ("message", "attachments", i)) for i, a in enumerate(raw))
+    each = Value(("message", "attachments", "each"), column=str(raw["each"]))
+    return AttachmentList(each, str(raw["url"]), raw.get("content_type"), raw.get("title"))
+
+
+def _text(value: Any) -> str:
+    """A constant of the mapping as a row's value reads (JSON true is 'true', as readers.as_text makes it)."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _skip(raw: list[Any], problems: list[Problem], doc: Document) -> tuple[SkipRule, ...]:
+    rules = []
+    for i, rule in enumerate(raw):
+        path: Path_ = ("skip", i)
+        value = Value((*path, "column"), column=str(rule["column"]))
+        if "matches" in rule:
+            try:
+                pattern = re.compile(rule["matches"])
+            except re.error as exc:
+                problems.append(doc.problem((*path, "matches"), f"not a regular expression: {exc}"))
+                continue
+            rules.append(SkipRule(value, None, pattern, f"{rule['column']} matches {rule['matches']!r}"))
+        else:
+            values = [_text(v) for v in ([rule["equals"]] if "equals" in rule else rule["in"])]
+            shown = " or ".join(repr(v) for v in values)
+            rules.append(SkipRule(value, frozenset(values), None, f"{rule['column']} = {shown}"))
+    return tuple(rules)
+
+
+def _schema_check(doc: Document) -> tuple[list[Problem], Callable[[Path_], bool]]:
+    """The schema's problems, and a test: is the value at this path fit to be read (no schema error in it,
+    nor in a value that holds it; an unknown field leaves the rest of its mapping readable, and so does a
+    missing section)?"""
+    problems: list[Problem] = []
+    bad: list[Path_] = []
+    for error in _validator().iter_errors(doc.data):
+        problems.extend(_schema_problems(doc, error))
+        path = tuple(error.absolute_path)
+        if error.validator != "additionalProperties" and (error.validator != "required" or path):
+            bad.append(path)
+
+    def fit(path: Path_) -> bool:
+        return not any(path[:len(b)] == b or b[:len(path)] == path for b in bad)
+    return problems, fit
+
+
+def _input(m: MigrationMapping, inp: Mapping[str, Any], problems: list[Problem], doc: Document) -> None:
     m.format = inp.get("format")
     m.delimiter = inp.get("delimiter")
     m.quotechar = inp.get("quotechar", '"')
     m.encoding = inp.get("encoding", "utf-8-sig")
+    m.max_row_chars = inp.get("max_row_chars", DEFAULT_MAX_ROW_CHARS)
+    m.max_quoted_lines = inp.get("max_quoted_lines", DEFAULT_MAX_QUOTED_LINES)
     try:
         "".encode(m.encoding)
     except LookupError:
@@ -243,12 +373,10 @@ def read_mapping(doc: Document, base: Path) -> MigrationMapping:
     if m.encoding.replace("-", "").replace("_", "").lower() == "utf8":
         m.encoding = "utf-8-sig"  # skip a BOM if there is one
 
-    def value(section: str, key: str) -> Value | None:
-        raw = data[section].get(key)
-        return None if raw is None else _value(raw, (section, key), problems, doc)
 
-    thread, message = data["thread"], data["message"]
-    m.thread_id = value("thread", "id")  # type: ignore[assignment]
+def _thread(m: MigrationMapping, thread: Mapping[str, Any], value: Callable[[str, str], Value | None],
+            problems: list[Problem], doc: Document) -> None:
+    m.thread_id = value("thread", "id") or m.thread_id
     m.topic = value("thread", "topic")
     subject = thread.get("subject")
     if isinstance(subject, dict) and "participant_type" in subject:
@@ -260,55 +388,94 @@ def read_mapping(doc: Document, base: Path) -> MigrationMapping:
         problems.append(doc.problem(("thread", "category"), f"{m.category.constant!r} must be 'system|code'"))
     if "status" in thread:
         m.thread_status = _status(thread["status"], ("thread", "status"), problems, doc)
-    m.message_id = value("message", "id")  # type: ignore[assignment]
-    m.sender = value("message", "sender")  # type: ignore[assignment]
+
+
+def _message(m: MigrationMapping, message: Mapping[str, Any], value: Callable[[str, str], Value | None],
+             fit: Callable[[Path_], bool], problems: list[Problem], doc: Document) -> None:
+    m.message_id = value("message", "id") or m.message_id
+    m.sender = value("message", "sender") or m.sender
     m.sender_display = value("message", "sender_display")
     m.sender_role = value("message", "sender_role")
     rec = message.get("recipients")
     if isinstance(rec, str):
         rec = {"column": rec}
-    if rec is not None:
+    if rec is not None and fit(("message", "recipients")):
         if "columns" in rec:
             cols = tuple(Value(("message", "recipients", "columns", i), column=c) for i, c in enumerate(rec["columns"]))
             m.recipients = Recipients(cols, None)
         else:
             m.recipients = Recipients((Value(("message", "recipients", "column"), column=rec["column"]),),
                                       rec.get("separator", ";"))
-    m.sent = _sent(message["sent"], ("message", "sent"), problems, doc)
+    if "sent" in message and fit(("message", "sent")):
+        m.sent = _sent(message["sent"], ("message", "sent"), problems, doc)
     m.text = value("message", "text")
-    att = message.get("attachment")
-    if att is not None:
-        m.attachment_url = _value(att["url"], ("message", "attachment", "url"), problems, doc)
-        if "content_type" in att:
-            m.attachment_type = _value(att["content_type"], ("message", "attachment", "content_type"), problems, doc)
-        if "title" in att:
-            m.attachment_title = _value(att["title"], ("message", "attachment", "title"), problems, doc)
-    if m.text is None and m.attachment_url is None:
-        problems.append(doc.problem(("message",), "needs text or attachment (a message must carry one)"))
+    if fit(("message", "attachment")) and fit(("message", "attachments")):
+        m.attachments = _attachments(message, problems, doc)
+    if m.text is None and not m.attachments and not {"text", "attachment", "attachments"} & set(message):
+        problems.append(doc.problem(("message",), "needs text or attachments (a message must carry one)"))
     m.reply_to = value("message", "reply_to")
-    if "status" in message:
+    if "status" in message and fit(("message", "status")):
         m.status = _status(message["status"], ("message", "status"), problems, doc)
-    participants, more = load_participants(data["participants"], doc, base, has_roles=m.sender_role is not None)
-    m.participants = participants
-    problems.extend(more)
+
+
+def read_mapping(doc: Document, base: Path) -> MigrationMapping:
+    """A MigrationMapping from a parsed mapping document; SpecError with every problem found (the schema's and
+    the values', at once)."""
+    m, problems = read_mapping_problems(doc, base)
     if problems:
         raise SpecError(problems)
     return m
 
 
+def read_mapping_problems(doc: Document, base: Path) -> tuple[MigrationMapping, list[Problem]]:
+    """A MigrationMapping and every problem of it (the parts with problems left out of the mapping)."""
+    problems, fit = _schema_check(doc)
+    data = doc.data if isinstance(doc.data, dict) else {}
+    m = MigrationMapping(file=doc.file, doc=doc)
+
+    def section(name: str) -> Mapping[str, Any]:
+        got = data.get(name)
+        return got if isinstance(got, dict) and fit((name,)) else {}
+
+    def value(name: str, key: str) -> Value | None:
+        raw = section(name).get(key)
+        return None if raw is None or not fit((name, key)) else _value(raw, (name, key), problems, doc)
+
+    _input(m, section("input"), problems, doc)
+    _thread(m, section("thread"), value, problems, doc)
+    _message(m, section("message"), value, fit, problems, doc)
+    if isinstance(data.get("skip"), list) and fit(("skip",)):
+        m.skip = _skip(data["skip"], problems, doc)
+    if section("participants"):
+        participants, more = load_participants(section("participants"), doc, base,
+                                               has_roles=m.sender_role is not None)
+        m.participants = participants
+        problems.extend(more)
+    return m, problems
+
+
 def load_mapping(path: str | Path) -> MigrationMapping:
     """Read and check a mapping file (YAML or JSON); SpecError with file:line:col for every problem."""
-    name = str(path)
+    mapping, problems = load_mapping_problems(path)
+    if problems:
+        raise SpecError(problems)
+    assert mapping is not None
+    return mapping
+
+
+def load_mapping_problems(path: str | Path) -> tuple[MigrationMapping | None, list[Problem]]:
+    """Like load_mapping, but the problems are returned with what could be read (None: nothing could), so
+    that a caller can add the inputs' problems and tell them all at once."""
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
-        raise SpecError([Problem(name, None, None, "", f"cannot read the mapping: {exc.strerror}")]) from None
-    text, problems = decode(raw, name)
+        return None, [Problem(str(path), None, None, "", f"cannot read the mapping: {exc.strerror}")]
+    text, problems = decode(raw, str(path))
     if text is None:
-        raise SpecError(problems)
-    docs, problems = parse_yaml(text, name)  # JSON is YAML too, and keeps positions this way
+        return None, problems
+    docs, problems = parse_yaml(text, str(path))  # JSON is YAML too, and keeps positions this way
     if problems:
-        raise SpecError(problems)
+        return None, problems
     if len(docs) != 1 or not isinstance(docs[0].data, dict):
-        raise SpecError([Problem(name, None, None, "", "expected one mapping (thread:, message:, participants:)")])
-    return read_mapping(docs[0], Path(path).parent)
+        return None, [Problem(str(path), None, None, "", "expected one mapping (thread:, message:, participants:)")]
+    return read_mapping_problems(docs[0], Path(path).parent)

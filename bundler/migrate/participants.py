@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,11 +131,9 @@ def load_participants(data: Mapping[str, Any], doc: Document, base: Path, *, has
         fields = {"id"}
         pattern = None
         if "match" in raw:
-            try:
-                pattern = re.compile(raw["match"])
+            pattern = _compile((*path, "match"), raw["match"], doc, problems)
+            if pattern is not None:
                 fields |= set(pattern.groupindex)
-            except re.error as exc:
-                problems.append(doc.problem((*path, "match"), f"not a regular expression: {exc}"))
         if "prefix" in raw:
             fields.add("rest")
         if "role" in raw:
@@ -150,6 +149,20 @@ def load_participants(data: Mapping[str, Any], doc: Document, base: Path, *, has
                                                                    f"{', '.join(sorted(fields))})"))
         out.rules.append(Rule(raw["reference"], raw.get("display"), pattern, raw.get("prefix"), raw.get("role")))
     return out, problems
+
+
+def _compile(path: tuple[str | int, ...], text: str, doc: Document, problems: list[Problem]) -> re.Pattern[str] | None:
+    """A rule's regular expression, or a problem at its line: also for what Python only warns about (a
+    `[[` that may one day mean a nested set), so that a mapping means the same in every Python."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        try:
+            return re.compile(text)
+        except re.error as exc:
+            problems.append(doc.problem(path, f"not a regular expression: {exc}"))
+        except FutureWarning as exc:
+            problems.append(doc.problem(path, f"ambiguous regular expression: {exc} (write \\[ for a literal '[')"))
+    return None
 
 
 def _load_table(path: Path, doc: Document, problems: list[Problem]) -> dict[str, tuple[str, str | None]]:
@@ -218,8 +231,8 @@ def _yaml_table(text: str, name: str, problems: list[Problem]) -> dict[str, tupl
         if isinstance(entry, str):
             entry = {"reference": entry}
         if not isinstance(entry, dict) or not isinstance(entry.get("reference"), str) or \
-                set(entry) - {"reference", "display"}:
-            problems.append(doc.problem((key,), "expected a reference string or {reference, display}"))
+                set(entry) - {"reference", "display"} or not isinstance(entry.get("display", ""), str | None):
+            problems.append(doc.problem((key,), "expected a reference string or {reference, display} (both text)"))
             continue
         _add(table, str(key), entry["reference"], entry.get("display"),
              lambda msg, k=key: doc.problem((k,), msg), problems)  # type: ignore[misc]

@@ -6,12 +6,17 @@ process or, by default, in several (see "parallel" below).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import heapq
 import multiprocessing
 import os
 import shutil
+import signal
 import struct
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
@@ -25,12 +30,12 @@ import orjson
 
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, bundle_bytes
 from ..errors import BundlerError
-from ..files import TEMP_PREFIX, atomic_file, staged_folder
+from ..files import TEMP_PREFIX, atomic_file, held_folder, remove_leftovers, staged_folder
 from ..spec.dump import dump_yaml
 from ..spec.model import ThreadSpec, parse_spec
-from .grouping import GroupStore, SealedStores, max_stores
-from .mapping import MigrationMapping, load_mapping
-from .readers import open_sources
+from .grouping import SCRATCH_PREFIX, GroupStore, SealedStores, max_stores
+from .mapping import MigrationMapping
+from .readers import prepare
 from .rejects import Reject, write_rejects
 from .stream import (
     MigrateSummary,
@@ -90,7 +95,7 @@ def migrate(inputs: Sequence[str | Path], mapping: str | Path | MigrationMapping
     (BundlerError), and nothing is written.
 
         summary = migrate(["export.csv"], "mapping.yaml", to="ndjson", out="bundles.ndjson")
-        assert summary.rows_read == summary.messages + summary.rejected
+        assert summary.accounted  # rows_read == messages + rejected + skipped + rows_other_shards
     """
     out = Path(out)
     rejects = Path(rejects) if rejects is not None else default_rejects(out)
@@ -122,20 +127,34 @@ def _write_bundles(threads: Iterator[ThreadSpec], f: IO[bytes], identifier_syste
 
 
 def _write_ndjson(threads: Iterator[ThreadSpec], out: Path, identifier_system: str) -> None:
+    remove_leftovers(out.parent, f"{TEMP_PREFIX}{out.name}.")
     with atomic_file(out, buffering=1 << 20) as f:
         _write_bundles(threads, f, identifier_system)
 
 
-def _write_spec_files(threads: Iterator[ThreadSpec], staging: Path) -> None:
+def _same_file(path: Path, data: bytes) -> bool:
+    """Whether `path` holds exactly `data` (its size first: most changed files differ in size)."""
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        return False
+
+
+def _write_spec_files(threads: Iterator[ThreadSpec], staging: Path, out: Path) -> None:
+    """Each spec into `staging`, unless `out` has its file with these very bytes already: a re-run over a
+    grown export touches only the files of threads that changed."""
     for spec in threads:
         data = spec.to_data()
         parse_spec(data, file=f"{spec.key}.yaml")  # insurance: what we write, `build` reads back
-        (staging / f"{spec.key}.yaml").write_bytes(dump_yaml(data))
+        name = f"{spec.key}.yaml"
+        text = dump_yaml(data)
+        if not _same_file(out / name, text):
+            (staging / name).write_bytes(text)
 
 
 def _write_specs(threads: Iterator[ThreadSpec], out: Path) -> None:
     with staged_folder(out) as staging:
-        _write_spec_files(threads, staging)
+        _write_spec_files(threads, staging, out)
 
 
 # --- parallel: every process loads a share of the rows, then assembles a range of thread keys -------
@@ -230,10 +249,11 @@ class _Job:
     identifier_system: str
     workers: int
     board: _Board
+    out: Path
 
     def stream(self, w: int, progress: ProgressFn | None) -> ThreadStream:
         return ThreadStream(self.inputs, self.mapping, shard=self.shard, rejects=self.rejects(w),
-                            progress=progress or self.board.reporter(w))
+                            progress=progress or self.board.reporter(w), origins=False)
 
     def rejects(self, w: int) -> Path:
         """Process w's rejects, merged by the parent (see _write_part_rejects)."""
@@ -254,7 +274,8 @@ class _Done:
 def _load_share(job: _Job, w: int, progress: ProgressFn | None = None) -> _Done:
     """Step 1 of process w: rows w mod n judged and stored in a store of its own, sealed."""
     stream = job.stream(w, progress)
-    store = GroupStore(job.scratch, threads=0)  # n processes already keep the cores busy: no sorter threads
+    store = GroupStore(job.scratch, threads=0, held=False)  # (the scratch is held); no sorter threads: n
+    # processes already keep the cores busy
     try:
         sample = stream.load_rows(store, share=(w, job.workers))
     except BaseException:
@@ -280,7 +301,7 @@ def _assemble_range(job: _Job, w: int, stores: list[Path], lo: str | None, hi: s
                 with (parts / f"part-{w}").open("wb", buffering=1 << 20) as f:
                     _write_bundles(threads, f, job.identifier_system)
         else:
-            _write_spec_files(threads, parts)
+            _write_spec_files(threads, parts, job.out)
         _write_part_rejects(job.rejects(w), stream.rejects_from(reader))
     finally:
         reader.close()
@@ -290,14 +311,14 @@ def _assemble_range(job: _Job, w: int, stores: list[Path], lo: str | None, hi: s
 def _write_part_rejects(path: Path, rejects: Iterable[tuple[int, Reject]]) -> None:
     with path.open("wb") as f:
         for i, r in rejects:
-            f.write(orjson.dumps([i, r.row, r.line, r.file, r.reason, r.message, r.raw]) + b"\n")
+            f.write(orjson.dumps([i, r.row, r.line, r.file, r.reason, r.message, r.raw, r.severity]) + b"\n")
 
 
 def _part_rejects(path: Path) -> Iterator[tuple[int, int, Reject]]:
     with path.open("rb") as f:
         for line in f:
-            i, row, ln, name, reason, message, raw = orjson.loads(line)
-            yield i, row, Reject(name, row, ln, reason, message, raw)
+            i, row, ln, name, reason, message, raw, severity = orjson.loads(line)
+            yield i, row, Reject(name, row, ln, reason, message, raw, severity)
 
 
 def _cuts(samples: Sequence[list[str]], n: int) -> list[str | None]:
@@ -342,13 +363,37 @@ def _gather(futures: Sequence[Future[T]], tick: Callable[[], None]) -> list[T]:
 def _pool(job: _Job) -> Iterator[ProcessPoolExecutor]:
     """The n-1 worker processes; on any failure they are told to stop and waited for (within seconds:
     they look at the board each time they report progress), so that nothing of them outlives the run."""
-    pool = ProcessPoolExecutor(job.workers - 1, mp_context=multiprocessing.get_context(START_METHOD))
+    pool = ProcessPoolExecutor(job.workers - 1, mp_context=multiprocessing.get_context(START_METHOD),
+                               initializer=die_with_parent, initargs=(os.getpid(),))
     try:
         yield pool
     except BaseException:
         _stop(pool, job)
         raise
     pool.shutdown(wait=True)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCH_SECONDS = 0.5
+"""How often a worker looks whether its parent is still there (where the kernel cannot tell it)."""
+
+
+def die_with_parent(parent: int) -> None:
+    """A pool worker's first step: end when the process that started it ends, even by kill -9, rather than
+    wait forever for work that will not come. On Linux the kernel sends SIGKILL (PR_SET_PDEATHSIG);
+    everywhere a watchdog thread also looks for the parent every WATCH_SECONDS."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # it ended before the kernel was told
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(WATCH_SECONDS)
+        os._exit(1)
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 def _stop(pool: ProcessPoolExecutor, job: _Job) -> None:
@@ -361,6 +406,7 @@ def _output(to: str, out: Path) -> Iterator[tuple[IO[bytes] | None, Path]]:
     """(the output file, the folder of parts) for NDJSON; (None, the staging folder) for specs. Nothing
     appears at `out` unless the block ends without an error."""
     if to == "ndjson":
+        remove_leftovers(out.parent, f"{TEMP_PREFIX}{out.name}.")  # what a killed run left beside it
         with atomic_file(out, buffering=1 << 20) as f:
             parts = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{TEMP_PREFIX}{out.name}.parts-"))
             try:
@@ -395,18 +441,16 @@ def _migrate_parallel(inputs: Sequence[str | Path], mapping: str | Path | Migrat
                       shard: Shard | str | None, rejects: Path, work_dir: str | Path | None,
                       progress: ProgressFn | None, identifier_system: str, workers: int) -> MigrateSummary:
     t0 = time.perf_counter()
-    loaded = mapping if isinstance(mapping, MigrationMapping) else load_mapping(mapping)
-    open_sources([str(p) for p in inputs], loaded)  # fail early, in this process, on missing files and columns
+    loaded, _ = prepare(inputs, mapping)  # fail early, in this process, on a bad mapping and inputs (all at once)
     if isinstance(shard, str):
         shard = Shard.parse(shard)
-    if work_dir is not None:
-        Path(work_dir).mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=work_dir, prefix="thread-bundler-migrate-"))
+    scratch, held = held_folder(SCRATCH_PREFIX, work_dir)  # (what killed runs left there goes first)
     try:
         job = _Job([str(p) for p in inputs], loaded, to, scratch, shard, identifier_system, workers,
-                   _Board.create(scratch, workers))
+                   _Board.create(scratch, workers), out)
         summary = _run(job, out, rejects, progress, t0)
     finally:
+        os.close(held)
         shutil.rmtree(scratch, ignore_errors=True)
     summary.seconds = time.perf_counter() - t0
     if progress is not None:

@@ -38,9 +38,7 @@ class MessageRecord(NamedTuple):
     recipients: list[str]  # legacy user ids, in order, without repeats; [] for the default
     sent: str  # a FHIR instant, as written or as made from local time
     text: str | None
-    attachment_url: str | None
-    attachment_type: str | None
-    attachment_title: str | None
+    attachments: list[list[str | None]]  # [url, content type or None, title or None] each, in order
     reply_to: str | None  # the legacy message id this one answers
     status: str | None
     topic: str | None

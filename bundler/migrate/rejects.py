@@ -34,13 +34,17 @@ REASONS: dict[str, str] = {
     "unknown-participant": "a sender, recipient or subject id that the table and rules do not resolve",
     "duplicate-message-id": "a message id already used in the conversation",
     "id-collision": "an id whose sanitised form is another id's (thread key or message id)",
-    "reply-to-unknown": "replies to a message id not in the conversation",
-    "reply-to-rejected": "replies to a message that was itself rejected",
-    "reply-to-later": "replies to a message sent after it (or to itself)",
+    "reply-to-unknown": "replies to a message id not in the conversation (a warning: the message is kept "
+                        "without the link, unless --strict)",
+    "reply-to-rejected": "replies to a message that was itself rejected (a warning, as reply-to-unknown)",
+    "reply-to-later": "replies to a message sent after it, or to itself (a warning, as reply-to-unknown)",
 }
 """Every reject reason code, with what it means."""
 
-FIELDS = ("file", "row", "line", "reason", "message", "raw")
+WARNING, REJECT = "warning", "reject"
+FIELDS = ("file", "row", "line", "severity", "reason", "message", "raw")
+"""The reject file's fields. severity: `reject` (the row is not a message) or `warning` (it is, with
+something of it left out: a reply's link)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +55,7 @@ class Reject:
     reason: str
     message: str
     raw: Any
+    severity: str = REJECT
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: row {self.row}: {self.reason}: {self.message}"
@@ -58,7 +63,7 @@ class Reject:
 
 def write_rejects(path: Path, rejects: Iterable[Reject]) -> int:
     """Write the reject file (`.csv`: raw as JSON text in the last column; else JSON Lines) atomically.
-    Returns how many rejects it holds."""
+    Returns how many lines it holds (rejects and warnings)."""
     n = 0
     with atomic_file(path, buffering=1 << 16) as fb:
         if path.suffix.lower() == ".csv":
@@ -67,14 +72,15 @@ def write_rejects(path: Path, rejects: Iterable[Reject]) -> int:
                 writer = csv.writer(f)
                 writer.writerow(FIELDS)
                 for r in rejects:
-                    writer.writerow((r.file, r.row, r.line, r.reason, r.message, orjson.dumps(r.raw).decode()))
+                    writer.writerow((r.file, r.row, r.line, r.severity, r.reason, r.message,
+                                     orjson.dumps(r.raw).decode()))
                     n += 1
             finally:
                 f.flush()
                 f.detach()  # the binary file stays atomic_file's to close (and rename into place)
         else:
             for r in rejects:
-                fb.write(orjson.dumps({"file": r.file, "row": r.row, "line": r.line, "reason": r.reason,
-                                       "message": r.message, "raw": r.raw}) + b"\n")
+                fb.write(orjson.dumps({"file": r.file, "row": r.row, "line": r.line, "severity": r.severity,
+                                       "reason": r.reason, "message": r.message, "raw": r.raw}) + b"\n")
                 n += 1
     return n

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import time
 from collections import Counter
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -28,10 +29,10 @@ from .assemble import Assembler
 from .extract import Extractor, RowError
 from .grouping import Groups, GroupStore
 from .keys import KEY_FITS, thread_key
-from .mapping import MigrationMapping, load_mapping
-from .readers import open_sources, read_records
+from .mapping import MigrationMapping, Row
+from .readers import Record, prepare, read_records
 from .records import TOMBSTONE_SENT, Tombstone, decode, encode
-from .rejects import Reject, write_rejects
+from .rejects import WARNING, Reject, write_rejects
 
 BATCH = 4_000  # rows per insert into the store
 PROGRESS_EVERY = 10_000  # rows read between progress reports (well under a second)
@@ -52,23 +53,35 @@ class RowRejected(BundlerError):
         return type(self), (self.reject,)
 
 
+INDEX_VARIABLE = "JOB_COMPLETION_INDEX"
+"""Where `--shard env/N` reads its index: what a Kubernetes Indexed Job sets in each of its pods (0..N-1)."""
+
+
 @dataclass(frozen=True)
 class Shard:
-    """Conversations whose thread key hashes (SHA-1 of its UTF-8, first 8 bytes, big-endian) to `index`
-    modulo `count`. The thread key is the conversation id itself unless it had to be sanitised."""
+    """Conversations whose thread key in lower case hashes (SHA-1 of its UTF-8, first 8 bytes, big-endian)
+    to `index` modulo `count`. The thread key is the conversation id itself unless it had to be sanitised;
+    lower case, so that keys which differ only in case (made distinct) are in one shard."""
 
     index: int
     count: int
 
     @classmethod
-    def parse(cls, text: str) -> Shard:
-        """'K/N' with 0 <= K < N."""
+    def parse(cls, text: str, environ: Mapping[str, str] = os.environ) -> Shard:
+        """'K/N' with 0 <= K < N; or 'env/N': K from the environment variable JOB_COMPLETION_INDEX."""
+        head, _, count = text.partition("/")
+        where = ""
+        if head == "env":
+            if INDEX_VARIABLE not in environ:
+                raise ValueError(f"{text!r} reads K from {INDEX_VARIABLE}, which is not set (a Kubernetes Indexed "
+                                 "Job sets it)")
+            head, where = environ[INDEX_VARIABLE].strip(), f" ({INDEX_VARIABLE}={environ[INDEX_VARIABLE]!r})"
         try:
-            k, n = (int(x) for x in text.split("/"))
+            k, n = int(head), int(count)
         except ValueError:
-            raise ValueError(f"{text!r} is not K/N (like 0/4)") from None
+            raise ValueError(f"{text!r}{where} is not K/N (like 0/4) or env/N") from None
         if not 0 <= k < n:
-            raise ValueError(f"{text!r}: K must be 0..N-1")
+            raise ValueError(f"{text!r}{where}: K must be 0..N-1")
         return cls(k, n)
 
     def __contains__(self, conversation: str) -> bool:
@@ -90,7 +103,11 @@ ProgressFn = Callable[[Progress], None]
 
 @dataclass
 class MigrateSummary:
-    """What a migration did. Always: rows_read == messages + rejected + rows_other_shards."""
+    """What a migration did. Always: rows_read == messages + rejected + skipped + rows_other_shards.
+
+    `rejects`: rows that are not messages, by reason; `warnings`: messages kept with something left out (a
+    reply's link), by reason, also lines of the reject file; `skipped`: rows left out by the mapping's
+    `skip` rules, by rule."""
 
     rows_read: int = 0
     rows_other_shards: int = 0
@@ -98,19 +115,26 @@ class MigrateSummary:
     threads: int = 0
     threads_all_rejected: int = 0
     rejects: Counter[str] = field(default_factory=Counter)
+    warnings: Counter[str] = field(default_factory=Counter)
+    skipped_by: Counter[str] = field(default_factory=Counter)
     output: Path | None = None
     rejects_file: Path | None = None
     seconds: float = 0.0
     peak_rss: list[int] = field(default_factory=list)  # bytes, per process: this one first, then any workers
+    loaded: dict[str, int] | None = None  # with --load: messages on the server by the thread's load outcome
 
     @property
     def rejected(self) -> int:
         return sum(self.rejects.values())
 
     @property
+    def skipped(self) -> int:
+        return sum(self.skipped_by.values())
+
+    @property
     def accounted(self) -> bool:
-        """Whether every row read is a message, a reject or a row of another shard."""
-        return self.rows_read == self.messages + self.rejected + self.rows_other_shards
+        """Whether every row read is a message, a reject, skipped by a filter or a row of another shard."""
+        return self.rows_read == self.messages + self.rejected + self.skipped + self.rows_other_shards
 
     def add(self, part: MigrateSummary) -> None:
         """Count in what `part` (a step of one process of a parallel run) did."""
@@ -120,16 +144,28 @@ class MigrateSummary:
         self.threads += part.threads
         self.threads_all_rejected += part.threads_all_rejected
         self.rejects.update(part.rejects)
+        self.warnings.update(part.warnings)
+        self.skipped_by.update(part.skipped_by)
 
-    def table(self) -> list[tuple[str, str]]:
+    def table(self, *, loading: bool = False) -> list[tuple[str, str]]:
+        """(label, count) rows for people; `loading`: the messages went to a loader, not to files."""
         rows = [("rows read", f"{self.rows_read:,}")]
         if self.rows_other_shards:
             rows.append(("rows of other shards", f"{self.rows_other_shards:,}"))
-        rows += [("messages written", f"{self.messages:,}"), ("threads", f"{self.threads:,}")]
+        made = "messages migrated (given to load)" if loading or self.loaded is not None else "messages written"
+        rows += [(made, f"{self.messages:,}"), ("threads", f"{self.threads:,}")]
+        if self.loaded is not None:
+            rows.append(("messages of those threads on the server", f"{sum(self.loaded.values()):,}"))
         if self.threads_all_rejected:
             rows.append(("conversations with every row rejected", f"{self.threads_all_rejected:,}"))
+        if self.skipped_by:
+            rows.append(("skipped by filter", f"{self.skipped:,}"))
+            rows += [(f"  {rule}", f"{n:,}") for rule, n in sorted(self.skipped_by.items())]
         rows.append(("rows rejected", f"{self.rejected:,}"))
         rows += [(f"  {reason}", f"{n:,}") for reason, n in sorted(self.rejects.items())]
+        if self.warnings:
+            rows.append(("messages kept with a warning", f"{sum(self.warnings.values()):,}"))
+            rows += [(f"  {reason} (link dropped)", f"{n:,}") for reason, n in sorted(self.warnings.items())]
         return rows
 
 
@@ -156,18 +192,20 @@ class ThreadStream(Iterator[ThreadSpec]):
 
     def __init__(self, inputs: Sequence[str | Path], mapping: str | Path | MigrationMapping, *,
                  shard: Shard | str | None = None, strict: bool = False, rejects: str | Path | None = None,
-                 work_dir: str | Path | None = None, progress: ProgressFn | None = None) -> None:
+                 work_dir: str | Path | None = None, progress: ProgressFn | None = None, origins: bool = True
+                 ) -> None:
         if rejects is None and not strict:
             raise ValueError("rejects (a .csv or .jsonl path) is required unless strict")
-        self.mapping = mapping if isinstance(mapping, MigrationMapping) else load_mapping(mapping)
-        self.sources = open_sources([str(p) for p in inputs], self.mapping)
+        self.mapping, self.sources = prepare(inputs, mapping)
         self.shard = Shard.parse(shard) if isinstance(shard, str) else shard
         self.strict = strict
         self.rejects_path = Path(rejects) if rejects is not None else None
         self.work_dir = work_dir
         self.progress = progress
         self.summary = MigrateSummary(rejects_file=self.rejects_path)
+        self.origins = origins
         self._store: GroupStore | None = None
+        self._loaded = False
         self._gen = self._run()
         self._t0 = time.perf_counter()
 
@@ -187,10 +225,25 @@ class ThreadStream(Iterator[ThreadSpec]):
                  tb: TracebackType | None) -> None:
         self.close()
 
+    def start(self) -> tuple[int, int]:
+        """Run step 1 now (every row read, judged and stored), before the first thread is asked for; returns
+        (conversations, messages) stored: what the threads will be, at most (assembling rejects some rows).
+        For a progress bar with real totals."""
+        if self._store is None:
+            self._store = GroupStore(self.work_dir)
+        if not self._loaded:
+            self.load_rows(self._store)
+            self._loaded = True
+        return self._store.totals(TOMBSTONE_SENT)
+
     def _run(self) -> Generator[ThreadSpec, None, None]:
-        store = self._store = GroupStore(self.work_dir)
+        if self._store is None:
+            self._store = GroupStore(self.work_dir)
+        store = self._store
         try:
-            self.load_rows(store)
+            if not self._loaded:
+                self.load_rows(store)
+                self._loaded = True
             yield from self.threads_from(store)
             s = self.summary
             assert s.accounted, s
@@ -208,13 +261,32 @@ class ThreadStream(Iterator[ThreadSpec]):
             self.progress(Progress(phase, s.rows_read, s.messages, s.threads, time.perf_counter() - self._t0))
 
     def _reject(self, store: Groups, pending: list[tuple[int, Reject]], item: tuple[int, Reject]) -> None:
-        self.summary.rejects[item[1].reason] += 1
-        if self.strict:
-            raise RowRejected(item[1])
+        if item[1].severity == WARNING:
+            self.summary.warnings[item[1].reason] += 1
+        else:
+            self.summary.rejects[item[1].reason] += 1
+            if self.strict:
+                raise RowRejected(item[1])
         pending.append(item)
         if len(pending) >= 1000:
             store.add_rejects(pending)
             pending.clear()
+
+    def _unreadable(self, store: Groups, rejects: list[tuple[int, Reject]], first: bool, index: int, name: str,
+                    rec: Record) -> None:
+        if first:
+            assert rec.error is not None  # a row without values says why
+            reason, message = rec.error
+            self._reject(store, rejects, (index, Reject(name, rec.row, rec.line, reason, message, rec.raw)))
+        else:
+            self.summary.rows_other_shards += 1
+
+    def _skipped(self, skipped: Callable[[Row], str | None] | None, values: Row) -> bool:
+        """Whether a skip rule of the mapping leaves this row out (counted by rule if so)."""
+        rule = skipped(values) if skipped is not None else None
+        if rule is not None:
+            self.summary.skipped_by[rule] += 1
+        return rule is not None
 
     def load_rows(self, store: GroupStore, share: tuple[int, int] = (0, 1)) -> list[str]:
         """Step 1: every row read, judged alone, and stored in `store` by thread key (or rejected there);
@@ -238,7 +310,7 @@ class ThreadStream(Iterator[ThreadSpec]):
         next_tick = PROGRESS_EVERY
         for source in self.sources:
             extractor = Extractor(self.mapping, source)
-            conversation, record = extractor.conversation, extractor.record
+            conversation, record, skipped = extractor.conversation, extractor.record, extractor.skipped
             name, index = source.file, source.index
             base = index << 40
             for rec in read_records(source, self.mapping, share):
@@ -248,33 +320,27 @@ class ThreadStream(Iterator[ThreadSpec]):
                     self._tick("reading")
                 values = rec.values
                 if values is None:  # unreadable: no conversation to shard by, so shard 0 reports it
-                    if first:
-                        assert rec.error is not None  # a row without values says why
-                        reason, message = rec.error
-                        self._reject(store, rejects, (index, Reject(name, rec.row, rec.line, reason, message,
-                                                                    rec.raw)))
-                    else:
-                        s.rows_other_shards += 1
+                    self._unreadable(store, rejects, first, index, name, rec)
                     continue
                 conv = conversation(values).strip()
-                if not conv:
-                    if first:
+                if not conv:  # no conversation to shard by: shard 0 says what it is
+                    if not first:
+                        s.rows_other_shards += 1
+                    elif not self._skipped(skipped, values):
                         self._reject(store, rejects, (index, Reject(name, rec.row, rec.line, "missing-thread",
                                                                     "no conversation id", rec.raw)))
-                    else:
-                        s.rows_other_shards += 1
                     continue
-                # shards go by thread key: ids that meet in one key meet in one shard
-                key = conv if fits(conv) else thread_key(conv)
+                # shards and groups go by thread key in lower case: ids that meet in one (or meet but for
+                # case) meet in one shard and one group
+                key = (conv if fits(conv) else thread_key(conv)).lower()
                 if shard is not None and key not in shard:
                     s.rows_other_shards += 1
                     continue
+                if skipped is not None and self._skipped(skipped, values):
+                    continue
                 seq = base + rec.row  # input order, the same in every process of a parallel run
                 if stored % stride == 0:
-                    sample.append(key)
-                    if len(sample) >= SAMPLE:  # keep every other one: the sample stays small and even
-                        del sample[1::2]
-                        stride *= 2
+                    stride = _sampled(sample, key, stride)
                 stored += 1
                 try:
                     micros, message_record = record(values, conv, rec.row, rec.line, rec.raw)
@@ -306,24 +372,25 @@ class ThreadStream(Iterator[ThreadSpec]):
         and rejects into `summary`; rows rejected here go into `store`, beside those of step 1."""
         s = self.summary
         resolve = self.mapping.participants.resolver(store.roles_of if self.mapping.participants.uses_roles else None)
-        assemble = Assembler(self.mapping, resolve, [src.file for src in self.sources])
+        assemble = Assembler(self.mapping, resolve, [src.file for src in self.sources], strict=self.strict,
+                             origins=self.origins)
         rejects: list[tuple[int, Reject]] = []
         clock = time.monotonic
         next_tick = clock() + PROGRESS_SECONDS
         self._tick("writing")  # before the store's sort, which comes first and takes a while
         for key, rows in store.groups():
-            result = assemble(key, [decode(sent, data) for sent, _, data in rows])
-            for item in result.rejects:
-                self._reject(store, rejects, item)
-            if result.spec is None:
-                s.threads_all_rejected += 1
-                continue
-            s.threads += 1
-            s.messages += len(result.spec.messages)
-            if clock() >= next_tick:
-                next_tick = clock() + PROGRESS_SECONDS
-                self._tick("writing")
-            yield result.spec
+            for result in assemble(key, [decode(sent, data) for sent, _, data in rows]):
+                for item in result.rejects:
+                    self._reject(store, rejects, item)
+                if result.spec is None:
+                    s.threads_all_rejected += 1
+                    continue
+                s.threads += 1
+                s.messages += len(result.spec.messages)
+                if clock() >= next_tick:
+                    next_tick = clock() + PROGRESS_SECONDS
+                    self._tick("writing")
+                yield result.spec
         store.add_rejects(rejects)
         self._tick("writing")
 
@@ -333,6 +400,16 @@ class ThreadStream(Iterator[ThreadSpec]):
         columns = {src.index: src.columns for src in self.sources if src.format == "csv"}
         for index, reject in store.rejects():
             yield index, _with_columns(reject, columns.get(index))
+
+
+def _sampled(sample: list[str], key: str, stride: int) -> int:
+    """`key` into the sample of thread keys; the stride from now on (doubled when the sample is thinned: it keeps
+    every other key, so it stays small and even)."""
+    sample.append(key)
+    if len(sample) >= SAMPLE:
+        del sample[1::2]
+        return stride * 2
+    return stride
 
 
 def _with_columns(reject: Reject, columns: tuple[str, ...] | None) -> Reject:
@@ -349,8 +426,11 @@ def iter_threads(inputs: Sequence[str | Path], mapping: str | Path | MigrationMa
 
     `inputs` are CSV/JSONL files (optionally .gz); `mapping` a mapping file (or a loaded one). Rejected
     rows go to `rejects` (.csv or .jsonl), written when the stream ends; with `strict`, the first one
-    raises RowRejected instead. The returned stream's `summary` counts rows, messages, threads and
-    rejects. Raises SpecError (with file:line) for a bad mapping or unreadable inputs, before any row.
+    raises RowRejected instead. The returned stream's `summary` counts rows, messages, threads,
+    rejects, warnings and skipped rows. Each spec knows the input file and line of its rows
+    (`spec.origin(i)`: what `load` names a failure by); `stream.start()` reads every row before the first
+    thread is asked for and says how many threads and messages are coming, at most. Raises SpecError
+    (with file:line) for a bad mapping or unreadable inputs, before any row.
 
         with iter_threads(["export.csv"], "mapping.yaml", rejects="rejects.jsonl") as threads:
             for spec in threads:

@@ -3,7 +3,8 @@
 A value with its own offset keeps it as written; a value without one is read as wall-clock time in the
 mapping's IANA zone (`zoneinfo`). A wall-clock time that a DST change skips ("nonexistent") is
 rejected, or shifted forward by the gap; one that occurs twice ("ambiguous") is taken as the earlier
-occurrence unless the mapping says `later` or `reject`.
+occurrence (the first on the time line: the offset of summer time) unless the mapping says `later` or
+`reject`. `epoch` and `epoch_ms` values are seconds or milliseconds since 1970-01-01T00:00:00Z.
 
     parse = SentParser(fmt="iso", timezone="America/New_York")
     parse("2024-03-10 01:59:30")   # ("2024-03-10T01:59:30-05:00", 1710053970000000)
@@ -12,6 +13,7 @@ occurrence unless the mapping says `later` or `reject`.
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 from zoneinfo import ZoneInfo
 
 from ..vocabulary import InstantError, format_instant, is_instant_shaped, micros, parse_instant
@@ -19,6 +21,9 @@ from ..vocabulary import InstantError, format_instant, is_instant_shaped, micros
 _US = dt.timedelta(microseconds=1)
 _HOUR = dt.timedelta(hours=1) - _US
 _NAIVE_EPOCH = dt.datetime(1970, 1, 1)
+_UTC_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_EPOCH_MAX = 10**12  # seconds: past year 9999 either way
+_EPOCH_UNITS = {"epoch": 1, "epoch_ms": 1000}  # sent.format → units per second
 
 
 class TimeRejected(ValueError):
@@ -44,6 +49,8 @@ class SentParser:
     def __call__(self, value: str) -> tuple[str, int]:
         if not value:
             raise TimeRejected("missing-time", "no sent time")
+        if self.fmt in _EPOCH_UNITS:
+            return self._epoch(value)
         if is_instant_shaped(value):  # already an instant: kept exactly as written
             try:
                 return value, micros(parse_instant(value))
@@ -60,6 +67,24 @@ class SentParser:
             raise TimeRejected("bad-time", f"{value!r} has no time zone and the mapping gives none (sent.timezone)")
         local = self._localize(moment, value)
         return self._format(local), micros(local)
+
+    def _epoch(self, value: str) -> tuple[str, int]:
+        """Seconds or milliseconds since 1970-01-01T00:00:00Z (an integer or a decimal: 1710425700, 1710425700.25);
+        written in the mapping's zone, else in UTC."""
+        per_second = _EPOCH_UNITS[self.fmt]
+        try:
+            number = decimal.Decimal(value)
+            if not number.is_finite() or abs(number) > _EPOCH_MAX * per_second:  # (before a huge int is made)
+                raise decimal.InvalidOperation
+            us = int(number * (1_000_000 // per_second))
+            moment = _UTC_EPOCH + dt.timedelta(microseconds=us)
+        except (ArithmeticError, ValueError):  # decimal.InvalidOperation and Overflow are ArithmeticErrors
+            unit = "seconds" if per_second == 1 else "milliseconds"
+            raise TimeRejected("bad-time", f"{value!r} is not a number of {unit} since 1970 (sent.format: "
+                                           f"{self.fmt}), or is out of range") from None
+        if self.zone is not None:
+            return self._format(moment.astimezone(self.zone)), us
+        return self._format(moment, zulu=True), us
 
     @staticmethod
     def _format(moment: dt.datetime, *, zulu: bool = False) -> str:
