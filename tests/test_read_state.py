@@ -287,3 +287,110 @@ def test_a_split_thread_keeps_each_receipt_with_its_message(project: Any, tmp_pa
                 if "/read/" in value:
                     assert value.split("/read/")[0] in values, values
         assert server_state(client, spec, result.header_id, result.message_ids) == spec_state(spec)
+
+
+# --- migrate: read and received columns, a per-recipient read table, priority ----------------------------------
+
+MAPPING = """\
+input: {format: csv}
+thread: {id: conv, topic: topic, priority: conv_priority%s}
+message:
+  id: mid
+  sender: sender
+  recipients: {column: to, separator: ";"}
+  sent: sent
+  text: body
+  read_at: read_at
+  received: received
+  priority: priority
+participants:
+  rules:
+    - prefix: "pt-"
+      reference: "Patient/{rest}"
+    - prefix: "dr-"
+      reference: "Practitioner/{rest}"
+%s"""
+EXPORT = """\
+conv,topic,conv_priority,mid,sender,to,sent,body,read_at,received,priority
+one,Refill,urgent,m1,dr-a,pt-b,2024-05-01T10:00:00Z,Your refill is ready,2024-05-01T12:00:00Z,2024-05-01T10:00:05Z,
+one,Refill,,m2,pt-b,dr-a,2024-05-01T12:05:00Z,Thanks,,,routine
+one,Refill,,m3,dr-a,pt-b,2024-05-01T13:00:00Z,Read before it was sent?,2024-05-01T09:00:00Z,,
+group,Care team,,g1,dr-a,dr-c;dr-d;pt-b,2024-05-02T09:00:00Z,Plan for Friday,,,asap
+group,Care team,,g2,dr-c,dr-a;dr-d,2024-05-02T09:30:00Z,Agreed,,,
+"""
+READS = """\
+message,user,at
+g1,dr-c,2024-05-02T09:10:00Z
+g1,pt-b,2024-05-02T18:00:00Z
+g2,dr-a,2024-05-02T09:45:00Z
+g2,pt-b,2024-05-02T10:00:00Z
+"""
+
+
+def _migrate(tmp_path: Path, *, read_model: str = "", reads: bool = True) -> tuple[dict[str, ThreadSpec], Any]:
+    from bundler.migrate import iter_threads
+
+    (tmp_path / "export.csv").write_text(EXPORT)
+    (tmp_path / "reads.csv").write_text(READS)
+    table = "reads: {file: reads.csv, message: message, reader: user, read_at: at}\n" if reads else ""
+    (tmp_path / "m.yaml").write_text(MAPPING % (f", read_model: {read_model}" if read_model else "", table))
+    with iter_threads([tmp_path / "export.csv"], tmp_path / "m.yaml", rejects=tmp_path / "r.jsonl") as stream:
+        specs = {s.key: s for s in stream}
+        return specs, stream.summary
+
+
+def test_migrate_maps_read_received_and_priority_columns_and_a_read_table(tmp_path: Path) -> None:
+    specs, summary = _migrate(tmp_path, read_model="tasks")
+    one, group = specs["one"], specs["group"]
+    assert one.priority == "urgent" and group.priority is None
+    m1, m2, m3 = one.messages
+    assert dict(m1.read_by) == {"pt-b": "2024-05-01T12:00:00Z"} and m1.received == "2024-05-01T10:00:05Z"
+    assert m2.priority == "routine" and not m2.read_by
+    assert not m3.read_by  # read "before it was sent": left out, with a warning
+    g1, g2 = group.messages
+    assert g1.priority == "asap"
+    assert dict(g1.read_by) == {"dr-c": "2024-05-02T09:10:00Z", "pt-b": "2024-05-02T18:00:00Z"}
+    assert dict(g2.read_by) == {"dr-a": "2024-05-02T09:45:00Z"}  # pt-b is no recipient of g2: left out
+    assert summary.warnings == {"read-before-sent": 1, "reader-not-recipient": 1}
+    assert one.read_model == group.read_model == "tasks"
+    assert validate(build_bundle(group)) == []
+
+
+def test_migrate_simple_model_leaves_a_group_s_read_state_out_with_a_warning(tmp_path: Path) -> None:
+    specs, summary = _migrate(tmp_path, read_model="simple")
+    assert specs["one"].read_model == "simple" and specs["group"].read_model is None
+    assert summary.warnings["read-model-simple-group"] == 1
+
+
+def test_migrate_read_model_option_overrides_the_mapping(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from bundler.cli import main
+
+    _migrate(tmp_path, read_model="header-extension")
+    result = CliRunner().invoke(main, ["migrate", str(tmp_path / "export.csv"), "--mapping", str(tmp_path / "m.yaml"),
+                                       "--to", "specs", str(tmp_path / "out"), "--read-model", "tasks"])
+    assert result.exit_code == 0, result.output
+    specs = {s.key: s for s in load_specs([tmp_path / "out"])}
+    assert {s.read_model for s in specs.values()} == {"tasks"}
+    assert "read-before-sent (left out)" in result.output
+
+
+def test_migrate_a_read_table_with_a_bad_time_names_its_line(tmp_path: Path) -> None:
+    from bundler.errors import SpecError
+
+    (tmp_path / "reads.csv").write_text(READS + "g2,dr-d,yesterday\n")
+    with pytest.raises(SpecError) as info:
+        _migrate_with_table(tmp_path)
+    assert [str(p) for p in info.value.problems] == [f"{tmp_path / 'reads.csv'}:6: read_at: 'yesterday' is not an "
+                                                     "ISO 8601 date and time"]
+
+
+def _migrate_with_table(tmp_path: Path) -> None:
+    from bundler.migrate import iter_threads
+
+    (tmp_path / "export.csv").write_text(EXPORT)
+    (tmp_path / "m.yaml").write_text(MAPPING % ("", "reads: {file: reads.csv, message: message, reader: user, "
+                                                    "read_at: at}\n"))
+    with iter_threads([tmp_path / "export.csv"], tmp_path / "m.yaml", rejects=tmp_path / "r.jsonl") as stream:
+        list(stream)
