@@ -89,10 +89,19 @@ def _header(entries: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _message(entries: list[dict[str, Any]], rng: random.Random, *, free: bool = False) -> tuple[int, dict[str, Any]]:
-    choices = _messages(entries, free=free)
+    """A message, at random; with `free`, one no read state points at (made so if there is none)."""
+    choices = _messages(entries, free=free) or _messages(entries)
     if not choices:
-        raise NotApplicable("every message is some participant's last read")
+        raise NotApplicable("no message")
     i = rng.choice(choices)
+    if free:  # every message is someone's last read: that read state goes (nothing else points at a message)
+        header = _header(entries)
+        kept = [b for b in header.get("extension", []) if all(
+            s.get("valueReference", {}).get("reference") != entries[i]["fullUrl"] for s in b.get("extension", []))]
+        if kept:
+            header["extension"] = kept
+        else:
+            header.pop("extension", None)
     return i, entries[i]["resource"]
 
 
