@@ -139,12 +139,7 @@ def build_bundle(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
         res["status"] = READ_STATUS if simple and m.read_by else m.status or thread_status
         if codings:
             res["category"] = [{"coding": [dict(c)]} for c in codings]
-        if (priority := m.priority or spec.priority) is not None:
-            res["priority"] = priority
-        if m.sent is not None:
-            res["sent"] = m.sent
-        if (received := m.received or (next(iter(m.read_by.values())) if simple and m.read_by else None)):
-            res["received"] = received
+        _times(res, m, spec.priority, simple)
         sender = m.sender
         recipients = _recipients(m.recipient, sender, refs, recipients_of)
         if recipients:
@@ -158,6 +153,17 @@ def build_bundle(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
     elif spec.read_model == "tasks":
         entries += _read_receipts(spec, system, refs, header_url)
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def _times(res: dict[str, Any], m: Message, thread_priority: str | None, simple: bool) -> None:
+    """A message's priority, sent and received, in that order; in the simple read model a read message's received
+    is when it was read, unless the spec says when it arrived."""
+    if (priority := m.priority or thread_priority) is not None:
+        res["priority"] = priority
+    if m.sent is not None:
+        res["sent"] = m.sent
+    if received := m.received or (next(iter(m.read_by.values())) if simple and m.read_by else None):
+        res["received"] = received
 
 
 def _read_state_blocks(spec: ThreadSpec, refs: Mapping[str, dict[str, str]], urls: Mapping[str, str]

@@ -598,12 +598,8 @@ class Message(_Record):
             data["reply_to"] = reply_to
         if status is not None:
             data["status"] = status
-        if received is not None:
-            data["received"] = received
-        if priority is not None:
-            data["priority"] = priority
-        if read_by:
-            data["read_by"] = read_by
+        if received is not None or priority is not None or read_by:
+            data.update(_without_defaults(received=received, priority=priority, read_by=read_by or None))
         try:  # (`_check`, inlined: migrate makes many)
             self.__pydantic_validator__.validate_python(data, self_instance=self, by_alias=False, by_name=True)
         except ValidationError as exc:

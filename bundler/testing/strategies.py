@@ -318,7 +318,6 @@ class _MessageLists:
         recipients = st.lists(people, min_size=1, max_size=max(max_aliases - 1, 1), unique=True)
         replies = st.integers(0, max(max_size - 1, 0))  # an earlier message, by index modulo its position
         reads = st.lists(st.tuples(people, gap), min_size=1, max_size=max(max_aliases - 1, 1))  # (reader, delay)
-        priorities = st.sampled_from(REQUEST_PRIORITIES)
 
         @st.composite
         def draft(draw: st.DrawFn) -> dict[str, Any]:
@@ -337,16 +336,11 @@ class _MessageLists:
                 msg["recipient"] = draw(recipients)
             if _chance(draw, reply_share):
                 msg["reply_to"] = draw(replies)
-            if _chance(draw, priority_share):
-                msg["priority"] = draw(priorities)
-            if _chance(draw, draft_share):
-                msg["draft"] = True
-                return msg
-            if _chance(draw, received_share):
-                msg["received"] = draw(gap)
-            if _chance(draw, read_share):
-                msg["reads"] = draw(reads)
+            msg.update(draw(read_state))
             return msg
+
+        read_state = _read_state_drafts(gap, reads, priority_share=priority_share, draft_share=draft_share,
+                                        received_share=received_share, read_share=read_share)
 
         # a list of independent drafts: the shrinker drops or simplifies one message at a time
         self.drafts = st.lists(draft(), min_size=min_size, max_size=max_size)
@@ -372,8 +366,7 @@ class _MessageLists:
                 if mid in used:  # an earlier explicit id took this position's default
                     mid = msg["id"] = _fresh_id(f"m{mid}", used, i)
             sender = msg["sender"] = aliases[d["sender"] % len(aliases)]
-            if not d.get("draft"):
-                msg["sent"] = sent
+            msg["sent"] = sent  # (a draft's goes in `read_state`)
             for field in ("text", "attachments"):
                 if field in d:
                     msg[field] = d[field]
@@ -396,6 +389,7 @@ class _MessageLists:
         if "priority" in d:
             msg["priority"] = d["priority"]
         if d.get("draft"):
+            del msg["sent"]
             msg["status"] = DRAFT_STATUS
             return
         zone = msg["sent"][-6:] if msg["sent"][-1] != "Z" else "Z"
@@ -419,6 +413,37 @@ def categories(*, codes: Sequence[str] = CATEGORY_CODES, system: str = CATEGORY_
     return st.lists(st.one_of(code.map(lambda c: f"{system}|{c}"),
                               st.builds(lambda c: {"system": system, "code": c, "display": c.title()}, code)),
                     max_size=max_size)
+
+
+@st.composite
+def _read_state_drafts(draw: st.DrawFn, gap: st.SearchStrategy[int], reads: st.SearchStrategy[list[Any]], *,
+                       priority_share: float, draft_share: float, received_share: float, read_share: float
+                       ) -> dict[str, Any]:
+    """A message draft's priority, and whether it is a draft, or else its received delay and readers (by index,
+    with their delays after sent: `_MessageLists.read_state` makes them aliases and instants)."""
+    out: dict[str, Any] = {}
+    if _chance(draw, priority_share):
+        out["priority"] = draw(st.sampled_from(REQUEST_PRIORITIES))
+    if _chance(draw, draft_share):
+        out["draft"] = True
+        return out
+    if _chance(draw, received_share):
+        out["received"] = draw(gap)
+    if _chance(draw, read_share):
+        out["reads"] = draw(reads)
+    return out
+
+
+@st.composite
+def _thread_read_state(draw: st.DrawFn, participants: int, read_models: Sequence[str | None]) -> dict[str, Any]:
+    """A thread's priority and read model (simple only for two participants or fewer)."""
+    out: dict[str, Any] = {}
+    if _chance(draw, 0.1):
+        out["priority"] = draw(st.sampled_from(REQUEST_PRIORITIES))
+    fits = [m for m in read_models if m != "simple" or participants <= SIMPLE_MAX_PARTICIPANTS]
+    if fits and (model := draw(st.sampled_from(fits))) is not None:
+        out["read_model"] = model
+    return out
 
 
 # --- threads and bundles -----------------------------------------------------------------------------
@@ -467,8 +492,6 @@ def thread_specs(*, min_participants: int = 1, max_participants: int = 5, min_me
         attachment_share=attachment_share, recipient_share=recipient_share, id_share=id_share, text=text,
         alphabet=alphabet, precisions=precisions, zones=zones, max_gap=dt.timedelta(days=1),
         max_aliases=max_participants, **(_READ_SHARES if read_state else {}), draft_share=0.05 if drafts else 0.0)
-    priorities = st.sampled_from(REQUEST_PRIORITIES)
-
     @st.composite
     def build(draw: st.DrawFn) -> dict[str, Any]:
         people = draw(people_strategy)
@@ -486,12 +509,8 @@ def thread_specs(*, min_participants: int = 1, max_participants: int = 5, min_me
             spec["status"] = draw(statuses)
         if with_category and _chance(draw, 0.5):
             spec["category"] = draw(codes)
-        if read_state and _chance(draw, 0.1):
-            spec["priority"] = draw(priorities)
         if read_state:
-            fits = [m for m in read_models if m != "simple" or len(people) <= SIMPLE_MAX_PARTICIPANTS]
-            if fits and (model := draw(st.sampled_from(fits))) is not None:
-                spec["read_model"] = model
+            spec.update(draw(_thread_read_state(len(people), read_models)))
         spec["participants"] = people
         spec["messages"] = message_lists.assemble(draw(message_lists.drafts), aliases, start + dt.timedelta(seconds=1))
         return spec
