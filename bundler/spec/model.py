@@ -364,19 +364,18 @@ class Participants(_FrozenMap[Participant]):
                 "additionalProperties": handler(Participant.__pydantic_core_schema__)}
 
 
-def _participants(value: Any) -> Participants:
-    """Validate a mapping alias → participant data (or Participant): every problem in every entry at once."""
-    if isinstance(value, Participants):
-        return value
+def _aliased(value: Any, what: str, empty: str, out: Mapping[str, Any], errors: list[ErrorDetails]
+             ) -> Iterator[tuple[Any, str, Any]]:
+    """(key, alias, entry) of each entry of a mapping keyed by aliases whose key is a new valid alias (not in
+    `out` yet: the caller adds what it keeps); the others are `errors`. Fails for what is not a mapping, or an
+    empty one (`empty` says why)."""
     if not isinstance(value, Mapping):
-        raise fail(expected("a mapping", value))
+        raise fail(expected(what, value))
     if not value:
-        raise fail("needs at least one participant")
-    out: dict[str, Participant] = {}
-    errors: list[ErrorDetails] = []
+        raise fail(empty)
     for key, entry in value.items():
         if type(entry) is Participant and entry.alias == key and key not in out:  # made in Python: checked already
-            out[key] = entry
+            yield key, key, entry
             continue
         try:
             alias = check_alias_name(key)
@@ -385,7 +384,18 @@ def _participants(value: Any) -> Participants:
             continue
         if alias in out:
             errors.append(_error(f"alias {alias!r} is given twice", (key,), key, on_key=True))
-        elif isinstance(entry, Participant):
+        else:
+            yield key, alias, entry
+
+
+def _participants(value: Any) -> Participants:
+    """Validate a mapping alias → participant data (or Participant): every problem in every entry at once."""
+    if isinstance(value, Participants):
+        return value
+    out: dict[str, Participant] = {}
+    errors: list[ErrorDetails] = []
+    for key, alias, entry in _aliased(value, "a mapping", "needs at least one participant", out, errors):
+        if isinstance(entry, Participant):
             if entry.alias != alias:
                 errors.append(_error(f"is the participant aliased {entry.alias!r}: give it under that key", (key,),
                                      entry))
@@ -446,21 +456,12 @@ def _read_by(value: Any) -> ReadBy:
     """Validate a mapping alias → instant (or a ReadBy): every problem in every entry at once."""
     if isinstance(value, ReadBy):
         return value
-    if not isinstance(value, Mapping):
-        raise fail(expected("a mapping alias -> instant", value))
-    if not value:
-        raise fail("needs at least one reader (leave read_by out for a message nobody read)")
     out: dict[str, str] = {}
     errors: list[ErrorDetails] = []
-    for key, when in value.items():
-        try:
-            alias = check_alias_name(key)
-        except PydanticCustomError as exc:
-            errors.append(_error(exc.message(), (key,), key, on_key=True))
-            continue
-        if alias in out:
-            errors.append(_error(f"alias {alias!r} is given twice", (key,), key, on_key=True))
-        elif not isinstance(when, str) or instant_problem(when) is not None:
+    for key, alias, when in _aliased(value, "a mapping alias -> instant",
+                                     "needs at least one reader (leave read_by out for a message nobody read)",
+                                     out, errors):
+        if not isinstance(when, str) or instant_problem(when) is not None:
             errors.append({"type": "instant", "loc": (key,), "msg": WORDING["instant"](when), "input": when})
         else:
             out[alias] = when
