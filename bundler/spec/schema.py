@@ -20,7 +20,7 @@ from typing import Any, Final
 from pydantic.json_schema import GenerateJsonSchema
 
 from ..files import write_atomic
-from .model import Attachment, Coding, Message, Participant, Participants, ThreadSpec
+from .model import Attachment, Coding, Message, Participant, Participants, ReadBy, ThreadSpec
 from .scalars import DEF_KEY, DEFS
 
 SCHEMA_FILE: Final = "thread-spec.schema.json"
@@ -29,7 +29,7 @@ TITLE: Final = "thread-bundler thread spec"
 DESCRIPTION: Final = ("One conversation thread: a header and its messages. A file holds one thread (an object), or "
                       "several (YAML documents separated by ---, or a JSON array of objects).")
 
-_MODELS: Final = (ThreadSpec, Message, Attachment, Coding, Participant, Participants)
+_MODELS: Final = (ThreadSpec, Message, Attachment, Coding, Participant, Participants, ReadBy)
 _DEF_NAMES: Final = {"Message": "message", "Attachment": "attachment", "Coding": "coding"}
 _ORDER: Final = ("$schema", "$id", "title", "description", "$ref", "type", "enum", "pattern", "minLength",
                  "x-message", "required", "additionalProperties", "minProperties", "minItems", "propertyNames",
