@@ -297,6 +297,10 @@ CASES: dict[str, Case] = {
                              .replace("text: hi", "text: hi, recipient: [b]")},
         ["build", "t.yaml", "--participants", "p.yaml"], 2,
         ["t.yaml:4:", "'b' is not a participant of the thread nor of p.yaml (known: a)"]),
+    "no participants and no participants file": Case(
+        {"t.yaml": _spec("c").replace("participants: {a: {reference: Patient/1}}\n", "")},
+        ["build", "t.yaml"], 2,
+        ["t.yaml:1:1: missing required field 'participants'", "or give a participants file (--participants FILE"]),
     "participants file: not one": Case(
         {"p.yaml": "thread: x\n", "t.yaml": _spec("c")}, ["build", "t.yaml", "--participants", "p.yaml"], 2,
         ["p.yaml:1:1: expected a participants file: a mapping with one key, participants"]),

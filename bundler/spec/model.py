@@ -488,7 +488,9 @@ class Participants(_FrozenMap[Participant]):
 
     @classmethod
     def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
-        return {"description": "Everyone in the thread: alias -> {reference, display, create}.", "type": "object",
+        return {"description": "Everyone in the thread: alias -> {reference, display, create}. May be left out, or "
+                               "name only some, when a participants file (--participants) gives the others.",
+                "type": "object",
                 "minProperties": 1, "x-message": "needs at least one participant",
                 "propertyNames": {DEF_KEY: "aliasName"},
                 "additionalProperties": _reference_or_create(handler(Participant.__pydantic_core_schema__))}

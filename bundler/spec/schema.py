@@ -46,6 +46,8 @@ def spec_schema() -> dict[str, Any]:
     raw = ThreadSpec.model_json_schema(by_alias=True, mode="validation", schema_generator=_Generator)
     docstrings = {inspect.cleandoc(m.__doc__ or "") for m in _MODELS}  # about Python objects, not about data
     body = _clean(raw, docstrings)
+    # a spec may leave its participants to a participants file: the model requires them once the file's are merged
+    body["required"] = [name for name in body["required"] if name != "participants"]
     defs = {_DEF_NAMES.get(name, name): value for name, value in body.pop("$defs", {}).items()}
     defs.update(_clean({"$defs": DEFS}, docstrings)["$defs"])
     return _ordered({"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID, "title": TITLE,
