@@ -20,11 +20,22 @@ from typing import Any
 import orjson
 
 from .errors import OptionError, Problem, SpecError
-from .spec.model import Attachment, Coding, Participant, ThreadSpec, parse_spec
+from .spec.model import Attachment, Coding, Message, Participant, ThreadSpec, parse_spec
 from .vocabulary import (
     DEFAULT_CONTENT_TYPE,
+    DRAFT_STATUS,
     MAX_CONDITIONAL_ENTRIES,
     MAX_INLINE_FILE_BYTES,
+    READ_RECEIPT_CODE,
+    READ_RECEIPT_INTENT,
+    READ_RECEIPT_READ,
+    READ_RECEIPT_SYSTEM,
+    READ_RECEIPT_UNREAD,
+    READ_STATE_EXTENSION,
+    READ_STATE_LAST_READ,
+    READ_STATE_LAST_READ_AT,
+    READ_STATE_PARTICIPANT,
+    READ_STATUS,
     identifier_system_problem,
     identifier_token,
 )
@@ -47,11 +58,16 @@ URN_NAMESPACE = uuid.UUID("5f0c2a7e-3d3b-5b8e-9a57-0c1f2b7d6e41")
 
 _NS = URN_NAMESPACE.bytes
 _REQUEST = {"method": "POST", "url": "Communication"}
+_TASK_REQUEST = {"method": "POST", "url": "Task"}
 
 
-def identifier_value(key: str, message_id: str | None = None) -> str:
-    """The identifier value of a thread's header (`key`) or of one of its messages (`key/id`)."""
-    return key if message_id is None else f"{key}/{message_id}"
+def identifier_value(key: str, message_id: str | None = None, reader: str | None = None) -> str:
+    """The identifier value of a thread's header (`key`), of one of its messages (`key/id`), or of the read
+    receipt (tasks read model) of a message for one of its recipients (`key/id/read/<alias>`: neither keys nor
+    ids hold a '/', so no two of these are ever equal)."""
+    if message_id is None:
+        return key
+    return f"{key}/{message_id}" if reader is None else f"{key}/{message_id}/read/{reader}"
 
 
 _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
@@ -159,9 +175,9 @@ def _binaries(spec: ThreadSpec, files: Mapping[str, bytes] | None) -> list[dict[
 
 def build_bundle(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM,
                  files: Mapping[str, bytes] | None = None) -> dict[str, Any]:
-    """The transaction Bundle for one thread: its header first, then its messages in spec order, then a Binary
-    for each small file attachment (`inline`; their bytes from `files`, hash → bytes, by default the spec's own
-    `ThreadSpec.files`).
+    """The transaction Bundle for one thread: its header first, then its messages in spec order, then its read
+    receipts (Tasks, `read_model: tasks`), then a Binary for each small file attachment (`inline`; their bytes
+    from `files`, hash → bytes, by default the spec's own `ThreadSpec.files`).
 
     `thread` is a ThreadSpec, or plain spec data (checked first; SpecError if invalid); `identifier_system`
     must be usable in identifier searches (`check_identifier_system`; OptionError if not). Nothing in the
@@ -178,6 +194,7 @@ def build_bundle(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
     recipients_of: dict[str, list[str]] = {}
     prefix = f"{key}/"
     thread_status = spec.status
+    simple = spec.read_model == "simple"
     codings = [_coding(c) for c in spec.category]  # read once; every resource gets its own copy
     for m in spec.messages:
         mid, reply_to = m.id, m.reply_to
@@ -190,10 +207,10 @@ def build_bundle(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
         }
         if reply_to is not None:
             res["inResponseTo"] = [{"reference": urls[reply_to]}]
-        res["status"] = m.status or thread_status
+        res["status"] = READ_STATUS if simple and m.read_by else m.status or thread_status
         if codings:
             res["category"] = [{"coding": [dict(c)]} for c in codings]
-        res["sent"] = m.sent
+        _times(res, m, spec.priority, simple)
         sender = m.sender
         recipients = _recipients(m.recipient, sender, refs, recipients_of)
         if recipients:
@@ -201,9 +218,100 @@ def build_bundle(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
         res["sender"] = dict(refs[sender])
         res["payload"] = _payload(m.text, m.attachments)
         entries.append({"fullUrl": url, "resource": res, "request": dict(_REQUEST)})
-    if spec.has_files:
+    if spec.read_model == "header-extension":
+        if blocks := _read_state_blocks(spec, refs, urls):
+            entries[0]["resource"]["extension"] = blocks
+    elif spec.read_model == "tasks":
+        entries += _read_receipts(spec, system, refs, header_url)
+    if spec.has_files:  # last: the loader finds a thread's Binaries after its header, messages and read receipts
         entries += _binaries(spec, files)
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def _times(res: dict[str, Any], m: Message, thread_priority: str | None, simple: bool) -> None:
+    """A message's priority, sent and received, in that order; in the simple read model a read message's received
+    is when it was read, unless the spec says when it arrived."""
+    if (priority := m.priority or thread_priority) is not None:
+        res["priority"] = priority
+    if m.sent is not None:
+        res["sent"] = m.sent
+    if received := m.received or (next(iter(m.read_by.values())) if simple and m.read_by else None):
+        res["received"] = received
+
+
+def _read_state_blocks(spec: ThreadSpec, refs: Mapping[str, dict[str, str]], urls: Mapping[str, str]
+                       ) -> list[dict[str, Any]]:
+    """The header-extension model: for each participant who read something, in the order of participants, the
+    last message (in thread order) they read and when. It keeps a high-water mark: messages before it count as
+    read."""
+    last: dict[str, Message] = {}
+    for m in spec.messages:
+        for alias in m.read_by:
+            last[alias] = m
+    return [{"url": READ_STATE_EXTENSION, "extension": [
+        {"url": READ_STATE_PARTICIPANT, "valueReference": dict(refs[alias])},
+        {"url": READ_STATE_LAST_READ, "valueReference": {"reference": urls[last[alias].id]}},
+        {"url": READ_STATE_LAST_READ_AT, "valueDateTime": last[alias].read_by[alias]},
+    ]} for alias in refs if alias in last]
+
+
+def _read_receipts(spec: ThreadSpec, system: str, refs: Mapping[str, dict[str, str]], header_url: str
+                   ) -> list[dict[str, Any]]:
+    """The tasks model: a read-receipt Task for each sent message (not drafts) and each of its recipients, after
+    the messages in message order; `requested` while unread, `completed` (its executionPeriod ending when it was
+    read) once read."""
+    out: list[dict[str, Any]] = []
+    subject = spec.subject
+    for_ = None if subject is None else refs.get(subject, {"reference": subject})
+    for i, alias in read_receipts(spec):
+        m = spec.messages[i]
+        priority = m.priority or spec.priority
+        value = identifier_value(spec.key, m.id, alias)
+        read = m.read_by.get(alias)
+        task: dict[str, Any] = {"resourceType": "Task", "identifier": [{"system": system, "value": value}],
+                                "status": READ_RECEIPT_READ if read is not None else READ_RECEIPT_UNREAD,
+                                "intent": READ_RECEIPT_INTENT}
+        if priority is not None:
+            task["priority"] = priority
+        task["code"] = {"coding": [{"system": READ_RECEIPT_SYSTEM, "code": READ_RECEIPT_CODE}]}
+        task["focus"] = {"reference": header_url}
+        if for_ is not None:
+            task["for"] = dict(for_)
+        if read is not None:
+            task["executionPeriod"] = {"end": read}
+        if m.sent is not None:
+            task["authoredOn"] = m.sent
+        task["owner"] = dict(refs[alias])
+        out.append({"fullUrl": full_url(system, value), "resource": task, "request": dict(_TASK_REQUEST)})
+    return out
+
+
+def read_receipts(spec: ThreadSpec) -> list[tuple[int, str]]:
+    """(message index, recipient alias) of each read receipt the tasks model gives `spec`, in bundle order (after
+    the messages): one for each sent message (not a draft) and each of its recipients; [] for other models."""
+    if spec.read_model != "tasks":
+        return []
+    aliases = list(spec.participants)
+    return [(i, alias) for i, m in enumerate(spec.messages) if (m.status or spec.status) != DRAFT_STATUS
+            for alias in (m.recipient if m.recipient is not None else [a for a in aliases if a != m.sender])]
+
+
+def entry_messages(spec: ThreadSpec) -> list[int | None]:
+    """For each entry of `spec`'s bundle, the index of the message it stands for: None for the header, then each
+    message's own, then those of the read receipts (`read_receipts`)."""
+    return [None, *range(len(spec.messages)), *(i for i, _ in read_receipts(spec))]
+
+
+def entry_values(spec: ThreadSpec) -> list[str]:
+    """The identifier value of each entry of `spec`'s bundle, in order: header, messages, read receipts."""
+    key = spec.key
+    return [key, *(f"{key}/{m.id}" for m in spec.messages),
+            *(identifier_value(key, spec.messages[i].id, alias) for i, alias in read_receipts(spec))]
+
+
+def entry_types(spec: ThreadSpec) -> list[str]:
+    """The resource type of each entry of `spec`'s bundle, in order (Communications, then any read-receipt Tasks)."""
+    return ["Communication"] * (1 + len(spec.messages)) + ["Task"] * len(read_receipts(spec))
 
 
 def _refs(spec: ThreadSpec) -> dict[str, dict[str, str]]:
@@ -230,6 +338,8 @@ def _header(spec: ThreadSpec, system: str, refs: Mapping[str, dict[str, str]]) -
     }
     if spec.category:
         header["category"] = [_concept(c) for c in spec.category]
+    if spec.priority is not None:
+        header["priority"] = spec.priority
     if spec.subject is not None:
         header["subject"] = dict(refs[spec.subject]) if spec.subject in refs else {"reference": spec.subject}
     header["topic"] = {"text": spec.topic}
@@ -261,6 +371,8 @@ def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
     if spec.has_files:
         return orjson.dumps(build_bundle(spec, identifier_system=system))
     dumps_ = orjson.dumps
+    if spec.read_model is not None:  # read state: Tasks or an extension, or statuses by who read what
+        return dumps_(build_bundle(spec, identifier_system=system))
     refs = _refs(spec)
     ref_json = {alias: dumps_(r) for alias, r in refs.items()}
     header_url = full_url(system, spec.key)
@@ -272,8 +384,11 @@ def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
     if spec.subject is not None:
         subject = b'"subject":' + (ref_json[spec.subject] if spec.subject in ref_json
                                    else dumps_({"reference": spec.subject})) + b","
+    thread_priority = spec.priority
+    priority_json = b'"priority":"' + thread_priority.encode() + b'",' if thread_priority is not None else b""
     head = b"".join((
-        b'{"fullUrl":"', header_url.encode(), identifier, dumps_(spec.key), b"}],", status_json, category, subject,
+        b'{"fullUrl":"', header_url.encode(), identifier, dumps_(spec.key), b"}],", status_json, category,
+        priority_json, subject,
         b'"topic":{"text":', dumps_(spec.topic), b"},",
         b'"sent":' + dumps_(spec.sent) + b"," if spec.sent is not None else b"",
         b'"recipient":[', b",".join(ref_json.values()), b"]",
@@ -303,12 +418,15 @@ def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
                 recipients_json[sender] = rec
         # keys, ids, statuses and instants of a ThreadSpec (always checked) hold no character JSON escapes:
         # written as they are, they are what orjson writes
-        text, attachments = m.text, m.attachments
+        text, attachments, sent, received, priority = m.text, m.attachments, m.sent, m.received, m.priority
         extend((
             b',{"fullUrl":"', url, identifier, value_prefix, raw_id, b'"', part_of,
             b'"inResponseTo":[{"reference":"' + urls[reply_to] + b'"}],' if reply_to is not None else b"",
             b'"status":"' + status.encode() + b'",' if status else status_json,
-            category, b'"sent":"', m.sent.encode(), b'",', rec, b'"sender":', ref_json[sender],
+            category, priority_json if priority is None else b'"priority":"' + priority.encode() + b'",',
+            b'"sent":"' + sent.encode() + b'",' if sent is not None else b"",
+            b'"received":"' + received.encode() + b'",' if received is not None else b"",
+            rec, b'"sender":', ref_json[sender],
             b',"payload":' + dumps_(_payload(text, attachments)) if attachments else b',"payload":[{"contentString":'
             + dumps_(text) + b"}]",
             b'},"request":{"method":"POST","url":"Communication"}}',

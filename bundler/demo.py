@@ -1,7 +1,7 @@
 """The embedded default: a local Medplum server, strict and empty, seeded with the example threads (their
 participants created when missing), read back and shown.
 
-    thread-bundler demo                  # the three example threads shipped with the package, and four generated
+    thread-bundler demo                  # the six example threads shipped with the package, and four generated
     thread-bundler demo fixtures/threads --participants people.yaml   # any specs
 """
 
@@ -27,7 +27,8 @@ from .vocabulary import binary_reference
 
 
 def example_paths() -> list[Path]:
-    """The example specs shipped with the package: three threads, the Medplum walkthrough's among them."""
+    """The example specs shipped with the package: six threads, the Medplum walkthrough's among them (three keep
+    read state, one in each of Medplum's read models)."""
     return [assets.asset_dir("examples")]
 
 

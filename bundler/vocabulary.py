@@ -151,6 +151,43 @@ TASK_STATUSES: Final = ("draft", "requested", "received", "accepted", "rejected"
 TASK_INTENTS: Final = ("unknown", "proposal", "plan", "order", "original-order", "reflex-order", "filler-order",
                        "instance-order", "option")
 """Task.intent (task-intent, required)."""
+DRAFT_STATUS: Final = "preparation"
+"""The Communication.status of a draft: Medplum's drafts have no `sent` (docs: communications, "Load drafts")."""
+
+# --- read state: Medplum's three models (docs: communications/read-receipts-and-message-status) ---------------
+
+READ_MODELS: Final = ("simple", "header-extension", "tasks")
+"""How an app keeps who read what (Medplum's options A, B, C): `simple` sets `received` and `status: completed` on
+a read message (1:1 threads only); `header-extension` keeps each participant's last read message in an extension
+of the thread header (groups, not searchable); `tasks` keeps one read-receipt Task per message and recipient
+(groups, searchable)."""
+SIMPLE_MAX_PARTICIPANTS: Final = 2
+"""The simple model fits 1:1 threads only: one recipient to a message, so its status can say 'read'."""
+READ_STATUS: Final = "completed"
+"""Communication.status of a message its recipient has read, in the simple model."""
+UNREAD_EXCLUDED_STATUSES: Final = ("completed", "entered-in-error", "stopped", "unknown")
+"""Medplum's documented unread query (simple model): `Communication?recipient=<ref>&status:not=<these>&
+part-of:missing=false`."""
+READ_STATE_EXTENSION: Final = "https://medplum.com/fhir/StructureDefinition/thread-read-state"
+"""The thread header's extension holding one participant's read state (header-extension model)."""
+READ_STATE_PARTICIPANT: Final = "participant"
+"""Its sub-extension naming the participant (valueReference)."""
+READ_STATE_LAST_READ: Final = "lastRead"
+"""Its sub-extension pointing at the last message the participant read (valueReference)."""
+READ_STATE_LAST_READ_AT: Final = "lastReadAt"
+"""Its sub-extension saying when (valueDateTime)."""
+READ_RECEIPT_SYSTEM: Final = "https://medplum.com/task-codes"
+READ_RECEIPT_CODE: Final = "read-receipt"
+"""Task.code of a read receipt (tasks model): `https://medplum.com/task-codes|read-receipt`, a convention of
+Medplum's docs (not a hosted CodeSystem)."""
+READ_RECEIPT_INTENT: Final = "order"
+"""Task.intent of a read receipt, as in Medplum's example."""
+READ_RECEIPT_OWNERS: Final = frozenset({"Practitioner", "PractitionerRole", "Organization", "CareTeam",
+                                        "HealthcareService", "Patient", "Device", "RelatedPerson"})
+"""The resource types FHIR R4 allows as Task.owner: a recipient of another type (a Group) cannot own a read receipt."""
+READ_RECEIPT_UNREAD: Final = "requested"
+READ_RECEIPT_READ: Final = "completed"
+"""Task.status of a read receipt: `requested` while its message is unread, `completed` once read."""
 
 MIME_TYPE_PATTERN: Final = (r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*"
                             r"(?: *; *[A-Za-z0-9!#$&^_.+-]+=(?:[A-Za-z0-9!#$&^_.+-]+|\"[^\"\\\\]*\"))*")

@@ -58,6 +58,15 @@ def _bundle(**changes: object) -> str:
          "request": {"method": "POST", "url": "Communication"}}]})
 
 
+def _group(message: str = "", *, model: str | None = None) -> str:
+    """A YAML spec of three participants (a sends to b and c), `message` added to its one message."""
+    return "\n".join(["thread: g", "topic: t", *([f"read_model: {model}"] if model else []),
+                      "participants: {a: {reference: Patient/1}, b: {reference: Practitioner/2}, "
+                      "c: {reference: Practitioner/3}}", "messages:",
+                      f"  - {{sender: a, sent: 2024-01-01T00:00:00Z, text: hi{', ' + message if message else ''}}}",
+                      ""])
+
+
 def _text(raw: str) -> str:
     """The small Bundle with its message's text replaced by `raw` JSON (NaN, a number, nested lists)."""
     return _bundle().replace('"hi"', raw)
@@ -288,6 +297,10 @@ CASES: dict[str, Case] = {
                              .replace("text: hi", "text: hi, recipient: [b]")},
         ["build", "t.yaml", "--participants", "p.yaml"], 2,
         ["t.yaml:4:", "'b' is not a participant of the thread nor of p.yaml (known: a)"]),
+    "no participants and no participants file": Case(
+        {"t.yaml": _spec("c").replace("participants: {a: {reference: Patient/1}}\n", "")},
+        ["build", "t.yaml"], 2,
+        ["t.yaml:1:1: missing required field 'participants'", "or give a participants file (--participants FILE"]),
     "participants file: not one": Case(
         {"p.yaml": "thread: x\n", "t.yaml": _spec("c")}, ["build", "t.yaml", "--participants", "p.yaml"], 2,
         ["p.yaml:1:1: expected a participants file: a mapping with one key, participants"]),
@@ -368,6 +381,37 @@ CASES: dict[str, Case] = {
                                       ["t.yaml:1:3: YAML syntax error: a tag (!name) without a name: quote text"]),
     "a block of text without its line end": Case({"t.yaml": "|x\n"}, ["build", "t.yaml"], 2,
                                                  ["t.yaml:1:2: YAML syntax error: after '|' or '>' (a block of text)"]),
+    # --- read state, priority and drafts (issue 16) -------------------------------------------------------------
+    "read_by: someone who is not a recipient": Case(
+        {"t.yaml": _group("read_by: {a: 2024-01-01T01:00:00Z}")}, ["build", "t.yaml"], 2,
+        ["t.yaml:5:68: messages[1].read_by.a: 'a' is not a recipient of this message (recipients: b, c)"]),
+    "read_by: read before it was sent": Case(
+        {"t.yaml": _group("read_by: {b: 2023-12-31T23:00:00Z}")}, ["build", "t.yaml"], 2,
+        ["messages[1].read_by.b: read at 2023-12-31T23:00:00Z, before the message was sent"]),
+    "read_by: not an instant": Case(
+        {"t.yaml": _group("read_by: {b: yesterday}")}, ["build", "t.yaml"], 2,
+        ["messages[1].read_by.b: 'yesterday' must be a FHIR instant"]),
+    "read_by on a draft": Case(
+        {"t.yaml": _group("status: preparation, read_by: {b: 2024-01-01T01:00:00Z}")}, ["build", "t.yaml"], 2,
+        ["messages[1]: a draft (status: preparation) was never sent, so nobody read it: remove read_by"]),
+    "a message without sent that is not a draft": Case(
+        {"t.yaml": _group().replace("sent: 2024-01-01T00:00:00Z, ", "")}, ["build", "t.yaml"], 2,
+        ["messages[1]: a message needs sent (only a draft, status: preparation, may leave it out)"]),
+    "read_model simple on a group thread": Case(
+        {"t.yaml": _group(model="simple")}, ["validate", "t.yaml"], 2,
+        ["t.yaml:3:13: read_model: the simple read model fits 1:1 threads", "use read_model: tasks"]),
+    "--read-model simple on a group thread": Case(
+        {"t.yaml": _group()}, ["build", "t.yaml", "--read-model", "simple", "-o", "out"], 2,
+        ["t.yaml:1: read_model (--read-model simple): the simple read model fits 1:1 threads", "this thread has 3"]),
+    "--read-model that is not one": Case({"t.yaml": _group()}, ["build", "t.yaml", "--read-model", "receipts"], 2,
+                                         ["'receipts' is not one of 'simple', 'header-extension', 'tasks'"]),
+    "an unknown read_model and priority": Case(
+        {"t.yaml": _group(model="receipts").replace("topic: t", "topic: t\npriority: high")}, ["build", "t.yaml"], 2,
+        ["priority: 'high' must be a request priority (one of: routine, urgent, asap, stat)",
+         "read_model: 'receipts' must be a read model (one of: simple, header-extension, tasks)"]),
+    "tasks model with a Group as recipient": Case(
+        {"t.yaml": _group(model="tasks").replace("Practitioner/3", "Group/3")}, ["build", "t.yaml"], 2,
+        ["participants.c.reference: 'c' is a Group, which cannot own a read-receipt Task"]),
     # --- export: options refused before anything is sent (no server needed to refuse them) -----------------
     "export: --since not an instant": Case({}, ["export", "-o", "out", "--since", "yesterday"], 2,
                                            ["Invalid value for '--since': 'yesterday' must be a FHIR instant"]),

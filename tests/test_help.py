@@ -43,7 +43,7 @@ def test_the_other_commands_write_help_the_same_way() -> None:
 
 def test_demo_help_says_it_loads_three_threads() -> None:
     result = CliRunner().invoke(main, ["demo", "--help"])
-    assert "three threads" in result.output and "the thread of" not in result.output
+    assert "six threads" in result.output and "the thread of" not in result.output
 
 
 def test_every_command_shows_its_help() -> None:

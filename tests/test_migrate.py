@@ -395,8 +395,8 @@ BAD_MAPPINGS = [
       "(write \\[ for a literal '[')"]),
     ("thread: {id: conv}\nmessage:\n  id: mid\n  sender: s\n  sent: t\n  text: b\n  colour: red\n"
      "participants: {rules: [{prefix: x, reference: 'Patient/{rest}'}]}\n",
-     ["m.yaml:7:3: message.colour: unknown field 'colour' (allowed: attachment, attachments, id, recipients, reply_to, "
-      "sender, sender_display, sender_role, sent, status, text)"]),
+     ["m.yaml:7:3: message.colour: unknown field 'colour' (allowed: attachment, attachments, id, priority, read_at, "
+      "received, recipients, reply_to, sender, sender_display, sender_role, sent, status, text)"]),
     ("thread: {id: conv}\nmessage:\n  id: mid\n  sender: s\n  sent: {column: t, timezone: Mars/Olympus}\n"
      "  text: b\nparticipants:\n  rules:\n    - match: '^pt-(?P<n>[0-9]+$'\n      reference: 'Patient/{n}'\n"
      "    - prefix: dr-\n      reference: 'Practitioner/{id}-{nope}'\n",

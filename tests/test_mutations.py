@@ -16,7 +16,7 @@ from bundler.check import RULES, validate
 from bundler.check.mutations import MUTATIONS, NotApplicable, rng_from_draw
 from bundler.testing.strategies import bundles
 
-VALID = bundles(min_messages=2, max_messages=5)
+VALID = bundles(min_messages=2, max_messages=5, drafts=True)
 
 
 def test_every_rule_has_a_mutation() -> None:

@@ -45,9 +45,9 @@ def test_demo_loads_reads_back_and_shows_the_walkthrough() -> None:
     assert text.index("Hi Homer") < text.index("Thanks —") < text.index("Yes — we expect")
     assert "↩ Homer Simpson at 2024-04-10T10:05:00.000Z" in text
     assert "matches its spec field by field" in text
-    assert note.getvalue().startswith("built and validated 7 threads; starting a local Medplum server\n")
+    assert note.getvalue().startswith("built and validated 10 threads; starting a local Medplum server\n")
     assert "strict: references must exist" in note.getvalue()
-    assert "participants: 10 created, 0 existing" in note.getvalue()  # the fixtures' and the generated ones' cast
+    assert "participants: 16 created, 0 existing" in note.getvalue()  # every fixture's and generated cast, once
     assert "📎 files/sports-form.png (bart-school-form-2024-09) read back from Binary/" in text
     assert "bytes, identical to the file" in text
     assert "install" not in note.getvalue()  # the note of a first run is the installer's, and only when it installs

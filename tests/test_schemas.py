@@ -101,12 +101,13 @@ def test_the_spec_schema_names_its_grammars_and_hints() -> None:
 def test_the_schema_knows_the_model_s_fields() -> None:
     schema = spec_schema()
     assert set(schema["properties"]) == {"thread", "topic", "subject", "status", "category", "sent", "sender",
-                                         "participants", "messages"}
-    assert schema["required"] == ["thread", "topic", "participants"]
+                                         "participants", "messages", "priority", "read_model"}
+    assert schema["required"] == ["thread", "topic"]  # participants: in the spec, or a participants file
     message = schema["$defs"]["message"]
     assert set(message["properties"]) == {"id", "sender", "sent", "text", "attachments", "recipient", "reply_to",
-                                          "status"}
-    assert message["required"] == ["sender", "sent"]
+                                          "status", "received", "priority", "read_by"}
+    assert message["required"] == ["sender"]
+    assert message["else"]["required"] == ["sent"]  # sent, unless a draft (status: preparation)
     assert set(schema["$defs"]["attachment"]["properties"]) == {"url", "file", "contentType", "title", "size", "hash"}
     assert set(schema["properties"]["participants"]["additionalProperties"]["properties"]) == {"reference",
                                                                                               "display", "create"}
@@ -116,7 +117,7 @@ VALIDATOR = jsonschema.Draft202012Validator(SPEC)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(thread_specs())
+@given(thread_specs(drafts=True))
 def test_what_the_model_reads_the_schema_accepts(spec: dict[str, Any]) -> None:
     VALIDATOR.validate(spec)
 

@@ -220,7 +220,8 @@ def test_unknown_rule_and_bad_options_are_refused() -> None:
 
 
 def _shrunk(strategy: st.SearchStrategy[Any], condition: Callable[[Any], bool]) -> Any:
-    return find(strategy, condition, settings=settings(NO_DB, max_examples=200))
+    # derandomized: the same example every run (a random seed shrinks further on some runs than on others)
+    return find(strategy, condition, settings=settings(NO_DB, max_examples=200, derandomize=True))
 
 
 def test_specs_shrink_to_small_readable_examples() -> None:

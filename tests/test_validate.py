@@ -19,6 +19,7 @@ from bundler.check import RULES, Issue, validate, validate_many
 from bundler.check.limits import Limits
 from bundler.spec import load_specs
 from bundler.testing.strategies import bundles
+from bundler.vocabulary import READ_RECEIPT_CODE, READ_RECEIPT_SYSTEM, READ_STATE_EXTENSION
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "fixtures" / "threads" / "homer-lab-results.yaml"
@@ -99,6 +100,42 @@ def _many_puts(b: dict[str, Any]) -> None:
                            "resource": {**copy.deepcopy(res(b, 1)), "id": rid}})
 
 
+OTHER = "Practitioner/9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
+TASK = "urn:uuid:66666666-6666-4666-8666-666666666666"
+
+
+def _block(participant: str = PAT, last_read: str = M1, at: Any = "2024-04-10T11:00:00Z",
+           drop: str | None = None) -> Callable[[dict[str, Any]], None]:
+    """A breaker adding a thread-read-state extension to the header (without sub-extension `drop`)."""
+    def apply(b: dict[str, Any]) -> None:
+        subs = [{"url": "participant", "valueReference": {"reference": participant}},
+                {"url": "lastRead", "valueReference": {"reference": last_read}},
+                {"url": "lastReadAt", "valueDateTime": at}]
+        res(b, 0).setdefault("extension", []).append({"url": READ_STATE_EXTENSION,
+                                                      "extension": [x for x in subs if x["url"] != drop]})
+    return apply
+
+
+def _receipt(**fields: Any) -> Callable[[dict[str, Any]], None]:
+    """A breaker adding a read receipt of M1 for PAT, with `fields` changed (None: left out)."""
+    def apply(b: dict[str, Any]) -> None:
+        res(b, 1)["identifier"] = [{"system": "urn:x", "value": "t1/1"}]
+        task = {"resourceType": "Task", "identifier": [{"system": "urn:x", "value": "t1/1/read/pat"}],
+                "status": "requested", "intent": "order",
+                "code": {"coding": [{"system": READ_RECEIPT_SYSTEM, "code": READ_RECEIPT_CODE}]},
+                "focus": {"reference": H}, "for": {"reference": PAT}, "authoredOn": "2024-04-10T10:00:00Z",
+                "owner": {"reference": PAT}}
+        task.update(fields)
+        b["entry"].append({"fullUrl": TASK, "request": {"method": "POST", "url": "Task"},
+                           "resource": {k: v for k, v in task.items() if v is not None}})
+    return apply
+
+
+def _simple_in_a_group(b: dict[str, Any]) -> None:
+    res(b, 0)["recipient"].append({"reference": OTHER})
+    res(b, 1).update(status="completed", received="2024-04-10T10:30:00Z")
+
+
 # code → one hand-made break that should fire exactly that code
 BREAKS: dict[str, list[Callable[[dict[str, Any]], None]]] = {
     "bundle.resource-type": [_set("resourceType", "Parameters")],
@@ -161,6 +198,15 @@ BREAKS: dict[str, list[Callable[[dict[str, Any]], None]]] = {
     "thread.sent-order": [_set("entry.1.resource.sent", "2024-04-10T08:59:00Z")],
     "thread.reply-order": [_set("entry.2.resource.sent", "2024-04-10T11:30:00+02:00")],
     "thread.header-recipients": [_set("entry.0.resource.recipient", [{"reference": PAT}])],
+    "read.simple-group": [_simple_in_a_group],
+    "read.extension": [_block(at="yesterday"), _block(drop="lastRead"), _block(last_read=H),
+                       _block(participant=OTHER), lambda b: (_block()(b), _block(last_read=M2)(b)),
+                       _block(last_read="Patient/1"),
+                       lambda b: res(b, 0).update(extension=[{"url": READ_STATE_EXTENSION, "valueString": "x"}])],
+    "read.task": [_receipt(intent="plan"), _receipt(status="ready"), _receipt(focus={"reference": M1}),
+                  _receipt(code={"coding": [{"system": "http://example.org", "code": READ_RECEIPT_CODE}]}),
+                  _receipt(owner=None)],
+    "read.task-owner": [_receipt(owner={"reference": OTHER}), _receipt(owner={"reference": DOC})],
     "fhir.structure": [_set("entry.1.resource.payload.0.contentString", 5), _set("entry.1.resource.colour", "x"),
                        _set("entry.1.resource.payload.0", {}), _set("meta", {"lastUpdated": "yesterday"})],
     "fhir.code": [_set("entry.1.resource.status", "bogus"), _set("entry.1.resource.priority", "high"),
@@ -303,7 +349,7 @@ def test_validate_many_in_parallel_matches_serial() -> None:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(bundles())
+@given(bundles(drafts=True))
 def test_builder_bundles_are_clean_and_untouched(bundle: dict[str, Any]) -> None:
     before = orjson.dumps(bundle)
     assert validate(bundle) == []

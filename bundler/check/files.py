@@ -21,7 +21,7 @@ from ..build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, check_identifier_sy
 from ..errors import Problem, SpecError
 from ..spec import ParticipantsFile, read_participants, spec_files
 from ..spec.files import ThreadKeys, read_document
-from ..spec.model import Participant, ThreadSpec
+from ..spec.model import Participant, ThreadSpec, read_model_problems
 from ..spec.source import SAVE_AS_UTF8, Document, decode, parse_json, parse_text, split_threads
 from ..vocabulary import MAX_CONDITIONAL_ENTRIES
 from .issues import Issue
@@ -100,11 +100,12 @@ def _as_line(message: str) -> str:
 
 
 def read_bundles(file: Path, *, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, keys: ThreadKeys | None = None,
-                 shared: ParticipantsFile | None = None, created: Created | None = None
+                 shared: ParticipantsFile | None = None, created: Created | None = None, read_model: str | None = None
                  ) -> tuple[list[tuple[Any, Origin]], list[Problem]]:
     """(bundle, origin) for every Bundle in `file`, building thread specs (with `identifier_system`, the
-    participants of `shared`; a thread key that `keys` has seen already is a problem); problems if unreadable.
-    `created` collects the specs' participants to create, each where it is written (`Created`)."""
+    participants of `shared`, and `read_model` overriding theirs; a thread key that `keys` has seen already is a
+    problem); problems if unreadable. `created` collects the specs' participants to create, each where it is
+    written (`Created`)."""
     name = str(file)
     try:
         raw = file.read_bytes()
@@ -127,7 +128,8 @@ def read_bundles(file: Path, *, identifier_system: str = DEFAULT_IDENTIFIER_SYST
         docs, problems = parse_text(text, name, kind="json" if json_ else "yaml")
         if not docs and not problems:
             problems = [Problem(name, None, None, "", "no thread in this file")]
-    out = _document_bundles(docs, problems, identifier_system, keys, shared=shared, created=created)
+    out = _document_bundles(docs, problems, identifier_system, keys, shared=shared, created=created,
+                            read_model=read_model)
     return (out, []) if not problems else ([], problems)
 
 
@@ -143,9 +145,10 @@ def _json_bundles(doc: Document) -> list[tuple[Any, Origin]] | None:
 
 def _document_bundles(docs: list[Document], problems: list[Problem], identifier_system: str,
                       keys: ThreadKeys | None, *, shared: ParticipantsFile | None = None,
-                      created: Created | None = None) -> list[tuple[Any, Origin]]:
+                      created: Created | None = None, read_model: str | None = None) -> list[tuple[Any, Origin]]:
     """Each document as a Bundle: as it is, or built from the thread spec it holds (with the participants of
-    `shared`; its participants to create collected in `created`; problems appended)."""
+    `shared` and `read_model` overriding its own; its participants to create collected in `created`; problems
+    appended)."""
     out: list[tuple[Any, Origin]] = []
     for doc in split_threads(docs):
         if _is_bundle_like(doc.data):
@@ -157,6 +160,8 @@ def _document_bundles(docs: list[Document], problems: list[Problem], identifier_
         if duplicate is not None:
             problems.append(duplicate)
         elif spec is not None:
+            spec, model_problems = read_model_problems(spec, read_model)
+            problems.extend(model_problems)
             out.append((build_bundle(spec, identifier_system=identifier_system), spec_origin(spec)))
             if created is not None:
                 created.add(spec)
@@ -195,11 +200,11 @@ def _fixed(file: str, line: int) -> Origin:
 
 def validate_files(paths: Iterable[str | Path], *, limits: str | Limits = "medplum", structure: bool = True,
                    workers: int | None = None, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM,
-                   participants: str | Path | ParticipantsFile | None = None) -> Report:
-    """Validate every Bundle in `paths`, specs built with `identifier_system` and the participants file
-    `participants`, and the conditional creates of the specs' participants to create (as `load` sends them);
-    raises SpecError if any input cannot be read or built, OptionError if `identifier_system` is unusable in
-    identifier searches."""
+                   participants: str | Path | ParticipantsFile | None = None, read_model: str | None = None) -> Report:
+    """Validate every Bundle in `paths`, specs built with `identifier_system`, the participants file
+    `participants` and `read_model` overriding the specs' own, and the conditional creates of the specs'
+    participants to create (as `load` sends them); raises SpecError if any input cannot be read or built,
+    OptionError if `identifier_system` is unusable in identifier searches."""
     check_identifier_system(identifier_system)
     shared = read_participants(participants) if participants is not None else None
     files, problems = input_files(paths)
@@ -208,7 +213,7 @@ def validate_files(paths: Iterable[str | Path], *, limits: str | Limits = "medpl
     created = Created()
     for file in files:
         found, file_problems = read_bundles(file, identifier_system=identifier_system, keys=keys, shared=shared,
-                                            created=created)
+                                            created=created, read_model=read_model)
         problems.extend(file_problems)
         items.extend(found)
     if problems:

@@ -46,6 +46,15 @@ RULES: dict[str, tuple[Severity, str]] = {
     "thread.reply-order": ("warning", "no reply is sent before the message it answers (read by sent, it would "
                                       "show above it)"),
     "thread.header-recipients": ("warning", "the header's recipients include every message's sender and recipients"),
+    # read state (Medplum's read models)
+    "read.simple-group": ("warning", "no message is marked read by status completed and received (the simple read "
+                                     "model) in an open thread of more than two participants"),
+    "read.extension": ("error", "thread-read-state extensions hold participant (a thread participant), lastRead (a "
+                                "message of the thread) and lastReadAt (an instant), each once; one per participant"),
+    "read.task": ("error", "read-receipt Tasks have code https://medplum.com/task-codes|read-receipt, intent order, "
+                           "status requested or completed, focus on a thread header, an owner"),
+    "read.task-owner": ("error", "a read receipt's owner is a participant of its thread and a recipient of its "
+                                 "message"),
     # FHIR structure
     "fhir.structure": ("error", "every resource is valid FHIR R4 for fhir.resources (types, cardinality, elements)"),
     "fhir.code": ("error", "coded elements we emit hold a code of their required binding (status, priority, "

@@ -13,12 +13,24 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 import random
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-from ..vocabulary import format_instant, parse_instant
+from ..vocabulary import (
+    MAX_CONDITIONAL_ENTRIES,
+    READ_RECEIPT_CODE,
+    READ_RECEIPT_INTENT,
+    READ_RECEIPT_SYSTEM,
+    READ_RECEIPT_UNREAD,
+    READ_STATE_EXTENSION,
+    READ_STATUS,
+    format_instant,
+    parse_instant,
+)
 
 Bundle = dict[str, Any]
 Mutation = Callable[[Bundle, random.Random], Bundle]
@@ -42,9 +54,33 @@ def _uuid(rng: random.Random) -> str:
 def _copy(bundle: Bundle, min_messages: int = 1) -> tuple[Bundle, list[dict[str, Any]]]:
     out = copy.deepcopy(bundle)
     entries = out["entry"]
-    if len(entries) - 1 < min_messages:
+    if len(_messages(entries)) < min_messages:
         raise NotApplicable(f"needs a bundle with at least {min_messages} message(s)")
     return out, entries
+
+
+def _messages(entries: list[dict[str, Any]], *, sent: bool = False, free: bool = False) -> list[int]:
+    """Indexes of the messages (Communications with partOf; not the read receipts after them); with `sent` only
+    those that have a sent (not drafts), with `free` only those no read state points at (lastRead)."""
+    held = _last_read_targets(entries) if free else set()
+    return [i for i, e in enumerate(entries) if e["resource"].get("resourceType") == "Communication"
+            and "partOf" in e["resource"] and (not sent or "sent" in e["resource"]) and e["fullUrl"] not in held]
+
+
+def _last_read_targets(entries: list[dict[str, Any]]) -> set[str]:
+    return {sub["valueReference"]["reference"] for ext in entries[0]["resource"].get("extension", [])
+            for sub in ext.get("extension", []) if sub.get("url") == "lastRead"}
+
+
+def _last_unreferenced(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last entry nothing points at (a message or a read receipt); NotApplicable when every entry is pointed
+    at (each message is someone's last read)."""
+    held = set(re.findall(r'"reference":"([^"]*)"', json.dumps(entries, separators=(",", ":"))))
+    for entry in reversed(entries):
+        if entry["fullUrl"] not in held:
+            found: dict[str, Any] = entry
+            return found
+    raise NotApplicable("every entry is pointed at")
 
 
 def _header(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -52,8 +88,20 @@ def _header(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return header
 
 
-def _message(entries: list[dict[str, Any]], rng: random.Random) -> tuple[int, dict[str, Any]]:
-    i = rng.randrange(1, len(entries))
+def _message(entries: list[dict[str, Any]], rng: random.Random, *, free: bool = False) -> tuple[int, dict[str, Any]]:
+    """A message, at random; with `free`, one no read state points at (made so if there is none)."""
+    choices = _messages(entries, free=free) or _messages(entries)
+    if not choices:
+        raise NotApplicable("no message")
+    i = rng.choice(choices)
+    if free:  # every message is someone's last read: that read state goes (nothing else points at a message)
+        header = _header(entries)
+        kept = [b for b in header.get("extension", []) if all(
+            s.get("valueReference", {}).get("reference") != entries[i]["fullUrl"] for s in b.get("extension", []))]
+        if kept:
+            header["extension"] = kept
+        else:
+            header.pop("extension", None)
     return i, entries[i]["resource"]
 
 
@@ -106,21 +154,22 @@ def empty(bundle: Bundle, rng: random.Random) -> Bundle:
 def entry_resource(bundle: Bundle, rng: random.Random) -> Bundle:
     """Drop the resource of the last message (nothing refers to it)."""
     out, entries = _copy(bundle)
-    del entries[-1]["resource"]
+    del _last_unreferenced(entries)["resource"]
     return out
 
 
 def fullurl_missing(bundle: Bundle, rng: random.Random) -> Bundle:
     """Drop the fullUrl of the last message (nothing refers to it)."""
     out, entries = _copy(bundle)
-    del entries[-1]["fullUrl"]
+    del _last_unreferenced(entries)["fullUrl"]
     return out
 
 
 def fullurl_duplicate(bundle: Bundle, rng: random.Random) -> Bundle:
     """Give the last message the fullUrl of an earlier entry."""
     out, entries = _copy(bundle)
-    entries[-1]["fullUrl"] = entries[rng.randrange(0, len(entries) - 1)]["fullUrl"]
+    last = _last_unreferenced(entries)
+    last["fullUrl"] = rng.choice([e for e in entries if e is not last])["fullUrl"]
     return out
 
 
@@ -136,7 +185,8 @@ def fullurl_format(bundle: Bundle, rng: random.Random) -> Bundle:
 def request(bundle: Bundle, rng: random.Random) -> Bundle:
     out, entries = _copy(bundle, 0)
     e = entries[rng.randrange(len(entries))]
-    choice = rng.randrange(3)
+    choice = rng.randrange(3 if len(entries) <= MAX_CONDITIONAL_ENTRIES else 2)  # (an ifNoneExist in a longer
+    # transaction breaks limit.conditional-entries too)
     if choice == 0:
         e["request"]["method"] = rng.choice(["SEND", "post", "CREATE"])
     elif choice == 1:
@@ -210,6 +260,7 @@ def header_count(bundle: Bundle, rng: random.Random) -> Bundle:
     out, entries = _copy(bundle, 0)
     clone = copy.deepcopy(entries[0])
     clone["fullUrl"] = f"urn:uuid:{_uuid(rng)}"
+    clone["resource"].pop("extension", None)  # (its read state points at the other header's messages)
     entries.insert(rng.randrange(1, len(entries) + 1), clone)
     return out
 
@@ -234,15 +285,15 @@ def message_payload(bundle: Bundle, rng: random.Random) -> Bundle:
 
 def message_partof(bundle: Bundle, rng: random.Random) -> Bundle:
     out, entries = _copy(bundle)
-    del _message(entries, rng)[1]["partOf"]
+    del _message(entries, rng, free=True)[1]["partOf"]
     return out
 
 
 def partof_target(bundle: Bundle, rng: random.Random) -> Bundle:
     """Point a message's partOf at another message, or at a resource that is not a Communication."""
     out, entries = _copy(bundle)
-    i, msg = _message(entries, rng)
-    others = [e["fullUrl"] for k, e in enumerate(entries[1:], 1) if k != i]
+    i, msg = _message(entries, rng, free=True)
+    others = [entries[k]["fullUrl"] for k in _messages(entries) if k != i]
     target = rng.choice(others) if others and rng.random() < 0.5 else f"Patient/{_uuid(rng)}"
     msg["partOf"] = [{"reference": target}]
     return out
@@ -268,13 +319,17 @@ def sent_order(bundle: Bundle, rng: random.Random) -> Bundle:
     """Make a message older than its header (moving the header's sent after it if the message has none)."""
     out, entries = _copy(bundle)
     header = _header(entries)
-    msg = entries[1]["resource"]  # the first message: it replies to nothing, so no reply ends up before its target
+    sent = _messages(entries, sent=True)
+    if not sent:
+        raise NotApplicable("every message is a draft")
+    msg = entries[sent[0]]["resource"]  # the first one sent: it answers nothing sent, so no reply ends up before
+    # its target
     hours = dt.timedelta(hours=rng.randint(1, 48))
     if "sent" in header:
         start = parse_instant(header["sent"])
         msg["sent"] = format_instant(start.replace(microsecond=0) - hours)
     else:
-        latest = max(parse_instant(e["resource"]["sent"]) for e in entries[1:])
+        latest = max(parse_instant(entries[k]["resource"]["sent"]) for k in sent)
         header["sent"] = format_instant(latest.replace(microsecond=0) + hours)
     return out
 
@@ -282,7 +337,11 @@ def sent_order(bundle: Bundle, rng: random.Random) -> Bundle:
 def reply_order(bundle: Bundle, rng: random.Random) -> Bundle:
     """Make the last message reply to the one before it, and move that one's sent after the reply's."""
     out, entries = _copy(bundle, 2)
-    question, answer = entries[-2], entries[-1]
+    messages = _messages(entries)
+    question, answer = entries[messages[-2]], entries[messages[-1]]
+    if "sent" not in answer["resource"]:  # a draft: give it the latest sent there is
+        known = [parse_instant(e["resource"]["sent"]) for e in entries if "sent" in e["resource"]]
+        answer["resource"]["sent"] = format_instant(max(known)) if known else "2024-04-10T10:00:00Z"
     answer["resource"]["inResponseTo"] = [{"reference": question["fullUrl"]}]
     later = parse_instant(answer["resource"]["sent"]) + dt.timedelta(seconds=rng.randint(1, 3600))
     question["resource"]["sent"] = format_instant(later)
@@ -293,7 +352,7 @@ def header_recipients(bundle: Bundle, rng: random.Random) -> Bundle:
     """Drop from the header's recipients someone a message is sent by or to."""
     out, entries = _copy(bundle)
     header = _header(entries)
-    people = {r["reference"] for e in entries[1:] for r in
+    people = {r["reference"] for e in (entries[k] for k in _messages(entries)) for r in
               [e["resource"].get("sender", {}), *e["resource"].get("recipient", [])] if "reference" in r}
     keep = [r for r in header.get("recipient", []) if r.get("reference") not in people]
     drop = sorted(r["reference"] for r in header.get("recipient", []) if r.get("reference") in people)
@@ -387,7 +446,7 @@ def put_entries(bundle: Bundle, rng: random.Random) -> Bundle:
     for e in entries:
         rid = _uuid(rng)
         e["resource"]["id"] = rid
-        e["request"] = {"method": "PUT", "url": f"Communication/{rid}"}
+        e["request"] = {"method": "PUT", "url": f"{e['resource']['resourceType']}/{rid}"}
         if "payload" in e["resource"]:
             e["resource"]["payload"] = [{"contentString": "."}]
     return out
@@ -398,7 +457,88 @@ def uuid_id(bundle: Bundle, rng: random.Random) -> Bundle:
     e = entries[rng.randrange(len(entries))]
     rid = rng.choice(["homer-simpson", "msg-1", "123"])
     e["resource"]["id"] = rid
-    e["request"] = {"method": "PUT", "url": f"Communication/{rid}"}
+    e["request"] = {"method": "PUT", "url": f"{e['resource']['resourceType']}/{rid}"}
+    return out
+
+
+# --- read state ------------------------------------------------------------------------------------
+
+def simple_group(bundle: Bundle, rng: random.Random) -> Bundle:
+    """Mark a message read by its status (the simple model) in a thread of three or more participants."""
+    out, entries = _copy(bundle)
+    header = _header(entries)
+    people = header.setdefault("recipient", [])
+    while len(people) < 3:
+        people.append({"reference": f"Practitioner/{_uuid(rng)}"})
+    header["status"] = "in-progress"  # (in a closed thread, completed messages may be closed ones)
+    msg = _message(entries, rng)[1]
+    msg["status"] = READ_STATUS
+    msg["received"] = msg.get("sent", "2024-04-10T10:00:00Z")
+    return out
+
+
+def extension(bundle: Bundle, rng: random.Random) -> Bundle:
+    """Give the header a read-state extension broken in one place."""
+    out, entries = _copy(bundle)
+    header = _header(entries)
+    if not header.get("recipient"):
+        header["recipient"] = [dict(entries[_message(entries, rng)[0]]["resource"]["sender"])]
+    subs: list[dict[str, Any]] = [
+        {"url": "participant", "valueReference": {"reference": header["recipient"][0]["reference"]}},
+        {"url": "lastRead", "valueReference": {"reference": entries[_message(entries, rng)[0]]["fullUrl"]}},
+        {"url": "lastReadAt", "valueDateTime": "2024-04-10T10:00:00Z"}]
+    how = rng.randrange(3)
+    if how == 0:
+        subs[2]["valueDateTime"] = rng.choice(["2024-02-30T10:00:00Z", "yesterday"])
+    elif how == 1:
+        del subs[rng.randrange(3)]
+    else:
+        subs[1]["valueReference"] = {"reference": entries[0]["fullUrl"]}  # the header itself: not a message
+    header["extension"] = [*header.get("extension", []), {"url": READ_STATE_EXTENSION, "extension": subs}]
+    return out
+
+
+def _receipt(entries: list[dict[str, Any]], rng: random.Random) -> dict[str, Any]:
+    """A valid read receipt for a message with recipients, appended to `entries`."""
+    with_recipients = [k for k in _messages(entries) if entries[k]["resource"].get("recipient")]
+    if with_recipients:
+        msg = entries[rng.choice(with_recipients)]["resource"]
+    else:  # a thread of one: someone joins, to be sent a message
+        msg = _message(entries, rng)[1]
+        newcomer = {"reference": f"Practitioner/{_uuid(rng)}"}
+        msg["recipient"] = [newcomer]
+        _header(entries).setdefault("recipient", []).append(dict(newcomer))
+    ident = msg["identifier"][0]
+    task = {"resourceType": "Task", "identifier": [{"system": ident["system"],
+                                                    "value": f"{ident['value']}/read/x{rng.randrange(1000)}"}],
+            "status": READ_RECEIPT_UNREAD, "intent": READ_RECEIPT_INTENT,
+            "code": {"coding": [{"system": READ_RECEIPT_SYSTEM, "code": READ_RECEIPT_CODE}]},
+            "focus": {"reference": entries[0]["fullUrl"]}, "owner": dict(msg["recipient"][0])}
+    entries.append({"fullUrl": f"urn:uuid:{_uuid(rng)}", "resource": task, "request": {"method": "POST",
+                                                                                         "url": "Task"}})
+    return task
+
+
+def task(bundle: Bundle, rng: random.Random) -> Bundle:
+    """Add a read receipt with a wrong code system, intent, status or focus."""
+    out, entries = _copy(bundle)
+    receipt = _receipt(entries, rng)
+    how = rng.randrange(4)
+    if how == 0:
+        receipt["code"]["coding"][0]["system"] = rng.choice(["http://example.org/task-codes", "urn:x"])
+    elif how == 1:
+        receipt["intent"] = rng.choice(["proposal", "plan"])
+    elif how == 2:
+        receipt["status"] = rng.choice(["ready", "in-progress", "cancelled"])
+    else:
+        receipt["focus"] = {"reference": entries[_message(entries, rng)[0]]["fullUrl"]}  # a message, not the header
+    return out
+
+
+def task_owner(bundle: Bundle, rng: random.Random) -> Bundle:
+    """Add a read receipt owned by someone outside the thread."""
+    out, entries = _copy(bundle)
+    _receipt(entries, rng)["owner"] = {"reference": f"Practitioner/{_uuid(rng)}"}
     return out
 
 
@@ -431,6 +571,10 @@ MUTATIONS: dict[str, Mutation] = {
     "thread.sent-order": sent_order,
     "thread.reply-order": reply_order,
     "thread.header-recipients": header_recipients,
+    "read.simple-group": simple_group,
+    "read.extension": extension,
+    "read.task": task,
+    "read.task-owner": task_owner,
     "fhir.structure": structure,
     "fhir.code": code,
     "fhir.base64": base64,

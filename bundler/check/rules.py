@@ -45,6 +45,8 @@ from ..vocabulary import (
     query_problem,
 )
 from .issues import Issue, entry_path, make_issue
+from .readstate import read_state_rules
+from .readstate import tokens as _tokens
 
 CANONICAL_URN = re.compile(r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _URN_IN_TEXT = re.compile(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -405,14 +407,6 @@ def _refs(resource: Mapping[str, Any], key: str) -> list[tuple[int, str]]:
             isinstance(r.get("reference"), str)]
 
 
-def _tokens(resource: Mapping[str, Any]) -> list[str]:
-    ids = resource.get("identifier")
-    if not isinstance(ids, list):
-        return []
-    return [f"{x.get('system', '')}|{x['value']}" for x in ids
-            if isinstance(x, dict) and isinstance(x.get("value"), str)]
-
-
 @dataclass
 class _Threads:
     """The thread structure of a bundle's Communications, found in named steps: which entries are headers and
@@ -528,6 +522,7 @@ def _threads(ctx: _Ctx) -> None:
     _sent_order(ctx, comms, threads.thread, when)
     _recipients(ctx, comms, threads.headers, threads.thread)
     _target_types(ctx, comms)
+    read_state_rules(ctx, comms, threads.headers, threads.thread)
 
 
 def _replies(ctx: _Ctx, comms: dict[int, dict[str, Any]], messages: set[int], thread: dict[int, tuple[str, Any]],

@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from ..build import entry_messages
 from ..spec import ThreadSpec
 from .issues import RULES, Issue, Severity
 from .limits import PROFILES, Limits, get_limits, limit_issues
@@ -39,8 +40,10 @@ Origin = Callable[[int | None], tuple[str, int | None]]
 
 
 def spec_origin(spec: ThreadSpec) -> Origin:
-    """The origin of a bundle built from `spec`: entry 0 is the thread (its header), entry k its k-th message."""
-    return lambda entry: spec.origin(entry - 1 if entry else None)
+    """The origin of a bundle built from `spec`: entry 0 is the thread (its header), entry k its k-th message, a read
+    receipt after them its message (`build.entry_messages`)."""
+    messages = entry_messages(spec)
+    return lambda entry: spec.origin(messages[entry] if entry is not None and entry < len(messages) else None)
 
 _ORDER = {code: n for n, code in enumerate(RULES)}
 

@@ -11,6 +11,7 @@ from ..output import build_files
 from .common import participants_option, report_errors
 from .display import count
 from .identifier import identifier_system_option
+from .readmodel import read_model_option
 
 
 @click.command("build")
@@ -20,9 +21,10 @@ from .identifier import identifier_system_option
 @click.option("--ndjson", is_flag=True, help="Write NDJSON, one Bundle per line (to stdout unless -o).")
 @identifier_system_option("Identifier system of every Communication (value: thread key, or key/message id).")
 @participants_option
+@read_model_option
 @report_errors
 def build_command(paths: tuple[str, ...], out: Path | None, ndjson: bool, identifier_system: str,
-                  participants: Path | None) -> None:
+                  participants: Path | None, read_model: str | None) -> None:
     """Build a FHIR transaction Bundle for every thread in PATHS.
 
     PATHS are spec files (.yaml, .yml, .json), folders (searched recursively) or - for stdin.
@@ -33,11 +35,13 @@ def build_command(paths: tuple[str, ...], out: Path | None, ndjson: bool, identi
       thread-bundler build fixtures/threads -o out/
       thread-bundler build thread.yaml --ndjson > bundles.ndjson
       thread-bundler build threads/ --participants people.yaml -o out/
+      thread-bundler build threads/ -o out/ --read-model tasks
     """
     if out is None and not ndjson:
         ndjson = True
     summary = build_files(paths, out=out, ndjson=ndjson, identifier_system=identifier_system,
-                          stream=sys.stdout.buffer, participants=participants)
+                          stream=sys.stdout.buffer, participants=participants,
+                          read_model=read_model)
     for warning in summary.warnings:
         click.echo(str(warning), err=True)
     where = f" → {out}" if out else ""

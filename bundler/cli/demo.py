@@ -20,7 +20,7 @@ def demo_command(paths: tuple[str, ...], participants: Path | None) -> None:
     read back as conversations: participants created when missing, a file attachment read back, every
     thread verified.
 
-    PATHS default to the examples shipped with the package: three threads, among them the one of
+    PATHS default to the examples shipped with the package: six threads, among them the one of
     Medplum's "Creating your first thread" walkthrough, and four generated with the shipped participants
     file as their cast. The first run installs the local server (needs npm; about 10-30 s and 300 MB, once).
 

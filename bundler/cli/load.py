@@ -22,6 +22,7 @@ from .common import EXIT_ISSUES, EXIT_OK, SECRETS, participants_option, report_e
 from .connect import connection_options, with_client
 from .display import Bar, duration, table
 from .identifier import check_identifier_system
+from .readmodel import read_model_option
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_INTERRUPTED = 130
@@ -192,12 +193,13 @@ def _interrupted(report: LoadReport, bars: list[Bar], writer: ReportWriter | Non
 @sync_options
 @click.option("--progress/--no-progress", default=None, help="A progress bar.  [default: on a terminal]")
 @participants_option
+@read_model_option
 @report_errors(nothing="nothing sent")
 @with_client
 def load_command(paths: tuple[str, ...], client: FhirClient, identifier_system: str, journal: Path | None,
                  atomic: str, concurrency: int, max_entries: int | None, dry_run: bool, report_path: Path | None,
                  exactly_once: str, late_margin: float, update: bool, wait: bool, progress: bool | None,
-                 participants: Path | None) -> None:
+                 participants: Path | None, read_model: str | None) -> None:
     """Load the threads in PATHS into a Medplum project, atomically and exactly once; run again on specs
     that grew or changed, send what is new (and, with --update, what changed).
 
@@ -213,7 +215,8 @@ def load_command(paths: tuple[str, ...], client: FhirClient, identifier_system: 
       thread-bundler load threads/ --update          # a delta load: new messages and changed fields
       thread-bundler load threads/ --participants people.yaml   # participants created when missing
     """
-    report = run_load(load_specs(paths, participants=participants), client, journal=journal or default_journal(paths),
+    specs = load_specs(paths, participants=participants, read_model=read_model)
+    report = run_load(specs, client, journal=journal or default_journal(paths),
                       identifier_system=identifier_system, atomic=atomic, concurrency=concurrency,
                       max_entries=max_entries, dry_run=dry_run, report_path=report_path, progress=progress,
                       exactly_once=exactly_once, late_margin=late_margin, update=update, wait=wait)
@@ -265,10 +268,11 @@ def print_verify(results: list[VerifyResult], *, show: int = 20) -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Output: text for people, or json: one object per thread.")
 @participants_option
+@read_model_option
 @report_errors(nothing="nothing sent")
 @with_client
 def verify_command(paths: tuple[str, ...], client: FhirClient, identifier_system: str, concurrency: int,
-                   fmt: str, participants: Path | None) -> None:
+                   fmt: str, participants: Path | None, read_model: str | None) -> None:
     """Read each thread in PATHS back from the server (part-of, _sort=sent, every page) and compare it
     with its spec field by field, in the words `load` uses for what changed.
 
@@ -276,7 +280,8 @@ def verify_command(paths: tuple[str, ...], client: FhirClient, identifier_system
     Example:
       thread-bundler verify threads/
     """
-    results = verify(load_specs(paths, participants=participants), client, identifier_system=identifier_system,
+    specs = load_specs(paths, participants=participants, read_model=read_model)
+    results = verify(specs, client, identifier_system=identifier_system,
                      concurrency=concurrency)
     if fmt == "json":
         click.echo(orjson.dumps([r.as_json() for r in results], option=orjson.OPT_INDENT_2).decode())

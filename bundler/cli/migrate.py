@@ -14,6 +14,7 @@ from ..build import DEFAULT_IDENTIFIER_SYSTEM
 from ..files import write_atomic
 from ..load.loader import default_journal
 from ..migrate import MigrateSummary, Progress, Shard, iter_threads, migrate
+from ..migrate.mapping import MigrationMapping, load_mapping
 from ..migrate.pipeline import default_rejects
 from ..migrate.report import combine, summary_json
 from ..migrate.stream import INDEX_VARIABLE
@@ -21,6 +22,7 @@ from .common import EXIT_ISSUES, EXIT_OK, report_errors
 from .connect import connection_options, make_client
 from .identifier import check_identifier_system
 from .load import load_options, run_load, sync_options
+from .readmodel import read_model_option
 
 
 def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Shard | None:
@@ -91,6 +93,7 @@ def _exit_status(summary: MigrateSummary) -> int:
 @connection_options
 @load_options
 @sync_options
+@read_model_option
 @report_errors
 def migrate_command(inputs: tuple[str, ...], mapping: str, to: tuple[str, str] | None, load_: bool,
                     shard: Shard | None, rejects: Path | None, summary_path: Path | None, strict: bool,
@@ -98,7 +101,7 @@ def migrate_command(inputs: tuple[str, ...], mapping: str, to: tuple[str, str] |
                     client_id: str | None, client_secret: str | None, token: str | None, allow_insecure: bool,
                     timeout: float, journal: Path | None, atomic: str, concurrency: int, max_entries: int | None,
                     dry_run: bool, report_path: Path | None, exactly_once: str, late_margin: float, update: bool,
-                    wait: bool) -> None:
+                    wait: bool, read_model: str | None) -> None:
     """Migrate a legacy message export (INPUT: CSV or JSON Lines, optionally .gz) into threads.
 
     Rows are grouped by conversation on disk, ordered by sent time, and every row becomes a message,
@@ -114,15 +117,17 @@ def migrate_command(inputs: tuple[str, ...], mapping: str, to: tuple[str, str] |
       thread-bundler migrate part-*.jsonl.gz --mapping m.yaml --to ndjson out.ndjson --shard 0/4
       thread-bundler migrate export.csv --mapping mapping.yaml --load --report loaded.json
       thread-bundler migrate export.csv --mapping mapping.yaml --load --update   # a delta run
+      thread-bundler migrate export.csv --mapping mapping.yaml --to specs threads/ --read-model tasks
     """
     if (to is None) == (not load_):
         raise click.UsageError("give either --to specs DIR / --to ndjson FILE, or --load")
     if progress is None:
         progress = sys.stderr.isatty()
+    source = _with_read_model(mapping, read_model)
     if load_:
         client = make_client(base_url, client_id, client_secret, token, allow_insecure, timeout, concurrency)
         rejects = rejects or Path(f"{inputs[0]}.rejects.jsonl")
-        with client, iter_threads(list(inputs), mapping, shard=shard, strict=strict, rejects=rejects,
+        with client, iter_threads(list(inputs), source, shard=shard, strict=strict, rejects=rejects,
                                   work_dir=work_dir) as stream:
             totals = stream.start()
             report = run_load(stream, client, journal=journal or default_journal(inputs),
@@ -141,7 +146,7 @@ def migrate_command(inputs: tuple[str, ...], mapping: str, to: tuple[str, str] |
     assert to is not None
     kind: Literal["specs", "ndjson"] = "specs" if to[0] == "specs" else "ndjson"  # click.Choice checked it
     out = Path(to[1])
-    summary = migrate(list(inputs), mapping, to=kind, out=out, shard=shard, strict=strict, rejects=rejects,
+    summary = migrate(list(inputs), source, to=kind, out=out, shard=shard, strict=strict, rejects=rejects,
                       work_dir=work_dir, progress=_ProgressLine() if progress else None,
                       identifier_system=identifier_system)
     _print_summary(summary)
@@ -189,3 +194,13 @@ def report_command(summaries: tuple[str, ...]) -> None:
     if not total.load_ok:
         click.echo("a load of one of the shards had failures (see its --report)", err=True)
     sys.exit(EXIT_OK if total.ok else EXIT_ISSUES)
+
+
+def _with_read_model(mapping: str, read_model: str | None) -> str | MigrationMapping:
+    """The mapping file, or with --read-model the mapping loaded with that read model (it overrides the mapping's
+    `thread.read_model`)."""
+    if read_model is None:
+        return mapping
+    loaded = load_mapping(mapping)
+    loaded.read_model = read_model
+    return loaded

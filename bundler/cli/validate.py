@@ -13,6 +13,7 @@ from ..check.files import Report, validate_files
 from ..check.limits import PROFILES
 from .common import EXIT_ISSUES, EXIT_OK, participants_option, report_errors
 from .display import count
+from .readmodel import read_model_option
 
 
 def format_text(report: Report) -> str:
@@ -41,9 +42,10 @@ def format_text(report: Report) -> str:
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Processes for large inputs.  [default: the number of cores]")
 @participants_option
+@read_model_option
 @report_errors
 def validate_command(paths: tuple[str, ...], limits: str, format_: str, no_structure: bool,
-                     workers: int | None, participants: Path | None) -> None:
+                     workers: int | None, participants: Path | None, read_model: str | None) -> None:
     """Check Bundles in PATHS for everything a Medplum server would reject or store broken.
 
     PATHS are Bundle JSON files, NDJSON files of Bundles (.ndjson), thread specs (.yaml, .yml, .json
@@ -57,7 +59,7 @@ def validate_command(paths: tuple[str, ...], limits: str, format_: str, no_struc
       thread-bundler validate threads/ --participants people.yaml
     """
     report = validate_files(paths, limits=limits, structure=not no_structure, workers=workers,
-                            participants=participants)
+                            participants=participants, read_model=read_model)
     if format_ == "json":
         click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
     else:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, identifier_value
+from ..build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, entry_values, read_receipts
 from ..spec.model import ThreadSpec
 from ..vocabulary import binary_reference, rewrite_references
 
@@ -74,14 +74,20 @@ class ThreadDiff:
             if n in self.missing:
                 out.append(f"{self.names[n]}: not on the server (identifier {system}|{idents[n]})")
             out += self.differences.get(n, [])
-        out += [f"Communication/{resource.get('id')}: on the server in this thread but not in the spec "
+        out += [f"{_name(resource)}: on the server in this thread but not in the spec "
                 f"(identifier {ident})" for ident, resource in self.extra]
         return out
 
 
 def entry_names(spec: ThreadSpec) -> list[str]:
     """The name of each entry of a thread's bundle, as differences call it."""
-    return ["header"] + [f"messages[{i}] ({m.id})" for i, m in enumerate(spec.messages, 1)]
+    return ["header"] + [f"messages[{i}] ({m.id})" for i, m in enumerate(spec.messages, 1)] + [
+        f"read receipt of messages[{i + 1}] ({spec.messages[i].id}) for {alias}" for i, alias in read_receipts(spec)]
+
+
+def _name(resource: Mapping[str, Any]) -> str:
+    """`Type/id` of a resource the server returned."""
+    return f"{resource.get('resourceType', 'Communication')}/{resource.get('id')}"
 
 
 def compare_thread(spec: ThreadSpec, resources: Iterable[Mapping[str, Any]], *,
@@ -120,8 +126,7 @@ def diff_thread(spec: ThreadSpec, resources: Iterable[Mapping[str, Any]], *,
     """Every difference between `spec` and `resources` (its header and messages as a server returned
     them, in any order); an empty list when they match (see `compare_thread`)."""
     diff = compare_thread(spec, resources, identifier_system=identifier_system, resolved=resolved)
-    idents = [identifier_value(spec.key)] + [identifier_value(spec.key, m.id) for m in spec.messages]
-    return diff.lines(identifier_system, idents)
+    return diff.lines(identifier_system, entry_values(spec))
 
 
 def _attachment_urls(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> dict[str, str]:
@@ -144,7 +149,7 @@ def _server_references(bundle: Mapping[str, Any], by_ident: Mapping[str, Mapping
     for entry in bundle["entry"]:
         actual = by_ident.get(_ident(entry["resource"], system) or "")
         if actual is not None and actual.get("id"):
-            ref_of[entry["fullUrl"]] = f"Communication/{actual['id']}"
+            ref_of[entry["fullUrl"]] = _name(actual)
     return ref_of
 
 
@@ -155,10 +160,9 @@ def _by_identifier(resources: Iterable[Mapping[str, Any]], system: str, out: lis
     for resource in resources:
         ident = _ident(resource, system)
         if ident is None:
-            out.append(f"Communication/{resource.get('id')}: has no {system} identifier")
+            out.append(f"{_name(resource)}: has no {system} identifier")
         elif ident in by_ident:
-            out.append(f"{ident}: on the server twice (Communication/{by_ident[ident].get('id')} and "
-                       f"Communication/{resource.get('id')})")
+            out.append(f"{ident}: on the server twice ({_name(by_ident[ident])} and {_name(resource)})")
         else:
             by_ident[ident] = resource
     return by_ident

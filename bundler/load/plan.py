@@ -21,7 +21,14 @@ from typing import Any
 
 import orjson
 
-from ..vocabulary import MAX_CONDITIONAL_ENTRIES, MAX_PUT_ENTRIES, identifier_token, rewrite_references
+from ..vocabulary import (
+    MAX_CONDITIONAL_ENTRIES,
+    MAX_PUT_ENTRIES,
+    READ_STATE_EXTENSION,
+    READ_STATE_LAST_READ,
+    identifier_token,
+    rewrite_references,
+)
 
 SAFE_MAX_BYTES = 1_000_000  # what we plan for, under Medplum's 1 MB: room for rewritten references
 _ENVELOPE = len(b'{"resourceType":"Bundle","type":"transaction","entry":[]}')
@@ -53,31 +60,75 @@ def entry_sizes(bundle: Mapping[str, Any]) -> list[int]:
     return sizes
 
 
-def cut(indexes: Sequence[int], sizes: Sequence[int], limits: RequestLimits, weights: Sequence[int] | None = None
-        ) -> list[list[int]]:
+def cut(indexes: Sequence[int], sizes: Sequence[int], limits: RequestLimits, *, weights: Sequence[int] | None = None,
+        units: Sequence[int | None] | None = None) -> list[list[int]]:
     """Group entry `indexes` (in order) into parts within `limits`; entry 0, the header, leads alone in
     `header_alone` mode. `weights`: how many entries each takes in a request (a message with the Binaries it
-    carries), 1 by default. Raises TooLarge for an entry that cannot fit in any request."""
+    carries), 1 by default. With `units` (each entry's unit: the message a read receipt belongs to, the message's
+    own index for a message), a part is not cut inside a unit that fits a part of its own: a message and its read
+    receipts go together. Raises TooLarge for an entry that cannot fit in any request."""
     max_entries = limits.max_entries or 1 << 30
     if limits.conditional:
         max_entries = min(max_entries, MAX_CONDITIONAL_ENTRIES)
     parts: list[list[int]] = []
     current: list[int] = []
-    size = _ENVELOPE
-    count = 0
-    for i in indexes:
-        extra = _room(i, sizes[i], limits)
-        weight = weights[i] if weights is not None else 1
+    size, count = _ENVELOPE, 0
+    rooms = [_room(i, sizes[i], limits) for i in indexes]
+    counts = [weights[i] if weights is not None else 1 for i in indexes]
+    for k, i in enumerate(indexes):
+        extra, weight = rooms[k], counts[k]
         if current and (size + extra > limits.max_bytes or count + weight > max_entries
                         or (limits.header_alone and current == [0])):
             parts.append(current)
             current, size, count = [], _ENVELOPE, 0
+        elif current and units is not None and _unit_starts(indexes, units, k):
+            whole = _unit_end(indexes, units, k)  # the unit would not fit here, but would in a part of its own
+            unit_size, unit_count = sum(rooms[k:whole]), sum(counts[k:whole])
+            if (size + unit_size > limits.max_bytes or count + unit_count > max_entries) and \
+                    _ENVELOPE + unit_size <= limits.max_bytes and unit_count <= max_entries:
+                parts.append(current)
+                current, size, count = [], _ENVELOPE, 0
         current.append(i)
         size += extra
         count += weight
     if current:
         parts.append(current)
     return parts
+
+
+def _unit_starts(indexes: Sequence[int], units: Sequence[int | None], k: int) -> bool:
+    """Whether entry `indexes[k]` starts a unit of more than one entry (a message followed by its receipts)."""
+    unit = units[indexes[k]]
+    return unit is not None and (k == 0 or units[indexes[k - 1]] != unit) and k + 1 < len(indexes) and \
+        units[indexes[k + 1]] == unit
+
+
+def _unit_end(indexes: Sequence[int], units: Sequence[int | None], k: int) -> int:
+    end = k + 1
+    while end < len(indexes) and units[indexes[end]] == units[indexes[k]]:
+        end += 1
+    return end
+
+
+def trim_read_state(header: dict[str, Any], known: Mapping[str, str], urls: Sequence[str],
+                    part: Sequence[int]) -> bool:
+    """Leave out of a header about to be sent (in place) the read-state blocks (header-extension model) whose
+    `lastRead` points at a message neither on the server (`known`) nor in this `part`: such a urn would be stored
+    unresolved. True when something was left out: the loader updates the header once every part is in."""
+    blocks = header.get("extension")
+    if not blocks:
+        return False
+    here = {urls[n] for n in part} | set(known) | set(known.values())
+    kept = [b for b in blocks if b.get("url") != READ_STATE_EXTENSION or all(
+        s.get("valueReference", {}).get("reference") in here for s in b.get("extension", ())
+        if s.get("url") == READ_STATE_LAST_READ)]
+    if len(kept) == len(blocks):
+        return False
+    if kept:
+        header["extension"] = kept
+    else:
+        del header["extension"]
+    return True
 
 
 def _room(index: int, size: int, limits: RequestLimits) -> int:

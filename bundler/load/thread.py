@@ -38,14 +38,23 @@ from typing import Any
 
 import orjson
 
-from ..build import binary_url, bundle_bytes, full_url, identifier_value, split_files
+from ..build import binary_url, bundle_bytes, entry_messages, entry_types, entry_values, full_url, split_files
 from ..errors import BundlerError, ServerError, UnknownOutcome
 from ..medplum.client import FhirClient, outcome_text, resource_version
 from ..spec.model import ThreadSpec
 from ..vocabulary import READ_POINTS, SEARCH_POINTS, WRITE_POINTS
 from .compare import ThreadDiff, compare_thread
 from .journal import UNKNOWN, Entry, Journal, State
-from .plan import RequestLimits, TooLarge, cut, entry_sizes, part_bundle, update_bundle, update_parts
+from .plan import (
+    RequestLimits,
+    TooLarge,
+    cut,
+    entry_sizes,
+    part_bundle,
+    trim_read_state,
+    update_bundle,
+    update_parts,
+)
 from .report import Outcome, ThreadResult
 from .verify import Resolver, read_thread
 
@@ -129,10 +138,12 @@ class Thread:
         self.system = system
         self.body = bundle_bytes(spec, identifier_system=system)  # the whole thread as one transaction
         self.fingerprint = hashlib.sha256(self.body).hexdigest()
-        values = [identifier_value(spec.key)] + [identifier_value(spec.key, m.id) for m in spec.messages]
+        values = entry_values(spec)  # the header, the messages, then any read receipts (Tasks)
         self.values = values
         self.identifiers = [f"{system}|{v}" for v in values]
         self.urls = [full_url(system, v) for v in values]
+        self.types = entry_types(spec)
+        self.owners = entry_messages(spec)  # each entry's message (None: the header)
         self.file, self.line = spec.origin()
         self.seq = 0  # its place in the input (set by the loader)
         self.inline, self.uploads = split_files(spec) if spec.has_files else ({}, {})
@@ -202,14 +213,23 @@ class Thread:
         """fullUrl → `Communication/<id>` of the entries the journal (`entry`) or the pre-check (`existing`,
         identifier → id) found on the server, for the entries this spec has."""
         ids = {url: ref for url, ref in (entry.ids if entry else {}).items()}
-        for url, ident in zip(self.urls, self.identifiers, strict=True):
+        for url, ident, kind in zip(self.urls, self.identifiers, self.types, strict=True):
             if ident in existing and url not in ids:
-                ids[url] = f"Communication/{existing[ident]}"
+                ids[url] = f"{kind}/{existing[ident]}"
         return ids
+
+    def order(self, indexes: list[int]) -> list[int]:
+        """`indexes` in the order parts are cut: each message followed by its read receipts, so that a part holds
+        a message and its receipts together (`plan.cut` keeps a message's unit whole when it fits)."""
+        if len(self.urls) == len(self.spec.messages) + 1:
+            return indexes
+        owners = self.owners
+        return sorted(indexes, key=lambda n: (-1 if owners[n] is None else owners[n], n))
 
     def result(self, outcome: Outcome, ids: dict[str, str], **kw: Any) -> ThreadResult:
         header = ids.get(self.urls[0])
-        messages = {m.id: ids[url] for m, url in zip(self.spec.messages, self.urls[1:], strict=True) if url in ids}
+        messages = {m.id: ids[url] for m, url in zip(self.spec.messages, self.urls[1:len(self.spec.messages) + 1],
+                                                     strict=True) if url in ids}
         return ThreadResult(self.spec.key, outcome, self.file, self.line, header and _id(header),
                             {k: _id(v) for k, v in messages.items()}, **kw)
 
@@ -217,7 +237,7 @@ class Thread:
         """`file:line` of the spec element behind an entry (0 = the thread itself)."""
         if entry_index is None or entry_index <= 0:
             return _at(self.file, self.line)
-        return _at(*self.spec.origin(entry_index - 1))
+        return _at(*self.spec.origin(self.owners[entry_index]))
 
     def where_reference(self, text: str) -> str | None:
         """`file:line: participants.<alias>` of the conditional reference a server's error text quotes."""
@@ -262,6 +282,8 @@ class ThreadLoad:
         self.versions: dict[str, str] = {}  # fullUrl → the version to update (If-Match)
         self.changes: dict[int, list[str]] = {}  # changed entries (the spec's changes): their differences
         self.pending: list[int] = []  # changed entries still to update
+        self.completing: set[int] = set()  # entries sent short of the spec (the header's read state), to update
+        self.trimmed = False  # the header went without read state pointing at messages of later parts
         self.removed: list[str] = []
         self.stage: Stage | None = Stage.SURVEY
         self.had = False  # something of it was on the server before this run sent anything
@@ -309,6 +331,9 @@ class ThreadLoad:
         spec changed (or found without a journal row), all of it, read back and compared."""
         if self.s.plan is not None and (unresolved := self._unresolved()):
             return self._failing(unresolved)
+        if self.entry is not None and self.entry.state != State.COMMITTED and self.t.urls[0] in self.ids and \
+                "extension" in self.t.bundle["entry"][0]["resource"]:
+            self.trimmed = True  # an earlier run sent the header, maybe short of its read state: completed at the end
         if self.entry is not None and self.entry.in_flight:
             self._lost_earlier(self.entry)
             return Stage.QUARANTINE
@@ -336,11 +361,13 @@ class ThreadLoad:
     def reconcile(self) -> Stage:
         """Record which entries of the lost request are on the server, by identifier search; only the rest is
         sent again."""
-        found = self.client.find_identifiers("Communication", [self.t.identifiers[n] for n in self.part])
-        if self.s.plan is not None:
-            self.s.plan.searched(1)
-        self.ids.update({self.t.urls[n]: f"Communication/{found[self.t.identifiers[n]]}" for n in self.part
-                         if self.t.identifiers[n] in found})
+        for kind in dict.fromkeys(self.t.types[n] for n in self.part):
+            mine = [n for n in self.part if self.t.types[n] == kind]
+            found = self.client.find_identifiers(kind, [self.t.identifiers[n] for n in mine])
+            if self.s.plan is not None:
+                self.s.plan.searched(1)
+            self.ids.update({self.t.urls[n]: f"{kind}/{found[self.t.identifiers[n]]}" for n in mine
+                             if self.t.identifiers[n] in found})
         self.requests += 1
         if not self.sent:  # what an earlier run left
             self.had = bool(self.ids)
@@ -349,24 +376,29 @@ class ThreadLoad:
     def next(self) -> Stage:
         """What to send next: the whole thread as built when none of it is on the server and it fits one
         request; else the next part of what is left (`plan.cut`), pointing at what is there by server id."""
-        remaining = [i for i, url in enumerate(self.t.urls) if url not in self.ids]
+        remaining = self.t.order([i for i, url in enumerate(self.t.urls) if url not in self.ids])
         if not remaining:
-            return Stage.UPDATE if self.pending and self.s.update else Stage.COMMIT
+            self._complete_read_state()
+            return Stage.UPDATE if self.pending and (self.s.update or self.completing) else Stage.COMMIT
         limits = self.s.limits
         try:
             if self.s.plan is not None:
                 return self._plan(remaining)
             if not self.ids and self.t.whole(limits):
-                self.part, self.body = remaining, self.t.body
+                self.part, self.body = list(range(len(self.t.urls))), self.t.body  # (in the body's order)
                 self.extras = list(range(len(self.t.urls), len(self.t.all_urls)))
                 return Stage.SEND
-            self.part = cut(remaining, self.t.sizes, limits, self.t.weights)[0]
+            self.part = cut(remaining, self.t.sizes, limits, weights=self.t.weights, units=self.t.owners)[0]
         except TooLarge as exc:
             return self._failing(f"{self.t.where(None)}: {exc}")
         known = {**self.s.binaries, **self.ids} if self.t.uploads else self.ids
         self.extras = [b for i in self.part for b in self.t.carried.get(i, ()) if self.t.all_urls[b] not in known]
-        self.body = orjson.dumps(part_bundle(self.t.bundle, self.part + self.extras, known,
-                                             conditional=limits.conditional))
+        part = part_bundle(self.t.bundle, self.part + self.extras, known, conditional=limits.conditional)
+        if self.part[0] == 0 and "extension" in part["entry"][0]["resource"]:
+            part["entry"][0] = head = {**part["entry"][0], "resource": dict(part["entry"][0]["resource"])}
+            self.trimmed = trim_read_state(head["resource"], self.ids, self.t.urls, self.part)
+            # (its read state points at messages of later parts: completed once they are in)
+        self.body = orjson.dumps(part)
         return Stage.SEND
 
     def send(self) -> Stage:
@@ -537,7 +569,7 @@ class ThreadLoad:
         """Read the thread back (its header, its messages by part-of) and compare it with the spec; with
         `record`, take what is there as the truth: ids, versions, the entries the spec changed."""
         header = self.header if record and self.header is not None else self._read_header()
-        messages = read_thread(self.client, str(header["id"]))
+        messages = read_thread(self.client, str(header["id"]), receipts=self.t.spec.read_model == "tasks")
         self.requests += 1
         if self.s.plan is not None:
             self.s.plan.searched(1)
@@ -568,7 +600,7 @@ class ThreadLoad:
     def _record(self, diff: ThreadDiff) -> None:
         """What the read-back found: ids and versions; the entries whose spec changed (a hash the journal does
         not know, or no journal at all) and differ from the server are `changes`, to update."""
-        self.ids = {self.t.urls[n]: f"Communication/{r['id']}" for n, r in diff.found.items()}
+        self.ids = {self.t.urls[n]: f"{self.t.types[n]}/{r['id']}" for n, r in diff.found.items()}
         for n, resource in diff.found.items():
             url = self.t.urls[n]
             known = self.entry.version(url) if self.entry else None
@@ -589,10 +621,10 @@ class ThreadLoad:
         whether its transactions are atomic, for one whose are not."""
         plan, limits = self.s.plan, self.s.limits
         assert plan is not None
-        weights = self.t.weights
+        weights, units = self.t.weights, self.t.owners
         parts = [remaining] if not self.ids and self.t.whole(limits) else cut(remaining, self.t.sizes, limits,
-                                                                                 weights)
-        alt = cut(remaining, self.t.sizes, plan.alt, weights) if plan.alt is not None else None
+                                                                                 weights=weights, units=units)
+        alt = cut(remaining, self.t.sizes, plan.alt, weights=weights, units=units) if plan.alt is not None else None
         plan.sends(parts, alt, conditional=limits.conditional)
         if self.s.update and self.pending:
             plan.updates(update_parts(self.pending, self.t.sizes, limits))
@@ -625,7 +657,18 @@ class ThreadLoad:
             self.versions[url] = version
         if n in self.pending:
             self.pending.remove(n)
-            self.updated += 1
+            if n in self.completing:  # (part of this load, not a change)
+                self.completing.discard(n)
+            else:
+                self.updated += 1
+
+    def _complete_read_state(self) -> None:
+        """Once every part is in: the header, if it went without the read state that points at messages of later
+        parts (`plan.trim_read_state`), is updated to the spec's (If-Match on the version it was created with)."""
+        if self.trimmed and 0 not in self.pending:
+            self.trimmed = False
+            self.completing.add(0)
+            self.pending.insert(0, 0)
 
     def _statuses(self) -> list[str] | None:
         """Each entry's status in the answer, recording the server id and version of every committed one; None
@@ -634,12 +677,12 @@ class ThreadLoad:
         if len(entries) != len(self.part) + len(self.extras):
             return None
         statuses = []
-        urls, ids, versions, n = self.t.all_urls, self.ids, self.versions, len(self.t.urls)
+        urls, ids, versions, types, n = self.t.all_urls, self.ids, self.versions, self.t.types, len(self.t.urls)
         for i, e in zip(self.part + self.extras, entries, strict=True):
             resp = e["response"]
             statuses.append(status := resp["status"])
             if status[:1] == "2" and (sid := _server_id(resp.get("location"), e.get("resource"))):
-                ids[urls[i]] = f"{'Communication' if i < n else 'Binary'}/{sid}"
+                ids[urls[i]] = f"{types[i] if i < n else 'Binary'}/{sid}"
                 if version := resource_version(e):
                     versions[urls[i]] = version
         return statuses

@@ -17,7 +17,7 @@ import httpx
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, identifier_value
 from ..medplum.client import FhirClient
 from ..spec.model import ThreadSpec
-from ..vocabulary import attachment_hash, binary_reference
+from ..vocabulary import READ_RECEIPT_CODE, READ_RECEIPT_SYSTEM, attachment_hash, binary_reference
 from .compare import diff_thread
 
 
@@ -39,9 +39,15 @@ class VerifyResult:
                 "messages": self.messages, "differences": self.differences}
 
 
-def read_thread(client: FhirClient, header_id: str, *, page_size: int = 1000) -> list[dict[str, Any]]:
-    """A thread's messages as an app reads them: part-of the header, sorted by sent, every page."""
-    return read_part_of(client, f"Communication/{header_id}", page_size=page_size)
+def read_thread(client: FhirClient, header_id: str, *, receipts: bool = False, page_size: int = 1000
+                ) -> list[dict[str, Any]]:
+    """A thread's messages as an app reads them: part-of the header, sorted by sent, every page; with `receipts`,
+    then its read receipts (tasks read model: `Task?focus=<header>&code=...|read-receipt`)."""
+    messages = read_part_of(client, f"Communication/{header_id}", page_size=page_size)
+    if receipts:
+        messages += client.search("Task", {"focus": f"Communication/{header_id}",
+                                           "code": f"{READ_RECEIPT_SYSTEM}|{READ_RECEIPT_CODE}", "_count": "1000"})
+    return messages
 
 
 def read_part_of(client: FhirClient, reference: str, *, page_size: int = 1000) -> list[dict[str, Any]]:
@@ -158,8 +164,8 @@ def verify(threads: Iterable[ThreadSpec], client: FhirClient, *,
         else:
             result.header_id = header_id
             header = client.read(f"Communication/{header_id}")
-            messages = read_thread(client, header_id)
-            result.messages = len(messages)
+            messages = read_thread(client, header_id, receipts=spec.read_model == "tasks")
+            result.messages = sum(1 for m in messages if m.get("resourceType") == "Communication")
             result.differences = diff_thread(spec, [header, *messages], identifier_system=identifier_system,
                                              resolved=resolved)
             if spec.has_files:

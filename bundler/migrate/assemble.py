@@ -15,11 +15,11 @@ from typing import cast
 
 from ..spec.model import Attachment, Coding, Message, Participant, ThreadSpec
 from ..spec.source import Document, Path_, Position
-from ..vocabulary import DEFAULT_STATUS, reference_type
+from ..vocabulary import DEFAULT_STATUS, SIMPLE_MAX_PARTICIPANTS, parse_instant, reference_type
 from .keys import KEY_FITS as _KEY_FITS
 from .keys import MESSAGE_ID_FITS, distinct_in_case, message_id, thread_key
 from .keys import alias as make_alias
-from .mapping import MigrationMapping
+from .mapping import MigrationMapping, read_table
 from .participants import Resolved
 from .records import MessageRecord, Tombstone
 from .rejects import REJECT, WARNING, Reject
@@ -70,6 +70,8 @@ class Assembler:
         self.files = files
         self.strict = strict
         self._aliases: dict[str, str] = {}  # legacy user id → make_alias(id), bounded
+        self.read_model = mapping.read_model
+        self.reads = read_table(mapping.reads) if mapping.reads is not None else {}
 
     def _reject(self, rec: MessageRecord, reason: str, message: str, severity: str = REJECT) -> tuple[int, Reject]:
         return rec.file, Reject(self.files[rec.file], rec.row, rec.line, reason, message, rec.raw, severity)
@@ -185,7 +187,7 @@ class Assembler:
             used_ids[msg_key] = mid
             accepted.append(rec)
         if accepted:
-            out.spec = self._spec(key, accepted, accepted_ids, people, unlinked)
+            out.spec = self._spec(key, accepted, accepted_ids, people, unlinked, reject)
             if self.origins:
                 out.spec._source = self._origin(accepted)
         return out
@@ -210,7 +212,7 @@ class Assembler:
         return found
 
     def _spec(self, key: str, records: list[MessageRecord], ids: dict[str, str], people: dict[str, Resolved],
-              unlinked: set[int]) -> ThreadSpec:
+              unlinked: set[int], reject: Callable[[tuple[int, Reject]], None]) -> ThreadSpec:
         aliases: dict[str, str] = {}
         taken: set[str] = set()
         for user in people:
@@ -242,11 +244,14 @@ class Assembler:
                 if len(recipient) == len(default) and set(recipient) == default:
                     recipient = None  # the default: everyone but the sender
             reply = rec.reply_to if i not in unlinked else None
+            readers = recipient if recipient is not None else tuple(sorted(everyone - {sender}))
             messages.append(Message(
                 id=ids[rec.message_id], sender=sender, sent=rec.sent, text=rec.text,
                 attachments=tuple(Attachment(url=cast(str, url), content_type=kind, title=title)
                                   for url, kind, title in rec.attachments),
                 recipient=recipient, reply_to=ids[reply] if reply is not None else None, status=rec.status,
+                received=self._received(rec, reject), priority=rec.priority,
+                read_by=self._read_by(rec, aliases, readers, reject) or None,
             ))
 
         def first(values: Iterable[str | None]) -> str | None:
@@ -275,5 +280,51 @@ class Assembler:
             sent=messages[0].sent,
             status=first(rec.thread_status for rec in records) or DEFAULT_STATUS,
             category=coding,
+            priority=first(rec.thread_priority for rec in records),
+            read_model=self._read_model(records[0], len(participants), reject),
         )
+
+    def _read_model(self, rec: MessageRecord, participants: int, reject: Callable[[tuple[int, Reject]], None]
+                    ) -> str | None:
+        """The thread's read model: the mapping's (or --read-model's); simple does not fit a group conversation,
+        whose read state is then left out, with a warning on its first row."""
+        if self.read_model == "simple" and participants > SIMPLE_MAX_PARTICIPANTS:
+            reject(self._reject(rec, "read-model-simple-group", f"the simple read model fits 1:1 conversations, and "
+                                                                f"{rec.conversation!r} has {participants} "
+                                                                "participants: its read state is left out (use "
+                                                                "--read-model tasks or header-extension)", WARNING))
+            return None
+        return self.read_model
+
+    def _read_by(self, rec: MessageRecord, aliases: dict[str, str], readers: Sequence[str],
+                 reject: Callable[[tuple[int, Reject]], None]) -> dict[str, str]:
+        """A message's readers (alias → instant): every recipient at the row's read time, then the read table's
+        rows for it. A read before the message was sent, or by someone not among its recipients, is left out
+        with a warning."""
+        reads = [(a, rec.read_at) for a in readers] if rec.read_at is not None else []
+        for user, when in self.reads.get(rec.message_id, ()):
+            alias = aliases.get(user)
+            if alias is None or alias not in readers:
+                reject(self._reject(rec, "reader-not-recipient", f"the read table says {user!r} read it, who is "
+                                                                 "not a recipient of it: that read is left out",
+                                    WARNING))
+            else:
+                reads.append((alias, when))
+        sent = parse_instant(rec.sent)
+        out: dict[str, str] = {}
+        for alias, when in reads:
+            if parse_instant(when) < sent:
+                reject(self._reject(rec, "read-before-sent", f"read at {when}, before it was sent ({rec.sent}): "
+                                                             "that read is left out", WARNING))
+            else:
+                out[alias] = when
+        return out
+
+    def _received(self, rec: MessageRecord, reject: Callable[[tuple[int, Reject]], None]) -> str | None:
+        """The row's received time, left out with a warning when it is before the message was sent."""
+        if rec.received is not None and parse_instant(rec.received) < parse_instant(rec.sent):
+            reject(self._reject(rec, "received-before-sent", f"received at {rec.received}, before it was sent "
+                                                             f"({rec.sent}): left out", WARNING))
+            return None
+        return rec.received
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from ..vocabulary import COMMUNICATION_STATUSES, is_coding, is_mime_type
+from ..vocabulary import COMMUNICATION_STATUSES, REQUEST_PRIORITIES, is_coding, is_mime_type
 from .mapping import AttachmentList, AttachmentValues, Getter, MigrationMapping, Row, StatusValue
 from .readers import Source, as_text, lookup
 from .records import MessageRecord
@@ -106,6 +106,7 @@ def _record_function(m: MigrationMapping, index: dict[str, int], file_index: int
     separator = m.recipients.separator if m.recipients else None
     id_name, sender_name = _name(m.message_id), _name(m.sender)
     mime_match, coding_match = is_mime_type, is_coding
+    read_state = _read_state_function(m, index)
 
     def record(values: Row, conv: str, row: int, line: int, raw: Any) -> tuple[int, MessageRecord]:
         mid = get_id(values).strip()
@@ -148,9 +149,39 @@ def _record_function(m: MigrationMapping, index: dict[str, int], file_index: int
             (get_topic(values).strip() or None) if get_topic is not None else None,
             category,
             (get_subject(values).strip() or None) if get_subject is not None else None,
-            thread_status_, raw)
+            thread_status_, raw, *read_state(values))
 
     return record
+
+
+def _read_state_function(m: MigrationMapping, index: dict[str, int]
+                         ) -> Callable[[Row], tuple[str | None, str | None, str | None, str | None]]:
+    """read_state(row) → (read_at, received, priority, thread priority) of a row, each None when the mapping or the
+    row has none; RowError for a time or a priority that cannot be read."""
+    times = [(name, v.value.getter(index), v.parser) if v is not None else None
+             for name, v in (("read time", m.read_at), ("received time", m.received))]
+    priorities = [(name, _optional(v, index)) for name, v in (("priority", m.priority),
+                                                               ("thread priority", m.thread_priority))]
+
+    def when(row: Row, got: tuple[str, Getter, Any] | None) -> str | None:
+        if got is None or not (text := got[1](row).strip()):
+            return None
+        try:
+            return str(got[2](text)[0])
+        except TimeRejected as exc:
+            raise RowError(exc.reason, f"{got[0]}: {exc}") from None
+
+    def priority(row: Row, name: str, get: Getter | None) -> str | None:
+        value = get(row).strip() if get is not None else ""
+        if value and value not in REQUEST_PRIORITIES:
+            raise RowError("bad-priority", f"{name} {value!r} is not one of {', '.join(REQUEST_PRIORITIES)}")
+        return value or None
+
+    def read_state(row: Row) -> tuple[str | None, str | None, str | None, str | None]:
+        return (when(row, times[0]), when(row, times[1]), priority(row, *priorities[0]),
+                priority(row, *priorities[1]))
+
+    return read_state
 
 
 Attachments = list[list[str | None]]

@@ -33,7 +33,7 @@ from ..spec.schema_errors import schema_problems as _schema_problems
 from ..spec.source import Document, Path_, decode, parse_yaml
 from ..vocabulary import COMMUNICATION_STATUSES, is_coding
 from .participants import Participants, load_participants
-from .times import SentParser
+from .times import SentParser, TimeRejected
 
 MAPPING_SCHEMA = "migrate-mapping.schema.json"
 DEFAULT_MAX_ROW_CHARS = 16_000_000
@@ -134,6 +134,17 @@ class Recipients:
     separator: str | None  # split the single value by this
 
 
+@dataclass(frozen=True)
+class ReadTable:
+    """A per-recipient read table (`reads:`): a CSV file of one row per message and reader."""
+
+    file: Path
+    message: str
+    reader: str
+    read_at: SentValue
+    delimiter: str = ","
+
+
 @dataclass
 class MigrationMapping:
     """A checked mapping file. Build with `load_mapping`."""
@@ -164,6 +175,12 @@ class MigrationMapping:
     reply_to: Value | None = None
     status: StatusValue | None = None
     participants: Participants = field(default_factory=Participants)
+    read_at: SentValue | None = None  # read state, priority (issue 16)
+    received: SentValue | None = None
+    priority: Value | None = None
+    thread_priority: Value | None = None
+    read_model: str | None = None
+    reads: ReadTable | None = None
 
     def values(self) -> list[Value]:
         """Every column-reading value, for checking them against an input's columns."""
@@ -171,7 +188,8 @@ class MigrationMapping:
             self.thread_id, self.topic, self.subject, self.category, self.message_id, self.sender,
             self.sender_display, self.sender_role, self.sent.value if self.sent else None, self.text,
             self.reply_to, self.thread_status.value if self.thread_status else None,
-            self.status.value if self.status else None,
+            self.status.value if self.status else None, self.read_at.value if self.read_at else None,
+            self.received.value if self.received else None, self.priority, self.thread_priority,
         ]
         if self.recipients:
             out.extend(self.recipients.values)
@@ -418,6 +436,56 @@ def _message(m: MigrationMapping, message: Mapping[str, Any], value: Callable[[s
         m.status = _status(message["status"], ("message", "status"), problems, doc)
 
 
+def _read_state(m: MigrationMapping, message: Mapping[str, Any], thread: Mapping[str, Any], reads: Mapping[str, Any],
+                value: Callable[[str, str], Value | None], base: Path, problems: list[Problem], doc: Document) -> None:
+    """Read state and priority: `message.read_at`, `.received`, `.priority`, `thread.priority`, `.read_model`,
+    and the per-recipient read table `reads:`."""
+    for key in ("read_at", "received"):
+        if key in message:
+            setattr(m, key, _sent(message[key], ("message", key), problems, doc))
+    m.priority = value("message", "priority")
+    m.thread_priority = value("thread", "priority")
+    m.read_model = thread.get("read_model")
+    if reads:
+        read_at = _sent(reads["read_at"], ("reads", "read_at"), problems, doc)
+        if read_at is not None:
+            m.reads = ReadTable(base / reads["file"], reads["message"], reads["reader"], read_at,
+                                reads.get("delimiter", ","))
+
+
+def read_table(table: ReadTable) -> dict[str, list[tuple[str, str]]]:
+    """A per-recipient read table: legacy message id → [(reader's legacy user id, FHIR instant)], in file order.
+    SpecError naming the file and line of every row that cannot be read (a missing column, a bad time)."""
+    import csv  # (only a mapping with a read table needs it)
+
+    out: dict[str, list[tuple[str, str]]] = {}
+    problems: list[Problem] = []
+    name = str(table.file)
+    try:
+        with open(table.file, encoding="utf-8-sig", newline="") as f:
+            rows = csv.DictReader(f, delimiter=table.delimiter)
+            missing = [c for c in (table.message, table.reader) if c not in (rows.fieldnames or ())]
+            if missing:
+                raise SpecError([Problem(name, 1, None, "", f"no column {', '.join(map(repr, missing))} (columns: "
+                                                          f"{', '.join(rows.fieldnames or ())})")])
+            get_time = table.read_at.value.getter({c: i for i, c in enumerate(rows.fieldnames or ())})
+            for row in rows:
+                values = [row.get(c) or "" for c in rows.fieldnames or ()]
+                try:
+                    when = table.read_at.parser(get_time(values).strip())[0]
+                except TimeRejected as exc:
+                    problems.append(Problem(name, rows.line_num, None, "read_at", str(exc)))
+                    continue
+                out.setdefault(row[table.message].strip(), []).append((row[table.reader].strip(), when))
+    except OSError as exc:
+        raise SpecError([Problem(name, None, None, "", f"cannot read the read table: {exc.strerror}")]) from None
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise SpecError([Problem(name, None, None, "", f"not a readable CSV file: {exc}")]) from None
+    if problems:
+        raise SpecError(problems)
+    return out
+
+
 def read_mapping(doc: Document, base: Path) -> MigrationMapping:
     """A MigrationMapping from a parsed mapping document; SpecError with every problem found (the schema's and
     the values', at once)."""
@@ -444,6 +512,7 @@ def read_mapping_problems(doc: Document, base: Path) -> tuple[MigrationMapping, 
     _input(m, section("input"), problems, doc)
     _thread(m, section("thread"), value, problems, doc)
     _message(m, section("message"), value, fit, problems, doc)
+    _read_state(m, section("message"), section("thread"), section("reads"), value, base, problems, doc)
     if isinstance(data.get("skip"), list) and fit(("skip",)):
         m.skip = _skip(data["skip"], problems, doc)
     if section("participants"):

@@ -165,7 +165,8 @@ class MigrateSummary:
         rows += [(f"  {reason}", f"{n:,}") for reason, n in sorted(self.rejects.items())]
         if self.warnings:
             rows.append(("messages kept with a warning", f"{sum(self.warnings.values()):,}"))
-            rows += [(f"  {reason} (link dropped)", f"{n:,}") for reason, n in sorted(self.warnings.items())]
+            rows += [(f"  {reason}" + (" (link dropped)" if reason.startswith("reply-") else " (left out)"), f"{n:,}")
+                     for reason, n in sorted(self.warnings.items())]
         return rows
 
 

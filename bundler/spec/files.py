@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import Problem, SpecError
 from .attachments import read_files
-from .model import ThreadSpec, check_document
+from .model import ThreadSpec, check_document, read_model_problems
 from .participants import ParticipantsFile, read_participants
 from .source import Document, decode, parse_text, split_threads
 
@@ -118,10 +118,11 @@ def read_document(doc: Document, shared: ParticipantsFile | None = None) -> tupl
     return spec, problems
 
 
-def load_specs(paths: Iterable[str | Path], *, participants: str | Path | ParticipantsFile | None = None
-               ) -> list[ThreadSpec]:
+def load_specs(paths: Iterable[str | Path], *, participants: str | Path | ParticipantsFile | None = None,
+               read_model: str | None = None) -> list[ThreadSpec]:
     """Every thread in `paths`, checked; raises SpecError with every problem in every file. `participants`: a
-    participants file (`bundler.spec.participants`) whose participants the threads may use."""
+    participants file (`bundler.spec.participants`) whose participants the threads may use. `read_model` (one of
+    `vocabulary.READ_MODELS`) overrides every thread's own (`model.with_read_model`)."""
     shared = read_participants(participants) if participants is not None else None
     files, problems = spec_files(paths)
     specs: list[ThreadSpec] = []
@@ -142,6 +143,8 @@ def load_specs(paths: Iterable[str | Path], *, participants: str | Path | Partic
             if duplicate is not None:
                 problems.append(duplicate)
                 continue
+            spec, model_problems = read_model_problems(spec, read_model)
+            problems.extend(model_problems)
             specs.append(spec)
     if problems:
         raise SpecError(problems)

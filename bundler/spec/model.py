@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self, TypeVar, cast, dataclass_transform
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Self, TypeVar, cast, dataclass_transform
 
 import orjson
 from pydantic import (
@@ -53,21 +53,26 @@ from ..vocabulary import (
     CODING_HINT,
     COMMUNICATION_TARGETS,
     DEFAULT_STATUS,
+    DRAFT_STATUS,
     IDENTIFIER_VALUE_HINT,
+    READ_MODELS,
+    READ_RECEIPT_OWNERS,
     SERVER_ELEMENTS,
+    SIMPLE_MAX_PARTICIPANTS,
     conditional_reference,
     identifier_system_problem,
+    instant_problem,
     is_coding,
     is_identifier_value,
+    parse_instant,
     reference_type,
 )
-from .problems import describe, expected, fail, problems_of, reraise
+from .problems import WORDING, describe, expected, fail, problems_of, reraise
 from .scalars import (
     CODING_STRING_SCHEMA,
     DEF_KEY,
     Alias,
     AliasOrReference,
-    Instant,
     Key,
     ListOf,
     MimeType,
@@ -75,6 +80,8 @@ from .scalars import (
     OptionalInstant,
     OptionalKey,
     OptionalLongText,
+    OptionalPriority,
+    OptionalReadModel,
     OptionalStatus,
     OptionalText,
     ParticipantReference,
@@ -93,7 +100,7 @@ if TYPE_CHECKING:
     from .participants import ParticipantsFile
 
 __all__ = ["DEFAULT_STATUS", "Attachment", "Coding", "CreateResource", "Message", "Participant", "Participants",
-           "ThreadSpec", "check_document", "parse_spec"]
+           "ReadBy", "ThreadSpec", "check_document", "parse_spec", "with_read_model"]
 
 
 _RECORD_CONFIG = ConfigDict(extra="forbid", validate_by_alias=True, validate_by_name=False,
@@ -391,33 +398,37 @@ def _reference_or_create(out: JsonSchemaValue) -> JsonSchemaValue:
     return out
 
 
-class Participants(Mapping[str, Participant]):
-    """A spec's participants: alias → Participant, in the order written; immutable and hashable.
+_V = TypeVar("_V")
 
-    Read from data as a mapping alias → {reference, display}; made in Python from a mapping alias →
-    Participant (each with that alias)."""
+
+class _FrozenMap(Mapping[str, _V]):
+    """An immutable, hashable mapping alias → value in the order written (what a spec's mappings are): equal to
+    another of its kind with the same items in the same order, and to any mapping with the same items."""
 
     __slots__ = ("_items",)
-    __item_model__: ClassVar[type[_Record]] = Participant
-    _items: dict[str, Participant]
+    _items: dict[str, _V]
 
-    def __init__(self, participants: Mapping[str, Participant | Mapping[str, Any]]) -> None:
-        """From Participants, or data (alias → {reference, display}); checked like the models (SpecError listing
-        every problem)."""
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        """From data, or a mapping of checked values; checked like the models (SpecError listing every problem)."""
         try:
-            self._items = _participants(participants)._items
+            self._items = self._validated(data or {})._items
         except PydanticCustomError as exc:
             raise SpecError([Problem("<spec>", None, None, "", exc.message())]) from None
         except ValidationError as exc:
-            raise SpecError(problems_of(exc, Document("<spec>", participants), Participants)) from None
+            raise SpecError(problems_of(exc, Document("<spec>", data), type(self))) from None
 
     @classmethod
-    def _of(cls, items: dict[str, Participant]) -> Participants:
+    def _validated(cls, data: Any) -> Self:
+        """`data` checked, as an object of this class (PydanticCustomError or ValidationError if invalid)."""
+        raise NotImplementedError
+
+    @classmethod
+    def _of(cls, items: dict[str, _V]) -> Self:
         new = object.__new__(cls)
         new._items = items
         return new
 
-    def __getitem__(self, alias: str) -> Participant:
+    def __getitem__(self, alias: str) -> _V:
         return self._items[alias]
 
     def __iter__(self) -> Iterator[str]:
@@ -432,17 +443,17 @@ class Participants(Mapping[str, Participant]):
     def keys(self) -> KeysView[str]:  # (the dict's own views: the builder reads them for every thread)
         return self._items.keys()
 
-    def values(self) -> ValuesView[Participant]:
+    def values(self) -> ValuesView[_V]:
         return self._items.values()
 
-    def items(self) -> ItemsView[str, Participant]:
+    def items(self) -> ItemsView[str, _V]:
         return self._items.items()
 
     def get(self, alias: str, default: Any = None) -> Any:
         return self._items.get(alias, default)
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, Participants):
+        if type(other) is type(self):
             return list(self._items.items()) == list(other._items.items())  # the order is part of a spec
         if isinstance(other, Mapping):
             return self._items == dict(other.items())
@@ -452,10 +463,24 @@ class Participants(Mapping[str, Participant]):
         return hash(tuple(self._items.items()))
 
     def __repr__(self) -> str:
-        return f"Participants({self._items!r})"
+        return f"{type(self).__name__}({self._items!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Participants._of, (self._items,))
+        return (type(self)._of, (self._items,))
+
+
+class Participants(_FrozenMap[Participant]):
+    """A spec's participants: alias → Participant, in the order written; immutable and hashable.
+
+    Read from data as a mapping alias → {reference, display}; made in Python from a mapping alias →
+    Participant (each with that alias)."""
+
+    __slots__ = ()
+    __item_model__: ClassVar[type[_Record]] = Participant
+
+    @classmethod
+    def _validated(cls, data: Any) -> Participants:
+        return _participants(data)
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
@@ -463,25 +488,26 @@ class Participants(Mapping[str, Participant]):
 
     @classmethod
     def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
-        return {"description": "Everyone in the thread: alias -> {reference, display, create}.", "type": "object",
+        return {"description": "Everyone in the thread: alias -> {reference, display, create}. May be left out, or "
+                               "name only some, when a participants file (--participants) gives the others.",
+                "type": "object",
                 "minProperties": 1, "x-message": "needs at least one participant",
                 "propertyNames": {DEF_KEY: "aliasName"},
                 "additionalProperties": _reference_or_create(handler(Participant.__pydantic_core_schema__))}
 
 
-def _participants(value: Any) -> Participants:
-    """Validate a mapping alias → participant data (or Participant): every problem in every entry at once."""
-    if isinstance(value, Participants):
-        return value
+def _aliased(value: Any, what: str, empty: str, out: Mapping[str, Any], errors: list[ErrorDetails]
+             ) -> Iterator[tuple[Any, str, Any]]:
+    """(key, alias, entry) of each entry of a mapping keyed by aliases whose key is a new valid alias (not in
+    `out` yet: the caller adds what it keeps); the others are `errors`. Fails for what is not a mapping, or an
+    empty one (`empty` says why)."""
     if not isinstance(value, Mapping):
-        raise fail(expected("a mapping", value))
+        raise fail(expected(what, value))
     if not value:
-        raise fail("needs at least one participant")
-    out: dict[str, Participant] = {}
-    errors: list[ErrorDetails] = []
+        raise fail(empty)
     for key, entry in value.items():
         if type(entry) is Participant and entry.alias == key and key not in out:  # made in Python: checked already
-            out[key] = entry
+            yield key, key, entry
             continue
         try:
             alias = check_alias_name(key)
@@ -490,7 +516,18 @@ def _participants(value: Any) -> Participants:
             continue
         if alias in out:
             errors.append(_error(f"alias {alias!r} is given twice", (key,), key, on_key=True))
-        elif isinstance(entry, Participant):
+        else:
+            yield key, alias, entry
+
+
+def _participants(value: Any) -> Participants:
+    """Validate a mapping alias → participant data (or Participant): every problem in every entry at once."""
+    if isinstance(value, Participants):
+        return value
+    out: dict[str, Participant] = {}
+    errors: list[ErrorDetails] = []
+    for key, alias, entry in _aliased(value, "a mapping", "needs at least one participant", out, errors):
+        if isinstance(entry, Participant):
             if entry.alias != alias:
                 errors.append(_error(f"is the participant aliased {entry.alias!r}: give it under that key", (key,),
                                      entry))
@@ -520,6 +557,56 @@ def _without_derived(errors: list[ErrorDetails]) -> list[ErrorDetails]:
 
 def _error(message: str, loc: Path_, value: Any, *, on_key: bool = False) -> ErrorDetails:
     return {"type": "spec_key" if on_key else "spec", "loc": loc, "msg": message, "input": value}
+
+
+# --- read state ------------------------------------------------------------------------------------
+
+
+class ReadBy(_FrozenMap[str]):
+    """Who read a message and when: alias → FHIR instant, in the order written; immutable and hashable.
+
+    Read from data as a mapping `{alias: instant}`; made in Python from any such mapping. Which aliases may
+    read the message (its recipients) and when (not before it was sent) is the thread's to judge
+    (`_read_state_meaning`)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def _validated(cls, data: Any) -> ReadBy:
+        return _read_by(data)
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_plain_validator_function(
+            _read_by, serialization=core_schema.plain_serializer_function_ser_schema(dict))
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {"description": "Who read the message, and when: alias -> FHIR instant. Only its recipients read it, "
+                               "not before it was sent.", "type": "object", "minProperties": 1,
+                "propertyNames": {DEF_KEY: "aliasName"}, "additionalProperties": {DEF_KEY: "instant"}}
+
+
+NO_READS: Final = ReadBy._of({})
+"""A message nobody has read (the default)."""
+
+
+def _read_by(value: Any) -> ReadBy:
+    """Validate a mapping alias → instant (or a ReadBy): every problem in every entry at once."""
+    if isinstance(value, ReadBy):
+        return value
+    out: dict[str, str] = {}
+    errors: list[ErrorDetails] = []
+    for key, alias, when in _aliased(value, "a mapping alias -> instant",
+                                     "needs at least one reader (leave read_by out for a message nobody read)",
+                                     out, errors):
+        if not isinstance(when, str) or instant_problem(when) is not None:
+            errors.append({"type": "instant", "loc": (key,), "msg": WORDING["instant"](when), "input": when})
+        else:
+            out[alias] = when
+    if errors:
+        raise reraise(errors)
+    return ReadBy._of(out)
 
 
 # --- codes, attachments, messages ------------------------------------------------------------------
@@ -615,6 +702,19 @@ class Attachment(_Record):
 
 
 _NO_CONTENT = "a message needs text or attachments"
+_NO_SENT = f"a message needs sent (only a draft, status: {DRAFT_STATUS}, may leave it out)"
+_DRAFT_READ = f"a draft (status: {DRAFT_STATUS}) was never sent, so nobody read it: remove read_by"
+
+
+def _sent_unless_draft(args: tuple[dict[str, Any], Any]) -> tuple[dict[str, Any], Any]:
+    """A message's fields, all valid: it has `sent` unless it is a draft, and a draft has no readers."""
+    fields = args[0]
+    draft = fields["status"] == DRAFT_STATUS
+    if fields["sent"] is None and not draft:
+        raise fail(_NO_SENT)
+    if draft and fields["read_by"]:
+        raise fail(_DRAFT_READ)
+    return args
 
 
 def _has_content(args: tuple[dict[str, Any], Any]) -> tuple[dict[str, Any], Any]:
@@ -632,18 +732,26 @@ class Message(_Record):
 
     id: Annotated[Key, Field(description="Unique in the thread; default: the message's 1-based position.")]
     sender: Alias
-    sent: Annotated[Instant, Field(description="When it was sent: a FHIR instant, kept exactly as written.")]
+    sent: Annotated[OptionalInstant, Field(description="When it was sent: a FHIR instant, kept exactly as written. "
+                                                       "Only a draft (status: preparation) may leave it out.")] = None
     text: OptionalLongText = None
     attachments: Annotated[tuple[Attachment, ...], ListOf(Attachment, min_length=1)] = ()
     recipient: Annotated[tuple[str, ...] | None, ListOf(Alias, min_length=1),
                          Field(description="Aliases; default: every participant except the sender.")] = None
     reply_to: Annotated[OptionalKey, Field(description="The id of an earlier message in this thread.")] = None
     status: Annotated[OptionalStatus, Field(description="Its own Communication status; default: the thread's.")] = None
+    received: Annotated[OptionalInstant, Field(description="When it was delivered, where a system kept that apart "
+                                                           "from reading (Communication.received).")] = None
+    priority: Annotated[OptionalPriority, Field(description="Its own priority; default: the thread's.")] = None
+    read_by: ReadBy = NO_READS
 
-    def __init__(self, id: str, sender: str, sent: str, text: str | None = None,
+    def __init__(self, id: str, sender: str, sent: str | None = None, text: str | None = None,
                  attachments: Sequence[Attachment] = (), recipient: Sequence[str] | None = None,
-                 reply_to: str | None = None, status: str | None = None) -> None:
-        data: dict[str, Any] = {"id": id, "sender": sender, "sent": sent}  # (written out: migrate makes many)
+                 reply_to: str | None = None, status: str | None = None, received: str | None = None,
+                 priority: str | None = None, read_by: Mapping[str, str] | None = None) -> None:
+        data: dict[str, Any] = {"id": id, "sender": sender}  # (written out: migrate makes many)
+        if sent is not None:
+            data["sent"] = sent
         if text is not None:
             data["text"] = text
         if attachments:
@@ -654,6 +762,8 @@ class Message(_Record):
             data["reply_to"] = reply_to
         if status is not None:
             data["status"] = status
+        if received is not None or priority is not None or read_by:
+            data.update(_without_defaults(received=received, priority=priority, read_by=read_by or None))
         try:  # (`_check`, inlined: migrate makes many)
             self.__pydantic_validator__.validate_python(data, self_instance=self, by_alias=False, by_name=True)
         except ValidationError as exc:
@@ -666,7 +776,8 @@ class Message(_Record):
         schema = handler(source)
         if schema["type"] != "dataclass":  # pragma: no cover - what pydantic makes of a dataclass
             raise TypeError(f"expected a dataclass schema, got {schema['type']}")
-        return {**schema, "schema": core_schema.no_info_after_validator_function(_has_content, schema["schema"])}
+        checked = core_schema.no_info_after_validator_function(_has_content, schema["schema"])
+        return {**schema, "schema": core_schema.no_info_after_validator_function(_sent_unless_draft, checked)}
 
     @classmethod
     def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
@@ -674,13 +785,17 @@ class Message(_Record):
         out["required"] = [name for name in out["required"] if name != "id"]  # data may leave it out
         out["anyOf"] = [{"required": ["text"]}, {"required": ["attachments"]}]
         out["x-message"] = _NO_CONTENT
+        out["if"] = {"required": ["status"], "properties": {"status": {"const": DRAFT_STATUS}}}
+        out["then"] = {"not": {"required": ["read_by"]}, "x-message": _DRAFT_READ}
+        out["else"] = {"required": ["sent"], "x-message": _NO_SENT}
         return out
 
     def to_data(self, position: int) -> dict[str, Any]:
         """As spec data, for the message at 1-based `position` (whose default id is that number)."""
         out: dict[str, Any] = {} if self.id == str(position) else {"id": self.id}
         out["sender"] = self.sender
-        out["sent"] = self.sent
+        if self.sent is not None:
+            out["sent"] = self.sent
         if self.recipient is not None:
             out["recipient"] = list(self.recipient)
         if self.reply_to is not None:
@@ -691,7 +806,18 @@ class Message(_Record):
             out["attachments"] = [a.to_data() for a in self.attachments]
         if self.status is not None:
             out["status"] = self.status
+        if self.received is not None:
+            out["received"] = self.received
+        if self.priority is not None:
+            out["priority"] = self.priority
+        if self.read_by:
+            out["read_by"] = dict(self.read_by)
         return out
+
+    @property
+    def draft(self) -> bool:
+        """Whether it is a draft by its own status (one left at the thread's status is judged by the thread)."""
+        return self.status == DRAFT_STATUS
 
 
 # --- the thread -------------------------------------------------------------------------------------
@@ -719,6 +845,11 @@ class ThreadSpec(_Model):
     category: Annotated[tuple[Coding, ...], ListOf(Coding)] = Field(
         (), description="Codes for the header and every message: 'system|code' strings or {system, code, display} "
                         "objects.")
+    priority: OptionalPriority = Field(None, description="The thread's priority: the header's, and every message's "
+                                                         "that has none of its own.")
+    read_model: OptionalReadModel = Field(None, description="How read state (messages' read_by) is kept on the "
+                                                            "server: simple (1:1 threads), header-extension or "
+                                                            "tasks; default: not kept. --read-model overrides it.")
 
     _source: Document | None = PrivateAttr(default=None)
     _shared: Document | None = PrivateAttr(default=None)  # the participants file it took participants from
@@ -728,9 +859,14 @@ class ThreadSpec(_Model):
     @_constructor
     def __init__(self, key: str, topic: str, participants: Mapping[str, Participant],
                  messages: Sequence[Message] = (), subject: str | None = None, sender: str | None = None,
-                 sent: str | None = None, status: str = DEFAULT_STATUS, category: Sequence[Coding] = ()) -> None:
+                 sent: str | None = None, status: str = DEFAULT_STATUS, category: Sequence[Coding] = (),
+                 priority: str | None = None, read_model: str | None = None) -> None:
         data = {"key": key, "topic": topic, "participants": participants, "messages": messages, "status": status,
                 "category": category}
+        if priority is not None:
+            data["priority"] = priority
+        if read_model is not None:
+            data["read_model"] = read_model
         if subject is not None:
             data["subject"] = subject
         if sender is not None:
@@ -757,6 +893,7 @@ class ThreadSpec(_Model):
                 errors += [e for e in _meaning(*_Partial.read(data), defaults) if (e["loc"], e["msg"]) not in said]
             raise reraise(errors) from None
         errors = _meaning(spec.participants._items, spec.messages, spec.subject, spec.sender, defaults)
+        errors += _read_state_meaning(spec)
         if errors:
             raise reraise(errors)
         return spec
@@ -803,6 +940,10 @@ class ThreadSpec(_Model):
             out["sender"] = self.sender
         if self.sent is not None:
             out["sent"] = self.sent
+        if self.priority is not None:
+            out["priority"] = self.priority
+        if self.read_model is not None:
+            out["read_model"] = self.read_model
         out["participants"] = {a: p.to_data() for a, p in self.participants.items()}
         if self.messages:
             out["messages"] = [m.to_data(i) for i, m in enumerate(self.messages, 1)]
@@ -947,6 +1088,93 @@ def _meaning(participants: Mapping[str, Participant | None] | None, messages: Se
                    + (f" (ids: {', '.join(ids)})" if ids else ""))
             errors.append(_error(why, ("messages", i, "reply_to"), target))
     return errors
+
+
+def _read_state_meaning(spec: ThreadSpec) -> list[ErrorDetails]:
+    """What read state means with the rest: only a message's recipients read it, not before it was sent (nor
+    was it received before); a draft is read by nobody; the simple model fits threads of two participants."""
+    errors: list[ErrorDetails] = []
+    count = len(spec.participants)
+    if spec.read_model == "simple" and count > SIMPLE_MAX_PARTICIPANTS:
+        errors.append(_error(f"the simple read model fits 1:1 threads (at most {SIMPLE_MAX_PARTICIPANTS} "
+                             f"participants), and this thread has {count}: use read_model: tasks (unread counts "
+                             "searchable) or read_model: header-extension (kept on the header, not searchable)",
+                             ("read_model",), spec.read_model))
+    if spec.read_model == "tasks":
+        errors += _task_owners(spec)
+    for i, m in enumerate(spec.messages):
+        if m.received is None and not m.read_by:
+            continue
+        errors += _message_reads(spec, i, m)
+    return errors
+
+
+def _task_owners(spec: ThreadSpec) -> list[ErrorDetails]:
+    """In the tasks model every recipient owns a read receipt: each participant that receives a message must be a
+    type FHIR allows as Task.owner."""
+    errors: list[ErrorDetails] = []
+    for alias, p in spec.participants.items():
+        kind = reference_type(p.reference)
+        receives = any(alias != m.sender and (m.recipient is None or alias in m.recipient) for m in spec.messages)
+        if receives and kind not in READ_RECEIPT_OWNERS:
+            errors.append(_error(f"{alias!r} is a {kind}, which cannot own a read-receipt Task (the tasks read "
+                                 f"model): FHIR allows {', '.join(sorted(READ_RECEIPT_OWNERS))}; use read_model: "
+                                 "header-extension, or name the people", ("participants", alias, "reference"),
+                                 p.reference))
+    return errors
+
+
+def _message_reads(spec: ThreadSpec, i: int, m: Message) -> list[ErrorDetails]:
+    """`_read_state_meaning` of message `i`, which has a received time or readers."""
+    errors: list[ErrorDetails] = []
+    if m.read_by and m.status is None and spec.status == DRAFT_STATUS:
+        errors.append(_error(f"a draft (it has the thread's status, {DRAFT_STATUS}) was never sent, so nobody read it: "
+                             "remove read_by",
+                             ("messages", i, "read_by"), dict(m.read_by)))
+        return errors
+    sent = parse_instant(m.sent) if m.sent is not None else None
+    if m.received is not None and sent is not None and parse_instant(m.received) < sent:
+        errors.append(_error(f"received {m.received}, before the message was sent ({m.sent})",
+                             ("messages", i, "received"), m.received))
+    recipients = m.recipient if m.recipient is not None else [a for a in spec.participants if a != m.sender]
+    for alias, when in m.read_by.items():
+        loc: Path_ = ("messages", i, "read_by", alias)
+        if alias not in spec.participants:
+            errors.append(_error(f"{alias!r} is not a participant (known: {', '.join(sorted(spec.participants))})",
+                                 loc, alias))
+        elif alias not in recipients:
+            errors.append(_error(f"{alias!r} is not a recipient of this message (recipients: "
+                                 f"{', '.join(recipients) or 'none'}): only a recipient reads it", loc, alias))
+        elif sent is not None and parse_instant(when) < sent:
+            errors.append(_error(f"read at {when}, before the message was sent ({m.sent})", loc, when))
+    return errors
+
+
+def with_read_model(spec: ThreadSpec, read_model: str | None) -> ThreadSpec:
+    """`spec` with the read model a command line gives (`--read-model`), which overrides the spec's own (the app
+    that reads the project decides how read state is kept, for every thread alike); `spec` itself for None.
+    SpecError when the model does not fit the thread (simple for a group)."""
+    if read_model is None or read_model == spec.read_model:
+        return spec
+    if read_model not in READ_MODELS:
+        raise SpecError([Problem(spec.origin()[0], spec.origin()[1], None, "read_model",
+                                 f"{read_model!r} is not a read model (one of: {', '.join(READ_MODELS)})")])
+    try:
+        new = spec.model_copy(update={"read_model": read_model})
+    except SpecError as exc:
+        file, line = spec.origin()
+        raise SpecError([Problem(file, line, None, f"{p.path} (--read-model {read_model})", p.message)
+                         for p in exc.problems]) from None
+    new._source = spec._source
+    return new
+
+
+def read_model_problems(spec: ThreadSpec, read_model: str | None) -> tuple[ThreadSpec, list[Problem]]:
+    """`with_read_model`, its refusal as problems: (the spec as it was, [problems]) when the model does not fit."""
+    try:
+        return with_read_model(spec, read_model), []
+    except SpecError as exc:
+        return spec, list(exc.problems)
 
 
 # --- reading ---------------------------------------------------------------------------------------

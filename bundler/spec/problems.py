@@ -16,7 +16,7 @@ import difflib
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, get_args, get_origin
+from typing import Any, Final, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 from pydantic.dataclasses import is_pydantic_dataclass
@@ -35,6 +35,12 @@ SPEC_KEY_ERROR = "spec_key"
 WORDING: dict[str, Callable[[Any], str]] = {}
 """Error type → the message for the refused input: the spec's scalars register theirs (`key`, `instant`, ...)."""
 
+
+_MISSING_HINTS: Final[dict[Path_, str]] = {
+    ("participants",): ": list the thread's participants here, or give a participants file (--participants FILE, "
+                       "participants=) that has them",
+}
+"""What to say after "missing required field" where there is more than one way to give the field."""
 
 def fail(message: str, *, key: bool = False) -> PydanticCustomError:
     """An error with our message, for a validator to raise (braces in `message` are kept as they are)."""
@@ -106,7 +112,7 @@ def _problem(e: ErrorDetails, doc: Document, model: Any) -> Iterator[Problem]:
     elif kind == SPEC_KEY_ERROR:
         yield doc.problem(loc, e["msg"], key=True)
     elif kind == "missing":
-        yield doc.problem(loc[:-1], f"missing required field '{loc[-1]}'")
+        yield doc.problem(loc[:-1], f"missing required field '{loc[-1]}'{_MISSING_HINTS.get(loc, '')}")
     elif kind in ("extra_forbidden", "unexpected_keyword_argument"):  # (a model's word, a dataclass's)
         yield doc.problem(loc, _unknown_field(str(loc[-1]), fields_at(model, loc[:-1])), key=True)
     elif kind in _TYPE_WORDS:

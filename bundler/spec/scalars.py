@@ -38,8 +38,10 @@ from ..vocabulary import (
     LEADING_DOT_HINT,
     MIME_TYPE_HINT,
     MIME_TYPE_PATTERN,
+    READ_MODELS,
     REFERENCE_HINT,
     REFERENCE_PATTERN,
+    REQUEST_PRIORITIES,
     SURELY_REAL_INSTANT_PATTERN,
     THREAD_KEY_HINT,
     THREAD_KEY_PATTERN,
@@ -59,6 +61,8 @@ ALIAS_MESSAGE: Final = "must be a participant alias"
 ALIAS_OR_REFERENCE_MESSAGE: Final = ("must be a participant alias or a reference (Type/id or "
                                      "Type?identifier=system|value)")
 STATUS_MESSAGE: Final = "must be a Communication status"
+PRIORITY_MESSAGE: Final = "must be a request priority"
+READ_MODEL_MESSAGE: Final = "must be a read model"
 
 DEFS: dict[str, dict[str, Any]] = {}
 """name → JSON Schema of every named scalar, for the generated schema's `$defs`."""
@@ -141,7 +145,18 @@ def _status_words(value: Any) -> str:
     return f"{shown(value)} {STATUS_MESSAGE} (one of: {', '.join(COMMUNICATION_STATUSES)})"
 
 
+def _one_of(message: str, codes: tuple[str, ...]) -> Callable[[Any], str]:
+    """The wording of a refused code of `codes` (a priority, a read model)."""
+    def words(value: Any) -> str:
+        if not isinstance(value, str):
+            return expected(f"a string (one of: {', '.join(codes)})", value)
+        return f"{shown(value)} {message} (one of: {', '.join(codes)})"
+    return words
+
+
 WORDING.update({
+    "priority": _one_of(PRIORITY_MESSAGE, REQUEST_PRIORITIES),
+    "read_model": _one_of(READ_MODEL_MESSAGE, READ_MODELS),
     "key": _grammar(KEY_HINT),
     "thread_key": _thread_key_words,
     "alias": _grammar(ALIAS_MESSAGE),
@@ -240,6 +255,16 @@ OptionalInstant = Annotated[str | None, _INSTANT]
 Status = Annotated[str, _STATUS]
 """A Communication status (`vocabulary.COMMUNICATION_STATUSES`)."""
 OptionalStatus = Annotated[str | None, _STATUS]
+OptionalPriority = Annotated[str | None, _Scalar(
+    "priority", core_schema.literal_schema(list(REQUEST_PRIORITIES)), "priority", {
+        "description": "A request priority (Communication.priority, Task.priority).",
+        "enum": list(REQUEST_PRIORITIES), "x-message": PRIORITY_MESSAGE})]
+"""A request priority (`vocabulary.REQUEST_PRIORITIES`)."""
+OptionalReadModel = Annotated[str | None, _Scalar(
+    "read_model", core_schema.literal_schema(list(READ_MODELS)), "readModel", {
+        "description": "How read state is kept on the server (default: not at all).", "enum": list(READ_MODELS),
+        "x-message": READ_MODEL_MESSAGE})]
+"""One of Medplum's read models (`vocabulary.READ_MODELS`)."""
 MimeType = Annotated[str | None, _Scalar("mime_type", _pattern(MIME_TYPE_PATTERN, integers=False), "mimeType", {
     "type": "string", "pattern": anchored(MIME_TYPE_PATTERN), "x-message": MIME_TYPE_HINT})]
 """Attachment.contentType: `vocabulary.MIME_TYPE_PATTERN`."""

@@ -20,7 +20,7 @@ from typing import Any, Final
 from pydantic.json_schema import GenerateJsonSchema
 
 from ..files import write_atomic
-from .model import Attachment, Coding, Message, Participant, Participants, ThreadSpec
+from .model import Attachment, Coding, Message, Participant, Participants, ReadBy, ThreadSpec
 from .scalars import DEF_KEY, DEFS
 
 SCHEMA_FILE: Final = "thread-spec.schema.json"
@@ -29,7 +29,7 @@ TITLE: Final = "thread-bundler thread spec"
 DESCRIPTION: Final = ("One conversation thread: a header and its messages. A file holds one thread (an object), or "
                       "several (YAML documents separated by ---, or a JSON array of objects).")
 
-_MODELS: Final = (ThreadSpec, Message, Attachment, Coding, Participant, Participants)
+_MODELS: Final = (ThreadSpec, Message, Attachment, Coding, Participant, Participants, ReadBy)
 _DEF_NAMES: Final = {"Message": "message", "Attachment": "attachment", "Coding": "coding"}
 _ORDER: Final = ("$schema", "$id", "title", "description", "$ref", "type", "enum", "pattern", "minLength",
                  "x-message", "required", "additionalProperties", "minProperties", "minItems", "propertyNames",
@@ -46,6 +46,8 @@ def spec_schema() -> dict[str, Any]:
     raw = ThreadSpec.model_json_schema(by_alias=True, mode="validation", schema_generator=_Generator)
     docstrings = {inspect.cleandoc(m.__doc__ or "") for m in _MODELS}  # about Python objects, not about data
     body = _clean(raw, docstrings)
+    # a spec may leave its participants to a participants file: the model requires them once the file's are merged
+    body["required"] = [name for name in body["required"] if name != "participants"]
     defs = {_DEF_NAMES.get(name, name): value for name, value in body.pop("$defs", {}).items()}
     defs.update(_clean({"$defs": DEFS}, docstrings)["$defs"])
     return _ordered({"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID, "title": TITLE,

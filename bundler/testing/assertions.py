@@ -88,8 +88,9 @@ def assert_same_thread(spec: ThreadSpec | Mapping[str, Any], resources: Iterable
 def fetch_thread(client: FhirClient, key: str, *, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM
                  ) -> list[dict[str, Any]]:
     """What the server holds for thread `key`: every header with its identifier, then each header's
-    messages (as apps read them: part-of the header, by sent). Empty when the thread is not there."""
+    messages (as apps read them: part-of the header, by sent) and read receipts (tasks read model). Empty when
+    the thread is not there."""
     from ..load.verify import read_thread
 
     headers = client.search("Communication", {"identifier": f"{identifier_system}|{key}"})
-    return headers + [m for h in headers for m in read_thread(client, h["id"])]
+    return headers + [m for h in headers for m in read_thread(client, h["id"], receipts=True)]

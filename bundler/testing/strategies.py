@@ -35,7 +35,16 @@ from hypothesis import strategies as st
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle
 from ..check.issues import RULES
 from ..check.mutations import MUTATIONS, NotApplicable, rng_from_draw
-from ..vocabulary import COMMUNICATION_TARGETS, format_instant, offset_zone, parse_instant
+from ..vocabulary import (
+    COMMUNICATION_TARGETS,
+    DRAFT_STATUS,
+    READ_MODELS,
+    REQUEST_PRIORITIES,
+    SIMPLE_MAX_PARTICIPANTS,
+    format_instant,
+    offset_zone,
+    parse_instant,
+)
 
 __all__ = [
     "PARTICIPANT_TYPES",
@@ -270,15 +279,18 @@ def messages(aliases: Sequence[str], *, min_size: int = 0, max_size: int = 8, re
              id_share: float = 0.5, text: st.SearchStrategy[str] | None = None,
              alphabet: str | st.SearchStrategy[str] | None = None, precisions: Sequence[int] = PRECISIONS,
              zones: Sequence[str] = ZONES, start: dt.datetime = dt.datetime(2024, 4, 10, 9),
-             max_gap: dt.timedelta = dt.timedelta(days=1)) -> st.SearchStrategy[list[dict[str, Any]]]:
+             max_gap: dt.timedelta = dt.timedelta(days=1), read_share: float = 0.3, received_share: float = 0.1,
+             priority_share: float = 0.1, draft_share: float = 0.0) -> st.SearchStrategy[list[dict[str, Any]]]:
     """A spec's `messages` for a thread with these participant `aliases`, sent in order after `start`
     (naive UTC), at most `max_gap` apart.
 
     Shares (0-1) set how often a message replies to an earlier one (`reply_share`), carries an
     attachment (`attachment_share`, 0 when `attachments` is False; such a message may have no text),
     names its recipients (`recipient_share`; else every participant but the sender) and has an
-    explicit id (`id_share`; else its 1-based position). Text comes from `text`, default
-    `texts(alphabet=alphabet)`; `sent` is written with one of `precisions` and `zones`.
+    explicit id (`id_share`; else its 1-based position), is read by some of its recipients (`read_share`:
+    `read_by`, each at or after `sent`), has a `received` time (`received_share`), a `priority`
+    (`priority_share`), or is a draft (`draft_share`, default 0: status preparation, no sent, nobody read it). Text
+    comes from `text`, default `texts(alphabet=alphabet)`; `sent` is written with one of `precisions` and `zones`.
 
         messages(["homer", "alice"], min_size=2, reply_share=1.0, zones=["Z"]).example()
         # e.g. [{'sender': 'homer', 'sent': '2024-04-10T09:00:00Z', 'text': '0'},
@@ -289,7 +301,8 @@ def messages(aliases: Sequence[str], *, min_size: int = 0, max_size: int = 8, re
     lists = _MessageLists(min_size=min_size, max_size=max_size, reply_share=reply_share, attachments=attachments,
                           attachment_share=attachment_share, recipient_share=recipient_share, id_share=id_share,
                           text=text, alphabet=alphabet, precisions=precisions, zones=zones, max_gap=max_gap,
-                          max_aliases=len(aliases))
+                          max_aliases=len(aliases), read_share=read_share, received_share=received_share,
+                          priority_share=priority_share, draft_share=draft_share)
     names = list(aliases)
     return lists.drafts.map(lambda drafts: lists.assemble(drafts, names, start))
 
@@ -302,9 +315,13 @@ class _MessageLists:
     def __init__(self, *, min_size: int, max_size: int, reply_share: float, attachments: bool,
                  attachment_share: float, recipient_share: float, id_share: float,
                  text: st.SearchStrategy[str] | None, alphabet: str | st.SearchStrategy[str] | None,
-                 precisions: Sequence[int], zones: Sequence[str], max_gap: dt.timedelta, max_aliases: int) -> None:
+                 precisions: Sequence[int], zones: Sequence[str], max_gap: dt.timedelta, max_aliases: int,
+                 read_share: float = 0.0, received_share: float = 0.0, priority_share: float = 0.0,
+                 draft_share: float = 0.0) -> None:
         for name, value in (("reply_share", reply_share), ("attachment_share", attachment_share),
-                            ("recipient_share", recipient_share), ("id_share", id_share)):
+                            ("recipient_share", recipient_share), ("id_share", id_share), ("read_share", read_share),
+                            ("received_share", received_share), ("priority_share", priority_share),
+                            ("draft_share", draft_share)):
             _check_share(name, value)
         _check_instant_options(precisions, zones)
         text_strategy = text if text is not None else texts(alphabet=alphabet)
@@ -315,6 +332,7 @@ class _MessageLists:
         people = st.integers(0, max(max_aliases - 1, 0))  # an alias, by index modulo their number
         recipients = st.lists(people, min_size=1, max_size=max(max_aliases - 1, 1), unique=True)
         replies = st.integers(0, max(max_size - 1, 0))  # an earlier message, by index modulo its position
+        reads = st.lists(st.tuples(people, gap), min_size=1, max_size=max(max_aliases - 1, 1))  # (reader, delay)
 
         @st.composite
         def draft(draw: st.DrawFn) -> dict[str, Any]:
@@ -333,7 +351,11 @@ class _MessageLists:
                 msg["recipient"] = draw(recipients)
             if _chance(draw, reply_share):
                 msg["reply_to"] = draw(replies)
+            msg.update(draw(read_state))
             return msg
+
+        read_state = _read_state_drafts(gap, reads, priority_share=priority_share, draft_share=draft_share,
+                                        received_share=received_share, read_share=read_share)
 
         # a list of independent drafts: the shrinker drops or simplifies one message at a time
         self.drafts = st.lists(draft(), min_size=min_size, max_size=max_size)
@@ -359,7 +381,7 @@ class _MessageLists:
                 if mid in used:  # an earlier explicit id took this position's default
                     mid = msg["id"] = _fresh_id(f"m{mid}", used, i)
             sender = msg["sender"] = aliases[d["sender"] % len(aliases)]
-            msg["sent"] = sent
+            msg["sent"] = sent  # (a draft's goes in `read_state`)
             for field in ("text", "attachments"):
                 if field in d:
                     msg[field] = d[field]
@@ -370,9 +392,29 @@ class _MessageLists:
                     msg["recipient"] = list(chosen)
             if i and "reply_to" in d:
                 msg["reply_to"] = used[d["reply_to"] % i]
+            _MessageLists.read_state(d, msg, aliases, moment)
             used.append(mid)
             out.append(msg)
         return out
+
+    @staticmethod
+    def read_state(d: dict[str, Any], msg: dict[str, Any], aliases: Sequence[str], moment: dt.datetime) -> None:
+        """A message's priority, draft status, received time and readers (recipients only, at or after `moment`,
+        when it was sent), from its draft `d`."""
+        if "priority" in d:
+            msg["priority"] = d["priority"]
+        if d.get("draft"):
+            del msg["sent"]
+            msg["status"] = DRAFT_STATUS
+            return
+        zone = msg["sent"][-6:] if msg["sent"][-1] != "Z" else "Z"
+        if "received" in d:
+            msg["received"] = _instant(moment + dt.timedelta(seconds=d["received"] + 1), 0, zone)
+        recipients = msg.get("recipient") or [a for a in aliases if a != msg["sender"]]
+        read_by = {recipients[k % len(recipients)]: _instant(moment + dt.timedelta(seconds=delay + 1), 0, zone)
+                   for k, delay in d.get("reads", ()) if recipients}
+        if read_by:
+            msg["read_by"] = read_by
 
 
 def categories(*, codes: Sequence[str] = CATEGORY_CODES, system: str = CATEGORY_SYSTEM,
@@ -388,7 +430,40 @@ def categories(*, codes: Sequence[str] = CATEGORY_CODES, system: str = CATEGORY_
                     max_size=max_size)
 
 
+@st.composite
+def _read_state_drafts(draw: st.DrawFn, gap: st.SearchStrategy[int], reads: st.SearchStrategy[list[Any]], *,
+                       priority_share: float, draft_share: float, received_share: float, read_share: float
+                       ) -> dict[str, Any]:
+    """A message draft's priority, and whether it is a draft, or else its received delay and readers (by index,
+    with their delays after sent: `_MessageLists.read_state` makes them aliases and instants)."""
+    out: dict[str, Any] = {}
+    if _chance(draw, priority_share):
+        out["priority"] = draw(st.sampled_from(REQUEST_PRIORITIES))
+    if _chance(draw, draft_share):
+        out["draft"] = True
+        return out
+    if _chance(draw, received_share):
+        out["received"] = draw(gap)
+    if _chance(draw, read_share):
+        out["reads"] = draw(reads)
+    return out
+
+
+@st.composite
+def _thread_read_state(draw: st.DrawFn, participants: int, read_models: Sequence[str | None]) -> dict[str, Any]:
+    """A thread's priority and read model (simple only for two participants or fewer)."""
+    out: dict[str, Any] = {}
+    if _chance(draw, 0.1):
+        out["priority"] = draw(st.sampled_from(REQUEST_PRIORITIES))
+    fits = [m for m in read_models if m != "simple" or participants <= SIMPLE_MAX_PARTICIPANTS]
+    if fits and (model := draw(st.sampled_from(fits))) is not None:
+        out["read_model"] = model
+    return out
+
+
 # --- threads and bundles -----------------------------------------------------------------------------
+
+_READ_SHARES: dict[str, float] = {"read_share": 0.3, "received_share": 0.1, "priority_share": 0.1}
 
 
 def thread_specs(*, min_participants: int = 1, max_participants: int = 5, min_messages: int = 0,
@@ -398,13 +473,19 @@ def thread_specs(*, min_participants: int = 1, max_participants: int = 5, min_me
                  text: st.SearchStrategy[str] | None = None, alphabet: str | st.SearchStrategy[str] | None = None,
                  styles: Sequence[str] = REFERENCE_STYLES, participant_types: Sequence[str] = PARTICIPANT_TYPES,
                  precisions: Sequence[int] = PRECISIONS, zones: Sequence[str] = ZONES,
-                 key: st.SearchStrategy[str] | None = None) -> st.SearchStrategy[dict[str, Any]]:
+                 key: st.SearchStrategy[str] | None = None, read_state: bool = True,
+                 read_models: Sequence[str | None] = (None, *READ_MODELS), drafts: bool = False
+                 ) -> st.SearchStrategy[dict[str, Any]]:
     """A thread spec as plain data (as read from YAML/JSON), valid per the JSON Schema and `parse_spec`.
 
     Header fields (subject: a Patient, sender, sent, status, category) are each present or not;
     participants and messages as in `participants()` and `messages()` (`styles` and
     `participant_types` go to `participants`, the message options to `messages`); `key` draws the thread key
     (default `keys(thread=True)`; hypothesis repeats examples, so against a server set a fresh key in the test body).
+    With `read_state` (the default) messages may have readers, a received time or a priority (see `messages()`),
+    the thread a priority and one of `read_models` (`simple` only for threads of two participants or fewer);
+    without it, none of these. With `drafts`, some messages are drafts (status preparation, without `sent`: off
+    by default, as code that reads `sent` of every message would fail on them).
 
         @given(thread_specs(max_participants=2, max_messages=3, alphabet="abc", zones=["Z"]))
         def test_round_trip(spec): assert my_export(my_import(spec)) == spec
@@ -425,8 +506,7 @@ def thread_specs(*, min_participants: int = 1, max_participants: int = 5, min_me
         min_size=min_messages, max_size=max_messages, reply_share=reply_share, attachments=attachments,
         attachment_share=attachment_share, recipient_share=recipient_share, id_share=id_share, text=text,
         alphabet=alphabet, precisions=precisions, zones=zones, max_gap=dt.timedelta(days=1),
-        max_aliases=max_participants)
-
+        max_aliases=max_participants, **(_READ_SHARES if read_state else {}), draft_share=0.05 if drafts else 0.0)
     @st.composite
     def build(draw: st.DrawFn) -> dict[str, Any]:
         people = draw(people_strategy)
@@ -444,6 +524,8 @@ def thread_specs(*, min_participants: int = 1, max_participants: int = 5, min_me
             spec["status"] = draw(statuses)
         if with_category and _chance(draw, 0.5):
             spec["category"] = draw(codes)
+        if read_state:
+            spec.update(draw(_thread_read_state(len(people), read_models)))
         spec["participants"] = people
         spec["messages"] = message_lists.assemble(draw(message_lists.drafts), aliases, start + dt.timedelta(seconds=1))
         return spec
