@@ -32,6 +32,8 @@ from ..spec.model import Attachment, Coding, Message, Participant, ThreadSpec
 from ..vocabulary import (
     COMMUNICATION_STATUSES,
     DEFAULT_STATUS,
+    DRAFT_STATUS,
+    REQUEST_PRIORITIES,
     binary_reference,
     is_instant,
     is_key,
@@ -41,10 +43,10 @@ from ..vocabulary import (
 )
 
 KNOWN_HEADER_FIELDS = frozenset({"resourceType", "id", "meta", "identifier", "status", "category", "subject", "topic",
-                                 "sent", "recipient", "sender"})
+                                 "sent", "recipient", "sender", "priority"})
 """The fields of a header the spec format holds (`id` and `meta` are the server's own)."""
 KNOWN_MESSAGE_FIELDS = frozenset({"resourceType", "id", "meta", "identifier", "status", "category", "partOf",
-                                  "inResponseTo", "sent", "recipient", "sender", "payload"})
+                                  "inResponseTo", "sent", "received", "recipient", "sender", "payload", "priority"})
 """The fields of a message the spec format holds."""
 NO_TOPIC = "(no topic)"
 """The topic of an exported thread whose header has none (a spec needs one; the problem is listed)."""
@@ -215,33 +217,44 @@ class _Thread:
                 self.problem(f"header category: coding {c!r} is not kept (it needs a code)")
         return out
 
-    def instant(self, resource: Mapping[str, Any], where: str) -> str | None:
-        sent = resource.get("sent")
-        if sent is None:
+    def instant(self, resource: Mapping[str, Any], where: str, name: str = "sent") -> str | None:
+        value = resource.get(name)
+        if value is None:
             return None
-        if isinstance(sent, str) and is_instant(sent):
-            return sent
-        self.problem(f"{where}: sent {sent!r} is not an instant with seconds and a time zone: not kept")
+        if isinstance(value, str) and is_instant(value):
+            return value
+        self.problem(f"{where}: {name} {value!r} is not an instant with seconds and a time zone: not kept")
         return None
 
     # --- messages -----------------------------------------------------------------------------------
 
     def message(self, m: Mapping[str, Any], mid: str, ids: Mapping[str, str], seen: set[str],
-                thread_status: str) -> Message | None:
+                thread: tuple[str, str | None]) -> Message | None:
+        """Message `mid`, or None (listed) when the spec cannot hold it; `thread`: the thread's status and priority."""
         where = f"Communication/{m.get('id')}"
         sender_ref = _ref(m.get("sender"))
         sender = self.people.alias.get(sender_ref[0]) if sender_ref else None
         sent = self.instant(m, where)
         text, attachments = self.payload(m, where)
-        if sender is None or sent is None or (text is None and not attachments):
-            why = "no sender" if sender is None else "no sent instant" if sent is None else "no text or attachment"
+        status = self.status(m, where, thread[0])
+        if sender is None or (sent is None and status != DRAFT_STATUS) or (text is None and not attachments):
+            why = "no sender" if sender is None else "no text or attachment" if sent is not None or \
+                status == DRAFT_STATUS else "no sent instant (only a draft, status preparation, may have none)"
             self.problem(f"{where}: {why}: the message is not in the spec", m)
             return None
-        status = self.status(m, where, thread_status)
+        priority = self.priority(m, where)
         # issue 16 (read state): a message's `read_by` is recovered here, beside its status
         return Message(mid, sender, sent, text=text, attachments=attachments,
                        recipient=self.recipients(m, sender, where), reply_to=self.reply_to(m, ids, seen, where),
-                       status=None if status == thread_status else status)
+                       status=None if status == thread[0] else status, received=self.instant(m, where, "received"),
+                       priority=None if priority == thread[1] else priority)
+
+    def priority(self, resource: Mapping[str, Any], where: str) -> str | None:
+        priority = resource.get("priority")
+        if priority is None or priority in REQUEST_PRIORITIES:
+            return priority
+        self.problem(f"{where}: priority {priority!r} is not a request priority: not kept")
+        return None
 
     def payload(self, m: Mapping[str, Any], where: str) -> tuple[str | None, list[Attachment]]:
         text: str | None = None
@@ -331,19 +344,21 @@ class _Thread:
         self.unknown_fields()
         self.collect_people()
         status = self.status(self.header, "header", DEFAULT_STATUS)
+        priority = self.priority(self.header, "header")
         ids = self.ids = self.message_ids()
         seen: set[str] = set()
         messages = []
         for m in self.messages:
             mid = ids[str(m.get("id"))]
-            if (message := self.message(m, mid, ids, seen, status)) is not None:
+            if (message := self.message(m, mid, ids, seen, (status, priority))) is not None:
                 messages.append(message)
                 seen.add(mid)
         sender = _ref(self.header.get("sender"))
         try:
             return ThreadSpec(self.key, self.topic(), self.people.participants(), messages, subject=self.subject(),
                               sender=self.people.alias[sender[0]] if sender else None,
-                              sent=self.instant(self.header, "header"), status=status, category=self.category())
+                              sent=self.instant(self.header, "header"), status=status, category=self.category(),
+                              priority=priority)
         except SpecError as exc:
             self.problem("no spec could be made: " + "; ".join(f"{p.path}: {p.message}" for p in exc.problems),
                          self.header)
