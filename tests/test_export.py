@@ -607,3 +607,14 @@ def test_an_attachment_url_medplum_signed_on_the_way_out_is_kept_as_the_binary_i
     shaped = shape_thread(_header(), [message], identifier_system=SYSTEM)
     assert shaped.problems == [] and shaped.spec is not None
     assert shaped.spec.messages[0].attachments[0].url == f"Binary/{binary}"
+
+
+def test_priorities_received_and_drafts_are_kept() -> None:
+    draft = _message(2, sent=None, status="preparation", priority="urgent")
+    read = _message(1, received="2024-01-01T10:05:00Z", priority="asap")
+    spec = shape_thread(_header(priority="urgent"), [draft, read], identifier_system=SYSTEM).spec
+    assert spec is not None and spec.priority == "urgent"
+    assert [(m.id, m.sent, m.status, m.priority, m.received) for m in spec.messages] == [
+        ("1", "2024-01-01T10:01:00Z", None, "asap", "2024-01-01T10:05:00Z"), ("2", None, "preparation", None, None)]
+    gone = shape_thread(_header(), [_message(1, sent=None)], identifier_system=SYSTEM)
+    assert "Communication/m1: no sent instant (only a draft, status preparation, may have none)" in gone.problems[0]
