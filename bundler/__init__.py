@@ -22,7 +22,7 @@ _WHERE = {
     "validate": "check", "validate_files": "check",
     "BearerToken": "medplum.auth", "ClientCredentials": "medplum.auth", "FhirClient": "medplum.client",
     "doctor": "medplum.doctor",
-    "load": "load", "verify": "load",
+    "load": "load", "verify": "load", "export": "export",
     "iter_threads": "migrate", "migrate": "migrate",
 }
 """Where each public name lives; `import bundler` imports none of them until one is used."""
@@ -30,7 +30,8 @@ _WHERE = {
 __all__ = [
     "DEFAULT_IDENTIFIER_SYSTEM", "AuthError", "BearerToken", "BundleInvalid", "BundlerError", "ClientCredentials",
     "FhirClient", "OptionError", "Problem", "ServerError", "SpecError", "ThreadSpec", "UnknownOutcome",
-    "build_bundle", "build_bundles", "build_files", "bundle_bytes", "doctor", "dumps", "full_url", "generate",
+    "build_bundle", "build_bundles", "build_files", "bundle_bytes", "doctor", "dumps", "export", "full_url",
+    "generate",
     "iter_threads",
     "load", "load_specs", "migrate", "parse_spec", "validate", "validate_files", "verify",
 ]
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
         SpecError,
         UnknownOutcome,
     )
+    from .export import export
     from .generator import generate
     from .load import load, verify
     from .medplum.auth import BearerToken, ClientCredentials

@@ -412,6 +412,29 @@ CASES: dict[str, Case] = {
     "tasks model with a Group as recipient": Case(
         {"t.yaml": _group(model="tasks").replace("Practitioner/3", "Group/3")}, ["build", "t.yaml"], 2,
         ["participants.c.reference: 'c' is a Group, which cannot own a read-receipt Task"]),
+    # --- export: options refused before anything is sent (no server needed to refuse them) -----------------
+    "export: --since not an instant": Case({}, ["export", "-o", "out", "--since", "yesterday"], 2,
+                                           ["Invalid value for '--since': 'yesterday' must be a FHIR instant"]),
+    "export: --since an impossible date": Case({}, ["export", "-o", "out", "--since", "2024-02-30T00:00:00Z"], 2,
+                                               ["'2024-02-30T00:00:00Z' is not a real date"]),
+    "export: --subject not a reference": Case({}, ["export", "-o", "out", "--subject", "Patient"], 2,
+                                              ["'--subject': 'Patient' must be a literal reference Type/id"]),
+    "export: --subject conditional": Case({}, ["export", "-o", "out", "--subject", "Patient?identifier=a|b"], 2,
+                                          ["must be a literal reference Type/id", "always a literal one"]),
+    "export: --subject of a type no subject can be": Case(
+        {}, ["export", "-o", "out", "--subject", "Practitioner/1"], 2,
+        ["'Practitioner/1' is a Practitioner: a Communication's subject is one of Group, Patient"]),
+    "export: bad identifier system": Case({}, ["export", "-o", "out", "--identifier-system", "not a uri"], 2,
+                                          ["Invalid value for '--identifier-system'", "must be an absolute URI"]),
+    "export: participants file inside the export's folder": Case(
+        {}, ["export", "-o", "out", "--participants-file", "out/people.yaml", "--base-url", "http://127.0.0.1:9/",
+             "--token", "t"], 2, ["participants file: out/people.yaml is inside out", "put it beside the folder"],
+        never=["exporting"]),
+    "export: --attachments neither keep nor download": Case(
+        {}, ["export", "-o", "out", "--attachments", "fetch"], 2,
+        ["Invalid value for '--attachments': 'fetch' is not one of 'keep', 'download'"]),
+    "export: -o is a file": Case({"out": "x"}, ["export", "-o", "out", "--base-url", "http://127.0.0.1:9/",
+                                                "--token", "t"], 2, ["'out' is a file"]),
     "local server: port in use": Case({}, ["--port", "{port}"], 2,
                                       ["error: port {port} on 127.0.0.1 is already in use",
                                        "--port 0 for any free one"], never=["EADDRINUSE", "Node.js"],

@@ -6,6 +6,7 @@ import click
 
 from .build import build_command
 from .demo import demo_command
+from .export import export_command
 from .generate import generate_command
 from .load import doctor_command, load_command, verify_command
 from .migrate import migrate_command, report_command
@@ -20,5 +21,5 @@ def main() -> None:
 
 
 for command in (build_command, validate_command, migrate_command, report_command, load_command, verify_command,
-                doctor_command, generate_command, demo_command):
+                export_command, doctor_command, generate_command, demo_command):
     main.add_command(command)

@@ -39,15 +39,20 @@ class VerifyResult:
                 "messages": self.messages, "differences": self.differences}
 
 
-def read_thread(client: FhirClient, header_id: str, *, receipts: bool = False) -> list[dict[str, Any]]:
+def read_thread(client: FhirClient, header_id: str, *, receipts: bool = False, page_size: int = 1000
+                ) -> list[dict[str, Any]]:
     """A thread's messages as an app reads them: part-of the header, sorted by sent, every page; with `receipts`,
     then its read receipts (tasks read model: `Task?focus=<header>&code=...|read-receipt`)."""
-    messages = client.search("Communication", {"part-of": f"Communication/{header_id}", "_sort": "sent",
-                                               "_count": "1000"})
+    messages = read_part_of(client, f"Communication/{header_id}", page_size=page_size)
     if receipts:
         messages += client.search("Task", {"focus": f"Communication/{header_id}",
                                            "code": f"{READ_RECEIPT_SYSTEM}|{READ_RECEIPT_CODE}", "_count": "1000"})
     return messages
+
+
+def read_part_of(client: FhirClient, reference: str, *, page_size: int = 1000) -> list[dict[str, Any]]:
+    """The Communications part of `reference` (a header, or whatever they point at), sorted by sent, every page."""
+    return client.search("Communication", {"part-of": reference, "_sort": "sent", "_count": str(page_size)})
 
 
 class Resolver:

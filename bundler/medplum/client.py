@@ -363,8 +363,13 @@ class FhirClient:
 
     def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
         """All resources a search matches (every page), without included resources; each has an `id`."""
+        return [r for page in self.search_resource_pages(resource_type, params) for r in page]
+
+    def search_resource_pages(self, resource_type: str, params: dict[str, str]) -> Iterator[list[dict[str, Any]]]:
+        """The resources a search matches, a page at a time (every page; no included resources; each has an `id`)."""
         what = f"search {resource_type}"
-        return [r for page in self.search_pages(resource_type, params) for r in _matches(page, what)]
+        for page in self.search_pages(resource_type, params):
+            yield _matches(page, what)
 
     def find_resources(self, resource_type: str, identifiers: Sequence[str], *, elements: str | None = None,
                        max_url: int = 6000) -> dict[str, dict[str, Any]]:
@@ -372,7 +377,7 @@ class FhirClient:
         exist; many per search request. A value held by several resources maps to the first found."""
         wanted = set(identifiers)
         found: dict[str, dict[str, Any]] = {}
-        for chunk in _chunks(identifiers, max_url=max_url, most=100):
+        for chunk in chunked(identifiers, max_url=max_url, most=100):
             tokens = ",".join(identifier_token(*ident.split("|", 1)) for ident in chunk)
             params = {"identifier": tokens, "_count": str(min(1000, 2 * len(chunk) + 10))}
             if elements:
@@ -414,7 +419,7 @@ def _checked_root(base_url: str, *, allow_insecure: bool) -> str:
     return root
 
 
-def _chunks(identifiers: Sequence[str], *, max_url: int, most: int) -> Iterator[list[str]]:
+def chunked(identifiers: Sequence[str], *, max_url: int, most: int) -> Iterator[list[str]]:
     """`identifiers`, each once, in groups of at most `most` whose search URL stays under about `max_url`."""
     chunk: list[str] = []
     length = 0
