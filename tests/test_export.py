@@ -43,13 +43,11 @@ def _ours(spec: ThreadSpec | dict[str, Any], prefix: str) -> ThreadSpec:
 
 def _untied(data: dict[str, Any]) -> dict[str, Any]:
     """Spec data whose messages are sent at strictly increasing moments (export orders messages by `sent`, and
-    the order of messages sent at the same moment is the server's, which FHIR leaves undefined), without read
-    state (not exported yet)."""
+    the order of messages sent at the same moment is the server's, which FHIR leaves undefined); a read moved
+    before its message's new moment is moved with it."""
     last: dt.datetime | None = None
     messages, drafts = [], []
-    data = {k: v for k, v in data.items() if k != "read_model"}  # read state: not exported yet (issue 16)
     for m in data.get("messages", []):
-        m = {k: v for k, v in m.items() if k != "read_by"}
         if "sent" not in m:  # a draft: never sent, so export puts it after the messages that were
             drafts.append(m)
             continue
@@ -57,6 +55,8 @@ def _untied(data: dict[str, Any]) -> dict[str, Any]:
         if last is not None and moment <= last:
             moment = (last + dt.timedelta(milliseconds=1)).astimezone(moment.tzinfo)
             m = {**m, "sent": format_instant(moment, digits=3)}
+            if m.get("read_by"):
+                m["read_by"] = {a: w if parse_instant(w) >= moment else m["sent"] for a, w in m["read_by"].items()}
         last = moment
         messages.append(m)
     return {**data, "messages": messages + drafts}
@@ -83,42 +83,36 @@ def assert_same_bundles(originals: list[ThreadSpec], exported: dict[str, ThreadS
 # --- round trips on the server -----------------------------------------------------------------------
 
 
-def _read_state(spec: ThreadSpec) -> bool:
-    """Whether `spec` keeps read state (`read_model`, `read_by`): export does not recover it yet (issue 16)."""
-    return spec.read_model is not None or any(m.read_by for m in spec.messages)
-
-
-def _without_read_state(spec: ThreadSpec) -> ThreadSpec:
-    """`spec` under another key, without its read state (its drafts and priorities kept)."""
-    data = spec.to_data()
-    data["thread"] = f"{data['thread']}-plain"
-    data.pop("read_model", None)
-    for m in data.get("messages", ()):
-        m.pop("read_by", None)
-    return parse_spec(data).with_files(spec.files)
-
-
 def test_fixtures_and_sample_threads_round_trip(project: Any, tmp_path: Path) -> None:
     specs = [_ours(s, project.prefix) for s in load_specs([FIXTURES])]
-    specs += [_without_read_state(s) for s in specs if _read_state(s)]
     specs += [_ours(s, project.prefix) for s in sample_specs(6, 4, prefix="s")]
     with client_for(project) as client:
         assert load(specs, client, journal=tmp_path / "j.sqlite").ok
         # pages of 2: headers and messages both come in several pages; the fixtures' files come back as files
         report = export(client, tmp_path / "out", topic=project.prefix, page_size=2, attachments="download")
         literal = resolve_references(client, specs)  # the fixtures' participants are created ones
-    plain = [s for s in specs if not _read_state(s)]  # drafts and priorities among them
-    assert any(m.sent is None for s in plain for m in s.messages) and any(s.priority for s in plain)
-    assert (report.threads, report.written, report.failed) == (len(specs), len(specs), 0)
+    # drafts, priorities and each read model among them
+    assert any(m.sent is None for s in specs for m in s.messages) and any(s.priority for s in specs)
+    assert {s.read_model for s in specs} == {None, "simple", "header-extension", "tasks"}
+    assert (report.threads, report.written, report.failed, report.not_in_shape) == (len(specs), len(specs), 0, 0)
     assert report.messages == sum(len(s.messages) for s in specs)
-    assert_same_bundles(plain, _exported(tmp_path / "out"), literal)
+    exported = _exported(tmp_path / "out")
+    assert_same_bundles(specs, exported, literal)  # read receipts and the header's extension among them
     lines = {line.get("key"): line for line in _report(tmp_path / "out")}
-    assert all(lines[s.key]["in_shape"] for s in plain)
-    # read state kept in the header's extension is listed, not silently lost
-    listed = [s for s in specs if s.read_model == "header-extension"]
-    assert listed and all("header: extension not in the spec format: not kept" in lines[s.key]["problems"]
-                          for s in listed)
+    assert all(lines[s.key]["in_shape"] for s in specs)
     assert lines[None]["summary"]["written"] == len(specs)
+    for spec in specs:  # who read what: as the spec says (tasks); its high-water mark (header-extension)
+        back = exported[spec.key]
+        if spec.read_model == "tasks":  # aliases from the receipts' identifiers: the original ones
+            assert back.read_model == "tasks"
+            assert [dict(m.read_by) for m in back.messages] == [dict(m.read_by) for m in spec.messages]
+        elif spec.read_model == "header-extension":
+            assert back.read_model == "header-extension"
+            assert [sorted(m.read_by.values()) for m in back.messages] == [sorted(m.read_by.values())
+                                                                            for m in spec.messages]
+        elif spec.read_model == "simple":  # plain fields (status, received): the same bundle, no model assumed
+            assert back.read_model is None and not any(m.read_by for m in back.messages)
+            assert [m.status for m in back.messages] == ["completed", "completed", None]
 
 
 @settings(max_examples=3, deadline=None, derandomize=True,
@@ -266,7 +260,7 @@ def test_a_thread_not_in_our_shape_is_exported_as_far_as_it_goes(project: Any, t
 
 
 def test_cli_exports_and_says_where(project: Any, tmp_path: Path) -> None:
-    specs = [_ours(s, project.prefix) for s in load_specs([FIXTURES]) if not _read_state(s)]
+    specs = [_ours(s, project.prefix) for s in load_specs([FIXTURES])]
     with client_for(project) as client:
         assert load(specs, client, journal=tmp_path / "j.sqlite").ok
         literal = resolve_references(client, specs)
@@ -358,7 +352,7 @@ def second_server() -> Iterator[LocalServer]:
 @pytest.mark.local_only
 def test_copy_between_two_servers_then_verify_there(project: Any, second_server: LocalServer,
                                                     tmp_path: Path) -> None:
-    specs = [_ours(s, project.prefix) for s in load_specs([FIXTURES]) if not _read_state(s)]
+    specs = [_ours(s, project.prefix) for s in load_specs([FIXTURES])]  # read state of each model among them
     specs += [_ours(s, project.prefix) for s in sample_specs(5, 3, prefix="c")]
     with client_for(project) as source:
         assert load(specs, source, journal=tmp_path / "a.sqlite").ok
