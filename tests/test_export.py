@@ -26,7 +26,16 @@ from bundler.medplum.localserver import LocalServer
 from bundler.spec import ThreadSpec, read_participants
 from bundler.spec.dump import dump_yaml
 from bundler.testing.strategies import sample_specs, thread_specs
-from bundler.vocabulary import format_instant, parse_instant
+from bundler.vocabulary import (
+    READ_RECEIPT_CODE,
+    READ_RECEIPT_SYSTEM,
+    READ_STATE_EXTENSION,
+    READ_STATE_LAST_READ,
+    READ_STATE_LAST_READ_AT,
+    READ_STATE_PARTICIPANT,
+    format_instant,
+    parse_instant,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures/threads"
@@ -515,6 +524,29 @@ def _message(n: int, **changes: Any) -> dict[str, Any]:
         "payload": [{"contentString": f"text {n}"}]} | changes)
 
 
+def _mark(reader: str, last: str, at: str = "2024-01-01T12:00:00Z") -> dict[str, Any]:
+    """A thread-read-state extension: `reader` read up to message `last` at `at`."""
+    who = {"reference": reader, "display": "Ann"} if reader == "Patient/1" else {"reference": reader}
+    return {"url": READ_STATE_EXTENSION, "extension": [
+        {"url": READ_STATE_PARTICIPANT, "valueReference": who},
+        {"url": READ_STATE_LAST_READ, "valueReference": {"reference": last}},
+        {"url": READ_STATE_LAST_READ_AT, "valueDateTime": at}]}
+
+
+def _receipt(n: int, alias: str, read: str | None = None, **changes: Any) -> dict[str, Any]:
+    """The read receipt of message `n` of thread t1 for the doctor (Practitioner/2), named `alias` by its
+    identifier, as the builder makes it: read at `read`, else unread."""
+    task: dict[str, Any] = {
+        "resourceType": "Task", "id": f"r{n}", "identifier": [{"system": SYSTEM, "value": f"t1/{n}/read/{alias}"}],
+        "status": "completed" if read else "requested", "intent": "order",
+        "code": {"coding": [{"system": READ_RECEIPT_SYSTEM, "code": READ_RECEIPT_CODE}]},
+        "focus": {"reference": "Communication/h1"}, "authoredOn": f"2024-01-01T10:0{n}:00Z",
+        "owner": {"reference": "Practitioner/2"}}
+    if read:
+        task["executionPeriod"] = {"end": read}
+    return _without_none(task | changes)
+
+
 SHAPES: dict[str, tuple[dict[str, Any], list[dict[str, Any]], list[str]]] = {
     "in our shape": (_header(), [_message(1), _message(2)], []),
     "header with a payload": (_header(payload=[{"contentString": "x"}]), [_message(1)],
@@ -538,6 +570,14 @@ SHAPES: dict[str, tuple[dict[str, Any], list[dict[str, Any]], list[str]]] = {
     "a message without recipients": (_header(), [_message(1, recipient=None)], ["no recipients"]),
     "a sender the header does not list": (_header(), [_message(1, sender={"reference": "Patient/9"})],
                                           ["header.recipient: 3 expected, 2 on the server"]),
+    "an extension that is no read state": (_header(extension=[{"url": "urn:x", "valueString": "x"}]), [],
+                                           ["header: extension not in the spec format"]),
+    "read state pointing outside the thread": (_header(extension=[_mark("Practitioner/2", "Communication/x")]),
+                                               [_message(1)], ["a thread-read-state extension the spec cannot hold"]),
+    "read state of someone no participant": (_header(extension=[_mark("Patient/9", "Communication/m1")]),
+                                             [_message(1)], ["a thread-read-state extension the spec cannot hold"]),
+    "read state of a message its reader sent": (_header(extension=[_mark("Patient/1", "Communication/m1")]),
+                                                [_message(1)], ["header.extension: on the server but not in the spec"]),
 }
 
 
@@ -612,3 +652,47 @@ def test_priorities_received_and_drafts_are_kept() -> None:
         ("1", "2024-01-01T10:01:00Z", None, "asap", "2024-01-01T10:05:00Z"), ("2", None, "preparation", None, None)]
     gone = shape_thread(_header(), [_message(1, sent=None)], identifier_system=SYSTEM)
     assert "Communication/m1: no sent instant (only a draft, status preparation, may have none)" in gone.problems[0]
+
+
+def test_read_receipts_give_read_by_and_the_aliases_their_identifiers_name() -> None:
+    receipts = [_receipt(1, "doc", "2024-01-01T11:00:00Z"), _receipt(2, "doc")]
+    shaped = shape_thread(_header(), [_message(1), _message(2)], identifier_system=SYSTEM, receipts=receipts)
+    assert shaped.problems == [] and shaped.spec is not None
+    assert shaped.spec.read_model == "tasks" and list(shaped.spec.participants) == ["ann", "doc"]
+    assert [dict(m.read_by) for m in shaped.spec.messages] == [{"doc": "2024-01-01T11:00:00Z"}, {}]
+
+
+@pytest.mark.parametrize(("receipts", "expected"), [
+    ([_receipt(1, "doc", identifier=None)], "Task/r1: has no urn:thread-bundler:thread identifier"),
+    # read before it was sent: no spec can say so
+    ([_receipt(1, "doc", "2024-01-01T09:00:00Z")], "executionPeriod: on the server but not in the spec"),
+    ([_receipt(1, "doc"), _receipt(2, "doc", status="cancelled")], "status: expected 'requested', got 'cancelled'"),
+    ([_receipt(1, "doc"), _receipt(2, "doc"), _receipt(3, "doc")], "on the server in this thread but not in the spec"),
+])
+def test_read_receipts_the_spec_cannot_hold_are_listed(receipts: list[dict[str, Any]], expected: str) -> None:
+    shaped = shape_thread(_header(), [_message(1), _message(2)], identifier_system=SYSTEM, receipts=receipts)
+    assert shaped.spec is not None
+    assert any(expected in p for p in shaped.problems), shaped.problems
+
+
+def test_a_header_extension_high_water_mark_marks_each_message_up_to_it_read() -> None:
+    """Medplum's header-extension model keeps the last message each participant read: every message up to it
+    that they received counts as read, at the one time the server keeps (when they read the last)."""
+    back = _message(3, sender={"reference": "Practitioner/2"}, recipient=[{"reference": "Patient/1",
+                                                                           "display": "Ann"}])
+    header = _header(extension=[_mark("Patient/1", "Communication/m3", "2024-01-01T10:40:00Z"),
+                                _mark("Practitioner/2", "Communication/m2", "2024-01-01T10:30:00Z")])
+    shaped = shape_thread(header, [_message(1), _message(2), back, _message(4)], identifier_system=SYSTEM)
+    assert shaped.problems == [] and shaped.spec is not None
+    assert shaped.spec.read_model == "header-extension"
+    assert [dict(m.read_by) for m in shaped.spec.messages] == [
+        {"practitioner-2": "2024-01-01T10:30:00Z"}, {"practitioner-2": "2024-01-01T10:30:00Z"},
+        {"ann": "2024-01-01T10:40:00Z"}, {}]
+
+
+def test_completed_and_received_stay_plain_fields_no_simple_model_is_assumed() -> None:
+    read = _message(1, status="completed", received="2024-01-01T11:00:00Z")
+    shaped = shape_thread(_header(), [read, _message(2)], identifier_system=SYSTEM)
+    assert shaped.problems == [] and shaped.spec is not None and shaped.spec.read_model is None
+    assert [(m.status, m.received, dict(m.read_by)) for m in shaped.spec.messages] == [
+        ("completed", "2024-01-01T11:00:00Z", {}), (None, None, {})]

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..build import build_bundle, full_url, identifier_value
+from ..build import build_bundle, entry_values, full_url, identifier_value
 from ..errors import SpecError
 from ..load.compare import IGNORED, compare_thread
 from ..spec.model import Attachment, Coding, Message, Participant, ThreadSpec
@@ -578,7 +578,7 @@ def _differences(spec: ThreadSpec, thread: _Thread, system: str) -> list[str]:
     if not thread.missing and _same(bundle, resources):
         return []
     diff = compare_thread(spec, resources, identifier_system=system, resolved=resolved, bundle=bundle)
-    return [f"not as on the server: {line}" for line in diff.lines(system, _names(spec))
+    return [f"not as on the server: {line}" for line in diff.lines(system, entry_values(spec))
             if not (thread.files and _FILE_FACTS.search(line))]
 
 
@@ -613,7 +613,3 @@ def _same(bundle: Mapping[str, Any], resources: Sequence[Mapping[str, Any]]) -> 
 
 _FILE_FACTS = re.compile(r"\.contentAttachment\.(?:size|hash): missing on the server")
 """A downloaded file brings its size and hash, which the server's attachment may not have held: not a loss."""
-
-
-def _names(spec: ThreadSpec) -> list[str]:
-    return [identifier_value(spec.key)] + [identifier_value(spec.key, m.id) for m in spec.messages]
