@@ -401,6 +401,10 @@ def _threads_of(people: list[tuple[str, str]], prefix: str, threads: int) -> lis
         data["sender"] = "x0"
         for k, m in enumerate(data["messages"]):
             m["sender"] = f"x{k % 2}"  # x2 never writes: a participant that only receives
+            m.pop("recipient", None)
+        if n % 3 == 0:  # read receipts: their identifiers give the aliases back, which the participants file renames
+            data["read_model"] = "tasks"
+            data["messages"][1]["read_by"] = {"x2": data["messages"][1]["sent"]}
         out.append(_ours(data, prefix))
     return out
 
@@ -413,6 +417,7 @@ def test_copy_with_a_participants_file_into_an_empty_strict_project(project: Any
         assert load(specs, source, journal=tmp_path / "a.sqlite").ok
         report = export(source, tmp_path / "out", participants_file=tmp_path / "people.yaml", topic=project.prefix)
     assert report.ok and report.participants == 5, report.participant_problems
+    assert any(s.read_model for s in specs)
     shared = read_participants(tmp_path / "people.yaml")
     # a spec names a participant by alias alone where the file puts it in the same place; else in full
     texts = [f.read_text() for f in (tmp_path / "out").glob("*.yaml")]
@@ -422,6 +427,14 @@ def test_copy_with_a_participants_file_into_an_empty_strict_project(project: Any
     conditional = {ref: shared.participants[a].reference for a in shared.participants
                    for ref, d in people if shared.participants[a].display == d}
     for spec in specs:  # the same bundle, but for the references: conditional ones, to be made anywhere
+        if spec.read_model == "tasks":  # and the aliases in the receipts' identifiers: the file's; who read what kept
+            back = exported[spec.key]
+            assert back.read_model == "tasks" and "x2" not in back.participants
+            assert any(m.read_by for m in back.messages)
+            assert [{conditional[spec.participants[a].reference]: w for a, w in m.read_by.items()}
+                    for m in spec.messages] == [{back.participants[a].reference: w for a, w in m.read_by.items()}
+                                                for m in back.messages]
+            continue
         original = bundle_bytes(spec).decode()
         for literal, ref in conditional.items():
             original = original.replace(f'"{literal}"', json.dumps(ref))
