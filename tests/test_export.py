@@ -26,7 +26,16 @@ from bundler.medplum.localserver import LocalServer
 from bundler.spec import ThreadSpec, read_participants
 from bundler.spec.dump import dump_yaml
 from bundler.testing.strategies import sample_specs, thread_specs
-from bundler.vocabulary import format_instant, parse_instant
+from bundler.vocabulary import (
+    READ_RECEIPT_CODE,
+    READ_RECEIPT_SYSTEM,
+    READ_STATE_EXTENSION,
+    READ_STATE_LAST_READ,
+    READ_STATE_LAST_READ_AT,
+    READ_STATE_PARTICIPANT,
+    format_instant,
+    parse_instant,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures/threads"
@@ -43,13 +52,11 @@ def _ours(spec: ThreadSpec | dict[str, Any], prefix: str) -> ThreadSpec:
 
 def _untied(data: dict[str, Any]) -> dict[str, Any]:
     """Spec data whose messages are sent at strictly increasing moments (export orders messages by `sent`, and
-    the order of messages sent at the same moment is the server's, which FHIR leaves undefined), without read
-    state (not exported yet)."""
+    the order of messages sent at the same moment is the server's, which FHIR leaves undefined); a read moved
+    before its message's new moment is moved with it."""
     last: dt.datetime | None = None
     messages, drafts = [], []
-    data = {k: v for k, v in data.items() if k != "read_model"}  # read state: not exported yet (issue 16)
     for m in data.get("messages", []):
-        m = {k: v for k, v in m.items() if k != "read_by"}
         if "sent" not in m:  # a draft: never sent, so export puts it after the messages that were
             drafts.append(m)
             continue
@@ -57,6 +64,8 @@ def _untied(data: dict[str, Any]) -> dict[str, Any]:
         if last is not None and moment <= last:
             moment = (last + dt.timedelta(milliseconds=1)).astimezone(moment.tzinfo)
             m = {**m, "sent": format_instant(moment, digits=3)}
+            if m.get("read_by"):
+                m["read_by"] = {a: w if parse_instant(w) >= moment else m["sent"] for a, w in m["read_by"].items()}
         last = moment
         messages.append(m)
     return {**data, "messages": messages + drafts}
@@ -83,42 +92,36 @@ def assert_same_bundles(originals: list[ThreadSpec], exported: dict[str, ThreadS
 # --- round trips on the server -----------------------------------------------------------------------
 
 
-def _read_state(spec: ThreadSpec) -> bool:
-    """Whether `spec` keeps read state (`read_model`, `read_by`): export does not recover it yet (issue 16)."""
-    return spec.read_model is not None or any(m.read_by for m in spec.messages)
-
-
-def _without_read_state(spec: ThreadSpec) -> ThreadSpec:
-    """`spec` under another key, without its read state (its drafts and priorities kept)."""
-    data = spec.to_data()
-    data["thread"] = f"{data['thread']}-plain"
-    data.pop("read_model", None)
-    for m in data.get("messages", ()):
-        m.pop("read_by", None)
-    return parse_spec(data).with_files(spec.files)
-
-
 def test_fixtures_and_sample_threads_round_trip(project: Any, tmp_path: Path) -> None:
     specs = [_ours(s, project.prefix) for s in load_specs([FIXTURES])]
-    specs += [_without_read_state(s) for s in specs if _read_state(s)]
     specs += [_ours(s, project.prefix) for s in sample_specs(6, 4, prefix="s")]
     with client_for(project) as client:
         assert load(specs, client, journal=tmp_path / "j.sqlite").ok
         # pages of 2: headers and messages both come in several pages; the fixtures' files come back as files
         report = export(client, tmp_path / "out", topic=project.prefix, page_size=2, attachments="download")
         literal = resolve_references(client, specs)  # the fixtures' participants are created ones
-    plain = [s for s in specs if not _read_state(s)]  # drafts and priorities among them
-    assert any(m.sent is None for s in plain for m in s.messages) and any(s.priority for s in plain)
-    assert (report.threads, report.written, report.failed) == (len(specs), len(specs), 0)
+    # drafts, priorities and each read model among them
+    assert any(m.sent is None for s in specs for m in s.messages) and any(s.priority for s in specs)
+    assert {s.read_model for s in specs} == {None, "simple", "header-extension", "tasks"}
+    assert (report.threads, report.written, report.failed, report.not_in_shape) == (len(specs), len(specs), 0, 0)
     assert report.messages == sum(len(s.messages) for s in specs)
-    assert_same_bundles(plain, _exported(tmp_path / "out"), literal)
+    exported = _exported(tmp_path / "out")
+    assert_same_bundles(specs, exported, literal)  # read receipts and the header's extension among them
     lines = {line.get("key"): line for line in _report(tmp_path / "out")}
-    assert all(lines[s.key]["in_shape"] for s in plain)
-    # read state kept in the header's extension is listed, not silently lost
-    listed = [s for s in specs if s.read_model == "header-extension"]
-    assert listed and all("header: extension not in the spec format: not kept" in lines[s.key]["problems"]
-                          for s in listed)
+    assert all(lines[s.key]["in_shape"] for s in specs)
     assert lines[None]["summary"]["written"] == len(specs)
+    for spec in specs:  # who read what: as the spec says (tasks); its high-water mark (header-extension)
+        back = exported[spec.key]
+        if spec.read_model == "tasks":  # aliases from the receipts' identifiers: the original ones
+            assert back.read_model == "tasks"
+            assert [dict(m.read_by) for m in back.messages] == [dict(m.read_by) for m in spec.messages]
+        elif spec.read_model == "header-extension":
+            assert back.read_model == "header-extension"
+            assert [sorted(m.read_by.values()) for m in back.messages] == [sorted(m.read_by.values())
+                                                                            for m in spec.messages]
+        elif spec.read_model == "simple":  # plain fields (status, received): the same bundle, no model assumed
+            assert back.read_model is None and not any(m.read_by for m in back.messages)
+            assert [m.status for m in back.messages] == ["completed", "completed", None]
 
 
 @settings(max_examples=3, deadline=None, derandomize=True,
@@ -266,7 +269,7 @@ def test_a_thread_not_in_our_shape_is_exported_as_far_as_it_goes(project: Any, t
 
 
 def test_cli_exports_and_says_where(project: Any, tmp_path: Path) -> None:
-    specs = [_ours(s, project.prefix) for s in load_specs([FIXTURES]) if not _read_state(s)]
+    specs = [_ours(s, project.prefix) for s in load_specs([FIXTURES])]
     with client_for(project) as client:
         assert load(specs, client, journal=tmp_path / "j.sqlite").ok
         literal = resolve_references(client, specs)
@@ -358,7 +361,7 @@ def second_server() -> Iterator[LocalServer]:
 @pytest.mark.local_only
 def test_copy_between_two_servers_then_verify_there(project: Any, second_server: LocalServer,
                                                     tmp_path: Path) -> None:
-    specs = [_ours(s, project.prefix) for s in load_specs([FIXTURES]) if not _read_state(s)]
+    specs = [_ours(s, project.prefix) for s in load_specs([FIXTURES])]  # read state of each model among them
     specs += [_ours(s, project.prefix) for s in sample_specs(5, 3, prefix="c")]
     with client_for(project) as source:
         assert load(specs, source, journal=tmp_path / "a.sqlite").ok
@@ -398,6 +401,10 @@ def _threads_of(people: list[tuple[str, str]], prefix: str, threads: int) -> lis
         data["sender"] = "x0"
         for k, m in enumerate(data["messages"]):
             m["sender"] = f"x{k % 2}"  # x2 never writes: a participant that only receives
+            m.pop("recipient", None)
+        if n % 3 == 0:  # read receipts: their identifiers give the aliases back, which the participants file renames
+            data["read_model"] = "tasks"
+            data["messages"][1]["read_by"] = {"x2": data["messages"][1]["sent"]}
         out.append(_ours(data, prefix))
     return out
 
@@ -410,6 +417,7 @@ def test_copy_with_a_participants_file_into_an_empty_strict_project(project: Any
         assert load(specs, source, journal=tmp_path / "a.sqlite").ok
         report = export(source, tmp_path / "out", participants_file=tmp_path / "people.yaml", topic=project.prefix)
     assert report.ok and report.participants == 5, report.participant_problems
+    assert any(s.read_model for s in specs)
     shared = read_participants(tmp_path / "people.yaml")
     # a spec names a participant by alias alone where the file puts it in the same place; else in full
     texts = [f.read_text() for f in (tmp_path / "out").glob("*.yaml")]
@@ -419,6 +427,14 @@ def test_copy_with_a_participants_file_into_an_empty_strict_project(project: Any
     conditional = {ref: shared.participants[a].reference for a in shared.participants
                    for ref, d in people if shared.participants[a].display == d}
     for spec in specs:  # the same bundle, but for the references: conditional ones, to be made anywhere
+        if spec.read_model == "tasks":  # and the aliases in the receipts' identifiers: the file's; who read what kept
+            back = exported[spec.key]
+            assert back.read_model == "tasks" and "x2" not in back.participants
+            assert any(m.read_by for m in back.messages)
+            assert [{conditional[spec.participants[a].reference]: w for a, w in m.read_by.items()}
+                    for m in spec.messages] == [{back.participants[a].reference: w for a, w in m.read_by.items()}
+                                                for m in back.messages]
+            continue
         original = bundle_bytes(spec).decode()
         for literal, ref in conditional.items():
             original = original.replace(f'"{literal}"', json.dumps(ref))
@@ -521,6 +537,29 @@ def _message(n: int, **changes: Any) -> dict[str, Any]:
         "payload": [{"contentString": f"text {n}"}]} | changes)
 
 
+def _mark(reader: str, last: str, at: str = "2024-01-01T12:00:00Z") -> dict[str, Any]:
+    """A thread-read-state extension: `reader` read up to message `last` at `at`."""
+    who = {"reference": reader, "display": "Ann"} if reader == "Patient/1" else {"reference": reader}
+    return {"url": READ_STATE_EXTENSION, "extension": [
+        {"url": READ_STATE_PARTICIPANT, "valueReference": who},
+        {"url": READ_STATE_LAST_READ, "valueReference": {"reference": last}},
+        {"url": READ_STATE_LAST_READ_AT, "valueDateTime": at}]}
+
+
+def _receipt(n: int, alias: str, read: str | None = None, **changes: Any) -> dict[str, Any]:
+    """The read receipt of message `n` of thread t1 for the doctor (Practitioner/2), named `alias` by its
+    identifier, as the builder makes it: read at `read`, else unread."""
+    task: dict[str, Any] = {
+        "resourceType": "Task", "id": f"r{n}", "identifier": [{"system": SYSTEM, "value": f"t1/{n}/read/{alias}"}],
+        "status": "completed" if read else "requested", "intent": "order",
+        "code": {"coding": [{"system": READ_RECEIPT_SYSTEM, "code": READ_RECEIPT_CODE}]},
+        "focus": {"reference": "Communication/h1"}, "authoredOn": f"2024-01-01T10:0{n}:00Z",
+        "owner": {"reference": "Practitioner/2"}}
+    if read:
+        task["executionPeriod"] = {"end": read}
+    return _without_none(task | changes)
+
+
 SHAPES: dict[str, tuple[dict[str, Any], list[dict[str, Any]], list[str]]] = {
     "in our shape": (_header(), [_message(1), _message(2)], []),
     "header with a payload": (_header(payload=[{"contentString": "x"}]), [_message(1)],
@@ -544,6 +583,14 @@ SHAPES: dict[str, tuple[dict[str, Any], list[dict[str, Any]], list[str]]] = {
     "a message without recipients": (_header(), [_message(1, recipient=None)], ["no recipients"]),
     "a sender the header does not list": (_header(), [_message(1, sender={"reference": "Patient/9"})],
                                           ["header.recipient: 3 expected, 2 on the server"]),
+    "an extension that is no read state": (_header(extension=[{"url": "urn:x", "valueString": "x"}]), [],
+                                           ["header: extension not in the spec format"]),
+    "read state pointing outside the thread": (_header(extension=[_mark("Practitioner/2", "Communication/x")]),
+                                               [_message(1)], ["a thread-read-state extension the spec cannot hold"]),
+    "read state of someone no participant": (_header(extension=[_mark("Patient/9", "Communication/m1")]),
+                                             [_message(1)], ["a thread-read-state extension the spec cannot hold"]),
+    "read state of a message its reader sent": (_header(extension=[_mark("Patient/1", "Communication/m1")]),
+                                                [_message(1)], ["header.extension: on the server but not in the spec"]),
 }
 
 
@@ -618,3 +665,47 @@ def test_priorities_received_and_drafts_are_kept() -> None:
         ("1", "2024-01-01T10:01:00Z", None, "asap", "2024-01-01T10:05:00Z"), ("2", None, "preparation", None, None)]
     gone = shape_thread(_header(), [_message(1, sent=None)], identifier_system=SYSTEM)
     assert "Communication/m1: no sent instant (only a draft, status preparation, may have none)" in gone.problems[0]
+
+
+def test_read_receipts_give_read_by_and_the_aliases_their_identifiers_name() -> None:
+    receipts = [_receipt(1, "doc", "2024-01-01T11:00:00Z"), _receipt(2, "doc")]
+    shaped = shape_thread(_header(), [_message(1), _message(2)], identifier_system=SYSTEM, receipts=receipts)
+    assert shaped.problems == [] and shaped.spec is not None
+    assert shaped.spec.read_model == "tasks" and list(shaped.spec.participants) == ["ann", "doc"]
+    assert [dict(m.read_by) for m in shaped.spec.messages] == [{"doc": "2024-01-01T11:00:00Z"}, {}]
+
+
+@pytest.mark.parametrize(("receipts", "expected"), [
+    ([_receipt(1, "doc", identifier=None)], "Task/r1: has no urn:thread-bundler:thread identifier"),
+    # read before it was sent: no spec can say so
+    ([_receipt(1, "doc", "2024-01-01T09:00:00Z")], "executionPeriod: on the server but not in the spec"),
+    ([_receipt(1, "doc"), _receipt(2, "doc", status="cancelled")], "status: expected 'requested', got 'cancelled'"),
+    ([_receipt(1, "doc"), _receipt(2, "doc"), _receipt(3, "doc")], "on the server in this thread but not in the spec"),
+])
+def test_read_receipts_the_spec_cannot_hold_are_listed(receipts: list[dict[str, Any]], expected: str) -> None:
+    shaped = shape_thread(_header(), [_message(1), _message(2)], identifier_system=SYSTEM, receipts=receipts)
+    assert shaped.spec is not None
+    assert any(expected in p for p in shaped.problems), shaped.problems
+
+
+def test_a_header_extension_high_water_mark_marks_each_message_up_to_it_read() -> None:
+    """Medplum's header-extension model keeps the last message each participant read: every message up to it
+    that they received counts as read, at the one time the server keeps (when they read the last)."""
+    back = _message(3, sender={"reference": "Practitioner/2"}, recipient=[{"reference": "Patient/1",
+                                                                           "display": "Ann"}])
+    header = _header(extension=[_mark("Patient/1", "Communication/m3", "2024-01-01T10:40:00Z"),
+                                _mark("Practitioner/2", "Communication/m2", "2024-01-01T10:30:00Z")])
+    shaped = shape_thread(header, [_message(1), _message(2), back, _message(4)], identifier_system=SYSTEM)
+    assert shaped.problems == [] and shaped.spec is not None
+    assert shaped.spec.read_model == "header-extension"
+    assert [dict(m.read_by) for m in shaped.spec.messages] == [
+        {"practitioner-2": "2024-01-01T10:30:00Z"}, {"practitioner-2": "2024-01-01T10:30:00Z"},
+        {"ann": "2024-01-01T10:40:00Z"}, {}]
+
+
+def test_completed_and_received_stay_plain_fields_no_simple_model_is_assumed() -> None:
+    read = _message(1, status="completed", received="2024-01-01T11:00:00Z")
+    shaped = shape_thread(_header(), [read, _message(2)], identifier_system=SYSTEM)
+    assert shaped.problems == [] and shaped.spec is not None and shaped.spec.read_model is None
+    assert [(m.status, m.received, dict(m.read_by)) for m in shaped.spec.messages] == [
+        ("completed", "2024-01-01T11:00:00Z", {}), (None, None, {})]

@@ -140,6 +140,7 @@ def _renamed(data: dict[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
             out[field_] = names[out[field_]]
     out["messages"] = [{**m, "sender": names[m["sender"]]}
                        | ({"recipient": [names[r] for r in m["recipient"]]} if "recipient" in m else {})
+                       | ({"read_by": {names[a]: w for a, w in m["read_by"].items()}} if "read_by" in m else {})
                        for m in data.get("messages", ())]
     if not out["messages"]:
         del out["messages"]

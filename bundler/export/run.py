@@ -1,8 +1,9 @@
 """`export`: threads out of a project as specs, streamed and paced like `load`.
 
 Headers are read a page at a time (`search.header_pages`); each thread is handed to a pool of `concurrency`
-workers that read its messages (`part-of`, `_sort=sent`, every page), shape it (`shape.shape_thread`) and write
-it (`write.Writer`) as it completes; at most a few pages' worth of threads are in flight, so memory does not grow
+workers that read its messages (`part-of`, `_sort=sent`, every page) and its read receipts (`Task?focus=<header>`
+`&code=...|read-receipt`, the tasks read model), shape it (`shape.shape_thread`) and write it (`write.Writer`) as it
+completes; at most a few pages' worth of threads are in flight, so memory does not grow
 with the number of threads. The client paces every request by the server's RateLimit header.
 """
 
@@ -222,7 +223,7 @@ class _Run:
         """Read, shape and write one thread (in a worker)."""
         assert self.writer is not None
         try:
-            messages = read_thread(self.client, str(header["id"]), page_size=self.page_size)
+            resources = read_thread(self.client, str(header["id"]), receipts=True, page_size=self.page_size)
         except BundlerError as exc:
             if _fatal(exc):
                 raise
@@ -231,8 +232,10 @@ class _Run:
                                   problems=[f"its messages could not be read: {error}"], dropped=[header])
             self.writer.line(result)
             return result
+        messages = [r for r in resources if r.get("resourceType") != "Task"]
+        receipts = [r for r in resources if r.get("resourceType") == "Task"]
         return self._written(lambda files: shape_thread(header, messages, identifier_system=self.system,
-                                                        files=files))
+                                                        files=files, receipts=receipts))
 
     def _written(self, shape: Callable[[Mapping[str, tuple[Attachment, bytes]] | None], Shaped], *,
                  orphans: bool = False) -> ThreadExport:

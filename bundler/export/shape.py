@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..build import build_bundle, full_url, identifier_value
+from ..build import build_bundle, entry_values, full_url, identifier_value
 from ..errors import SpecError
 from ..load.compare import IGNORED, compare_thread
 from ..spec.model import Attachment, Coding, Message, Participant, ThreadSpec
@@ -33,8 +33,14 @@ from ..vocabulary import (
     COMMUNICATION_STATUSES,
     DEFAULT_STATUS,
     DRAFT_STATUS,
+    READ_RECEIPT_READ,
+    READ_STATE_EXTENSION,
+    READ_STATE_LAST_READ,
+    READ_STATE_LAST_READ_AT,
+    READ_STATE_PARTICIPANT,
     REQUEST_PRIORITIES,
     binary_reference,
+    is_alias,
     is_instant,
     is_key,
     is_thread_key,
@@ -45,6 +51,8 @@ from ..vocabulary import (
 KNOWN_HEADER_FIELDS = frozenset({"resourceType", "id", "meta", "identifier", "status", "category", "subject", "topic",
                                  "sent", "recipient", "sender", "priority"})
 """The fields of a header the spec format holds (`id` and `meta` are the server's own)."""
+READ_STATE_FIELDS = frozenset({"extension"})
+"""Header fields that hold read state (the header-extension model), known when they hold nothing else."""
 KNOWN_MESSAGE_FIELDS = frozenset({"resourceType", "id", "meta", "identifier", "status", "category", "partOf",
                                   "inResponseTo", "sent", "received", "recipient", "sender", "payload", "priority"})
 """The fields of a message the spec format holds."""
@@ -83,12 +91,17 @@ def alias_base(reference: str, display: str | None) -> str:
     return base
 
 
-def aliases_for(people: Sequence[tuple[str, str | None]]) -> list[str]:
-    """A readable, unique alias for each (reference, display), in order: the display's slug, else the type and the
-    start of the id; a name taken already gets `-2`, `-3`, ..."""
-    taken: set[str] = set()
+def aliases_for(people: Sequence[tuple[str, str | None]], known: Mapping[str, str] | None = None) -> list[str]:
+    """A readable, unique alias for each (reference, display), in order: the one `known` gives its reference (an
+    alias the server keeps: read receipts' identifiers name their owner's), else the display's slug, else the type
+    and the start of the id; a name taken already gets `-2`, `-3`, ..."""
+    known = known or {}
+    taken: set[str] = set(known.values())
     out = []
     for reference, display in people:
+        if reference in known:
+            out.append(known[reference])
+            continue
         base = alias_base(reference, display)
         alias, n = base, 1
         while alias in taken:
@@ -131,8 +144,8 @@ class _People:
             self.displays[reference] = display
         return reference
 
-    def name(self) -> None:
-        self.alias = dict(zip(self.displays, aliases_for(list(self.displays.items())), strict=True))
+    def name(self, known: Mapping[str, str] | None = None) -> None:
+        self.alias = dict(zip(self.displays, aliases_for(list(self.displays.items()), known), strict=True))
 
     def participants(self) -> dict[str, Participant]:
         return {self.alias[r]: Participant(self.alias[r], r, d) for r, d in self.displays.items()}
@@ -142,8 +155,10 @@ class _Thread:
     """The work of `shape_thread` for one thread."""
 
     def __init__(self, header: Mapping[str, Any], messages: Sequence[Mapping[str, Any]], system: str,
-                 missing: str | None = None, files: Mapping[str, tuple[Attachment, bytes]] | None = None) -> None:
+                 missing: str | None = None, files: Mapping[str, tuple[Attachment, bytes]] | None = None,
+                 receipts: Sequence[Mapping[str, Any]] = ()) -> None:
         self.header, self.system, self.missing, self.files = header, system, missing, files or {}
+        self.receipts = list({str(t.get("id")): t for t in receipts}.values())
         self.out = Shaped(header_id=header.get("id"), messages=len(messages))
         if missing is not None:
             self.problem(missing)
@@ -152,6 +167,7 @@ class _Thread:
         self.messages = _in_order([_unsigned(m) for m in reversed(unique.values())])
         self.key = self._key()
         self.ids: dict[str, str] = {}  # server id → message id
+        self.reads = _Reads()
 
     def problem(self, text: str, dropped: Mapping[str, Any] | None = None) -> None:
         self.out.problems.append(text)
@@ -243,11 +259,13 @@ class _Thread:
             self.problem(f"{where}: {why}: the message is not in the spec", m)
             return None
         priority = self.priority(m, where)
-        # issue 16 (read state): a message's `read_by` is recovered here, beside its status
-        return Message(mid, sender, sent, text=text, attachments=attachments,
-                       recipient=self.recipients(m, sender, where), reply_to=self.reply_to(m, ids, seen, where),
-                       status=None if status == thread[0] else status, received=self.instant(m, where, "received"),
-                       priority=None if priority == thread[1] else priority)
+        recipient = self.recipients(m, sender, where)
+        readers = recipient if recipient is not None else [a for a in self.people.alias.values() if a != sender]
+        read_by = self.reads.of(str(m.get("id")), mid, readers, sent, status)
+        return Message(mid, sender, sent, text=text, attachments=attachments, recipient=recipient,
+                       reply_to=self.reply_to(m, ids, seen, where), status=None if status == thread[0] else status,
+                       received=self.instant(m, where, "received"),
+                       priority=None if priority == thread[1] else priority, read_by=read_by)
 
     def priority(self, resource: Mapping[str, Any], where: str) -> str | None:
         priority = resource.get("priority")
@@ -308,7 +326,8 @@ class _Thread:
     def unknown_fields(self) -> None:
         for resource, known, where in [(self.header, KNOWN_HEADER_FIELDS, "header")] + [
                 (m, KNOWN_MESSAGE_FIELDS, f"Communication/{m.get('id')}") for m in self.messages]:
-            extra = sorted(set(resource) - known)
+            extra = sorted(set(resource) - known - (READ_STATE_FIELDS if resource is self.header
+                                                     and _read_state_only(resource) else frozenset()))
             if extra:
                 self.problem(f"{where}: {', '.join(extra)} not in the spec format: not kept")
             others = [i for i in resource.get("identifier") or () if not (isinstance(i, dict)
@@ -325,8 +344,23 @@ class _Thread:
             self.people.see(m.get("sender"))
             for r in m.get("recipient") or ():
                 self.people.see(r)
-        self.people.name()
+        self.people.name(self.receipt_aliases())
         self.out.people = dict(self.people.displays)
+
+    def receipt_aliases(self) -> dict[str, str]:
+        """Reference → the alias our read receipts' identifiers (`<key>/<message id>/read/<alias>`) give their
+        owner, where they agree (one alias a reference, one reference an alias)."""
+        found: dict[str, set[str]] = {}
+        for task in self.receipts:
+            value, owner = _our_value(task, self.system), _ref(task.get("owner"))
+            alias = value.rpartition("/read/")[2] if value is not None and "/read/" in value else None
+            if alias is not None and owner is not None and is_alias(alias) and owner[0] in self.people.displays:
+                found.setdefault(owner[0], set()).add(alias)
+        known = {ref: next(iter(aliases)) for ref, aliases in found.items() if len(aliases) == 1}
+        owners: dict[str, int] = {}
+        for alias in known.values():
+            owners[alias] = owners.get(alias, 0) + 1
+        return {ref: alias for ref, alias in known.items() if owners[alias] == 1}
 
     def subject(self) -> str | None:
         ref = _ref(self.header.get("subject"))
@@ -346,6 +380,7 @@ class _Thread:
         status = self.status(self.header, "header", DEFAULT_STATUS)
         priority = self.priority(self.header, "header")
         ids = self.ids = self.message_ids()
+        read_model = self.read_state()
         seen: set[str] = set()
         messages = []
         for m in self.messages:
@@ -355,15 +390,107 @@ class _Thread:
                 seen.add(mid)
         sender = _ref(self.header.get("sender"))
         try:
-            return ThreadSpec(self.key, self.topic(), self.people.participants(), messages, subject=self.subject(),
-                              sender=self.people.alias[sender[0]] if sender else None,
-                              sent=self.instant(self.header, "header"), status=status, category=self.category(),
-                              priority=priority)
+            return self.thread_spec(messages, status, priority, read_model,
+                                    self.people.alias[sender[0]] if sender else None)
         except SpecError as exc:
             self.problem("no spec could be made: " + "; ".join(f"{p.path}: {p.message}" for p in exc.problems),
                          self.header)
             self.out.dropped.extend(dict(m) for m in self.messages)
             return None
+
+
+    def thread_spec(self, messages: list[Message], status: str, priority: str | None, read_model: str | None,
+                    sender: str | None) -> ThreadSpec:
+        """The ThreadSpec; a read model it cannot have (the tasks model with a recipient no Task may be owned by) is
+        listed and left out, its `read_by` kept."""
+        def make(model: str | None) -> ThreadSpec:
+            return ThreadSpec(self.key, self.topic(), self.people.participants(), messages, subject=self.subject(),
+                              sender=sender, sent=self.instant(self.header, "header"), status=status,
+                              category=self.category(), priority=priority, read_model=model)
+        if read_model is None:
+            return make(None)
+        try:
+            return make(read_model)
+        except SpecError as exc:
+            self.problem(f"read_model {read_model} not kept: " + "; ".join(p.message for p in exc.problems))
+            return make(None)
+
+    # --- read state ---------------------------------------------------------------------------------
+
+    def read_state(self) -> str | None:
+        """The read model the server's resources show, its reads noted in `self.reads`: read-receipt Tasks focused
+        on the header (tasks), else thread-read-state extensions on the header (header-extension), else none (a
+        message's `status` and `received` are kept as they are: see `_Reads`)."""
+        if self.receipts:
+            self.task_reads()
+            return "tasks"
+        marks = [e for e in self.header.get("extension") or () if isinstance(e, dict)
+                 and e.get("url") == READ_STATE_EXTENSION]
+        if marks:
+            self.extension_reads(marks)
+            return "header-extension"
+        return None
+
+    def task_reads(self) -> None:
+        """Who read which message, from its read receipts: `completed` ones, read when their executionPeriod ends.
+        Any other receipt (unread, or not as the builder makes them) is compared in `_differences`, and listed if
+        it differs."""
+        prefix = f"{self.key}/"
+        for task in self.receipts:
+            value, owner = _our_value(task, self.system), _ref(task.get("owner"))
+            mid = value[len(prefix):].partition("/read/")[0] if value and value.startswith(prefix) else None
+            alias = self.people.alias.get(owner[0]) if owner else None
+            period = task.get("executionPeriod")
+            end = period.get("end") if isinstance(period, dict) else None
+            if task.get("status") == READ_RECEIPT_READ and mid and alias and isinstance(end, str) and is_instant(end):
+                self.reads.by_id.setdefault(mid, {})[alias] = end
+
+    def extension_reads(self, marks: list[dict[str, Any]]) -> None:
+        """Each participant's high-water mark: the position of the last message they read, and when."""
+        position = {str(m.get("id")): n for n, m in enumerate(self.messages)}
+        for mark in marks:
+            parts = {e.get("url"): e for e in mark.get("extension") or () if isinstance(e, dict)}
+            who = _ref(parts.get(READ_STATE_PARTICIPANT, {}).get("valueReference"))
+            last = _ref(parts.get(READ_STATE_LAST_READ, {}).get("valueReference"))
+            when = parts.get(READ_STATE_LAST_READ_AT, {}).get("valueDateTime")
+            alias = self.people.alias.get(who[0]) if who else None
+            literal = parse_literal(last[0]) if last else None
+            at = position.get(literal[1]) if literal and literal[0] == "Communication" else None
+            if alias is None or at is None or not (isinstance(when, str) and is_instant(when)):
+                self.problem(f"header: a thread-read-state extension the spec cannot hold: {_short(mark)}")
+                continue
+            self.reads.marks[alias] = (at, when)
+        self.reads.position = position
+
+
+@dataclass
+class _Reads:
+    """The reads a thread's read model holds. Tasks: message id → reader → when. Header-extension: reader → (position
+    of the last message read, in thread order; when), a high-water mark: each message up to it the reader received
+    counts as read then (the one time the server keeps). The simple model is never assumed: a message's `completed`
+    and `received` are equally plain fields of a thread without a model, and are kept as such (same bundle)."""
+
+    by_id: dict[str, dict[str, str]] = field(default_factory=dict)
+    marks: dict[str, tuple[int, str]] = field(default_factory=dict)
+    position: dict[str, int] = field(default_factory=dict)  # server id → position in thread order
+
+    def of(self, server_id: str, mid: str, readers: Sequence[str], sent: str | None, status: str) -> dict[str, str]:
+        """Who read message `mid` and when: only recipients, of a sent message, at or after it was sent (what a spec
+        can say; anything else the server holds is listed by the comparison)."""
+        if sent is None or status == DRAFT_STATUS:
+            return {}
+        at = self.position.get(server_id, -1)
+        found = dict(self.by_id.get(mid, {}))
+        found |= {alias: when for alias, (last, when) in self.marks.items() if 0 <= at <= last}
+        moment = parse_instant(sent)
+        return {a: found[a] for a in readers if a in found and parse_instant(found[a]) >= moment}
+
+
+def _read_state_only(header: Mapping[str, Any]) -> bool:
+    """Whether every extension of `header` is a thread-read-state one (the header-extension model)."""
+    extensions = header.get("extension")
+    return isinstance(extensions, list) and all(isinstance(e, dict) and e.get("url") == READ_STATE_EXTENSION
+                                                for e in extensions)
 
 
 def _unsigned(message: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -400,11 +527,13 @@ def _short(value: Any, limit: int = 120) -> str:
 
 
 def shape_thread(header: Mapping[str, Any], messages: Iterable[Mapping[str, Any]], *, identifier_system: str,
-                 files: Mapping[str, tuple[Attachment, bytes]] | None = None) -> Shaped:
+                 files: Mapping[str, tuple[Attachment, bytes]] | None = None,
+                 receipts: Iterable[Mapping[str, Any]] = ()) -> Shaped:
     """`header` and its `messages` (as the server returned them) as a ThreadSpec, with every way it falls short of
     them (see the module docstring). `files`: attachment url → the file attachment that replaces it, and its bytes
-    (downloaded: they travel with the spec, their size and hash with them)."""
-    thread = _Thread(header, list(messages), identifier_system, files=files)
+    (downloaded: they travel with the spec, their size and hash with them). `receipts`: the read-receipt Tasks
+    focused on the header, whose owners' reads become `read_by` (read model tasks)."""
+    thread = _Thread(header, list(messages), identifier_system, files=files, receipts=list(receipts))
     spec = thread.out.spec = thread.spec()
     if spec is not None:
         thread.out.problems += _differences(spec, thread, identifier_system)
@@ -442,13 +571,14 @@ def _differences(spec: ThreadSpec, thread: _Thread, system: str) -> list[str]:
         value = wanted.get(str(resource.get("id")))
         if value is not None:
             resources.append({**resource, "identifier": [{"system": system, "value": value}]})
+    resources += map(dict, thread.receipts)  # by their own identifiers: one the builder would not make is listed
     resolved = {full_url(system, spec.key): f"Communication/{thread.header.get('id')}"}
     data = {a.hash: b for a, b in thread.files.values() if a.hash is not None}
     bundle = build_bundle(spec, identifier_system=system, files=data or None)
     if not thread.missing and _same(bundle, resources):
         return []
     diff = compare_thread(spec, resources, identifier_system=system, resolved=resolved, bundle=bundle)
-    return [f"not as on the server: {line}" for line in diff.lines(system, _names(spec))
+    return [f"not as on the server: {line}" for line in diff.lines(system, entry_values(spec))
             if not (thread.files and _FILE_FACTS.search(line))]
 
 
@@ -474,6 +604,8 @@ def _same(bundle: Mapping[str, Any], resources: Sequence[Mapping[str, Any]]) -> 
         for name in ("partOf", "inResponseTo"):
             if name in expected:
                 expected[name] = [{"reference": held.get(r["reference"], r["reference"])} for r in expected[name]]
+        if "focus" in expected:  # a read receipt's: the header
+            expected["focus"] = {"reference": held.get(expected["focus"]["reference"], "")}
         if expected != {k: v for k, v in got.items() if k not in IGNORED}:
             return False
     return True
@@ -481,7 +613,3 @@ def _same(bundle: Mapping[str, Any], resources: Sequence[Mapping[str, Any]]) -> 
 
 _FILE_FACTS = re.compile(r"\.contentAttachment\.(?:size|hash): missing on the server")
 """A downloaded file brings its size and hash, which the server's attachment may not have held: not a loss."""
-
-
-def _names(spec: ThreadSpec) -> list[str]:
-    return [identifier_value(spec.key)] + [identifier_value(spec.key, m.id) for m in spec.messages]
