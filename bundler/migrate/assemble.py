@@ -310,6 +310,8 @@ class Assembler:
                                     WARNING))
             else:
                 reads.append((alias, when))
+        if not reads:  # (most rows: no instant to parse)
+            return {}
         sent = parse_instant(rec.sent)
         out: dict[str, str] = {}
         for alias, when in reads:
