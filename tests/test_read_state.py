@@ -25,7 +25,7 @@ from bundler.build import entry_values, read_receipts
 from bundler.check import validate
 from bundler.load import Outcome
 from bundler.load.plan import RequestLimits, cut
-from bundler.load.verify import verify
+from bundler.load.verify import resolve_references, verify
 from bundler.medplum.client import FhirClient
 from bundler.spec import ThreadSpec, load_specs
 from bundler.spec.model import with_read_model
@@ -59,14 +59,11 @@ def fixture(model: str, prefix: str = "") -> dict[str, Any]:
     return data
 
 
-def on_server(client: FhirClient, reference: str) -> str:
-    """`reference` as the server stores it: a conditional one (`Patient?identifier=...`) as the `Type/id` it
-    matched when loaded."""
-    if "?" not in reference:
-        return reference
-    kind, _, query = reference.partition("?")
-    [found] = client.search(kind, dict([query.split("=", 1)]))
-    return f"{kind}/{found['id']}"
+def on_server(client: FhirClient, spec: ThreadSpec) -> dict[str, str]:
+    """Each participant's reference in `spec` → the reference the server stores: a conditional one
+    (`Patient?identifier=...`) as the `Type/id` it matched when loaded."""
+    literal = resolve_references(client, [spec])
+    return {p.reference: literal.get(p.reference, p.reference) for p in spec.participants.values()}
 
 
 def read_everything(data: dict[str, Any]) -> dict[str, Any]:
@@ -130,7 +127,7 @@ def last_read(client: FhirClient, header_id: str, message_ids: dict[str, str], s
     """The header's read state as read back: participant (its reference in `spec`) → (spec id of lastRead,
     lastReadAt)."""
     by_server_id = {f"Communication/{sid}": mid for mid, sid in message_ids.items()}
-    spec_ref = {on_server(client, p.reference): p.reference for p in spec.participants.values()}
+    spec_ref = {stored: ref for ref, stored in on_server(client, spec).items()}
     out = {}
     for ext in client.read(f"Communication/{header_id}").get("extension", ()):
         if ext["url"] != READ_STATE_EXTENSION:
@@ -142,7 +139,7 @@ def last_read(client: FhirClient, header_id: str, message_ids: dict[str, str], s
 
 
 def server_state(client: FhirClient, spec: ThreadSpec, header_id: str, message_ids: dict[str, str]) -> Any:
-    refs = {p.reference: on_server(client, p.reference) for p in spec.participants.values()}
+    refs = on_server(client, spec)
     if spec.read_model == "simple":
         return collections.Counter({r: unread_simple(client, s) for r, s in refs.items()})
     if spec.read_model == "tasks":
