@@ -8,10 +8,9 @@ from pathlib import Path
 import click
 
 from ..output import build_files
-from .common import participants_option, report_errors
+from .common import participants_option, read_model_option, report_errors
 from .display import count
 from .identifier import identifier_system_option
-from .readmodel import read_model_option
 
 
 @click.command("build")

@@ -12,6 +12,7 @@ import click
 
 from ..errors import BundlerError, SpecError
 from ..medplum.auth import Secrets
+from ..vocabulary import READ_MODELS
 from . import display
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -30,6 +31,15 @@ def participants_option(func: F) -> F:
     return click.option("--participants", type=click.Path(path_type=Path, dir_okay=False),
                         help="A participants file (participants: {alias: {reference, display, create}}) the specs "
                              "may use; a spec's own participants win.")(func)
+
+
+def read_model_option(command: F) -> F:
+    """`--read-model simple|header-extension|tasks`: which of Medplum's read models keeps read state on the server.
+    It overrides every thread's own `read_model` (the app reading the project decides, for all its threads alike);
+    a model that does not fit a thread (simple for a group) is that thread's spec error."""
+    return click.option("--read-model", type=click.Choice(READ_MODELS), default=None,
+                        help="Keep read state (read_by) this way, overriding each thread's read_model: simple (1:1 "
+                             "threads), header-extension or tasks.  [default: each thread's own]")(command)
 
 
 @overload

@@ -18,11 +18,10 @@ from ..medplum.client import FhirClient
 from ..medplum.doctor import doctor
 from ..spec import ThreadSpec, load_specs
 from . import display
-from .common import EXIT_ISSUES, EXIT_OK, SECRETS, participants_option, report_errors
+from .common import EXIT_ISSUES, EXIT_OK, SECRETS, participants_option, read_model_option, report_errors
 from .connect import connection_options, with_client
 from .display import Bar, duration, table
 from .identifier import check_identifier_system
-from .readmodel import read_model_option
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_INTERRUPTED = 130

@@ -18,11 +18,10 @@ from ..migrate.mapping import MigrationMapping, load_mapping
 from ..migrate.pipeline import default_rejects
 from ..migrate.report import combine, summary_json
 from ..migrate.stream import INDEX_VARIABLE
-from .common import EXIT_ISSUES, EXIT_OK, report_errors
+from .common import EXIT_ISSUES, EXIT_OK, read_model_option, report_errors
 from .connect import connection_options, make_client
 from .identifier import check_identifier_system
 from .load import load_options, run_load, sync_options
-from .readmodel import read_model_option
 
 
 def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Shard | None:

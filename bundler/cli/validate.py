@@ -11,9 +11,8 @@ import orjson
 
 from ..check.files import Report, validate_files
 from ..check.limits import PROFILES
-from .common import EXIT_ISSUES, EXIT_OK, participants_option, report_errors
+from .common import EXIT_ISSUES, EXIT_OK, participants_option, read_model_option, report_errors
 from .display import count
-from .readmodel import read_model_option
 
 
 def format_text(report: Report) -> str:
