@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from bundler.build import build_bundle
@@ -262,3 +262,21 @@ def test_the_example_tests_pass_as_a_user_would_run_them(user_session: pytest.Py
     (user_session.path / "test_my_bundles.py").write_text((ROOT / "examples" / "test_my_bundles.py").read_text())
     result = user_session.runpytest_subprocess("-p", "bundler.testing.pytest_plugin")
     result.assert_outcomes(passed=2)
+
+
+def test_a_failing_example_never_prints_the_client_secret() -> None:
+    """Hypothesis prints a failing example field by field (a dataclass's too, repr=False or not): a server's secret
+    would land in a CI log."""
+    from bundler.testing import MedplumServer
+
+    server = MedplumServer("http://127.0.0.1:1/", "the-client-id", "s3cret-never-shown")
+
+    @settings(database=None, phases=[Phase.explicit, Phase.generate])
+    @given(st.just(server))
+    def fails(s: Any) -> None:
+        raise AssertionError("no")
+
+    with pytest.raises(AssertionError) as info:
+        fails()
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "the-client-id" in notes and "s3cret-never-shown" not in notes

@@ -31,6 +31,11 @@ class MedplumServer(ServerUrls):
     client_secret: str = field(repr=False)
     local: LocalServer | None = field(default=None, repr=False)
 
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """How hypothesis (and IPython) print it, in a failing example: as `repr`, without the secret (their
+        printer would otherwise show every field of a dataclass)."""
+        printer.text(repr(self))
+
     @property
     def is_local(self) -> bool:
         return self.local is not None
