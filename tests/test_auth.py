@@ -31,10 +31,10 @@ def fhir_requests(proxy: FaultProxy) -> list[str]:
 
 def test_a_401_renews_the_token_once_and_sends_the_request_again(project: Any) -> None:
     with FaultProxy(project.target.base_url) as proxy, FhirClient(proxy.url, credentials(project)) as client:
-        client.search("Communication", {"_count": "1"})
+        client.search_page("Communication", {"_count": "1"})
         first = client.auth.token()
         proxy.add(Rule("status", status=401, path=FHIR, nth=1, times=1))  # the token revoked
-        client.search("Communication", {"_count": "1"})
+        client.search_page("Communication", {"_count": "1"})
         assert client.auth.logins == 2 == logins(proxy)
         assert fhir_requests(proxy) == ["forwarded", "status 401", "forwarded"]
         assert client.auth.token() != first
@@ -46,7 +46,7 @@ def test_a_token_refused_again_after_renewal_is_an_auth_error(project: Any) -> N
     with FaultProxy(project.target.base_url) as proxy, FhirClient(proxy.url, credentials(project)) as client:
         proxy.add(Rule("status", status=401, path=FHIR))
         with pytest.raises(AuthError, match=r"refused our token \(HTTP 401\)"):
-            client.search("Communication", {"_count": "1"})
+            client.search_page("Communication", {"_count": "1"})
         assert client.auth.logins == 2 == logins(proxy)  # one renewal, not a loop
         assert fhir_requests(proxy) == ["status 401", "status 401"]
 
@@ -59,7 +59,7 @@ def test_worker_threads_share_one_login(project: Any) -> None:
 
         def search(_: int) -> int:
             start.wait()
-            return len(client.search("Communication", {"_count": "1"}))
+            return len(client.search_page("Communication", {"_count": "1"}).get("entry", []))
 
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(search, range(workers)))
@@ -70,8 +70,8 @@ def test_worker_threads_share_one_login(project: Any) -> None:
 def test_the_callers_auth_object_is_never_changed(project: Any) -> None:
     given = credentials(project)
     with FhirClient(project.target.base_url, given) as one, FhirClient(project.target.base_url, given) as two:
-        one.search("Communication", {"_count": "1"})
-        two.search("Communication", {"_count": "1"})
+        one.search_page("Communication", {"_count": "1"})
+        two.search_page("Communication", {"_count": "1"})
         assert one.auth is not given and two.auth is not one.auth
         assert isinstance(one.auth, ClientCredentials) and one.auth.logins == 1
         assert one.auth.token_url == f"{one.root}oauth2/token"
@@ -83,11 +83,11 @@ def test_a_token_is_renewed_shortly_before_it_expires(project: Any) -> None:
     now = [0.0]
     with FaultProxy(project.target.base_url) as proxy, \
             FhirClient(proxy.url, credentials(project, clock=lambda: now[0])) as client:
-        client.search("Communication", {"_count": "1"})
-        client.search("Communication", {"_count": "1"})
+        client.search_page("Communication", {"_count": "1"})
+        client.search_page("Communication", {"_count": "1"})
         assert logins(proxy) == 1
         now[0] += 24 * 3600  # past any token's lifetime: renewed before use, not after a 401
-        client.search("Communication", {"_count": "1"})
+        client.search_page("Communication", {"_count": "1"})
         assert client.auth.logins == 2 == logins(proxy)
         assert "status 401" not in fhir_requests(proxy)
 
@@ -96,17 +96,17 @@ def test_login_failures_keep_their_messages(project: Any) -> None:
     wrong = ClientCredentials(project.target.client_id, "wrong-secret-123")
     with FhirClient(project.target.base_url, wrong) as client:
         with pytest.raises(AuthError, match=r"login refused by .*oauth2/token.*check the client id and secret"):
-            client.search("Communication", {"_count": "1"})
+            client.search_page("Communication", {"_count": "1"})
         assert "wrong-secret-123" in client.all_secrets().values
     with FhirClient("http://127.0.0.1:9/", credentials(project)) as client, \
             pytest.raises(Unreachable, match=r"cannot reach http://127.0.0.1:9/oauth2/token: connection refused$"):
-        client.search("Communication", {"_count": "1"})
+        client.search_page("Communication", {"_count": "1"})
 
 
 def test_a_refused_bearer_token_is_an_auth_error(project: Any) -> None:
     with FaultProxy(project.target.base_url) as proxy, FhirClient(proxy.url, BearerToken("not-a-token")) as client:
         with pytest.raises(AuthError, match=r"refused the bearer token given with --token \(expired\?\)"):
-            client.search("Communication", {"_count": "1"})
+            client.search_page("Communication", {"_count": "1"})
         assert logins(proxy) == 0 and len(fhir_requests(proxy)) == 1
 
 

@@ -111,27 +111,47 @@ def capture() -> Iterator[list[dict[str, str]]]:
 
 
 @pytest.mark.parametrize("where", ["http://127.0.0.2:{port}/fhir/R4/Communication?page=2",
-                                   "{proxy}/Communication?page=2", "http://127.0.0.1:1/fhir/R4/Communication?page=2",
-                                   "https://{host}/fhir/R4/Communication?page=2"])
-def test_next_links_to_another_origin_are_not_followed(project: Any, capture: list[dict[str, str]],
-                                                       where: str) -> None:
+                                   "{proxy}/fhir/R4/Communication?page=2",
+                                   "http://127.0.0.1:1/fhir/R4/Communication?page=2",
+                                   "https://{host}/fhir/R4/Communication?page=2",
+                                   "http://127.0.0.2:{port}/somewhere/else/fhir/R4/Communication?page=2"])
+def test_next_links_are_followed_at_our_own_base_url_only(project: Any, capture: list[dict[str, str]],
+                                                          where: str) -> None:
+    """Medplum writes next links at its configured base URL, which a proxy, a tunnel or `localhost` for `127.0.0.1`
+    make another: the next page is asked of our base URL, by the link's path below the FHIR base, and nothing, no
+    token, goes to the other origin."""
     port = capture.pop()["port"]
     with FaultProxy(project.target.base_url) as proxy:
         host = proxy.url.split("//", 1)[1].split("/", 1)[0]
-        link = where.format(port=port, proxy=proxy.url, host=host)
-        page = {"resourceType": "Bundle", "type": "searchset", "entry": [],
-                "link": [{"relation": "next", "url": link}]}
+        link = where.format(port=port, proxy=proxy.url.rstrip("/"), host=host)
+        first = {"resourceType": "Bundle", "type": "searchset", "entry": [],
+                 "link": [{"relation": "next", "url": link}]}
+        last = {"resourceType": "Bundle", "type": "searchset", "entry": []}
+        proxy.add(Rule("status", status=200, method="GET", path=r"Communication\?page=2$", headers=BUNDLE,
+                       body=json.dumps(last)))
         proxy.add(Rule("status", status=200, method="GET", path="Communication", headers=BUNDLE,
-                       body=json.dumps(page)))
+                       body=json.dumps(first)))
         with client_for(project, proxy.url) as client:
-            if link.startswith(proxy.url):  # our own origin: followed (and answered by the same rule)
-                pages = client.search_pages("Communication", {"_count": "1"})
-                assert next(pages) == page and next(pages) == page
-                return
-            with pytest.raises(ServerError, match=r"search Communication: the server's next page is at .*: not "
-                                                  r"followed \(our token goes to the base URL only\)"):
-                client.search("Communication", {"_count": "1"})
+            assert list(client.search_pages("Communication", {"_count": "1"})) == [first, last]
+        asked = [e.path for e in proxy.log if e.method == "GET"]
+        assert asked[-1].endswith("/fhir/R4/Communication?page=2"), asked
     assert capture == [], "nothing, and no token, reached the other origin"
+
+
+def test_a_next_link_that_names_no_fhir_path_or_the_page_itself_is_a_clear_error(project: Any) -> None:
+    with FaultProxy(project.target.base_url) as proxy:
+        for link, says in [("https://elsewhere.example/page/2", r"the server's next page is at "
+                                                                 r"https://elsewhere.example/page/2, not below a FHIR "
+                                                                 r"base \(fhir/R4/\): not followed"),
+                           (f"{proxy.url.rstrip('/')}/fhir/R4/Communication?_count=1", "its next link is the page "
+                                                                                       "itself")]:
+            page = {"resourceType": "Bundle", "type": "searchset", "entry": [],
+                    "link": [{"relation": "next", "url": link}]}
+            proxy.clear()
+            proxy.add(Rule("status", status=200, method="GET", path="Communication", headers=BUNDLE,
+                           body=json.dumps(page)))
+            with client_for(project, proxy.url) as client, pytest.raises(ServerError, match=says):
+                client.search("Communication", {"_count": "1"})
 
 
 # --- issue 11: answers that are not what FHIR promises ----------------------------------------------------

@@ -13,8 +13,9 @@ What it promises its callers:
   is made by `_error`, which scrubs its text too (a server's error text may echo our request's headers);
 - an answer that is not what FHIR promises (a search answered `[1, 2]`, an entry that is a number) is a
   ServerError naming the request, never a traceback;
-- `next` links are followed only to the base URL's own origin (scheme, host, port): the token goes nowhere
-  else.
+- `next` links are followed at the base URL only (a link at another origin by its path below the FHIR base,
+  as Medplum writes links at its own configured URL, which a proxy or tunnel makes another): the token goes
+  nowhere else.
 
 `ClientCredentials`, `BearerToken`, `Secrets` and `Unreachable` live in `auth` and are re-exported here.
 """
@@ -34,7 +35,15 @@ import httpx
 import orjson
 
 from ..errors import AuthError, BundlerError, ServerError, Throttled, UnknownOutcome, Unreachable
-from ..vocabulary import READ_POINTS, SEARCH_POINTS, WRITE_POINTS, fhir_base, identifier_token, server_root
+from ..vocabulary import (
+    FHIR_PATH,
+    READ_POINTS,
+    SEARCH_POINTS,
+    WRITE_POINTS,
+    fhir_base,
+    identifier_token,
+    server_root,
+)
 from .auth import BearerToken, ClientCredentials, MedplumAuth, Secrets, transport_problem
 from .ratelimit import Pacer, parse_ratelimit
 
@@ -336,17 +345,22 @@ class FhirClient:
         return next(self.search_pages(resource_type, params))
 
     def search_pages(self, resource_type: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
-        """Every page (a searchset Bundle) of a search, following `next` links of our own origin only."""
+        """Every page (a searchset Bundle) of a search, following `next` links at our own base URL only."""
         what = f"search {resource_type}"
         url: str | None = str(httpx.URL(urljoin(self.fhir_base, resource_type), params=params))
         while url:
             resp = self._send("GET", url, cost=SEARCH_POINTS, idempotent=True)
             page = _bundle(self._check(resp, what), what)
             yield page
-            url = self._next(page, what)
+            url = self._next(page, what, url)
 
-    def _next(self, page: dict[str, Any], what: str) -> str | None:
-        """The page's `next` link, if any; ServerError when it leads away from the base URL's origin."""
+    def _next(self, page: dict[str, Any], what: str, current: str) -> str | None:
+        """The page's `next` link, if any, at our base URL.
+
+        Medplum writes next links at the base URL it is configured with, which need not be the one we reach it by
+        (a proxy, a tunnel, `localhost` for `127.0.0.1`): a link at another origin is followed at ours, by its
+        path below the FHIR base, so the token goes to the base URL only. A link that names no FHIR path, or the
+        page itself again, is a ServerError."""
         link = next((link.get("url") for link in page.get("link") or () if link.get("relation") == "next"), None)
         if link is None:
             return None
@@ -355,10 +369,14 @@ class FhirClient:
         url = urljoin(self.fhir_base, link)
         here, there = urlsplit(self.root), urlsplit(url)
         if (there.scheme, there.hostname, _port(there)) != (here.scheme, here.hostname, _port(here)):
-            origin = f"{there.scheme}://{there.netloc.rpartition('@')[2]}"
-            raise self._error(ServerError, f"{what}: the server's next page is at {origin}, not at "
-                                           f"{here.scheme}://{here.netloc}: not followed (our token goes to the "
-                                           "base URL only)")
+            below = there.path.partition("/" + FHIR_PATH)
+            if not below[1]:
+                origin = f"{there.scheme}://{there.netloc.rpartition('@')[2]}"
+                raise self._error(ServerError, f"{what}: the server's next page is at {origin}{there.path}, not "
+                                               f"below a FHIR base ({FHIR_PATH}): not followed")
+            url = self.fhir_base + below[2] + (f"?{there.query}" if there.query else "")
+        if url == current:
+            raise _malformed(what, "its next link is the page itself")
         return url
 
     def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
