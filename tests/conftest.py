@@ -43,6 +43,9 @@ LOCAL_ONLY_REASON = "needs a switch only the local Medplum server has (remote ME
 PROJECTS_ENV = "THREAD_BUNDLER_TEST_PROJECTS"
 """A folder of env files, one per kind of project (`PROJECT_FILES`), as ../shared/real-medplum/up writes them."""
 PROJECT_FILES = {"atomic": "main.env", "strict": "strict.env", "non-atomic": "defaults.env", "volume": "bench.env"}
+KIND_SETTINGS: dict[str, dict[str, Any]] = {"atomic": {}, "strict": {"check_references_on_write": True},
+                                           "non-atomic": {"transaction_bundles": False}}
+"""The local server's settings that make it each kind of project (`project_kind` is their inverse)."""
 """Kind of project → its env file: atomic transactions; atomic and checkReferencesOnWrite; transactions run as
 batches (a new project's default); atomic with the quota lifted (for tests that write a lot)."""
 SERVER_FIXTURES = frozenset({"project", "local_server", "medplum_target", "medplum_server", "medplum_client"})
@@ -105,6 +108,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "wire: talks to a Medplum server (set on every test using one)")
     config.addinivalue_line("markers", "volume: writes a lot: on a real Medplum, gets the project whose quota is "
                                        "lifted")
+    config.addinivalue_line("markers", "project_kind(kind): the test's project is of this kind from the start "
+                                       f"({', '.join(KIND_SETTINGS)}): what project.configure would make it")
     from fuzzing import register_fuzz_profile
 
     examples = config.getoption("--fuzz-examples")
@@ -190,8 +195,11 @@ def project(request: pytest.FixtureRequest, medplum_target: MedplumTarget, remot
     target, kind = medplum_target, "atomic"
     if request.node.get_closest_marker("volume") is not None and "volume" in kinds:
         target, kind = kinds["volume"], "volume"
+    made = Project(target=target, prefix=f"t{uuid.uuid4().hex[:12]}", kinds=kinds, kind=kind)
+    if (marker := request.node.get_closest_marker("project_kind")) is not None:
+        made.configure(**KIND_SETTINGS[marker.args[0]])
     try:
-        yield Project(target=target, prefix=f"t{uuid.uuid4().hex[:12]}", kinds=kinds, kind=kind)
+        yield made
     finally:
         if server is not None and server.running:
             server.restore_defaults()

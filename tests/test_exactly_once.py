@@ -248,7 +248,6 @@ def test_a_lost_probe_answer_is_retried_not_fatal(project: Any, tmp_path: Path) 
         assert_exactly_once(client, specs, project)
 
 
-@pytest.mark.local_only
 def test_a_probe_whose_answer_is_lost_on_a_non_atomic_project_is_reconciled_and_cleaned(project: Any,
                                                                                          tmp_path: Path) -> None:
     project.configure(transaction_bundles=False)

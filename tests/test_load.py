@@ -167,7 +167,6 @@ def test_token_expiry_mid_run(project: Any, tmp_path: Path) -> None:
         assert_exactly_once(client, specs, project)
 
 
-@pytest.mark.local_only
 def test_non_atomic_project_thread_failing_midway_is_partial(project: Any, tmp_path: Path) -> None:
     project.configure(transaction_bundles=False)
     data = sample_specs(1, 4, prefix=project.prefix)[0]
@@ -185,7 +184,6 @@ def test_non_atomic_project_thread_failing_midway_is_partial(project: Any, tmp_p
             load([spec], client, journal=tmp_path / "req.sqlite", atomic="require")
 
 
-@pytest.mark.local_only
 def test_non_atomic_project_auto_uses_conditional_creates_and_completes_on_rerun(project: Any,
                                                                                   tmp_path: Path) -> None:
     project.configure(transaction_bundles=False)

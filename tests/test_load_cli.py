@@ -75,7 +75,6 @@ def test_a_dry_run_times_the_plan_by_the_servers_quota_header(project: Any, tmp_
     assert "plan: 10 transaction requests, 5,020 quota points; about 0:5" in run.stderr
 
 
-@pytest.mark.local_only
 def test_the_dry_run_plan_for_a_project_that_is_not_atomic_is_what_the_load_then_sends(project: Any,
                                                                                       tmp_path: Path) -> None:
     project.configure(transaction_bundles=False)
@@ -143,7 +142,6 @@ def test_doctor_asks_one_search_and_exits_by_its_table(project: Any, tmp_path: P
     assert wrong.returncode == 1 and "login" in wrong.stdout and "FAIL" in wrong.stdout
 
 
-@pytest.mark.local_only
 def test_doctor_warns_about_a_non_atomic_project_and_tells_whether_references_must_exist(project: Any) -> None:
     project.configure(transaction_bundles=False, check_references_on_write=True)
     run = cli(["doctor"], env(project))

@@ -28,19 +28,19 @@ SYSTEM = "https://thread-bundler.test/id"
 # --------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="session")
-def access_token(medplum_target: MedplumTarget) -> str:
-    response = httpx.post(
-        medplum_target.token_url,
-        data={
-            "grant_type": "client_credentials",
-            "client_id": medplum_target.client_id,
-            "client_secret": medplum_target.client_secret,
-        },
-    )
-    response.raise_for_status()
-    token: str = response.json()["access_token"]
-    return token
+_TOKENS: dict[str, str] = {}  # client id → a token (one login per project a session: Medplum allows 160 a minute)
+
+
+@pytest.fixture
+def access_token(project: Project) -> str:
+    """A token for the test's project (its kind set by a `project_kind` marker)."""
+    target = project.target
+    if target.client_id not in _TOKENS or target.local is not None:
+        response = httpx.post(target.token_url, data={"grant_type": "client_credentials", "client_id": target.client_id,
+                                                      "client_secret": target.client_secret})
+        response.raise_for_status()
+        _TOKENS[target.client_id] = response.json()["access_token"]
+    return _TOKENS[target.client_id]
 
 
 @pytest.fixture
@@ -258,7 +258,6 @@ def test_unresolved_and_uppercase_urns_are_stored_as_written(project: Project, f
     assert stored["inResponseTo"] == [{"reference": dangling}]
 
 
-@pytest.mark.local_only
 def test_failing_entry_rolls_back_the_whole_transaction(project: Project, fhir: httpx.Client) -> None:
     request_bundle, _ = walkthrough(project.prefix)
     request_bundle["entry"][2]["resource"]["status"] = 42  # invalid: status is a code (string)
@@ -271,9 +270,8 @@ def test_failing_entry_rolls_back_the_whole_transaction(project: Project, fhir: 
     assert count_identifiers(fhir, values) == 0
 
 
-@pytest.mark.local_only
+@pytest.mark.project_kind("non-atomic")
 def test_without_transaction_bundles_a_transaction_runs_as_batch(project: Project, fhir: httpx.Client) -> None:
-    project.configure(transaction_bundles=False)
     h, m1, m2 = urn(), urn(), urn()
     bad = message(project.prefix, 2, h, "2024-03-01T10:05:00Z")
     bad["status"] = 42
@@ -325,7 +323,6 @@ def test_conditional_reference_is_resolved(project: Project, fhir: httpx.Client)
     assert "did not match any" in missing.json()["issue"][0]["details"]["text"]
 
 
-@pytest.mark.local_only
 def test_conditional_transactions_hold_at_most_8_entries(project: Project, fhir: httpx.Client) -> None:
     def entries(n: int) -> list[dict[str, Any]]:
         h = urn()
@@ -344,9 +341,8 @@ def test_conditional_transactions_hold_at_most_8_entries(project: Project, fhir:
     assert statuses(eight.json()) == ["201"] * 8
 
 
-@pytest.mark.local_only
+@pytest.mark.project_kind("strict")
 def test_check_references_on_write(project: Project, fhir: httpx.Client) -> None:
-    project.configure(check_references_on_write=True)
     missing = f"Communication/{uuid.uuid4()}"
     response = fhir.post("Communication", json=message(project.prefix, 1, missing, "2024-03-01T10:00:00Z"))
     assert response.status_code == 400
@@ -497,7 +493,6 @@ def test_identifier_and_part_of_searches_find_exactly_what_matches(project: Proj
     assert found(f"Communication?part-of={other_ref}") == {ids["m3"]}
 
 
-@pytest.mark.local_only
 def test_searches_do_not_find_what_a_failed_transaction_rolled_back(project: Project, fhir: httpx.Client) -> None:
     good = post_entry(urn(), header(project.prefix))
     bad = post_entry(urn(), {**message(project.prefix, 1, "Communication/x", "2024-03-01T10:00:00Z"), "sent": "no"})
@@ -526,7 +521,6 @@ def test_paging_with_count_and_next(project: Project, fhir: httpx.Client) -> Non
     assert counted["total"] == 7
 
 
-@pytest.mark.local_only
 def test_default_page_size_is_20(project: Project, fhir: httpx.Client) -> None:
     entries = [
         post_entry(urn(), message(project.prefix, n, "Communication/x", "2024-03-01T10:00:00Z")) for n in range(25)

@@ -174,7 +174,6 @@ def test_updates_go_fifty_to_a_transaction(project: Any, tmp_path: Path) -> None
         assert all(r.ok for r in verify(specs(edited), client))
 
 
-@pytest.mark.local_only
 def test_sync_on_a_non_atomic_project(project: Any, tmp_path: Path) -> None:
     project.configure(transaction_bundles=False)
     data = sample_specs(2, 3, prefix=project.prefix, seed=16)
