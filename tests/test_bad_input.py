@@ -260,6 +260,9 @@ CASES: dict[str, Case] = {
         {"in/t.yaml": WALKTHROUGH}, ["build", "in", "-o", "in"], 2,
         ["in/homer-lab-results-2024-04-10.json:1:1: this is a FHIR Bundle, not a thread spec", "1 problem"],
         never=["unknown field"], before=[["build", "in", "-o", "in"]]),
+    "validate: an identifier system that is no absolute URI": Case(
+        {"t.yaml": WALKTHROUGH}, ["validate", "t.yaml", "--identifier-system", "threads"], 2,
+        ["Invalid value for '--identifier-system'", "must be an absolute URI"]),
     "build on a Bundle": Case({"b.json": _bundle()}, ["build", "b.json"], 2,
                               ["b.json:1:1: this is a FHIR Bundle, not a thread spec (`validate` checks Bundles"]),
     # --- participants created when missing, the participants file -----------------------------------------

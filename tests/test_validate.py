@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from bundler.check import RULES, Issue, validate, validate_many
 from bundler.check.limits import Limits
 from bundler.spec import load_specs
 from bundler.testing.strategies import bundles
-from bundler.vocabulary import READ_RECEIPT_CODE, READ_RECEIPT_SYSTEM, READ_STATE_EXTENSION
+from bundler.vocabulary import MAX_BODY_BYTES, READ_RECEIPT_CODE, READ_RECEIPT_SYSTEM, READ_STATE_EXTENSION
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "fixtures" / "threads" / "homer-lab-results.yaml"
@@ -447,3 +449,29 @@ def test_cli_missing_file_and_bad_ndjson_exit_2(tmp_path: Path, cli: click.Comma
     nd.write_bytes(orjson.dumps(base()) + b"\n{oops\n")
     result = CliRunner().invoke(cli, [str(nd)])
     assert result.exit_code == 2 and f"{nd}:2" in result.output
+
+
+def _command(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`thread-bundler ARGS` as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "bundler", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+def test_cli_identifier_system_is_the_one_build_and_load_use(tmp_path: Path) -> None:
+    """A spec just under Medplum's body limit as built with the default system goes over it with a longer system:
+    `validate --identifier-system` checks the bundle `build`/`load` make with it, not the default's."""
+    system = "https://example.org/" + "s" * 200
+    data = load_specs([FIXTURE])[0].to_data()
+    entries = 1 + len(data["messages"])
+    room = MAX_BODY_BYTES - len(orjson.dumps(build_bundle(data))) - 100
+    data["messages"][0]["text"] += " " + "x" * (room - 1)
+    assert len(orjson.dumps(build_bundle(data))) == MAX_BODY_BYTES - 100
+    assert len(orjson.dumps(build_bundle(data, identifier_system=system))) > MAX_BODY_BYTES + entries * 100
+    (tmp_path / "t.json").write_bytes(orjson.dumps(data))
+    plain = _command("validate", "t.json", "--no-structure", cwd=tmp_path)
+    assert plain.returncode == 0 and "0 errors, 0 warnings" in plain.stdout, plain.stdout + plain.stderr
+    longer = _command("validate", "t.json", "--no-structure", "--identifier-system", system, cwd=tmp_path)
+    assert longer.returncode == 0, longer.stdout + longer.stderr
+    assert "warning[limit.body-size]" in longer.stdout and "0 errors, 1 warning" in longer.stdout
+    built = _command("build", "t.json", "-o", "out", "--identifier-system", system, cwd=tmp_path)
+    assert "warning[limit.body-size]" in built.stderr  # the same words, from the same bundle
