@@ -78,6 +78,14 @@ ALIAS_BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' +
 DEEP = "[" * 100_000 + "]" * 100_000
 DIGITS = "1" * 5000
 WALKTHROUGH_WITH_BOMB = WALKTHROUGH + "x-data:\n" + "".join(f"  {line}\n" for line in ALIAS_BOMB.splitlines())
+BIG = _spec("big", "  - {sender: a, sent: 2024-01-01T00:01:00Z, text: " + "y" * 600_000 + "}").replace(
+    "text: hi", "text: " + "x" * 600_000)
+"""A thread over Medplum's 1 MB body limit in two messages, each of which fits a request of its own."""
+CROWD = "".join(["thread: crowd\ntopic: t\nparticipants:\n",
+                 *(f"  p{n}: {{reference: Practitioner/doctor-{n:06d}, display: Doctor Number {n}}}\n"
+                   for n in range(20_000)),
+                 "messages:\n  - {sender: p0, sent: 2024-01-01T00:00:00Z, text: hi, recipient: [p1]}\n"])
+"""A thread of 20,000 participants: its header, which lists them all, is larger than any request."""
 HOSTILE = {"memory_mb": 100, "cpu_seconds": 5}
 """The limits of input built to exhaust us: refused fast and small, as the issue asks (under 1 s and 100 MB)."""
 
@@ -247,12 +255,28 @@ CASES: dict[str, Case] = {
         ["validate", "t.yaml"], 0, ["warning[thread.reply-order]", "before the message it answers",
                                     "entry 3 (line 18)", "(entry 2: line 14)"]),
     "a bundle over 1 MB: build warns, as validate does": Case(
-        {"t.yaml": _spec("big").replace("text: hi", "text: " + "x" * 1_100_000)}, ["build", "t.yaml", "-o", "out"], 0,
+        {"t.yaml": BIG}, ["build", "t.yaml", "-o", "out"], 0,
         ["t.yaml:1: warning[limit.body-size]", "`thread-bundler load` cuts it into parts that fit",
-         "built 1 thread (1 message) → out; 1 warning"], creates=["out/big.json"]),
+         "built 1 thread (2 messages) → out; 1 warning"], creates=["out/big.json"]),
     "a bundle over 1 MB: validate warns": Case(
-        {"t.yaml": _spec("big").replace("text: hi", "text: " + "x" * 1_100_000)}, ["validate", "t.yaml"], 0,
+        {"t.yaml": BIG}, ["validate", "t.yaml"], 0,
         ["warning[limit.body-size]", "`thread-bundler load` cuts it into parts that fit"]),
+    "a message too large for any request: validate says it cannot be sent, at its line": Case(
+        {"t.yaml": _spec("big").replace("text: hi", "text: " + "x" * 1_100_000)}, ["validate", "t.yaml"], 1,
+        ["t.yaml\n  entry 1 (line 5):\n    error[limit.entry-size] Bundle.entry[1]: this entry is 1,100,",
+         "`thread-bundler load` sends at most 1,000,000 bytes a request", "so it cannot be sent"],
+        never=["limit.body-size", "cuts it into parts that fit"]),
+    "a message too large for any request: build refuses it, as validate does": Case(
+        {"t.yaml": _spec("big").replace("text: hi", "text: " + "x" * 1_100_000)}, ["build", "t.yaml", "-o", "out"], 2,
+        ["t.yaml:5: Bundle.entry[1]: [limit.entry-size] this entry is 1,100,", "so it cannot be sent",
+         "nothing written"]),
+    "a header too large for any request (20,000 participants): validate says so at the thread's line": Case(
+        {"t.yaml": CROWD}, ["validate", "t.yaml", "--no-structure"], 1,
+        ["entry 0 (line 1):\n    error[limit.entry-size] Bundle.entry[0]: this entry is 1,489,188 bytes",
+         "most of it is its 20,000 recipients"], never=["limit.body-size"]),
+    "a header too large for any request (20,000 participants): build refuses it": Case(
+        {"t.yaml": CROWD}, ["build", "t.yaml", "-o", "out"], 2,
+        ["t.yaml:1: Bundle.entry[0]: [limit.entry-size] this entry is 1,489,188 bytes", "nothing written"]),
     "build on a folder skips hidden files and folders": Case(
         {"in/t.yaml": WALKTHROUGH, "in/.draft.yaml": "junk: [", "in/.git/x.json": "{"}, ["build", "in", "-o", "out"],
         0, ["built 1 thread"], creates=["out/homer-lab-results-2024-04-10.json"]),

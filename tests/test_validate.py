@@ -18,10 +18,17 @@ from hypothesis import HealthCheck, given, settings
 
 from bundler.build import build_bundle
 from bundler.check import RULES, Issue, validate, validate_many
-from bundler.check.limits import Limits
+from bundler.check.limits import REQUEST_ENVELOPE_BYTES, Limits, request_entry_bytes
+from bundler.load.plan import RequestLimits, TooLarge, cut, entry_sizes
 from bundler.spec import load_specs
 from bundler.testing.strategies import bundles
-from bundler.vocabulary import MAX_BODY_BYTES, READ_RECEIPT_CODE, READ_RECEIPT_SYSTEM, READ_STATE_EXTENSION
+from bundler.vocabulary import (
+    MAX_BODY_BYTES,
+    MAX_REQUEST_BYTES,
+    READ_RECEIPT_CODE,
+    READ_RECEIPT_SYSTEM,
+    READ_STATE_EXTENSION,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "fixtures" / "threads" / "homer-lab-results.yaml"
@@ -223,7 +230,12 @@ BREAKS: dict[str, list[Callable[[dict[str, Any]], None]]] = {
                                                  "request": {"method": "POST", "url": "Binary"},
                                                  "resource": {"resourceType": "Binary", "contentType": "text/plain",
                                                               "data": "QU JD"}})],
-    "limit.body-size": [_set("entry.1.resource.payload.0.contentString", "x" * 1_048_576)],
+    "limit.body-size": [lambda b: (_set("entry.1.resource.payload.0.contentString", "x" * 600_000)(b),
+                                   _set("entry.2.resource.payload.0.contentString", "x" * 600_000)(b))],
+    "limit.entry-size": [_set("entry.1.resource.payload.0.contentString", "x" * 1_048_576),
+                         _set("entry.2.resource.payload.0.contentString", "x" * 1_000_000),
+                         _set("entry.0.resource.recipient", [{"reference": PAT}, {"reference": DOC}]
+                              + [{"reference": f"Patient/{n}"} for n in range(40_000)])],
     "limit.conditional-entries": [_pad_conditional],
     "limit.put-entries": [_many_puts],
     "limit.uuid-id": [lambda b: (_set("entry.1.request", {"method": "PUT", "url": "Communication/msg-1"})(b),
@@ -282,6 +294,24 @@ def test_limits_none_and_structure_off() -> None:
     assert validate(b, structure=False) == []
     with pytest.raises(ValueError, match="unknown limits profile"):
         validate(base(), limits="hapi")
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_an_entry_is_too_large_at_the_byte_the_loader_cuts_at(extra: int) -> None:
+    """validate measures an entry as the loader's cutting does (load.plan), against the same limit: at the limit
+    it gets a request of its own; one byte more is validate's error and the loader's TooLarge."""
+    b = base()
+    res(b, 2)["payload"][0]["contentString"] = ""
+    text = MAX_REQUEST_BYTES - REQUEST_ENVELOPE_BYTES - request_entry_bytes(b["entry"][2]) + extra
+    res(b, 2)["payload"][0]["contentString"] = "x" * text
+    codes = {i.code for i in validate(b, structure=False)}
+    if extra:
+        assert codes == {"limit.entry-size"}
+        with pytest.raises(TooLarge, match=f"entry 2 is {MAX_REQUEST_BYTES - REQUEST_ENVELOPE_BYTES + 1:,} bytes"):
+            cut(range(3), entry_sizes(b), RequestLimits())
+    else:
+        assert codes == set()
+        assert cut(range(3), entry_sizes(b), RequestLimits()) == [[0, 1], [2]]
 
 
 def test_transaction_limits_do_not_apply_to_batches() -> None:
@@ -463,8 +493,10 @@ def test_cli_identifier_system_is_the_one_build_and_load_use(tmp_path: Path) -> 
     system = "https://example.org/" + "s" * 200
     data = load_specs([FIXTURE])[0].to_data()
     entries = 1 + len(data["messages"])
-    room = MAX_BODY_BYTES - len(orjson.dumps(build_bundle(data))) - 100
-    data["messages"][0]["text"] += " " + "x" * (room - 1)
+    room = MAX_BODY_BYTES - len(orjson.dumps(build_bundle(data))) - 100  # spread over the messages: each fits
+    for k, message in enumerate(data["messages"]):                          # a request of its own
+        share = room // len(data["messages"]) + (room % len(data["messages"]) if k == 0 else 0)
+        message["text"] += " " + "x" * (share - 1)
     assert len(orjson.dumps(build_bundle(data))) == MAX_BODY_BYTES - 100
     assert len(orjson.dumps(build_bundle(data, identifier_system=system))) > MAX_BODY_BYTES + entries * 100
     (tmp_path / "t.json").write_bytes(orjson.dumps(data))
