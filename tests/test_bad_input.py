@@ -324,6 +324,19 @@ CASES: dict[str, Case] = {
                              .replace("text: hi", "text: hi, recipient: [b]")},
         ["build", "t.yaml", "--participants", "p.yaml"], 2,
         ["t.yaml:4:", "'b' is not a participant of the thread nor of p.yaml (known: a)"]),
+    "participants file: no participant of its own, and an alias in neither": Case(
+        {"p.yaml": "participants:\n  a: {reference: Patient/1}\n",
+         "t.yaml": _spec("c").replace("participants: {a: {reference: Patient/1}}\n", "")
+                             .replace("sender: a", "sender: bart")},
+        ["build", "t.yaml", "--participants", "p.yaml"], 2,
+        ["t.yaml:4:14: messages[1].sender: 'bart' is not a participant of the thread nor of p.yaml (known: a)"],
+        never=["missing required field", "needs at least one participant"]),
+    "participants file: participants {} of its own, and an alias in neither": Case(
+        {"p.yaml": "participants:\n  a: {reference: Patient/1}\n",
+         "t.yaml": _spec("c").replace("{a: {reference: Patient/1}}", "{}").replace("sender: a", "sender: bart")},
+        ["validate", "t.yaml", "--participants", "p.yaml"], 2,
+        ["t.yaml:5:14: messages[1].sender: 'bart' is not a participant of the thread nor of p.yaml (known: a)"],
+        never=["needs at least one participant"]),
     "no participants and no participants file": Case(
         {"t.yaml": _spec("c").replace("participants: {a: {reference: Patient/1}}\n", "")},
         ["build", "t.yaml"], 2,

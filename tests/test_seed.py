@@ -14,6 +14,7 @@ from faultproxy import FaultProxy, Rule
 from loadkit import cli, client_for, env, load
 
 from bundler import build_bundle, load_specs, parse_spec
+from bundler.errors import SpecError
 from bundler.load import Outcome
 from bundler.load.verify import verify
 from bundler.spec import ThreadSpec
@@ -169,6 +170,24 @@ def test_specs_read_with_a_participants_file(tmp_path: Path) -> None:
     (tmp_path / "u.json").write_bytes(orjson.dumps(thread("p", "u", overridden)))
     (spec,) = load_specs([tmp_path / "u.json"], participants=people_file)
     assert spec.participants["homer"].reference == "Patient/2"  # the spec's own wins
+
+
+def test_an_alias_in_neither_the_spec_nor_the_file_names_the_file_and_what_both_know(tmp_path: Path) -> None:
+    people_file = tmp_path / "people.yaml"
+    people_file.write_text("participants:\n" + "".join(f"  p{n:02d}: {{reference: Patient/{n}}}\n" for n in range(25)))
+    lone = thread("p", "t", {"nurse": {"reference": "Practitioner/1"}})
+    lone["messages"][1]["sender"] = "bart"
+    nobody = thread("p", "u")  # no participants of its own, none of the file's named
+    nobody["sender"] = "bart"
+    for data in (lone, nobody):
+        (tmp_path / "t.json").write_bytes(orjson.dumps(data))
+        with pytest.raises(SpecError) as info:
+            load_specs([tmp_path / "t.json"], participants=people_file)
+        known = ", ".join([*(["nurse"] if data is lone else []), *(f"p{n:02d}" for n in range(25))][:20])
+        more = 6 if data is lone else 5
+        assert {p.message for p in info.value.problems} == {  # (homer, the subject; hibbert, a sender)
+            f"'{who}' is not a participant of the thread nor of {people_file} (known: {known}, and {more} more)"
+            for who in ("bart", "homer", "hibbert")}
 
 
 def specs_using(spec: ThreadSpec) -> list[str]:
