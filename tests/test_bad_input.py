@@ -58,6 +58,11 @@ def _bundle(**changes: object) -> str:
          "request": {"method": "POST", "url": "Communication"}}]})
 
 
+def _patient(born: str) -> str:
+    """A participant's `create` in YAML flow style: a Patient with MRN 1 (`https://x.org/mrn|1`), born then."""
+    return f"{{resourceType: Patient, identifier: [{{system: 'https://x.org/mrn', value: '1'}}], birthDate: '{born}'}}"
+
+
 def _group(message: str = "", *, model: str | None = None) -> str:
     """A YAML spec of three participants (a sends to b and c), `message` added to its one message."""
     return "\n".join(["thread: g", "topic: t", *([f"read_model: {model}"] if model else []),
@@ -337,6 +342,31 @@ CASES: dict[str, Case] = {
         ["validate", "t.yaml", "--participants", "p.yaml"], 2,
         ["t.yaml:5:14: messages[1].sender: 'bart' is not a participant of the thread nor of p.yaml (known: a)"],
         never=["needs at least one participant"]),
+    "one identifier, two creates: in one spec": Case(
+        {"t.yaml": _spec("c").replace("{a: {reference: Patient/1}}", "\n  a: {create: " + _patient("1956-05-12")
+                                      + "}\n  b: {create: " + _patient("1956-05-13") + "}")},
+        ["build", "t.yaml", "-o", "out"], 2,
+        ["t.yaml:5:15: participants.b.create: creates Patient?identifier=https://x.org/mrn|1 differently from "
+         "participants.a at t.yaml:4 (the same first identifier, another create): `load` creates it once",
+         "nothing written"]),
+    "one identifier, two creates: in two specs": Case(
+        {"a.yaml": _spec("a").replace("{a: {reference: Patient/1}}", "{a: {create: " + _patient("1956-05-12") + "}}"),
+         "b.yaml": _spec("b").replace("{a: {reference: Patient/1}}", "{a: {create: " + _patient("1956-05-13") + "}}")},
+        ["validate", "a.yaml", "b.yaml"], 2,
+        ["b.yaml:3:", "participants.a.create: creates Patient?identifier=https://x.org/mrn|1 differently from "
+         "participants.a at a.yaml:3"]),
+    "one identifier, two creates: a spec and the participants file": Case(
+        {"p.yaml": "participants:\n  homer: {create: " + _patient("1956-05-12") + "}\n",
+         "t.yaml": _spec("c").replace("{a: {reference: Patient/1}}", "{a: {create: " + _patient("1956-05-13") + "}}")},
+        ["load", "t.yaml", "--participants", "p.yaml", "--base-url", "http://127.0.0.1:9/", "--token", "t"], 2,
+        ["t.yaml:3:", "participants.a.create: creates Patient?identifier=https://x.org/mrn|1 differently from "
+         "participants.homer at p.yaml:2", "nothing sent"]),
+    "one identifier, two creates: in the participants file": Case(
+        {"p.yaml": "participants:\n  homer: {create: " + _patient("1956-05-12") + "}\n  h2: {create: "
+                   + _patient("1956-05-13") + "}\n", "t.yaml": _spec("c")},
+        ["generate", "--threads", "2", "--participants", "p.yaml", "-o", "out"], 2,
+        ["p.yaml:3:", "participants.h2.create: creates Patient?identifier=https://x.org/mrn|1 differently from "
+         "participants.homer at p.yaml:2"]),
     "no participants and no participants file": Case(
         {"t.yaml": _spec("c").replace("participants: {a: {reference: Patient/1}}\n", "")},
         ["build", "t.yaml"], 2,

@@ -190,6 +190,29 @@ def test_an_alias_in_neither_the_spec_nor_the_file_names_the_file_and_what_both_
             for who in ("bart", "homer", "hibbert")}
 
 
+def test_one_participant_to_create_may_be_written_in_many_places_alike(tmp_path: Path) -> None:
+    """The same create block in the file, in a spec and in another spec under another alias is one participant;
+    the first place that changes it is refused, naming where the first is written."""
+    people_file = write_people(tmp_path / "people.yaml", "p")
+    again = {"homer2": people("p")["homer"]}
+    folder = tmp_path / "threads"
+    folder.mkdir()
+    (folder / "a.json").write_bytes(orjson.dumps(thread("p", "a", people("p"))))
+    b = thread("p", "b", again)
+    b["subject"] = "homer2"
+    (folder / "b.json").write_bytes(orjson.dumps(b))
+    specs = load_specs([folder], participants=people_file)
+    assert len({p.reference for s in specs for p in s.participants.values()}) == 2
+    b["participants"]["homer2"]["create"]["name"][0]["given"] = ["Max"]
+    (folder / "b.json").write_bytes(orjson.dumps(b))
+    with pytest.raises(SpecError) as info:
+        load_specs([folder], participants=people_file)
+    (problem,) = info.value.problems
+    assert (problem.file, problem.path) == (str(folder / "b.json"), "participants.homer2.create")
+    assert problem.message.startswith(f"creates Patient?identifier={MRN}|p-1 differently from participants.homer at "
+                                      f"{people_file}:5 (the same first identifier, another create)")
+
+
 def specs_using(spec: ThreadSpec) -> list[str]:
     return list(spec.participants)
 

@@ -94,7 +94,7 @@ from .scalars import (
     check_alias_name,
     not_allowed,
 )
-from .source import Document, Path_, shown
+from .source import Document, Path_, format_path, shown
 
 if TYPE_CHECKING:
     from .participants import ParticipantsFile
@@ -928,14 +928,25 @@ class ThreadSpec(_Model):
     def origin(self, message_index: int | None = None, *fields: str | int) -> tuple[str, int | None]:
         """(file, line) of the thread, or of `messages[message_index]` and a field below it; ('<spec>', None) for
         a spec made in Python."""
-        if self._source is None:
-            return ("<spec>", None)
         path: Path_ = ("messages", message_index, *fields) if message_index is not None else tuple(fields)
-        source = self._source
-        if self._shared is not None and path[:1] == ("participants",) and path[1:2] and path[1] in self._borrowed:
-            source = self._shared
+        source = self._document(path)
+        if source is None:
+            return ("<spec>", None)
         pos = source.position(path)
         return (source.file, pos[0] if pos else None)
+
+    def problem(self, path: Path_, message: str) -> Problem:
+        """A problem at `path` of this spec, at its file:line:col (the participants file's, for a participant taken
+        from there); without position for a spec made in Python."""
+        source = self._document(path)
+        return source.problem(path, message) if source is not None else Problem("<spec>", None, None,
+                                                                              format_path(path), message)
+
+    def _document(self, path: Path_) -> Document | None:
+        """The document the value at `path` was read from: the spec's, or the participants file's."""
+        if self._shared is not None and path[:1] == ("participants",) and path[1:2] and path[1] in self._borrowed:
+            return self._shared
+        return self._source
 
     def to_data(self) -> dict[str, Any]:
         """This spec as plain spec data (what a YAML or JSON spec file holds), which `parse_spec` reads back
