@@ -400,6 +400,13 @@ CASES: dict[str, Case] = {
         {}, ["generate", "--threads", "3", "--messages", "5..2", "-o", "out"], 2, ["'5..2': need 1 <= MIN <= MAX"]),
     "generate: a message range that is not one": Case(
         {}, ["generate", "--threads", "3", "--messages", "two", "-o", "out"], 2, ["'two' is not MIN..MAX"]),
+    "generate: a --prefix that climbs out of the folder": Case(
+        {"in": None}, ["generate", "--threads", "3", "--prefix", "../../x", "-o", "in/out"], 2,
+        ["error: prefix '../../x': thread keys are <prefix>-<number>, and '../../x-00003' must be 1-128 letters, "
+         "digits, '.', '_', '-' or ':', and not start with '.'"]),
+    "generate: a --prefix that makes hidden files": Case(
+        {}, ["generate", "--threads", "3", "--prefix", ".seed", "-o", "out"], 2,
+        ["error: prefix '.seed': thread keys are <prefix>-<number>", "not start with '.'"]),
     "generate: a participants file without a patient": Case(
         {"p.yaml": "participants:\n  a: {reference: Practitioner/1}\n"},
         ["generate", "--threads", "3", "--participants", "p.yaml", "-o", "out"], 2,
