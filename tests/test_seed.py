@@ -213,6 +213,22 @@ def test_one_participant_to_create_may_be_written_in_many_places_alike(tmp_path:
                                       f"{people_file}:5 (the same first identifier, another create)")
 
 
+def test_read_model_from_the_command_line_keeps_where_participants_and_files_came_from(tmp_path: Path) -> None:
+    """--read-model makes a new spec: it keeps the bytes of its file attachments and the participants file it took
+    participants from (their lines), as the spec it replaces had them."""
+    people_file = write_people(tmp_path / "people.yaml", "p")
+    data = thread("p", "t")
+    data["messages"][0]["attachments"] = [{"file": "note.txt"}]
+    (tmp_path / "note.txt").write_text("hello")
+    (tmp_path / "t.json").write_bytes(orjson.dumps(data))
+    (spec,) = load_specs([tmp_path / "t.json"], participants=people_file, read_model="tasks")
+    assert spec.read_model == "tasks" and spec.files
+    assert spec.origin(None, "participants", "homer") == (str(people_file), 3)
+    run = cli(["build", str(tmp_path / "t.json"), "--participants", str(people_file), "--read-model", "tasks",
+               "--ndjson"], {})
+    assert run.returncode == 0 and '"resourceType":"Binary"' in run.stdout, run.stderr
+
+
 def specs_using(spec: ThreadSpec) -> list[str]:
     return list(spec.participants)
 

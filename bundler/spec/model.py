@@ -1208,7 +1208,7 @@ def with_read_model(spec: ThreadSpec, read_model: str | None) -> ThreadSpec:
         file, line = spec.origin()
         raise SpecError([Problem(file, line, None, f"{p.path} (--read-model {read_model})", p.message)
                          for p in exc.problems]) from None
-    new._source = spec._source
+    new._source, new._shared, new._borrowed, new._files = spec._source, spec._shared, spec._borrowed, spec._files
     return new
 
 
