@@ -25,6 +25,8 @@ from .files import staged_folder
 from .spec.dump import dump_yaml
 from .spec.model import Participant
 from .spec.participants import ParticipantsFile, read_participants
+from .spec.source import shown
+from .vocabulary import THREAD_KEY_HINT, is_thread_key
 
 MRN_SYSTEM = "https://example.org/mrn"
 NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
@@ -137,10 +139,14 @@ def generate(threads: int, *, out: str | Path, messages: tuple[int, int] = (2, 8
              participants: str | Path | ParticipantsFile | None = None, prefix: str = "gen") -> GenerateSummary:
     """Write `threads` generated thread specs into `out/threads/` (one file each, with the odd attachment file
     beside them) and, unless `participants` (a participants file to draw the cast from) is given, the cast as
-    `out/participants.yaml`. All of it or nothing. OptionError for a count or range that cannot be."""
+    `out/participants.yaml`. All of it or nothing. OptionError for a count or range that cannot be, or a `prefix`
+    that makes thread keys (`<prefix>-<number>`) the key grammar refuses."""
     low, high = messages
     if threads < 1 or not 1 <= low <= high:
         raise OptionError(f"need at least 1 thread and 1 <= MIN <= MAX messages (got {threads}, {low}..{high})")
+    if not is_thread_key(longest := thread_key(prefix, threads)):  # (the keys only grow longer with the count)
+        raise OptionError(f"prefix {shown(prefix)}: thread keys are <prefix>-<number>, and {shown(longest)} "
+                          f"{THREAD_KEY_HINT}")
     rng = random.Random(seed)
     shared = read_participants(participants) if participants is not None else None
     people, cast = _from_file(shared) if shared is not None else _make_cast(rng, threads, prefix)
@@ -162,6 +168,11 @@ def generate(threads: int, *, out: str | Path, messages: tuple[int, int] = (2, 8
                 (top / "participants.yaml").write_bytes(dump_yaml({"participants": people}))
     where = out / "participants.yaml" if shared is None else Path(shared.file)
     return GenerateSummary(threads, total, written, where)
+
+
+def thread_key(prefix: str, n: int) -> str:
+    """The key of the `n`-th generated thread: also the start of its identifier values and of its files' names."""
+    return f"{prefix}-{n:05d}"
 
 
 def _person(rng: random.Random, used: set[str]) -> tuple[str, str]:
@@ -229,7 +240,7 @@ def _thread(rng: random.Random, n: int, cast: _Cast, people: dict[str, Any], mes
     count = rng.randint(*messages)
     patient_first = rng.random() < 0.7
     times = _times(rng, count)
-    key = f"{prefix}-{n:05d}"
+    key = thread_key(prefix, n)
     spec: dict[str, Any] = {"thread": key, "topic": f"{topic}: {_name(people, patient)}" if people else topic,
                             "subject": patient}
     if rng.random() < 0.8:

@@ -16,7 +16,7 @@ from .check.validate import spec_origin, validate
 from .errors import Problem, SpecError
 from .files import staged_folder, write_atomic
 from .spec import ParticipantsFile, ThreadSpec, load_specs
-from .vocabulary import MAX_BODY_BYTES
+from .vocabulary import MAX_BODY_BYTES, MAX_REQUEST_BYTES
 
 
 def bundle_filename(key: str) -> str:
@@ -46,7 +46,7 @@ def write_ndjson(lines: Iterable[bytes], stream: IO[bytes]) -> int:
 
 @dataclass(frozen=True)
 class BuildSummary:
-    """What `build_files` wrote, and its warnings (a bundle over Medplum's request size limit)."""
+    """What `build_files` wrote, and its warnings (a bundle over Medplum's request body limit)."""
 
     threads: int
     messages: int
@@ -54,18 +54,19 @@ class BuildSummary:
     warnings: list[Issue] = field(default_factory=list)
 
 
-_BODY_SIZE = Limits("medplum", max_body_bytes=MAX_BODY_BYTES)
-"""The one server limit a built bundle can go over: its size (a warning, as in `validate`: `load` cuts such a
-thread into parts that fit)."""
+_SIZES = Limits("medplum", max_body_bytes=MAX_BODY_BYTES, max_request_bytes=MAX_REQUEST_BYTES)
+"""The server limits a built bundle can go over: its size (a warning, as in `validate`: `load` cuts such a thread
+into parts that fit), and the size of one entry (an error: no part can hold it)."""
 
 
 def check_bundles(specs: Iterable[ThreadSpec], identifier_system: str) -> list[Issue]:
-    """Raise SpecError if any spec builds a bundle with validation errors; return the warnings (a bundle too
-    large for one Medplum request: the loader cuts such a thread into parts)."""
+    """Raise SpecError if any spec builds a bundle with validation errors (an entry too large for any request among
+    them); return the warnings (a bundle too large for one Medplum request: the loader cuts such a thread into
+    parts)."""
     problems = []
     warnings = []
     for spec in specs:
-        issues = validate(build_bundle(spec, identifier_system=identifier_system), limits=_BODY_SIZE,
+        issues = validate(build_bundle(spec, identifier_system=identifier_system), limits=_SIZES,
                           origin=spec_origin(spec))
         problems += [Problem(i.file or "<spec>", i.line, None, i.path, f"[{i.code}] {i.message}")
                      for i in issues if i.severity == "error"]

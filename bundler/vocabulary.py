@@ -541,6 +541,10 @@ class ServerUrls:
 
 MAX_BODY_BYTES: Final = 1_048_576
 """Medplum's request body limit for JSON (`maxJsonSize` '1mb'): 400 "File too large" above it."""
+MAX_REQUEST_BYTES: Final = 1_000_000
+"""The largest request `load` makes: it cuts a thread into parts of at most this many bytes, under MAX_BODY_BYTES with
+room to spare. It cuts between entries, never inside one: an entry that alone is larger cannot be sent at all
+(`validate` says so, rule `limit.entry-size`, and `build` refuses it)."""
 MAX_CONDITIONAL_ENTRIES: Final = 8
 """A transaction with any conditional entry (ifNoneExist, conditional PUT/DELETE/PATCH) runs with strict
 isolation and may hold at most this many entries."""

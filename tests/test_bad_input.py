@@ -58,6 +58,11 @@ def _bundle(**changes: object) -> str:
          "request": {"method": "POST", "url": "Communication"}}]})
 
 
+def _patient(born: str) -> str:
+    """A participant's `create` in YAML flow style: a Patient with MRN 1 (`https://x.org/mrn|1`), born then."""
+    return f"{{resourceType: Patient, identifier: [{{system: 'https://x.org/mrn', value: '1'}}], birthDate: '{born}'}}"
+
+
 def _group(message: str = "", *, model: str | None = None) -> str:
     """A YAML spec of three participants (a sends to b and c), `message` added to its one message."""
     return "\n".join(["thread: g", "topic: t", *([f"read_model: {model}"] if model else []),
@@ -78,6 +83,14 @@ ALIAS_BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' +
 DEEP = "[" * 100_000 + "]" * 100_000
 DIGITS = "1" * 5000
 WALKTHROUGH_WITH_BOMB = WALKTHROUGH + "x-data:\n" + "".join(f"  {line}\n" for line in ALIAS_BOMB.splitlines())
+BIG = _spec("big", "  - {sender: a, sent: 2024-01-01T00:01:00Z, text: " + "y" * 600_000 + "}").replace(
+    "text: hi", "text: " + "x" * 600_000)
+"""A thread over Medplum's 1 MB body limit in two messages, each of which fits a request of its own."""
+CROWD = "".join(["thread: crowd\ntopic: t\nparticipants:\n",
+                 *(f"  p{n}: {{reference: Practitioner/doctor-{n:06d}, display: Doctor Number {n}}}\n"
+                   for n in range(20_000)),
+                 "messages:\n  - {sender: p0, sent: 2024-01-01T00:00:00Z, text: hi, recipient: [p1]}\n"])
+"""A thread of 20,000 participants: its header, which lists them all, is larger than any request."""
 HOSTILE = {"memory_mb": 100, "cpu_seconds": 5}
 """The limits of input built to exhaust us: refused fast and small, as the issue asks (under 1 s and 100 MB)."""
 
@@ -247,12 +260,28 @@ CASES: dict[str, Case] = {
         ["validate", "t.yaml"], 0, ["warning[thread.reply-order]", "before the message it answers",
                                     "entry 3 (line 18)", "(entry 2: line 14)"]),
     "a bundle over 1 MB: build warns, as validate does": Case(
-        {"t.yaml": _spec("big").replace("text: hi", "text: " + "x" * 1_100_000)}, ["build", "t.yaml", "-o", "out"], 0,
+        {"t.yaml": BIG}, ["build", "t.yaml", "-o", "out"], 0,
         ["t.yaml:1: warning[limit.body-size]", "`thread-bundler load` cuts it into parts that fit",
-         "built 1 thread (1 message) → out; 1 warning"], creates=["out/big.json"]),
+         "built 1 thread (2 messages) → out; 1 warning"], creates=["out/big.json"]),
     "a bundle over 1 MB: validate warns": Case(
-        {"t.yaml": _spec("big").replace("text: hi", "text: " + "x" * 1_100_000)}, ["validate", "t.yaml"], 0,
+        {"t.yaml": BIG}, ["validate", "t.yaml"], 0,
         ["warning[limit.body-size]", "`thread-bundler load` cuts it into parts that fit"]),
+    "a message too large for any request: validate says it cannot be sent, at its line": Case(
+        {"t.yaml": _spec("big").replace("text: hi", "text: " + "x" * 1_100_000)}, ["validate", "t.yaml"], 1,
+        ["t.yaml\n  entry 1 (line 5):\n    error[limit.entry-size] Bundle.entry[1]: this entry is 1,100,",
+         "`thread-bundler load` sends at most 1,000,000 bytes a request", "so it cannot be sent"],
+        never=["limit.body-size", "cuts it into parts that fit"]),
+    "a message too large for any request: build refuses it, as validate does": Case(
+        {"t.yaml": _spec("big").replace("text: hi", "text: " + "x" * 1_100_000)}, ["build", "t.yaml", "-o", "out"], 2,
+        ["t.yaml:5: Bundle.entry[1]: [limit.entry-size] this entry is 1,100,", "so it cannot be sent",
+         "nothing written"]),
+    "a header too large for any request (20,000 participants): validate says so at the thread's line": Case(
+        {"t.yaml": CROWD}, ["validate", "t.yaml", "--no-structure"], 1,
+        ["entry 0 (line 1):\n    error[limit.entry-size] Bundle.entry[0]: this entry is 1,489,188 bytes",
+         "most of it is its 20,000 recipients"], never=["limit.body-size"]),
+    "a header too large for any request (20,000 participants): build refuses it": Case(
+        {"t.yaml": CROWD}, ["build", "t.yaml", "-o", "out"], 2,
+        ["t.yaml:1: Bundle.entry[0]: [limit.entry-size] this entry is 1,489,188 bytes", "nothing written"]),
     "build on a folder skips hidden files and folders": Case(
         {"in/t.yaml": WALKTHROUGH, "in/.draft.yaml": "junk: [", "in/.git/x.json": "{"}, ["build", "in", "-o", "out"],
         0, ["built 1 thread"], creates=["out/homer-lab-results-2024-04-10.json"]),
@@ -260,6 +289,9 @@ CASES: dict[str, Case] = {
         {"in/t.yaml": WALKTHROUGH}, ["build", "in", "-o", "in"], 2,
         ["in/homer-lab-results-2024-04-10.json:1:1: this is a FHIR Bundle, not a thread spec", "1 problem"],
         never=["unknown field"], before=[["build", "in", "-o", "in"]]),
+    "validate: an identifier system that is no absolute URI": Case(
+        {"t.yaml": WALKTHROUGH}, ["validate", "t.yaml", "--identifier-system", "threads"], 2,
+        ["Invalid value for '--identifier-system'", "must be an absolute URI"]),
     "build on a Bundle": Case({"b.json": _bundle()}, ["build", "b.json"], 2,
                               ["b.json:1:1: this is a FHIR Bundle, not a thread spec (`validate` checks Bundles"]),
     # --- participants created when missing, the participants file -----------------------------------------
@@ -297,6 +329,44 @@ CASES: dict[str, Case] = {
                              .replace("text: hi", "text: hi, recipient: [b]")},
         ["build", "t.yaml", "--participants", "p.yaml"], 2,
         ["t.yaml:4:", "'b' is not a participant of the thread nor of p.yaml (known: a)"]),
+    "participants file: no participant of its own, and an alias in neither": Case(
+        {"p.yaml": "participants:\n  a: {reference: Patient/1}\n",
+         "t.yaml": _spec("c").replace("participants: {a: {reference: Patient/1}}\n", "")
+                             .replace("sender: a", "sender: bart")},
+        ["build", "t.yaml", "--participants", "p.yaml"], 2,
+        ["t.yaml:4:14: messages[1].sender: 'bart' is not a participant of the thread nor of p.yaml (known: a)"],
+        never=["missing required field", "needs at least one participant"]),
+    "participants file: participants {} of its own, and an alias in neither": Case(
+        {"p.yaml": "participants:\n  a: {reference: Patient/1}\n",
+         "t.yaml": _spec("c").replace("{a: {reference: Patient/1}}", "{}").replace("sender: a", "sender: bart")},
+        ["validate", "t.yaml", "--participants", "p.yaml"], 2,
+        ["t.yaml:5:14: messages[1].sender: 'bart' is not a participant of the thread nor of p.yaml (known: a)"],
+        never=["needs at least one participant"]),
+    "one identifier, two creates: in one spec": Case(
+        {"t.yaml": _spec("c").replace("{a: {reference: Patient/1}}", "\n  a: {create: " + _patient("1956-05-12")
+                                      + "}\n  b: {create: " + _patient("1956-05-13") + "}")},
+        ["build", "t.yaml", "-o", "out"], 2,
+        ["t.yaml:5:15: participants.b.create: creates Patient?identifier=https://x.org/mrn|1 differently from "
+         "participants.a at t.yaml:4 (the same first identifier, another create): `load` creates it once",
+         "nothing written"]),
+    "one identifier, two creates: in two specs": Case(
+        {"a.yaml": _spec("a").replace("{a: {reference: Patient/1}}", "{a: {create: " + _patient("1956-05-12") + "}}"),
+         "b.yaml": _spec("b").replace("{a: {reference: Patient/1}}", "{a: {create: " + _patient("1956-05-13") + "}}")},
+        ["validate", "a.yaml", "b.yaml"], 2,
+        ["b.yaml:3:", "participants.a.create: creates Patient?identifier=https://x.org/mrn|1 differently from "
+         "participants.a at a.yaml:3"]),
+    "one identifier, two creates: a spec and the participants file": Case(
+        {"p.yaml": "participants:\n  homer: {create: " + _patient("1956-05-12") + "}\n",
+         "t.yaml": _spec("c").replace("{a: {reference: Patient/1}}", "{a: {create: " + _patient("1956-05-13") + "}}")},
+        ["load", "t.yaml", "--participants", "p.yaml", "--base-url", "http://127.0.0.1:9/", "--token", "t"], 2,
+        ["t.yaml:3:", "participants.a.create: creates Patient?identifier=https://x.org/mrn|1 differently from "
+         "participants.homer at p.yaml:2", "nothing sent"]),
+    "one identifier, two creates: in the participants file": Case(
+        {"p.yaml": "participants:\n  homer: {create: " + _patient("1956-05-12") + "}\n  h2: {create: "
+                   + _patient("1956-05-13") + "}\n", "t.yaml": _spec("c")},
+        ["generate", "--threads", "2", "--participants", "p.yaml", "-o", "out"], 2,
+        ["p.yaml:3:", "participants.h2.create: creates Patient?identifier=https://x.org/mrn|1 differently from "
+         "participants.homer at p.yaml:2"]),
     "no participants and no participants file": Case(
         {"t.yaml": _spec("c").replace("participants: {a: {reference: Patient/1}}\n", "")},
         ["build", "t.yaml"], 2,
@@ -330,6 +400,13 @@ CASES: dict[str, Case] = {
         {}, ["generate", "--threads", "3", "--messages", "5..2", "-o", "out"], 2, ["'5..2': need 1 <= MIN <= MAX"]),
     "generate: a message range that is not one": Case(
         {}, ["generate", "--threads", "3", "--messages", "two", "-o", "out"], 2, ["'two' is not MIN..MAX"]),
+    "generate: a --prefix that climbs out of the folder": Case(
+        {"in": None}, ["generate", "--threads", "3", "--prefix", "../../x", "-o", "in/out"], 2,
+        ["error: prefix '../../x': thread keys are <prefix>-<number>, and '../../x-00003' must be 1-128 letters, "
+         "digits, '.', '_', '-' or ':', and not start with '.'"]),
+    "generate: a --prefix that makes hidden files": Case(
+        {}, ["generate", "--threads", "3", "--prefix", ".seed", "-o", "out"], 2,
+        ["error: prefix '.seed': thread keys are <prefix>-<number>", "not start with '.'"]),
     "generate: a participants file without a patient": Case(
         {"p.yaml": "participants:\n  a: {reference: Practitioner/1}\n"},
         ["generate", "--threads", "3", "--participants", "p.yaml", "-o", "out"], 2,

@@ -458,10 +458,16 @@ def test_participants_that_cannot_be_created_keep_their_references_and_are_liste
             {"resource": {"resourceType": "Practitioner", "name": [{"text": "No Id"}]},
              "request": {"method": "POST", "url": "Practitioner"}}]}).encode(), entries=1)
         nobody = anonymous["entry"][0]["response"]["location"]
+        same = {k: v for k, v in client.read(named[0]).items() if k not in ("id", "meta")}
+        same["name"] = [{"text": "Twin"}]
+        twin = client.transaction(json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": same, "request": {"method": "POST", "url": "Patient"}}]}).encode(), entries=1)
+        twin_ref = twin["entry"][0]["response"]["location"]  # the same identifier: one conditional create for both
         data = sample_specs(1, 2, prefix="n")[0]
         data["participants"] = {"a": {"reference": named[0], "display": named[1]},
                                 "b": {"reference": nobody, "display": "No Id"},
-                                "c": {"reference": "Patient/not-there"}}
+                                "c": {"reference": "Patient/not-there"},
+                                "d": {"reference": twin_ref, "display": "Twin"}}
         data["subject"], data["sender"] = "a", "b"
         for m in data["messages"]:
             m["sender"] = "a"
@@ -472,13 +478,15 @@ def test_participants_that_cannot_be_created_keep_their_references_and_are_liste
     assert result.returncode == 1, result.stderr
     assert f"participant: {nobody} has no identifier, so it cannot be created conditionally" in result.stderr
     assert "participant: Patient/not-there is not on the server" in result.stderr
+    created, kept = sorted([named[0], twin_ref])  # of the two with one identifier, the first by reference
+    assert f"participant: {kept} has the first identifier of {created} (Patient?identifier=" in result.stderr
     shared = read_participants(tmp_path / "people.yaml")
-    assert [p.display for p in shared.participants.values()] == [named[1]]
+    assert [p.display for p in shared.participants.values()] == [named[1] if created == named[0] else "Twin"]
     (exported,) = load_specs([tmp_path / "out"], participants=shared)
-    assert {p.reference for p in exported.participants.values()} >= {nobody, "Patient/not-there"}
+    assert {p.reference for p in exported.participants.values()} >= {nobody, "Patient/not-there", kept}
     lines = _report(tmp_path / "out")
-    assert {line.get("participant") for line in lines} >= {nobody, "Patient/not-there"}
-    assert lines[-1]["summary"]["participants_not_created"] == 2
+    assert {line.get("participant") for line in lines} >= {nobody, "Patient/not-there", kept}
+    assert lines[-1]["summary"]["participants_not_created"] == 3
 
 
 @pytest.mark.local_only

@@ -6,11 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from loadkit import cli, client_for, load
 
 from bundler import generate, load_specs
 from bundler.check import validate_files
+from bundler.errors import OptionError
 from bundler.load.verify import verify
 
 
@@ -76,3 +78,22 @@ def test_generate_draws_its_cast_from_a_participants_file(tmp_path: Path) -> Non
     assert summary.participants == tmp_path / "people.yaml" and not (tmp_path / "out" / "participants.yaml").exists()
     specs = load_specs([tmp_path / "out" / "threads"], participants=tmp_path / "people.yaml")
     assert {a for s in specs for a in s.participants} == {"pat", "doc"}
+
+
+@pytest.mark.parametrize("prefix", ["../../x", ".hidden", "a b", "x/y", "é", "a" * 123])
+def test_a_prefix_that_makes_keys_the_grammar_refuses_writes_nothing(tmp_path: Path, prefix: str) -> None:
+    with pytest.raises(OptionError, match=r"thread keys are <prefix>-<number>, and .* must be 1-128 letters"):
+        generate(3, out=tmp_path / "out", prefix=prefix)
+    run = cli(["generate", "--threads", "3", "--prefix", prefix, "-o", "out/seed"], {}, cwd=tmp_path)
+    assert run.returncode == 2 and "error: prefix " in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert list(tmp_path.rglob("*")) == []  # not inside -o, not beside it
+
+
+def test_any_prefix_the_grammar_takes_makes_threads_that_validate(tmp_path: Path) -> None:
+    longest = "p:" + "a" * (128 - len("p:-00012"))  # the 12th thread's key is 128 characters
+    for n, prefix in enumerate(["seed.2:x_y", longest]):
+        summary = generate(12, out=tmp_path / str(n), seed=1, prefix=prefix)
+        specs = load_specs([tmp_path / str(n) / "threads"], participants=summary.participants)
+        assert max(len(s.key) for s in specs) == len(prefix) + 6 and all(s.key.startswith(prefix) for s in specs)
+        report = validate_files([tmp_path / str(n) / "threads"], participants=summary.participants, structure=False)
+        assert report.errors == 0

@@ -14,6 +14,7 @@ from faultproxy import FaultProxy, Rule
 from loadkit import cli, client_for, env, load
 
 from bundler import build_bundle, load_specs, parse_spec
+from bundler.errors import SpecError
 from bundler.load import Outcome
 from bundler.load.verify import verify
 from bundler.spec import ThreadSpec
@@ -169,6 +170,63 @@ def test_specs_read_with_a_participants_file(tmp_path: Path) -> None:
     (tmp_path / "u.json").write_bytes(orjson.dumps(thread("p", "u", overridden)))
     (spec,) = load_specs([tmp_path / "u.json"], participants=people_file)
     assert spec.participants["homer"].reference == "Patient/2"  # the spec's own wins
+
+
+def test_an_alias_in_neither_the_spec_nor_the_file_names_the_file_and_what_both_know(tmp_path: Path) -> None:
+    people_file = tmp_path / "people.yaml"
+    people_file.write_text("participants:\n" + "".join(f"  p{n:02d}: {{reference: Patient/{n}}}\n" for n in range(25)))
+    lone = thread("p", "t", {"nurse": {"reference": "Practitioner/1"}})
+    lone["messages"][1]["sender"] = "bart"
+    nobody = thread("p", "u")  # no participants of its own, none of the file's named
+    nobody["sender"] = "bart"
+    for data in (lone, nobody):
+        (tmp_path / "t.json").write_bytes(orjson.dumps(data))
+        with pytest.raises(SpecError) as info:
+            load_specs([tmp_path / "t.json"], participants=people_file)
+        known = ", ".join([*(["nurse"] if data is lone else []), *(f"p{n:02d}" for n in range(25))][:20])
+        more = 6 if data is lone else 5
+        assert {p.message for p in info.value.problems} == {  # (homer, the subject; hibbert, a sender)
+            f"'{who}' is not a participant of the thread nor of {people_file} (known: {known}, and {more} more)"
+            for who in ("bart", "homer", "hibbert")}
+
+
+def test_one_participant_to_create_may_be_written_in_many_places_alike(tmp_path: Path) -> None:
+    """The same create block in the file, in a spec and in another spec under another alias is one participant;
+    the first place that changes it is refused, naming where the first is written."""
+    people_file = write_people(tmp_path / "people.yaml", "p")
+    again = {"homer2": people("p")["homer"]}
+    folder = tmp_path / "threads"
+    folder.mkdir()
+    (folder / "a.json").write_bytes(orjson.dumps(thread("p", "a", people("p"))))
+    b = thread("p", "b", again)
+    b["subject"] = "homer2"
+    (folder / "b.json").write_bytes(orjson.dumps(b))
+    specs = load_specs([folder], participants=people_file)
+    assert len({p.reference for s in specs for p in s.participants.values()}) == 2
+    b["participants"]["homer2"]["create"]["name"][0]["given"] = ["Max"]
+    (folder / "b.json").write_bytes(orjson.dumps(b))
+    with pytest.raises(SpecError) as info:
+        load_specs([folder], participants=people_file)
+    (problem,) = info.value.problems
+    assert (problem.file, problem.path) == (str(folder / "b.json"), "participants.homer2.create")
+    assert problem.message.startswith(f"creates Patient?identifier={MRN}|p-1 differently from participants.homer at "
+                                      f"{people_file}:5 (the same first identifier, another create)")
+
+
+def test_read_model_from_the_command_line_keeps_where_participants_and_files_came_from(tmp_path: Path) -> None:
+    """--read-model makes a new spec: it keeps the bytes of its file attachments and the participants file it took
+    participants from (their lines), as the spec it replaces had them."""
+    people_file = write_people(tmp_path / "people.yaml", "p")
+    data = thread("p", "t")
+    data["messages"][0]["attachments"] = [{"file": "note.txt"}]
+    (tmp_path / "note.txt").write_text("hello")
+    (tmp_path / "t.json").write_bytes(orjson.dumps(data))
+    (spec,) = load_specs([tmp_path / "t.json"], participants=people_file, read_model="tasks")
+    assert spec.read_model == "tasks" and spec.files
+    assert spec.origin(None, "participants", "homer") == (str(people_file), 3)
+    run = cli(["build", str(tmp_path / "t.json"), "--participants", str(people_file), "--read-model", "tasks",
+               "--ndjson"], {})
+    assert run.returncode == 0 and '"resourceType":"Binary"' in run.stdout, run.stderr
 
 
 def specs_using(spec: ThreadSpec) -> list[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,10 +18,17 @@ from hypothesis import HealthCheck, given, settings
 
 from bundler.build import build_bundle
 from bundler.check import RULES, Issue, validate, validate_many
-from bundler.check.limits import Limits
+from bundler.check.limits import REQUEST_ENVELOPE_BYTES, Limits, request_entry_bytes
+from bundler.load.plan import RequestLimits, TooLarge, cut, entry_sizes
 from bundler.spec import load_specs
 from bundler.testing.strategies import bundles
-from bundler.vocabulary import READ_RECEIPT_CODE, READ_RECEIPT_SYSTEM, READ_STATE_EXTENSION
+from bundler.vocabulary import (
+    MAX_BODY_BYTES,
+    MAX_REQUEST_BYTES,
+    READ_RECEIPT_CODE,
+    READ_RECEIPT_SYSTEM,
+    READ_STATE_EXTENSION,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "fixtures" / "threads" / "homer-lab-results.yaml"
@@ -221,7 +230,12 @@ BREAKS: dict[str, list[Callable[[dict[str, Any]], None]]] = {
                                                  "request": {"method": "POST", "url": "Binary"},
                                                  "resource": {"resourceType": "Binary", "contentType": "text/plain",
                                                               "data": "QU JD"}})],
-    "limit.body-size": [_set("entry.1.resource.payload.0.contentString", "x" * 1_048_576)],
+    "limit.body-size": [lambda b: (_set("entry.1.resource.payload.0.contentString", "x" * 600_000)(b),
+                                   _set("entry.2.resource.payload.0.contentString", "x" * 600_000)(b))],
+    "limit.entry-size": [_set("entry.1.resource.payload.0.contentString", "x" * 1_048_576),
+                         _set("entry.2.resource.payload.0.contentString", "x" * 1_000_000),
+                         _set("entry.0.resource.recipient", [{"reference": PAT}, {"reference": DOC}]
+                              + [{"reference": f"Patient/{n}"} for n in range(40_000)])],
     "limit.conditional-entries": [_pad_conditional],
     "limit.put-entries": [_many_puts],
     "limit.uuid-id": [lambda b: (_set("entry.1.request", {"method": "PUT", "url": "Communication/msg-1"})(b),
@@ -280,6 +294,24 @@ def test_limits_none_and_structure_off() -> None:
     assert validate(b, structure=False) == []
     with pytest.raises(ValueError, match="unknown limits profile"):
         validate(base(), limits="hapi")
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_an_entry_is_too_large_at_the_byte_the_loader_cuts_at(extra: int) -> None:
+    """validate measures an entry as the loader's cutting does (load.plan), against the same limit: at the limit
+    it gets a request of its own; one byte more is validate's error and the loader's TooLarge."""
+    b = base()
+    res(b, 2)["payload"][0]["contentString"] = ""
+    text = MAX_REQUEST_BYTES - REQUEST_ENVELOPE_BYTES - request_entry_bytes(b["entry"][2]) + extra
+    res(b, 2)["payload"][0]["contentString"] = "x" * text
+    codes = {i.code for i in validate(b, structure=False)}
+    if extra:
+        assert codes == {"limit.entry-size"}
+        with pytest.raises(TooLarge, match=f"entry 2 is {MAX_REQUEST_BYTES - REQUEST_ENVELOPE_BYTES + 1:,} bytes"):
+            cut(range(3), entry_sizes(b), RequestLimits())
+    else:
+        assert codes == set()
+        assert cut(range(3), entry_sizes(b), RequestLimits()) == [[0, 1], [2]]
 
 
 def test_transaction_limits_do_not_apply_to_batches() -> None:
@@ -447,3 +479,31 @@ def test_cli_missing_file_and_bad_ndjson_exit_2(tmp_path: Path, cli: click.Comma
     nd.write_bytes(orjson.dumps(base()) + b"\n{oops\n")
     result = CliRunner().invoke(cli, [str(nd)])
     assert result.exit_code == 2 and f"{nd}:2" in result.output
+
+
+def _command(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`thread-bundler ARGS` as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "bundler", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+def test_cli_identifier_system_is_the_one_build_and_load_use(tmp_path: Path) -> None:
+    """A spec just under Medplum's body limit as built with the default system goes over it with a longer system:
+    `validate --identifier-system` checks the bundle `build`/`load` make with it, not the default's."""
+    system = "https://example.org/" + "s" * 200
+    data = load_specs([FIXTURE])[0].to_data()
+    entries = 1 + len(data["messages"])
+    room = MAX_BODY_BYTES - len(orjson.dumps(build_bundle(data))) - 100  # spread over the messages: each fits
+    for k, message in enumerate(data["messages"]):                          # a request of its own
+        share = room // len(data["messages"]) + (room % len(data["messages"]) if k == 0 else 0)
+        message["text"] += " " + "x" * (share - 1)
+    assert len(orjson.dumps(build_bundle(data))) == MAX_BODY_BYTES - 100
+    assert len(orjson.dumps(build_bundle(data, identifier_system=system))) > MAX_BODY_BYTES + entries * 100
+    (tmp_path / "t.json").write_bytes(orjson.dumps(data))
+    plain = _command("validate", "t.json", "--no-structure", cwd=tmp_path)
+    assert plain.returncode == 0 and "0 errors, 0 warnings" in plain.stdout, plain.stdout + plain.stderr
+    longer = _command("validate", "t.json", "--no-structure", "--identifier-system", system, cwd=tmp_path)
+    assert longer.returncode == 0, longer.stdout + longer.stderr
+    assert "warning[limit.body-size]" in longer.stdout and "0 errors, 1 warning" in longer.stdout
+    built = _command("build", "t.json", "-o", "out", "--identifier-system", system, cwd=tmp_path)
+    assert "warning[limit.body-size]" in built.stderr  # the same words, from the same bundle

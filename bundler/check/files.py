@@ -22,6 +22,7 @@ from ..errors import Problem, SpecError
 from ..spec import ParticipantsFile, read_participants, spec_files
 from ..spec.files import ThreadKeys, read_document
 from ..spec.model import Participant, ThreadSpec, read_model_problems
+from ..spec.participants import Creates
 from ..spec.source import SAVE_AS_UTF8, Document, decode, parse_json, parse_text, split_threads
 from ..vocabulary import MAX_CONDITIONAL_ENTRIES
 from .issues import Issue
@@ -160,25 +161,32 @@ def _document_bundles(docs: list[Document], problems: list[Problem], identifier_
         if duplicate is not None:
             problems.append(duplicate)
         elif spec is not None:
+            if created is not None:
+                problems.extend(created.add(spec))
             spec, model_problems = read_model_problems(spec, read_model)
             problems.extend(model_problems)
             out.append((build_bundle(spec, identifier_system=identifier_system), spec_origin(spec)))
-            if created is not None:
-                created.add(spec)
     return out
 
 
 class Created:
-    """The distinct participants to create of the specs read (the first spec to give a reference wins), each with
-    where it is written: validated as the conditional-create bundles `load` sends (`build.participant_bundles`)."""
+    """The distinct participants to create of the specs read, each with where it is written: validated as the
+    conditional-create bundles `load` sends (`build.participant_bundles`). One that another participant of the run
+    (of a spec, or of the participants file `shared`) creates differently is a problem (`spec.participants.Creates`),
+    as `load` would create the first alone."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared: ParticipantsFile | None = None) -> None:
         self.participants: dict[str, tuple[Participant, tuple[str, int | None]]] = {}
+        self.creates = Creates()
+        if shared is not None:
+            self.creates.add_file(shared)  # (read_participants refused a file that contradicts itself)
 
-    def add(self, spec: ThreadSpec) -> None:
+    def add(self, spec: ThreadSpec) -> list[Problem]:
+        """Collect the participants to create of `spec`; the problems of those that contradict one before."""
         for alias, p in spec.participants.items():
             if p.create is not None and p.reference not in self.participants:
                 self.participants[p.reference] = (p, spec.origin(None, "participants", alias))
+        return self.creates.add(spec)
 
     def bundles(self) -> list[tuple[Any, Origin]]:
         items = list(self.participants.values())
@@ -210,7 +218,7 @@ def validate_files(paths: Iterable[str | Path], *, limits: str | Limits = "medpl
     files, problems = input_files(paths)
     items: list[tuple[Any, Origin]] = []
     keys = ThreadKeys()
-    created = Created()
+    created = Created(shared)
     for file in files:
         found, file_problems = read_bundles(file, identifier_system=identifier_system, keys=keys, shared=shared,
                                             created=created, read_model=read_model)

@@ -63,6 +63,8 @@ RULES: dict[str, tuple[Severity, str]] = {
     # server limits (profile-dependent)
     "limit.body-size": ("warning", "the serialized Bundle fits the server's request body limit (posted as is, it "
                                    "is refused; `load` cuts it into parts that fit)"),
+    "limit.entry-size": ("error", "every entry fits one request on its own (`load` cuts a thread between entries, "
+                                  "never inside one)"),
     "limit.conditional-entries": ("error", "a transaction with a conditional entry has at most the allowed entries"),
     "limit.put-entries": ("error", "a transaction has at most the allowed PUT entries"),
     "limit.uuid-id": ("error", "ids in PUT urls are UUIDs (Medplum refuses other client ids)"),

@@ -8,6 +8,11 @@ Medplum 5.x (packages/fhir-router/src/batch.ts, packages/server config): request
 (`maxJsonSize` '1mb' = 1,048,576 bytes); a *transaction* with a conditional entry (ifNoneExist,
 conditional PUT/DELETE/PATCH) runs serializable and holds at most 8 entries; a transaction holds at
 most 50 updates (PUT); client-chosen ids must be UUIDs ("Invalid id").
+
+A bundle over the body limit is only a warning: `load` cuts it into requests of at most
+`vocabulary.MAX_REQUEST_BYTES`. It cuts between entries, so one entry larger than that cannot be sent at all, an
+error; what an entry takes in a request is measured here (`request_entry_bytes`), for the validator and for the
+loader's cutting (`load.plan`) alike.
 """
 
 from __future__ import annotations
@@ -20,26 +25,34 @@ from typing import Any
 
 import orjson
 
-from ..vocabulary import MAX_BODY_BYTES, MAX_CONDITIONAL_ENTRIES, MAX_PUT_ENTRIES
+from ..vocabulary import MAX_BODY_BYTES, MAX_CONDITIONAL_ENTRIES, MAX_PUT_ENTRIES, MAX_REQUEST_BYTES
 from .issues import Issue, entry_path, make_issue
 
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
+REQUEST_ENVELOPE_BYTES = len(b'{"resourceType":"Bundle","type":"transaction","entry":[]}')
+"""The bytes of a transaction request around its entries."""
+REFERENCE_GROWTH = 16
+"""How much longer a reference gets when `load` points it at an entry already on the server: `Communication/<uuid>`
+is 16 bytes longer than `urn:uuid:<uuid>`."""
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """One server's limits; None (or False) turns a check off."""
+    """One server's limits; None (or False) turns a check off. `max_request_bytes`: the largest request `load`
+    makes (an entry larger on its own cannot be sent)."""
 
     name: str = "custom"
     max_body_bytes: int | None = None
     max_conditional_entries: int | None = None
     max_put_entries: int | None = None
     uuid_ids: bool = False
+    max_request_bytes: int | None = None
 
 
 PROFILES: dict[str, Limits] = {
     "medplum": Limits("medplum", max_body_bytes=MAX_BODY_BYTES, max_conditional_entries=MAX_CONDITIONAL_ENTRIES,
-                      max_put_entries=MAX_PUT_ENTRIES, uuid_ids=True),
+                      max_put_entries=MAX_PUT_ENTRIES, uuid_ids=True, max_request_bytes=MAX_REQUEST_BYTES),
     "none": Limits("none"),
 }
 
@@ -65,21 +78,37 @@ def is_conditional(entry: Any) -> bool:
     return request.get("method") in ("PUT", "DELETE", "PATCH") and isinstance(url, str) and "?" in url
 
 
-def json_size(data: Any) -> int:
-    """Bytes of `data` as compact JSON (what is posted), also when orjson cannot write it (an integer beyond 64
-    bits, a string with half a surrogate pair)."""
+def json_bytes(data: Any) -> bytes:
+    """`data` as compact JSON (what is posted), also when orjson cannot write it (an integer beyond 64 bits, a
+    string with half a surrogate pair)."""
     try:
-        return len(orjson.dumps(data))
+        return orjson.dumps(data)
     except (orjson.JSONEncodeError, TypeError):
         text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), check_circular=False)
-        return len(text.encode("utf-8", "surrogatepass"))
+        return text.encode("utf-8", "surrogatepass")
+
+
+def request_entry_bytes(entry: Any) -> int:
+    """The bytes `entry` takes in a transaction request `load` sends: itself as compact JSON, the comma after it,
+    and room for each `urn:uuid:` reference in it to become a server id (`REFERENCE_GROWTH`), as it does in a part
+    sent after the entries it points at."""
+    data = json_bytes(entry)
+    return len(data) + 1 + REFERENCE_GROWTH * data.count(b"urn:uuid:")
+
+
+def fits_request(entry_bytes: int, max_bytes: int = MAX_REQUEST_BYTES) -> bool:
+    """Whether an entry of `entry_bytes` (`request_entry_bytes`, with whatever a request adds to it) fits a request
+    of at most `max_bytes` on its own."""
+    return REQUEST_ENVELOPE_BYTES + entry_bytes <= max_bytes
 
 
 def limit_issues(bundle: Mapping[str, Any], limits: Limits) -> list[Issue]:
-    """Issues for every limit of `limits` that `bundle` goes over."""
+    """Issues for every limit of `limits` that `bundle` goes over. An entry too large for any request is an error,
+    and then the bundle's size is not also a warning (that `load` cuts it into parts that fit would not be true)."""
     entries = bundle.get("entry")
     entries = entries if isinstance(entries, list) else []
-    out = _body_size(bundle, limits)
+    data = json_bytes(bundle) if limits.max_body_bytes is not None or limits.max_request_bytes is not None else b""
+    out = _entry_size(entries, data, limits) or _body_size(len(data), limits)
     if bundle.get("type") == "transaction":
         out += _conditional_entries(entries, limits)
         out += _put_entries(entries, limits)
@@ -92,11 +121,35 @@ def _puts(entries: list[Any]) -> list[int]:
             and e["request"].get("method") == "PUT"]
 
 
-def _body_size(bundle: Mapping[str, Any], limits: Limits) -> list[Issue]:
-    if limits.max_body_bytes is None:
-        return []
-    size = json_size(bundle)
-    if size <= limits.max_body_bytes:
+def _entry_size(entries: list[Any], data: bytes, limits: Limits) -> list[Issue]:
+    """Each entry that alone is larger than a request `load` makes (`data`: the whole bundle as JSON)."""
+    cap = limits.max_request_bytes
+    if cap is None or fits_request(len(data) + REFERENCE_GROWTH * data.count(b"urn:uuid:"), cap):
+        return []  # (no entry takes more than the whole bundle)
+    out = []
+    server = f" ({limits.name} refuses bodies over {limits.max_body_bytes:,})" if limits.max_body_bytes else ""
+    for i, entry in enumerate(entries):
+        size = request_entry_bytes(entry)
+        if not fits_request(size, cap):
+            out.append(make_issue("limit.entry-size", entry_path(i), f"this entry is {size:,} bytes in a request; "
+                                  f"`thread-bundler load` sends at most {cap:,} bytes a request{server} and cuts a "
+                                  f"thread between entries, never inside one, so it cannot be sent: "
+                                  f"{_smaller(entry, size)}", i))
+    return out
+
+
+def _smaller(entry: Any, size: int) -> str:
+    """How an entry too large for a request could be made smaller: by what takes most of it."""
+    resource = entry.get("resource") if isinstance(entry, dict) else None
+    recipients = resource.get("recipient") if isinstance(resource, dict) else None
+    if isinstance(recipients, list) and 2 * len(json_bytes(recipients)) > size:
+        return (f"most of it is its {len(recipients):,} recipients (a thread's header lists every participant): "
+                f"name a Group or CareTeam as one participant instead of its members, or split the thread")
+    return "make it smaller: shorter text, or large content as a file attachment (a large file is uploaded on its own)"
+
+
+def _body_size(size: int, limits: Limits) -> list[Issue]:
+    if limits.max_body_bytes is None or size <= limits.max_body_bytes:
         return []
     return [make_issue("limit.body-size", "Bundle", f"the Bundle is {size:,} bytes as JSON; {limits.name} refuses "
                        f"request bodies over {limits.max_body_bytes:,} bytes, so posted as is it fails: "

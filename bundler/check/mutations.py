@@ -408,9 +408,27 @@ def base64(bundle: Bundle, rng: random.Random) -> Bundle:
 
 
 def body_size(bundle: Bundle, rng: random.Random) -> Bundle:
-    out, entries = _copy(bundle, 0)
+    """Make the bundle larger than a request body, each entry small enough for a request of its own: about
+    550,000 bytes more in the header's topic and in a message's payload."""
+    out, entries = _copy(bundle)
     topic = _header(entries).setdefault("topic", {})
-    topic["text"] = topic.get("text", "Thread") + " " + "lorem ipsum " * (1_100_000 // 12)
+    topic["text"] = topic.get("text", "Thread") + " " + "lorem ipsum " * (550_000 // 12)
+    _, message = _message(entries, rng)
+    message["payload"] = [*message.get("payload", []), {"contentString": "lorem ipsum " * (550_000 // 12)}]
+    return out
+
+
+def entry_size(bundle: Bundle, rng: random.Random) -> Bundle:
+    """Make one entry larger than any request `load` makes: a text of 1,100,000 bytes, in a message's payload
+    (or, in a bundle of a header alone, the header's topic)."""
+    out, entries = _copy(bundle, 0)
+    text = "lorem ipsum " * (1_100_000 // 12)
+    if _messages(entries):
+        _, message = _message(entries, rng)
+        message["payload"] = [*message.get("payload", []), {"contentString": text}]
+    else:
+        topic = _header(entries).setdefault("topic", {})
+        topic["text"] = topic.get("text", "Thread") + " " + text
     return out
 
 
@@ -579,6 +597,7 @@ MUTATIONS: dict[str, Mutation] = {
     "fhir.code": code,
     "fhir.base64": base64,
     "limit.body-size": body_size,
+    "limit.entry-size": entry_size,
     "limit.conditional-entries": conditional_entries,
     "limit.put-entries": put_entries,
     "limit.uuid-id": uuid_id,

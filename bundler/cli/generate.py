@@ -29,7 +29,8 @@ def parse_range(ctx: click.Context, param: click.Parameter, value: str) -> tuple
               help="Messages a thread: MIN..MAX, or one number.")
 @click.option("--seed", type=int, default=0, show_default=True, help="The same seed writes the same bytes.")
 @click.option("--prefix", default="gen", show_default=True,
-              help="Thread keys and identifier values start with it (a project seeded twice: another prefix).")
+              help="Thread keys (<prefix>-<number>) and identifier values start with it, so it must make keys the "
+                   "spec format takes (a project seeded twice: another prefix).")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True,
               help="Folder: specs into OUT/threads/, the cast into OUT/participants.yaml.")
 @participants_option

@@ -10,7 +10,6 @@ from typing import Any, TypeVar
 import click
 import orjson
 
-from ..build import DEFAULT_IDENTIFIER_SYSTEM
 from ..load.loader import DEFAULT_LATE_MARGIN, EXACTLY_ONCE_MODES, LoadInterrupted, default_journal, load
 from ..load.report import LoadReport, LoadWatcher, ReportWriter, ThreadResult
 from ..load.verify import VerifyResult, verify
@@ -21,14 +20,12 @@ from . import display
 from .common import EXIT_ISSUES, EXIT_OK, SECRETS, participants_option, read_model_option, report_errors
 from .connect import connection_options, with_client
 from .display import Bar, duration, table
-from .identifier import check_identifier_system
+from .identifier import identifier_system_option
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_INTERRUPTED = 130
 
-identifier_option = click.option("--identifier-system", default=DEFAULT_IDENTIFIER_SYSTEM, show_default=True,
-                                 callback=check_identifier_system,
-                                 help="Identifier system the threads were built with.")
+identifier_option = identifier_system_option("Identifier system the threads were built with.")
 
 
 def print_load_report(report: LoadReport, *, show: int = 20) -> None:

@@ -13,6 +13,7 @@ from ..check.files import Report, validate_files
 from ..check.limits import PROFILES
 from .common import EXIT_ISSUES, EXIT_OK, participants_option, read_model_option, report_errors
 from .display import count
+from .identifier import identifier_system_option
 
 
 def format_text(report: Report) -> str:
@@ -40,11 +41,14 @@ def format_text(report: Report) -> str:
 @click.option("--no-structure", is_flag=True, help="Skip the FHIR R4 structure check (fhir.resources; the slow part).")
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Processes for large inputs.  [default: the number of cores]")
+@identifier_system_option("Identifier system of every Communication built from the specs, as build and load give it "
+                          "(value: thread key, or key/message id).")
 @participants_option
 @read_model_option
 @report_errors
 def validate_command(paths: tuple[str, ...], limits: str, format_: str, no_structure: bool,
-                     workers: int | None, participants: Path | None, read_model: str | None) -> None:
+                     workers: int | None, identifier_system: str, participants: Path | None,
+                     read_model: str | None) -> None:
     """Check Bundles in PATHS for everything a Medplum server would reject or store broken.
 
     PATHS are Bundle JSON files, NDJSON files of Bundles (.ndjson), thread specs (.yaml, .yml, .json
@@ -56,9 +60,10 @@ def validate_command(paths: tuple[str, ...], limits: str, format_: str, no_struc
       thread-bundler validate out/
       thread-bundler validate bundles.ndjson --format json --limits none
       thread-bundler validate threads/ --participants people.yaml
+      thread-bundler validate threads/ --identifier-system https://example.org/threads
     """
     report = validate_files(paths, limits=limits, structure=not no_structure, workers=workers,
-                            participants=participants, read_model=read_model)
+                            identifier_system=identifier_system, participants=participants, read_model=read_model)
     if format_ == "json":
         click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
     else:

@@ -24,7 +24,7 @@ from ..errors import OptionError, SpecError
 from ..medplum.client import FhirClient, chunked
 from ..spec.dump import dump_yaml
 from ..spec.files import read_documents
-from ..spec.model import check_document
+from ..spec.model import check_document, created_reference
 from ..spec.participants import ParticipantsFile
 from ..spec.source import Document
 from ..vocabulary import identifier_system_problem, parse_literal
@@ -117,17 +117,28 @@ class Plan:
 
 
 def plan(client: FhirClient, people: People) -> Plan:
-    """Read every participant (one search per type, many ids a request) and say how each is to be created."""
+    """Read every participant (one search per type, many ids a request) and say how each is to be created. Of two
+    resources with the same first identifier (one conditional create would make them one), the first by reference
+    is created; the other keeps its literal reference, and that is listed."""
     out = Plan(aliases=people.aliases())
     found = read_resources(client, people.displays)
+    blocks = {r: create_block(res) for r in people.displays
+              if (res := found.get(r)) is not None and create_problem(res) is None}
+    first: dict[str, str] = {}  # conditional reference → the reference it creates
+    for reference in sorted(blocks):
+        first.setdefault(created_reference(blocks[reference]), reference)
     for reference in people.displays:
         resource = found.get(reference)
         if resource is None:
             why: str | None = ("is not on the server" if parse_literal(reference) else
                                "is no literal reference") + ": it cannot be read, its reference is kept"
         elif (why := create_problem(resource)) is None:
-            out.creates[reference] = create_block(resource)
-            continue
+            conditional = created_reference(blocks[reference])
+            if first[conditional] == reference:
+                out.creates[reference] = blocks[reference]
+                continue
+            why = (f"has the first identifier of {first[conditional]} ({conditional}), so one conditional create "
+                   "would make them one: its literal reference is kept")
         out.problems[reference] = f"{reference} {why}"
     return out
 

@@ -1,7 +1,7 @@
 """Cutting a thread into requests the server will take, keeping every reference intact. Pure.
 
-A thread goes as one transaction when it fits (1 MB body, `max_entries`). When it does not, it is cut
-into parts sent in order: the first holds the header, later ones point at entries already on the server
+A thread goes as one transaction when it fits (`vocabulary.MAX_REQUEST_BYTES`, `max_entries`). When it does not,
+it is cut into parts sent in order: the first holds the header, later ones point at entries already on the server
 by their server ids (`Communication/<id>`), and at entries of their own part by `urn:uuid:`. On a
 project with atomic transactions each part is atomic on its own. In conditional mode every entry is a
 conditional create on its identifier (so re-sending, or a request arriving late, is harmless), at most
@@ -19,20 +19,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
+from ..check.limits import REQUEST_ENVELOPE_BYTES, fits_request, request_entry_bytes
 from ..vocabulary import (
     MAX_CONDITIONAL_ENTRIES,
     MAX_PUT_ENTRIES,
+    MAX_REQUEST_BYTES,
     READ_STATE_EXTENSION,
     READ_STATE_LAST_READ,
     identifier_token,
     rewrite_references,
 )
 
-SAFE_MAX_BYTES = 1_000_000  # what we plan for, under Medplum's 1 MB: room for rewritten references
-_ENVELOPE = len(b'{"resourceType":"Bundle","type":"transaction","entry":[]}')
-_REFERENCE_GROWTH = 16  # "Communication/<uuid>" is longer than "urn:uuid:<uuid>"
+SAFE_MAX_BYTES = MAX_REQUEST_BYTES  # what we plan for, under Medplum's 1 MB (vocabulary; validate checks entries by it)
+_ENVELOPE = REQUEST_ENVELOPE_BYTES
 
 
 class TooLarge(ValueError):
@@ -52,12 +51,9 @@ class RequestLimits:
 
 
 def entry_sizes(bundle: Mapping[str, Any]) -> list[int]:
-    """The serialised size of each entry, plus room for its references to be rewritten."""
-    sizes = []
-    for entry in bundle["entry"]:
-        data = orjson.dumps(entry)
-        sizes.append(len(data) + 1 + _REFERENCE_GROWTH * data.count(b"urn:uuid:"))
-    return sizes
+    """The serialised size of each entry, plus room for its references to be rewritten
+    (`check.limits.request_entry_bytes`, what `validate` measures an entry by)."""
+    return [request_entry_bytes(entry) for entry in bundle["entry"]]
 
 
 def cut(indexes: Sequence[int], sizes: Sequence[int], limits: RequestLimits, *, weights: Sequence[int] | None = None,
@@ -134,7 +130,7 @@ def trim_read_state(header: dict[str, Any], known: Mapping[str, str], urls: Sequ
 def _room(index: int, size: int, limits: RequestLimits) -> int:
     """The bytes entry `index` takes in a request (with its ifNoneExist in conditional mode)."""
     extra = size + (96 if limits.conditional else 0)
-    if _ENVELOPE + extra > limits.max_bytes:
+    if not fits_request(extra, limits.max_bytes):
         raise TooLarge(f"entry {index} is {size:,} bytes: more than one request may carry "
                        f"({limits.max_bytes:,} bytes)")
     return extra

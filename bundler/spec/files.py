@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import Problem, SpecError
 from .attachments import read_files
 from .model import ThreadSpec, check_document, read_model_problems
-from .participants import ParticipantsFile, read_participants
+from .participants import Creates, ParticipantsFile, read_participants
 from .source import Document, decode, parse_text, split_threads
 
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
@@ -122,11 +122,16 @@ def load_specs(paths: Iterable[str | Path], *, participants: str | Path | Partic
                read_model: str | None = None) -> list[ThreadSpec]:
     """Every thread in `paths`, checked; raises SpecError with every problem in every file. `participants`: a
     participants file (`bundler.spec.participants`) whose participants the threads may use. `read_model` (one of
-    `vocabulary.READ_MODELS`) overrides every thread's own (`model.with_read_model`)."""
+    `vocabulary.READ_MODELS`) overrides every thread's own (`model.with_read_model`). A thread key used twice, and
+    a participant to create that another (in any spec, or the file) creates differently (`Creates`), are
+    problems."""
     shared = read_participants(participants) if participants is not None else None
     files, problems = spec_files(paths)
     specs: list[ThreadSpec] = []
     keys = ThreadKeys()
+    creates = Creates()
+    if shared is not None:
+        creates.add_file(shared)  # (read_participants refused a file that contradicts itself)
     for file in files:
         docs, file_problems = read_documents(file)
         problems.extend(file_problems)
@@ -143,6 +148,7 @@ def load_specs(paths: Iterable[str | Path], *, participants: str | Path | Partic
             if duplicate is not None:
                 problems.append(duplicate)
                 continue
+            problems.extend(creates.add(spec))
             spec, model_problems = read_model_problems(spec, read_model)
             problems.extend(model_problems)
             specs.append(spec)

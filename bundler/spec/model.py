@@ -26,8 +26,7 @@ the builder. Either kind is checked whenever it is made.
 from __future__ import annotations
 
 import copy
-import dataclasses
-from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence, ValuesView
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Self, TypeVar, cast, dataclass_transform
 
 import orjson
@@ -41,6 +40,7 @@ from pydantic import (
     PrivateAttr,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     model_validator,
 )
 from pydantic.dataclasses import dataclass as pydantic_dataclass
@@ -94,7 +94,7 @@ from .scalars import (
     check_alias_name,
     not_allowed,
 )
-from .source import Document, Path_, shown
+from .source import Document, Path_, format_path, shown
 
 if TYPE_CHECKING:
     from .participants import ParticipantsFile
@@ -877,10 +877,13 @@ class ThreadSpec(_Model):
 
     @model_validator(mode="wrap")
     @classmethod
-    def _checked(cls, data: Any, handler: ModelWrapValidatorHandler[ThreadSpec]) -> ThreadSpec:
-        """The fields (pydantic), then what they mean together; every problem of both at once."""
+    def _checked(cls, data: Any, handler: ModelWrapValidatorHandler[ThreadSpec], info: ValidationInfo
+                 ) -> ThreadSpec:
+        """The fields (pydantic), then what they mean together; every problem of both at once. The validation
+        context's `SHARED` is the participants file the thread may take participants from (`check_document`)."""
         if isinstance(data, ThreadSpec):
             return data  # checked when it was made
+        shared: ParticipantsFile | None = info.context.get(SHARED) if isinstance(info.context, dict) else None
         defaults: frozenset[int] = frozenset()
         if isinstance(data, dict):
             data, defaults = _default_ids(data)
@@ -889,11 +892,19 @@ class ThreadSpec(_Model):
         except ValidationError as exc:
             errors = exc.errors(include_url=False)
             if isinstance(data, dict):
+                participants, messages, subject, sender = _Partial.read(data)
+                own = data.get("participants", {})
+                if shared is not None and isinstance(own, Mapping) and not own \
+                        and _names_someone(messages, subject, sender):
+                    # none of its own, and none of the file's that it names: each name is one neither has
+                    participants = {}
+                    errors = [e for e in errors if tuple(e["loc"]) != ("participants",)]
                 said = {(e["loc"], e["msg"]) for e in errors}
-                errors += [e for e in _meaning(*_Partial.read(data), defaults) if (e["loc"], e["msg"]) not in said]
+                errors += [e for e in _meaning(participants, messages, subject, sender, defaults, shared)
+                           if (e["loc"], e["msg"]) not in said]
             raise reraise(errors) from None
-        errors = _meaning(spec.participants._items, spec.messages, spec.subject, spec.sender, defaults)
-        errors += _read_state_meaning(spec)
+        errors = _meaning(spec.participants._items, spec.messages, spec.subject, spec.sender, defaults, shared)
+        errors += _read_state_meaning(spec, shared)
         if errors:
             raise reraise(errors)
         return spec
@@ -917,14 +928,25 @@ class ThreadSpec(_Model):
     def origin(self, message_index: int | None = None, *fields: str | int) -> tuple[str, int | None]:
         """(file, line) of the thread, or of `messages[message_index]` and a field below it; ('<spec>', None) for
         a spec made in Python."""
-        if self._source is None:
-            return ("<spec>", None)
         path: Path_ = ("messages", message_index, *fields) if message_index is not None else tuple(fields)
-        source = self._source
-        if self._shared is not None and path[:1] == ("participants",) and path[1:2] and path[1] in self._borrowed:
-            source = self._shared
+        source = self._document(path)
+        if source is None:
+            return ("<spec>", None)
         pos = source.position(path)
         return (source.file, pos[0] if pos else None)
+
+    def problem(self, path: Path_, message: str) -> Problem:
+        """A problem at `path` of this spec, at its file:line:col (the participants file's, for a participant taken
+        from there); without position for a spec made in Python."""
+        source = self._document(path)
+        return source.problem(path, message) if source is not None else Problem("<spec>", None, None,
+                                                                              format_path(path), message)
+
+    def _document(self, path: Path_) -> Document | None:
+        """The document the value at `path` was read from: the spec's, or the participants file's."""
+        if self._shared is not None and path[:1] == ("participants",) and path[1:2] and path[1] in self._borrowed:
+            return self._shared
+        return self._source
 
     def to_data(self) -> dict[str, Any]:
         """This spec as plain spec data (what a YAML or JSON spec file holds), which `parse_spec` reads back
@@ -1015,18 +1037,41 @@ _NOT_SENDER_PREFIXES = _prefixes(COMMUNICATION_TARGETS["recipient"] - COMMUNICAT
 starts with one of these (`Group/`, `Group?`, ...)."""
 
 
+def _names_someone(messages: Sequence[Any], subject: str | None, sender: str | None) -> bool:
+    """Whether thread data (as `_Partial.read` gives it) names a participant by alias anywhere."""
+    return sender is not None or (subject is not None and "/" not in subject and "?" not in subject) or any(
+        m is not None and (m.sender is not None or any(r is not None for r in m.recipient or ())) for m in messages)
+
+
+_KNOWN_SHOWN: Final = 20
+"""Aliases a problem lists as known, at most (a participants file may have hundreds)."""
+
+
+def _not_a_participant(alias: str, participants: Iterable[str], shared: ParticipantsFile | None) -> str:
+    """`'bart' is not a participant (known: ...)`; with a participants file, `... of the thread nor of <file>`, and
+    the file's aliases are known too."""
+    if shared is None:
+        return f"{alias!r} is not a participant (known: {', '.join(sorted(participants)) or 'none'})"
+    known = sorted({*participants, *shared.participants})
+    more = f", and {len(known) - _KNOWN_SHOWN:,} more" if len(known) > _KNOWN_SHOWN else ""
+    return (f"{alias!r} is not a participant of the thread nor of {shared.file} "
+            f"(known: {', '.join(known[:_KNOWN_SHOWN]) or 'none'}{more})")
+
+
 def _meaning(participants: Mapping[str, Participant | None] | None, messages: Sequence[Any], subject: str | None,
-             sender: str | None, defaults: frozenset[int]) -> list[ErrorDetails]:
-    """What the fields mean together: aliases known, reference types FHIR allows per role, message ids unique,
-    replies to earlier messages. Parts that are None (invalid, reported already) are not judged.
+             sender: str | None, defaults: frozenset[int], shared: ParticipantsFile | None = None
+             ) -> list[ErrorDetails]:
+    """What the fields mean together: aliases known (to the thread, or to the participants file `shared` it takes
+    participants from), reference types FHIR allows per role, message ids unique, replies to earlier messages.
+    Parts that are None (invalid, reported already) are not judged.
 
     It runs for every thread migrate makes: the common case (every sender seen before, no recipients
     given, no reply) takes the fewest steps."""
     errors: list[ErrorDetails] = []
     may_send: set[str] = set()  # aliases of participants found fit to send
 
-    def known() -> str:
-        return f" (known: {', '.join(sorted(participants or ()))})"
+    def unknown(alias: str) -> str:
+        return _not_a_participant(alias, participants or (), shared)
 
     def not_fit(loc: Path_, value: str, role: str) -> None:
         p = participants.get(value) if participants is not None else None
@@ -1036,7 +1081,7 @@ def _meaning(participants: Mapping[str, Participant | None] | None, messages: Se
     def judge_sender(loc: Path_, alias: str) -> None:
         assert participants is not None
         if alias not in participants:
-            errors.append(_error(f"{alias!r} is not a participant{known()}", loc, alias))
+            errors.append(_error(unknown(alias), loc, alias))
         elif (p := participants[alias]) is not None:
             if p.reference.startswith(_NOT_SENDER_PREFIXES):
                 not_fit(loc, alias, "sender")
@@ -1051,7 +1096,7 @@ def _meaning(participants: Mapping[str, Participant | None] | None, messages: Se
                 if not subject.startswith(_SUBJECT_PREFIXES):
                     not_fit(("subject",), subject, "subject")
             elif subject not in participants:
-                errors.append(_error(f"{subject!r} is not a participant{known()}", ("subject",), subject))
+                errors.append(_error(unknown(subject), ("subject",), subject))
             elif (p := participants[subject]) is not None and not p.reference.startswith(_SUBJECT_PREFIXES):
                 not_fit(("subject",), subject, "subject")
     ids: dict[str, int] = {}  # message id → index of its first message
@@ -1075,8 +1120,7 @@ def _meaning(participants: Mapping[str, Participant | None] | None, messages: Se
                     if r is None:  # (not an alias: reported already)
                         continue
                     if r not in participants:
-                        errors.append(_error(f"{r!r} is not a participant{known()}", ("messages", i, "recipient", j),
-                                             r))
+                        errors.append(_error(unknown(r), ("messages", i, "recipient", j), r))
                     if r in seen:
                         errors.append(_error(f"{r!r} is listed twice", ("messages", i, "recipient", j), r))
                     seen.add(r)
@@ -1090,7 +1134,7 @@ def _meaning(participants: Mapping[str, Participant | None] | None, messages: Se
     return errors
 
 
-def _read_state_meaning(spec: ThreadSpec) -> list[ErrorDetails]:
+def _read_state_meaning(spec: ThreadSpec, shared: ParticipantsFile | None = None) -> list[ErrorDetails]:
     """What read state means with the rest: only a message's recipients read it, not before it was sent (nor
     was it received before); a draft is read by nobody; the simple model fits threads of two participants."""
     errors: list[ErrorDetails] = []
@@ -1105,7 +1149,7 @@ def _read_state_meaning(spec: ThreadSpec) -> list[ErrorDetails]:
     for i, m in enumerate(spec.messages):
         if m.received is None and not m.read_by:
             continue
-        errors += _message_reads(spec, i, m)
+        errors += _message_reads(spec, i, m, shared)
     return errors
 
 
@@ -1124,7 +1168,7 @@ def _task_owners(spec: ThreadSpec) -> list[ErrorDetails]:
     return errors
 
 
-def _message_reads(spec: ThreadSpec, i: int, m: Message) -> list[ErrorDetails]:
+def _message_reads(spec: ThreadSpec, i: int, m: Message, shared: ParticipantsFile | None) -> list[ErrorDetails]:
     """`_read_state_meaning` of message `i`, which has a received time or readers."""
     errors: list[ErrorDetails] = []
     if m.read_by and m.status is None and spec.status == DRAFT_STATUS:
@@ -1140,8 +1184,7 @@ def _message_reads(spec: ThreadSpec, i: int, m: Message) -> list[ErrorDetails]:
     for alias, when in m.read_by.items():
         loc: Path_ = ("messages", i, "read_by", alias)
         if alias not in spec.participants:
-            errors.append(_error(f"{alias!r} is not a participant (known: {', '.join(sorted(spec.participants))})",
-                                 loc, alias))
+            errors.append(_error(_not_a_participant(alias, spec.participants, shared), loc, alias))
         elif alias not in recipients:
             errors.append(_error(f"{alias!r} is not a recipient of this message (recipients: "
                                  f"{', '.join(recipients) or 'none'}): only a recipient reads it", loc, alias))
@@ -1165,7 +1208,7 @@ def with_read_model(spec: ThreadSpec, read_model: str | None) -> ThreadSpec:
         file, line = spec.origin()
         raise SpecError([Problem(file, line, None, f"{p.path} (--read-model {read_model})", p.message)
                          for p in exc.problems]) from None
-    new._source = spec._source
+    new._source, new._shared, new._borrowed, new._files = spec._source, spec._shared, spec._borrowed, spec._files
     return new
 
 
@@ -1180,6 +1223,11 @@ def read_model_problems(spec: ThreadSpec, read_model: str | None) -> tuple[Threa
 # --- reading ---------------------------------------------------------------------------------------
 
 
+SHARED: Final = "participants_file"
+"""The key of the validation context (`ThreadSpec.model_validate(data, context=...)`) that holds the participants
+file a thread may take participants from: its aliases are known, and a thread needs none of its own."""
+
+
 def check_document(doc: Document, shared: ParticipantsFile | None = None) -> tuple[ThreadSpec | None, list[Problem]]:
     """A ThreadSpec from one parsed document, or every problem that stops it being one (with positions).
     `shared`: a participants file whose participants the thread may use (its own win)."""
@@ -1188,14 +1236,9 @@ def check_document(doc: Document, shared: ParticipantsFile | None = None) -> tup
         return None, [doc.problem((), why)]
     data, borrowed = shared.merged(doc.data) if shared is not None else (doc.data, frozenset[str]())
     try:
-        spec = ThreadSpec.model_validate(data)
+        spec = ThreadSpec.model_validate(data, context={SHARED: shared} if shared is not None else None)
     except ValidationError as exc:
-        problems = problems_of(exc, doc, ThreadSpec)
-        if shared is not None:
-            nor = f" is not a participant of the thread nor of {shared.file} ("
-            problems = [dataclasses.replace(p, message=p.message.replace(" is not a participant (", nor))
-                        for p in problems]
-        return None, problems
+        return None, problems_of(exc, doc, ThreadSpec)
     spec._source = doc
     if borrowed:
         assert shared is not None

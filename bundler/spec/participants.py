@@ -7,6 +7,10 @@ spec's own `participants` block under the same key, read and checked by the same
 A spec's own participants win; the thread's participants are its own (in the order written), then each
 participant of the file the thread uses (subject, sender, messages' senders and recipients) in the order
 of first use (`merged`).
+
+A participant to create is one resource, found by the conditional reference of its first identifier, whoever
+names it: two participants with that reference but different `create` blocks (in one spec, in two, or in a spec
+and the file) are a problem naming both (`Creates`), as `load` creates each reference once, from the first.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import Problem, SpecError
-from .model import Participant, Participants, ParticipantsDocument
+from .model import Participant, Participants, ParticipantsDocument, ThreadSpec
 from .problems import problems_of
-from .source import Document
+from .source import Document, Path_
 
 
 @dataclass(frozen=True)
@@ -68,8 +72,53 @@ def _used(data: Mapping[str, Any]) -> Iterator[str]:
         yield from (r for r in (recipient if isinstance(recipient, list | tuple) else ()) if isinstance(r, str))
 
 
+class Creates:
+    """The participants to create read so far (a participants file's, then each spec's), by reference: the first
+    with each, and where it is written. Another with the same reference but a different `create` is a problem at
+    its own `create`, naming the first's file and line: `load` would create the first and silently use it for
+    both."""
+
+    def __init__(self) -> None:
+        self._first: dict[str, tuple[Participant, str]] = {}  # reference → (participant, "file:line")
+
+    def add_file(self, shared: ParticipantsFile) -> list[Problem]:
+        """Every participant to create of a participants file; problems for those that contradict one before."""
+        out = []
+        for alias, p in shared.participants.items():
+            if p.create is None:
+                continue
+            path: Path_ = ("participants", alias, "create")
+            pos = shared.doc.position(path)
+            if (why := self._add(p, f"{shared.file}:{pos[0]}" if pos else shared.file)) is not None:
+                out.append(shared.doc.problem(path, why))
+        return out
+
+    def add(self, spec: ThreadSpec) -> list[Problem]:
+        """Every participant to create of `spec` (its own, and those it takes from a participants file); problems
+        for those that contradict one before."""
+        out = []
+        for alias, p in spec.participants.items():
+            if p.create is None:
+                continue
+            file, line = spec.origin(None, "participants", alias, "create")
+            if (why := self._add(p, f"{file}:{line}" if line is not None else file)) is not None:
+                out.append(spec.problem(("participants", alias, "create"), why))
+        return out
+
+    def _add(self, p: Participant, where: str) -> str | None:
+        if p.create is None:
+            return None
+        first, at = self._first.setdefault(p.reference, (p, where))
+        if first.create == p.create:
+            return None
+        return (f"creates {p.reference} differently from participants.{first.alias} at {at} (the same first "
+                f"identifier, another create): `load` creates it once, from the first it reads; make the two create "
+                f"blocks the same, or give one another identifier")
+
+
 def check_participants(doc: Document) -> tuple[ParticipantsFile | None, list[Problem]]:
-    """The participants of one parsed participants document, or every problem with its position."""
+    """The participants of one parsed participants document, or every problem with its position (two that would
+    create one resource differently among them: `Creates`)."""
     if not isinstance(doc.data, dict) or "participants" not in doc.data:
         return None, [doc.problem((), "expected a participants file: a mapping with one key, participants: "
                                       "{alias: {reference, display, create}}")]
@@ -77,7 +126,9 @@ def check_participants(doc: Document) -> tuple[ParticipantsFile | None, list[Pro
         parsed = ParticipantsDocument.model_validate(doc.data)
     except ValidationError as exc:
         return None, problems_of(exc, doc, ParticipantsDocument)
-    return ParticipantsFile(doc.file, parsed.participants, doc), []
+    shared = ParticipantsFile(doc.file, parsed.participants, doc)
+    problems = Creates().add_file(shared)
+    return (None, problems) if problems else (shared, [])
 
 
 def read_participants(path: str | Path | ParticipantsFile) -> ParticipantsFile:
