@@ -99,10 +99,25 @@ def _read_only(folder: Path) -> Iterator[dict[str, str]]:
         (folder / "out").chmod(0o755)
 
 
+Maker = Callable[[Path], None]
+"""Makes the file at a path itself (built when the case runs, not at import)."""
+
+
+def _large_json_spec(characters: int) -> Maker:
+    """A JSON spec whose one message's text is `characters` long: lines of words, each line break an escape."""
+    def make(path: Path) -> None:
+        line = "The quick brown fox jumps over the lazy dog \"ok\" 12345\n"
+        text = line * (characters // len(line) + 1)
+        message = {"sender": "alice", "sent": "2024-04-10T10:00:00Z", "text": text[:characters]}
+        path.write_text(_json(messages=[message]))
+
+    return make
+
+
 @dataclass(frozen=True)
 class Case:
-    files: dict[str, str | bytes | None]
-    """Files to make (None: an empty folder)."""
+    files: dict[str, str | bytes | Maker | None]
+    """Files to make (None: an empty folder; a function: it makes the file at the path it is given)."""
     argv: list[str]
     """Arguments of `python -m <module>`; `{name}` is filled from what `setup` yields."""
     exit: int
@@ -146,6 +161,16 @@ CASES: dict[str, Case] = {
     "Bundle nested 900 deep (orjson reads it, then could not write it)": Case(
         {"b.json": _text("[" * 900 + "1" + "]" * 900)}, ["validate", "b.json"], 2,
         ["b.json:1:", "nested more than 100 levels deep"], **HOSTILE),
+    "a 20 MB JSON spec: validate, in bounded memory": Case(
+        {"t.json": _large_json_spec(20_000_000)}, ["validate", "t.json"], 0,
+        ["t.json", "bundle (line 1):", "warning[limit.body-size]", "0 errors, 1 warning"]),
+    "a 20 MB JSON spec: build, in bounded memory": Case(
+        {"t.json": _large_json_spec(20_000_000)}, ["build", "t.json", "-o", "out"], 0,
+        ["t.json:1: warning[limit.body-size]", "built 1 thread (1 message)"],
+        creates=["out/homer-lab-results-2024-04-10.json"]),
+    "JSON spec nested 100,000 deep after a 2 MB text": Case(
+        {"t.json": '{"topic": "' + "x" * 2_000_000 + '", "x": ' + DEEP + "}"}, ["build", "t.json"], 2,
+        ["t.json:1:2000119: nested more than 100 levels deep"], **HOSTILE),
     "YAML spec nested 100,000 deep": Case({"t.yaml": DEEP}, ["build", "t.yaml"], 2,
                                           ["t.yaml:1:", "YAML syntax error: nested too deeply"], **HOSTILE),
     "5,000-digit integer: YAML spec": Case({"t.yaml": _spec("k", f"sent: {DIGITS}")}, ["build", "t.yaml"], 2,
@@ -479,6 +504,9 @@ def test_bad_input(name: str, tmp_path: Path) -> None:
             path.mkdir(parents=True, exist_ok=True)
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
+        if callable(content):
+            content(path)
+            continue
         path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
     for argv in case.before:
         first = _run(case, argv, tmp_path)

@@ -114,6 +114,7 @@ def read_bundles(file: Path, *, identifier_system: str = DEFAULT_IDENTIFIER_SYST
     if file.suffix == ".ndjson":
         return _ndjson(raw, name)
     text, problems = decode(raw, name)
+    del raw  # (one copy of the file fewer while it is parsed and its specs built)
     if text is None:
         return [], problems
     json_ = file.suffix == ".json"

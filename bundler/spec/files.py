@@ -97,6 +97,7 @@ def read_documents(file: Path | str) -> tuple[list[Document], list[Problem]]:
     except OSError as exc:
         return [], [Problem(name, None, None, "", f"cannot read: {exc.strerror}")]
     text, problems = decode(raw, name)
+    del raw  # (the text is all that is needed now: one copy of the file fewer while it is parsed)
     if text is None:
         return [], problems
     kind = None if file == "-" else ("json" if Path(file).suffix == ".json" else "yaml")
