@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from bundler.spec import load_specs
+from bundler.vocabulary import MAX_ATTACHMENT_FILE_BYTES
 
 REPO = Path(__file__).resolve().parent.parent
 WALKTHROUGH_FILE = REPO / "fixtures" / "threads" / "homer-lab-results.yaml"
@@ -100,7 +101,20 @@ def _read_only(folder: Path) -> Iterator[dict[str, str]]:
 
 
 Maker = Callable[[Path], None]
-"""Makes the file at a path itself (built when the case runs, not at import)."""
+"""Makes the file at a path itself: a named pipe, a sparse or a large file (built when the case runs)."""
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _sparse(size: int) -> Maker:
+    """A file of `size` bytes that takes no disk (and no time) to make: a hole."""
+    def make(path: Path) -> None:
+        with path.open("wb") as f:
+            f.truncate(size)
+
+    return make
 
 
 def _large_json_spec(characters: int) -> Maker:
@@ -343,6 +357,20 @@ CASES: dict[str, Case] = {
     "attachment file a folder": Case(
         {"t.yaml": _spec("f", message=", attachments: [{file: scans}]"), "scans": None}, ["validate", "t.yaml"], 2,
         ["messages[1].attachments[1].file: 'scans' is a folder, not a file"]),
+    # --- what a spec can make us read (issue 20): regular files only, bounded ---------------------------------
+    "attachment file: a named pipe (opening it must not wait for a writer)": Case(
+        {"t.yaml": _spec("f", message=", attachments: [{file: pipe}]"), "pipe": _fifo},
+        ["build", "t.yaml", "-o", "out"], 2,
+        ["t.yaml:5:", "messages[1].attachments[1].file: 'pipe' is a named pipe (FIFO), not a regular file",
+         "nothing written"], **HOSTILE),
+    "attachment file over the cap (refused by its size, never read)": Case(
+        {"t.yaml": _spec("f", message=", attachments: [{file: big.bin}]"),
+         "big.bin": _sparse(MAX_ATTACHMENT_FILE_BYTES + 1)}, ["build", "t.yaml", "-o", "out"], 2,
+        [f"messages[1].attachments[1].file: 'big.bin' is {MAX_ATTACHMENT_FILE_BYTES + 1:,} bytes: a file attachment "
+         f"may have at most {MAX_ATTACHMENT_FILE_BYTES:,} (MAX_ATTACHMENT_FILE_BYTES)"], **HOSTILE),
+    "participants file: a named pipe": Case(
+        {"t.yaml": _spec("c"), "p.yaml": _fifo}, ["build", "t.yaml", "--participants", "p.yaml"], 2,
+        ["p.yaml: not read: it is a named pipe (FIFO), not a regular file"], **HOSTILE),
     "attachment with a hash that is not its file's": Case(
         {"t.yaml": _spec("f", message=", attachments: [{file: a.txt, hash: abc}]"), "a.txt": "hello"},
         ["build", "t.yaml"], 2, ["messages[1].attachments[1].hash: 'abc' is not the hash of 'a.txt'",

@@ -6,13 +6,12 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..errors import Problem, SpecError
-from .attachments import read_files
+from .attachments import Refused, read_files, read_regular, read_stdin_spec
 from .model import ThreadSpec, check_document, read_model_problems
 from .participants import ParticipantsFile, read_participants
 from .source import Document, decode, parse_text, split_threads
@@ -90,10 +89,13 @@ class ThreadKeys:
 
 
 def read_documents(file: Path | str) -> tuple[list[Document], list[Problem]]:
-    """The thread documents in one file (or '-' for stdin)."""
+    """The thread documents in one file (or '-' for stdin); only a regular file is read (`attachments.read_regular`:
+    a named pipe or a device is a problem, not a wait or an endless read)."""
     name = "<stdin>" if file == "-" else str(file)
     try:
-        raw = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+        raw = read_stdin_spec() if file == "-" else read_regular(file)
+    except Refused as exc:
+        return [], [Problem(name, None, None, "", str(exc) if file == "-" else f"not read: it {exc}")]
     except OSError as exc:
         return [], [Problem(name, None, None, "", f"cannot read: {exc.strerror}")]
     text, problems = decode(raw, name)
