@@ -101,11 +101,15 @@ def _read_only(folder: Path) -> Iterator[dict[str, str]]:
 
 
 Maker = Callable[[Path], None]
-"""Makes the file at a path itself: a named pipe, a sparse or a large file (built when the case runs)."""
+"""Makes the file at a path itself: a named pipe, a link, a sparse or a large file (built when the case runs)."""
 
 
 def _fifo(path: Path) -> None:
     os.mkfifo(path)
+
+
+def _link(target: str) -> Maker:
+    return lambda path: path.symlink_to(target)
 
 
 def _sparse(size: int) -> Maker:
@@ -357,7 +361,7 @@ CASES: dict[str, Case] = {
     "attachment file a folder": Case(
         {"t.yaml": _spec("f", message=", attachments: [{file: scans}]"), "scans": None}, ["validate", "t.yaml"], 2,
         ["messages[1].attachments[1].file: 'scans' is a folder, not a file"]),
-    # --- what a spec can make us read (issue 20): regular files only, bounded ---------------------------------
+    # --- what a spec can make us read (issue 20): regular files only, bounded, from its own folder ----------
     "attachment file: a named pipe (opening it must not wait for a writer)": Case(
         {"t.yaml": _spec("f", message=", attachments: [{file: pipe}]"), "pipe": _fifo},
         ["build", "t.yaml", "-o", "out"], 2,
@@ -368,6 +372,36 @@ CASES: dict[str, Case] = {
          "big.bin": _sparse(MAX_ATTACHMENT_FILE_BYTES + 1)}, ["build", "t.yaml", "-o", "out"], 2,
         [f"messages[1].attachments[1].file: 'big.bin' is {MAX_ATTACHMENT_FILE_BYTES + 1:,} bytes: a file attachment "
          f"may have at most {MAX_ATTACHMENT_FILE_BYTES:,} (MAX_ATTACHMENT_FILE_BYTES)"], **HOSTILE),
+    "attachment file: /dev/zero, outside files allowed (never read)": Case(
+        {"t.yaml": _spec("f", message=", attachments: [{file: /dev/zero}]")},
+        ["validate", "t.yaml", "--allow-outside-files"], 2,
+        ["messages[1].attachments[1].file: '/dev/zero' is a character device, not a regular file"], **HOSTILE),
+    "attachment file: an absolute path": Case(
+        {"t.yaml": _spec("f", message=", attachments: [{file: /etc/hostname}]")}, ["build", "t.yaml", "-o", "out"], 2,
+        ["t.yaml:5:", "messages[1].attachments[1].file: '/etc/hostname' is outside the spec's folder (.): a spec "
+         "attaches files from its own folder only; allow it with --allow-outside-files"]),
+    "attachment file: '..' out of the spec's folder: load": Case(
+        {"in/t.yaml": _spec("f", message=", attachments: [{file: ../secret.txt}]"), "secret.txt": "secret"},
+        ["load", "in", "--base-url", "http://127.0.0.1:9/", "--token", "t"], 2,
+        ["in/t.yaml:5:", "'../secret.txt' is outside the spec's folder (in)", "--allow-outside-files",
+         "nothing sent"]),
+    "attachment file: '..' out of the spec's folder: verify": Case(
+        {"in/t.yaml": _spec("f", message=", attachments: [{file: ../secret.txt}]"), "secret.txt": "secret"},
+        ["verify", "in", "--base-url", "http://127.0.0.1:9/", "--token", "t"], 2,
+        ["in/t.yaml:5:", "'../secret.txt' is outside the spec's folder (in)"]),
+    "attachment file: '..' out of the spec's folder: demo": Case(
+        {"in/t.yaml": _spec("f", message=", attachments: [{file: ../secret.txt}]"), "secret.txt": "secret"},
+        ["demo", "in"], 2, ["in/t.yaml:5:", "'../secret.txt' is outside the spec's folder (in)"]),
+    "attachment file: a link in the spec's folder that leads out": Case(
+        {"t.yaml": _spec("f", message=", attachments: [{file: scan.png}]"), "scan.png": _link("/etc/hostname")},
+        ["validate", "t.yaml"], 2, ["messages[1].attachments[1].file: 'scan.png' is a link to /etc/hostname, "
+                                    "outside the spec's folder (.)"]),
+    "attachment file outside the spec's folder, allowed": Case(
+        {"in/t.yaml": _spec("f", message=", attachments: [{file: ../secret.txt}]"), "secret.txt": "secret"},
+        ["build", "in", "-o", "out", "--allow-outside-files"], 0, ["built 1 thread"], creates=["out/f.json"]),
+    "attachment file through '..' that stays inside the spec's folder": Case(
+        {"in/t.yaml": _spec("f", message=", attachments: [{file: scans/../a.txt}]"), "in/a.txt": "a",
+         "in/scans": None}, ["build", "in", "-o", "out"], 0, ["built 1 thread"], creates=["out/f.json"]),
     "participants file: a named pipe": Case(
         {"t.yaml": _spec("c"), "p.yaml": _fifo}, ["build", "t.yaml", "--participants", "p.yaml"], 2,
         ["p.yaml: not read: it is a named pipe (FIFO), not a regular file"], **HOSTILE),

@@ -1,5 +1,6 @@
 """What a spec can make us read (issue 20): regular files only, opened without waiting, bounded in size even when
-they grow; stdin read once and bounded. (The commands' refusals are rows of tests/test_bad_input.py.)"""
+they grow, from the spec's own folder unless allowed; stdin read once and bounded. (The commands' refusals are
+rows of tests/test_bad_input.py.)"""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from bundler.check.files import validate_files
 from bundler.cli import main
+from bundler.errors import SpecError
+from bundler.output import build_files
 from bundler.spec import attachments, load_specs
-from bundler.spec.attachments import Refused, read_regular, read_stdin
+from bundler.spec.attachments import Refused, outside, read_regular, read_stdin
 
 SPEC = """thread: f
 topic: t
@@ -126,3 +130,64 @@ def test_file_dash_attaches_stdin(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     (spec,) = load_specs([tmp_path / "t.yaml"])
     assert list(spec.files.values()) == [b"piped bytes"]
     assert spec.messages[0].attachments[0].size == len(b"piped bytes")
+
+
+# --- from the spec's folder only, unless allowed ------------------------------------------------------------
+
+@pytest.mark.parametrize("name, says", [
+    ("/etc/hostname", "'/etc/hostname' is outside the spec's folder"),
+    ("../secret.txt", "'../secret.txt' is outside the spec's folder"),
+    ("sub/../../secret.txt", "'sub/../../secret.txt' is outside the spec's folder"),
+    ("..", "'..' is outside the spec's folder"),
+    ("link", "'link' is a link to {tmp}/secret.txt, outside the spec's folder"),
+    ("in-link/secret.txt", "'in-link/secret.txt' is a link to {tmp}/secret.txt, outside the spec's folder"),
+])
+def test_a_file_outside_the_spec_s_folder_is_refused(tmp_path: Path, name: str, says: str) -> None:
+    (tmp_path / "secret.txt").write_text("secret")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "link").symlink_to(tmp_path / "secret.txt")
+    (folder / "in-link").symlink_to(tmp_path)
+    assert outside(folder, name) == says.format(tmp=tmp_path) + f" ({folder}): a spec attaches files from its own " \
+        "folder only; allow it with --allow-outside-files (allow_outside_files=True in the library)"
+
+
+@pytest.mark.parametrize("name", ["a.txt", "sub/../a.txt", "./a.txt", "..a.txt", "inner-link", "sub/a.txt"])
+def test_a_file_inside_the_spec_s_folder_is_not_outside(tmp_path: Path, name: str) -> None:
+    (tmp_path / "real").mkdir()
+    folder = tmp_path / "spec-folder"
+    folder.symlink_to(tmp_path / "real")  # the spec's folder may itself be a link
+    (folder / "sub").mkdir()
+    (folder / "inner-link").symlink_to(folder / "sub")
+    assert outside(folder, name) is None
+    assert outside(Path(os.path.relpath(folder)), name) is None
+
+
+def test_every_library_function_that_reads_specs_refuses_outside_files_unless_allowed(tmp_path: Path) -> None:
+    (tmp_path / "secret.txt").write_text("secret")
+    spec = _spec(tmp_path / "in", "../secret.txt")
+    calls = {"load_specs": lambda **kw: load_specs([spec], **kw),
+             "build_files": lambda **kw: build_files([spec], out=tmp_path / "out", **kw),
+             "validate_files": lambda **kw: validate_files([spec], structure=False, **kw)}
+    for name, call in calls.items():
+        with pytest.raises(SpecError) as info:
+            call()
+        (problem,) = info.value.problems
+        assert (problem.file, problem.line, problem.path) == (str(spec), 5, "messages[1].attachments[1].file"), name
+        assert "outside the spec's folder" in problem.message, name
+        call(allow_outside_files=True)
+    (loaded,) = load_specs([spec], allow_outside_files=True)
+    assert list(loaded.files.values()) == [b"secret"]
+
+
+def test_a_spec_from_stdin_attaches_files_of_the_current_folder_only(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "secret.txt").write_text("secret")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("a")
+    monkeypatch.chdir(tmp_path / "in")
+    refused = CliRunner().invoke(main, ["build", "-", "--ndjson"], input=SPEC % "../secret.txt")
+    assert refused.exit_code == 2
+    assert "<stdin>:5:" in refused.stderr and "'../secret.txt' is outside the spec's folder" in refused.stderr
+    taken = CliRunner().invoke(main, ["build", "-", "--ndjson"], input=SPEC % "a.txt")
+    assert taken.exit_code == 0, taken.output

@@ -6,10 +6,11 @@ input (`ThreadSpec.files`): same spec, same files, same bytes.
     data, files, problems = read_files(doc)
 
 A spec may come from someone else, so what it can make us read is bounded: only a regular file (never a named
-pipe, a device or a socket: opening one never waits), at most `vocabulary.MAX_ATTACHMENT_FILE_BYTES`. `file: -`
-is stdin, read once (every `file: -` of a run attaches the same bytes) and bounded alike. Each refusal is a
-problem at the attachment's `file` field. `read_regular` is the reader, for spec files too
-(`files.read_documents`).
+pipe, a device or a socket: opening one never waits), at most `vocabulary.MAX_ATTACHMENT_FILE_BYTES`, and only in
+the spec's own folder (nothing absolute, no `..` out of it, no link inside it that leads out) unless
+`allow_outside_files`. `file: -` is stdin, read once (every `file: -` of a run attaches the same bytes) and
+bounded alike. Each refusal is a problem at the attachment's `file` field. `read_regular` is the reader, for spec
+files too (`files.read_documents`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Any, BinaryIO
 from ..errors import Problem
 from ..vocabulary import MAX_ATTACHMENT_FILE_BYTES, attachment_hash, content_type_for
 from .source import Document
+
+ALLOW_OUTSIDE_HINT = "allow it with --allow-outside-files (allow_outside_files=True in the library)"
 
 
 class Refused(Exception):
@@ -110,10 +113,25 @@ def read_stdin_spec() -> bytes:
     return stream.read()
 
 
-def read_files(doc: Document) -> tuple[Any, dict[str, bytes], list[Problem]]:
+def outside(base: Path, name: str) -> str | None:
+    """Why the file `name` (as a spec writes it, relative to `base`, the spec's folder) is outside `base`, in words
+    for a message; None when it is inside. Links are followed: one inside that leads out is outside."""
+    root = os.path.realpath(base)
+    real = os.path.realpath(base / name)
+    if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+        return None
+    lexical = os.path.normpath(name)
+    within = not os.path.isabs(name) and lexical != os.pardir and not lexical.startswith(os.pardir + os.sep)
+    where = "a link to " + real + ", outside" if within else "outside"
+    return f"{name!r} is {where} the spec's folder ({base}): a spec attaches files from its own folder only; " \
+           f"{ALLOW_OUTSIDE_HINT}"
+
+
+def read_files(doc: Document, *, allow_outside_files: bool = False
+               ) -> tuple[Any, dict[str, bytes], list[Problem]]:
     """`doc`'s data with every file attachment filled in, the files' bytes by hash, and the problems (a file
-    missing, unreadable, not a regular file, too large, or not what a given size or hash says), each at its `file`
-    field."""
+    missing, unreadable, not a regular file, too large, outside the spec's folder unless `allow_outside_files`,
+    or not what a given size or hash says), each at its `file` field."""
     data = doc.data
     messages = data.get("messages") if isinstance(data, dict) else None
     if not isinstance(messages, list) or not any(_has_files(m) for m in messages):
@@ -129,7 +147,7 @@ def read_files(doc: Document) -> tuple[Any, dict[str, bytes], list[Problem]]:
         attachments = []
         for j, a in enumerate(m["attachments"]):
             if isinstance(a, dict) and isinstance(a.get("file"), str):
-                a = _read(doc, base, a, ("messages", i, "attachments", j), files, problems)
+                a = _read(doc, base, a, ("messages", i, "attachments", j), files, problems, allow_outside_files)
             attachments.append(a)
         filled.append({**m, "attachments": attachments})
     return {**data, "messages": filled}, files, problems
@@ -141,11 +159,18 @@ def _has_files(message: Any) -> bool:
 
 
 def _read(doc: Document, base: Path, attachment: dict[str, Any], at: tuple[str | int, ...], files: dict[str, bytes],
-          problems: list[Problem]) -> dict[str, Any]:
+          problems: list[Problem], allow_outside_files: bool) -> dict[str, Any]:
     name = attachment["file"]
     path = base / name
     try:
-        raw = read_stdin() if name == "-" else read_regular(path, MAX_ATTACHMENT_FILE_BYTES)
+        if name == "-":
+            raw = read_stdin()
+        else:
+            why = None if allow_outside_files else outside(base, name)
+            if why is not None:
+                problems.append(doc.problem((*at, "file"), why))
+                return attachment
+            raw = read_regular(path, MAX_ATTACHMENT_FILE_BYTES)
     except Refused as exc:
         problems.append(doc.problem((*at, "file"), f"{name!r} {exc}"))
         return attachment

@@ -109,10 +109,12 @@ def read_documents(file: Path | str) -> tuple[list[Document], list[Problem]]:
     return list(split_threads(docs)), problems
 
 
-def read_document(doc: Document, shared: ParticipantsFile | None = None) -> tuple[ThreadSpec | None, list[Problem]]:
+def read_document(doc: Document, shared: ParticipantsFile | None = None, *, allow_outside_files: bool = False
+                  ) -> tuple[ThreadSpec | None, list[Problem]]:
     """`check_document` for a document read from a file: its file attachments read first (relative to the file,
-    `attachments.read_files`), their bytes held by the spec (`ThreadSpec.files`)."""
-    data, files, problems = read_files(doc)
+    only from its folder unless `allow_outside_files`: `attachments.read_files`), their bytes held by the spec
+    (`ThreadSpec.files`)."""
+    data, files, problems = read_files(doc, allow_outside_files=allow_outside_files)
     if problems:
         return None, problems
     spec, problems = check_document(dataclasses.replace(doc, data=data) if files else doc, shared)
@@ -122,10 +124,13 @@ def read_document(doc: Document, shared: ParticipantsFile | None = None) -> tupl
 
 
 def load_specs(paths: Iterable[str | Path], *, participants: str | Path | ParticipantsFile | None = None,
-               read_model: str | None = None) -> list[ThreadSpec]:
+               read_model: str | None = None, allow_outside_files: bool = False) -> list[ThreadSpec]:
     """Every thread in `paths`, checked; raises SpecError with every problem in every file. `participants`: a
     participants file (`bundler.spec.participants`) whose participants the threads may use. `read_model` (one of
-    `vocabulary.READ_MODELS`) overrides every thread's own (`model.with_read_model`)."""
+    `vocabulary.READ_MODELS`) overrides every thread's own (`model.with_read_model`). `allow_outside_files`: a spec
+    may attach files outside its own folder (an absolute path, `..`, a link that leads out); by default that is a
+    problem at its line, since a spec from someone else could otherwise attach, and `load` upload, any file the
+    user can read."""
     shared = read_participants(participants) if participants is not None else None
     files, problems = spec_files(paths)
     specs: list[ThreadSpec] = []
@@ -138,7 +143,7 @@ def load_specs(paths: Iterable[str | Path], *, participants: str | Path | Partic
             problems.append(not_a_spec(next(d for d in docs if resource_type(d.data) == kind), kind))
             continue
         for doc in docs:
-            spec, doc_problems = read_document(doc, shared)
+            spec, doc_problems = read_document(doc, shared, allow_outside_files=allow_outside_files)
             problems.extend(doc_problems)
             if spec is None:
                 continue
