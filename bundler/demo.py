@@ -79,24 +79,28 @@ def example_participants() -> Path:
     return assets.asset_dir("participants") / "people.yaml"
 
 
-def _specs(paths: Sequence[str | Path] | None, participants: str | Path | None, tmp: Path) -> list[ThreadSpec]:
-    """The specs to seed: `paths` (with `participants`); by default the shipped examples, and a few threads
-    generated (seed 1) with the shipped participants file as their cast."""
+def _specs(paths: Sequence[str | Path] | None, participants: str | Path | None, tmp: Path, *,
+           allow_outside_files: bool = False) -> list[ThreadSpec]:
+    """The specs to seed: `paths` (with `participants`, and `allow_outside_files` as `load_specs` takes it); by
+    default the shipped examples, and a few threads generated (seed 1) with the shipped participants file as their
+    cast."""
     if paths:
-        return load_specs(paths, participants=participants)
+        return load_specs(paths, participants=participants, allow_outside_files=allow_outside_files)
     people = participants or example_participants()
     generate(GENERATED, out=tmp / "generated", seed=1, messages=(2, 4), participants=people, prefix="demo")
     return load_specs(example_paths()) + load_specs([tmp / "generated" / "threads"], participants=people)
 
 
 def run_demo(paths: Sequence[str | Path] | None, out: TextIO, *, note: TextIO | None = None,
-             participants: str | Path | None = None) -> tuple[LoadReport, list[VerifyResult]]:
+             participants: str | Path | None = None, allow_outside_files: bool = False
+             ) -> tuple[LoadReport, list[VerifyResult]]:
     """Start a local server, strict (references must exist: Medplum's `checkReferencesOnWrite`) and empty; seed it
     with `paths` (default: the shipped examples, plus threads generated from the shipped participants file), their
-    participants created when missing; read a file attachment back; verify every thread and print it."""
+    participants created when missing; read a file attachment back; verify every thread and print it.
+    `allow_outside_files`: the specs of `paths` may attach files outside their own folder (`load_specs`)."""
     say = (note or out).write
     with tempfile.TemporaryDirectory() as tmp:
-        specs = _specs(paths, participants, Path(tmp))
+        specs = _specs(paths, participants, Path(tmp), allow_outside_files=allow_outside_files)
         check_bundles(specs, DEFAULT_IDENTIFIER_SYSTEM)
         n = len(specs)
         say(f"built and validated {n:,} thread{'s' * (n != 1)}; starting a local Medplum server\n")

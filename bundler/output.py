@@ -78,17 +78,19 @@ def check_bundles(specs: Iterable[ThreadSpec], identifier_system: str) -> list[I
 
 def build_files(paths: Iterable[str | Path], *, out: Path | None = None, ndjson: bool = False,
                 identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, stream: IO[bytes] | None = None,
-                participants: str | Path | ParticipantsFile | None = None, read_model: str | None = None
-                ) -> BuildSummary:
+                participants: str | Path | ParticipantsFile | None = None, read_model: str | None = None,
+                allow_outside_files: bool = False) -> BuildSummary:
     """Build every thread in `paths` and write them: `out/<key>.json` files, or NDJSON to `out` or `stream`.
-    `read_model` overrides every thread's own (`spec.model.with_read_model`).
+    `read_model` overrides every thread's own (`spec.model.with_read_model`); `allow_outside_files`: specs may
+    attach files outside their own folder (`bundler.spec.load_specs`).
 
     Every input is read and checked before anything is written (SpecError lists every problem;
     OptionError for an `identifier_system` unusable in identifier searches). `participants`: a participants file
     the specs may use (`bundler.spec.participants`).
     """
     check_identifier_system(identifier_system)
-    specs = load_specs(paths, participants=participants, read_model=read_model)
+    specs = load_specs(paths, participants=participants, read_model=read_model,
+                       allow_outside_files=allow_outside_files)
     warnings = check_bundles(specs, identifier_system)
     messages = sum(len(s.messages) for s in specs)
     if not ndjson:

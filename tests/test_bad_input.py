@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from bundler.spec import load_specs
+from bundler.vocabulary import MAX_ATTACHMENT_FILE_BYTES
 
 REPO = Path(__file__).resolve().parent.parent
 WALKTHROUGH_FILE = REPO / "fixtures" / "threads" / "homer-lab-results.yaml"
@@ -112,10 +113,42 @@ def _read_only(folder: Path) -> Iterator[dict[str, str]]:
         (folder / "out").chmod(0o755)
 
 
+Maker = Callable[[Path], None]
+"""Makes the file at a path itself: a named pipe, a link, a sparse or a large file (built when the case runs)."""
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _link(target: str) -> Maker:
+    return lambda path: path.symlink_to(target)
+
+
+def _sparse(size: int) -> Maker:
+    """A file of `size` bytes that takes no disk (and no time) to make: a hole."""
+    def make(path: Path) -> None:
+        with path.open("wb") as f:
+            f.truncate(size)
+
+    return make
+
+
+def _large_json_spec(characters: int) -> Maker:
+    """A JSON spec whose one message's text is `characters` long: lines of words, each line break an escape."""
+    def make(path: Path) -> None:
+        line = "The quick brown fox jumps over the lazy dog \"ok\" 12345\n"
+        text = line * (characters // len(line) + 1)
+        message = {"sender": "alice", "sent": "2024-04-10T10:00:00Z", "text": text[:characters]}
+        path.write_text(_json(messages=[message]))
+
+    return make
+
+
 @dataclass(frozen=True)
 class Case:
-    files: dict[str, str | bytes | None]
-    """Files to make (None: an empty folder)."""
+    files: dict[str, str | bytes | Maker | None]
+    """Files to make (None: an empty folder; a function: it makes the file at the path it is given)."""
     argv: list[str]
     """Arguments of `python -m <module>`; `{name}` is filled from what `setup` yields."""
     exit: int
@@ -159,6 +192,16 @@ CASES: dict[str, Case] = {
     "Bundle nested 900 deep (orjson reads it, then could not write it)": Case(
         {"b.json": _text("[" * 900 + "1" + "]" * 900)}, ["validate", "b.json"], 2,
         ["b.json:1:", "nested more than 100 levels deep"], **HOSTILE),
+    "a 20 MB JSON spec: validate, in bounded memory": Case(
+        {"t.json": _large_json_spec(20_000_000)}, ["validate", "t.json"], 1,
+        ["t.json", "error[limit.entry-size] Bundle.entry[1]: this entry is 21,091,572 bytes in a request",
+         "1 error, 0 warnings"]),
+    "a 20 MB JSON spec: build, in bounded memory": Case(
+        {"t.json": _large_json_spec(20_000_000)}, ["build", "t.json", "-o", "out"], 2,
+        ["t.json:56: Bundle.entry[1]: [limit.entry-size] this entry is 21,091,572 bytes", "nothing written"]),
+    "JSON spec nested 100,000 deep after a 2 MB text": Case(
+        {"t.json": '{"topic": "' + "x" * 2_000_000 + '", "x": ' + DEEP + "}"}, ["build", "t.json"], 2,
+        ["t.json:1:2000119: nested more than 100 levels deep"], **HOSTILE),
     "YAML spec nested 100,000 deep": Case({"t.yaml": DEEP}, ["build", "t.yaml"], 2,
                                           ["t.yaml:1:", "YAML syntax error: nested too deeply"], **HOSTILE),
     "5,000-digit integer: YAML spec": Case({"t.yaml": _spec("k", f"sent: {DIGITS}")}, ["build", "t.yaml"], 2,
@@ -388,6 +431,50 @@ CASES: dict[str, Case] = {
     "attachment file a folder": Case(
         {"t.yaml": _spec("f", message=", attachments: [{file: scans}]"), "scans": None}, ["validate", "t.yaml"], 2,
         ["messages[1].attachments[1].file: 'scans' is a folder, not a file"]),
+    # --- what a spec can make us read (issue 20): regular files only, bounded, from its own folder ----------
+    "attachment file: a named pipe (opening it must not wait for a writer)": Case(
+        {"t.yaml": _spec("f", message=", attachments: [{file: pipe}]"), "pipe": _fifo},
+        ["build", "t.yaml", "-o", "out"], 2,
+        ["t.yaml:5:", "messages[1].attachments[1].file: 'pipe' is a named pipe (FIFO), not a regular file",
+         "nothing written"], **HOSTILE),
+    "attachment file over the cap (refused by its size, never read)": Case(
+        {"t.yaml": _spec("f", message=", attachments: [{file: big.bin}]"),
+         "big.bin": _sparse(MAX_ATTACHMENT_FILE_BYTES + 1)}, ["build", "t.yaml", "-o", "out"], 2,
+        [f"messages[1].attachments[1].file: 'big.bin' is {MAX_ATTACHMENT_FILE_BYTES + 1:,} bytes: a file attachment "
+         f"may have at most {MAX_ATTACHMENT_FILE_BYTES:,} (MAX_ATTACHMENT_FILE_BYTES)"], **HOSTILE),
+    "attachment file: /dev/zero, outside files allowed (never read)": Case(
+        {"t.yaml": _spec("f", message=", attachments: [{file: /dev/zero}]")},
+        ["validate", "t.yaml", "--allow-outside-files"], 2,
+        ["messages[1].attachments[1].file: '/dev/zero' is a character device, not a regular file"], **HOSTILE),
+    "attachment file: an absolute path": Case(
+        {"t.yaml": _spec("f", message=", attachments: [{file: /etc/hostname}]")}, ["build", "t.yaml", "-o", "out"], 2,
+        ["t.yaml:5:", "messages[1].attachments[1].file: '/etc/hostname' is outside the spec's folder (.): a spec "
+         "attaches files from its own folder only; allow it with --allow-outside-files"]),
+    "attachment file: '..' out of the spec's folder: load": Case(
+        {"in/t.yaml": _spec("f", message=", attachments: [{file: ../secret.txt}]"), "secret.txt": "secret"},
+        ["load", "in", "--base-url", "http://127.0.0.1:9/", "--token", "t"], 2,
+        ["in/t.yaml:5:", "'../secret.txt' is outside the spec's folder (in)", "--allow-outside-files",
+         "nothing sent"]),
+    "attachment file: '..' out of the spec's folder: verify": Case(
+        {"in/t.yaml": _spec("f", message=", attachments: [{file: ../secret.txt}]"), "secret.txt": "secret"},
+        ["verify", "in", "--base-url", "http://127.0.0.1:9/", "--token", "t"], 2,
+        ["in/t.yaml:5:", "'../secret.txt' is outside the spec's folder (in)"]),
+    "attachment file: '..' out of the spec's folder: demo": Case(
+        {"in/t.yaml": _spec("f", message=", attachments: [{file: ../secret.txt}]"), "secret.txt": "secret"},
+        ["demo", "in"], 2, ["in/t.yaml:5:", "'../secret.txt' is outside the spec's folder (in)"]),
+    "attachment file: a link in the spec's folder that leads out": Case(
+        {"t.yaml": _spec("f", message=", attachments: [{file: scan.png}]"), "scan.png": _link("/etc/hostname")},
+        ["validate", "t.yaml"], 2, ["messages[1].attachments[1].file: 'scan.png' is a link to /etc/hostname, "
+                                    "outside the spec's folder (.)"]),
+    "attachment file outside the spec's folder, allowed": Case(
+        {"in/t.yaml": _spec("f", message=", attachments: [{file: ../secret.txt}]"), "secret.txt": "secret"},
+        ["build", "in", "-o", "out", "--allow-outside-files"], 0, ["built 1 thread"], creates=["out/f.json"]),
+    "attachment file through '..' that stays inside the spec's folder": Case(
+        {"in/t.yaml": _spec("f", message=", attachments: [{file: scans/../a.txt}]"), "in/a.txt": "a",
+         "in/scans": None}, ["build", "in", "-o", "out"], 0, ["built 1 thread"], creates=["out/f.json"]),
+    "participants file: a named pipe": Case(
+        {"t.yaml": _spec("c"), "p.yaml": _fifo}, ["build", "t.yaml", "--participants", "p.yaml"], 2,
+        ["p.yaml: not read: it is a named pipe (FIFO), not a regular file"], **HOSTILE),
     "attachment with a hash that is not its file's": Case(
         {"t.yaml": _spec("f", message=", attachments: [{file: a.txt, hash: abc}]"), "a.txt": "hello"},
         ["build", "t.yaml"], 2, ["messages[1].attachments[1].hash: 'abc' is not the hash of 'a.txt'",
@@ -556,6 +643,9 @@ def test_bad_input(name: str, tmp_path: Path) -> None:
             path.mkdir(parents=True, exist_ok=True)
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
+        if callable(content):
+            content(path)
+            continue
         path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
     for argv in case.before:
         first = _run(case, argv, tmp_path)

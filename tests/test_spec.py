@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import jsonschema
@@ -128,3 +129,29 @@ def test_a_number_too_long_for_python_is_a_problem_not_a_traceback(tmp_path: Pat
     assert first.message == "a number with 5000 digits is too long to read (quote it if it is text)"
     result = CliRunner().invoke(main, ["build", str(path)])
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_json_lines_give_the_positions_a_table_of_line_starts_gives_in_any_order() -> None:
+    from bundler.spec.source import _Lines
+
+    rng = random.Random(20)
+    text = "".join(rng.choice("ab\n") for _ in range(2000))
+    starts = [0] + [i + 1 for i, c in enumerate(text) if c == "\n"]
+
+    def expected(offset: int) -> tuple[int, int]:
+        line = max(n for n, start in enumerate(starts, 1) if start <= offset)
+        return (line, offset - starts[line - 1] + 1)
+
+    lines = _Lines(text)  # (constant memory: it counts from the offset asked before)
+    offsets = sorted(rng.randrange(len(text)) for _ in range(300)) + [rng.randrange(len(text)) for _ in range(300)]
+    assert [lines.at(o) for o in offsets] == [expected(o) for o in offsets]
+
+
+def test_json_positions_after_a_long_string_full_of_escapes_are_exact() -> None:
+    from bundler.spec.source import parse_json
+
+    text = '{\n  "text": "' + 'a\\"b\\\\c\\n' * 200_000 + '",\n  "topic": 7\n}'
+    (doc,), problems = parse_json(text, "t.json")
+    assert problems == []
+    assert doc.data["text"] == 'a"b\\c\n' * 200_000
+    assert doc.position(("topic",)) == (3, 12)

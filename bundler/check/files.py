@@ -101,12 +101,12 @@ def _as_line(message: str) -> str:
 
 
 def read_bundles(file: Path, *, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, keys: ThreadKeys | None = None,
-                 shared: ParticipantsFile | None = None, created: Created | None = None, read_model: str | None = None
-                 ) -> tuple[list[tuple[Any, Origin]], list[Problem]]:
+                 shared: ParticipantsFile | None = None, created: Created | None = None, read_model: str | None = None,
+                 allow_outside_files: bool = False) -> tuple[list[tuple[Any, Origin]], list[Problem]]:
     """(bundle, origin) for every Bundle in `file`, building thread specs (with `identifier_system`, the
     participants of `shared`, and `read_model` overriding theirs; a thread key that `keys` has seen already is a
-    problem); problems if unreadable. `created` collects the specs' participants to create, each where it is
-    written (`Created`)."""
+    problem; file attachments from the spec's folder only unless `allow_outside_files`); problems if unreadable.
+    `created` collects the specs' participants to create, each where it is written (`Created`)."""
     name = str(file)
     try:
         raw = file.read_bytes()
@@ -115,6 +115,7 @@ def read_bundles(file: Path, *, identifier_system: str = DEFAULT_IDENTIFIER_SYST
     if file.suffix == ".ndjson":
         return _ndjson(raw, name)
     text, problems = decode(raw, name)
+    del raw  # (one copy of the file fewer while it is parsed and its specs built)
     if text is None:
         return [], problems
     json_ = file.suffix == ".json"
@@ -130,7 +131,7 @@ def read_bundles(file: Path, *, identifier_system: str = DEFAULT_IDENTIFIER_SYST
         if not docs and not problems:
             problems = [Problem(name, None, None, "", "no thread in this file")]
     out = _document_bundles(docs, problems, identifier_system, keys, shared=shared, created=created,
-                            read_model=read_model)
+                            read_model=read_model, allow_outside_files=allow_outside_files)
     return (out, []) if not problems else ([], problems)
 
 
@@ -146,16 +147,17 @@ def _json_bundles(doc: Document) -> list[tuple[Any, Origin]] | None:
 
 def _document_bundles(docs: list[Document], problems: list[Problem], identifier_system: str,
                       keys: ThreadKeys | None, *, shared: ParticipantsFile | None = None,
-                      created: Created | None = None, read_model: str | None = None) -> list[tuple[Any, Origin]]:
+                      created: Created | None = None, read_model: str | None = None,
+                      allow_outside_files: bool = False) -> list[tuple[Any, Origin]]:
     """Each document as a Bundle: as it is, or built from the thread spec it holds (with the participants of
-    `shared` and `read_model` overriding its own; its participants to create collected in `created`; problems
-    appended)."""
+    `shared` and `read_model` overriding its own; its participants to create collected in `created`; its file
+    attachments as `spec.files.read_document` reads them, with `allow_outside_files`; problems appended)."""
     out: list[tuple[Any, Origin]] = []
     for doc in split_threads(docs):
         if _is_bundle_like(doc.data):
             out.append((doc.data, _doc_origin(doc)))
             continue
-        spec, spec_problems = read_document(doc, shared)
+        spec, spec_problems = read_document(doc, shared, allow_outside_files=allow_outside_files)
         problems.extend(spec_problems)
         duplicate = keys.add(spec, doc) if spec is not None and keys is not None else None
         if duplicate is not None:
@@ -208,11 +210,13 @@ def _fixed(file: str, line: int) -> Origin:
 
 def validate_files(paths: Iterable[str | Path], *, limits: str | Limits = "medplum", structure: bool = True,
                    workers: int | None = None, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM,
-                   participants: str | Path | ParticipantsFile | None = None, read_model: str | None = None) -> Report:
+                   participants: str | Path | ParticipantsFile | None = None, read_model: str | None = None,
+                   allow_outside_files: bool = False) -> Report:
     """Validate every Bundle in `paths`, specs built with `identifier_system`, the participants file
     `participants` and `read_model` overriding the specs' own, and the conditional creates of the specs'
     participants to create (as `load` sends them); raises SpecError if any input cannot be read or built,
-    OptionError if `identifier_system` is unusable in identifier searches."""
+    OptionError if `identifier_system` is unusable in identifier searches. `allow_outside_files`: specs may attach
+    files outside their own folder (`bundler.spec.load_specs`)."""
     check_identifier_system(identifier_system)
     shared = read_participants(participants) if participants is not None else None
     files, problems = input_files(paths)
@@ -221,7 +225,8 @@ def validate_files(paths: Iterable[str | Path], *, limits: str | Limits = "medpl
     created = Created(shared)
     for file in files:
         found, file_problems = read_bundles(file, identifier_system=identifier_system, keys=keys, shared=shared,
-                                            created=created, read_model=read_model)
+                                            created=created, read_model=read_model,
+                                            allow_outside_files=allow_outside_files)
         problems.extend(file_problems)
         items.extend(found)
     if problems:

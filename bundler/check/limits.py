@@ -108,7 +108,9 @@ def limit_issues(bundle: Mapping[str, Any], limits: Limits) -> list[Issue]:
     entries = bundle.get("entry")
     entries = entries if isinstance(entries, list) else []
     data = json_bytes(bundle) if limits.max_body_bytes is not None or limits.max_request_bytes is not None else b""
-    out = _entry_size(entries, data, limits) or _body_size(len(data), limits)
+    size, urns = len(data), data.count(b"urn:uuid:")
+    del data  # (a large bundle's entries are written again one by one: not beside it)
+    out = _entry_size(entries, size + REFERENCE_GROWTH * urns, limits) or _body_size(size, limits)
     if bundle.get("type") == "transaction":
         out += _conditional_entries(entries, limits)
         out += _put_entries(entries, limits)
@@ -121,10 +123,11 @@ def _puts(entries: list[Any]) -> list[int]:
             and e["request"].get("method") == "PUT"]
 
 
-def _entry_size(entries: list[Any], data: bytes, limits: Limits) -> list[Issue]:
-    """Each entry that alone is larger than a request `load` makes (`data`: the whole bundle as JSON)."""
+def _entry_size(entries: list[Any], largest: int, limits: Limits) -> list[Issue]:
+    """Each entry that alone is larger than a request `load` makes (`largest`: what the whole bundle would take in
+    one request, more than any entry of it)."""
     cap = limits.max_request_bytes
-    if cap is None or fits_request(len(data) + REFERENCE_GROWTH * data.count(b"urn:uuid:"), cap):
+    if cap is None or fits_request(largest, cap):
         return []  # (no entry takes more than the whole bundle)
     out = []
     server = f" ({limits.name} refuses bodies over {limits.max_body_bytes:,})" if limits.max_body_bytes else ""

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..output import build_files
-from .common import participants_option, read_model_option, report_errors
+from .common import allow_outside_files_option, participants_option, read_model_option, report_errors
 from .display import count
 from .identifier import identifier_system_option
 
@@ -21,9 +21,10 @@ from .identifier import identifier_system_option
 @identifier_system_option("Identifier system of every Communication (value: thread key, or key/message id).")
 @participants_option
 @read_model_option
+@allow_outside_files_option
 @report_errors
 def build_command(paths: tuple[str, ...], out: Path | None, ndjson: bool, identifier_system: str,
-                  participants: Path | None, read_model: str | None) -> None:
+                  participants: Path | None, read_model: str | None, allow_outside_files: bool) -> None:
     """Build a FHIR transaction Bundle for every thread in PATHS.
 
     PATHS are spec files (.yaml, .yml, .json), folders (searched recursively) or - for stdin.
@@ -40,7 +41,7 @@ def build_command(paths: tuple[str, ...], out: Path | None, ndjson: bool, identi
         ndjson = True
     summary = build_files(paths, out=out, ndjson=ndjson, identifier_system=identifier_system,
                           stream=sys.stdout.buffer, participants=participants,
-                          read_model=read_model)
+                          read_model=read_model, allow_outside_files=allow_outside_files)
     for warning in summary.warnings:
         click.echo(str(warning), err=True)
     where = f" → {out}" if out else ""

@@ -33,6 +33,16 @@ def participants_option(func: F) -> F:
                              "may use; a spec's own participants win.")(func)
 
 
+def allow_outside_files_option(command: F) -> F:
+    """`--allow-outside-files`: a spec may attach files outside its own folder (an absolute path, `..` out of it, a
+    link inside it that leads out); `allow_outside_files=` of the library function. Off by default: a spec from
+    someone else could otherwise attach, and `load` upload, any file the user can read."""
+    return click.option("--allow-outside-files", is_flag=True,
+                        help="Let specs attach files outside their own folder (an absolute path, '..', a link "
+                             "that leads out). Only for specs you trust: a spec could attach any file you can "
+                             "read.")(command)
+
+
 def read_model_option(command: F) -> F:
     """`--read-model simple|header-extension|tasks`: which of Medplum's read models keeps read state on the server.
     It overrides every thread's own `read_model` (the app reading the project decides, for all its threads alike);

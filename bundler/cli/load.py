@@ -17,7 +17,15 @@ from ..medplum.client import FhirClient
 from ..medplum.doctor import doctor
 from ..spec import ThreadSpec, load_specs
 from . import display
-from .common import EXIT_ISSUES, EXIT_OK, SECRETS, participants_option, read_model_option, report_errors
+from .common import (
+    EXIT_ISSUES,
+    EXIT_OK,
+    SECRETS,
+    allow_outside_files_option,
+    participants_option,
+    read_model_option,
+    report_errors,
+)
 from .connect import connection_options, with_client
 from .display import Bar, duration, table
 from .identifier import identifier_system_option
@@ -190,12 +198,13 @@ def _interrupted(report: LoadReport, bars: list[Bar], writer: ReportWriter | Non
 @click.option("--progress/--no-progress", default=None, help="A progress bar.  [default: on a terminal]")
 @participants_option
 @read_model_option
+@allow_outside_files_option
 @report_errors(nothing="nothing sent")
 @with_client
 def load_command(paths: tuple[str, ...], client: FhirClient, identifier_system: str, journal: Path | None,
                  atomic: str, concurrency: int, max_entries: int | None, dry_run: bool, report_path: Path | None,
                  exactly_once: str, late_margin: float, update: bool, wait: bool, progress: bool | None,
-                 participants: Path | None, read_model: str | None) -> None:
+                 participants: Path | None, read_model: str | None, allow_outside_files: bool) -> None:
     """Load the threads in PATHS into a Medplum project, atomically and exactly once; run again on specs
     that grew or changed, send what is new (and, with --update, what changed).
 
@@ -211,7 +220,8 @@ def load_command(paths: tuple[str, ...], client: FhirClient, identifier_system: 
       thread-bundler load threads/ --update          # a delta load: new messages and changed fields
       thread-bundler load threads/ --participants people.yaml   # participants created when missing
     """
-    specs = load_specs(paths, participants=participants, read_model=read_model)
+    specs = load_specs(paths, participants=participants, read_model=read_model,
+                       allow_outside_files=allow_outside_files)
     report = run_load(specs, client, journal=journal or default_journal(paths),
                       identifier_system=identifier_system, atomic=atomic, concurrency=concurrency,
                       max_entries=max_entries, dry_run=dry_run, report_path=report_path, progress=progress,
@@ -265,10 +275,11 @@ def print_verify(results: list[VerifyResult], *, show: int = 20) -> None:
               help="Output: text for people, or json: one object per thread.")
 @participants_option
 @read_model_option
+@allow_outside_files_option
 @report_errors(nothing="nothing sent")
 @with_client
 def verify_command(paths: tuple[str, ...], client: FhirClient, identifier_system: str, concurrency: int,
-                   fmt: str, participants: Path | None, read_model: str | None) -> None:
+                   fmt: str, participants: Path | None, read_model: str | None, allow_outside_files: bool) -> None:
     """Read each thread in PATHS back from the server (part-of, _sort=sent, every page) and compare it
     with its spec field by field, in the words `load` uses for what changed.
 
@@ -276,7 +287,8 @@ def verify_command(paths: tuple[str, ...], client: FhirClient, identifier_system
     Example:
       thread-bundler verify threads/
     """
-    specs = load_specs(paths, participants=participants, read_model=read_model)
+    specs = load_specs(paths, participants=participants, read_model=read_model,
+                       allow_outside_files=allow_outside_files)
     results = verify(specs, client, identifier_system=identifier_system,
                      concurrency=concurrency)
     if fmt == "json":

@@ -11,7 +11,14 @@ import orjson
 
 from ..check.files import Report, validate_files
 from ..check.limits import PROFILES
-from .common import EXIT_ISSUES, EXIT_OK, participants_option, read_model_option, report_errors
+from .common import (
+    EXIT_ISSUES,
+    EXIT_OK,
+    allow_outside_files_option,
+    participants_option,
+    read_model_option,
+    report_errors,
+)
 from .display import count
 from .identifier import identifier_system_option
 
@@ -45,10 +52,11 @@ def format_text(report: Report) -> str:
                           "(value: thread key, or key/message id).")
 @participants_option
 @read_model_option
+@allow_outside_files_option
 @report_errors
 def validate_command(paths: tuple[str, ...], limits: str, format_: str, no_structure: bool,
                      workers: int | None, identifier_system: str, participants: Path | None,
-                     read_model: str | None) -> None:
+                     read_model: str | None, allow_outside_files: bool) -> None:
     """Check Bundles in PATHS for everything a Medplum server would reject or store broken.
 
     PATHS are Bundle JSON files, NDJSON files of Bundles (.ndjson), thread specs (.yaml, .yml, .json
@@ -63,7 +71,8 @@ def validate_command(paths: tuple[str, ...], limits: str, format_: str, no_struc
       thread-bundler validate threads/ --identifier-system https://example.org/threads
     """
     report = validate_files(paths, limits=limits, structure=not no_structure, workers=workers,
-                            identifier_system=identifier_system, participants=participants, read_model=read_model)
+                            identifier_system=identifier_system, participants=participants, read_model=read_model,
+                            allow_outside_files=allow_outside_files)
     if format_ == "json":
         click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
     else:

@@ -4,22 +4,134 @@ the file name) are filled into the spec's data, and its bytes kept by hash, so t
 input (`ThreadSpec.files`): same spec, same files, same bytes.
 
     data, files, problems = read_files(doc)
+
+A spec may come from someone else, so what it can make us read is bounded: only a regular file (never a named
+pipe, a device or a socket: opening one never waits), at most `vocabulary.MAX_ATTACHMENT_FILE_BYTES`, and only in
+the spec's own folder (nothing absolute, no `..` out of it, no link inside it that leads out) unless
+`allow_outside_files`. `file: -` is stdin, read once (every `file: -` of a run attaches the same bytes) and
+bounded alike. Each refusal is a problem at the attachment's `file` field. `read_regular` is the reader, for spec
+files too (`files.read_documents`).
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..errors import Problem
-from ..vocabulary import attachment_hash, content_type_for
+from ..vocabulary import MAX_ATTACHMENT_FILE_BYTES, attachment_hash, content_type_for
 from .source import Document
 
+ALLOW_OUTSIDE_HINT = "allow it with --allow-outside-files (allow_outside_files=True in the library)"
 
-def read_files(doc: Document) -> tuple[Any, dict[str, bytes], list[Problem]]:
+
+class Refused(Exception):
+    """A file we do not read, and why, in words for a message (`is a named pipe (FIFO), not a regular file`)."""
+
+
+_KINDS = ((stat.S_ISDIR, "a folder, not a file"), (stat.S_ISFIFO, "a named pipe (FIFO), not a regular file"),
+          (stat.S_ISCHR, "a character device, not a regular file"), (stat.S_ISBLK, "a block device, not a regular "
+                                                                                  "file"),
+          (stat.S_ISSOCK, "a socket, not a regular file"))
+
+
+def _regular(mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        raise Refused("is " + next((what for test, what in _KINDS if test(mode)), "not a regular file"))
+
+
+def _too_large(size: int, limit: int) -> Refused:
+    return Refused(f"is {size:,} bytes: a file attachment may have at most {limit:,} (MAX_ATTACHMENT_FILE_BYTES)")
+
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+"""Opening never waits (a named pipe without a writer would, for ever) nor takes a terminal as ours."""
+
+
+def read_regular(path: str | Path, limit: int | None = None) -> bytes:
+    """The bytes of the regular file at `path`, at most `limit` of them: Refused for anything else (a folder, a
+    named pipe, a device, a socket) or a larger file; OSError if it cannot be read. The file is looked at before
+    it is opened, and opened without waiting (O_NONBLOCK), then looked at again (it may have been swapped); at most
+    `limit + 1` bytes are read, so a file that grows while it is read is refused too, not read on and on."""
+    _regular(os.stat(path).st_mode)
+    fd = os.open(path, _OPEN_FLAGS)
+    with open(fd, "rb", closefd=True) as f:
+        info = os.fstat(fd)
+        _regular(info.st_mode)
+        if limit is not None and info.st_size > limit:
+            raise _too_large(info.st_size, limit)
+        return _bounded(f, limit, info.st_size)
+
+
+def _bounded(f: BinaryIO, limit: int | None, size: int) -> bytes:
+    data = f.read() if limit is None else f.read(limit + 1)
+    if limit is not None and len(data) > limit:
+        raise Refused(f"grew past {limit:,} bytes (MAX_ATTACHMENT_FILE_BYTES) while it was read (it was {size:,})")
+    return data
+
+
+_stdin: tuple[object, bytes | None] | None = None
+"""The stream stdin was, and what was read from it: the bytes the first `file: -` read, or None when a spec was."""
+
+
+def _stdin_stream() -> BinaryIO:
+    if sys.stdin is None:
+        raise Refused("reads stdin, and there is none")
+    return sys.stdin.buffer
+
+
+def read_stdin(limit: int = MAX_ATTACHMENT_FILE_BYTES) -> bytes:
+    """The bytes on stdin for `file: -`, at most `limit`, read once: a second `file: -` attaches the same bytes,
+    not the nothing left after the first. Refused: more than `limit`, a terminal (it would wait for typing), or
+    stdin already read as a spec (`read_stdin_spec`)."""
+    global _stdin
+    stream = _stdin_stream()
+    if _stdin is not None and _stdin[0] is stream:
+        if _stdin[1] is None:
+            raise Refused("reads stdin, which a spec was read from: give the file's path")
+        return _stdin[1]
+    if sys.stdin.isatty():
+        raise Refused("reads stdin, which is a terminal: pipe the file in (< file)")
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise Refused(f"reads stdin, which holds more than {limit:,} bytes (MAX_ATTACHMENT_FILE_BYTES)")
+    _stdin = (stream, data)
+    return data
+
+
+def read_stdin_spec() -> bytes:
+    """All of stdin, as a spec (path '-'); Refused if a `file: -` has read it already."""
+    global _stdin
+    stream = _stdin_stream()
+    if _stdin is not None and _stdin[0] is stream:
+        raise Refused("stdin was read already" + (", for a file attachment (file: -)" if _stdin[1] is not None
+                                                   else ""))
+    _stdin = (stream, None)
+    return stream.read()
+
+
+def outside(base: Path, name: str) -> str | None:
+    """Why the file `name` (as a spec writes it, relative to `base`, the spec's folder) is outside `base`, in words
+    for a message; None when it is inside. Links are followed: one inside that leads out is outside."""
+    root = os.path.realpath(base)
+    real = os.path.realpath(base / name)
+    if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+        return None
+    lexical = os.path.normpath(name)
+    within = not os.path.isabs(name) and lexical != os.pardir and not lexical.startswith(os.pardir + os.sep)
+    where = "a link to " + real + ", outside" if within else "outside"
+    return f"{name!r} is {where} the spec's folder ({base}): a spec attaches files from its own folder only; " \
+           f"{ALLOW_OUTSIDE_HINT}"
+
+
+def read_files(doc: Document, *, allow_outside_files: bool = False
+               ) -> tuple[Any, dict[str, bytes], list[Problem]]:
     """`doc`'s data with every file attachment filled in, the files' bytes by hash, and the problems (a file
-    missing, unreadable, or not what a given size or hash says), each at its `file` field."""
+    missing, unreadable, not a regular file, too large, outside the spec's folder unless `allow_outside_files`,
+    or not what a given size or hash says), each at its `file` field."""
     data = doc.data
     messages = data.get("messages") if isinstance(data, dict) else None
     if not isinstance(messages, list) or not any(_has_files(m) for m in messages):
@@ -35,7 +147,7 @@ def read_files(doc: Document) -> tuple[Any, dict[str, bytes], list[Problem]]:
         attachments = []
         for j, a in enumerate(m["attachments"]):
             if isinstance(a, dict) and isinstance(a.get("file"), str):
-                a = _read(doc, base, a, ("messages", i, "attachments", j), files, problems)
+                a = _read(doc, base, a, ("messages", i, "attachments", j), files, problems, allow_outside_files)
             attachments.append(a)
         filled.append({**m, "attachments": attachments})
     return {**data, "messages": filled}, files, problems
@@ -47,13 +159,20 @@ def _has_files(message: Any) -> bool:
 
 
 def _read(doc: Document, base: Path, attachment: dict[str, Any], at: tuple[str | int, ...], files: dict[str, bytes],
-          problems: list[Problem]) -> dict[str, Any]:
+          problems: list[Problem], allow_outside_files: bool) -> dict[str, Any]:
     name = attachment["file"]
     path = base / name
     try:
-        raw = sys.stdin.buffer.read() if name == "-" else path.read_bytes()
-    except IsADirectoryError:
-        problems.append(doc.problem((*at, "file"), f"{name!r} is a folder, not a file"))
+        if name == "-":
+            raw = read_stdin()
+        else:
+            why = None if allow_outside_files else outside(base, name)
+            if why is not None:
+                problems.append(doc.problem((*at, "file"), why))
+                return attachment
+            raw = read_regular(path, MAX_ATTACHMENT_FILE_BYTES)
+    except Refused as exc:
+        problems.append(doc.problem((*at, "file"), f"{name!r} {exc}"))
         return attachment
     except OSError as exc:
         problems.append(doc.problem((*at, "file"), f"cannot read {name!r} ({path}): {exc.strerror or exc}"))

@@ -6,13 +6,12 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..errors import Problem, SpecError
-from .attachments import read_files
+from .attachments import Refused, read_files, read_regular, read_stdin_spec
 from .model import ThreadSpec, check_document, read_model_problems
 from .participants import Creates, ParticipantsFile, read_participants
 from .source import Document, decode, parse_text, split_threads
@@ -90,13 +89,17 @@ class ThreadKeys:
 
 
 def read_documents(file: Path | str) -> tuple[list[Document], list[Problem]]:
-    """The thread documents in one file (or '-' for stdin)."""
+    """The thread documents in one file (or '-' for stdin); only a regular file is read (`attachments.read_regular`:
+    a named pipe or a device is a problem, not a wait or an endless read)."""
     name = "<stdin>" if file == "-" else str(file)
     try:
-        raw = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+        raw = read_stdin_spec() if file == "-" else read_regular(file)
+    except Refused as exc:
+        return [], [Problem(name, None, None, "", str(exc) if file == "-" else f"not read: it {exc}")]
     except OSError as exc:
         return [], [Problem(name, None, None, "", f"cannot read: {exc.strerror}")]
     text, problems = decode(raw, name)
+    del raw  # (the text is all that is needed now: one copy of the file fewer while it is parsed)
     if text is None:
         return [], problems
     kind = None if file == "-" else ("json" if Path(file).suffix == ".json" else "yaml")
@@ -106,10 +109,12 @@ def read_documents(file: Path | str) -> tuple[list[Document], list[Problem]]:
     return list(split_threads(docs)), problems
 
 
-def read_document(doc: Document, shared: ParticipantsFile | None = None) -> tuple[ThreadSpec | None, list[Problem]]:
+def read_document(doc: Document, shared: ParticipantsFile | None = None, *, allow_outside_files: bool = False
+                  ) -> tuple[ThreadSpec | None, list[Problem]]:
     """`check_document` for a document read from a file: its file attachments read first (relative to the file,
-    `attachments.read_files`), their bytes held by the spec (`ThreadSpec.files`)."""
-    data, files, problems = read_files(doc)
+    only from its folder unless `allow_outside_files`: `attachments.read_files`), their bytes held by the spec
+    (`ThreadSpec.files`)."""
+    data, files, problems = read_files(doc, allow_outside_files=allow_outside_files)
     if problems:
         return None, problems
     spec, problems = check_document(dataclasses.replace(doc, data=data) if files else doc, shared)
@@ -119,12 +124,14 @@ def read_document(doc: Document, shared: ParticipantsFile | None = None) -> tupl
 
 
 def load_specs(paths: Iterable[str | Path], *, participants: str | Path | ParticipantsFile | None = None,
-               read_model: str | None = None) -> list[ThreadSpec]:
+               read_model: str | None = None, allow_outside_files: bool = False) -> list[ThreadSpec]:
     """Every thread in `paths`, checked; raises SpecError with every problem in every file. `participants`: a
     participants file (`bundler.spec.participants`) whose participants the threads may use. `read_model` (one of
     `vocabulary.READ_MODELS`) overrides every thread's own (`model.with_read_model`). A thread key used twice, and
     a participant to create that another (in any spec, or the file) creates differently (`Creates`), are
-    problems."""
+    problems. `allow_outside_files`: a spec may attach files outside its own folder (an absolute path, `..`, a link
+    that leads out); by default that is a problem at its line, since a spec from someone else could otherwise
+    attach, and `load` upload, any file the user can read."""
     shared = read_participants(participants) if participants is not None else None
     files, problems = spec_files(paths)
     specs: list[ThreadSpec] = []
@@ -140,7 +147,7 @@ def load_specs(paths: Iterable[str | Path], *, participants: str | Path | Partic
             problems.append(not_a_spec(next(d for d in docs if resource_type(d.data) == kind), kind))
             continue
         for doc in docs:
-            spec, doc_problems = read_document(doc, shared)
+            spec, doc_problems = read_document(doc, shared, allow_outside_files=allow_outside_files)
             problems.extend(doc_problems)
             if spec is None:
                 continue
