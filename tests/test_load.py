@@ -60,6 +60,7 @@ def test_walkthrough_end_to_end(project: Any, tmp_path: Path) -> None:
         assert checked.ok and checked.messages == 3
 
 
+@pytest.mark.volume  # (on a real Medplum: the project whose quota is lifted)
 def test_a_thousand_threads_concurrently_each_exactly_once(project: Any, tmp_path: Path) -> None:
     specs = specs_for(project, 1000, 3)
     with client_for(project) as client:
@@ -216,6 +217,7 @@ def test_quota_paced_without_429(project: Any, tmp_path: Path) -> None:
         assert report.waited > 0
 
 
+@pytest.mark.volume  # (on a real Medplum: the project whose quota is lifted)
 def test_killed_at_random_points_then_resumed_every_thread_exactly_once(project: Any, tmp_path: Path) -> None:
     data = sample_specs(150, 6, prefix=project.prefix, seed=4)
     write_specs(tmp_path / "threads", data)
