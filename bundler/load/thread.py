@@ -444,11 +444,12 @@ class ThreadLoad:
         there answers 200); plain ones are quarantined, then searched for. After MAX_LOST lost answers the
         thread is left `sent`, for the next run to reconcile."""
         self.lost += 1
-        if self.lost > MAX_LOST:
+        if self.plain:
+            self.settles = time.time() + self.s.margin  # no later than the margin after we gave up on it
+        if self.lost > MAX_LOST:  # (the next run searches for it once it settles, not our timeout after it was sent)
             return self._failing("the server's answers kept getting lost; run again to resume", state=State.SENT)
         if not self.plain:
             return Stage.NEXT
-        self.settles = time.time() + self.s.margin  # no later than the margin after we gave up on it
         self._save(State.SENT, in_flight=self.part, settles=self.settles)
         return Stage.QUARANTINE
 
