@@ -302,8 +302,12 @@ SMALL, LARGE = 600, 2600  # files of up to SMALL bytes travel inline, larger one
 steps = st.one_of(
     st.tuples(st.just("grow"), st.lists(st.integers(0, 3), max_size=2, unique=True)),
     st.tuples(st.just("change"), st.integers(0, 3)),
-    st.tuples(st.just("load"), st.booleans(), st.booleans(), st.none() | st.integers(1, 4), st.booleans()),
+    st.tuples(st.just("load"), st.booleans(), st.booleans(), st.none() | st.integers(1, 4), st.booleans(),
+              st.booleans()),
 )
+"""A delta (a message appended, attaching these of the four files), a file's bytes changed, or a load: with a fresh
+journal?, --update?, the answer to its n-th request lost?, every later one lost too (never landing) until the run
+gives the thread up, for the next to resume?, the answer to an upload lost?"""
 
 
 @pytest.mark.volume
@@ -315,8 +319,9 @@ def test_every_request_resolves_its_attachments_whatever_happens(project: Any, t
                                                                  start: list[list[int]],
                                                                  script: list[tuple[Any, ...]]) -> None:
     """Deltas (messages appended attaching files old and new), files whose bytes change, loads with the same or a
-    fresh journal, with or without `--update`, with an answer lost (and the loss of an upload's answer): every
-    request resolves every attachment it sends, and a last clean `--update` leaves the server as the spec says."""
+    fresh journal, with or without `--update`, with an answer lost (resumed in the same run or the next) and the
+    loss of an upload's answer (`steps`): every request resolves every attachment it sends, and a last clean
+    `--update` leaves the server as the spec says."""
     folder = tmp_path_factory.mktemp("mix")
     key = f"{project.prefix}-{uuid.uuid4().hex[:8]}"
     sizes = [200, SMALL, LARGE, 2 * LARGE]  # two inline, two uploaded first
@@ -331,7 +336,7 @@ def test_every_request_resolves_its_attachments_whatever_happens(project: Any, t
     journal = 0
     with mock.patch.object(bundler.build, "MAX_INLINE_FILE_BYTES", SMALL), through_proxy(project) as (proxy, client):
         held = Held(client)
-        for step in [*script, ("load", False, True, None, False)]:
+        for step in [*script, ("load", False, True, None, False, False)]:
             if step[0] == "grow":
                 attaches.append([f"f{k}.bin" for k in step[1]])
                 continue
@@ -339,13 +344,15 @@ def test_every_request_resolves_its_attachments_whatever_happens(project: Any, t
                 version[step[1]] += 1
                 write_file(step[1])
                 continue
-            _, fresh, update, lose, lose_upload = step
+            _, fresh, update, lose, stuck, lose_upload = step
             journal += fresh
             spec = one(write_thread(folder, key, project.prefix, attaches))
             proxy.clear(log=True)
             if lose is not None:
-                proxy.add(Rule("drop_after", predicate=lambda e: bool(sent_for([e], key)),
-                               nth=lose, times=1))
+                proxy.add(Rule("drop_after", predicate=lambda e: bool(sent_for([e], key)), nth=lose, times=1))
+                if stuck:
+                    proxy.add(Rule("drop_before", predicate=lambda e: bool(sent_for([e], key)) and any(
+                        x.action == "drop-after" for x in proxy.log)))
             if lose_upload:
                 proxy.add(Rule("drop_after", predicate=lambda e: bool(uploads([e])), times=1))
             load([spec], client, journal=folder / f"j{journal}.sqlite", late_margin=0, update=update, max_entries=3)
