@@ -14,7 +14,7 @@ import base64
 import functools
 import hashlib
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -105,7 +105,8 @@ def _payload(text: str | None, attachments: Sequence[Attachment]) -> list[dict[s
         if a.file is None:
             att["url"] = a.url
         else:
-            att["url"] = binary_url(a.hash or "")
+            if a.size:  # an empty file has no bytes to store: no Binary, no url (only its size, 0, and hash)
+                att["url"] = binary_url(a.hash or "")
             att["size"] = a.size
             att["hash"] = a.hash
         if a.title is not None:
@@ -130,23 +131,44 @@ def file_attachments(spec: ThreadSpec) -> list[tuple[int, int, Attachment]]:
     return [(i, j, a) for i, m in enumerate(spec.messages) for j, a in enumerate(m.attachments) if a.file is not None]
 
 
-def split_files(spec: ThreadSpec) -> tuple[dict[str, Attachment], dict[str, Attachment]]:
-    """A thread's distinct files by hash: those whose bytes travel inside its transaction (a Binary entry each), and
-    those uploaded first. A message's new files travel inline while their sizes add up to at most
-    MAX_INLINE_FILE_BYTES (so a message with its Binaries fits one request); the others are uploaded first."""
-    inline: dict[str, Attachment] = {}
+def carry_files(spec: ThreadSpec, messages: Iterable[int], known: Container[str] = ()
+                ) -> tuple[dict[int, list[Attachment]], dict[str, Attachment]]:
+    """Which of `messages` (indexes into `spec.messages`, in the order they are sent) carries the Binary of each file
+    they attach whose hash is not in `known` (files the server holds already), and which files are uploaded first.
+    A message carries each file it is the first of `messages` to attach, while their sizes add up to at most
+    MAX_INLINE_FILE_BYTES (so a message with its Binaries fits one request); the files that do not fit are uploaded
+    first. An empty file is neither: it has no bytes to store."""
+    carried: dict[int, list[Attachment]] = {}
     uploaded: dict[str, Attachment] = {}
-    for m in spec.messages:
+    seen: set[str] = set()
+    for i in messages:
         budget = MAX_INLINE_FILE_BYTES
-        for a in m.attachments:
-            if a.file is None or a.hash is None or a.hash in inline or a.hash in uploaded:
+        for a in spec.messages[i].attachments:
+            digest = a.hash
+            if a.file is None or digest is None or not a.size or digest in seen or digest in known:
                 continue
-            if (a.size or 0) <= budget:
-                inline[a.hash] = a
-                budget -= a.size or 0
+            seen.add(digest)
+            if a.size <= budget:
+                carried.setdefault(i, []).append(a)
+                budget -= a.size
             else:
-                uploaded[a.hash] = a
-    return inline, uploaded
+                uploaded[digest] = a
+    return carried, uploaded
+
+
+def split_files(spec: ThreadSpec) -> tuple[dict[str, Attachment], dict[str, Attachment]]:
+    """A thread's distinct files by hash: those whose bytes travel inside its transaction (a Binary entry each, in
+    order of first use), and those uploaded first (`carry_files`, every message sent in order)."""
+    carried, uploaded = carry_files(spec, range(len(spec.messages)))
+    return {a.hash or "": a for i in sorted(carried) for a in carried[i]}, uploaded
+
+
+def binary_entry(attachment: Attachment, data: bytes) -> dict[str, Any]:
+    """The transaction entry of a file's Binary: its bytes in base64, its urn the url of its attachments."""
+    return {"fullUrl": binary_url(attachment.hash or ""),
+            "resource": {"resourceType": "Binary", "contentType": attachment.content_type or DEFAULT_CONTENT_TYPE,
+                         "data": base64.b64encode(data).decode()},
+            "request": {"method": "POST", "url": "Binary"}}
 
 
 def _binaries(spec: ThreadSpec, files: Mapping[str, bytes] | None) -> list[dict[str, Any]]:
@@ -157,6 +179,8 @@ def _binaries(spec: ThreadSpec, files: Mapping[str, bytes] | None) -> list[dict[
     given = spec.files if files is None else files
     inline, _ = split_files(spec)
     for i, j, a in file_attachments(spec):
+        if a.size == 0:
+            continue  # (no bytes, no Binary)
         data = given.get(a.hash or "")
         if data is None or a.hash is None:
             file, line = spec.origin(i, "attachments", j, "file")
@@ -164,10 +188,7 @@ def _binaries(spec: ThreadSpec, files: Mapping[str, bytes] | None) -> list[dict[
                                     f"the bytes of {a.file!r} were not read: read the spec from its file "
                                     "(load_specs), or give files= (hash → bytes)"))
         elif a.hash in inline and a.hash not in entries:
-            entries[a.hash] = {"fullUrl": binary_url(a.hash),
-                               "resource": {"resourceType": "Binary", "contentType": a.content_type or
-                                            DEFAULT_CONTENT_TYPE, "data": base64.b64encode(data).decode()},
-                               "request": {"method": "POST", "url": "Binary"}}
+            entries[a.hash] = binary_entry(a, data)
     if problems:
         raise SpecError(problems)
     return list(entries.values())

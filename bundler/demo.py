@@ -127,7 +127,7 @@ def _show(specs: list[ThreadSpec], report: LoadReport, results: list[VerifyResul
         header = client.read(f"Communication/{loaded.header_id}")
         out.write(format_thread(header, read_thread(client, loaded.header_id)) + "\n")
         out.write("   ✓ read back: matches its spec field by field\n\n" if checked.ok else
-                  "   ✗ read back: " + "; ".join(checked.differences[:5]) + "\n\n")
+                  "   ✗ read back: " + "; ".join([*checked.differences, *filter(None, [checked.error])][:5]) + "\n\n")
 
 
 def _read_back_a_file(specs: list[ThreadSpec], report: LoadReport, client: FhirClient, out: TextIO) -> None:
@@ -137,7 +137,7 @@ def _read_back_a_file(specs: list[ThreadSpec], report: LoadReport, client: FhirC
         for m in spec.messages:
             for j, a in enumerate(m.attachments):
                 message_id = loaded[spec.key].message_ids.get(m.id)
-                if a.file is None or a.hash is None or message_id is None:
+                if a.file is None or a.hash is None or not a.size or message_id is None:  # (an empty file: no Binary)
                     continue
                 stored = client.read(f"Communication/{message_id}")
                 held = [p["contentAttachment"] for p in stored.get("payload") or () if "contentAttachment" in p]

@@ -361,6 +361,10 @@ def attachment_hash(data: bytes) -> str:
     return base64.b64encode(hashlib.sha1(data).digest()).decode()
 
 
+EMPTY_FILE_HASH: Final = attachment_hash(b"")
+"""The hash of an empty file. An empty file attaches as its size (0) and this hash alone: no url and no Binary, as
+there are no bytes to store (and FHIR allows no empty `Binary.data`)."""
+
 BASE64_GROWTH: Final = 4 / 3
 """Base64 (Binary.data in a JSON body) is a third larger than the bytes it holds: a file of 768 KB is a 1 MB
 Binary entry."""

@@ -283,7 +283,7 @@ def test_file_attachments_round_trip_byte_identical_and_upload_once(project: Any
         assert report.ok, [t.error for t in report.threads]
         uploads = [n for n, e in enumerate(proxy.log) if e.method == "POST" and e.path.endswith("/Binary")]
         assert len(uploads) == 1 and proxy.log[uploads[0]].body == large  # the large file, raw
-        thread_posts = [n for n, e in enumerate(proxy.log) if e.method == "POST" and b'"Communication"' in e.body]
+        thread_posts = [n for n, e in enumerate(proxy.log) if e.method == "POST" and spec.key.encode() in e.body]
         assert uploads[0] < thread_posts[0]  # first
         assert sum(b'"resourceType":"Binary"' in proxy.log[n].body for n in thread_posts) == 1  # the small, inline
         assert report.files["uploaded"] == 1

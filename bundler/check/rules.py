@@ -671,7 +671,10 @@ def _attachments(ctx: _Ctx, i: int, node: Any, loc: tuple[str | int, ...]) -> No
 
 
 def _base64(ctx: _Ctx, i: int, loc: tuple[str | int, ...], value: Any) -> None:
-    if isinstance(value, str) and not is_base64(value):
+    if value == "":  # (Medplum stores no file for an empty Binary.data, and answers 500 when it is read)
+        ctx.add("fhir.base64", i, loc, "is empty: FHIR has no empty values (an empty file has no bytes to store: "
+                                       "attach it by its size, 0, and hash)")
+    elif isinstance(value, str) and not is_base64(value):
         shown = value if len(value) <= 24 else value[:24] + "…"
         ctx.add("fhir.base64", i, loc, f"{shown!r} is not base64 (A-Z a-z 0-9 + /, padded with = to a multiple of "
                                        f"4, nothing after the padding, no spaces)")

@@ -262,7 +262,7 @@ def print_verify(results: list[VerifyResult], *, show: int = 20) -> None:
     for r in bad[:show]:
         where = f"{r.file}:{r.line}" if r.line else r.file
         click.echo(f"{where}: {r.key}:", err=True)
-        _lines(r.differences, show=10)
+        _lines(r.differences + ([f"could not be read back: {r.error}"] if r.error is not None else []), show=10)
 
 
 @click.command("verify")

@@ -21,19 +21,20 @@ _SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
 _BY_TYPE = {t: s for s, t in reversed(list(CONTENT_TYPES.items()))}  # content type → its first suffix
 
 
-def file_name(key: str, message_id: str, n: int, attachment: Attachment) -> str:
-    """The name of the file holding a message's `n`-th attachment."""
-    title = attachment.title or ""
+def file_name(key: str, message_id: str, n: int, title: str | None, content_type: str | None) -> str:
+    """The name of the file holding a message's `n`-th attachment (its suffix from its title, else its type)."""
+    title = title or ""
     dot = title.rfind(".")
     suffix = title[dot:].lower() if dot > 0 and _SUFFIX.fullmatch(title[dot:]) else \
-        _BY_TYPE.get(attachment.content_type or "", ".bin")
+        _BY_TYPE.get(content_type or "", ".bin")
     return f"{key}.{message_id}.{n}{'.bin' if suffix in SPEC_SUFFIXES else suffix}"
 
 
 def download(client: FhirClient, spec: ThreadSpec, folder: Path
              ) -> tuple[dict[str, tuple[Attachment, bytes]], list[str]]:
-    """Each attachment of `spec` whose url names a Binary, downloaded into `folder`: url → the file attachment that
-    replaces it (with the file's size and hash) and its bytes; and the problems of those that could not be."""
+    """Each attachment of `spec` whose url names a Binary, downloaded into `folder` (once per url): url → a file
+    attachment of its bytes (the file's name, size and hash: every attachment of that url keeps its own title and
+    type, `shape`) and its bytes; and the problems of those that could not be."""
     files: dict[str, tuple[Attachment, bytes]] = {}
     problems: list[str] = []
     for m in spec.messages:
@@ -49,7 +50,7 @@ def download(client: FhirClient, spec: ThreadSpec, folder: Path
                 problems.append(f"message {m.id}: attachment {n} ({ref}) could not be downloaded ({exc}): its url "
                                 "is kept")
                 continue
-            name = file_name(spec.key, m.id, n, a)
+            name = file_name(spec.key, m.id, n, a.title, a.content_type)
             (folder / name).write_bytes(data)
             files[a.url] = (Attachment(file=name, content_type=a.content_type, title=a.title, size=len(data),
                                        hash=attachment_hash(data)), data)

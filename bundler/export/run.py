@@ -221,21 +221,28 @@ class _Run:
 
     def _one(self, header: dict[str, Any]) -> ThreadExport:
         """Read, shape and write one thread (in a worker)."""
-        assert self.writer is not None
         try:
             resources = read_thread(self.client, str(header["id"]), receipts=True, page_size=self.page_size)
         except BundlerError as exc:
-            if _fatal(exc):
-                raise
-            error = self.client.all_secrets().scrub(str(exc))
-            result = ThreadExport(None, str(header["id"]), error=error,
-                                  problems=[f"its messages could not be read: {error}"], dropped=[header])
-            self.writer.line(result)
-            return result
+            return self._failed(str(header["id"]), exc, "its messages could not be read", [header])
         messages = [r for r in resources if r.get("resourceType") != "Task"]
         receipts = [r for r in resources if r.get("resourceType") == "Task"]
-        return self._written(lambda files: shape_thread(header, messages, identifier_system=self.system,
-                                                        files=files, receipts=receipts))
+        try:
+            return self._written(lambda files: shape_thread(header, messages, identifier_system=self.system,
+                                                            files=files, receipts=receipts))
+        except BundlerError as exc:
+            return self._failed(str(header["id"]), exc, "it could not be exported", [header, *resources])
+
+    def _failed(self, header_id: str, exc: BundlerError, what: str, dropped: list[dict[str, Any]]) -> ThreadExport:
+        """A thread that could not be read or written: its report line, with the error (the export goes on; only a
+        refused login or an unreachable server stops it, raised)."""
+        assert self.writer is not None
+        if _fatal(exc):
+            raise exc
+        error = self.client.all_secrets().scrub(str(exc))
+        result = ThreadExport(None, header_id, error=error, problems=[f"{what}: {error}"], dropped=dropped)
+        self.writer.line(result)
+        return result
 
     def _written(self, shape: Callable[[Mapping[str, tuple[Attachment, bytes]] | None], Shaped], *,
                  orphans: bool = False) -> ThreadExport:
@@ -270,7 +277,9 @@ class _Run:
 
     def _orphans(self, target: str, why: str) -> ThreadExport:
         """Read, shape and write the messages part of `target`, which is no header (in a worker)."""
-        assert self.writer is not None
-        messages = read_part_of(self.client, target, page_size=self.page_size)
-        return self._written(lambda files: shape_orphans(target.rpartition("/")[2], messages, why,
-                                                         identifier_system=self.system, files=files), orphans=True)
+        try:
+            messages = read_part_of(self.client, target, page_size=self.page_size)
+            return self._written(lambda files: shape_orphans(target.rpartition("/")[2], messages, why,
+                                                             identifier_system=self.system, files=files), orphans=True)
+        except BundlerError as exc:
+            return self._failed(target, exc, "the messages part of it could not be exported", [])

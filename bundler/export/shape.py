@@ -33,6 +33,7 @@ from ..vocabulary import (
     COMMUNICATION_STATUSES,
     DEFAULT_STATUS,
     DRAFT_STATUS,
+    EMPTY_FILE_HASH,
     READ_RECEIPT_READ,
     READ_STATE_EXTENSION,
     READ_STATE_LAST_READ,
@@ -47,6 +48,7 @@ from ..vocabulary import (
     parse_instant,
     parse_literal,
 )
+from .download import file_name
 
 KNOWN_HEADER_FIELDS = frozenset({"resourceType", "id", "meta", "identifier", "status", "category", "subject", "topic",
                                  "sent", "recipient", "sender", "priority"})
@@ -251,7 +253,7 @@ class _Thread:
         sender_ref = _ref(m.get("sender"))
         sender = self.people.alias.get(sender_ref[0]) if sender_ref else None
         sent = self.instant(m, where)
-        text, attachments = self.payload(m, where)
+        text, attachments = self.payload(m, where, mid)
         status = self.status(m, where, thread[0])
         if sender is None or (sent is None and status != DRAFT_STATUS) or (text is None and not attachments):
             why = "no sender" if sender is None else "no text or attachment" if sent is not None or \
@@ -274,24 +276,33 @@ class _Thread:
         self.problem(f"{where}: priority {priority!r} is not a request priority: not kept")
         return None
 
-    def payload(self, m: Mapping[str, Any], where: str) -> tuple[str | None, list[Attachment]]:
+    def payload(self, m: Mapping[str, Any], where: str, mid: str) -> tuple[str | None, list[Attachment]]:
         text: str | None = None
         attachments: list[Attachment] = []
         for part in m.get("payload") or ():
             if isinstance(part, dict) and isinstance(part.get("contentString"), str) and text is None:
                 text = part["contentString"] or None
             elif isinstance(part, dict) and isinstance(part.get("contentAttachment"), dict):
-                if (a := self.attachment(part["contentAttachment"], where)) is not None:
+                n = len(attachments) + 1
+                if (a := self.attachment(part["contentAttachment"], where, mid, n)) is not None:
                     attachments.append(a)
             else:
                 self.problem(f"{where}: a payload part the spec cannot hold is not kept: {_short(part)}")
         return text, attachments
 
-    def attachment(self, a: Mapping[str, Any], where: str) -> Attachment | None:
-        if (file := self.files.get(str(a.get("url")))) is not None:
-            return file[0]
+    def attachment(self, a: Mapping[str, Any], where: str, mid: str, n: int) -> Attachment | None:
+        """Message `mid`'s `n`-th attachment: its url; or the file downloaded for that url (`files`: its bytes, size
+        and hash, shared by every attachment of that url) with this attachment's own fields; or, with no url, size 0
+        and the hash of no bytes, the empty file it is (`write.Writer` writes it: there is nothing to download)."""
+        url, content_type, title = a.get("url"), a.get("contentType"), a.get("title")
         try:
-            return Attachment(a.get("url"), a.get("contentType"), a.get("title"))
+            if (file := self.files.get(str(url))) is not None:
+                got = file[0]
+                return Attachment(file=got.file, content_type=content_type, title=title, size=got.size, hash=got.hash)
+            if url is None and a.get("size") == 0 and a.get("hash", EMPTY_FILE_HASH) == EMPTY_FILE_HASH:
+                name = file_name(self.key, mid, n, title, content_type)
+                return Attachment(file=name, content_type=content_type, title=title, size=0, hash=EMPTY_FILE_HASH)
+            return Attachment(url, content_type, title)
         except SpecError as exc:
             self.problem(f"{where}: an attachment is not kept ({exc.problems[0].message}): {_short(a)}")
             return None

@@ -60,13 +60,16 @@ class Writer:
             self._report.close()
 
     def thread(self, shaped: Shaped, *, orphans: bool = False) -> ThreadExport:
-        """Write `shaped`'s spec (if any) and its report line; what became of it."""
+        """Write `shaped`'s spec (if any), the empty files it attaches (there is nothing to download for them), and
+        its report line; what became of it."""
         spec = shaped.spec
         result = ThreadExport(spec.key if spec else None, shaped.header_id, messages=shaped.messages,
                               problems=list(shaped.problems), dropped=shaped.dropped, orphans=orphans)
         if spec is not None:
             spec = self._placed(spec, result)
             result.key, result.exported = spec.key, len(spec.messages)
+            for name in (a.file for m in spec.messages for a in m.attachments if a.file is not None and a.size == 0):
+                (self.staging / name).write_bytes(b"")
             (self.staging / str(result.file)).write_bytes(dump_yaml(spec.to_data()))
         self.line(result)
         return result

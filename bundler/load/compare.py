@@ -114,6 +114,8 @@ def compare_thread(spec: ThreadSpec, resources: Iterable[Mapping[str, Any]], *,
         out: list[str] = []
         mapping = ref_of | _attachment_urls(entry["resource"], actual) if "payload" in entry["resource"] else ref_of
         _differences(diff.names[n], rewrite_references(entry["resource"], mapping), dict(actual), out, top=True)
+        if "payload" in entry["resource"]:
+            out += _unresolved_files(diff.names[n], entry["resource"], actual)
         if out:
             diff.differences[n] = out
     diff.extra = [(ident, resource) for ident, resource in by_ident.items() if ident not in expected_idents]
@@ -130,15 +132,29 @@ def diff_thread(spec: ThreadSpec, resources: Iterable[Mapping[str, Any]], *,
 
 
 def _attachment_urls(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> dict[str, str]:
-    """The urns of a message's file attachments (`build.binary_url`) → the url the server holds in their place:
-    `Binary/<id>`, or a signed URL of its storage (`vocabulary.binary_reference`). Their bytes are compared by
-    hash by `verify`, which reads them."""
+    """The urns of a message's file attachments (`build.binary_url`), and its `Binary/<id>` urls, → the url the server
+    holds in their place: `Binary/<id>`, or a signed URL of its storage (`vocabulary.binary_reference`; for a
+    `Binary/<id>`, of that Binary). Their bytes are compared by hash by `verify`, which reads them."""
     out = {}
     for want, got in zip(expected.get("payload") or (), actual.get("payload") or (), strict=False):
         url = (want.get("contentAttachment") or {}).get("url") if isinstance(want, dict) else None
         held = (got.get("contentAttachment") or {}).get("url") if isinstance(got, dict) else None
-        if isinstance(url, str) and url.startswith("urn:uuid:") and binary_reference(held) is not None:
+        if isinstance(url, str) and (ref := binary_reference(held)) is not None and \
+                (url.startswith("urn:uuid:") or binary_reference(url) == ref):
             out[url] = str(held)
+    return out
+
+
+def _unresolved_files(name: str, expected: Mapping[str, Any], actual: Mapping[str, Any]) -> list[str]:
+    """A message's file attachments that the server holds with the urn we gave them (`build.binary_url`): no Binary
+    of the request that stored them stood for it, so the link names nothing (the same url, but not the same)."""
+    out = []
+    for k, (want, got) in enumerate(zip(expected.get("payload") or (), actual.get("payload") or (), strict=False)):
+        url = (want.get("contentAttachment") or {}).get("url") if isinstance(want, dict) else None
+        held = (got.get("contentAttachment") or {}).get("url") if isinstance(got, dict) else None
+        if isinstance(url, str) and url.startswith("urn:uuid:") and held == url:
+            out.append(f"{name}.payload[{k}].contentAttachment.url: {held!r} names no Binary on the server (the "
+                       "file's bytes are not there)")
     return out
 
 

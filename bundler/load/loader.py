@@ -31,9 +31,10 @@ and, with `update=True`, sent as updates version-checked with `ifMatch`; message
 are reported, never deleted. Without a journal the server's identifiers say which messages are there.
 
 Before a window's threads are sent, the participants they use that say how to create them are made sure of
-(`participants.Ensurer`: conditional creates, once per run, journaled) and their files too large for a
-transaction are uploaded (`uploads.Uploader`, journaled by hash); a thread whose participant or file could not be
-is not sent, and says why at its spec line.
+(`participants.Ensurer`: conditional creates, once per run, journaled); a thread whose participant could not be
+is not sent, and says why at its spec line. Where the server holds each file attachment's bytes is one record
+for the run (`uploads.Binaries`, journaled by hash): a thread's request carries the Binary of a file the server
+does not hold yet, or a file too large for that is uploaded first, when a request needs it.
 
 Each thread is a `thread.ThreadLoad`, a state machine; this module feeds them in windows of `window`
 threads (a stream is never read whole), runs them on `concurrency` workers, and tells each result to the
@@ -64,7 +65,7 @@ from .participants import Ensurer
 from .plan import SAFE_MAX_BYTES, RequestLimits
 from .report import LoadReport, LoadWatcher, Outcome, Plan, ThreadResult
 from .thread import Deferred, PlanBook, Settings, Thread, ThreadLoad
-from .uploads import Uploader
+from .uploads import Binaries
 from .verify import Resolver
 
 Atomic = Literal["require", "auto", "off"]
@@ -165,8 +166,7 @@ def _close(report: LoadReport, run: _Run, client: FhirClient, started: float, re
     report.waited = client.pacer.waited - waited_before
     report.in_input_order()
     report.participants = run.ensurer.counts
-    report.files = {"uploaded": run.uploader.uploaded, "known": run.uploader.known,
-                    "failed": len(run.uploader.failed)}
+    report.files = {"uploaded": run.files.uploaded, "known": run.files.known, "failed": len(run.files.failed)}
     if run.plan is not None:
         report.plan = run.planned()
     return report
@@ -196,7 +196,7 @@ class _Run:
         self.margin, self.update, self.limits, self.watcher, self.keep = margin, update, limits, watcher, keep
         self.resolver = Resolver(client)
         self.ensurer = Ensurer(client, journal, dry_run=dry_run)
-        self.uploader = Uploader(client, journal, dry_run=dry_run)
+        self.files = Binaries(client, journal, dry_run=dry_run)
         self.plan: PlanBook | None = None
         self.dry_run = dry_run
         self.settings: Settings | None = None
@@ -226,7 +226,7 @@ class _Run:
                 self.plan = PlanBook(alt)
             self.settings = Settings(self.client, self.journal, self.system, limits, self.margin, update=self.update,
                                      resolver=self.resolver, plan=self.plan, stopping=self.stopping,
-                                     started=self.started, binaries=self.uploader.refs)
+                                     started=self.started, files=self.files)
         return self.settings
 
     def _limits(self, atomic: bool) -> RequestLimits:
@@ -254,8 +254,8 @@ class _Run:
     def planned(self) -> Plan:
         assert self.plan is not None
         book, pacer = self.plan, self.client.pacer
-        extra_requests = self.ensurer.requests + self.uploader.requests
-        extra_points = self.ensurer.points + self.uploader.points + SEARCH_POINTS * self.resolver.searches
+        extra_requests = self.ensurer.requests + self.files.requests
+        extra_points = self.ensurer.points + self.files.points + SEARCH_POINTS * self.resolver.searches
         plan = Plan(book.requests + extra_requests, book.points + extra_points, book.searches + self.resolver.searches)
         if book.alt is not None:
             plan.requests_not_atomic = book.requests_alt + extra_requests
@@ -291,18 +291,16 @@ class _Run:
 
     def _with_participants(self, items: list[Thread], unseen: list[int],
                            loads: dict[int, tuple[Entry | None, dict[str, Any] | None]]) -> list[int]:
-        """Ensure the participants to create that the threads to send use (`participants.Ensurer`), and upload
-        the files too large for their transactions (`uploads.Uploader`); a thread whose participant could not be
-        ensured, or whose file could not be uploaded, is not sent: it fails, saying why. The `unseen` left."""
+        """Ensure the participants to create that the threads to send use (`participants.Ensurer`); a thread whose
+        participant could not be ensured is not sent: it fails, saying why. The `unseen` left."""
         self.ensurer.ensure(items[n].spec for n in [*unseen, *loads])
-        self.uploader.upload(items[n].spec for n in [*unseen, *loads])
         if self.dry_run and self.ensurer.ensured:
             self.resolver.assume(ref for ref, known in self.ensurer.ensured.items() if not known)
-        if not self.ensurer.failed and not self.uploader.failed:
+        if not self.ensurer.failed:
             return unseen
         stopped = set()
         for n in [*unseen, *loads]:
-            if (why := self.ensurer.why_not(items[n].spec) or self.uploader.why_not(items[n].spec)) is not None:
+            if (why := self.ensurer.why_not(items[n].spec)) is not None:
                 loads.pop(n, None)
                 stopped.add(n)
                 self._tell(items[n].result(Outcome.FAILED, {}, error=why), items[n])

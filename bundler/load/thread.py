@@ -38,10 +38,20 @@ from typing import Any
 
 import orjson
 
-from ..build import binary_url, bundle_bytes, entry_messages, entry_types, entry_values, full_url, split_files
+from ..build import (
+    binary_entry,
+    binary_url,
+    bundle_bytes,
+    carry_files,
+    entry_messages,
+    entry_types,
+    entry_values,
+    full_url,
+    split_files,
+)
 from ..errors import BundlerError, ServerError, UnknownOutcome
 from ..medplum.client import FhirClient, outcome_text, resource_version
-from ..spec.model import ThreadSpec
+from ..spec.model import Attachment, ThreadSpec
 from ..vocabulary import READ_POINTS, SEARCH_POINTS, WRITE_POINTS
 from .compare import ThreadDiff, compare_thread
 from .journal import UNKNOWN, Entry, Journal, State
@@ -56,6 +66,7 @@ from .plan import (
     update_parts,
 )
 from .report import Outcome, ThreadResult
+from .uploads import Binaries, stored_files
 from .verify import Resolver, read_thread
 
 _ENTRY_INDEX = re.compile(r"entry\[(\d+)\]")
@@ -69,6 +80,19 @@ class Deferred:
     """The thread waits (without a worker) until `until` (epoch seconds), then goes on where it was."""
 
     until: float
+
+
+@dataclass
+class Layout:
+    """How entries of a thread go in requests, given where the server holds their files: `refs`, the urn of each
+    file it holds → `Binary/<id>`; `carried`, entry → the files whose Binaries go in the same request (the first
+    entry of those to send that attaches a file the server does not hold yet); each entry's size and weight (how
+    many entries it takes in a request) with the Binaries it carries."""
+
+    refs: dict[str, str]
+    carried: dict[int, list[Attachment]]
+    sizes: list[int]
+    weights: list[int]
 
 
 STOPPED = object()
@@ -122,7 +146,7 @@ class Settings:
     plan: PlanBook | None = None  # a dry run
     stopping: threading.Event = field(default_factory=threading.Event)
     started: float = field(default_factory=time.time)  # when this load began (epoch seconds)
-    binaries: dict[str, str] = field(default_factory=dict)  # urn of a file uploaded first → its Binary/<id>
+    files: Binaries | None = None  # where the server holds each file (by default, a record of this thread's own)
 
     @property
     def quarantine(self) -> float:
@@ -149,37 +173,20 @@ class Thread:
         self.inline, self.uploads = split_files(spec) if spec.has_files else ({}, {})
 
     @functools.cached_property
-    def all_urls(self) -> list[str]:
-        """The fullUrl of every entry of the bundle: the header, the messages, then the Binaries of its small files."""
-        return self.urls + [binary_url(h) for h in self.inline]
-
-    @functools.cached_property
-    def carried(self) -> dict[int, list[int]]:
-        """Entry index of a message → the entry indexes of the Binaries it is the first to use (they go in the
-        same request, unless the server has them already)."""
-        out: dict[int, list[int]] = {}
-        at = {h: len(self.urls) + k for k, h in enumerate(self.inline)}
-        for i, m in enumerate(self.spec.messages, 1):
-            for a in m.attachments:
-                if a.hash in at:
-                    out.setdefault(i, []).append(at.pop(a.hash))
-        return out
-
-    @functools.cached_property
-    def weights(self) -> list[int]:
-        """How many entries each entry takes in a request: itself and the Binaries it carries."""
-        return [1 + len(self.carried.get(i, ())) for i in range(len(self.urls))]
-
-    @functools.cached_property
     def bundle(self) -> dict[str, Any]:
         """The bundle as data (what `build_bundle` gives: `bundle_bytes` is byte-equal to it)."""
         return orjson.loads(self.body)  # type: ignore[no-any-return]
 
     @functools.cached_property
     def sizes(self) -> list[int]:
-        """Each header's or message's size in a request, with the Binaries it carries."""
-        sizes = entry_sizes(self.bundle)
-        return [size + sum(sizes[b] for b in self.carried.get(i, ())) for i, size in enumerate(sizes[:len(self.urls)])]
+        """Each header's, message's or read receipt's size in a request (without the Binaries it may carry)."""
+        return entry_sizes(self.bundle)[:len(self.urls)]
+
+    def files_of(self, n: int) -> list[Attachment]:
+        """The file attachments with bytes (not empty) of entry `n` (a message's; none for the header or a Task)."""
+        if not 1 <= n <= len(self.spec.messages):
+            return []
+        return [a for a in self.spec.messages[n - 1].attachments if a.file is not None and a.size and a.hash]
 
     @functools.cached_property
     def hashes(self) -> list[str]:
@@ -207,7 +214,7 @@ class Thread:
     def whole(self, limits: RequestLimits) -> bool:
         """True when the thread goes as one plain transaction, its bytes as built."""
         return (not limits.conditional and not self.uploads and len(self.body) <= limits.max_bytes
-                and (limits.max_entries is None or len(self.all_urls) <= limits.max_entries))
+                and (limits.max_entries is None or len(self.urls) + len(self.inline) <= limits.max_entries))
 
     def known(self, entry: Entry | None, existing: dict[str, str]) -> dict[str, str]:
         """fullUrl → `Communication/<id>` of the entries the journal (`entry`) or the pre-check (`existing`,
@@ -292,7 +299,8 @@ class ThreadLoad:
         self.recorded = False  # the journal has this thread's first request already (with its window)
         self.requests = self.created = self.updated = self.lost = self.rechecks = 0
         self.part: list[int] = []  # the entries of the request at hand
-        self.extras: list[int] = []  # the Binaries (entry indexes) it carries
+        self.carry: list[Attachment] = []  # the files whose Binaries it carries (after its entries)
+        self.files = settings.files or Binaries(self.client, settings.journal, dry_run=settings.plan is not None)
         self.settles = 0.0  # the request at hand, if its answer was lost: when it can no longer land
         self.body = b""
         self.response: dict[str, Any] = {}
@@ -331,6 +339,9 @@ class ThreadLoad:
         spec changed (or found without a journal row), all of it, read back and compared."""
         if self.s.plan is not None and (unresolved := self._unresolved()):
             return self._failing(unresolved)
+        if self.entry is not None and self.t.inline:  # (a journal of an earlier version kept them with the thread)
+            urns = {binary_url(h): h for h in self.t.inline}
+            self.files.learn({urns[url]: ref for url, ref in self.entry.ids.items() if url in urns})
         if self.entry is not None and self.entry.state != State.COMMITTED and self.t.urls[0] in self.ids and \
                 "extension" in self.t.bundle["entry"][0]["resource"]:
             self.trimmed = True  # an earlier run sent the header, maybe short of its read state: completed at the end
@@ -363,11 +374,14 @@ class ThreadLoad:
         sent again."""
         for kind in dict.fromkeys(self.t.types[n] for n in self.part):
             mine = [n for n in self.part if self.t.types[n] == kind]
-            found = self.client.find_identifiers(kind, [self.t.identifiers[n] for n in mine])
+            # (with their attachments: the Binaries the request carried are on the server with the messages)
+            elements = "identifier,payload" if self.t.spec.has_files and kind == "Communication" else "identifier"
+            found = self.client.find_resources(kind, [self.t.identifiers[n] for n in mine], elements=elements)
             if self.s.plan is not None:
                 self.s.plan.searched(1)
-            self.ids.update({self.t.urls[n]: f"{kind}/{found[self.t.identifiers[n]]}" for n in mine
+            self.ids.update({self.t.urls[n]: f"{kind}/{found[self.t.identifiers[n]]['id']}" for n in mine
                              if self.t.identifiers[n] in found})
+            self.files.learn(stored_files(found.values()))
         self.requests += 1
         if not self.sent:  # what an earlier run left
             self.had = bool(self.ids)
@@ -377,23 +391,28 @@ class ThreadLoad:
         """What to send next: the whole thread as built when none of it is on the server and it fits one
         request; else the next part of what is left (`plan.cut`), pointing at what is there by server id."""
         remaining = self.t.order([i for i, url in enumerate(self.t.urls) if url not in self.ids])
-        if not remaining:
+        if not remaining and self.s.plan is None:
             self._complete_read_state()
             return Stage.UPDATE if self.pending and (self.s.update or self.completing) else Stage.COMMIT
         limits = self.s.limits
         try:
-            if self.s.plan is not None:
-                return self._plan(remaining)
-            if not self.ids and self.t.whole(limits):
+            whole = not self.ids and self.t.whole(limits)
+            if whole and self.s.plan is None:
                 self.part, self.body = list(range(len(self.t.urls))), self.t.body  # (in the body's order)
-                self.extras = list(range(len(self.t.urls), len(self.t.all_urls)))
+                self.carry = list(self.t.inline.values())
                 return Stage.SEND
-            self.part = cut(remaining, self.t.sizes, limits, weights=self.t.weights, units=self.t.owners)[0]
+            layout = None if whole else self._layout(remaining)
+            if isinstance(layout, str):
+                return self._failing(layout)
+            if self.s.plan is not None:
+                return self._plan(remaining, layout)
+            assert layout is not None
+            self.part = cut(remaining, layout.sizes, limits, weights=layout.weights, units=self.t.owners)[0]
         except TooLarge as exc:
             return self._failing(f"{self.t.where(None)}: {exc}")
-        known = {**self.s.binaries, **self.ids} if self.t.uploads else self.ids
-        self.extras = [b for i in self.part for b in self.t.carried.get(i, ()) if self.t.all_urls[b] not in known]
-        part = part_bundle(self.t.bundle, self.part + self.extras, known, conditional=limits.conditional)
+        self.carry = [a for i in self.part for a in layout.carried.get(i, ())]
+        part = part_bundle(self.t.bundle, self.part, {**layout.refs, **self.ids}, conditional=limits.conditional)
+        part["entry"] += self._binary_entries()
         if self.part[0] == 0 and "extension" in part["entry"][0]["resource"]:
             part["entry"][0] = head = {**part["entry"][0], "resource": dict(part["entry"][0]["resource"])}
             self.trimmed = trim_read_state(head["resource"], self.ids, self.t.urls, self.part)
@@ -425,11 +444,12 @@ class ThreadLoad:
         there answers 200); plain ones are quarantined, then searched for. After MAX_LOST lost answers the
         thread is left `sent`, for the next run to reconcile."""
         self.lost += 1
-        if self.lost > MAX_LOST:
+        if self.plain:
+            self.settles = time.time() + self.s.margin  # no later than the margin after we gave up on it
+        if self.lost > MAX_LOST:  # (the next run searches for it once it settles, not our timeout after it was sent)
             return self._failing("the server's answers kept getting lost; run again to resume", state=State.SENT)
         if not self.plain:
             return Stage.NEXT
-        self.settles = time.time() + self.s.margin  # no later than the margin after we gave up on it
         self._save(State.SENT, in_flight=self.part, settles=self.settles)
         return Stage.QUARANTINE
 
@@ -444,12 +464,13 @@ class ThreadLoad:
         # a window of machines holds their answers until each is settled)
         statuses, binaries = statuses[:len(self.part)], statuses[len(self.part):]
         self.created += sum(1 for s in statuses if s.startswith("201"))
+        self._dangling(statuses, binaries)
         if (failed := _first_failed(self.part, statuses)) is not None:
             return self._failing(self._entry_failure(*failed, statuses))
-        if (refused := _first_failed(self.extras, binaries)) is not None:
+        if (refused := _first_failed(list(range(len(binaries))), binaries)) is not None:
             return self._failing(f"{self.t.where(None)}: the Binary of a file attachment was refused: HTTP "
                                  f"{refused[1].split()[0]}")
-        if any(s.startswith("429") for s in statuses):
+        if any(s.startswith("429") for s in statuses + binaries):
             self.client.pacer.blocked(1.0)
         if not self.complete:
             self._save(State.SENT)
@@ -461,12 +482,21 @@ class ThreadLoad:
         twice: no quarantine is needed."""
         if not self.pending:
             return Stage.COMMIT
-        self.part = update_parts(self.pending, self.t.sizes, self.s.limits)[0]
-        body = orjson.dumps(update_bundle(self.t.bundle, self.part, self._references(), self.versions))
+        layout = self._layout(self.pending)
+        if isinstance(layout, str):
+            return self._failing(layout)
+        try:
+            self.part = update_parts(self.pending, layout.sizes, self.s.limits)[0]
+        except TooLarge as exc:
+            return self._failing(f"{self.t.where(None)}: {exc}")
+        self.carry = [a for i in self.part for a in layout.carried.get(i, ())]
+        bundle = update_bundle(self.t.bundle, self.part, {**self._references(), **layout.refs}, self.versions)
+        bundle["entry"] += self._binary_entries()  # (POSTed before the PUTs: the server rewrites their urns)
+        body = orjson.dumps(bundle)
         self._save(State.SENT)
         self.requests += 1
         try:
-            self.response = self.client.transaction(body, entries=len(self.part))
+            self.response = self.client.transaction(body, entries=len(self.part) + len(self.carry))
         except UnknownOutcome:
             return Stage.RECHECK
         except ServerError as exc:
@@ -551,7 +581,7 @@ class ThreadLoad:
 
     def _cost(self) -> float:
         per_entry = WRITE_POINTS + (0 if self.plain else SEARCH_POINTS)
-        return float(per_entry * len(self.part) + WRITE_POINTS * len(self.extras))
+        return float(per_entry * len(self.part) + WRITE_POINTS * len(self.carry))
 
     def _unresolved(self) -> str | None:
         """(A dry run) why a conditional reference of the thread would fail: it matches no or several
@@ -574,6 +604,8 @@ class ThreadLoad:
         if self.s.plan is not None:
             self.s.plan.searched(1)
         resolved = self._resolved()
+        if self.t.spec.has_files:
+            self.files.learn(stored_files(messages))
         diff = compare_thread(self.t.spec, [header, *messages], identifier_system=self.t.system, resolved=resolved,
                               bundle=self.t.bundle)
         if diff.problems:
@@ -616,20 +648,22 @@ class ThreadLoad:
         recorded = self.entry.hash(self.t.urls[n]) if self.entry else None
         return recorded is None or recorded != self.t.hashes[n]
 
-    def _plan(self, remaining: list[int]) -> Stage:
-        """(A dry run) count the requests the rest would take, for this project and, when it is not known
-        whether its transactions are atomic, for one whose are not."""
-        plan, limits = self.s.plan, self.s.limits
+    def _plan(self, remaining: list[int], layout: Layout | None) -> Stage:
+        """(A dry run) count the requests the rest would take (`layout`: None when it goes whole), for this project
+        and, when it is not known whether its transactions are atomic, for one whose are not; and the updates."""
+        plan, limits, units = self.s.plan, self.s.limits, self.t.owners
         assert plan is not None
-        weights, units = self.t.weights, self.t.owners
-        parts = [remaining] if not self.ids and self.t.whole(limits) else cut(remaining, self.t.sizes, limits,
-                                                                                 weights=weights, units=units)
-        alt = cut(remaining, self.t.sizes, plan.alt, weights=weights, units=units) if plan.alt is not None else None
-        plan.sends(parts, alt, conditional=limits.conditional)
+        sizes, weights = (self.t.sizes, None) if layout is None else (layout.sizes, layout.weights)
+        parts = [remaining] if layout is None else cut(remaining, sizes, limits, weights=weights, units=units)
+        alt = cut(remaining, sizes, plan.alt, weights=weights, units=units) if plan.alt is not None else None
+        plan.sends([p for p in parts if p], alt, conditional=limits.conditional)
         if self.s.update and self.pending:
-            plan.updates(update_parts(self.pending, self.t.sizes, limits))
-        self.planned = True
-        self.requests += len(parts)
+            updating = self._layout(self.pending)
+            if isinstance(updating, str):
+                return self._failing(updating)
+            plan.updates(update_parts(self.pending, updating.sizes, limits))
+        self.planned = bool(remaining) or (self.s.update and bool(self.pending))
+        self.requests += len([p for p in parts if p])
         return Stage.COMMIT
 
     def _references(self) -> dict[str, str]:
@@ -639,12 +673,14 @@ class ThreadLoad:
 
     def _updated(self) -> Stage:
         statuses = [str(e["response"]["status"]) for e in self.response.get("entry") or ()]
-        if len(statuses) != len(self.part):
-            raise BundlerError(f"{self.t.spec.key}: the server answered an update of {len(self.part)} entries "
-                               f"with {len(statuses)} entries")
+        if len(statuses) != len(self.part) + len(self.carry):
+            raise BundlerError(f"{self.t.spec.key}: the server answered an update of "
+                               f"{len(self.part) + len(self.carry)} entries with {len(statuses)} entries")
+        self._learn_binaries(self.response["entry"][len(self.part):])
+        statuses = statuses[:len(self.part)]
         if any(s.startswith("412") for s in statuses):
             return Stage.RECHECK
-        for n, entry, status in zip(self.part, self.response["entry"], statuses, strict=True):
+        for n, entry, status in zip(self.part, self.response["entry"][:len(self.part)], statuses, strict=True):
             if status[:1] == "2":
                 self._updated_entry(n, resource_version(entry))
         if (failed := _first_failed(self.part, statuses)) is not None:
@@ -674,18 +710,68 @@ class ThreadLoad:
         """Each entry's status in the answer, recording the server id and version of every committed one; None
         when the answer does not have one entry per entry sent."""
         entries = self.response.get("entry") or []
-        if len(entries) != len(self.part) + len(self.extras):
+        if len(entries) != len(self.part) + len(self.carry):
             return None
         statuses = []
-        urls, ids, versions, types, n = self.t.all_urls, self.ids, self.versions, self.t.types, len(self.t.urls)
-        for i, e in zip(self.part + self.extras, entries, strict=True):
+        urls, ids, versions, types = self.t.urls, self.ids, self.versions, self.t.types
+        for i, e in zip(self.part, entries, strict=False):
             resp = e["response"]
             statuses.append(status := resp["status"])
             if status[:1] == "2" and (sid := _server_id(resp.get("location"), e.get("resource"))):
-                ids[urls[i]] = f"{types[i] if i < n else 'Binary'}/{sid}"
+                ids[urls[i]] = f"{types[i]}/{sid}"
                 if version := resource_version(e):
                     versions[urls[i]] = version
-        return statuses
+        binaries = entries[len(self.part):]
+        self._learn_binaries(binaries)
+        return statuses + [str(e["response"]["status"]) for e in binaries]
+
+    def _learn_binaries(self, entries: list[dict[str, Any]]) -> None:
+        """The answers to the Binaries the request carried (`carry`, in order): where the server stored each file."""
+        stored = {}
+        for a, e in zip(self.carry, entries, strict=True):
+            resp = e["response"]
+            if str(resp["status"])[:1] == "2" and (sid := _server_id(resp.get("location"), e.get("resource"))):
+                stored[a.hash or ""] = f"Binary/{sid}"
+        self.files.learn(stored)
+
+    def _dangling(self, statuses: list[str], binaries: list[str]) -> None:
+        """Messages committed while a Binary they attach was not (a project without atomic transactions: a 429
+        stops a batch midway) link to a Binary the server does not hold: each is updated once the rest is in (its
+        Binary carried again), as part of this load."""
+        lost = {a.hash for a, status in zip(self.carry, binaries, strict=True) if status[:1] != "2"}
+        if not lost:
+            return
+        for n, status in zip(self.part, statuses, strict=True):
+            if status[:1] == "2" and n not in self.pending and any(a.hash in lost for a in self.t.files_of(n)):
+                self.completing.add(n)
+                self.pending.append(n)
+        self.pending.sort()
+
+    def _layout(self, indexes: list[int]) -> Layout | str:
+        """How `indexes` (entries to send, in order) go in requests, given the files the server holds: the Binaries
+        each entry carries (`build.carry_files`); the files too large to carry are uploaded first (`Binaries.ensure`).
+        Why not, at its spec line, when a file could not be uploaded."""
+        spec, t = self.t.spec, self.t
+        sizes, weights = list(t.sizes), [1] * len(t.urls)
+        if not spec.has_files:
+            return Layout({}, {}, sizes, weights)
+        messages = [n - 1 for n in indexes if t.files_of(n)]
+        where = self.files.where({a.hash or "" for n in indexes for a in t.files_of(n)})
+        carried, uploads = carry_files(spec, messages, where)
+        self.files.reused({h: where[h] for h in carry_files(spec, messages)[1] if h in where})
+        if uploads:
+            if (why := self.files.ensure(spec, uploads)) is not None:
+                return why
+            where |= self.files.where(uploads)
+        by_entry = {i + 1: files for i, files in carried.items()}
+        for n, files in by_entry.items():
+            sizes[n] += sum(_binary_size(a) for a in files)
+            weights[n] += len(files)
+        return Layout({binary_url(h): ref for h, ref in where.items()}, by_entry, sizes, weights)
+
+    def _binary_entries(self) -> list[dict[str, Any]]:
+        """The Binary entries of the files the request at hand carries."""
+        return [binary_entry(a, self.t.spec.files[a.hash or ""]) for a in self.carry]
 
     def _refusal(self, exc: ServerError) -> str:
         """Why the server refused a request, at the spec line of what it blames: an entry (`entry[n]`), or a
@@ -759,6 +845,12 @@ def _server_id(location: str | None, resource: dict[str, Any] | None) -> str | N
             parts = parts[: parts.index("_history")]
         return parts[-1] if len(parts) >= 2 else None
     return None
+
+
+def _binary_size(attachment: Attachment) -> int:
+    """The size of a file's Binary entry in a request (as `plan.entry_sizes` counts): its bytes in base64."""
+    empty = entry_sizes({"entry": [binary_entry(attachment, b"")]})[0]
+    return empty + 4 * (((attachment.size or 0) + 2) // 3)
 
 
 def _first_failed(part: list[int], statuses: list[str]) -> tuple[int, str] | None:

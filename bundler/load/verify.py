@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, identifier_value
+from ..errors import AuthError, BundlerError, Unreachable
 from ..medplum.client import FhirClient
 from ..spec.model import ThreadSpec
 from ..vocabulary import READ_RECEIPT_CODE, READ_RECEIPT_SYSTEM, attachment_hash, binary_reference
@@ -29,14 +30,16 @@ class VerifyResult:
     header_id: str | None = None
     messages: int = 0
     differences: list[str] = field(default_factory=list)
+    error: str | None = None  # the thread could not be read back (the others were)
 
     @property
     def ok(self) -> bool:
-        return self.header_id is not None and not self.differences
+        return self.header_id is not None and not self.differences and self.error is None
 
     def as_json(self) -> dict[str, Any]:
-        return {"key": self.key, "ok": self.ok, "file": self.file, "line": self.line, "header_id": self.header_id,
-                "messages": self.messages, "differences": self.differences}
+        out = {"key": self.key, "ok": self.ok, "file": self.file, "line": self.line, "header_id": self.header_id,
+               "messages": self.messages, "differences": self.differences}
+        return out | ({"error": self.error} if self.error is not None else {})
 
 
 def read_thread(client: FhirClient, header_id: str, *, receipts: bool = False, page_size: int = 1000
@@ -131,14 +134,18 @@ def file_differences(client: FhirClient, spec: ThreadSpec, messages: Iterable[di
         for j, a in enumerate(m.attachments):
             if a.file is None:
                 continue
-            url = held[j].get("url") if j < len(held) else None
-            ref = binary_reference(url)
+            ref = binary_reference(held[j].get("url") if j < len(held) else None)
+            if ref is None or not a.size:
+                continue  # (an empty file has no Binary; a url that names none is a difference `compare` says)
             where = f"messages[{i + 1}] ({m.id}).attachments[{j + 1}] ({a.file})"
-            if ref is None:
-                out.append(f"{where}: no Binary on the server (url {url!r})")
-                continue
             if ref not in seen:
-                data = client.read_binary(ref)
+                try:
+                    data = client.read_binary(ref)
+                except (AuthError, Unreachable):
+                    raise
+                except BundlerError as exc:
+                    out.append(f"{where}: {ref} could not be read: {client.all_secrets().scrub(str(exc))}")
+                    continue
                 seen[ref] = (len(data), attachment_hash(data))
             if seen[ref] != (a.size, a.hash):
                 out.append(f"{where}: {ref} reads back {seen[ref][0]:,} bytes, hash {seen[ref][1]}; the file has "
@@ -149,7 +156,9 @@ def file_differences(client: FhirClient, spec: ThreadSpec, messages: Iterable[di
 def verify(threads: Iterable[ThreadSpec], client: FhirClient, *,
            identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, concurrency: int = 4,
            on_thread: Callable[[VerifyResult], None] | None = None) -> list[VerifyResult]:
-    """Compare every thread in `threads` with what the server holds; one result per thread, in order."""
+    """Compare every thread in `threads` with what the server holds; one result per thread, in order. A thread that
+    cannot be read back gets its `error`, and the others are verified all the same; only a refused login or an
+    unreachable server stops it (raised)."""
     specs = list(threads)
     headers = client.find_identifiers("Communication", [f"{identifier_system}|{s.key}" for s in specs])
     resolved = resolve_references(client, specs)
@@ -163,13 +172,18 @@ def verify(threads: Iterable[ThreadSpec], client: FhirClient, *,
             result.differences.append("not on the server (no header with its identifier)")
         else:
             result.header_id = header_id
-            header = client.read(f"Communication/{header_id}")
-            messages = read_thread(client, header_id, receipts=spec.read_model == "tasks")
-            result.messages = sum(1 for m in messages if m.get("resourceType") == "Communication")
-            result.differences = diff_thread(spec, [header, *messages], identifier_system=identifier_system,
-                                             resolved=resolved)
-            if spec.has_files:
-                result.differences += file_differences(client, spec, messages, identifier_system, hashes)
+            try:
+                header = client.read(f"Communication/{header_id}")
+                messages = read_thread(client, header_id, receipts=spec.read_model == "tasks")
+                result.messages = sum(1 for m in messages if m.get("resourceType") == "Communication")
+                result.differences = diff_thread(spec, [header, *messages], identifier_system=identifier_system,
+                                                 resolved=resolved)
+                if spec.has_files:
+                    result.differences += file_differences(client, spec, messages, identifier_system, hashes)
+            except (AuthError, Unreachable):
+                raise
+            except BundlerError as exc:
+                result.error = client.all_secrets().scrub(str(exc))
         if on_thread:
             on_thread(result)
         return result
