@@ -23,7 +23,7 @@ from unittest import mock
 import orjson
 import pytest
 from faultproxy import Event, FaultProxy, Rule
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from loadkit import cli, client_for, env, load
 
@@ -311,7 +311,9 @@ gives the thread up, for the next to resume?, the answer to an upload lost?"""
 
 
 @pytest.mark.volume
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@example(start=[[0], []], script=[("load", False, False, 1, True, False), ("change", 0)])  # a resumed request
+# sent an older version of the spec: the resume found it in and committed it as the new one (seen once in CI)
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(start=st.lists(st.lists(st.integers(0, 3), max_size=2, unique=True), min_size=1, max_size=4),
        script=st.lists(steps, min_size=1, max_size=7))

@@ -385,6 +385,8 @@ class ThreadLoad:
         self.requests += 1
         if not self.sent:  # what an earlier run left
             self.had = bool(self.ids)
+            if self.entry is not None and self.entry.fingerprint != self.t.fingerprint and self.t.urls[0] in self.ids:
+                self._read_back()  # it sent an earlier version of the spec: what changed since is found as changes
         return Stage.NEXT
 
     def next(self) -> Stage:
