@@ -40,7 +40,7 @@ import orjson
 
 from ..build import binary_url, bundle_bytes, entry_messages, entry_types, entry_values, full_url, split_files
 from ..errors import BundlerError, ServerError, UnknownOutcome
-from ..medplum.client import FhirClient, outcome_text, resource_version
+from ..medplum.client import FhirClient, backoff, outcome_text, resource_version, serialization_failure
 from ..spec.model import ThreadSpec
 from ..vocabulary import READ_POINTS, SEARCH_POINTS, WRITE_POINTS
 from .compare import ThreadDiff, compare_thread
@@ -62,6 +62,10 @@ _ENTRY_INDEX = re.compile(r"entry\[(\d+)\]")
 _CONDITIONAL = re.compile(r"'([A-Z][A-Za-z]+\?[^'\s]+)'")
 MAX_LOST = 6  # lost answers one thread may have in a run before it is left for the next run
 MAX_RECHECKS = 3  # updates refused or lost, then read back, before the thread is given up
+MAX_ROLLED_BACK = 8  # answers with entries rolled back (a batch's serialization failures) before it is given up
+ROLLED_BACK = "409 rolled back"
+"""The status we give an entry of a batch answered 409 for a serialization failure: not processed (rolled back),
+sent again like an entry answered 429."""
 
 
 @dataclass(frozen=True)
@@ -290,7 +294,7 @@ class ThreadLoad:
         self.grown = False  # a thread on the server before (loaded, or found) that gets new messages
         self.sent = self.planned = False
         self.recorded = False  # the journal has this thread's first request already (with its window)
-        self.requests = self.created = self.updated = self.lost = self.rechecks = 0
+        self.requests = self.created = self.updated = self.lost = self.rechecks = self.rolled_back = 0
         self.part: list[int] = []  # the entries of the request at hand
         self.extras: list[int] = []  # the Binaries (entry indexes) it carries
         self.settles = 0.0  # the request at hand, if its answer was lost: when it can no longer land
@@ -451,6 +455,12 @@ class ThreadLoad:
                                  f"{refused[1].split()[0]}")
         if any(s.startswith("429") for s in statuses):
             self.client.pacer.blocked(1.0)
+        if ROLLED_BACK in statuses:  # (a non-atomic project: each entry its own transaction)
+            self.rolled_back += 1
+            if self.rolled_back > MAX_ROLLED_BACK:
+                n = statuses.index(ROLLED_BACK)
+                return self._failing(self._entry_failure(self.part[n], ROLLED_BACK, statuses))
+            time.sleep(backoff(self.rolled_back, base=0.1, cap=5.0))
         if not self.complete:
             self._save(State.SENT)
         return Stage.NEXT
@@ -680,7 +690,10 @@ class ThreadLoad:
         urls, ids, versions, types, n = self.t.all_urls, self.ids, self.versions, self.t.types, len(self.t.urls)
         for i, e in zip(self.part + self.extras, entries, strict=True):
             resp = e["response"]
-            statuses.append(status := resp["status"])
+            status = resp["status"]
+            if status.startswith("409") and serialization_failure(resp.get("outcome")):
+                status = ROLLED_BACK
+            statuses.append(status)
             if status[:1] == "2" and (sid := _server_id(resp.get("location"), e.get("resource"))):
                 ids[urls[i]] = f"{types[i] if i < n else 'Binary'}/{sid}"
                 if version := resource_version(e):
@@ -762,10 +775,10 @@ def _server_id(location: str | None, resource: dict[str, Any] | None) -> str | N
 
 
 def _first_failed(part: list[int], statuses: list[str]) -> tuple[int, str] | None:
-    """The first entry (thread index, status) the server refused; a 429 is not a refusal: the entry was
-    not processed."""
-    return next(((i, s) for i, s in zip(part, statuses, strict=True) if s[:1] != "2" and not s.startswith("429")),
-                None)
+    """The first entry (thread index, status) the server refused; a 429 or ROLLED_BACK is not a refusal: the
+    entry was not processed."""
+    return next(((i, s) for i, s in zip(part, statuses, strict=True)
+                 if s[:1] != "2" and not s.startswith("429") and s != ROLLED_BACK), None)
 
 
 _STEPS: dict[Stage, Callable[[ThreadLoad], Stage | Deferred | None]] = {
