@@ -83,3 +83,12 @@ def test_a_symlink_loop_is_a_clear_error(tmp_path: Path) -> None:
         Journal(tmp_path / "a.sqlite", TARGET)
     assert f"cannot use the journal {tmp_path / 'a.sqlite'}" in str(refused.value)
     assert "nothing was sent" in str(refused.value)
+
+
+def test_a_note_on_a_committed_row_is_kept_and_cleared(tmp_path: Path) -> None:
+    with _journal(tmp_path / "j.sqlite") as journal:
+        journal.note("t1", "duplicates: 2 of its resources are on the server more than once")
+        assert journal.get_many(["t1"])["t1"].error == "duplicates: 2 of its resources are on the server more than once"
+        journal.note("t1", None)
+        entry = journal.get_many(["t1"])["t1"]
+        assert entry.error is None and entry.state == State.COMMITTED

@@ -6,7 +6,9 @@ thread's first request the journal gets its row (`sent`, what is `in_flight`, an
 request of it can still be on its way: `settles`; the new threads of a window get theirs together, in
 one transaction, their `settles` UNKNOWN), so a run that follows a crash knows what may still land. The
 row stays `sent` while a request is in flight or its outcome unknown, or while parts are still to come;
-`committed` with all its server ids; `partial` when some of it is on the server and the rest failed;
+`committed` with all its server ids (and, in its error, a note when copies of it were found on the server, made
+by another load at the same time, or could not be looked for: the next run looks again, `duplicates`); `partial`
+when some of it is on the server and the rest failed;
 `failed` with why. Each committed entry keeps its server version and a hash of what the spec said
 (`Entry.entries`), so a spec that changes later shows which entries changed without reading the server.
 
@@ -332,6 +334,15 @@ class Journal:
     def _row(self, e: Entry, now: float) -> tuple[Any, ...]:
         return (self.target, e.key, e.state, e.fingerprint, orjson.dumps(e.ids).decode(),
                 orjson.dumps(e.in_flight).decode(), e.error, now, orjson.dumps(e.entries).decode(), e.settles)
+
+    def note(self, key: str, note: str | None) -> None:
+        """Set (None: clear) the note of a thread's row: for a committed one, that copies of it were found on the
+        server, or could not be looked for (`duplicates`); the next run looks again."""
+        if self.read_only or self._db is None:
+            return
+        with self._lock:
+            self._db.execute("UPDATE threads SET error=?, updated=? WHERE target=? AND key=?",
+                             (note, time.time(), self.target, key))
 
     def delete_many(self, keys: list[str]) -> None:
         """Forget the rows of `keys` (threads whose first request was recorded, then never sent)."""

@@ -295,6 +295,7 @@ class ThreadLoad:
         self.sent = self.planned = False
         self.recorded = False  # the journal has this thread's first request already (with its window)
         self.requests = self.created = self.updated = self.lost = self.rechecks = self.rolled_back = 0
+        self.creates: set[int] = set()  # entries sent in creates (whatever came of them): checked for copies
         self.part: list[int] = []  # the entries of the request at hand
         self.extras: list[int] = []  # the Binaries (entry indexes) it carries
         self.settles = 0.0  # the request at hand, if its answer was lost: when it can no longer land
@@ -322,6 +323,14 @@ class ThreadLoad:
         # every entry by its fullUrl: a journal row written for an earlier version of the spec may hold
         # ids of entries the spec no longer has, so counting them would not do
         return all(url in self.ids for url in self.t.urls)
+
+    def to_check(self) -> list[int]:
+        """The entries to look for copies of (`duplicates`) once the thread is settled: those this run sent in
+        creates and knows to be on the server; every one when an earlier run found copies of the thread (a note on
+        its committed row)."""
+        if self.entry is not None and self.entry.state == State.COMMITTED and self.entry.error:
+            return [n for n, url in enumerate(self.t.urls) if url in self.ids]
+        return [n for n in sorted(self.creates) if self.t.urls[n] in self.ids]
 
     @property
     def plain(self) -> bool:
@@ -351,6 +360,7 @@ class ThreadLoad:
         """The request an earlier run had in flight (its answer lost, or the run killed) is the one at hand,
         to be searched for once it can no longer land."""
         self.part = [self.t.urls.index(u) for u in entry.in_flight if u in self.t.urls]
+        self.creates.update(self.part)  # (never checked for copies: its run did not get that far)
         # recorded with its batch before it was sent: sent (if at all) before this load began
         unknown = entry.settles == UNKNOWN
         self.settles = self.s.started + self.s.quarantine if unknown else entry.settles
@@ -414,6 +424,7 @@ class ThreadLoad:
             self._save(State.SENT, in_flight=self.part, settles=self.settles)
         self.sent = True
         self.requests += 1
+        self.creates.update(self.part)
         try:
             self.response = self.client.transaction(self.body, entries=len(self.part), cost=self._cost())
         except UnknownOutcome:

@@ -127,6 +127,10 @@ def _kind(value: Any) -> str:
     return {list: "a list", str: "text", bool: "true/false"}.get(type(value), "a number")
 
 
+def _searches(searches: Sequence[tuple[str, dict[str, str]]]) -> str:
+    return f"search {', '.join(dict.fromkeys(kind for kind, _ in searches))}"
+
+
 def _malformed(what: str, why: str) -> ServerError:
     return ServerError(f"{what}: the server's answer is not what FHIR promises: {why}")
 
@@ -394,12 +398,61 @@ class FhirClient:
     def search_pages(self, resource_type: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
         """Every page (a searchset Bundle) of a search, following `next` links at our own base URL only."""
         what = f"search {resource_type}"
-        url: str | None = str(httpx.URL(urljoin(self.fhir_base, resource_type), params=params))
-        while url:
-            resp = self._send("GET", url, cost=SEARCH_POINTS, idempotent=True)
-            page = _bundle(self._check(resp, what), what)
+        url = str(httpx.URL(urljoin(self.fhir_base, resource_type), params=params))
+        yield from self._pages(self._page(url, what), url, what)
+
+    def _page(self, url: str, what: str) -> dict[str, Any]:
+        return _bundle(self._check(self._send("GET", url, cost=SEARCH_POINTS, idempotent=True), what), what)
+
+    def _pages(self, page: dict[str, Any], url: str, what: str) -> Iterator[dict[str, Any]]:
+        """`page` (of the search at `url`), then every page after it, by `next` links."""
+        while True:
             yield page
-            url = self._next(page, what, url)
+            if (after := self._next(page, what, url)) is None:
+                return
+            url, page = after, self._page(after, what)
+
+    def search_together(self, searches: Sequence[tuple[str, dict[str, str]]]) -> list[list[dict[str, Any]]]:
+        """The resources each of `searches` ((resource type, parameters)) matches, every page, asked in one request
+        (`_together`)."""
+        what = _searches(searches)
+        return [[r for page in self._pages(first, url, what) for r in _matches(page, what)]
+                for first, url in self._together(searches)]
+
+    def count_together(self, searches: Sequence[tuple[str, dict[str, str]]]) -> list[int]:
+        """How many resources each of `searches` matches (`_summary=count`: the server counts them, and sends
+        none), asked in one request (`_together`)."""
+        what = _searches(searches)
+        totals = [first.get("total") for first, _ in self._together(
+            [(kind, {**params, "_summary": "count"}) for kind, params in searches])]
+        if any(type(t) is not int for t in totals):
+            raise _malformed(what, f"a count is {_kind(next(t for t in totals if type(t) is not int))}, not a number")
+        return [int(t) for t in totals]  # type: ignore[arg-type]
+
+    def _together(self, searches: Sequence[tuple[str, dict[str, str]]]) -> list[tuple[dict[str, Any], str]]:
+        """The first page (and its URL) of each of `searches`, asked in one request: a transaction Bundle of GET
+        entries. Medplum runs a transaction on its primary database, in a database transaction that begins when the
+        request arrives, so it sees every write committed before (a plain search may be answered by a read
+        replica, behind the primary). A project without atomic transactions runs it as a batch: the same
+        searches. Only reads: sent again like any read when its answer is lost."""
+        what = _searches(searches)
+        urls = [str(httpx.URL(kind, params=params)) for kind, params in searches]
+        body = orjson.dumps({"resourceType": "Bundle", "type": "transaction",
+                             "entry": [{"request": {"method": "GET", "url": url}} for url in urls]})
+        resp = self._send("POST", self.fhir_base, content=body, cost=SEARCH_POINTS * len(urls), idempotent=True)
+        entries = _transaction_response(self._check(resp, what), what).get("entry") or []
+        if len(entries) != len(urls):
+            raise _malformed(what, f"{len(entries)} answers to {len(urls)} searches")
+        out = []
+        for url, entry in zip(urls, entries, strict=True):
+            status, outcome = entry["response"]["status"], entry["response"].get("outcome")
+            if status[:1] != "2":
+                text = outcome_text(outcome) or "refused"
+                raise self._error(ServerError, f"{what}: HTTP {status.split()[0]}: {text}",
+                                  status=int(status[:3]) if status[:3].isdigit() else None,
+                                  outcome=outcome if isinstance(outcome, dict) else None)
+            out.append((_bundle(entry.get("resource"), what), urljoin(self.fhir_base, url)))
+        return out
 
     def _next(self, page: dict[str, Any], what: str, current: str) -> str | None:
         """The page's `next` link, if any, at our base URL.
