@@ -336,13 +336,13 @@ class Journal:
                 orjson.dumps(e.in_flight).decode(), e.error, now, orjson.dumps(e.entries).decode(), e.settles)
 
     def note(self, key: str, note: str | None) -> None:
-        """Set (None: clear) the note of a thread's row: for a committed one, that copies of it were found on the
-        server, or could not be looked for (`duplicates`); the next run looks again."""
+        """Set (None: clear) the note of a thread's committed row: that copies of it were found on the server, or
+        could not be looked for (`duplicates`); the next run looks again. (A row in another state keeps its error.)"""
         if self.read_only or self._db is None:
             return
         with self._lock:
-            self._db.execute("UPDATE threads SET error=?, updated=? WHERE target=? AND key=?",
-                             (note, time.time(), self.target, key))
+            self._db.execute("UPDATE threads SET error=?, updated=? WHERE target=? AND key=? AND state=?",
+                             (note, time.time(), self.target, key, State.COMMITTED))
 
     def delete_many(self, keys: list[str]) -> None:
         """Forget the rows of `keys` (threads whose first request was recorded, then never sent)."""

@@ -8,8 +8,9 @@ again on specs that grew or changed, as a sync.
     with FhirClient(base_url, ClientCredentials(client_id, secret)) as client:
         report = load(load_specs(["threads/"]), client, journal="threads.journal.sqlite")
 
-Exactly once, in four layers:
-1. one load per journal at a time: the journal is locked, and a second load refuses (or waits);
+Exactly once, in five layers:
+1. one load per journal at a time: the journal is locked (the real file's lock, whatever path names it), and a
+   second load refuses (or waits);
 2. the journal records every thread's request before it is sent and its server ids as it commits; a re-run
    skips what is done and carries on with what is not (a thread cut into parts resumes at its next part);
 3. threads the journal does not know are first looked for on the server by their identifiers (many
@@ -23,6 +24,10 @@ Exactly once, in four layers:
    identifier (at most 8 to a request, Medplum's cap), so a request of any lateness meets its twin's
    identifier and creates nothing: lost answers are simply sent again. It costs more requests and quota
    points (a conditional create is a search and a write); `bench/load.py` measures how much.
+5. another load of the same threads at the same time, with another journal, is not seen by any of these: once a
+   thread's requests are in, the identifiers it sent are looked for on the server (`duplicates`, a batch of
+   threads to a request), and a thread found there twice is `duplicated`, said and noted in the journal (strict
+   mode's conditional creates prevent it: the check then finds nothing).
 
 A thread already loaded is synced with its spec: new messages are sent, and only they, as a part pointing
 at the header's server id (replies at their targets' server ids); changed fields are found (by the
