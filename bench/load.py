@@ -27,7 +27,9 @@ Modes, on the same threads (`sample_specs`, deterministic by seed):
 6. a filled server (`--filled N`, local only): the same `load` into a server that already holds N
    Communications (posted beforehand as bare bundles), against the rate into the empty one;
 7. memory (`--memory`, local only): a fresh process loads a stream of threads (1 header + 10 messages) of
-   100,000 and of 1,000,000 messages; its peak resident memory, from the kernel (VmHWM).
+   100,000 and of 1,000,000 messages; its peak resident memory, from the kernel (VmHWM);
+8. the check (`--check-cost`): the same `load` with its check for copies another load made patched out (it sends
+   nothing and finds none), in each round beside `load`: what the check costs in requests, quota points, time.
 
 Targets: load ≥ 80% of the ceiling and ≥ 10× per resource; under quota, within 10% of the quota rate
 and no 429; into a server holding 200,000 Communications ≥ 80% of the rate into an empty one; peak
@@ -84,6 +86,11 @@ class Call:
     status: int
     created: int = 0  # entries answered 201 (transactions), 1 for a 201 create
     conditional: int = 0  # entries sent as conditional creates (ifNoneExist): a search each, in Medplum's quota
+    gets: int = 0  # searches sent as GET entries of a transaction (the loader's check for copies)
+
+    @property
+    def sort(self) -> str:
+        return "check" if self.kind == "transaction" and self.gets else self.kind
 
 
 class LatencyTransport(httpx.HTTPTransport):
@@ -111,6 +118,7 @@ class CountingTransport(LatencyTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         kind = _kind(request)
         conditional = request.content.count(b'"ifNoneExist"') if kind == "transaction" else 0
+        gets = request.content.count(b'"method":"GET"') if kind == "transaction" else 0
         start = time.perf_counter()
         response = super().handle_request(request)
         if kind == "transaction" and response.status_code == 200:
@@ -118,13 +126,15 @@ class CountingTransport(LatencyTransport):
             created = response.content.count(b'"status":"201')
         else:
             created = int(kind == "create" and response.status_code == 201)
-        call = Call(kind, start, time.perf_counter(), response.status_code, created, conditional)
+        call = Call(kind, start, time.perf_counter(), response.status_code, created, conditional, gets)
         with self._lock:
             self.calls.append(call)
         return response
 
     def count(self, kind: str | None = None, status: int | None = None) -> int:
-        return sum(1 for c in self.calls if (kind is None or c.kind == kind) and (status is None or c.status == status))
+        """Requests of `kind`: \"transaction\" counts those that write; \"check\" the transactions of GET entries
+        (the loader's searches for copies another load made, `bundler.load.duplicates`)."""
+        return sum(1 for c in self.calls if (kind is None or c.sort == kind) and (status is None or c.status == status))
 
 
 def _kind(request: httpx.Request) -> str:
@@ -357,7 +367,8 @@ def run_quota(target: Target, specs: list[ThreadSpec], points: int, window: int)
     transport: CountingTransport = row.extra["transport"]
     calls = [c for c in transport.calls if c.kind != "token"]
     used = (WRITE_POINTS * sum(c.created for c in calls)
-            + SEARCH_POINTS * sum(1 for c in calls if c.kind == "search" and c.status != 429))
+            + SEARCH_POINTS * sum(1 for c in calls if c.kind == "search" and c.status != 429)
+            + SEARCH_POINTS * sum(c.gets for c in calls if c.status != 429))
     first, last = min(c.start for c in calls), max(c.end for c in calls)
     return QuotaResult(used, last - first, points / window, transport.count(status=429), len(calls),
                        transport.count("search"), transport.count("transaction"), len(specs), row.seconds)
@@ -406,7 +417,7 @@ def points(row: Row) -> int:
     """Quota points Medplum would charge for `row`'s requests: 100 per created entry, 20 per search, and 20 more
     per conditional create (its search)."""
     calls: list[Call] = row.extra["transport"].calls
-    return (WRITE_POINTS * sum(c.created for c in calls) + SEARCH_POINTS * sum(c.conditional for c in calls)
+    return (WRITE_POINTS * sum(c.created for c in calls) + SEARCH_POINTS * sum(c.conditional + c.gets for c in calls)
             + SEARCH_POINTS * sum(1 for c in calls if c.kind == "search"))
 
 
@@ -499,6 +510,33 @@ def run_memory(target: Target, messages: int, per_thread: int, quiet: bool) -> M
     if not quiet:
         print(f"  peak {result.peak_mb:.0f} MB, {result.messages / result.seconds:,.0f} messages/s", file=sys.stderr)
     return result
+
+
+def run_unchecked(target: Target, specs: list[ThreadSpec]) -> Row:
+    """`load` whose check for copies another load made (`bundler.load.duplicates`) sends nothing and finds none:
+    what the check costs is the difference with `load`."""
+    from unittest import mock
+
+    def nothing(client: FhirClient, batch: list[Any]) -> list[dict[int, list[str]]]:
+        return [{} for _ in batch]
+
+    with mock.patch("bundler.load.loader.find_copies", nothing):
+        return run_load(target, specs, "load, its check for copies patched out")
+
+
+def check_table(loaded: Row, unchecked: Row) -> tuple[str, list[str], list[list[str]]]:
+    """What the check for copies costs: `load` against the same load without it."""
+    rows = []
+    for row in (unchecked, loaded):
+        transport: CountingTransport = row.extra["transport"]
+        check_seconds = sum(c.end - c.start for c in transport.calls if c.sort == "check")
+        rows.append([row.mode, f"{row.resources:,}", f"{row.seconds:.2f}", f"{row.rate:,.0f}",
+                     f"{row.rate / unchecked.rate:.2f}", f"{transport.count() - transport.count('token'):,}",
+                     f"{transport.count('check'):,}", f"{check_seconds:.2f}", f"{points(row):,}",
+                     f"{points(row) / row.resources:.2f}"])
+    return ("What the check for copies another load made costs (best of each)",
+            ["mode", "resources", "seconds", "resources/s", "× unchecked", "requests", "checks", "seconds in checks",
+             "quota points", "a resource"], rows)
 
 
 def extra_tables(args: argparse.Namespace, loaded: Row, strict: Row | None, filled: tuple[int, Row, Row] | None,
@@ -600,6 +638,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="write a cProfile of the (last) load run here (its calling thread only: the work "
                         "before the requests, not the workers)")
     parser.add_argument("--no-strict", action="store_true", help="skip the strict mode's run")
+    parser.add_argument("--check-cost", action="store_true",
+                        help="also load with the check for copies patched out, to measure what the check costs")
     parser.add_argument("--filled", type=int, default=200_000,
                         help="Communications the server holds for the filled-server run (0: skip; local only)")
     parser.add_argument("--memory", action="store_true",
@@ -641,7 +681,13 @@ def measure(args: argparse.Namespace, target: Target, remote: bool) -> int:
 
     loads: list[Row] = []
     ceilings: list[Row] = []
+    unchecked: list[Row] = []
     for n in range(args.repeat):
+        if args.check_cost:
+            target.reset()
+            unchecked.append(timed("load, unchecked", functools.partial(
+                run_unchecked, target, specs if not remote else specs_for(args.threads, args.messages,
+                                                                          f"{prefix}u{n}-")), quiet))
         ceiling_prefix = f"{prefix}c{n}-" if remote else prefix
         target.reset()
         ceiling_bodies = bodies if not remote else [bundle_bytes(s) for s in specs_for(args.threads, args.messages,
@@ -670,7 +716,10 @@ def measure(args: argparse.Namespace, target: Target, remote: bool) -> int:
     strict, filled, memory = measure_more(args, target, remote, specs, prefix, quiet)
     pairs = [lo.rate / ce.rate for lo, ce in zip(loads, ceilings, strict=True)]
     report(args, target, remote, ceiling, loaded, per_resource, quota, pairs)
-    print_tables(extra_tables(args, loaded, strict, filled, memory), args.markdown)
+    tables = extra_tables(args, loaded, strict, filled, memory)
+    if unchecked:
+        tables.append(check_table(loaded, min(unchecked, key=lambda r: r.seconds)))
+    print_tables(tables, args.markdown)
     return 0
 
 

@@ -563,6 +563,13 @@ room to spare. It cuts between entries, never inside one: an entry that alone is
 MAX_CONDITIONAL_ENTRIES: Final = 8
 """A transaction with any conditional entry (ifNoneExist, conditional PUT/DELETE/PATCH) runs with strict
 isolation and may hold at most this many entries."""
+SERIALIZATION_FAILURE: Final = "40001"
+"""The code (Postgres' SQLSTATE) in `details.coding` of the one `conflict` issue of the OperationOutcome Medplum
+answers with HTTP 409 "could not serialize access due to ..." when its database could not run a transaction
+alongside others (a transaction with conditional entries runs serializable). The transaction was rolled back:
+nothing of it is stored, and it may be sent again. Medplum itself tries twice before it answers so
+(packages/server/src/fhir/repo.ts `withTransaction`, `isRetryableTransactionError`; core outcomes.ts `conflict`).
+Not a version conflict: an If-Match on another version is 412 "Precondition Failed"."""
 MAX_PUT_ENTRIES: Final = 50
 """At most this many updates (PUT) in one transaction."""
 WRITE_POINTS: Final = 100

@@ -98,9 +98,19 @@ def errors(run: subprocess.CompletedProcess[str]) -> int:
 
 
 def transactions(log: list[Any], marker: str) -> list[Any]:
-    """The proxy's events of transactions whose body holds `marker` (a thread key, a test's prefix)."""
+    """The proxy's events of transactions whose body holds `marker` (a thread key, a test's prefix); not the
+    searches a load sends as a transaction of GET entries, to look for copies of what it sent (`checks`)."""
     return [e for e in log if e.method == "POST" and e.path.rstrip("/").endswith("/fhir/R4") and marker.encode()
-            in e.body]
+            in e.body and CHECK not in e.body]
+
+
+CHECK = b'"method":"GET"'
+
+
+def checks(log: list[Any], marker: str) -> list[Any]:
+    """The proxy's events of the searches for copies (`bundler.load.duplicates`) whose body holds `marker`."""
+    return [e for e in log if e.method == "POST" and e.path.rstrip("/").endswith("/fhir/R4") and marker.encode()
+            in e.body and CHECK in e.body]
 
 
 def header_value(key: str) -> str:

@@ -105,6 +105,23 @@ def _port_in_use(folder: Path) -> Iterator[dict[str, str]]:
 
 
 @contextlib.contextmanager
+def _hard_link(folder: Path) -> Iterator[dict[str, str]]:
+    os.link(folder / "j.sqlite", folder / "copy.sqlite")
+    yield {}
+
+
+@contextlib.contextmanager
+def _symlink_loop(folder: Path) -> Iterator[dict[str, str]]:
+    (folder / "a.sqlite").symlink_to(folder / "b.sqlite")
+    (folder / "b.sqlite").symlink_to(folder / "a.sqlite")
+    yield {}
+
+
+NOWHERE = {"MEDPLUM_BASE_URL": "http://127.0.0.1:9/", "MEDPLUM_CLIENT_ID": "id", "MEDPLUM_CLIENT_SECRET": "s3cret"}
+"""A server no load case reaches: the journal is refused before anything is sent."""
+
+
+@contextlib.contextmanager
 def _read_only(folder: Path) -> Iterator[dict[str, str]]:
     (folder / "out").chmod(0o555)
     try:
@@ -607,6 +624,14 @@ CASES: dict[str, Case] = {
                                  ["error: npm is not on PATH", "install Node.js with npm"],
                                  module="bundler.medplum.localserver",
                                  env={"PATH": "{tmp}/bin", "THREAD_BUNDLER_CACHE": "{tmp}/cache"}),
+    # --- load: a journal two loads could share without seeing each other's lock (issue 20) -----------------
+    "load: a journal with two names (hard links)": Case(
+        {"t.yaml": _spec("t1"), "j.sqlite": b""}, ["load", "t.yaml", "--journal", "copy.sqlite"], 2,
+        ["copy.sqlite", "has 2 names (hard links)", "Keep one name", "nothing was sent"], never=["s3cret"],
+        setup=_hard_link, env=NOWHERE),
+    "load: a journal that is a symlink loop": Case(
+        {"t.yaml": _spec("t1")}, ["load", "t.yaml", "--journal", "a.sqlite"], 2,
+        ["cannot use the journal a.sqlite", "ymlink loop", "nothing was sent"], setup=_symlink_loop, env=NOWHERE),
     "demo: no npm": Case({"bin": None, "cache": None}, ["demo"], 2,
                          ["error: npm is not on PATH", "install Node.js with npm"],
                          env={"PATH": "{tmp}/bin", "THREAD_BUNDLER_CACHE": "{tmp}/cache"}),
@@ -650,8 +675,8 @@ def test_bad_input(name: str, tmp_path: Path) -> None:
     for argv in case.before:
         first = _run(case, argv, tmp_path)
         assert first.returncode == 0, first.stdout + first.stderr
-    files = _files(tmp_path)
     with case.setup(tmp_path) if case.setup else contextlib.nullcontext({}) as values:
+        files = _files(tmp_path)  # (what the setup made is not the command's)
         done = _run(case, [a.format(**values) if values else a for a in case.argv], tmp_path)
     output = done.stdout + done.stderr
     assert "Traceback" not in output, output

@@ -58,9 +58,12 @@ def test_a_second_loader_on_the_same_journal_refuses_at_once_or_waits(project: A
         try:
             assert proxy.wait(lambda log: bool(transactions(log, project.prefix)), timeout=60)
             logins = sum(1 for e in proxy.log if "oauth2/token" in e.path)
-            second = cli(args, {**env(project), "MEDPLUM_BASE_URL": proxy.url})
+            (tmp_path / "link.sqlite").symlink_to(journal)  # the same journal by another name (issue 20, 4)
+            through_link = [*args[:3], str(tmp_path / "link.sqlite"), *args[4:]]
+            second = cli(through_link, {**env(project), "MEDPLUM_BASE_URL": proxy.url})
             assert second.returncode == 2, second.stderr
             assert f"in use by another load (thread-bundler load: process {first.pid} on" in second.stderr
+            assert f"link.sqlite (the file {journal.resolve()})" in second.stderr
             assert "--wait" in second.stderr and "Traceback" not in second.stderr
             assert sum(1 for e in proxy.log if "oauth2/token" in e.path) == logins, "the refused one sent nothing"
             third = subprocess.Popen([sys.executable, "-m", "bundler", *args, "--wait"], env=environ,

@@ -17,7 +17,20 @@ from typing import Any
 import orjson
 import pytest
 from faultproxy import FaultProxy, Rule, throttled
-from loadkit import assert_exactly_once, cli, client_for, committed, copies, env, errors, load, specs_for, write_specs
+from loadkit import (
+    CHECK,
+    assert_exactly_once,
+    checks,
+    cli,
+    client_for,
+    committed,
+    copies,
+    env,
+    errors,
+    load,
+    specs_for,
+    write_specs,
+)
 
 from bundler import DEFAULT_IDENTIFIER_SYSTEM, load_specs, parse_spec
 from bundler.load import LoadWatcher, Outcome
@@ -123,11 +136,13 @@ def test_lost_response_is_reconciled_not_resent(project: Any, tmp_path: Path) ->
             [result] = load(specs, client, journal=tmp_path / "j.sqlite", late_margin=0.2).threads
             assert result.outcome == Outcome.LOADED, result.error
             assert_exactly_once(client, specs, project)
-        posts = [e for e in proxy.log if e.method == "POST" and e.path.rstrip("/").endswith("/fhir/R4")]
+        posts = [e for e in proxy.log if e.method == "POST" and e.path.rstrip("/").endswith("/fhir/R4")
+                 and CHECK not in e.body]
         dropped = next(n for n, e in enumerate(proxy.log) if e.action == "drop-after")
         after = proxy.log[dropped + 1:]
         assert any(e.method == "GET" and "identifier=" in e.path for e in after), "searched before anything else"
         assert len(posts) == 2  # the probe, then the lost transaction: nothing re-sent once the search found it
+        assert len(checks(proxy.log, project.prefix)) == 1  # then its entries, looked for copies of
 
 
 @pytest.mark.parametrize("seed", [3, 11])

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import threading
 
 import pytest
 
-from bundler.medplum.ratelimit import Limit, Pacer, parse_ratelimit
+from bundler.medplum.ratelimit import Gate, Limit, Pacer, parse_ratelimit
 
 
 class FakeTime:
@@ -97,3 +98,43 @@ def test_seconds_for_uses_the_server_rate_or_medplums_default(t: FakeTime) -> No
     assert p.seconds_for(50_000) == pytest.approx(60)
     p.update({"fhirInteractions": Limit("fhirInteractions", 1000, 10.5)})
     assert p.seconds_for(1000) == pytest.approx(10)
+
+
+def test_the_gate_halves_at_each_serialization_failure_and_recovers_slowly() -> None:
+    gate = Gate(8)
+    for _ in range(3):
+        gate.enter()
+    assert gate.inside == 3
+    gate.leave(conflict=True)
+    gate.leave(conflict=True)
+    assert int(gate.limit) == 2 and gate.inside == 1
+    gate.leave(conflict=True)
+    gate.enter()
+    gate.leave(conflict=True)
+    assert gate.limit == 1.0, "never below one"
+    successes = 0
+    while int(gate.limit) < 2:
+        gate.enter()
+        gate.leave(conflict=False)
+        successes += 1
+    assert Gate.RECOVERY < successes <= 2 * Gate.RECOVERY, "one more after RECOVERY x as many successes as let in"
+    for _ in range(1000):
+        gate.enter()
+        gate.leave(conflict=False)
+    assert gate.limit == 8.0, "never above every worker's"
+
+
+def test_the_gate_lets_in_no_more_than_its_limit() -> None:
+    gate = Gate(2)
+    gate.enter()
+    gate.leave(conflict=True)  # (limit 1)
+    gate.enter()
+    entered = threading.Event()
+    second = threading.Thread(target=lambda: (gate.enter(), entered.set()))
+    second.start()
+    with gate._cond:  # the second is waiting for the first to leave
+        assert gate._cond.wait_for(lambda: len(gate._cond._waiters) == 1, timeout=10)  # type: ignore[attr-defined]
+    assert not entered.is_set() and gate.inside == 1
+    gate.leave(conflict=False)
+    assert entered.wait(10) and gate.inside == 1
+    second.join()

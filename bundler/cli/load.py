@@ -50,8 +50,13 @@ def print_load_report(report: LoadReport, *, show: int = 20) -> None:
     for t in report.problems[:show]:
         click.echo(SECRETS.scrub(f"{t.outcome}: {t.key}: {t.error}"), err=True)
         _lines(t.changes, show=10)
+        _lines([d.text() for d in t.duplicates], show=3)
     if report.problem_count > show:
         click.echo(f"... and {report.problem_count - show} more (see --report)", err=True)
+    if report.unchecked:
+        click.echo(SECRETS.scrub(f"not checked for copies made by another load at the same time: {report.unchecked:,} "
+                                 f"thread{'s' * (report.unchecked != 1)} ({report.unchecked_why}); the next run "
+                                 "with this journal checks them"), err=True)
     for t in report.noted[:show]:
         click.echo(f"note: {t.key}: {len(t.removed)} message{'s' * (len(t.removed) != 1)} on the server no longer "
                    f"in the spec (not deleted): {', '.join(t.removed[:10])}", err=True)

@@ -6,7 +6,9 @@ thread's first request the journal gets its row (`sent`, what is `in_flight`, an
 request of it can still be on its way: `settles`; the new threads of a window get theirs together, in
 one transaction, their `settles` UNKNOWN), so a run that follows a crash knows what may still land. The
 row stays `sent` while a request is in flight or its outcome unknown, or while parts are still to come;
-`committed` with all its server ids; `partial` when some of it is on the server and the rest failed;
+`committed` with all its server ids (and, in its error, a note when copies of it were found on the server, made
+by another load at the same time, or could not be looked for: the next run looks again, `duplicates`); `partial`
+when some of it is on the server and the rest failed;
 `failed` with why. Each committed entry keeps its server version and a hash of what the spec said
 (`Entry.entries`), so a spec that changes later shows which entries changed without reading the server.
 
@@ -16,7 +18,10 @@ load put on the server for them once: each participant it made sure of (by its c
 file it uploaded first (`Binary#<hash>`), with its `Type/<id>`, so a re-run creates and uploads nothing twice.
 
 One load at a time: the journal is locked (`<journal>.lock`, naming the process that holds it) for as
-long as it is open for writing; a second load refuses at once (`JournalBusy`), or waits. A dry run opens
+long as it is open for writing; a second load refuses at once (`JournalBusy`), or waits. The lock is the real
+file's: a symlink to the journal, `./j.sqlite` and `j.sqlite`, a path through a symlinked folder all lock the
+same `.lock` beside the file they name. A journal with several names (hard links) is refused for writing: a load
+given another name would lock another `.lock`, and SQLite would keep another -wal beside it. A dry run opens
 it read-only, without the lock, and creates no file. A journal of an earlier version (without per-entry
 versions) is upgraded in place; a file that is not a journal is refused (`JournalError`) before anything
 is sent.
@@ -127,6 +132,15 @@ def owner() -> str:
     return f"process {os.getpid()} on {socket.gethostname()}, since {since}"
 
 
+def _real(path: Path) -> Path:
+    """The file `path` names, absolute, symlinks resolved (`link.sqlite` → `j.sqlite`, `./j.sqlite` → `j.sqlite`)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+        raise JournalError(f"cannot use the journal {path}: {getattr(exc, 'strerror', None) or exc}; nothing was "
+                           "sent") from None
+
+
 class Journal:
     """A thread-safe journal in `path` for one `target`.
 
@@ -137,6 +151,7 @@ class Journal:
     def __init__(self, path: str | Path, target: str, *, read_only: bool = False, wait: bool = False,
                  on_wait: Callable[[str], None] | None = None) -> None:
         self.path = Path(path)
+        self.file = _real(self.path)  # the file it names: what is locked and opened
         self.target = target
         self.read_only = read_only
         self._db: sqlite3.Connection | None = None
@@ -146,7 +161,9 @@ class Journal:
         if not read_only:
             self._take_lock(wait, on_wait)
         try:
-            if self.path.exists():
+            if not read_only:
+                self._one_name()
+            if self.file.exists():
                 self._db = self._connect()
                 if read_only and self._columns == "":  # an empty file: nothing recorded yet
                     self._db.close()
@@ -155,34 +172,55 @@ class Journal:
             self._held.close()
             raise
 
+    @property
+    def name(self) -> str:
+        """The journal as the user named it, and the file that is when another (a symlink's target)."""
+        return str(self.path) if self.path.absolute() == self.file else f"{self.path} (the file {self.file})"
+
     def _take_lock(self, wait: bool, on_wait: Callable[[str], None] | None) -> None:
-        lock = self.path.with_name(self.path.name + ".lock")
+        """Lock `<file>.lock` beside the real file, so every path to the journal takes the same lock."""
+        lock = self.file.with_name(self.file.name + ".lock")
         me = f"thread-bundler load: {owner()}"
         try:
             try:
                 self._held.enter_context(file_lock(lock, wait=False, owner=me, remove=True))
             except FileLocked as exc:
                 if not wait:
-                    raise JournalBusy(f"the journal {self.path} is in use by another load ({exc.holder or 'unknown'}): "
+                    raise JournalBusy(f"the journal {self.name} is in use by another load ({exc.holder or 'unknown'}): "
                                       "let it finish, or run with --wait to start when it has; nothing was "
                                       "sent") from None
                 if on_wait is not None:
-                    on_wait(f"the journal {self.path} is in use by another load ({exc.holder or 'unknown'}): "
+                    on_wait(f"the journal {self.name} is in use by another load ({exc.holder or 'unknown'}): "
                             "waiting for it to finish")
                 self._held.enter_context(file_lock(lock, wait=True, owner=me, remove=True))
         except OSError as exc:
-            raise JournalError(f"cannot lock the journal {self.path}: {exc.strerror or exc}") from None
+            raise JournalError(f"cannot lock the journal {self.name}: {exc.strerror or exc}") from None
+
+    def _one_name(self) -> None:
+        """Refuse a journal file with several names (hard links): a load given another of them would take
+        another lock, and SQLite would keep another -wal beside it (sqlite.org/howtocorrupt.html, 2.5)."""
+        try:
+            links = os.stat(self.file).st_nlink
+        except FileNotFoundError:
+            return  # (created by this load: one name)
+        except OSError as exc:
+            raise JournalError(f"cannot read the journal {self.name}: {exc.strerror or exc}") from None
+        if links > 1:
+            raise JournalError(f"the journal {self.name} has {links} names (hard links): a load given another of "
+                               "them would not see this one's lock, and SQLite would keep a separate -wal file "
+                               "for each name. Keep one name (remove the other links, or give --journal a copy) "
+                               "and run again; nothing was sent.")
 
     def _connect(self) -> sqlite3.Connection:
         """The open journal, checked (and upgraded) before it is used; JournalError when it cannot be."""
         try:
             if self.read_only:
                 # a journal closed cleanly has no -wal file: read it as it is, creating nothing beside it
-                mode = "ro" if Path(f"{self.path}-wal").exists() else "ro&immutable=1"
-                db = sqlite3.connect(f"file:{quote(str(self.path.resolve()))}?mode={mode}", uri=True,
+                mode = "ro" if Path(f"{self.file}-wal").exists() else "ro&immutable=1"
+                db = sqlite3.connect(f"file:{quote(str(self.file))}?mode={mode}", uri=True,
                                      check_same_thread=False, isolation_level=None, timeout=30)
             else:
-                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+                db = sqlite3.connect(self.file, check_same_thread=False, isolation_level=None, timeout=30)
             try:
                 self._prepare(db)
             except BaseException:
@@ -218,7 +256,7 @@ class Journal:
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _unusable(self, why: str) -> JournalError:
-        return JournalError(f"{self.path} is not a usable journal ({why}). Move it away, or give --journal another "
+        return JournalError(f"{self.name} is not a usable journal ({why}). Move it away, or give --journal another "
                             "file, and run again: threads already on the server are then found by their "
                             "identifiers. Nothing was sent.")
 
@@ -238,7 +276,7 @@ class Journal:
     def _ready(self) -> sqlite3.Connection:
         """The database, created with its first record (called under `_lock`)."""
         if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file.parent.mkdir(parents=True, exist_ok=True)
             self._db = self._connect()
         return self._db
 
@@ -296,6 +334,15 @@ class Journal:
     def _row(self, e: Entry, now: float) -> tuple[Any, ...]:
         return (self.target, e.key, e.state, e.fingerprint, orjson.dumps(e.ids).decode(),
                 orjson.dumps(e.in_flight).decode(), e.error, now, orjson.dumps(e.entries).decode(), e.settles)
+
+    def note(self, key: str, note: str | None) -> None:
+        """Set (None: clear) the note of a thread's committed row: that copies of it were found on the server, or
+        could not be looked for (`duplicates`); the next run looks again. (A row in another state keeps its error.)"""
+        if self.read_only or self._db is None:
+            return
+        with self._lock:
+            self._db.execute("UPDATE threads SET error=?, updated=? WHERE target=? AND key=? AND state=?",
+                             (note, time.time(), self.target, key, State.COMMITTED))
 
     def delete_many(self, keys: list[str]) -> None:
         """Forget the rows of `keys` (threads whose first request was recorded, then never sent)."""

@@ -8,8 +8,9 @@ again on specs that grew or changed, as a sync.
     with FhirClient(base_url, ClientCredentials(client_id, secret)) as client:
         report = load(load_specs(["threads/"]), client, journal="threads.journal.sqlite")
 
-Exactly once, in four layers:
-1. one load per journal at a time: the journal is locked, and a second load refuses (or waits);
+Exactly once, in five layers:
+1. one load per journal at a time: the journal is locked (the real file's lock, whatever path names it), and a
+   second load refuses (or waits);
 2. the journal records every thread's request before it is sent and its server ids as it commits; a re-run
    skips what is done and carries on with what is not (a thread cut into parts resumes at its next part);
 3. threads the journal does not know are first looked for on the server by their identifiers (many
@@ -23,6 +24,10 @@ Exactly once, in four layers:
    identifier (at most 8 to a request, Medplum's cap), so a request of any lateness meets its twin's
    identifier and creates nothing: lost answers are simply sent again. It costs more requests and quota
    points (a conditional create is a search and a write); `bench/load.py` measures how much.
+5. another load of the same threads at the same time, with another journal, is not seen by any of these: once a
+   thread's requests are in, the identifiers it sent are looked for on the server (`duplicates`, a batch of
+   threads to a request), and a thread found there twice is `duplicated`, said and noted in the journal (strict
+   mode's conditional creates prevent it: the check then finds nothing).
 
 A thread already loaded is synced with its spec: new messages are sent, and only they, as a part pointing
 at the header's server id (replies at their targets' server ids); changed fields are found (by the
@@ -60,6 +65,7 @@ from ..medplum.client import FhirClient
 from ..medplum.probe import Atomicity, probe_atomicity, remove_probes
 from ..spec.model import ThreadSpec
 from ..vocabulary import SEARCH_POINTS, identifier_system_problem
+from .duplicates import CHECK_AFTER, CHECK_BATCH, NOTE, Waiting, checked, find_copies
 from .journal import Entry, Journal, State
 from .participants import Ensurer
 from .plan import SAFE_MAX_BYTES, RequestLimits
@@ -206,6 +212,9 @@ class _Run:
         self.started = time.time()
         self.ahead = 4 * concurrency  # machines handed to the pool at a time
         self.futures: dict[Future[Any], ThreadLoad] = {}  # submitted, not yet settled
+        self.waiting: list[Waiting] = []  # settled threads whose results wait for their check for copies
+        self.waiting_since = 0.0  # (monotonic) when the oldest of them began to wait
+        self.checks: dict[Future[Any], list[Waiting]] = {}  # checks submitted
         self._done: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()  # finished, in the order they did
         self.deferred: list[tuple[float, int, ThreadLoad]] = []  # machines waiting (a heap: the soonest first)
         self._order = itertools.count()
@@ -278,7 +287,11 @@ class _Run:
             if entry is None:
                 unseen.append(n)
             elif entry.state == State.COMMITTED and entry.fingerprint == t.fingerprint:
-                self._tell(t.result(Outcome.SKIPPED, entry.ids), t)
+                result = t.result(Outcome.SKIPPED, entry.ids)
+                if entry.error and not self.dry_run:  # an earlier run found copies of it: checked again
+                    self._wait(Waiting(t, result, list(range(len(t.urls))), entry.ids, again=True))
+                else:
+                    self._tell(result, t)
             else:
                 loads[n] = (entry, None)
         unseen = self._with_participants(items, unseen, loads)
@@ -336,11 +349,13 @@ class _Run:
         queue, one at a time (waiting on all pending futures at each would cost the square of a window).
         Machines are taken from `backlog` (nothing else holds them: each is let go once settled)."""
         pending: set[Future[Any]] = set()
-        while backlog or pending or (drain and self.deferred):
+        while backlog or pending or self.waiting or (drain and self.deferred):
             if len(pending) <= self.ahead // 2:
                 self._feed(backlog, pending)
             while self.deferred and self.deferred[0][0] <= time.time():
                 pending.add(self._submit(heapq.heappop(self.deferred)[2]))
+            if self._check_due(backlog, pending):
+                pending.add(self._submit_check())
             if (future := self._next_done(pending)) is not None:
                 pending.discard(future)
                 self._settle(future)
@@ -364,13 +379,84 @@ class _Run:
         pending.update(self._submit(m) for m in batch)
 
     def _settle(self, future: Future[Any]) -> None:
-        """What a machine's run came to: a result (told, the machine let go), or a time to start it again."""
+        """What a machine's run came to: a result (told, the machine let go; if it sent creates, once they are
+        checked for copies), or a time to start it again. Or what a check found."""
+        if future in self.checks:
+            self._checked(self.checks.pop(future), future.result())
+            return
         machine = self.futures.pop(future)
         out = future.result()
         if isinstance(out, Deferred):
             heapq.heappush(self.deferred, (out.until, next(self._order), machine))
         elif isinstance(out, ThreadResult):
-            self._tell(out, machine.t)
+            if (entries := machine.to_check()) and not self.dry_run:
+                self._wait(Waiting(machine.t, out, entries, dict(machine.ids)))
+            else:
+                self._tell(out, machine.t)
+
+    # --- checks for copies another load made (`duplicates`) -----------------------------------------
+
+    def _wait(self, waiting: Waiting) -> None:
+        if not self.waiting:
+            self.waiting_since = time.monotonic()
+        self.waiting.append(waiting)
+
+    def _check_due(self, backlog: collections.deque[ThreadLoad], pending: set[Future[Any]]) -> bool:
+        """Whether to check the waiting threads now: a request's worth of identifiers wait, the oldest has waited
+        long enough, or no thread is being loaded to add to them (the last of a window, or only threads in
+        quarantine left)."""
+        if not self.waiting:
+            return False
+        idle = not backlog and not any(f in self.futures for f in pending)
+        return idle or time.monotonic() - self.waiting_since >= CHECK_AFTER or \
+            sum(len(w.entries) for w in self.waiting) >= CHECK_BATCH
+
+    def _submit_check(self) -> Future[Any]:
+        """Check the waiting threads (up to CHECK_BATCH identifiers' worth) in one request, on the pool."""
+        batch: list[Waiting] = []
+        size = 0
+        while self.waiting and (not batch or size + len(self.waiting[0].entries) <= CHECK_BATCH):
+            batch.append(w := self.waiting.pop(0))
+            size += len(w.entries)
+        self.waiting_since = time.monotonic()  # (the rest: as if they began to wait now)
+        future = self.pool.submit(self._check, batch)
+        self.checks[future] = batch
+        future.add_done_callback(self._done.put)
+        return future
+
+    def _check(self, batch: list[Waiting]) -> list[dict[int, list[str]]] | str:
+        """What the server holds of the batch's entries; or why that could not be found out."""
+        try:
+            return find_copies(self.client, batch)
+        except BundlerError as exc:
+            if _fatal(exc):
+                raise
+            return self.client.all_secrets().scrub(str(exc))
+
+    def _checked(self, batch: list[Waiting], found: list[dict[int, list[str]]] | str) -> None:
+        """Tell the results of a checked batch; the journal notes the threads found with copies (and forgets a
+        thread whose copy someone removed), so that the next run looks again."""
+        if isinstance(found, str):
+            self._unchecked(batch, found)
+            return
+        for w, copies in zip(batch, found, strict=True):
+            result, note, forget = checked(w, copies)
+            if forget:
+                self.journal.delete_many([w.t.spec.key])
+            elif note is not None or w.again:
+                self.journal.note(w.t.spec.key, note)
+            self._tell(result, w.t)
+
+    def _unchecked(self, batch: list[Waiting], why: str) -> None:
+        """Threads that could not be checked (the check failed, or the load was stopped): told as they are, the
+        journal noting them so that the next run checks them; the report counts them (and is not ok)."""
+        if not batch:
+            return
+        for w in batch:
+            self.journal.note(w.t.spec.key, f"{NOTE}: not checked ({why})")
+            self._tell(w.result, w.t)
+        self.report.unchecked += len(batch)
+        self.report.unchecked_why = self.report.unchecked_why or why
 
     def _submit(self, machine: ThreadLoad) -> Future[Any]:
         future = self.pool.submit(self._one, machine)
@@ -419,3 +505,11 @@ class _Run:
         self.pool.shutdown(wait=True, cancel_futures=True)
         unsent = [m.t.spec.key for m in self.futures.values() if m.recorded and not m.sent]
         self.journal.delete_many(unsent)
+        for future, batch in list(self.checks.items()):  # (checks finished or not: the pool is down)
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._checked(batch, future.result())
+            else:
+                self._unchecked(batch, "the load was interrupted")
+        self.checks.clear()
+        self._unchecked(self.waiting, "the load was interrupted")
+        self.waiting.clear()

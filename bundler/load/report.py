@@ -37,6 +37,7 @@ class Outcome(enum.StrEnum):
     EXISTING = "existing"  # all of it was on the server already, found by its identifiers
     SKIPPED = "skipped"  # the journal says it was loaded by an earlier run, and the spec is the same
     CHANGED = "changed"  # fields differ from what was loaded; not sent (without --update): `changes` says which
+    DUPLICATED = "duplicated"  # on the server, and some of it twice: another load sent it at the same time
     PARTIAL = "partial"  # some of it is on the server, the rest failed (e.g. a non-atomic project)
     FAILED = "failed"  # nothing of it (or none of what was to be sent) is on the server
     PLANNED = "planned"  # a dry run: something of it would be sent
@@ -48,8 +49,23 @@ class Outcome(enum.StrEnum):
 
     @property
     def problem(self) -> bool:
-        """Someone has to look at it: the result's `error` or `changes` say why."""
-        return self in (Outcome.CHANGED, Outcome.PARTIAL, Outcome.FAILED)
+        """Someone has to look at it: the result's `error`, `changes` or `duplicates` say why."""
+        return self in (Outcome.CHANGED, Outcome.DUPLICATED, Outcome.PARTIAL, Outcome.FAILED)
+
+
+@dataclass
+class Duplicate:
+    """An entry of a thread the server holds more than once (`duplicates`): `ours` is the copy this load made or
+    found (`Type/<id>`; None if it has none), `others` the rest."""
+
+    entry: str  # as `changes` name it: "header", "messages[2] (m1)", ...
+    identifier: str  # system|value
+    ours: str | None
+    others: list[str]
+
+    def text(self) -> str:
+        copies = [f"{self.ours} (this load's)"] * bool(self.ours) + self.others
+        return f"{self.entry}: {len(copies)} copies (identifier {self.identifier}): {', '.join(copies)}"
 
 
 @dataclass
@@ -66,6 +82,7 @@ class ThreadResult:
     updated: int = 0
     changes: list[str] = field(default_factory=list)  # per-field differences, in verify's words
     removed: list[str] = field(default_factory=list)  # message ids on the server that the spec no longer has
+    duplicates: list[Duplicate] = field(default_factory=list)  # entries the server holds more than once
 
     @property
     def messages(self) -> int:
@@ -138,10 +155,12 @@ class LoadReport:
     plan: Plan | None = None
     participants: ParticipantCounts = field(default_factory=ParticipantCounts)
     files: dict[str, int] = field(default_factory=dict)  # files uploaded first: uploaded, known, failed
+    unchecked: int = 0  # threads sent but not checked for copies another load made (the next run checks them)
+    unchecked_why: str = ""
 
     @property
     def ok(self) -> bool:
-        return not self.interrupted and self.problem_count == 0
+        return not self.interrupted and self.problem_count == 0 and not self.unchecked
 
     @property
     def done(self) -> int:
@@ -182,6 +201,8 @@ class LoadReport:
             out["participants"] = self.participants.as_json()
         if any(self.files.values()):
             out["files"] = dict(self.files)
+        if self.unchecked:
+            out["unchecked"] = self.unchecked
         if self.interrupted:
             out["interrupted"] = True
         if self.plan is not None:

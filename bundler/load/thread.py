@@ -50,7 +50,7 @@ from ..build import (
     split_files,
 )
 from ..errors import BundlerError, ServerError, UnknownOutcome
-from ..medplum.client import FhirClient, outcome_text, resource_version
+from ..medplum.client import FhirClient, backoff, outcome_text, resource_version, serialization_failure
 from ..spec.model import Attachment, ThreadSpec
 from ..vocabulary import READ_POINTS, SEARCH_POINTS, WRITE_POINTS
 from .compare import ThreadDiff, compare_thread
@@ -73,6 +73,10 @@ _ENTRY_INDEX = re.compile(r"entry\[(\d+)\]")
 _CONDITIONAL = re.compile(r"'([A-Z][A-Za-z]+\?[^'\s]+)'")
 MAX_LOST = 6  # lost answers one thread may have in a run before it is left for the next run
 MAX_RECHECKS = 3  # updates refused or lost, then read back, before the thread is given up
+MAX_ROLLED_BACK = 8  # answers with entries rolled back (a batch's serialization failures) before it is given up
+ROLLED_BACK = "409 rolled back"
+"""The status we give an entry of a batch answered 409 for a serialization failure: not processed (rolled back),
+sent again like an entry answered 429."""
 
 
 @dataclass(frozen=True)
@@ -297,7 +301,8 @@ class ThreadLoad:
         self.grown = False  # a thread on the server before (loaded, or found) that gets new messages
         self.sent = self.planned = False
         self.recorded = False  # the journal has this thread's first request already (with its window)
-        self.requests = self.created = self.updated = self.lost = self.rechecks = 0
+        self.requests = self.created = self.updated = self.lost = self.rechecks = self.rolled_back = 0
+        self.creates: set[int] = set()  # entries sent in creates (whatever came of them): checked for copies
         self.part: list[int] = []  # the entries of the request at hand
         self.carry: list[Attachment] = []  # the files whose Binaries it carries (after its entries)
         self.files = settings.files or Binaries(self.client, settings.journal, dry_run=settings.plan is not None)
@@ -326,6 +331,14 @@ class ThreadLoad:
         # every entry by its fullUrl: a journal row written for an earlier version of the spec may hold
         # ids of entries the spec no longer has, so counting them would not do
         return all(url in self.ids for url in self.t.urls)
+
+    def to_check(self) -> list[int]:
+        """The entries to look for copies of (`duplicates`) once the thread is settled: those this run sent in
+        creates and knows to be on the server; every one when an earlier run found copies of the thread (a note on
+        its committed row)."""
+        if self.entry is not None and self.entry.state == State.COMMITTED and self.entry.error:
+            return [n for n, url in enumerate(self.t.urls) if url in self.ids]
+        return [n for n in sorted(self.creates) if self.t.urls[n] in self.ids]
 
     @property
     def plain(self) -> bool:
@@ -358,6 +371,7 @@ class ThreadLoad:
         """The request an earlier run had in flight (its answer lost, or the run killed) is the one at hand,
         to be searched for once it can no longer land."""
         self.part = [self.t.urls.index(u) for u in entry.in_flight if u in self.t.urls]
+        self.creates.update(self.part)  # (never checked for copies: its run did not get that far)
         # recorded with its batch before it was sent: sent (if at all) before this load began
         unknown = entry.settles == UNKNOWN
         self.settles = self.s.started + self.s.quarantine if unknown else entry.settles
@@ -431,6 +445,7 @@ class ThreadLoad:
             self._save(State.SENT, in_flight=self.part, settles=self.settles)
         self.sent = True
         self.requests += 1
+        self.creates.update(self.part)
         try:
             self.response = self.client.transaction(self.body, entries=len(self.part), cost=self._cost())
         except UnknownOutcome:
@@ -474,6 +489,12 @@ class ThreadLoad:
                                  f"{refused[1].split()[0]}")
         if any(s.startswith("429") for s in statuses + binaries):
             self.client.pacer.blocked(1.0)
+        if ROLLED_BACK in statuses:  # (a non-atomic project: each entry its own transaction)
+            self.rolled_back += 1
+            if self.rolled_back > MAX_ROLLED_BACK:
+                n = statuses.index(ROLLED_BACK)
+                return self._failing(self._entry_failure(self.part[n], ROLLED_BACK, statuses))
+            time.sleep(backoff(self.rolled_back, base=0.1, cap=5.0))
         if not self.complete:
             self._save(State.SENT)
         return Stage.NEXT
@@ -718,7 +739,10 @@ class ThreadLoad:
         urls, ids, versions, types = self.t.urls, self.ids, self.versions, self.t.types
         for i, e in zip(self.part, entries, strict=False):
             resp = e["response"]
-            statuses.append(status := resp["status"])
+            status = resp["status"]
+            if status.startswith("409") and serialization_failure(resp.get("outcome")):
+                status = ROLLED_BACK
+            statuses.append(status)
             if status[:1] == "2" and (sid := _server_id(resp.get("location"), e.get("resource"))):
                 ids[urls[i]] = f"{types[i]}/{sid}"
                 if version := resource_version(e):
@@ -856,10 +880,10 @@ def _binary_size(attachment: Attachment) -> int:
 
 
 def _first_failed(part: list[int], statuses: list[str]) -> tuple[int, str] | None:
-    """The first entry (thread index, status) the server refused; a 429 is not a refusal: the entry was
-    not processed."""
-    return next(((i, s) for i, s in zip(part, statuses, strict=True) if s[:1] != "2" and not s.startswith("429")),
-                None)
+    """The first entry (thread index, status) the server refused; a 429 or ROLLED_BACK is not a refusal: the
+    entry was not processed."""
+    return next(((i, s) for i, s in zip(part, statuses, strict=True)
+                 if s[:1] != "2" and not s.startswith("429") and s != ROLLED_BACK), None)
 
 
 _STEPS: dict[Stage, Callable[[ThreadLoad], Stage | Deferred | None]] = {

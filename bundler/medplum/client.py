@@ -2,8 +2,10 @@
 the fault proxy (or swap the httpx transport).
 
 What it promises its callers:
-- a request that certainly did not reach the server (connection refused, pool timeout) or was
-  refused before it was processed (429) is retried here, paced and backed off;
+- a request that certainly did not reach the server (connection refused, pool timeout), was refused before it
+  was processed (429), or was rolled back because the database could not serialize it with other writes (409
+  with Medplum's serialization-failure code: `serialization_failure`) is retried here, paced and backed off, a
+  bounded number of times;
 - a request that may have been applied (timeout or connection lost after sending, 502/503/504) raises
   `UnknownOutcome` and is NOT retried: only the caller can reconcile it (search, then record or re-send);
 - reads (GET, search) are idempotent and retried on any transient failure;
@@ -39,16 +41,17 @@ from ..vocabulary import (
     FHIR_PATH,
     READ_POINTS,
     SEARCH_POINTS,
+    SERIALIZATION_FAILURE,
     WRITE_POINTS,
     fhir_base,
     identifier_token,
     server_root,
 )
 from .auth import BearerToken, ClientCredentials, MedplumAuth, Secrets, transport_problem
-from .ratelimit import Pacer, parse_ratelimit
+from .ratelimit import Gate, Pacer, parse_ratelimit
 
 __all__ = ["BearerToken", "ClientCredentials", "FhirClient", "MedplumAuth", "Secrets", "Throttled", "Unreachable",
-           "is_loopback", "outcome_text", "resource_version"]
+           "is_loopback", "outcome_text", "resource_version", "serialization_failure"]
 
 USER_AGENT = "thread-bundler/0.1"
 FHIR_JSON = "application/fhir+json"
@@ -75,6 +78,22 @@ def outcome_text(outcome: Any) -> str:
     issues = outcome.get("issue")
     return "; ".join(_issue_text(issue) for issue in issues if isinstance(issue, dict)) \
         if isinstance(issues, list) else ""
+
+
+def serialization_failure(outcome: Any) -> bool:
+    """Whether an OperationOutcome (of a 409) says the database could not serialize the transaction with others,
+    so it was rolled back and may be sent again: one issue, code `conflict`, with SERIALIZATION_FAILURE among its
+    details' codes, as Medplum tests it (repo.ts `isRetryableTransactionError`). A conflict of another kind (a
+    unique key, another server's version conflict) is not."""
+    if not isinstance(outcome, dict) or outcome.get("resourceType") != "OperationOutcome":
+        return False
+    issues = outcome.get("issue")
+    if not isinstance(issues, list) or len(issues) != 1 or not isinstance(issues[0], dict):
+        return False
+    details = issues[0].get("details")
+    codings = details.get("coding") if isinstance(details, dict) else None
+    return issues[0].get("code") == "conflict" and isinstance(codings, list) and any(
+        isinstance(c, dict) and c.get("code") == SERIALIZATION_FAILURE for c in codings)
 
 
 def _issue_text(issue: dict[str, Any]) -> str:
@@ -106,6 +125,10 @@ def _kind(value: Any) -> str:
     if isinstance(value, dict):
         return f"a {value['resourceType']}" if isinstance(value.get("resourceType"), str) else "an object"
     return {list: "a list", str: "text", bool: "true/false"}.get(type(value), "a number")
+
+
+def _searches(searches: Sequence[tuple[str, dict[str, str]]]) -> str:
+    return f"search {', '.join(dict.fromkeys(kind for kind, _ in searches))}"
 
 
 def _malformed(what: str, why: str) -> ServerError:
@@ -153,7 +176,7 @@ def _transaction_response(body: Any, what: str) -> dict[str, Any]:
     return body
 
 
-def _backoff(attempt: int, *, base: float = 0.25, cap: float = 20.0) -> float:
+def backoff(attempt: int, *, base: float = 0.25, cap: float = 20.0) -> float:
     """Full-jitter exponential backoff."""
     return random.uniform(0, min(cap, base * 2**attempt))
 
@@ -180,9 +203,11 @@ class FhirClient:
         self.fhir_base = fhir_base(self.root)
         self.timeout = timeout
         self.pacer = pacer or Pacer()
+        self.gate = Gate(concurrency)  # transactions at the server at once, fewer while they fail to serialize
         self.max_attempts = max_attempts
         self.secrets = secrets if secrets is not None else Secrets(set())
         self.requests = 0
+        self.serialization_retries = 0  # requests sent again after a serialization failure (409)
         self.last_ratelimit: list[str] = []
         self._count_lock = threading.Lock()
         limits = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=concurrency + 2)
@@ -209,21 +234,28 @@ class FhirClient:
                 self.requests += 1
 
     def _send(self, method: str, url: str, *, content: bytes | None = None, cost: float = 0,
-              idempotent: bool, headers: dict[str, str] | None = None, follow: bool = False) -> httpx.Response:
+              idempotent: bool, headers: dict[str, str] | None = None, follow: bool = False,
+              gated: bool = False) -> httpx.Response:
         """One logical request, paced, with the retries that are safe for it (auth renews itself). `headers`
         replace our FHIR JSON Accept/Content-Type; `follow`: follow redirects (httpx drops our Authorization
-        on a redirect to another origin)."""
+        on a redirect to another origin); `gated`: a transaction, let in by `gate`."""
         if headers is None:
             headers = {"Accept": FHIR_JSON} | ({"Content-Type": FHIR_JSON} if content is not None else {})
         for attempt in itertools.count(1):
             self.pacer.wait(cost)
+            if gated:
+                self.gate.enter()
+            conflict = False
             try:
                 resp = self.http.request(method, url, content=content, headers=headers, follow_redirects=follow)
+                conflict = resp.status_code == 409 and serialization_failure(self._body(resp))
             except httpx.TransportError as exc:
                 self._transport_failed(exc, f"{method} {url}", attempt, idempotent=idempotent)
                 continue
             finally:
                 self.pacer.done(cost)
+                if gated:
+                    self.gate.leave(conflict=conflict)
             if ratelimit := resp.headers.get_list("RateLimit"):
                 self.last_ratelimit = ratelimit
                 self.pacer.update(parse_ratelimit(ratelimit))
@@ -240,7 +272,7 @@ class FhirClient:
                 raise self._error(Unreachable, f"cannot reach {self.root}: {problem} (after {attempt} attempts)")
         elif not idempotent or attempt >= self.max_attempts:
             raise self._error(UnknownOutcome, f"{what}: {problem}, after the request was sent")
-        time.sleep(_backoff(attempt))
+        time.sleep(backoff(attempt))
 
     def _error(self, cls: type[E], message: str, **kw: Any) -> E:
         """An error of ours about a request, its text scrubbed of every secret: every error the client
@@ -257,24 +289,43 @@ class FhirClient:
 
     def _again(self, resp: httpx.Response, what: str, attempt: int, *, idempotent: bool) -> bool:
         """Whether to send the request again after `resp` (having waited as long as it should); raises
-        Throttled when the server keeps refusing for quota, UnknownOutcome for a gateway error on a write."""
+        Throttled when the server keeps refusing for quota, ServerError when it keeps failing to serialize it (409),
+        UnknownOutcome for a gateway error on a write."""
         if resp.status_code == 429:
             limits = parse_ratelimit(resp.headers.get_list("RateLimit"))
             wait = max((lim.reset for lim in limits.values() if lim.remaining <= 0), default=0.0)
-            self.pacer.blocked(wait or _backoff(attempt, base=1.0))
+            self.pacer.blocked(wait or backoff(attempt, base=1.0))
             if attempt < self.max_attempts * 4:
                 return True
             body = self._body(resp)
             raise self._error(Throttled, f"{what}: still throttled after {attempt} attempts", status=429,
                               outcome=body if isinstance(body, dict) else None)
+        if resp.status_code == 409:
+            return self._serialization_failed(resp, what, attempt)
         if resp.status_code not in RETRY_STATUSES_UNKNOWN:
             return False
         if not idempotent:
             raise self._error(UnknownOutcome, f"{what}: HTTP {resp.status_code} from the server or a gateway")
         if attempt < self.max_attempts:
-            time.sleep(_backoff(attempt))
+            time.sleep(backoff(attempt))
             return True
         return False
+
+    def _serialization_failed(self, resp: httpx.Response, what: str, attempt: int) -> bool:
+        """After a 409: whether to send the request again, having backed off (a serialization failure: the server
+        rolled it back, so even a write may be sent again). Other conflicts are the caller's (False); a serialization
+        failure that keeps coming is a ServerError that says so."""
+        body = self._body(resp)
+        if not serialization_failure(body):
+            return False
+        if attempt < self.max_attempts * 2:
+            with self._count_lock:
+                self.serialization_retries += 1
+            time.sleep(backoff(attempt, base=0.1, cap=5.0))
+            return True
+        raise self._error(ServerError, f"{what}: HTTP 409: {outcome_text(body)} (the server could not run it alongside "
+                                       f"other writes {attempt} times; nothing of it was stored: run again)",
+                          status=409, outcome=body)
 
     def _check(self, resp: httpx.Response, what: str) -> Any:
         body = self._body(resp)
@@ -299,7 +350,7 @@ class FhirClient:
         UnknownOutcome when the request may or may not have been applied (its answer lost, or a success
         answer that is not a transaction-response Bundle)."""
         resp = self._send("POST", self.fhir_base, content=body, cost=WRITE_POINTS * entries if cost is None else cost,
-                          idempotent=False)
+                          idempotent=False, gated=True)
         answer = self._check(resp, "transaction")
         try:
             return _transaction_response(answer, "transaction")
@@ -347,12 +398,61 @@ class FhirClient:
     def search_pages(self, resource_type: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
         """Every page (a searchset Bundle) of a search, following `next` links at our own base URL only."""
         what = f"search {resource_type}"
-        url: str | None = str(httpx.URL(urljoin(self.fhir_base, resource_type), params=params))
-        while url:
-            resp = self._send("GET", url, cost=SEARCH_POINTS, idempotent=True)
-            page = _bundle(self._check(resp, what), what)
+        url = str(httpx.URL(urljoin(self.fhir_base, resource_type), params=params))
+        yield from self._pages(self._page(url, what), url, what)
+
+    def _page(self, url: str, what: str) -> dict[str, Any]:
+        return _bundle(self._check(self._send("GET", url, cost=SEARCH_POINTS, idempotent=True), what), what)
+
+    def _pages(self, page: dict[str, Any], url: str, what: str) -> Iterator[dict[str, Any]]:
+        """`page` (of the search at `url`), then every page after it, by `next` links."""
+        while True:
             yield page
-            url = self._next(page, what, url)
+            if (after := self._next(page, what, url)) is None:
+                return
+            url, page = after, self._page(after, what)
+
+    def search_together(self, searches: Sequence[tuple[str, dict[str, str]]]) -> list[list[dict[str, Any]]]:
+        """The resources each of `searches` ((resource type, parameters)) matches, every page, asked in one request
+        (`_together`)."""
+        what = _searches(searches)
+        return [[r for page in self._pages(first, url, what) for r in _matches(page, what)]
+                for first, url in self._together(searches)]
+
+    def count_together(self, searches: Sequence[tuple[str, dict[str, str]]]) -> list[int]:
+        """How many resources each of `searches` matches (`_summary=count`: the server counts them, and sends
+        none), asked in one request (`_together`)."""
+        what = _searches(searches)
+        totals = [first.get("total") for first, _ in self._together(
+            [(kind, {**params, "_summary": "count"}) for kind, params in searches])]
+        if any(type(t) is not int for t in totals):
+            raise _malformed(what, f"a count is {_kind(next(t for t in totals if type(t) is not int))}, not a number")
+        return [int(t) for t in totals]  # type: ignore[arg-type]
+
+    def _together(self, searches: Sequence[tuple[str, dict[str, str]]]) -> list[tuple[dict[str, Any], str]]:
+        """The first page (and its URL) of each of `searches`, asked in one request: a transaction Bundle of GET
+        entries. Medplum runs a transaction on its primary database, in a database transaction that begins when the
+        request arrives, so it sees every write committed before (a plain search may be answered by a read
+        replica, behind the primary). A project without atomic transactions runs it as a batch: the same
+        searches. Only reads: sent again like any read when its answer is lost."""
+        what = _searches(searches)
+        urls = [str(httpx.URL(kind, params=params)) for kind, params in searches]
+        body = orjson.dumps({"resourceType": "Bundle", "type": "transaction",
+                             "entry": [{"request": {"method": "GET", "url": url}} for url in urls]})
+        resp = self._send("POST", self.fhir_base, content=body, cost=SEARCH_POINTS * len(urls), idempotent=True)
+        entries = _transaction_response(self._check(resp, what), what).get("entry") or []
+        if len(entries) != len(urls):
+            raise _malformed(what, f"{len(entries)} answers to {len(urls)} searches")
+        out = []
+        for url, entry in zip(urls, entries, strict=True):
+            status, outcome = entry["response"]["status"], entry["response"].get("outcome")
+            if status[:1] != "2":
+                text = outcome_text(outcome) or "refused"
+                raise self._error(ServerError, f"{what}: HTTP {status.split()[0]}: {text}",
+                                  status=int(status[:3]) if status[:3].isdigit() else None,
+                                  outcome=outcome if isinstance(outcome, dict) else None)
+            out.append((_bundle(entry.get("resource"), what), urljoin(self.fhir_base, url)))
+        return out
 
     def _next(self, page: dict[str, Any], what: str, current: str) -> str | None:
         """The page's `next` link, if any, at our base URL.

@@ -176,27 +176,58 @@ export class LocalRepository extends MemoryRepository {
   searchSync(searchRequest) {
     const type = searchRequest.resourceType;
     let candidates;
+    let chosen;
     for (const filter of searchRequest.filters ?? []) {
       const found = this.candidatesOf(type, filter);
       if (found && (!candidates || found.size < candidates.size)) {
         candidates = found;
+        chosen = filter;
       }
     }
     const all = this.resources.get(type);
     if (!candidates || !all) {
       return super.searchSync(searchRequest);
     }
-    const ordered = [...candidates]
+    let ordered = [...candidates]
       .filter((id) => all.has(id))
       .sort((a, b) => this.order.get(`${type}/${a}`) - this.order.get(`${type}/${b}`));
+    let request = searchRequest;
+    const exact = this.exactIdentifiers(type, chosen);
+    if (exact) {
+      // matched here, as core's matchesTokenValue does, and that filter left out of the parent's matcher:
+      // it compares every candidate with every value (a search for n identifiers: n * n comparisons)
+      ordered = ordered.filter((id) =>
+        all.get(id).identifier?.some?.((i) => exact.has(`${i?.system?.toLowerCase?.()}|${i?.value?.toLowerCase?.()}`))
+      );
+      request = { ...searchRequest, filters: searchRequest.filters.filter((f) => f !== chosen) };
+    }
     // the parent's matcher, paging and sorting, on the candidates alone (searchSync is synchronous:
     // nothing else runs while the subset stands in for the whole)
     this.resources.set(type, new Map(ordered.map((id) => [id, all.get(id)])));
     try {
-      return super.searchSync(searchRequest);
+      return super.searchSync(request);
     } finally {
       this.resources.set(type, all);
     }
+  }
+
+  /**
+   * The `system|value` pairs (lower case) an `identifier` filter asks for, when each of its values names both
+   * (so that matching them is a set lookup); undefined otherwise (the parent's matcher then does it all).
+   */
+  exactIdentifiers(type, filter) {
+    if (filter?.code !== 'identifier' || !IDENTIFIER_INDEXED.has(type) || (filter.operator ?? 'eq') !== 'eq') {
+      return undefined;
+    }
+    const pairs = new Set();
+    for (const value of splitSearchOnComma(filter.value)) {
+      const [system, code] = value.split('|').map((s) => s.toLowerCase());
+      if (!value.includes('|') || !system || !code) {
+        return undefined;
+      }
+      pairs.add(`${system}|${code}`);
+    }
+    return pairs;
   }
 
   // ---------------------------------------------------------------- quota

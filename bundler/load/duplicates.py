@@ -1,0 +1,129 @@
+"""Copies another load made at the same time: found after commit, by identifier, a batch of threads at a time.
+
+A journal keeps one load from sending a thread twice; two loads with two journals (or none) know nothing of
+each other. Given the same specs at the same time, both find a thread missing, both send it, and the server
+holds it twice. So once a thread's requests are in, the identifiers of every entry this load sent in a create
+are searched (`find_copies`: the entries of several threads, up to CHECK_BATCH identifiers, in one request, as
+GET entries of one transaction, which Medplum answers from its primary database after everything committed
+before it). Of two loads that made the same resource, the one whose transaction committed second finds both
+copies: its search begins after both commits. The first may find them too, or not.
+
+In strict mode (`--exactly-once strict`) and on a project without atomic transactions every create is
+conditional, and Medplum runs conditional creates serializable: two loads cannot both create an identifier,
+the second finds the first's (one of them may have to be sent again: a serialization failure, retried by the
+client). The check runs there too: it costs little, and it also catches a concurrent load in the default mode,
+whose plain creates a conditional one cannot see coming.
+
+A thread found with copies is `duplicated` (a problem: exit 1), its result naming each entry the server holds
+more than once, this load's copy and the others (`Duplicate`). Its journal row stays committed, with this load's
+ids, and notes it (the row's error: `NOTE`), so that the next run with that journal checks the thread again
+instead of skipping it, until the server holds one copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from ..medplum.client import FhirClient, chunked
+from ..vocabulary import identifier_token
+from .compare import entry_names
+from .report import Duplicate, Outcome, ThreadResult
+from .thread import Thread
+
+CHECK_BATCH = 500
+"""Identifiers a check waits for before it is sent (as GET entries of at most SEARCH_BATCH each), unless nothing else
+is left to do or the oldest thread has waited CHECK_AFTER seconds."""
+SEARCH_BATCH = 100
+"""Identifiers one search asks for (as the pre-check's searches do)."""
+CHECK_AFTER = 2.0
+"""Seconds a thread's result waits for a fuller check, at most (a slow load, at Medplum's default quota)."""
+NOTE = "duplicates"
+"""How a committed journal row's error starts when a check found copies of the thread (the next run checks
+again)."""
+
+
+@dataclass
+class Waiting:
+    """A thread whose result waits for its check: the entries (indexes) to look for, and the server ids this
+    load knows of them. `again`: a thread an earlier run found copies of, checked again (nothing was sent)."""
+
+    t: Thread
+    result: ThreadResult
+    entries: list[int]
+    ids: dict[str, str]
+    again: bool = False
+
+
+def find_copies(client: FhirClient, batch: Sequence[Waiting]) -> list[dict[int, list[str]]]:
+    """For each thread of `batch`: entry index → every `Type/<id>` on the server with that entry's identifier
+    (ours among them), for the entries it asks about. The server counts them first (`_summary=count`, a third of
+    the time of a search that returns them, on Medplum): only where a count is not one per identifier are they
+    searched (a second request); so are those of a thread checked `again` (whose copy is left is the question)."""
+    counted: dict[str, list[str]] = {}  # resource type → identifiers (each one on the server, unless counts say)
+    exact: dict[str, list[str]] = {}  # resource type → identifiers to search for their resources
+    for w in batch:
+        for n in w.entries:
+            (exact if w.again else counted).setdefault(w.t.types[n], []).append(w.t.identifiers[n])
+    asks = _asks(counted)
+    if asks:
+        totals = client.count_together([(kind, _params(chunk)) for kind, chunk in asks])
+        for (kind, chunk), total in zip(asks, totals, strict=True):
+            if total != len(chunk):  # (more: copies; fewer: one gone since, which might hide one more)
+                exact.setdefault(kind, []).extend(chunk)
+    found: dict[tuple[str, str], list[str]] = {}
+    if searches := _asks(exact):
+        matched = client.search_together([(kind, {**_params(chunk), "_elements": "identifier"})
+                                          for kind, chunk in searches])
+        for (kind, chunk), resources in zip(searches, matched, strict=True):
+            asked = set(chunk)
+            for resource in resources:
+                for ident in resource.get("identifier") or ():
+                    value = f"{ident.get('system', '')}|{ident.get('value')}" if isinstance(ident, dict) else None
+                    if value in asked:
+                        refs = found.setdefault((kind, value), [])
+                        if (ref := f"{kind}/{resource['id']}") not in refs:
+                            refs.append(ref)
+    searched = {(kind, ident) for kind, chunk in searches for ident in chunk}
+    return [{n: found.get(key, []) if (key := (w.t.types[n], w.t.identifiers[n])) in searched
+             else [w.ids[w.t.urls[n]]] for n in w.entries} for w in batch]
+
+
+def _asks(identifiers: dict[str, list[str]]) -> list[tuple[str, list[str]]]:
+    """One search per SEARCH_BATCH identifiers of a type (each once)."""
+    return [(kind, chunk) for kind, values in identifiers.items()
+            for chunk in chunked(values, max_url=6000, most=SEARCH_BATCH)]
+
+
+def _params(chunk: list[str]) -> dict[str, str]:
+    return {"identifier": ",".join(identifier_token(*ident.split("|", 1)) for ident in chunk),
+            "_count": str(min(1000, 2 * len(chunk) + 10))}
+
+
+def checked(w: Waiting, copies: dict[int, list[str]]) -> tuple[ThreadResult, str | None, bool]:
+    """What the check of `w` found, as (its result, the journal's note for its row, whether the row no longer
+    matches the server and is to be forgotten). The note is None when the server holds one copy of each."""
+    names = entry_names(w.t.spec)
+    duplicates = [Duplicate(names[n], w.t.identifiers[n], ours, [ref for ref in refs if ref != ours])
+                  for n, refs in sorted(copies.items()) if len(refs) > 1
+                  for ours in [w.ids.get(w.t.urls[n])]]
+    if w.again and not duplicates:
+        gone = [n for n, refs in sorted(copies.items()) if refs != [w.ids.get(w.t.urls[n])]]
+        if gone:  # someone removed this journal's copy (and kept another, or none)
+            return replace(w.result, outcome=Outcome.FAILED, header_id=None, message_ids={}, error=(
+                f"{w.t.where(gone[0])}: {names[gone[0]]}: the journal's copy of it is no longer on the server "
+                f"(duplicates were removed since an earlier run found them): the journal forgets the thread; run "
+                "again to find what is on the server by identifier and load what is missing")), None, True
+        return w.result, None, False
+    if not duplicates:
+        return w.result, None, False
+    n = len(duplicates)
+    note = (f"{NOTE}: {n} of its resources {'are' if n != 1 else 'is'} on the server more than once: "
+            f"{duplicates[0].text()}")
+    advice = (f"{w.t.where(None)}: {n} resource{'s' * (n != 1)} of this thread {'are' if n != 1 else 'is'} on the "
+              "server more than once: another load sent them at the same time (with another journal, or none). "
+              "This load's copy is complete and in its journal: delete the other copies (duplicates: others), going "
+              "by one load's report only, remove the other load's journal, then run verify")
+    if not w.result.outcome.ok:  # (a failed or partial thread keeps its outcome and says why first)
+        return replace(w.result, duplicates=duplicates, error=f"{w.result.error}; {note}"), None, False
+    return replace(w.result, outcome=Outcome.DUPLICATED, duplicates=duplicates, error=advice), note, False

@@ -1,0 +1,94 @@
+"""The journal's lock is the real file's (issue 20, finding 4): every path to one journal meets the same lock."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from bundler.errors import JournalBusy, JournalError
+from bundler.load.journal import Entry, Journal, State
+
+TARGET = "http://127.0.0.1:8103/|urn:thread-bundler:thread"
+
+
+def _journal(path: Path) -> Journal:
+    journal = Journal(path, TARGET)
+    journal.put(Entry("t1", State.COMMITTED, "f"))  # (the file exists from the first record on)
+    return journal
+
+
+@pytest.mark.parametrize("other", ["symlink", "relative", "dotted", "symlinked folder", "symlink to a symlink"])
+def test_every_path_to_one_journal_meets_its_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  other: str) -> None:
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    journal = folder / "j.sqlite"
+    monkeypatch.chdir(folder)
+    if other == "symlink":
+        (tmp_path / "link.sqlite").symlink_to(journal)
+        second = tmp_path / "link.sqlite"
+    elif other == "relative":
+        second = Path("j.sqlite")
+    elif other == "dotted":
+        second = Path("./j.sqlite")
+    elif other == "symlinked folder":
+        (tmp_path / "alias").symlink_to(folder, target_is_directory=True)
+        second = tmp_path / "alias" / "j.sqlite"
+    else:
+        (tmp_path / "a.sqlite").symlink_to(journal)
+        (tmp_path / "b.sqlite").symlink_to(tmp_path / "a.sqlite")
+        second = tmp_path / "b.sqlite"
+    with _journal(journal):
+        with pytest.raises(JournalBusy) as busy:
+            Journal(second, TARGET)
+        assert "in use by another load (thread-bundler load: process" in str(busy.value)
+        if other not in ("relative", "dotted"):
+            assert f"{second} (the file {journal})" in str(busy.value), "it names the file it found locked"
+    with Journal(second, TARGET) as again:  # (released: the second one gets it, and reads the same rows)
+        assert again.get_many(["t1"])["t1"].state == State.COMMITTED
+
+
+def test_a_symlink_to_a_journal_not_made_yet_locks_the_file_it_will_be(tmp_path: Path) -> None:
+    (tmp_path / "link.sqlite").symlink_to(tmp_path / "j.sqlite")
+    with _journal(tmp_path / "link.sqlite"):
+        assert (tmp_path / "j.sqlite").is_file() and (tmp_path / "j.sqlite.lock").is_file()
+        assert not (tmp_path / "link.sqlite.lock").exists()
+        with pytest.raises(JournalBusy):
+            Journal(tmp_path / "j.sqlite", TARGET)
+
+
+def test_a_journal_with_two_names_is_refused_for_writing(tmp_path: Path) -> None:
+    with _journal(tmp_path / "j.sqlite"):
+        pass
+    os.link(tmp_path / "j.sqlite", tmp_path / "copy.sqlite")
+    for name in ("j.sqlite", "copy.sqlite"):
+        with pytest.raises(JournalError) as refused:
+            Journal(tmp_path / name, TARGET)
+        assert "has 2 names (hard links)" in str(refused.value) and "nothing was sent" in str(refused.value)
+        assert not isinstance(refused.value, JournalBusy)
+        assert not (tmp_path / f"{name}.lock").exists(), "the lock is let go"
+    with Journal(tmp_path / "copy.sqlite", TARGET, read_only=True) as read:  # a dry run only reads: it may
+        assert read.get_many(["t1"])["t1"].state == State.COMMITTED
+    (tmp_path / "copy.sqlite").unlink()
+    with Journal(tmp_path / "j.sqlite", TARGET):
+        pass
+
+
+def test_a_symlink_loop_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "a.sqlite").symlink_to(tmp_path / "b.sqlite")
+    (tmp_path / "b.sqlite").symlink_to(tmp_path / "a.sqlite")
+    with pytest.raises(JournalError) as refused:
+        Journal(tmp_path / "a.sqlite", TARGET)
+    assert f"cannot use the journal {tmp_path / 'a.sqlite'}" in str(refused.value)
+    assert "nothing was sent" in str(refused.value)
+
+
+def test_a_note_on_a_committed_row_is_kept_and_cleared(tmp_path: Path) -> None:
+    with _journal(tmp_path / "j.sqlite") as journal:
+        journal.note("t1", "duplicates: 2 of its resources are on the server more than once")
+        assert journal.get_many(["t1"])["t1"].error == "duplicates: 2 of its resources are on the server more than once"
+        journal.note("t1", None)
+        entry = journal.get_many(["t1"])["t1"]
+        assert entry.error is None and entry.state == State.COMMITTED
