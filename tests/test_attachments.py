@@ -25,7 +25,7 @@ import pytest
 from faultproxy import Event, FaultProxy, Rule
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from loadkit import cli, client_for, env, load
+from loadkit import cli, client_for, env, load, transactions
 
 import bundler.build
 from bundler import build_bundle, load_specs, validate
@@ -47,8 +47,9 @@ def is_transaction(e: Event) -> bool:
 
 
 def sent_for(log: list[Event], key: str) -> list[Event]:
-    """The transactions of thread `key` (its header identifier is in each of them)."""
-    return [e for e in log if is_transaction(e) and key.encode() in e.body]
+    """The transactions of thread `key` (its header identifier is in each of them), not the load's searches for
+    copies of what it sent."""
+    return transactions(log, key)
 
 
 def uploads(log: list[Event]) -> list[Event]:
