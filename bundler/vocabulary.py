@@ -554,6 +554,12 @@ class ServerUrls:
         return token_url(self.base_url)
 
 
+MAX_SEARCH_OFFSET: Final = 10_000
+"""Medplum's `maxSearchOffset`: a search paged by `_offset` stops here (400 "Search offset exceeds maximum")."""
+CURSOR_MIN_COUNT: Final = 20
+"""Medplum pages a search by cursor instead of `_offset`, so past `MAX_SEARCH_OFFSET`, only when it is sorted by
+`_lastUpdated` ascending and asks for at least this many results a page (packages/server/src/fhir/search.ts,
+`canUseCursorLinks`): a scan of a whole project must ask that way."""
 MAX_BODY_BYTES: Final = 1_048_576
 """Medplum's request body limit for JSON (`maxJsonSize` '1mb'): 400 "File too large" above it."""
 MAX_REQUEST_BYTES: Final = 1_000_000

@@ -5,8 +5,9 @@
 
 What FHIR search can select is selected by the server: `part-of:missing=true`, `subject=<reference>`,
 `_lastUpdated=ge<since>`, sorted by `_lastUpdated` (a stable order; Medplum pages such a search by cursor, past
-the 10,000 that `_offset` reaches). `--topic` is matched here, on each page: Medplum's `topic` search parameter
-is a token (codes), and FHIR has no portable text search on `Communication.topic.text`.
+the 10,000 that `_offset` reaches, when a page asks for at least 20: `scan`). `--topic` is matched here, on each
+page: Medplum's `topic` search parameter is a token (codes), and FHIR has no portable text search on
+`Communication.topic.text`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from ..errors import OptionError
 from ..medplum.client import FhirClient
-from ..vocabulary import COMMUNICATION_TARGETS, instant_problem, parse_literal
+from ..vocabulary import COMMUNICATION_TARGETS, CURSOR_MIN_COUNT, instant_problem, parse_literal
 
 MAX_PAGE_SIZE = 1000
 """Medplum's largest `_count`."""
@@ -47,6 +48,13 @@ def check_subject(subject: str | None) -> str | None:
     return subject
 
 
+def scan(page_size: int) -> dict[str, str]:
+    """The parameters of a search that reads a whole project in a stable order, `page_size` a page: sorted by
+    `_lastUpdated` and at least `CURSOR_MIN_COUNT` a page, so Medplum pages it by cursor, past the 10,000 results
+    `_offset` reaches."""
+    return {"_sort": "_lastUpdated", "_count": str(max(page_size, CURSOR_MIN_COUNT))}
+
+
 def check_page_size(page_size: int) -> int:
     if not 1 <= page_size <= MAX_PAGE_SIZE:
         raise OptionError(f"page size: {page_size} must be 1-{MAX_PAGE_SIZE} (Medplum's largest _count)")
@@ -69,7 +77,7 @@ class Filters:
 
     def params(self, page_size: int) -> dict[str, str]:
         """The header search's parameters."""
-        params = {"part-of:missing": "true", "_sort": "_lastUpdated", "_count": str(page_size)}
+        params = {"part-of:missing": "true", **scan(page_size)}
         if self.subject is not None:
             params["subject"] = self.subject
         if self.since is not None:
