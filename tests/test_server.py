@@ -325,6 +325,41 @@ def test_conditional_reference_is_resolved(project: Project, fhir: httpx.Client)
     assert "did not match any" in missing.json()["issue"][0]["details"]["text"]
 
 
+def _patient(prefix: str, value: str, **more: Any) -> dict[str, Any]:
+    return {"resourceType": "Patient", "identifier": [{"system": SYSTEM, "value": f"{prefix}-{value}"}], **more}
+
+
+def test_queries_are_read_as_medplum_reads_them(project: Project, fhir: httpx.Client) -> None:
+    """Medplum reads a GET's query, an ifNoneExist and a conditional reference as URLSearchParams does (a '+' is a
+    space, %XX a byte), matches identifiers case-sensitively, and a token's system ends at its first '|' (a value
+    may hold more, escaped): the local server the same."""
+    prefix = project.prefix
+    ids = {}
+    for name, value in (("plus", "v+1"), ("space", "v 1"), ("upper", "AbC"), ("pipe", "a|b"), ("a", "a")):
+        created = fhir.post("Patient", json=_patient(prefix, value))
+        assert created.status_code == 201, created.text
+        ids[name] = created.json()["id"]
+
+    def found(query: str) -> set[str]:
+        return {r["id"] for r in search_all(fhir, f"Patient?identifier={SYSTEM}|{prefix}-{query}")}
+
+    assert found("v+1") == {ids["space"]}  # a raw '+' is a space
+    assert found("v%2B1") == {ids["plus"]}
+    assert found("AbC") == {ids["upper"]} and found("abc") == set()
+    assert found("a%5C|b") == {ids["pipe"]} and found("a") == {ids["a"]}
+    # a conditional create and a conditional reference read their queries the same way
+    again = fhir.post("", json=bundle([post_entry(urn(), _patient(prefix, "v+1"),
+                                                  ifNoneExist=f"identifier={SYSTEM}|{prefix}-v%2B1")]))
+    assert again.status_code == 200 and statuses(again.json()) == ["200"], again.text
+    assert again.json()["entry"][0]["resource"]["id"] == ids["plus"]
+    for query, name in ((f"{prefix}-v+1", "space"), (f"{prefix}-v%2B1", "plus"), (f"{prefix}-a%5C|b", "pipe")):
+        note = {"resourceType": "Communication", "status": "completed",
+                "subject": {"reference": f"Patient?identifier={SYSTEM}|{query}"}}
+        sent = fhir.post("Communication", json=note)
+        assert sent.status_code == 201, sent.text
+        assert sent.json()["subject"]["reference"] == f"Patient/{ids[name]}"
+
+
 @pytest.mark.local_only
 def test_conditional_transactions_hold_at_most_8_entries(project: Project, fhir: httpx.Client) -> None:
     def entries(n: int) -> list[dict[str, Any]]:

@@ -166,6 +166,13 @@ BREAKS: dict[str, list[Callable[[dict[str, Any]], None]]] = {
                          _set("entry.0.resource.subject.reference", "Pateint?identifier=a|b")],
     "ref.conditional": [_set("entry.0.resource.subject.reference", "Patient?identifier"),
                         _set("entry.0.resource.subject.reference", "Patient?identifier=a|b&")],
+    "ref.query-encoding": [_set("entry.0.resource.subject.reference", "Patient?identifier=tel|+1-312-555-0777"),
+                           _set("entry.0.resource.subject.reference", "Patient?identifier=urn:x|100%"),
+                           lambda b: b["entry"].append({"fullUrl": "urn:uuid:88888888-8888-4888-8888-888888888888",
+                                                        "request": {"method": "POST", "url": "Patient",
+                                                                    "ifNoneExist": "identifier=tel|+1-312"},
+                                                        "resource": {"resourceType": "Patient", "identifier": [
+                                                            {"system": "tel", "value": " 1-312"}]}})],
     "ref.in-text": [_set("entry.1.resource.payload.0.contentString", f"see {M2}"),
                     _set("entry.0.resource.identifier", [{"system": "urn:x", "value": H}])],
     "ref.target-type": [_set("entry.0.resource.subject.reference", DOC),
@@ -428,6 +435,23 @@ def test_cli_spec_issue_names_spec_line(tmp_path: Path, cli: click.Command) -> N
     line = next(n for n, text in enumerate(spec.read_text().splitlines(), 1) if "- sender: alice" in text
                 and n > 15)
     assert (issue["code"], issue["file"], issue["line"]) == ("ref.in-text", str(spec), line)
+
+
+def test_a_spec_s_conditional_references_and_creates_go_encoded_and_validate_clean() -> None:
+    from bundler.build import created_participants, participant_bundles
+    from bundler.spec import parse_spec
+
+    spec = parse_spec({"thread": "k", "topic": "t", "subject": "p", "participants": {
+        "p": {"reference": "Patient?identifier=tel|+1-312-555-0777"},
+        "c": {"create": {"resourceType": "Practitioner", "identifier": [{"system": "urn:x", "value": "a+b%&c"}]}}},
+        "messages": [{"sender": "c", "sent": "2024-01-01T00:00:00Z", "text": "hi"}]})
+    bundle = build_bundle(spec)
+    assert bundle["entry"][0]["resource"]["subject"] == {"reference": "Patient?identifier=tel|%2B1-312-555-0777"}
+    assert bundle["entry"][1]["resource"]["sender"] == {"reference": "Practitioner?identifier=urn:x|a%2Bb%25%26c"}
+    assert validate(bundle) == []
+    (creates,) = participant_bundles(created_participants([spec]))
+    assert creates["entry"][0]["request"]["ifNoneExist"] == "identifier=urn:x|a%2Bb%25%26c"
+    assert validate(creates) == []
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"\x00\x01binary", b"thread: [unclosed"])

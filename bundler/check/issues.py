@@ -30,6 +30,8 @@ RULES: dict[str, tuple[Severity, str]] = {
     "ref.conditional": ("error", "conditional references are Type?param=value[&param=value...]"),
     "ref.in-text": ("warning", "no text other than a reference contains a fullUrl (the server would rewrite it)"),
     "ref.target-type": ("error", "Communication subject/sender/recipient point at resource types FHIR R4 allows"),
+    "ref.query-encoding": ("warning", "a conditional reference or ifNoneExist is percent-encoded as the server reads "
+                                      "it: no raw '+' (read as a space), no '%' but before two hex digits"),
     "ref.created-identifier": ("error", "a conditional create on an identifier (a participant created when missing) "
                                         "carries that identifier (else every run creates it again, and conditional "
                                         "references to it match nothing)"),

@@ -240,6 +240,12 @@ def conditional(bundle: Bundle, rng: random.Random) -> Bundle:
                                             "Patient?identifier=a&", "Patient?na me=x"]))
 
 
+def query_encoding(bundle: Bundle, rng: random.Random) -> Bundle:
+    """A conditional subject whose query is not percent-encoded as the server reads it."""
+    return _set_subject(bundle, rng.choice(["Patient?identifier=tel|+1-312-555-0777", "Patient?identifier=urn:x|100%",
+                                            "Patient?identifier=urn:x|a%zz", "Patient?identifier=a+b"]))
+
+
 def in_text(bundle: Bundle, rng: random.Random) -> Bundle:
     """Mention an entry's fullUrl in the header's topic text."""
     out, entries = _copy(bundle, 0)
@@ -557,6 +563,7 @@ MUTATIONS: dict[str, Mutation] = {
     "ref.format": ref_format,
     "ref.type-unknown": type_unknown,
     "ref.conditional": conditional,
+    "ref.query-encoding": query_encoding,
     "ref.in-text": in_text,
     "ref.target-type": target_type,
     "ref.created-identifier": created_identifier,

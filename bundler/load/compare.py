@@ -12,7 +12,7 @@ from typing import Any
 
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, entry_values, read_receipts
 from ..spec.model import ThreadSpec
-from ..vocabulary import binary_reference, rewrite_references
+from ..vocabulary import binary_reference, rewrite_references, wire_reference
 
 IGNORED = ("id", "meta", "text")
 
@@ -144,8 +144,9 @@ def _attachment_urls(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> 
 
 def _server_references(bundle: Mapping[str, Any], by_ident: Mapping[str, Mapping[str, Any]], system: str,
                        resolved: Mapping[str, str] | None) -> dict[str, str]:
-    """The server's reference for each of our fullUrls (and conditional references), to undo its rewriting."""
-    ref_of: dict[str, str] = dict(resolved or {})
+    """The server's reference for each of our fullUrls (and conditional references, in the wire form the bundle
+    holds), to undo its rewriting."""
+    ref_of: dict[str, str] = {wire_reference(k): v for k, v in (resolved or {}).items()}
     for entry in bundle["entry"]:
         actual = by_ident.get(_ident(entry["resource"], system) or "")
         if actual is not None and actual.get("id"):

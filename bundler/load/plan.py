@@ -26,7 +26,7 @@ from ..vocabulary import (
     MAX_PUT_ENTRIES,
     READ_STATE_EXTENSION,
     READ_STATE_LAST_READ,
-    identifier_token,
+    identifier_search,
     rewrite_references,
 )
 
@@ -153,7 +153,7 @@ def part_bundle(bundle: Mapping[str, Any], indexes: Sequence[int], known: Mappin
         if conditional:
             ident = (entry["resource"].get("identifier") or [{}])[0]
             if "value" in ident:
-                query = f"identifier={identifier_token(ident.get('system', ''), ident['value'])}"
+                query = identifier_search(ident.get("system", ""), ident["value"])
                 entry = {**entry, "request": {**entry["request"], "ifNoneExist": query}}
         entries.append(entry)
     return {"resourceType": "Bundle", "type": bundle.get("type", "transaction"), "entry": entries}

@@ -42,7 +42,7 @@ from ..build import binary_url, bundle_bytes, entry_messages, entry_types, entry
 from ..errors import BundlerError, ServerError, UnknownOutcome
 from ..medplum.client import FhirClient, outcome_text, resource_version
 from ..spec.model import ThreadSpec
-from ..vocabulary import READ_POINTS, SEARCH_POINTS, WRITE_POINTS
+from ..vocabulary import READ_POINTS, SEARCH_POINTS, TYPE_PATTERN, WRITE_POINTS, wire_reference
 from .compare import ThreadDiff, compare_thread
 from .journal import UNKNOWN, Entry, Journal, State
 from .plan import (
@@ -59,7 +59,7 @@ from .report import Outcome, ThreadResult
 from .verify import Resolver, read_thread
 
 _ENTRY_INDEX = re.compile(r"entry\[(\d+)\]")
-_CONDITIONAL = re.compile(r"'([A-Z][A-Za-z]+\?[^'\s]+)'")
+_CONDITIONAL = re.compile(rf"'({TYPE_PATTERN}\?[^'\s]+)'")  # as the server quotes one it could not resolve
 MAX_LOST = 6  # lost answers one thread may have in a run before it is left for the next run
 MAX_RECHECKS = 3  # updates refused or lost, then read back, before the thread is given up
 
@@ -195,7 +195,8 @@ class Thread:
 
     @functools.cached_property
     def references(self) -> dict[str, tuple[str, ...]]:
-        """Each conditional reference of the thread (`Patient?identifier=...`) → where the spec says it."""
+        """Each conditional reference of the thread (`Patient?identifier=...`, its spec form) → where the spec says
+        it."""
         out: dict[str, tuple[str, ...]] = {}
         for alias, p in self.spec.participants.items():
             if "?" in p.reference:
@@ -239,10 +240,16 @@ class Thread:
             return _at(self.file, self.line)
         return _at(*self.spec.origin(self.owners[entry_index]))
 
+    @functools.cached_property
+    def _sent_references(self) -> dict[str, tuple[str, ...]]:
+        """`references` by the form the server quotes: the wire form it was sent in (and the spec form)."""
+        return {**self.references, **{wire_reference(ref): path for ref, path in self.references.items()}}
+
     def where_reference(self, text: str) -> str | None:
-        """`file:line: participants.<alias>` of the conditional reference a server's error text quotes."""
+        """`file:line: participants.<alias>` of the conditional reference a server's error text quotes (as it was
+        sent: `Conditional reference 'Patient?identifier=tel|%2B1...' did not match any resources`)."""
         m = _CONDITIONAL.search(text)
-        path = self.references.get(m.group(1)) if m else None
+        path = self._sent_references.get(m.group(1)) if m else None
         if path is None:
             return None
         return f"{_at(*self.spec.origin(None, *path))}: {'.'.join(path[:2])}"
@@ -633,9 +640,9 @@ class ThreadLoad:
         return Stage.COMMIT
 
     def _references(self) -> dict[str, str]:
-        """Every reference an update needs: our entries' server ids, and the conditional references the server
-        resolved."""
-        return {**self._resolved(), **self.ids}
+        """Every reference an update needs: our entries' server ids, and the conditional references (in the wire
+        form the bundle holds) the server resolved."""
+        return {**{wire_reference(k): v for k, v in self._resolved().items()}, **self.ids}
 
     def _updated(self) -> Stage:
         statuses = [str(e["response"]["status"]) for e in self.response.get("entry") or ()]

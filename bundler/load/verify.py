@@ -12,8 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, identifier_value
 from ..medplum.client import FhirClient
 from ..spec.model import ThreadSpec
@@ -56,9 +54,9 @@ def read_part_of(client: FhirClient, reference: str, *, page_size: int = 1000) -
 
 
 class Resolver:
-    """Conditional references (`Patient?identifier=s|v`), each searched once and remembered (thread-safe):
-    how many resources each matches, and the literal reference of the one it matches (what a server stores
-    in its place)."""
+    """Conditional references in their spec form (`Patient?identifier=s|v`), each searched once and remembered
+    (thread-safe): how many resources each matches, and the literal reference of the one it matches (what a server
+    stores in its place)."""
 
     def __init__(self, client: FhirClient) -> None:
         self.client = client
@@ -76,8 +74,8 @@ class Resolver:
             with self._lock:
                 if ref in self._found:
                     return self._found[ref]
-            resource_type, query = ref.split("?", 1)
-            found = self.client.search(resource_type, dict(httpx.QueryParams(query)) | {"_count": "2"})
+            resource_type, _, token = ref.partition("?identifier=")
+            found = self.client.search(resource_type, {"identifier": token, "_count": "2"})
             answer = (len(found), f"{resource_type}/{found[0]['id']}" if len(found) == 1 else None)
             with self._lock:
                 self.searches += 1
@@ -104,7 +102,7 @@ class Resolver:
 
 
 def conditional_references(specs: Iterable[ThreadSpec]) -> set[str]:
-    """Every conditional reference (participant or subject) of `specs`."""
+    """Every conditional reference (participant or subject) of `specs`, in its spec form."""
     conditional = {p.reference for s in specs for p in s.participants.values() if "?" in p.reference}
     return conditional | {s.subject for s in specs if s.subject and "?" in s.subject}
 

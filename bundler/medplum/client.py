@@ -42,6 +42,7 @@ from ..vocabulary import (
     WRITE_POINTS,
     fhir_base,
     identifier_token,
+    search_query,
     server_root,
 )
 from .auth import BearerToken, ClientCredentials, MedplumAuth, Secrets, transport_problem
@@ -347,7 +348,8 @@ class FhirClient:
     def search_pages(self, resource_type: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
         """Every page (a searchset Bundle) of a search, following `next` links at our own base URL only."""
         what = f"search {resource_type}"
-        url: str | None = str(httpx.URL(urljoin(self.fhir_base, resource_type), params=params))
+        query = search_query(params)  # encoded here, as the server reads it (httpx sends it as it is)
+        url: str | None = urljoin(self.fhir_base, resource_type) + (f"?{query}" if query else "")
         while url:
             resp = self._send("GET", url, cost=SEARCH_POINTS, idempotent=True)
             page = _bundle(self._check(resp, what), what)
