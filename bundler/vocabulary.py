@@ -3,7 +3,8 @@
 Every other module takes these from here: the grammar of an instant and its parser, the codes of the
 required bindings we emit, the grammar of references and ids, which resource types exist in R4 and
 which a Communication may point at, how a search value is escaped and encoded, what makes an identifier
-system usable, and Medplum's URL layout, limits and quota costs. Regular expressions here are written
+system usable, what Medplum stores in place of a conditional reference, and Medplum's URL layout, limits
+and quota costs. Regular expressions here are written
 without anchors and always used with `fullmatch` (Python's `$` also matches before a final newline);
 the JSON Schemas carry them as `^...$`, which in JSON Schema (ECMA-262) anchors at the very end, and
 a test holds the schemas to these patterns.
@@ -311,16 +312,21 @@ REWRITTEN_ELEMENTS: Final = ("reference", "url")
 `url` (`urn:uuid:` of a Binary entry in the same transaction, which the server turns into `Binary/<id>`)."""
 
 
-def rewrite_references(value: Any, mapping: Mapping[str, str]) -> Any:
+def rewrite_references(value: Any, mapping: Mapping[str, str | Mapping[str, Any]]) -> Any:
     """A copy of `value` (JSON-like data) in which every `reference`, and every attachment `url`, found in `mapping`
     is replaced by what it maps to: urns by server ids (`Communication/<id>`, `Binary/<id>`) before a later part is
-    sent, and back when comparing. Only a value equal to a key of `mapping` changes: other URLs stay as they are."""
+    sent, and back when comparing. Only a value equal to a key of `mapping` changes: other URLs stay as they are.
+    A reference mapped to a Reference (a mapping, `stored_reference`) is replaced whole by it, as Medplum replaces a
+    conditional reference it resolves."""
     if isinstance(value, dict):
+        ref = value.get("reference")
+        if isinstance(ref, str) and isinstance(whole := mapping.get(ref), Mapping):
+            return dict(whole)
         out = {k: rewrite_references(v, mapping) for k, v in value.items()}
         for element in REWRITTEN_ELEMENTS:
             ref = value.get(element)
-            if isinstance(ref, str) and ref in mapping:
-                out[element] = mapping[ref]
+            if isinstance(ref, str) and isinstance(new := mapping.get(ref), str):
+                out[element] = new
         return out
     if isinstance(value, list):
         return [rewrite_references(v, mapping) for v in value]
@@ -407,6 +413,99 @@ def wire_reference(reference: str) -> str:
     (`Patient?identifier=tel|%2B1-312-555-0777`); a literal one, or any other, as it is."""
     kind, by, token = reference.partition("?identifier=")
     return f"{kind}?{search_query({'identifier': token})}" if by else reference
+
+
+# --- what Medplum stores in place of a conditional reference ---------------------------------------------
+
+_JS_SPACE = (" \t\n\v\f\r\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028"
+             "\u2029\u202f\u205f\u3000\ufeff")
+"""What JavaScript's `String.prototype.trim` removes."""
+NAMED_BY_HUMAN_NAME: Final = frozenset({"Patient", "Practitioner", "RelatedPerson"})
+"""The types Medplum names by their first `name` (a HumanName): @medplum/core `isProfileResource`."""
+
+
+def format_human_name(name: Any) -> str:
+    """A HumanName as @medplum/core 5.0.10 `formatHumanName` writes it (no options): prefixes, given names, family
+    and suffixes joined by spaces; when there is none of them, its `text`; else ''."""
+    if not isinstance(name, Mapping):
+        return ""
+    parts: list[Any] = []
+    for key in ("prefix", "given"):
+        if name.get(key):
+            parts += name[key]
+    if name.get("family"):
+        parts.append(name["family"])
+    if name.get("suffix"):
+        parts += name["suffix"]
+    if not parts and isinstance(name.get("text"), str) and name["text"]:
+        return str(name["text"])
+    return " ".join(_js_string(p) for p in parts).strip(_JS_SPACE)
+
+
+def _js_string(value: Any) -> str:
+    """`value` as JavaScript's `Array.prototype.join` writes it (null and undefined as '')."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _format_coding(coding: Any) -> str:
+    display = coding.get("display") if isinstance(coding, Mapping) else None
+    if isinstance(display, str) and display:
+        return display
+    code = coding.get("code") if isinstance(coding, Mapping) else None
+    return code if isinstance(code, str) else ""
+
+
+def _is_codeable_concept(value: Any) -> bool:
+    return isinstance(value, Mapping) and isinstance(value.get("coding"), list) and all(
+        isinstance(c, Mapping) and isinstance(c.get("code"), str) for c in value["coding"])
+
+
+def display_string(resource: Mapping[str, Any]) -> str:
+    """The display Medplum gives a resource (@medplum/core 5.0.10 `getDisplayString`, packages/core/src/utils.ts),
+    for the resource types a Communication may point at and those of `code`: Patient, Practitioner, RelatedPerson
+    by their first `name` (`format_human_name`); a Device by `deviceName[0].name`; a resource whose `name` is text
+    (Organization, CareTeam, Group, HealthcareService...) by it; else by its `code` (the first, when a list: its
+    `text`, else its codings' display or code joined by ', '); else `Type/id`. (MedicationRequest, Subscription
+    and User have rules of their own, not ported: no Communication points at them.)"""
+    kind = resource.get("resourceType")
+    if kind in NAMED_BY_HUMAN_NAME:
+        names = resource.get("name")
+        if isinstance(names, list) and names and (shown := format_human_name(names[0])):
+            return shown
+    if kind == "Device":
+        names = resource.get("deviceName")
+        if isinstance(names, list) and names:
+            first = names[0].get("name") if isinstance(names[0], Mapping) else None
+            if isinstance(first, str) and first:
+                return first
+    name = resource.get("name")
+    if isinstance(name, str) and name:
+        return name
+    code: Any = resource.get("code")
+    if isinstance(code, list):
+        code = code[0] if code else None
+    if isinstance(code, Mapping):
+        text = code.get("text")
+        if _is_codeable_concept(code):
+            return text if isinstance(text, str) and text else ", ".join(_format_coding(c) for c in code["coding"])
+        if isinstance(text, str):
+            return text
+    return f"{kind}/{resource.get('id')}" if resource.get("id") is not None else ""
+
+
+def stored_reference(resource: Mapping[str, Any]) -> dict[str, str]:
+    """The Reference Medplum stores in place of a conditional reference that matched `resource` (@medplum/core
+    5.0.10 `createReference`, called by packages/server/src/fhir/repo.ts `resolveReplacementReference`): `{reference:
+    Type/id, display}`, without a display when the display would be `Type/id` itself. The whole Reference is
+    replaced: the display the request carried, and any other element of it, are gone. A literal reference keeps
+    what was sent."""
+    reference = f"{resource.get('resourceType')}/{resource.get('id')}"
+    display = display_string(resource)
+    return {"reference": reference} if display == reference else {"reference": reference, "display": display}
 
 
 # --- files attached to messages, and the Binary resources that hold them --------------------------------

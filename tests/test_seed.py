@@ -107,7 +107,8 @@ def test_identifier_values_with_any_printable_character_create_each_participant_
                                                                         f"{project.prefix}-{value}")})
             assert [r["identifier"][0]["value"] for r in found] == [f"{project.prefix}-{value}"], alias
         header = client.read(f"Communication/{first.threads[1].header_id}")
-        assert header["subject"]["reference"] == f"Patient/{found_id(client, MRN, f'{project.prefix}-x%2B')}"
+        assert header["subject"] == {"reference": f"Patient/{found_id(client, MRN, f'{project.prefix}-x%2B')}",
+                                     "display": "Encoded Test"}
         again = load(specs, client, journal=tmp_path / "fresh.sqlite")
         assert again.ok and (again.participants.created, again.participants.existing) == (0, 5)
         assert [t.outcome for t in again.threads] == [Outcome.EXISTING, Outcome.EXISTING], [t.error for t in

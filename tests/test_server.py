@@ -357,7 +357,65 @@ def test_queries_are_read_as_medplum_reads_them(project: Project, fhir: httpx.Cl
                 "subject": {"reference": f"Patient?identifier={SYSTEM}|{query}"}}
         sent = fhir.post("Communication", json=note)
         assert sent.status_code == 201, sent.text
-        assert sent.json()["subject"]["reference"] == f"Patient/{ids[name]}"
+        assert sent.json()["subject"] == {"reference": f"Patient/{ids[name]}"}  # (no name: no display)
+
+
+def test_a_conditional_reference_is_replaced_by_medplum_s_reference_to_what_it_matched(
+        project: Project, fhir: httpx.Client) -> None:
+    """What @medplum/core's createReference makes of the match replaces the whole Reference (display and all), as
+    bundler.vocabulary.stored_reference says it does: its port of getDisplayString, held here to the real thing on
+    many kinds of names."""
+    from bundler.vocabulary import stored_reference
+
+    prefix = project.prefix
+    patient = fhir.post("Patient", json=_patient(prefix, "p0", name=[{"given": ["Abe"], "family": "Simpson"}])).json()
+    resources = [
+        _patient(prefix, "p1", name=[{"prefix": ["Dr."], "given": ["Julius", "M."], "family": "Hibbert",
+                                      "suffix": ["MD", "PhD"]}, {"given": ["Other"]}]),
+        _patient(prefix, "p2", name=[{"text": "Marge Simpson"}]),
+        _patient(prefix, "p3", name=[{"text": "ignored", "given": ["Bart"]}]),
+        _patient(prefix, "p4", name=[{"family": "Flanders"}]),
+        _patient(prefix, "p5", name=[{"use": "official", "given": ["Zoë"], "family": "中村"}]),
+        _patient(prefix, "p6", name=[{"use": "nickname"}]),
+        _patient(prefix, "p7"),
+        {"resourceType": "Practitioner", "identifier": [{"system": SYSTEM, "value": f"{prefix}-d1"}],
+         "name": [{"prefix": ["RN"], "given": ["Joy"], "family": "Nurse"}]},
+        {"resourceType": "RelatedPerson", "identifier": [{"system": SYSTEM, "value": f"{prefix}-r1"}],
+         "patient": {"reference": f"Patient/{patient['id']}"}, "name": [{"given": ["Mona"], "suffix": ["Sr."]}]},
+        {"resourceType": "Organization", "identifier": [{"system": SYSTEM, "value": f"{prefix}-o1"}],
+         "name": "Springfield Pharmacy"},
+        {"resourceType": "Organization", "identifier": [{"system": SYSTEM, "value": f"{prefix}-o2"}]},
+        {"resourceType": "CareTeam", "identifier": [{"system": SYSTEM, "value": f"{prefix}-c1"}], "name": "Ward 3"},
+        {"resourceType": "Group", "identifier": [{"system": SYSTEM, "value": f"{prefix}-g1"}], "type": "person",
+         "actual": True, "name": "Family"},
+        {"resourceType": "Device", "identifier": [{"system": SYSTEM, "value": f"{prefix}-v1"}],
+         "deviceName": [{"name": "Glucose meter", "type": "user-friendly-name"}]},
+        {"resourceType": "Device", "identifier": [{"system": SYSTEM, "value": f"{prefix}-v2"}]},
+        {"resourceType": "PractitionerRole", "identifier": [{"system": SYSTEM, "value": f"{prefix}-x1"}],
+         "code": [{"coding": [{"system": "urn:x", "code": "doctor", "display": "Doctor"},
+                              {"system": "urn:x", "code": "nurse"}]}]},
+        {"resourceType": "PractitionerRole", "identifier": [{"system": SYSTEM, "value": f"{prefix}-x2"}],
+         "code": [{"text": "On call"}]},
+        {"resourceType": "PractitionerRole", "identifier": [{"system": SYSTEM, "value": f"{prefix}-x3"}],
+         "code": [{"coding": [{"code": "a"}], "text": "Lead"}]},
+        {"resourceType": "HealthcareService", "identifier": [{"system": SYSTEM, "value": f"{prefix}-h1"}],
+         "name": "Lab"},
+    ]
+    stored = []
+    for resource in resources:
+        created = fhir.post(resource["resourceType"], json=resource)
+        assert created.status_code == 201, created.text
+        stored.append(created.json())
+    recipients = [{"reference": f"{r['resourceType']}?identifier={SYSTEM}|{r['identifier'][0]['value']}",
+                   "display": "what we sent", "type": r["resourceType"]} for r in resources]
+    note = {"resourceType": "Communication", "status": "completed", "recipient": recipients,
+            "sender": {"reference": f"Patient/{patient['id']}", "display": "kept as sent"}}
+    sent = fhir.post("Communication", json=note)
+    assert sent.status_code == 201, sent.text
+    back = fhir.get(f"Communication/{sent.json()['id']}").json()
+    assert back["recipient"] == [stored_reference(r) for r in stored]
+    assert back["sender"] == {"reference": f"Patient/{patient['id']}", "display": "kept as sent"}  # a literal one
+    assert back["recipient"][0]["display"] == "Dr. Julius M. Hibbert MD PhD"
 
 
 @pytest.mark.local_only

@@ -16,6 +16,7 @@ from bundler.vocabulary import (
     RESOURCE_TYPES,
     InstantError,
     conditional_reference,
+    display_string,
     escape_search,
     fhir_base,
     format_instant,
@@ -33,6 +34,7 @@ from bundler.vocabulary import (
     rewrite_references,
     search_query,
     server_root,
+    stored_reference,
     token_url,
     wire_reference,
 )
@@ -159,6 +161,16 @@ def test_rewrite_references_changes_only_mapped_references_and_copies() -> None:
     assert data["partOf"] == [{"reference": "urn:uuid:1"}]
 
 
+def test_rewrite_references_replaces_a_reference_mapped_to_a_whole_reference() -> None:
+    data = {"subject": {"reference": "Patient?identifier=s|v", "display": "sent", "type": "Patient"},
+            "recipient": [{"reference": "Patient?identifier=s|v"}, {"reference": "urn:uuid:1", "display": "kept"}]}
+    out = rewrite_references(data, {"Patient?identifier=s|v": {"reference": "Patient/1", "display": "Homer"},
+                                    "urn:uuid:1": "Communication/9"})
+    assert out == {"subject": {"reference": "Patient/1", "display": "Homer"},
+                   "recipient": [{"reference": "Patient/1", "display": "Homer"},
+                                 {"reference": "Communication/9", "display": "kept"}]}
+
+
 # --- search values on the wire -------------------------------------------------------------------------
 
 PRINTABLE = "".join(chr(c) for c in range(32, 127))
@@ -227,3 +239,30 @@ console.log(JSON.stringify(out));
     assert [r[0] for r in read[:len(VALUES)]] == VALUES
     assert [r[1] for r in read[:len(VALUES)]] == VALUES  # (a reference's query: split at its first '?' only)
     assert [r[0] for r in read[len(VALUES):]] == [query_decode(r) for r in raw]
+
+
+# --- what Medplum stores in place of a conditional reference ------------------------------------------
+
+@pytest.mark.parametrize(("resource", "display"), [
+    ({"resourceType": "Patient", "name": [{"prefix": ["Mrs."], "given": ["Marge", "J"], "family": "Simpson",
+                                           "suffix": ["PhD"]}]}, "Mrs. Marge J Simpson PhD"),
+    ({"resourceType": "Patient", "name": [{"text": "Marge"}, {"given": ["Other"]}]}, "Marge"),
+    ({"resourceType": "Patient", "name": [{"text": "unused", "family": "Simpson"}]}, "Simpson"),
+    ({"resourceType": "Practitioner", "name": [{"use": "nickname"}]}, "Practitioner/1"),
+    ({"resourceType": "RelatedPerson", "name": []}, "RelatedPerson/1"),
+    ({"resourceType": "Patient"}, "Patient/1"),
+    ({"resourceType": "Organization", "name": "Springfield Pharmacy"}, "Springfield Pharmacy"),
+    ({"resourceType": "Device", "deviceName": [{"name": "Pump"}]}, "Pump"),
+    ({"resourceType": "PractitionerRole", "code": [{"coding": [{"code": "a", "display": "A"}, {"code": "b"}]}]},
+     "A, b"),
+    ({"resourceType": "PractitionerRole", "code": [{"text": "On call"}]}, "On call"),
+    ({"resourceType": "PractitionerRole", "code": [{"coding": [{"display": "no code"}], "text": "T"}]}, "T"),
+    ({"resourceType": "PractitionerRole", "code": []}, "PractitionerRole/1"),
+])
+def test_medplum_s_display_of_a_resource(resource: dict[str, object], display: str) -> None:
+    """(Held to the real @medplum/core on a server by tests/test_server.py.)"""
+    resource = {**resource, "id": "1"}
+    assert display_string(resource) == display
+    reference = f"{resource['resourceType']}/1"
+    assert stored_reference(resource) == ({"reference": reference} if display == reference else
+                                          {"reference": reference, "display": display})

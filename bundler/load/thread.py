@@ -598,11 +598,12 @@ class ThreadLoad:
             self.s.plan.searched(1, READ_POINTS)
         return self.client.read(ref)
 
-    def _resolved(self) -> dict[str, str]:
+    def _resolved(self) -> dict[str, dict[str, str]]:
+        """The thread's conditional references (spec form) → the Reference the server stores in place of each."""
         if not self.t.references:
             return {}
         assert self.s.resolver is not None
-        return self.s.resolver.mapping(self.t.references)
+        return self.s.resolver.stored(self.t.references)
 
     def _record(self, diff: ThreadDiff) -> None:
         """What the read-back found: ids and versions; the entries whose spec changed (a hash the journal does
@@ -639,10 +640,12 @@ class ThreadLoad:
         self.requests += len(parts)
         return Stage.COMMIT
 
-    def _references(self) -> dict[str, str]:
-        """Every reference an update needs: our entries' server ids, and the conditional references (in the wire
-        form the bundle holds) the server resolved."""
-        return {**{wire_reference(k): v for k, v in self._resolved().items()}, **self.ids}
+    def _references(self) -> dict[str, str | dict[str, str]]:
+        """Every reference an update needs: our entries' server ids, and in place of each conditional reference
+        (in the wire form the bundle holds) the whole Reference the server stores for it, its display the server's:
+        an update sends what a conditional write would have stored, so the next read-back finds no difference."""
+        stored: dict[str, str | dict[str, str]] = {wire_reference(k): v for k, v in self._resolved().items()}
+        return {**stored, **self.ids}
 
     def _updated(self) -> Stage:
         statuses = [str(e["response"]["status"]) for e in self.response.get("entry") or ()]

@@ -1,11 +1,13 @@
 // LocalRepository: fhir-router's MemoryRepository with the behaviour of a Medplum project added on top:
 // server-assigned UUID ids, "Invalid id" / 404 on update, validation against the R4 + Medplum profiles,
-// conditional references, checkReferencesOnWrite, per-interaction quota charges, Medplum-style search paging, identifier searches
+// conditional references (replaced by the Reference Medplum makes of the match, its display included),
+// checkReferencesOnWrite, per-interaction quota charges, Medplum-style search paging, identifier searches
 // matched as Medplum's Postgres matches them, transactions that really roll back (a write log undone on
 // failure), and indexes for the searches a loader makes by the thousand (identifier, part-of).
 import {
   OperationOutcomeError,
   badRequest,
+  createReference,
   createStructureIssue,
   DEFAULT_MAX_SEARCH_COUNT,
   DEFAULT_SEARCH_COUNT,
@@ -374,9 +376,14 @@ export class LocalRepository extends MemoryRepository {
     return stored;
   }
 
-  /** Replaces `Type?search` references by the one resource they match, else 400 (Medplum's wording). */
+  /**
+   * Replaces each conditional reference (`Type?search`) by the Reference @medplum/core's `createReference` makes
+   * of the one resource it matches, as Medplum does (packages/server/src/fhir/repo.ts
+   * `resolveReplacementReference`): `{reference: Type/id, display}`, the display its own rendering of the match
+   * (`getDisplayString`), the whole Reference replaced (the display sent is gone); else 400 (Medplum's wording).
+   */
   replaceConditionalReferences(resource) {
-    forEachReference(resource, (ref, path) => {
+    forEachReference(resource, (ref, path, replace) => {
       if (!ref.reference.includes('?')) {
         return;
       }
@@ -394,8 +401,7 @@ export class LocalRepository extends MemoryRepository {
           )
         );
       }
-      const match = matches[0].resource;
-      ref.reference = `${match.resourceType}/${match.id}`;
+      replace(createReference(matches[0].resource));
     });
   }
 
