@@ -229,7 +229,11 @@ def test_build_and_validate_take_a_participants_file(tmp_path: Path, command: st
         bundle = orjson.loads((tmp_path / "out" / "p-t.json").read_bytes())
         assert bundle["entry"][0]["resource"]["subject"]["reference"] == f"Patient?identifier={MRN}|p-1"
     else:
-        assert "0 errors, 0 warnings in 2 bundles" in run.stdout, run.stdout  # the thread, the participants
+        assert "0 errors, 1 warning in 2 bundles" in run.stdout, run.stdout  # the thread, the participants
+        line = next(n for n, text in enumerate(people_file.read_text().splitlines(), 1) if "Dr. Hibbert" in text)
+        assert f"  spec (line {line}):\n    warning[ref.display-replaced] participants.hibbert.display: " \
+               "'Dr. Hibbert' will be stored as 'Julius Hibbert' (Medplum names a conditional reference after the " \
+               "resource it matches)" in run.stdout, run.stdout  # (Homer Simpson's display is the one stored)
 
 
 # --- attachments from files ------------------------------------------------------------------------------

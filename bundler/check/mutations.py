@@ -1,4 +1,4 @@
-"""Break a valid bundle in exactly one way, one function per rule code of `bundler.validate.RULES`.
+"""Break a valid bundle in exactly one way, one function per bundle rule code (`bundler.check.BUNDLE_RULES`).
 
     broken = MUTATIONS["thread.header-payload"](bundle, random.Random(7))
     assert {i.code for i in validate(broken)} == {"thread.header-payload"}
