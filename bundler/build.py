@@ -36,8 +36,10 @@ from .vocabulary import (
     READ_STATE_LAST_READ_AT,
     READ_STATE_PARTICIPANT,
     READ_STATUS,
+    identifier_search,
     identifier_system_problem,
-    identifier_token,
+    is_conditional_reference,
+    wire_reference,
 )
 
 DEFAULT_IDENTIFIER_SYSTEM = "urn:thread-bundler:thread"
@@ -283,7 +285,7 @@ def _read_receipts(spec: ThreadSpec, system: str, refs: Mapping[str, dict[str, s
     read) once read."""
     out: list[dict[str, Any]] = []
     subject = spec.subject
-    for_ = None if subject is None else refs.get(subject, {"reference": subject})
+    for_ = None if subject is None else refs.get(subject, {"reference": wire_reference(subject)})
     for i, alias in read_receipts(spec):
         m = spec.messages[i]
         priority = m.priority or spec.priority
@@ -336,8 +338,9 @@ def entry_types(spec: ThreadSpec) -> list[str]:
 
 
 def _refs(spec: ThreadSpec) -> dict[str, dict[str, str]]:
-    return {alias: {"reference": p.reference, "display": p.display} if p.display is not None
-            else {"reference": p.reference} for alias, p in spec.participants.items()}
+    """Each participant's Reference as it is sent: a conditional reference in its wire form (`wire_reference`)."""
+    return {alias: {"reference": wire_reference(p.reference), "display": p.display} if p.display is not None
+            else {"reference": wire_reference(p.reference)} for alias, p in spec.participants.items()}
 
 
 def _recipients(recipient: Sequence[str] | None, sender: str, refs: Mapping[str, Any], cache: dict[str, list[str]]
@@ -362,7 +365,8 @@ def _header(spec: ThreadSpec, system: str, refs: Mapping[str, dict[str, str]]) -
     if spec.priority is not None:
         header["priority"] = spec.priority
     if spec.subject is not None:
-        header["subject"] = dict(refs[spec.subject]) if spec.subject in refs else {"reference": spec.subject}
+        header["subject"] = dict(refs[spec.subject]) if spec.subject in refs else {
+            "reference": wire_reference(spec.subject)}
     header["topic"] = {"text": spec.topic}
     if spec.sent is not None:
         header["sent"] = spec.sent
@@ -404,7 +408,7 @@ def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
     subject = b""
     if spec.subject is not None:
         subject = b'"subject":' + (ref_json[spec.subject] if spec.subject in ref_json
-                                   else dumps_({"reference": spec.subject})) + b","
+                                   else dumps_({"reference": wire_reference(spec.subject)})) + b","
     thread_priority = spec.priority
     priority_json = b'"priority":"' + thread_priority.encode() + b'",' if thread_priority is not None else b""
     head = b"".join((
@@ -484,11 +488,25 @@ def participant_entry(participant: Participant) -> dict[str, Any]:
     """A participant's conditional create: POST its `create` resource unless one with its first identifier exists."""
     if participant.create is None:
         raise ValueError(f"participant {participant.alias!r} has no create")
-    resource = participant.create.resource()
+    resource = _wired(participant.create.resource())
     first = resource["identifier"][0]
     return {"fullUrl": full_url(PARTICIPANT_URN_SYSTEM, participant.reference), "resource": resource,
             "request": {"method": "POST", "url": resource["resourceType"],
-                        "ifNoneExist": f"identifier={identifier_token(first['system'], first['value'])}"}}
+                        "ifNoneExist": identifier_search(first["system"], first["value"])}}
+
+
+def _wired(value: Any) -> Any:
+    """`value` (a resource to create, as the spec gives it) with each conditional reference in it in its wire form
+    (`wire_reference`): a RelatedPerson's `patient: {reference: Patient?identifier=...}` is written as a spec
+    writes every reference."""
+    if isinstance(value, dict):
+        out = {k: _wired(v) for k, v in value.items()}
+        if isinstance(ref := value.get("reference"), str) and is_conditional_reference(ref):
+            out["reference"] = wire_reference(ref)
+        return out
+    if isinstance(value, list):
+        return [_wired(v) for v in value]
+    return value
 
 
 def participant_bundles(participants: Iterable[Participant], *, size: int = MAX_CONDITIONAL_ENTRIES

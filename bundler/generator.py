@@ -26,7 +26,7 @@ from .spec.dump import dump_yaml
 from .spec.model import Participant
 from .spec.participants import ParticipantsFile, read_participants
 from .spec.source import shown
-from .vocabulary import THREAD_KEY_HINT, is_thread_key
+from .vocabulary import THREAD_KEY_HINT, display_string, is_thread_key
 
 MRN_SYSTEM = "https://example.org/mrn"
 NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
@@ -193,19 +193,21 @@ def _make_cast(rng: random.Random, threads: int, prefix: str) -> tuple[dict[str,
     for k in range(1, n_staff + 1):
         given, family = _person(rng, used)
         role = rng.choice(ROLES)
-        people[f"staff-{k}"] = {"display": f"{role} {given} {family}", "create": {
+        people[f"staff-{k}"] = {"create": {
             "resourceType": "Practitioner", "identifier": [{"system": NPI_SYSTEM, "value": f"{prefix}-{1000 + k}"}],
             "name": [{"given": [given], "family": family} | ({"prefix": [role]} if role == "Dr." else {})]}}
     for k in range(1, n_patients + 1):
         given, family = _person(rng, used)
         born = dt.date(1940, 1, 1) + dt.timedelta(days=rng.randrange(365 * 80))
-        people[f"patient-{k}"] = {"display": f"{given} {family}", "create": {
+        people[f"patient-{k}"] = {"create": {
             "resourceType": "Patient", "identifier": [{"system": MRN_SYSTEM, "value": f"{prefix}-{100000 + k}"}],
             "name": [{"given": [given], "family": family}], "gender": rng.choice(["female", "male", "other"]),
             "birthDate": born.isoformat()}}
-    people["care-team"] = {"display": "Primary care team", "create": {
+    people["care-team"] = {"create": {
         "resourceType": "CareTeam", "identifier": [{"system": CARE_TEAM_SYSTEM, "value": f"{prefix}-primary"}],
         "name": "Primary care team", "status": "active"}}
+    for alias, person in people.items():  # each named as Medplum names a reference to it (the display it stores)
+        people[alias] = {"display": display_string(person["create"]), **person}
     aliases = list(people)
     cast = _Cast([a for a in aliases if a.startswith("patient-")], [a for a in aliases if a.startswith("staff-")],
                  ["care-team"])

@@ -2,8 +2,9 @@
 
 Every other module takes these from here: the grammar of an instant and its parser, the codes of the
 required bindings we emit, the grammar of references and ids, which resource types exist in R4 and
-which a Communication may point at, how a search token is escaped, what makes an identifier system
-usable, and Medplum's URL layout, limits and quota costs. Regular expressions here are written
+which a Communication may point at, how a search value is escaped and encoded, what makes an identifier
+system usable, what Medplum stores in place of a conditional reference, and Medplum's URL layout, limits
+and quota costs. Regular expressions here are written
 without anchors and always used with `fullmatch` (Python's `$` also matches before a final newline);
 the JSON Schemas carry them as `^...$`, which in JSON Schema (ECMA-262) anchors at the very end, and
 a test holds the schemas to these patterns.
@@ -18,6 +19,7 @@ import datetime as dt
 import functools
 import hashlib
 import re
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -236,12 +238,25 @@ ID_PATTERN: Final = r"[A-Za-z0-9\-.]{1,64}"
 TYPE_PATTERN: Final = r"[A-Z][A-Za-z]+"
 """The shape of a resource type name (whether it exists is `RESOURCE_TYPES`)."""
 LITERAL_REFERENCE_PATTERN: Final = rf"{TYPE_PATTERN}/{ID_PATTERN}"
-CONDITIONAL_REFERENCE_PATTERN: Final = rf"{TYPE_PATTERN}\?identifier=[^|&\s]*\|[^&\s]+"
-"""A conditional reference by identifier, as specs and mappings write it: `Type?identifier=system|value`. No '&'
-in system or value: in a search it starts another parameter (`|a&b` asks for value `a` and a parameter `b`)."""
+_NOT_TEXT = r"\s\x00-\x1f\x7f-\x9f\ufeff"  # whitespace and control characters (a class's inside)
+IDENTIFIER_VALUE_PATTERN: Final = rf"[^{_NOT_TEXT}]+"
+"""An identifier value a participant to create may have (its conditional reference searches for it): any text
+without whitespace or control characters. Every printable character is fine: a search escapes `\\ , $ |`
+(`escape_search`) and percent-encodes the rest on the wire (`query_encode`)."""
+IDENTIFIER_VALUE_HINT: Final = ("must be text without spaces or control characters (a conditional reference "
+                                 "searches for it)")
+TOKEN_CHAR_PATTERN: Final = rf"(?:[^{_NOT_TEXT}\\,$|]|\\[\\,$|])"
+"""One character of a search token's system or value as FHIR writes it (`escape_search`): anything but whitespace
+and control characters, with `\\ , $ |` escaped by a backslash (a raw ',' would search for either side)."""
+CONDITIONAL_REFERENCE_PATTERN: Final = rf"{TYPE_PATTERN}\?identifier={TOKEN_CHAR_PATTERN}*\|{TOKEN_CHAR_PATTERN}+"
+"""A conditional reference by identifier as specs and mappings write it (its *spec form*):
+`Type?identifier=system|value`, the system and the value FHIR-escaped (`identifier_token`: `\\ , $ |` with a
+backslash) and not percent-encoded: `Patient?identifier=tel|+1-312-555-0777`, `...|a\\,b` for the value `a,b`.
+What follows `identifier=` is one search token, not a URL query: `&`, `+`, `%`, `?` and `#` are themselves. The
+form sent in a Bundle (its *wire form*, `wire_reference`) percent-encodes it, as a server reads it as a query."""
 REFERENCE_PATTERN: Final = rf"(?:{LITERAL_REFERENCE_PATTERN}|{CONDITIONAL_REFERENCE_PATTERN})"
 REFERENCE_HINT: Final = ("must be a literal reference Type/id or a conditional reference Type?identifier=system|value "
-                          "(without spaces or '&')")
+                          "(no spaces; write \\ , $ | in a system or value as \\\\ \\, \\$ \\|)")
 
 
 def reference_pattern(types: Iterable[str]) -> str:
@@ -251,12 +266,18 @@ def reference_pattern(types: Iterable[str]) -> str:
 
 _LITERAL = re.compile(rf"({TYPE_PATTERN}|[A-Za-z]+)/({ID_PATTERN})(?:/_history/({ID_PATTERN}))?")
 _REFERENCE = re.compile(REFERENCE_PATTERN)
+_CONDITIONAL_REFERENCE = re.compile(CONDITIONAL_REFERENCE_PATTERN)
 _SEARCH_PARAM = re.compile(r"[A-Za-z_][A-Za-z0-9_\-.:]*")
 
 
 def is_reference(value: str) -> bool:
     """Whether `value` is a reference as specs write them (`Type/id` or `Type?identifier=system|value`)."""
     return _REFERENCE.fullmatch(value) is not None
+
+
+def is_conditional_reference(value: str) -> bool:
+    """Whether `value` is a conditional reference in its spec form (`CONDITIONAL_REFERENCE_PATTERN`)."""
+    return _CONDITIONAL_REFERENCE.fullmatch(value) is not None
 
 
 def reference_type(reference: str) -> str:
@@ -291,16 +312,21 @@ REWRITTEN_ELEMENTS: Final = ("reference", "url")
 `url` (`urn:uuid:` of a Binary entry in the same transaction, which the server turns into `Binary/<id>`)."""
 
 
-def rewrite_references(value: Any, mapping: Mapping[str, str]) -> Any:
+def rewrite_references(value: Any, mapping: Mapping[str, str | Mapping[str, Any]]) -> Any:
     """A copy of `value` (JSON-like data) in which every `reference`, and every attachment `url`, found in `mapping`
     is replaced by what it maps to: urns by server ids (`Communication/<id>`, `Binary/<id>`) before a later part is
-    sent, and back when comparing. Only a value equal to a key of `mapping` changes: other URLs stay as they are."""
+    sent, and back when comparing. Only a value equal to a key of `mapping` changes: other URLs stay as they are.
+    A reference mapped to a Reference (a mapping, `stored_reference`) is replaced whole by it, as Medplum replaces a
+    conditional reference it resolves."""
     if isinstance(value, dict):
+        ref = value.get("reference")
+        if isinstance(ref, str) and isinstance(whole := mapping.get(ref), Mapping):
+            return dict(whole)
         out = {k: rewrite_references(v, mapping) for k, v in value.items()}
         for element in REWRITTEN_ELEMENTS:
             ref = value.get(element)
-            if isinstance(ref, str) and ref in mapping:
-                out[element] = mapping[ref]
+            if isinstance(ref, str) and isinstance(new := mapping.get(ref), str):
+                out[element] = new
         return out
     if isinstance(value, list):
         return [rewrite_references(v, mapping) for v in value]
@@ -319,13 +345,167 @@ def escape_search(value: str) -> str:
 
 
 def identifier_token(system: str, value: str) -> str:
-    """The `identifier` search token `system|value`, each side escaped (`escape_search`)."""
+    """The `identifier` search token `system|value`, each side escaped (`escape_search`): its spec form."""
     return f"{escape_search(system)}|{escape_search(value)}"
 
 
 def conditional_reference(resource_type: str, system: str, value: str) -> str:
-    """`Type?identifier=system|value`: a reference the server resolves to the one resource with it."""
+    """`Type?identifier=system|value` in its spec form (`CONDITIONAL_REFERENCE_PATTERN`): a reference the server
+    resolves to the one resource with that identifier. `wire_reference` gives the form that is sent."""
     return f"{resource_type}?identifier={identifier_token(system, value)}"
+
+
+# --- search values on the wire -------------------------------------------------------------------------
+#
+# A search value is made in two steps, each in one place: FHIR's escapes (`escape_search`, `identifier_token`),
+# then percent encoding for a URL query (`query_encode`). Medplum reads every query the same way, with WHATWG's
+# URLSearchParams (@medplum/core 5.0.10 `parseSearchRequest`, and fhir-router's URL parsing of a GET): a GET
+# search, a Bundle entry's `ifNoneExist` (`Type?` + it) and a conditional reference (`Type?query`, cut at its
+# first `?`). So `+` is read as a space, `%xx` as a byte, `&` starts a parameter, `#` a fragment and a second `?`
+# ends the query: unencoded, `tel|+1-312-555-0777` searches `tel| 1-312-555-0777`, matches nothing, and a
+# conditional create makes a new participant every run.
+
+_QUERY_SAFE = "-._~:/|,$\\@!*()"
+"""What `query_encode` leaves as it is: letters, digits and characters no query reader changes (so the wire form of
+`Patient?identifier=https://example.org/mrn|12345` is that text)."""
+_PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
+def query_encode(text: str) -> str:
+    """`text` (a search parameter's name or value, FHIR-escaped already) percent-encoded for a URL query: UTF-8,
+    every byte but letters, digits and `-._~:/|,$\\@!*()` as `%XX`, so that a server reading the query as
+    URLSearchParams does (`query_decode`) reads exactly `text` back."""
+    return urllib.parse.quote(text, safe=_QUERY_SAFE)
+
+
+def query_decode(text: str) -> str:
+    """What a server reads from a query's name or value (WHATWG application/x-www-form-urlencoded, as URLSearchParams
+    and so Medplum read it): `+` is a space, `%XX` a byte, the bytes UTF-8 (a bad sequence becomes U+FFFD); a `%`
+    not followed by two hex digits stays as it is."""
+    return urllib.parse.unquote(text.replace("+", " "), errors="replace")
+
+
+def query_encoding_problem(query: str) -> str | None:
+    """Why a query written into a Bundle (an `ifNoneExist`, a conditional reference's query) would not be read as
+    it looks: a raw `+` (read as a space) or a `%` not followed by two hex digits; None when neither is in it."""
+    if "+" in query:
+        return "holds a raw '+', which the server reads as a space: write it %2B"
+    if query.count("%") != len(_PERCENT_ESCAPE.findall(query)):
+        return "holds a '%' not followed by two hex digits: write a percent sign %25"
+    return None
+
+
+def search_query(params: Mapping[str, str] | Iterable[tuple[str, str]]) -> str:
+    """`name=value&...` as a URL query, an `ifNoneExist` or a conditional reference's query carries it: each name and
+    value `query_encode`d. Values are in FHIR search syntax already (a token escaped by `identifier_token`; a ','
+    between the values of an either-or search)."""
+    items = params.items() if isinstance(params, Mapping) else params
+    return "&".join(f"{query_encode(name)}={query_encode(value)}" for name, value in items)
+
+
+def identifier_search(system: str, value: str) -> str:
+    """`identifier=system|value` on the wire (escaped, then encoded): the `ifNoneExist` of a conditional create."""
+    return search_query({"identifier": identifier_token(system, value)})
+
+
+def wire_reference(reference: str) -> str:
+    """The form of a reference that goes into a Bundle: a conditional one's token percent-encoded
+    (`Patient?identifier=tel|%2B1-312-555-0777`); a literal one, or any other, as it is."""
+    kind, by, token = reference.partition("?identifier=")
+    return f"{kind}?{search_query({'identifier': token})}" if by else reference
+
+
+# --- what Medplum stores in place of a conditional reference ---------------------------------------------
+
+_JS_SPACE = (" \t\n\v\f\r\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028"
+             "\u2029\u202f\u205f\u3000\ufeff")
+"""What JavaScript's `String.prototype.trim` removes."""
+NAMED_BY_HUMAN_NAME: Final = frozenset({"Patient", "Practitioner", "RelatedPerson"})
+"""The types Medplum names by their first `name` (a HumanName): @medplum/core `isProfileResource`."""
+
+
+def format_human_name(name: Any) -> str:
+    """A HumanName as @medplum/core 5.0.10 `formatHumanName` writes it (no options): prefixes, given names, family
+    and suffixes joined by spaces; when there is none of them, its `text`; else ''."""
+    if not isinstance(name, Mapping):
+        return ""
+    parts: list[Any] = []
+    for key in ("prefix", "given"):
+        if name.get(key):
+            parts += name[key]
+    if name.get("family"):
+        parts.append(name["family"])
+    if name.get("suffix"):
+        parts += name["suffix"]
+    if not parts and isinstance(name.get("text"), str) and name["text"]:
+        return str(name["text"])
+    return " ".join(_js_string(p) for p in parts).strip(_JS_SPACE)
+
+
+def _js_string(value: Any) -> str:
+    """`value` as JavaScript's `Array.prototype.join` writes it (null and undefined as '')."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _format_coding(coding: Any) -> str:
+    display = coding.get("display") if isinstance(coding, Mapping) else None
+    if isinstance(display, str) and display:
+        return display
+    code = coding.get("code") if isinstance(coding, Mapping) else None
+    return code if isinstance(code, str) else ""
+
+
+def _is_codeable_concept(value: Any) -> bool:
+    return isinstance(value, Mapping) and isinstance(value.get("coding"), list) and all(
+        isinstance(c, Mapping) and isinstance(c.get("code"), str) for c in value["coding"])
+
+
+def display_string(resource: Mapping[str, Any]) -> str:
+    """The display Medplum gives a resource (@medplum/core 5.0.10 `getDisplayString`, packages/core/src/utils.ts),
+    for the resource types a Communication may point at and those of `code`: Patient, Practitioner, RelatedPerson
+    by their first `name` (`format_human_name`); a Device by `deviceName[0].name`; a resource whose `name` is text
+    (Organization, CareTeam, Group, HealthcareService...) by it; else by its `code` (the first, when a list: its
+    `text`, else its codings' display or code joined by ', '); else `Type/id`. (MedicationRequest, Subscription
+    and User have rules of their own, not ported: no Communication points at them.)"""
+    kind = resource.get("resourceType")
+    if kind in NAMED_BY_HUMAN_NAME:
+        names = resource.get("name")
+        if isinstance(names, list) and names and (shown := format_human_name(names[0])):
+            return shown
+    if kind == "Device":
+        names = resource.get("deviceName")
+        if isinstance(names, list) and names:
+            first = names[0].get("name") if isinstance(names[0], Mapping) else None
+            if isinstance(first, str) and first:
+                return first
+    name = resource.get("name")
+    if isinstance(name, str) and name:
+        return name
+    code: Any = resource.get("code")
+    if isinstance(code, list):
+        code = code[0] if code else None
+    if isinstance(code, Mapping):
+        text = code.get("text")
+        if _is_codeable_concept(code):
+            return text if isinstance(text, str) and text else ", ".join(_format_coding(c) for c in code["coding"])
+        if isinstance(text, str):
+            return text
+    return f"{kind}/{resource.get('id')}" if resource.get("id") is not None else ""
+
+
+def stored_reference(resource: Mapping[str, Any]) -> dict[str, str]:
+    """The Reference Medplum stores in place of a conditional reference that matched `resource` (@medplum/core
+    5.0.10 `createReference`, called by packages/server/src/fhir/repo.ts `resolveReplacementReference`): `{reference:
+    Type/id, display}`, without a display when the display would be `Type/id` itself. The whole Reference is
+    replaced: the display the request carried, and any other element of it, are gone. A literal reference keeps
+    what was sent."""
+    reference = f"{resource.get('resourceType')}/{resource.get('id')}"
+    display = display_string(resource)
+    return {"reference": reference} if display == reference else {"reference": reference, "display": display}
 
 
 # --- files attached to messages, and the Binary resources that hold them --------------------------------
@@ -409,10 +589,6 @@ def binary_reference(url: Any) -> str | None:
 SERVER_ELEMENTS: Final = ("id", "meta")
 """Elements of a resource the server sets when it creates it: a resource to create must not give them (Medplum
 refuses client ids, and keeps its own meta)."""
-IDENTIFIER_VALUE_PATTERN: Final = r"[^&\s]+"
-"""An identifier value a conditional reference can carry (`CONDITIONAL_REFERENCE_PATTERN`'s value): no whitespace,
-no '&' (in a search it starts another parameter); `escape_search` takes care of `\\ , $ |`."""
-IDENTIFIER_VALUE_HINT: Final = "must be a value without spaces or '&' (a conditional reference searches for it)"
 _IDENTIFIER_VALUE = re.compile(IDENTIFIER_VALUE_PATTERN)
 
 

@@ -370,7 +370,7 @@ CASES: dict[str, Case] = {
     "create with an identifier a search cannot carry": Case(
         {"t.yaml": _spec("c").replace("{a: {reference: Patient/1}}", "{a: {create: {resourceType: Patient, "
                                       "identifier: [{system: 'https://x.org/id', value: 'a b'}]}}}")},
-        ["build", "t.yaml"], 2, ["participants.a.create: identifier[0].value: must be a value without spaces"]),
+        ["build", "t.yaml"], 2, ["participants.a.create: identifier[0].value: must be text without spaces"]),
     "reference and create that disagree": Case(
         {"t.yaml": _spec("c").replace("{a: {reference: Patient/1}}", "{a: {reference: Patient/1, create: {resourceType:"
                                       " Patient, identifier: [{system: 'https://x.org/id', value: '1'}]}}}")},
@@ -554,10 +554,13 @@ CASES: dict[str, Case] = {
     "a resourceType that is a list": Case(
         {"b.json": _bundle(resourceType=[])}, ["validate", "b.json"], 1,
         ["error[entry.resource] Bundle.entry[1].resource.resourceType: [] is not a FHIR R4 resource type"]),
-    "'&' in a conditional reference": Case(
-        {"t.yaml": _spec("k").replace("Patient/1", "'Patient?identifier=https://x.org|a&b'")}, ["build", "t.yaml"], 2,
-        ["t.yaml:3:31: participants.a.reference: 'Patient?identifier=https://x.org|a&b' must be a literal reference",
-         "(without spaces or '&')"]),
+    "a raw ',' in a conditional reference": Case(
+        {"t.yaml": _spec("k").replace("Patient/1", "'Patient?identifier=https://x.org|a,b'")}, ["build", "t.yaml"], 2,
+        ["t.yaml:3:31: participants.a.reference: 'Patient?identifier=https://x.org|a,b' must be a literal reference",
+         "(no spaces; write \\ , $ | in a system or value as \\\\ \\, \\$ \\|)"]),
+    "an unknown escape in a conditional reference": Case(
+        {"t.yaml": _spec("k").replace("Patient/1", "'Patient?identifier=https://x.org|a\\b'")}, ["build", "t.yaml"],
+        2, ["t.yaml:3:31: participants.a.reference: 'Patient?identifier=https://x.org|a\\\\b' must be a literal"]),
     "a YAML tag without a name": Case({"t.yaml": "!!\n"}, ["build", "t.yaml"], 2,
                                       ["t.yaml:1:3: YAML syntax error: a tag (!name) without a name: quote text"]),
     "a block of text without its line end": Case({"t.yaml": "|x\n"}, ["build", "t.yaml"], 2,

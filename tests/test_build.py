@@ -76,7 +76,7 @@ def test_bundle_bytes_escapes_what_a_hand_made_spec_holds() -> None:
     from bundler.spec import Attachment, Coding, Message, Participant, ThreadSpec
 
     # every field that takes free text (a ThreadSpec made in Python is checked like one read from a file)
-    spec = ThreadSpec(key="k", topic='t"\\\u2028', participants={"a": Participant("a", 'Patient?identifier=s|"x\\"',
+    spec = ThreadSpec(key="k", topic='t"\\\u2028', participants={"a": Participant("a", 'Patient?identifier=s|"x\\\\"',
                                                                                    "\u2028\n")},
                       messages=(Message(id="m1", sender="a", sent="2024-04-10T10:00:00Z", text="\x00 </script>",
                                         attachments=(Attachment('Binary/"1"', title="\\"),)),))

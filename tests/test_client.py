@@ -33,6 +33,7 @@ from bundler.errors import ServerError, UnknownOutcome
 from bundler.load import Outcome
 from bundler.medplum.auth import transport_problem
 from bundler.testing.strategies import sample_specs
+from bundler.vocabulary import identifier_token, query_decode, search_query
 
 BUNDLE = {"Content-Type": "application/fhir+json"}
 
@@ -136,6 +137,19 @@ def test_next_links_are_followed_at_our_own_base_url_only(project: Any, capture:
         asked = [e.path for e in proxy.log if e.method == "GET"]
         assert asked[-1].endswith("/fhir/R4/Communication?page=2"), asked
     assert capture == [], "nothing, and no token, reached the other origin"
+
+
+def test_a_search_goes_out_as_search_query_writes_it(project: Any) -> None:
+    """The client's GET searches are encoded by vocabulary.search_query (httpx sends the query as it is): each value
+    read back by the server as given, a '+' as a '+'."""
+    value = identifier_token("urn:x", f"{project.prefix}+1 é&b=c?d#e,f|g")
+    params = {"identifier": value, "_count": "2"}
+    with FaultProxy(project.target.base_url) as proxy, client_for(project, proxy.url) as client:
+        assert client.search("Patient", params) == []
+        (path,) = [e.path for e in proxy.log if e.method == "GET" and "/Patient" in e.path]
+    assert path.endswith("/fhir/R4/Patient?" + search_query(params)), path
+    query = path.split("?", 1)[1]
+    assert [query_decode(part.split("=", 1)[1]) for part in query.split("&")] == [value, "2"]
 
 
 def test_a_next_link_that_names_no_fhir_path_or_the_page_itself_is_a_clear_error(project: Any) -> None:

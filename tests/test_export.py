@@ -35,6 +35,7 @@ from bundler.vocabulary import (
     READ_STATE_PARTICIPANT,
     format_instant,
     parse_instant,
+    search_query,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,13 +81,14 @@ def _report(folder: Path) -> list[dict[str, Any]]:
 
 
 def assert_same_bundles(originals: list[ThreadSpec], exported: dict[str, ThreadSpec],
-                        literal: dict[str, str] | None = None) -> None:
-    """Each original builds exactly the bundle its export builds (aliases are not in a bundle), once what the
-    server changed is undone: the literal references it made of conditional ones (`literal`, `_as_loaded`)."""
+                        stored: dict[str, dict[str, str]] | None = None) -> None:
+    """Each original, as the server stores it, builds exactly the bundle its export builds (aliases are not in a
+    bundle), once the literal references the server made of conditional ones are taken back to them (`stored`:
+    conditional reference → the Reference stored in its place, `resolve_references`; `_as_loaded`, `_as_stored`)."""
     for spec in originals:
         assert spec.key in exported, f"{spec.key} not exported"
-        back = _as_loaded(exported[spec.key], spec, literal) if literal else exported[spec.key]
-        assert bundle_bytes(back) == bundle_bytes(spec), spec.key
+        back = _as_loaded(exported[spec.key], stored) if stored else exported[spec.key]
+        assert bundle_bytes(back) == bundle_bytes(_as_stored(spec, stored) if stored else spec), spec.key
 
 
 # --- round trips on the server -----------------------------------------------------------------------
@@ -99,14 +101,14 @@ def test_fixtures_and_sample_threads_round_trip(project: Any, tmp_path: Path) ->
         assert load(specs, client, journal=tmp_path / "j.sqlite").ok
         # pages of 2: headers and messages both come in several pages; the fixtures' files come back as files
         report = export(client, tmp_path / "out", topic=project.prefix, page_size=2, attachments="download")
-        literal = resolve_references(client, specs)  # the fixtures' participants are created ones
+        stored = resolve_references(client, specs)  # the fixtures' participants are created ones
     # drafts, priorities and each read model among them
     assert any(m.sent is None for s in specs for m in s.messages) and any(s.priority for s in specs)
     assert {s.read_model for s in specs} == {None, "simple", "header-extension", "tasks"}
     assert (report.threads, report.written, report.failed, report.not_in_shape) == (len(specs), len(specs), 0, 0)
     assert report.messages == sum(len(s.messages) for s in specs)
     exported = _exported(tmp_path / "out")
-    assert_same_bundles(specs, exported, literal)  # read receipts and the header's extension among them
+    assert_same_bundles(specs, exported, stored)  # read receipts and the header's extension among them
     lines = {line.get("key"): line for line in _report(tmp_path / "out")}
     assert all(lines[s.key]["in_shape"] for s in specs)
     assert lines[None]["summary"]["written"] == len(specs)
@@ -167,26 +169,34 @@ def _create_participants(client: FhirClient, specs: list[ThreadSpec]) -> None:
             kind, query = ref.split("?identifier=", 1)
             system, value = query.split("|", 1)
             entries.append({"resource": {"resourceType": kind, "identifier": [{"system": system, "value": value}]},
-                            "request": {"method": "POST", "url": kind, "ifNoneExist": f"identifier={query}"}})
+                            "request": {"method": "POST", "url": kind, "ifNoneExist": search_query(
+                                {"identifier": query})}})
         body = json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries}).encode()
         client.transaction(body, entries=len(entries))
 
 
-def _as_loaded(exported: ThreadSpec, original: ThreadSpec, literal: dict[str, str]) -> ThreadSpec:
-    """`exported` with what the server changed undone: each literal reference a conditional one of `original`
-    became (`literal`: conditional → literal) back to the conditional one, and the display a real Medplum fills
-    in for it dropped where `original` had none."""
-    back = {v: k for k, v in literal.items()}
-    displays = {p.reference: p.display for p in original.participants.values()}
+def _as_loaded(exported: ThreadSpec, stored: dict[str, dict[str, str]]) -> ThreadSpec:
+    """`exported` with each literal reference the server made of a conditional one (`stored`: conditional → the
+    Reference stored in its place) back to the conditional one; its display, the server's, kept."""
+    back = {v["reference"]: k for k, v in stored.items()}
     data = exported.to_data()
     for p in data["participants"].values():
-        if p["reference"] in back:
-            p["reference"] = back[p["reference"]]
-            if displays.get(p["reference"]) is None:
-                p.pop("display", None)
+        p["reference"] = back.get(p["reference"], p["reference"])
     if data.get("subject") in back:
         data["subject"] = back[data["subject"]]
     return parse_spec(data).with_files(exported.files)
+
+
+def _as_stored(spec: ThreadSpec, stored: dict[str, dict[str, str]]) -> ThreadSpec:
+    """`spec` with the display of each conditional reference the one a server stores in its place (its own name for
+    what the reference matched: `stored`), or none where it stores none."""
+    data = spec.to_data()
+    for p in data["participants"].values():
+        if (reference := stored.get(p.get("reference", ""))) is not None:
+            p.pop("display", None)
+            if "display" in reference:
+                p["display"] = reference["display"]
+    return parse_spec(data).with_files(spec.files)
 
 
 @settings(max_examples=2, deadline=None, derandomize=True,
@@ -203,12 +213,12 @@ def test_conditional_references_come_back_as_the_literal_ones_the_server_made(
         _create_participants(client, specs)
         assert load(specs, client, journal=folder / "j.sqlite").ok
         report = export(client, folder / "out", topic=run)
-        literal = resolve_references(client, specs)
+        stored = resolve_references(client, specs)
     assert report.ok, [t.problems for t in report.problems]
     exported = _exported(folder / "out")
     for spec in specs:
         assert all("?" not in p.reference for p in exported[spec.key].participants.values())
-        assert bundle_bytes(_as_loaded(exported[spec.key], spec, literal)) == bundle_bytes(spec), spec.key
+    assert_same_bundles(specs, exported, stored)
 
 
 def test_a_thread_longer_than_a_search_page(project: Any, tmp_path: Path) -> None:
@@ -272,14 +282,14 @@ def test_cli_exports_and_says_where(project: Any, tmp_path: Path) -> None:
     specs = [_ours(s, project.prefix) for s in load_specs([FIXTURES])]
     with client_for(project) as client:
         assert load(specs, client, journal=tmp_path / "j.sqlite").ok
-        literal = resolve_references(client, specs)
+        stored = resolve_references(client, specs)
     result = cli(["export", "-o", str(tmp_path / "out"), "--topic", project.prefix, "--no-progress",
                   "--attachments", "download"], env(project))
     assert result.returncode == 0, result.stderr
     assert re.search(rf"spec files written +{len(specs)}\n", result.stderr)
     assert f"report: {tmp_path / 'out' / REPORT_NAME}" in result.stderr
     assert project.target.client_secret not in result.stdout + result.stderr
-    assert_same_bundles(specs, _exported(tmp_path / "out"), literal)
+    assert_same_bundles(specs, _exported(tmp_path / "out"), stored)
     kept = cli(["export", "-o", str(tmp_path / "kept"), "--topic", project.prefix], env(project))
     assert kept.returncode == 1  # a url cannot hold the size and hash of the files the fixtures attach: said
     assert "contentAttachment.size: on the server but not in the spec" in kept.stderr

@@ -23,12 +23,11 @@ from bundler.testing.strategies import sample_specs
 NPI = "http://hl7.org/fhir/sid/us-npi"
 
 
-def _bad_reference_specs(folder: Path, prefix: str) -> Path:
+def _bad_reference_specs(folder: Path, prefix: str, value: str) -> Path:
     """Three threads whose practitioner is a conditional reference that matches nothing (one file)."""
     data = sample_specs(3, 2, prefix=prefix, seed=21)
     for d in data:
-        d["participants"]["doc"] = {"reference": f"Practitioner?identifier={NPI}|{prefix}-1234567893",
-                                    "display": "Dr. Nobody"}
+        d["participants"]["doc"] = {"reference": f"Practitioner?identifier={NPI}|{value}", "display": "Dr. Nobody"}
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "threads.json"
     path.write_text(json.dumps(data, indent=1))
@@ -91,20 +90,26 @@ def test_the_dry_run_plan_for_a_project_that_is_not_atomic_is_what_the_load_then
         assert again.plan is not None and again.plan.requests_not_atomic is None
 
 
+@pytest.mark.parametrize("value", ["1234567893", "+1-312-555-0199,x&y"], ids=["plain", "encoded"])
 def test_a_conditional_reference_matching_nothing_is_found_by_the_dry_run_at_the_participants_line(
-        project: Any, tmp_path: Path) -> None:
-    path = _bad_reference_specs(tmp_path / "threads", project.prefix)
-    line = _line_of(path, "1234567893")
+        project: Any, tmp_path: Path, value: str) -> None:
+    """(The server quotes a reference it could not resolve as it was sent, percent-encoded: found all the same.)"""
+    escaped = value.replace(",", "\\,")  # (as a spec writes it)
+    value = f"{escaped}-{project.prefix}"  # this test's own: the fixtures create NPI 1234567893, and a real server
+    # keeps what every test loads
+    path = _bad_reference_specs(tmp_path / "threads", project.prefix, value)
+    line = _line_of(path, json.dumps(value)[1:-1])
     with FaultProxy(project.target.base_url) as proxy:
         run = cli(["load", str(path), "--dry-run"], {**env(project), "MEDPLUM_BASE_URL": proxy.url})
         lookups = [e for e in proxy.log if e.method == "GET" and "Practitioner" in e.path]
     assert run.returncode == 1, run.stderr
-    assert f"{path}:{line}: participants.doc: Practitioner?identifier={NPI}|{project.prefix}-1234567893 matches " \
-           "nothing on the server" in run.stderr
+    assert f"{path}:{line}: participants.doc: Practitioner?identifier={NPI}|{value} matches nothing on the " \
+           "server" in run.stderr
     assert len(lookups) == 1, "each distinct conditional reference is resolved once"
     real = cli(["load", str(path), "--journal", str(tmp_path / "j.sqlite")], env(project))
     assert real.returncode == 1
     assert f"{path}:{line}: participants.doc: " in real.stderr  # the server's refusal, at the same line
+    assert "+" not in value or "%2B1-312-555-0199" in real.stderr, real.stderr  # (quoted as sent)
     with client_for(project) as client:
         assert all(n == 0 for n in _copies(client, path).values())
 

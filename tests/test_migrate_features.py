@@ -149,6 +149,16 @@ participants:
     assert sorted(spec.participants) == ["tel-15551230001", "tel-15551230002"]
 
 
+def test_a_rule_escapes_the_fields_it_puts_in_a_reference() -> None:
+    """A legacy id holding FHIR search syntax is searched as itself: `a,b` is `a\\,b` in the token (a raw ','
+    would search for either side); '+' and '&' are themselves (encoded when sent)."""
+    from bundler.migrate.participants import Rule
+
+    rule = Rule("Patient?identifier=urn:x|{id}", display="{id}")
+    assert rule.apply("a,b|c", frozenset()) == ("Patient?identifier=urn:x|a\\,b\\|c", "a,b|c")
+    assert rule.apply("+1&2", frozenset()) == ("Patient?identifier=urn:x|+1&2", "+1&2")
+
+
 def test_readable_aliases_and_keys() -> None:
     assert alias("+15551230001") == "tel-15551230001" == alias("+1 (555) 123-0001")
     assert alias("dr.alice") == "dr.alice"

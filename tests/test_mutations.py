@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from bundler.build import build_bundle
-from bundler.check import RULES, validate
+from bundler.check import BUNDLE_RULES, validate
 from bundler.check.mutations import MUTATIONS, NotApplicable, rng_from_draw
 from bundler.testing.strategies import bundles
 
@@ -20,7 +20,7 @@ VALID = bundles(min_messages=2, max_messages=5, drafts=True)
 
 
 def test_every_rule_has_a_mutation() -> None:
-    assert set(MUTATIONS) == set(RULES)
+    assert set(MUTATIONS) == set(BUNDLE_RULES)
 
 
 @pytest.mark.parametrize("code", sorted(MUTATIONS))

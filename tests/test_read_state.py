@@ -62,8 +62,9 @@ def fixture(model: str, prefix: str = "") -> dict[str, Any]:
 def on_server(client: FhirClient, spec: ThreadSpec) -> dict[str, str]:
     """Each participant's reference in `spec` → the reference the server stores: a conditional one
     (`Patient?identifier=...`) as the `Type/id` it matched when loaded."""
-    literal = resolve_references(client, [spec])
-    return {p.reference: literal.get(p.reference, p.reference) for p in spec.participants.values()}
+    stored = resolve_references(client, [spec])
+    return {p.reference: stored[p.reference]["reference"] if p.reference in stored else p.reference
+            for p in spec.participants.values()}
 
 
 def read_everything(data: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from bundler.errors import SpecError
 from bundler.load import Outcome
 from bundler.load.verify import verify
 from bundler.spec import ThreadSpec
-from bundler.vocabulary import attachment_hash, binary_reference
+from bundler.vocabulary import attachment_hash, binary_reference, identifier_token
 
 MRN = "https://example.org/mrn"
 NPI = "http://hl7.org/fhir/sid/us-npi"
@@ -78,6 +78,49 @@ def test_a_first_run_creates_participants_and_threads_a_second_creates_nothing(p
                      journal=tmp_path / "other.sqlite")
         assert third.ok and (third.participants.created, third.participants.existing) == (0, 2)
         assert found(client, "Patient", MRN, f"{project.prefix}-1") == 1
+
+
+def test_identifier_values_with_any_printable_character_create_each_participant_once(project: Any, tmp_path: Path
+                                                                                      ) -> None:
+    """Participants created when missing whose identifier values hold every printable ASCII character ('+' is a
+    space in a query, '%' starts a byte, '&' '#' '?' cut it, ',' '|' '$' '\\' are FHIR search syntax), others and
+    emoji: each created once, found again by a fresh journal's run (conditional creates: 200), referenced by threads
+    (by alias, and a subject written as a conditional reference), verified."""
+    strict(project)
+    values = {"ascii": "".join(chr(c) for c in range(33, 127)), "phone": "tel:+1-312-555-0777", "plus": "x+",
+              "encoded": "x%2B", "intl": "é-中-😀"}
+    people = {alias: {"create": person("Patient" if alias != "phone" else "Practitioner",
+                                       MRN if alias != "phone" else NPI, f"{project.prefix}-{value}", alias.title(),
+                                       "Test")} for alias, value in values.items()}
+    people["ascii"]["display"] = "Ascii Test"
+    by_alias = parse_spec(thread(project.prefix, "a", {"homer": people["ascii"], "hibbert": people["phone"],
+                                                      **{a: people[a] for a in ("plus", "encoded", "intl")}}))
+    data = thread(project.prefix, "b", {"hibbert": people["phone"], "homer": people["plus"]})
+    data["subject"] = f"Patient?identifier={identifier_token(MRN, f'{project.prefix}-x%2B')}"  # (spec form)
+    specs = [by_alias, parse_spec(data)]
+    with client_for(project) as client:
+        first = load(specs, client, journal=tmp_path / "j.sqlite")
+        assert first.ok, [t.error for t in first.threads]
+        assert (first.participants.created, first.participants.existing) == (5, 0)
+        for alias, value in values.items():
+            kind = "Practitioner" if alias == "phone" else "Patient"
+            found = client.search(kind, {"identifier": identifier_token(NPI if alias == "phone" else MRN,
+                                                                        f"{project.prefix}-{value}")})
+            assert [r["identifier"][0]["value"] for r in found] == [f"{project.prefix}-{value}"], alias
+        header = client.read(f"Communication/{first.threads[1].header_id}")
+        assert header["subject"] == {"reference": f"Patient/{found_id(client, MRN, f'{project.prefix}-x%2B')}",
+                                     "display": "Encoded Test"}
+        again = load(specs, client, journal=tmp_path / "fresh.sqlite")
+        assert again.ok and (again.participants.created, again.participants.existing) == (0, 5)
+        assert [t.outcome for t in again.threads] == [Outcome.EXISTING, Outcome.EXISTING], [t.error for t in
+                                                                                          again.threads]
+        checked = verify(specs, client)
+        assert all(r.ok for r in checked), [r.differences for r in checked]
+
+
+def found_id(client: Any, system: str, value: str) -> str:
+    (resource,) = client.search("Patient", {"identifier": identifier_token(system, value)})
+    return str(resource["id"])
 
 
 def test_two_specs_sharing_a_participant_create_it_once(project: Any, tmp_path: Path) -> None:
@@ -244,7 +287,11 @@ def test_build_and_validate_take_a_participants_file(tmp_path: Path, command: st
         bundle = orjson.loads((tmp_path / "out" / "p-t.json").read_bytes())
         assert bundle["entry"][0]["resource"]["subject"]["reference"] == f"Patient?identifier={MRN}|p-1"
     else:
-        assert "0 errors, 0 warnings in 2 bundles" in run.stdout, run.stdout  # the thread, the participants
+        assert "0 errors, 1 warning in 2 bundles" in run.stdout, run.stdout  # the thread, the participants
+        line = next(n for n, text in enumerate(people_file.read_text().splitlines(), 1) if "Dr. Hibbert" in text)
+        assert f"  spec (line {line}):\n    warning[ref.display-replaced] participants.hibbert.display: " \
+               "'Dr. Hibbert' will be stored as 'Julius Hibbert' (Medplum names a conditional reference after the " \
+               "resource it matches)" in run.stdout, run.stdout  # (Homer Simpson's display is the one stored)
 
 
 # --- attachments from files ------------------------------------------------------------------------------

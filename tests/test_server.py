@@ -329,6 +329,99 @@ def test_conditional_reference_is_resolved(project: Project, fhir: httpx.Client)
     assert "did not match any" in missing.json()["issue"][0]["details"]["text"]
 
 
+def _patient(prefix: str, value: str, **more: Any) -> dict[str, Any]:
+    return {"resourceType": "Patient", "identifier": [{"system": SYSTEM, "value": f"{prefix}-{value}"}], **more}
+
+
+def test_queries_are_read_as_medplum_reads_them(project: Project, fhir: httpx.Client) -> None:
+    """Medplum reads a GET's query, an ifNoneExist and a conditional reference as URLSearchParams does (a '+' is a
+    space, %XX a byte), matches identifiers case-sensitively, and a token's system ends at its first '|' (a value
+    may hold more, escaped): the local server the same."""
+    prefix = project.prefix
+    ids = {}
+    for name, value in (("plus", "v+1"), ("space", "v 1"), ("upper", "AbC"), ("pipe", "a|b"), ("a", "a")):
+        created = fhir.post("Patient", json=_patient(prefix, value))
+        assert created.status_code == 201, created.text
+        ids[name] = created.json()["id"]
+
+    def found(query: str) -> set[str]:
+        return {r["id"] for r in search_all(fhir, f"Patient?identifier={SYSTEM}|{prefix}-{query}")}
+
+    assert found("v+1") == {ids["space"]}  # a raw '+' is a space
+    assert found("v%2B1") == {ids["plus"]}
+    assert found("AbC") == {ids["upper"]} and found("abc") == set()
+    assert found("a%5C|b") == {ids["pipe"]} and found("a") == {ids["a"]}
+    # a conditional create and a conditional reference read their queries the same way
+    again = fhir.post("", json=bundle([post_entry(urn(), _patient(prefix, "v+1"),
+                                                  ifNoneExist=f"identifier={SYSTEM}|{prefix}-v%2B1")]))
+    assert again.status_code == 200 and statuses(again.json()) == ["200"], again.text
+    assert again.json()["entry"][0]["resource"]["id"] == ids["plus"]
+    for query, name in ((f"{prefix}-v+1", "space"), (f"{prefix}-v%2B1", "plus"), (f"{prefix}-a%5C|b", "pipe")):
+        note = {"resourceType": "Communication", "status": "completed",
+                "subject": {"reference": f"Patient?identifier={SYSTEM}|{query}"}}
+        sent = fhir.post("Communication", json=note)
+        assert sent.status_code == 201, sent.text
+        assert sent.json()["subject"] == {"reference": f"Patient/{ids[name]}"}  # (no name: no display)
+
+
+def test_a_conditional_reference_is_replaced_by_medplum_s_reference_to_what_it_matched(
+        project: Project, fhir: httpx.Client) -> None:
+    """What @medplum/core's createReference makes of the match replaces the whole Reference (display and all), as
+    bundler.vocabulary.stored_reference says it does: its port of getDisplayString, held here to the real thing on
+    many kinds of names."""
+    from bundler.vocabulary import stored_reference
+
+    prefix = project.prefix
+    patient = fhir.post("Patient", json=_patient(prefix, "p0", name=[{"given": ["Abe"], "family": "Simpson"}])).json()
+    resources = [
+        _patient(prefix, "p1", name=[{"prefix": ["Dr."], "given": ["Julius", "M."], "family": "Hibbert",
+                                      "suffix": ["MD", "PhD"]}, {"given": ["Other"]}]),
+        _patient(prefix, "p2", name=[{"text": "Marge Simpson"}]),
+        _patient(prefix, "p3", name=[{"text": "ignored", "given": ["Bart"]}]),
+        _patient(prefix, "p4", name=[{"family": "Flanders"}]),
+        _patient(prefix, "p5", name=[{"use": "official", "given": ["Zoë"], "family": "中村"}]),
+        _patient(prefix, "p6", name=[{"use": "nickname"}]),
+        _patient(prefix, "p7"),
+        {"resourceType": "Practitioner", "identifier": [{"system": SYSTEM, "value": f"{prefix}-d1"}],
+         "name": [{"prefix": ["RN"], "given": ["Joy"], "family": "Nurse"}]},
+        {"resourceType": "RelatedPerson", "identifier": [{"system": SYSTEM, "value": f"{prefix}-r1"}],
+         "patient": {"reference": f"Patient/{patient['id']}"}, "name": [{"given": ["Mona"], "suffix": ["Sr."]}]},
+        {"resourceType": "Organization", "identifier": [{"system": SYSTEM, "value": f"{prefix}-o1"}],
+         "name": "Springfield Pharmacy"},
+        {"resourceType": "Organization", "identifier": [{"system": SYSTEM, "value": f"{prefix}-o2"}]},
+        {"resourceType": "CareTeam", "identifier": [{"system": SYSTEM, "value": f"{prefix}-c1"}], "name": "Ward 3"},
+        {"resourceType": "Group", "identifier": [{"system": SYSTEM, "value": f"{prefix}-g1"}], "type": "person",
+         "actual": True, "name": "Family"},
+        {"resourceType": "Device", "identifier": [{"system": SYSTEM, "value": f"{prefix}-v1"}],
+         "deviceName": [{"name": "Glucose meter", "type": "user-friendly-name"}]},
+        {"resourceType": "Device", "identifier": [{"system": SYSTEM, "value": f"{prefix}-v2"}]},
+        {"resourceType": "PractitionerRole", "identifier": [{"system": SYSTEM, "value": f"{prefix}-x1"}],
+         "code": [{"coding": [{"system": "urn:x", "code": "doctor", "display": "Doctor"},
+                              {"system": "urn:x", "code": "nurse"}]}]},
+        {"resourceType": "PractitionerRole", "identifier": [{"system": SYSTEM, "value": f"{prefix}-x2"}],
+         "code": [{"text": "On call"}]},
+        {"resourceType": "PractitionerRole", "identifier": [{"system": SYSTEM, "value": f"{prefix}-x3"}],
+         "code": [{"coding": [{"code": "a"}], "text": "Lead"}]},
+        {"resourceType": "HealthcareService", "identifier": [{"system": SYSTEM, "value": f"{prefix}-h1"}],
+         "name": "Lab"},
+    ]
+    stored = []
+    for resource in resources:
+        created = fhir.post(resource["resourceType"], json=resource)
+        assert created.status_code == 201, created.text
+        stored.append(created.json())
+    recipients = [{"reference": f"{r['resourceType']}?identifier={SYSTEM}|{r['identifier'][0]['value']}",
+                   "display": "what we sent", "type": r["resourceType"]} for r in resources]
+    note = {"resourceType": "Communication", "status": "completed", "recipient": recipients,
+            "sender": {"reference": f"Patient/{patient['id']}", "display": "kept as sent"}}
+    sent = fhir.post("Communication", json=note)
+    assert sent.status_code == 201, sent.text
+    back = fhir.get(f"Communication/{sent.json()['id']}").json()
+    assert back["recipient"] == [stored_reference(r) for r in stored]
+    assert back["sender"] == {"reference": f"Patient/{patient['id']}", "display": "kept as sent"}  # a literal one
+    assert back["recipient"][0]["display"] == "Dr. Julius M. Hibbert MD PhD"
+
+
 def test_conditional_transactions_hold_at_most_8_entries(project: Project, fhir: httpx.Client) -> None:
     def entries(n: int) -> list[dict[str, Any]]:
         h = urn()

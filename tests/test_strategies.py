@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from bundler import assets
 from bundler.build import build_bundle
-from bundler.check import RULES, validate
+from bundler.check import BUNDLE_RULES, validate
 from bundler.check.mutations import MUTATIONS
 from bundler.spec import parse_spec
 from bundler.testing import strategies
@@ -167,7 +167,7 @@ def test_sample_specs_are_valid() -> None:
 # --- invalid bundles ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("code", sorted(RULES))
+@pytest.mark.parametrize("code", sorted(BUNDLE_RULES))
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_invalid_bundles_break_exactly_the_named_rule(code: str, data: st.DataObject) -> None:

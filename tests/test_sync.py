@@ -125,6 +125,37 @@ def test_changed_fields_are_a_diff_then_updates_with_if_match(project: Any, tmp_
         assert_exactly_once(client, specs(edited), project)
 
 
+def test_an_update_puts_back_the_reference_and_display_the_server_made_of_a_conditional_one(project: Any,
+                                                                                            tmp_path: Path) -> None:
+    """Medplum names a conditional reference after what it matched, whatever display the spec gives: a read-back
+    without a journal finds no difference in that, and an update sends the server's Reference (display included),
+    so the next read-back finds none either."""
+    mrn = "https://example.org/mrn"
+    homer = {"display": "Homie", "create": {"resourceType": "Patient", "identifier": [
+        {"system": mrn, "value": f"{project.prefix}-1"}], "name": [{"given": ["Homer"], "family": "Simpson"}]}}
+    doc = {"display": "The doctor", "create": {"resourceType": "Practitioner", "identifier": [
+        {"system": mrn, "value": f"{project.prefix}-2"}]}}  # no name: stored without a display
+    data = {"thread": f"{project.prefix}-t", "topic": "t", "subject": "homer", "participants": {"homer": homer,
+                                                                                            "doc": doc},
+            "messages": [{"id": "m1", "sender": "doc", "sent": "2024-01-01T10:00:00Z", "text": "Hello"}]}
+    edited = copy.deepcopy(data)
+    edited["messages"][0]["text"] = "Hello again"
+    with FaultProxy(project.target.base_url) as proxy, client_for(project, proxy.url) as client:
+        assert load(specs([data]), client, journal=tmp_path / "a.sqlite").ok
+        (t,) = load(specs([edited]), client, journal=tmp_path / "b.sqlite").threads
+        assert t.outcome == Outcome.CHANGED and len(t.changes) == 1, t.changes  # the text only
+        proxy.clear(log=True)
+        (t,) = load(specs([edited]), client, journal=tmp_path / "b.sqlite", update=True).threads
+        assert t.outcome == Outcome.UPDATED, t.error
+        [put] = [b for b in bodies(proxy, project.prefix) if b["entry"][0]["request"]["method"] == "PUT"]
+        message = put["entry"][0]["resource"]
+        assert message["sender"]["reference"].startswith("Practitioner/") and "display" not in message["sender"]
+        assert message["recipient"][0]["display"] == "Homer Simpson"
+        assert all(r.ok for r in verify(specs([edited]), client))
+        (again,) = load(specs([edited]), client, journal=tmp_path / "c.sqlite").threads
+        assert again.outcome == Outcome.EXISTING, again.changes
+
+
 def test_a_change_made_on_the_server_meanwhile_is_not_overwritten(project: Any, tmp_path: Path) -> None:
     data = sample_specs(1, 3, prefix=project.prefix, seed=13)
     with client_for(project) as client:

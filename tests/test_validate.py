@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 
 from bundler.build import build_bundle
-from bundler.check import RULES, Issue, validate, validate_many
+from bundler.check import BUNDLE_RULES, RULES, Issue, validate, validate_many
 from bundler.check.limits import REQUEST_ENVELOPE_BYTES, Limits, request_entry_bytes
 from bundler.load.plan import RequestLimits, TooLarge, cut, entry_sizes
 from bundler.spec import load_specs
@@ -175,6 +175,13 @@ BREAKS: dict[str, list[Callable[[dict[str, Any]], None]]] = {
                          _set("entry.0.resource.subject.reference", "Pateint?identifier=a|b")],
     "ref.conditional": [_set("entry.0.resource.subject.reference", "Patient?identifier"),
                         _set("entry.0.resource.subject.reference", "Patient?identifier=a|b&")],
+    "ref.query-encoding": [_set("entry.0.resource.subject.reference", "Patient?identifier=tel|+1-312-555-0777"),
+                           _set("entry.0.resource.subject.reference", "Patient?identifier=urn:x|100%"),
+                           lambda b: b["entry"].append({"fullUrl": "urn:uuid:88888888-8888-4888-8888-888888888888",
+                                                        "request": {"method": "POST", "url": "Patient",
+                                                                    "ifNoneExist": "identifier=tel|+1-312"},
+                                                        "resource": {"resourceType": "Patient", "identifier": [
+                                                            {"system": "tel", "value": " 1-312"}]}})],
     "ref.in-text": [_set("entry.1.resource.payload.0.contentString", f"see {M2}"),
                     _set("entry.0.resource.identifier", [{"system": "urn:x", "value": H}])],
     "ref.target-type": [_set("entry.0.resource.subject.reference", DOC),
@@ -252,7 +259,7 @@ def test_base_and_fixture_are_clean() -> None:
 
 
 def test_every_rule_has_a_hand_made_break() -> None:
-    assert set(BREAKS) == set(RULES)
+    assert set(BREAKS) == set(BUNDLE_RULES)
 
 
 @pytest.mark.parametrize(("code", "n"), CASES, ids=[f"{c}-{n}" for c, n in CASES])
@@ -460,6 +467,57 @@ def test_cli_spec_issue_names_spec_line(tmp_path: Path, cli: click.Command) -> N
     line = next(n for n, text in enumerate(spec.read_text().splitlines(), 1) if "- sender: alice" in text
                 and n > 15)
     assert (issue["code"], issue["file"], issue["line"]) == ("ref.in-text", str(spec), line)
+
+
+def test_a_spec_s_conditional_references_and_creates_go_encoded_and_validate_clean() -> None:
+    from bundler.build import created_participants, participant_bundles
+    from bundler.spec import parse_spec
+
+    spec = parse_spec({"thread": "k", "topic": "t", "subject": "p", "participants": {
+        "p": {"reference": "Patient?identifier=tel|+1-312-555-0777"},
+        "c": {"create": {"resourceType": "Practitioner", "identifier": [{"system": "urn:x", "value": "a+b%&c"}]}}},
+        "messages": [{"sender": "c", "sent": "2024-01-01T00:00:00Z", "text": "hi"}]})
+    bundle = build_bundle(spec)
+    assert bundle["entry"][0]["resource"]["subject"] == {"reference": "Patient?identifier=tel|%2B1-312-555-0777"}
+    assert bundle["entry"][1]["resource"]["sender"] == {"reference": "Practitioner?identifier=urn:x|a%2Bb%25%26c"}
+    assert validate(bundle) == []
+    (creates,) = participant_bundles(created_participants([spec]))
+    assert creates["entry"][0]["request"]["ifNoneExist"] == "identifier=urn:x|a%2Bb%25%26c"
+    assert validate(creates) == []
+
+
+def test_displays_medplum_will_not_keep_are_said_once_at_their_line(tmp_path: Path) -> None:
+    """A conditional reference's display is replaced by Medplum's name for what it matches: said where the display
+    is written (once, however many specs use it), with what it becomes when the spec creates the participant."""
+    from bundler.check import validate_files
+
+    npi = "http://hl7.org/fhir/sid/us-npi"
+    (tmp_path / "people.yaml").write_text(f"""participants:
+  hibbert: {{display: Dr. Hibbert, create: {{resourceType: Practitioner, identifier: [{{system: "{npi}", value: "1"}}],
+            name: [{{given: [Julius], family: Hibbert}}]}}}}
+  nick: {{display: Dr. Nick, create: {{resourceType: Practitioner, identifier: [{{system: "{npi}", value: "2"}}]}}}}
+  homer: {{display: Homer Simpson, create: {{resourceType: Patient, identifier: [{{system: "urn:mrn", value: "3"}}],
+          name: [{{given: [Homer], family: Simpson}}]}}}}
+  doc: {{reference: "Practitioner?identifier={npi}|4", display: Dr. Nobody}}
+  alice: {{reference: Practitioner/1, display: Dr. Alice}}
+""")
+    for key in ("a", "b"):
+        (tmp_path / f"{key}.yaml").write_text(f"thread: {key}\ntopic: t\nsubject: homer\nmessages:\n" + "".join(
+            f"  - {{sender: {a}, sent: 2024-01-01T00:00:00Z, text: hi}}\n"
+            for a in ("hibbert", "nick", "homer", "doc", "alice")))
+    report = validate_files([tmp_path / "a.yaml", tmp_path / "b.yaml"], participants=tmp_path / "people.yaml",
+                            structure=False)
+    people = str(tmp_path / "people.yaml")
+    assert [(i.file, i.line, i.path, i.message) for i in report.issues] == [
+        (people, 2, "participants.hibbert.display", "'Dr. Hibbert' will be stored as 'Julius Hibbert' (Medplum names "
+                                                    "a conditional reference after the resource it matches)"),
+        (people, 4, "participants.nick.display", "'Dr. Nick' will not be stored: the Practitioner it creates has no "
+                                                 "name, and Medplum names a conditional reference after the resource "
+                                                 "it matches"),
+        (people, 7, "participants.doc.display", "'Dr. Nobody' will be replaced by Medplum's name for the Practitioner "
+                                                "it matches (Medplum names a conditional reference after the "
+                                                "resource it matches)")]
+    assert {i.code for i in report.issues} == {"ref.display-replaced"} and report.warnings == 3
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"\x00\x01binary", b"thread: [unclosed"])

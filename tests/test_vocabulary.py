@@ -4,27 +4,39 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bundler.check import validate
-from bundler.medplum.localserver import ensure_installed
+from bundler.medplum.localserver import ensure_installed, node_binary
 from bundler.vocabulary import (
     RESOURCE_TYPES,
     InstantError,
+    conditional_reference,
+    display_string,
     escape_search,
     fhir_base,
     format_instant,
+    identifier_search,
     identifier_system_problem,
     identifier_token,
     instant_problem,
+    is_conditional_reference,
+    is_identifier_value,
     is_mime_type,
     parse_instant,
+    query_decode,
+    query_encode,
+    query_encoding_problem,
     rewrite_references,
+    search_query,
     server_root,
+    stored_reference,
     token_url,
+    wire_reference,
 )
 
 
@@ -147,3 +159,110 @@ def test_rewrite_references_changes_only_mapped_references_and_copies() -> None:
     assert out == {"partOf": [{"reference": "Communication/9"}], "sender": {"reference": "Patient/2"},
                    "text": "urn:uuid:1"}
     assert data["partOf"] == [{"reference": "urn:uuid:1"}]
+
+
+def test_rewrite_references_replaces_a_reference_mapped_to_a_whole_reference() -> None:
+    data = {"subject": {"reference": "Patient?identifier=s|v", "display": "sent", "type": "Patient"},
+            "recipient": [{"reference": "Patient?identifier=s|v"}, {"reference": "urn:uuid:1", "display": "kept"}]}
+    out = rewrite_references(data, {"Patient?identifier=s|v": {"reference": "Patient/1", "display": "Homer"},
+                                    "urn:uuid:1": "Communication/9"})
+    assert out == {"subject": {"reference": "Patient/1", "display": "Homer"},
+                   "recipient": [{"reference": "Patient/1", "display": "Homer"},
+                                 {"reference": "Communication/9", "display": "kept"}]}
+
+
+# --- search values on the wire -------------------------------------------------------------------------
+
+PRINTABLE = "".join(chr(c) for c in range(32, 127))
+VALUES = [PRINTABLE, "tel:+1-312-555-0777", "100%", "a%2Bb", "é", "中", "😀", "a&b=c?d#e", "+ +", "%zz%4"]
+
+
+def test_spec_and_wire_forms_of_a_conditional_reference() -> None:
+    ref = conditional_reference("Patient", "tel", "+1-312-555-0777")
+    assert ref == "Patient?identifier=tel|+1-312-555-0777" and is_conditional_reference(ref)
+    assert wire_reference(ref) == "Patient?identifier=tel|%2B1-312-555-0777"
+    assert wire_reference("Patient?identifier=https://example.org/mrn|12345") == \
+        "Patient?identifier=https://example.org/mrn|12345"  # what needs no encoding is the same in both forms
+    assert wire_reference("Patient/1") == "Patient/1"
+    assert conditional_reference("Patient", "urn:x", "a,b|c") == "Patient?identifier=urn:x|a\\,b\\|c"
+    assert identifier_search("urn:x", "a&b é") == "identifier=urn:x|a%26b%20%C3%A9"
+    assert search_query({"_count": "2", "status:not": "a,b", "x": "1&y=2"}) == "_count=2&status:not=a,b&x=1%26y%3D2"
+
+
+@pytest.mark.parametrize("value", VALUES[:1] + VALUES[2:])
+def test_any_printable_value_makes_a_conditional_reference(value: str) -> None:
+    value = value.replace(" ", "") or "x"
+    assert is_identifier_value(value)
+    assert is_conditional_reference(conditional_reference("Patient", "urn:x", value))
+
+
+@pytest.mark.parametrize(("reference", "ok"), [
+    ("Patient?identifier=s|a\\,b", True), ("Patient?identifier=s|a,b", False), ("Patient?identifier=s|a|b", False),
+    ("Patient?identifier=s|a\\|b", True), ("Patient?identifier=s|a\\b", False), ("Patient?identifier=s|a b", False),
+    ("Patient?identifier=|v", True), ("Patient?identifier=s|", False), ("Patient?identifier=s|a&b", True),
+    ("Patient?identifier=s|100%", True), ("Patient?identifier=s|\x7f", False)])
+def test_the_spec_form_is_one_escaped_token(reference: str, ok: bool) -> None:
+    assert is_conditional_reference(reference) is ok
+
+
+@given(st.text(min_size=1, max_size=40))
+def test_encoded_values_decode_back_exactly(value: str) -> None:
+    assert query_decode(query_encode(value)) == value
+    assert query_encoding_problem(query_encode(value)) is None
+
+
+def test_query_encoding_problems_are_a_raw_plus_and_a_lone_percent() -> None:
+    assert query_encoding_problem("identifier=tel|+1") is not None
+    assert query_encoding_problem("identifier=x|100%") is not None
+    assert query_encoding_problem("identifier=x|%zz") is not None
+    assert query_encoding_problem("identifier=tel|%2B1%C3%A9") is None
+
+
+def test_the_query_is_read_back_as_medplum_reads_it() -> None:
+    """query_encode and query_decode against WHATWG URLSearchParams and @medplum/core's parseSearchRequest (the
+    code Medplum runs), in the local server's Node: what is encoded is read back exactly; what is not (a raw '+',
+    '%xx') is read as query_decode says."""
+    install = ensure_installed(quiet=True)
+    raw = ["a+b", "a%2Bb", "100%", "%zz", "%C3%A9", "x%E4%B8", "é"]
+    script = """
+import { parseSearchRequest } from '@medplum/core';
+const input = JSON.parse(process.argv[1]);
+const out = input.map(([encoded]) => [new URLSearchParams('v=' + encoded).get('v'),
+                                      parseSearchRequest('Patient?identifier=' + encoded).filters[0].value]);
+console.log(JSON.stringify(out));
+"""
+    cases = [[query_encode(v)] for v in VALUES] + [[r] for r in raw]
+    run = subprocess.run([node_binary(install), "--input-type=module", "-e", script, json.dumps(cases)], cwd=install,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    read = json.loads(run.stdout)
+    assert [r[0] for r in read[:len(VALUES)]] == VALUES
+    assert [r[1] for r in read[:len(VALUES)]] == VALUES  # (a reference's query: split at its first '?' only)
+    assert [r[0] for r in read[len(VALUES):]] == [query_decode(r) for r in raw]
+
+
+# --- what Medplum stores in place of a conditional reference ------------------------------------------
+
+@pytest.mark.parametrize(("resource", "display"), [
+    ({"resourceType": "Patient", "name": [{"prefix": ["Mrs."], "given": ["Marge", "J"], "family": "Simpson",
+                                           "suffix": ["PhD"]}]}, "Mrs. Marge J Simpson PhD"),
+    ({"resourceType": "Patient", "name": [{"text": "Marge"}, {"given": ["Other"]}]}, "Marge"),
+    ({"resourceType": "Patient", "name": [{"text": "unused", "family": "Simpson"}]}, "Simpson"),
+    ({"resourceType": "Practitioner", "name": [{"use": "nickname"}]}, "Practitioner/1"),
+    ({"resourceType": "RelatedPerson", "name": []}, "RelatedPerson/1"),
+    ({"resourceType": "Patient"}, "Patient/1"),
+    ({"resourceType": "Organization", "name": "Springfield Pharmacy"}, "Springfield Pharmacy"),
+    ({"resourceType": "Device", "deviceName": [{"name": "Pump"}]}, "Pump"),
+    ({"resourceType": "PractitionerRole", "code": [{"coding": [{"code": "a", "display": "A"}, {"code": "b"}]}]},
+     "A, b"),
+    ({"resourceType": "PractitionerRole", "code": [{"text": "On call"}]}, "On call"),
+    ({"resourceType": "PractitionerRole", "code": [{"coding": [{"display": "no code"}], "text": "T"}]}, "T"),
+    ({"resourceType": "PractitionerRole", "code": []}, "PractitionerRole/1"),
+])
+def test_medplum_s_display_of_a_resource(resource: dict[str, object], display: str) -> None:
+    """(Held to the real @medplum/core on a server by tests/test_server.py.)"""
+    resource = {**resource, "id": "1"}
+    assert display_string(resource) == display
+    reference = f"{resource['resourceType']}/1"
+    assert stored_reference(resource) == ({"reference": reference} if display == reference else
+                                          {"reference": reference, "display": display})

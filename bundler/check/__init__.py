@@ -6,9 +6,9 @@ bundles), `files` (Bundles, NDJSON and specs from files), `mutations` (each rule
 """
 
 from .files import Report, validate_files
-from .issues import RULES, Issue, Severity
+from .issues import BUNDLE_RULES, RULES, SPEC_RULES, Issue, Severity
 from .limits import PROFILES, Limits
 from .validate import Origin, has_errors, locate, spec_origin, validate, validate_many
 
-__all__ = ["PROFILES", "RULES", "Issue", "Limits", "Origin", "Report", "Severity", "has_errors", "locate",
-           "spec_origin", "validate", "validate_files", "validate_many"]
+__all__ = ["BUNDLE_RULES", "PROFILES", "RULES", "SPEC_RULES", "Issue", "Limits", "Origin", "Report", "Severity",
+           "has_errors", "locate", "spec_origin", "validate", "validate_files", "validate_many"]

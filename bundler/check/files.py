@@ -25,6 +25,7 @@ from ..spec.model import Participant, ThreadSpec, read_model_problems
 from ..spec.participants import Creates
 from ..spec.source import SAVE_AS_UTF8, Document, decode, parse_json, parse_text, split_threads
 from ..vocabulary import MAX_CONDITIONAL_ENTRIES
+from .displays import DisplayCheck
 from .issues import Issue
 from .limits import Limits
 from .validate import Origin, locate, spec_origin, validate_many
@@ -180,11 +181,13 @@ class Created:
     def __init__(self, shared: ParticipantsFile | None = None) -> None:
         self.participants: dict[str, tuple[Participant, tuple[str, int | None]]] = {}
         self.creates = Creates()
+        self.displays = DisplayCheck()  # and what Medplum makes of the displays of all the specs' participants
         if shared is not None:
             self.creates.add_file(shared)  # (read_participants refused a file that contradicts itself)
 
     def add(self, spec: ThreadSpec) -> list[Problem]:
         """Collect the participants to create of `spec`; the problems of those that contradict one before."""
+        self.displays.add(spec)
         for alias, p in spec.participants.items():
             if p.create is not None and p.reference not in self.participants:
                 self.participants[p.reference] = (p, spec.origin(None, "participants", alias))
@@ -236,5 +239,6 @@ def validate_files(paths: Iterable[str | Path], *, limits: str | Limits = "medpl
     results = validate_many([b for b, _ in items], limits=limits, structure=structure, workers=workers)
     for (_, origin), issues in zip(items, results, strict=True):
         report.issues.extend(locate(issues, origin) if issues else ())
+    report.issues += created.displays.issues
     return report
 

@@ -1,4 +1,5 @@
-"""What `validate` reports: `Issue`, and `RULES`, the registry of every rule code it can fire.
+"""What `validate` reports: `Issue`, and `RULES`, the registry of every rule code it can fire (`BUNDLE_RULES` on
+bundles, `SPEC_RULES` on the specs they are built from).
 
     for code, (severity, description) in RULES.items(): ...
 """
@@ -30,6 +31,10 @@ RULES: dict[str, tuple[Severity, str]] = {
     "ref.conditional": ("error", "conditional references are Type?param=value[&param=value...]"),
     "ref.in-text": ("warning", "no text other than a reference contains a fullUrl (the server would rewrite it)"),
     "ref.target-type": ("error", "Communication subject/sender/recipient point at resource types FHIR R4 allows"),
+    "ref.query-encoding": ("warning", "a conditional reference or ifNoneExist is percent-encoded as the server reads "
+                                      "it: no raw '+' (read as a space), no '%' but before two hex digits"),
+    "ref.display-replaced": ("warning", "a participant's display on a conditional reference is the one Medplum "
+                                        "stores: it replaces it with its own name for the resource it matches"),
     "ref.created-identifier": ("error", "a conditional create on an identifier (a participant created when missing) "
                                         "carries that identifier (else every run creates it again, and conditional "
                                         "references to it match nothing)"),
@@ -69,6 +74,12 @@ RULES: dict[str, tuple[Severity, str]] = {
     "limit.put-entries": ("error", "a transaction has at most the allowed PUT entries"),
     "limit.uuid-id": ("error", "ids in PUT urls are UUIDs (Medplum refuses other client ids)"),
 }
+
+SPEC_RULES: frozenset[str] = frozenset({"ref.display-replaced"})
+"""Rules of thread specs rather than of a bundle: `validate_files` checks them on the specs it reads (`displays`);
+no bundle breaks them."""
+BUNDLE_RULES: tuple[str, ...] = tuple(code for code in RULES if code not in SPEC_RULES)
+"""The rules `validate` checks a bundle against (each broken on purpose by `mutations.MUTATIONS`)."""
 
 
 @dataclass(frozen=True, slots=True)

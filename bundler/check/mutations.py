@@ -1,4 +1,4 @@
-"""Break a valid bundle in exactly one way, one function per rule code of `bundler.validate.RULES`.
+"""Break a valid bundle in exactly one way, one function per bundle rule code (`bundler.check.BUNDLE_RULES`).
 
     broken = MUTATIONS["thread.header-payload"](bundle, random.Random(7))
     assert {i.code for i in validate(broken)} == {"thread.header-payload"}
@@ -238,6 +238,12 @@ def type_unknown(bundle: Bundle, rng: random.Random) -> Bundle:
 def conditional(bundle: Bundle, rng: random.Random) -> Bundle:
     return _set_subject(bundle, rng.choice(["Patient?identifier", "Patient?", "Patient?=x", "Patient?identifier=",
                                             "Patient?identifier=a&", "Patient?na me=x"]))
+
+
+def query_encoding(bundle: Bundle, rng: random.Random) -> Bundle:
+    """A conditional subject whose query is not percent-encoded as the server reads it."""
+    return _set_subject(bundle, rng.choice(["Patient?identifier=tel|+1-312-555-0777", "Patient?identifier=urn:x|100%",
+                                            "Patient?identifier=urn:x|a%zz", "Patient?identifier=a+b"]))
 
 
 def in_text(bundle: Bundle, rng: random.Random) -> Bundle:
@@ -575,6 +581,7 @@ MUTATIONS: dict[str, Mutation] = {
     "ref.format": ref_format,
     "ref.type-unknown": type_unknown,
     "ref.conditional": conditional,
+    "ref.query-encoding": query_encoding,
     "ref.in-text": in_text,
     "ref.target-type": target_type,
     "ref.created-identifier": created_identifier,

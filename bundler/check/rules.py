@@ -42,6 +42,8 @@ from ..vocabulary import (
     is_mime_type,
     parse_instant,
     parse_literal,
+    query_decode,
+    query_encoding_problem,
     query_problem,
 )
 from .issues import Issue, entry_path, make_issue
@@ -191,8 +193,8 @@ def _created_identifiers(ctx: _Ctx) -> None:
         query = request.get("ifNoneExist") if isinstance(request, dict) else None
         if not isinstance(query, str) or query_problem(query):
             continue
-        params = dict(part.partition("=")[::2] for part in query.split("&"))
-        wanted = params.get("identifier")
+        params = {query_decode(k): query_decode(v) for k, v in (part.partition("=")[::2] for part in query.split("&"))}
+        wanted = params.get("identifier")  # (as the server reads it)
         if wanted is None or "|" not in wanted:
             continue
         tokens = {identifier_token(str(ident.get("system", "")), str(ident.get("value", "")))
@@ -221,6 +223,8 @@ def _request(ctx: _Ctx, i: int, request: Any) -> str | None:
         if why:
             ctx.add("entry.request", i, ("request", "ifNoneExist"),
                     f"must be a search query like identifier=system|value: {why}")
+        elif encoding := query_encoding_problem(condition):
+            ctx.add("ref.query-encoding", i, ("request", "ifNoneExist"), f"{condition!r} {encoding}")
     return str(method)
 
 
@@ -356,7 +360,7 @@ def _references_fine(ctx: _Ctx) -> bool:
             return False
         t = ctx.target(raw.decode())
         if t.kind == "bad" or (t.kind in ("literal", "absolute", "conditional") and t.type not in known) or (
-                t.kind == "conditional" and query_problem(t.rest)):
+                t.kind == "conditional" and (query_problem(t.rest) or query_encoding_problem(t.rest))):
             return False
     urns = sum(u.count("urn:uuid:") for u in ctx.by_url) + blob.count(b'"reference":"urn:uuid:')
     return blob.count(b"urn:uuid:") == urns
@@ -383,6 +387,8 @@ def _references(ctx: _Ctx) -> None:
                     ctx.add("ref.type-unknown", i, loc, f"{t.type!r} is not a FHIR R4 resource type")
                 elif problem := query_problem(t.rest):
                     ctx.add("ref.conditional", i, loc, f"conditional reference {ref!r} {problem}")
+                elif problem := query_encoding_problem(t.rest):
+                    ctx.add("ref.query-encoding", i, loc, f"conditional reference {ref!r} {problem}")
             elif t.kind in ("literal", "absolute"):
                 if t.type not in known:
                     ctx.add("ref.type-unknown", i, loc, f"{t.type!r} is not a FHIR R4 resource type")
@@ -432,7 +438,7 @@ class _Threads:
         t = self.ctx.target(ref)
         if t.kind != "conditional" or t.type != "Communication" or not t.rest.startswith("identifier="):
             return t
-        tok = t.rest.removeprefix("identifier=")
+        tok = query_decode(t.rest.removeprefix("identifier="))  # (as the server reads it)
         tok = tok if "|" in tok else f"|{tok}"
         if kind_ok == "message" and not self._messages_by_token:
             for m in self.messages:

@@ -10,6 +10,7 @@ import click
 import orjson
 
 from ..check.files import Report, validate_files
+from ..check.issues import SPEC_RULES
 from ..check.limits import PROFILES
 from .common import (
     EXIT_ISSUES,
@@ -31,7 +32,8 @@ def format_text(report: Report) -> str:
         for entry, by_entry in groupby(by_file, key=lambda i: (i.line, i.entry)):
             items = list(by_entry)
             line, index = entry
-            where = "bundle" if index is None else f"entry {index}"
+            where = "spec" if all(i.code in SPEC_RULES for i in items) else "bundle" if index is None else \
+                f"entry {index}"
             lines.append(f"  {where}" + (f" (line {line})" if line is not None else "") + ":")
             lines.extend(f"    {i.text}" for i in items)
     lines.append(f"{count(report.errors, 'error')}, {count(report.warnings, 'warning')} in "

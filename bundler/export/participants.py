@@ -27,7 +27,7 @@ from ..spec.files import read_documents
 from ..spec.model import check_document, created_reference
 from ..spec.participants import ParticipantsFile
 from ..spec.source import Document
-from ..vocabulary import identifier_system_problem, parse_literal
+from ..vocabulary import identifier_system_problem, is_identifier_value, parse_literal
 from .shape import alias_base, aliases_for
 
 SERVER_SET = ("id", "meta")
@@ -62,7 +62,7 @@ def create_problem(resource: Mapping[str, Any]) -> str | None:
         return (f"its first identifier's system {first.get('system')!r} cannot be searched: its literal reference "
                 "is kept")
     value = first.get("value")
-    if not isinstance(value, str) or not value or any(c.isspace() or c == "&" for c in value):
+    if not is_identifier_value(value):
         return f"its first identifier's value {value!r} cannot be searched: its literal reference is kept"
     return None
 

@@ -1,7 +1,8 @@
 """Comparing a thread spec with what a server holds for it, field by field. Pure.
 
-Server-assigned ids, `meta`, and the rewriting of `urn:uuid:` references into `Communication/<id>`
-are not differences; anything else is. Resources are matched by their identifiers.
+Server-assigned ids, `meta`, the rewriting of `urn:uuid:` references into `Communication/<id>`, and what Medplum
+stores in place of a conditional reference (the literal reference of what it matched, with its own display:
+`vocabulary.stored_reference`) are not differences; anything else is. Resources are matched by their identifiers.
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ from typing import Any
 
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, entry_values, read_receipts
 from ..spec.model import ThreadSpec
-from ..vocabulary import binary_reference, rewrite_references
+from ..vocabulary import binary_reference, rewrite_references, wire_reference
+
+Resolved = Mapping[str, str | Mapping[str, str]]
+"""What the server put in place of references of the spec: a conditional reference (its spec form) → the Reference
+stored for it (`Resolver.stored`), or any reference → the reference string stored for it."""
 
 IGNORED = ("id", "meta", "text")
 
@@ -91,13 +96,14 @@ def _name(resource: Mapping[str, Any]) -> str:
 
 
 def compare_thread(spec: ThreadSpec, resources: Iterable[Mapping[str, Any]], *,
-                   identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, resolved: Mapping[str, str] | None = None,
+                   identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, resolved: Resolved | None = None,
                    bundle: Mapping[str, Any] | None = None) -> ThreadDiff:
     """How `resources` (a thread's header and messages as a server returned them, in any order) differ from
     `spec`, entry by entry. `bundle` is the spec's bundle when the caller has it already.
 
-    `resolved` maps the spec's conditional references (`Patient?identifier=s|v`) to the literal ones
-    the server replaced them with (`Patient/<id>`), as `bundler.load.verify.resolve_references` finds them."""
+    `resolved` maps the spec's conditional references (`Patient?identifier=s|v`) to the References the server
+    stored in their place (`{reference: Patient/<id>, display}`), as `bundler.load.verify.resolve_references` finds
+    them: the whole Reference is expected, the spec's display replaced by the server's."""
     bundle = bundle if bundle is not None else build_bundle(spec, identifier_system=identifier_system)
     diff = ThreadDiff(entry_names(spec))
     by_ident = _by_identifier(resources, identifier_system, diff.problems)
@@ -112,7 +118,8 @@ def compare_thread(spec: ThreadSpec, resources: Iterable[Mapping[str, Any]], *,
             continue
         diff.found[n] = actual
         out: list[str] = []
-        mapping = ref_of | _attachment_urls(entry["resource"], actual) if "payload" in entry["resource"] else ref_of
+        mapping = {**ref_of, **_attachment_urls(entry["resource"], actual)} if "payload" in entry["resource"] \
+            else ref_of
         _differences(diff.names[n], rewrite_references(entry["resource"], mapping), dict(actual), out, top=True)
         if "payload" in entry["resource"]:
             out += _unresolved_files(diff.names[n], entry["resource"], actual)
@@ -124,7 +131,7 @@ def compare_thread(spec: ThreadSpec, resources: Iterable[Mapping[str, Any]], *,
 
 def diff_thread(spec: ThreadSpec, resources: Iterable[Mapping[str, Any]], *,
                 identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM,
-                resolved: Mapping[str, str] | None = None) -> list[str]:
+                resolved: Resolved | None = None) -> list[str]:
     """Every difference between `spec` and `resources` (its header and messages as a server returned
     them, in any order); an empty list when they match (see `compare_thread`)."""
     diff = compare_thread(spec, resources, identifier_system=identifier_system, resolved=resolved)
@@ -159,9 +166,10 @@ def _unresolved_files(name: str, expected: Mapping[str, Any], actual: Mapping[st
 
 
 def _server_references(bundle: Mapping[str, Any], by_ident: Mapping[str, Mapping[str, Any]], system: str,
-                       resolved: Mapping[str, str] | None) -> dict[str, str]:
-    """The server's reference for each of our fullUrls (and conditional references), to undo its rewriting."""
-    ref_of: dict[str, str] = dict(resolved or {})
+                       resolved: Resolved | None) -> dict[str, str | Mapping[str, str]]:
+    """The server's reference for each of our fullUrls, and its Reference for each conditional reference (in the
+    wire form the bundle holds), to undo its rewriting."""
+    ref_of: dict[str, str | Mapping[str, str]] = {wire_reference(k): v for k, v in (resolved or {}).items()}
     for entry in bundle["entry"]:
         actual = by_ident.get(_ident(entry["resource"], system) or "")
         if actual is not None and actual.get("id"):

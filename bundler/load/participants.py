@@ -143,7 +143,8 @@ def _rounds(participants: list[Participant]) -> list[list[Participant]]:
     left = list(participants)
     while left:
         refs = {p.reference for p in left}
-        ready = [p for p in left if not any(r != p.reference and f'"{r}"' in str(p.create) for r in refs)] or left
+        ready = [p for p in left if not any(r != p.reference and orjson.dumps(r).decode() in str(p.create)
+                                            for r in refs)] or left
         rounds.append(ready)
         left = [p for p in left if p not in ready]
     return rounds

@@ -26,7 +26,7 @@ from ..vocabulary import (
     MAX_REQUEST_BYTES,
     READ_STATE_EXTENSION,
     READ_STATE_LAST_READ,
-    identifier_token,
+    identifier_search,
     rewrite_references,
 )
 
@@ -149,7 +149,7 @@ def part_bundle(bundle: Mapping[str, Any], indexes: Sequence[int], known: Mappin
         if conditional:
             ident = (entry["resource"].get("identifier") or [{}])[0]
             if "value" in ident:
-                query = f"identifier={identifier_token(ident.get('system', ''), ident['value'])}"
+                query = identifier_search(ident.get("system", ""), ident["value"])
                 entry = {**entry, "request": {**entry["request"], "ifNoneExist": query}}
         entries.append(entry)
     return {"resourceType": "Bundle", "type": bundle.get("type", "transaction"), "entry": entries}
@@ -161,15 +161,16 @@ def update_parts(indexes: Sequence[int], sizes: Sequence[int], limits: RequestLi
     return cut(indexes, sizes, RequestLimits(limits.max_bytes, most))
 
 
-def update_bundle(bundle: Mapping[str, Any], indexes: Sequence[int], known: Mapping[str, str],
+def update_bundle(bundle: Mapping[str, Any], indexes: Sequence[int], known: Mapping[str, str | Mapping[str, str]],
                   versions: Mapping[str, str]) -> dict[str, Any]:
     """A transaction updating the entries `indexes` of `bundle`, each already on the server (`known`: fullUrl
-    → `Communication/<id>`, which also holds literal references for conditional ones the server resolved),
-    each with `ifMatch` on its version in `versions` (fullUrl → versionId) when one is known."""
+    → `Communication/<id>`; it also maps each conditional reference the server resolved to the whole Reference it
+    stores in its place, display included: `vocabulary.stored_reference`), each with `ifMatch` on its version in
+    `versions` (fullUrl → versionId) when one is known."""
     entries = []
     for i in indexes:
         entry = bundle["entry"][i]
-        ref = known[entry["fullUrl"]]
+        ref = str(known[entry["fullUrl"]])
         resource = {**rewrite_references(entry["resource"], known), "id": ref.split("/", 1)[1]}
         request: dict[str, Any] = {"method": "PUT", "url": ref}
         if version := versions.get(entry["fullUrl"]):

@@ -52,7 +52,7 @@ from ..build import (
 from ..errors import BundlerError, ServerError, UnknownOutcome
 from ..medplum.client import FhirClient, backoff, outcome_text, resource_version, serialization_failure
 from ..spec.model import Attachment, ThreadSpec
-from ..vocabulary import READ_POINTS, SEARCH_POINTS, WRITE_POINTS
+from ..vocabulary import READ_POINTS, SEARCH_POINTS, TYPE_PATTERN, WRITE_POINTS, wire_reference
 from .compare import ThreadDiff, compare_thread
 from .journal import UNKNOWN, Entry, Journal, State
 from .plan import (
@@ -70,7 +70,7 @@ from .uploads import Binaries, stored_files
 from .verify import Resolver, read_thread
 
 _ENTRY_INDEX = re.compile(r"entry\[(\d+)\]")
-_CONDITIONAL = re.compile(r"'([A-Z][A-Za-z]+\?[^'\s]+)'")
+_CONDITIONAL = re.compile(rf"'({TYPE_PATTERN}\?[^'\s]+)'")  # as the server quotes one it could not resolve
 MAX_LOST = 6  # lost answers one thread may have in a run before it is left for the next run
 MAX_RECHECKS = 3  # updates refused or lost, then read back, before the thread is given up
 MAX_ROLLED_BACK = 8  # answers with entries rolled back (a batch's serialization failures) before it is given up
@@ -206,7 +206,8 @@ class Thread:
 
     @functools.cached_property
     def references(self) -> dict[str, tuple[str, ...]]:
-        """Each conditional reference of the thread (`Patient?identifier=...`) → where the spec says it."""
+        """Each conditional reference of the thread (`Patient?identifier=...`, its spec form) → where the spec says
+        it."""
         out: dict[str, tuple[str, ...]] = {}
         for alias, p in self.spec.participants.items():
             if "?" in p.reference:
@@ -250,10 +251,16 @@ class Thread:
             return _at(self.file, self.line)
         return _at(*self.spec.origin(self.owners[entry_index]))
 
+    @functools.cached_property
+    def _sent_references(self) -> dict[str, tuple[str, ...]]:
+        """`references` by the form the server quotes: the wire form it was sent in (and the spec form)."""
+        return {**self.references, **{wire_reference(ref): path for ref, path in self.references.items()}}
+
     def where_reference(self, text: str) -> str | None:
-        """`file:line: participants.<alias>` of the conditional reference a server's error text quotes."""
+        """`file:line: participants.<alias>` of the conditional reference a server's error text quotes (as it was
+        sent: `Conditional reference 'Patient?identifier=tel|%2B1...' did not match any resources`)."""
         m = _CONDITIONAL.search(text)
-        path = self.references.get(m.group(1)) if m else None
+        path = self._sent_references.get(m.group(1)) if m else None
         if path is None:
             return None
         return f"{_at(*self.spec.origin(None, *path))}: {'.'.join(path[:2])}"
@@ -646,11 +653,12 @@ class ThreadLoad:
             self.s.plan.searched(1, READ_POINTS)
         return self.client.read(ref)
 
-    def _resolved(self) -> dict[str, str]:
+    def _resolved(self) -> dict[str, dict[str, str]]:
+        """The thread's conditional references (spec form) → the Reference the server stores in place of each."""
         if not self.t.references:
             return {}
         assert self.s.resolver is not None
-        return self.s.resolver.mapping(self.t.references)
+        return self.s.resolver.stored(self.t.references)
 
     def _record(self, diff: ThreadDiff) -> None:
         """What the read-back found: ids and versions; the entries whose spec changed (a hash the journal does
@@ -689,10 +697,12 @@ class ThreadLoad:
         self.requests += len([p for p in parts if p])
         return Stage.COMMIT
 
-    def _references(self) -> dict[str, str]:
-        """Every reference an update needs: our entries' server ids, and the conditional references the server
-        resolved."""
-        return {**self._resolved(), **self.ids}
+    def _references(self) -> dict[str, str | dict[str, str]]:
+        """Every reference an update needs: our entries' server ids, and in place of each conditional reference
+        (in the wire form the bundle holds) the whole Reference the server stores for it, its display the server's:
+        an update sends what a conditional write would have stored, so the next read-back finds no difference."""
+        stored: dict[str, str | dict[str, str]] = {wire_reference(k): v for k, v in self._resolved().items()}
+        return {**stored, **self.ids}
 
     def _updated(self) -> Stage:
         statuses = [str(e["response"]["status"]) for e in self.response.get("entry") or ()]

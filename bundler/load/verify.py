@@ -12,13 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, identifier_value
 from ..errors import AuthError, BundlerError, Unreachable
 from ..medplum.client import FhirClient
 from ..spec.model import ThreadSpec
-from ..vocabulary import READ_RECEIPT_CODE, READ_RECEIPT_SYSTEM, attachment_hash, binary_reference
+from ..vocabulary import READ_RECEIPT_CODE, READ_RECEIPT_SYSTEM, attachment_hash, binary_reference, stored_reference
 from .compare import diff_thread
 
 
@@ -59,18 +57,19 @@ def read_part_of(client: FhirClient, reference: str, *, page_size: int = 1000) -
 
 
 class Resolver:
-    """Conditional references (`Patient?identifier=s|v`), each searched once and remembered (thread-safe):
-    how many resources each matches, and the literal reference of the one it matches (what a server stores
-    in its place)."""
+    """Conditional references in their spec form (`Patient?identifier=s|v`), each searched once and remembered
+    (thread-safe): how many resources each matches, and the Reference Medplum stores in place of it when it matches
+    one (`vocabulary.stored_reference`: `{reference: Type/id, display}`, the display its own rendering of the
+    resource, whatever display was sent)."""
 
     def __init__(self, client: FhirClient) -> None:
         self.client = client
         self.searches = 0
-        self._found: dict[str, tuple[int, str | None]] = {}
+        self._found: dict[str, tuple[int, dict[str, str] | None]] = {}
         self._lock = threading.Lock()
         self._searching: dict[str, threading.Lock] = {}  # one per reference: searched by one thread only
 
-    def _lookup(self, ref: str) -> tuple[int, str | None]:
+    def _lookup(self, ref: str) -> tuple[int, dict[str, str] | None]:
         with self._lock:
             if ref in self._found:
                 return self._found[ref]
@@ -79,9 +78,9 @@ class Resolver:
             with self._lock:
                 if ref in self._found:
                     return self._found[ref]
-            resource_type, query = ref.split("?", 1)
-            found = self.client.search(resource_type, dict(httpx.QueryParams(query)) | {"_count": "2"})
-            answer = (len(found), f"{resource_type}/{found[0]['id']}" if len(found) == 1 else None)
+            resource_type, _, token = ref.partition("?identifier=")
+            found = self.client.search(resource_type, {"identifier": token, "_count": "2"})
+            answer = (len(found), stored_reference(found[0]) if len(found) == 1 else None)
             with self._lock:
                 self.searches += 1
                 self._found[ref] = answer
@@ -97,25 +96,25 @@ class Resolver:
         """How many resources `ref` matches: 0, 1, or 2 for several."""
         return self._lookup(ref)[0]
 
-    def mapping(self, refs: Iterable[str]) -> dict[str, str]:
-        """Each of `refs` that matches exactly one resource → that resource's literal reference."""
+    def stored(self, refs: Iterable[str]) -> dict[str, dict[str, str]]:
+        """Each of `refs` that matches exactly one resource → the Reference the server stores in its place."""
         out = {}
         for ref in refs:
-            if (literal := self._lookup(ref)[1]) is not None:
-                out[ref] = literal
+            if (reference := self._lookup(ref)[1]) is not None:
+                out[ref] = reference
         return out
 
 
 def conditional_references(specs: Iterable[ThreadSpec]) -> set[str]:
-    """Every conditional reference (participant or subject) of `specs`."""
+    """Every conditional reference (participant or subject) of `specs`, in its spec form."""
     conditional = {p.reference for s in specs for p in s.participants.values() if "?" in p.reference}
     return conditional | {s.subject for s in specs if s.subject and "?" in s.subject}
 
 
-def resolve_references(client: FhirClient, specs: Iterable[ThreadSpec]) -> dict[str, str]:
-    """Each conditional reference of `specs` (`Patient?identifier=s|v`) → the literal reference of the one
-    resource it matches (a server stores that in its place); references matching none or several are left out."""
-    return Resolver(client).mapping(sorted(conditional_references(specs)))
+def resolve_references(client: FhirClient, specs: Iterable[ThreadSpec]) -> dict[str, dict[str, str]]:
+    """Each conditional reference of `specs` (`Patient?identifier=s|v`) → the Reference a server stores in its place
+    (`{reference: Patient/<id>, display}`: `Resolver`); references matching none or several are left out."""
+    return Resolver(client).stored(sorted(conditional_references(specs)))
 
 
 def file_differences(client: FhirClient, spec: ThreadSpec, messages: Iterable[dict[str, Any]], system: str,

@@ -45,6 +45,7 @@ from ..vocabulary import (
     WRITE_POINTS,
     fhir_base,
     identifier_token,
+    search_query,
     server_root,
 )
 from .auth import BearerToken, ClientCredentials, MedplumAuth, Secrets, transport_problem
@@ -398,7 +399,8 @@ class FhirClient:
     def search_pages(self, resource_type: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
         """Every page (a searchset Bundle) of a search, following `next` links at our own base URL only."""
         what = f"search {resource_type}"
-        url = str(httpx.URL(urljoin(self.fhir_base, resource_type), params=params))
+        query = search_query(params)  # encoded here, as the server reads it (httpx sends it as it is)
+        url = urljoin(self.fhir_base, resource_type) + (f"?{query}" if query else "")
         yield from self._pages(self._page(url, what), url, what)
 
     def _page(self, url: str, what: str) -> dict[str, Any]:
@@ -436,7 +438,7 @@ class FhirClient:
         replica, behind the primary). A project without atomic transactions runs it as a batch: the same
         searches. Only reads: sent again like any read when its answer is lost."""
         what = _searches(searches)
-        urls = [str(httpx.URL(kind, params=params)) for kind, params in searches]
+        urls = [kind + (f"?{query}" if (query := search_query(params)) else "") for kind, params in searches]
         body = orjson.dumps({"resourceType": "Bundle", "type": "transaction",
                              "entry": [{"request": {"method": "GET", "url": url}} for url in urls]})
         resp = self._send("POST", self.fhir_base, content=body, cost=SEARCH_POINTS * len(urls), idempotent=True)

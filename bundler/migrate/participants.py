@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import Problem
 from ..spec.source import Document, decode, parse_yaml
-from ..vocabulary import is_reference
+from ..vocabulary import escape_search, is_reference
 
 _TEMPLATE_FIELD = re.compile(r"\{([^{}]*)\}")
 _CACHE_SIZE = 20_000  # ~6 MB at most; emptied when full (ids that recur across threads come back soon)
@@ -56,9 +56,10 @@ class Rule:
                 return None
             fields["role"] = self.role
 
-        def fill(template: str) -> str:
-            return _TEMPLATE_FIELD.sub(lambda m: fields[m.group(1)], template)
-        return fill(self.reference), fill(self.display) if self.display else None
+        def fill(template: str, escape: Callable[[str], str] = str) -> str:
+            return _TEMPLATE_FIELD.sub(lambda m: escape(fields[m.group(1)]), template)
+        # a reference's fields are FHIR-escaped: `|{rest}` of the id `a,b` searches the value `a,b`, not `a` or `b`
+        return fill(self.reference, escape_search), fill(self.display) if self.display else None
 
 
 @dataclass

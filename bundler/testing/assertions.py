@@ -23,6 +23,7 @@ from ..check.limits import Limits
 from ..check.validate import validate
 from ..load.compare import diff_thread
 from ..spec.model import ThreadSpec, parse_spec
+from ..vocabulary import identifier_token
 from .server import MedplumServer
 
 if TYPE_CHECKING:
@@ -92,5 +93,5 @@ def fetch_thread(client: FhirClient, key: str, *, identifier_system: str = DEFAU
     the thread is not there."""
     from ..load.verify import read_thread
 
-    headers = client.search("Communication", {"identifier": f"{identifier_system}|{key}"})
+    headers = client.search("Communication", {"identifier": identifier_token(identifier_system, key)})
     return headers + [m for h in headers for m in read_thread(client, h["id"], receipts=True)]

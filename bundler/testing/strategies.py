@@ -559,7 +559,7 @@ def invalid_bundles(rule: str | None = None, **bundle_options: Any) -> st.Search
         def test_my_checker(bundle): assert "thread.reply-target" in my_checker(bundle)
 
         # knowing which rule was broken:
-        st.sampled_from(sorted(RULES)).flatmap(lambda r: st.tuples(st.just(r), invalid_bundles(rule=r)))
+        st.sampled_from(BUNDLE_RULES).flatmap(lambda r: st.tuples(st.just(r), invalid_bundles(rule=r)))
 
     Raises ValueError for an unknown rule code (listing the known ones).
     """

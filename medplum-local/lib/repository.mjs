@@ -1,11 +1,13 @@
 // LocalRepository: fhir-router's MemoryRepository with the behaviour of a Medplum project added on top:
 // server-assigned UUID ids, "Invalid id" / 404 on update, validation against the R4 + Medplum profiles,
-// conditional references, checkReferencesOnWrite, per-interaction quota charges, Medplum-style search
-// paging, transactions that really roll back (a write log undone on failure), and indexes for the
-// searches a loader makes by the thousand (identifier, part-of), as Medplum's Postgres has them.
+// conditional references (replaced by the Reference Medplum makes of the match, its display included),
+// checkReferencesOnWrite, per-interaction quota charges, Medplum-style search paging, identifier searches
+// matched as Medplum's Postgres matches them, transactions that really roll back (a write log undone on
+// failure), and indexes for the searches a loader makes by the thousand (identifier, part-of).
 import {
   OperationOutcomeError,
   badRequest,
+  createReference,
   createStructureIssue,
   DEFAULT_MAX_SEARCH_COUNT,
   DEFAULT_SEARCH_COUNT,
@@ -29,38 +31,82 @@ const IDENTIFIER_INDEXED = new Set([
 export const COST = { read: 1, history: 10, search: 20, write: 100 };
 
 const LOCAL_REFERENCE = /^[A-Z][A-Za-z]+\/[^/?#]+$/;
-const CONDITIONAL_REFERENCE = /^[A-Z][A-Za-z]+\?/;
 
 /**
  * Visits every Reference-shaped object (an object with a string `reference`) in a resource,
- * skipping `meta` and contained resources, with a FHIR-style path.
+ * skipping `meta` and contained resources, with a FHIR-style path and a function that replaces it.
  * @param {object} resource - the resource to walk
- * @param {(ref: object, path: string) => void} fn - called for each reference
+ * @param {(ref: object, path: string, replace: (by: object) => void) => void} fn - called for each reference
  */
 function forEachReference(resource, fn) {
-  const walk = (value, path, key) => {
+  const walk = (value, path, replace) => {
     if (Array.isArray(value)) {
-      value.forEach((item, i) => walk(item, `${path}[${i}]`, key));
+      value.forEach((item, i) => walk(item, `${path}[${i}]`, (by) => { value[i] = by; }));
       return;
     }
     if (value === null || typeof value !== 'object') {
       return;
     }
     if (typeof value.reference === 'string') {
-      fn(value, path);
+      fn(value, path, replace);
     }
     for (const [k, v] of Object.entries(value)) {
       if (k === 'meta' || k === 'contained' || k === 'reference') {
         continue;
       }
-      walk(v, `${path}.${k}`, k);
+      walk(v, `${path}.${k}`, (by) => { value[k] = by; });
     }
   };
   for (const [k, v] of Object.entries(resource)) {
     if (k !== 'meta' && k !== 'contained' && k !== 'resourceType') {
-      walk(v, `${resource.resourceType}.${k}`, k);
+      walk(v, `${resource.resourceType}.${k}`, (by) => { resource[k] = by; });
     }
   }
+}
+
+/**
+ * An identifier search value as Medplum's Postgres search reads it (packages/server/src/fhir/token.ts,
+ * `buildTokenColumnsWhereConditionEqualsAndExact`): values split at unescaped commas (escapes undone), each
+ * trimmed; `system|value` split at its FIRST `|` (a value may hold more), an empty system meaning none, an empty
+ * value any; a value alone, any system. Unlike @medplum/core's in-memory matcher, case-sensitive (Medplum indexes
+ * identifiers so) and keeping a value's own `|`.
+ * @param {string} filterValue - the search value, as the query parser decoded it
+ * @returns {{system: string|undefined, value: string}[]} the tokens it asks for (any of them)
+ */
+function identifierTokens(filterValue) {
+  return splitSearchOnComma(filterValue)
+    .map((q) => q.trim())
+    .map((q) => {
+      const at = q.indexOf('|');
+      return at < 0 ? { system: undefined, value: q } : { system: q.slice(0, at), value: q.slice(at + 1) };
+    });
+}
+
+/**
+ * A test of whether a resource has an identifier one of `tokens` names, as Medplum's Postgres matches them: exactly
+ * (case-sensitive). A token naming both system and value is a set lookup, so a search for n identifiers among n
+ * candidates costs n, not n * n.
+ */
+function identifierMatcher(tokens) {
+  const exact = new Set(tokens.filter((t) => t.system !== undefined && t.value).map((t) => `${t.system}|${t.value}`));
+  const others = tokens.filter((t) => !(t.system !== undefined && t.value));
+  return (resource) => {
+    for (const identifier of resource?.identifier ?? []) {
+      if (exact.has(`${identifier?.system ?? ''}|${identifier?.value}`)) {
+        return true;
+      }
+      for (const t of others) {
+        if (t.system === undefined) {
+          if (identifier?.value === t.value) {
+            return true;
+          }
+        } else if (t.system ? identifier?.system === t.system : !identifier?.system) {
+          return true; // (a token `system|` with no value: any identifier of that system)
+        }
+      }
+    }
+    return false;
+  };
 }
 
 export class LocalRepository extends MemoryRepository {
@@ -152,7 +198,8 @@ export class LocalRepository extends MemoryRepository {
     for (const value of splitSearchOnComma(filter.value)) {
       let key;
       if (filter.code === 'identifier') {
-        key = (value.includes('|') ? value.split('|')[1] : value)?.toLowerCase(); // as core's matchesTokenValue
+        const at = value.indexOf('|');
+        key = (at < 0 ? value : value.slice(at + 1)).trim().toLowerCase();
         if (!key) {
           return undefined; // `system|`: every value of a system, not indexed
         }
@@ -173,61 +220,45 @@ export class LocalRepository extends MemoryRepository {
     return (code === 'identifier' && IDENTIFIER_INDEXED.has(type)) || (code === 'part-of' && type === 'Communication');
   }
 
+  /** Whether a filter is an identifier search this repository matches itself, as Medplum does (`identifierTokens`). */
+  isIdentifierFilter(type, filter) {
+    return filter.code === 'identifier' && IDENTIFIER_INDEXED.has(type) &&
+      (filter.operator === undefined || filter.operator === 'eq');
+  }
+
   searchSync(searchRequest) {
     const type = searchRequest.resourceType;
+    const all = this.resources.get(type);
     let candidates;
-    let chosen;
+    const rest = [];
     for (const filter of searchRequest.filters ?? []) {
-      const found = this.candidatesOf(type, filter);
+      let found = this.candidatesOf(type, filter);
+      if (this.isIdentifierFilter(type, filter)) {
+        const matches = identifierMatcher(identifierTokens(filter.value));
+        found = [...(found ?? all?.keys() ?? [])].filter((id) => matches(all?.get(id)));
+        found = new Set(candidates ? found.filter((id) => candidates.has(id)) : found);
+        candidates = found;
+        continue; // matched here: the parent's matcher (case-insensitive, cutting a value at its `|`) never sees it
+      }
+      rest.push(filter);
       if (found && (!candidates || found.size < candidates.size)) {
         candidates = found;
-        chosen = filter;
       }
     }
-    const all = this.resources.get(type);
     if (!candidates || !all) {
-      return super.searchSync(searchRequest);
+      return super.searchSync({ ...searchRequest, filters: rest });
     }
-    let ordered = [...candidates]
+    const ordered = [...candidates]
       .filter((id) => all.has(id))
       .sort((a, b) => this.order.get(`${type}/${a}`) - this.order.get(`${type}/${b}`));
-    let request = searchRequest;
-    const exact = this.exactIdentifiers(type, chosen);
-    if (exact) {
-      // matched here, as core's matchesTokenValue does, and that filter left out of the parent's matcher:
-      // it compares every candidate with every value (a search for n identifiers: n * n comparisons)
-      ordered = ordered.filter((id) =>
-        all.get(id).identifier?.some?.((i) => exact.has(`${i?.system?.toLowerCase?.()}|${i?.value?.toLowerCase?.()}`))
-      );
-      request = { ...searchRequest, filters: searchRequest.filters.filter((f) => f !== chosen) };
-    }
     // the parent's matcher, paging and sorting, on the candidates alone (searchSync is synchronous:
     // nothing else runs while the subset stands in for the whole)
     this.resources.set(type, new Map(ordered.map((id) => [id, all.get(id)])));
     try {
-      return super.searchSync(request);
+      return super.searchSync({ ...searchRequest, filters: rest });
     } finally {
       this.resources.set(type, all);
     }
-  }
-
-  /**
-   * The `system|value` pairs (lower case) an `identifier` filter asks for, when each of its values names both
-   * (so that matching them is a set lookup); undefined otherwise (the parent's matcher then does it all).
-   */
-  exactIdentifiers(type, filter) {
-    if (filter?.code !== 'identifier' || !IDENTIFIER_INDEXED.has(type) || (filter.operator ?? 'eq') !== 'eq') {
-      return undefined;
-    }
-    const pairs = new Set();
-    for (const value of splitSearchOnComma(filter.value)) {
-      const [system, code] = value.split('|').map((s) => s.toLowerCase());
-      if (!value.includes('|') || !system || !code) {
-        return undefined;
-      }
-      pairs.add(`${system}|${code}`);
-    }
-    return pairs;
   }
 
   // ---------------------------------------------------------------- quota
@@ -356,10 +387,15 @@ export class LocalRepository extends MemoryRepository {
     return stored;
   }
 
-  /** Replaces `Type?search` references by the one resource they match, else 400 (Medplum's wording). */
+  /**
+   * Replaces each conditional reference (`Type?search`) by the Reference @medplum/core's `createReference` makes
+   * of the one resource it matches, as Medplum does (packages/server/src/fhir/repo.ts
+   * `resolveReplacementReference`): `{reference: Type/id, display}`, the display its own rendering of the match
+   * (`getDisplayString`), the whole Reference replaced (the display sent is gone); else 400 (Medplum's wording).
+   */
   replaceConditionalReferences(resource) {
-    forEachReference(resource, (ref, path) => {
-      if (!CONDITIONAL_REFERENCE.test(ref.reference)) {
+    forEachReference(resource, (ref, path, replace) => {
+      if (!ref.reference.includes('?')) {
         return;
       }
       this.charge('search');
@@ -376,8 +412,7 @@ export class LocalRepository extends MemoryRepository {
           )
         );
       }
-      const match = matches[0].resource;
-      ref.reference = `${match.resourceType}/${match.id}`;
+      replace(createReference(matches[0].resource));
     });
   }
 
