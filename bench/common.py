@@ -299,8 +299,10 @@ class Target:
                 names.append(f"{Path(f'/proc/{pid}/comm').read_text().strip()} ({pid})")
         server = (f"the server's processes with their children: {', '.join(names)}" if names else
                   "the server's processes (not on this machine: -)")
-        return (f"CPU columns: share of one core used meanwhile by this client (all its threads), by {server}, and "
-                f"by every other process; the machine has {os.cpu_count()} cores in all.")
+        shared = (" (a server others use too: what it does for them meanwhile counts here)" if names and self.remote
+                  else "")
+        return (f"CPU columns: share of one core used meanwhile by this client (all its threads), by {server}"
+                f"{shared}, and by every other process; the machine has {os.cpu_count()} cores in all.")
 
     # ----------------------------------------------------------------------- what is measured
 
