@@ -6,6 +6,7 @@ import collections
 import contextlib
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -63,6 +64,12 @@ def assert_exactly_once(client: FhirClient, specs: list[ThreadSpec], project: An
 def cli(args: list[str], env: dict[str, str], **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "bundler", *args], env={**os.environ, **env}, text=True,
                           capture_output=True, timeout=120, **kw)
+
+
+def ctrl_c_reaches_it() -> None:
+    """A `preexec_fn` that gives the child Ctrl-C as a terminal gives it: a test run in the background (`cmd &`
+    from a script, `nohup`) passes SIGINT on ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def env(project: Any, secret: str | None = None) -> dict[str, str]:

@@ -13,7 +13,19 @@ from typing import Any
 
 import pytest
 from faultproxy import Event, FaultProxy, Rule
-from loadkit import POST, assert_exactly_once, cli, client_for, committed, copies, env, load, transactions, write_specs
+from loadkit import (
+    POST,
+    assert_exactly_once,
+    cli,
+    client_for,
+    committed,
+    copies,
+    ctrl_c_reaches_it,
+    env,
+    load,
+    transactions,
+    write_specs,
+)
 
 from bundler import load_specs, parse_spec
 from bundler.load import Outcome
@@ -175,7 +187,7 @@ def test_ctrl_c_prints_the_summary_so_far_writes_the_partial_report_and_resumes(
                        until=lambda log: False))
         environ = {**os.environ, **env(project), "MEDPLUM_BASE_URL": proxy.url}
         proc = subprocess.Popen([sys.executable, "-m", "bundler", *args], env=environ, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_reaches_it)
 
         def held_and_committed(log: list[Event]) -> bool:
             return any(e.actions == ["hold"] for e in log) and committed(journal) >= 5
