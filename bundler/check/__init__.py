@@ -2,7 +2,7 @@
 
 `issues` (the rule registry and `Issue`), `rules` (bundle, entry, reference and thread rules),
 `structure` (FHIR R4 structure), `limits` (server profiles), `validate` (all of them, on one or many
-bundles), `files` (Bundles, NDJSON and specs from files), `mutations` (each rule broken on purpose).
+bundles), `files` (Bundles, NDJSON and specs from files).
 """
 
 from .files import Report, validate_files

@@ -34,7 +34,6 @@ from hypothesis import strategies as st
 
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle
 from ..check.issues import RULES
-from ..check.mutations import MUTATIONS, NotApplicable, rng_from_draw
 from ..vocabulary import (
     COMMUNICATION_TARGETS,
     DRAFT_STATUS,
@@ -45,6 +44,7 @@ from ..vocabulary import (
     offset_zone,
     parse_instant,
 )
+from .mutations import MUTATIONS, NotApplicable, rng_from_draw
 
 __all__ = [
     "PARTICIPANT_TYPES",
