@@ -17,7 +17,7 @@ _WHERE = {
     "dumps": "build", "full_url": "build",
     "AuthError": "errors", "BundleInvalid": "errors", "BundlerError": "errors", "OptionError": "errors",
     "Problem": "errors", "ServerError": "errors", "SpecError": "errors", "UnknownOutcome": "errors",
-    "build_files": "output", "generate": "generator",
+    "build_files": "bundle_files", "generate": "generator",
     "ThreadSpec": "spec", "load_specs": "spec", "parse_spec": "spec",
     "validate": "check", "validate_files": "check",
     "BearerToken": "medplum.auth", "ClientCredentials": "medplum.auth", "FhirClient": "medplum.client",
@@ -70,5 +70,5 @@ if TYPE_CHECKING:
     from .medplum.client import FhirClient
     from .medplum.doctor import doctor
     from .migrate import iter_threads, migrate
-    from .output import build_files
+    from .bundle_files import build_files
     from .spec import ThreadSpec, load_specs, parse_spec

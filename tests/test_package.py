@@ -10,7 +10,7 @@ import pytest
 
 import bundler
 from bundler import assets
-from bundler.demo import run_demo
+from bundler.apps.demo import run_demo
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from bundler.bundle_files import build_files
 from bundler.check.files import validate_files
 from bundler.cli import main
 from bundler.errors import SpecError
-from bundler.output import build_files
 from bundler.spec import attachments, load_specs
 from bundler.spec.attachments import Refused, outside, read_regular, read_stdin
 
