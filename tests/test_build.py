@@ -13,8 +13,8 @@ import yaml
 from click.testing import CliRunner
 from hypothesis import given, settings
 
-from bundler import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, dumps, full_url, load_specs, parse_spec
-from bundler.build import URN_NAMESPACE, bundle_bytes
+from bundler import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, load_specs, parse_spec
+from bundler.build import URN_NAMESPACE, bundle_bytes, dumps, full_url
 from bundler.cli import main
 from bundler.testing.strategies import thread_specs
 from bundler.vocabulary import rewrite_references
