@@ -8,20 +8,15 @@ from pathlib import Path
 from typing import Literal
 
 import click
-import orjson
 
-from ..build import DEFAULT_IDENTIFIER_SYSTEM
-from ..files import write_atomic
-from ..load.loader import default_journal
-from ..migrate import MigrateSummary, Progress, Shard, iter_threads, migrate
-from ..migrate.mapping import MigrationMapping, load_mapping
-from ..migrate.pipeline import default_rejects
-from ..migrate.report import combine, summary_json
+from ..load.inputs import journal_for
+from ..migrate import MigrateSummary, Progress, Shard, migrate
+from ..migrate.report import combine
 from ..migrate.stream import INDEX_VARIABLE
 from .common import EXIT_ISSUES, EXIT_OK, read_model_option, report_errors
 from .connect import connection_options, make_client
-from .identifier import check_identifier_system
-from .load import load_options, run_load, sync_options
+from .identifier import identifier_system_option
+from .load import load_options, print_loaded, shown_load, sync_options
 
 
 def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Shard | None:
@@ -86,9 +81,11 @@ def _exit_status(summary: MigrateSummary) -> int:
                                              "whose parent cannot be linked is a reject too.")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where the temporary grouping database goes (it needs about twice the input's size).")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Processes that read and assemble (--to; a load reads in one).  [default: the number of cores, "
+                   "at most 4; 1 with --strict]")
 @click.option("--progress/--no-progress", default=None, help="A progress line on stderr.  [default: on a terminal]")
-@click.option("--identifier-system", default=DEFAULT_IDENTIFIER_SYSTEM, show_default=True,
-              callback=check_identifier_system, help="Identifier system of every Communication (NDJSON output, load).")
+@identifier_system_option("Identifier system of every Communication (NDJSON output, load).")
 @connection_options
 @load_options
 @sync_options
@@ -96,10 +93,11 @@ def _exit_status(summary: MigrateSummary) -> int:
 @report_errors
 def migrate_command(inputs: tuple[str, ...], mapping: str, to: tuple[str, str] | None, load_: bool,
                     shard: Shard | None, rejects: Path | None, summary_path: Path | None, strict: bool,
-                    work_dir: Path | None, progress: bool | None, identifier_system: str, base_url: str | None,
+                    work_dir: Path | None, workers: int | None, progress: bool | None, identifier_system: str,
+                    base_url: str | None,
                     client_id: str | None, client_secret: str | None, token: str | None, allow_insecure: bool,
                     timeout: float, journal: Path | None, atomic: str, concurrency: int, max_entries: int | None,
-                    dry_run: bool, report_path: Path | None, exactly_once: str, late_margin: float, update: bool,
+                    dry_run: bool, report: Path | None, exactly_once: str, late_margin: float, update: bool,
                     wait: bool, read_model: str | None) -> None:
     """Migrate a legacy message export (INPUT: CSV or JSON Lines, optionally .gz) into threads.
 
@@ -122,44 +120,31 @@ def migrate_command(inputs: tuple[str, ...], mapping: str, to: tuple[str, str] |
         raise click.UsageError("give either --to specs DIR / --to ndjson FILE, or --load")
     if progress is None:
         progress = sys.stderr.isatty()
-    source = _with_read_model(mapping, read_model)
+    options = {"shard": shard, "strict": strict, "rejects": rejects, "summary": summary_path, "work_dir": work_dir,
+               "identifier_system": identifier_system, "read_model": read_model}
     if load_:
         client = make_client(base_url, client_id, client_secret, token, allow_insecure, timeout, concurrency)
-        rejects = rejects or Path(f"{inputs[0]}.rejects.jsonl")
-        with client, iter_threads(list(inputs), source, shard=shard, strict=strict, rejects=rejects,
-                                  work_dir=work_dir) as stream:
-            totals = stream.start()
-            report = run_load(stream, client, journal=journal or default_journal(inputs),
-                              identifier_system=identifier_system, atomic=atomic, concurrency=concurrency,
-                              max_entries=max_entries, dry_run=dry_run, report_path=report_path, progress=progress,
-                              exactly_once=exactly_once, late_margin=late_margin, update=update, wait=wait,
-                              totals=totals)
-        summary = stream.summary
-        summary.loaded = dict(report.messages)
+        with client:
+            summary = shown_load(lambda watcher: migrate(
+                list(inputs), mapping, to="load", client=client, journal=journal, atomic=atomic,
+                concurrency=concurrency, max_entries=max_entries, dry_run=dry_run, report=report,
+                exactly_once=exactly_once, late_margin=late_margin, update=update, wait=wait, watcher=watcher,
+                **options), progress=progress, dry_run=dry_run)  # type: ignore[arg-type]
+        assert summary.load is not None
+        print_loaded(summary.load, journal_for(list(inputs), journal))
         _print_summary(summary, loading=True)
-        on_server = sum(report.messages.values())
+        on_server = sum(summary.load.messages.values())
         click.echo(f"{summary.messages:,} messages of {summary.threads:,} threads migrated; {on_server:,} messages "
-                   f"of those threads on the server; rejects in {rejects}", err=True)
-        _write_summary(summary_path, summary, shard, report.ok)
-        sys.exit(max(_exit_status(summary), EXIT_OK if report.ok else EXIT_ISSUES))
+                   f"of those threads on the server; rejects in {summary.rejects_file}", err=True)
+        sys.exit(max(_exit_status(summary), EXIT_OK if summary.load.ok else EXIT_ISSUES))
     assert to is not None
     kind: Literal["specs", "ndjson"] = "specs" if to[0] == "specs" else "ndjson"  # click.Choice checked it
-    out = Path(to[1])
-    summary = migrate(list(inputs), source, to=kind, out=out, shard=shard, strict=strict, rejects=rejects,
-                      work_dir=work_dir, progress=_ProgressLine() if progress else None,
-                      identifier_system=identifier_system)
+    summary = migrate(list(inputs), mapping, to=kind, out=to[1], workers=workers,
+                      progress=_ProgressLine() if progress else None, **options)  # type: ignore[arg-type]
     _print_summary(summary)
     where = "files in" if kind == "specs" else "bundles in"
-    click.echo(f"{where} {out}; rejects in {rejects or default_rejects(out)}", err=True)
-    _write_summary(summary_path, summary, shard, True)
+    click.echo(f"{where} {to[1]}; rejects in {summary.rejects_file}", err=True)
     sys.exit(_exit_status(summary))
-
-
-def _write_summary(path: Path | None, summary: MigrateSummary, shard: Shard | None, load_ok: bool) -> None:
-    if path is not None:
-        where = (shard.index, shard.count) if shard is not None else None
-        write_atomic(path, orjson.dumps(summary_json(summary, shard=where, load_ok=load_ok),
-                                        option=orjson.OPT_INDENT_2))
 
 
 def _summary_table(rows: list[tuple[str, str]]) -> None:
@@ -193,13 +178,3 @@ def report_command(summaries: tuple[str, ...]) -> None:
     if not total.load_ok:
         click.echo("a load of one of the shards had failures (see its --report)", err=True)
     sys.exit(EXIT_OK if total.ok else EXIT_ISSUES)
-
-
-def _with_read_model(mapping: str, read_model: str | None) -> str | MigrationMapping:
-    """The mapping file, or with --read-model the mapping loaded with that read model (it overrides the mapping's
-    `thread.read_model`)."""
-    if read_model is None:
-        return mapping
-    loaded = load_mapping(mapping)
-    loaded.read_model = read_model
-    return loaded
