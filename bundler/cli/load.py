@@ -22,6 +22,7 @@ from .common import (
     EXIT_OK,
     SECRETS,
     allow_outside_files_option,
+    format_option,
     participants_option,
     read_model_option,
     report_errors,
@@ -33,8 +34,6 @@ from .identifier import identifier_system_option
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 EXIT_INTERRUPTED = 130
-
-identifier_option = identifier_system_option("Identifier system the threads were built with.")
 
 
 def print_load_report(report: LoadReport, *, show: int = 20) -> None:
@@ -157,8 +156,11 @@ def shown_load(call: Callable[[LoadWatcher], T], *, progress: bool | None, dry_r
         _close(bars)
 
 
-def print_loaded(report: LoadReport, journal: Path) -> None:
-    """The summary of a load, and where its journal is (none for a dry run)."""
+def print_loaded(report: LoadReport, journal: Path, *, format_: str = "text") -> None:
+    """The summary of a load (with `format_="json"` also as JSON on stdout), and where its journal is (none for a
+    dry run)."""
+    if format_ == "json":
+        click.echo(SECRETS.scrub(orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2).decode()))
     print_load_report(report)
     if not report.dry_run:
         click.echo(f"journal: {display.path(journal)}", err=True)
@@ -182,10 +184,11 @@ def _interrupted(exc: LoadInterrupted) -> NoReturn:
 @click.command("load")
 @click.argument("paths", nargs=-1, required=True)
 @connection_options
-@identifier_option
+@identifier_system_option
 @load_options
 @sync_options
 @click.option("--progress/--no-progress", default=None, help="A progress bar.  [default: on a terminal]")
+@format_option("the --report summary (counts, ok, requests, ...) without the threads")
 @participants_option
 @read_model_option
 @allow_outside_files_option
@@ -194,7 +197,7 @@ def _interrupted(exc: LoadInterrupted) -> NoReturn:
 def load_command(paths: tuple[str, ...], client: FhirClient, identifier_system: str, journal: Path | None,
                  atomic: str, concurrency: int, max_entries: int | None, dry_run: bool, report: Path | None,
                  exactly_once: str, late_margin: float, update: bool, wait: bool, progress: bool | None,
-                 participants: Path | None, read_model: str | None, allow_outside_files: bool) -> None:
+                 format_: str, participants: Path | None, read_model: str | None, allow_outside_files: bool) -> None:
     """Load the threads in PATHS into a Medplum project, atomically and exactly once; run again on specs
     that grew or changed, send what is new (and, with --update, what changed).
 
@@ -217,17 +220,16 @@ def load_command(paths: tuple[str, ...], client: FhirClient, identifier_system: 
         exactly_once=exactly_once,  # type: ignore[arg-type]
         late_margin=late_margin, update=update, concurrency=concurrency, max_entries=max_entries, dry_run=dry_run,
         report=report, wait=wait, watcher=watcher), progress=progress, dry_run=dry_run)
-    print_loaded(loaded, journal_for(list(paths), journal))
+    print_loaded(loaded, journal_for(list(paths), journal), format_=format_)
     sys.exit(EXIT_OK if loaded.ok else EXIT_ISSUES)
 
 
 @click.command("doctor")
 @connection_options
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="Output: text for people, or json: every check.")
+@format_option("every check")
 @report_errors(nothing="nothing sent")
 @with_client
-def doctor_command(client: FhirClient, fmt: str) -> None:
+def doctor_command(client: FhirClient, format_: str) -> None:
     """Probe a project once: login, permission to search and create Communication, whether transactions
     are atomic, whether references must exist, and the quota. Whatever the probe creates, it removes.
     Exit 0 unless a check says FAIL (a project without atomic transactions is a warning: `load` handles it).
@@ -237,7 +239,7 @@ def doctor_command(client: FhirClient, fmt: str) -> None:
       MEDPLUM_BASE_URL=https://api.medplum.com/ thread-bundler doctor
     """
     report = doctor(client)
-    if fmt == "json":
+    if format_ == "json":
         click.echo(SECRETS.scrub(orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2).decode()))
     else:
         mark = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "unknown": "?"}
@@ -260,18 +262,17 @@ def print_verify(results: list[VerifyResult], *, show: int = 20) -> None:
 @click.command("verify")
 @click.argument("paths", nargs=-1, required=True)
 @connection_options
-@identifier_option
+@identifier_system_option
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Threads read back at once.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="Output: text for people, or json: one object per thread.")
+@format_option("one object per thread")
 @participants_option
 @read_model_option
 @allow_outside_files_option
 @report_errors(nothing="nothing sent")
 @with_client
 def verify_command(paths: tuple[str, ...], client: FhirClient, identifier_system: str, concurrency: int,
-                   fmt: str, participants: Path | None, read_model: str | None, allow_outside_files: bool) -> None:
+                   format_: str, participants: Path | None, read_model: str | None, allow_outside_files: bool) -> None:
     """Read each thread in PATHS back from the server (part-of, _sort=sent, every page) and compare it
     with its spec field by field, in the words `load` uses for what changed.
 
@@ -282,7 +283,7 @@ def verify_command(paths: tuple[str, ...], client: FhirClient, identifier_system
     results = verify(list(paths), client, participants=participants, read_model=read_model,
                      allow_outside_files=allow_outside_files, identifier_system=identifier_system,
                      concurrency=concurrency)
-    if fmt == "json":
+    if format_ == "json":
         click.echo(orjson.dumps([r.as_json() for r in results], option=orjson.OPT_INDENT_2).decode())
     else:
         print_verify(results)

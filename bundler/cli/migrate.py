@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Literal
 
 import click
+import orjson
 
 from ..load.inputs import journal_for
 from ..migrate import MigrateSummary, Progress, Shard, migrate
-from ..migrate.report import combine
+from ..migrate.report import combine, summary_json
 from ..migrate.stream import INDEX_VARIABLE
-from .common import EXIT_ISSUES, EXIT_OK, read_model_option, report_errors
+from .common import EXIT_ISSUES, EXIT_OK, format_option, read_model_option, report_errors
 from .connect import connection_options, make_client
 from .identifier import identifier_system_option
 from .load import load_options, print_loaded, shown_load, sync_options
@@ -85,7 +86,8 @@ def _exit_status(summary: MigrateSummary) -> int:
               help="Processes that read and assemble (--to; a load reads in one).  [default: the number of cores, "
                    "at most 4; 1 with --strict]")
 @click.option("--progress/--no-progress", default=None, help="A progress line on stderr.  [default: on a terminal]")
-@identifier_system_option("Identifier system of every Communication (NDJSON output, load).")
+@format_option("the summary as --summary writes it")
+@identifier_system_option
 @connection_options
 @load_options
 @sync_options
@@ -93,7 +95,8 @@ def _exit_status(summary: MigrateSummary) -> int:
 @report_errors
 def migrate_command(inputs: tuple[str, ...], mapping: str, to: tuple[str, str] | None, load_: bool,
                     shard: Shard | None, rejects: Path | None, summary_path: Path | None, strict: bool,
-                    work_dir: Path | None, workers: int | None, progress: bool | None, identifier_system: str,
+                    work_dir: Path | None, workers: int | None, progress: bool | None, format_: str,
+                    identifier_system: str,
                     base_url: str | None,
                     client_id: str | None, client_secret: str | None, token: str | None, allow_insecure: bool,
                     timeout: float, journal: Path | None, atomic: str, concurrency: int, max_entries: int | None,
@@ -131,6 +134,7 @@ def migrate_command(inputs: tuple[str, ...], mapping: str, to: tuple[str, str] |
                 exactly_once=exactly_once, late_margin=late_margin, update=update, wait=wait, watcher=watcher,
                 **options), progress=progress, dry_run=dry_run)  # type: ignore[arg-type]
         assert summary.load is not None
+        _print_json(format_, summary, shard)
         print_loaded(summary.load, journal_for(list(inputs), journal))
         _print_summary(summary, loading=True)
         on_server = sum(summary.load.messages.values())
@@ -141,10 +145,19 @@ def migrate_command(inputs: tuple[str, ...], mapping: str, to: tuple[str, str] |
     kind: Literal["specs", "ndjson"] = "specs" if to[0] == "specs" else "ndjson"  # click.Choice checked it
     summary = migrate(list(inputs), mapping, to=kind, out=to[1], workers=workers,
                       progress=_ProgressLine() if progress else None, **options)  # type: ignore[arg-type]
+    _print_json(format_, summary, shard)
     _print_summary(summary)
     where = "files in" if kind == "specs" else "bundles in"
     click.echo(f"{where} {to[1]}; rejects in {summary.rejects_file}", err=True)
     sys.exit(_exit_status(summary))
+
+
+def _print_json(format_: str, summary: MigrateSummary, shard: Shard | None) -> None:
+    """With --format json, the summary on stdout as `--summary` writes it."""
+    if format_ == "json":
+        where = (shard.index, shard.count) if shard is not None else None
+        data = summary_json(summary, shard=where, load_ok=summary.load is None or summary.load.ok)
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
 
 
 def _summary_table(rows: list[tuple[str, str]]) -> None:
@@ -156,8 +169,9 @@ def _summary_table(rows: list[tuple[str, str]]) -> None:
 
 @click.command("report")
 @click.argument("summaries", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@format_option("the summaries added up, in the format of one, with the shards, missing shards and ok")
 @report_errors(nothing="nothing combined")
-def report_command(summaries: tuple[str, ...]) -> None:
+def report_command(summaries: tuple[str, ...], format_: str) -> None:
     """Add up the summaries of the shards of one migration (written by `migrate --summary FILE`) into one,
     and say whether every shard is there.
 
@@ -169,6 +183,11 @@ def report_command(summaries: tuple[str, ...]) -> None:
       thread-bundler report shard-*.json
     """
     total = combine(summaries)
+    if format_ == "json":
+        data = {**summary_json(total.summary, load_ok=total.load_ok), "files": total.files,
+                "shards": [list(s) for s in sorted(total.shards)], "missing_shards": total.missing_shards,
+                "ok": total.ok}
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
     _summary_table(total.summary.table())
     click.echo(f"{len(total.files)} summar{'y' if len(total.files) == 1 else 'ies'}"
                + (f" of shards {', '.join(f'{k}/{n}' for k, n in sorted(total.shards))}" if total.shards else ""),

@@ -16,6 +16,7 @@ from .common import (
     EXIT_ISSUES,
     EXIT_OK,
     allow_outside_files_option,
+    format_option,
     participants_option,
     read_model_option,
     report_errors,
@@ -45,13 +46,11 @@ def format_text(report: Report) -> str:
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--limits", type=click.Choice(sorted(PROFILES)), default="medplum", show_default=True,
               help="Server limits to check against (body size, conditional and PUT entries, ids).")
-@click.option("--format", "format_", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="Output: text for people, or json: one object with every issue.")
+@format_option("one object with every issue")
 @click.option("--no-structure", is_flag=True, help="Skip the FHIR R4 structure check (fhir.resources; the slow part).")
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Processes for large inputs.  [default: the number of cores]")
-@identifier_system_option("Identifier system of every Communication built from the specs, as build and load give it "
-                          "(value: thread key, or key/message id).")
+@identifier_system_option
 @participants_option
 @read_model_option
 @allow_outside_files_option
