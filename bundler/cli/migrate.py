@@ -76,7 +76,7 @@ def _exit_status(summary: MigrateSummary) -> int:
                    f"runs. env/N: K from ${INDEX_VARIABLE} (a Kubernetes Indexed Job).")
 @click.option("--rejects", type=click.Path(dir_okay=False, path_type=Path),
               help="Where rejected rows go (.csv or .jsonl).  [default: <out>.rejects.jsonl]")
-@click.option("--summary", "summary_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--summary", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the summary as JSON (for `thread-bundler report` to add up shards).")
 @click.option("--strict", is_flag=True, help="Stop at the first rejected row (exit 2), writing nothing; a reply "
                                              "whose parent cannot be linked is a reject too.")
@@ -94,7 +94,7 @@ def _exit_status(summary: MigrateSummary) -> int:
 @read_model_option
 @report_errors
 def migrate_command(inputs: tuple[str, ...], mapping: str, to: tuple[str, str] | None, load_: bool,
-                    shard: Shard | None, rejects: Path | None, summary_path: Path | None, strict: bool,
+                    shard: Shard | None, rejects: Path | None, summary: Path | None, strict: bool,
                     work_dir: Path | None, workers: int | None, progress: bool | None, format_: str,
                     identifier_system: str,
                     base_url: str | None,
@@ -123,33 +123,33 @@ def migrate_command(inputs: tuple[str, ...], mapping: str, to: tuple[str, str] |
         raise click.UsageError("give either --to specs DIR / --to ndjson FILE, or --load")
     if progress is None:
         progress = sys.stderr.isatty()
-    options = {"shard": shard, "strict": strict, "rejects": rejects, "summary": summary_path, "work_dir": work_dir,
+    options = {"shard": shard, "strict": strict, "rejects": rejects, "summary": summary, "work_dir": work_dir,
                "identifier_system": identifier_system, "read_model": read_model}
     if load_:
         client = make_client(base_url, client_id, client_secret, token, allow_insecure, timeout, concurrency)
         with client:
-            summary = shown_load(lambda watcher: migrate(
+            done = shown_load(lambda watcher: migrate(
                 list(inputs), mapping, to="load", client=client, journal=journal, atomic=atomic,
                 concurrency=concurrency, max_entries=max_entries, dry_run=dry_run, report=report,
                 exactly_once=exactly_once, late_margin=late_margin, update=update, wait=wait, watcher=watcher,
                 **options), progress=progress, dry_run=dry_run)  # type: ignore[arg-type]
-        assert summary.load is not None
-        _print_json(format_, summary, shard)
-        print_loaded(summary.load, journal_for(list(inputs), journal))
-        _print_summary(summary, loading=True)
-        on_server = sum(summary.load.messages.values())
-        click.echo(f"{summary.messages:,} messages of {summary.threads:,} threads migrated; {on_server:,} messages "
-                   f"of those threads on the server; rejects in {summary.rejects_file}", err=True)
-        sys.exit(max(_exit_status(summary), EXIT_OK if summary.load.ok else EXIT_ISSUES))
+        assert done.load is not None
+        _print_json(format_, done, shard)
+        print_loaded(done.load, journal_for(list(inputs), journal))
+        _print_summary(done, loading=True)
+        on_server = sum(done.load.messages.values())
+        click.echo(f"{done.messages:,} messages of {done.threads:,} threads migrated; {on_server:,} messages "
+                   f"of those threads on the server; rejects in {done.rejects_file}", err=True)
+        sys.exit(max(_exit_status(done), EXIT_OK if done.load.ok else EXIT_ISSUES))
     assert to is not None
     kind: Literal["specs", "ndjson"] = "specs" if to[0] == "specs" else "ndjson"  # click.Choice checked it
-    summary = migrate(list(inputs), mapping, to=kind, out=to[1], workers=workers,
-                      progress=_ProgressLine() if progress else None, **options)  # type: ignore[arg-type]
-    _print_json(format_, summary, shard)
-    _print_summary(summary)
+    done = migrate(list(inputs), mapping, to=kind, out=to[1], workers=workers,
+                   progress=_ProgressLine() if progress else None, **options)  # type: ignore[arg-type]
+    _print_json(format_, done, shard)
+    _print_summary(done)
     where = "files in" if kind == "specs" else "bundles in"
-    click.echo(f"{where} {to[1]}; rejects in {summary.rejects_file}", err=True)
-    sys.exit(_exit_status(summary))
+    click.echo(f"{where} {to[1]}; rejects in {done.rejects_file}", err=True)
+    sys.exit(_exit_status(done))
 
 
 def _print_json(format_: str, summary: MigrateSummary, shard: Shard | None) -> None:

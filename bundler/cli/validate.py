@@ -47,7 +47,8 @@ def format_text(report: Report) -> str:
 @click.option("--limits", type=click.Choice(sorted(PROFILES)), default="medplum", show_default=True,
               help="Server limits to check against (body size, conditional and PUT entries, ids).")
 @format_option("one object with every issue")
-@click.option("--no-structure", is_flag=True, help="Skip the FHIR R4 structure check (fhir.resources; the slow part).")
+@click.option("--structure/--no-structure", default=True, show_default=True,
+              help="Check FHIR R4 structure (fhir.resources; the slow part): --no-structure skips it.")
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Processes for large inputs.  [default: the number of cores]")
 @identifier_system_option
@@ -55,7 +56,7 @@ def format_text(report: Report) -> str:
 @read_model_option
 @allow_outside_files_option
 @report_errors
-def validate_command(paths: tuple[str, ...], limits: str, format_: str, no_structure: bool,
+def validate_command(paths: tuple[str, ...], limits: str, format_: str, structure: bool,
                      workers: int | None, identifier_system: str, participants: Path | None,
                      read_model: str | None, allow_outside_files: bool) -> None:
     """Check Bundles in PATHS for everything a Medplum server would reject or store broken.
@@ -71,7 +72,7 @@ def validate_command(paths: tuple[str, ...], limits: str, format_: str, no_struc
       thread-bundler validate threads/ --participants people.yaml
       thread-bundler validate threads/ --identifier-system https://example.org/threads
     """
-    report = validate_files(paths, limits=limits, structure=not no_structure, workers=workers,
+    report = validate_files(paths, limits=limits, structure=structure, workers=workers,
                             identifier_system=identifier_system, participants=participants, read_model=read_model,
                             allow_outside_files=allow_outside_files)
     if format_ == "json":
