@@ -75,7 +75,8 @@ def _exit_status(summary: MigrateSummary) -> int:
               help="Only the conversations whose thread key hashes to K of N (0-based): split a migration across "
                    f"runs. env/N: K from ${INDEX_VARIABLE} (a Kubernetes Indexed Job).")
 @click.option("--rejects", type=click.Path(dir_okay=False, path_type=Path),
-              help="Where rejected rows go (.csv or .jsonl).  [default: <out>.rejects.jsonl]")
+              help="Where rejected rows go (.csv or .jsonl).  [default: <out>.rejects.jsonl; with --load, "
+                   "<first input>.rejects.jsonl]")
 @click.option("--summary", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the summary as JSON (for `thread-bundler report` to add up shards).")
 @click.option("--strict", is_flag=True, help="Stop at the first rejected row (exit 2), writing nothing; a reply "
