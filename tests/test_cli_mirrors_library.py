@@ -87,6 +87,20 @@ def test_the_old_spellings_are_hidden_and_say_what_replaced_them() -> None:
     assert "participants file: out/people.yaml is inside out" in result.stderr and result.exit_code == 2
 
 
+@pytest.mark.parametrize(("args", "references"), [([], False), (["--check-references"], True),
+                                                  (["--check-references-on-write"], True)])
+def test_the_server_s_old_flag_still_sets_its_argument(args: list[str], references: bool,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import bundler.cli.server as server
+
+    given: dict[str, Any] = {}
+    monkeypatch.setattr(server, "serve", lambda **kw: given.update(kw))
+    result = CliRunner().invoke(main, ["server", *args, "--port", "0"])
+    assert result.exit_code == 0, result.output
+    assert given["check_references_on_write"] is references and given["port"] == 0
+    assert ("deprecated" in result.stderr) == (args == ["--check-references"])
+
+
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
 
 

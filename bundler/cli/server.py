@@ -40,7 +40,7 @@ Examples:
               help="Token lifetime in seconds.")
 @click.option("--check-references-on-write", is_flag=True,
               help="Refuse references to resources that do not exist (Medplum's checkReferencesOnWrite).")
-@deprecated_alias("--check-references", "check_references_on_write", "--check-references-on-write")
+@deprecated_alias("--check-references", "check_references_on_write", "--check-references-on-write", is_flag=True)
 @click.option("--log", type=click.Path(path_type=Path, dir_okay=False),
               help="Append the server's log (one line a request) to this file.")
 @report_errors(nothing="no server started")
