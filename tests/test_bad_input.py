@@ -614,6 +614,10 @@ CASES: dict[str, Case] = {
         {}, ["export", "-o", "out", "--participants-file", "out/people.yaml", "--base-url", "http://127.0.0.1:9/",
              "--token", "t"], 2, ["participants file: out/people.yaml is inside out", "put it beside the folder"],
         never=["exporting"]),
+    "export: the participants file to write inside the export's folder": Case(
+        {}, ["export", "-o", "out", "--participants-out", "out/people.yaml", "--base-url", "http://127.0.0.1:9/",
+             "--token", "t"], 2, ["participants file: out/people.yaml is inside out", "put it beside the folder"],
+        never=["exporting", "deprecated"]),
     "export: --attachments neither keep nor download": Case(
         {}, ["export", "-o", "out", "--attachments", "fetch"], 2,
         ["Invalid value for '--attachments': 'fetch' is not one of 'keep', 'download'"]),
@@ -623,6 +627,9 @@ CASES: dict[str, Case] = {
                                       ["error: port {port} on 127.0.0.1 is already in use",
                                        "--port 0 for any free one"], never=["EADDRINUSE", "Node.js"],
                                       module="bundler.medplum.localserver", setup=_port_in_use),
+    "server: port in use": Case({}, ["server", "--port", "{port}"], 2,
+                                ["error: port {port} on 127.0.0.1 is already in use", "--port 0 for any free one"],
+                                never=["EADDRINUSE", "Node.js"], setup=_port_in_use),
     "local server: no npm": Case({"bin": None, "cache": None}, [], 2,
                                  ["error: npm is not on PATH", "install Node.js with npm"],
                                  module="bundler.medplum.localserver",

@@ -425,7 +425,7 @@ def test_copy_with_a_participants_file_into_an_empty_strict_project(project: Any
         people = _people(source, project.prefix, 5)
         specs = _threads_of(people, project.prefix, 6)
         assert load(specs, source, journal=tmp_path / "a.sqlite").ok
-        report = export(source, tmp_path / "out", participants_file=tmp_path / "people.yaml", topic=project.prefix)
+        report = export(source, tmp_path / "out", participants_out=tmp_path / "people.yaml", topic=project.prefix)
     assert report.ok and report.participants == 5, report.participant_problems
     assert any(s.read_model for s in specs)
     shared = read_participants(tmp_path / "people.yaml")
@@ -483,7 +483,7 @@ def test_participants_that_cannot_be_created_keep_their_references_and_are_liste
             m["sender"] = "a"
         spec = _ours(data, project.prefix)
         assert load([spec], client, journal=tmp_path / "j.sqlite").ok
-        result = cli(["export", "-o", str(tmp_path / "out"), "--topic", project.prefix, "--participants-file",
+        result = cli(["export", "-o", str(tmp_path / "out"), "--topic", project.prefix, "--participants-out",
                       str(tmp_path / "people.yaml")], env(project))
     assert result.returncode == 1, result.stderr
     assert f"participant: {nobody} has no identifier, so it cannot be created conditionally" in result.stderr

@@ -1,5 +1,6 @@
-"""`python -m bundler.medplum.localserver` by hand: its settings, the secret too, are in a file only the user can
-read while it runs (the secret of a running server, without a restart), and never on its output."""
+"""`thread-bundler server` (and `python -m bundler.medplum.localserver`, the same) by hand: its settings, the
+secret too, are in a file only the user can read while it runs (the secret of a running server, without a
+restart), and never on its output."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bundler.medplum.localserver import env_file
 
 
-def test_a_running_server_s_secret_is_in_a_private_file_not_on_its_output(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [["bundler", "server"], ["bundler.medplum.localserver"]],
+                         ids=["thread-bundler server", "python -m bundler.medplum.localserver"])
+def test_a_running_server_s_secret_is_in_a_private_file_not_on_its_output(tmp_path: Path, command: list[str]) -> None:
     env = {**os.environ, "MEDPLUM_LOCAL_CLIENT_SECRET": "s3cret-for-this-test"}
-    proc = subprocess.Popen([sys.executable, "-m", "bundler.medplum.localserver", "--port", "0"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", *command, "--port", "0"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None

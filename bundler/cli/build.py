@@ -18,7 +18,7 @@ from .identifier import identifier_system_option
 @click.option("-o", "--out", type=click.Path(path_type=Path),
               help="Folder for one <thread>.json per thread (with --ndjson: the NDJSON file).")
 @click.option("--ndjson", is_flag=True, help="Write NDJSON, one Bundle per line (to stdout unless -o).")
-@identifier_system_option("Identifier system of every Communication (value: thread key, or key/message id).")
+@identifier_system_option
 @participants_option
 @read_model_option
 @allow_outside_files_option

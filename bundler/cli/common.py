@@ -52,6 +52,38 @@ def read_model_option(command: F) -> F:
                              "threads), header-extension or tasks.  [default: each thread's own]")(command)
 
 
+def deprecated_alias(old: str, dest: str, new: str, **option: Any) -> Callable[[F], F]:
+    """A hidden old spelling `old` of the option `new` (argument `dest`), kept for scripts: given, it fills `dest`
+    (over `new`'s default) and says on stderr that it is deprecated. `option`: click.option's settings for it
+    (`is_flag=True`, `type=...`), as `new` has them.
+
+        @click.option("--participants-out", ...)
+        @deprecated_alias("--participants-file", "participants_out", "--participants-out", type=click.Path())
+    """
+    name = f"deprecated_{dest}_{old.lstrip('-').replace('-', '_')}"
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            value = kwargs.pop(name)
+            if value is not None and value is not False:
+                click.echo(f"warning: {old} is deprecated; use {new}", err=True)
+                kwargs[dest] = value
+            return func(*args, **kwargs)
+
+        return click.option(old, name, hidden=True, default=None, help=f"Deprecated: use {new}.",
+                            **option)(wrapper)  # type: ignore[return-value]
+
+    return decorate
+
+
+def format_option(what: str) -> Callable[[F], F]:
+    """`--format text|json`: text for people on stderr/stdout, or `json` (`what` says what it holds) on stdout for
+    scripts; the command's argument `format_`."""
+    return click.option("--format", "format_", type=click.Choice(["text", "json"]), default="text",
+                        show_default=True, help=f"Output: text for people, or json: {what}.")
+
+
 @overload
 def report_errors(func: F) -> F: ...
 

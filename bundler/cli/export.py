@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import click
+import orjson
 
 from ..errors import OptionError
 from ..export import ExportReport, ThreadExport, export
@@ -16,7 +17,7 @@ from ..export.run import Attachments
 from ..export.search import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, check_since, check_subject
 from ..medplum.client import FhirClient
 from . import display
-from .common import EXIT_ISSUES, EXIT_OK, SECRETS, report_errors
+from .common import EXIT_ISSUES, EXIT_OK, SECRETS, deprecated_alias, format_option, report_errors
 from .connect import connection_options, with_client
 from .display import Bar, count, duration, table
 from .identifier import identifier_system_option
@@ -70,10 +71,12 @@ def print_export_report(report: ExportReport, *, show: int = 10) -> None:
               help="Only threads about this Patient or Group, e.g. Patient/123.")
 @click.option("--since", metavar="INSTANT", callback=_checked(check_since),
               help="Only threads whose header was created or changed at or after this FHIR instant.")
-@identifier_system_option("Identifier system of our Communications: thread keys and message ids are read from it.")
-@click.option("--participants-file", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+@identifier_system_option
+@click.option("--participants-out", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
               help="Also read every participant and write them to FILE with how to create them (for load "
                    "--participants); the specs then name them by alias.")
+@deprecated_alias("--participants-file", "participants_out", "--participants-out",
+                  type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--attachments", type=click.Choice(["keep", "download"]), default="keep", show_default=True,
               help="Keep: attachments keep their URLs; download: each Binary's bytes are downloaded next to the "
                    "spec, which attaches the file.")
@@ -85,11 +88,12 @@ def print_export_report(report: ExportReport, *, show: int = 10) -> None:
 @click.option("--page-size", type=click.IntRange(1, MAX_PAGE_SIZE), default=DEFAULT_PAGE_SIZE, show_default=True,
               help="Headers and messages asked for per search page.")
 @click.option("--progress/--no-progress", default=None, help="A progress line.  [default: on a terminal]")
+@format_option("the report's summary, as the last line of DIR/export-report.jsonl")
 @report_errors(nothing="nothing written")
 @with_client
 def export_command(out: Path, client: FhirClient, topic: str | None, subject: str | None, since: str | None,
-                   identifier_system: str, participants_file: Path | None, attachments: str, orphans: bool,
-                   concurrency: int, page_size: int, progress: bool | None) -> None:
+                   identifier_system: str, participants_out: Path | None, attachments: str, orphans: bool,
+                   concurrency: int, page_size: int, progress: bool | None, format_: str) -> None:
     """Export the threads of a Medplum project as specs, one file per thread: the way back from `load`.
 
     Thread keys and message ids come from our identifiers, else from the server ids; `sent` is kept as
@@ -102,9 +106,9 @@ def export_command(out: Path, client: FhirClient, topic: str | None, subject: st
       thread-bundler export -o threads/
       thread-bundler export -o homer/ --subject Patient/123 --since 2024-01-01T00:00:00Z
       thread-bundler export -o all/ --orphans     # and messages whose header is gone
-      thread-bundler export -o copy/ --participants-file people.yaml    # to load into an empty project
+      thread-bundler export -o copy/ --participants-out people.yaml    # to load into an empty project
     """
-    check_participants_file(participants_file, out)  # (export checks it too: said here before the progress line)
+    check_participants_file(participants_out, out)  # (export checks it too: said here before the progress line)
     bar = Bar("exporting", 0, 0, live=progress)
     bar.start("reading the thread headers")
 
@@ -113,9 +117,12 @@ def export_command(out: Path, client: FhirClient, topic: str | None, subject: st
 
     try:
         report = export(client, out, topic=topic, subject=subject, since=since, identifier_system=identifier_system,
-                        participants_file=participants_file, attachments=cast(Attachments, attachments),
+                        participants_out=participants_out, attachments=cast(Attachments, attachments),
                         orphans=orphans, concurrency=concurrency, page_size=page_size, on_thread=on_thread)
     finally:
         bar.close()
-    print_export_report(report)
+    if format_ == "json":
+        click.echo(orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print_export_report(report)
     sys.exit(EXIT_OK if report.ok else EXIT_ISSUES)

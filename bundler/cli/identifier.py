@@ -1,7 +1,7 @@
-"""The `--identifier-system` option every command that builds or finds our resources takes, checked by the
-one rule (`bundler.build.check_identifier_system`) before the command runs.
+"""The `--identifier-system` option every command that builds or finds our resources takes (declared here once,
+with one help text), checked by the one rule (`vocabulary.identifier_system_problem`) before the command runs.
 
-    @identifier_system_option("Identifier system of every Communication.")
+    @identifier_system_option
     def build_command(..., identifier_system: str) -> None: ...
 """
 
@@ -26,7 +26,10 @@ def check_identifier_system(ctx: click.Context, param: click.Parameter, value: s
     return value
 
 
-def identifier_system_option(help_text: str) -> Callable[[F], F]:
-    """`--identifier-system URI` (default `urn:thread-bundler:thread`), checked, with this help text."""
+def identifier_system_option(func: F) -> F:
+    """`--identifier-system URI` (default `urn:thread-bundler:thread`), checked; `identifier_system=` of the
+    library call."""
     return click.option("--identifier-system", default=DEFAULT_IDENTIFIER_SYSTEM, show_default=True,
-                        callback=check_identifier_system, help=help_text)
+                        callback=check_identifier_system,
+                        help="Identifier system of our Communications (value: thread key, or key/message id): what "
+                             "build and load write, and verify and export read by.")(func)

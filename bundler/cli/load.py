@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 import orjson
 
-from ..load.loader import DEFAULT_LATE_MARGIN, EXACTLY_ONCE_MODES, LoadInterrupted, default_journal, load
-from ..load.report import LoadReport, LoadWatcher, ReportWriter, ThreadResult
+from ..load.inputs import journal_for
+from ..load.loader import DEFAULT_LATE_MARGIN, EXACTLY_ONCE_MODES, LoadInterrupted, load
+from ..load.report import LoadReport, LoadWatcher, ThreadResult
 from ..load.verify import VerifyResult, verify
 from ..medplum.client import FhirClient
 from ..medplum.doctor import doctor
-from ..spec import ThreadSpec, load_specs
 from . import display
 from .common import (
     EXIT_ISSUES,
     EXIT_OK,
     SECRETS,
     allow_outside_files_option,
+    format_option,
     participants_option,
     read_model_option,
     report_errors,
@@ -31,9 +32,8 @@ from .display import Bar, duration, table
 from .identifier import identifier_system_option
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 EXIT_INTERRUPTED = 130
-
-identifier_option = identifier_system_option("Identifier system the threads were built with.")
 
 
 def print_load_report(report: LoadReport, *, show: int = 20) -> None:
@@ -103,7 +103,7 @@ def load_options(func: F) -> F:
                                                                    "entries."),
         click.option("--dry-run", is_flag=True, help="Plan only: what would be sent, what exists, requests, quota "
                                                      "points, time; sends nothing, writes no journal."),
-        click.option("--report", "report_path", type=click.Path(path_type=Path),
+        click.option("--report", type=click.Path(path_type=Path),
                      help="Write every thread's outcome as JSON to this file, as threads finish."),
     ]
     for option in reversed(options):
@@ -131,19 +131,13 @@ def sync_options(func: F) -> F:
     return func
 
 
-def run_load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: Path, identifier_system: str, atomic: str,
-             concurrency: int, max_entries: int | None, dry_run: bool, report_path: Path | None,
-             progress: bool | None, exactly_once: str = "quarantine", late_margin: float = DEFAULT_LATE_MARGIN,
-             update: bool = False, wait: bool = False, totals: tuple[int, int] | None = None) -> LoadReport:
-    """`load` with a progress line (shown before the first search), the summary table and the --report file
-    (written as threads finish); Ctrl-C prints the summary so far, finishes the report and exits 130.
-    Shared by `load` and `migrate` (which gives `totals`, (threads, messages), for a stream of threads)."""
+def shown_load(call: Callable[[LoadWatcher], T], *, progress: bool | None, dry_run: bool) -> T:
+    """`call(watcher)` (`bundler.load.load`, or `migrate` loading) with a progress line, shown before the first
+    search; Ctrl-C prints the summary so far and how to go on, and exits 130 (the library has finished the
+    --report file)."""
     bars: list[Bar] = []
-    writer = ReportWriter(report_path) if report_path else None
 
     def on_start(threads: int | None, messages: int | None) -> None:
-        if totals is not None and threads is None:
-            threads, messages = totals
         bars.append(bar := Bar("planning" if dry_run else "loading", threads or 0, messages or 0, live=progress))
         bar.start("reading the journal and looking for the threads on the server")
 
@@ -152,64 +146,58 @@ def run_load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: Path
 
     def on_thread(result: ThreadResult, messages: int) -> None:
         bars[0].advance(messages, failed=not result.outcome.ok)
-        if writer is not None:
-            writer.add(result)
 
     try:
-        report = load(threads, client, journal=journal, identifier_system=identifier_system,
-                      atomic=atomic,  # type: ignore[arg-type]
-                      exactly_once=exactly_once,  # type: ignore[arg-type]
-                      late_margin=late_margin, update=update, concurrency=concurrency, max_entries=max_entries,
-                      dry_run=dry_run, wait=wait,
-                      watcher=LoadWatcher(on_start=on_start, on_thread=on_thread, on_wait=on_wait))
+        return call(LoadWatcher(on_start=on_start, on_thread=on_thread, on_wait=on_wait))
     except LoadInterrupted as exc:
-        _interrupted(exc.report, bars, writer, journal)
-    except BaseException:
-        for bar in bars:
-            bar.close()
-        if writer is not None:
-            writer.abandon()
-        raise
-    for bar in bars:
-        bar.close()
-    if writer is not None:
-        writer.finish(report)
+        _close(bars)
+        _interrupted(exc)
+    finally:
+        _close(bars)
+
+
+def print_loaded(report: LoadReport, journal: Path, *, format_: str = "text") -> None:
+    """The summary of a load (with `format_="json"` also as JSON on stdout), and where its journal is (none for a
+    dry run)."""
+    if format_ == "json":
+        click.echo(SECRETS.scrub(orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2).decode()))
     print_load_report(report)
-    if not dry_run:
+    if not report.dry_run:
         click.echo(f"journal: {display.path(journal)}", err=True)
-    return report
 
 
-def _interrupted(report: LoadReport, bars: list[Bar], writer: ReportWriter | None, journal: Path) -> None:
-    """Ctrl-C: the summary so far, the partial report, and how to go on; exit 130."""
+def _close(bars: list[Bar]) -> None:
     for bar in bars:
         bar.close()
-    if writer is not None:
-        writer.finish(report)
+    bars.clear()
+
+
+def _interrupted(exc: LoadInterrupted) -> NoReturn:
+    """Ctrl-C: the summary so far, and how to go on; exit 130."""
     click.echo("", err=True)
-    print_load_report(report)
-    of = f" of {report.total:,}" if report.total is not None else ""
-    click.echo(f"\ninterrupted: {report.settled:,}{of} threads in; run the same command again to resume "
-               f"(journal: {display.path(journal)})", err=True)
+    print_load_report(exc.report)
+    where = f" (journal: {display.path(exc.journal)})" if exc.journal is not None else ""
+    click.echo(f"\n{exc}; run the same command again to resume{where}", err=True)
     sys.exit(EXIT_INTERRUPTED)
 
 
 @click.command("load")
 @click.argument("paths", nargs=-1, required=True)
 @connection_options
-@identifier_option
+@identifier_system_option
 @load_options
 @sync_options
 @click.option("--progress/--no-progress", default=None, help="A progress bar.  [default: on a terminal]")
+@format_option("the --report summary (counts, ok, requests, ...) without the threads")
 @participants_option
 @read_model_option
 @allow_outside_files_option
 @report_errors(nothing="nothing sent")
 @with_client
 def load_command(paths: tuple[str, ...], client: FhirClient, identifier_system: str, journal: Path | None,
-                 atomic: str, concurrency: int, max_entries: int | None, dry_run: bool, report_path: Path | None,
+                 atomic: str, concurrency: int, max_entries: int | None, dry_run: bool, report: Path | None,
                  exactly_once: str, late_margin: float, update: bool, wait: bool, progress: bool | None,
-                 participants: Path | None, read_model: str | None, allow_outside_files: bool) -> None:
+                 format_: str, participants: Path | None, read_model: str | None, allow_outside_files: bool) -> None:
     """Load the threads in PATHS into a Medplum project, atomically and exactly once; run again on specs
     that grew or changed, send what is new (and, with --update, what changed).
 
@@ -225,22 +213,23 @@ def load_command(paths: tuple[str, ...], client: FhirClient, identifier_system: 
       thread-bundler load threads/ --update          # a delta load: new messages and changed fields
       thread-bundler load threads/ --participants people.yaml   # participants created when missing
     """
-    specs = load_specs(paths, participants=participants, read_model=read_model,
-                       allow_outside_files=allow_outside_files)
-    report = run_load(specs, client, journal=journal or default_journal(paths),
-                      identifier_system=identifier_system, atomic=atomic, concurrency=concurrency,
-                      max_entries=max_entries, dry_run=dry_run, report_path=report_path, progress=progress,
-                      exactly_once=exactly_once, late_margin=late_margin, update=update, wait=wait)
-    sys.exit(EXIT_OK if report.ok else EXIT_ISSUES)
+    loaded = shown_load(lambda watcher: load(
+        list(paths), client, journal=journal, participants=participants, read_model=read_model,
+        allow_outside_files=allow_outside_files, identifier_system=identifier_system,
+        atomic=atomic,  # type: ignore[arg-type]
+        exactly_once=exactly_once,  # type: ignore[arg-type]
+        late_margin=late_margin, update=update, concurrency=concurrency, max_entries=max_entries, dry_run=dry_run,
+        report=report, wait=wait, watcher=watcher), progress=progress, dry_run=dry_run)
+    print_loaded(loaded, journal_for(list(paths), journal), format_=format_)
+    sys.exit(EXIT_OK if loaded.ok else EXIT_ISSUES)
 
 
 @click.command("doctor")
 @connection_options
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="Output: text for people, or json: every check.")
+@format_option("every check")
 @report_errors(nothing="nothing sent")
 @with_client
-def doctor_command(client: FhirClient, fmt: str) -> None:
+def doctor_command(client: FhirClient, format_: str) -> None:
     """Probe a project once: login, permission to search and create Communication, whether transactions
     are atomic, whether references must exist, and the quota. Whatever the probe creates, it removes.
     Exit 0 unless a check says FAIL (a project without atomic transactions is a warning: `load` handles it).
@@ -250,7 +239,7 @@ def doctor_command(client: FhirClient, fmt: str) -> None:
       MEDPLUM_BASE_URL=https://api.medplum.com/ thread-bundler doctor
     """
     report = doctor(client)
-    if fmt == "json":
+    if format_ == "json":
         click.echo(SECRETS.scrub(orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2).decode()))
     else:
         mark = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "unknown": "?"}
@@ -273,18 +262,17 @@ def print_verify(results: list[VerifyResult], *, show: int = 20) -> None:
 @click.command("verify")
 @click.argument("paths", nargs=-1, required=True)
 @connection_options
-@identifier_option
+@identifier_system_option
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Threads read back at once.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="Output: text for people, or json: one object per thread.")
+@format_option("one object per thread")
 @participants_option
 @read_model_option
 @allow_outside_files_option
 @report_errors(nothing="nothing sent")
 @with_client
 def verify_command(paths: tuple[str, ...], client: FhirClient, identifier_system: str, concurrency: int,
-                   fmt: str, participants: Path | None, read_model: str | None, allow_outside_files: bool) -> None:
+                   format_: str, participants: Path | None, read_model: str | None, allow_outside_files: bool) -> None:
     """Read each thread in PATHS back from the server (part-of, _sort=sent, every page) and compare it
     with its spec field by field, in the words `load` uses for what changed.
 
@@ -292,11 +280,10 @@ def verify_command(paths: tuple[str, ...], client: FhirClient, identifier_system
     Example:
       thread-bundler verify threads/
     """
-    specs = load_specs(paths, participants=participants, read_model=read_model,
-                       allow_outside_files=allow_outside_files)
-    results = verify(specs, client, identifier_system=identifier_system,
+    results = verify(list(paths), client, participants=participants, read_model=read_model,
+                     allow_outside_files=allow_outside_files, identifier_system=identifier_system,
                      concurrency=concurrency)
-    if fmt == "json":
+    if format_ == "json":
         click.echo(orjson.dumps([r.as_json() for r in results], option=orjson.OPT_INDENT_2).decode())
     else:
         print_verify(results)

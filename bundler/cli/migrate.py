@@ -10,18 +10,14 @@ from typing import Literal
 import click
 import orjson
 
-from ..build import DEFAULT_IDENTIFIER_SYSTEM
-from ..files import write_atomic
-from ..load.loader import default_journal
-from ..migrate import MigrateSummary, Progress, Shard, iter_threads, migrate
-from ..migrate.mapping import MigrationMapping, load_mapping
-from ..migrate.pipeline import default_rejects
+from ..load.inputs import journal_for
+from ..migrate import MigrateSummary, Progress, Shard, migrate
 from ..migrate.report import combine, summary_json
 from ..migrate.stream import INDEX_VARIABLE
-from .common import EXIT_ISSUES, EXIT_OK, read_model_option, report_errors
+from .common import EXIT_ISSUES, EXIT_OK, format_option, read_model_option, report_errors
 from .connect import connection_options, make_client
-from .identifier import check_identifier_system
-from .load import load_options, run_load, sync_options
+from .identifier import identifier_system_option
+from .load import load_options, print_loaded, shown_load, sync_options
 
 
 def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Shard | None:
@@ -79,27 +75,33 @@ def _exit_status(summary: MigrateSummary) -> int:
               help="Only the conversations whose thread key hashes to K of N (0-based): split a migration across "
                    f"runs. env/N: K from ${INDEX_VARIABLE} (a Kubernetes Indexed Job).")
 @click.option("--rejects", type=click.Path(dir_okay=False, path_type=Path),
-              help="Where rejected rows go (.csv or .jsonl).  [default: <out>.rejects.jsonl]")
-@click.option("--summary", "summary_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where rejected rows go (.csv or .jsonl).  [default: <out>.rejects.jsonl; with --load, "
+                   "<first input>.rejects.jsonl]")
+@click.option("--summary", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the summary as JSON (for `thread-bundler report` to add up shards).")
 @click.option("--strict", is_flag=True, help="Stop at the first rejected row (exit 2), writing nothing; a reply "
                                              "whose parent cannot be linked is a reject too.")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where the temporary grouping database goes (it needs about twice the input's size).")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Processes that read and assemble (--to; a load reads in one).  [default: the number of cores, "
+                   "at most 4; 1 with --strict]")
 @click.option("--progress/--no-progress", default=None, help="A progress line on stderr.  [default: on a terminal]")
-@click.option("--identifier-system", default=DEFAULT_IDENTIFIER_SYSTEM, show_default=True,
-              callback=check_identifier_system, help="Identifier system of every Communication (NDJSON output, load).")
+@format_option("the summary as --summary writes it")
+@identifier_system_option
 @connection_options
 @load_options
 @sync_options
 @read_model_option
 @report_errors
 def migrate_command(inputs: tuple[str, ...], mapping: str, to: tuple[str, str] | None, load_: bool,
-                    shard: Shard | None, rejects: Path | None, summary_path: Path | None, strict: bool,
-                    work_dir: Path | None, progress: bool | None, identifier_system: str, base_url: str | None,
+                    shard: Shard | None, rejects: Path | None, summary: Path | None, strict: bool,
+                    work_dir: Path | None, workers: int | None, progress: bool | None, format_: str,
+                    identifier_system: str,
+                    base_url: str | None,
                     client_id: str | None, client_secret: str | None, token: str | None, allow_insecure: bool,
                     timeout: float, journal: Path | None, atomic: str, concurrency: int, max_entries: int | None,
-                    dry_run: bool, report_path: Path | None, exactly_once: str, late_margin: float, update: bool,
+                    dry_run: bool, report: Path | None, exactly_once: str, late_margin: float, update: bool,
                     wait: bool, read_model: str | None) -> None:
     """Migrate a legacy message export (INPUT: CSV or JSON Lines, optionally .gz) into threads.
 
@@ -122,44 +124,41 @@ def migrate_command(inputs: tuple[str, ...], mapping: str, to: tuple[str, str] |
         raise click.UsageError("give either --to specs DIR / --to ndjson FILE, or --load")
     if progress is None:
         progress = sys.stderr.isatty()
-    source = _with_read_model(mapping, read_model)
+    options = {"shard": shard, "strict": strict, "rejects": rejects, "summary": summary, "work_dir": work_dir,
+               "identifier_system": identifier_system, "read_model": read_model}
     if load_:
         client = make_client(base_url, client_id, client_secret, token, allow_insecure, timeout, concurrency)
-        rejects = rejects or Path(f"{inputs[0]}.rejects.jsonl")
-        with client, iter_threads(list(inputs), source, shard=shard, strict=strict, rejects=rejects,
-                                  work_dir=work_dir) as stream:
-            totals = stream.start()
-            report = run_load(stream, client, journal=journal or default_journal(inputs),
-                              identifier_system=identifier_system, atomic=atomic, concurrency=concurrency,
-                              max_entries=max_entries, dry_run=dry_run, report_path=report_path, progress=progress,
-                              exactly_once=exactly_once, late_margin=late_margin, update=update, wait=wait,
-                              totals=totals)
-        summary = stream.summary
-        summary.loaded = dict(report.messages)
-        _print_summary(summary, loading=True)
-        on_server = sum(report.messages.values())
-        click.echo(f"{summary.messages:,} messages of {summary.threads:,} threads migrated; {on_server:,} messages "
-                   f"of those threads on the server; rejects in {rejects}", err=True)
-        _write_summary(summary_path, summary, shard, report.ok)
-        sys.exit(max(_exit_status(summary), EXIT_OK if report.ok else EXIT_ISSUES))
+        with client:
+            done = shown_load(lambda watcher: migrate(
+                list(inputs), mapping, to="load", client=client, journal=journal, atomic=atomic,
+                concurrency=concurrency, max_entries=max_entries, dry_run=dry_run, report=report,
+                exactly_once=exactly_once, late_margin=late_margin, update=update, wait=wait, watcher=watcher,
+                **options), progress=progress, dry_run=dry_run)  # type: ignore[arg-type]
+        assert done.load is not None
+        _print_json(format_, done, shard)
+        print_loaded(done.load, journal_for(list(inputs), journal))
+        _print_summary(done, loading=True)
+        on_server = sum(done.load.messages.values())
+        click.echo(f"{done.messages:,} messages of {done.threads:,} threads migrated; {on_server:,} messages "
+                   f"of those threads on the server; rejects in {done.rejects_file}", err=True)
+        sys.exit(max(_exit_status(done), EXIT_OK if done.load.ok else EXIT_ISSUES))
     assert to is not None
     kind: Literal["specs", "ndjson"] = "specs" if to[0] == "specs" else "ndjson"  # click.Choice checked it
-    out = Path(to[1])
-    summary = migrate(list(inputs), source, to=kind, out=out, shard=shard, strict=strict, rejects=rejects,
-                      work_dir=work_dir, progress=_ProgressLine() if progress else None,
-                      identifier_system=identifier_system)
-    _print_summary(summary)
+    done = migrate(list(inputs), mapping, to=kind, out=to[1], workers=workers,
+                   progress=_ProgressLine() if progress else None, **options)  # type: ignore[arg-type]
+    _print_json(format_, done, shard)
+    _print_summary(done)
     where = "files in" if kind == "specs" else "bundles in"
-    click.echo(f"{where} {out}; rejects in {rejects or default_rejects(out)}", err=True)
-    _write_summary(summary_path, summary, shard, True)
-    sys.exit(_exit_status(summary))
+    click.echo(f"{where} {to[1]}; rejects in {done.rejects_file}", err=True)
+    sys.exit(_exit_status(done))
 
 
-def _write_summary(path: Path | None, summary: MigrateSummary, shard: Shard | None, load_ok: bool) -> None:
-    if path is not None:
+def _print_json(format_: str, summary: MigrateSummary, shard: Shard | None) -> None:
+    """With --format json, the summary on stdout as `--summary` writes it."""
+    if format_ == "json":
         where = (shard.index, shard.count) if shard is not None else None
-        write_atomic(path, orjson.dumps(summary_json(summary, shard=where, load_ok=load_ok),
-                                        option=orjson.OPT_INDENT_2))
+        data = summary_json(summary, shard=where, load_ok=summary.load is None or summary.load.ok)
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
 
 
 def _summary_table(rows: list[tuple[str, str]]) -> None:
@@ -171,8 +170,9 @@ def _summary_table(rows: list[tuple[str, str]]) -> None:
 
 @click.command("report")
 @click.argument("summaries", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@format_option("the summaries added up, in the format of one, with the shards, missing shards and ok")
 @report_errors(nothing="nothing combined")
-def report_command(summaries: tuple[str, ...]) -> None:
+def report_command(summaries: tuple[str, ...], format_: str) -> None:
     """Add up the summaries of the shards of one migration (written by `migrate --summary FILE`) into one,
     and say whether every shard is there.
 
@@ -184,6 +184,11 @@ def report_command(summaries: tuple[str, ...]) -> None:
       thread-bundler report shard-*.json
     """
     total = combine(summaries)
+    if format_ == "json":
+        data = {**summary_json(total.summary, load_ok=total.load_ok), "files": total.files,
+                "shards": [list(s) for s in sorted(total.shards)], "missing_shards": total.missing_shards,
+                "ok": total.ok}
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
     _summary_table(total.summary.table())
     click.echo(f"{len(total.files)} summar{'y' if len(total.files) == 1 else 'ies'}"
                + (f" of shards {', '.join(f'{k}/{n}' for k, n in sorted(total.shards))}" if total.shards else ""),
@@ -193,13 +198,3 @@ def report_command(summaries: tuple[str, ...]) -> None:
     if not total.load_ok:
         click.echo("a load of one of the shards had failures (see its --report)", err=True)
     sys.exit(EXIT_OK if total.ok else EXIT_ISSUES)
-
-
-def _with_read_model(mapping: str, read_model: str | None) -> str | MigrationMapping:
-    """The mapping file, or with --read-model the mapping loaded with that read model (it overrides the mapping's
-    `thread.read_model`)."""
-    if read_model is None:
-        return mapping
-    loaded = load_mapping(mapping)
-    loaded.read_model = read_model
-    return loaded

@@ -16,6 +16,7 @@ from .common import (
     EXIT_ISSUES,
     EXIT_OK,
     allow_outside_files_option,
+    format_option,
     participants_option,
     read_model_option,
     report_errors,
@@ -45,18 +46,17 @@ def format_text(report: Report) -> str:
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--limits", type=click.Choice(sorted(PROFILES)), default="medplum", show_default=True,
               help="Server limits to check against (body size, conditional and PUT entries, ids).")
-@click.option("--format", "format_", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="Output: text for people, or json: one object with every issue.")
-@click.option("--no-structure", is_flag=True, help="Skip the FHIR R4 structure check (fhir.resources; the slow part).")
+@format_option("one object with every issue")
+@click.option("--structure/--no-structure", default=True, show_default=True,
+              help="Check FHIR R4 structure (fhir.resources; the slow part): --no-structure skips it.")
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Processes for large inputs.  [default: the number of cores]")
-@identifier_system_option("Identifier system of every Communication built from the specs, as build and load give it "
-                          "(value: thread key, or key/message id).")
+@identifier_system_option
 @participants_option
 @read_model_option
 @allow_outside_files_option
 @report_errors
-def validate_command(paths: tuple[str, ...], limits: str, format_: str, no_structure: bool,
+def validate_command(paths: tuple[str, ...], limits: str, format_: str, structure: bool,
                      workers: int | None, identifier_system: str, participants: Path | None,
                      read_model: str | None, allow_outside_files: bool) -> None:
     """Check Bundles in PATHS for everything a Medplum server would reject or store broken.
@@ -72,7 +72,7 @@ def validate_command(paths: tuple[str, ...], limits: str, format_: str, no_struc
       thread-bundler validate threads/ --participants people.yaml
       thread-bundler validate threads/ --identifier-system https://example.org/threads
     """
-    report = validate_files(paths, limits=limits, structure=not no_structure, workers=workers,
+    report = validate_files(paths, limits=limits, structure=structure, workers=workers,
                             identifier_system=identifier_system, participants=participants, read_model=read_model,
                             allow_outside_files=allow_outside_files)
     if format_ == "json":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -94,17 +95,19 @@ def _fatal(exc: BundlerError) -> bool:
 
 def export(client: FhirClient, out: str | Path, *, topic: str | None = None, subject: str | None = None,
            since: str | None = None, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM,
-           participants_file: str | Path | None = None, attachments: Attachments = "keep", orphans: bool = False,
+           participants_out: str | Path | None = None, attachments: Attachments = "keep", orphans: bool = False,
            concurrency: int = 4, page_size: int = DEFAULT_PAGE_SIZE,
-           on_thread: Callable[[ThreadExport], None] | None = None) -> ExportReport:
+           on_thread: Callable[[ThreadExport], None] | None = None,
+           participants_file: str | Path | None = None) -> ExportReport:
     """Write one spec per thread of the project behind `client` into the folder `out`, and `export-report.jsonl`
     beside them (one line per thread: its file, its problems; a summary last).
 
     topic: threads whose topic text contains this (case ignored); subject: a literal reference (`Patient/123`);
     since: threads whose header changed on or after this instant; identifier_system: the system of our
-    identifiers, from which thread keys and message ids are read. participants_file: also read every participant
-    (one search per type) and write them there, with how to create them (`participants`); the specs then name
-    them by alias. attachments: `keep` keeps their URLs; `download` downloads each Binary's bytes next to the spec
+    identifiers, from which thread keys and message ids are read. participants_out: also read every participant
+    (one search per type) and write them to this participants file, with how to create them (`participants`); the
+    specs then name them by alias (`load(participants=...)` reads it; `participants_file=` is its deprecated old
+    name). attachments: `keep` keeps their URLs; `download` downloads each Binary's bytes next to the spec
     and attaches the file (`download`).
     orphans: also scan every message of the project for those part of no header this export wrote (`read`), and
     write each group of them as a thread (with its problems).
@@ -116,7 +119,11 @@ def export(client: FhirClient, out: str | Path, *, topic: str | None = None, sub
     filters = Filters.checked(topic=topic, subject=subject, since=since)
     check_identifier_system(identifier_system)
     check_page_size(page_size)
-    shared = check_participants_file(participants_file, out)
+    if participants_file is not None:
+        warnings.warn("export(participants_file=...) is deprecated: use participants_out=", DeprecationWarning,
+                      stacklevel=2)
+        participants_out = participants_out or participants_file
+    shared = check_participants_file(participants_out, out)
     if attachments not in ("keep", "download"):
         raise OptionError(f"attachments: {attachments!r} must be keep or download")
     options = _Options(identifier_system, page_size, max(1, concurrency), shared, attachments == "download")

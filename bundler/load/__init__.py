@@ -2,7 +2,8 @@
 `journal`, `plan`, `report`) and reading them back (`verify`, `compare`)."""
 
 from ..errors import JournalBusy, JournalError, NotAtomic
-from .loader import DEFAULT_LATE_MARGIN, LoadInterrupted, default_journal, load
+from .inputs import default_journal
+from .loader import DEFAULT_LATE_MARGIN, LoadInterrupted, load
 from .report import LoadReport, LoadWatcher, Outcome, Plan, ReportWriter, ThreadResult
 from .verify import VerifyResult, read_thread, verify
 

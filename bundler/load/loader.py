@@ -1,12 +1,11 @@
 """Loading threads into a FHIR server: atomically, exactly once, at the pace the server allows; and, run
 again on specs that grew or changed, as a sync.
 
-    from bundler import load_specs
     from bundler.load import load
     from bundler.medplum.client import ClientCredentials, FhirClient
 
     with FhirClient(base_url, ClientCredentials(client_id, secret)) as client:
-        report = load(load_specs(["threads/"]), client, journal="threads.journal.sqlite")
+        report = load(["threads/"], client, report="loaded.json")   # journal: threads.journal.sqlite
 
 Exactly once, in five layers:
 1. one load per journal at a time: the journal is locked (the real file's lock, whatever path names it), and a
@@ -64,12 +63,14 @@ from ..errors import AuthError, BundlerError, JournalError, NotAtomic, Unreachab
 from ..medplum.client import FhirClient
 from ..medplum.probe import Atomicity, probe_atomicity, remove_probes
 from ..spec.model import ThreadSpec
+from ..spec.participants import ParticipantsFile
 from ..vocabulary import SEARCH_POINTS, identifier_system_problem
 from .duplicates import CHECK_AFTER, CHECK_BATCH, NOTE, Waiting, checked, find_copies
+from .inputs import Threads, journal_for, read_threads
 from .journal import Entry, Journal, State
 from .participants import Ensurer
 from .plan import SAFE_MAX_BYTES, RequestLimits
-from .report import LoadReport, LoadWatcher, Outcome, Plan, ThreadResult
+from .report import LoadReport, LoadWatcher, Outcome, Plan, ReportWriter, ThreadResult
 from .thread import Deferred, PlanBook, Settings, Thread, ThreadLoad
 from .uploads import Binaries
 from .verify import Resolver
@@ -84,30 +85,32 @@ it): what `--late-margin` defaults to. Medplum's hosted gateways give up on a re
 
 class LoadInterrupted(KeyboardInterrupt):
     """Ctrl-C during a load: `report` says what was done (the journal has it too: running the same load
-    again resumes)."""
+    again resumes), `journal` where it is; the message says how far it got ("interrupted: 12 of 40 threads
+    in"). A `report=` file holds the threads settled so far."""
 
-    def __init__(self, report: LoadReport) -> None:
-        super().__init__("interrupted")
+    def __init__(self, report: LoadReport, journal: Path | None = None) -> None:
+        of = f" of {report.total:,}" if report.total is not None else ""
+        super().__init__(f"interrupted: {report.settled:,}{of} threads in")
         self.report = report
+        self.journal = journal
 
 
-def default_journal(paths: Sequence[str | Path]) -> Path:
-    """`<first input>.journal.sqlite` beside the first input (a file or folder); in the current folder for stdin."""
-    first = next((Path(p) for p in paths if str(p) != "-"), None)
-    if first is None:
-        return Path("thread-bundler.journal.sqlite")
-    first = first.resolve()
-    return first.parent / f"{first.name}.journal.sqlite"
-
-
-def load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: str | Path,
-         identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, atomic: Atomic = "auto",
-         exactly_once: ExactlyOnce = "quarantine", late_margin: float = DEFAULT_LATE_MARGIN, update: bool = False,
-         concurrency: int = 4, max_entries: int | None = None, max_bytes: int = SAFE_MAX_BYTES, dry_run: bool = False,
-         watcher: LoadWatcher | None = None, is_atomic: bool | None = None, window: int = 1000, wait: bool = False,
+def load(threads: Threads, client: FhirClient, *, journal: str | Path | None = None,
+         participants: str | Path | ParticipantsFile | None = None, read_model: str | None = None,
+         allow_outside_files: bool = False, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM,
+         atomic: Atomic = "auto", exactly_once: ExactlyOnce = "quarantine", late_margin: float = DEFAULT_LATE_MARGIN,
+         update: bool = False, concurrency: int = 4, max_entries: int | None = None, max_bytes: int = SAFE_MAX_BYTES,
+         dry_run: bool = False, report: str | Path | None = None, watcher: LoadWatcher | None = None,
+         is_atomic: bool | None = None, window: int = 1000, wait: bool = False,
          keep_results: bool = False) -> LoadReport:
-    """Load `threads` into the server behind `client`; see the module docstring for the guarantees.
+    """Load `threads` into the server behind `client`; see the module docstring for the guarantees. What
+    `thread-bundler load` does, option for option (`--dry-run` is `dry_run=`, `--report` is `report=`...).
 
+    threads: thread specs (a list, or a stream such as a migration's, read `window` threads at a time), or the
+    paths of spec files and folders, read as the command reads them, with `participants` (a participants file
+    the specs may use), `read_model` (overrides every thread's own; applied to given specs too) and
+    `allow_outside_files` (`inputs.read_threads`). journal: default `<first input>.journal.sqlite` beside the
+    first path; given specs, it must be given.
     atomic: `require` refuses a project that processes transactions as batches; `auto` (default) finds
     out once (`medplum.probe`) and, on such a project, sends the header first and then the messages,
     every entry a conditional create on its identifier, so that re-running completes a thread; `off`
@@ -115,11 +118,54 @@ def load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: str | Pa
     `is_atomic` skips the probe when the caller already knows. exactly_once, late_margin: how a request
     whose answer was lost is made exactly once (module docstring). update: send changed fields of loaded
     threads as updates (else they are reported as `changed`). dry_run: plan only, send nothing, write
-    nothing. wait: wait for another load holding the journal instead of refusing. `threads` may be a
-    stream (a migration): it is read `window` threads at a time. The report keeps counts; each thread's
-    result goes to `watcher.on_thread` as it finishes (`keep_results` also keeps them in `report.threads`).
-    Ctrl-C raises LoadInterrupted, which carries the report so far.
+    nothing. wait: wait for another load holding the journal instead of refusing. report: a file to write
+    every thread's outcome to as JSON as threads finish (`report.ReportWriter`; on an error the previous file
+    stays). The returned report keeps counts; each thread's result goes to `watcher.on_thread` as it finishes
+    (`keep_results` also keeps them in `LoadReport.threads`).
+    Ctrl-C raises LoadInterrupted, which carries the report so far (the `report` file has it too).
     """
+    journal = journal_for(threads, journal)
+    specs = read_threads(threads, participants=participants, read_model=read_model,
+                         allow_outside_files=allow_outside_files)
+    writer = ReportWriter(report) if report is not None else None
+    watcher = _writing(watcher, writer)
+    try:
+        done = _load(specs, client, journal=journal, identifier_system=identifier_system, atomic=atomic,
+                     exactly_once=exactly_once, late_margin=late_margin, update=update, concurrency=concurrency,
+                     max_entries=max_entries, max_bytes=max_bytes, dry_run=dry_run, watcher=watcher,
+                     is_atomic=is_atomic, window=window, wait=wait, keep_results=keep_results)
+    except LoadInterrupted as exc:
+        if writer is not None:
+            writer.finish(exc.report)
+        raise
+    except BaseException:
+        if writer is not None:
+            writer.abandon()
+        raise
+    if writer is not None:
+        writer.finish(done)
+    return done
+
+
+def _writing(watcher: LoadWatcher | None, writer: ReportWriter | None) -> LoadWatcher | None:
+    """`watcher`, also adding each thread's result to the report file."""
+    if writer is None:
+        return watcher
+    told = watcher.on_thread if watcher is not None else None
+
+    def on_thread(result: ThreadResult, messages: int) -> None:
+        writer.add(result)
+        if told is not None:
+            told(result, messages)
+
+    return LoadWatcher(on_start=watcher.on_start if watcher else None, on_thread=on_thread,
+                       on_wait=watcher.on_wait if watcher else None)
+
+
+def _load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: Path, identifier_system: str,
+          atomic: Atomic, exactly_once: ExactlyOnce, late_margin: float, update: bool, concurrency: int,
+          max_entries: int | None, max_bytes: int, dry_run: bool, watcher: LoadWatcher | None,
+          is_atomic: bool | None, window: int, wait: bool, keep_results: bool) -> LoadReport:
     _check_options(identifier_system, exactly_once, late_margin)
     report = _started(threads, watcher, dry_run)
     started, requests_before, waited_before = time.monotonic(), client.requests, client.pacer.waited
@@ -140,7 +186,7 @@ def load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: str | Pa
             run.stop()
             report.interrupted = True
             _close(report, run, client, started, requests_before, waited_before)
-            raise LoadInterrupted(report) from None
+            raise LoadInterrupted(report, journal) from None
     return _close(report, run, client, started, requests_before, waited_before)
 
 

@@ -10,14 +10,17 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, identifier_value
 from ..errors import AuthError, BundlerError, Unreachable
 from ..medplum.client import FhirClient
 from ..spec.model import ThreadSpec
+from ..spec.participants import ParticipantsFile
 from ..vocabulary import READ_RECEIPT_CODE, READ_RECEIPT_SYSTEM, attachment_hash, binary_reference, stored_reference
 from .compare import diff_thread
+from .inputs import Threads, read_threads
 
 
 @dataclass
@@ -152,13 +155,17 @@ def file_differences(client: FhirClient, spec: ThreadSpec, messages: Iterable[di
     return out
 
 
-def verify(threads: Iterable[ThreadSpec], client: FhirClient, *,
+def verify(threads: Threads, client: FhirClient, *, participants: str | Path | ParticipantsFile | None = None,
+           read_model: str | None = None, allow_outside_files: bool = False,
            identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, concurrency: int = 4,
            on_thread: Callable[[VerifyResult], None] | None = None) -> list[VerifyResult]:
     """Compare every thread in `threads` with what the server holds; one result per thread, in order. A thread that
     cannot be read back gets its `error`, and the others are verified all the same; only a refused login or an
-    unreachable server stops it (raised)."""
-    specs = list(threads)
+    unreachable server stops it (raised). What `thread-bundler verify` does, option for option: `threads` are
+    specs, or paths of spec files read with `participants`, `read_model`, `allow_outside_files` as `load` reads
+    them (`inputs.read_threads`)."""
+    specs = list(read_threads(threads, participants=participants, read_model=read_model,
+                              allow_outside_files=allow_outside_files))
     headers = client.find_identifiers("Communication", [f"{identifier_system}|{s.key}" for s in specs])
     resolved = resolve_references(client, specs)
     hashes: dict[str, tuple[int, str]] = {}

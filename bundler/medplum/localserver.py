@@ -11,12 +11,12 @@ Usage::
     with LocalServer() as server:
         print(server.base_url, server.client_id)   # server.client_secret is random
 
-or ``python -m bundler.medplum.localserver`` to run one in the foreground.
+or ``thread-bundler server`` (`serve`; ``python -m bundler.medplum.localserver`` is the same) to run one in the
+foreground.
 """
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import contextlib
 import hashlib
@@ -49,6 +49,7 @@ __all__ = [
     "cache_root",
     "ensure_installed",
     "node_binary",
+    "serve",
     "source_dir",
 ]
 
@@ -477,82 +478,66 @@ def _stop_all() -> None:
 
 
 def env_file(port: int) -> Path:
-    """Where `python -m bundler.medplum.localserver` keeps the connection settings of the server on `port` (the
-    client secret too, readable by the user only) while it runs."""
+    """Where `thread-bundler server` keeps the connection settings of the server on `port` (the client secret
+    too, readable by the user only) while it runs."""
     return cache_root() / f"local-server-{port}.env"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bundler.medplum.localserver",
-        description="Run a local Medplum-compatible FHIR server (in memory) in the foreground. Its connection "
-                    "settings, the client secret too, are in a file only you can read while it runs: "
-                    f"{env_file(8103)} for port 8103.",
-    )
-    parser.add_argument("--port", type=int, default=8103, help="Port (0: any free port). [default: 8103]")
-    parser.add_argument("--host", default="127.0.0.1", help="Address to listen on. [default: 127.0.0.1]")
-    parser.add_argument("--client-id", default=os.environ.get("MEDPLUM_LOCAL_CLIENT_ID", "thread-bundler-local"),
-                        help="OAuth2 client id. [default: $MEDPLUM_LOCAL_CLIENT_ID, else thread-bundler-local]")
-    parser.add_argument(
-        "--client-secret",
-        default=os.environ.get("MEDPLUM_LOCAL_CLIENT_SECRET"),
-        help="OAuth2 client secret. [default: $MEDPLUM_LOCAL_CLIENT_SECRET, else a random one]",
-    )
-    parser.add_argument("--show-secret", action="store_true", help="Print the client secret.")
-    parser.add_argument(
-        "--no-transaction-bundles",
-        action="store_true",
-        help="Process transactions as batches (a Medplum project without transaction-bundles).",
-    )
-    parser.add_argument("--quota", action="store_true", help="Enforce Medplum's FHIR quota.")
-    parser.add_argument("--quota-points", type=int, default=50_000, help="Quota points per minute. [default: 50000]")
-    parser.add_argument("--token-ttl", type=int, default=3600, help="Token lifetime in seconds. [default: 3600]")
-    parser.add_argument("--check-references", action="store_true",
-                        help="Refuse references to resources that do not exist (checkReferencesOnWrite).")
-    parser.add_argument("--log", type=Path, help="Append the server's log (one line a request) to this file.")
-    args = parser.parse_args(argv)
+DEFAULT_PORT = 8103
+"""The port `thread-bundler server` listens on unless told: Medplum's own."""
 
+
+def serve(*, port: int = DEFAULT_PORT, host: str = "127.0.0.1", client_id: str | None = None,
+          client_secret: str | None = None, show_secret: bool = False, transaction_bundles: bool = True,
+          quota: bool = False, quota_points: int = 50_000, token_ttl: int = 3600,
+          check_references_on_write: bool = False, log: Path | None = None, out: IO[str] | None = None,
+          stop: threading.Event | None = None) -> None:
+    """Run a local server in the foreground until SIGINT or SIGTERM (or `stop` is set): what `thread-bundler
+    server` does, option for option. Its connection settings go to `out` (default stdout) and, the client
+    secret too, to `env_file(port)`, readable by the user only and removed when it stops; the secret is printed
+    only with `show_secret`. client_id, client_secret: default $MEDPLUM_LOCAL_CLIENT_ID (else
+    thread-bundler-local), $MEDPLUM_LOCAL_CLIENT_SECRET (else a random one). PortInUse, LocalServerError when
+    it cannot start."""
+    out = out if out is not None else sys.stdout
     server = LocalServer(
-        client_id=args.client_id,
-        client_secret=args.client_secret,
-        transaction_bundles=not args.no_transaction_bundles,
-        quota=args.quota,
-        quota_points=args.quota_points,
-        token_ttl=args.token_ttl,
-        check_references_on_write=args.check_references,
-        port=args.port,
-        host=args.host,
-        log=args.log,
+        client_id=client_id or os.environ.get("MEDPLUM_LOCAL_CLIENT_ID", "thread-bundler-local"),
+        client_secret=client_secret or os.environ.get("MEDPLUM_LOCAL_CLIENT_SECRET"),
+        transaction_bundles=transaction_bundles, quota=quota, quota_points=quota_points, token_ttl=token_ttl,
+        check_references_on_write=check_references_on_write, port=port, host=host, log=log,
     )
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    try:
-        server.start()
-    except PortInUse as exc:
-        print(f"error: {exc}: choose another with --port, or --port 0 for any free one", file=sys.stderr)
-        return 2
-    except LocalServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    stop = stop if stop is not None else threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+    server.start()
     settings = env_file(int(server.base_url.rstrip("/").rsplit(":", 1)[1]))
     try:
         _write_private(settings, f"MEDPLUM_BASE_URL={server.base_url}\nMEDPLUM_CLIENT_ID={server.client_id}\n"
                                  f"MEDPLUM_CLIENT_SECRET={server.client_secret}\n")
-        print(f"MEDPLUM_BASE_URL={server.base_url}")
-        print(f"FHIR base:        {server.fhir_base}")
-        print(f"MEDPLUM_CLIENT_ID={server.client_id}")
-        if args.show_secret:
-            print(f"MEDPLUM_CLIENT_SECRET={server.client_secret}")
+        print(f"MEDPLUM_BASE_URL={server.base_url}", file=out)
+        print(f"FHIR base:        {server.fhir_base}", file=out)
+        print(f"MEDPLUM_CLIENT_ID={server.client_id}", file=out)
+        if show_secret:
+            print(f"MEDPLUM_CLIENT_SECRET={server.client_secret}", file=out)
         else:
-            print(f"client secret:    in {settings} (readable by you only), or restart with --show-secret")
-        print("Ctrl-C to stop.", flush=True)
+            print(f"client secret:    in {settings} (readable by you only), or restart with --show-secret", file=out)
+        print("Ctrl-C to stop.", file=out, flush=True)
         while not stop.is_set() and server.running:
             stop.wait(0.5)
     finally:
         settings.unlink(missing_ok=True)
         server.stop()
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bundler.medplum.localserver`: the same as `thread-bundler server` (kept for scripts that call it
+    so). The command line is imported here, not at the top: the launcher does not need it."""
+    from ..cli.server import server_command
+
+    try:
+        server_command.main(argv, prog_name="python -m bundler.medplum.localserver")
+    except SystemExit as exc:  # (click's main always ends so)
+        return exc.code if isinstance(exc.code, int) else 1
 
 
 def _write_private(path: Path, text: str) -> None:

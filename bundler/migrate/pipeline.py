@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import heapq
 import multiprocessing
 import os
@@ -24,19 +25,21 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
 import orjson
 
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, bundle_bytes
 from ..errors import BundlerError
-from ..files import TEMP_PREFIX, atomic_file, held_folder, remove_leftovers, staged_folder
+from ..files import TEMP_PREFIX, atomic_file, held_folder, remove_leftovers, staged_folder, write_atomic
 from ..spec.dump import dump_yaml
 from ..spec.model import ThreadSpec, parse_spec
+from ..vocabulary import READ_MODELS
 from .grouping import SCRATCH_PREFIX, GroupStore, SealedStores, max_stores
-from .mapping import MigrationMapping
+from .mapping import MigrationMapping, load_mapping
 from .readers import prepare
 from .rejects import Reject, write_rejects
+from .report import summary_json
 from .stream import (
     MigrateSummary,
     Phase,
@@ -48,6 +51,10 @@ from .stream import (
     iter_threads,
     peak_rss,
 )
+
+if TYPE_CHECKING:
+    from ..load.report import LoadWatcher
+    from ..medplum.client import FhirClient
 
 __all__ = [
     "START_METHOD",
@@ -78,29 +85,110 @@ def default_rejects(out: Path) -> Path:
 
 
 def migrate(inputs: Sequence[str | Path], mapping: str | Path | MigrationMapping, *,
-            to: Literal["specs", "ndjson"] = "specs", out: str | Path, shard: Shard | str | None = None,
-            strict: bool = False, rejects: str | Path | None = None, work_dir: str | Path | None = None,
+            to: Literal["specs", "ndjson", "load"] = "specs", out: str | Path | None = None,
+            client: FhirClient | None = None, shard: Shard | str | None = None, strict: bool = False,
+            rejects: str | Path | None = None, summary: str | Path | None = None, work_dir: str | Path | None = None,
             progress: ProgressFn | None = None, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM,
-            workers: int | None = None) -> MigrateSummary:
-    """Migrate a legacy export: one YAML spec per thread into folder `out` (`to='specs'`), or one
-    transaction Bundle per line into file `out` (`to='ndjson'`).
+            read_model: str | None = None, workers: int | None = None, **load_options: Any) -> MigrateSummary:
+    """Migrate a legacy export: one YAML spec per thread into folder `out` (`to='specs'`), one transaction
+    Bundle per line into file `out` (`to='ndjson'`), or the threads loaded into the server behind `client`
+    (`to='load'`, with `load_options`: every argument of `bundler.load.load`, such as `journal` (default
+    `<first input>.journal.sqlite`), `update`, `dry_run`, `report`, `watcher`). What `thread-bundler migrate`
+    does, option for option (`--to specs DIR` is `to="specs", out=DIR`; `--load` is `to="load"`).
 
     Output appears only when the run completes (written aside, then moved in); rejects go to
-    `rejects` (default `<out>.rejects.jsonl`). See `iter_threads` for the rest.
+    `rejects` (default `<out>.rejects.jsonl`; loading, `<first input>.rejects.jsonl`), and the summary as
+    JSON to `summary` (for `combine`) when given. `read_model` overrides the mapping's `thread.read_model`.
+    See `iter_threads` for the rest.
 
-    `workers` processes (default: the CPU count, at most 4; 1 with `strict`; at most as many as SQLite
-    can read together, 10): each judges and stores a share of the rows, then assembles one range of
+    `workers` processes (default: the CPU count, at most 4; 1 with `strict` or `to='load'`; at most as many
+    as SQLite can read together, 10): each judges and stores a share of the rows, then assembles one range of
     thread keys from every process's store; the ranges' outputs are joined in key order, so the result
     is the same bytes whatever the number of workers. A worker that fails or dies fails the run
     (BundlerError), and nothing is written.
 
         summary = migrate(["export.csv"], "mapping.yaml", to="ndjson", out="bundles.ndjson")
         assert summary.accounted  # rows_read == messages + rejected + skipped + rows_other_shards
+        summary = migrate(["export.csv"], "mapping.yaml", to="load", client=client, update=True)
+        assert summary.load is not None and summary.load.ok
     """
-    out = Path(out)
-    rejects = Path(rejects) if rejects is not None else default_rejects(out)
-    if to not in ("specs", "ndjson"):
-        raise ValueError(f"to must be 'specs' or 'ndjson', not {to!r}")
+    if to not in ("specs", "ndjson", "load"):
+        raise ValueError(f"to must be 'specs', 'ndjson' or 'load', not {to!r}")
+    if (out is None) != (to == "load"):
+        raise BundlerError("give out= to write specs or ndjson, and not when loading (to='load')")
+    if to != "load" and load_options:
+        raise BundlerError(f"{', '.join(sorted(load_options))}: options of to='load' only")
+    mapping = _with_read_model(mapping, read_model)
+    where = (Shard.parse(shard) if isinstance(shard, str) else shard)
+    if to == "load":
+        if client is None:
+            raise BundlerError("to='load' needs a client")
+        done = _migrate_load(inputs, mapping, client, shard=where, strict=strict,
+                             rejects=Path(rejects) if rejects is not None else default_rejects(Path(inputs[0])),
+                             work_dir=work_dir, progress=progress, identifier_system=identifier_system,
+                             load_options=load_options)
+    else:
+        assert out is not None
+        done = _migrate_files(inputs, mapping, to=to, out=Path(out), shard=where, strict=strict,
+                              rejects=Path(rejects) if rejects is not None else default_rejects(Path(out)),
+                              work_dir=work_dir, progress=progress, identifier_system=identifier_system,
+                              workers=workers)
+    if summary is not None:
+        data = summary_json(done, shard=(where.index, where.count) if where is not None else None,
+                            load_ok=done.load is None or done.load.ok)
+        write_atomic(Path(summary), orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    return done
+
+
+def _with_read_model(mapping: str | Path | MigrationMapping, read_model: str | None) -> str | Path | MigrationMapping:
+    """The mapping, or with `read_model` a copy of it with that read model (it overrides `thread.read_model`)."""
+    if read_model is None:
+        return mapping
+    if read_model not in READ_MODELS:
+        raise BundlerError(f"read_model must be one of {', '.join(READ_MODELS)}, not {read_model!r}")
+    loaded = mapping if isinstance(mapping, MigrationMapping) else load_mapping(mapping)
+    return dataclasses.replace(loaded, read_model=read_model)
+
+
+def _migrate_load(inputs: Sequence[str | Path], mapping: str | Path | MigrationMapping, client: FhirClient, *,
+                  shard: Shard | None, strict: bool, rejects: Path, work_dir: str | Path | None,
+                  progress: ProgressFn | None, identifier_system: str, load_options: dict[str, Any]) -> MigrateSummary:
+    """The threads streamed (one process) into `bundler.load.load`; the watcher's `on_start` is told the totals
+    the stream counted before its first thread. (`load` is imported here: the worker processes of a migration to
+    files never need the client.)"""
+    from ..load.inputs import default_journal
+    from ..load.loader import load
+
+    journal = load_options.pop("journal", None) or default_journal(inputs)
+    with iter_threads(inputs, mapping, shard=shard, strict=strict, rejects=rejects, work_dir=work_dir,
+                      progress=progress) as stream:
+        totals = stream.start()
+        watcher = _with_totals(load_options.pop("watcher", None), totals)
+        report = load(stream, client, journal=journal, identifier_system=identifier_system, watcher=watcher,
+                      **load_options)
+    done = stream.summary
+    done.loaded = dict(report.messages)
+    done.load = report
+    return done
+
+
+def _with_totals(watcher: LoadWatcher | None, totals: tuple[int, int]) -> LoadWatcher | None:
+    """`watcher`, its `on_start` told (threads, messages) counted by the stream instead of None (a stream's
+    length is unknown to `load`)."""
+    if watcher is None or watcher.on_start is None:
+        return watcher
+    start = watcher.on_start
+
+    def on_start(threads: int | None, messages: int | None) -> None:
+        start(totals[0] if threads is None else threads, totals[1] if messages is None else messages)
+
+    return dataclasses.replace(watcher, on_start=on_start)
+
+
+def _migrate_files(inputs: Sequence[str | Path], mapping: str | Path | MigrationMapping, *,
+                   to: Literal["specs", "ndjson"], out: Path, shard: Shard | None, strict: bool, rejects: Path,
+                   work_dir: str | Path | None, progress: ProgressFn | None, identifier_system: str,
+                   workers: int | None) -> MigrateSummary:
     if workers is None:
         workers = min(os.cpu_count() or 1, 4)
     workers = min(workers, max_stores())

@@ -21,7 +21,7 @@ from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ..errors import BundlerError
 from ..spec.model import ThreadSpec
@@ -33,6 +33,9 @@ from .mapping import MigrationMapping, Row
 from .readers import Record, prepare, read_records
 from .records import TOMBSTONE_SENT, Tombstone, decode, encode
 from .rejects import WARNING, Reject, write_rejects
+
+if TYPE_CHECKING:
+    from ..load.report import LoadReport
 
 BATCH = 4_000  # rows per insert into the store
 PROGRESS_EVERY = 10_000  # rows read between progress reports (well under a second)
@@ -122,6 +125,7 @@ class MigrateSummary:
     seconds: float = 0.0
     peak_rss: list[int] = field(default_factory=list)  # bytes, per process: this one first, then any workers
     loaded: dict[str, int] | None = None  # with --load: messages on the server by the thread's load outcome
+    load: LoadReport | None = None  # with --load: the load's report
 
     @property
     def rejected(self) -> int:

@@ -1,7 +1,8 @@
 """The JSON Schema of the spec format (2020-12), generated from the models, for editors and other tools.
 
-    python -m bundler.spec.schema            # writes schemas/thread-spec.schema.json
-    python -m bundler.spec.schema --check    # exit 1 if the committed file is not what the models give
+    thread-bundler schema                    # the schema on stdout (for an editor's YAML language server)
+    thread-bundler schema -o FILE [--check]  # written to FILE, or only compared (exit 1 if it differs)
+    python -m bundler.spec.schema [--check]  # the same, FILE the checkout's schemas/thread-spec.schema.json
 
 The models are the spec format; this schema describes it (a test holds the committed file to
 `spec_schema()`). It cannot say everything the models check (that an alias is a participant, that a
@@ -95,23 +96,40 @@ def schema_text() -> str:
     return json.dumps(spec_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
+def write_schema(out: str | Path, *, check: bool = False) -> bool:
+    """Write `schema_text()` to `out` (atomically), or with `check` only compare: whether the file is (now) what
+    the models give. What `thread-bundler schema -o FILE [--check]` does."""
+    out = Path(out)
+    text = schema_text()
+    if check:
+        return out.is_file() and out.read_text(encoding="utf-8") == text
+    write_atomic(out, text.encode("utf-8"))
+    return True
+
+
+CHECKOUT_FILE: Final = Path(__file__).resolve().parents[2] / "schemas" / SCHEMA_FILE
+"""Where the committed schema lives in a source checkout (what `python -m bundler.spec.schema` writes)."""
+
+
 def main(argv: list[str] | None = None) -> int:
+    """`python -m bundler.spec.schema [PATH] [--check]`: `thread-bundler schema -o PATH [--check]`, PATH the
+    source checkout's `schemas/` file unless given (kept for the developers' habit)."""
     parser = argparse.ArgumentParser(prog="python -m bundler.spec.schema", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("path", nargs="?", type=Path,
-                        default=Path(__file__).resolve().parents[2] / "schemas" / SCHEMA_FILE,
+    parser.add_argument("path", nargs="?", type=Path, default=CHECKOUT_FILE,
                         help="where to write it (default: the source checkout's schemas/)")
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 if the file differs")
     args = parser.parse_args(argv)
-    text = schema_text()
-    if args.check:
-        same = args.path.is_file() and args.path.read_text(encoding="utf-8") == text
-        print(f"{args.path}: {'up to date' if same else 'differs from the models: run python -m bundler.spec.schema'}",
-              file=sys.stderr)
-        return 0 if same else 1
-    write_atomic(args.path, text.encode("utf-8"))
-    print(f"wrote {args.path}", file=sys.stderr)
-    return 0
+    ok = write_schema(args.path, check=args.check)
+    print(f"{args.path}: {schema_status(ok, args.check)}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def schema_status(ok: bool, check: bool) -> str:
+    """What `write_schema` came to, in words."""
+    if not check:
+        return "written"
+    return "up to date" if ok else "differs from the models: run thread-bundler schema -o FILE"
 
 
 if __name__ == "__main__":
