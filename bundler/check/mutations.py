@@ -376,9 +376,14 @@ def header_recipients(bundle: Bundle, rng: random.Random) -> Bundle:
 # --- FHIR structure and limits ---------------------------------------------------------------------
 
 def structure(bundle: Bundle, rng: random.Random) -> Bundle:
+    """An unknown element, an identifier that is not a list, or a status that is not a string. Not the status of a
+    completed header: it says that its thread is closed, so that its completed messages are not read ones
+    (`read.simple-group`)."""
     out, entries = _copy(bundle, 0)
-    res = entries[rng.randrange(len(entries))]["resource"]
-    choice = rng.randrange(3)
+    i = rng.randrange(len(entries))
+    res = entries[i]["resource"]
+    closes = i == 0 and res.get("status") == READ_STATUS
+    choice = rng.randrange(2 if closes else 3)
     if choice == 0:
         res["colour"] = "blue"
     elif choice == 1:
