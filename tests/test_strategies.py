@@ -241,6 +241,15 @@ def test_invalid_bundles_shrink_to_small_examples() -> None:
     assert len(json.dumps(bundle)) < 1_500
 
 
+def test_invalid_bundles_shrink_the_mutations_choices_too() -> None:
+    # each choice a mutation makes is drawn, so it shrinks to its first option: not to what a seed of 0 picks
+    assert _shrunk(invalid_bundles(rule="bundle.type"), lambda b: True)["type"] == "collection"
+    request = _shrunk(invalid_bundles(rule="entry.request"), lambda b: True)["entry"][0]["request"]
+    assert request["method"] == "SEND"
+    read = _shrunk(invalid_bundles(rule="fhir.structure"), lambda b: True)["entry"][0]["resource"]
+    assert read["colour"] == "blue"
+
+
 # --- documentation ------------------------------------------------------------------------------------
 
 PUBLIC = [strategies.keys, texts, references, participants, instants, messages, categories, thread_specs, bundles,
