@@ -314,8 +314,7 @@ gives the thread up, for the next to resume?, the answer to an upload lost?"""
 @pytest.mark.volume
 @example(start=[[0], []], script=[("load", False, False, 1, True, False), ("change", 0)])  # a resumed request
 # sent an older version of the spec: the resume found it in and committed it as the new one (seen once in CI)
-@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
+@settings(max_examples=12, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(start=st.lists(st.lists(st.integers(0, 3), max_size=2, unique=True), min_size=1, max_size=4),
        script=st.lists(steps, min_size=1, max_size=7))
 def test_every_request_resolves_its_attachments_whatever_happens(project: Any, tmp_path_factory: Any,

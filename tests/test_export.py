@@ -126,8 +126,7 @@ def test_fixtures_and_sample_threads_round_trip(project: Any, tmp_path: Path) ->
             assert [m.status for m in back.messages] == ["completed", "completed", None]
 
 
-@settings(max_examples=3, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=3, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(thread_specs(styles=["literal"], max_participants=4, max_messages=6), min_size=4, max_size=4))
 def test_generated_threads_round_trip(project: Any, tmp_path_factory: pytest.TempPathFactory,
                                       drawn: list[dict[str, Any]]) -> None:
@@ -199,8 +198,7 @@ def _as_stored(spec: ThreadSpec, stored: dict[str, dict[str, str]]) -> ThreadSpe
     return parse_spec(data).with_files(spec.files)
 
 
-@settings(max_examples=2, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=2, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(thread_specs(styles=["conditional"], participant_types=("Patient", "Practitioner", "Organization"),
                              max_participants=3, max_messages=4), min_size=3, max_size=3))
 def test_conditional_references_come_back_as_the_literal_ones_the_server_made(

@@ -64,7 +64,7 @@ CLOSED_GROUP = build_bundle({"thread": "0", "topic": "Lab results", "status": "c
 open (`read.simple-group`)."""
 
 
-@settings(max_examples=100)
+@settings(max_examples=50)
 @example(code="fhir.structure", bundle=CLOSED_GROUP, rng=Picks(0, 2)).via(
     "the header's status made 7: the thread no longer closed, read.simple-group fired too")
 @given(code=st.sampled_from(sorted(MUTATIONS)), bundle=bundles(min_messages=1, max_messages=4, drafts=True),
