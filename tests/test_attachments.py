@@ -147,7 +147,7 @@ def verified(spec: ThreadSpec, client: FhirClient) -> list[str]:
     return [*checked.differences, *([checked.error] if checked.error else [])]
 
 
-# --- 1. every request resolves its attachments -----------------------------------------------------------
+# --- every request resolves its attachments -----------------------------------------------------------
 
 
 @pytest.mark.parametrize("journal", ["same", "fresh"])
@@ -362,7 +362,7 @@ def test_every_request_resolves_its_attachments_whatever_happens(project: Any, t
         assert verified(spec, client) == []
 
 
-# --- 2. uploads: once, and never by a run that sends nothing ---------------------------------------------
+# --- uploads: once, and never by a run that sends nothing ---------------------------------------------
 
 
 def test_a_run_with_a_new_journal_uploads_nothing_the_server_holds(project: Any, tmp_path: Path) -> None:
@@ -405,7 +405,7 @@ def test_a_dry_run_with_update_after_a_file_changed_sends_and_uploads_nothing(pr
         assert report.plan is not None and report.plan.requests == 2  # the upload, the update
 
 
-# --- 3. empty files; one thread's error stops nothing ------------------------------------------------------
+# --- empty files; one thread's error stops nothing ------------------------------------------------------
 
 
 def test_an_empty_file_is_an_attachment_of_size_0_without_a_binary(tmp_path: Path) -> None:
@@ -483,7 +483,7 @@ def test_one_thread_that_cannot_be_read_back_stops_neither_verify_nor_export(pro
         assert any("could not be downloaded" in p for t in exported.problems for p in t.problems), exported.problems
 
 
-# --- 4. export keeps each attachment's own fields ----------------------------------------------------------
+# --- export keeps each attachment's own fields ----------------------------------------------------------
 
 
 @pytest.mark.parametrize("mode", ["keep", "download"])

@@ -1,4 +1,4 @@
-"""Loads that run at the same time (issue 20, findings 4 and 5): two loads of the same specs with two journals
+"""Loads that run at the same time: two loads of the same specs with two journals
 never leave a silent double (strict mode: no double at all; the default: every double reported, exit 1), and a
 transaction the server could not serialize (409, Medplum's serialization failure) is sent again, not failed."""
 
@@ -52,7 +52,7 @@ VERSION_CONFLICT = orjson.dumps({
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
 
-# --- 4. two loads of the same specs with two journals, at the same time --------------------------------------
+# --- two loads of the same specs with two journals, at the same time --------------------------------------
 
 
 def _reported(report: dict[str, Any]) -> set[str]:
@@ -177,7 +177,7 @@ def test_a_failed_check_is_said_and_done_by_the_next_run(project: Any, tmp_path:
             assert proxy.log[seen:] == [], "checked once: nothing left to look at"
 
 
-# --- 5. a transaction the server could not serialize ---------------------------------------------------------
+# --- a transaction the server could not serialize ---------------------------------------------------------
 
 
 def test_a_serialization_failure_is_sent_again_and_another_conflict_is_not(project: Any, tmp_path: Path) -> None:

@@ -165,7 +165,7 @@ def test_jsonl_export_with_random_grafts(folder: Path, rows: list[object]) -> No
     run_migration(folder, encodable(text), "export.jsonl", JSONL_MAPPING)
 
 
-# --- what the fuzzer found in migrate, fixed (issue 13): regression tests ----------------------------------------
+# --- what the fuzzer found in migrate, fixed: regression tests ----------------------------------------
 
 
 def test_a_conversation_id_that_starts_with_a_dot(folder: Path) -> None:

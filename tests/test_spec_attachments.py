@@ -1,4 +1,4 @@
-"""What a spec can make us read (issue 20): regular files only, opened without waiting, bounded in size even when
+"""What a spec can make us read: regular files only, opened without waiting, bounded in size even when
 they grow, from the spec's own folder unless allowed; stdin read once and bounded. (The commands' refusals are
 rows of tests/test_bad_input.py.)"""
 
