@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import Phase, settings
+from hypothesis import HealthCheck, Phase, settings
 
 from bundler.medplum.localserver import LocalServer
 from bundler.testing.pytest_plugin import MedplumServer, remote_from_env
@@ -90,6 +90,17 @@ class Project:
             pytest.skip(f"no remote project with {settings} ({PROJECTS_ENV} names the kinds there are)")
         self.kind, self.target = kind, self.kinds[kind]
 
+
+settings.register_profile("suite", derandomize=True, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+"""Every hypothesis test's settings (a test sets only its own `max_examples`): the same examples every run (a test
+fails every run or never, and no `.hypothesis/` folder replays an old failure), no deadline (a busy machine is
+not a slow test), and big examples allowed (our strategies make long texts and 50-entry bundles on purpose)."""
+settings.register_profile("explore", settings.get_profile("suite"), derandomize=False,
+                          database=settings.get_profile("default").database)
+"""`pytest --hypothesis-profile=explore`: fresh random examples each run, failures kept in `.hypothesis/` and
+tried first the next run: to look for new bugs rather than to hold the known ones."""
+settings.load_profile("suite")  # here, not in pytest_configure: `--hypothesis-profile` is loaded after it
 
 FUZZ_EXAMPLES = 100
 """Examples per fuzz test in a default run (derandomized: the same ones each run, so CI is steady)."""

@@ -37,8 +37,8 @@ FILE_LEVEL = ("not a text file", "this is UTF-", "not UTF-8 text", "empty file",
 
 
 def register_fuzz_profile(examples: int, *, derandomize: bool) -> None:
-    settings.register_profile("fuzz", max_examples=examples, derandomize=derandomize, deadline=None,
-                              database=None if derandomize else settings.default.database,
+    settings.register_profile("fuzz", max_examples=examples, derandomize=derandomize,
+                              database=None if derandomize else settings.get_profile("default").database,
                               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                                      HealthCheck.filter_too_much, HealthCheck.large_base_example])
 

@@ -147,7 +147,7 @@ def verified(spec: ThreadSpec, client: FhirClient) -> list[str]:
     return [*checked.differences, *([checked.error] if checked.error else [])]
 
 
-# --- 1. every request resolves its attachments -----------------------------------------------------------
+# --- every request resolves its attachments -----------------------------------------------------------
 
 
 @pytest.mark.parametrize("journal", ["same", "fresh"])
@@ -314,8 +314,7 @@ gives the thread up, for the next to resume?, the answer to an upload lost?"""
 @pytest.mark.volume
 @example(start=[[0], []], script=[("load", False, False, 1, True, False), ("change", 0)])  # a resumed request
 # sent an older version of the spec: the resume found it in and committed it as the new one (seen once in CI)
-@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
+@settings(max_examples=12, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(start=st.lists(st.lists(st.integers(0, 3), max_size=2, unique=True), min_size=1, max_size=4),
        script=st.lists(steps, min_size=1, max_size=7))
 def test_every_request_resolves_its_attachments_whatever_happens(project: Any, tmp_path_factory: Any,
@@ -363,7 +362,7 @@ def test_every_request_resolves_its_attachments_whatever_happens(project: Any, t
         assert verified(spec, client) == []
 
 
-# --- 2. uploads: once, and never by a run that sends nothing ---------------------------------------------
+# --- uploads: once, and never by a run that sends nothing ---------------------------------------------
 
 
 def test_a_run_with_a_new_journal_uploads_nothing_the_server_holds(project: Any, tmp_path: Path) -> None:
@@ -406,7 +405,7 @@ def test_a_dry_run_with_update_after_a_file_changed_sends_and_uploads_nothing(pr
         assert report.plan is not None and report.plan.requests == 2  # the upload, the update
 
 
-# --- 3. empty files; one thread's error stops nothing ------------------------------------------------------
+# --- empty files; one thread's error stops nothing ------------------------------------------------------
 
 
 def test_an_empty_file_is_an_attachment_of_size_0_without_a_binary(tmp_path: Path) -> None:
@@ -484,7 +483,7 @@ def test_one_thread_that_cannot_be_read_back_stops_neither_verify_nor_export(pro
         assert any("could not be downloaded" in p for t in exported.problems for p in t.problems), exported.problems
 
 
-# --- 4. export keeps each attachment's own fields ----------------------------------------------------------
+# --- export keeps each attachment's own fields ----------------------------------------------------------
 
 
 @pytest.mark.parametrize("mode", ["keep", "download"])

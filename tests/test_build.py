@@ -139,7 +139,7 @@ def _all_references(value: Any) -> list[str]:
     return []
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150)
 @given(thread_specs(drafts=True))
 def test_properties_of_built_bundles(spec: dict[str, Any]) -> None:
     bundle = build_bundle(spec)

@@ -49,7 +49,7 @@ def _everything(folder: Path) -> str:
     return "".join(p.read_bytes().decode(errors="replace") for p in folder.rglob("*") if p.is_file())
 
 
-# --- 5. a server that echoes our Authorization header --------------------------------------------------
+# --- a server that echoes our Authorization header -----------------------------------------------------
 
 
 def test_a_token_a_server_echoes_reaches_no_journal_report_or_output(project: Any, tmp_path: Path) -> None:
@@ -83,7 +83,7 @@ def test_a_token_a_server_echoes_reaches_no_journal_report_or_output(project: An
     assert all(n == 1 for v, n in counts.items() if data[1]["thread"] not in v)
 
 
-# --- 6. next links ----------------------------------------------------------------------------------------
+# --- next links -------------------------------------------------------------------------------------------
 
 
 @pytest.fixture

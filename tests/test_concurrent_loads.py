@@ -52,7 +52,7 @@ VERSION_CONFLICT = orjson.dumps({
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
 
-# --- 4. two loads of the same specs with two journals, at the same time --------------------------------------
+# --- two loads of the same specs with two journals, at the same time --------------------------------------
 
 
 def _reported(report: dict[str, Any]) -> set[str]:
@@ -177,7 +177,7 @@ def test_a_failed_check_is_said_and_done_by_the_next_run(project: Any, tmp_path:
             assert proxy.log[seen:] == [], "checked once: nothing left to look at"
 
 
-# --- 5. a transaction the server could not serialize ---------------------------------------------------------
+# --- a transaction the server could not serialize ---------------------------------------------------------
 
 
 def test_a_serialization_failure_is_sent_again_and_another_conflict_is_not(project: Any, tmp_path: Path) -> None:

@@ -126,8 +126,7 @@ def test_fixtures_and_sample_threads_round_trip(project: Any, tmp_path: Path) ->
             assert [m.status for m in back.messages] == ["completed", "completed", None]
 
 
-@settings(max_examples=3, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=3, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(thread_specs(styles=["literal"], max_participants=4, max_messages=6), min_size=4, max_size=4))
 def test_generated_threads_round_trip(project: Any, tmp_path_factory: pytest.TempPathFactory,
                                       drawn: list[dict[str, Any]]) -> None:
@@ -199,8 +198,7 @@ def _as_stored(spec: ThreadSpec, stored: dict[str, dict[str, str]]) -> ThreadSpe
     return parse_spec(data).with_files(spec.files)
 
 
-@settings(max_examples=2, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=2, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(thread_specs(styles=["conditional"], participant_types=("Patient", "Practitioner", "Organization"),
                              max_participants=3, max_messages=4), min_size=3, max_size=3))
 def test_conditional_references_come_back_as_the_literal_ones_the_server_made(
@@ -362,10 +360,20 @@ def test_a_header_changed_during_the_export_is_exported_once(project: Any, tmp_p
 # --- a copy between two projects ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def second_server() -> Iterator[LocalServer]:
+@pytest.fixture(scope="module")
+def _another_server() -> Iterator[LocalServer]:
     with LocalServer(port=0) as server:
         yield server
+
+
+@pytest.fixture
+def second_server(_another_server: LocalServer) -> Iterator[LocalServer]:
+    """A local server other than the project's, empty, with its default settings (one process for the module)."""
+    _another_server.reset()
+    try:
+        yield _another_server
+    finally:
+        _another_server.restore_defaults()
 
 
 @pytest.mark.local_only
@@ -420,7 +428,8 @@ def _threads_of(people: list[tuple[str, str]], prefix: str, threads: int) -> lis
 
 
 @pytest.mark.local_only
-def test_copy_with_a_participants_file_into_an_empty_strict_project(project: Any, tmp_path: Path) -> None:
+def test_copy_with_a_participants_file_into_an_empty_strict_project(project: Any, second_server: LocalServer,
+                                                                   tmp_path: Path) -> None:
     with client_for(project) as source:
         people = _people(source, project.prefix, 5)
         specs = _threads_of(people, project.prefix, 6)
@@ -449,13 +458,13 @@ def test_copy_with_a_participants_file_into_an_empty_strict_project(project: Any
         for literal, ref in conditional.items():
             original = original.replace(f'"{literal}"', json.dumps(ref))
         assert bundle_bytes(exported[spec.key]).decode() == original
-    with LocalServer(port=0, check_references_on_write=True) as strict:
-        target = {"MEDPLUM_BASE_URL": strict.base_url, "MEDPLUM_CLIENT_ID": strict.client_id,
-                  "MEDPLUM_CLIENT_SECRET": strict.client_secret}
-        loaded = cli(["load", str(tmp_path / "out"), "--participants", str(tmp_path / "people.yaml"),
-                      "--journal", str(tmp_path / "b.sqlite")], target)
-        assert loaded.returncode == 0, loaded.stderr
-        checked = cli(["verify", str(tmp_path / "out"), "--participants", str(tmp_path / "people.yaml")], target)
+    second_server.configure(check_references_on_write=True)
+    target = {"MEDPLUM_BASE_URL": second_server.base_url, "MEDPLUM_CLIENT_ID": second_server.client_id,
+              "MEDPLUM_CLIENT_SECRET": second_server.client_secret}
+    loaded = cli(["load", str(tmp_path / "out"), "--participants", str(tmp_path / "people.yaml"),
+                  "--journal", str(tmp_path / "b.sqlite")], target)
+    assert loaded.returncode == 0, loaded.stderr
+    checked = cli(["verify", str(tmp_path / "out"), "--participants", str(tmp_path / "people.yaml")], target)
     assert checked.returncode == 0, checked.stderr
     assert f"{len(specs)} of {len(specs)} threads match their specs" in checked.stderr
 
@@ -500,7 +509,8 @@ def test_participants_that_cannot_be_created_keep_their_references_and_are_liste
 
 
 @pytest.mark.local_only
-def test_attachments_downloaded_travel_with_the_copy(project: Any, tmp_path: Path) -> None:
+def test_attachments_downloaded_travel_with_the_copy(project: Any, second_server: LocalServer, tmp_path: Path
+                                                     ) -> None:
     source = tmp_path / "src"
     source.mkdir()
     (source / "scan.png").write_bytes(b"\x89PNG fake image bytes")
@@ -523,11 +533,10 @@ def test_attachments_downloaded_travel_with_the_copy(project: Any, tmp_path: Pat
     assert (tmp_path / "out" / files[1]).read_bytes() == (source / "lab.dat").read_bytes()
     (exported,) = load_specs([tmp_path / "out"])
     assert bundle_bytes(exported) == bundle_bytes(spec)  # the same bytes: the same bundle
-    with LocalServer(port=0) as other:
-        target = {"MEDPLUM_BASE_URL": other.base_url, "MEDPLUM_CLIENT_ID": other.client_id,
-                  "MEDPLUM_CLIENT_SECRET": other.client_secret}
-        assert cli(["load", str(tmp_path / "out"), "--journal", str(tmp_path / "b.sqlite")], target).returncode == 0
-        checked = cli(["verify", str(tmp_path / "out")], target)
+    target = {"MEDPLUM_BASE_URL": second_server.base_url, "MEDPLUM_CLIENT_ID": second_server.client_id,
+              "MEDPLUM_CLIENT_SECRET": second_server.client_secret}
+    assert cli(["load", str(tmp_path / "out"), "--journal", str(tmp_path / "b.sqlite")], target).returncode == 0
+    checked = cli(["verify", str(tmp_path / "out")], target)
     assert checked.returncode == 0, checked.stderr
 
 

@@ -50,7 +50,7 @@ def _line_of(path: Path, text: str) -> int:
     return next(n for n, line in enumerate(path.read_text().splitlines(), 1) if text in line)
 
 
-# --- 7. honest plans -------------------------------------------------------------------------------------
+# --- honest plans ----------------------------------------------------------------------------------------
 
 
 def test_a_dry_run_exits_0_writes_nothing_and_says_the_time_is_unknown_without_a_header(project: Any,
@@ -130,7 +130,7 @@ def _copies(client: Any, path: Path) -> dict[str, int]:
     return dict(copies(client, load_specs([path])))
 
 
-# --- 8. doctor --------------------------------------------------------------------------------------------
+# --- doctor -----------------------------------------------------------------------------------------------
 
 
 def test_doctor_asks_one_search_and_exits_by_its_table(project: Any, tmp_path: Path) -> None:
@@ -171,7 +171,7 @@ def test_doctor_warns_about_a_non_atomic_project_and_tells_whether_references_mu
     assert "no: a reference to a missing resource is stored" in again.stdout and "WARN" not in again.stdout
 
 
-# --- 9. Ctrl-C -----------------------------------------------------------------------------------------
+# --- Ctrl-C --------------------------------------------------------------------------------------------
 
 
 def test_ctrl_c_prints_the_summary_so_far_writes_the_partial_report_and_resumes(project: Any,
@@ -211,7 +211,7 @@ def test_ctrl_c_prints_the_summary_so_far_writes_the_partial_report_and_resumes(
         assert_exactly_once(client, [parse_spec(d) for d in data], project)
 
 
-# --- 10. memory: counts, not results -------------------------------------------------------------------
+# --- memory: counts, not results -------------------------------------------------------------------
 
 
 def test_the_report_keeps_counts_and_results_are_streamed(project: Any, tmp_path: Path) -> None:
@@ -228,7 +228,7 @@ def test_the_report_keeps_counts_and_results_are_streamed(project: Any, tmp_path
         assert_exactly_once(client, specs, project)
 
 
-# --- 11. the progress line comes first ---------------------------------------------------------------------
+# --- the progress line comes first ---------------------------------------------------------------------
 
 
 def test_the_progress_line_appears_before_the_first_search(project: Any, tmp_path: Path) -> None:

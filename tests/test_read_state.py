@@ -155,7 +155,7 @@ def spec_state(spec: ThreadSpec) -> Any:
 # --- the builder ---------------------------------------------------------------------------------------------
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=80)
 @given(thread_specs(min_messages=1, read_models=["simple", "header-extension", "tasks"], drafts=True))
 def test_each_model_writes_who_read_what(data: dict[str, Any]) -> None:
     spec = parse_spec(data)

@@ -10,7 +10,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 
 from bundler import assets
 from bundler.errors import SpecError
@@ -116,7 +116,7 @@ def test_the_schema_knows_the_model_s_fields() -> None:
 VALIDATOR = jsonschema.Draft202012Validator(SPEC)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100)
 @given(thread_specs(drafts=True))
 def test_what_the_model_reads_the_schema_accepts(spec: dict[str, Any]) -> None:
     VALIDATOR.validate(spec)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -33,7 +33,7 @@ from bundler.testing.strategies import instants, thread_specs
 from bundler.vocabulary import instant_problem, is_instant
 
 REPO = Path(__file__).resolve().parent.parent
-SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=200)
 SENT = "2024-04-10T10:00:00Z"
 
 
@@ -285,7 +285,7 @@ def test_null_is_not_absent() -> None:
             parse_spec({"thread": "t", "topic": "x", "participants": {"a": {"reference": "Patient/1"}}, field: None})
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(st.one_of(instants(), st.from_regex(r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}"
                                            r"(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})\Z")))
 def test_the_fast_instant_check_agrees_with_the_parser(value: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from bundler.build import build_bundle
@@ -32,8 +32,7 @@ pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_CACHE = cache_root()  # read before pytester moves HOME, so its sessions reuse the installed local server
-QUICK = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                         HealthCheck.data_too_large])
+QUICK = settings(max_examples=30)
 SPEC = {"thread": "lab-1", "topic": "Lab results", "subject": "homer",
         "participants": {"homer": {"reference": "Patient/homer-1", "display": "Homer"},
                          "alice": {"reference": "Practitioner/alice-1"}},

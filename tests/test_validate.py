@@ -14,7 +14,7 @@ import click
 import orjson
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 
 from bundler.build import build_bundle
 from bundler.check import BUNDLE_RULES, RULES, Issue, validate, validate_many
@@ -387,7 +387,7 @@ def test_validate_many_in_parallel_matches_serial() -> None:
 # --- property-based ----------------------------------------------------------------------------------
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60)
 @given(bundles(drafts=True))
 def test_builder_bundles_are_clean_and_untouched(bundle: dict[str, Any]) -> None:
     before = orjson.dumps(bundle)

@@ -17,7 +17,7 @@ import json
 import random
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..vocabulary import (
@@ -41,14 +41,28 @@ class NotApplicable(ValueError):
 
 
 def rng_from_draw(draw: Callable[[Any], Any]) -> random.Random:
-    """A `random.Random` seeded from a hypothesis `draw`, so mutations shrink with the data."""
+    """A `random.Random` whose every call (`choice`, `randrange`, `getrandbits`, ...) is a hypothesis `draw`, not
+    a seeded sequence: a mutation's choices shrink with the data, each towards the first option, the lowest number."""
     from hypothesis import strategies as st
 
-    return random.Random(draw(st.integers(0, 2**32 - 1)))
+    rng: random.Random = draw(st.randoms(use_true_random=False))
+    return rng
 
 
 def _uuid(rng: random.Random) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def _uuids(rng: random.Random) -> Iterator[str]:
+    """Version-4 uuids from `rng`, none given twice (a hypothesis-backed rng may draw the same bits again: a
+    mutation that needs several fresh resources gets distinct ones)."""
+    given: set[str] = set()
+    while True:
+        bits = rng.getrandbits(128)
+        while (value := str(uuid.UUID(int=bits, version=4))) in given:
+            bits = (bits + 1) % 2**128  # (the lowest bit is not one uuid's version or variant bits)
+        given.add(value)
+        yield value
 
 
 def _copy(bundle: Bundle, min_messages: int = 1) -> tuple[Bundle, list[dict[str, Any]]]:
@@ -113,14 +127,14 @@ def _replace_strings(node: Any, old: str, new: str) -> Any:
     return new if node == old else node
 
 
-def _pad(entries: list[dict[str, Any]], count: int, rng: random.Random) -> None:
+def _pad(entries: list[dict[str, Any]], count: int, ids: Iterator[str]) -> None:
     """Add copies of the last message (new fullUrl and identifier, no replies to them) up to `count` entries."""
     last = entries[-1]
     n = 0
     while len(entries) < count:
         n += 1
         clone = copy.deepcopy(last)
-        clone["fullUrl"] = f"urn:uuid:{_uuid(rng)}"
+        clone["fullUrl"] = f"urn:uuid:{next(ids)}"
         for ident in clone["resource"].get("identifier", []):
             ident["value"] = f"{ident['value']}-copy{n}"
         entries.append(clone)
@@ -376,9 +390,14 @@ def header_recipients(bundle: Bundle, rng: random.Random) -> Bundle:
 # --- FHIR structure and limits ---------------------------------------------------------------------
 
 def structure(bundle: Bundle, rng: random.Random) -> Bundle:
+    """An unknown element, an identifier that is not a list, or a status that is not a string. Not the status of a
+    completed header: it says that its thread is closed, so that its completed messages are not read ones
+    (`read.simple-group`)."""
     out, entries = _copy(bundle, 0)
-    res = entries[rng.randrange(len(entries))]["resource"]
-    choice = rng.randrange(3)
+    i = rng.randrange(len(entries))
+    res = entries[i]["resource"]
+    closes = i == 0 and res.get("status") == READ_STATUS
+    choice = rng.randrange(2 if closes else 3)
     if choice == 0:
         res["colour"] = "blue"
     elif choice == 1:
@@ -441,7 +460,7 @@ def entry_size(bundle: Bundle, rng: random.Random) -> Bundle:
 def conditional_entries(bundle: Bundle, rng: random.Random) -> Bundle:
     """Make the header a conditional create in a transaction of more than 8 entries."""
     out, entries = _copy(bundle)
-    _pad(entries, 9 + rng.randrange(3), rng)
+    _pad(entries, 9 + rng.randrange(3), _uuids(rng))
     ident = _header(entries).get("identifier", [{"system": "urn:x", "value": "thread"}])[0]
     entries[0]["request"]["ifNoneExist"] = f"identifier={ident.get('system', '')}|{ident['value']}"
     return out
@@ -466,9 +485,10 @@ def put_entries(bundle: Bundle, rng: random.Random) -> Bundle:
     """Turn every entry into PUT Communication/<uuid> (with that id), 51 or more of them; payloads are cut
     short so that the bundle stays under the body-size limit (only the PUT count is broken)."""
     out, entries = _copy(bundle)
-    _pad(entries, 51 + rng.randrange(3), rng)
+    ids = _uuids(rng)
+    _pad(entries, 51 + rng.randrange(3), ids)
     for e in entries:
-        rid = _uuid(rng)
+        rid = next(ids)
         e["resource"]["id"] = rid
         e["request"] = {"method": "PUT", "url": f"{e['resource']['resourceType']}/{rid}"}
         if "payload" in e["resource"]:
@@ -492,8 +512,9 @@ def simple_group(bundle: Bundle, rng: random.Random) -> Bundle:
     out, entries = _copy(bundle)
     header = _header(entries)
     people = header.setdefault("recipient", [])
+    ids = _uuids(rng)
     while len(people) < 3:
-        people.append({"reference": f"Practitioner/{_uuid(rng)}"})
+        people.append({"reference": f"Practitioner/{next(ids)}"})
     header["status"] = "in-progress"  # (in a closed thread, completed messages may be closed ones)
     msg = _message(entries, rng)[1]
     msg["status"] = READ_STATUS
@@ -522,14 +543,14 @@ def extension(bundle: Bundle, rng: random.Random) -> Bundle:
     return out
 
 
-def _receipt(entries: list[dict[str, Any]], rng: random.Random) -> dict[str, Any]:
+def _receipt(entries: list[dict[str, Any]], rng: random.Random, ids: Iterator[str]) -> dict[str, Any]:
     """A valid read receipt for a message with recipients, appended to `entries`."""
     with_recipients = [k for k in _messages(entries) if entries[k]["resource"].get("recipient")]
     if with_recipients:
         msg = entries[rng.choice(with_recipients)]["resource"]
     else:  # a thread of one: someone joins, to be sent a message
         msg = _message(entries, rng)[1]
-        newcomer = {"reference": f"Practitioner/{_uuid(rng)}"}
+        newcomer = {"reference": f"Practitioner/{next(ids)}"}
         msg["recipient"] = [newcomer]
         _header(entries).setdefault("recipient", []).append(dict(newcomer))
     ident = msg["identifier"][0]
@@ -538,7 +559,7 @@ def _receipt(entries: list[dict[str, Any]], rng: random.Random) -> dict[str, Any
             "status": READ_RECEIPT_UNREAD, "intent": READ_RECEIPT_INTENT,
             "code": {"coding": [{"system": READ_RECEIPT_SYSTEM, "code": READ_RECEIPT_CODE}]},
             "focus": {"reference": entries[0]["fullUrl"]}, "owner": dict(msg["recipient"][0])}
-    entries.append({"fullUrl": f"urn:uuid:{_uuid(rng)}", "resource": task, "request": {"method": "POST",
+    entries.append({"fullUrl": f"urn:uuid:{next(ids)}", "resource": task, "request": {"method": "POST",
                                                                                          "url": "Task"}})
     return task
 
@@ -546,7 +567,7 @@ def _receipt(entries: list[dict[str, Any]], rng: random.Random) -> dict[str, Any
 def task(bundle: Bundle, rng: random.Random) -> Bundle:
     """Add a read receipt with a wrong code system, intent, status or focus."""
     out, entries = _copy(bundle)
-    receipt = _receipt(entries, rng)
+    receipt = _receipt(entries, rng, _uuids(rng))
     how = rng.randrange(4)
     if how == 0:
         receipt["code"]["coding"][0]["system"] = rng.choice(["http://example.org/task-codes", "urn:x"])
@@ -562,7 +583,8 @@ def task(bundle: Bundle, rng: random.Random) -> Bundle:
 def task_owner(bundle: Bundle, rng: random.Random) -> Bundle:
     """Add a read receipt owned by someone outside the thread."""
     out, entries = _copy(bundle)
-    _receipt(entries, rng)["owner"] = {"reference": f"Practitioner/{_uuid(rng)}"}
+    ids = _uuids(rng)
+    _receipt(entries, rng, ids)["owner"] = {"reference": f"Practitioner/{next(ids)}"}
     return out
 
 
