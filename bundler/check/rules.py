@@ -31,15 +31,19 @@ import orjson
 
 from ..vocabulary import (
     COMMUNICATION_TARGETS,
-    ID_PATTERN,
+    HTTP_METHODS,
     MIME_TYPE_HINT,
+    REQUEST_BUNDLE_TYPES,
     REQUIRED_CODES,
+    RESOURCE_METHODS,
     RESOURCE_TYPES,
-    TYPE_PATTERN,
+    URN_PATTERN,
     InstantError,
     identifier_token,
     is_base64,
     is_mime_type,
+    is_urn,
+    parse_absolute,
     parse_instant,
     parse_literal,
     query_decode,
@@ -50,10 +54,7 @@ from .issues import Issue, entry_path, make_issue
 from .readstate import read_state_rules
 from .readstate import tokens as _tokens
 
-CANONICAL_URN = re.compile(r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_URN_IN_TEXT = re.compile(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_ABSOLUTE = re.compile(rf"https?://\S+/({TYPE_PATTERN})/({ID_PATTERN})(?:/_history/{ID_PATTERN})?")
-METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH")
+_URN_IN_TEXT = re.compile(URN_PATTERN)
 
 
 @dataclass(slots=True)
@@ -115,9 +116,9 @@ class _Ctx:
             if j is not None:
                 return Target("entry", self._type(j), j)
             return Target("literal", literal[0], rest=literal[1])
-        m = _ABSOLUTE.fullmatch(ref)
-        if m:
-            return Target("absolute", m.group(1), rest=m.group(2))
+        absolute = parse_absolute(ref)
+        if absolute:
+            return Target("absolute", absolute[0], rest=absolute[1])
         return Target("bad")
 
     def _type(self, j: int) -> str | None:
@@ -131,8 +132,9 @@ def check_rules(bundle: Any) -> list[Issue]:
         got = bundle.get("resourceType") if isinstance(bundle, dict) else type(bundle).__name__
         return [make_issue("bundle.resource-type", "Bundle.resourceType", f"expected a Bundle, got {got!r}")]
     ctx = _Ctx(bundle, [])
-    if bundle.get("type") not in ("transaction", "batch"):
-        ctx.add("bundle.type", None, ("type",), f"must be 'transaction' or 'batch', got {bundle.get('type')!r}")
+    if bundle.get("type") not in REQUEST_BUNDLE_TYPES:
+        ctx.add("bundle.type", None, ("type",), f"must be {' or '.join(map(repr, REQUEST_BUNDLE_TYPES))}, "
+                                                f"got {bundle.get('type')!r}")
     entries = bundle.get("entry")
     if not isinstance(entries, list):
         got = "nothing" if entries is None else f"{_json_kind(entries)}"
@@ -178,7 +180,7 @@ def _entries(ctx: _Ctx) -> None:
         if method is not None:
             ctx.methods[i] = method
         resource = entry.get("resource")
-        carries = method in ("POST", "PUT", "PATCH") or (method is None and resource is not None)
+        carries = method in RESOURCE_METHODS or (method is None and resource is not None)
         _resource(ctx, i, method, resource, carries)
         _full_url(ctx, i, entry, carries)
         url = request.get("url") if isinstance(request, dict) else None
@@ -210,8 +212,8 @@ def _request(ctx: _Ctx, i: int, request: Any) -> str | None:
         ctx.add("entry.request", i, ("request",), "every entry of a transaction needs a request (method, url)")
         return None
     method, url = request.get("method"), request.get("url")
-    if method not in METHODS:
-        ctx.add("entry.request", i, ("request", "method"), f"method must be one of {', '.join(METHODS)}; "
+    if method not in HTTP_METHODS:
+        ctx.add("entry.request", i, ("request", "method"), f"method must be one of {', '.join(HTTP_METHODS)}; "
                                                            f"got {method!r}")
         return None
     if not isinstance(url, str) or not url.strip():
@@ -261,7 +263,7 @@ def _full_url(ctx: _Ctx, i: int, entry: dict[str, Any], carries: bool) -> None:
                 f"{url} is also the fullUrl of entry {ctx.by_url[url]}: references to it become ambiguous")
         return
     ctx.by_url[url] = i
-    if not CANONICAL_URN.match(url):
+    if not is_urn(url):
         ctx.add("entry.fullurl-format", i, ("fullUrl",),
                 f"{url!r} is not a lowercase canonical urn:uuid:<uuid>: Medplum leaves references to it unresolved")
 
@@ -370,7 +372,7 @@ def _references(ctx: _Ctx) -> None:
     if _references_fine(ctx):
         return
     known = RESOURCE_TYPES
-    canonical = {u for u in ctx.by_url if CANONICAL_URN.match(u)}
+    canonical = {u for u in ctx.by_url if is_urn(u)}
     for i, resource in ctx.resources.items():
         refs: list[tuple[tuple[str | int, ...], str]] = []
         texts: list[tuple[tuple[str | int, ...], str, str]] = []

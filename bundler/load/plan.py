@@ -30,7 +30,8 @@ from ..vocabulary import (
     rewrite_references,
 )
 
-SAFE_MAX_BYTES = MAX_REQUEST_BYTES  # what we plan for, under Medplum's 1 MB (vocabulary; validate checks entries by it)
+SAFE_MAX_BYTES = MAX_REQUEST_BYTES
+"""The largest request the loader plans (`vocabulary.MAX_REQUEST_BYTES`, derived from Medplum's body limit)."""
 _ENVELOPE = REQUEST_ENVELOPE_BYTES
 
 

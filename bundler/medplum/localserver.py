@@ -41,7 +41,7 @@ from typing import IO, Any
 from .. import assets
 from ..errors import LocalServerError, PortInUse
 from ..files import file_lock
-from ..vocabulary import ServerUrls
+from ..vocabulary import DEFAULT_QUOTA_PER_MINUTE, QUOTA_WINDOW_SECONDS, ServerUrls
 
 __all__ = [
     "LocalServer",
@@ -247,8 +247,8 @@ class LocalServer(ServerUrls):
         client_secret: str | None = None,
         transaction_bundles: bool = True,
         quota: bool = False,
-        quota_points: int = 50_000,
-        quota_window_seconds: int = 60,
+        quota_points: int = DEFAULT_QUOTA_PER_MINUTE,
+        quota_window_seconds: int = QUOTA_WINDOW_SECONDS,
         token_ttl: int = 3600,
         check_references_on_write: bool = False,
         port: int = 0,
@@ -505,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
         help="Process transactions as batches (a Medplum project without transaction-bundles).",
     )
     parser.add_argument("--quota", action="store_true", help="Enforce Medplum's FHIR quota.")
-    parser.add_argument("--quota-points", type=int, default=50_000, help="Quota points per minute. [default: 50000]")
+    parser.add_argument("--quota-points", type=int, default=DEFAULT_QUOTA_PER_MINUTE,
+                        help="Quota points per minute. [default: %(default)s]")
     parser.add_argument("--token-ttl", type=int, default=3600, help="Token lifetime in seconds. [default: 3600]")
     parser.add_argument("--check-references", action="store_true",
                         help="Refuse references to resources that do not exist (checkReferencesOnWrite).")
