@@ -291,7 +291,6 @@ is kept as written and the references to it stay unresolved)."""
 ABSOLUTE_REFERENCE_PATTERN: Final = rf"https?://\S+/({TYPE_PATTERN})/({ID_PATTERN})(?:/_history/{ID_PATTERN})?"
 """An absolute literal reference `http(s)://<server>/<base>/Type/id[/_history/v]`; its groups: the type and the id."""
 _UUID = re.compile(UUID_PATTERN, re.IGNORECASE)
-_URN = re.compile(URN_PATTERN)
 _ABSOLUTE_REFERENCE = re.compile(ABSOLUTE_REFERENCE_PATTERN)
 
 
@@ -302,7 +301,8 @@ def is_uuid(value: str) -> bool:
 
 def is_urn(value: str) -> bool:
     """Whether `value` is `urn:uuid:` and a lowercase canonical UUID (`URN_PATTERN`)."""
-    return _URN.fullmatch(value) is not None
+    uuid = value[9:]
+    return value[:9] == "urn:uuid:" and uuid == uuid.lower() and is_uuid(uuid)
 
 
 def parse_absolute(reference: str) -> tuple[str, str] | None:

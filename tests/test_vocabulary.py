@@ -156,7 +156,8 @@ _U = "8c9f6f2e-1d1b-4a61-9a55-4a5f0c6b1f99"
 @pytest.mark.parametrize(("check", "value", "ok"), [
     (is_uuid, _U, True), (is_uuid, _U.upper(), True), (is_uuid, _U + "\n", False), (is_uuid, _U[:-1], False),
     (is_urn, f"urn:uuid:{_U}", True), (is_urn, f"urn:uuid:{_U}\n", False), (is_urn, f"urn:uuid:{_U.upper()}", False),
-    (is_urn, _U, False), (is_offset, "Z", True), (is_offset, "-12:00", True), (is_offset, "+14:00", True),
+    (is_urn, _U, False), (is_urn, "urn:uuid:11111111-1111-4111-8111-111111111111", True),
+    (is_offset, "Z", True), (is_offset, "-12:00", True), (is_offset, "+14:00", True),
     (is_offset, "Z\n", False), (is_offset, "+14:30", False), (is_offset, "+\u0661\u0662:00", False),
     (lambda v: parse_absolute(v) == ("Patient", "1"), "https://x.org/fhir/R4/Patient/1", True),
     (lambda v: parse_absolute(v) == ("Patient", "1"), "https://x.org/fhir/R4/Patient/1/_history/2", True),
