@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import best_of, markdown_table, synthetic_specs
 
-from bundler import build_bundle, dumps, parse_spec
-from bundler.build import bundle_bytes
+from bundler import build_bundle, parse_spec
+from bundler.build import bundle_bytes, dumps
 from bundler.spec import Coding, Message, Participant, ThreadSpec
 
 

@@ -6,7 +6,6 @@ input files, `ServerError` for what a FHIR server answered.
     BundlerError
     ├── SpecError          a spec (or any input file) is malformed or invalid
     ├── OptionError        an option's value cannot be used (also a ValueError)
-    ├── BundleInvalid      a bundle failed validation
     ├── ServerError        the server answered with an error (carries its OperationOutcome)
     │   ├── AuthError      login refused, or a token the server would not take
     │   └── Throttled      refused for quota (429), and still refused after waiting
@@ -67,14 +66,6 @@ class SpecError(BundlerError):
 
 class OptionError(BundlerError, ValueError):
     """An option's value cannot be used (an identifier system with a space, say); the message says why."""
-
-
-class BundleInvalid(BundlerError):
-    """A bundle has validation errors; `issues` lists them."""
-
-    def __init__(self, issues: list[Any]) -> None:
-        self.issues = issues
-        super().__init__("\n".join(str(i) for i in issues))
 
 
 class ServerError(BundlerError):

@@ -402,7 +402,7 @@ def test_a_dry_run_with_update_after_a_file_changed_sends_and_uploads_nothing(pr
         proxy.clear(log=True)
         report = load([one(path)], client, journal=tmp_path / "j.sqlite", dry_run=True, update=True)
         assert [t.outcome for t in report.threads] == [Outcome.PLANNED]
-        assert not [e for e in proxy.log if e.method not in ("GET", "HEAD")]  # (it used to send the update)
+        assert not [e for e in proxy.log if e.method not in ("GET", "HEAD")]  # a dry run sends no update
         assert report.plan is not None and report.plan.requests == 2  # the upload, the update
 
 

@@ -448,7 +448,7 @@ CASES: dict[str, Case] = {
     "attachment file a folder": Case(
         {"t.yaml": _spec("f", message=", attachments: [{file: scans}]"), "scans": None}, ["validate", "t.yaml"], 2,
         ["messages[1].attachments[1].file: 'scans' is a folder, not a file"]),
-    # --- what a spec can make us read (issue 20): regular files only, bounded, from its own folder ----------
+    # --- what a spec can make us read: regular files only, bounded, from its own folder -------------------
     "attachment file: a named pipe (opening it must not wait for a writer)": Case(
         {"t.yaml": _spec("f", message=", attachments: [{file: pipe}]"), "pipe": _fifo},
         ["build", "t.yaml", "-o", "out"], 2,
@@ -565,7 +565,7 @@ CASES: dict[str, Case] = {
                                       ["t.yaml:1:3: YAML syntax error: a tag (!name) without a name: quote text"]),
     "a block of text without its line end": Case({"t.yaml": "|x\n"}, ["build", "t.yaml"], 2,
                                                  ["t.yaml:1:2: YAML syntax error: after '|' or '>' (a block of text)"]),
-    # --- read state, priority and drafts (issue 16) -------------------------------------------------------------
+    # --- read state, priority and drafts ----------------------------------------------------------------------
     "read_by: someone who is not a recipient": Case(
         {"t.yaml": _group("read_by: {a: 2024-01-01T01:00:00Z}")}, ["build", "t.yaml"], 2,
         ["t.yaml:5:68: messages[1].read_by.a: 'a' is not a recipient of this message (recipients: b, c)"]),
@@ -627,7 +627,7 @@ CASES: dict[str, Case] = {
                                  ["error: npm is not on PATH", "install Node.js with npm"],
                                  module="bundler.medplum.localserver",
                                  env={"PATH": "{tmp}/bin", "THREAD_BUNDLER_CACHE": "{tmp}/cache"}),
-    # --- load: a journal two loads could share without seeing each other's lock (issue 20) -----------------
+    # --- load: a journal two loads could share without seeing each other's lock ----------------------------
     "load: a journal with two names (hard links)": Case(
         {"t.yaml": _spec("t1"), "j.sqlite": b""}, ["load", "t.yaml", "--journal", "copy.sqlite"], 2,
         ["copy.sqlite", "has 2 names (hard links)", "Keep one name", "nothing was sent"], never=["s3cret"],

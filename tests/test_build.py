@@ -14,8 +14,16 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bundler import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, dumps, full_url, load_specs, parse_spec
-from bundler.build import URN_NAMESPACE, bundle_bytes, identifier_value, read_receipt_parts, split_identifier_value
+from bundler import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, load_specs, parse_spec
+from bundler.build import (
+    URN_NAMESPACE,
+    bundle_bytes,
+    dumps,
+    full_url,
+    identifier_value,
+    read_receipt_parts,
+    split_identifier_value,
+)
 from bundler.cli import main
 from bundler.testing.strategies import thread_specs
 from bundler.vocabulary import ALIAS_PATTERN, KEY_PATTERN, THREAD_KEY_PATTERN, rewrite_references

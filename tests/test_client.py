@@ -1,6 +1,6 @@
-"""What the client and the journal do with what they are given: tokens a server echoes (case 5), next links
-to another origin (case 6), answers that are not what FHIR promises, connection problems in words, journal
-files that are not journals (issue 11). Through the fault proxy, against the real server."""
+"""What the client and the journal do with what they are given: tokens a server echoes, next links
+to another origin, answers that are not what FHIR promises, connection problems in words, journal
+files that are not journals. Through the fault proxy, against the real server."""
 
 from __future__ import annotations
 
@@ -168,7 +168,7 @@ def test_a_next_link_that_names_no_fhir_path_or_the_page_itself_is_a_clear_error
                 client.search("Communication", {"_count": "1"})
 
 
-# --- issue 11: answers that are not what FHIR promises ----------------------------------------------------
+# --- answers that are not what FHIR promises -------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("body", "says"), [
@@ -219,7 +219,7 @@ def test_a_token_answer_that_is_not_a_token_is_a_clear_error(project: Any, tmp_p
     assert not (tmp_path / "j.sqlite").exists()
 
 
-# --- issue 11: connection problems in words ---------------------------------------------------------------
+# --- connection problems in words ------------------------------------------------------------------------
 
 
 def test_connection_problems_are_said_in_words(project: Any) -> None:
@@ -244,7 +244,7 @@ def test_connection_problems_are_said_in_words(project: Any) -> None:
     assert "Error" not in str(caught.value)  # no httpx class name
 
 
-# --- issue 11: a journal file that is not a journal ---------------------------------------------------
+# --- a journal file that is not a journal ------------------------------------------------------------
 
 
 @pytest.mark.parametrize("content", ["garbage", "truncated", "other-tables"])

@@ -1,4 +1,4 @@
-"""Loads that run at the same time (issue 20, findings 4 and 5): two loads of the same specs with two journals
+"""Loads that run at the same time: two loads of the same specs with two journals
 never leave a silent double (strict mode: no double at all; the default: every double reported, exit 1), and a
 transaction the server could not serialize (409, Medplum's serialization failure) is sent again, not failed."""
 

@@ -1,5 +1,5 @@
-"""Duplicates that races, late requests, escaping and a flaky probe used to cause (issue 12, cases 1-4), each
-through the fault proxy and counted on the server."""
+"""Exactly once under races, late requests, escaping and a flaky probe: no duplicates, each through the fault
+proxy and counted on the server."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def test_a_second_loader_on_the_same_journal_refuses_at_once_or_waits(project: A
         try:
             assert proxy.wait(lambda log: bool(transactions(log, project.prefix)), timeout=60)
             logins = sum(1 for e in proxy.log if "oauth2/token" in e.path)
-            (tmp_path / "link.sqlite").symlink_to(journal)  # the same journal by another name (issue 20, 4)
+            (tmp_path / "link.sqlite").symlink_to(journal)  # the same journal by another name
             through_link = [*args[:3], str(tmp_path / "link.sqlite"), *args[4:]]
             second = cli(through_link, {**env(project), "MEDPLUM_BASE_URL": proxy.url})
             assert second.returncode == 2, second.stderr
@@ -214,7 +214,7 @@ def test_identifier_values_with_search_characters_are_escaped(project: Any) -> N
         for v in values:  # each exactly once on the server, found by its escaped token alone
             assert len(client.search("Communication", {"identifier": identifier_token(system, v)})) == 1
         unescaped = client.search("Communication", {"identifier": f"{system}|{values[0]}"})
-        assert unescaped == [], "the search syntax splits an unescaped ',' (what the loader used to send)"
+        assert unescaped == [], "the search syntax splits an unescaped ',': the escaped token is the one that finds it"
 
 
 @pytest.mark.parametrize("system", ["urn:x,y", "https://example.org/a|b", "not a uri", "urn:back\\slash"])

@@ -58,8 +58,8 @@ def read_mapping(folder: Path, mapping: bytes, participants: bytes = PARTICIPANT
 
 KNOWN_DEFECTS: tuple[str, ...] = ()
 """Migrate's defects the fuzzer found, each with a strict xfail below: an input that meets one is left out of
-the fuzz run (hypothesis `reject`) until migrate is fixed; then its entry goes. (None open: the three of issue
-13 are regression tests at the end of this file.)"""
+the fuzz run (hypothesis `reject`) until migrate is fixed; then its entry goes, and its input becomes a test at the
+end of this file."""
 
 
 def _meets_a_known_defect(exc: SpecError) -> bool:
@@ -165,7 +165,7 @@ def test_jsonl_export_with_random_grafts(folder: Path, rows: list[object]) -> No
     run_migration(folder, encodable(text), "export.jsonl", JSONL_MAPPING)
 
 
-# --- what the fuzzer found in migrate, fixed (issue 13): regression tests ----------------------------------------
+# --- inputs the fuzzer found: each migrates ---------------------------------------------------------------------
 
 
 def test_a_conversation_id_that_starts_with_a_dot(folder: Path) -> None:

@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from bundler.build import build_bundle, build_bundles, bundle_bytes, check_identifier_system
+from bundler.bundle_files import build_files
 from bundler.check import validate_files
 from bundler.cli import main
 from bundler.errors import OptionError
-from bundler.output import build_files
 from bundler.spec import load_specs
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""The journal's lock is the real file's (issue 20, finding 4): every path to one journal meets the same lock."""
+"""The journal's lock is the real file's: every path to one journal meets the same lock."""
 
 from __future__ import annotations
 

@@ -351,9 +351,9 @@ def test_failed_thread_names_spec_line_and_outcome(project: Any, tmp_path: Path)
 
 def test_an_unfinished_thread_whose_spec_changed_gets_every_entry_of_the_new_spec(project: Any,
                                                                                    tmp_path: Path) -> None:
-    # regression: the loader took "as many ids as entries" for "all entries on the server", so a row left
-    # `sent` by an interrupted run, holding the id of a message the edited spec no longer has, made it
-    # commit the edited thread without its new message
+    # "as many ids as entries" is not "all entries on the server": a row left `sent` by an interrupted run, holding
+    # the id of a message the edited spec no longer has, must not make the loader commit the edited thread without
+    # its new message
     data = sample_specs(1, 3, prefix=project.prefix)[0]
     journal = tmp_path / "j.sqlite"
     with client_for(project) as client:

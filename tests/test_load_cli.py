@@ -1,4 +1,4 @@
-"""What `load --dry-run`, `doctor`, Ctrl-C and the progress line say (issue 12, cases 7-11), through the command
+"""What `load --dry-run`, `doctor`, Ctrl-C and the progress line say, through the command
 line and the fault proxy, counted on the server."""
 
 from __future__ import annotations

@@ -502,7 +502,7 @@ def test_fixture_export_loaded_into_the_server_and_read_back(project, tmp_path: 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_leap_second_row_is_a_message_or_a_reject_never_a_crash(tmp_path: Path, workers: int) -> None:
-    """Regression (issue 10): a `...:60Z` row passed one process and crashed another. A leap second with
+    """A `...:60Z` row is judged the same in every process, never a crash. A leap second with
     an offset is a message, its `sent` kept as written and ordered after every other moment of its minute
     (ties in input order); a wall-clock `23:59:60` (no zone: it is no leap second in New York) a reject."""
     header, _ = _rows(EXPORT)

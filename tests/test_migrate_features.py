@@ -1,5 +1,5 @@
-"""`migrate`, issue 13: the exports people really have (nested JSON, epoch times, several attachments, filters,
-phone numbers), bad inputs that broke it (one table), exit status, shard summaries, and a kill -9."""
+"""`migrate` on the exports people really have (nested JSON, epoch times, several attachments, filters,
+phone numbers), bad inputs (one table), exit status, shard summaries, and a kill -9."""
 
 from __future__ import annotations
 
@@ -219,7 +219,7 @@ BAD_INPUTS = [
                          ids=[b[0] for b in BAD_INPUTS])
 def test_bad_inputs(tmp_path: Path, what: str, name: str, data: bytes, mapping: str, changes: dict[str, str],
                     expected: tuple[int, str], counts: dict[str, int] | None) -> None:
-    """Each bad input of issue 13: a clear answer with the right exit status, never a traceback; the rows it
+    """Each bad input: a clear answer with the right exit status, never a traceback; the rows it
     spoils rejected one by one (the rest still messages), or nothing written."""
     for old, new in changes.items():
         mapping = mapping.replace(old, new)

@@ -107,8 +107,8 @@ def test_the_cli_reports_a_failed_worker_in_one_line_not_a_traceback(tmp_path: P
 
 def test_a_spec_error_in_a_worker_reaches_the_caller_with_its_problems(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Regression: SpecError did not survive pickling (its problems came back as a string), so a worker's
-    unreadable input became an AttributeError in the parent."""
+    """A SpecError crosses from a worker with its problems (pickled as problems, not as a string): a worker's
+    unreadable input is a SpecError in the parent, never an AttributeError."""
     problem = Problem(str(EXPORT), 9, None, "", "cannot read on: truncated")
 
     def load_rows(self: ThreadStream, store: GroupStore, share: tuple[int, int] = (0, 1)) -> list[str]:
@@ -176,7 +176,8 @@ def test_workers_started_by_spawn_give_the_same_bytes(tmp_path: Path, monkeypatc
 
 
 def test_more_workers_than_sqlite_can_attach_stores(tmp_path: Path) -> None:
-    """Regression: workers=11 failed with sqlite3.OperationalError (too many attached databases)."""
+    """More workers asked for than SQLite can attach stores (`max_stores`) run as that many: the same output, never
+    sqlite3.OperationalError (too many attached databases)."""
     limit = max_stores()
     export, mapping = _synthetic(tmp_path, rows=600, conversations=40)
     one = migrate([export], mapping, to="ndjson", out=tmp_path / "1.ndjson", workers=1)

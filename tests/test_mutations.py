@@ -1,4 +1,4 @@
-"""bundler.check.mutations: each mutation copies, never changes, its input; every rule has one. That each breaks a
+"""bundler.testing.mutations: each mutation copies, never changes, its input; every rule has one. That each breaks a
 generated valid bundle so that exactly its rule fires is held through `invalid_bundles` (test_strategies)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from bundler.build import build_bundle
 from bundler.check import BUNDLE_RULES, validate
-from bundler.check.mutations import MUTATIONS, NotApplicable, rng_from_draw
+from bundler.testing.mutations import MUTATIONS, NotApplicable, rng_from_draw
 from bundler.testing.strategies import bundles
 
 VALID = bundles(min_messages=2, max_messages=5, drafts=True)

@@ -10,7 +10,7 @@ import pytest
 
 import bundler
 from bundler import assets
-from bundler.demo import run_demo
+from bundler.apps.demo import run_demo
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,11 +51,3 @@ def test_demo_loads_reads_back_and_shows_the_walkthrough() -> None:
     assert "📎 files/sports-form.png (bart-school-form-2024-09) read back from Binary/" in text
     assert "bytes, identical to the file" in text
     assert "install" not in note.getvalue()  # the note of a first run is the installer's, and only when it installs
-
-
-def test_every_public_name_resolves() -> None:
-    assert sorted(bundler.__all__) == sorted(bundler._WHERE)
-    for name in bundler.__all__:
-        assert getattr(bundler, name) is not None
-    with pytest.raises(AttributeError):
-        bundler.no_such_name  # noqa: B018

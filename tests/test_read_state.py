@@ -1,4 +1,4 @@
-"""Read state, priority and drafts (issue 16): Medplum's three read models in specs, bundles, loads and delta loads.
+"""Read state, priority and drafts: Medplum's three read models in specs, bundles, loads and delta loads.
 
 Unread counts are asked of the server the way Medplum's docs ask them ("Read Receipts and Message Status"):
 `Communication?recipient=...&status:not=completed,entered-in-error,stopped,unknown&part-of:missing=false` for the

@@ -1,4 +1,4 @@
-"""What a spec can make us read (issue 20): regular files only, opened without waiting, bounded in size even when
+"""What a spec can make us read: regular files only, opened without waiting, bounded in size even when
 they grow, from the spec's own folder unless allowed; stdin read once and bounded. (The commands' refusals are
 rows of tests/test_bad_input.py.)"""
 
@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from bundler.bundle_files import build_files
 from bundler.check.files import validate_files
 from bundler.cli import main
 from bundler.errors import SpecError
-from bundler.output import build_files
 from bundler.spec import attachments, load_specs
 from bundler.spec.attachments import Refused, outside, read_regular, read_stdin
 

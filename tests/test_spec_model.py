@@ -81,7 +81,7 @@ def test_to_data_of_data_is_that_data_less_its_defaults(data: dict[str, Any]) ->
 
 
 def test_spec_yaml_keeps_a_code_without_system_and_every_display() -> None:
-    """Regression: spec_yaml wrote a code without a system as 'None|c' and dropped participants' display."""
+    """spec_yaml writes a code without a system as its code alone (never 'None|c'), and every participant's display."""
     spec = parse_spec({
         "thread": "t", "topic": "x", "category": [{"code": "c"}, "http://s|d", {"system": "http://s", "code": "e",
                                                                                   "display": "E"}],

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from bundler import assets
 from bundler.build import build_bundle
 from bundler.check import BUNDLE_RULES, validate
-from bundler.check.mutations import MUTATIONS
 from bundler.spec import parse_spec
 from bundler.testing import strategies
+from bundler.testing.mutations import MUTATIONS
 from bundler.testing.strategies import (
     bundles,
     categories,
@@ -172,7 +172,7 @@ def test_sample_specs_are_valid() -> None:
 @given(data=st.data())
 def test_invalid_bundles_break_exactly_the_named_rule(code: str, data: st.DataObject) -> None:
     if code not in MUTATIONS:
-        pytest.fail(f"rule {code!r} has no mutation in bundler.check.mutations.MUTATIONS: invalid_bundles cannot "
+        pytest.fail(f"rule {code!r} has no mutation in bundler.testing.mutations.MUTATIONS: invalid_bundles cannot "
                     "break it")
     bundle = data.draw(invalid_bundles(rule=code, max_messages=4))
     issues = validate(bundle)

@@ -1,4 +1,4 @@
-"""Threads that grow and change after they were loaded: `load` as a sync (issue 12), with and without the
+"""Threads that grow and change after they were loaded: `load` as a sync, with and without the
 journal, on atomic and non-atomic projects, counted on the server."""
 
 from __future__ import annotations

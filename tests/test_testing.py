@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 
 from bundler.build import build_bundle
 from bundler.check import validate
-from bundler.check.mutations import MUTATIONS
 from bundler.medplum.localserver import cache_root
 from bundler.spec import parse_spec
 from bundler.testing import assert_same_thread, assert_valid_thread_bundle
+from bundler.testing.mutations import MUTATIONS
 from bundler.testing.pytest_plugin import REMOTE_ENV, remote_from_env
 from bundler.testing.strategies import bundles, invalid_bundles, thread_specs
 

@@ -1,8 +1,9 @@
 """Checking Bundles before they are sent: every rule a Medplum server would reject or silently corrupt.
 
-`issues` (the rule registry and `Issue`), `rules` (bundle, entry, reference and thread rules),
+`issues` (the rule registry and `Issue`), `rules` (bundle, entry, reference and thread rules), `readstate` (the
+read models' rules), `context` (what those two share while they check one bundle),
 `structure` (FHIR R4 structure), `limits` (server profiles), `validate` (all of them, on one or many
-bundles), `files` (Bundles, NDJSON and specs from files), `mutations` (each rule broken on purpose).
+bundles), `files` (Bundles, NDJSON and specs from files).
 """
 
 from .files import Report, validate_files

@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..build import read_receipt_parts
 from ..vocabulary import (
@@ -33,15 +33,13 @@ from ..vocabulary import (
     SIMPLE_MAX_PARTICIPANTS,
     instant_problem,
 )
-
-if TYPE_CHECKING:
-    from .rules import _Ctx
+from .context import RuleContext
 
 _SUBS = {READ_STATE_PARTICIPANT: "valueReference", READ_STATE_LAST_READ: "valueReference",
          READ_STATE_LAST_READ_AT: "valueDateTime"}
 
 
-def read_state_rules(ctx: _Ctx, comms: Mapping[int, dict[str, Any]], headers: set[int],
+def read_state_rules(ctx: RuleContext, comms: Mapping[int, dict[str, Any]], headers: set[int],
                      thread: Mapping[int, tuple[str, Any]]) -> None:
     """Issues of the three read models' shapes (see the module docstring)."""
     recipients = {h: _recipients(comms[h]) for h in headers}  # a thread's participants: its header's recipients,
@@ -83,7 +81,7 @@ def _reference(value: Any) -> str | None:
     return ref if isinstance(ref, str) else None
 
 
-def _simple(ctx: _Ctx, comms: Mapping[int, dict[str, Any]], recipients: Mapping[int, list[str]],
+def _simple(ctx: RuleContext, comms: Mapping[int, dict[str, Any]], recipients: Mapping[int, list[str]],
             thread: Mapping[int, tuple[str, Any]]) -> None:
     for i, (kind, h) in sorted(thread.items()):
         if kind == "entry" and comms[i].get("status") == READ_STATUS and "received" in comms[i] and \
@@ -94,7 +92,7 @@ def _simple(ctx: _Ctx, comms: Mapping[int, dict[str, Any]], recipients: Mapping[
                     "state in read-receipt Tasks (tasks) or the header's extension (header-extension)")
 
 
-def _block(ctx: _Ctx, h: int, k: int, ext: dict[str, Any], people: list[str], own: set[int]) -> None:
+def _block(ctx: RuleContext, h: int, k: int, ext: dict[str, Any], people: list[str], own: set[int]) -> None:
     """One thread-read-state extension of header `h`: its sub-extensions, each once, of the right kind."""
     loc = ("resource", "extension", k)
     subs = ext.get("extension")
@@ -125,7 +123,7 @@ def _block(ctx: _Ctx, h: int, k: int, ext: dict[str, Any], people: list[str], ow
         ctx.add("read.extension", h, (*loc, "extension"), f"missing {', '.join(missing)}")
 
 
-def _last_read(ctx: _Ctx, h: int, loc: tuple[str | int, ...], ref: str | None, own: set[int]) -> None:
+def _last_read(ctx: RuleContext, h: int, loc: tuple[str | int, ...], ref: str | None, own: set[int]) -> None:
     """`lastRead` points at a message of this thread (in the bundle), or at a Communication on the server."""
     target = ctx.target(ref) if ref is not None else None
     if target is not None and target.kind == "bad":
@@ -135,7 +133,7 @@ def _last_read(ctx: _Ctx, h: int, loc: tuple[str | int, ...], ref: str | None, o
         ctx.add("read.extension", h, loc, f"lastRead {ref!r} is not a message of this thread")
 
 
-def _one_block_each(ctx: _Ctx, h: int, header: Mapping[str, Any]) -> None:
+def _one_block_each(ctx: RuleContext, h: int, header: Mapping[str, Any]) -> None:
     seen: set[str] = set()
     for k, ext in enumerate(header.get("extension") or ()):
         if not isinstance(ext, dict) or ext.get("url") != READ_STATE_EXTENSION:
@@ -156,7 +154,7 @@ def _is_read_receipt(task: Mapping[str, Any]) -> bool:
         isinstance(c, dict) and c.get("code") == READ_RECEIPT_CODE for c in codings)
 
 
-def _task(ctx: _Ctx, i: int, task: dict[str, Any], comms: Mapping[int, dict[str, Any]], headers: set[int],
+def _task(ctx: RuleContext, i: int, task: dict[str, Any], comms: Mapping[int, dict[str, Any]], headers: set[int],
           recipients: Mapping[int, list[str]], messages_by_token: Mapping[str, int]) -> None:
     """A read-receipt Task's own fields, then whose receipt it is."""
     codings = task["code"]["coding"]
@@ -187,7 +185,7 @@ def _task(ctx: _Ctx, i: int, task: dict[str, Any], comms: Mapping[int, dict[str,
            messages_by_token)
 
 
-def _owner(ctx: _Ctx, i: int, task: Mapping[str, Any], owner: str, comms: Mapping[int, dict[str, Any]],
+def _owner(ctx: RuleContext, i: int, task: Mapping[str, Any], owner: str, comms: Mapping[int, dict[str, Any]],
            people: list[str] | None, messages_by_token: Mapping[str, int]) -> None:
     if people is not None and owner not in people:
         ctx.add("read.task-owner", i, ("resource", "owner"),

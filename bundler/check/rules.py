@@ -27,8 +27,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from ..vocabulary import (
     COMMUNICATION_TARGETS,
     HTTP_METHODS,
@@ -43,87 +41,18 @@ from ..vocabulary import (
     is_base64,
     is_mime_type,
     is_urn,
-    parse_absolute,
     parse_instant,
     parse_literal,
     query_decode,
     query_encoding_problem,
     query_problem,
 )
-from .issues import Issue, entry_path, make_issue
+from .context import RuleContext, Target
+from .issues import Issue, make_issue
 from .readstate import read_state_rules
 from .readstate import tokens as _tokens
 
 _URN_IN_TEXT = re.compile(URN_PATTERN)
-
-
-@dataclass(slots=True)
-class Target:
-    """What a reference string points at."""
-
-    kind: str  # entry | literal | conditional | absolute | contained | bad
-    type: str | None = None
-    entry: int | None = None
-    rest: str = ""  # the id or the query
-
-
-@dataclass
-class _Ctx:
-    bundle: Mapping[str, Any]
-    entries: list[Any]
-    out: list[Issue] = field(default_factory=list)
-    by_url: dict[str, int] = field(default_factory=dict)  # fullUrl → first entry index
-    by_literal: dict[str, int] = field(default_factory=dict)  # "Type/id" of PUT entries → index
-    resources: dict[int, dict[str, Any]] = field(default_factory=dict)  # index → resource of a known type
-    methods: dict[int, str] = field(default_factory=dict)
-    bad_entries: set[int] = field(default_factory=set)
-    _memo: dict[str, Target] = field(default_factory=dict)
-    _blob: bytes | None = None
-
-    @property
-    def blob(self) -> bytes | None:
-        """The bundle serialised (for fast scans that tell whether a slow walk is needed); None if it cannot be."""
-        if self._blob is None:
-            try:
-                self._blob = orjson.dumps(self.bundle)
-            except (TypeError, orjson.JSONEncodeError):
-                self._blob = b""
-        return self._blob or None
-
-    def add(self, code: str, index: int | None, parts: tuple[str | int, ...], message: str, *,
-            related: int | None = None) -> None:
-        self.out.append(make_issue(code, entry_path(index, *parts), message, index, related))
-
-    def target(self, ref: str) -> Target:
-        """What `ref` points at (memoized: bundles repeat the same few references)."""
-        t = self._memo.get(ref)
-        if t is None:
-            t = self._memo[ref] = self._target(ref)
-        return t
-
-    def _target(self, ref: str) -> Target:
-        if ref.startswith("urn:uuid:") or ref[:9].lower() == "urn:uuid:":
-            j = self.by_url.get(ref)
-            return Target("entry", self._type(j), j) if j is not None else Target("bad")
-        if ref.startswith("#"):
-            return Target("contained")
-        if "?" in ref:
-            t, _, q = ref.partition("?")
-            return Target("conditional", t, rest=q)
-        literal = parse_literal(ref)
-        if literal:
-            j = self.by_literal.get(f"{literal[0]}/{literal[1]}")
-            if j is not None:
-                return Target("entry", self._type(j), j)
-            return Target("literal", literal[0], rest=literal[1])
-        absolute = parse_absolute(ref)
-        if absolute:
-            return Target("absolute", absolute[0], rest=absolute[1])
-        return Target("bad")
-
-    def _type(self, j: int) -> str | None:
-        r = self.resources.get(j)
-        return r["resourceType"] if r is not None else None
 
 
 def check_rules(bundle: Any) -> list[Issue]:
@@ -131,7 +60,7 @@ def check_rules(bundle: Any) -> list[Issue]:
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         got = bundle.get("resourceType") if isinstance(bundle, dict) else type(bundle).__name__
         return [make_issue("bundle.resource-type", "Bundle.resourceType", f"expected a Bundle, got {got!r}")]
-    ctx = _Ctx(bundle, [])
+    ctx = RuleContext(bundle, [])
     if bundle.get("type") not in REQUEST_BUNDLE_TYPES:
         ctx.add("bundle.type", None, ("type",), f"must be {' or '.join(map(repr, REQUEST_BUNDLE_TYPES))}, "
                                                 f"got {bundle.get('type')!r}")
@@ -169,7 +98,7 @@ def _json_kind(value: Any) -> str:
 # --- entries ---------------------------------------------------------------------------------------
 
 
-def _entries(ctx: _Ctx) -> None:
+def _entries(ctx: RuleContext) -> None:
     for i, entry in enumerate(ctx.entries):
         if not isinstance(entry, dict):
             ctx.add("entry.resource", i, (), "an entry must be a JSON object")
@@ -188,7 +117,7 @@ def _entries(ctx: _Ctx) -> None:
             _request_url(ctx, i, method, url, ctx.resources.get(i))
 
 
-def _created_identifiers(ctx: _Ctx) -> None:
+def _created_identifiers(ctx: RuleContext) -> None:
     """A create whose `ifNoneExist` searches `identifier=system|value` carries that identifier."""
     for i, resource in ctx.resources.items():
         request = ctx.entries[i].get("request")
@@ -206,7 +135,7 @@ def _created_identifiers(ctx: _Ctx) -> None:
                     f"searches identifier {wanted!r}, which the {resource['resourceType']} it creates does not have")
 
 
-def _request(ctx: _Ctx, i: int, request: Any) -> str | None:
+def _request(ctx: RuleContext, i: int, request: Any) -> str | None:
     """The entry's method if its request is usable (entry.request otherwise)."""
     if not isinstance(request, dict):
         ctx.add("entry.request", i, ("request",), "every entry of a transaction needs a request (method, url)")
@@ -230,7 +159,7 @@ def _request(ctx: _Ctx, i: int, request: Any) -> str | None:
     return str(method)
 
 
-def _resource(ctx: _Ctx, i: int, method: str | None, resource: Any, carries: bool) -> None:
+def _resource(ctx: RuleContext, i: int, method: str | None, resource: Any, carries: bool) -> None:
     """Record the entry's resource if it carries one of a known type (entry.resource otherwise)."""
     if not carries:
         if resource is not None:
@@ -248,7 +177,7 @@ def _resource(ctx: _Ctx, i: int, method: str | None, resource: Any, carries: boo
         ctx.resources[i] = resource
 
 
-def _full_url(ctx: _Ctx, i: int, entry: dict[str, Any], carries: bool) -> None:
+def _full_url(ctx: RuleContext, i: int, entry: dict[str, Any], carries: bool) -> None:
     url = entry.get("fullUrl")
     if url is None:
         if carries:
@@ -268,7 +197,7 @@ def _full_url(ctx: _Ctx, i: int, entry: dict[str, Any], carries: bool) -> None:
                 f"{url!r} is not a lowercase canonical urn:uuid:<uuid>: Medplum leaves references to it unresolved")
 
 
-def _request_url(ctx: _Ctx, i: int, method: str, url: str, resource: dict[str, Any] | None) -> None:
+def _request_url(ctx: RuleContext, i: int, method: str, url: str, resource: dict[str, Any] | None) -> None:
     if method == "POST":
         _post_url(ctx, i, url, resource)
     elif method in ("GET", "HEAD"):
@@ -281,7 +210,7 @@ def _request_url(ctx: _Ctx, i: int, method: str, url: str, resource: dict[str, A
         _literal_url(ctx, i, method, url, resource)
 
 
-def _post_url(ctx: _Ctx, i: int, url: str, resource: dict[str, Any] | None) -> None:
+def _post_url(ctx: RuleContext, i: int, url: str, resource: dict[str, Any] | None) -> None:
     if resource is None:
         return
     rtype = resource["resourceType"]
@@ -292,7 +221,7 @@ def _post_url(ctx: _Ctx, i: int, url: str, resource: dict[str, Any] | None) -> N
                 "a created resource gets its id from the server: remove id (Medplum refuses client ids)")
 
 
-def _conditional_url(ctx: _Ctx, i: int, method: str, url: str, resource: dict[str, Any] | None) -> None:
+def _conditional_url(ctx: RuleContext, i: int, method: str, url: str, resource: dict[str, Any] | None) -> None:
     base, _, query = url.partition("?")
     rtype = resource["resourceType"] if resource is not None else None
     if base not in RESOURCE_TYPES:
@@ -309,7 +238,7 @@ def _conditional_url(ctx: _Ctx, i: int, method: str, url: str, resource: dict[st
                 "by update')")
 
 
-def _literal_url(ctx: _Ctx, i: int, method: str, url: str, resource: dict[str, Any] | None) -> None:
+def _literal_url(ctx: RuleContext, i: int, method: str, url: str, resource: dict[str, Any] | None) -> None:
     path = ("request", "url")
     literal = parse_literal(url)
     if not literal or literal[2] is not None or literal[0] not in RESOURCE_TYPES:
@@ -350,7 +279,7 @@ def _walk(node: Any, loc: tuple[str | int, ...], refs: list[tuple[tuple[str | in
                 _walk(v, (*loc, n), refs, texts)
 
 
-def _references_fine(ctx: _Ctx) -> bool:
+def _references_fine(ctx: RuleContext) -> bool:
     """Fast path: True when serializing the bundle shows every reference is fine and no other string
     holds 'urn:uuid:' (then the walk that locates problems is not needed); False means: walk."""
     blob = ctx.blob
@@ -368,7 +297,7 @@ def _references_fine(ctx: _Ctx) -> bool:
     return blob.count(b"urn:uuid:") == urns
 
 
-def _references(ctx: _Ctx) -> None:
+def _references(ctx: RuleContext) -> None:
     if _references_fine(ctx):
         return
     known = RESOURCE_TYPES
@@ -420,7 +349,7 @@ class _Threads:
     """The thread structure of a bundle's Communications, found in named steps: which entries are headers and
     which are messages (`classify`), each message's thread (`membership`), then the thread rules over them."""
 
-    ctx: _Ctx
+    ctx: RuleContext
     comms: dict[int, dict[str, Any]]
     headers: set[int] = field(default_factory=set)
     messages: set[int] = field(default_factory=set)
@@ -517,7 +446,7 @@ class _Threads:
                          f"Communication/<id>")
 
 
-def _threads(ctx: _Ctx) -> None:
+def _threads(ctx: RuleContext) -> None:
     comms = {i: r for i, r in ctx.resources.items() if r["resourceType"] == "Communication"}
     if not comms:
         return
@@ -533,7 +462,7 @@ def _threads(ctx: _Ctx) -> None:
     read_state_rules(ctx, comms, threads.headers, threads.thread)
 
 
-def _replies(ctx: _Ctx, comms: dict[int, dict[str, Any]], messages: set[int], thread: dict[int, tuple[str, Any]],
+def _replies(ctx: RuleContext, comms: dict[int, dict[str, Any]], messages: set[int], thread: dict[int, tuple[str, Any]],
              resolve: Any, when: dict[int, dt.datetime]) -> None:
     for i in sorted(thread):
         mine = thread[i]
@@ -565,7 +494,7 @@ def _replies(ctx: _Ctx, comms: dict[int, dict[str, Any]], messages: set[int], th
                         f"(entry {mine[1]}) and has no earlier messages: it belongs to another thread")
 
 
-def _sent_times(ctx: _Ctx, comms: dict[int, dict[str, Any]]) -> dict[int, dt.datetime]:
+def _sent_times(ctx: RuleContext, comms: dict[int, dict[str, Any]]) -> dict[int, dt.datetime]:
     """Each Communication's `sent` as a moment (thread.sent for those that are not real instants)."""
     when: dict[int, dt.datetime] = {}
     for i, r in comms.items():
@@ -582,7 +511,7 @@ def _sent_times(ctx: _Ctx, comms: dict[int, dict[str, Any]]) -> dict[int, dt.dat
     return when
 
 
-def _sent_order(ctx: _Ctx, comms: dict[int, dict[str, Any]], thread: dict[int, tuple[str, Any]],
+def _sent_order(ctx: RuleContext, comms: dict[int, dict[str, Any]], thread: dict[int, tuple[str, Any]],
                 when: dict[int, dt.datetime]) -> None:
     for i, (kind, h) in sorted(thread.items()):
         if kind == "entry" and i in when and h in when and when[i] < when[h]:
@@ -590,7 +519,7 @@ def _sent_order(ctx: _Ctx, comms: dict[int, dict[str, Any]], thread: dict[int, t
                     f"sent {comms[i]['sent']} is before its header's sent {comms[h]['sent']} (entry {h})")
 
 
-def _recipients(ctx: _Ctx, comms: dict[int, dict[str, Any]], headers: set[int],
+def _recipients(ctx: RuleContext, comms: dict[int, dict[str, Any]], headers: set[int],
                 thread: dict[int, tuple[str, Any]]) -> None:
     missing: dict[int, list[str]] = {}
     have_by_header: dict[int, set[str]] = {}
@@ -615,7 +544,7 @@ def _recipients(ctx: _Ctx, comms: dict[int, dict[str, Any]], headers: set[int],
                     f"this thread for them")
 
 
-def _target_types(ctx: _Ctx, comms: dict[int, dict[str, Any]]) -> None:
+def _target_types(ctx: RuleContext, comms: dict[int, dict[str, Any]]) -> None:
     known = RESOURCE_TYPES
     for i, r in comms.items():
         for key, allowed in COMMUNICATION_TARGETS.items():
@@ -640,7 +569,7 @@ def _target_types(ctx: _Ctx, comms: dict[int, dict[str, Any]]) -> None:
 # --- values: codes of required bindings, base64 ------------------------------------------------------
 
 
-def _values(ctx: _Ctx) -> None:
+def _values(ctx: RuleContext) -> None:
     blob = ctx.blob
     attachments = blob is None or b'"contentType"' in blob  # else no element anywhere to walk to
     for i, resource in ctx.resources.items():
@@ -658,7 +587,7 @@ def _values(ctx: _Ctx) -> None:
             _attachments(ctx, i, resource, ("resource",))
 
 
-def _attachments(ctx: _Ctx, i: int, node: Any, loc: tuple[str | int, ...]) -> None:
+def _attachments(ctx: RuleContext, i: int, node: Any, loc: tuple[str | int, ...]) -> None:
     """contentType anywhere is a MIME type (every FHIR contentType is a `mimetypes` code); an Attachment's
     data and hash are base64."""
     if isinstance(node, dict):
@@ -678,7 +607,7 @@ def _attachments(ctx: _Ctx, i: int, node: Any, loc: tuple[str | int, ...]) -> No
                 _attachments(ctx, i, value, (*loc, k))
 
 
-def _base64(ctx: _Ctx, i: int, loc: tuple[str | int, ...], value: Any) -> None:
+def _base64(ctx: RuleContext, i: int, loc: tuple[str | int, ...], value: Any) -> None:
     if value == "":  # (Medplum stores no file for an empty Binary.data, and answers 500 when it is read)
         ctx.add("fhir.base64", i, loc, "is empty: FHIR has no empty values (an empty file has no bytes to store: "
                                        "attach it by its size, 0, and hash)")

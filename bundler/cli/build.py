@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..output import build_files
+from ..bundle_files import build_files
 from .common import allow_outside_files_option, participants_option, read_model_option, report_errors
 from .display import count
 from .identifier import identifier_system_option

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..demo import run_demo
+from ..apps.demo import run_demo
 from .common import EXIT_ISSUES, EXIT_OK, allow_outside_files_option, participants_option, report_errors
 
 

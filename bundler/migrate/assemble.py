@@ -189,7 +189,7 @@ class Assembler:
         if accepted:
             out.spec = self._spec(key, accepted, accepted_ids, people, unlinked, reject)
             if self.origins:
-                out.spec._source = self._origin(accepted)
+                out.spec.with_source(self._origin(accepted))
         return out
 
     def _origin(self, records: list[MessageRecord]) -> Document:

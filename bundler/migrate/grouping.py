@@ -149,7 +149,7 @@ class GroupStore:
 
     def seal(self) -> Path:
         """Commit and close (releasing the exclusive lock), for `SealedStores` in any process to read.
-        The folder stays: whoever made the `work_dir` removes it (close() no longer does)."""
+        The folder stays (neither this nor `close` removes it): whoever made the `work_dir` removes it."""
         self.db.close()
         self._sealed = True
         return self.path

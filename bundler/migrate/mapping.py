@@ -195,7 +195,7 @@ class MigrationMapping:
     reply_to: Value | None = None
     status: StatusValue | None = None
     participants: Participants = field(default_factory=Participants)
-    read_at: SentValue | None = None  # read state, priority (issue 16)
+    read_at: SentValue | None = None  # read state, priority
     received: SentValue | None = None
     priority: Value | None = None
     thread_priority: Value | None = None

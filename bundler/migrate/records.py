@@ -46,7 +46,7 @@ class MessageRecord(NamedTuple):
     subject: str | None  # legacy user id
     thread_status: str | None
     raw: Any  # the row as read: a list of CSV fields or a JSON object
-    read_at: str | None = None  # a FHIR instant: when its recipients read it (issue 16: read state, priority)
+    read_at: str | None = None  # a FHIR instant: when its recipients read it
     received: str | None = None  # a FHIR instant
     priority: str | None = None  # a request priority
     thread_priority: str | None = None

@@ -700,6 +700,11 @@ class ThreadSpec(SpecModel):
         self._files = dict(files)
         return self
 
+    def with_source(self, source: Document) -> ThreadSpec:
+        """This spec naming `source` as the document its values come from: what `origin` and `problem` cite."""
+        self._source = source
+        return self
+
     def origin(self, message_index: int | None = None, *fields: str | int) -> tuple[str, int | None]:
         """(file, line) of the thread, or of `messages[message_index]` and a field below it; ('<spec>', None) for
         a spec made in Python."""

@@ -1,6 +1,7 @@
 """For tests of code that makes or loads thread bundles (`pip install '.[testing]'`).
 
-`strategies` (hypothesis strategies), `assertions` (`assert_valid_thread_bundle`, `assert_same_thread`,
+`strategies` (hypothesis strategies), `mutations` (a valid bundle broken in exactly one way, one function per
+rule: what `strategies.invalid_bundles` draws from), `assertions` (`assert_valid_thread_bundle`, `assert_same_thread`,
 `fetch_thread`, re-exported here) and `pytest_plugin` (the `medplum_server` and `medplum_client`
 fixtures). Names are imported on first use: pytest loads the plugin in every session of anyone who
 installs the package, and it must not pay for the rest.

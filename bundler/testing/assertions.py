@@ -6,8 +6,8 @@
     medplum_client.transaction(orjson.dumps(bundle), entries=len(bundle["entry"]))
     assert_same_thread(spec, fetch_thread(medplum_client, spec["thread"]))
 
-Generated data comes from `bundler.strategies`; the `medplum_server` and `medplum_client` fixtures
-from the pytest plugin `bundler.pytest_plugin` (loaded automatically once the package is installed).
+Generated data comes from `bundler.testing.strategies`; the `medplum_server` and `medplum_client` fixtures
+from the pytest plugin `bundler.testing.pytest_plugin` (loaded automatically once the package is installed).
 Each assertion raises AssertionError with one line per problem, so pytest shows them all at once.
 """
 
@@ -38,7 +38,7 @@ def _plural(n: int, word: str) -> str:
 
 def assert_valid_thread_bundle(bundle: Mapping[str, Any] | bytes | str, *, limits: str | Limits = "medplum",
                                allow_warnings: bool = False, structure: bool = True) -> None:
-    """Fail unless `bundle` (a dict, or its JSON) passes `bundler.validate.validate`: no errors, and no
+    """Fail unless `bundle` (a dict, or its JSON) passes `bundler.validate`: no errors, and no
     warnings unless `allow_warnings`. `limits` is the server profile ('medplum', 'none') or a `Limits`;
     `structure=False` skips the (slower) FHIR R4 structure check.
 

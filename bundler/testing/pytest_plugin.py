@@ -15,7 +15,7 @@ used instead and nothing is started. The server keeps what each test loads: give
 keys of their own, made in the test body (``f"t-{uuid.uuid4()}"``: hypothesis repeats the examples it
 generates, and a generated key comes back), or call ``medplum_server.reset()`` on a local server.
 
-``medplum_client`` (function): a `bundler.client.FhirClient` logged in to ``medplum_server`` with its
+``medplum_client`` (function): a `bundler.FhirClient` logged in to ``medplum_server`` with its
 client credentials, closed after the test.
 
 This module runs in every pytest session of anyone who installs the package, so it imports only

@@ -2,7 +2,7 @@
 and for users' own property-based tests (`pip install '.[testing]'` from a clone).
 
     from hypothesis import given
-    from bundler.strategies import bundles, invalid_bundles, thread_specs
+    from bundler.testing.strategies import bundles, invalid_bundles, thread_specs
 
     @given(thread_specs(max_messages=5))
     def test_my_code(spec): ...
@@ -33,7 +33,6 @@ from hypothesis import strategies as st
 
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle
 from ..check.issues import RULES
-from ..check.mutations import MUTATIONS, NotApplicable, rng_from_draw
 from ..vocabulary import (
     COMMUNICATION_CATEGORY_CODES,
     COMMUNICATION_CATEGORY_SYSTEM,
@@ -47,6 +46,7 @@ from ..vocabulary import (
     offset_zone,
     parse_instant,
 )
+from .mutations import MUTATIONS, NotApplicable, rng_from_draw
 
 __all__ = [
     "PARTICIPANT_TYPES",
@@ -538,7 +538,7 @@ def bundles(*, specs: st.SearchStrategy[dict[str, Any]] | None = None,
             identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM,
             **spec_options: Any) -> st.SearchStrategy[dict[str, Any]]:
     """Transaction Bundles built by `bundler.build_bundle` from `specs` (default
-    `thread_specs(**spec_options)`). Each validates clean with `bundler.validate.validate`.
+    `thread_specs(**spec_options)`). Each validates clean with `bundler.validate`.
 
         @given(bundles(max_messages=3, styles=["literal"]))
         def test_my_sender(bundle): assert my_sender.accepts(bundle)
@@ -553,7 +553,7 @@ def bundles(*, specs: st.SearchStrategy[dict[str, Any]] | None = None,
 
 def invalid_bundles(rule: str | None = None, **bundle_options: Any) -> st.SearchStrategy[dict[str, Any]]:
     """Bundles from `bundles(**bundle_options)` broken in exactly one way: `validate(bundle)` (default
-    'medplum' limits) reports issues of rule `rule` (a code of `bundler.validate.RULES`) and of no other.
+    'medplum' limits) reports issues of rule `rule` (a code of `bundler.check.RULES`) and of no other.
     `rule=None` picks any rule. Every bundle has at least one message (most rules need one to break).
 
         @given(invalid_bundles(rule="thread.reply-target"))
@@ -566,7 +566,7 @@ def invalid_bundles(rule: str | None = None, **bundle_options: Any) -> st.Search
     """
     if rule is not None and rule not in MUTATIONS:
         if rule in RULES:
-            raise ValueError(f"rule {rule!r} has no mutation in bundler.mutations yet")
+            raise ValueError(f"rule {rule!r} has no mutation in bundler.testing.mutations yet")
         raise ValueError(f"unknown rule {rule!r}; known rules: {', '.join(MUTATIONS)}")
     if "specs" not in bundle_options:
         bundle_options["min_messages"] = max(1, bundle_options.get("min_messages", 1))

@@ -13,17 +13,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import assets
-from .build import DEFAULT_IDENTIFIER_SYSTEM
-from .generator import generate
-from .load.loader import load
-from .load.report import LoadReport
-from .load.verify import VerifyResult, read_thread, verify
-from .medplum.client import ClientCredentials, FhirClient
-from .medplum.localserver import LocalServer
-from .output import check_bundles
-from .spec import ThreadSpec, load_specs
-from .vocabulary import binary_reference
+from .. import assets
+from ..build import DEFAULT_IDENTIFIER_SYSTEM
+from ..bundle_files import check_bundles
+from ..generator import generate
+from ..load.loader import load
+from ..load.report import LoadReport
+from ..load.verify import VerifyResult, read_thread, verify
+from ..medplum.client import ClientCredentials, FhirClient
+from ..medplum.localserver import LocalServer
+from ..spec import ThreadSpec, load_specs
+from ..vocabulary import binary_reference
 
 
 def example_paths() -> list[Path]:
