@@ -15,7 +15,7 @@ import functools
 import hashlib
 import uuid
 from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -36,6 +36,7 @@ from .vocabulary import (
     READ_STATE_LAST_READ_AT,
     READ_STATE_PARTICIPANT,
     READ_STATUS,
+    TRANSACTION,
     identifier_search,
     identifier_system_problem,
     is_conditional_reference,
@@ -69,7 +70,27 @@ def identifier_value(key: str, message_id: str | None = None, reader: str | None
     ids hold a '/', so no two of these are ever equal)."""
     if message_id is None:
         return key
-    return f"{key}/{message_id}" if reader is None else f"{key}/{message_id}/read/{reader}"
+    return f"{key}/{message_id}" if reader is None else f"{key}/{message_id}{READ_RECEIPT_MARK}{reader}"
+
+
+READ_RECEIPT_MARK: Final = "/read/"
+"""What stands between a message's identifier value and a reader's alias in a read receipt's (`identifier_value`)."""
+
+
+def split_identifier_value(value: str) -> tuple[str, str | None, str | None]:
+    """(key, message id, reader) of an identifier value `identifier_value` made (None for what it has not): the
+    reader is after the last `READ_RECEIPT_MARK` (an alias holds no '/'), the key before the first '/'."""
+    head, mark, reader = value.rpartition(READ_RECEIPT_MARK)
+    key, slash, message_id = (head if mark else value).partition("/")
+    return key, message_id if slash else None, reader if mark else None
+
+
+def read_receipt_parts(value: str) -> tuple[str, str] | None:
+    """(what names the message, the reader's alias) of a read receipt's identifier value `<key>/<id>/read/<alias>`,
+    or of a search token `<system>|<key>/<id>/read/<alias>` (then the first holds the system too); None for any
+    other value."""
+    head, mark, reader = value.rpartition(READ_RECEIPT_MARK)
+    return (head, reader) if mark else None
 
 
 _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
@@ -248,7 +269,7 @@ def build_bundle(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
         entries += _read_receipts(spec, system, refs, header_url)
     if spec.has_files:  # last: the loader finds a thread's Binaries after its header, messages and read receipts
         entries += _binaries(spec, files)
-    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    return {"resourceType": "Bundle", "type": TRANSACTION, "entry": entries}
 
 
 def _times(res: dict[str, Any], m: Message, thread_priority: str | None, simple: bool) -> None:
@@ -328,7 +349,7 @@ def entry_messages(spec: ThreadSpec) -> list[int | None]:
 def entry_values(spec: ThreadSpec) -> list[str]:
     """The identifier value of each entry of `spec`'s bundle, in order: header, messages, read receipts."""
     key = spec.key
-    return [key, *(f"{key}/{m.id}" for m in spec.messages),
+    return [key, *(identifier_value(key, m.id) for m in spec.messages),
             *(identifier_value(key, spec.messages[i].id, alias) for i, alias in read_receipts(spec))]
 
 
@@ -515,7 +536,7 @@ def participant_bundles(participants: Iterable[Participant], *, size: int = MAX_
     (Medplum's cap for transactions with conditional entries)."""
     entries = [participant_entry(p) for p in participants if p.create is not None]
     for start in range(0, len(entries), size):
-        yield {"resourceType": "Bundle", "type": "transaction", "entry": entries[start:start + size]}
+        yield {"resourceType": "Bundle", "type": TRANSACTION, "entry": entries[start:start + size]}
 
 
 def dumps(bundle: Mapping[str, Any], *, pretty: bool = False) -> bytes:

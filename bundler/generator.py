@@ -26,12 +26,11 @@ from .spec.dump import dump_yaml
 from .spec.model import Participant
 from .spec.participants import ParticipantsFile, read_participants
 from .spec.source import shown
-from .vocabulary import THREAD_KEY_HINT, display_string, is_thread_key
+from .vocabulary import COMMUNICATION_CATEGORY_SYSTEM, THREAD_KEY_HINT, display_string, is_thread_key
 
 MRN_SYSTEM = "https://example.org/mrn"
 NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
 CARE_TEAM_SYSTEM = "https://example.org/care-team"
-CATEGORY = "http://terminology.hl7.org/CodeSystem/communication-category"
 
 GIVEN = ["Ada", "Ben", "Carmen", "Dev", "Elena", "Farid", "Grace", "Hiro", "Imani", "Jonas", "Kavya", "Luis",
          "Maya", "Noah", "Olga", "Priya", "Quinn", "Rosa", "Sam", "Tomas", "Uma", "Victor", "Wen", "Yusuf", "Zoe"]
@@ -246,7 +245,7 @@ def _thread(rng: random.Random, n: int, cast: _Cast, people: dict[str, Any], mes
     spec: dict[str, Any] = {"thread": key, "topic": f"{topic}: {_name(people, patient)}" if people else topic,
                             "subject": patient}
     if rng.random() < 0.8:
-        spec["category"] = [f"{CATEGORY}|{_weighted(rng, CATEGORIES)}"]
+        spec["category"] = [f"{COMMUNICATION_CATEGORY_SYSTEM}|{_weighted(rng, CATEGORIES)}"]
     if rng.random() < 0.7:
         spec["status"] = "completed"
     spec["sender"] = patient if patient_first else clinician

@@ -57,6 +57,15 @@ def offset_zone(text: str) -> dt.timezone:
     return dt.timezone(sign * dt.timedelta(hours=hours, minutes=minutes))
 
 
+def is_offset(text: str) -> bool:
+    """Whether `text` is a time zone an instant may have (`offset_zone` takes it)."""
+    try:
+        offset_zone(text)
+    except InstantError:
+        return False
+    return True
+
+
 def is_instant_shaped(value: str) -> bool:
     """Whether `value` has the shape of an instant (it may still name an impossible date or time)."""
     return _INSTANT.fullmatch(value) is not None
@@ -153,6 +162,10 @@ TASK_STATUSES: Final = ("draft", "requested", "received", "accepted", "rejected"
 TASK_INTENTS: Final = ("unknown", "proposal", "plan", "order", "original-order", "reflex-order", "filler-order",
                        "instance-order", "option")
 """Task.intent (task-intent, required)."""
+COMMUNICATION_CATEGORY_SYSTEM: Final = "http://terminology.hl7.org/CodeSystem/communication-category"
+"""The code system of Communication.category (communication-category, an example binding: any code is stored)."""
+COMMUNICATION_CATEGORY_CODES: Final = ("notification", "reminder", "instruction", "alert")
+"""Its four codes."""
 DRAFT_STATUS: Final = "preparation"
 """The Communication.status of a draft: Medplum's drafts have no `sent` (docs: communications, "Load drafts")."""
 
@@ -212,6 +225,17 @@ def is_base64(value: str) -> bool:
     return _BASE64.fullmatch(value) is not None
 
 
+HTTP_METHODS: Final = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH")
+"""Bundle.entry.request.method (http-verb, required)."""
+RESOURCE_METHODS: Final = ("POST", "PUT", "PATCH")
+"""The methods whose entry carries a resource (a PATCH's is a Binary holding the patch)."""
+CONDITIONAL_URL_METHODS: Final = ("PUT", "DELETE", "PATCH")
+"""The methods whose url may be a search (`Type?query`): a conditional update, delete or patch."""
+TRANSACTION: Final = "transaction"
+"""Bundle.type of a request whose entries succeed or fail together (bundle-type, required)."""
+REQUEST_BUNDLE_TYPES: Final = (TRANSACTION, "batch")
+"""The Bundle.types a server processes as a request (their entries have a `request`)."""
+
 REQUIRED_CODES: Final[Mapping[tuple[str, str], tuple[str, ...]]] = {
     ("Communication", "status"): COMMUNICATION_STATUSES,
     ("Communication", "priority"): REQUEST_PRIORITIES,
@@ -257,6 +281,34 @@ form sent in a Bundle (its *wire form*, `wire_reference`) percent-encodes it, as
 REFERENCE_PATTERN: Final = rf"(?:{LITERAL_REFERENCE_PATTERN}|{CONDITIONAL_REFERENCE_PATTERN})"
 REFERENCE_HINT: Final = ("must be a literal reference Type/id or a conditional reference Type?identifier=system|value "
                           "(no spaces; write \\ , $ | in a system or value as \\\\ \\, \\$ \\|)")
+
+
+UUID_PATTERN: Final = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+"""A UUID in its canonical form (RFC 4122: lowercase hex, 8-4-4-4-12)."""
+URN_PATTERN: Final = rf"urn:uuid:{UUID_PATTERN}"
+"""A fullUrl Medplum resolves references to: `urn:uuid:` and a canonical UUID (an uppercase one, or any other urn,
+is kept as written and the references to it stay unresolved)."""
+ABSOLUTE_REFERENCE_PATTERN: Final = rf"https?://\S+/({TYPE_PATTERN})/({ID_PATTERN})(?:/_history/{ID_PATTERN})?"
+"""An absolute literal reference `http(s)://<server>/<base>/Type/id[/_history/v]`; its groups: the type and the id."""
+_UUID = re.compile(UUID_PATTERN, re.IGNORECASE)
+_ABSOLUTE_REFERENCE = re.compile(ABSOLUTE_REFERENCE_PATTERN)
+
+
+def is_uuid(value: str) -> bool:
+    """Whether `value` is a UUID in either case (what Medplum accepts as a resource id it did not choose)."""
+    return _UUID.fullmatch(value) is not None
+
+
+def is_urn(value: str) -> bool:
+    """Whether `value` is `urn:uuid:` and a lowercase canonical UUID (`URN_PATTERN`)."""
+    uuid = value[9:]
+    return value[:9] == "urn:uuid:" and uuid == uuid.lower() and is_uuid(uuid)
+
+
+def parse_absolute(reference: str) -> tuple[str, str] | None:
+    """(type, id) of an absolute literal reference (`ABSOLUTE_REFERENCE_PATTERN`), else None."""
+    m = _ABSOLUTE_REFERENCE.fullmatch(reference)
+    return (m.group(1), m.group(2)) if m else None
 
 
 def reference_pattern(types: Iterable[str]) -> str:
@@ -738,7 +790,9 @@ CURSOR_MIN_COUNT: Final = 20
 `canUseCursorLinks`): a scan of a whole project must ask that way."""
 MAX_BODY_BYTES: Final = 1_048_576
 """Medplum's request body limit for JSON (`maxJsonSize` '1mb'): 400 "File too large" above it."""
-MAX_REQUEST_BYTES: Final = 1_000_000
+REQUEST_HEADROOM_BYTES: Final = 48_576
+"""Room `load` keeps under MAX_BODY_BYTES in every request it makes (it makes 1,000,000 bytes at most)."""
+MAX_REQUEST_BYTES: Final = MAX_BODY_BYTES - REQUEST_HEADROOM_BYTES
 """The largest request `load` makes: it cuts a thread into parts of at most this many bytes, under MAX_BODY_BYTES with
 room to spare. It cuts between entries, never inside one: an entry that alone is larger cannot be sent at all
 (`validate` says so, rule `limit.entry-size`, and `build` refuses it)."""
@@ -756,8 +810,14 @@ MAX_PUT_ENTRIES: Final = 50
 """At most this many updates (PUT) in one transaction."""
 WRITE_POINTS: Final = 100
 SEARCH_POINTS: Final = 20
+HISTORY_POINTS: Final = 10
 READ_POINTS: Final = 1
 """Quota points per interaction (per entry inside a bundle), as Medplum's fhirquota.ts counts them."""
+QUOTA_WINDOW_SECONDS: Final = 60
+"""The window the quota counts over: a minute."""
 DEFAULT_QUOTA_PER_MINUTE: Final = 50_000
 """Medplum's default FHIR quota per client, per minute."""
+QUOTA_POLICY: Final = "fhirInteractions"
+"""The policy of Medplum's RateLimit header that counts these points: `"fhirInteractions";r=<left>;t=<seconds>`
+(beside `"requests"`, one per HTTP request)."""
 

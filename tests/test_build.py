@@ -12,12 +12,21 @@ import orjson
 import yaml
 from click.testing import CliRunner
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bundler import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, load_specs, parse_spec
-from bundler.build import URN_NAMESPACE, bundle_bytes, dumps, full_url
+from bundler.build import (
+    URN_NAMESPACE,
+    bundle_bytes,
+    dumps,
+    full_url,
+    identifier_value,
+    read_receipt_parts,
+    split_identifier_value,
+)
 from bundler.cli import main
 from bundler.testing.strategies import thread_specs
-from bundler.vocabulary import rewrite_references
+from bundler.vocabulary import ALIAS_PATTERN, KEY_PATTERN, THREAD_KEY_PATTERN, rewrite_references
 
 REPO = Path(__file__).resolve().parent.parent
 WALKTHROUGH = REPO / "fixtures/threads/homer-lab-results.yaml"
@@ -195,3 +204,15 @@ def test_parse_spec_rejects_bad_plain_data() -> None:
     with pytest.raises(SpecError) as info:
         parse_spec({"thread": "t", "topic": "x", "participants": {}})
     assert [str(p) for p in info.value.problems] == ["<spec>: participants: needs at least one participant"]
+
+
+@given(st.from_regex(THREAD_KEY_PATTERN, fullmatch=True), st.none() | st.from_regex(KEY_PATTERN, fullmatch=True),
+       st.none() | st.from_regex(ALIAS_PATTERN, fullmatch=True) | st.just("read"))
+def test_identifier_values_split_back_into_what_made_them(key: str, message_id: str | None, reader: str | None
+                                                          ) -> None:
+    """`split_identifier_value` reads what `identifier_value` writes, ids and aliases named 'read' included."""
+    reader = reader if message_id is not None else None
+    value = identifier_value(key, message_id, reader)
+    assert split_identifier_value(value) == (key, message_id, reader)
+    parts = read_receipt_parts(value)
+    assert parts == ((identifier_value(key, message_id), reader) if reader is not None else None)

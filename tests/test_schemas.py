@@ -14,6 +14,7 @@ from hypothesis import given, settings
 
 from bundler import assets
 from bundler.errors import SpecError
+from bundler.migrate.mapping import SCHEMA_DEFAULTS, load_mapping
 from bundler.spec import load_specs
 from bundler.spec.schema import SCHEMA_FILE, main, schema_text, spec_schema
 from bundler.testing.strategies import thread_specs
@@ -142,3 +143,39 @@ def test_what_the_schema_refuses_the_model_refuses(name: str) -> None:
     assert schema_paths
     assert all(any(covers(s, o) for o in ours) for s in schema_paths)
     assert all(any(covers(s, o) for s in schema_paths) for o in ours)
+
+
+def _defaults(node: Any, where: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """(the property names leading to it, its value) of every `default` keyword of a schema."""
+    if isinstance(node, dict):
+        if "default" in node:
+            yield where, node["default"]
+        for key, value in node.items():
+            if key == "properties":
+                for name, sub in value.items():
+                    yield from _defaults(sub, (*where, name))
+            elif key in ("oneOf", "anyOf", "allOf", "items"):
+                for sub in value if isinstance(value, list) else [value]:
+                    yield from _defaults(sub, where)
+
+
+def test_the_mapping_schema_states_the_defaults_the_reader_applies() -> None:
+    """Each default of a mapping file lives in `bundler.migrate.mapping` (`SCHEMA_DEFAULTS`, which its reader uses);
+    the schema says every one of them as its `default` keyword, and no other."""
+    assert dict(_defaults(MAPPING)) == dict(SCHEMA_DEFAULTS)
+
+
+def test_a_mapping_that_leaves_everything_to_its_defaults_reads_as_them(tmp_path: Path) -> None:
+    (tmp_path / "reads.csv").write_text("m,r,t\n", encoding="utf-8")
+    (tmp_path / "mapping.yaml").write_text(
+        "thread: {id: c}\nmessage: {id: m, sender: s, sent: t, text: x, read_at: {column: r}}\n"
+        "participants: {rules: [{prefix: p-, reference: 'Patient/{rest}'}]}\n"
+        "reads: {file: reads.csv, message: m, reader: r, read_at: t}\n", encoding="utf-8")
+    m = load_mapping(tmp_path / "mapping.yaml")
+    assert (m.quotechar, m.encoding, m.max_row_chars, m.max_quoted_lines) == tuple(
+        SCHEMA_DEFAULTS[("input", k)] for k in ("quotechar", "encoding", "max_row_chars", "max_quoted_lines"))
+    assert m.reads is not None and m.reads.delimiter == SCHEMA_DEFAULTS[("reads", "delimiter")]
+    for time in (m.sent, m.read_at, m.reads.read_at):
+        assert time is not None
+        assert (time.parser.fmt, time.parser.ambiguous, time.parser.nonexistent) == tuple(
+            SCHEMA_DEFAULTS[("message", "sent", k)] for k in ("format", "ambiguous", "nonexistent"))

@@ -205,6 +205,8 @@ def test_unknown_rule_and_bad_options_are_refused() -> None:
         thread_specs(participant_types=("Patient", "Group"))
     with pytest.raises(ValueError, match=r"\+14:30"):
         thread_specs(zones=("Z", "+14:30"))
+    with pytest.raises(ValueError, match=r"Z\\n"):
+        thread_specs(zones=("Z\n",))
     with pytest.raises(ValueError, match="precisions"):
         instants(precisions=(12,))
     with pytest.raises(ValueError, match="reply_share"):

@@ -90,7 +90,7 @@ def _del(path: str) -> Callable[[dict[str, Any]], None]:
 
 def _rename(b: dict[str, Any], old: str, new: str) -> None:
     """Change a fullUrl consistently: in the entry and in every reference to it."""
-    b["entry"] = json.loads(json.dumps(b["entry"]).replace(old, new))
+    b["entry"] = json.loads(json.dumps(b["entry"]).replace(json.dumps(old)[1:-1], json.dumps(new)[1:-1]))
 
 
 def _pad_conditional(b: dict[str, Any]) -> None:
@@ -156,6 +156,7 @@ BREAKS: dict[str, list[Callable[[dict[str, Any]], None]]] = {
     "entry.fullurl-missing": [_del("entry.2.fullUrl")],
     "entry.fullurl-duplicate": [_set("entry.2.fullUrl", M1)],
     "entry.fullurl-format": [lambda b: _rename(b, M2, M2.upper()), lambda b: _rename(b, M2, "urn:uuid:abc"),
+                             lambda b: _rename(b, M2, M2 + "\n"),
                              _set("entry.2.fullUrl", "https://example.org/fhir/Communication/1")],
     "entry.request": [_set("entry.1.request.method", "post"), _del("entry.1.request"), _del("entry.1.request.url"),
                       _set("entry.0.request.ifNoneExist", "Communication?identifier=x")],

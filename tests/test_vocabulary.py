@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -27,6 +28,10 @@ from bundler.vocabulary import (
     is_conditional_reference,
     is_identifier_value,
     is_mime_type,
+    is_offset,
+    is_urn,
+    is_uuid,
+    parse_absolute,
     parse_instant,
     query_decode,
     query_encode,
@@ -143,6 +148,24 @@ def test_identifier_systems_that_are_absolute_uris_pass(system: str) -> None:
                                            ("image/png\n", False), ("/png", False)])
 def test_mime_types(value: str, ok: bool) -> None:
     assert is_mime_type(value) is ok
+
+
+_U = "8c9f6f2e-1d1b-4a61-9a55-4a5f0c6b1f99"
+
+
+@pytest.mark.parametrize(("check", "value", "ok"), [
+    (is_uuid, _U, True), (is_uuid, _U.upper(), True), (is_uuid, _U + "\n", False), (is_uuid, _U[:-1], False),
+    (is_urn, f"urn:uuid:{_U}", True), (is_urn, f"urn:uuid:{_U}\n", False), (is_urn, f"urn:uuid:{_U.upper()}", False),
+    (is_urn, _U, False), (is_urn, "urn:uuid:11111111-1111-4111-8111-111111111111", True),
+    (is_offset, "Z", True), (is_offset, "-12:00", True), (is_offset, "+14:00", True),
+    (is_offset, "Z\n", False), (is_offset, "+14:30", False), (is_offset, "+\u0661\u0662:00", False),
+    (lambda v: parse_absolute(v) == ("Patient", "1"), "https://x.org/fhir/R4/Patient/1", True),
+    (lambda v: parse_absolute(v) == ("Patient", "1"), "https://x.org/fhir/R4/Patient/1/_history/2", True),
+    (lambda v: parse_absolute(v) is None, "https://x.org/fhir/R4/Patient/1\n", True),
+])
+def test_uuid_urn_offset_and_absolute_grammars_hold_to_the_last_character(check: Any, value: str, ok: bool) -> None:
+    """Each is matched whole: `$` of a `.match` would let a final newline through."""
+    assert check(value) is ok
 
 
 def test_medplum_url_layout() -> None:

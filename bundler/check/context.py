@@ -4,17 +4,14 @@ take a `RuleContext`; neither imports the other for it."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from ..vocabulary import ID_PATTERN, TYPE_PATTERN, parse_literal
+from ..vocabulary import parse_absolute, parse_literal
 from .issues import Issue, entry_path, make_issue
-
-_ABSOLUTE = re.compile(rf"https?://\S+/({TYPE_PATTERN})/({ID_PATTERN})(?:/_history/{ID_PATTERN})?")
 
 
 @dataclass(slots=True)
@@ -79,9 +76,9 @@ class RuleContext:
             if j is not None:
                 return Target("entry", self._type(j), j)
             return Target("literal", literal[0], rest=literal[1])
-        m = _ABSOLUTE.fullmatch(ref)
-        if m:
-            return Target("absolute", m.group(1), rest=m.group(2))
+        absolute = parse_absolute(ref)
+        if absolute:
+            return Target("absolute", absolute[0], rest=absolute[1])
         return Target("bad")
 
     def _type(self, j: int) -> str | None:

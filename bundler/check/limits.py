@@ -18,17 +18,22 @@ loader's cutting (`load.plan`) alike.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from ..vocabulary import MAX_BODY_BYTES, MAX_CONDITIONAL_ENTRIES, MAX_PUT_ENTRIES, MAX_REQUEST_BYTES
+from ..vocabulary import (
+    CONDITIONAL_URL_METHODS,
+    MAX_BODY_BYTES,
+    MAX_CONDITIONAL_ENTRIES,
+    MAX_PUT_ENTRIES,
+    MAX_REQUEST_BYTES,
+    TRANSACTION,
+    is_uuid,
+)
 from .issues import Issue, entry_path, make_issue
-
-UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 REQUEST_ENVELOPE_BYTES = len(b'{"resourceType":"Bundle","type":"transaction","entry":[]}')
 """The bytes of a transaction request around its entries."""
@@ -75,7 +80,7 @@ def is_conditional(entry: Any) -> bool:
     if request.get("method") == "POST":
         return bool(request.get("ifNoneExist"))
     url = request.get("url")
-    return request.get("method") in ("PUT", "DELETE", "PATCH") and isinstance(url, str) and "?" in url
+    return request.get("method") in CONDITIONAL_URL_METHODS and isinstance(url, str) and "?" in url
 
 
 def json_bytes(data: Any) -> bytes:
@@ -111,7 +116,7 @@ def limit_issues(bundle: Mapping[str, Any], limits: Limits) -> list[Issue]:
     size, urns = len(data), data.count(b"urn:uuid:")
     del data  # (a large bundle's entries are written again one by one: not beside it)
     out = _entry_size(entries, size + REFERENCE_GROWTH * urns, limits) or _body_size(size, limits)
-    if bundle.get("type") == "transaction":
+    if bundle.get("type") == TRANSACTION:
         out += _conditional_entries(entries, limits)
         out += _put_entries(entries, limits)
     out += _uuid_ids(entries, limits)
@@ -189,7 +194,7 @@ def _uuid_ids(entries: list[Any], limits: Limits) -> list[Issue]:
         url = entries[i]["request"].get("url")
         if isinstance(url, str) and "?" not in url and url.count("/") == 1:
             rid = url.split("/", 1)[1]
-            if rid and not UUID_RE.match(rid):
+            if rid and not is_uuid(rid):
                 out.append(make_issue("limit.uuid-id", entry_path(i, "request", "url"),
                                       f"id {rid!r} is not a UUID: {limits.name} refuses client-chosen ids that are "
                                       f"not UUIDs (400 Invalid id)", i))

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..build import read_receipt_parts
 from ..vocabulary import (
     READ_RECEIPT_CODE,
     READ_RECEIPT_INTENT,
@@ -192,8 +193,8 @@ def _owner(ctx: RuleContext, i: int, task: Mapping[str, Any], owner: str, comms:
                 "count a message they never got")
         return
     for tok in tokens(task):
-        base, sep, _ = tok.rpartition("/read/")
-        m = messages_by_token.get(base) if sep else None
+        parts = read_receipt_parts(tok)
+        m = messages_by_token.get(parts[0]) if parts else None
         if m is not None and owner not in _recipients(comms[m]):
             ctx.add("read.task-owner", i, ("resource", "owner"),
                     f"{owner} is not a recipient of the message it is the read receipt of (entry {m})", related=m)

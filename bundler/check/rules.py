@@ -29,13 +29,18 @@ from typing import Any
 
 from ..vocabulary import (
     COMMUNICATION_TARGETS,
+    HTTP_METHODS,
     MIME_TYPE_HINT,
+    REQUEST_BUNDLE_TYPES,
     REQUIRED_CODES,
+    RESOURCE_METHODS,
     RESOURCE_TYPES,
+    URN_PATTERN,
     InstantError,
     identifier_token,
     is_base64,
     is_mime_type,
+    is_urn,
     parse_instant,
     parse_literal,
     query_decode,
@@ -47,9 +52,7 @@ from .issues import Issue, make_issue
 from .readstate import read_state_rules
 from .readstate import tokens as _tokens
 
-CANONICAL_URN = re.compile(r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_URN_IN_TEXT = re.compile(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH")
+_URN_IN_TEXT = re.compile(URN_PATTERN)
 
 
 def check_rules(bundle: Any) -> list[Issue]:
@@ -58,8 +61,9 @@ def check_rules(bundle: Any) -> list[Issue]:
         got = bundle.get("resourceType") if isinstance(bundle, dict) else type(bundle).__name__
         return [make_issue("bundle.resource-type", "Bundle.resourceType", f"expected a Bundle, got {got!r}")]
     ctx = RuleContext(bundle, [])
-    if bundle.get("type") not in ("transaction", "batch"):
-        ctx.add("bundle.type", None, ("type",), f"must be 'transaction' or 'batch', got {bundle.get('type')!r}")
+    if bundle.get("type") not in REQUEST_BUNDLE_TYPES:
+        ctx.add("bundle.type", None, ("type",), f"must be {' or '.join(map(repr, REQUEST_BUNDLE_TYPES))}, "
+                                                f"got {bundle.get('type')!r}")
     entries = bundle.get("entry")
     if not isinstance(entries, list):
         got = "nothing" if entries is None else f"{_json_kind(entries)}"
@@ -105,7 +109,7 @@ def _entries(ctx: RuleContext) -> None:
         if method is not None:
             ctx.methods[i] = method
         resource = entry.get("resource")
-        carries = method in ("POST", "PUT", "PATCH") or (method is None and resource is not None)
+        carries = method in RESOURCE_METHODS or (method is None and resource is not None)
         _resource(ctx, i, method, resource, carries)
         _full_url(ctx, i, entry, carries)
         url = request.get("url") if isinstance(request, dict) else None
@@ -137,8 +141,8 @@ def _request(ctx: RuleContext, i: int, request: Any) -> str | None:
         ctx.add("entry.request", i, ("request",), "every entry of a transaction needs a request (method, url)")
         return None
     method, url = request.get("method"), request.get("url")
-    if method not in METHODS:
-        ctx.add("entry.request", i, ("request", "method"), f"method must be one of {', '.join(METHODS)}; "
+    if method not in HTTP_METHODS:
+        ctx.add("entry.request", i, ("request", "method"), f"method must be one of {', '.join(HTTP_METHODS)}; "
                                                            f"got {method!r}")
         return None
     if not isinstance(url, str) or not url.strip():
@@ -188,7 +192,7 @@ def _full_url(ctx: RuleContext, i: int, entry: dict[str, Any], carries: bool) ->
                 f"{url} is also the fullUrl of entry {ctx.by_url[url]}: references to it become ambiguous")
         return
     ctx.by_url[url] = i
-    if not CANONICAL_URN.match(url):
+    if not is_urn(url):
         ctx.add("entry.fullurl-format", i, ("fullUrl",),
                 f"{url!r} is not a lowercase canonical urn:uuid:<uuid>: Medplum leaves references to it unresolved")
 
@@ -297,7 +301,7 @@ def _references(ctx: RuleContext) -> None:
     if _references_fine(ctx):
         return
     known = RESOURCE_TYPES
-    canonical = {u for u in ctx.by_url if CANONICAL_URN.match(u)}
+    canonical = {u for u in ctx.by_url if is_urn(u)}
     for i, resource in ctx.resources.items():
         refs: list[tuple[tuple[str | int, ...], str]] = []
         texts: list[tuple[tuple[str | int, ...], str, str]] = []

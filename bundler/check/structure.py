@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from functools import cache
 from typing import Any
 
+from ..vocabulary import TRANSACTION
 from .issues import Issue, entry_path, make_issue
 
 
@@ -74,7 +75,7 @@ def bundle_structure_issues(bundle: Mapping[str, Any], skip: set[int] | frozense
         for i, entry in enumerate(entries):
             if i not in skip and isinstance(entry, dict):
                 out.extend(entry_structure_issues(i, entry))
-    shell.setdefault("type", "transaction")  # a missing/bad type is bundle.type's to report
+    shell.setdefault("type", TRANSACTION)  # a missing/bad type is bundle.type's to report
     for err in _errors(_model("Bundle"), shell):
         loc = _loc(err["loc"])
         if loc[:1] != ("type",):

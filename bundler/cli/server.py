@@ -9,6 +9,7 @@ import click
 
 from ..errors import BundlerError, PortInUse
 from ..medplum.localserver import DEFAULT_PORT, env_file, serve
+from ..vocabulary import DEFAULT_QUOTA_PER_MINUTE
 from .common import deprecated_alias, report_errors
 
 
@@ -34,7 +35,7 @@ Examples:
               help="Process transactions atomically; --no-transaction-bundles: as batches (a Medplum project "
                    "without transaction-bundles).")
 @click.option("--quota", is_flag=True, help="Enforce Medplum's FHIR quota.")
-@click.option("--quota-points", type=click.IntRange(1), default=50_000, show_default=True,
+@click.option("--quota-points", type=click.IntRange(1), default=DEFAULT_QUOTA_PER_MINUTE, show_default=True,
               help="Quota points per minute.")
 @click.option("--token-ttl", type=click.IntRange(1), default=3600, show_default=True,
               help="Token lifetime in seconds.")

@@ -25,7 +25,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..build import build_bundle, entry_values, full_url, identifier_value
+from ..build import (
+    build_bundle,
+    entry_values,
+    full_url,
+    identifier_value,
+    read_receipt_parts,
+    split_identifier_value,
+)
 from ..errors import SpecError
 from ..load.compare import IGNORED, compare_thread
 from ..spec.model import Attachment, Coding, Message, Participant, ThreadSpec
@@ -364,7 +371,7 @@ class _Thread:
         found: dict[str, set[str]] = {}
         for task in self.receipts:
             value, owner = _our_value(task, self.system), _ref(task.get("owner"))
-            alias = value.rpartition("/read/")[2] if value is not None and "/read/" in value else None
+            alias = parts[1] if value is not None and (parts := read_receipt_parts(value)) else None
             if alias is not None and owner is not None and is_alias(alias) and owner[0] in self.people.displays:
                 found.setdefault(owner[0], set()).add(alias)
         known = {ref: next(iter(aliases)) for ref, aliases in found.items() if len(aliases) == 1}
@@ -446,10 +453,10 @@ class _Thread:
         """Who read which message, from its read receipts: `completed` ones, read when their executionPeriod ends.
         Any other receipt (unread, or not as the builder makes them) is compared in `_differences`, and listed if
         it differs."""
-        prefix = f"{self.key}/"
         for task in self.receipts:
             value, owner = _our_value(task, self.system), _ref(task.get("owner"))
-            mid = value[len(prefix):].partition("/read/")[0] if value and value.startswith(prefix) else None
+            key, mid, _ = split_identifier_value(value) if value else (None, None, None)
+            mid = mid if key == self.key else None
             alias = self.people.alias.get(owner[0]) if owner else None
             period = task.get("executionPeriod")
             end = period.get("end") if isinstance(period, dict) else None
@@ -557,7 +564,8 @@ def shape_orphans(target: str, messages: Iterable[Mapping[str, Any]], why: str, 
     own: its key is the one their identifiers name (`<key>/<message id>`, when they all agree), else `target`;
     topic `NO_TOPIC`. Building it would make a header the server does not have: that is one of its problems."""
     messages = list(messages)
-    keys = {v.split("/", 1)[0] for m in messages if (v := _our_value(m, identifier_system)) and "/" in v}
+    keys = {key for m in messages if (v := _our_value(m, identifier_system))
+            for key, mid, _ in [split_identifier_value(v)] if mid is not None}
     stub: dict[str, Any] = {"resourceType": "Communication", "id": target}
     if len(keys) == 1:
         stub["identifier"] = [{"system": identifier_system, "value": keys.pop()}]

@@ -26,11 +26,13 @@ from ..vocabulary import (
     MAX_REQUEST_BYTES,
     READ_STATE_EXTENSION,
     READ_STATE_LAST_READ,
+    TRANSACTION,
     identifier_search,
     rewrite_references,
 )
 
-SAFE_MAX_BYTES = MAX_REQUEST_BYTES  # what we plan for, under Medplum's 1 MB (vocabulary; validate checks entries by it)
+SAFE_MAX_BYTES = MAX_REQUEST_BYTES
+"""The largest request the loader plans (`vocabulary.MAX_REQUEST_BYTES`, derived from Medplum's body limit)."""
 _ENVELOPE = REQUEST_ENVELOPE_BYTES
 
 
@@ -152,7 +154,7 @@ def part_bundle(bundle: Mapping[str, Any], indexes: Sequence[int], known: Mappin
                 query = identifier_search(ident.get("system", ""), ident["value"])
                 entry = {**entry, "request": {**entry["request"], "ifNoneExist": query}}
         entries.append(entry)
-    return {"resourceType": "Bundle", "type": bundle.get("type", "transaction"), "entry": entries}
+    return {"resourceType": "Bundle", "type": bundle.get("type", TRANSACTION), "entry": entries}
 
 
 def update_parts(indexes: Sequence[int], sizes: Sequence[int], limits: RequestLimits) -> list[list[int]]:
@@ -176,4 +178,4 @@ def update_bundle(bundle: Mapping[str, Any], indexes: Sequence[int], known: Mapp
         if version := versions.get(entry["fullUrl"]):
             request["ifMatch"] = f'W/"{version}"'
         entries.append({"resource": resource, "request": request})
-    return {"resourceType": "Bundle", "type": bundle.get("type", "transaction"), "entry": entries}
+    return {"resourceType": "Bundle", "type": bundle.get("type", TRANSACTION), "entry": entries}

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import BundlerError, ServerError
+from ..vocabulary import QUOTA_POLICY, WRITE_POINTS
 from .auth import ClientCredentials
 from .client import FhirClient, outcome_text
 from .probe import probe_atomicity, probe_resource, probe_transaction, remove_probes
@@ -95,11 +96,11 @@ def _search(client: FhirClient, report: DoctorReport) -> Check:
     except BundlerError as exc:
         return Check("search Communication", "fail", str(exc))
     report.checks.append(Check("search Communication", "ok", "allowed"))
-    quota = parse_ratelimit(client.last_ratelimit).get("fhirInteractions")
+    quota = parse_ratelimit(client.last_ratelimit).get(QUOTA_POLICY)
     if quota is None:
         return Check("quota", "unknown", "no RateLimit header: no pacing, and no estimate of a load's time")
     return Check("quota", "ok", f"{quota.remaining:,.0f} points left, window resets in {quota.reset:.0f}s "
-                                f"(about {quota.remaining / 100:,.0f} creates)")
+                                f"(about {quota.remaining / WRITE_POINTS:,.0f} creates)")
 
 
 def _refusal(client: FhirClient, resource: dict[str, Any]) -> ServerError | None:

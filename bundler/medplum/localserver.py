@@ -41,7 +41,7 @@ from typing import IO, Any
 from .. import assets
 from ..errors import LocalServerError, PortInUse
 from ..files import file_lock
-from ..vocabulary import ServerUrls
+from ..vocabulary import DEFAULT_QUOTA_PER_MINUTE, QUOTA_WINDOW_SECONDS, ServerUrls
 
 __all__ = [
     "LocalServer",
@@ -248,8 +248,8 @@ class LocalServer(ServerUrls):
         client_secret: str | None = None,
         transaction_bundles: bool = True,
         quota: bool = False,
-        quota_points: int = 50_000,
-        quota_window_seconds: int = 60,
+        quota_points: int = DEFAULT_QUOTA_PER_MINUTE,
+        quota_window_seconds: int = QUOTA_WINDOW_SECONDS,
         token_ttl: int = 3600,
         check_references_on_write: bool = False,
         port: int = 0,
@@ -489,7 +489,7 @@ DEFAULT_PORT = 8103
 
 def serve(*, port: int = DEFAULT_PORT, host: str = "127.0.0.1", client_id: str | None = None,
           client_secret: str | None = None, show_secret: bool = False, transaction_bundles: bool = True,
-          quota: bool = False, quota_points: int = 50_000, token_ttl: int = 3600,
+          quota: bool = False, quota_points: int = DEFAULT_QUOTA_PER_MINUTE, token_ttl: int = 3600,
           check_references_on_write: bool = False, log: Path | None = None, out: IO[str] | None = None,
           stop: threading.Event | None = None) -> None:
     """Run a local server in the foreground until SIGINT or SIGTERM (or `stop` is set): what `thread-bundler

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from ..errors import BundlerError, ServerError, UnknownOutcome
-from ..vocabulary import identifier_token
+from ..vocabulary import TRANSACTION, identifier_token
 from .client import FhirClient
 
 PROBE_SYSTEM = "urn:thread-bundler:doctor"
@@ -60,7 +60,7 @@ def probe_resource(tag: str, *, valid: bool = True, **extra: Any) -> dict[str, A
 
 def probe_transaction(*resources: dict[str, Any]) -> bytes:
     """A transaction creating `resources`."""
-    return orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
+    return orjson.dumps({"resourceType": "Bundle", "type": TRANSACTION, "entry": [
         {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": r, "request": {"method": "POST", "url": "Communication"}}
         for r in resources]})
 

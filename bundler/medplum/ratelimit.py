@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ..vocabulary import DEFAULT_QUOTA_PER_MINUTE
+from ..vocabulary import DEFAULT_QUOTA_PER_MINUTE, QUOTA_POLICY
 
 _PART = re.compile(r'"?([A-Za-z0-9_-]+)"?\s*((?:;\s*[a-z]+\s*=\s*[0-9.]+\s*)+)')
 _PARAM = re.compile(r";\s*([a-z]+)\s*=\s*([0-9.]+)")
@@ -51,7 +51,7 @@ class Pacer:
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                 policy: str = "fhirInteractions") -> None:
+                 policy: str = QUOTA_POLICY) -> None:
         self._clock = clock
         self._sleep = sleep
         self._policy = policy

@@ -9,9 +9,10 @@ name with dots reads a nested field (`thread.id`). Values are compiled against e
 
 Besides the values: `sent.format` (iso, epoch, epoch_ms or strptime), `attachments` (a list of
 {url, content_type, title}, or {each: <JSON array column>, url: <key>, ...}), `skip` rules, and the
-input's limits (`max_row_chars`, `max_quoted_lines`). Every default is in the schema
-(`schemas/migrate-mapping.schema.json`). Problems come all at once: the schema's and the values'
-(`load_mapping_problems`; with the inputs' missing columns: `readers.prepare`).
+input's limits (`max_row_chars`, `max_quoted_lines`). Every default is here (`SCHEMA_DEFAULTS`), and the schema
+(`schemas/migrate-mapping.schema.json`) states each as its `default` keyword (a test holds the two together).
+Problems come all at once: the schema's and the values' (`load_mapping_problems`; with the inputs' missing
+columns: `readers.prepare`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jsonschema
@@ -31,15 +32,34 @@ from .. import assets
 from ..errors import Problem, SpecError
 from ..spec.schema_errors import schema_problems as _schema_problems
 from ..spec.source import Document, Path_, decode, parse_yaml
-from ..vocabulary import COMMUNICATION_STATUSES, is_coding
+from ..vocabulary import COMMUNICATION_STATUSES, DEFAULT_STATUS, is_coding
 from .participants import Participants, load_participants
-from .times import SentParser, TimeRejected
+from .times import DEFAULT_AMBIGUOUS, DEFAULT_FORMAT, DEFAULT_NONEXISTENT, SentParser, TimeRejected
 
 MAPPING_SCHEMA = "migrate-mapping.schema.json"
 DEFAULT_MAX_ROW_CHARS = 16_000_000
 """input.max_row_chars: a row longer than this (in characters, as decoded) is rejected, read at bounded memory."""
 DEFAULT_MAX_QUOTED_LINES = 10_000
 """input.max_quoted_lines: a CSV row whose quoted field runs over more lines is taken for an unterminated quote."""
+DEFAULT_QUOTECHAR = '"'
+DEFAULT_ENCODING = "utf-8-sig"
+"""UTF-8, a byte order mark skipped when there is one (any spelling of utf-8 reads so)."""
+DEFAULT_READS_DELIMITER = ","
+TIME_FIELDS = (("message", "sent"), ("message", "read_at"), ("message", "received"), ("reads", "read_at"))
+"""Where a mapping holds a time value (a column, format, timezone, ambiguous, nonexistent)."""
+SCHEMA_DEFAULTS: Final[Mapping[tuple[str, ...], object]] = {
+    ("input", "quotechar"): DEFAULT_QUOTECHAR,
+    ("input", "encoding"): DEFAULT_ENCODING,
+    ("input", "max_row_chars"): DEFAULT_MAX_ROW_CHARS,
+    ("input", "max_quoted_lines"): DEFAULT_MAX_QUOTED_LINES,
+    ("thread", "status"): DEFAULT_STATUS,
+    ("reads", "delimiter"): DEFAULT_READS_DELIMITER,
+    **{(*where, key): value for where in TIME_FIELDS
+       for key, value in (("format", DEFAULT_FORMAT), ("ambiguous", DEFAULT_AMBIGUOUS),
+                          ("nonexistent", DEFAULT_NONEXISTENT))},
+}
+"""Every default a mapping file leaves to us with a value of its own, by where it stands in the file: the schema's
+`default` keywords say the same. (Input's format and delimiter go by the file's suffix: prose in the schema.)"""
 SENT_FORMATS = ("iso", "epoch", "epoch_ms")
 """sent.format, besides a strptime format: ISO 8601, seconds or milliseconds since 1970-01-01T00:00:00Z."""
 
@@ -142,7 +162,7 @@ class ReadTable:
     message: str
     reader: str
     read_at: SentValue
-    delimiter: str = ","
+    delimiter: str = DEFAULT_READS_DELIMITER
 
 
 @dataclass
@@ -153,8 +173,8 @@ class MigrationMapping:
     doc: Document
     format: str | None = None
     delimiter: str | None = None
-    quotechar: str = '"'
-    encoding: str = "utf-8-sig"
+    quotechar: str = DEFAULT_QUOTECHAR
+    encoding: str = DEFAULT_ENCODING
     max_row_chars: int = DEFAULT_MAX_ROW_CHARS
     max_quoted_lines: int = DEFAULT_MAX_QUOTED_LINES
     thread_id: Value = field(default_factory=lambda: Value(()))
@@ -295,7 +315,7 @@ def _sent(raw: Any, path: Path_, problems: list[Problem], doc: Document) -> Sent
     if isinstance(raw, str):
         raw = {"column": raw}
     value = _value({k: raw[k] for k in ("column", "template") if k in raw}, path, problems, doc)
-    fmt = raw.get("format", "iso")
+    fmt = raw.get("format", DEFAULT_FORMAT)
     if fmt not in SENT_FORMATS:
         why = _strptime_problem(fmt) if "%" in fmt else "not a format"
         if why is not None:
@@ -311,8 +331,8 @@ def _sent(raw: Any, path: Path_, problems: list[Problem], doc: Document) -> Sent
             problems.append(doc.problem((*path, "timezone"), f"{tz!r} is not an IANA time zone "
                                                                "(like America/New_York or UTC)"))
             return None
-    return SentValue(value, SentParser(fmt, tz, ambiguous=raw.get("ambiguous", "earlier"),
-                                       nonexistent=raw.get("nonexistent", "reject")))
+    return SentValue(value, SentParser(fmt, tz, ambiguous=raw.get("ambiguous", DEFAULT_AMBIGUOUS),
+                                       nonexistent=raw.get("nonexistent", DEFAULT_NONEXISTENT)))
 
 
 def _attachments(message: Mapping[str, Any], problems: list[Problem], doc: Document
@@ -380,8 +400,8 @@ def _schema_check(doc: Document) -> tuple[list[Problem], Callable[[Path_], bool]
 def _input(m: MigrationMapping, inp: Mapping[str, Any], problems: list[Problem], doc: Document) -> None:
     m.format = inp.get("format")
     m.delimiter = inp.get("delimiter")
-    m.quotechar = inp.get("quotechar", '"')
-    m.encoding = inp.get("encoding", "utf-8-sig")
+    m.quotechar = inp.get("quotechar", DEFAULT_QUOTECHAR)
+    m.encoding = inp.get("encoding", DEFAULT_ENCODING)
     m.max_row_chars = inp.get("max_row_chars", DEFAULT_MAX_ROW_CHARS)
     m.max_quoted_lines = inp.get("max_quoted_lines", DEFAULT_MAX_QUOTED_LINES)
     try:
@@ -389,7 +409,7 @@ def _input(m: MigrationMapping, inp: Mapping[str, Any], problems: list[Problem],
     except LookupError:
         problems.append(doc.problem(("input", "encoding"), f"{m.encoding!r} is not a known text encoding"))
     if m.encoding.replace("-", "").replace("_", "").lower() == "utf8":
-        m.encoding = "utf-8-sig"  # skip a BOM if there is one
+        m.encoding = DEFAULT_ENCODING  # skip a BOM if there is one
 
 
 def _thread(m: MigrationMapping, thread: Mapping[str, Any], value: Callable[[str, str], Value | None],
@@ -450,7 +470,7 @@ def _read_state(m: MigrationMapping, message: Mapping[str, Any], thread: Mapping
         read_at = _sent(reads["read_at"], ("reads", "read_at"), problems, doc)
         if read_at is not None:
             m.reads = ReadTable(base / reads["file"], reads["message"], reads["reader"], read_at,
-                                reads.get("delimiter", ","))
+                                reads.get("delimiter", DEFAULT_READS_DELIMITER))
 
 
 def read_table(table: ReadTable) -> dict[str, list[tuple[str, str]]]:

@@ -34,11 +34,19 @@ class TimeRejected(ValueError):
         super().__init__(message)
 
 
+DEFAULT_FORMAT = "iso"
+"""The format of a time value when its mapping names none: ISO 8601."""
+DEFAULT_AMBIGUOUS = "earlier"
+"""What a local time that occurs twice (daylight saving ends) is taken as: its first occurrence."""
+DEFAULT_NONEXISTENT = "reject"
+"""What becomes of a local time skipped when daylight saving starts: its row is rejected."""
+
+
 class SentParser:
     """Callable: legacy value → (FHIR instant, microseconds since the epoch); raises TimeRejected."""
 
-    def __init__(self, fmt: str = "iso", timezone: str | None = None, *, ambiguous: str = "earlier",
-                 nonexistent: str = "reject") -> None:
+    def __init__(self, fmt: str = DEFAULT_FORMAT, timezone: str | None = None, *,
+                 ambiguous: str = DEFAULT_AMBIGUOUS, nonexistent: str = DEFAULT_NONEXISTENT) -> None:
         self.fmt = fmt
         self.zone = ZoneInfo(timezone) if timezone else None
         self.timezone = timezone

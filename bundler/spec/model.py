@@ -18,35 +18,30 @@ the attributes and the constructors' keywords. Positions of a spec read from a f
 (`origin()`), never compared or hashed: two specs are equal when their values are.
 
 ThreadSpec is a pydantic model; what it holds (Participant, Coding, Message, Attachment) are frozen
-pydantic dataclasses with slots (`_Record`): the same rules, errors, constructors and model methods as
+pydantic dataclasses with slots (`Record`): the same rules, errors, constructors and model methods as
 models, at 56 bytes an object (a Message 96) instead of 480 (568), and read more than twice as fast by
-the builder. Either kind is checked whenever it is made.
+the builder. Either kind is checked whenever it is made. The record framework is `bundler.spec.records`; the
+rules of what the fields mean together, `bundler.spec.meaning`.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence, ValuesView
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Self, TypeVar, cast, dataclass_transform
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final
 
 import orjson
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
     ModelWrapValidatorHandler,
     PrivateAttr,
-    TypeAdapter,
     ValidationError,
     ValidationInfo,
     model_validator,
 )
-from pydantic.dataclasses import dataclass as pydantic_dataclass
-from pydantic.fields import FieldInfo
 from pydantic.json_schema import JsonSchemaValue, SkipJsonSchema
-from pydantic_core import CoreSchema, ErrorDetails, PydanticCustomError, SchemaSerializer, SchemaValidator, core_schema
+from pydantic_core import CoreSchema, ErrorDetails, PydanticCustomError, core_schema
 
 from ..errors import Problem, SpecError
 from ..vocabulary import (
@@ -56,18 +51,32 @@ from ..vocabulary import (
     DRAFT_STATUS,
     IDENTIFIER_VALUE_HINT,
     READ_MODELS,
-    READ_RECEIPT_OWNERS,
     SERVER_ELEMENTS,
-    SIMPLE_MAX_PARTICIPANTS,
     conditional_reference,
     identifier_system_problem,
     instant_problem,
     is_coding,
     is_identifier_value,
-    parse_instant,
-    reference_type,
+)
+from .meaning import (
+    NO_CONTENT,
+    MessageView,
+    default_ids,
+    names_someone,
+    read_state_meaning,
+    thread_meaning,
 )
 from .problems import WORDING, describe, expected, fail, problems_of, reraise
+from .records import (
+    FrozenMap,
+    Record,
+    SpecModel,
+    constructor,
+    error,
+    slotted,
+    spec_error,
+    without_defaults,
+)
 from .scalars import (
     CODING_STRING_SCHEMA,
     DEF_KEY,
@@ -90,7 +99,6 @@ from .scalars import (
     ThreadKey,
     as_alias,
     as_alias_or_reference,
-    as_key,
     check_alias_name,
     not_allowed,
 )
@@ -101,163 +109,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_STATUS", "Attachment", "Coding", "CreateResource", "Message", "Participant", "Participants",
            "ReadBy", "ThreadSpec", "check_document", "parse_spec", "with_read_model"]
-
-
-_RECORD_CONFIG = ConfigDict(extra="forbid", validate_by_alias=True, validate_by_name=False,
-                            revalidate_instances="never")
-"""No unknown fields, data names (aliases) when reading data, instances taken as they are (checked when made)."""
-
-
-class _Model(BaseModel):
-    """Frozen, no unknown fields, data names (aliases) when reading data; equal and hashed by value."""
-
-    model_config = ConfigDict(frozen=True, **_RECORD_CONFIG)
-
-    def _validate(self, data: dict[str, Any]) -> None:
-        """The constructors' work: validate `data` (by Python names) into self; SpecError listing every problem."""
-        try:
-            self.__pydantic_validator__.validate_python(data, self_instance=self, by_alias=False, by_name=True)
-        except ValidationError as exc:
-            raise _spec_error(exc, data, type(self)) from None
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return self.__dict__ == other.__dict__  # fields only: where a spec was read from is not part of it
-
-    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
-        """A copy; with `update` (Python names), a new object checked like any other (SpecError if invalid)."""
-        if not update:
-            return super().model_copy(deep=deep)
-        return type(self)(**{**{name: getattr(self, name) for name in type(self).model_fields}, **update})
-
-    @classmethod
-    def model_construct(cls, _fields_set: set[str] | None = None, **values: Any) -> Self:
-        """Checked like any construction: a spec model is never made unchecked (SpecError if invalid)."""
-        new = cls.__new__(cls)
-        new._validate(values)
-        return new
-
-
-_Init = TypeVar("_Init", bound=Callable[..., None])
-
-
-def _constructor(init: _Init) -> _Init:
-    """Marks a model's `__init__` (Python names, positional too) as not pydantic's entry point when reading
-    data: `model_validate` keeps validating the data directly, by data names (pydantic calls a model's own
-    `__init__` with the data otherwise)."""
-    setattr(init, "__pydantic_base_init__", True)  # noqa: B010 - the flag pydantic's own __init__ carries
-    return init
-
-
-def _without_defaults(**values: Any) -> dict[str, Any]:
-    """Keyword arguments left at their defaults (None, or an empty tuple of attachments) are left out, so the
-    model's defaults apply: in Python, None is 'not given'; data never holds it."""
-    return {k: v for k, v in values.items() if v is not None and v != ()}
-
-
-class _Record:
-    """Base of the spec classes a ThreadSpec holds (Participant, Coding, Message, Attachment): frozen pydantic
-    dataclasses with slots (`_slotted`), equal and hashed by value, offering the model methods a model offers
-    (each checked the same way) and raising a model's errors when a field is set. Their own `__init__`
-    (Python names; None is 'not given') validates a dict of its arguments into the new object through the
-    class's schema."""
-
-    __slots__ = ()
-    __pydantic_core_schema__: ClassVar[CoreSchema]
-    __pydantic_validator__: ClassVar[SchemaValidator]
-    __pydantic_serializer__: ClassVar[SchemaSerializer]
-    __pydantic_fields__: ClassVar[dict[str, FieldInfo]]
-    model_fields: ClassVar[dict[str, FieldInfo]]
-    model_config: ClassVar[ConfigDict] = ConfigDict(frozen=True, **_RECORD_CONFIG)
-
-    def _check(self, data: dict[str, Any]) -> None:
-        """The constructors' work: validate `data` (by Python names) into self; SpecError listing every problem."""
-        try:
-            self.__pydantic_validator__.validate_python(data, self_instance=self, by_alias=False, by_name=True)
-        except ValidationError as exc:
-            raise _spec_error(exc, data, type(self)) from None
-
-    @classmethod
-    def model_validate(cls, data: Any, **options: Any) -> Self:
-        """From spec data (data names), as a model reads it: pydantic's ValidationError if invalid. `options`:
-        those of `SchemaValidator.validate_python` (`strict`, `context`, ...)."""
-        out: Self = cls.__pydantic_validator__.validate_python(data, **options)
-        return out
-
-    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
-        """A copy; with `update` (Python names), a new object checked like any other (SpecError if invalid)."""
-        if not update:
-            return copy.deepcopy(self) if deep else copy.copy(self)
-        return type(self)(**{**{name: getattr(self, name) for name in self.model_fields}, **update})
-
-    @classmethod
-    def model_construct(cls, _fields_set: set[str] | None = None, **values: Any) -> Self:
-        """Checked like any construction: a spec object is never made unchecked (SpecError if invalid)."""
-        new = cls.__new__(cls)
-        new._check(values)
-        return new
-
-    def __iter__(self) -> Iterator[tuple[str, Any]]:  # a model's: (name, value) of each field, so dict(obj) works
-        for name in self.model_fields:
-            yield name, getattr(self, name)
-
-    def __str__(self) -> str:  # a model's: its fields without the class's name (repr is the dataclass's, the same)
-        return " ".join(f"{name}={getattr(self, name)!r}" for name in self.model_fields)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise _frozen(type(self), name, value)
-
-    def __delattr__(self, name: str) -> None:
-        raise _frozen(type(self), name, None)
-
-    def model_dump(self, **options: Any) -> dict[str, Any]:
-        """The fields by Python name, nested objects as dicts, as a model dumps. `options`: those of
-        `SchemaSerializer.to_python` (`mode`, `by_alias`, `exclude_none`, ...)."""
-        out: dict[str, Any] = type(self).__pydantic_serializer__.to_python(self, **options)
-        return out
-
-    def model_dump_json(self, **options: Any) -> str:
-        """As JSON, as a model dumps it (`SchemaSerializer.to_json`'s options: `by_alias`, `indent`, ...)."""
-        return type(self).__pydantic_serializer__.to_json(self, **options).decode()
-
-    @classmethod
-    def model_validate_json(cls, data: str | bytes, **options: Any) -> Self:
-        """From spec data as JSON, as a model reads it: pydantic's ValidationError if invalid."""
-        out: Self = cls.__pydantic_validator__.validate_json(data, **options)
-        return out
-
-    @classmethod
-    def model_json_schema(cls, **options: Any) -> dict[str, Any]:
-        """Its JSON Schema, as a model gives it (`TypeAdapter.json_schema`'s options: `by_alias`, `mode`, ...)."""
-        return TypeAdapter(cls).json_schema(**options)
-
-
-def _frozen(cls: type[Any], name: str, value: Any) -> ValidationError:
-    """What a frozen model raises when a field is set or deleted (a frozen dataclass raises FrozenInstanceError,
-    or in Python 3.11, for a name that is not a field, TypeError)."""
-    return ValidationError.from_exception_data(cls.__name__, [{"type": "frozen_instance", "loc": (name,),
-                                                               "input": value}])
-
-
-def _spec_error(exc: ValidationError, data: dict[str, Any], cls: type[Any]) -> SpecError:
-    """A construction's errors (from validating `data` by Python names) as SpecError."""
-    return SpecError(problems_of(exc, Document("<spec>", data), cls))
-
-
-_R = TypeVar("_R", bound=_Record)
-
-
-@dataclass_transform(field_specifiers=(Field,), frozen_default=True)
-def _slotted(cls: type[_R]) -> type[_R]:
-    """`cls` as a frozen pydantic dataclass with slots, its own `__init__` kept: pydantic's own validates its
-    arguments as ArgsKwargs, 1.5 times as slow by keyword as our dict, and raises ValidationError, not SpecError."""
-    init = cls.__dict__["__init__"]
-    out = cast("type[_R]", pydantic_dataclass(frozen=True, slots=True, config=_RECORD_CONFIG)(cls))
-    setattr(out, "__init__", init)  # noqa: B010 - (mypy refuses assigning a method)
-    del out.__setattr__, out.__delattr__  # the dataclass's go: `_Record`'s raise a model's error instead
-    out.model_fields = out.__pydantic_fields__
-    return out
 
 
 # --- participants -----------------------------------------------------------------------------------
@@ -335,8 +186,8 @@ class _Create:
 OptionalCreate = Annotated[CreateResource | None, _Create()]
 
 
-@_slotted
-class Participant(_Record):
+@slotted
+class Participant(Record):
     """A person or thing in the thread: `alias` (its key in `participants`) → a reference, a display name, and how
     to create it when missing (`create`: its reference is then the conditional one of its first identifier)."""
 
@@ -349,7 +200,7 @@ class Participant(_Record):
 
     def __init__(self, alias: str, reference: str | None = None, display: str | None = None,
                  create: Mapping[str, Any] | None = None) -> None:
-        self._check(_without_defaults(alias=alias, reference=reference, display=display, create=create))
+        self._check(without_defaults(alias=alias, reference=reference, display=display, create=create))
 
     @model_validator(mode="before")
     @classmethod
@@ -398,85 +249,14 @@ def _reference_or_create(out: JsonSchemaValue) -> JsonSchemaValue:
     return out
 
 
-_V = TypeVar("_V")
-
-
-class _FrozenMap(Mapping[str, _V]):
-    """An immutable, hashable mapping alias → value in the order written (what a spec's mappings are): equal to
-    another of its kind with the same items in the same order, and to any mapping with the same items."""
-
-    __slots__ = ("_items",)
-    _items: dict[str, _V]
-
-    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
-        """From data, or a mapping of checked values; checked like the models (SpecError listing every problem)."""
-        try:
-            self._items = self._validated(data or {})._items
-        except PydanticCustomError as exc:
-            raise SpecError([Problem("<spec>", None, None, "", exc.message())]) from None
-        except ValidationError as exc:
-            raise SpecError(problems_of(exc, Document("<spec>", data), type(self))) from None
-
-    @classmethod
-    def _validated(cls, data: Any) -> Self:
-        """`data` checked, as an object of this class (PydanticCustomError or ValidationError if invalid)."""
-        raise NotImplementedError
-
-    @classmethod
-    def _of(cls, items: dict[str, _V]) -> Self:
-        new = object.__new__(cls)
-        new._items = items
-        return new
-
-    def __getitem__(self, alias: str) -> _V:
-        return self._items[alias]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, alias: object) -> bool:
-        return alias in self._items
-
-    def keys(self) -> KeysView[str]:  # (the dict's own views: the builder reads them for every thread)
-        return self._items.keys()
-
-    def values(self) -> ValuesView[_V]:
-        return self._items.values()
-
-    def items(self) -> ItemsView[str, _V]:
-        return self._items.items()
-
-    def get(self, alias: str, default: Any = None) -> Any:
-        return self._items.get(alias, default)
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is type(self):
-            return list(self._items.items()) == list(other._items.items())  # the order is part of a spec
-        if isinstance(other, Mapping):
-            return self._items == dict(other.items())
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(tuple(self._items.items()))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._items!r})"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self)._of, (self._items,))
-
-
-class Participants(_FrozenMap[Participant]):
+class Participants(FrozenMap[Participant]):
     """A spec's participants: alias → Participant, in the order written; immutable and hashable.
 
     Read from data as a mapping alias → {reference, display}; made in Python from a mapping alias →
     Participant (each with that alias)."""
 
     __slots__ = ()
-    __item_model__: ClassVar[type[_Record]] = Participant
+    __item_model__: ClassVar[type[Record]] = Participant
 
     @classmethod
     def _validated(cls, data: Any) -> Participants:
@@ -512,10 +292,10 @@ def _aliased(value: Any, what: str, empty: str, out: Mapping[str, Any], errors: 
         try:
             alias = check_alias_name(key)
         except PydanticCustomError as exc:
-            errors.append(_error(exc.message(), (key,), key, on_key=True))
+            errors.append(error(exc.message(), (key,), key, on_key=True))
             continue
         if alias in out:
-            errors.append(_error(f"alias {alias!r} is given twice", (key,), key, on_key=True))
+            errors.append(error(f"alias {alias!r} is given twice", (key,), key, on_key=True))
         else:
             yield key, alias, entry
 
@@ -529,7 +309,7 @@ def _participants(value: Any) -> Participants:
     for key, alias, entry in _aliased(value, "a mapping", "needs at least one participant", out, errors):
         if isinstance(entry, Participant):
             if entry.alias != alias:
-                errors.append(_error(f"is the participant aliased {entry.alias!r}: give it under that key", (key,),
+                errors.append(error(f"is the participant aliased {entry.alias!r}: give it under that key", (key,),
                                      entry))
             else:
                 out[alias] = entry
@@ -542,7 +322,7 @@ def _participants(value: Any) -> Participants:
             except ValidationError as exc:
                 errors.extend({**e, "loc": (key, *e["loc"])} for e in _without_derived(exc.errors(include_url=False)))
         else:
-            errors.append(_error(expected("a mapping", entry), (key,), entry))
+            errors.append(error(expected("a mapping", entry), (key,), entry))
     if errors:
         raise reraise(errors)
     return Participants._of(out)
@@ -555,19 +335,15 @@ def _without_derived(errors: list[ErrorDetails]) -> list[ErrorDetails]:
     return errors
 
 
-def _error(message: str, loc: Path_, value: Any, *, on_key: bool = False) -> ErrorDetails:
-    return {"type": "spec_key" if on_key else "spec", "loc": loc, "msg": message, "input": value}
-
-
 # --- read state ------------------------------------------------------------------------------------
 
 
-class ReadBy(_FrozenMap[str]):
+class ReadBy(FrozenMap[str]):
     """Who read a message and when: alias → FHIR instant, in the order written; immutable and hashable.
 
     Read from data as a mapping `{alias: instant}`; made in Python from any such mapping. Which aliases may
     read the message (its recipients) and when (not before it was sent) is the thread's to judge
-    (`_read_state_meaning`)."""
+    (`read_state_meaning`)."""
 
     __slots__ = ()
 
@@ -612,8 +388,8 @@ def _read_by(value: Any) -> ReadBy:
 # --- codes, attachments, messages ------------------------------------------------------------------
 
 
-@_slotted
-class Coding(_Record):
+@slotted
+class Coding(Record):
     """A code of the thread's `category`: data writes it `system|code`, or as {system, code, display}."""
 
     code: Text
@@ -621,7 +397,7 @@ class Coding(_Record):
     display: OptionalText = None
 
     def __init__(self, code: str, system: str | None = None, display: str | None = None) -> None:
-        self._check(_without_defaults(code=code, system=system, display=display))
+        self._check(without_defaults(code=code, system=system, display=display))
 
     @model_validator(mode="before")
     @classmethod
@@ -652,8 +428,8 @@ class Coding(_Record):
         return out
 
 
-@_slotted
-class Attachment(_Record):
+@slotted
+class Attachment(Record):
     """A message's attachment: becomes a `payload.contentAttachment`. Either `url` (where the content is), or
     `file` (a path relative to the spec file: the bytes travel with the thread as a Binary, or are uploaded first
     when too large for a request). A file's `size` and `hash` (SHA-1, base64) are filled in when the spec is read
@@ -670,7 +446,7 @@ class Attachment(_Record):
 
     def __init__(self, url: str | None = None, content_type: str | None = None, title: str | None = None, *,
                  file: str | None = None, size: int | None = None, hash: str | None = None) -> None:
-        self._check(_without_defaults(url=url, file=file, content_type=content_type, title=title, size=size,
+        self._check(without_defaults(url=url, file=file, content_type=content_type, title=title, size=size,
                                       hash=hash))
 
     @model_validator(mode="after")
@@ -701,7 +477,6 @@ class Attachment(_Record):
         return out
 
 
-_NO_CONTENT = "a message needs text or attachments"
 _NO_SENT = f"a message needs sent (only a draft, status: {DRAFT_STATUS}, may leave it out)"
 _DRAFT_READ = f"a draft (status: {DRAFT_STATUS}) was never sent, so nobody read it: remove read_by"
 
@@ -719,15 +494,15 @@ def _sent_unless_draft(args: tuple[dict[str, Any], Any]) -> tuple[dict[str, Any]
 
 def _has_content(args: tuple[dict[str, Any], Any]) -> tuple[dict[str, Any], Any]:
     """A message's fields, all valid, and its dataclass's init-only arguments (none): it has text or attachments
-    (when a field failed, `_MessageView` says it beside their problems)."""
+    (when a field failed, `MessageView` says it beside their problems)."""
     fields = args[0]
     if fields["text"] is None and not fields["attachments"]:
-        raise fail(_NO_CONTENT)
+        raise fail(NO_CONTENT)
     return args
 
 
-@_slotted
-class Message(_Record):
+@slotted
+class Message(Record):
     """One message of a thread: becomes a Communication with `partOf` → the thread's header."""
 
     id: Annotated[Key, Field(description="Unique in the thread; default: the message's 1-based position.")]
@@ -763,11 +538,11 @@ class Message(_Record):
         if status is not None:
             data["status"] = status
         if received is not None or priority is not None or read_by:
-            data.update(_without_defaults(received=received, priority=priority, read_by=read_by or None))
+            data.update(without_defaults(received=received, priority=priority, read_by=read_by or None))
         try:  # (`_check`, inlined: migrate makes many)
             self.__pydantic_validator__.validate_python(data, self_instance=self, by_alias=False, by_name=True)
         except ValidationError as exc:
-            raise _spec_error(exc, data, Message) from None
+            raise spec_error(exc, data, Message) from None
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
@@ -784,7 +559,7 @@ class Message(_Record):
         out = handler.resolve_ref_schema(handler(schema))
         out["required"] = [name for name in out["required"] if name != "id"]  # data may leave it out
         out["anyOf"] = [{"required": ["text"]}, {"required": ["attachments"]}]
-        out["x-message"] = _NO_CONTENT
+        out["x-message"] = NO_CONTENT
         out["if"] = {"required": ["status"], "properties": {"status": {"const": DRAFT_STATUS}}}
         out["then"] = {"not": {"required": ["read_by"]}, "x-message": _DRAFT_READ}
         out["else"] = {"required": ["sent"], "x-message": _NO_SENT}
@@ -823,7 +598,7 @@ class Message(_Record):
 # --- the thread -------------------------------------------------------------------------------------
 
 
-class ThreadSpec(_Model):
+class ThreadSpec(SpecModel):
     """One conversation thread: a header Communication and its messages, checked whole.
 
     `participants` maps each alias to its Participant, in the order written (the header's recipients
@@ -856,7 +631,7 @@ class ThreadSpec(_Model):
     _borrowed: frozenset[str] = PrivateAttr(default=frozenset())  # the aliases it took from there
     _files: Mapping[str, bytes] | None = PrivateAttr(default=None)  # its attachments' bytes, by hash
 
-    @_constructor
+    @constructor
     def __init__(self, key: str, topic: str, participants: Mapping[str, Participant],
                  messages: Sequence[Message] = (), subject: str | None = None, sender: str | None = None,
                  sent: str | None = None, status: str = DEFAULT_STATUS, category: Sequence[Coding] = (),
@@ -886,7 +661,7 @@ class ThreadSpec(_Model):
         shared: ParticipantsFile | None = info.context.get(SHARED) if isinstance(info.context, dict) else None
         defaults: frozenset[int] = frozenset()
         if isinstance(data, dict):
-            data, defaults = _default_ids(data)
+            data, defaults = default_ids(data)
         try:
             spec = handler(data)
         except ValidationError as exc:
@@ -895,16 +670,16 @@ class ThreadSpec(_Model):
                 participants, messages, subject, sender = _Partial.read(data)
                 own = data.get("participants", {})
                 if shared is not None and isinstance(own, Mapping) and not own \
-                        and _names_someone(messages, subject, sender):
+                        and names_someone(messages, subject, sender):
                     # none of its own, and none of the file's that it names: each name is one neither has
                     participants = {}
                     errors = [e for e in errors if tuple(e["loc"]) != ("participants",)]
                 said = {(e["loc"], e["msg"]) for e in errors}
-                errors += [e for e in _meaning(participants, messages, subject, sender, defaults, shared)
+                errors += [e for e in thread_meaning(participants, messages, subject, sender, defaults, shared)
                            if (e["loc"], e["msg"]) not in said]
             raise reraise(errors) from None
-        errors = _meaning(spec.participants._items, spec.messages, spec.subject, spec.sender, defaults, shared)
-        errors += _read_state_meaning(spec, shared)
+        errors = thread_meaning(spec.participants._items, spec.messages, spec.subject, spec.sender, defaults, shared)
+        errors += read_state_meaning(spec, shared)
         if errors:
             raise reraise(errors)
         return spec
@@ -977,37 +752,7 @@ class ThreadSpec(_Model):
         return out
 
 
-# --- what the fields mean together ------------------------------------------------------------------
-
-
-def _default_ids(data: dict[str, Any]) -> tuple[dict[str, Any], frozenset[int]]:
-    """A message without an id gets its 1-based position: `data` with those ids filled, and their indexes."""
-    messages = data.get("messages")
-    if type(messages) is not list and type(messages) is not tuple:
-        return data, frozenset()
-    filled: list[Any] | None = None
-    for i, m in enumerate(messages):
-        if type(m) is dict and "id" not in m:
-            if filled is None:
-                filled = list(messages)
-            filled[i] = {**m, "id": str(i + 1)}
-    if filled is None:
-        return data, frozenset()
-    return {**data, "messages": filled}, frozenset(i for i, m in enumerate(messages) if filled[i] is not m)
-
-
-class _MessageView:
-    """The parts of a message the meaning rules read, from data that did not validate: None where invalid."""
-
-    __slots__ = ("empty", "id", "recipient", "reply_to", "sender")
-
-    def __init__(self, data: Mapping[str, Any]) -> None:
-        self.empty = "text" not in data and "attachments" not in data
-        self.id = as_key(data.get("id"))
-        self.sender = as_alias(data.get("sender"))
-        self.reply_to = as_key(data.get("reply_to"))
-        recipient = data.get("recipient")
-        self.recipient = tuple(map(as_alias, recipient)) if isinstance(recipient, list | tuple) else None
+# --- what the meaning rules can read of data that failed ----------------------------------------------
 
 
 class _Partial:
@@ -1028,174 +773,8 @@ class _Partial:
         messages: list[Any] = []
         raw = data.get("messages")
         for m in raw if isinstance(raw, list | tuple) else ():
-            messages.append(m if isinstance(m, Message) else _MessageView(m) if isinstance(m, Mapping) else None)
+            messages.append(m if isinstance(m, Message) else MessageView(m) if isinstance(m, Mapping) else None)
         return participants, messages, as_alias_or_reference(data.get("subject")), as_alias(data.get("sender"))
-
-
-def _prefixes(types: frozenset[str]) -> tuple[str, ...]:
-    return tuple(f"{t}{sep}" for t in sorted(types) for sep in "/?")
-
-
-_SUBJECT_PREFIXES = _prefixes(COMMUNICATION_TARGETS["subject"])
-_NOT_SENDER_PREFIXES = _prefixes(COMMUNICATION_TARGETS["recipient"] - COMMUNICATION_TARGETS["sender"])
-"""A participant's reference is of a type FHIR allows as a recipient (its own check): it may not send if it
-starts with one of these (`Group/`, `Group?`, ...)."""
-
-
-def _names_someone(messages: Sequence[Any], subject: str | None, sender: str | None) -> bool:
-    """Whether thread data (as `_Partial.read` gives it) names a participant by alias anywhere."""
-    return sender is not None or (subject is not None and "/" not in subject and "?" not in subject) or any(
-        m is not None and (m.sender is not None or any(r is not None for r in m.recipient or ())) for m in messages)
-
-
-_KNOWN_SHOWN: Final = 20
-"""Aliases a problem lists as known, at most (a participants file may have hundreds)."""
-
-
-def _not_a_participant(alias: str, participants: Iterable[str], shared: ParticipantsFile | None) -> str:
-    """`'bart' is not a participant (known: ...)`; with a participants file, `... of the thread nor of <file>`, and
-    the file's aliases are known too."""
-    if shared is None:
-        return f"{alias!r} is not a participant (known: {', '.join(sorted(participants)) or 'none'})"
-    known = sorted({*participants, *shared.participants})
-    more = f", and {len(known) - _KNOWN_SHOWN:,} more" if len(known) > _KNOWN_SHOWN else ""
-    return (f"{alias!r} is not a participant of the thread nor of {shared.file} "
-            f"(known: {', '.join(known[:_KNOWN_SHOWN]) or 'none'}{more})")
-
-
-def _meaning(participants: Mapping[str, Participant | None] | None, messages: Sequence[Any], subject: str | None,
-             sender: str | None, defaults: frozenset[int], shared: ParticipantsFile | None = None
-             ) -> list[ErrorDetails]:
-    """What the fields mean together: aliases known (to the thread, or to the participants file `shared` it takes
-    participants from), reference types FHIR allows per role, message ids unique, replies to earlier messages.
-    Parts that are None (invalid, reported already) are not judged.
-
-    It runs for every thread migrate makes: the common case (every sender seen before, no recipients
-    given, no reply) takes the fewest steps."""
-    errors: list[ErrorDetails] = []
-    may_send: set[str] = set()  # aliases of participants found fit to send
-
-    def unknown(alias: str) -> str:
-        return _not_a_participant(alias, participants or (), shared)
-
-    def not_fit(loc: Path_, value: str, role: str) -> None:
-        p = participants.get(value) if participants is not None else None
-        kind = reference_type(p.reference if p is not None else value)
-        errors.append(_error(f"{value!r} is a {kind}: " + not_allowed(kind, f"the {role}", role), loc, value))
-
-    def judge_sender(loc: Path_, alias: str) -> None:
-        assert participants is not None
-        if alias not in participants:
-            errors.append(_error(unknown(alias), loc, alias))
-        elif (p := participants[alias]) is not None:
-            if p.reference.startswith(_NOT_SENDER_PREFIXES):
-                not_fit(loc, alias, "sender")
-            else:
-                may_send.add(alias)
-
-    if participants is not None:
-        if sender is not None:
-            judge_sender(("sender",), sender)
-        if subject is not None:
-            if "/" in subject or "?" in subject:
-                if not subject.startswith(_SUBJECT_PREFIXES):
-                    not_fit(("subject",), subject, "subject")
-            elif subject not in participants:
-                errors.append(_error(unknown(subject), ("subject",), subject))
-            elif (p := participants[subject]) is not None and not p.reference.startswith(_SUBJECT_PREFIXES):
-                not_fit(("subject",), subject, "subject")
-    ids: dict[str, int] = {}  # message id → index of its first message
-    for i, m in enumerate(messages):
-        if m is None:
-            continue
-        if type(m) is _MessageView and m.empty:
-            errors.append(_error(_NO_CONTENT, ("messages", i), None))
-        mid = m.id
-        if mid is not None and ids.setdefault(mid, i) != i:
-            how = " (its default id, from its position)" if i in defaults else ""
-            loc: Path_ = ("messages", i) if i in defaults else ("messages", i, "id")
-            errors.append(_error(f"duplicate message id {mid!r}{how}: messages[{ids[mid] + 1}] has it too", loc, mid))
-        if participants is not None:
-            s = m.sender
-            if s is not None and s not in may_send:
-                judge_sender(("messages", i, "sender"), s)
-            if m.recipient is not None:
-                seen: set[str] = set()
-                for j, r in enumerate(m.recipient):
-                    if r is None:  # (not an alias: reported already)
-                        continue
-                    if r not in participants:
-                        errors.append(_error(unknown(r), ("messages", i, "recipient", j), r))
-                    if r in seen:
-                        errors.append(_error(f"{r!r} is listed twice", ("messages", i, "recipient", j), r))
-                    seen.add(r)
-        target = m.reply_to
-        if target is not None and ids.get(target, i) == i:
-            later = any(o is not None and o.id == target for o in messages)
-            why = (f"replies to {target!r}, which is not an earlier message (a reply must follow what it answers)"
-                   if later else f"no message with id {target!r} in this thread"
-                   + (f" (ids: {', '.join(ids)})" if ids else ""))
-            errors.append(_error(why, ("messages", i, "reply_to"), target))
-    return errors
-
-
-def _read_state_meaning(spec: ThreadSpec, shared: ParticipantsFile | None = None) -> list[ErrorDetails]:
-    """What read state means with the rest: only a message's recipients read it, not before it was sent (nor
-    was it received before); a draft is read by nobody; the simple model fits threads of two participants."""
-    errors: list[ErrorDetails] = []
-    count = len(spec.participants)
-    if spec.read_model == "simple" and count > SIMPLE_MAX_PARTICIPANTS:
-        errors.append(_error(f"the simple read model fits 1:1 threads (at most {SIMPLE_MAX_PARTICIPANTS} "
-                             f"participants), and this thread has {count}: use read_model: tasks (unread counts "
-                             "searchable) or read_model: header-extension (kept on the header, not searchable)",
-                             ("read_model",), spec.read_model))
-    if spec.read_model == "tasks":
-        errors += _task_owners(spec)
-    for i, m in enumerate(spec.messages):
-        if m.received is None and not m.read_by:
-            continue
-        errors += _message_reads(spec, i, m, shared)
-    return errors
-
-
-def _task_owners(spec: ThreadSpec) -> list[ErrorDetails]:
-    """In the tasks model every recipient owns a read receipt: each participant that receives a message must be a
-    type FHIR allows as Task.owner."""
-    errors: list[ErrorDetails] = []
-    for alias, p in spec.participants.items():
-        kind = reference_type(p.reference)
-        receives = any(alias != m.sender and (m.recipient is None or alias in m.recipient) for m in spec.messages)
-        if receives and kind not in READ_RECEIPT_OWNERS:
-            errors.append(_error(f"{alias!r} is a {kind}, which cannot own a read-receipt Task (the tasks read "
-                                 f"model): FHIR allows {', '.join(sorted(READ_RECEIPT_OWNERS))}; use read_model: "
-                                 "header-extension, or name the people", ("participants", alias, "reference"),
-                                 p.reference))
-    return errors
-
-
-def _message_reads(spec: ThreadSpec, i: int, m: Message, shared: ParticipantsFile | None) -> list[ErrorDetails]:
-    """`_read_state_meaning` of message `i`, which has a received time or readers."""
-    errors: list[ErrorDetails] = []
-    if m.read_by and m.status is None and spec.status == DRAFT_STATUS:
-        errors.append(_error(f"a draft (it has the thread's status, {DRAFT_STATUS}) was never sent, so nobody read it: "
-                             "remove read_by",
-                             ("messages", i, "read_by"), dict(m.read_by)))
-        return errors
-    sent = parse_instant(m.sent) if m.sent is not None else None
-    if m.received is not None and sent is not None and parse_instant(m.received) < sent:
-        errors.append(_error(f"received {m.received}, before the message was sent ({m.sent})",
-                             ("messages", i, "received"), m.received))
-    recipients = m.recipient if m.recipient is not None else [a for a in spec.participants if a != m.sender]
-    for alias, when in m.read_by.items():
-        loc: Path_ = ("messages", i, "read_by", alias)
-        if alias not in spec.participants:
-            errors.append(_error(_not_a_participant(alias, spec.participants, shared), loc, alias))
-        elif alias not in recipients:
-            errors.append(_error(f"{alias!r} is not a recipient of this message (recipients: "
-                                 f"{', '.join(recipients) or 'none'}): only a recipient reads it", loc, alias))
-        elif sent is not None and parse_instant(when) < sent:
-            errors.append(_error(f"read at {when}, before the message was sent ({m.sent})", loc, when))
-    return errors
 
 
 def with_read_model(spec: ThreadSpec, read_model: str | None) -> ThreadSpec:
@@ -1251,7 +830,7 @@ def check_document(doc: Document, shared: ParticipantsFile | None = None) -> tup
     return spec, []
 
 
-class ParticipantsDocument(_Model):
+class ParticipantsDocument(SpecModel):
     """A participants file: the spec's `participants` block under the same key (`bundler.spec.participants`)."""
 
     participants: Participants

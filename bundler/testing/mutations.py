@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ..build import READ_RECEIPT_MARK
 from ..vocabulary import (
     MAX_CONDITIONAL_ENTRIES,
     READ_RECEIPT_CODE,
@@ -554,8 +555,9 @@ def _receipt(entries: list[dict[str, Any]], rng: random.Random, ids: Iterator[st
         msg["recipient"] = [newcomer]
         _header(entries).setdefault("recipient", []).append(dict(newcomer))
     ident = msg["identifier"][0]
+    reader = f"x{rng.randrange(1000)}"
     task = {"resourceType": "Task", "identifier": [{"system": ident["system"],
-                                                    "value": f"{ident['value']}/read/x{rng.randrange(1000)}"}],
+                                                    "value": ident["value"] + READ_RECEIPT_MARK + reader}],
             "status": READ_RECEIPT_UNREAD, "intent": READ_RECEIPT_INTENT,
             "code": {"coding": [{"system": READ_RECEIPT_SYSTEM, "code": READ_RECEIPT_CODE}]},
             "focus": {"reference": entries[0]["fullUrl"]}, "owner": dict(msg["recipient"][0])}

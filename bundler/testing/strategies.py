@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,12 +34,15 @@ from hypothesis import strategies as st
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle
 from ..check.issues import RULES
 from ..vocabulary import (
+    COMMUNICATION_CATEGORY_CODES,
+    COMMUNICATION_CATEGORY_SYSTEM,
     COMMUNICATION_TARGETS,
     DRAFT_STATUS,
     READ_MODELS,
     REQUEST_PRIORITIES,
     SIMPLE_MAX_PARTICIPANTS,
     format_instant,
+    is_offset,
     offset_zone,
     parse_instant,
 )
@@ -78,8 +80,8 @@ ZONES = ("Z", "+00:00", "+02:00", "-05:00", "+05:30", "+14:00", "-12:00")
 PRECISIONS = (0, 3, 6, 9)
 """Default fraction digits of generated instants (FHIR allows 0 to 9)."""
 CONDITIONAL_SYSTEM = "https://example.org/ids"
-CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/communication-category"
-CATEGORY_CODES = ("notification", "reminder", "instruction", "alert")
+CATEGORY_SYSTEM = COMMUNICATION_CATEGORY_SYSTEM
+CATEGORY_CODES = COMMUNICATION_CATEGORY_CODES
 TOPICS = ("Lab results", "Appointment follow-up", "Résultats d'analyse", "処方箋について", "💊 refill")
 DISPLAYS = ("Homer Simpson", "Dr. Alice Smith", "Ана Петрова", "李雷", "محمد علي")
 
@@ -95,7 +97,6 @@ SAMPLE_TEXTS = (
 )
 """Hand-picked texts mixed into the default `texts()`: RTL scripts, emoji sequences, line breaks."""
 
-_ZONE = re.compile(r"^(?:Z|[+-](?:0\d|1[0-3]):[0-5]\d|[+-]14:00)$")
 _PER_CENT = 100
 
 
@@ -114,7 +115,7 @@ def _check_share(name: str, value: float) -> None:
 def _check_instant_options(precisions: Sequence[int], zones: Sequence[str]) -> None:
     if not precisions or any(not 0 <= p <= 9 for p in precisions):
         raise ValueError(f"precisions must be fraction digit counts 0-9, got {precisions!r}")
-    bad = [z for z in zones if not _ZONE.match(z)]
+    bad = [z for z in zones if not is_offset(z)]
     if not zones or bad:
         raise ValueError(f"zones must be 'Z' or '±hh:mm' between -14:00 and +14:00, got {bad or zones!r}")
 

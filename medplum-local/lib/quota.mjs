@@ -1,7 +1,7 @@
 // Fixed-window point counters, the model of rate-limiter-flexible as Medplum uses it:
 // a window opens at the first consumption and lasts `windowSeconds`; consuming past the budget
 // is refused (429 "throttled") until the window ends. Medplum keeps two: "requests" (1 point per
-// HTTP request) and "fhirInteractions" (read 1, search 20, write 100 per interaction).
+// HTTP request) and "fhirInteractions" (the points of each interaction: COST in repository.mjs).
 import { OperationOutcomeError, deepClone, tooManyRequests } from '@medplum/core';
 
 export class PointWindow {
