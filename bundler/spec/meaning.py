@@ -97,79 +97,102 @@ def not_a_participant(alias: str, participants: Iterable[str], shared: Participa
 
 
 def thread_meaning(participants: Mapping[str, Participant | None] | None, messages: Sequence[Any], subject: str | None,
-             sender: str | None, defaults: frozenset[int], shared: ParticipantsFile | None = None
-             ) -> list[ErrorDetails]:
+                   sender: str | None, defaults: frozenset[int], shared: ParticipantsFile | None = None
+                   ) -> list[ErrorDetails]:
     """What the fields mean together: aliases known (to the thread, or to the participants file `shared` it takes
     participants from), reference types FHIR allows per role, message ids unique, replies to earlier messages.
     Parts that are None (invalid, reported already) are not judged.
 
     It runs for every thread migrate makes: the common case (every sender seen before, no recipients
     given, no reply) takes the fewest steps."""
-    errors: list[ErrorDetails] = []
-    may_send: set[str] = set()  # aliases of participants found fit to send
-
-    def unknown(alias: str) -> str:
-        return not_a_participant(alias, participants or (), shared)
-
-    def not_fit(loc: Path_, value: str, role: str) -> None:
-        p = participants.get(value) if participants is not None else None
-        kind = reference_type(p.reference if p is not None else value)
-        errors.append(error(f"{value!r} is a {kind}: " + not_allowed(kind, f"the {role}", role), loc, value))
-
-    def judge_sender(loc: Path_, alias: str) -> None:
-        assert participants is not None
-        if alias not in participants:
-            errors.append(error(unknown(alias), loc, alias))
-        elif (p := participants[alias]) is not None:
-            if p.reference.startswith(_NOT_SENDER_PREFIXES):
-                not_fit(loc, alias, "sender")
-            else:
-                may_send.add(alias)
-
+    judge = _ThreadJudge(participants, shared)
     if participants is not None:
         if sender is not None:
-            judge_sender(("sender",), sender)
+            judge.sender(("sender",), sender)
         if subject is not None:
-            if "/" in subject or "?" in subject:
-                if not subject.startswith(_SUBJECT_PREFIXES):
-                    not_fit(("subject",), subject, "subject")
-            elif subject not in participants:
-                errors.append(error(unknown(subject), ("subject",), subject))
-            elif (p := participants[subject]) is not None and not p.reference.startswith(_SUBJECT_PREFIXES):
-                not_fit(("subject",), subject, "subject")
+            judge.subject(subject)
     ids: dict[str, int] = {}  # message id → index of its first message
     for i, m in enumerate(messages):
         if m is None:
             continue
+        judge.content_and_id(i, m, ids, defaults)
+        if participants is not None:
+            judge.people(i, m)
+        if m.reply_to is not None and ids.get(m.reply_to, i) == i:
+            judge.reply_not_earlier(i, m.reply_to, ids, messages)
+    return judge.errors
+
+
+class _ThreadJudge:
+    """`thread_meaning`'s findings, one method a part of the thread; `may_send` remembers the aliases found fit to
+    send, so a sender is judged once."""
+
+    def __init__(self, participants: Mapping[str, Participant | None] | None, shared: ParticipantsFile | None) -> None:
+        self.participants = participants
+        self.shared = shared
+        self.errors: list[ErrorDetails] = []
+        self.may_send: set[str] = set()
+
+    def unknown(self, alias: str) -> str:
+        return not_a_participant(alias, self.participants or (), self.shared)
+
+    def not_fit(self, loc: Path_, value: str, role: str) -> None:
+        p = self.participants.get(value) if self.participants is not None else None
+        kind = reference_type(p.reference if p is not None else value)
+        self.errors.append(error(f"{value!r} is a {kind}: " + not_allowed(kind, f"the {role}", role), loc, value))
+
+    def sender(self, loc: Path_, alias: str) -> None:
+        assert self.participants is not None
+        if alias not in self.participants:
+            self.errors.append(error(self.unknown(alias), loc, alias))
+        elif (p := self.participants[alias]) is not None:
+            if p.reference.startswith(_NOT_SENDER_PREFIXES):
+                self.not_fit(loc, alias, "sender")
+            else:
+                self.may_send.add(alias)
+
+    def subject(self, subject: str) -> None:
+        assert self.participants is not None
+        if "/" in subject or "?" in subject:
+            if not subject.startswith(_SUBJECT_PREFIXES):
+                self.not_fit(("subject",), subject, "subject")
+        elif subject not in self.participants:
+            self.errors.append(error(self.unknown(subject), ("subject",), subject))
+        elif (p := self.participants[subject]) is not None and not p.reference.startswith(_SUBJECT_PREFIXES):
+            self.not_fit(("subject",), subject, "subject")
+
+    def content_and_id(self, i: int, m: Any, ids: dict[str, int], defaults: frozenset[int]) -> None:
         if type(m) is MessageView and m.empty:
-            errors.append(error(NO_CONTENT, ("messages", i), None))
+            self.errors.append(error(NO_CONTENT, ("messages", i), None))
         mid = m.id
         if mid is not None and ids.setdefault(mid, i) != i:
             how = " (its default id, from its position)" if i in defaults else ""
             loc: Path_ = ("messages", i) if i in defaults else ("messages", i, "id")
-            errors.append(error(f"duplicate message id {mid!r}{how}: messages[{ids[mid] + 1}] has it too", loc, mid))
-        if participants is not None:
-            s = m.sender
-            if s is not None and s not in may_send:
-                judge_sender(("messages", i, "sender"), s)
-            if m.recipient is not None:
-                seen: set[str] = set()
-                for j, r in enumerate(m.recipient):
-                    if r is None:  # (not an alias: reported already)
-                        continue
-                    if r not in participants:
-                        errors.append(error(unknown(r), ("messages", i, "recipient", j), r))
-                    if r in seen:
-                        errors.append(error(f"{r!r} is listed twice", ("messages", i, "recipient", j), r))
-                    seen.add(r)
-        target = m.reply_to
-        if target is not None and ids.get(target, i) == i:
-            later = any(o is not None and o.id == target for o in messages)
-            why = (f"replies to {target!r}, which is not an earlier message (a reply must follow what it answers)"
-                   if later else f"no message with id {target!r} in this thread"
-                   + (f" (ids: {', '.join(ids)})" if ids else ""))
-            errors.append(error(why, ("messages", i, "reply_to"), target))
-    return errors
+            self.errors.append(error(f"duplicate message id {mid!r}{how}: messages[{ids[mid] + 1}] has it too", loc,
+                                     mid))
+
+    def people(self, i: int, m: Any) -> None:
+        assert self.participants is not None
+        if (s := m.sender) is not None and s not in self.may_send:
+            self.sender(("messages", i, "sender"), s)
+        if m.recipient is None:
+            return
+        seen: set[str] = set()
+        for j, r in enumerate(m.recipient):
+            if r is None:  # (not an alias: reported already)
+                continue
+            if r not in self.participants:
+                self.errors.append(error(self.unknown(r), ("messages", i, "recipient", j), r))
+            if r in seen:
+                self.errors.append(error(f"{r!r} is listed twice", ("messages", i, "recipient", j), r))
+            seen.add(r)
+
+    def reply_not_earlier(self, i: int, target: str, ids: dict[str, int], messages: Sequence[Any]) -> None:
+        later = any(o is not None and o.id == target for o in messages)
+        why = (f"replies to {target!r}, which is not an earlier message (a reply must follow what it answers)"
+               if later else f"no message with id {target!r} in this thread"
+               + (f" (ids: {', '.join(ids)})" if ids else ""))
+        self.errors.append(error(why, ("messages", i, "reply_to"), target))
 
 
 def read_state_meaning(spec: ThreadSpec, shared: ParticipantsFile | None = None) -> list[ErrorDetails]:
