@@ -313,7 +313,7 @@ class ThreadLoad:
         self._dangling(answers, binaries)
         if (failed := _first_failed(self.part, answers)) is not None:
             return self._failing(self._entry_failure(*failed))
-        if (refused := _first_failed(list(range(len(binaries))), binaries)) is not None:
+        if (refused := _first_failed(list(range(len(binaries))), binaries, rolled_back=False)) is not None:
             return self._failing(f"{self.t.where(None)}: the Binary of a file attachment was refused: HTTP "
                                  f"{refused[1].code}")
         if any(e.throttled for e in self.answers):
