@@ -102,8 +102,8 @@ function applyConfig(patch) {
         next[key] = value;
         break;
       case 'tokenTtlSeconds':
-        if (!Number.isInteger(value) || value < 1) {
-          throw new Error('tokenTtlSeconds must be a positive integer');
+        if (!Number.isInteger(value) || value < 0) {
+          throw new Error('tokenTtlSeconds must be a whole number of seconds (0: tokens issued expired)');
         }
         next.tokenTtlSeconds = value;
         break;

@@ -10,6 +10,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +20,41 @@ from bundler import build_bundle, parse_spec
 from bundler.load import LoadReport
 from bundler.load import load as _load
 from bundler.medplum.client import ClientCredentials, FhirClient
+from bundler.medplum.clock import SystemClock
 from bundler.spec import ThreadSpec
 from bundler.testing.strategies import sample_specs
 
 POST = r"/fhir/R4/?$"  # where transactions go
+
+
+class LandedClock(SystemClock):
+    """The system's clock, except that a wait of the loader's (a quarantine) ends as soon as `landed()` holds (the
+    fault proxy delivered what it held back) and moves the clock on by as long as was asked: a quarantine test
+    waits on the late request's landing, not on its margin in real seconds. (Backoffs and pacing sleep as usual.)"""
+
+    def __init__(self, landed: Callable[[], bool], *, timeout: float = 60.0) -> None:
+        self._landed, self._timeout, self._offset = landed, timeout, 0.0
+
+    def time(self) -> float:
+        return time.time() + self._offset
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self._offset
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        deadline = time.monotonic() + self._timeout
+        while not self._landed() and not event.is_set() and time.monotonic() < deadline:
+            event.wait(0.02)
+        self._offset += seconds
+        return event.is_set()
+
+
+def landed(proxy: Any) -> Callable[[], bool]:
+    """Whether every request the proxy held back as late has been delivered."""
+    def delivered() -> bool:
+        late = [e for e in proxy.log if "late" in e.actions]
+        return all("delivered-late" in e.actions for e in late)
+    return delivered
 
 def load(*args: Any, **kw: Any) -> LoadReport:
     """`load`, keeping every thread's result in the report (tests look at them)."""

@@ -16,12 +16,14 @@ import pytest
 from faultproxy import Event, FaultProxy, Rule
 from loadkit import (
     POST,
+    LandedClock,
     assert_exactly_once,
     cli,
     client_for,
     copies,
     env,
     header_value,
+    landed,
     load,
     specs_for,
     transactions,
@@ -104,7 +106,7 @@ def test_a_request_landing_after_the_client_timed_out_is_found_not_resent(projec
     with FaultProxy(project.target.base_url) as proxy:
         # the client gives up (timeout), then the request reaches the server: a search right away finds nothing
         proxy.add(Rule("late", method="POST", path=POST, body_contains=header_value(key), times=1))
-        with client_for(project, proxy.url, timeout=1) as client:
+        with client_for(project, proxy.url, timeout=1, clock=LandedClock(landed(proxy))) as client:
             report = load(specs, client, journal=tmp_path / "j.sqlite", late_margin=3)
         assert report.ok, [(t.key, t.error) for t in report.threads]
         assert _delivered_before_search(proxy.log, key), "quarantined until the late request had landed"
@@ -118,7 +120,7 @@ def test_a_gateway_504_while_the_request_is_still_on_its_way(project: Any, tmp_p
     key = specs[0].key
     with FaultProxy(project.target.base_url) as proxy:
         proxy.add(Rule("late", status=504, method="POST", path=POST, body_contains=header_value(key), times=1))
-        with client_for(project, proxy.url) as client:
+        with client_for(project, proxy.url, clock=LandedClock(landed(proxy))) as client:
             report = load(specs, client, journal=tmp_path / "j.sqlite", late_margin=2)
         assert report.ok
         assert _delivered_before_search(proxy.log, key)
@@ -131,7 +133,7 @@ def test_two_late_requests_with_atomic_off_still_once(project: Any, tmp_path: Pa
     key = specs[0].key
     with FaultProxy(project.target.base_url) as proxy:
         late = proxy.add(Rule("late", method="POST", path=POST, body_contains=header_value(key), times=2))
-        with client_for(project, proxy.url, timeout=1) as client:
+        with client_for(project, proxy.url, timeout=1, clock=LandedClock(landed(proxy))) as client:
             report = load(specs, client, journal=tmp_path / "j.sqlite", atomic="off", late_margin=2,
                           max_entries=2)  # the thread in two parts: each part's request may be late
         assert report.ok
@@ -290,7 +292,7 @@ def test_a_quarantined_thread_holds_no_worker_and_no_window(project: Any, tmp_pa
     key = specs[0].key
     with FaultProxy(project.target.base_url) as proxy:
         proxy.add(Rule("late", method="POST", path=POST, body_contains=header_value(key), times=1))
-        with client_for(project, proxy.url, timeout=1) as client:
+        with client_for(project, proxy.url, timeout=1, clock=LandedClock(landed(proxy))) as client:
             report = load(specs, client, journal=tmp_path / "j.sqlite", late_margin=3, window=2, concurrency=1)
         assert report.ok
         search = next(e for e in proxy.log if e.method == "GET" and "identifier=" in e.path and key in e.path

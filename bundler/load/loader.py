@@ -40,7 +40,7 @@ is not sent, and says why at its spec line. Where the server holds each file att
 for the run (`uploads.Binaries`, journaled by hash): a thread's request carries the Binary of a file the server
 does not hold yet, or a file too large for that is uploaded first, when a request needs it.
 
-Each thread is a `thread.ThreadLoad`, a state machine; this module feeds them in windows of `window`
+Each thread is a `machine.ThreadLoad`, a state machine; this module feeds them in windows of `window`
 threads (a stream is never read whole), runs them on `concurrency` workers, and tells each result to the
 journal and the watcher as it comes (`report.LoadReport` keeps counts only).
 """
@@ -52,7 +52,6 @@ import heapq
 import itertools
 import queue
 import threading
-import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -68,10 +67,12 @@ from ..vocabulary import SEARCH_POINTS, identifier_system_problem
 from .duplicates import CHECK_AFTER, CHECK_BATCH, NOTE, Waiting, checked, find_copies
 from .inputs import Threads, journal_for, read_threads
 from .journal import Entry, Journal, State
+from .machine import Deferred, Settings, ThreadLoad
 from .participants import Ensurer
 from .plan import SAFE_MAX_BYTES, RequestLimits
+from .planbook import PlanBook
 from .report import LoadReport, LoadWatcher, Outcome, Plan, ReportWriter, ThreadResult
-from .thread import Deferred, PlanBook, Settings, Thread, ThreadLoad
+from .thread import Thread
 from .uploads import Binaries
 from .verify import Resolver
 
@@ -168,7 +169,7 @@ def _load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: Path, i
           is_atomic: bool | None, window: int, wait: bool, keep_results: bool) -> LoadReport:
     _check_options(identifier_system, exactly_once, late_margin)
     report = _started(threads, watcher, dry_run)
-    started, requests_before, waited_before = time.monotonic(), client.requests, client.pacer.waited
+    started, requests_before, waited_before = client.clock.monotonic(), client.requests, client.pacer.waited
     target = f"{client.root}|{identifier_system}"
     with Journal(journal, target, read_only=dry_run, wait=wait, on_wait=watcher.on_wait if watcher else None) as jr, \
             ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="load") as pool:
@@ -214,7 +215,7 @@ def _close(report: LoadReport, run: _Run, client: FhirClient, started: float, re
            waited_before: float) -> LoadReport:
     report.atomic = run.is_atomic
     report.requests = client.requests - requests_before
-    report.seconds = time.monotonic() - started
+    report.seconds = client.clock.monotonic() - started
     report.waited = client.pacer.waited - waited_before
     report.in_input_order()
     report.participants = run.ensurer.counts
@@ -255,7 +256,8 @@ class _Run:
         self.probe: Atomicity | None = None
         self.probed_at = 0.0
         self.stopping = threading.Event()
-        self.started = time.time()
+        self.clock = client.clock  # (the loader waits on the client's clock)
+        self.started = self.clock.time()
         self.ahead = 4 * concurrency  # machines handed to the pool at a time
         self.futures: dict[Future[Any], ThreadLoad] = {}  # submitted, not yet settled
         self.waiting: list[Waiting] = []  # settled threads whose results wait for their check for copies
@@ -293,7 +295,7 @@ class _Run:
 
     def _probe(self) -> None:
         self.probe = probe_atomicity(self.client)
-        self.probed_at = time.time()
+        self.probed_at = self.clock.time()
         self.is_atomic = self.probe.atomic
         self.journal.set_meta("atomic", "yes" if self.is_atomic else "no")
         if self.atomic == "require" and not self.is_atomic:
@@ -398,7 +400,7 @@ class _Run:
         while backlog or pending or self.waiting or (drain and self.deferred):
             if len(pending) <= self.ahead // 2:
                 self._feed(backlog, pending)
-            while self.deferred and self.deferred[0][0] <= time.time():
+            while self.deferred and self.deferred[0][0] <= self.clock.time():
                 pending.add(self._submit(heapq.heappop(self.deferred)[2]))
             if self._check_due(backlog, pending):
                 pending.add(self._submit_check())
@@ -409,9 +411,9 @@ class _Run:
     def _next_done(self, pending: set[Future[Any]]) -> Future[Any] | None:
         """The next finished run, or None when the soonest waiting machine is due first (or after a second,
         so that a Ctrl-C is never kept waiting)."""
-        soonest = max(0.0, self.deferred[0][0] - time.time()) if self.deferred else 1.0
+        soonest = max(0.0, self.deferred[0][0] - self.clock.time()) if self.deferred else 1.0
         if not pending:
-            self.stopping.wait(soonest)
+            self.clock.wait(self.stopping, soonest)
             return None
         try:
             return self._done.get(timeout=soonest)
@@ -444,7 +446,7 @@ class _Run:
 
     def _wait(self, waiting: Waiting) -> None:
         if not self.waiting:
-            self.waiting_since = time.monotonic()
+            self.waiting_since = self.clock.monotonic()
         self.waiting.append(waiting)
 
     def _check_due(self, backlog: collections.deque[ThreadLoad], pending: set[Future[Any]]) -> bool:
@@ -454,7 +456,7 @@ class _Run:
         if not self.waiting:
             return False
         idle = not backlog and not any(f in self.futures for f in pending)
-        return idle or time.monotonic() - self.waiting_since >= CHECK_AFTER or \
+        return idle or self.clock.monotonic() - self.waiting_since >= CHECK_AFTER or \
             sum(len(w.entries) for w in self.waiting) >= CHECK_BATCH
 
     def _submit_check(self) -> Future[Any]:
@@ -464,7 +466,7 @@ class _Run:
         while self.waiting and (not batch or size + len(self.waiting[0].entries) <= CHECK_BATCH):
             batch.append(w := self.waiting.pop(0))
             size += len(w.entries)
-        self.waiting_since = time.monotonic()  # (the rest: as if they began to wait now)
+        self.waiting_since = self.clock.monotonic()  # (the rest: as if they began to wait now)
         future = self.pool.submit(self._check, batch)
         self.checks[future] = batch
         future.add_done_callback(self._done.put)
@@ -538,8 +540,8 @@ class _Run:
         if self.probe is None or self.probe.atomic or not self.probe.lost:
             return
         settles = self.probed_at + self.margin  # the probe gave up on them before it answered
-        if (left := settles - time.time()) > 0:
-            time.sleep(left)
+        if (left := settles - self.clock.time()) > 0:
+            self.clock.sleep(left)
         remove_probes(self.client, *self.probe.lost)
 
     def stop(self) -> None:

@@ -12,15 +12,15 @@ participant that could not be ensured are not sent, and say why at the participa
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
 from ..build import participant_bundles
 from ..errors import AuthError, ServerError, UnknownOutcome
-from ..medplum.client import FhirClient, outcome_text
+from ..medplum.answer import EntryAnswer
+from ..medplum.client import FhirClient
 from ..spec.model import Participant, ThreadSpec
 from ..vocabulary import MAX_CONDITIONAL_ENTRIES, SEARCH_POINTS, WRITE_POINTS
 from .journal import Journal
@@ -90,33 +90,28 @@ class Ensurer:
                     self._refused(group[0], str(exc))
                 return
             self.requests += 1
-            group = self._apply(group, answer.get("entry") or [])
+            group = self._apply(group, answer.entries)
             if not group:
                 return
         for p in group:
             self._refused(p, f"no answer after {MAX_TRIES} tries (lost, or throttled)")
 
-    def _apply(self, group: list[Participant], entries: list[Any]) -> list[Participant]:
+    def _apply(self, group: list[Participant], entries: Sequence[EntryAnswer]) -> list[Participant]:
         """Record each entry's outcome; the participants left to send again (answers throttled or missing)."""
         again: list[Participant] = []
         found: dict[str, str] = {}
         for n, p in enumerate(group):
-            entry: dict[str, Any] = entries[n] if n < len(entries) and isinstance(entries[n], dict) else {}
-            answered = entry.get("response")
-            response: dict[str, Any] = answered if isinstance(answered, dict) else {}
-            status = str(response.get("status", ""))
-            location = str(response.get("location") or "")
-            if status[:1] == "2" and (ref := _reference(entry.get("resource"), location)):
+            entry = entries[n] if n < len(entries) else None
+            if entry is not None and entry.ok and (ref := entry.reference):
                 found[p.reference] = ref
-                if status.startswith("201"):
+                if entry.status == 201:
                     self.counts.created += 1
                 else:
                     self.counts.existing += 1
-            elif status.startswith("429") or not status:
+            elif entry is None or entry.throttled or not entry.status_line:
                 again.append(p)
             else:
-                why = outcome_text(response.get("outcome"))
-                self._refused(p, f"HTTP {status.split()[0]}: {why or 'refused'}")
+                self._refused(p, f"HTTP {entry.code}: {entry.outcome_text or 'refused'}")
         self.ensured |= found
         self.journal.put_resources(found)
         return again
@@ -149,10 +144,3 @@ def _rounds(participants: list[Participant]) -> list[list[Participant]]:
         left = [p for p in left if p not in ready]
     return rounds
 
-
-def _reference(resource: object, location: str) -> str | None:
-    """`Type/<id>` of a created (or found) resource, from the answer's resource or its location."""
-    if isinstance(resource, dict) and resource.get("id") and resource.get("resourceType"):
-        return f"{resource['resourceType']}/{resource['id']}"
-    parts = location.split("/_history")[0].rstrip("/").split("/")
-    return f"{parts[-2]}/{parts[-1]}" if len(parts) >= 2 else None

@@ -28,7 +28,6 @@ import ipaddress
 import itertools
 import random
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import SplitResult, urljoin, urlsplit
@@ -41,18 +40,20 @@ from ..vocabulary import (
     FHIR_PATH,
     READ_POINTS,
     SEARCH_POINTS,
-    SERIALIZATION_FAILURE,
     WRITE_POINTS,
     fhir_base,
     identifier_token,
     search_query,
     server_root,
 )
+from .answer import TransactionAnswer, outcome_text, resource_version, serialization_failure
 from .auth import BearerToken, ClientCredentials, MedplumAuth, Secrets, transport_problem
+from .clock import SYSTEM_CLOCK, Clock
 from .ratelimit import Gate, Pacer, parse_ratelimit
 
-__all__ = ["BearerToken", "ClientCredentials", "FhirClient", "MedplumAuth", "Secrets", "Throttled", "Unreachable",
-           "is_loopback", "outcome_text", "resource_version", "serialization_failure"]
+__all__ = ["BearerToken", "ClientCredentials", "FhirClient", "MedplumAuth", "Secrets", "Throttled",
+           "TransactionAnswer", "Unreachable", "is_loopback", "outcome_text", "resource_version",
+           "serialization_failure"]
 
 USER_AGENT = "thread-bundler/0.1"
 FHIR_JSON = "application/fhir+json"
@@ -70,53 +71,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def outcome_text(outcome: Any) -> str:
-    """The human text of an OperationOutcome (every issue's details/diagnostics, with its expression)."""
-    if not isinstance(outcome, dict) or outcome.get("resourceType") != "OperationOutcome":
-        return ""
-    issues = outcome.get("issue")
-    return "; ".join(_issue_text(issue) for issue in issues if isinstance(issue, dict)) \
-        if isinstance(issues, list) else ""
-
-
-def serialization_failure(outcome: Any) -> bool:
-    """Whether an OperationOutcome (of a 409) says the database could not serialize the transaction with others,
-    so it was rolled back and may be sent again: one issue, code `conflict`, with SERIALIZATION_FAILURE among its
-    details' codes, as Medplum tests it (repo.ts `isRetryableTransactionError`). A conflict of another kind (a
-    unique key, another server's version conflict) is not."""
-    if not isinstance(outcome, dict) or outcome.get("resourceType") != "OperationOutcome":
-        return False
-    issues = outcome.get("issue")
-    if not isinstance(issues, list) or len(issues) != 1 or not isinstance(issues[0], dict):
-        return False
-    details = issues[0].get("details")
-    codings = details.get("coding") if isinstance(details, dict) else None
-    return issues[0].get("code") == "conflict" and isinstance(codings, list) and any(
-        isinstance(c, dict) and c.get("code") == SERIALIZATION_FAILURE for c in codings)
-
-
-def _issue_text(issue: dict[str, Any]) -> str:
-    details = issue.get("details")
-    text = (details.get("text") if isinstance(details, dict) else None) or issue.get("diagnostics") \
-        or issue.get("code") or "error"
-    where = [str(w) for w in (issue.get("expression") or issue.get("location") or ()) if isinstance(w, str)]
-    return f"{text} ({', '.join(where)})" if where else str(text)
-
-
-def resource_version(entry: dict[str, Any]) -> str | None:
-    """The versionId a transaction-response entry (or a resource) carries: `resource.meta.versionId`, else
-    the entry's `response.etag` (`W/"<versionId>"`)."""
-    resource = entry.get("resource") if "resource" in entry else entry
-    meta = resource.get("meta") if isinstance(resource, dict) else None
-    if isinstance(meta, dict) and isinstance(meta.get("versionId"), str):
-        return str(meta["versionId"])
-    response = entry.get("response")
-    etag = response.get("etag") if isinstance(response, dict) else None
-    if isinstance(etag, str) and etag:
-        return etag.removeprefix("W/").strip('"') or None
-    return None
 
 
 def _kind(value: Any) -> str:
@@ -188,22 +142,24 @@ class FhirClient:
     """A FHIR R4 client for one Medplum (or any FHIR) server.
 
         client = FhirClient("https://api.medplum.com/", ClientCredentials(id, secret))
-        response = client.transaction(bundle_bytes)     # the response Bundle, as a dict
+        answer = client.transaction(bundle_bytes)       # a TransactionAnswer: answer.entries[0].status, ...
         resources = client.search("Communication", {"identifier": "urn:x|t1"})
 
     `auth` is bound to this client (`client.auth` is that copy; the caller's object is not changed) and is
     also `http`'s default auth, so a request made with `client.http` directly is authenticated too.
-    `requests` counts the FHIR requests sent (every attempt, logins not included).
+    `requests` counts the FHIR requests sent (every attempt, logins not included). `transport` replaces httpx's
+    (an `httpx.MockTransport` answers in memory); every wait (backoff, pacing) is on `clock`, as is a load's.
     """
 
     def __init__(self, base_url: str, auth: MedplumAuth, *, timeout: float = 60.0,
                  allow_insecure: bool = False, verify: bool = True, transport: httpx.BaseTransport | None = None,
                  pacer: Pacer | None = None, max_attempts: int = 8, concurrency: int = 8,
-                 secrets: Secrets | None = None) -> None:
+                 secrets: Secrets | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         self.root = _checked_root(base_url, allow_insecure=allow_insecure)
         self.fhir_base = fhir_base(self.root)
         self.timeout = timeout
-        self.pacer = pacer or Pacer()
+        self.clock = clock  # every wait of the client (backoffs, pacing) and of a load through it is on it
+        self.pacer = pacer or Pacer(clock=clock.monotonic, sleep=clock.sleep)
         self.gate = Gate(concurrency)  # transactions at the server at once, fewer while they fail to serialize
         self.max_attempts = max_attempts
         self.secrets = secrets if secrets is not None else Secrets(set())
@@ -273,7 +229,7 @@ class FhirClient:
                 raise self._error(Unreachable, f"cannot reach {self.root}: {problem} (after {attempt} attempts)")
         elif not idempotent or attempt >= self.max_attempts:
             raise self._error(UnknownOutcome, f"{what}: {problem}, after the request was sent")
-        time.sleep(backoff(attempt))
+        self.clock.sleep(backoff(attempt))
 
     def _error(self, cls: type[E], message: str, **kw: Any) -> E:
         """An error of ours about a request, its text scrubbed of every secret: every error the client
@@ -308,7 +264,7 @@ class FhirClient:
         if not idempotent:
             raise self._error(UnknownOutcome, f"{what}: HTTP {resp.status_code} from the server or a gateway")
         if attempt < self.max_attempts:
-            time.sleep(backoff(attempt))
+            self.clock.sleep(backoff(attempt))
             return True
         return False
 
@@ -322,7 +278,7 @@ class FhirClient:
         if attempt < self.max_attempts * 2:
             with self._count_lock:
                 self.serialization_retries += 1
-            time.sleep(backoff(attempt, base=0.1, cap=5.0))
+            self.clock.sleep(backoff(attempt, base=0.1, cap=5.0))
             return True
         raise self._error(ServerError, f"{what}: HTTP 409: {outcome_text(body)} (the server could not run it alongside "
                                        f"other writes {attempt} times; nothing of it was stored: run again)",
@@ -343,9 +299,9 @@ class FhirClient:
         raise self._error(ServerError, f"{what}: HTTP {resp.status_code}: {text}", status=resp.status_code,
                           outcome=outcome)
 
-    def transaction(self, body: bytes, *, entries: int, cost: float | None = None) -> dict[str, Any]:
+    def transaction(self, body: bytes, *, entries: int, cost: float | None = None) -> TransactionAnswer:
         """POST a transaction/batch Bundle (`entries` of them; `cost` in quota points, by default a write
-        each, for pacing); the response Bundle, each entry with its `response.status`.
+        each, for pacing); the answer, each entry's status, location and outcome parsed (`answer.entries`).
 
         Raises ServerError for a refusal (an atomic transaction answers an OperationOutcome), and
         UnknownOutcome when the request may or may not have been applied (its answer lost, or a success
@@ -354,7 +310,7 @@ class FhirClient:
                           idempotent=False, gated=True)
         answer = self._check(resp, "transaction")
         try:
-            return _transaction_response(answer, "transaction")
+            return TransactionAnswer(_transaction_response(answer, "transaction"))
         except ServerError as exc:  # processed, but how is unreadable: as good as a lost answer
             raise self._error(UnknownOutcome, str(exc)) from None
 
@@ -442,18 +398,15 @@ class FhirClient:
         body = orjson.dumps({"resourceType": "Bundle", "type": "transaction",
                              "entry": [{"request": {"method": "GET", "url": url}} for url in urls]})
         resp = self._send("POST", self.fhir_base, content=body, cost=SEARCH_POINTS * len(urls), idempotent=True)
-        entries = _transaction_response(self._check(resp, what), what).get("entry") or []
-        if len(entries) != len(urls):
-            raise _malformed(what, f"{len(entries)} answers to {len(urls)} searches")
+        answer = TransactionAnswer(_transaction_response(self._check(resp, what), what))
+        if len(answer.entries) != len(urls):
+            raise _malformed(what, f"{len(answer.entries)} answers to {len(urls)} searches")
         out = []
-        for url, entry in zip(urls, entries, strict=True):
-            status, outcome = entry["response"]["status"], entry["response"].get("outcome")
-            if status[:1] != "2":
-                text = outcome_text(outcome) or "refused"
-                raise self._error(ServerError, f"{what}: HTTP {status.split()[0]}: {text}",
-                                  status=int(status[:3]) if status[:3].isdigit() else None,
-                                  outcome=outcome if isinstance(outcome, dict) else None)
-            out.append((_bundle(entry.get("resource"), what), urljoin(self.fhir_base, url)))
+        for url, entry in zip(urls, answer.entries, strict=True):
+            if not entry.ok:
+                raise self._error(ServerError, f"{what}: HTTP {entry.code}: {entry.outcome_text or 'refused'}",
+                                  status=entry.status, outcome=entry.outcome)
+            out.append((_bundle(entry.resource, what), urljoin(self.fhir_base, url)))
         return out
 
     def _next(self, page: dict[str, Any], what: str, current: str) -> str | None:

@@ -17,8 +17,9 @@ from typing import Any, Literal
 
 from ..errors import BundlerError, ServerError
 from ..vocabulary import QUOTA_POLICY, WRITE_POINTS
+from .answer import EntryAnswer, outcome_text
 from .auth import ClientCredentials
-from .client import FhirClient, outcome_text
+from .client import FhirClient
 from .probe import probe_atomicity, probe_resource, probe_transaction, remove_probes
 from .ratelimit import parse_ratelimit
 
@@ -110,13 +111,11 @@ def _refusal(client: FhirClient, resource: dict[str, Any]) -> ServerError | None
         answer = client.transaction(probe_transaction(resource), entries=1)
     except ServerError as exc:
         return exc
-    response = (answer.get("entry") or [{}])[0].get("response") or {}
-    status = str(response.get("status", ""))
-    if status.startswith("2"):
+    entry = answer.entries[0] if answer.entries else EntryAnswer.parse({})
+    if entry.ok:
         return None
-    code = int(status.split()[0]) if status[:3].isdigit() else None
-    text = outcome_text(response.get("outcome")) or f"entry refused (HTTP {status})"
-    return ServerError(text, status=code, outcome=response.get("outcome"))
+    return ServerError(entry.outcome_text or f"entry refused (HTTP {entry.status_line})", status=entry.status,
+                       outcome=entry.outcome)
 
 
 def _create(client: FhirClient, report: DoctorReport) -> Check:
