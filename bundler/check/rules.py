@@ -300,37 +300,39 @@ def _references_fine(ctx: RuleContext) -> bool:
 def _references(ctx: RuleContext) -> None:
     if _references_fine(ctx):
         return
-    known = RESOURCE_TYPES
     canonical = {u for u in ctx.by_url if is_urn(u)}
     for i, resource in ctx.resources.items():
         refs: list[tuple[tuple[str | int, ...], str]] = []
         texts: list[tuple[tuple[str | int, ...], str, str]] = []
         _walk(resource, ("resource",), refs, texts)
         for loc, ref in refs:
-            t = ctx.target(ref)
-            if t.kind == "entry":
-                continue
-            if ref[:9].lower() == "urn:uuid:":
-                ctx.add("ref.unresolved", i, loc, f"{ref} is the fullUrl of no entry in this bundle: Medplum "
-                                                  f"would store it as written, pointing nowhere")
-            elif t.kind == "conditional":
-                if t.type not in known:
-                    ctx.add("ref.type-unknown", i, loc, f"{t.type!r} is not a FHIR R4 resource type")
-                elif problem := query_problem(t.rest):
-                    ctx.add("ref.conditional", i, loc, f"conditional reference {ref!r} {problem}")
-                elif problem := query_encoding_problem(t.rest):
-                    ctx.add("ref.query-encoding", i, loc, f"conditional reference {ref!r} {problem}")
-            elif t.kind in ("literal", "absolute"):
-                if t.type not in known:
-                    ctx.add("ref.type-unknown", i, loc, f"{t.type!r} is not a FHIR R4 resource type")
-            elif t.kind == "bad":
-                ctx.add("ref.format", i, loc, f"{ref!r} is not a reference: expected Type/id, "
-                                              f"Type?param=value or urn:uuid:<uuid>")
+            _reference(ctx, i, loc, ref)
         for loc, key, text in texts:
             found = [u for u in _URN_IN_TEXT.findall(text) if u in canonical]
             if found and not (key == "url" and text in canonical):
                 ctx.add("ref.in-text", i, loc, f"contains {found[0]}, the fullUrl of entry {ctx.by_url[found[0]]}: "
                                                f"the server will replace it with that resource's id")
+
+
+def _reference(ctx: RuleContext, i: int, loc: tuple[str | int, ...], ref: str) -> None:
+    """The problem of one reference of entry `i`, if any: a urn of no entry, an unknown type, a conditional
+    reference's query, or no reference grammar at all."""
+    t = ctx.target(ref)
+    if t.kind == "entry":
+        return
+    if ref[:9].lower() == "urn:uuid:":
+        ctx.add("ref.unresolved", i, loc, f"{ref} is the fullUrl of no entry in this bundle: Medplum "
+                                          f"would store it as written, pointing nowhere")
+    elif t.kind == "bad":
+        ctx.add("ref.format", i, loc, f"{ref!r} is not a reference: expected Type/id, "
+                                      f"Type?param=value or urn:uuid:<uuid>")
+    elif t.kind in ("literal", "absolute", "conditional") and t.type not in RESOURCE_TYPES:
+        ctx.add("ref.type-unknown", i, loc, f"{t.type!r} is not a FHIR R4 resource type")
+    elif t.kind == "conditional":
+        if problem := query_problem(t.rest):
+            ctx.add("ref.conditional", i, loc, f"conditional reference {ref!r} {problem}")
+        elif problem := query_encoding_problem(t.rest):
+            ctx.add("ref.query-encoding", i, loc, f"conditional reference {ref!r} {problem}")
 
 
 # --- threads ---------------------------------------------------------------------------------------
