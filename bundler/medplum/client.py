@@ -46,14 +46,13 @@ from ..vocabulary import (
     search_query,
     server_root,
 )
-from .answer import TransactionAnswer, outcome_text, resource_version, serialization_failure
+from .answer import TransactionAnswer, outcome_text, serialization_failure
 from .auth import BearerToken, ClientCredentials, MedplumAuth, Secrets, transport_problem
 from .clock import SYSTEM_CLOCK, Clock
 from .ratelimit import Gate, Pacer, parse_ratelimit
 
 __all__ = ["BearerToken", "ClientCredentials", "FhirClient", "MedplumAuth", "Secrets", "Throttled",
-           "TransactionAnswer", "Unreachable", "is_loopback", "outcome_text", "resource_version",
-           "serialization_failure"]
+           "TransactionAnswer", "Unreachable", "is_loopback"]
 
 USER_AGENT = "thread-bundler/0.1"
 FHIR_JSON = "application/fhir+json"
@@ -134,8 +133,6 @@ def _transaction_response(body: Any, what: str) -> dict[str, Any]:
 def backoff(attempt: int, *, base: float = 0.25, cap: float = 20.0) -> float:
     """Full-jitter exponential backoff."""
     return random.uniform(0, min(cap, base * 2**attempt))
-
-
 
 
 class FhirClient:
