@@ -13,6 +13,8 @@ import contextlib
 import ipaddress
 import os
 import resource
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -30,8 +32,8 @@ from bundler.medplum.localserver import LocalServer
 from bundler.testing.server import REMOTE_ENV, remote_from_env
 from bundler.testing.strategies import sample_specs
 
-__all__ = ["REMOTE_ENV", "Call", "CountingTransport", "LatencyTransport", "Target", "best_of", "markdown_table",
-           "open_target", "synthetic_specs"]
+__all__ = ["REMOTE_ENV", "Call", "CommandRun", "CountingTransport", "LatencyTransport", "Target", "best_of",
+           "markdown_table", "open_target", "run_command", "synthetic_specs"]
 
 
 def synthetic_specs(threads: int, messages_per_thread: int, *, seed: int = 1) -> list[dict[str, Any]]:
@@ -53,6 +55,92 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the command, as a user runs it
+
+
+@dataclass
+class CommandRun:
+    """One `thread-bundler ...` run in its own process: wall time, exit code, output, and peak resident memory:
+    `peak_mb` of the largest process (the kernel's own figure, from wait4), `tree_peak_mb` of all its processes
+    together (sampled every 20 ms, so a short spike can be missed; 0 when the run was too short to sample)."""
+
+    args: list[str]
+    seconds: float
+    returncode: int
+    stdout: str
+    stderr: str
+    peak_mb: float
+    tree_peak_mb: float
+
+
+def command_line() -> list[str]:
+    """How to run the command installed beside this Python: `python -m bundler` (the console script's own code)."""
+    return [sys.executable, "-m", "bundler"]
+
+
+def run_command(args: list[str], *, env: dict[str, str] | None = None, cwd: str | Path | None = None,
+                check: bool = True) -> CommandRun:
+    """Run `thread-bundler ARGS` as a user does (a fresh process; `env` added to this one's environment) and
+    measure it. `check`: a non-zero exit raises, with the command's stderr."""
+    full = {**os.environ, **(env or {})}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(command_line() + args, env=full, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    tree_peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            tree_peak[0] = max(tree_peak[0], _tree_rss([proc.pid]))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = _communicate(proc)
+    seconds = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    peak = _waited_maxrss(proc)
+    run = CommandRun(args, seconds, proc.returncode, out, err, peak / 1024, tree_peak[0] / 2**20)
+    if check and run.returncode != 0:
+        raise RuntimeError(f"thread-bundler {' '.join(args)} exited {run.returncode}:\n{err[-4000:]}")
+    return run
+
+
+def _communicate(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """Output read while the process runs, without reaping it (wait4 below must be the one that does)."""
+    out: list[str] = []
+    err: list[str] = []
+    readers = [threading.Thread(target=lambda s=s, b=b: b.append(s.read()), daemon=True)
+               for s, b in ((proc.stdout, out), (proc.stderr, err))]
+    for r in readers:
+        r.start()
+    for r in readers:
+        r.join()
+    return "".join(out), "".join(err)
+
+
+def _waited_maxrss(proc: subprocess.Popen[str]) -> int:
+    """Reap `proc` with wait4: its peak RSS in KiB (the largest of it and the children it reaped)."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return int(usage.ru_maxrss)
+
+
+def _tree_rss(roots: list[int]) -> int:
+    """Resident bytes of `roots` and all their descendants now (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (st := _stat(entry.name)) is not None:
+            children.setdefault(int(st[1]), []).append(int(entry.name))
+    total, todo = 0, list(roots)
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        with contextlib.suppress(OSError, ValueError):
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * resource.getpagesize()
+    return total
 
 
 # --------------------------------------------------------------------------- requests, counted and delayed
