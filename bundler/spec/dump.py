@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from .fastyaml import fast_yaml
+
 try:
     from yaml import CSafeDumper as _Base
 except ImportError:  # pragma: no cover - PyYAML built without libyaml
@@ -31,5 +33,7 @@ _Dumper.add_representer(str, _str)
 
 def dump_yaml(data: Any) -> bytes:
     """`data` (dicts, lists, strings, numbers, booleans, None) as UTF-8 YAML, keys in their given order."""
-    text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
+    text = fast_yaml(data)  # the common case, the same bytes written directly
+    if text is None:
+        text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
     return text.encode("utf-8")
