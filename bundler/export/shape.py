@@ -500,6 +500,8 @@ class _Reads:
         at = self.position.get(server_id, -1)
         found = dict(self.by_id.get(mid, {}))
         found |= {alias: when for alias, (last, when) in self.marks.items() if 0 <= at <= last}
+        if not found:
+            return {}
         moment = parse_instant(sent)
         return {a: found[a] for a in readers if a in found and parse_instant(found[a]) >= moment}
 
@@ -530,6 +532,9 @@ def _unsigned(message: Mapping[str, Any]) -> Mapping[str, Any]:
 def _in_order(messages: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """By sent instant (the moment, whatever its zone), ties in the server's order (which FHIR leaves undefined);
     messages without a readable instant last."""
+    if _sorted_as_written(messages):  # as the server sorts them (`_sort=sent`): nothing to parse
+        return list(messages)
+
     def moment(m: Mapping[str, Any]) -> tuple[int, float]:
         sent = m.get("sent")
         if isinstance(sent, str) and is_instant(sent):
@@ -537,6 +542,19 @@ def _in_order(messages: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         return (1, 0.0)
 
     return sorted(messages, key=moment)
+
+
+def _sorted_as_written(messages: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether every message's `sent` is a real instant in UTC (`Z`) with as many digits as the others, and they
+    come in order: then their text's order is their moments' order, and `_in_order` keeps them as they are."""
+    previous = None
+    for m in messages:
+        sent = m.get("sent")
+        if not isinstance(sent, str) or sent[-1:] != "Z" or not is_instant(sent) or \
+                (previous is not None and (len(sent) != len(previous) or sent < previous)):
+            return False
+        previous = sent
+    return True
 
 
 def _short(value: Any, limit: int = 120) -> str:

@@ -8,6 +8,7 @@ under its server id instead, and that is one of its problems.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,11 +67,12 @@ class Writer:
         result = ThreadExport(spec.key if spec else None, shaped.header_id, messages=shaped.messages,
                               problems=list(shaped.problems), dropped=shaped.dropped, orphans=orphans)
         if spec is not None:
-            spec = self._placed(spec, result)
-            result.key, result.exported = spec.key, len(spec.messages)
-            for name in (a.file for m in spec.messages for a in m.attachments if a.file is not None and a.size == 0):
-                (self.staging / name).write_bytes(b"")
-            (self.staging / str(result.file)).write_bytes(dump_yaml(spec.to_data()))
+            spec, fd = self._placed(spec, result)
+            with open(fd, "wb") as file:
+                result.key, result.exported = spec.key, len(spec.messages)
+                for name in (a.file for m in spec.messages for a in m.attachments if a.file is not None and a.size == 0):
+                    (self.staging / name).write_bytes(b"")
+                file.write(dump_yaml(spec.to_data()))
         self.line(result)
         return result
 
@@ -83,20 +85,25 @@ class Writer:
         with self._lock:
             self._report.write(orjson.dumps({"participant": reference, "problem": why}) + b"\n")
 
-    def _placed(self, spec: ThreadSpec, result: ThreadExport) -> ThreadSpec:
-        """`spec`, under a key no other thread of this export has (its file created empty, to hold the name)."""
-        with self._lock:
-            name = f"{spec.key}.yaml"
-            if (self.staging / name).exists():
-                base = str(result.header_id or spec.key)
-                key, n = base, 1
-                while (self.staging / f"{key}.yaml").exists():
-                    n += 1
-                    key = f"{base}-{n}"
-                result.problems.append(f"thread key {spec.key!r} is another thread's too (two headers with one "
-                                       f"identifier): exported as {key!r}")
-                spec = spec.model_copy(update={"key": key})
-                name = f"{key}.yaml"
-            (self.staging / name).touch()
-            result.file = name
-        return spec
+    def _placed(self, spec: ThreadSpec, result: ThreadExport) -> tuple[ThreadSpec, int]:
+        """`spec`, under a key no other thread of this export has, and its file, created (open for writing): the
+        name is taken by creating the file (O_EXCL), so two threads never take one name."""
+        fd = self._claim(f"{spec.key}.yaml")
+        if fd is None:
+            base = str(result.header_id or spec.key)
+            key, n = base, 1
+            while (fd := self._claim(f"{key}.yaml")) is None:
+                n += 1
+                key = f"{base}-{n}"
+            result.problems.append(f"thread key {spec.key!r} is another thread's too (two headers with one "
+                                   f"identifier): exported as {key!r}")
+            spec = spec.model_copy(update={"key": key})
+        result.file = f"{spec.key}.yaml"
+        return spec, fd
+
+    def _claim(self, name: str) -> int | None:
+        """The file `name`, created for writing; None when it exists already."""
+        try:
+            return os.open(self.staging / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            return None

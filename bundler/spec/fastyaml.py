@@ -65,27 +65,27 @@ def _folded(text: str, column: int, indent: int) -> str:
         quote, body = "'", text.replace("'", "''")
     if column + len(body) + len(quote) <= WIDTH or " " not in body:  # the common case: no fold
         return quote + body + quote
-    out = [quote]
-    col = column + len(quote)
+    words = body.split(" ")
+    out = [quote, words[0]]
+    col = column + len(quote) + len(words[0])
     spaces = False
     last = len(body) - 1  # (the body's first and last characters are the text's: no escape holds a space)
-    for i, ch in enumerate(body):
-        if ch == " ":
-            after = body[i + 1] if i < last else ""
-            if not spaces and col > WIDTH and (not quote or 0 < i < last) and (quote == '"' or after != " "):
-                out.append("\n" + " " * indent)
-                col = indent
-                if after == " ":  # (double quotes only) a space that begins a line is escaped
-                    out.append("\\")
-                    col += 1
-            else:
-                out.append(" ")
+    i = len(words[0])  # where in the body the space before each next word is
+    for word in words[1:]:
+        after = body[i + 1] if i < last else ""
+        if not spaces and col > WIDTH and (not quote or 0 < i < last) and (quote == '"' or after != " "):
+            out.append("\n" + " " * indent)
+            col = indent
+            if after == " ":  # (double quotes only) a space that begins a line is escaped
+                out.append("\\")
                 col += 1
-            spaces = True
         else:
-            out.append(ch)
+            out.append(" ")
             col += 1
-            spaces = False
+        spaces = not word
+        out.append(word)
+        col += len(word)
+        i += 1 + len(word)
     out.append(quote)
     return "".join(out)
 
