@@ -70,8 +70,9 @@ class Writer:
             spec, fd = self._placed(spec, result)
             with open(fd, "wb") as file:
                 result.key, result.exported = spec.key, len(spec.messages)
-                for name in (a.file for m in spec.messages for a in m.attachments if a.file is not None and a.size == 0):
-                    (self.staging / name).write_bytes(b"")
+                for m in spec.messages:
+                    for name in (a.file for a in m.attachments if a.file is not None and a.size == 0):
+                        (self.staging / name).write_bytes(b"")
                 file.write(dump_yaml(spec.to_data()))
         self.line(result)
         return result
