@@ -18,7 +18,7 @@ from loadkit import cli, client_for, env, load
 
 from bundler import DEFAULT_IDENTIFIER_SYSTEM, bundle_bytes, load_specs, parse_spec
 from bundler.errors import OptionError, Unreachable
-from bundler.export import REPORT_NAME, ThreadExport, export, shape_thread
+from bundler.export import REPORT_NAME, ThreadExport, export, search, shape_thread
 from bundler.export.shape import aliases_for, slug
 from bundler.load.verify import conditional_references, resolve_references
 from bundler.medplum.client import ClientCredentials, FhirClient
@@ -229,6 +229,50 @@ def test_a_thread_longer_than_a_search_page(project: Any, tmp_path: Path) -> Non
     assert report.messages == 25
     assert searches >= 1 + 25 // 4  # every page of messages was read: 7 of them, and a page of headers
     assert_same_bundles([spec], _exported(tmp_path / "out"))
+
+
+def _windowed_thread(client: FhirClient, prefix: str) -> tuple[list[str], list[str]]:
+    """A thread of 23 messages posted as the server holds them: 20 sent at 7 moments (ties of three) and 3 drafts
+    with no sent instant; (every message's id, those of the drafts)."""
+    patient = {"reference": "Patient/p1", "display": "Pat Smith"}
+    doctor = {"reference": "Practitioner/d1", "display": "Dr. Who"}
+    header = {"resourceType": "Communication", "status": "in-progress", "topic": {"text": f"{prefix} windows"},
+              "identifier": [{"system": SYSTEM, "value": f"{prefix}-windows"}], "recipient": [patient, doctor],
+              "sender": doctor, "sent": "2024-01-01T09:00:00Z"}
+    messages = []
+    for n in range(23):
+        m = {"resourceType": "Communication", "status": "in-progress", "partOf": [_urn(0)], "sender": patient,
+             "recipient": [doctor], "payload": [{"contentString": f"message {n}"}],
+             "identifier": [{"system": SYSTEM, "value": f"{prefix}-windows/m{n}"}]}
+        if n < 20:
+            m["sent"] = f"2024-01-01T10:0{n // 3}:00Z"
+        else:
+            m["status"] = "preparation"
+        messages.append(m)
+    ids = _transaction(client, [header, *messages])
+    return ids, ids[21:]
+
+
+def test_a_thread_past_the_offset_limit_is_read_whole_in_windows(project: Any, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Medplum answers 400 past `_offset` 10,000 (`OFFSET_LIMIT`, 5 here): a longer thread is read in windows by
+    `sent`, ties and drafts included, every message once, in order; and exported whole."""
+    monkeypatch.setattr(search, "OFFSET_LIMIT", 5)
+    with client_for(project) as client:
+        ids, drafts = _windowed_thread(client, project.prefix)
+        before = client.requests
+        pages = list(search.part_of_pages(client, f"Communication/{ids[0]}", page_size=3))
+        searches = client.requests - before
+        report = export(client, tmp_path / "out", topic=f"{project.prefix} windows", page_size=3)
+    read = [m["id"] for page in pages for m in page]
+    assert sorted(read) == sorted(ids[1:]) and len(read) == len(set(read))  # every message, once
+    assert set(read[-3:]) == set(drafts)  # no sent instant: last
+    moments = [parse_instant(m["sent"]) for page in pages for m in page if "sent" in m]
+    assert moments == sorted(moments)
+    assert searches > 23 // 3 + 1  # more than one window (each asks again from the last moment read)
+    assert report.ok and report.messages == 23, _report(tmp_path / "out")
+    (spec,) = _exported(tmp_path / "out").values()
+    assert sorted(m.id for m in spec.messages) == sorted(f"m{n}" for n in range(23))
 
 
 def _transaction(client: FhirClient, resources: list[dict[str, Any]]) -> list[str]:

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import OptionError
+from ..errors import OptionError, ServerError
 from ..medplum.client import FhirClient
-from ..vocabulary import COMMUNICATION_TARGETS, CURSOR_MIN_COUNT, instant_problem, parse_literal
+from ..vocabulary import COMMUNICATION_TARGETS, CURSOR_MIN_COUNT, MAX_SEARCH_OFFSET, instant_problem, parse_literal
 
 MAX_PAGE_SIZE = 1000
 """Medplum's largest `_count`."""
@@ -99,3 +99,63 @@ def header_pages(client: FhirClient, filters: Filters, *, page_size: int = DEFAU
     """The headers `filters` select, a page at a time (every page; a page may come back empty after the topic)."""
     for page in client.search_resource_pages("Communication", filters.params(page_size)):
         yield [h for h in page if filters.matches(h)]
+
+
+OFFSET_LIMIT = MAX_SEARCH_OFFSET
+"""The largest `_offset` `part_of_pages` asks for (Medplum's; smaller in tests)."""
+
+
+def part_of_pages(client: FhirClient, reference: str, *, page_size: int = DEFAULT_PAGE_SIZE
+                  ) -> Iterator[list[dict[str, Any]]]:
+    """The Communications part of `reference` (a thread's messages), sorted by sent, a page at a time: every one of
+    them, however many. Medplum pages a `_sort=sent` search by `_offset`, which stops at `OFFSET_LIMIT` (400
+    past it), so a longer thread is read in windows: when a window reaches the cap, the next
+    one asks for `sent=ge<the last sent read>` and leaves out what it read already at that instant. Messages with no
+    `sent` come last (Postgres sorts nulls last); those past the cap are read by a `sent:missing=true` search, paged
+    by cursor. A message may come twice (a message of the same moment written another way): `shape` keeps the first.
+    """
+    limit = OFFSET_LIMIT
+    base = {"part-of": reference, "_sort": "sent", "_count": str(page_size)}
+    since: str | None = None  # this window's messages are sent at or after it
+    skip: set[str] = set()  # ids read already, sent at `since`
+    while True:
+        params = base if since is None else {**base, "sent": f"ge{since}"}
+        read, last, at_last, unsent = 0, since, set(skip), set()
+        capped = False
+        for page in client.search_resource_pages("Communication", params):
+            fresh = [m for m in page if m["id"] not in skip] if skip else page
+            for m in fresh:
+                sent = m.get("sent")
+                if not isinstance(sent, str):
+                    unsent.add(m["id"])
+                elif sent == last:
+                    at_last.add(m["id"])
+                else:
+                    last, at_last = sent, {m["id"]}
+            if fresh:
+                yield fresh
+            read += len(page)
+            if read > limit and len(page) == page_size:  # the next page is past the cap
+                capped = True
+                break
+        if not capped:
+            if since is not None:  # a window by sent leaves out the messages with none
+                yield from _unsent(client, reference, page_size, set())
+            return
+        if unsent:  # past the messages with a sent instant: the rest have none
+            yield from _unsent(client, reference, page_size, unsent)
+            return
+        if last == since or last is None:
+            raise ServerError(f"search Communication: more than {limit:,} messages of {reference} are sent at "
+                              f"{last}: they cannot be paged past the server's offset limit")
+        since, skip = last, at_last
+
+
+def _unsent(client: FhirClient, reference: str, page_size: int, read: set[str]) -> Iterator[list[dict[str, Any]]]:
+    """The messages part of `reference` with no sent instant, but for the ids `read`: a scan by `_lastUpdated`, which
+    Medplum pages by cursor (no offset limit)."""
+    params = {"part-of": reference, "sent:missing": "true", **scan(page_size)}
+    for page in client.search_resource_pages("Communication", params):
+        fresh = [m for m in page if m["id"] not in read]
+        if fresh:
+            yield fresh

@@ -49,9 +49,14 @@ def read_thread(client: FhirClient, header_id: str, *, receipts: bool = False, p
     then its read receipts (tasks read model: `Task?focus=<header>&code=...|read-receipt`)."""
     messages = read_part_of(client, f"Communication/{header_id}", page_size=page_size)
     if receipts:
-        messages += client.search("Task", {"focus": f"Communication/{header_id}",
-                                           "code": f"{READ_RECEIPT_SYSTEM}|{READ_RECEIPT_CODE}", "_count": "1000"})
+        messages += read_receipts(client, header_id)
     return messages
+
+
+def read_receipts(client: FhirClient, header_id: str) -> list[dict[str, Any]]:
+    """A thread's read receipts (tasks read model): `Task?focus=<header>&code=...|read-receipt`, every page."""
+    return client.search("Task", {"focus": f"Communication/{header_id}",
+                                  "code": f"{READ_RECEIPT_SYSTEM}|{READ_RECEIPT_CODE}", "_count": "1000"})
 
 
 def read_part_of(client: FhirClient, reference: str, *, page_size: int = 1000) -> list[dict[str, Any]]:
