@@ -18,23 +18,28 @@ Modes:
    status): first the participants' conditional-create transactions (8 entries each, `build.participant_bundles`)
    one at a time, as `load` sends them (each runs serializable on Medplum: concurrent ones conflict, HTTP 409),
    then the threads' transactions (`bundle_bytes`, built beforehand) on 4 threads;
-2. seed: `bundler.load.load` with its defaults into the empty strict project (fresh journal), wall time including
-   the bundles' build, its pre-check searches, its probe, and making sure of every participant;
-3. participants there already: the same `load` (a fresh journal) into a project that holds the participants, so
-   each is found by its conditional create (200) instead of created: what making sure of them costs when there is
-   nothing to create.
+2. seed, the library: `bundler.load.load` with its defaults into the empty strict project (fresh journal), wall
+   time including the bundles' build, its pre-check searches, its probe, and making sure of every participant;
+3. **seed, the command**: `thread-bundler load DIR/threads --participants DIR/participants.yaml` as a user runs
+   it, in its own process (`common.run_command`: start-up, reading the files, login and all), into the empty
+   strict project; its peak memory is its whole process's;
+4. participants there already: the same `load` (library, a fresh journal) into a project that holds the
+   participants, so each is found by its conditional create (200) instead of created: what making sure of them
+   costs when there is nothing to create.
 
-Target: seeding at least 80% of the ceiling's resources a second.
+Target: seeding at least 80% of the ceiling's resources a second, through the command.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -42,7 +47,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import Target, markdown_table, open_target
+from common import REMOTE_ENV, Target, markdown_table, open_target, run_command
 from load import LOAD_CONCURRENCY, Failed, Row, print_tables, run_ceiling, warm_up
 
 from bundler import generate, load_specs
@@ -51,16 +56,49 @@ from bundler.load import load
 from bundler.spec import ThreadSpec
 
 
+@dataclass
+class Seeded:
+    """Generated threads: their specs, how many resources seeding them creates, and their files (the spec folder
+    and the participants file: what the command reads)."""
+
+    specs: list[ThreadSpec]
+    resources: int
+    folder: Path
+    participants: Path
+
+
 @contextmanager
-def seeded(threads: int, prefix: str) -> Iterator[tuple[list[ThreadSpec], int]]:
-    """`generate(threads, seed=1, prefix=prefix)`'s specs (with their participants file, in a temp folder kept
-    while they are used: the attachment files are read from there) and how many resources seeding them creates.
-    Another prefix gives the same threads with other keys, identifiers and participants."""
+def seeded(threads: int, prefix: str) -> Iterator[Seeded]:
+    """`generate(threads, seed=1, prefix=prefix)`'s threads (with their participants file, in a temp folder kept
+    while they are used: the attachment files are read from there). Another prefix gives the same threads with
+    other keys, identifiers and participants."""
     with tempfile.TemporaryDirectory(prefix="bench-seed-specs-") as tmp:
         summary = generate(threads, out=tmp, seed=1, prefix=prefix)
         specs = load_specs([Path(tmp) / "threads"], participants=summary.participants)
         binaries = sum(len({a.hash for m in s.messages for a in m.attachments if a.file}) for s in specs)
-        yield specs, len(created_participants(specs)) + sum(len(s.messages) + 1 for s in specs) + binaries
+        yield Seeded(specs, len(created_participants(specs)) + sum(len(s.messages) + 1 for s in specs) + binaries,
+                     Path(tmp) / "threads", summary.participants)
+
+
+def run_command_seed(target: Target, seed: Seeded, label: str) -> Row:
+    """`thread-bundler load` as a user runs it on the generated files (its own process, a fresh journal); the CPU
+    columns' client is that process."""
+    env = dict(zip(REMOTE_ENV, (target.base_url, target.client_id, target.client_secret), strict=True))
+    with tempfile.TemporaryDirectory(prefix="bench-seed-") as tmp:
+        cpu0, child0 = target.cpu(), _children_cpu()
+        run = run_command(["load", str(seed.folder), "--participants", str(seed.participants), "--journal",
+                           str(Path(tmp) / "j.sqlite"), "--no-progress"], env=env, check=False)
+        _mine, server, others = target.spent(cpu0)
+        command = _children_cpu() - child0
+    if run.returncode != 0:
+        raise Failed(f"{label}: thread-bundler load exited {run.returncode}: {run.stderr[-1500:]}")
+    return Row(label, seed.resources, run.seconds, (command, server, others - command),
+               extra={"peak_mb": run.peak_mb})
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_seed(target: Target, specs: list[ThreadSpec], resources: int, label: str) -> Row:
@@ -119,9 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         cpu_note = target.cpu_note()
     ceiling = rows[0]
     table = [[r.mode, f"{r.resources:,}", f"{r.extra.get('requests', '')}", f"{r.seconds:.2f}", f"{r.rate:,.0f}",
-              f"{r.rate / ceiling.rate:.2f}", *(f"{c / r.seconds:.0%}" if c == c else "-" for c in r.cpu)]
+              f"{r.rate / ceiling.rate:.2f}", f"{r.extra['peak_mb']:.0f}" if "peak_mb" in r.extra else "-",
+              *(f"{c / r.seconds:.0%}" if c == c else "-" for c in r.cpu)]
              for r in rows]
-    head = ["mode", "resources", "requests", "seconds", "resources/s", "× ceiling", "CPU: client", "server", "others"]
+    head = ["mode", "resources", "requests", "seconds", "resources/s", "× ceiling", "peak MB (process)",
+            "CPU: client", "server", "others"]
     best = f", best of {args.repeat}" if args.repeat > 1 and not args.quick else ""
     caption = (f"Seeding {threads:,} generated threads ({messages:,} messages, {people:,} participants created when "
                f"missing) into a {where}{best}; {load_average}")
@@ -131,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         print_tables([(caption, head, table)], False)
         print(cpu_note)
     for r in rows[1:]:
-        print(f"  {r.mode}: {r.extra['participants']}", file=sys.stderr)
+        if "participants" in r.extra:
+            print(f"  {r.mode}: {r.extra['participants']}", file=sys.stderr)
     return 0
 
 
@@ -143,20 +184,25 @@ def measure(target: Target, threads: int, repeat: int) -> tuple[list[Row], int, 
     seen: list[int] = [0, 0]  # messages, participants (the same for every prefix)
 
     def run(tag: str, prefix: str) -> Row:
-        with seeded(threads, prefix) as (specs, resources):
+        with seeded(threads, prefix) as seed:
+            specs, resources = seed.specs, seed.resources
             people = len(created_participants(specs))
             seen[:] = [sum(len(s.messages) for s in specs), people]
             target.reset()
             if tag == "c":
                 return run_bare(target, specs, resources)
+            if tag == "m":
+                return run_command_seed(target, seed, "**seed, the command** (`thread-bundler load DIR "
+                                                      "--participants FILE`, its own process)")
             if tag == "s":
-                return run_seed(target, specs, resources, "**seed** (load: participants created, then threads)")
+                return run_seed(target, specs, resources, "seed, the library (load: participants created, then "
+                                                          "threads)")
             run_ceiling(target, people_bodies(specs), 0, concurrency=1)
-            return run_seed(target, specs, resources - people, "load, the participants there already")
+            return run_seed(target, specs, resources - people, "load, the participants there already (library)")
 
-    tags = "cst"  # ceiling, seed, participants there already
+    tags = "cmst"  # ceiling, the command, the library, participants there already
     for n in range(repeat):
-        for tag in tags[n % 3:] + tags[:n % 3]:
+        for tag in tags[n % 4:] + tags[:n % 4]:
             row = run(tag, target.prefix(f"{tag}{n}").rstrip("-"))
             if tag not in best or row.seconds < best[tag].seconds:
                 best[tag] = row
