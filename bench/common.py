@@ -15,6 +15,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -75,16 +76,35 @@ class CommandRun:
     tree_peak_mb: float
 
 
+PEAK_FILE_ENV = "THREAD_BUNDLER_BENCH_PEAK_FILE"
+_LAUNCH = f"""
+import atexit, os, resource, runpy, sys
+def _peak():
+    own = max(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    with open(os.environ["{PEAK_FILE_ENV}"], "w") as f:
+        f.write(str(max(own, reaped)))
+atexit.register(_peak)
+runpy.run_module("bundler", run_name="__main__", alter_sys=True)
+"""
+"""`python -m bundler` that writes its peak RSS (KiB) to the file PEAK_FILE_ENV names as it exits: its own VmHWM
+(of its own memory map, made at exec) and its reaped children's. wait4's ru_maxrss cannot be used alone: Linux
+starts a child's at its parent's RSS at the fork (`/bin/true` spawned by a 300 MB process reports 310 MB), so a
+benchmark process that holds its data would be counted in the command's peak."""
+
+
 def command_line() -> list[str]:
-    """How to run the command installed beside this Python: `python -m bundler` (the console script's own code)."""
-    return [sys.executable, "-m", "bundler"]
+    """How to run the command installed beside this Python: `python -m bundler` (the console script's own code),
+    through `_LAUNCH`, which tells its own peak memory."""
+    return [sys.executable, "-c", _LAUNCH]
 
 
 def run_command(args: list[str], *, env: dict[str, str] | None = None, cwd: str | Path | None = None,
                 check: bool = True) -> CommandRun:
     """Run `thread-bundler ARGS` as a user does (a fresh process; `env` added to this one's environment) and
     measure it. `check`: a non-zero exit raises, with the command's stderr."""
-    full = {**os.environ, **(env or {})}
+    peak_file = Path(tempfile.mkstemp(prefix="bench-peak-")[1])
+    full = {**os.environ, **(env or {}), PEAK_FILE_ENV: str(peak_file)}
     t0 = time.perf_counter()
     proc = subprocess.Popen(command_line() + args, env=full, cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -101,7 +121,10 @@ def run_command(args: list[str], *, env: dict[str, str] | None = None, cwd: str 
     seconds = time.perf_counter() - t0
     done.set()
     sampler.join()
-    peak = _waited_maxrss(proc)
+    peak = _waited_maxrss(proc)  # (at least the parent's RSS at the fork: used only if the command told none)
+    told = peak_file.read_text().strip()
+    peak_file.unlink()
+    peak = int(told) if told.isdigit() else peak
     run = CommandRun(args, seconds, proc.returncode, out, err, peak / 1024, tree_peak[0] / 2**20)
     if check and run.returncode != 0:
         raise RuntimeError(f"thread-bundler {' '.join(args)} exited {run.returncode}:\n{err[-4000:]}")
