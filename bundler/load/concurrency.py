@@ -15,9 +15,10 @@ transaction enters it, and waits there while as many as allowed are at the serve
   is the one before, or halfway when throughput stayed level (the knee lies between);
 - then a hill climb on a table of each limit's throughput (an average of its rounds, forgotten after `STALE`
   rounds, as the server fills or others come and go): every `PROBE` rounds the limit tries a neighbour not
-  measured lately (one more, or one less, in turn) and moves to one more if it did `BETTER` or more, to one less if it did as well (within
-  `SLACK`: as much done with less waiting at the server). While many of those in flight only wait at the server
-  (Vegas's estimate: the limit less the throughput × the least latency seen), it tries one less every round;
+  measured lately (one more, or one less, in turn) and moves to one more if it did `BETTER` or more, to one
+  less if it did as well (within `SLACK`: as much done with less waiting at the server). While many of those in
+  flight only wait at the server (Vegas's estimate: the limit less the throughput × the least latency seen), it
+  tries one less every round;
 - latency: a round whose median latency is `CLIMB` × what this limit had (the server slowed down: it fills, or
   someone else is at it) takes a quarter off the limit, and forgets what it knew of it and above;
 - back off: a request refused for load (429), failed by the server (5xx), lost (a timeout) or rolled back because
