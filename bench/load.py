@@ -600,6 +600,70 @@ def sweep_main(args: argparse.Namespace, target: Target) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- one long run: late rate / early rate
+
+
+def journal_committed(journal: Path) -> int:
+    """Threads the journal holds as committed (read-only; 0 before the command wrote it)."""
+    import contextlib
+    import sqlite3
+
+    if not journal.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=5)) as db:
+        try:
+            return int(db.execute("SELECT count(*) FROM threads WHERE state='committed'").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0
+
+
+def run_same_run(target: Target, threads: int, messages: int, quiet: bool) -> tuple[str, list[str], list[list[str]]]:
+    """`load DIR` (its defaults) of `threads` threads in files of 1,000, as one command; the journal's committed
+    threads sampled every half second: the rate from 10% to 30% of the threads in (early) against 70% to 90% (late),
+    so whatever grows as the run goes on (the server's store, the journal, the client's sets) shows as a late rate
+    below the early one."""
+    target.reset()
+    data = spec_data(threads, messages, target.prefix("same"))
+    samples: list[tuple[float, int]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-same-run-") as tmp:
+        write_specs(data, Path(tmp) / "threads", per_file=1000)
+        del data
+        journal = Path(tmp) / "j.sqlite"
+        env = {"MEDPLUM_BASE_URL": target.base_url, "MEDPLUM_CLIENT_ID": target.client_id,
+               "MEDPLUM_CLIENT_SECRET": target.client_secret}
+        result: list[Any] = []
+        worker = threading.Thread(target=lambda: result.append(run_command(
+            ["load", str(Path(tmp) / "threads"), "--journal", str(journal), "--no-progress"], env=env,
+            check=False)))
+        if not quiet:
+            print(f"… one command loading {threads:,} threads", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        worker.start()
+        while worker.is_alive():
+            samples.append((time.perf_counter() - started, journal_committed(journal)))
+            worker.join(0.5)
+        samples.append((time.perf_counter() - started, journal_committed(journal)))
+    run = result[0]
+    if run.returncode != 0:
+        raise Failed(f"the long run exited {run.returncode}: {run.stderr[-1500:]}")
+
+    def when(fraction: float) -> tuple[float, int]:
+        return next((t, n) for t, n in samples if n >= fraction * threads)
+
+    per_thread = messages + 1
+    (t10, n10), (t30, n30), (t70, n70), (t90, n90) = (when(f) for f in (0.1, 0.3, 0.7, 0.9))
+    early = (n30 - n10) * per_thread / (t30 - t10)
+    late = (n90 - n70) * per_thread / (t90 - t70)
+    rows = [["early: 10% → 30% of the threads in", f"{(n30 - n10) * per_thread:,}", f"{t30 - t10:.1f}", f"{early:,.0f}",
+             "1.00"],
+            ["late: 70% → 90%", f"{(n90 - n70) * per_thread:,}", f"{t90 - t70:.1f}", f"{late:,.0f}",
+             f"**{late / early:.2f}**"]]
+    caption = (f"One `load DIR` of {threads:,} threads × (1 header + {messages} messages) = "
+               f"{threads * per_thread:,} resources in files of 1,000 threads, {target.describe()}: the whole command "
+               f"{run.seconds:.0f} s, peak {run.peak_mb:.0f} MB; late rate / early rate (target ≥ 0.90)")
+    return caption, ["part of the run", "resources", "seconds", "resources/s", "× early"], rows
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -666,6 +730,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-library", action=argparse.BooleanOptionalAction, default=True,
                         help="also the library path at each setting")
     parser.add_argument("--filled-only", action="store_true", help="only the filled-server run")
+    parser.add_argument("--same-run", type=int, default=0, metavar="THREADS",
+                        help="only one command loading THREADS threads: its late rate against its early rate")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 60 threads, short quota run")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
@@ -680,6 +746,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("NODE_OPTIONS", "--max-old-space-size=16384")
     with open_target(rtt=0.0 if args.sweep else args.rtt_ms / 1000) as target:
         try:
+            if args.same_run:
+                print_tables([run_same_run(target, args.same_run, args.messages, args.markdown)], args.markdown)
+                return 0
             if args.filled_only:
                 filled = run_filled(target, args, args.markdown)
                 print_tables(extra_tables(args, filled[1], None, filled, []), args.markdown)
