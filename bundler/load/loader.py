@@ -41,8 +41,10 @@ for the run (`uploads.Binaries`, journaled by hash): a thread's request carries 
 does not hold yet, or a file too large for that is uploaded first, when a request needs it.
 
 Each thread is a `machine.ThreadLoad`, a state machine; this module feeds them in windows of `window`
-threads (a stream is never read whole), runs them on `concurrency` workers, and tells each result to the
-journal and the watcher as it comes (`report.LoadReport` keeps counts only).
+threads (a stream is never read whole), runs them on a pool of workers whose transactions a gate lets in
+(`concurrency`: "auto", the default, finds how many the server answers fastest at, `concurrency.AutoConcurrency`;
+a number fixes it), and tells each result to the journal and the watcher as it comes (`report.LoadReport` keeps
+counts only).
 """
 
 from __future__ import annotations
