@@ -39,7 +39,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from ..medplum.ratelimit import Gate
@@ -61,7 +61,7 @@ class _Round:
     completed: int = 0
     work: float = 0.0
     area: float = 0.0  # ∫ requests in flight dt: ÷ seconds, how many were in flight on average
-    latencies: list[float] | None = None
+    latencies: list[float] = field(default_factory=list)
 
 
 class AutoConcurrency(Gate):
@@ -124,7 +124,6 @@ class AutoConcurrency(Gate):
                 r.completed += 1
                 if status < 300:
                     r.work += work
-                assert r.latencies is not None
                 r.latencies.append(seconds)
                 if r.completed >= max(self.MIN_ROUND, self.ROUND * int(self.limit)):
                     self._judge(now)
@@ -155,7 +154,7 @@ class AutoConcurrency(Gate):
 
     def _new_round(self) -> _Round:
         now = self._clock()
-        return _Round(now, now, latencies=[])
+        return _Round(now, now)
 
     def _account(self, now: float) -> None:
         r = self._round
