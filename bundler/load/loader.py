@@ -62,14 +62,14 @@ from typing import Any, Literal
 
 from ..build import DEFAULT_IDENTIFIER_SYSTEM
 from ..errors import AuthError, BundlerError, JournalError, NotAtomic, Unreachable
-from ..medplum.client import FhirClient
+from ..medplum.client import FhirClient, chunked
 from ..medplum.probe import Atomicity, probe_atomicity, remove_probes
 from ..medplum.ratelimit import Gate
 from ..spec.model import ThreadSpec
 from ..spec.participants import ParticipantsFile
 from ..vocabulary import SEARCH_POINTS, identifier_system_problem
 from .concurrency import AUTO, MOST, AutoConcurrency, Concurrency
-from .duplicates import CHECK_AFTER, CHECK_BATCH, NOTE, Waiting, checked, find_copies
+from .duplicates import CHECK_AFTER, CHECK_BATCH, NOTE, SEARCH_BATCH, Waiting, checked, find_copies
 from .inputs import Threads, journal_for, read_threads
 from .journal import Entry, Journal, State
 from .machine import Deferred, Settings, ThreadLoad
@@ -413,7 +413,13 @@ class _Run:
         if not unseen:
             return {}
         before = self.client.requests
-        found = self.client.find_resources("Communication", [items[n].identifiers[0] for n in unseen])
+        found: dict[str, dict[str, Any]] = {}
+        # the searches at once, on the pool (idle between windows): a window's pre-check takes a round trip or
+        # two, not one per search
+        chunks = list(chunked([items[n].identifiers[0] for n in unseen], max_url=6000, most=SEARCH_BATCH))
+        for part in self.pool.map(lambda chunk: self.client.find_resources("Communication", chunk), chunks):
+            for ident, resource in part.items():
+                found.setdefault(ident, resource)
         if self.dry_run:
             self.ready()
             assert self.plan is not None
