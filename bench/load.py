@@ -15,10 +15,10 @@ port they listen on: a real Medplum's Node process and the Postgres and Redis it
 children (Postgres's backends); "-" for a server elsewhere.
 
 Modes, on the same threads (`sample_specs`, deterministic by seed; each mode's under its own prefix):
-1. `load`: `bundler.load.load` with its defaults (concurrency 4, a fresh journal in a temp dir), wall
+1. `load`: `bundler.load.load` with its defaults (concurrency auto, a fresh journal in a temp dir), wall
    time including the bundles' build, its pre-check searches and its atomicity probe;
 2. ceiling: a bare loop posting the same transaction bundles (`bundle_bytes`, built beforehand) with
-   httpx, one bearer token, the loader's default concurrency (4 threads), no checks but the status (with
+   httpx, one bearer token, 4 threads (what `load` defaulted to before `auto`), no checks but the status (with
    `--repeat`, the ceiling and `load` take turns going first);
 3. per resource: one POST per Communication in sequence, as the walkthrough does: the header, then each
    message with `partOf` → `Communication/<header id>` and `inResponseTo` → the replied message's id
@@ -30,15 +30,25 @@ Modes, on the same threads (`sample_specs`, deterministic by seed; each mode's u
 5. strict: `load(..., exactly_once="strict")` on the same threads: every entry a conditional create, 8 to a
    request; its cost against the default mode in throughput and in quota points (a conditional create is
    charged a search and a write);
-6. a filled server (`--filled N`, local only): the same `load` into a server that already holds N
+6. a filled server (`--filled N`, local only; `--filled-only`: alone): the same `load`, and the command
+   (`load DIR`), into a server that already holds N
    Communications (posted beforehand as bare bundles), against the rate into the empty one;
 7. memory (`--memory`, local only): a fresh process loads a stream of threads (1 header + 10 messages) of
    100,000 and of 1,000,000 messages; its peak resident memory, from the kernel (VmHWM);
 8. the check (`--check-cost`): the same `load` with its check for copies another load made patched out (it sends
-   nothing and finds none), in each round beside `load`: what the check costs in requests, quota points, time.
+   nothing and finds none), in each round beside `load`: what the check costs in requests, quota points, time;
+9. the concurrency sweep (`--sweep`, alone): `thread-bundler load DIR --concurrency N` for N in 1/2/4/8/16 and auto,
+   each in its own process on spec files (JSON arrays of 100 threads) as a user runs it, beside the library path
+   (`load(..., concurrency=N)`) and the bare loop at each N; auto against the best fixed setting and against the
+   bare loop at its best. With `--rtt-ms` every mode goes through a delaying TCP proxy (`delayproxy.py`, its own
+   process), since the command's requests cannot be delayed by this process's transport;
+10. one long run (`--same-run N`, alone, local or remote): one command loading N threads in files of 1,000, its
+   journal sampled: the rate from 10% to 30% of the threads in against 70% to 90%, whatever grows as the run goes
+   on (the server's store, the journal, the client's sets) showing as a late rate below the early one.
 
 Targets: load ≥ 80% of the ceiling and ≥ 10× per resource; under quota, within 10% of the quota rate
-and no 429; into a server holding 200,000 Communications ≥ 80% of the rate into an empty one; peak
+and no 429; into a server holding 200,000 Communications, and late in one long run, ≥ 90% of the rate into an
+empty one (early in the run); auto within 5% of the best fixed concurrency and ≥ 0.9× the bare loop at its best; peak
 memory under 150 MB and within 10% from 100,000 to 1,000,000 messages. The CPU columns tell whether other
 processes shared the cores meanwhile (the server and this client share them too); `--rtt-ms` adds a
 simulated network round trip to every request of every mode, since on loopback a request costs almost
@@ -294,7 +304,8 @@ def breakdown(row: Row) -> list[tuple[str, str]]:
         (f"thread transactions ({len(loads)}), first start → last end", f"{phase:.2f} s"),
         ("  mean time in flight per transaction (as the client sees it)",
          f"{in_flight / max(1, len(loads)) * 1000:.1f} ms"),
-        ("  transactions in flight on average (of 4 workers)", f"{in_flight / phase:.2f}" if phase else "-"),
+        (f"  transactions in flight on average (concurrency {report.concurrency})",
+         f"{in_flight / phase:.2f}" if phase else "-"),
         ("last transaction → load() returns", f"{row.seconds - (last_end - started):.2f} s"),
         ("requests counted by the loader / by the transport", f"{report.requests} / {len(calls)}"),
     ]
@@ -780,7 +791,7 @@ def measure(args: argparse.Namespace, target: Target) -> int:
         ceiling_bodies = [bundle_bytes(s) for s in specs_for(args.threads, args.messages, target.prefix(f"c{n}"))]
         load_specs = specs_for(args.threads, args.messages, target.prefix(f"l{n}"))
         ceiling_run = functools.partial(run_ceiling, target, ceiling_bodies, resources)
-        load_run = functools.partial(run_load, target, load_specs, "**load** (defaults: concurrency 4, journal, "
+        load_run = functools.partial(run_load, target, load_specs, "**load** (defaults: concurrency auto, journal, "
                                      "pre-checks, probe)", profile=args.profile if n == args.repeat - 1 else None)
         # in turn first: what one mode leaves the server to do (a real one's Postgres writes its pages and WAL
         # after the requests return) falls on the other mode as often as on this one
