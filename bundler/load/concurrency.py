@@ -69,9 +69,9 @@ class AutoConcurrency(Gate):
     size); `quota`: the server's quota in points a second, or None while none is known; `clock`: monotonic seconds.
     """
 
-    START = 2
+    START = 4
     ROUND = 3
-    MIN_ROUND = 8
+    MIN_ROUND = 12
     RISE = 0.10
     LEVEL = 0.03
     BETTER = 0.03
