@@ -15,10 +15,10 @@ port they listen on: a real Medplum's Node process and the Postgres and Redis it
 children (Postgres's backends); "-" for a server elsewhere.
 
 Modes, on the same threads (`sample_specs`, deterministic by seed; each mode's under its own prefix):
-1. `load`: `bundler.load.load` with its defaults (concurrency 4, a fresh journal in a temp dir), wall
+1. `load`: `bundler.load.load` with its defaults (concurrency auto, a fresh journal in a temp dir), wall
    time including the bundles' build, its pre-check searches and its atomicity probe;
 2. ceiling: a bare loop posting the same transaction bundles (`bundle_bytes`, built beforehand) with
-   httpx, one bearer token, the loader's default concurrency (4 threads), no checks but the status (with
+   httpx, one bearer token, 4 threads (what `load` defaulted to before `auto`), no checks but the status (with
    `--repeat`, the ceiling and `load` take turns going first);
 3. per resource: one POST per Communication in sequence, as the walkthrough does: the header, then each
    message with `partOf` → `Communication/<header id>` and `inResponseTo` → the replied message's id
@@ -30,15 +30,25 @@ Modes, on the same threads (`sample_specs`, deterministic by seed; each mode's u
 5. strict: `load(..., exactly_once="strict")` on the same threads: every entry a conditional create, 8 to a
    request; its cost against the default mode in throughput and in quota points (a conditional create is
    charged a search and a write);
-6. a filled server (`--filled N`, local only): the same `load` into a server that already holds N
+6. a filled server (`--filled N`, local only; `--filled-only`: alone): the same `load`, and the command
+   (`load DIR`), into a server that already holds N
    Communications (posted beforehand as bare bundles), against the rate into the empty one;
 7. memory (`--memory`, local only): a fresh process loads a stream of threads (1 header + 10 messages) of
    100,000 and of 1,000,000 messages; its peak resident memory, from the kernel (VmHWM);
 8. the check (`--check-cost`): the same `load` with its check for copies another load made patched out (it sends
-   nothing and finds none), in each round beside `load`: what the check costs in requests, quota points, time.
+   nothing and finds none), in each round beside `load`: what the check costs in requests, quota points, time;
+9. the concurrency sweep (`--sweep`, alone): `thread-bundler load DIR --concurrency N` for N in 1/2/4/8/16 and auto,
+   each in its own process on spec files (JSON arrays of 100 threads) as a user runs it, beside the library path
+   (`load(..., concurrency=N)`) and the bare loop at each N; auto against the best fixed setting and against the
+   bare loop at its best. With `--rtt-ms` every mode goes through a delaying TCP proxy (`delayproxy.py`, its own
+   process), since the command's requests cannot be delayed by this process's transport;
+10. one long run (`--same-run N`, alone, local or remote): one command loading N threads in files of 1,000, its
+   journal sampled: the rate from 10% to 30% of the threads in against 70% to 90%, whatever grows as the run goes
+   on (the server's store, the journal, the client's sets) showing as a late rate below the early one.
 
 Targets: load ≥ 80% of the ceiling and ≥ 10× per resource; under quota, within 10% of the quota rate
-and no 429; into a server holding 200,000 Communications ≥ 80% of the rate into an empty one; peak
+and no 429; into a server holding 200,000 Communications, and late in one long run, ≥ 90% of the rate into an
+empty one (early in the run); auto within 5% of the best fixed concurrency and ≥ 0.9× the bare loop at its best; peak
 memory under 150 MB and within 10% from 100,000 to 1,000,000 messages. The CPU columns tell whether other
 processes shared the cores meanwhile (the server and this client share them too); `--rtt-ms` adds a
 simulated network round trip to every request of every mode, since on loopback a request costs almost
@@ -67,7 +77,17 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import REMOTE_ENV, Call, CountingTransport, Target, markdown_table, open_target, synthetic_specs
+from common import (
+    REMOTE_ENV,
+    Call,
+    CountingTransport,
+    Target,
+    markdown_table,
+    open_target,
+    run_command,
+    synthetic_specs,
+)
+from delayproxy import DelayProxy
 
 from bundler import parse_spec
 from bundler.build import build_bundle, bundle_bytes
@@ -76,7 +96,8 @@ from bundler.medplum.client import ClientCredentials, FhirClient
 from bundler.spec import ThreadSpec
 from bundler.vocabulary import SEARCH_POINTS, WRITE_POINTS
 
-LOAD_CONCURRENCY = 4  # `load`'s default, used by the ceiling too
+LOAD_CONCURRENCY = 4  # the ceiling's concurrency (what `load` defaulted to before `auto`)
+SWEEP_LEVELS = (1, 2, 4, 8, 16)  # the fixed settings the sweep measures beside auto
 
 
 class Failed(Exception):
@@ -111,8 +132,8 @@ def specs_for(threads: int, messages: int, prefix: str) -> list[ThreadSpec]:
 def run_load(target: Target, specs: list[ThreadSpec], label: str, *, profile: Path | None = None,
              **options: Any) -> Row:
     """`load` with its defaults (or `options`), in a fresh journal; the wall time of the whole call."""
-    # the pool FhirClient would make for itself (concurrency 8 + 2), since passing a transport replaces it
-    transport = target.transport(httpx.Limits(max_connections=10, max_keepalive_connections=10), counting=True)
+    # the pool FhirClient would make for itself (its concurrency, 32, + 2), since passing a transport replaces it
+    transport = target.transport(httpx.Limits(max_connections=34, max_keepalive_connections=34), counting=True)
     assert isinstance(transport, CountingTransport)
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp, \
             FhirClient(target.base_url, ClientCredentials(target.client_id, target.client_secret),
@@ -283,7 +304,8 @@ def breakdown(row: Row) -> list[tuple[str, str]]:
         (f"thread transactions ({len(loads)}), first start → last end", f"{phase:.2f} s"),
         ("  mean time in flight per transaction (as the client sees it)",
          f"{in_flight / max(1, len(loads)) * 1000:.1f} ms"),
-        ("  transactions in flight on average (of 4 workers)", f"{in_flight / phase:.2f}" if phase else "-"),
+        (f"  transactions in flight on average (concurrency {report.concurrency})",
+         f"{in_flight / phase:.2f}" if phase else "-"),
         ("last transaction → load() returns", f"{row.seconds - (last_end - started):.2f} s"),
         ("requests counted by the loader / by the transport", f"{report.requests} / {len(calls)}"),
     ]
@@ -301,23 +323,35 @@ def points(row: Row) -> int:
             + SEARCH_POINTS * sum(1 for c in calls if c.kind == "search"))
 
 
-def run_filled(target: Target, args: argparse.Namespace, quiet: bool) -> tuple[int, Row, Row]:
-    """`load` into an empty server, then into one holding `args.filled` Communications: the best of
-    `args.repeat` runs each, the empty ones just before the filling (so both see the same machine)."""
+def run_filled(target: Target, args: argparse.Namespace, quiet: bool) -> tuple[int, Row, Row, Row, Row]:
+    """`load` into an empty server, then into one holding `args.filled` Communications, through the library and
+    through the command (`load DIR`, default options): the best of `args.repeat` runs each, the empty ones just
+    before the filling (so both see the same machine)."""
     def one(prefix: str, label: str) -> Row:
         return timed(f"load, {label}", functools.partial(
             run_load, target, specs_for(args.threads, args.messages, prefix), label), quiet)
 
-    empty, full = [], []
+    def command(label: str) -> Row:
+        row = timed(f"command, {label}", functools.partial(run_command_load, target, args.threads, args.messages,
+                                                            "auto"), quiet)
+        row.mode = label
+        return row
+
+    empty, full, empty_cmd, full_cmd = [], [], [], []
     for n in range(max(1, args.repeat)):
         target.reset()
         empty.append(one(target.prefix(f"e{n}"), "empty server"))
+        target.reset()
+        empty_cmd.append(command("empty server"))
     target.reset()
     if not quiet:
         print(f"… filling the server with {args.filled:,} Communications", file=sys.stderr, flush=True)
     fill(target, args.filled, args.messages)
-    full = [one(target.prefix(f"f{n}"), f"{args.filled:,} Communications") for n in range(max(1, args.repeat))]
-    return args.filled, min(empty, key=lambda r: r.seconds), min(full, key=lambda r: r.seconds)
+    for n in range(max(1, args.repeat)):
+        full.append(one(target.prefix(f"f{n}"), f"{args.filled:,} Communications"))
+        full_cmd.append(command(f"{args.filled:,} Communications"))
+    best = functools.partial(min, key=lambda r: r.seconds)
+    return args.filled, best(empty), best(full), best(empty_cmd), best(full_cmd)
 
 
 def fill(target: Target, communications: int, messages: int) -> float:
@@ -419,7 +453,8 @@ def check_table(loaded: Row, unchecked: Row) -> tuple[str, list[str], list[list[
              "quota points", "a resource"], rows)
 
 
-def extra_tables(args: argparse.Namespace, loaded: Row, strict: Row | str | None, filled: tuple[int, Row, Row] | None,
+def extra_tables(args: argparse.Namespace, loaded: Row, strict: Row | str | None,
+                 filled: tuple[int, Row, Row, Row, Row] | None,
                  memory: list[Memory]) -> list[tuple[str, list[str], list[list[str]]]]:
     """The strict mode, filled-server and memory tables: (caption, header, rows)."""
     tables = []
@@ -438,14 +473,16 @@ def extra_tables(args: argparse.Namespace, loaded: Row, strict: Row | str | None
                                                             "× quarantine", "transactions", "quota points a resource"],
                        rows))
     if filled is not None:
-        holds, empty, full = filled
-        rows = [[label, f"{row.resources:,}", f"{row.seconds:.2f}", f"{row.rate:,.0f}", ratio,
-                 *(f"{c / row.seconds:.0%}" if c == c else "-" for c in row.cpu)]
-                for label, row, ratio in (("empty", empty, "1.00"), (f"{holds:,} Communications", full,
-                                                                    f"**{full.rate / empty.rate:.2f}**"))]
+        holds, empty, full, empty_cmd, full_cmd = filled
+        rows = [[path, label, f"{row.resources:,}", f"{row.seconds:.2f}", f"{row.rate:,.0f}", ratio]
+                for path, label, row, ratio in (
+                    ("library", "empty", empty, "1.00"),
+                    ("library", f"{holds:,} Communications", full, f"**{full.rate / empty.rate:.2f}**"),
+                    ("command", "empty", empty_cmd, "1.00"),
+                    ("command", f"{holds:,} Communications", full_cmd, f"**{full_cmd.rate / empty_cmd.rate:.2f}**"))]
         tables.append(("`load` into a server that already holds many Communications (best of "
-                       f"{max(1, args.repeat)})", ["server holds", "resources", "seconds", "resources/s", "× empty",
-                                                   "CPU: client", "server", "others"], rows))
+                       f"{max(1, args.repeat)}; the command: `load DIR`, its defaults)",
+                       ["path", "server holds", "resources", "seconds", "resources/s", "× empty"], rows))
     if memory:
         first = memory[0]
         rows = [[f"{m.messages:,}", f"{m.threads:,}", f"{m.seconds:.0f}", f"{m.messages / m.seconds:,.0f}",
@@ -468,6 +505,176 @@ def print_tables(tables: list[tuple[str, list[str], list[list[str]]]], markdown:
                 print("  ".join(str(c).replace("**", "").ljust(widths[i]) for i, c in enumerate(r)))
 
 
+# --------------------------------------------------------------------------- the concurrency sweep
+
+
+def write_specs(specs_data: list[dict[str, Any]], folder: Path, per_file: int = 100) -> None:
+    """Spec files as a user has them: JSON arrays of `per_file` threads."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(0, len(specs_data), per_file):
+        (folder / f"threads-{n // per_file:04d}.json").write_bytes(orjson.dumps(specs_data[n:n + per_file]))
+
+
+def spec_data(threads: int, messages: int, prefix: str) -> list[dict[str, Any]]:
+    out = []
+    for data in synthetic_specs(threads, messages, seed=1):
+        data["thread"] = prefix + data["thread"]
+        out.append(data)
+    return out
+
+
+def run_command_load(target: Target, threads: int, messages: int, concurrency: str) -> Row:
+    """`thread-bundler load DIR --concurrency C` in its own process, on spec files written beforehand; the wall
+    time of the whole command (start-up, reading the files, the journal, pre-checks, probe, summary)."""
+    data = spec_data(threads, messages, target.prefix(f"cmd{concurrency}"))
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+        write_specs(data, Path(tmp) / "threads")
+        env = {"MEDPLUM_BASE_URL": target.base_url, "MEDPLUM_CLIENT_ID": target.client_id,
+               "MEDPLUM_CLIENT_SECRET": target.client_secret}
+        run = run_command(["load", str(Path(tmp) / "threads"), "--concurrency", concurrency, "--journal",
+                           str(Path(tmp) / "j.sqlite"), "--no-progress", "--format", "json"], env=env, check=False)
+    if run.returncode != 0:
+        raise Failed(f"load --concurrency {concurrency} exited {run.returncode}: {run.stderr[-1500:]}")
+    summary = orjson.loads(run.stdout)
+    resources = threads * (messages + 1)
+    if not summary.get("ok") or summary.get("counts", {}).get("loaded") != threads:
+        raise Failed(f"load --concurrency {concurrency}: {summary.get('counts')}")
+    return Row(f"command: load --concurrency {concurrency}", resources, run.seconds,
+               extra={"concurrency": summary.get("concurrency", concurrency), "peak_mb": run.peak_mb})
+
+
+def run_sweep(args: argparse.Namespace, target: Target, quiet: bool) -> tuple[str, list[str], list[list[str]]]:
+    """Fixed 1/2/4/8/16 against auto, through the command and the library, beside the bare loop at each setting:
+    the table, with auto's ratio to the best fixed setting (of the same path) and the command's to the bare loop at
+    its best."""
+    threads, messages = args.sweep_threads, args.messages
+    resources = threads * (messages + 1)
+    levels = [int(n) for n in args.sweep_levels.split(",")]
+    bare: dict[int, Row] = {}
+    command: dict[str, Row] = {}
+    library: dict[str, Row] = {}
+    for n in levels:
+        target.reset()
+        bodies = [bundle_bytes(s) for s in specs_for(threads, messages, target.prefix(f"bare{n}"))]
+        bare[n] = timed(f"bare loop, {n}", functools.partial(run_ceiling, target, bodies, resources, concurrency=n),
+                        quiet)
+    for c in [*map(str, levels), "auto"]:
+        target.reset()
+        command[c] = timed(f"command, --concurrency {c}", functools.partial(
+            run_command_load, target, threads, messages, c), quiet)
+        if args.sweep_library:
+            target.reset()
+            library[c] = timed(f"library, concurrency={c}", functools.partial(
+                run_load, target, specs_for(threads, messages, target.prefix(f"lib{c}")), f"library {c}",
+                concurrency=c if c == "auto" else int(c)), quiet)
+    best_bare = max(bare.values(), key=lambda r: r.rate)
+    best_command = max((command[str(n)] for n in levels), key=lambda r: r.rate)
+    rows = []
+    for c in [*map(str, levels), "auto"]:
+        cmd, lib = command[c], library.get(c)
+        settled = "-"
+        if c == "auto":
+            settled = cmd.extra["concurrency"] + (f" (library: {lib.extra['report'].concurrency})" if lib else "")
+        bare_rate = f"{bare[int(c)].rate:,.0f}" if c != "auto" else "-"
+        rows.append([f"**{c}**" if c == "auto" else c, bare_rate, f"{cmd.rate:,.0f}",
+                     f"{cmd.rate / best_bare.rate:.2f}", f"{cmd.rate / best_command.rate:.2f}",
+                     f"{lib.rate:,.0f}" if lib else "-", settled])
+    auto_cmd = command["auto"]
+    best_lib = max((library[str(n)] for n in levels), key=lambda r: r.rate) if library else None
+    notes = [f"auto / best fixed (command): **{auto_cmd.rate / best_command.rate:.2f}** (target ≥ 0.95); "
+             f"auto / bare loop at its best ({best_bare.mode.split(', ')[-1]}): "
+             f"**{auto_cmd.rate / best_bare.rate:.2f}** (target ≥ 0.90)"]
+    if best_lib is not None:
+        notes.append(f"library: auto / best fixed {library['auto'].rate / best_lib.rate:.2f}")
+    where = target.describe()
+    rtt = f", +{args.rtt_ms:g} ms round trip (a delaying proxy in front of it)" if args.rtt_ms else ""
+    caption = (f"Concurrency: {threads:,} threads × (1 header + {messages} messages) = {resources:,} resources, "
+               f"{where}{rtt}; {'; '.join(notes)}")
+    head = ["concurrency", "bare loop resources/s", "command resources/s", "× bare at its best",
+            "× best fixed", "library resources/s", "auto (command)"]
+    return caption, head, rows
+
+
+def sweep_main(args: argparse.Namespace, target: Target) -> int:
+    """`--sweep`: the concurrency sweep alone (through a delaying proxy at `--rtt-ms`)."""
+    loads_before = target.load_average()
+    if args.rtt_ms:
+        with DelayProxy(target.base_url, args.rtt_ms / 1000) as proxy:
+            delayed = Target(proxy.url, target.client_id, target.client_secret, target.server, run=target.run)
+            table = run_sweep(args, delayed, args.markdown)
+    else:
+        if args.warm_up > 0:
+            warm_up(target, args.messages, args.warm_up)
+        table = run_sweep(args, target, args.markdown)
+    print_tables([table], args.markdown)
+    print(f"\nload average {loads_before} at the start, {target.load_average()} at the end")
+    return 0
+
+
+# --------------------------------------------------------------------------- one long run: late rate / early rate
+
+
+def journal_committed(journal: Path) -> int:
+    """Threads the journal holds as committed (read-only; 0 before the command wrote it)."""
+    import contextlib
+    import sqlite3
+
+    if not journal.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=5)) as db:
+        try:
+            return int(db.execute("SELECT count(*) FROM threads WHERE state='committed'").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0
+
+
+def run_same_run(target: Target, threads: int, messages: int, quiet: bool) -> tuple[str, list[str], list[list[str]]]:
+    """`load DIR` (its defaults) of `threads` threads in files of 1,000, as one command; the journal's committed
+    threads sampled every half second: the rate from 10% to 30% of the threads in (early) against 70% to 90% (late),
+    so whatever grows as the run goes on (the server's store, the journal, the client's sets) shows as a late rate
+    below the early one."""
+    target.reset()
+    data = spec_data(threads, messages, target.prefix("same"))
+    samples: list[tuple[float, int]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-same-run-") as tmp:
+        write_specs(data, Path(tmp) / "threads", per_file=1000)
+        del data
+        journal = Path(tmp) / "j.sqlite"
+        env = {"MEDPLUM_BASE_URL": target.base_url, "MEDPLUM_CLIENT_ID": target.client_id,
+               "MEDPLUM_CLIENT_SECRET": target.client_secret}
+        result: list[Any] = []
+        worker = threading.Thread(target=lambda: result.append(run_command(
+            ["load", str(Path(tmp) / "threads"), "--journal", str(journal), "--no-progress"], env=env,
+            check=False)))
+        if not quiet:
+            print(f"… one command loading {threads:,} threads", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        worker.start()
+        while worker.is_alive():
+            samples.append((time.perf_counter() - started, journal_committed(journal)))
+            worker.join(0.5)
+        samples.append((time.perf_counter() - started, journal_committed(journal)))
+    run = result[0]
+    if run.returncode != 0:
+        raise Failed(f"the long run exited {run.returncode}: {run.stderr[-1500:]}")
+
+    def when(fraction: float) -> tuple[float, int]:
+        return next((t, n) for t, n in samples if n >= fraction * threads)
+
+    per_thread = messages + 1
+    (t10, n10), (t30, n30), (t70, n70), (t90, n90) = (when(f) for f in (0.1, 0.3, 0.7, 0.9))
+    early = (n30 - n10) * per_thread / (t30 - t10)
+    late = (n90 - n70) * per_thread / (t90 - t70)
+    rows = [["early: 10% → 30% of the threads in", f"{(n30 - n10) * per_thread:,}", f"{t30 - t10:.1f}", f"{early:,.0f}",
+             "1.00"],
+            ["late: 70% → 90%", f"{(n90 - n70) * per_thread:,}", f"{t90 - t70:.1f}", f"{late:,.0f}",
+             f"**{late / early:.2f}**"]]
+    caption = (f"One `load DIR` of {threads:,} threads × (1 header + {messages} messages) = "
+               f"{threads * per_thread:,} resources in files of 1,000 threads, {target.describe()}: the whole command "
+               f"{run.seconds:.0f} s, peak {run.peak_mb:.0f} MB; late rate / early rate (target ≥ 0.90)")
+    return caption, ["part of the run", "resources", "seconds", "resources/s", "× early"], rows
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -481,7 +688,7 @@ def timed(label: str, func: Callable[[], Row], quiet: bool) -> Row:
 
 
 def measure_more(args: argparse.Namespace, target: Target, quiet: bool
-                 ) -> tuple[Row | str | None, tuple[int, Row, Row] | None, list[Memory]]:
+                 ) -> tuple[Row | str | None, tuple[int, Row, Row, Row, Row] | None, list[Memory]]:
     """The strict mode's run (or why it failed), the filled server's (local only) and the memory runs (local
     only), as asked."""
     strict: Row | str | None = None
@@ -526,6 +733,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure peak memory loading 100,000 and 1,000,000 messages (local only; minutes)")
     parser.add_argument("--memory-sizes", default="100000,1000000", help="messages of each memory run")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--sweep", action="store_true",
+                        help="only the concurrency sweep: fixed --sweep-levels against auto, through the command "
+                             "(and the library), beside the bare loop at each (at --rtt-ms, through a delaying proxy)")
+    parser.add_argument("--sweep-threads", type=int, default=1000, help="threads each mode of the sweep loads")
+    parser.add_argument("--sweep-levels", default=",".join(map(str, SWEEP_LEVELS)), help="the fixed settings")
+    parser.add_argument("--sweep-library", action=argparse.BooleanOptionalAction, default=True,
+                        help="also the library path at each setting")
+    parser.add_argument("--filled-only", action="store_true", help="only the filled-server run")
+    parser.add_argument("--same-run", type=int, default=0, metavar="THREADS",
+                        help="only one command loading THREADS threads: its late rate against its early rate")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 60 threads, short quota run")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
@@ -538,9 +755,16 @@ def main(argv: list[str] | None = None) -> int:
         args.filled, args.memory_sizes = min(args.filled, 5000), "2000,6000"
     if args.memory:  # a million stored resources need more than Node's default heap
         os.environ.setdefault("NODE_OPTIONS", "--max-old-space-size=16384")
-    with open_target(rtt=args.rtt_ms / 1000) as target:
+    with open_target(rtt=0.0 if args.sweep else args.rtt_ms / 1000) as target:
         try:
-            return measure(args, target)
+            if args.same_run:
+                print_tables([run_same_run(target, args.same_run, args.messages, args.markdown)], args.markdown)
+                return 0
+            if args.filled_only:
+                filled = run_filled(target, args, args.markdown)
+                print_tables(extra_tables(args, filled[1], None, filled, []), args.markdown)
+                return 0
+            return sweep_main(args, target) if args.sweep else measure(args, target)
         except Failed as exc:
             raise SystemExit(f"load benchmark: {exc}") from None
 
@@ -567,7 +791,7 @@ def measure(args: argparse.Namespace, target: Target) -> int:
         ceiling_bodies = [bundle_bytes(s) for s in specs_for(args.threads, args.messages, target.prefix(f"c{n}"))]
         load_specs = specs_for(args.threads, args.messages, target.prefix(f"l{n}"))
         ceiling_run = functools.partial(run_ceiling, target, ceiling_bodies, resources)
-        load_run = functools.partial(run_load, target, load_specs, "**load** (defaults: concurrency 4, journal, "
+        load_run = functools.partial(run_load, target, load_specs, "**load** (defaults: concurrency auto, journal, "
                                      "pre-checks, probe)", profile=args.profile if n == args.repeat - 1 else None)
         # in turn first: what one mode leaves the server to do (a real one's Postgres writes its pages and WAL
         # after the requests return) falls on the other mode as often as on this one

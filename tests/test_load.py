@@ -33,6 +33,7 @@ from loadkit import (
 )
 
 from bundler import DEFAULT_IDENTIFIER_SYSTEM, load_specs, parse_spec
+from bundler.errors import BundlerError
 from bundler.load import LoadWatcher, Outcome
 from bundler.load.compare import diff_thread
 from bundler.load.verify import read_thread, resolve_references, verify
@@ -230,6 +231,42 @@ def test_quota_paced_without_429(project: Any, tmp_path: Path) -> None:
         statuses = collections.Counter(e.upstream_status for e in proxy.log)
         assert statuses[429] == 0, statuses
         assert report.waited > 0
+
+
+def test_auto_concurrency_loads_every_thread_exactly_once_and_says_where_it_settled(project: Any,
+                                                                                    tmp_path: Path) -> None:
+    """The default, `concurrency="auto"`: every thread loaded once; the report says what it settled at, within
+    what the client has connections for."""
+    specs = specs_for(project, 60, 3)
+    with client_for(project, concurrency=6) as client:
+        report = load(specs, client, journal=tmp_path / "j.sqlite")
+        assert report.counts() == {Outcome.LOADED: 60}
+        assert report.concurrency.startswith("auto: settled at ")
+        assert 1 <= int(report.concurrency.split()[3].rstrip(";")) <= 6
+        assert client.gate.most == 6, "the client's own gate is back once the load is over"
+        assert_exactly_once(client, specs, project)
+
+
+@pytest.mark.local_only
+def test_auto_concurrency_under_a_quota_draws_no_429(project: Any, tmp_path: Path) -> None:
+    """With the server's quota on, `auto` neither raises what is in flight past what the quota pays for nor draws
+    429s: the pacer spends the quota evenly and the controller stays within it."""
+    project.configure(quota={"enabled": True, "points": 6000, "windowSeconds": 2})
+    specs = specs_for(project, 24, 4)
+    with FaultProxy(project.target.base_url) as proxy, client_for(project, proxy.url) as client:
+        report = load(specs, client, journal=tmp_path / "j.sqlite", concurrency="auto")
+        assert report.ok
+        statuses = collections.Counter(e.upstream_status for e in proxy.log)
+        assert statuses[429] == 0, statuses
+        assert report.waited > 0
+        assert "backed off" not in report.concurrency
+
+
+def test_concurrency_must_be_auto_or_a_number(project: Any, tmp_path: Path) -> None:
+    with client_for(project) as client:
+        for wrong in (0, "4", True, "fast"):
+            with pytest.raises(BundlerError, match="concurrency must be"):
+                load(specs_for(project, 1, 1), client, journal=tmp_path / "j.sqlite", concurrency=wrong)
 
 
 @pytest.mark.volume  # (on a real Medplum: the project whose quota is lifted)

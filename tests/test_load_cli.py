@@ -249,3 +249,24 @@ def test_the_progress_line_appears_before_the_first_search(project: Any, tmp_pat
     with client_for(project) as client:
         assert_exactly_once(client, [parse_spec(d) for d in sample_specs(8, 2, prefix=project.prefix, seed=26)],
                             project)
+
+
+# --- --concurrency -----------------------------------------------------------------------------------
+
+
+def test_concurrency_auto_is_the_default_and_the_summary_says_where_it_settled(project: Any, tmp_path: Path) -> None:
+    data = sample_specs(12, 2, prefix=project.prefix, seed=31)
+    write_specs(tmp_path / "threads", data)
+    run = cli(["load", str(tmp_path / "threads"), "--journal", str(tmp_path / "j.sqlite"), "--no-progress",
+               "--format", "json"], env(project))
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["concurrency"].startswith("auto: settled at ")
+    assert "; concurrency auto: settled at " in run.stderr
+    fixed = cli(["load", str(tmp_path / "threads"), "--journal", str(tmp_path / "k.sqlite"), "--no-progress",
+                 "--concurrency", "3"], env(project))
+    assert fixed.returncode == 0, fixed.stderr
+    assert "; concurrency 3" in fixed.stderr
+    for wrong in ("0", "fast", "65"):
+        bad = cli(["load", str(tmp_path / "threads"), "--concurrency", wrong], env(project))
+        assert bad.returncode == 2 and "neither auto nor a number of 1-64" in bad.stderr, bad.stderr
+        assert "Traceback" not in bad.stderr

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import click
 
 from ..errors import BundlerError
+from ..load.concurrency import AUTO, MOST
 from ..medplum.auth import BearerToken, ClientCredentials, MedplumAuth
 from ..medplum.client import FhirClient
 from .common import SECRETS
@@ -34,7 +35,9 @@ def connection_options(func: F) -> F:
 
 
 def make_client(base_url: str | None, client_id: str | None, client_secret: str | None, token: str | None,
-                allow_insecure: bool, timeout: float, concurrency: int = 4) -> FhirClient:
+                allow_insecure: bool, timeout: float, concurrency: int | str = 4) -> FhirClient:
+    """A client for the options given; `concurrency` the most requests it keeps connections for ("auto": what
+    `load --concurrency auto` may go up to)."""
     if not base_url:
         raise BundlerError("no server: give --base-url or set MEDPLUM_BASE_URL")
     SECRETS.add(client_secret)
@@ -46,7 +49,8 @@ def make_client(base_url: str | None, client_id: str | None, client_secret: str 
     else:
         raise BundlerError("no credentials: give --client-id and --client-secret (or MEDPLUM_CLIENT_ID and "
                            "MEDPLUM_CLIENT_SECRET), or --token")
-    return FhirClient(base_url, auth, timeout=timeout, allow_insecure=allow_insecure, concurrency=concurrency,
+    most = MOST if concurrency == AUTO or not isinstance(concurrency, int) else concurrency
+    return FhirClient(base_url, auth, timeout=timeout, allow_insecure=allow_insecure, concurrency=most,
                       secrets=SECRETS)
 
 

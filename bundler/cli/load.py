@@ -10,6 +10,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 import orjson
 
+from ..load.concurrency import AUTO, Concurrency
 from ..load.inputs import journal_for
 from ..load.loader import DEFAULT_LATE_MARGIN, EXACTLY_ONCE_MODES, LoadInterrupted, load
 from ..load.report import LoadReport, LoadWatcher, ThreadResult
@@ -46,6 +47,7 @@ def print_load_report(report: LoadReport, *, show: int = 20) -> None:
     else:
         atomic = {True: "atomic", False: "NOT atomic (conditional creates)", None: "not probed"}[report.atomic]
         click.echo(f"\n{report.requests:,} requests in {duration(report.seconds)}; transactions {atomic}"
+                   + (f"; concurrency {report.concurrency}" if report.concurrency else "")
                    + (f"; waited {report.waited:.1f}s for the quota" if report.waited >= 0.1 else ""), err=True)
     for t in report.problems[:show]:
         click.echo(SECRETS.scrub(f"{t.outcome}: {t.key}: {t.error}"), err=True)
@@ -89,6 +91,27 @@ def _plan_text(report: LoadReport) -> str:
     return text + f"\nincluding {plan.searches:,} searches made to plan; nothing was sent, no journal written"
 
 
+class _Concurrency(click.ParamType[Concurrency]):
+    """`--concurrency`: auto, or a number of transactions in flight."""
+
+    name = "auto|N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Concurrency:
+        if value == AUTO:
+            return AUTO
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            n = 0
+        if not 1 <= n <= MOST_CONCURRENCY:
+            self.fail(f"{value!r} is neither auto nor a number of 1-{MOST_CONCURRENCY}", param, ctx)
+        return n
+
+
+CONCURRENCY = _Concurrency()
+MOST_CONCURRENCY = 64
+
+
 def load_options(func: F) -> F:
     """The options of `load` (also on `migrate --load`), named as `bundler.load.load`'s arguments."""
     options = [
@@ -97,8 +120,10 @@ def load_options(func: F) -> F:
         click.option("--atomic", type=click.Choice(["require", "auto", "off"]), default="auto", show_default=True,
                      help="Require: refuse a non-atomic project; auto: conditional creates there; off: plain "
                           "transactions."),
-        click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
-                     help="Threads in flight."),
+        click.option("--concurrency", type=CONCURRENCY, default=AUTO, show_default=True,
+                     help="Transactions in flight: auto finds the most the server answers fastest at as the load "
+                          "goes (backing off when it refuses or slows down; within its quota), or a number "
+                          f"(1-{MOST_CONCURRENCY})."),
         click.option("--max-entries", type=click.IntRange(1), help="Cut threads into transactions of at most N "
                                                                    "entries."),
         click.option("--dry-run", is_flag=True, help="Plan only: what would be sent, what exists, requests, quota "
@@ -195,7 +220,7 @@ def _interrupted(exc: LoadInterrupted) -> NoReturn:
 @report_errors(nothing="nothing sent")
 @with_client
 def load_command(paths: tuple[str, ...], client: FhirClient, identifier_system: str, journal: Path | None,
-                 atomic: str, concurrency: int, max_entries: int | None, dry_run: bool, report: Path | None,
+                 atomic: str, concurrency: Concurrency, max_entries: int | None, dry_run: bool, report: Path | None,
                  exactly_once: str, late_margin: float, update: bool, wait: bool, progress: bool | None,
                  format_: str, participants: Path | None, read_model: str | None, allow_outside_files: bool) -> None:
     """Load the threads in PATHS into a Medplum project, atomically and exactly once; run again on specs

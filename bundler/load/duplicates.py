@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ..medplum.client import FhirClient, chunked
-from ..vocabulary import identifier_token
+from ..vocabulary import IDENTIFIER_SEARCH_COUNT, identifier_token
 from .compare import entry_names
 from .report import Duplicate, Outcome, ThreadResult
 from .thread import Thread
@@ -97,7 +97,7 @@ def _asks(identifiers: dict[str, list[str]]) -> list[tuple[str, list[str]]]:
 
 def _params(chunk: list[str]) -> dict[str, str]:
     return {"identifier": ",".join(identifier_token(*ident.split("|", 1)) for ident in chunk),
-            "_count": str(min(1000, 2 * len(chunk) + 10))}
+            "_count": str(IDENTIFIER_SEARCH_COUNT)}  # (not fewer: Medplum answers a small one slowly, see there)
 
 
 def checked(w: Waiting, copies: dict[int, list[str]]) -> tuple[ThreadResult, str | None, bool]:

@@ -41,30 +41,35 @@ for the run (`uploads.Binaries`, journaled by hash): a thread's request carries 
 does not hold yet, or a file too large for that is uploaded first, when a request needs it.
 
 Each thread is a `machine.ThreadLoad`, a state machine; this module feeds them in windows of `window`
-threads (a stream is never read whole), runs them on `concurrency` workers, and tells each result to the
-journal and the watcher as it comes (`report.LoadReport` keeps counts only).
+threads (a stream is never read whole), runs them on a pool of workers whose transactions a gate lets in
+(`concurrency`: "auto", the default, finds how many the server answers fastest at, `concurrency.AutoConcurrency`;
+a number fixes it), and tells each result to the journal and the watcher as it comes (`report.LoadReport` keeps
+counts only).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import heapq
 import itertools
 import queue
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
 from ..build import DEFAULT_IDENTIFIER_SYSTEM
 from ..errors import AuthError, BundlerError, JournalError, NotAtomic, Unreachable
-from ..medplum.client import FhirClient
+from ..medplum.client import FhirClient, chunked
 from ..medplum.probe import Atomicity, probe_atomicity, remove_probes
+from ..medplum.ratelimit import Gate
 from ..spec.model import ThreadSpec
 from ..spec.participants import ParticipantsFile
 from ..vocabulary import SEARCH_POINTS, identifier_system_problem
-from .duplicates import CHECK_AFTER, CHECK_BATCH, NOTE, Waiting, checked, find_copies
+from .concurrency import AUTO, MOST, AutoConcurrency, Concurrency
+from .duplicates import CHECK_AFTER, CHECK_BATCH, NOTE, SEARCH_BATCH, Waiting, checked, find_copies
 from .inputs import Threads, journal_for, read_threads
 from .journal import Entry, Journal, State
 from .machine import Deferred, Settings, ThreadLoad
@@ -100,7 +105,8 @@ def load(threads: Threads, client: FhirClient, *, journal: str | Path | None = N
          participants: str | Path | ParticipantsFile | None = None, read_model: str | None = None,
          allow_outside_files: bool = False, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM,
          atomic: Atomic = "auto", exactly_once: ExactlyOnce = "quarantine", late_margin: float = DEFAULT_LATE_MARGIN,
-         update: bool = False, concurrency: int = 4, max_entries: int | None = None, max_bytes: int = SAFE_MAX_BYTES,
+         update: bool = False, concurrency: Concurrency = AUTO, max_entries: int | None = None,
+         max_bytes: int = SAFE_MAX_BYTES,
          dry_run: bool = False, report: str | Path | None = None, watcher: LoadWatcher | None = None,
          is_atomic: bool | None = None, window: int = 1000, wait: bool = False,
          keep_results: bool = False) -> LoadReport:
@@ -119,7 +125,10 @@ def load(threads: Threads, client: FhirClient, *, journal: str | Path | None = N
     `is_atomic` skips the probe when the caller already knows. exactly_once, late_margin: how a request
     whose answer was lost is made exactly once (module docstring). update: send changed fields of loaded
     threads as updates (else they are reported as `changed`). dry_run: plan only, send nothing, write
-    nothing. wait: wait for another load holding the journal instead of refusing. report: a file to write
+    nothing. wait: wait for another load holding the journal instead of refusing. concurrency: threads in flight,
+    `"auto"` (default: found as the load goes, `concurrency.AutoConcurrency`; at most the client's `concurrency`) or
+    a number (fewer only while transactions fail to serialize); `LoadReport.concurrency` says what it came to.
+    report: a file to write
     every thread's outcome to as JSON as threads finish (`report.ReportWriter`; on an error the previous file
     stays). The returned report keeps counts; each thread's result goes to `watcher.on_thread` as it finishes
     (`keep_results` also keeps them in `LoadReport.threads`).
@@ -164,19 +173,20 @@ def _writing(watcher: LoadWatcher | None, writer: ReportWriter | None) -> LoadWa
 
 
 def _load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: Path, identifier_system: str,
-          atomic: Atomic, exactly_once: ExactlyOnce, late_margin: float, update: bool, concurrency: int,
+          atomic: Atomic, exactly_once: ExactlyOnce, late_margin: float, update: bool, concurrency: Concurrency,
           max_entries: int | None, max_bytes: int, dry_run: bool, watcher: LoadWatcher | None,
           is_atomic: bool | None, window: int, wait: bool, keep_results: bool) -> LoadReport:
     _check_options(identifier_system, exactly_once, late_margin)
+    gate = gate_for(concurrency, client)
     report = _started(threads, watcher, dry_run)
     started, requests_before, waited_before = client.clock.monotonic(), client.requests, client.pacer.waited
     target = f"{client.root}|{identifier_system}"
     with Journal(journal, target, read_only=dry_run, wait=wait, on_wait=watcher.on_wait if watcher else None) as jr, \
-            ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="load") as pool:
+            ThreadPoolExecutor(max_workers=gate.most, thread_name_prefix="load") as pool, _gating(client, gate):
         run = _Run(client, jr, pool, report, identifier_system=identifier_system, atomic=atomic,
                    exactly_once=exactly_once, margin=late_margin, update=update, is_atomic=is_atomic,
                    limits=RequestLimits(max_bytes=max_bytes, max_entries=max_entries), watcher=watcher,
-                   keep=keep_results, dry_run=dry_run, concurrency=max(1, concurrency))
+                   keep=keep_results, dry_run=dry_run, gate=gate)
         try:
             for chunk in _batched(threads, max(1, window)):
                 run.window([run.numbered(Thread(spec, identifier_system)) for spec in chunk])
@@ -189,6 +199,27 @@ def _load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: Path, i
             _close(report, run, client, started, requests_before, waited_before)
             raise LoadInterrupted(report, journal) from None
     return _close(report, run, client, started, requests_before, waited_before)
+
+
+def gate_for(concurrency: Concurrency, client: FhirClient) -> Gate:
+    """What lets a load's transactions in: `AutoConcurrency` for "auto" (at most the client's connections' worth,
+    its quota its pacer's), a `Gate` of `concurrency` for a number. BundlerError for anything else."""
+    if concurrency == AUTO:
+        return AutoConcurrency(min(MOST, max(1, client.concurrency)), clock=client.clock.monotonic,
+                               quota=lambda: client.pacer.rate)
+    if type(concurrency) is not int or concurrency < 1:  # (a caller's typo may be anything: True, "4", 0)
+        raise BundlerError(f'concurrency must be "auto" or a number of 1 or more, not {concurrency!r}')
+    return Gate(concurrency)
+
+
+@contextlib.contextmanager
+def _gating(client: FhirClient, gate: Gate) -> Iterator[None]:
+    """The client's transactions let in by `gate` for the load's time, then by the client's own again."""
+    before, client.gate = client.gate, gate
+    try:
+        yield
+    finally:
+        client.gate = before
 
 
 def _started(threads: Iterable[ThreadSpec], watcher: LoadWatcher | None, dry_run: bool) -> LoadReport:
@@ -216,6 +247,7 @@ def _close(report: LoadReport, run: _Run, client: FhirClient, started: float, re
     report.atomic = run.is_atomic
     report.requests = client.requests - requests_before
     report.seconds = client.clock.monotonic() - started
+    report.concurrency = run.gate.describe() if isinstance(run.gate, AutoConcurrency) else str(run.gate.most)
     report.waited = client.pacer.waited - waited_before
     report.in_input_order()
     report.participants = run.ensurer.counts
@@ -242,7 +274,7 @@ class _Run:
     def __init__(self, client: FhirClient, journal: Journal, pool: ThreadPoolExecutor, report: LoadReport, *,
                  identifier_system: str, atomic: Atomic, exactly_once: ExactlyOnce, margin: float, update: bool,
                  is_atomic: bool | None, limits: RequestLimits, watcher: LoadWatcher | None, keep: bool,
-                 dry_run: bool, concurrency: int) -> None:
+                 dry_run: bool, gate: Gate) -> None:
         self.client, self.journal, self.pool, self.report = client, journal, pool, report
         self.system, self.atomic, self.strict, self.is_atomic = identifier_system, atomic, exactly_once == "strict", \
             is_atomic
@@ -258,7 +290,7 @@ class _Run:
         self.stopping = threading.Event()
         self.clock = client.clock  # (the loader waits on the client's clock)
         self.started = self.clock.time()
-        self.ahead = 4 * concurrency  # machines handed to the pool at a time
+        self.gate = gate
         self.futures: dict[Future[Any], ThreadLoad] = {}  # submitted, not yet settled
         self.waiting: list[Waiting] = []  # settled threads whose results wait for their check for copies
         self.waiting_since = 0.0  # (monotonic) when the oldest of them began to wait
@@ -381,7 +413,13 @@ class _Run:
         if not unseen:
             return {}
         before = self.client.requests
-        found = self.client.find_resources("Communication", [items[n].identifiers[0] for n in unseen])
+        found: dict[str, dict[str, Any]] = {}
+        # the searches at once, on the pool (idle between windows): a window's pre-check takes a round trip or
+        # two, not one per search
+        chunks = list(chunked([items[n].identifiers[0] for n in unseen], max_url=6000, most=SEARCH_BATCH))
+        for part in self.pool.map(lambda chunk: self.client.find_resources("Communication", chunk), chunks):
+            for ident, resource in part.items():
+                found.setdefault(ident, resource)
         if self.dry_run:
             self.ready()
             assert self.plan is not None
@@ -448,6 +486,12 @@ class _Run:
         if not self.waiting:
             self.waiting_since = self.clock.monotonic()
         self.waiting.append(waiting)
+
+    @property
+    def ahead(self) -> int:
+        """Machines handed to the pool at a time: four times as many as may be in flight now (those the gate does
+        not let in yet wait in it, or in the pool's queue)."""
+        return 4 * max(1, int(self.gate.limit))
 
     def _check_due(self, backlog: collections.deque[ThreadLoad], pending: set[Future[Any]]) -> bool:
         """Whether to check the waiting threads now: a request's worth of identifiers wait, the oldest has waited

@@ -157,6 +157,7 @@ class LoadReport:
     files: dict[str, int] = field(default_factory=dict)  # files uploaded first: uploaded, known, failed
     unchecked: int = 0  # threads sent but not checked for copies another load made (the next run checks them)
     unchecked_why: str = ""
+    concurrency: str = ""  # transactions in flight: a number, or what "auto" settled at ("auto: settled at 6; ...")
 
     @property
     def ok(self) -> bool:
@@ -197,6 +198,8 @@ class LoadReport:
         """The summary (the `--report` file has it after the threads)."""
         out: dict[str, Any] = {"ok": self.ok, "atomic": self.atomic, "requests": self.requests,
                                "seconds": round(self.seconds, 3), "counts": self.counts()}
+        if self.concurrency:
+            out["concurrency"] = self.concurrency
         if self.participants:
             out["participants"] = self.participants.as_json()
         if any(self.files.values()):

@@ -38,6 +38,7 @@ import orjson
 from ..errors import AuthError, BundlerError, ServerError, Throttled, UnknownOutcome, Unreachable
 from ..vocabulary import (
     FHIR_PATH,
+    IDENTIFIER_SEARCH_COUNT,
     READ_POINTS,
     SEARCH_POINTS,
     WRITE_POINTS,
@@ -150,14 +151,15 @@ class FhirClient:
 
     def __init__(self, base_url: str, auth: MedplumAuth, *, timeout: float = 60.0,
                  allow_insecure: bool = False, verify: bool = True, transport: httpx.BaseTransport | None = None,
-                 pacer: Pacer | None = None, max_attempts: int = 8, concurrency: int = 8,
+                 pacer: Pacer | None = None, max_attempts: int = 8, concurrency: int = 32,
                  secrets: Secrets | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         self.root = _checked_root(base_url, allow_insecure=allow_insecure)
         self.fhir_base = fhir_base(self.root)
         self.timeout = timeout
         self.clock = clock  # every wait of the client (backoffs, pacing) and of a load through it is on it
         self.pacer = pacer or Pacer(clock=clock.monotonic, sleep=clock.sleep)
-        self.gate = Gate(concurrency)  # transactions at the server at once, fewer while they fail to serialize
+        self.concurrency = concurrency  # the most requests at once it keeps connections for
+        self.gate: Gate = Gate(concurrency)  # transactions at the server at once, fewer while they fail to serialize
         self.max_attempts = max_attempts
         self.secrets = secrets if secrets is not None else Secrets(set())
         self.requests = 0
@@ -197,11 +199,13 @@ class FhirClient:
             headers = {"Accept": FHIR_JSON} | ({"Content-Type": FHIR_JSON} if content is not None else {})
         for attempt in itertools.count(1):
             self.pacer.wait(cost)
+            gate = self.gate  # (the one it entered: a load may put its own in place meanwhile)
             if gated:
-                self.gate.enter()
-            conflict = False
+                gate.enter()
+            conflict, status, sent = False, None, self.clock.monotonic()
             try:
                 resp = self.http.request(method, url, content=content, headers=headers, follow_redirects=follow)
+                status = resp.status_code
                 conflict = resp.status_code == 409 and serialization_failure(self._body(resp))
             except httpx.TransportError as exc:
                 self._transport_failed(exc, f"{method} {url}", attempt, idempotent=idempotent)
@@ -209,7 +213,7 @@ class FhirClient:
             finally:
                 self.pacer.done(cost)
                 if gated:
-                    self.gate.leave(conflict=conflict)
+                    gate.leave(conflict=conflict, status=status, seconds=self.clock.monotonic() - sent, work=cost)
             if ratelimit := resp.headers.get_list("RateLimit"):
                 self.last_ratelimit = ratelimit
                 self.pacer.update(parse_ratelimit(ratelimit))
@@ -449,7 +453,7 @@ class FhirClient:
         found: dict[str, dict[str, Any]] = {}
         for chunk in chunked(identifiers, max_url=max_url, most=100):
             tokens = ",".join(identifier_token(*ident.split("|", 1)) for ident in chunk)
-            params = {"identifier": tokens, "_count": str(min(1000, 2 * len(chunk) + 10))}
+            params = {"identifier": tokens, "_count": str(IDENTIFIER_SEARCH_COUNT)}  # (not fewer: see there)
             if elements:
                 params["_elements"] = elements
             for resource in self.search(resource_type, params):

@@ -70,6 +70,11 @@ class Pacer:
         """True once a server has told us its quota."""
         return self._rate is not None
 
+    @property
+    def rate(self) -> float | None:
+        """Points a second the quota lets us spend now (None: no quota told)."""
+        return self._rate
+
     def update(self, limits: dict[str, Limit]) -> None:
         with self._lock:
             now = self._clock()
@@ -146,7 +151,9 @@ class Gate:
                 self._cond.wait()
             self.inside += 1
 
-    def leave(self, *, conflict: bool) -> None:
+    def leave(self, *, conflict: bool, status: int | None = 200, seconds: float = 0.0, work: float = 0.0) -> None:
+        """A transaction came back: `conflict` (a 409 serialization failure), its `status` (None: no answer), its
+        `seconds` at the server and `work` (quota points): what `load.concurrency.AutoConcurrency` steers by."""
         with self._cond:
             self.inside -= 1
             if conflict:
