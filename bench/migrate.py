@@ -136,6 +136,13 @@ def export_of(messages: int, per_conversation: int, folder: Path) -> Path:
     return export
 
 
+def _said(run: Run) -> Run:
+    """`run`, told on stderr as it ends (a long run stopped halfway still shows what it measured)."""
+    print(f"{run.rows:,} rows, {run.mode}: {run.seconds:.1f} s, {run.rate:,.0f} rows/s, peak {run.largest_mb:,.0f} MB "
+          f"largest process, {run.all_mb:,.0f} MB all; load average {load_average()}", file=sys.stderr, flush=True)
+    return run
+
+
 def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
 
@@ -168,10 +175,10 @@ def main() -> None:
             loads = [load_average()]
             got = []
             if base is not None:
-                got.append(run_cli(args.baseline, export, mapping, out, args.workers, base))
-            got.append(run_cli("command", export, mapping, out, args.workers, None))
+                got.append(_said(run_cli(args.baseline, export, mapping, out, args.workers, base)))
+            got.append(_said(run_cli("command", export, mapping, out, args.workers, None)))
             if not args.no_library:
-                got.append(run_library(export, mapping, out, args.workers))
+                got.append(_said(run_library(export, mapping, out, args.workers)))
             loads.append(load_average())
             if len({r.digest for r in got}) != 1:
                 raise SystemExit(f"the modes wrote different bytes at {n:,} rows: "
