@@ -43,6 +43,7 @@ class Assembled:
 
 
 _ALIAS_CACHE = 20_000  # legacy user id → alias entries kept across threads (then emptied)
+_PARTICIPANT_CACHE = 4_096  # Participants kept across threads (then emptied): those who recur (staff) are back soon
 
 
 def _thread_keys(convs: set[str]) -> dict[str, str]:
@@ -312,7 +313,7 @@ class Assembler:
         made and checked once while it stays in the cache."""
         cached = self._participants.get((alias, reference, display))
         if cached is None:
-            if len(self._participants) >= _ALIAS_CACHE:
+            if len(self._participants) >= _PARTICIPANT_CACHE:
                 self._participants.clear()
             cached = self._participants[(alias, reference, display)] = Participant(alias, reference, display)
         return cached
