@@ -31,3 +31,21 @@ def test_the_servers_processes_are_found_by_its_port_and_their_cpu_counted(proje
 def test_a_server_elsewhere_has_no_processes_here() -> None:
     assert server_processes("http://192.0.2.1:8103/") == []
     assert server_processes("https://medplum.example/") == []
+
+
+def test_the_migrate_benchmark_times_the_command_and_the_library_on_the_same_bytes(tmp_path: Path) -> None:
+    """bench/migrate.py runs `thread-bundler migrate` as a user does and the library call beside it: both read the
+    same export and write the same bundles and rejects, and each says its rows, rejects and memory."""
+    from legacy_export import MAPPING, write_export
+    from migrate import run_cli, run_library
+
+    export, mapping = tmp_path / "export.csv", tmp_path / "mapping.yaml"
+    write_export(export, 300, 30, bad_share=0.05, seed=3)
+    mapping.write_text(MAPPING, encoding="utf-8")
+    cli = run_cli("command", export, mapping, tmp_path / "out.ndjson", 2, None)
+    library = run_library(export, mapping, tmp_path / "out.ndjson", 2)
+    assert cli.digest == library.digest
+    assert cli.rows == library.rows == 300 and cli.rejected == library.rejected > 0
+    assert cli.messages == library.messages == 300 - cli.rejected
+    assert cli.largest_mb > 0 and library.processes == 2 and library.all_mb > library.largest_mb
+    assert not (tmp_path / "out.ndjson").exists()  # each run's output read and removed

@@ -410,3 +410,20 @@ def _migrate_with_table(tmp_path: Path) -> None:
                                                     "read_at: at}\n"))
     with iter_threads([tmp_path / "export.csv"], tmp_path / "m.yaml", rejects=tmp_path / "r.jsonl") as stream:
         list(stream)
+
+
+def test_migrate_read_column_without_a_read_table_and_a_received_time_before_sent(tmp_path: Path) -> None:
+    """Read state from the row alone (no read table): every recipient read it then; a received time before the
+    message was sent is left out with a warning, the rest of the message kept."""
+    (tmp_path / "export.csv").write_text(EXPORT.replace("2024-05-01T10:00:05Z", "2024-05-01T09:59:00Z"))
+    (tmp_path / "m.yaml").write_text(MAPPING % (", read_model: tasks", ""))
+    from bundler.migrate import iter_threads
+
+    with iter_threads([tmp_path / "export.csv"], tmp_path / "m.yaml", rejects=tmp_path / "r.jsonl") as stream:
+        specs = {s.key: s for s in stream}
+    m1, m2, m3 = specs["one"].messages
+    assert dict(m1.read_by) == {"pt-b": "2024-05-01T12:00:00Z"} and m1.received is None
+    assert m1.text == "Your refill is ready"
+    assert not m2.read_by and not m3.read_by
+    assert not any(m.read_by for m in specs["group"].messages)
+    assert stream.summary.warnings == {"received-before-sent": 1, "read-before-sent": 1}

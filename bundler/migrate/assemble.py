@@ -9,11 +9,12 @@ A conversation whose every row is rejected gives no thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
-from ..spec.model import Attachment, Coding, Message, Participant, ThreadSpec
+from ..spec.model import Attachment, Coding, Participant, ThreadSpec
+from ..spec.records import without_defaults
 from ..spec.source import Document, Path_, Position
 from ..vocabulary import DEFAULT_STATUS, SIMPLE_MAX_PARTICIPANTS, parse_instant, reference_type
 from .keys import KEY_FITS as _KEY_FITS
@@ -42,6 +43,7 @@ class Assembled:
 
 
 _ALIAS_CACHE = 20_000  # legacy user id → alias entries kept across threads (then emptied)
+_PARTICIPANT_CACHE = 4_096  # Participants kept across threads (then emptied): those who recur (staff) are back soon
 
 
 def _thread_keys(convs: set[str]) -> dict[str, str]:
@@ -70,6 +72,7 @@ class Assembler:
         self.files = files
         self.strict = strict
         self._aliases: dict[str, str] = {}  # legacy user id → make_alias(id), bounded
+        self._participants: dict[tuple[str, str, str | None], Participant] = {}  # see _participant, bounded
         self.read_model = mapping.read_model
         self.reads = read_table(mapping.reads) if mapping.reads is not None else {}
 
@@ -224,17 +227,35 @@ class Assembler:
             aliases[user] = a
             taken.add(a)
         names: dict[str, str] = {}
-        for rec in records:
+        topic = subject_id = category = thread_status = thread_priority = None
+        for rec in records:  # one pass: the first display of each sender, the first of each thread value
             if rec.sender_display and rec.sender not in names:
                 names[rec.sender] = rec.sender_display
-        participants = {aliases[u]: Participant(alias=aliases[u], reference=ref,
-                                                 display=display or names.get(u))
+            if topic is None:
+                topic = rec.topic
+            if subject_id is None:
+                subject_id = rec.subject
+            if category is None:
+                category = rec.category
+            if thread_status is None:
+                thread_status = rec.thread_status
+            if thread_priority is None:
+                thread_priority = rec.thread_priority
+        participants = {aliases[u]: self._participant(aliases[u], ref, display or names.get(u))
                         for u, (ref, display) in people.items()}
         everyone = set(participants)
         others: dict[str, set[str]] = {}  # sender alias → everyone but the sender: the default recipients
-        messages = []
+        reads = bool(self.reads)
+        # messages as data, checked with the thread in one validation (a Message object each costs a call more)
+        messages: list[dict[str, Any]] = []
         for i, rec in enumerate(records):
             sender = aliases[rec.sender]
+            data: dict[str, Any] = {"id": ids[rec.message_id], "sender": sender, "sent": rec.sent}
+            if rec.text is not None:
+                data["text"] = rec.text
+            if rec.attachments:
+                data["attachments"] = tuple(Attachment(url=cast(str, url), content_type=kind, title=title)
+                                            for url, kind, title in rec.attachments)
             recipient: tuple[str, ...] | None = None
             if rec.recipients:
                 recipient = tuple([aliases[u] for u in rec.recipients])
@@ -243,46 +264,59 @@ class Assembler:
                     default = others[sender] = everyone - {sender}
                 if len(recipient) == len(default) and set(recipient) == default:
                     recipient = None  # the default: everyone but the sender
+                else:
+                    data["recipient"] = recipient
             reply = rec.reply_to if i not in unlinked else None
-            readers = recipient if recipient is not None else tuple(sorted(everyone - {sender}))
-            messages.append(Message(
-                id=ids[rec.message_id], sender=sender, sent=rec.sent, text=rec.text,
-                attachments=tuple(Attachment(url=cast(str, url), content_type=kind, title=title)
-                                  for url, kind, title in rec.attachments),
-                recipient=recipient, reply_to=ids[reply] if reply is not None else None, status=rec.status,
-                received=self._received(rec, reject), priority=rec.priority,
-                read_by=self._read_by(rec, aliases, readers, reject) or None,
-            ))
-
-        def first(values: Iterable[str | None]) -> str | None:
-            return next((v for v in values if v is not None), None)
+            if reply is not None:
+                data["reply_to"] = ids[reply]
+            if rec.status is not None:
+                data["status"] = rec.status
+            if rec.received is not None and (received := self._received(rec, reject)) is not None:
+                data["received"] = received
+            if rec.priority is not None:
+                data["priority"] = rec.priority
+            if rec.read_at is not None or reads:
+                readers = recipient if recipient is not None else tuple(sorted(everyone - {sender}))
+                if read_by := self._read_by(rec, aliases, readers, reject):
+                    data["read_by"] = read_by
+            messages.append(data)
 
         subject: str | None = None
         if self.mapping.subject_type is not None:
             wanted = self.mapping.subject_type
             subject = next((a for a, p in participants.items() if reference_type(p.reference) == wanted), None)
-        elif (subject_id := first(rec.subject for rec in records)) is not None:
+        elif subject_id is not None:
             got = self.resolve(subject_id)
             assert not isinstance(got, str)  # resolved when its message was accepted
             subject = aliases.get(subject_id, got[0])
-        category = first(rec.category for rec in records)
         coding: tuple[Coding, ...] = ()
         if category is not None:
             system, code = category.split("|", 1)
             coding = (Coding(code=code, system=system),)
-        return ThreadSpec(
+        # `model_construct` checks as the constructor does (SpecError listing every problem), and takes the
+        # messages as data
+        return ThreadSpec.model_construct(
             key=key,
-            topic=first(rec.topic for rec in records) or f"Conversation {records[0].conversation}",
+            topic=topic or f"Conversation {records[0].conversation}",
             participants=participants,
-            messages=tuple(messages),
-            subject=subject,
-            sender=messages[0].sender,
-            sent=messages[0].sent,
-            status=first(rec.thread_status for rec in records) or DEFAULT_STATUS,
+            messages=messages,
+            sender=aliases[records[0].sender],
+            sent=records[0].sent,
+            status=thread_status or DEFAULT_STATUS,
             category=coding,
-            priority=first(rec.thread_priority for rec in records),
-            read_model=self._read_model(records[0], len(participants), reject),
+            **without_defaults(subject=subject, priority=thread_priority,
+                               read_model=self._read_model(records[0], len(participants), reject)),
         )
+
+    def _participant(self, alias: str, reference: str, display: str | None) -> Participant:
+        """The Participant of these values: one object for all the threads that name it alike (it is immutable),
+        made and checked once while it stays in the cache."""
+        cached = self._participants.get((alias, reference, display))
+        if cached is None:
+            if len(self._participants) >= _PARTICIPANT_CACHE:
+                self._participants.clear()
+            cached = self._participants[(alias, reference, display)] = Participant(alias, reference, display)
+        return cached
 
     def _read_model(self, rec: MessageRecord, participants: int, reject: Callable[[tuple[int, Reject]], None]
                     ) -> str | None:
