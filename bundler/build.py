@@ -14,7 +14,7 @@ import base64
 import functools
 import hashlib
 import uuid
-from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
 import orjson
@@ -227,30 +227,44 @@ def build_bundle(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
     must be usable in identifier searches (`check_identifier_system`; OptionError if not). Nothing in the
     result is shared between resources, so it is safe to change.
     """
+    entries = bundle_entries(thread, identifier_system=identifier_system, files=files)
+    return {"resourceType": "Bundle", "type": TRANSACTION, "entry": list(entries)}
+
+
+def bundle_entries(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM,
+                   files: Mapping[str, bytes] | None = None) -> Iterator[dict[str, Any]]:
+    """The entries of `build_bundle`'s Bundle, the same ones in the same order, each made when it is asked for: a
+    thread of 100,000 messages need not be held whole (an entry is about 2.7 kB as Python data). The spec and the
+    identifier system are checked before this returns."""
     system = check_identifier_system(identifier_system)
     spec = thread if isinstance(thread, ThreadSpec) else parse_spec(thread)
+    return _entries(spec, system, files)
+
+
+def _entries(spec: ThreadSpec, system: str, files: Mapping[str, bytes] | None) -> Iterator[dict[str, Any]]:
     key = spec.key
     refs = _refs(spec)
     header_url = full_url(system, key)
-    entries: list[dict[str, Any]] = [{"fullUrl": header_url, "resource": _header(spec, system, refs),
-                                      "request": dict(_REQUEST)}]
-    urls: dict[str, str] = {}
-    recipients_of: dict[str, list[str]] = {}
     prefix = f"{key}/"
+    header = _header(spec, system, refs)
+    if spec.read_model == "header-extension" and \
+            (blocks := _read_state_blocks(spec, refs, lambda mid: full_url(system, prefix + mid))):
+        header["extension"] = blocks
+    yield {"fullUrl": header_url, "resource": header, "request": dict(_REQUEST)}
+    recipients_of: dict[str, list[str]] = {}
     thread_status = spec.status
     simple = spec.read_model == "simple"
     codings = [_coding(c) for c in spec.category]  # read once; every resource gets its own copy
     for m in spec.messages:
         mid, reply_to = m.id, m.reply_to
         value = prefix + mid
-        url = urls[mid] = full_url(system, value)
         res: dict[str, Any] = {
             "resourceType": "Communication",
             "identifier": [{"system": system, "value": value}],
             "partOf": [{"reference": header_url}],
         }
-        if reply_to is not None:
-            res["inResponseTo"] = [{"reference": urls[reply_to]}]
+        if reply_to is not None:  # (an earlier message's url, made again rather than kept for every message)
+            res["inResponseTo"] = [{"reference": full_url(system, prefix + reply_to)}]
         res["status"] = READ_STATUS if simple and m.read_by else m.status or thread_status
         if codings:
             res["category"] = [{"coding": [dict(c)]} for c in codings]
@@ -261,15 +275,11 @@ def build_bundle(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
             res["recipient"] = [dict(refs[a]) for a in recipients]
         res["sender"] = dict(refs[sender])
         res["payload"] = _payload(m.text, m.attachments)
-        entries.append({"fullUrl": url, "resource": res, "request": dict(_REQUEST)})
-    if spec.read_model == "header-extension":
-        if blocks := _read_state_blocks(spec, refs, urls):
-            entries[0]["resource"]["extension"] = blocks
-    elif spec.read_model == "tasks":
-        entries += _read_receipts(spec, system, refs, header_url)
+        yield {"fullUrl": full_url(system, value), "resource": res, "request": dict(_REQUEST)}
+    if spec.read_model == "tasks":
+        yield from _read_receipts(spec, system, refs, header_url)
     if spec.has_files:  # last: the loader finds a thread's Binaries after its header, messages and read receipts
-        entries += _binaries(spec, files)
-    return {"resourceType": "Bundle", "type": TRANSACTION, "entry": entries}
+        yield from _binaries(spec, files)
 
 
 def _times(res: dict[str, Any], m: Message, thread_priority: str | None, simple: bool) -> None:
@@ -283,7 +293,7 @@ def _times(res: dict[str, Any], m: Message, thread_priority: str | None, simple:
         res["received"] = received
 
 
-def _read_state_blocks(spec: ThreadSpec, refs: Mapping[str, dict[str, str]], urls: Mapping[str, str]
+def _read_state_blocks(spec: ThreadSpec, refs: Mapping[str, dict[str, str]], url_of: Callable[[str], str]
                        ) -> list[dict[str, Any]]:
     """The header-extension model: for each participant who read something, in the order of participants, the
     last message (in thread order) they read and when. It keeps a high-water mark: messages before it count as
@@ -294,17 +304,16 @@ def _read_state_blocks(spec: ThreadSpec, refs: Mapping[str, dict[str, str]], url
             last[alias] = m
     return [{"url": READ_STATE_EXTENSION, "extension": [
         {"url": READ_STATE_PARTICIPANT, "valueReference": dict(refs[alias])},
-        {"url": READ_STATE_LAST_READ, "valueReference": {"reference": urls[last[alias].id]}},
+        {"url": READ_STATE_LAST_READ, "valueReference": {"reference": url_of(last[alias].id)}},
         {"url": READ_STATE_LAST_READ_AT, "valueDateTime": last[alias].read_by[alias]},
     ]} for alias in refs if alias in last]
 
 
 def _read_receipts(spec: ThreadSpec, system: str, refs: Mapping[str, dict[str, str]], header_url: str
-                   ) -> list[dict[str, Any]]:
+                   ) -> Iterator[dict[str, Any]]:
     """The tasks model: a read-receipt Task for each sent message (not drafts) and each of its recipients, after
     the messages in message order; `requested` while unread, `completed` (its executionPeriod ending when it was
     read) once read."""
-    out: list[dict[str, Any]] = []
     subject = spec.subject
     for_ = None if subject is None else refs.get(subject, {"reference": wire_reference(subject)})
     for i, alias in read_receipts(spec):
@@ -326,8 +335,7 @@ def _read_receipts(spec: ThreadSpec, system: str, refs: Mapping[str, dict[str, s
         if m.sent is not None:
             task["authoredOn"] = m.sent
         task["owner"] = dict(refs[alias])
-        out.append({"fullUrl": full_url(system, value), "resource": task, "request": dict(_TASK_REQUEST)})
-    return out
+        yield {"fullUrl": full_url(system, value), "resource": task, "request": dict(_TASK_REQUEST)}
 
 
 def read_receipts(spec: ThreadSpec) -> list[tuple[int, str]]:
