@@ -50,9 +50,10 @@ def run(target: Target, messages: int, folder: Path, commands: tuple[str, ...], 
     }
     out = []
     for name in commands:
-        done = run_command(args[name], env=connection(target))
+        done = run_command(args[name], env=connection(target), check=False)  # (its exit code goes in the table)
         if not quiet:
-            print(f"… {name}: {done.peak_mb:.0f} MB, {done.seconds:.1f}s", file=sys.stderr, flush=True)
+            print(f"… {name}: {done.peak_mb:.0f} MB, {done.seconds:.1f}s, exit {done.returncode}", file=sys.stderr,
+                  flush=True)
         out.append(done)
     return out
 
@@ -70,15 +71,16 @@ def main(argv: list[str] | None = None) -> int:
     with open_target() as target, tempfile.TemporaryDirectory(prefix="bench-bigthread-") as tmp:
         runs = run(target, args.messages, Path(tmp), commands, args.quiet)
         where = target.describe()
-    rows = [[name, f"{r.peak_mb:,.0f}", f"{r.seconds:,.1f}"] for name, r in zip(commands, runs, strict=True)]
+    rows = [[name, f"{r.peak_mb:,.0f}", f"{r.seconds:,.1f}", str(r.returncode)]
+            for name, r in zip(commands, runs, strict=True)]
     caption = (f"One thread of {args.messages:,} messages through the commands ({where}); peak resident memory "
                "of the whole process (wait4) and wall time, each command a fresh process")
     if args.markdown:
-        print(f"{caption}\n\n{markdown_table(['command', 'peak MB', 'seconds'], rows)}")
+        print(f"{caption}\n\n{markdown_table(['command', 'peak MB', 'seconds', 'exit'], rows)}")
     else:
         print(caption)
-        for row in [["command", "peak MB", "seconds"], *rows]:
-            print(f"{row[0]:<10}{row[1]:>10}{row[2]:>10}")
+        for row in [["command", "peak MB", "seconds", "exit"], *rows]:
+            print(f"{row[0]:<10}{row[1]:>10}{row[2]:>10}{row[3]:>6}")
     return 0
 
 

@@ -411,6 +411,9 @@ def _identifier_json(system: str) -> bytes:
             + b',"value":')
 
 
+_BUNDLE_START: Final = b'{"resourceType":"Bundle","type":"transaction","entry":['
+
+
 def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM
                  ) -> bytes:
     """Exactly `orjson.dumps(build_bundle(thread))`, made faster for NDJSON output and loading.
@@ -422,11 +425,13 @@ def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
     """
     system = check_identifier_system(identifier_system)
     spec = thread if isinstance(thread, ThreadSpec) else parse_spec(thread)
-    if spec.has_files:
-        return orjson.dumps(build_bundle(spec, identifier_system=system))
     dumps_ = orjson.dumps
-    if spec.read_model is not None:  # read state: Tasks or an extension, or statuses by who read what
-        return dumps_(build_bundle(spec, identifier_system=system))
+    if spec.has_files or spec.read_model is not None:  # Binaries; read state: Tasks, an extension, or statuses
+        out = bytearray(_BUNDLE_START)  # an entry at a time: the whole bundle as data is 3.4 times its bytes
+        for n, entry in enumerate(_entries(spec, system, None)):
+            out += b"," + dumps_(entry) if n else dumps_(entry)
+        out += b"]}"
+        return bytes(out)
     refs = _refs(spec)
     ref_json = {alias: dumps_(r) for alias, r in refs.items()}
     header_url = full_url(system, spec.key)
@@ -456,8 +461,7 @@ def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
     prefix = f"{spec.key}/"
     name_prefix = _NS + f"{system}|{prefix}".encode()  # full_url, inlined: this loop is the hot path
     sha1, variant = hashlib.sha1, _VARIANT
-    parts = [b'{"resourceType":"Bundle","type":"transaction","entry":[', head]
-    extend = parts.extend
+    out = bytearray(_BUNDLE_START + head)  # one buffer, not a list of pieces: 15 small bytes a message
     value_prefix = b'"' + prefix.encode()
     for m in spec.messages:
         mid, sender, recipient, reply_to, status = m.id, m.sender, m.recipient, m.reply_to, m.status
@@ -473,7 +477,7 @@ def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
         # keys, ids, statuses and instants of a ThreadSpec (always checked) hold no character JSON escapes:
         # written as they are, they are what orjson writes
         text, attachments, sent, received, priority = m.text, m.attachments, m.sent, m.received, m.priority
-        extend((
+        out += b"".join((
             b',{"fullUrl":"', url, identifier, value_prefix, raw_id, b'"', part_of,
             b'"inResponseTo":[{"reference":"' + urls[reply_to] + b'"}],' if reply_to is not None else b"",
             b'"status":"' + status.encode() + b'",' if status else status_json,
@@ -485,8 +489,8 @@ def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
             + dumps_(text) + b"}]",
             b'},"request":{"method":"POST","url":"Communication"}}',
         ))
-    parts.append(b"]}")
-    return b"".join(parts)
+    out += b"]}"
+    return bytes(out)
 
 
 def build_bundles(threads: Iterable[ThreadSpec | Mapping[str, Any]], *,
