@@ -22,7 +22,6 @@ from ..medplum.client import FhirClient
 from ..spec.model import ThreadSpec
 from ..spec.participants import ParticipantsFile
 from ..vocabulary import (
-    CURSOR_MIN_COUNT,
     READ_RECEIPT_CODE,
     READ_RECEIPT_SYSTEM,
     InstantError,
@@ -97,7 +96,9 @@ def receipt_pages(client: FhirClient, header_id: str, *, page_size: int = 1000) 
 
 
 def _cursor_paged(page_size: int) -> dict[str, str]:
-    return {"_sort": "_lastUpdated", "_count": str(max(page_size, CURSOR_MIN_COUNT))}
+    """Sorted by `_lastUpdated`, `page_size` a page: Medplum pages by cursor from `CURSOR_MIN_COUNT` a page up
+    (below, by offset: up to 10,000 results, which is what a test of paging asks for)."""
+    return {"_sort": "_lastUpdated", "_count": str(page_size)}
 
 
 def _sent_order(resource: Mapping[str, Any]) -> tuple[int, dt.datetime | str]:
