@@ -790,6 +790,13 @@ CURSOR_MIN_COUNT: Final = 20
 `canUseCursorLinks`): a scan of a whole project must ask that way."""
 MAX_SEARCH_COUNT: Final = 1000
 """Medplum's largest `_count` (a page of a search)."""
+
+
+def cursor_paged(page_size: int) -> dict[str, str]:
+    """The parameters of a search Medplum pages by cursor, so every result is read however many there are (by
+    `_offset` it stops at `MAX_SEARCH_OFFSET`): sorted by `_lastUpdated`, at least `CURSOR_MIN_COUNT` a page."""
+    return {"_sort": "_lastUpdated", "_count": str(max(page_size, CURSOR_MIN_COUNT))}
+
 IDENTIFIER_SEARCH_COUNT: Final = MAX_SEARCH_COUNT
 """The `_count` of a search for many identifiers at once (`identifier=a,b,...`: the load's pre-check, its check for
 copies, a thread's reconcile): the largest, whatever the number of identifiers. Measured on Medplum 5.0.10 (its

@@ -13,6 +13,7 @@
 //   MEDPLUM_LOCAL_REQUEST_LIMIT (60000)        the "requests" limiter (per IP, while quota is on)
 //   MEDPLUM_LOCAL_TOKEN_TTL (3600)             access token lifetime in seconds
 //   MEDPLUM_LOCAL_CHECK_REFERENCES (false)     project setting checkReferencesOnWrite
+//   MEDPLUM_LOCAL_MAX_SEARCH_OFFSET (10000)    Medplum's maxSearchOffset: a larger _offset is refused (400)
 //   MEDPLUM_LOCAL_ACCESS_LOG (false)           one line per request on stderr
 //
 // The first line on stdout is the base URL, e.g. http://127.0.0.1:8103/ ; the FHIR base is {base}fhir/R4/.
@@ -78,6 +79,7 @@ const settings = {
   },
   tokenTtlSeconds: envInt('MEDPLUM_LOCAL_TOKEN_TTL', 3600),
   checkReferencesOnWrite: envBool('MEDPLUM_LOCAL_CHECK_REFERENCES', false),
+  maxSearchOffset: envInt('MEDPLUM_LOCAL_MAX_SEARCH_OFFSET', 10_000),
 };
 const accessLog = envBool('MEDPLUM_LOCAL_ACCESS_LOG', false);
 const adminKey = process.env.MEDPLUM_LOCAL_ADMIN_KEY || undefined;
@@ -106,6 +108,12 @@ function applyConfig(patch) {
           throw new Error('tokenTtlSeconds must be a whole number of seconds (0: tokens issued expired)');
         }
         next.tokenTtlSeconds = value;
+        break;
+      case 'maxSearchOffset':
+        if (!Number.isInteger(value) || value < 0) {
+          throw new Error('maxSearchOffset must be a whole number');
+        }
+        next.maxSearchOffset = value;
         break;
       case 'quota':
         if (!value || typeof value !== 'object') {

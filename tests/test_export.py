@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from loadkit import cli, client_for, env, load
 
 from bundler import DEFAULT_IDENTIFIER_SYSTEM, bundle_bytes, load_specs, parse_spec
-from bundler.errors import OptionError, Unreachable
-from bundler.export import REPORT_NAME, ThreadExport, export, search, shape_thread
+from bundler.errors import BundlerError, OptionError, Unreachable
+from bundler.export import REPORT_NAME, ThreadExport, export, shape_thread
 from bundler.export.shape import aliases_for, slug
 from bundler.load.verify import conditional_references, resolve_references
 from bundler.medplum.client import ClientCredentials, FhirClient
@@ -27,6 +27,8 @@ from bundler.spec import ThreadSpec, read_participants
 from bundler.spec.dump import dump_yaml
 from bundler.testing.strategies import sample_specs, thread_specs
 from bundler.vocabulary import (
+    CURSOR_MIN_COUNT,
+    MAX_SEARCH_OFFSET,
     READ_RECEIPT_CODE,
     READ_RECEIPT_SYSTEM,
     READ_STATE_EXTENSION,
@@ -227,7 +229,9 @@ def test_a_thread_longer_than_a_search_page(project: Any, tmp_path: Path) -> Non
         report = export(client, tmp_path / "out", topic=project.prefix, page_size=4)
         searches = client.requests - before
     assert report.messages == 25
-    assert searches >= 1 + 25 // 4  # every page of messages was read: 7 of them, and a page of headers
+    # every page of messages was read (at least CURSOR_MIN_COUNT a page, so Medplum pages them by cursor), and a
+    # page of headers
+    assert searches >= 1 + -(-25 // CURSOR_MIN_COUNT)
     assert_same_bundles([spec], _exported(tmp_path / "out"))
 
 
@@ -253,37 +257,34 @@ def _windowed_thread(client: FhirClient, prefix: str) -> tuple[list[str], list[s
     return ids, ids[21:]
 
 
-def test_a_thread_past_the_offset_limit_is_read_whole_in_windows(project: Any, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """Medplum answers 400 past `_offset` 10,000 (`OFFSET_LIMIT`, 5 here): a longer thread is read in windows by
-    `sent`, ties and drafts included, every message once, in order; and exported whole."""
-    monkeypatch.setattr(search, "OFFSET_LIMIT", 5)
+@pytest.mark.local_only
+def test_a_thread_past_the_offset_limit_is_exported_whole(project: Any, local_server: Any, tmp_path: Path) -> None:
+    """Medplum answers 400 past `_offset` 10,000 (the local server's limit set to 5 here): a longer thread is read
+    by cursor (`load.verify.part_of_pages`), ties and drafts included, every message once; exported whole, in the
+    order of sent (drafts last)."""
+    local_server.configure(max_search_offset=5)
     with client_for(project) as client:
-        ids, drafts = _windowed_thread(client, project.prefix)
-        before = client.requests
-        pages = list(search.part_of_pages(client, f"Communication/{ids[0]}", page_size=3))
-        searches = client.requests - before
+        ids, _ = _windowed_thread(client, project.prefix)
+        with pytest.raises(BundlerError, match="offset"):  # what a read by offset would meet
+            client.search("Communication", {"part-of": f"Communication/{ids[0]}", "_sort": "sent", "_count": "3"})
         report = export(client, tmp_path / "out", topic=f"{project.prefix} windows", page_size=3)
-    read = [m["id"] for page in pages for m in page]
-    assert sorted(read) == sorted(ids[1:]) and len(read) == len(set(read))  # every message, once
-    assert set(read[-3:]) == set(drafts)  # no sent instant: last
-    moments = [parse_instant(m["sent"]) for page in pages for m in page if "sent" in m]
-    assert moments == sorted(moments)
-    assert searches > 23 // 3 + 1  # more than one window (each asks again from the last moment read)
     assert report.ok and report.messages == 23, _report(tmp_path / "out")
     (spec,) = _exported(tmp_path / "out").values()
     assert sorted(m.id for m in spec.messages) == sorted(f"m{n}" for n in range(23))
+    assert [m.id for m in spec.messages][-3:] == ["m20", "m21", "m22"]  # no sent instant: last
+    moments = [m.sent for m in spec.messages if m.sent is not None]
+    assert moments == sorted(moments) and len(moments) == 20
 
 
 @pytest.mark.volume
 def test_a_thread_of_more_messages_than_the_server_pages_by_offset_is_exported_whole(project: Any,
                                                                                   tmp_path: Path) -> None:
-    """10,150 messages, read 100 a page: a real Medplum answers 400 past `_offset` 10,000, so export must read the
-    last ones another way (`part_of_pages`); every one of them is in the spec, in order. (The local server pages
-    by offset without a limit, and slowly this far: the windows are tested there with a small limit, above.)"""
+    """10,150 messages, read 100 a page: a real Medplum answers 400 past `_offset` 10,000, so export must read them
+    by cursor (`load.verify.part_of_pages`); every one of them is in the spec, in order. (On the local server
+    this is tested with a small offset limit, above.)"""
     if project.server is not None:
-        pytest.skip("the local server has no offset limit: see test_a_thread_past_the_offset_limit_...")
-    n = search.OFFSET_LIMIT + 150
+        pytest.skip("slow on the local server: its offset limit is tested small in test_a_thread_past_the_offset_limit_...")
+    n = MAX_SEARCH_OFFSET + 150
     patient = {"reference": "Patient/p1", "display": "Pat Smith"}
     doctor = {"reference": "Practitioner/d1", "display": "Dr. Who"}
     key = f"{project.prefix}-huge"

@@ -20,8 +20,7 @@ from typing import Any
 
 from ..errors import ServerError
 from ..medplum.client import FhirClient
-from ..vocabulary import parse_literal
-from .search import scan
+from ..vocabulary import cursor_paged, parse_literal
 
 
 class HeaderIds:
@@ -78,7 +77,7 @@ def orphan_targets(client: FhirClient, headers: HeaderIds, *, since: str | None,
                    ) -> Iterator[tuple[str, str]]:
     """(target reference, why) of each thing that messages are part of but that is no header this export wrote;
     each once, as the scan finds it."""
-    params = {"part-of:missing": "false", "_elements": "partOf", **scan(page_size)}
+    params = {"part-of:missing": "false", "_elements": "partOf", **cursor_paged(page_size)}
     if since is not None:
         params["_lastUpdated"] = f"ge{since}"
     judged: dict[str, str | None] = {}  # target → why (None: a header the filters left out); few in practice

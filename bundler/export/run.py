@@ -22,7 +22,7 @@ from typing import Any, Literal
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, check_identifier_system
 from ..errors import AuthError, BundlerError, OptionError, SpecError, Unreachable
 from ..files import staged_folder, write_atomic
-from ..load.verify import read_receipts
+from ..load.verify import read_part_of, read_receipts
 from ..medplum.client import FhirClient
 from ..spec.dump import dump_yaml
 from ..spec.model import Attachment
@@ -31,7 +31,7 @@ from ..spec.source import Document
 from .download import download
 from .participants import People, check_participants_file, plan, rewrite_spec
 from .read import HeaderIds, orphan_targets
-from .search import DEFAULT_PAGE_SIZE, Filters, check_page_size, header_pages, part_of_pages
+from .search import DEFAULT_PAGE_SIZE, Filters, check_page_size, header_pages
 from .shape import Shaped, shape_orphans, shape_thread
 from .write import REPORT_NAME, ThreadExport, Writer
 
@@ -230,9 +230,8 @@ class _Run:
         """Read, shape and write one thread (in a worker)."""
         header_id = str(header["id"])
         try:
-            messages = [m for page in part_of_pages(self.client, f"Communication/{header_id}",
-                                                    page_size=self.page_size) for m in page]
-            receipts = read_receipts(self.client, header_id)
+            messages = read_part_of(self.client, f"Communication/{header_id}", page_size=self.page_size)
+            receipts = read_receipts(self.client, header_id, page_size=self.page_size)
         except BundlerError as exc:
             return self._failed(header_id, exc, "its messages could not be read", [header])
         resources = [*messages, *receipts]
@@ -287,7 +286,7 @@ class _Run:
     def _orphans(self, target: str, why: str) -> ThreadExport:
         """Read, shape and write the messages part of `target`, which is no header (in a worker)."""
         try:
-            messages = [m for page in part_of_pages(self.client, target, page_size=self.page_size) for m in page]
+            messages = read_part_of(self.client, target, page_size=self.page_size)
             return self._written(lambda files: shape_orphans(target.rpartition("/")[2], messages, why,
                                                              identifier_system=self.system, files=files), orphans=True)
         except BundlerError as exc:

@@ -5,9 +5,9 @@
 
 What FHIR search can select is selected by the server: `part-of:missing=true`, `subject=<reference>`,
 `_lastUpdated=ge<since>`, sorted by `_lastUpdated` (a stable order; Medplum pages such a search by cursor, past
-the 10,000 that `_offset` reaches, when a page asks for at least 20: `scan`). `--topic` is matched here, on each
-page: Medplum's `topic` search parameter is a token (codes), and FHIR has no portable text search on
-`Communication.topic.text`.
+the 10,000 that `_offset` reaches, when a page asks for at least 20: `vocabulary.cursor_paged`). `--topic` is
+matched here, on each page: Medplum's `topic` search parameter is a token (codes), and FHIR has no portable text
+search on `Communication.topic.text`.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import OptionError, ServerError
+from ..errors import OptionError
 from ..medplum.client import FhirClient
-from ..vocabulary import COMMUNICATION_TARGETS, CURSOR_MIN_COUNT, MAX_SEARCH_OFFSET, instant_problem, parse_literal
+from ..vocabulary import COMMUNICATION_TARGETS, MAX_SEARCH_COUNT, cursor_paged, instant_problem, parse_literal
 
-MAX_PAGE_SIZE = 1000
+MAX_PAGE_SIZE = MAX_SEARCH_COUNT
 """Medplum's largest `_count`."""
 DEFAULT_PAGE_SIZE = 100
 """Headers (and messages) a search page asks for by default."""
@@ -48,13 +48,6 @@ def check_subject(subject: str | None) -> str | None:
     return subject
 
 
-def scan(page_size: int) -> dict[str, str]:
-    """The parameters of a search that reads a whole project in a stable order, `page_size` a page: sorted by
-    `_lastUpdated` and at least `CURSOR_MIN_COUNT` a page, so Medplum pages it by cursor, past the 10,000 results
-    `_offset` reaches."""
-    return {"_sort": "_lastUpdated", "_count": str(max(page_size, CURSOR_MIN_COUNT))}
-
-
 def check_page_size(page_size: int) -> int:
     if not 1 <= page_size <= MAX_PAGE_SIZE:
         raise OptionError(f"page size: {page_size} must be 1-{MAX_PAGE_SIZE} (Medplum's largest _count)")
@@ -77,7 +70,7 @@ class Filters:
 
     def params(self, page_size: int) -> dict[str, str]:
         """The header search's parameters."""
-        params = {"part-of:missing": "true", **scan(page_size)}
+        params = {"part-of:missing": "true", **cursor_paged(page_size)}
         if self.subject is not None:
             params["subject"] = self.subject
         if self.since is not None:
@@ -100,62 +93,3 @@ def header_pages(client: FhirClient, filters: Filters, *, page_size: int = DEFAU
     for page in client.search_resource_pages("Communication", filters.params(page_size)):
         yield [h for h in page if filters.matches(h)]
 
-
-OFFSET_LIMIT = MAX_SEARCH_OFFSET
-"""The largest `_offset` `part_of_pages` asks for (Medplum's; smaller in tests)."""
-
-
-def part_of_pages(client: FhirClient, reference: str, *, page_size: int = DEFAULT_PAGE_SIZE
-                  ) -> Iterator[list[dict[str, Any]]]:
-    """The Communications part of `reference` (a thread's messages), sorted by sent, a page at a time: every one of
-    them, however many. Medplum pages a `_sort=sent` search by `_offset`, which stops at `OFFSET_LIMIT` (400
-    past it), so a longer thread is read in windows: when a window reaches the cap, the next
-    one asks for `sent=ge<the last sent read>` and leaves out what it read already at that instant. Messages with no
-    `sent` come last (Postgres sorts nulls last); those past the cap are read by a `sent:missing=true` search, paged
-    by cursor. A message may come twice (a message of the same moment written another way): `shape` keeps the first.
-    """
-    limit = OFFSET_LIMIT
-    base = {"part-of": reference, "_sort": "sent", "_count": str(page_size)}
-    since: str | None = None  # this window's messages are sent at or after it
-    skip: set[str] = set()  # ids read already, sent at `since`
-    while True:
-        params = base if since is None else {**base, "sent": f"ge{since}"}
-        read, last, at_last, unsent = 0, since, set(skip), set()
-        capped = False
-        for page in client.search_resource_pages("Communication", params):
-            fresh = [m for m in page if m["id"] not in skip] if skip else page
-            for m in fresh:
-                sent = m.get("sent")
-                if not isinstance(sent, str):
-                    unsent.add(m["id"])
-                elif sent == last:
-                    at_last.add(m["id"])
-                else:
-                    last, at_last = sent, {m["id"]}
-            if fresh:
-                yield fresh
-            read += len(page)
-            if read > limit and len(page) == page_size:  # the next page is past the cap
-                capped = True
-                break
-        if not capped:
-            if since is not None:  # a window by sent leaves out the messages with none
-                yield from _unsent(client, reference, page_size, set())
-            return
-        if unsent:  # past the messages with a sent instant: the rest have none
-            yield from _unsent(client, reference, page_size, unsent)
-            return
-        if last == since or last is None:
-            raise ServerError(f"search Communication: more than {limit:,} messages of {reference} are sent at "
-                              f"{last}: they cannot be paged past the server's offset limit")
-        since, skip = last, at_last
-
-
-def _unsent(client: FhirClient, reference: str, page_size: int, read: set[str]) -> Iterator[list[dict[str, Any]]]:
-    """The messages part of `reference` with no sent instant, but for the ids `read`: a scan by `_lastUpdated`, which
-    Medplum pages by cursor (no offset limit)."""
-    params = {"part-of": reference, "sent:missing": "true", **scan(page_size)}
-    for page in client.search_resource_pages("Communication", params):
-        fresh = [m for m in page if m["id"] not in read]
-        if fresh:
-            yield fresh

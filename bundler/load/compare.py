@@ -7,11 +7,12 @@ stores in place of a conditional reference (the literal reference of what it mat
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections import ChainMap
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, entry_values, read_receipts
+from ..build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, bundle_entries, full_url, read_receipts
 from ..spec.model import ThreadSpec
 from ..vocabulary import binary_reference, rewrite_references, wire_reference
 
@@ -75,8 +76,9 @@ class ThreadDiff:
     def lines(self, system: str, idents: list[str]) -> list[str]:
         """Every difference as one line each (what `verify` shows)."""
         out = list(self.problems)
+        missing = set(self.missing)
         for n in range(len(self.names)):
-            if n in self.missing:
+            if n in missing:
                 out.append(f"{self.names[n]}: not on the server (identifier {system}|{idents[n]})")
             out += self.differences.get(n, [])
         out += [f"{_name(resource)}: on the server in this thread but not in the spec "
@@ -118,24 +120,139 @@ def compare_thread(spec: ThreadSpec, resources: Iterable[Mapping[str, Any]], *,
             continue
         diff.found[n] = actual
         out: list[str] = []
-        mapping = {**ref_of, **_attachment_urls(entry["resource"], actual)} if "payload" in entry["resource"] \
-            else ref_of
-        _differences(diff.names[n], rewrite_references(entry["resource"], mapping), dict(actual), out, top=True)
-        if "payload" in entry["resource"]:
-            out += _unresolved_files(diff.names[n], entry["resource"], actual)
-        if out:
+        if out := _entry_differences(diff.names[n], entry["resource"], actual, ref_of):
             diff.differences[n] = out
     diff.extra = [(ident, resource) for ident, resource in by_ident.items() if ident not in expected_idents]
     return diff
+
+
+def _entry_differences(name: str, expected: Mapping[str, Any], actual: Mapping[str, Any],
+                       ref_of: dict[str, str | Mapping[str, str]]) -> list[str]:
+    """How one resource the server holds differs from the entry's resource it stands for, in verify's words (a
+    message's attachment urls looked up before `ref_of`, which is not copied: it has an entry a resource)."""
+    out: list[str] = []
+    mapping: Mapping[str, str | Mapping[str, str]] = ref_of
+    if "payload" in expected:
+        files: dict[str, str | Mapping[str, str]] = dict(_attachment_urls(expected, actual))
+        mapping = ChainMap(files, ref_of)
+    _differences(name, rewrite_references(expected, mapping), dict(actual), out, top=True)
+    if "payload" in expected:
+        out += _unresolved_files(name, expected, actual)
+    return out
 
 
 def diff_thread(spec: ThreadSpec, resources: Iterable[Mapping[str, Any]], *,
                 identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM,
                 resolved: Resolved | None = None) -> list[str]:
     """Every difference between `spec` and `resources` (its header and messages as a server returned
-    them, in any order); an empty list when they match (see `compare_thread`)."""
-    diff = compare_thread(spec, resources, identifier_system=identifier_system, resolved=resolved)
-    return diff.lines(identifier_system, entry_values(spec))
+    them, in any order); an empty list when they match (see `compare_thread`; `ThreadComparer` a page at a
+    time, which says the same)."""
+    comparer = ThreadComparer(spec, identifier_system=identifier_system, resolved=resolved)
+    comparer.add(resources)
+    return comparer.finish()
+
+
+class ThreadComparer:
+    """`diff_thread` fed a page at a time as a read-back streams (`add`, then `finish`), holding neither the whole
+    bundle nor every resource read: the spec's entries are built as the resources read ask for them
+    (`build.bundle_entries`, in bundle order, at most `window` ahead of what was read), each pair is compared
+    and let go, and only a name a resource (`Type/id`) is kept, by identifier, for the references of later
+    ones. A resource whose entry refers to one not read yet (a reply to a later message, the header's read
+    state) waits for the end. Read back in about bundle order (`_sort=_lastUpdated`), a thread of 100,000
+    messages holds a page or two; read in another order it holds what it must, and says the same."""
+
+    def __init__(self, spec: ThreadSpec, *, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM,
+                 resolved: Resolved | None = None, window: int = 2000) -> None:
+        self.spec, self.system, self.window = spec, identifier_system, window
+        self.receipts = read_receipts(spec)
+        self.named = 1 + len(spec.messages) + len(self.receipts)  # (the Binaries after them are not read back)
+        self.entries = enumerate(bundle_entries(spec, identifier_system=identifier_system))
+        self.ref_of: dict[str, str | Mapping[str, str]] = {wire_reference(k): v for k, v in (resolved or {}).items()}
+        self.seen: dict[str, str] = {}  # identifier value → Type/id of the resource read with it
+        self.waiting: dict[str, Mapping[str, Any]] = {}  # read, its entry not built yet (or none: extra)
+        self.pending: dict[str, tuple[int, dict[str, Any]]] = {}  # built, its resource not read yet
+        self.later: list[tuple[int, dict[str, Any], Mapping[str, Any]]] = []  # both, a reference not read yet
+        self.problems: list[str] = []
+        self.differences: dict[int, list[str]] = {}
+        self.done = False
+
+    def name(self, n: int) -> str:
+        """Entry `n`'s name, as `entry_names` gives it."""
+        if n == 0:
+            return "header"
+        if n <= len(self.spec.messages):
+            return f"messages[{n}] ({self.spec.messages[n - 1].id})"
+        i, alias = self.receipts[n - 1 - len(self.spec.messages)]
+        return f"read receipt of messages[{i + 1}] ({self.spec.messages[i].id}) for {alias}"
+
+    def add(self, resources: Iterable[Mapping[str, Any]]) -> None:
+        """Resources of the thread as the server returned them, in any order (a page of a read-back)."""
+        for resource in resources:
+            ident = _ident(resource, self.system)
+            if ident is None:
+                self.problems.append(f"{_name(resource)}: has no {self.system} identifier")
+                continue
+            if ident in self.seen:
+                self.problems.append(f"{ident}: on the server twice ({self.seen[ident]} and {_name(resource)})")
+                continue
+            self.seen[ident] = name = _name(resource)
+            if resource.get("id"):
+                self.ref_of[full_url(self.system, ident)] = name
+            if ident in self.pending:
+                self._pair(*self.pending.pop(ident), resource)
+            else:
+                self.waiting[ident] = resource
+        self._advance(until_done=False)
+
+    def _advance(self, *, until_done: bool) -> None:
+        """Build entries while resources wait for theirs (and no more than `window` ahead), or all of them."""
+        while until_done or (self.waiting and len(self.pending) < self.window):
+            n, entry = next(self.entries, (self.named, {}))
+            if n >= self.named:
+                return
+            ident = _ident(entry["resource"], self.system) or ""
+            if ident in self.waiting:
+                self._pair(n, entry, self.waiting.pop(ident))
+            else:
+                self.pending[ident] = (n, entry)
+
+    def _pair(self, n: int, entry: dict[str, Any], actual: Mapping[str, Any]) -> None:
+        if not self.done and any(ref not in self.ref_of for ref in _urns(entry["resource"])):
+            self.later.append((n, entry, actual))
+        elif out := _entry_differences(self.name(n), entry["resource"], actual, self.ref_of):
+            self.differences[n] = out
+
+    def finish(self) -> list[str]:
+        """Every difference, one line each, in `diff_thread`'s order: resources without our identifier or twice,
+        then entry by entry (not on the server, or how it differs), then what the server holds but the spec
+        does not."""
+        self.done = True
+        self._advance(until_done=True)
+        for n, entry, actual in self.later:
+            self._pair(n, entry, actual)
+        missing = {n: ident for ident, (n, _) in self.pending.items()}
+        out = list(self.problems)
+        for n in sorted(missing.keys() | self.differences.keys()):
+            if n in missing:
+                out.append(f"{self.name(n)}: not on the server (identifier {self.system}|{missing[n]})")
+            out += self.differences.get(n, [])
+        out += [f"{_name(resource)}: on the server in this thread but not in the spec (identifier {ident})"
+                for ident, resource in self.waiting.items()]
+        return out
+
+
+def _urns(value: Any) -> Iterator[str]:
+    """The `urn:uuid:` references in `value` (an entry's resource): those the server rewrote."""
+    if isinstance(value, dict):
+        ref = value.get("reference")
+        if isinstance(ref, str) and ref.startswith("urn:uuid:"):
+            yield ref
+        for v in value.values():
+            if isinstance(v, dict | list):
+                yield from _urns(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _urns(v)
 
 
 def _attachment_urls(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> dict[str, str]:

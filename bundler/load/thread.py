@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from typing import Any
+from array import array
+from collections.abc import Sequence
+from typing import Any, Final, overload
 
 import orjson
 
 from ..build import bundle_bytes, entry_messages, entry_types, entry_values, full_url, split_files
 from ..medplum.answer import quoted_conditional
 from ..spec.model import Attachment, ThreadSpec
-from ..vocabulary import wire_reference
+from ..vocabulary import TRANSACTION, wire_reference
 from .journal import Entry
 from .plan import RequestLimits, entry_sizes
 from .report import Outcome, ThreadResult
@@ -39,8 +41,10 @@ class Thread:
 
     @functools.cached_property
     def bundle(self) -> dict[str, Any]:
-        """The bundle as data (what `build_bundle` gives: `bundle_bytes` is byte-equal to it)."""
-        return orjson.loads(self.body)  # type: ignore[no-any-return]
+        """The bundle as data (what `build_bundle` gives: `bundle_bytes` is byte-equal to it), its entries read from
+        the body as they are asked for (`BodyEntries`): as data a thread of 100,000 messages takes 270 MB, as
+        bytes 80 MB."""
+        return {"resourceType": "Bundle", "type": TRANSACTION, "entry": BodyEntries(self.body)}
 
     @functools.cached_property
     def sizes(self) -> list[int]:
@@ -125,6 +129,42 @@ class Thread:
         if path is None:
             return None
         return f"{file_line(*self.spec.origin(None, *path))}: {'.'.join(path[:2])}"
+
+
+_ENTRY_START: Final = b'{"fullUrl":"'
+"""How every entry of a bundle's bytes starts (`bundle_bytes`): nowhere else, since a `"` inside a string is `\\"`."""
+
+
+class BodyEntries(Sequence[dict[str, Any]]):
+    """The entries of a bundle's bytes (`bundle_bytes`), each parsed when it is asked for and not kept: a new
+    copy every time, as `build_bundle`'s would be, so a caller may change it."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.starts = array("Q")
+        at = body.find(_ENTRY_START)
+        while at >= 0:
+            self.starts.append(at)
+            at = body.find(_ENTRY_START, at + 1)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @overload
+    def __getitem__(self, n: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, n: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, n: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(n, slice):
+            return [self[i] for i in range(*n.indices(len(self)))]
+        if n < 0:
+            n += len(self)
+        if not 0 <= n < len(self):
+            raise IndexError(n)
+        end = self.starts[n + 1] - 1 if n + 1 < len(self) else len(self.body) - 2  # (a ',' between, ']}' last)
+        return orjson.loads(self.body[self.starts[n]:end])  # type: ignore[no-any-return]
 
 
 def file_line(file: str | None, line: int | None) -> str:

@@ -1,13 +1,16 @@
 """`verify`: read each loaded thread back from the server and compare it with its spec, field by field.
 
-Threads are found by their header identifier; their messages are read the way apps read them,
-`Communication?part-of=Communication/<id>&_sort=sent`, following every `next` page.
+Threads are found by their header identifier; their messages are read as `Communication?part-of=Communication/<id>`,
+following every `next` page, sorted by `_lastUpdated` (`part_of_pages`: paged by cursor, so past the 10,000 results
+Medplum pages by offset), and compared a page at a time (`compare.ThreadComparer`): a thread of 100,000 messages is
+never held whole, neither as read nor as built.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +21,17 @@ from ..errors import AuthError, BundlerError, Unreachable
 from ..medplum.client import FhirClient
 from ..spec.model import ThreadSpec
 from ..spec.participants import ParticipantsFile
-from ..vocabulary import READ_RECEIPT_CODE, READ_RECEIPT_SYSTEM, attachment_hash, binary_reference, stored_reference
-from .compare import diff_thread
+from ..vocabulary import (
+    READ_RECEIPT_CODE,
+    READ_RECEIPT_SYSTEM,
+    InstantError,
+    attachment_hash,
+    binary_reference,
+    cursor_paged,
+    parse_instant,
+    stored_reference,
+)
+from .compare import ThreadComparer
 from .inputs import Threads, read_threads
 
 
@@ -46,22 +58,56 @@ class VerifyResult:
 def read_thread(client: FhirClient, header_id: str, *, receipts: bool = False, page_size: int = 1000
                 ) -> list[dict[str, Any]]:
     """A thread's messages as an app reads them: part-of the header, sorted by sent, every page; with `receipts`,
-    then its read receipts (tasks read model: `Task?focus=<header>&code=...|read-receipt`)."""
+    then its read receipts (tasks read model: `Task?focus=<header>&code=...|read-receipt`). Read by
+    `thread_pages`, so a thread of any length is read whole."""
     messages = read_part_of(client, f"Communication/{header_id}", page_size=page_size)
     if receipts:
-        messages += read_receipts(client, header_id)
+        messages += read_receipts(client, header_id, page_size=page_size)
     return messages
 
 
-def read_receipts(client: FhirClient, header_id: str) -> list[dict[str, Any]]:
-    """A thread's read receipts (tasks read model): `Task?focus=<header>&code=...|read-receipt`, every page."""
-    return client.search("Task", {"focus": f"Communication/{header_id}",
-                                  "code": f"{READ_RECEIPT_SYSTEM}|{READ_RECEIPT_CODE}", "_count": "1000"})
+def read_receipts(client: FhirClient, header_id: str, *, page_size: int = 1000) -> list[dict[str, Any]]:
+    """A thread's read receipts (tasks read model), every page (`receipt_pages`)."""
+    return [r for page in receipt_pages(client, header_id, page_size=page_size) for r in page]
 
 
 def read_part_of(client: FhirClient, reference: str, *, page_size: int = 1000) -> list[dict[str, Any]]:
-    """The Communications part of `reference` (a header, or whatever they point at), sorted by sent, every page."""
-    return client.search("Communication", {"part-of": reference, "_sort": "sent", "_count": str(page_size)})
+    """The Communications part of `reference` (a header, or whatever they point at), sorted by sent (those without
+    last, as Medplum sorts them), every page."""
+    return sorted((r for page in part_of_pages(client, reference, page_size=page_size) for r in page),
+                  key=_sent_order)
+
+
+def thread_pages(client: FhirClient, header_id: str, *, receipts: bool = False, page_size: int = 1000
+                 ) -> Iterator[list[dict[str, Any]]]:
+    """A thread's messages a page at a time, in the order the server stored them (`part_of_pages`), then with
+    `receipts` its read receipts: what `read_thread` reads, for a reader that need not hold them all."""
+    yield from part_of_pages(client, f"Communication/{header_id}", page_size=page_size)
+    if receipts:
+        yield from receipt_pages(client, header_id, page_size=page_size)
+
+
+def part_of_pages(client: FhirClient, reference: str, *, page_size: int = 1000) -> Iterator[list[dict[str, Any]]]:
+    """The Communications part of `reference`, a page at a time, sorted by `_lastUpdated`: Medplum pages that by
+    cursor, so every one is read however many there are; sorted by `sent` it pages by `_offset` and refuses
+    offsets past `vocabulary.MAX_SEARCH_OFFSET` (a thread of more than 10,000 messages could not be read)."""
+    return client.search_resource_pages("Communication", {"part-of": reference, **cursor_paged(page_size)})
+
+
+def receipt_pages(client: FhirClient, header_id: str, *, page_size: int = 1000) -> Iterator[list[dict[str, Any]]]:
+    """A thread's read receipts (tasks read model), a page at a time, paged by cursor as `part_of_pages`."""
+    return client.search_resource_pages("Task", {"focus": f"Communication/{header_id}",
+                                                 "code": f"{READ_RECEIPT_SYSTEM}|{READ_RECEIPT_CODE}",
+                                                 **cursor_paged(page_size)})
+
+
+def _sent_order(resource: Mapping[str, Any]) -> tuple[int, dt.datetime | str]:
+    """Sorting by `sent` as Medplum does (by the moment; none last), whatever offset each is written with."""
+    sent = resource.get("sent")
+    try:
+        return (0, parse_instant(sent))
+    except InstantError:
+        return (1, "") if sent is None else (1, str(sent))
 
 
 class Resolver:
@@ -126,16 +172,27 @@ def resolve_references(client: FhirClient, specs: Iterable[ThreadSpec]) -> dict[
 
 
 def file_differences(client: FhirClient, spec: ThreadSpec, messages: Iterable[dict[str, Any]], system: str,
-                     hashes: dict[str, tuple[int, str]] | None = None) -> list[str]:
+                     hashes: dict[str, tuple[int, str]] | None = None, *,
+                     index: Mapping[str, int] | None = None) -> list[str]:
     """The file attachments of `spec` whose bytes, read back from the server (`FhirClient.read_binary`), are not the
-    file's (by size and hash, `vocabulary.attachment_hash`). `hashes` remembers what each Binary read gave."""
+    file's (by size and hash, `vocabulary.attachment_hash`), among the messages of `messages` (all of a thread's, or
+    a page of them). `hashes` remembers what each Binary read gave; `index` (`message_index`), given, spares
+    making it again for every page."""
+    return [line for _, line in _file_findings(client, spec, messages, system, hashes, index)]
+
+
+def _file_findings(client: FhirClient, spec: ThreadSpec, messages: Iterable[dict[str, Any]], system: str,
+                   hashes: dict[str, tuple[int, str]] | None, index: Mapping[str, int] | None
+                   ) -> list[tuple[int, str]]:
+    """`file_differences`, each with the index of its message (to put those of several pages in spec order)."""
     seen = hashes if hashes is not None else {}
-    by_value = {str(i.get("value")): m for m in messages for i in m.get("identifier") or ()
-                if i.get("system") == system}
+    numbers = index if index is not None else message_index(spec)
+    by_index = {numbers[value]: m for m in messages for i in m.get("identifier") or ()
+                if i.get("system") == system and (value := str(i.get("value"))) in numbers}
     out = []
-    for i, m in enumerate(spec.messages):
-        resource = by_value.get(identifier_value(spec.key, m.id))
-        if resource is None or not any(a.file is not None for a in m.attachments):
+    for i, resource in sorted(by_index.items(), key=lambda item: item[0]):
+        m = spec.messages[i]
+        if not any(a.file is not None for a in m.attachments):
             continue  # (a missing message is a difference already)
         held = [p["contentAttachment"] for p in resource.get("payload") or () if "contentAttachment" in p]
         for j, a in enumerate(m.attachments):
@@ -151,13 +208,18 @@ def file_differences(client: FhirClient, spec: ThreadSpec, messages: Iterable[di
                 except (AuthError, Unreachable):
                     raise
                 except BundlerError as exc:
-                    out.append(f"{where}: {ref} could not be read: {client.all_secrets().scrub(str(exc))}")
+                    out.append((i, f"{where}: {ref} could not be read: {client.all_secrets().scrub(str(exc))}"))
                     continue
                 seen[ref] = (len(data), attachment_hash(data))
             if seen[ref] != (a.size, a.hash):
-                out.append(f"{where}: {ref} reads back {seen[ref][0]:,} bytes, hash {seen[ref][1]}; the file has "
-                           f"{a.size:,} bytes, hash {a.hash}")
+                out.append((i, f"{where}: {ref} reads back {seen[ref][0]:,} bytes, hash {seen[ref][1]}; the file "
+                               f"has {a.size:,} bytes, hash {a.hash}"))
     return out
+
+
+def message_index(spec: ThreadSpec) -> dict[str, int]:
+    """The identifier value of each message of `spec` → its index."""
+    return {identifier_value(spec.key, m.id): i for i, m in enumerate(spec.messages)}
 
 
 def verify(threads: Threads, client: FhirClient, *, participants: str | Path | ParticipantsFile | None = None,
@@ -185,12 +247,16 @@ def verify(threads: Threads, client: FhirClient, *, participants: str | Path | P
             result.header_id = header_id
             try:
                 header = client.read(f"Communication/{header_id}")
-                messages = read_thread(client, header_id, receipts=spec.read_model == "tasks")
-                result.messages = sum(1 for m in messages if m.get("resourceType") == "Communication")
-                result.differences = diff_thread(spec, [header, *messages], identifier_system=identifier_system,
-                                                 resolved=resolved)
-                if spec.has_files:
-                    result.differences += file_differences(client, spec, messages, identifier_system, hashes)
+                comparer = ThreadComparer(spec, identifier_system=identifier_system, resolved=resolved)
+                comparer.add([header])
+                files: list[tuple[int, str]] = []
+                index = message_index(spec) if spec.has_files else {}
+                for page in thread_pages(client, header_id, receipts=spec.read_model == "tasks"):
+                    result.messages += sum(1 for m in page if m.get("resourceType") == "Communication")
+                    comparer.add(page)
+                    if spec.has_files:
+                        files += _file_findings(client, spec, page, identifier_system, hashes, index)
+                result.differences = comparer.finish() + [line for _, line in sorted(files, key=lambda f: f[0])]
             except (AuthError, Unreachable):
                 raise
             except BundlerError as exc:

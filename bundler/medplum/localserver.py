@@ -41,7 +41,7 @@ from typing import IO, Any
 from .. import assets
 from ..errors import LocalServerError, PortInUse
 from ..files import file_lock
-from ..vocabulary import DEFAULT_QUOTA_PER_MINUTE, QUOTA_WINDOW_SECONDS, ServerUrls
+from ..vocabulary import DEFAULT_QUOTA_PER_MINUTE, MAX_SEARCH_OFFSET, QUOTA_WINDOW_SECONDS, ServerUrls
 
 __all__ = [
     "LocalServer",
@@ -200,6 +200,7 @@ _CONFIG_KEYS: dict[str, str] = {
     "token_ttl": "tokenTtlSeconds",
     "token_ttl_seconds": "tokenTtlSeconds",
     "check_references_on_write": "checkReferencesOnWrite",
+    "max_search_offset": "maxSearchOffset",
 }
 _QUOTA_KEYS: dict[str, str] = {
     "quota_enabled": "enabled",
@@ -272,6 +273,7 @@ class LocalServer(ServerUrls):
             },
             "token_ttl": token_ttl,
             "check_references_on_write": check_references_on_write,
+            "max_search_offset": MAX_SEARCH_OFFSET,
         }
         self._admin_key = secrets.token_urlsafe(24)
         self._proc: subprocess.Popen[bytes] | None = None
@@ -309,6 +311,7 @@ class LocalServer(ServerUrls):
                     "MEDPLUM_LOCAL_QUOTA_WINDOW": str(quota["windowSeconds"]),
                     "MEDPLUM_LOCAL_TOKEN_TTL": str(self._defaults["token_ttl"]),
                     "MEDPLUM_LOCAL_CHECK_REFERENCES": _flag(self._defaults["check_references_on_write"]),
+                    "MEDPLUM_LOCAL_MAX_SEARCH_OFFSET": str(self._defaults["max_search_offset"]),
                     "MEDPLUM_LOCAL_ACCESS_LOG": _flag(self.log is not None),
                 }
             )
@@ -447,7 +450,8 @@ class LocalServer(ServerUrls):
         Keys: ``transaction_bundles`` (bool), ``quota`` (bool, or a dict with ``enabled``, ``points``,
         ``windowSeconds``/``window_seconds``, ``requests``), ``quota_enabled``, ``quota_points``,
         ``quota_window_seconds``, ``quota_requests``, ``token_ttl`` (seconds),
-        ``check_references_on_write`` (bool).
+        ``check_references_on_write`` (bool), ``max_search_offset`` (the largest `_offset` a search takes, as
+        Medplum's `maxSearchOffset`; beyond it 400; a search sorted by `_lastUpdated` pages by cursor instead).
         """
         self._admin("config", _config_payload(settings))
 

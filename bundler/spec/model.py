@@ -26,6 +26,7 @@ rules of what the fields mean together, `bundler.spec.meaning`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final
 
@@ -823,7 +824,7 @@ def check_document(doc: Document, shared: ParticipantsFile | None = None) -> tup
         spec = ThreadSpec.model_validate(data, context={SHARED: shared} if shared is not None else None)
     except ValidationError as exc:
         return None, problems_of(exc, doc, ThreadSpec)
-    spec._source = doc
+    spec._source = dataclasses.replace(doc, data=None)  # its positions: the data is the spec's now, not kept twice
     if borrowed:
         assert shared is not None
         spec._shared, spec._borrowed = shared.doc, borrowed

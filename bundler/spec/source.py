@@ -19,6 +19,7 @@ import json
 import math
 import re
 import sys
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -51,6 +52,52 @@ def format_path(path: Path_) -> str:
     return out
 
 
+def _pack(line: int, column: int) -> int:
+    return line << 32 | column
+
+
+def _unpack(packed: int) -> Position:
+    return (packed >> 32, packed & 0xFFFFFFFF)
+
+
+class Positions:
+    """Where the values of one YAML collection start, and the keys of a mapping, and the same for each child
+    that is a collection: about 300 bytes a message where a dict of paths took about 1.4 kB (a thread of 100,000
+    messages: 30 MB, not 140). `marks` holds packed (line, column)s, for a mapping key and value of each key in
+    `names` order, for a sequence the value of each item; `kids`, the child's index → its Positions."""
+
+    __slots__ = ("at", "kids", "marks", "names")
+
+    def __init__(self, at: int, names: tuple[str, ...] | None) -> None:
+        self.at = at
+        self.names = names
+        self.marks = array("Q")
+        self.kids: dict[int, Positions] | None = None
+
+    def find(self, path: Path_, *, key: bool = False) -> Position:
+        """The position of the value at `path` (of its key, with `key`, in a mapping), or of the nearest parent
+        that has one."""
+        node: Positions | None = self
+        best = self.at
+        for depth, part in enumerate(path):
+            if node is None:
+                break
+            if node.names is not None:
+                if not isinstance(part, str) or part not in node.names:
+                    break
+                i = node.names.index(part)
+                if key and depth == len(path) - 1:
+                    return _unpack(node.marks[2 * i])
+                best = node.marks[2 * i + 1]
+            else:
+                if not isinstance(part, int) or not 0 <= part < len(node.marks):
+                    break
+                i = part
+                best = node.marks[i]
+            node = node.kids.get(i) if node.kids else None
+        return _unpack(best)
+
+
 @dataclass
 class Document:
     """One thread's worth of input data and the positions of its values.
@@ -64,6 +111,7 @@ class Document:
     values: dict[Path_, Position] = field(default_factory=dict)
     keys: dict[Path_, Position] = field(default_factory=dict)
     locate: Callable[[], object] | None = field(default=None, repr=False, compare=False)
+    tree: Positions | None = field(default=None, repr=False, compare=False)  # YAML's, in place of values and keys
 
     def position(self, path: Path_, *, key: bool = False) -> Position | None:
         """Where the value (or, with key=True, the key) at `path` starts; falls back to its parents."""
@@ -71,6 +119,8 @@ class Document:
             self.locate()
             self.locate = None
         full = self.prefix + tuple(path)
+        if self.tree is not None:
+            return self.tree.find(full, key=key)
         if key and full in self.keys:
             return self.keys[full]
         while True:
@@ -211,81 +261,179 @@ except ImportError:  # pragma: no cover
             _Resolver.__init__(self)
 
 
-def _pos(node: yaml.Node) -> Position:
-    return (node.start_mark.line + 1, node.start_mark.column + 1)
+def _at(event: yaml.Event) -> int:
+    mark: Any = event.start_mark  # (libyaml's events always have one)
+    return _pack(mark.line + 1, mark.column + 1)
 
 
 def _tag_name(tag: str) -> str:
     return "!!" + tag.removeprefix("tag:yaml.org,2002:") if tag.startswith("tag:yaml.org,2002:") else tag
 
 
+def _mark(event: yaml.Event) -> Any:
+    return event.start_mark
+
+
 class _AliasBomb(Exception):
     def __init__(self, path: Path_) -> None:
-        self.path = path
+        self.path = path  # (cited at the key of its last name: where the repeating starts)
+        self.key_path = path[: max((i + 1 for i, part in enumerate(path) if isinstance(part, str)), default=0)]
+        self.at: int | None = None
+
+
+_START = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+_END = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+
+
+class _Recorder:
+    """The events pulled through it, kept: an anchored value's, for its aliases to build again."""
+
+    def __init__(self, events: Iterator[yaml.Event], first: yaml.Event) -> None:
+        self.events = events
+        self.kept = [first]
+
+    def __iter__(self) -> Iterator[yaml.Event]:
+        return self
+
+    def __next__(self) -> yaml.Event:
+        event = next(self.events)
+        self.kept.append(event)
+        return event
 
 
 class _YamlBuilder:
-    """A composed YAML document → plain data and positions; aliases are expanded within a budget."""
+    """A YAML document's events → plain data, and where each value (and key) starts (`Positions`), without
+    composing the document's nodes first (a node and its two marks for every value: 450 MB for a thread of
+    100,000 messages). Aliases are built again from their anchor's events, within a budget; the errors
+    libyaml's composer would raise (an undefined alias, an anchor defined twice) are raised in its words."""
 
-    def __init__(self, doc: Document, problems: list[Problem]) -> None:
+    def __init__(self, loader: Any, doc: Document, problems: list[Problem]) -> None:
+        self.loader = loader
         self.doc = doc
         self.problems = problems
-        self.distinct: set[int] = set()
-        self.built = 0
+        self.anchors: dict[str, list[yaml.Event]] = {}
+        self.repeated = 0  # values built again through aliases
+        self.names: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple of keys for all mappings alike
 
-    def value(self, node: yaml.Node, path: Path_, depth: int = 0) -> Any:
-        self.doc.values[path] = _pos(node)
-        self.built += 1
-        self.distinct.add(id(node))  # (every node lives as long as the document: ids are not reused)
-        if self.built - len(self.distinct) > MAX_ALIAS_VALUES:
-            raise _AliasBomb(path)
-        if depth >= MAX_DEPTH and isinstance(node, yaml.CollectionNode):
-            self.problems.append(Problem(self.doc.file, *_pos(node), "", TOO_DEEP))  # (its path is as long)
-            return None
-        if isinstance(node, yaml.MappingNode):
-            self._collection_tag(node, _MAP, path)
-            return self.mapping(node, path, depth)
-        if isinstance(node, yaml.SequenceNode):
-            self._collection_tag(node, _SEQ, path)
-            return [self.value(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
-        return self.scalar(node, path)
+    def problem(self, at: int, path: Path_, message: str) -> Problem:
+        line, column = _unpack(at)
+        return Problem(self.doc.file, line, column, format_path(path), message)
 
-    def mapping(self, node: yaml.MappingNode, path: Path_, depth: int) -> dict[str, Any]:
+    def value(self, event: yaml.Event, events: Iterator[yaml.Event], path: Path_, depth: int = 0, *,
+              again: bool = False) -> tuple[Any, int, Positions | None]:
+        """The value that starts with `event` (the rest from `events`), its position, and its children's."""
+        if again:
+            self.repeated += 1
+            if self.repeated > MAX_ALIAS_VALUES:
+                raise _AliasBomb(path)
+        if isinstance(event, yaml.AliasEvent):
+            kept = self.anchors.get(event.anchor) if event.anchor is not None else None
+            if kept is None:
+                raise yaml.composer.ComposerError(None, None, "found undefined alias", _mark(event))
+            replay = iter(kept)
+            return self.value(next(replay), replay, path, depth, again=True)
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None and not again:
+            if anchor in self.anchors:
+                raise yaml.composer.ComposerError("found duplicate anchor; first occurrence",
+                                                  _mark(self.anchors[anchor][0]), "second occurrence", _mark(event))
+            recorder = _Recorder(events, event)
+            built = self._value(event, recorder, path, depth, again)
+            self.anchors[anchor] = recorder.kept
+            return built
+        return self._value(event, events, path, depth, again)
+
+    def _value(self, event: yaml.Event, events: Iterator[yaml.Event], path: Path_, depth: int, again: bool
+               ) -> tuple[Any, int, Positions | None]:
+        at = _at(event)
+        if isinstance(event, _START):
+            if depth >= MAX_DEPTH:
+                self.problems.append(self.problem(at, (), TOO_DEEP))  # (its path is as long)
+                _skip(events)
+                return None, at, None
+            if isinstance(event, yaml.MappingStartEvent):
+                self._collection_tag(event, yaml.MappingNode, _MAP, at, path)
+                mapping, where = self.mapping(at, events, path, depth, again)
+                return mapping, at, where
+            self._collection_tag(event, yaml.SequenceNode, _SEQ, at, path)
+            sequence, where = self.sequence(at, events, path, depth, again)
+            return sequence, at, where
+        assert isinstance(event, yaml.ScalarEvent)
+        return self.scalar(event, at, path), at, None
+
+    def mapping(self, at: int, events: Iterator[yaml.Event], path: Path_, depth: int, again: bool
+                ) -> tuple[dict[str, Any], Positions]:
         out: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                self.doc.values[path + ("?",)] = _pos(key_node)
-                self.problems.append(self.doc.problem(path + ("?",), "a mapping key must be a plain value"))
+        marks = array("Q")
+        kids: dict[int, Positions] = {}
+        while not isinstance(key_event := next(events), yaml.MappingEndEvent):
+            if isinstance(key_event, yaml.AliasEvent) and key_event.anchor in self.anchors:
+                key_event = self.anchors[key_event.anchor][0]  # (an alias of a plain value is that key)
+            if not isinstance(key_event, yaml.ScalarEvent):
+                if isinstance(key_event, _START):
+                    _skip(events)
+                self.problems.append(self.problem(_at(key_event), path + ("?",), "a mapping key must be a plain "
+                                                                                  "value"))
+                _skip_value(next(events), events)
                 continue
-            key = key_node.value
+            key = key_event.value
             child = path + (key,)
             if key in out:
-                self.doc.keys[child] = _pos(key_node)
-                first = self.doc.values[child]
-                self.problems.append(
-                    self.doc.problem(child, f"duplicate key '{key}' (first at line {first[0]})", key=True)
-                )
+                first = _unpack(marks[2 * list(out).index(key) + 1])[0]
+                self.problems.append(self.problem(_at(key_event), child,
+                                                  f"duplicate key '{key}' (first at line {first})"))
+                _skip_value(next(events), events)
                 continue
-            self.doc.keys[child] = _pos(key_node)
-            out[key] = self.value(value_node, child, depth + 1)
-        return out
+            try:
+                value, value_at, where = self.value(next(events), events, child, depth + 1, again=again)
+            except _AliasBomb as bomb:
+                if bomb.at is None and child == bomb.key_path:
+                    bomb.at = _at(key_event)
+                raise
+            if where is not None:
+                kids[len(out)] = where
+            out[key] = value
+            marks.append(_at(key_event))
+            marks.append(value_at)
+        names = tuple(out)
+        positions = Positions(at, self.names.setdefault(names, names))
+        positions.marks, positions.kids = marks, kids or None
+        return out, positions
 
-    def _collection_tag(self, node: yaml.Node, tag: str, path: Path_) -> None:
-        if node.tag != tag:
-            self.problems.append(self.doc.problem(path, f"the YAML tag {_tag_name(node.tag)} is not used in these "
+    def sequence(self, at: int, events: Iterator[yaml.Event], path: Path_, depth: int, again: bool
+                 ) -> tuple[list[Any], Positions]:
+        out: list[Any] = []
+        positions = Positions(at, None)
+        kids: dict[int, Positions] = {}
+        while not isinstance(event := next(events), yaml.SequenceEndEvent):
+            value, value_at, where = self.value(event, events, path + (len(out),), depth + 1, again=again)
+            if where is not None:
+                kids[len(out)] = where
+            out.append(value)
+            positions.marks.append(value_at)
+        positions.kids = kids or None
+        return out, positions
+
+    def _collection_tag(self, event: yaml.CollectionStartEvent, kind: type[yaml.Node], tag: str, at: int,
+                        path: Path_) -> None:
+        given = event.tag if event.tag not in (None, "!") else self.loader.resolve(kind, None, event.implicit)
+        if given != tag:
+            self.problems.append(self.problem(at, path, f"the YAML tag {_tag_name(given)} is not used in these "
                                                         "files: write the value without it"))
 
-    def scalar(self, node: yaml.Node, path: Path_) -> Any:
-        tag, text = node.tag, node.value
+    def scalar(self, event: yaml.ScalarEvent, at: int, path: Path_) -> Any:
+        text = event.value
+        tag = event.tag if event.tag not in (None, "!") else self.loader.resolve(yaml.ScalarNode, text,
+                                                                                  event.implicit)
         if tag == _STR:
             return text
         if tag not in _CORE:
-            self.problems.append(self.doc.problem(path, f"the YAML tag {_tag_name(tag)} is not used in these files: "
-                                                        "write the value without it (quoted, if it is text)"))
+            self.problems.append(self.problem(at, path, f"the YAML tag {_tag_name(tag)} is not used in these "
+                                                        "files: write the value without it (quoted, if it is text)"))
             return text
         pattern, what = _CORE[tag]
         if pattern.fullmatch(text) is None:  # an explicit tag (`!!int abc`) that the value does not fit
-            self.problems.append(self.doc.problem(path, f"{shown(text)} is not {what}, as its tag "
+            self.problems.append(self.problem(at, path, f"{shown(text)} is not {what}, as its tag "
                                                         f"{_tag_name(tag)} says"))
             return text
         if tag == _NULL:
@@ -293,9 +441,22 @@ class _YamlBuilder:
         if tag == _BOOL:
             return text.lower() == "true"
         if _too_long(text):
-            self.problems.append(self.doc.problem(path, _too_long_message(text)))
+            self.problems.append(self.problem(at, path, _too_long_message(text)))
             return text
         return int(text)
+
+
+def _skip(events: Iterator[yaml.Event]) -> None:
+    """The rest of a collection whose start event was read: skipped."""
+    level = 1
+    while level:
+        event = next(events)
+        level += isinstance(event, _START) - isinstance(event, _END)
+
+
+def _skip_value(event: yaml.Event, events: Iterator[yaml.Event]) -> None:
+    if isinstance(event, _START):
+        _skip(events)
 
 
 _YAML_WORDS: Final = {  # libyaml's problem → our words ({line}: where what it was reading started; {column})
@@ -398,21 +559,32 @@ def parse_yaml(text: str, file: str) -> tuple[list[Document], list[Problem]]:
     docs: list[Document] = []
     problems: list[Problem] = []
     loader = _Loader(text)
+
+    def pulled() -> Iterator[yaml.Event]:
+        while (event := loader.get_event()) is not None:
+            yield event
+
+    events = pulled()
     try:
-        while loader.check_node():
-            node = loader.get_node()
-            if node is None:  # pragma: no cover - check_node() said there is one
-                break
+        next(events)  # StreamStartEvent
+        while not loader.check_event(yaml.StreamEndEvent):
+            next(events)  # DocumentStartEvent
             doc = Document(file, None)
+            builder = _YamlBuilder(loader, doc, problems)
+            first = next(events)
             try:
-                doc.data = _YamlBuilder(doc, problems).value(node, ())
+                doc.data, at, doc.tree = builder.value(first, events, ())
             except _AliasBomb as bomb:
-                at = bomb.path[: max((i + 1 for i, part in enumerate(bomb.path) if isinstance(part, str)), default=0)]
-                problems.append(doc.problem(at, f"the aliases (*name) of this document repeat more than "
-                                                       f"{MAX_ALIAS_VALUES:,} values, as an alias bomb does: write "
-                                                       f"the values out, or use fewer aliases", key=True))
+                problems.append(Problem(file, *_unpack(bomb.at if bomb.at is not None else _at(first)),
+                                        format_path(bomb.key_path),
+                                        f"the aliases (*name) of this document repeat more than "
+                                        f"{MAX_ALIAS_VALUES:,} values, as an alias bomb does: write the values "
+                                        f"out, or use fewer aliases"))
                 break
-            if not (doc.data is None and isinstance(node, yaml.ScalarNode) and node.value == ""):
+            if doc.tree is None:
+                doc.values[()] = _unpack(at)
+            next(events)  # DocumentEndEvent
+            if not (doc.data is None and isinstance(first, yaml.ScalarEvent) and first.value == ""):
                 docs.append(doc)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -678,6 +850,6 @@ def split_threads(docs: list[Document]) -> Iterator[Document]:
     for doc in docs:
         if isinstance(doc.data, list):
             for i, item in enumerate(doc.data):
-                yield Document(doc.file, item, doc.prefix + (i,), doc.values, doc.keys, doc.locate)
+                yield Document(doc.file, item, doc.prefix + (i,), doc.values, doc.keys, doc.locate, doc.tree)
         else:
             yield doc

@@ -110,6 +110,27 @@ function identifierMatcher(tokens) {
   };
 }
 
+/** Whether Medplum pages this search by cursor (packages/server/src/fhir/search.ts `canUseCursorLinks`). */
+function canUseCursorLinks(searchRequest) {
+  return (
+    searchRequest.offset === 0 &&
+    searchRequest.count >= 20 &&
+    searchRequest.sortRules?.length === 1 &&
+    searchRequest.sortRules[0].code === '_lastUpdated' &&
+    !searchRequest.sortRules[0].descending
+  );
+}
+
+/** Our cursor: "local-<position>" (Medplum's is "2-<instant>-<ids>"; either is opaque to a client). */
+function formatCursor(position) {
+  return `local-${position}`;
+}
+
+function parseCursor(cursor) {
+  const m = /^local-(\d+)$/.exec(cursor);
+  return m ? Number.parseInt(m[1], 10) : undefined;
+}
+
 export class LocalRepository extends MemoryRepository {
   /**
    * @param {object} settings - live server settings (checkReferencesOnWrite is read on every write)
@@ -545,8 +566,22 @@ export class LocalRepository extends MemoryRepository {
         0,
         Math.min(searchRequest.count ?? DEFAULT_SEARCH_COUNT, DEFAULT_MAX_SEARCH_COUNT)
       );
-      const offset = Math.max(0, searchRequest.offset ?? 0);
-      const request = { ...searchRequest, count, offset };
+      const requested = Math.max(0, searchRequest.offset ?? 0);
+      const maxOffset = this.settings.maxSearchOffset;
+      if (maxOffset !== undefined && requested > maxOffset) {
+        throw new OperationOutcomeError(
+          badRequest(`Search offset exceeds maximum (got ${requested}, max ${maxOffset})`)
+        );
+      }
+      const cursorAt = searchRequest.cursor ? parseCursor(searchRequest.cursor) : undefined;
+      if (searchRequest.cursor && cursorAt === undefined) {
+        throw new OperationOutcomeError(badRequest('Invalid cursor'));
+      }
+      if (cursorAt !== undefined && requested > 0) {
+        throw new OperationOutcomeError(badRequest('Cannot use both offset and cursor'));
+      }
+      const offset = cursorAt ?? requested;
+      const request = { ...searchRequest, count, offset, cursor: undefined };
       const bundle = await super.search(request);
       const matched = bundle.total ?? 0;
       const fhirBase = this.contextStore.getStore()?.fhirBase;
@@ -561,12 +596,25 @@ export class LocalRepository extends MemoryRepository {
             relation: rel,
             url: `${fhirBase}${request.resourceType}${formatSearchQuery({ ...request, offset: off })}`,
           });
-          bundle.link = [link('self', offset), link('first', 0)];
-          if (count > 0 && offset + count < matched) {
-            bundle.link.push(link('next', offset + count));
-          }
-          if (offset > 0) {
-            bundle.link.push(link('previous', Math.max(0, offset - count)));
+          if (canUseCursorLinks({ ...searchRequest, count, offset: requested })) {
+            // Medplum pages a search sorted by _lastUpdated ascending by cursor, never capped by maxSearchOffset
+            // (its cursor is the next lastUpdated instant; ours the position, which a store in memory keeps)
+            const at = (cursor) => ({
+              relation: cursor === undefined ? 'first' : 'next',
+              url: `${fhirBase}${request.resourceType}${formatSearchQuery({ ...request, offset: 0, cursor })}`,
+            });
+            bundle.link = [link('self', requested), at(undefined)];
+            if (offset + count < matched) {
+              bundle.link.push(at(formatCursor(offset + count)));
+            }
+          } else {
+            bundle.link = [link('self', offset), link('first', 0)];
+            if (count > 0 && offset + count < matched) {
+              bundle.link.push(link('next', offset + count));
+            }
+            if (offset > 0) {
+              bundle.link.push(link('previous', Math.max(0, offset - count)));
+            }
           }
         }
       }
