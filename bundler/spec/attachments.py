@@ -162,6 +162,9 @@ class FileBytes(Mapping[str, bytes]):
                           "it is now")
         return data
 
+    def __contains__(self, digest: object) -> bool:
+        return digest in self._where  # (without reading the file, as Mapping's own would)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._where)
 
