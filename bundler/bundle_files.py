@@ -3,7 +3,6 @@ not at all)."""
 
 from __future__ import annotations
 
-import io
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -65,11 +64,11 @@ class Written(Sequence[Path]):
 
     def __init__(self, out: Path) -> None:
         self.out = out
-        self._names = io.StringIO()
+        self._names = bytearray()  # (a byte a character: a StringIO would take four)
         self._count = 0
 
     def add(self, key: str) -> None:
-        self._names.write(bundle_filename(key) + "\n")
+        self._names += bundle_filename(key).encode() + b"\n"
         self._count += 1
 
     def __len__(self) -> int:
@@ -85,7 +84,7 @@ class Written(Sequence[Path]):
         return list(self)[index]
 
     def __iter__(self) -> Iterator[Path]:
-        for name in self._names.getvalue().splitlines():
+        for name in self._names.decode().splitlines():
             yield self.out / name
 
     def __eq__(self, other: object) -> bool:

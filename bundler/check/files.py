@@ -251,9 +251,10 @@ def validate_files(paths: Iterable[str | Path], *, limits: str | Limits = "medpl
     return report
 
 
-VALIDATE_BATCH = 2000
-"""Bundles validated together (`validate_many`, on every core) as the files are read: a run holds a batch of
-bundles at a time, not every file's."""
+VALIDATE_BATCH = 500
+"""Bundles validated together (`validate_many`, on every core) as the files are read: at least this many, and a
+file's at most (its bundles are built together), so a run holds one file's bundles at a time, not every file's.
+(Its forked workers share the parent's memory: a larger batch shows in their peak too.)"""
 
 
 def _validate_pending(pending: list[tuple[Any, Origin]], report: Report, *, limits: str | Limits, structure: bool,
