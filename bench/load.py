@@ -34,7 +34,9 @@ Modes, on the same threads (`sample_specs`, deterministic by seed; each mode's u
    (`load DIR`), into a server that already holds N
    Communications (posted beforehand as bare bundles), against the rate into the empty one;
 7. memory (`--memory`, local only): a fresh process loads a stream of threads (1 header + 10 messages) of
-   100,000 and of 1,000,000 messages; its peak resident memory, from the kernel (VmHWM);
+   100,000 and of 1,000,000 messages; its peak resident memory, from the kernel (VmHWM). The library fed a
+   generator: the commands on folders of spec files (`thread-bundler load DIR`, verify, validate, build) are
+   measured by `bench/memory.py`, beside the same calls through the library on the same files;
 8. the check (`--check-cost`): the same `load` with its check for copies another load made patched out (it sends
    nothing and finds none), in each round beside `load`: what the check costs in requests, quota points, time;
 9. the concurrency sweep (`--sweep`, alone): `thread-bundler load DIR --concurrency N` for N in 1/2/4/8/16 and auto,

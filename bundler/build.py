@@ -204,14 +204,13 @@ def _binaries(spec: ThreadSpec, files: Mapping[str, bytes] | None) -> list[dict[
     for i, j, a in file_attachments(spec):
         if a.size == 0:
             continue  # (no bytes, no Binary)
-        data = given.get(a.hash or "")
-        if data is None or a.hash is None:
+        if a.hash is None or a.hash not in given:
             file, line = spec.origin(i, "attachments", j, "file")
             problems.append(Problem(file, line, None, f"messages[{i + 1}].attachments[{j + 1}].file",
                                     f"the bytes of {a.file!r} were not read: read the spec from its file "
                                     "(load_specs), or give files= (hash → bytes)"))
-        elif a.hash in inline and a.hash not in entries:
-            entries[a.hash] = binary_entry(a, data)
+        elif a.hash in inline and a.hash not in entries:  # (the bytes of a file uploaded first are not read here)
+            entries[a.hash] = binary_entry(a, given[a.hash])
     if problems:
         raise SpecError(problems)
     return list(entries.values())

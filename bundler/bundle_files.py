@@ -3,19 +3,23 @@ not at all)."""
 
 from __future__ import annotations
 
-import io
-from collections.abc import Iterable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, overload
 
-from .build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, bundle_bytes, check_identifier_system, dumps
+import orjson
+
+from .build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, check_identifier_system, dumps
 from .check.issues import Issue
 from .check.limits import Limits
 from .check.validate import spec_origin, validate
 from .errors import Problem, SpecError
-from .files import staged_folder, write_atomic
-from .spec import ParticipantsFile, ThreadSpec, load_specs
+from .files import atomic_file, staged_folder
+from .spec import ParticipantsFile, ThreadSpec
+from .spec.files import SpecStream
 from .vocabulary import MAX_BODY_BYTES, MAX_REQUEST_BYTES
 
 
@@ -50,13 +54,61 @@ class BuildSummary:
 
     threads: int
     messages: int
-    files: list[Path]
+    files: Sequence[Path]
     warnings: list[Issue] = field(default_factory=list)
+
+
+class Written(Sequence[Path]):
+    """The bundle files written into a folder, by thread key: `out/<key>.json` each, made when asked for (the keys
+    are kept as one string, not as a Path each: a build of a million threads keeps the memory of a small one)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self._names = bytearray()  # (a byte a character: a StringIO would take four)
+        self._count = 0
+
+    def add(self, key: str) -> None:
+        self._names += bundle_filename(key).encode() + b"\n"
+        self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> Path: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Path]: ...
+
+    def __getitem__(self, index: int | slice) -> Path | list[Path]:
+        return list(self)[index]
+
+    def __iter__(self) -> Iterator[Path]:
+        for name in self._names.decode().splitlines():
+            yield self.out / name
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == list(other) if isinstance(other, Sequence) else NotImplemented
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __repr__(self) -> str:
+        return f"Written({self.out}, {self._count} files)"
 
 
 _SIZES = Limits("medplum", max_body_bytes=MAX_BODY_BYTES, max_request_bytes=MAX_REQUEST_BYTES)
 """The server limits a built bundle can go over: its size (a warning, as in `validate`: `load` cuts such a thread
 into parts that fit), and the size of one entry (an error: no part can hold it)."""
+
+
+def _size_issues(spec: ThreadSpec, bundle: dict[str, Any]) -> tuple[list[Problem], list[Issue]]:
+    """The problems (an entry too large for any request) and warnings (a bundle too large for one Medplum request:
+    the loader cuts such a thread into parts) of `spec`'s bundle."""
+    issues = validate(bundle, limits=_SIZES, origin=spec_origin(spec))
+    problems = [Problem(i.file or "<spec>", i.line, None, i.path, f"[{i.code}] {i.message}")
+                for i in issues if i.severity == "error"]
+    return problems, [i for i in issues if i.severity == "warning"]
 
 
 def check_bundles(specs: Iterable[ThreadSpec], identifier_system: str) -> list[Issue]:
@@ -66,11 +118,9 @@ def check_bundles(specs: Iterable[ThreadSpec], identifier_system: str) -> list[I
     problems = []
     warnings = []
     for spec in specs:
-        issues = validate(build_bundle(spec, identifier_system=identifier_system), limits=_SIZES,
-                          origin=spec_origin(spec))
-        problems += [Problem(i.file or "<spec>", i.line, None, i.path, f"[{i.code}] {i.message}")
-                     for i in issues if i.severity == "error"]
-        warnings += [i for i in issues if i.severity == "warning"]
+        spec_problems, spec_warnings = _size_issues(spec, build_bundle(spec, identifier_system=identifier_system))
+        problems += spec_problems
+        warnings += spec_warnings
     if problems:
         raise SpecError(problems)
     return warnings
@@ -87,24 +137,57 @@ def build_files(paths: Iterable[str | Path], *, out: Path | None = None, ndjson:
     Every input is read and checked before anything is written (SpecError lists every problem;
     OptionError for an `identifier_system` unusable in identifier searches). `participants`: a participants file
     the specs may use (`bundler.spec.participants`).
+
+    The specs are read as `load` reads them (`spec.files.SpecStream`: every file checked, then read again a file at
+    a time), each thread built once and written where nothing is seen until every one is (a staging folder, a
+    temporary file), so that a build of any size holds one file's threads at a time.
     """
     check_identifier_system(identifier_system)
-    specs = load_specs(paths, participants=participants, read_model=read_model,
+    specs = SpecStream(paths, participants=participants, read_model=read_model,
                        allow_outside_files=allow_outside_files)
-    warnings = check_bundles(specs, identifier_system)
-    messages = sum(len(s.messages) for s in specs)
     if not ndjson:
         if out is None:
             raise ValueError("out is required unless ndjson")
-        bundles = ((s.key, build_bundle(s, identifier_system=identifier_system)) for s in specs)
-        return BuildSummary(len(specs), messages, write_bundle_files(bundles, out), warnings)
-    lines = (bundle_bytes(s, identifier_system=identifier_system) for s in specs)
+        written = Written(out)
+        with staged_folder(out) as staging:
+            warnings = _built(specs, identifier_system,
+                              lambda key, bundle: _write_one(staging, key, bundle, written))
+        return BuildSummary(specs.threads, specs.messages, written, warnings)
     if out is not None:
-        buffer = io.BytesIO()
-        write_ndjson(lines, buffer)
-        write_atomic(out, buffer.getvalue())
-        return BuildSummary(len(specs), messages, [out], warnings)
+        with atomic_file(out) as f:
+            warnings = _built(specs, identifier_system, lambda key, bundle: _line(f, bundle))
+        return BuildSummary(specs.threads, specs.messages, [out], warnings)
     assert stream is not None
-    write_ndjson(lines, stream)
+    with tempfile.TemporaryFile(prefix="thread-bundler-build-") as spool:  # (stdout cannot be taken back)
+        warnings = _built(specs, identifier_system, lambda key, bundle: _line(spool, bundle))
+        spool.seek(0)
+        shutil.copyfileobj(spool, stream)
     stream.flush()
-    return BuildSummary(len(specs), messages, [], warnings)
+    return BuildSummary(specs.threads, specs.messages, [], warnings)
+
+
+def _write_one(staging: Path, key: str, bundle: dict[str, Any], written: Written) -> None:
+    (staging / bundle_filename(key)).write_bytes(dumps(bundle, pretty=True))
+    written.add(key)
+
+
+def _line(f: IO[bytes], bundle: dict[str, Any]) -> None:
+    f.write(orjson.dumps(bundle) + b"\n")  # (what `bundle_bytes` gives: byte for byte)
+
+
+def _built(specs: Iterable[ThreadSpec], identifier_system: str, write: Callable[[str, dict[str, Any]], None]
+           ) -> list[Issue]:
+    """Build each spec once and `write(key, bundle)` it; SpecError at the end with every bundle's size problems
+    (the caller's writing then undone); the warnings."""
+    problems: list[Problem] = []
+    warnings: list[Issue] = []
+    for spec in specs:
+        bundle = build_bundle(spec, identifier_system=identifier_system)
+        spec_problems, spec_warnings = _size_issues(spec, bundle)
+        problems += spec_problems
+        warnings += spec_warnings
+        if not problems:
+            write(spec.key, bundle)
+    if problems:
+        raise SpecError(problems)
+    return warnings

@@ -610,11 +610,12 @@ line, before a byte is read.
 
 Medplum itself sets no cap here: `POST Binary` streams the raw body into its storage (packages/server/src/fhir/
 binary.ts: "multi gigabyte files"); its caps are for JSON (`maxJsonSize` 1 MB, `maxBatchSize` 50 MB,
-`base64BinaryMaxBytes` 1 MB, config/utils.ts). The cap is ours: a spec's files are read with it and held in memory
-(`ThreadSpec.files`) until the run ends, each sent as one request body (and read back whole by `verify`), so one
-file must fit in memory a few times over. 100 MiB is four times what an e-mail carries (20-25 MB), room for any
-photo, scanned PDF or short clip a message holds, and it bounds what a spec from someone else can make us read
-(`file: /dev/zero` was 5.6 GB in 15 s before it)."""
+`base64BinaryMaxBytes` 1 MB, config/utils.ts). The cap is ours: a spec's files are read with it (hashed when the
+spec is checked, read again when their thread's build or upload needs them: `spec.attachments.FileBytes`), each
+sent as one request body (and read back whole by `verify`), so one file must fit in memory a few times over.
+100 MiB is four times what an e-mail carries (20-25 MB), room for any photo, scanned PDF or short clip a message
+holds, and it bounds what a spec from someone else can make us read (`file: /dev/zero` was 5.6 GB in 15 s before
+it)."""
 
 _STORED_BINARY = re.compile(r"(?:https?://[^?#]*/)?Binary/(" + ID_PATTERN + r")(?:/_history/" + ID_PATTERN
                             + r")?")

@@ -283,7 +283,7 @@ def test_a_thread_of_more_messages_than_the_server_pages_by_offset_is_exported_w
     by cursor (`load.verify.part_of_pages`); every one of them is in the spec, in order. (On the local server
     this is tested with a small offset limit, above.)"""
     if project.server is not None:
-        pytest.skip("slow on the local server: its offset limit is tested small in test_a_thread_past_the_offset_limit_...")
+        pytest.skip("slow on the local server: its offset limit is tested small in test_a_thread_past_the_...")
     n = MAX_SEARCH_OFFSET + 150
     patient = {"reference": "Patient/p1", "display": "Pat Smith"}
     doctor = {"reference": "Practitioner/d1", "display": "Dr. Who"}

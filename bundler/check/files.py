@@ -219,26 +219,49 @@ def validate_files(paths: Iterable[str | Path], *, limits: str | Limits = "medpl
     `participants` and `read_model` overriding the specs' own, and the conditional creates of the specs'
     participants to create (as `load` sends them); raises SpecError if any input cannot be read or built,
     OptionError if `identifier_system` is unusable in identifier searches. `allow_outside_files`: specs may attach
-    files outside their own folder (`bundler.spec.load_specs`)."""
+    files outside their own folder (`bundler.spec.load_specs`). Files are read one at a time and their bundles
+    validated a batch at a time as they come (`VALIDATE_BATCH`): the memory of a batch, whatever the input's
+    size; every file is read for its problems all the same."""
     check_identifier_system(identifier_system)
     shared = read_participants(participants) if participants is not None else None
     files, problems = input_files(paths)
-    items: list[tuple[Any, Origin]] = []
     keys = ThreadKeys()
     created = Created(shared)
-    for file in files:
-        found, file_problems = read_bundles(file, identifier_system=identifier_system, keys=keys, shared=shared,
-                                            created=created, read_model=read_model,
-                                            allow_outside_files=allow_outside_files)
-        problems.extend(file_problems)
-        items.extend(found)
+    report = Report(files=len(files))
+    pending: list[tuple[Any, Origin]] = []
+    try:
+        for file in files:
+            found, file_problems = read_bundles(file, identifier_system=identifier_system, keys=keys, shared=shared,
+                                                created=created, read_model=read_model,
+                                                allow_outside_files=allow_outside_files)
+            problems.extend(file_problems)
+            if problems:
+                continue  # (every file is still read for its problems; nothing more is validated)
+            pending.extend(found)
+            del found
+            if len(pending) >= VALIDATE_BATCH:
+                _validate_pending(pending, report, limits=limits, structure=structure, workers=workers)
+    finally:
+        keys.close()
     if problems:
         raise SpecError(problems)
-    items += created.bundles()
-    report = Report(files=len(files), bundles=len(items))
-    results = validate_many([b for b, _ in items], limits=limits, structure=structure, workers=workers)
-    for (_, origin), issues in zip(items, results, strict=True):
-        report.issues.extend(locate(issues, origin) if issues else ())
+    pending += created.bundles()
+    _validate_pending(pending, report, limits=limits, structure=structure, workers=workers)
     report.issues += created.displays.issues
     return report
 
+
+VALIDATE_BATCH = 500
+"""Bundles validated together (`validate_many`, on every core) as the files are read: at least this many, and a
+file's at most (its bundles are built together), so a run holds one file's bundles at a time, not every file's.
+(Its forked workers share the parent's memory: a larger batch shows in their peak too.)"""
+
+
+def _validate_pending(pending: list[tuple[Any, Origin]], report: Report, *, limits: str | Limits, structure: bool,
+                      workers: int | None) -> None:
+    """Validate the bundles of `pending` into `report` (their issues, with file and line), and let them go."""
+    results = validate_many([b for b, _ in pending], limits=limits, structure=structure, workers=workers)
+    for (_, origin), issues in zip(pending, results, strict=True):
+        report.issues.extend(locate(issues, origin) if issues else ())
+    report.bundles += len(pending)
+    pending.clear()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -14,7 +14,7 @@ from ..load.concurrency import AUTO, Concurrency
 from ..load.inputs import journal_for
 from ..load.loader import DEFAULT_LATE_MARGIN, EXACTLY_ONCE_MODES, LoadInterrupted, load
 from ..load.report import LoadReport, LoadWatcher, ThreadResult
-from ..load.verify import VerifyResult, verify
+from ..load.verify import VerifyResult, verify_each
 from ..medplum.client import FhirClient
 from ..medplum.doctor import doctor
 from . import display
@@ -274,14 +274,37 @@ def doctor_command(client: FhirClient, format_: str) -> None:
     sys.exit(EXIT_OK if report.ok else EXIT_ISSUES)
 
 
-def print_verify(results: list[VerifyResult], *, show: int = 20) -> None:
-    good = sum(r.ok for r in results)
-    click.echo(f"{good:,} of {len(results):,} threads match their specs", err=True)
-    bad = [r for r in results if not r.ok]
-    for r in bad[:show]:
+def print_verify(results: Iterable[VerifyResult], *, show: int = 20) -> bool:
+    """The summary of `results` as they come (the first `show` that differ kept for it); whether all match."""
+    good = total = 0
+    bad: list[VerifyResult] = []
+    for r in results:
+        total += 1
+        good += r.ok
+        if not r.ok and len(bad) < show:
+            bad.append(r)
+    click.echo(f"{good:,} of {total:,} threads match their specs", err=True)
+    for r in bad:
         where = f"{r.file}:{r.line}" if r.line else r.file
         click.echo(f"{where}: {r.key}:", err=True)
         _lines(r.differences + ([f"could not be read back: {r.error}"] if r.error is not None else []), show=10)
+    return good == total
+
+
+def _json_verified(results: Iterable[VerifyResult]) -> bool:
+    """`results` as one indented JSON array on stdout, written as they come; whether all match."""
+    ok = True
+    out = sys.stdout
+    out.write("[")
+    first = True
+    for r in results:
+        ok &= r.ok
+        item = orjson.dumps(r.as_json(), option=orjson.OPT_INDENT_2).decode().replace("\n", "\n  ")
+        out.write(("\n  " if first else ",\n  ") + item)
+        first = False
+    out.write("]\n" if first else "\n]\n")
+    out.flush()
+    return ok
 
 
 @click.command("verify")
@@ -305,11 +328,8 @@ def verify_command(paths: tuple[str, ...], client: FhirClient, identifier_system
     Example:
       thread-bundler verify threads/
     """
-    results = verify(list(paths), client, participants=participants, read_model=read_model,
-                     allow_outside_files=allow_outside_files, identifier_system=identifier_system,
-                     concurrency=concurrency)
-    if format_ == "json":
-        click.echo(orjson.dumps([r.as_json() for r in results], option=orjson.OPT_INDENT_2).decode())
-    else:
-        print_verify(results)
-    sys.exit(EXIT_OK if all(r.ok for r in results) else EXIT_ISSUES)
+    results = verify_each(list(paths), client, participants=participants, read_model=read_model,
+                          allow_outside_files=allow_outside_files, identifier_system=identifier_system,
+                          concurrency=concurrency)
+    ok = _json_verified(results) if format_ == "json" else print_verify(results)
+    sys.exit(EXIT_OK if ok else EXIT_ISSUES)

@@ -1,5 +1,6 @@
 """What `load` and `verify` take: thread specs, or the paths of spec files, read as `thread-bundler load PATHS`
-reads them (`spec.load_specs`, with `participants`, `read_model` and `allow_outside_files`).
+reads them (`spec.files.SpecStream`, with `participants`, `read_model` and `allow_outside_files`: every file checked
+first, then read again a file at a time as the threads are sent).
 
     load(["threads/"], client, participants="people.yaml")        # the journal: threads.journal.sqlite
     load(load_specs(["threads/"]), client, journal="j.sqlite")      # the same threads, read by the caller
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import TypeGuard
 
 from ..errors import BundlerError
-from ..spec.files import load_specs
+from ..spec.files import SpecStream
 from ..spec.model import ThreadSpec, with_read_model
 from ..spec.participants import ParticipantsFile
 
@@ -36,11 +37,12 @@ def path_list(paths: Paths) -> list[str | Path]:
 
 def read_threads(threads: Threads, *, participants: str | Path | ParticipantsFile | None = None,
                  read_model: str | None = None, allow_outside_files: bool = False) -> Iterable[ThreadSpec]:
-    """The specs of `threads`: read from its paths (SpecError with every problem, nothing sent), or the specs
-    given with `read_model` applied. `participants` and `allow_outside_files` are about reading files: given with
-    specs, they are a mistake (OptionError's parent, BundlerError) rather than silently ignored."""
+    """The specs of `threads`: read from its paths (a `SpecStream`: SpecError with every problem before any spec is
+    given, so nothing is sent), or the specs given with `read_model` applied. `participants` and
+    `allow_outside_files` are about reading files: given with specs, they are a mistake (OptionError's parent,
+    BundlerError) rather than silently ignored."""
     if is_paths(threads):
-        return load_specs(path_list(threads), participants=participants, read_model=read_model,
+        return SpecStream(path_list(threads), participants=participants, read_model=read_model,
                           allow_outside_files=allow_outside_files)
     if participants is not None or allow_outside_files:
         raise BundlerError("participants= and allow_outside_files= are for reading spec files: give the paths, or "

@@ -65,6 +65,7 @@ from ..errors import AuthError, BundlerError, JournalError, NotAtomic, Unreachab
 from ..medplum.client import FhirClient, chunked
 from ..medplum.probe import Atomicity, probe_atomicity, remove_probes
 from ..medplum.ratelimit import Gate
+from ..spec.files import SpecStream
 from ..spec.model import ThreadSpec
 from ..spec.participants import ParticipantsFile
 from ..vocabulary import SEARCH_POINTS, identifier_system_problem
@@ -228,6 +229,8 @@ def _started(threads: Iterable[ThreadSpec], watcher: LoadWatcher | None, dry_run
     messages = None
     if isinstance(threads, Sequence):
         report.total, messages = len(threads), sum(len(t.messages) for t in threads)
+    elif isinstance(threads, SpecStream):  # (files: counted by their first pass)
+        report.total, messages = threads.threads, threads.messages
     if watcher is not None and watcher.on_start is not None:
         watcher.on_start(report.total, messages)
     return report

@@ -9,6 +9,8 @@ never held whole, neither as read nor as built.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -230,14 +232,31 @@ def verify(threads: Threads, client: FhirClient, *, participants: str | Path | P
     cannot be read back gets its `error`, and the others are verified all the same; only a refused login or an
     unreachable server stops it (raised). What `thread-bundler verify` does, option for option: `threads` are
     specs, or paths of spec files read with `participants`, `read_model`, `allow_outside_files` as `load` reads
-    them (`inputs.read_threads`)."""
-    specs = list(read_threads(threads, participants=participants, read_model=read_model,
-                              allow_outside_files=allow_outside_files))
-    headers = client.find_identifiers("Communication", [f"{identifier_system}|{s.key}" for s in specs])
-    resolved = resolve_references(client, specs)
+    them (`inputs.read_threads`). `verify_each` gives the same results one at a time, holding none."""
+    return list(verify_each(threads, client, participants=participants, read_model=read_model,
+                            allow_outside_files=allow_outside_files, identifier_system=identifier_system,
+                            concurrency=concurrency, on_thread=on_thread))
+
+
+def verify_each(threads: Threads, client: FhirClient, *, participants: str | Path | ParticipantsFile | None = None,
+                read_model: str | None = None, allow_outside_files: bool = False,
+                identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, concurrency: int = 4,
+                on_thread: Callable[[VerifyResult], None] | None = None, window: int = 1000
+                ) -> Iterator[VerifyResult]:
+    """`verify`, its results in order as they come, `window` threads at a time (their headers found together, each
+    conditional reference searched once a run): the memory of a window, whatever the input's size. Paths are read
+    (and every file checked: SpecError) when it is called, before anything is searched."""
+    specs = read_threads(threads, participants=participants, read_model=read_model,
+                         allow_outside_files=allow_outside_files)
+    return _verified(specs, client, identifier_system, concurrency, on_thread, window)
+
+
+def _verified(specs: Iterable[ThreadSpec], client: FhirClient, identifier_system: str, concurrency: int,
+              on_thread: Callable[[VerifyResult], None] | None, window: int) -> Iterator[VerifyResult]:
+    resolver = Resolver(client)
     hashes: dict[str, tuple[int, str]] = {}
 
-    def one(spec: ThreadSpec) -> VerifyResult:
+    def one(headers: dict[str, str], resolved: dict[str, dict[str, str]], spec: ThreadSpec) -> VerifyResult:
         file, line = spec.origin()
         result = VerifyResult(spec.key, file, line)
         header_id = headers.get(f"{identifier_system}|{spec.key}")
@@ -266,4 +285,8 @@ def verify(threads: Threads, client: FhirClient, *, participants: str | Path | P
         return result
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="verify") as pool:
-        return list(pool.map(one, specs))
+        it = iter(specs)
+        while chunk := list(itertools.islice(it, max(1, window))):
+            headers = client.find_identifiers("Communication", [f"{identifier_system}|{s.key}" for s in chunk])
+            resolved = resolver.stored(sorted(conditional_references(chunk)))
+            yield from pool.map(functools.partial(one, headers, resolved), chunk)

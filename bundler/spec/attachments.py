@@ -1,9 +1,13 @@
 """Attachments from files: the one I/O the spec stage does for them. A message's `{file: path}` (relative to the
 spec file) is read here; its `size`, `hash` (vocabulary.attachment_hash) and, unless given, `contentType` (from
-the file name) are filled into the spec's data, and its bytes kept by hash, so the builder gets them as a pure
-input (`ThreadSpec.files`): same spec, same files, same bytes.
+the file name) are filled into the spec's data, and where its bytes are is kept by hash (`FileBytes`), so the
+builder gets them as a pure input (`ThreadSpec.files`): same spec, same files, same bytes.
 
     data, files, problems = read_files(doc)
+
+The bytes are not kept: a file is read (and hashed) when its spec is checked, then again when they are needed
+(the build of its thread, or its upload), one file at a time, never all of a run's at once. Read again, a file
+whose bytes are no longer the ones checked (its hash) is an error naming it (`Changed`), not other bytes sent.
 
 A spec may come from someone else, so what it can make us read is bounded: only a regular file (never a named
 pipe, a device or a socket: opening one never waits), at most `vocabulary.MAX_ATTACHMENT_FILE_BYTES`, and only in
@@ -18,10 +22,11 @@ from __future__ import annotations
 import os
 import stat
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..errors import Problem
+from ..errors import BundlerError, Problem
 from ..vocabulary import MAX_ATTACHMENT_FILE_BYTES, attachment_hash, content_type_for
 from .source import Document
 
@@ -113,6 +118,63 @@ def read_stdin_spec() -> bytes:
     return stream.read()
 
 
+class Changed(BundlerError):
+    """A file (a spec, or an attachment) whose bytes are not the ones checked: it changed since (or it can no longer
+    be read). A BundlerError: a thread whose attachment changed fails, saying so; a spec file that changed stops
+    the run before any of its threads is sent."""
+
+
+Hashes = dict[str, tuple[int, str]]
+"""An attachment's path (as `base / name` spells it) → (size, hash) as its spec's check read it: a spec checked
+again (the second pass over a folder, `files.SpecStream`) takes the figures from here instead of reading the
+file again; its bytes, when needed, are checked against them (`FileBytes`)."""
+
+
+class FileBytes(Mapping[str, bytes]):
+    """A spec's file attachments by hash (`Attachment.hash`) → their bytes, each read from its file when asked for
+    and checked against its hash (Changed if it is no longer the file that was checked); stdin's bytes (`file: -`,
+    read once) are held. What `ThreadSpec.files` gives for a spec read from a file: the builder and the uploads
+    read one file when they need it, and nothing holds the bytes of a run's files."""
+
+    __slots__ = ("_where",)
+
+    def __init__(self) -> None:
+        self._where: dict[str, tuple[Path, int] | bytes] = {}
+
+    def add(self, digest: str, where: tuple[Path, int] | bytes) -> None:
+        """The file with hash `digest`: its (path, size), or its bytes (stdin's)."""
+        self._where.setdefault(digest, where)
+
+    def __getitem__(self, digest: str) -> bytes:
+        where = self._where[digest]
+        if isinstance(where, bytes):
+            return where
+        path, size = where
+        try:
+            data = read_regular(path, MAX_ATTACHMENT_FILE_BYTES)
+        except (Refused, OSError) as exc:
+            why = str(exc) if isinstance(exc, Refused) else exc.strerror or str(exc)
+            raise Changed(f"{path}: the attached file cannot be read again ({why}); it was read when its spec was "
+                          "checked") from None
+        if (now := attachment_hash(data)) != digest:
+            raise Changed(f"{path}: the attached file changed since its spec was checked (it was {size:,} bytes, "
+                          f"hash {digest}; now {len(data):,} bytes, hash {now}): not sent; run again to send it as "
+                          "it is now")
+        return data
+
+    def __contains__(self, digest: object) -> bool:
+        return digest in self._where  # (without reading the file, as Mapping's own would)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __repr__(self) -> str:
+        return f"FileBytes({sorted(self._where)})"
+
+
 def outside(base: Path, name: str) -> str | None:
     """Why the file `name` (as a spec writes it, relative to `base`, the spec's folder) is outside `base`, in words
     for a message; None when it is inside. Links are followed: one inside that leads out is outside."""
@@ -127,17 +189,19 @@ def outside(base: Path, name: str) -> str | None:
            f"{ALLOW_OUTSIDE_HINT}"
 
 
-def read_files(doc: Document, *, allow_outside_files: bool = False
-               ) -> tuple[Any, dict[str, bytes], list[Problem]]:
-    """`doc`'s data with every file attachment filled in, the files' bytes by hash, and the problems (a file
-    missing, unreadable, not a regular file, too large, outside the spec's folder unless `allow_outside_files`,
-    or not what a given size or hash says), each at its `file` field."""
+def read_files(doc: Document, *, allow_outside_files: bool = False, hashes: Hashes | None = None
+               ) -> tuple[Any, FileBytes, list[Problem]]:
+    """`doc`'s data with every file attachment filled in, where the files' bytes are by hash (`FileBytes`), and the
+    problems (a file missing, unreadable, not a regular file, too large, outside the spec's folder unless
+    `allow_outside_files`, or not what a given size or hash says), each at its `file` field. `hashes`: each file's
+    size and hash as an earlier check read them (a file there is not read again), and where this one's go."""
     data = doc.data
+    files = FileBytes()
     messages = data.get("messages") if isinstance(data, dict) else None
     if not isinstance(messages, list) or not any(_has_files(m) for m in messages):
-        return data, {}, []
+        return data, files, []
     base = Path(doc.file).parent if doc.file not in ("<stdin>", "<spec>") else Path.cwd()
-    files: dict[str, bytes] = {}
+    hashes = hashes if hashes is not None else {}
     problems: list[Problem] = []
     filled = []
     for i, m in enumerate(messages):
@@ -147,7 +211,8 @@ def read_files(doc: Document, *, allow_outside_files: bool = False
         attachments = []
         for j, a in enumerate(m["attachments"]):
             if isinstance(a, dict) and isinstance(a.get("file"), str):
-                a = _read(doc, base, a, ("messages", i, "attachments", j), files, problems, allow_outside_files)
+                a = _read(doc, base, a, ("messages", i, "attachments", j), files, problems, allow_outside_files,
+                          hashes)
             attachments.append(a)
         filled.append({**m, "attachments": attachments})
     return {**data, "messages": filled}, files, problems
@@ -158,32 +223,38 @@ def _has_files(message: Any) -> bool:
     return isinstance(attachments, list) and any(isinstance(a, dict) and "file" in a for a in attachments)
 
 
-def _read(doc: Document, base: Path, attachment: dict[str, Any], at: tuple[str | int, ...], files: dict[str, bytes],
-          problems: list[Problem], allow_outside_files: bool) -> dict[str, Any]:
+def _read(doc: Document, base: Path, attachment: dict[str, Any], at: tuple[str | int, ...], files: FileBytes,
+          problems: list[Problem], allow_outside_files: bool, hashes: Hashes) -> dict[str, Any]:
     name = attachment["file"]
     path = base / name
+    where: tuple[Path, int] | bytes
     try:
         if name == "-":
-            raw = read_stdin()
+            where = read_stdin()
+            size, digest = len(where), attachment_hash(where)
         else:
             why = None if allow_outside_files else outside(base, name)
             if why is not None:
                 problems.append(doc.problem((*at, "file"), why))
                 return attachment
-            raw = read_regular(path, MAX_ATTACHMENT_FILE_BYTES)
+            if (known := hashes.get(str(path))) is None:
+                raw = read_regular(path, MAX_ATTACHMENT_FILE_BYTES)  # (hashed, and let go: read again when needed)
+                known = hashes[str(path)] = (len(raw), attachment_hash(raw))
+                del raw
+            size, digest = known
+            where = (path, size)
     except Refused as exc:
         problems.append(doc.problem((*at, "file"), f"{name!r} {exc}"))
         return attachment
     except OSError as exc:
         problems.append(doc.problem((*at, "file"), f"cannot read {name!r} ({path}): {exc.strerror or exc}"))
         return attachment
-    digest = attachment_hash(raw)
-    for field, value in (("size", len(raw)), ("hash", digest)):
+    for field, value in (("size", size), ("hash", digest)):
         if field in attachment and attachment[field] != value:
             problems.append(doc.problem((*at, field), f"{attachment[field]!r} is not the {field} of {name!r} "
                                                       f"({value!r}): leave it out, it is filled in"))
-    files[digest] = raw
-    out = {**attachment, "size": len(raw), "hash": digest}
+    files.add(digest, where)
+    out = {**attachment, "size": size, "hash": digest}
     if "contentType" not in attachment:
         out["contentType"] = content_type_for(name)
     return out

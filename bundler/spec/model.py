@@ -59,6 +59,7 @@ from ..vocabulary import (
     is_coding,
     is_identifier_value,
 )
+from .attachments import FileBytes
 from .meaning import (
     NO_CONTENT,
     MessageView,
@@ -692,13 +693,15 @@ class ThreadSpec(SpecModel):
 
     @property
     def files(self) -> Mapping[str, bytes]:
-        """The bytes of its file attachments by hash (`Attachment.hash`), as read with the spec from its file
-        (`bundler.spec.load_specs`); empty for a spec made otherwise."""
+        """The bytes of its file attachments by hash (`Attachment.hash`), for a spec read from its file
+        (`bundler.spec.load_specs`) read from their files when asked for (`attachments.FileBytes`); empty for a spec
+        made otherwise."""
         return self._files or {}
 
     def with_files(self, files: Mapping[str, bytes]) -> ThreadSpec:
-        """This spec holding `files` (hash → bytes) for its file attachments: what the builder reads."""
-        self._files = dict(files)
+        """This spec holding `files` (hash → bytes) for its file attachments: what the builder reads (a `FileBytes`
+        as it is: it reads each file when asked for it)."""
+        self._files = files if isinstance(files, FileBytes) else dict(files)
         return self
 
     def with_source(self, source: Document) -> ThreadSpec:
