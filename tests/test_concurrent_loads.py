@@ -232,3 +232,28 @@ def test_entries_of_a_batch_rolled_back_for_serialization_are_sent_again(project
         assert len(transactions(proxy.log, header_value(key))) == 2  # rolled back, then sent again
     with client_for(project) as client:
         assert_exactly_once(client, specs, project)
+
+
+def test_a_thread_of_many_messages_is_checked_in_requests_of_bounded_size() -> None:
+    """The check for copies of a thread of 1,201 entries asks at most CHECK_BATCH identifiers a request, every
+    identifier once (one request for the whole thread was a body Medplum refused: "File too large")."""
+    from types import SimpleNamespace
+
+    from bundler.load import duplicates
+
+    n = 1201
+    thread = SimpleNamespace(types=["Communication"] * n, identifiers=[f"s|k/m{i}" for i in range(n)],
+                             urls=[f"urn:uuid:{i}" for i in range(n)])
+    waiting = duplicates.Waiting(thread, None, list(range(n)), {f"urn:uuid:{i}": f"id{i}" for i in range(n)})  # type: ignore[arg-type]
+    asked: list[list[str]] = []
+
+    class Counting:
+        def count_together(self, searches: list[tuple[str, dict[str, str]]]) -> list[int]:
+            asked.append([v for _, params in searches for v in params["identifier"].split(",")])
+            return [len(params["identifier"].split(",")) for _, params in searches]
+
+    [found] = duplicates.find_copies(Counting(), [waiting])  # type: ignore[arg-type]
+    assert found == {i: [f"id{i}"] for i in range(n)}
+    assert len(asked) >= -(-n // duplicates.CHECK_BATCH)
+    assert all(len(a) <= duplicates.CHECK_BATCH for a in asked)
+    assert sorted(v for a in asked for v in a) == sorted(f"s|k/m{i}" for i in range(n))

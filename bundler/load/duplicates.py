@@ -22,7 +22,7 @@ instead of skipping it, until the server holds one copy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from ..medplum.client import FhirClient, chunked
@@ -65,17 +65,17 @@ def find_copies(client: FhirClient, batch: Sequence[Waiting]) -> list[dict[int, 
     for w in batch:
         for n in w.entries:
             (exact if w.again else counted).setdefault(w.t.types[n], []).append(w.t.identifiers[n])
-    asks = _asks(counted)
-    if asks:
+    for asks in _requests(_asks(counted)):
         totals = client.count_together([(kind, _params(chunk)) for kind, chunk in asks])
         for (kind, chunk), total in zip(asks, totals, strict=True):
             if total != len(chunk):  # (more: copies; fewer: one gone since, which might hide one more)
                 exact.setdefault(kind, []).extend(chunk)
     found: dict[tuple[str, str], list[str]] = {}
-    if searches := _asks(exact):
+    searches = _asks(exact)
+    for group in _requests(searches):
         matched = client.search_together([(kind, {**_params(chunk), "_elements": "identifier"})
-                                          for kind, chunk in searches])
-        for (kind, chunk), resources in zip(searches, matched, strict=True):
+                                          for kind, chunk in group])
+        for (kind, chunk), resources in zip(group, matched, strict=True):
             asked = set(chunk)
             for resource in resources:
                 for ident in resource.get("identifier") or ():
@@ -87,6 +87,21 @@ def find_copies(client: FhirClient, batch: Sequence[Waiting]) -> list[dict[int, 
     searched = {(kind, ident) for kind, chunk in searches for ident in chunk}
     return [{n: found.get(key, []) if (key := (w.t.types[n], w.t.identifiers[n])) in searched
              else [w.ids[w.t.urls[n]]] for n in w.entries} for w in batch]
+
+
+def _requests(asks: list[tuple[str, list[str]]]) -> Iterator[list[tuple[str, list[str]]]]:
+    """`asks` in requests of at most CHECK_BATCH identifiers (and at least one search): a thread of 100,000
+    messages is checked in 200 requests, not one whose body the server refuses as too large."""
+    group: list[tuple[str, list[str]]] = []
+    size = 0
+    for kind, chunk in asks:
+        if group and size + len(chunk) > CHECK_BATCH:
+            yield group
+            group, size = [], 0
+        group.append((kind, chunk))
+        size += len(chunk)
+    if group:
+        yield group
 
 
 def _asks(identifiers: dict[str, list[str]]) -> list[tuple[str, list[str]]]:
