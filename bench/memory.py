@@ -69,9 +69,10 @@ def run_library(args: list[str], env: dict[str, str]) -> tuple[float, float]:
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, __file__, "--child", *args], env={**os.environ, **env},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, err = _communicate(proc)
+    out, err = _communicate(proc)
     seconds = time.perf_counter() - t0
-    peak = _waited_maxrss(proc) / 1024
+    _waited_maxrss(proc)  # (reaps it; its figure starts at this process's RSS at the fork: the child tells its own)
+    peak = int(out.split()[-1]) / 1024 if out.split() else float("nan")
     if proc.returncode != 0:
         raise SystemExit(f"library {' '.join(args)} exited {proc.returncode}:\n{err[-3000:]}")
     return seconds, peak
@@ -170,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         child(*args.child)
+        with open("/proc/self/status", encoding="ascii") as f:  # VmHWM: this process's own peak RSS, in KiB
+            print(next(line.split()[1] for line in f if line.startswith("VmHWM:")))
         return 0
 
     def say(text: str) -> None:
