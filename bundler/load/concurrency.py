@@ -104,12 +104,8 @@ class AutoConcurrency(Gate):
 
     # --- the gate --------------------------------------------------------------------------------------
 
-    def enter(self) -> None:
-        with self._cond:
-            while self.inside >= int(self.limit):
-                self._cond.wait()
-            self._account(self._clock())
-            self.inside += 1
+    def _entering(self) -> None:
+        self._account(self._clock())
 
     def leave(self, *, conflict: bool, status: int | None = 200, seconds: float = 0.0, work: float = 0.0) -> None:
         with self._cond:

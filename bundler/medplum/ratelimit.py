@@ -149,7 +149,12 @@ class Gate:
         with self._cond:
             while self.inside >= int(self.limit):
                 self._cond.wait()
+            self._entering()
             self.inside += 1
+
+    def _entering(self) -> None:
+        """Called (under the gate's lock) as a transaction is let in, before it counts as inside: a subclass's
+        hook (`load.concurrency.AutoConcurrency` accounts the time at each number inside)."""
 
     def leave(self, *, conflict: bool, status: int | None = 200, seconds: float = 0.0, work: float = 0.0) -> None:
         """A transaction came back: `conflict` (a 409 serialization failure), its `status` (None: no answer), its
