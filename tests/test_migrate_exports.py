@@ -353,14 +353,40 @@ def _children(pid: int) -> set[int]:
 
 def _group(pgid: int) -> set[int]:
     """The live processes of process group `pgid`: a run's parent and every worker it started (workers keep
-    their parent's group, also when it dies and they are handed to init)."""
+    their parent's group, also when it dies and they are handed to init). A process is live while any of its
+    threads is: a killed process's first thread can be a zombie while another still closes the files they
+    share (and so still holds their locks)."""
     found: set[int] = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().split(")")[-1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
+            if _stat_fields(stat)[2] == str(pgid) and any(
+                    _stat_fields(task)[0] not in ("Z", "X") for task in stat.parent.glob("task/*/stat")):
                 found.add(int(stat.parent.name))
     return found
+
+
+def _stat_fields(stat: Path) -> list[str]:
+    """The fields of a /proc stat file after the command's name: state, ppid, pgrp, ..."""
+    return stat.read_text().rsplit(")", 1)[-1].split()
+
+
+def _leftovers(work: Path, left_by_kill: list[str]) -> str:
+    """What a failure should say: each folder left, whose it was, what is in it, who holds its lock."""
+    lines = []
+    for folder in sorted(work.iterdir()):
+        whose = "the killed run's" if folder.name in left_by_kill else "the re-run's"
+        held = folder / ".held"
+        holders = []
+        if held.exists():
+            inode = held.stat().st_ino
+            holders = [line for line in Path("/proc/locks").read_text().splitlines() if f":{inode} " in line]
+            for fd in Path("/proc").glob("[0-9]*/fd/*"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) == str(held):
+                        holders.append(f"open in {fd}: {Path(fd.parent.parent, 'cmdline').read_bytes()[:120]!r}")
+        inside = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))[:20]
+        lines.append(f"{folder.name} ({whose}): {inside}; lock: {holders}")
+    return "\n".join(lines)
 
 
 def _until(condition: object, what: str, deadline: float = 60.0) -> None:
@@ -394,10 +420,11 @@ def test_kill_9_of_the_parent_takes_its_workers_and_a_rerun_cleans_up(tmp_path: 
     finally:
         if run.poll() is None:
             run.kill()
-    assert list(work.iterdir())  # what the killed run left
+    left_by_kill = sorted(p.name for p in work.iterdir())
+    assert left_by_kill  # what the killed run left
     again = migrate([export], tmp_path / "m.yaml", to="ndjson", out=out, work_dir=work, workers=2)
     assert again.accounted and out.exists()
-    assert list(work.iterdir()) == []
+    assert list(work.iterdir()) == [], _leftovers(work, left_by_kill)
     assert sorted(p.name for p in out.parent.iterdir()) == ["o.ndjson", "o.ndjson.rejects.jsonl"]
 
 
