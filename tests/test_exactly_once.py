@@ -15,6 +15,7 @@ import orjson
 import pytest
 from faultproxy import Event, FaultProxy, Rule
 from loadkit import (
+    CHECK,
     POST,
     LandedClock,
     assert_exactly_once,
@@ -32,6 +33,7 @@ from loadkit import (
 
 from bundler import parse_spec
 from bundler.errors import BundlerError
+from bundler.load.report import Outcome
 from bundler.medplum.probe import PROBE_SYSTEM
 from bundler.testing.strategies import sample_specs
 from bundler.vocabulary import identifier_token
@@ -166,6 +168,34 @@ def test_strict_mode_survives_a_request_of_any_lateness(project: Any, tmp_path: 
             assert all(len(b["entry"]) <= 8 and all("ifNoneExist" in x["request"] for x in b["entry"])
                        for b in bodies)
             assert_exactly_once(client, specs, project)
+
+
+def test_a_request_landing_later_than_the_margin_is_reported_as_this_loads_own(project: Any, tmp_path: Path) -> None:
+    """The default mode's limit: a request that lands after its quarantine's search (the server slower than
+    --timeout plus --late-margin) is stored beside the one sent again. The check for copies finds both and
+    says it was this load's own lost request, and what to do about it, not that another load ran."""
+    specs = specs_for(project, 2, 3, seed=7)
+    key = specs[0].key
+
+    def resent_and_committed(log: list[Event]) -> bool:
+        return any(e.upstream_status == 200 and "late" not in e.actions
+                   for e in transactions(log, header_value(key)))
+
+    with FaultProxy(project.target.base_url) as proxy:
+        proxy.add(Rule("late", method="POST", path=POST, body_contains=header_value(key), times=1,
+                       until=resent_and_committed))
+        # the check for copies of that thread waits until the late request has landed (it would find them anyway
+        # a moment later, in the next run's check: this makes it this run's)
+        proxy.add(Rule("hold", method="POST", path=POST, body_contains=CHECK,
+                       predicate=lambda e: key.encode() in e.body,
+                       until=lambda log: any("delivered-late" in e.actions for e in log)))
+        with client_for(project, proxy.url, timeout=1) as client:
+            report = load(specs, client, journal=tmp_path / "j.sqlite", late_margin=0.2)
+    [doubled] = [t for t in report.threads if t.outcome == Outcome.DUPLICATED]
+    assert doubled.key == key and doubled.duplicates
+    assert "this load lost the answer to 1 of its requests" in (doubled.error or "")
+    assert "--exactly-once strict" in (doubled.error or "") and "another load" not in (doubled.error or "")
+    assert [t.outcome for t in report.threads if t.key != key] == [Outcome.LOADED]
 
 
 def test_a_request_in_flight_when_the_loader_was_killed_lands_later_and_is_found(project: Any,

@@ -53,6 +53,9 @@ class Waiting:
     entries: list[int]
     ids: dict[str, str]
     again: bool = False
+    lost: int = 0
+    """Requests of this thread whose answers this load lost: a copy found then is most likely one of them,
+    landed after the quarantine's search (later than --late-margin), not another load's."""
 
 
 def find_copies(client: FhirClient, batch: Sequence[Waiting]) -> list[dict[int, list[str]]]:
@@ -135,10 +138,18 @@ def checked(w: Waiting, copies: dict[int, list[str]]) -> tuple[ThreadResult, str
     n = len(duplicates)
     note = (f"{NOTE}: {n} of its resources {'are' if n != 1 else 'is'} on the server more than once: "
             f"{duplicates[0].text()}")
+    if w.lost:
+        whose = (f"this load lost the answer to {w.lost} of its requests, found nothing of it when it searched "
+                 "--late-margin seconds later, and sent it again; the lost request landed after all (the server took "
+                 "longer than --timeout plus --late-margin). On a server this slow, raise --late-margin or use "
+                 "--exactly-once strict. ")
+        cleanup = ""
+    else:
+        whose = "another load sent them at the same time (with another journal, or none). "
+        cleanup = ", remove the other load's journal"
     advice = (f"{w.t.where(None)}: {n} resource{'s' * (n != 1)} of this thread {'are' if n != 1 else 'is'} on the "
-              "server more than once: another load sent them at the same time (with another journal, or none). "
-              "This load's copy is complete and in its journal: delete the other copies (duplicates: others), going "
-              "by one load's report only, remove the other load's journal, then run verify")
+              f"server more than once: {whose}This load's copy is complete and in its journal: delete the other "
+              f"copies (duplicates: others), going by one load's report only{cleanup}, then run verify")
     if not w.result.outcome.ok:  # (a failed or partial thread keeps its outcome and says why first)
         return replace(w.result, duplicates=duplicates, error=f"{w.result.error}; {note}"), None, False
     return replace(w.result, outcome=Outcome.DUPLICATED, duplicates=duplicates, error=advice), note, False

@@ -479,7 +479,7 @@ class _Run:
             heapq.heappush(self.deferred, (out.until, next(self._order), machine))
         elif isinstance(out, ThreadResult):
             if (entries := machine.to_check()) and not self.dry_run:
-                self._wait(Waiting(machine.t, out, entries, dict(machine.ids)))
+                self._wait(Waiting(machine.t, out, entries, dict(machine.ids), lost=machine.lost))
             else:
                 self._tell(out, machine.t)
 

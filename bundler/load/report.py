@@ -37,7 +37,8 @@ class Outcome(enum.StrEnum):
     EXISTING = "existing"  # all of it was on the server already, found by its identifiers
     SKIPPED = "skipped"  # the journal says it was loaded by an earlier run, and the spec is the same
     CHANGED = "changed"  # fields differ from what was loaded; not sent (without --update): `changes` says which
-    DUPLICATED = "duplicated"  # on the server, and some of it twice: another load sent it at the same time
+    DUPLICATED = "duplicated"  # on the server, and some of it twice: another load sent it at the same time, or a
+    # request of this one whose answer was lost landed later than --late-margin
     PARTIAL = "partial"  # some of it is on the server, the rest failed (e.g. a non-atomic project)
     FAILED = "failed"  # nothing of it (or none of what was to be sent) is on the server
     PLANNED = "planned"  # a dry run: something of it would be sent
