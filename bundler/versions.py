@@ -17,6 +17,10 @@ from .vocabulary import REAL_MEDPLUM_VERSION
 
 DISTRIBUTION = "thread-bundler"
 
+OLD_NAMES_REMOVED_IN = "0.2.0"
+"""The release that drops the old option names (hidden aliases that warn, `cli.common.deprecated_alias`): they are
+kept for one minor version after the renames (CHANGELOG.md), and a test fails once the package reaches this one."""
+
 
 def package_version() -> str:
     """The installed distribution's version (pyproject's `version`)."""
