@@ -38,7 +38,6 @@ GENERATED: Final = ("spec", "participants")
 """The kinds whose schema the models give (the mapping's is written by hand)."""
 SCHEMA_BASE: Final = "https://thread-bundler.invalid/schemas/"
 """The base of every schema's `$id`: a name, not a place to fetch them from (point an editor at a file)."""
-SCHEMA_ID: Final = f"{SCHEMA_BASE}{SCHEMA_FILE}"
 TITLE: Final = "thread-bundler thread spec"
 DESCRIPTION: Final = ("One conversation thread: a header and its messages. A file holds one thread (an object), or "
                       "several (YAML documents separated by ---, or a JSON array of objects).")
@@ -62,9 +61,8 @@ _PARTICIPANT_HOVER: Final[dict[str, dict[str, Any]]] = {
     "display": {"examples": ["Homer Simpson"]},
     "create": {"examples": [_PATIENT]},
     "create/properties/resourceType": {
-        "description": "The type of the resource to create: one a Communication may have as a recipient (Patient, "
-                       "Practitioner, PractitionerRole, RelatedPerson, CareTeam, Group, Organization, Device, "
-                       "HealthcareService).",
+        "description": "The type of the resource to create: one a Communication may have as a recipient (the "
+                       "types listed here).",
         "examples": ["Patient", "Practitioner"]},
     "create/properties/identifier": {
         "description": "Its identifiers, at least one: the first ({system, value}) finds it, as the conditional "
