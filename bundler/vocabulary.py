@@ -745,6 +745,12 @@ COMMUNICATION_TARGETS: Final[Mapping[str, frozenset[str]]] = {
 
 # --- Medplum: URL layout, limits, quota --------------------------------------------------------------
 
+REAL_MEDPLUM_VERSION: Final = "5.0.10"
+"""The release of Medplum's production server (@medplum/server, with Postgres and Redis) the integration tests run
+against: the kit beside the clone, `../shared/real-medplum` (a test holds this to its
+`server/packages/server/package.json`). The facts below were read from it; the local server's @medplum packages
+are in `medplum-local/package-lock.json`."""
+
 FHIR_PATH: Final = "fhir/R4/"
 """Medplum's FHIR base, below the server root: `https://api.medplum.com/fhir/R4/`."""
 TOKEN_PATH: Final = "oauth2/token"

@@ -117,6 +117,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "local_only: needs the local Medplum server's switches; skipped against a remote Medplum"
     )
     config.addinivalue_line("markers", "wire: talks to a Medplum server (set on every test using one)")
+    config.addinivalue_line("markers", "release: builds the sdist and the wheel and installs the wheel into a clean "
+                                       "venv (a minute or two)")
     config.addinivalue_line("markers", "volume: writes a lot: on a real Medplum, gets the project whose quota is "
                                        "lifted")
     config.addinivalue_line("markers", "project_kind(kind): the test's project is of this kind from the start "

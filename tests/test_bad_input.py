@@ -442,6 +442,20 @@ CASES: dict[str, Case] = {
     "participants file: missing": Case(
         {"t.yaml": _spec("c")}, ["validate", "t.yaml", "--participants", "people.yaml"], 2,
         ["people.yaml: cannot read"]),
+    "validate-participants: every problem of every file, at its line": Case(
+        {"p.yaml": "participants:\n  a: {reference: Patient/1}\n  b: {reference: Location/1}\n",
+         "q.yaml": "thread: x\n", "ok.yaml": "participants:\n  a: {reference: Patient/1}\n"},
+        ["validate-participants", "ok.yaml", "p.yaml", "q.yaml"], 2,
+        ["p.yaml:3:", "participants.b.reference", "q.yaml:1:1: expected a participants file",
+         "2 problems in 2 files"], never=["ok.yaml"]),
+    "validate-participants: missing": Case(
+        {}, ["validate-participants", "people.yaml"], 2, ["people.yaml: cannot read"]),
+    "validate-mapping: every problem, at its line": Case(
+        {"m.yaml": "thread: {id: conversation}\nmessage: {id: id, sender: from, text: {colum: body}}\n"},
+        ["validate-mapping", "m.yaml"], 2,
+        ["m.yaml:1:1: missing required field 'participants'", "m.yaml:2:", "message.text"]),
+    "validate-mapping: missing": Case(
+        {}, ["validate-mapping", "m.yaml"], 2, ["m.yaml: cannot read the mapping"]),
     "attachment file missing": Case(
         {"t.yaml": _spec("f", message=", attachments: [{file: scans/knee.png}]")}, ["build", "t.yaml", "-o", "out"], 2,
         ["t.yaml:5:", "messages[1].attachments[1].file: cannot read 'scans/knee.png'", "nothing written"]),

@@ -30,13 +30,15 @@ from bundler.medplum.client import FhirClient
 from bundler.medplum.doctor import doctor
 from bundler.medplum.localserver import serve
 from bundler.migrate import combine, migrate
+from bundler.migrate.mapping import load_mapping
+from bundler.spec.participants import read_participants
 from bundler.spec.schema import write_schema
 from bundler.testing.strategies import sample_specs
 
 CALLS: dict[str, Callable[..., Any]] = {
     "build": build_files, "validate": validate_files, "migrate": migrate, "report": combine, "load": load,
     "verify": verify, "export": export, "doctor": doctor, "generate": generate, "demo": run_demo, "server": serve,
-    "schema": write_schema,
+    "schema": write_schema, "validate-participants": read_participants, "validate-mapping": load_mapping,
 }
 """Every command's one library call."""
 

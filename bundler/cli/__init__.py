@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
+from ..versions import version_text
 from .build import build_command
+from .check_files import validate_mapping_command, validate_participants_command
 from .demo import demo_command
 from .export import export_command
 from .generate import generate_command
@@ -15,8 +17,15 @@ from .server import server_command
 from .validate import validate_command
 
 
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(version_text())
+        ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="thread-bundler")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and the Medplum versions it is tested against, and exit.")
 def main() -> None:
     """Turn conversation thread specs (YAML/JSON) into FHIR R4 transaction Bundles for Medplum,
     check them, and load them atomically into a Medplum project."""
@@ -24,5 +33,5 @@ def main() -> None:
 
 for command in (build_command, validate_command, migrate_command, report_command, load_command, verify_command,
                 export_command, doctor_command, generate_command, demo_command, server_command,
-                schema_command):
+                schema_command, validate_participants_command, validate_mapping_command):
     main.add_command(command)

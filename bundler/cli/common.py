@@ -12,6 +12,7 @@ import click
 
 from ..errors import BundlerError, SpecError
 from ..medplum.auth import Secrets
+from ..versions import OLD_NAMES_REMOVED_IN
 from ..vocabulary import READ_MODELS
 from . import display
 
@@ -55,7 +56,8 @@ def read_model_option(command: F) -> F:
 def deprecated_alias(old: str, dest: str, new: str, **option: Any) -> Callable[[F], F]:
     """A hidden old spelling `old` of the option `new` (argument `dest`), kept for scripts: given, it fills `dest`
     (over `new`'s default) and says on stderr that it is deprecated. `option`: click.option's settings for it
-    (`is_flag=True`, `type=...`), as `new` has them.
+    (`is_flag=True`, `type=...`), as `new` has them. Old names are kept for one minor version: CHANGELOG.md lists
+    them, and they go in `OLD_NAMES_REMOVED_IN`.
 
         @click.option("--participants-out", ...)
         @deprecated_alias("--participants-file", "participants_out", "--participants-out", type=click.Path())
@@ -67,7 +69,8 @@ def deprecated_alias(old: str, dest: str, new: str, **option: Any) -> Callable[[
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             value = kwargs.pop(name)
             if value is not None and value is not False:
-                click.echo(f"warning: {old} is deprecated; use {new}", err=True)
+                click.echo(f"warning: {old} is deprecated; use {new} ({old} will be removed in {OLD_NAMES_REMOVED_IN})",
+                           err=True)
                 kwargs[dest] = value
             return func(*args, **kwargs)
 
