@@ -1,0 +1,122 @@
+"""A thread of many messages is checked, built and written a part at a time: the same issues and the same bytes as
+its whole bundle gives, with only a window of its entries built at a time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+
+from bundler import DEFAULT_IDENTIFIER_SYSTEM, parse_spec
+from bundler.build import BuiltEntries, build_bundle
+from bundler.check.validate import spec_origin, validate, validate_built
+from bundler.spec import load_specs
+from bundler.testing.strategies import sample_specs, thread_specs
+
+SYSTEM = DEFAULT_IDENTIFIER_SYSTEM
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+
+
+def _whole(spec: Any, **options: Any) -> list[Any]:
+    return validate(build_bundle(spec), origin=spec_origin(spec), **options)
+
+
+def _fixture_specs() -> list[Any]:
+    return load_specs([FIXTURES / "threads"], participants=FIXTURES / "participants" / "people.yaml")
+
+
+def test_the_built_entries_are_the_bundle_for_every_fixture() -> None:
+    for spec in _fixture_specs():
+        entries = BuiltEntries(spec, SYSTEM)
+        assert list(entries) == build_bundle(spec)["entry"]
+        assert [entries.url_of(n) for n in range(len(entries))] == [e["fullUrl"] for e in entries]
+        assert entries[-1] == entries[len(entries) - 1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(thread_specs(min_messages=3, max_messages=12, drafts=True))
+def test_checked_in_windows_a_thread_has_the_issues_of_its_whole_bundle(data: dict[str, Any]) -> None:
+    spec = parse_spec(data)
+    entries = BuiltEntries(spec, SYSTEM)
+    assert list(entries) == build_bundle(spec)["entry"]
+    assert validate_built(entries, window=1, structure=False) == _whole(spec, structure=False)
+
+
+@pytest.mark.parametrize("limits", ["medplum", "none"])
+def test_fixtures_checked_in_windows_have_the_issues_of_their_whole_bundles(limits: str) -> None:
+    for spec in _fixture_specs():
+        assert validate_built(BuiltEntries(spec, SYSTEM), window=1, limits=limits) == _whole(spec, limits=limits)
+
+
+@pytest.mark.parametrize(("large", "code"), [(range(40), "limit.body-size"), (range(17, 18), "limit.entry-size")])
+def test_windows_renumber_what_they_find_into_the_whole_bundle(large: range, code: str) -> None:
+    """A bundle over the body limit (added up entry by entry: 40 messages of 40 kB), or one message too large for
+    any request: found where the whole bundle finds them, at the same entry, however the windows fall."""
+    [data] = sample_specs(1, 40, seed=3)
+    for n in large:
+        data["messages"][n]["text"] = "y" * (40_000 if len(large) > 1 else 1_100_000)
+    spec = parse_spec(data)
+    whole = _whole(spec, structure=False)
+    assert [i.code for i in whole] == [code]
+    for window in (1, 3, 7):
+        assert validate_built(BuiltEntries(spec, SYSTEM), window=window, structure=False) == whole
+
+
+class _Counting(BuiltEntries):
+    """BuiltEntries that count the entries alive (built and not yet let go)."""
+
+    alive = 0
+    most = 0
+
+    def _counted(self, entry: dict[str, Any]) -> dict[str, Any]:
+        import weakref
+
+        cls = type(self)
+        cls.alive += 1
+        cls.most = max(cls.most, cls.alive)
+        holder = _Entry(entry)
+        weakref.finalize(holder, cls._gone)
+        return holder
+
+    @classmethod
+    def _gone(cls) -> None:
+        cls.alive -= 1
+
+    def message(self, i: int) -> dict[str, Any]:
+        return self._counted(super().message(i))
+
+
+class _Entry(dict):  # type: ignore[type-arg]
+    """A dict that can be weakly referenced."""
+
+
+def test_a_long_thread_is_checked_with_a_window_of_its_entries_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    [data] = sample_specs(1, 300, seed=5)
+    spec = parse_spec(data)
+    _Counting.alive = _Counting.most = 0
+    issues = validate_built(_Counting(spec, SYSTEM), window=20, structure=False)
+    assert issues == _whole(spec, structure=False)
+    assert _Counting.alive == 0
+    assert 20 <= _Counting.most <= 2 * 20  # a window and the messages it answers: not the 300 messages
+
+
+def test_validate_files_checks_a_long_thread_in_windows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from bundler.check.files import validate_files
+    from bundler.spec.dump import dump_yaml
+
+    monkeypatch.setattr("bundler.check.files.WINDOW", 10)
+    [data] = sample_specs(1, 60, seed=7)
+    (tmp_path / "t.yaml").write_bytes(dump_yaml(data))
+    seen: list[int] = []
+    def spy(entries: BuiltEntries, **kw: Any) -> Any:
+        seen.append(len(entries.spec.messages))
+        return validate_built(entries, window=10, **kw)
+
+    monkeypatch.setattr("bundler.check.files.validate_built", spy)
+    report = validate_files([tmp_path])
+    assert seen == [60]
+    assert report.bundles == 1
+    spec = parse_spec(data)
+    assert [i.text for i in report.issues] == [i.text for i in _whole(spec)]
