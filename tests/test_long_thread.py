@@ -120,3 +120,31 @@ def test_validate_files_checks_a_long_thread_in_windows(monkeypatch: pytest.Monk
     assert report.bundles == 1
     spec = parse_spec(data)
     assert [i.text for i in report.issues] == [i.text for i in _whole(spec)]
+
+
+@pytest.mark.parametrize("ndjson", [False, True])
+def test_a_long_thread_is_written_an_entry_at_a_time_in_the_same_bytes(monkeypatch: pytest.MonkeyPatch,
+                                                                        tmp_path: Path, ndjson: bool) -> None:
+    from bundler.bundle_files import build_files
+    from bundler.spec.dump import dump_yaml
+
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    for n, data in enumerate(sample_specs(3, 25, seed=11)):
+        data["messages"][3]["text"] = "a line\nbreak, a tab\t, quotes \" and ünïcödé ✓"
+        (specs / f"t{n}.yaml").write_bytes(dump_yaml(data))
+    (specs / "care.yaml").write_bytes((FIXTURES / "threads" / "care-team-tasks.yaml").read_bytes())
+    people = FIXTURES / "participants" / "people.yaml"
+
+    def built(out: Path) -> dict[str, bytes]:
+        build_files([specs], out=out, ndjson=ndjson, participants=people)
+        return {p.name: p.read_bytes() for p in ([out] if ndjson else sorted(out.iterdir()))}
+
+    whole = built(tmp_path / ("whole.ndjson" if ndjson else "whole"))
+    streamed: list[str] = []
+    monkeypatch.setattr("bundler.bundle_files.WINDOW", 1)  # every thread of more than 2 messages: a window at a time
+    monkeypatch.setattr("bundler.bundle_files.validate_built",
+                        lambda entries, **kw: streamed.append(entries.spec.key) or validate_built(entries, **kw))
+    parts = built(tmp_path / ("parts.ndjson" if ndjson else "parts"))
+    assert len(streamed) == 4
+    assert list(parts.values()) == list(whole.values())
