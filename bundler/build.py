@@ -477,7 +477,7 @@ def _identifier_json(system: str) -> bytes:
             + b',"value":')
 
 
-_BUNDLE_START: Final = b'{"resourceType":"Bundle","type":"transaction","entry":['
+BUNDLE_START: Final = b'{"resourceType":"Bundle","type":"transaction","entry":['
 
 
 def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM
@@ -493,7 +493,7 @@ def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
     spec = thread if isinstance(thread, ThreadSpec) else parse_spec(thread)
     dumps_ = orjson.dumps
     if spec.has_files or spec.read_model is not None:  # Binaries; read state: Tasks, an extension, or statuses
-        out = bytearray(_BUNDLE_START)  # an entry at a time: the whole bundle as data is 3.4 times its bytes
+        out = bytearray(BUNDLE_START)  # an entry at a time: the whole bundle as data is 3.4 times its bytes
         for n, entry in enumerate(_entries(spec, system, None)):
             out += b"," + dumps_(entry) if n else dumps_(entry)
         out += b"]}"
@@ -527,7 +527,7 @@ def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
     prefix = f"{spec.key}/"
     name_prefix = _NS + f"{system}|{prefix}".encode()  # full_url, inlined: this loop is the hot path
     sha1, variant = hashlib.sha1, _VARIANT
-    out = bytearray(_BUNDLE_START + head)  # one buffer, not a list of pieces: 15 small bytes a message
+    out = bytearray(BUNDLE_START + head)  # one buffer, not a list of pieces: 15 small bytes a message
     value_prefix = b'"' + prefix.encode()
     for m in spec.messages:
         mid, sender, recipient, reply_to, status = m.id, m.sender, m.recipient, m.reply_to, m.status

@@ -12,7 +12,7 @@ from typing import IO, Any, Final, overload
 
 import orjson
 
-from .build import DEFAULT_IDENTIFIER_SYSTEM, BuiltEntries, build_bundle, check_identifier_system, dumps
+from .build import BUNDLE_START, DEFAULT_IDENTIFIER_SYSTEM, BuiltEntries, build_bundle, check_identifier_system, dumps
 from .check.issues import Issue
 from .check.limits import Limits
 from .check.validate import WINDOW, spec_origin, validate, validate_built
@@ -174,7 +174,7 @@ Built = dict[str, Any] | BuiltEntries
 """A thread's bundle as data, or (a long thread) its entries built as they are written (`build.BuiltEntries`)."""
 
 _PRETTY_START: Final = b'{\n  "resourceType": "Bundle",\n  "type": "transaction",\n  "entry": [\n    '
-_COMPACT_START: Final = b'{"resourceType":"Bundle","type":"transaction","entry":['
+
 
 
 def _write_one(staging: Path, key: str, bundle: Built, written: Written) -> None:
@@ -195,7 +195,7 @@ def _line(f: IO[bytes], bundle: Built) -> None:
     if isinstance(bundle, dict):
         f.write(orjson.dumps(bundle) + b"\n")  # (what `bundle_bytes` gives: byte for byte)
         return
-    f.write(_COMPACT_START)  # an entry at a time: the same bytes
+    f.write(BUNDLE_START)  # an entry at a time: the same bytes
     for n, entry in enumerate(bundle):
         f.write(b"," + orjson.dumps(entry) if n else orjson.dumps(entry))
     f.write(b"]}\n")

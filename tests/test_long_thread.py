@@ -148,3 +148,57 @@ def test_a_long_thread_is_written_an_entry_at_a_time_in_the_same_bytes(monkeypat
     parts = built(tmp_path / ("parts.ndjson" if ndjson else "parts"))
     assert len(streamed) == 4
     assert list(parts.values()) == list(whole.values())
+
+
+def _long_spec(read_model: str | None) -> Any:
+    [data] = sample_specs(1, 60, seed=13, prefix="long")
+    if read_model is not None:
+        data["read_model"] = read_model
+        read = data["messages"][5]
+        read["read_by"] = {next(a for a in data["participants"] if a != read["sender"]): "2035-01-02T00:00:00Z"}
+    return parse_spec(data)
+
+
+@pytest.mark.parametrize("read_model", [None, "header-extension", "tasks"])
+def test_a_long_thread_to_load_is_what_its_bytes_would_give(monkeypatch: pytest.MonkeyPatch,
+                                                            read_model: str | None) -> None:
+    from bundler.load.thread import Thread
+
+    spec = _long_spec(read_model)
+    short = Thread(spec, SYSTEM)
+    monkeypatch.setattr("bundler.load.thread.LONG_THREAD", 10)
+    long = Thread(spec, SYSTEM)
+    assert long._body is None and short._body is not None
+    assert long.body == short.body
+    assert (long.fingerprint, long.length, long.hashes, long.sizes) == (short.fingerprint, short.length,
+                                                                        short.hashes, short.sizes)
+    assert list(long.bundle["entry"]) == list(short.bundle["entry"])
+
+
+@pytest.mark.wire
+@pytest.mark.local_only
+def test_a_long_thread_loads_in_parts_built_when_sent(monkeypatch: pytest.MonkeyPatch, project: Any,
+                                                      tmp_path: Path) -> None:
+    from loadkit import client_for, load
+
+    from bundler.load.verify import verify
+
+    [data] = sample_specs(1, 130, seed=17, prefix=project.prefix)
+    data["read_model"] = "header-extension"
+    read = data["messages"][100]
+    read["read_by"] = {next(a for a in data["participants"] if a != read["sender"]): "2035-01-02T00:00:00Z"}
+    spec = parse_spec(data)
+    monkeypatch.setattr("bundler.load.thread.LONG_THREAD", 10)
+    built: list[int] = []
+    real = BuiltEntries.message
+    monkeypatch.setattr(BuiltEntries, "message", lambda self, i: built.append(i) or real(self, i))
+    with client_for(project) as client:
+        report = load([spec], client, journal=tmp_path / "j.sqlite", max_bytes=20_000)
+        [result] = report.threads
+        assert result.outcome.value == "loaded", result.error
+        assert result.requests > 3  # in parts
+        assert sorted(set(built)) == list(range(130))  # each message built for the pass and again for its part
+        [checked] = verify([spec], client)
+        assert checked.ok and checked.messages == 130
+        again = load([spec], client, journal=tmp_path / "j.sqlite", max_bytes=20_000)
+        assert [t.outcome.value for t in again.threads] == ["skipped"]
