@@ -58,19 +58,24 @@ def validate(bundle: Any, *, limits: str | Limits = "medplum", structure: bool =
     resource against the FHIR R4 models (the slow part). `origin(entry_index)` gives the (file, line)
     an entry came from, for bundles built from specs.
     """
-    profile = get_limits(limits)
-    issues = check_rules(bundle)
-    if isinstance(bundle, dict) and not any(i.code in ("bundle.resource-type", "bundle.empty") for i in issues):
-        if structure:
-            issues += _structure(bundle, issues)
-        issues += limit_issues(bundle, profile)
-    issues.sort(key=lambda i: (-1 if i.entry is None else i.entry, _ORDER[i.code], i.path))
+    issues = _validate(bundle, get_limits(limits), structure, frozenset())
     return locate(issues, origin) if origin is not None else issues
 
 
-def _structure(bundle: dict[str, Any], found: list[Issue]) -> list[Issue]:
+def _validate(bundle: Any, profile: Limits, structure: bool, unstructured: frozenset[int]) -> list[Issue]:
+    """`validate`, the structure of the entries `unstructured` not checked (a window's context: `validate_built`)."""
+    issues = check_rules(bundle)
+    if isinstance(bundle, dict) and not any(i.code in ("bundle.resource-type", "bundle.empty") for i in issues):
+        if structure:
+            issues += _structure(bundle, issues, unstructured)
+        issues += limit_issues(bundle, profile)
+    issues.sort(key=lambda i: (-1 if i.entry is None else i.entry, _ORDER[i.code], i.path))
+    return issues
+
+
+def _structure(bundle: dict[str, Any], found: list[Issue], unstructured: frozenset[int]) -> list[Issue]:
     """fhir.structure issues, minus those at (or below) a path another rule already reported."""
-    skip = {i.entry for i in found if i.code == "entry.resource" and i.entry is not None}
+    skip = {i.entry for i in found if i.code == "entry.resource" and i.entry is not None} | unstructured
     taken = {i.path for i in found}
     out = []
     for issue in bundle_structure_issues(bundle, skip):
@@ -150,7 +155,8 @@ def validate_built(entries: BuiltEntries, *, limits: str | Limits = "medplum", s
         bundle = {"resourceType": "Bundle", "type": TRANSACTION, "entry": built + [entries[n] for n in context]}
         del data
         places = own + context
-        for issue in validate(bundle, limits=profile, structure=structure):
+        # (the context's structure is not checked here: its own window checks it)
+        for issue in _validate(bundle, profile, structure, frozenset(range(len(own), len(places)))):
             g = places[issue.entry] if issue.entry is not None else None
             if (w and not g) or (g is not None and g not in mine) or issue.code == "limit.body-size":
                 continue  # (the header's and the bundle's from the first window, the context's from its own; the
