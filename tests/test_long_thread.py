@@ -202,3 +202,40 @@ def test_a_long_thread_loads_in_parts_built_when_sent(monkeypatch: pytest.Monkey
         assert checked.ok and checked.messages == 130
         again = load([spec], client, journal=tmp_path / "j.sqlite", max_bytes=20_000)
         assert [t.outcome.value for t in again.threads] == ["skipped"]
+
+
+def test_export_compares_a_thread_with_its_entries_built_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uuid
+    import weakref
+
+    from bundler.export.shape import shape_thread
+    from bundler.vocabulary import rewrite_references
+
+    [data] = sample_specs(1, 80, seed=19, prefix="exp")
+    spec = parse_spec(data)
+    entries = build_bundle(spec)["entry"]
+    ids = {e["fullUrl"]: f"Communication/{uuid.uuid4()}" for e in entries}
+    stored = []
+    for e in entries:
+        resource = rewrite_references(e["resource"], ids)
+        resource["id"] = ids[e["fullUrl"]].split("/")[1]
+        stored.append(resource)
+    alive, most = [0], [0]
+
+    def gone() -> None:
+        alive[0] -= 1
+
+    real = BuiltEntries.message
+
+    def counted(self: BuiltEntries, i: int) -> dict[str, Any]:
+        entry = _Entry(real(self, i))
+        alive[0] += 1
+        most[0] = max(most[0], alive[0])
+        weakref.finalize(entry, gone)
+        return entry
+
+    monkeypatch.setattr(BuiltEntries, "message", counted)
+    shaped = shape_thread(stored[0], stored[1:], identifier_system=SYSTEM)
+    assert shaped.spec is not None and shaped.problems == []
+    assert len(shaped.spec.messages) == 80
+    assert 1 <= most[0] <= 2  # compared an entry at a time, not the 80 built first
