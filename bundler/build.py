@@ -251,7 +251,30 @@ def _entries(spec: ThreadSpec, system: str, files: Mapping[str, bytes] | None) -
     yield from built.binaries()  # last: the loader finds a thread's Binaries after its header, messages and receipts
 
 
-class BuiltEntries(Sequence[dict[str, Any]]):
+class EntrySequence(Sequence[dict[str, Any]]):
+    """A bundle's entries, each made when it is asked for (`entry(n)`, n in range) and not kept: a new copy every
+    time, as `build_bundle`'s would be, so a caller may change it."""
+
+    def entry(self, n: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, n: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, n: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, n: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(n, slice):
+            return [self.entry(i) for i in range(*n.indices(len(self)))]
+        if n < 0:
+            n += len(self)
+        if not 0 <= n < len(self):
+            raise IndexError(n)
+        return self.entry(n)
+
+
+class BuiltEntries(EntrySequence):
     """The entries of `build_bundle`'s Bundle (the same ones, in the same order), each built when it is asked for
     and not kept: a thread of 100,000 messages need not be held whole as data (270 MB) to be checked or written a
     part at a time. What every entry shares (participants' references, the header, the read receipts' places) is
@@ -272,20 +295,8 @@ class BuiltEntries(Sequence[dict[str, Any]]):
     def __len__(self) -> int:
         return 1 + len(self.spec.messages) + len(self.receipts) + len(self.inline)
 
-    @overload
-    def __getitem__(self, n: int) -> dict[str, Any]: ...
-
-    @overload
-    def __getitem__(self, n: slice) -> list[dict[str, Any]]: ...
-
-    def __getitem__(self, n: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
-        if isinstance(n, slice):
-            return [self[i] for i in range(*n.indices(len(self)))]
-        if n < 0:
-            n += len(self)
+    def entry(self, n: int) -> dict[str, Any]:
         messages, receipts = len(self.spec.messages), len(self.receipts)
-        if not 0 <= n < len(self):
-            raise IndexError(n)
         if n == 0:
             return self.header()
         if n <= messages:

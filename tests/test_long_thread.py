@@ -205,21 +205,15 @@ def test_a_long_thread_loads_in_parts_built_when_sent(monkeypatch: pytest.Monkey
 
 
 def test_export_compares_a_thread_with_its_entries_built_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    import uuid
     import weakref
 
+    from loadkit import as_stored
+
     from bundler.export.shape import shape_thread
-    from bundler.vocabulary import rewrite_references
 
     [data] = sample_specs(1, 80, seed=19, prefix="exp")
     spec = parse_spec(data)
-    entries = build_bundle(spec)["entry"]
-    ids = {e["fullUrl"]: f"Communication/{uuid.uuid4()}" for e in entries}
-    stored = []
-    for e in entries:
-        resource = rewrite_references(e["resource"], ids)
-        resource["id"] = ids[e["fullUrl"]].split("/")[1]
-        stored.append(resource)
+    stored = as_stored(spec)
     alive, most = [0], [0]
 
     def gone() -> None:

@@ -7,14 +7,14 @@ from __future__ import annotations
 import functools
 import hashlib
 from array import array
-from collections.abc import Sequence
-from typing import Any, Final, overload
+from typing import Any, Final
 
 import orjson
 
 from ..build import (
     BUNDLE_START,
     BuiltEntries,
+    EntrySequence,
     bundle_bytes,
     entry_messages,
     entry_types,
@@ -187,9 +187,8 @@ _ENTRY_START: Final = b'{"fullUrl":"'
 """How every entry of a bundle's bytes starts (`bundle_bytes`): nowhere else, since a `"` inside a string is `\\"`."""
 
 
-class BodyEntries(Sequence[dict[str, Any]]):
-    """The entries of a bundle's bytes (`bundle_bytes`), each parsed when it is asked for and not kept: a new
-    copy every time, as `build_bundle`'s would be, so a caller may change it."""
+class BodyEntries(EntrySequence):
+    """The entries of a bundle's bytes (`bundle_bytes`), each parsed when it is asked for and not kept."""
 
     def __init__(self, body: bytes) -> None:
         self.body = body
@@ -202,19 +201,7 @@ class BodyEntries(Sequence[dict[str, Any]]):
     def __len__(self) -> int:
         return len(self.starts)
 
-    @overload
-    def __getitem__(self, n: int) -> dict[str, Any]: ...
-
-    @overload
-    def __getitem__(self, n: slice) -> list[dict[str, Any]]: ...
-
-    def __getitem__(self, n: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
-        if isinstance(n, slice):
-            return [self[i] for i in range(*n.indices(len(self)))]
-        if n < 0:
-            n += len(self)
-        if not 0 <= n < len(self):
-            raise IndexError(n)
+    def entry(self, n: int) -> dict[str, Any]:
         end = self.starts[n + 1] - 1 if n + 1 < len(self) else len(self.body) - 2  # (a ',' between, ']}' last)
         return orjson.loads(self.body[self.starts[n]:end])  # type: ignore[no-any-return]
 
