@@ -15,7 +15,7 @@ import functools
 import hashlib
 import uuid
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, overload
 
 import orjson
 
@@ -194,10 +194,10 @@ def binary_entry(attachment: Attachment, data: bytes) -> dict[str, Any]:
             "request": {"method": "POST", "url": "Binary"}}
 
 
-def _binaries(spec: ThreadSpec, files: Mapping[str, bytes] | None) -> list[dict[str, Any]]:
-    """The Binary entries of a thread's small file attachments (one per distinct file, in order of first use);
-    SpecError, at its line, for a file whose bytes are not given."""
-    entries: dict[str, dict[str, Any]] = {}
+def _inline_files(spec: ThreadSpec, files: Mapping[str, bytes] | None) -> list[Attachment]:
+    """The file attachments whose Binary entries a thread's bundle carries (one per distinct file, in order of first
+    use); SpecError, at its line, for a file whose bytes are not given (`files`, by default the spec's own)."""
+    entries: dict[str, Attachment] = {}
     problems: list[Problem] = []
     given = spec.files if files is None else files
     inline, _ = split_files(spec)
@@ -210,7 +210,7 @@ def _binaries(spec: ThreadSpec, files: Mapping[str, bytes] | None) -> list[dict[
                                     f"the bytes of {a.file!r} were not read: read the spec from its file "
                                     "(load_specs), or give files= (hash → bytes)"))
         elif a.hash in inline and a.hash not in entries:  # (the bytes of a file uploaded first are not read here)
-            entries[a.hash] = binary_entry(a, given[a.hash])
+            entries[a.hash] = a
     if problems:
         raise SpecError(problems)
     return list(entries.values())
@@ -241,44 +241,151 @@ def bundle_entries(thread: ThreadSpec | Mapping[str, Any], *, identifier_system:
 
 
 def _entries(spec: ThreadSpec, system: str, files: Mapping[str, bytes] | None) -> Iterator[dict[str, Any]]:
-    key = spec.key
-    refs = _refs(spec)
-    header_url = full_url(system, key)
-    prefix = f"{key}/"
-    header = _header(spec, system, refs)
-    if spec.read_model == "header-extension" and \
-            (blocks := _read_state_blocks(spec, refs, lambda mid: full_url(system, prefix + mid))):
-        header["extension"] = blocks
-    yield {"fullUrl": header_url, "resource": header, "request": dict(_REQUEST)}
-    recipients_of: dict[str, list[str]] = {}
-    thread_status = spec.status
-    simple = spec.read_model == "simple"
-    codings = [_coding(c) for c in spec.category]  # read once; every resource gets its own copy
-    for m in spec.messages:
+    built = BuiltEntries(spec, system, files)
+    yield built.header()
+    message = built.message
+    for i in range(len(spec.messages)):
+        yield message(i)
+    for k in range(len(built.receipts)):
+        yield built.receipt(k)
+    yield from built.binaries()  # last: the loader finds a thread's Binaries after its header, messages and receipts
+
+
+class EntrySequence(Sequence[dict[str, Any]]):
+    """A bundle's entries, each made when it is asked for (`entry(n)`, n in range) and not kept: a new copy every
+    time, as `build_bundle`'s would be, so a caller may change it."""
+
+    def entry(self, n: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, n: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, n: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, n: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(n, slice):
+            return [self.entry(i) for i in range(*n.indices(len(self)))]
+        if n < 0:
+            n += len(self)
+        if not 0 <= n < len(self):
+            raise IndexError(n)
+        return self.entry(n)
+
+
+class BuiltEntries(EntrySequence):
+    """The entries of `build_bundle`'s Bundle (the same ones, in the same order), each built when it is asked for
+    and not kept: a thread of 100,000 messages need not be held whole as data (270 MB) to be checked or written a
+    part at a time. What every entry shares (participants' references, the header, the read receipts' places) is
+    made once; a Binary's base64 only when its entry is asked for. Checked like `bundle_entries` when made."""
+
+    def __init__(self, spec: ThreadSpec, system: str, files: Mapping[str, bytes] | None = None) -> None:
+        self.spec, self.system, self.files = spec, system, files
+        self.refs = _refs(spec)
+        self.header_url = full_url(system, spec.key)
+        self.prefix = f"{spec.key}/"
+        self.receipts = read_receipts(spec)
+        self.inline = _inline_files(spec, files) if spec.has_files else []
+        self._codings = [_coding(c) for c in spec.category]  # read once; every resource gets its own copy
+        self._recipients_of: dict[str, list[str]] = {}
+        self._subject = None if spec.subject is None else self.refs.get(
+            spec.subject, {"reference": wire_reference(spec.subject)})
+
+    def __len__(self) -> int:
+        return 1 + len(self.spec.messages) + len(self.receipts) + len(self.inline)
+
+    def entry(self, n: int) -> dict[str, Any]:
+        messages, receipts = len(self.spec.messages), len(self.receipts)
+        if n == 0:
+            return self.header()
+        if n <= messages:
+            return self.message(n - 1)
+        if n <= messages + receipts:
+            return self.receipt(n - 1 - messages)
+        a = self.inline[n - 1 - messages - receipts]
+        return binary_entry(a, self._given[a.hash or ""])
+
+    @property
+    def _given(self) -> Mapping[str, bytes]:
+        return self.spec.files if self.files is None else self.files
+
+    def header(self) -> dict[str, Any]:
+        spec, system = self.spec, self.system
+        header = _header(spec, system, self.refs)
+        prefix = self.prefix
+        if spec.read_model == "header-extension" and \
+                (blocks := _read_state_blocks(spec, self.refs, lambda mid: full_url(system, prefix + mid))):
+            header["extension"] = blocks
+        return {"fullUrl": self.header_url, "resource": header, "request": dict(_REQUEST)}
+
+    def message(self, i: int) -> dict[str, Any]:
+        """The entry of message `i` (its index in the spec's messages)."""
+        spec, system, refs = self.spec, self.system, self.refs
+        m = spec.messages[i]
         mid, reply_to = m.id, m.reply_to
-        value = prefix + mid
+        value = self.prefix + mid
         res: dict[str, Any] = {
             "resourceType": "Communication",
             "identifier": [{"system": system, "value": value}],
-            "partOf": [{"reference": header_url}],
+            "partOf": [{"reference": self.header_url}],
         }
         if reply_to is not None:  # (an earlier message's url, made again rather than kept for every message)
-            res["inResponseTo"] = [{"reference": full_url(system, prefix + reply_to)}]
-        res["status"] = READ_STATUS if simple and m.read_by else m.status or thread_status
-        if codings:
-            res["category"] = [{"coding": [dict(c)]} for c in codings]
+            res["inResponseTo"] = [{"reference": full_url(system, self.prefix + reply_to)}]
+        simple = spec.read_model == "simple"
+        res["status"] = READ_STATUS if simple and m.read_by else m.status or spec.status
+        if self._codings:
+            res["category"] = [{"coding": [dict(c)]} for c in self._codings]
         _times(res, m, spec.priority, simple)
         sender = m.sender
-        recipients = _recipients(m.recipient, sender, refs, recipients_of)
+        recipients = _recipients(m.recipient, sender, refs, self._recipients_of)
         if recipients:
             res["recipient"] = [dict(refs[a]) for a in recipients]
         res["sender"] = dict(refs[sender])
         res["payload"] = _payload(m.text, m.attachments)
-        yield {"fullUrl": full_url(system, value), "resource": res, "request": dict(_REQUEST)}
-    if spec.read_model == "tasks":
-        yield from _read_receipts(spec, system, refs, header_url)
-    if spec.has_files:  # last: the loader finds a thread's Binaries after its header, messages and read receipts
-        yield from _binaries(spec, files)
+        return {"fullUrl": full_url(system, value), "resource": res, "request": dict(_REQUEST)}
+
+    def receipt(self, k: int) -> dict[str, Any]:
+        """The entry of read receipt `k` (the tasks model; its place in `read_receipts`)."""
+        spec, system, refs = self.spec, self.system, self.refs
+        i, alias = self.receipts[k]
+        m = spec.messages[i]
+        priority = m.priority or spec.priority
+        value = identifier_value(spec.key, m.id, alias)
+        read = m.read_by.get(alias)
+        task: dict[str, Any] = {"resourceType": "Task", "identifier": [{"system": system, "value": value}],
+                                "status": READ_RECEIPT_READ if read is not None else READ_RECEIPT_UNREAD,
+                                "intent": READ_RECEIPT_INTENT}
+        if priority is not None:
+            task["priority"] = priority
+        task["code"] = {"coding": [{"system": READ_RECEIPT_SYSTEM, "code": READ_RECEIPT_CODE}]}
+        task["focus"] = {"reference": self.header_url}
+        if self._subject is not None:
+            task["for"] = dict(self._subject)
+        if read is not None:
+            task["executionPeriod"] = {"end": read}
+        if m.sent is not None:
+            task["authoredOn"] = m.sent
+        task["owner"] = dict(refs[alias])
+        return {"fullUrl": full_url(system, value), "resource": task, "request": dict(_TASK_REQUEST)}
+
+    def binaries(self) -> Iterator[dict[str, Any]]:
+        """The Binary entries of the thread's small file attachments, in order of first use."""
+        given = self._given
+        for a in self.inline:
+            yield binary_entry(a, given[a.hash or ""])
+
+    def url_of(self, n: int) -> str:
+        """The fullUrl of entry `n`, without building it."""
+        messages, receipts = len(self.spec.messages), len(self.receipts)
+        if n == 0:
+            return self.header_url
+        if n <= messages:
+            return full_url(self.system, self.prefix + self.spec.messages[n - 1].id)
+        if n <= messages + receipts:
+            i, alias = self.receipts[n - 1 - messages]
+            return full_url(self.system, identifier_value(self.spec.key, self.spec.messages[i].id, alias))
+        return binary_url(self.inline[n - 1 - messages - receipts].hash or "")
 
 
 def _times(res: dict[str, Any], m: Message, thread_priority: str | None, simple: bool) -> None:
@@ -306,35 +413,6 @@ def _read_state_blocks(spec: ThreadSpec, refs: Mapping[str, dict[str, str]], url
         {"url": READ_STATE_LAST_READ, "valueReference": {"reference": url_of(last[alias].id)}},
         {"url": READ_STATE_LAST_READ_AT, "valueDateTime": last[alias].read_by[alias]},
     ]} for alias in refs if alias in last]
-
-
-def _read_receipts(spec: ThreadSpec, system: str, refs: Mapping[str, dict[str, str]], header_url: str
-                   ) -> Iterator[dict[str, Any]]:
-    """The tasks model: a read-receipt Task for each sent message (not drafts) and each of its recipients, after
-    the messages in message order; `requested` while unread, `completed` (its executionPeriod ending when it was
-    read) once read."""
-    subject = spec.subject
-    for_ = None if subject is None else refs.get(subject, {"reference": wire_reference(subject)})
-    for i, alias in read_receipts(spec):
-        m = spec.messages[i]
-        priority = m.priority or spec.priority
-        value = identifier_value(spec.key, m.id, alias)
-        read = m.read_by.get(alias)
-        task: dict[str, Any] = {"resourceType": "Task", "identifier": [{"system": system, "value": value}],
-                                "status": READ_RECEIPT_READ if read is not None else READ_RECEIPT_UNREAD,
-                                "intent": READ_RECEIPT_INTENT}
-        if priority is not None:
-            task["priority"] = priority
-        task["code"] = {"coding": [{"system": READ_RECEIPT_SYSTEM, "code": READ_RECEIPT_CODE}]}
-        task["focus"] = {"reference": header_url}
-        if for_ is not None:
-            task["for"] = dict(for_)
-        if read is not None:
-            task["executionPeriod"] = {"end": read}
-        if m.sent is not None:
-            task["authoredOn"] = m.sent
-        task["owner"] = dict(refs[alias])
-        yield {"fullUrl": full_url(system, value), "resource": task, "request": dict(_TASK_REQUEST)}
 
 
 def read_receipts(spec: ThreadSpec) -> list[tuple[int, str]]:
@@ -410,7 +488,7 @@ def _identifier_json(system: str) -> bytes:
             + b',"value":')
 
 
-_BUNDLE_START: Final = b'{"resourceType":"Bundle","type":"transaction","entry":['
+BUNDLE_START: Final = b'{"resourceType":"Bundle","type":"transaction","entry":['
 
 
 def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM
@@ -426,7 +504,7 @@ def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
     spec = thread if isinstance(thread, ThreadSpec) else parse_spec(thread)
     dumps_ = orjson.dumps
     if spec.has_files or spec.read_model is not None:  # Binaries; read state: Tasks, an extension, or statuses
-        out = bytearray(_BUNDLE_START)  # an entry at a time: the whole bundle as data is 3.4 times its bytes
+        out = bytearray(BUNDLE_START)  # an entry at a time: the whole bundle as data is 3.4 times its bytes
         for n, entry in enumerate(_entries(spec, system, None)):
             out += b"," + dumps_(entry) if n else dumps_(entry)
         out += b"]}"
@@ -460,7 +538,7 @@ def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
     prefix = f"{spec.key}/"
     name_prefix = _NS + f"{system}|{prefix}".encode()  # full_url, inlined: this loop is the hot path
     sha1, variant = hashlib.sha1, _VARIANT
-    out = bytearray(_BUNDLE_START + head)  # one buffer, not a list of pieces: 15 small bytes a message
+    out = bytearray(BUNDLE_START + head)  # one buffer, not a list of pieces: 15 small bytes a message
     value_prefix = b'"' + prefix.encode()
     for m in spec.messages:
         mid, sender, recipient, reply_to, status = m.id, m.sender, m.recipient, m.reply_to, m.status

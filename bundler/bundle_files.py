@@ -8,14 +8,14 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, overload
+from typing import IO, Any, Final, overload
 
 import orjson
 
-from .build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, check_identifier_system, dumps
+from .build import BUNDLE_START, DEFAULT_IDENTIFIER_SYSTEM, BuiltEntries, build_bundle, check_identifier_system, dumps
 from .check.issues import Issue
 from .check.limits import Limits
-from .check.validate import spec_origin, validate
+from .check.validate import WINDOW, spec_origin, validate, validate_built
 from .errors import Problem, SpecError
 from .files import atomic_file, staged_folder
 from .spec import ParticipantsFile, ThreadSpec
@@ -105,7 +105,11 @@ into parts that fit), and the size of one entry (an error: no part can hold it).
 def _size_issues(spec: ThreadSpec, bundle: dict[str, Any]) -> tuple[list[Problem], list[Issue]]:
     """The problems (an entry too large for any request) and warnings (a bundle too large for one Medplum request:
     the loader cuts such a thread into parts) of `spec`'s bundle."""
-    issues = validate(bundle, limits=_SIZES, origin=spec_origin(spec))
+    return _sorted(validate(bundle, limits=_SIZES, origin=spec_origin(spec)))
+
+
+def _sorted(issues: list[Issue]) -> tuple[list[Problem], list[Issue]]:
+    """A bundle's issues (with their spec lines) as problems (the errors) and warnings."""
     problems = [Problem(i.file or "<spec>", i.line, None, i.path, f"[{i.code}] {i.message}")
                 for i in issues if i.severity == "error"]
     return problems, [i for i in issues if i.severity == "warning"]
@@ -166,24 +170,52 @@ def build_files(paths: Iterable[str | Path], *, out: Path | None = None, ndjson:
     return BuildSummary(specs.threads, specs.messages, [], warnings)
 
 
-def _write_one(staging: Path, key: str, bundle: dict[str, Any], written: Written) -> None:
-    (staging / bundle_filename(key)).write_bytes(dumps(bundle, pretty=True))
+Built = dict[str, Any] | BuiltEntries
+"""A thread's bundle as data, or (a long thread) its entries built as they are written (`build.BuiltEntries`)."""
+
+_PRETTY_START: Final = b'{\n  "resourceType": "Bundle",\n  "type": "transaction",\n  "entry": [\n    '
+
+
+
+def _write_one(staging: Path, key: str, bundle: Built, written: Written) -> None:
+    path = staging / bundle_filename(key)
+    if isinstance(bundle, dict):
+        path.write_bytes(dumps(bundle, pretty=True))
+    else:  # an entry at a time, indented as `dumps(pretty=True)` indents it inside the whole: the same bytes
+        with path.open("wb") as f:
+            f.write(_PRETTY_START)
+            for n, entry in enumerate(bundle):
+                f.write((b",\n    " if n else b"") + orjson.dumps(entry, option=orjson.OPT_INDENT_2).replace(
+                    b"\n", b"\n    "))  # (JSON text holds no line break but between values)
+            f.write(b"\n  ]\n}\n")
     written.add(key)
 
 
-def _line(f: IO[bytes], bundle: dict[str, Any]) -> None:
-    f.write(orjson.dumps(bundle) + b"\n")  # (what `bundle_bytes` gives: byte for byte)
+def _line(f: IO[bytes], bundle: Built) -> None:
+    if isinstance(bundle, dict):
+        f.write(orjson.dumps(bundle) + b"\n")  # (what `bundle_bytes` gives: byte for byte)
+        return
+    f.write(BUNDLE_START)  # an entry at a time: the same bytes
+    for n, entry in enumerate(bundle):
+        f.write(b"," + orjson.dumps(entry) if n else orjson.dumps(entry))
+    f.write(b"]}\n")
 
 
-def _built(specs: Iterable[ThreadSpec], identifier_system: str, write: Callable[[str, dict[str, Any]], None]
+def _built(specs: Iterable[ThreadSpec], identifier_system: str, write: Callable[[str, Built], None]
            ) -> list[Issue]:
     """Build each spec once and `write(key, bundle)` it; SpecError at the end with every bundle's size problems
-    (the caller's writing then undone); the warnings."""
+    (the caller's writing then undone); the warnings. A thread of more than two windows of messages is checked a
+    window at a time and written an entry at a time (`check.validate.validate_built`), never held whole as data."""
     problems: list[Problem] = []
     warnings: list[Issue] = []
     for spec in specs:
-        bundle = build_bundle(spec, identifier_system=identifier_system)
-        spec_problems, spec_warnings = _size_issues(spec, bundle)
+        bundle: Built
+        if len(spec.messages) > 2 * WINDOW:
+            bundle = BuiltEntries(spec, identifier_system)
+            spec_problems, spec_warnings = _sorted(validate_built(bundle, limits=_SIZES))
+        else:
+            bundle = build_bundle(spec, identifier_system=identifier_system)
+            spec_problems, spec_warnings = _size_issues(spec, bundle)
         problems += spec_problems
         warnings += spec_warnings
         if not problems:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from bundler.medplum.client import ClientCredentials, FhirClient
 from bundler.medplum.clock import SystemClock
 from bundler.spec import ThreadSpec
 from bundler.testing.strategies import sample_specs
+from bundler.vocabulary import rewrite_references
 
 POST = r"/fhir/R4/?$"  # where transactions go
 
@@ -59,6 +61,18 @@ def landed(proxy: Any) -> Callable[[], bool]:
 def load(*args: Any, **kw: Any) -> LoadReport:
     """`load`, keeping every thread's result in the report (tests look at them)."""
     return _load(*args, keep_results=True, **kw)
+
+
+def as_stored(spec: ThreadSpec) -> list[dict[str, Any]]:
+    """The resources a server would hold for `spec`'s bundle: ids given, urns rewritten to them."""
+    entries = [e for e in build_bundle(spec)["entry"] if e["resource"]["resourceType"] != "Binary"]
+    ids = {e["fullUrl"]: f"{e['resource']['resourceType']}/{uuid.uuid4()}" for e in entries}
+    out = []
+    for e in entries:
+        resource = rewrite_references(e["resource"], ids)
+        resource["id"] = ids[e["fullUrl"]].split("/")[1]
+        out.append(resource)
+    return out
 
 
 def client_for(project: Any, url: str | None = None, **kw: Any) -> FhirClient:

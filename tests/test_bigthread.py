@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import random
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from loadkit import client_for, load, specs_for
+from loadkit import as_stored, client_for, load, specs_for
 
 from bundler import DEFAULT_IDENTIFIER_SYSTEM, parse_spec
 from bundler.build import build_bundle, bundle_entries, entry_values
@@ -17,7 +16,6 @@ from bundler.load.compare import ThreadComparer, compare_thread
 from bundler.load.verify import read_thread, thread_pages, verify
 from bundler.spec import ThreadSpec
 from bundler.testing.strategies import sample_specs
-from bundler.vocabulary import rewrite_references
 
 SYSTEM = DEFAULT_IDENTIFIER_SYSTEM
 
@@ -52,18 +50,6 @@ def _value(resource: dict[str, Any]) -> str:
     return next(str(i["value"]) for i in resource["identifier"] if i["system"] == SYSTEM)
 
 
-def _as_stored(spec: ThreadSpec) -> list[dict[str, Any]]:
-    """The resources a server would hold for `spec`'s bundle: ids given, urns rewritten to them."""
-    entries = [e for e in build_bundle(spec)["entry"] if e["resource"]["resourceType"] != "Binary"]
-    ids = {e["fullUrl"]: f"{e['resource']['resourceType']}/{uuid.uuid4()}" for e in entries}
-    out = []
-    for e in entries:
-        resource = rewrite_references(e["resource"], ids)
-        resource["id"] = ids[e["fullUrl"]].split("/")[1]
-        out.append(resource)
-    return out
-
-
 def _spec_with_replies() -> ThreadSpec:
     data = sample_specs(1, 40, seed=3, prefix="big")[0]
     for k, m in enumerate(data["messages"]):
@@ -79,7 +65,7 @@ def _spec_with_replies() -> ThreadSpec:
 @pytest.mark.parametrize("order", ["stored", "reversed", "shuffled"])
 def test_compared_page_by_page_it_finds_what_the_whole_comparison_finds(order: str) -> None:
     spec = _spec_with_replies()
-    resources = _as_stored(spec)
+    resources = as_stored(spec)
     resources[7]["status"] = "entered-in-error"  # changed on the server
     resources[11]["inResponseTo"] = [{"reference": "Communication/somewhere-else"}]
     del resources[20]  # gone

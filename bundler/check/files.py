@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..build import DEFAULT_IDENTIFIER_SYSTEM, build_bundle, check_identifier_system, participant_bundles
+from ..build import (
+    DEFAULT_IDENTIFIER_SYSTEM,
+    BuiltEntries,
+    build_bundle,
+    check_identifier_system,
+    participant_bundles,
+)
 from ..errors import Problem, SpecError
 from ..spec import ParticipantsFile, read_participants, spec_files
 from ..spec.files import ThreadKeys, read_document
@@ -28,7 +34,7 @@ from ..vocabulary import MAX_CONDITIONAL_ENTRIES
 from .displays import DisplayCheck
 from .issues import Issue
 from .limits import Limits
-from .validate import Origin, locate, spec_origin, validate_many
+from .validate import WINDOW, Origin, locate, spec_origin, validate_built, validate_many
 
 SUFFIXES = (".json", ".ndjson", ".yaml", ".yml")
 
@@ -168,7 +174,10 @@ def _document_bundles(docs: list[Document], problems: list[Problem], identifier_
                 problems.extend(created.add(spec))
             spec, model_problems = read_model_problems(spec, read_model)
             problems.extend(model_problems)
-            out.append((build_bundle(spec, identifier_system=identifier_system), spec_origin(spec)))
+            if len(spec.messages) > 2 * WINDOW:  # (checked a window at a time when its turn comes: `validate_built`)
+                out.append((BuiltEntries(spec, identifier_system), spec_origin(spec)))
+            else:
+                out.append((build_bundle(spec, identifier_system=identifier_system), spec_origin(spec)))
     return out
 
 
@@ -260,8 +269,17 @@ file's at most (its bundles are built together), so a run holds one file's bundl
 def _validate_pending(pending: list[tuple[Any, Origin]], report: Report, *, limits: str | Limits, structure: bool,
                       workers: int | None) -> None:
     """Validate the bundles of `pending` into `report` (their issues, with file and line), and let them go."""
-    results = validate_many([b for b, _ in pending], limits=limits, structure=structure, workers=workers)
-    for (_, origin), issues in zip(pending, results, strict=True):
-        report.issues.extend(locate(issues, origin) if issues else ())
+    start = 0
+    while start < len(pending):  # (in order: runs of bundles on every core; a long thread's bundle a window at a time)
+        if isinstance(pending[start][0], BuiltEntries):
+            report.issues += validate_built(pending[start][0], limits=limits, structure=structure)
+            start += 1
+            continue
+        end = next((k for k in range(start, len(pending)) if isinstance(pending[k][0], BuiltEntries)), len(pending))
+        results = validate_many([b for b, _ in pending[start:end]], limits=limits, structure=structure,
+                                workers=workers)
+        for (_, origin), issues in zip(pending[start:end], results, strict=True):
+            report.issues.extend(locate(issues, origin) if issues else ())
+        start = end
     report.bundles += len(pending)
     pending.clear()

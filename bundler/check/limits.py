@@ -156,6 +156,11 @@ def _smaller(entry: Any, size: int) -> str:
     return "make it smaller: shorter text, or large content as a file attachment (a large file is uploaded on its own)"
 
 
+def body_size_issues(size: int, limits: Limits) -> list[Issue]:
+    """The issue of a bundle of `size` bytes as JSON over the body limit of `limits`, if it is."""
+    return _body_size(size, limits)
+
+
 def _body_size(size: int, limits: Limits) -> list[Issue]:
     if limits.max_body_bytes is None or size <= limits.max_body_bytes:
         return []

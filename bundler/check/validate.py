@@ -19,21 +19,23 @@ import dataclasses
 import gc
 import multiprocessing
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import orjson
 
-from ..build import entry_messages
+from ..build import BuiltEntries, entry_messages
 from ..spec import ThreadSpec
+from ..vocabulary import TRANSACTION, URN_PATTERN
 from .issues import RULES, Issue, Severity
-from .limits import PROFILES, Limits, get_limits, limit_issues
+from .limits import PROFILES, Limits, body_size_issues, get_limits, json_bytes, limit_issues
 from .rules import check_rules
 from .structure import bundle_structure_issues
 
 __all__ = ["PROFILES", "RULES", "Issue", "Limits", "Origin", "Severity", "has_errors", "locate", "spec_origin",
-           "validate", "validate_many"]
+           "validate", "validate_built", "validate_many"]
 
 Origin = Callable[[int | None], tuple[str, int | None]]
 """Entry index (None: the Bundle as a whole) → (file, line) it came from."""
@@ -56,19 +58,24 @@ def validate(bundle: Any, *, limits: str | Limits = "medplum", structure: bool =
     resource against the FHIR R4 models (the slow part). `origin(entry_index)` gives the (file, line)
     an entry came from, for bundles built from specs.
     """
-    profile = get_limits(limits)
-    issues = check_rules(bundle)
-    if isinstance(bundle, dict) and not any(i.code in ("bundle.resource-type", "bundle.empty") for i in issues):
-        if structure:
-            issues += _structure(bundle, issues)
-        issues += limit_issues(bundle, profile)
-    issues.sort(key=lambda i: (-1 if i.entry is None else i.entry, _ORDER[i.code], i.path))
+    issues = _validate(bundle, get_limits(limits), structure, frozenset())
     return locate(issues, origin) if origin is not None else issues
 
 
-def _structure(bundle: dict[str, Any], found: list[Issue]) -> list[Issue]:
+def _validate(bundle: Any, profile: Limits, structure: bool, unstructured: frozenset[int]) -> list[Issue]:
+    """`validate`, the structure of the entries `unstructured` not checked (a window's context: `validate_built`)."""
+    issues = check_rules(bundle)
+    if isinstance(bundle, dict) and not any(i.code in ("bundle.resource-type", "bundle.empty") for i in issues):
+        if structure:
+            issues += _structure(bundle, issues, unstructured)
+        issues += limit_issues(bundle, profile)
+    issues.sort(key=lambda i: (-1 if i.entry is None else i.entry, _ORDER[i.code], i.path))
+    return issues
+
+
+def _structure(bundle: dict[str, Any], found: list[Issue], unstructured: frozenset[int]) -> list[Issue]:
     """fhir.structure issues, minus those at (or below) a path another rule already reported."""
-    skip = {i.entry for i in found if i.code == "entry.resource" and i.entry is not None}
+    skip = {i.entry for i in found if i.code == "entry.resource" and i.entry is not None} | unstructured
     taken = {i.path for i in found}
     out = []
     for issue in bundle_structure_issues(bundle, skip):
@@ -100,6 +107,80 @@ def locate(issues: Sequence[Issue], origin: Origin) -> list[Issue]:
         related_line = where(issue.related)[1] if issue.related is not None else None
         out.append(dataclasses.replace(issue, file=file, line=line, related_line=related_line))
     return out
+
+
+# --- a thread's bundle, a window at a time --------------------------------------------------------------
+
+WINDOW = 500
+"""Messages checked together when a thread's bundle is checked a window at a time (`validate_built`)."""
+
+_URN = re.compile(URN_PATTERN)
+_ENTRY_PATH = re.compile(r"^Bundle\.entry\[(\d+)\]")
+_ENTRY_WORD = re.compile(r"\bentry (\d+)\b")
+
+
+def validate_built(entries: BuiltEntries, *, limits: str | Limits = "medplum", structure: bool = True,
+                   window: int = WINDOW) -> list[Issue]:
+    """`validate` of the bundle `entries` make (`build.BuiltEntries`: `build_bundle`'s entries, each built when
+    asked for), with the spec's files and lines, without holding it whole: a thread of more than two windows of
+    messages is checked a `window` of messages at a time (a bundle of the header, those messages, their read
+    receipts, and the entries they point at: the messages they answer, the files they attach), each issue named by
+    its entry's index in the whole bundle; the Binaries go in windows of their own, and the whole bundle's size is
+    added up entry by entry. Checked in windows, what a rule says of the header comes from the first; what only
+    the whole bundle shows (two entries of one fullUrl, messages' people missing from the header's recipients) a
+    checked spec never builds (ids unique, every alias a participant, the header listing every participant)."""
+    spec = entries.spec
+    origin = spec_origin(spec)
+    messages = len(spec.messages)
+    if messages <= 2 * window:
+        return validate({"resourceType": "Bundle", "type": TRANSACTION, "entry": list(entries)}, limits=limits,
+                        structure=structure, origin=origin)
+    profile = get_limits(limits)
+    index = {entries.url_of(n): n for n in range(len(entries))}
+    receipts: dict[int, list[int]] = {}  # message → its read receipts' entries
+    for k, (i, _) in enumerate(entries.receipts):
+        receipts.setdefault(i, []).append(1 + messages + k)
+    binaries = range(1 + messages + len(entries.receipts), len(entries))
+    spans = [[n + 1 for n in range(start, min(start + window, messages))] for start in range(0, messages, window)]
+    spans += [list(binaries[start:start + window]) for start in range(0, len(binaries), window)]
+    out: list[Issue] = []
+    size = len(b'{"resourceType":"Bundle","type":"transaction","entry":[]}') + len(entries) - 1
+    for w, span in enumerate(spans):
+        own = [0, *span, *(r for n in span if 1 <= n <= messages for r in receipts.get(n - 1, ()))]
+        built = [entries[n] for n in own]
+        data = [json_bytes(e) for e in built]
+        size += sum(len(d) for n, d in zip(own, data, strict=True) if n or not w)
+        mine = set(own)
+        context = sorted({index[u] for d in data for u in _URN.findall(d.decode()) if u in index} - mine)
+        bundle = {"resourceType": "Bundle", "type": TRANSACTION, "entry": built + [entries[n] for n in context]}
+        del data
+        places = own + context
+        # (the context's structure is not checked here: its own window checks it)
+        for issue in _validate(bundle, profile, structure, frozenset(range(len(own), len(places)))):
+            g = places[issue.entry] if issue.entry is not None else None
+            if (w and not g) or (g is not None and g not in mine) or issue.code == "limit.body-size":
+                continue  # (the header's and the bundle's from the first window, the context's from its own; the
+                # whole bundle's size is added up below)
+            out.append(_renumbered(issue, places))
+        del built, bundle  # (before the next window's are built)
+    if not any(i.code == "limit.entry-size" for i in out):
+        out += body_size_issues(size, profile)
+    out.sort(key=lambda i: (-1 if i.entry is None else i.entry, _ORDER[i.code], i.path))
+    return locate(out, origin)
+
+
+def _renumbered(issue: Issue, places: list[int]) -> Issue:
+    """`issue` of a window's bundle, its entries named by their index in the whole bundle (`places`: window index
+    → index in the whole)."""
+    def entry(m: re.Match[str]) -> str:
+        n = int(m.group(1))
+        return m.group(0).replace(m.group(1), str(places[n])) if n < len(places) else m.group(0)
+
+    return dataclasses.replace(
+        issue, path=_ENTRY_PATH.sub(lambda m: f"Bundle.entry[{places[int(m.group(1))]}]", issue.path),
+        message=_ENTRY_WORD.sub(entry, issue.message),
+        entry=places[issue.entry] if issue.entry is not None else None,
+        related=places[issue.related] if issue.related is not None else None)
 
 
 def has_errors(issues: Iterable[Issue]) -> bool:

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..build import (
-    build_bundle,
+    BuiltEntries,
+    check_identifier_system,
     entry_values,
     full_url,
     identifier_value,
@@ -47,6 +48,7 @@ from ..vocabulary import (
     READ_STATE_LAST_READ_AT,
     READ_STATE_PARTICIPANT,
     REQUEST_PRIORITIES,
+    TRANSACTION,
     binary_reference,
     is_alias,
     is_instant,
@@ -611,32 +613,33 @@ def _differences(spec: ThreadSpec, thread: _Thread, system: str) -> list[str]:
     resources += map(dict, thread.receipts)  # by their own identifiers: one the builder would not make is listed
     resolved = {full_url(system, spec.key): f"Communication/{thread.header.get('id')}"}
     data = {a.hash: b for a, b in thread.files.values() if a.hash is not None}
-    bundle = build_bundle(spec, identifier_system=system, files=data or None)
-    if not thread.missing and _same(bundle, resources):
+    entries = BuiltEntries(spec, check_identifier_system(system), data or None)  # (built as compared, not held)
+    bundle = {"resourceType": "Bundle", "type": TRANSACTION, "entry": entries}
+    if not thread.missing and _same(entries, resources):
         return []
     diff = compare_thread(spec, resources, identifier_system=system, resolved=resolved, bundle=bundle)
     return [f"not as on the server: {line}" for line in diff.lines(system, entry_values(spec))
             if not (thread.files and _FILE_FACTS.search(line))]
 
 
-def _same(bundle: Mapping[str, Any], resources: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether `resources` (each with the identifier its entry has) are `bundle`'s, as the server holds them: its
-    urns replaced by their ids, what the server sets (`compare.IGNORED`) aside. The common case, answered without
-    `compare_thread`'s field by field walk (which says how they differ, when they do)."""
-    entries = bundle["entry"]
-    if len(entries) != len(resources):
+def _same(entries: BuiltEntries, resources: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether `resources` (each with the identifier its entry has) are the bundle's (`entries`), as the server holds
+    them: its urns replaced by their ids, what the server sets (`compare.IGNORED`) aside. The common case, answered
+    without `compare_thread`'s field by field walk (which says how they differ, when they do). Each entry is built
+    when it is compared (a thread of 100,000 messages is not held whole as data); a thread with Binaries is left to
+    `compare_thread` (their entries have no identifier to find them by)."""
+    if entries.inline or len(entries) != len(resources):
         return False
     ids = {r["identifier"][0]["value"]: r for r in resources}
+    values = entry_values(entries.spec)
     held: dict[str, str] = {}
-    pairs = []
-    for entry in entries:
-        want = entry["resource"]
-        got = ids.get(want["identifier"][0]["value"]) if want.get("identifier") else None
+    for n, value in enumerate(values):  # (every entry's server id first: a message's reply may point further on)
+        got = ids.get(value)
         if got is None:
             return False
-        held[entry["fullUrl"]] = f"Communication/{got.get('id')}"
-        pairs.append((want, got))
-    for want, got in pairs:
+        held[entries.url_of(n)] = f"Communication/{got.get('id')}"
+    for n, value in enumerate(values):
+        want, got = entries[n]["resource"], ids[value]
         expected = dict(want)
         for name in ("partOf", "inResponseTo"):
             if name in expected:

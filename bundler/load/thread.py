@@ -7,12 +7,23 @@ from __future__ import annotations
 import functools
 import hashlib
 from array import array
-from collections.abc import Sequence
-from typing import Any, Final, overload
+from typing import Any, Final
 
 import orjson
 
-from ..build import bundle_bytes, entry_messages, entry_types, entry_values, full_url, split_files
+from ..build import (
+    BUNDLE_START,
+    BuiltEntries,
+    EntrySequence,
+    bundle_bytes,
+    entry_messages,
+    entry_types,
+    entry_values,
+    full_url,
+    split_files,
+)
+from ..check.limits import request_entry_bytes
+from ..check.validate import WINDOW
 from ..medplum.answer import quoted_conditional
 from ..spec.model import Attachment, ThreadSpec
 from ..vocabulary import TRANSACTION, wire_reference
@@ -27,9 +38,16 @@ class Thread:
     def __init__(self, spec: ThreadSpec, system: str) -> None:
         self.spec = spec
         self.system = system
-        self.body = bundle_bytes(spec, identifier_system=system)  # the whole thread as one transaction
-        self.fingerprint = hashlib.sha256(self.body).hexdigest()
         values = entry_values(spec)  # the header, the messages, then any read receipts (Tasks)
+        self._built: BuiltEntries | None = None
+        if len(spec.messages) > LONG_THREAD:  # never whole as bytes: its entries built again when a part is sent
+            self._built = BuiltEntries(spec, system)
+            self._body: bytes | None = None
+            self.fingerprint, self.length, self.hashes, self.sizes = _summed(self._built, len(values))
+        else:
+            self._body = bundle_bytes(spec, identifier_system=system)  # the whole thread as one transaction
+            self.fingerprint = hashlib.sha256(self._body).hexdigest()
+            self.length = len(self._body)
         self.values = values
         self.identifiers = [f"{system}|{v}" for v in values]
         self.urls = [full_url(system, v) for v in values]
@@ -39,15 +57,22 @@ class Thread:
         self.seq = 0  # its place in the input (set by the loader)
         self.inline, self.uploads = split_files(spec) if spec.has_files else ({}, {})
 
+    @property
+    def body(self) -> bytes:
+        """The whole thread as one transaction (`bundle_bytes`): kept for a thread of up to LONG_THREAD messages,
+        made again when asked for (a long thread goes whole only if a request may be that large)."""
+        return self._body if self._body is not None else bundle_bytes(self.spec, identifier_system=self.system)
+
     @functools.cached_property
     def bundle(self) -> dict[str, Any]:
         """The bundle as data (what `build_bundle` gives: `bundle_bytes` is byte-equal to it), its entries read from
-        the body as they are asked for (`BodyEntries`): as data a thread of 100,000 messages takes 270 MB, as
-        bytes 80 MB."""
-        return {"resourceType": "Bundle", "type": TRANSACTION, "entry": BodyEntries(self.body)}
+        the body as they are asked for (`BodyEntries`), or for a long thread built from the spec as they are asked
+        for (`build.BuiltEntries`): as data a thread of 100,000 messages takes 270 MB, as bytes 80 MB."""
+        entries = self._built if self._built is not None else BodyEntries(self.body)
+        return {"resourceType": "Bundle", "type": TRANSACTION, "entry": entries}
 
     @functools.cached_property
-    def sizes(self) -> list[int]:
+    def sizes(self) -> list[int]:  # (a long thread's: added up when it was made)
         """Each header's, message's or read receipt's size in a request (without the Binaries it may carry)."""
         return entry_sizes(self.bundle)[:len(self.urls)]
 
@@ -58,7 +83,7 @@ class Thread:
         return [a for a in self.spec.messages[n - 1].attachments if a.file is not None and a.size and a.hash]
 
     @functools.cached_property
-    def hashes(self) -> list[str]:
+    def hashes(self) -> list[str]:  # (a long thread's: made when it was made)
         """A hash of each entry as the spec builds it: what the journal compares a later spec with. Read from
         the body's bytes (each entry starts with its own fullUrl), without parsing it."""
         starts = []
@@ -83,7 +108,7 @@ class Thread:
 
     def whole(self, limits: RequestLimits) -> bool:
         """True when the thread goes as one plain transaction, its bytes as built."""
-        return (not limits.conditional and not self.uploads and len(self.body) <= limits.max_bytes
+        return (not limits.conditional and not self.uploads and self.length <= limits.max_bytes
                 and (limits.max_entries is None or len(self.urls) + len(self.inline) <= limits.max_entries))
 
     def known(self, entry: Entry | None, existing: dict[str, str]) -> dict[str, str]:
@@ -131,13 +156,39 @@ class Thread:
         return f"{file_line(*self.spec.origin(None, *path))}: {'.'.join(path[:2])}"
 
 
+LONG_THREAD: Final = 2 * WINDOW
+"""Messages above which a thread to load is not kept as bytes (`Thread`): its entries are built again from the spec
+when a part is sent, and what the journal keeps of them (hashes, the fingerprint) is made in one pass."""
+
+
+def _summed(entries: BuiltEntries, count: int) -> tuple[str, int, list[str], list[int]]:
+    """What a load needs of a thread's bytes (`bundle_bytes`), made an entry at a time without them: the
+    fingerprint (SHA-256 of all of them) and length, and of each of the first `count` entries (header, messages,
+    read receipts) the hash (`Thread.hashes`) and size in a request (`plan.entry_sizes`)."""
+    whole = hashlib.sha256(BUNDLE_START)
+    length = len(BUNDLE_START) + 2
+    hashes: list[str] = []
+    sizes: list[int] = []
+    for n, entry in enumerate(entries):
+        data = orjson.dumps(entry)  # (the bytes `bundle_bytes` writes for it: a property test holds them equal)
+        if n:
+            whole.update(b",")
+            length += 1
+        whole.update(data)
+        length += len(data)
+        if n < count:
+            hashes.append(hashlib.sha256(data).hexdigest()[:20])
+            sizes.append(request_entry_bytes(entry))
+    whole.update(b"]}")
+    return whole.hexdigest(), length, hashes, sizes
+
+
 _ENTRY_START: Final = b'{"fullUrl":"'
 """How every entry of a bundle's bytes starts (`bundle_bytes`): nowhere else, since a `"` inside a string is `\\"`."""
 
 
-class BodyEntries(Sequence[dict[str, Any]]):
-    """The entries of a bundle's bytes (`bundle_bytes`), each parsed when it is asked for and not kept: a new
-    copy every time, as `build_bundle`'s would be, so a caller may change it."""
+class BodyEntries(EntrySequence):
+    """The entries of a bundle's bytes (`bundle_bytes`), each parsed when it is asked for and not kept."""
 
     def __init__(self, body: bytes) -> None:
         self.body = body
@@ -150,19 +201,7 @@ class BodyEntries(Sequence[dict[str, Any]]):
     def __len__(self) -> int:
         return len(self.starts)
 
-    @overload
-    def __getitem__(self, n: int) -> dict[str, Any]: ...
-
-    @overload
-    def __getitem__(self, n: slice) -> list[dict[str, Any]]: ...
-
-    def __getitem__(self, n: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
-        if isinstance(n, slice):
-            return [self[i] for i in range(*n.indices(len(self)))]
-        if n < 0:
-            n += len(self)
-        if not 0 <= n < len(self):
-            raise IndexError(n)
+    def entry(self, n: int) -> dict[str, Any]:
         end = self.starts[n + 1] - 1 if n + 1 < len(self) else len(self.body) - 2  # (a ',' between, ']}' last)
         return orjson.loads(self.body[self.starts[n]:end])  # type: ignore[no-any-return]
 
