@@ -87,6 +87,10 @@ def _exit_status(summary: MigrateSummary) -> int:
               help="Processes that read and assemble (--to; a load reads in one).  [default: the number of cores, "
                    "at most 4; 1 with --strict]")
 @click.option("--progress/--no-progress", default=None, help="A progress line on stderr.  [default: on a terminal]")
+@click.option("--participants", type=click.Path(path_type=Path, dir_okay=False),
+              help="A participants file (participants: {alias: {reference, display, create}}), keyed by the "
+                   "alias the migration makes of each legacy user id (tel-17735550123 for +17735550123): it comes "
+                   "before the mapping's table and rules; a participant with create is created when missing.")
 @format_option("the summary as --summary writes it")
 @identifier_system_option
 @connection_options
@@ -96,8 +100,8 @@ def _exit_status(summary: MigrateSummary) -> int:
 @report_errors
 def migrate_command(inputs: tuple[str, ...], mapping: str, to: tuple[str, str] | None, load_: bool,
                     shard: Shard | None, rejects: Path | None, summary: Path | None, strict: bool,
-                    work_dir: Path | None, workers: int | None, progress: bool | None, format_: str,
-                    identifier_system: str,
+                    work_dir: Path | None, workers: int | None, progress: bool | None, participants: Path | None,
+                    format_: str, identifier_system: str,
                     base_url: str | None,
                     client_id: str | None, client_secret: str | None, token: str | None, allow_insecure: bool,
                     timeout: float, journal: Path | None, atomic: str, concurrency: int, max_entries: int | None,
@@ -119,13 +123,14 @@ def migrate_command(inputs: tuple[str, ...], mapping: str, to: tuple[str, str] |
       thread-bundler migrate export.csv --mapping mapping.yaml --load --report loaded.json
       thread-bundler migrate export.csv --mapping mapping.yaml --load --update   # a delta run
       thread-bundler migrate export.csv --mapping mapping.yaml --to specs threads/ --read-model tasks
+      thread-bundler migrate sms.csv --mapping m.yaml --load --participants people.yaml   # created when missing
     """
     if (to is None) == (not load_):
         raise click.UsageError("give either --to specs DIR / --to ndjson FILE, or --load")
     if progress is None:
         progress = sys.stderr.isatty()
     options = {"shard": shard, "strict": strict, "rejects": rejects, "summary": summary, "work_dir": work_dir,
-               "identifier_system": identifier_system, "read_model": read_model}
+               "identifier_system": identifier_system, "read_model": read_model, "participants": participants}
     if load_:
         client = make_client(base_url, client_id, client_secret, token, allow_insecure, timeout, concurrency)
         with client:
