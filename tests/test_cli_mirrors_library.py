@@ -43,7 +43,7 @@ CALLS: dict[str, Callable[..., Any]] = {
 CONNECTION = {"base_url", "client_id", "client_secret", "token", "allow_insecure", "timeout"}
 """Options that make the FhirClient the call is given as `client` (not `server`'s: those are its own)."""
 
-DISPLAY = {"progress", "format_", "help"}
+DISPLAY = {"progress", "format_", "json_", "help"}
 """Options about how the result is shown."""
 
 DIFFERENT = {("migrate", "to"): "to=KIND, out=PATH", ("migrate", "load_"): 'to="load"'}
