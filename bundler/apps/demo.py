@@ -24,6 +24,7 @@ from ..medplum.client import ClientCredentials, FhirClient
 from ..medplum.localserver import LocalServer
 from ..spec import ThreadSpec, load_specs
 from ..vocabulary import binary_reference
+from ..words import count
 
 
 def example_paths() -> list[Path]:
@@ -103,7 +104,7 @@ def run_demo(paths: Sequence[str | Path] | None, out: TextIO, *, note: TextIO | 
         specs = _specs(paths, participants, Path(tmp), allow_outside_files=allow_outside_files)
         check_bundles(specs, DEFAULT_IDENTIFIER_SYSTEM)
         n = len(specs)
-        say(f"built and validated {n:,} thread{'s' * (n != 1)}; starting a local Medplum server\n")
+        say(f"built and validated {count(n, 'thread')}; starting a local Medplum server\n")
         with LocalServer(check_references_on_write=True) as server:
             say(f"server: {server.base_url} (Medplum fhir-router, in memory, strict: references must exist)\n")
             with FhirClient(server.base_url, ClientCredentials(server.client_id, server.client_secret)) as client:

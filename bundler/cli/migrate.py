@@ -16,6 +16,7 @@ from ..migrate.report import combine, summary_json
 from ..migrate.stream import INDEX_VARIABLE
 from .common import EXIT_ISSUES, EXIT_OK, format_option, read_model_option, report_errors
 from .connect import connection_options, make_client
+from .display import count
 from .identifier import identifier_system_option
 from .load import load_options, print_loaded, shown_load, sync_options
 
@@ -41,8 +42,8 @@ class _ProgressLine:
             return
         self.last = now
         rate = p.rows / p.seconds if p.seconds else 0.0
-        line = (f"{p.phase}: {p.rows:,} rows read, {p.messages:,} messages in {p.threads:,} threads, "
-                f"{rate:,.0f} rows/s")
+        line = (f"{p.phase}: {count(p.rows, 'row')} read, {count(p.messages, 'message')} in "
+                f"{count(p.threads, 'thread')}, {count(round(rate))} rows/s")
         click.echo(f"\r\x1b[2K{line}", err=True, nl=p.phase == "done")
 
 
@@ -52,7 +53,7 @@ def _print_summary(summary: MigrateSummary, *, loading: bool = False) -> None:
         rows.append(("seconds", f"{summary.seconds:,.1f}"))
     _summary_table(rows)
     if summary.rejects.get("bad-encoding"):
-        click.echo(f"hint: {summary.rejects['bad-encoding']:,} rows have bytes that are not valid in the input "
+        click.echo(f"hint: {count(summary.rejects['bad-encoding'], 'row')} have bytes that are not valid in the input "
                    "encoding: if the export is in another one, set input.encoding in the mapping (latin-1, cp1252, "
                    "...)", err=True)
 
@@ -144,7 +145,8 @@ def migrate_command(inputs: tuple[str, ...], mapping: str, to: tuple[str, str] |
         print_loaded(done.load, journal_for(list(inputs), journal))
         _print_summary(done, loading=True)
         on_server = sum(done.load.messages.values())
-        click.echo(f"{done.messages:,} messages of {done.threads:,} threads migrated; {on_server:,} messages "
+        click.echo(f"{count(done.messages, 'message')} of {count(done.threads, 'thread')} migrated; "
+                   f"{count(on_server, 'message')} "
                    f"of those threads on the server; rejects in {done.rejects_file}", err=True)
         sys.exit(max(_exit_status(done), EXIT_OK if done.load.ok else EXIT_ISSUES))
     assert to is not None
@@ -195,7 +197,7 @@ def report_command(summaries: tuple[str, ...], format_: str) -> None:
                 "ok": total.ok}
         click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
     _summary_table(total.summary.table())
-    click.echo(f"{len(total.files)} summar{'y' if len(total.files) == 1 else 'ies'}"
+    click.echo(count(len(total.files), "summary", "summaries")
                + (f" of shards {', '.join(f'{k}/{n}' for k, n in sorted(total.shards))}" if total.shards else ""),
                err=True)
     for missing in total.missing_shards:

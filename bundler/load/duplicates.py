@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 
 from ..medplum.client import FhirClient, chunked
 from ..vocabulary import IDENTIFIER_SEARCH_COUNT, identifier_token
+from ..words import count
 from .compare import entry_names
 from .report import Duplicate, Outcome, ThreadResult
 from .thread import Thread
@@ -135,7 +136,7 @@ def checked(w: Waiting, copies: dict[int, list[str]]) -> tuple[ThreadResult, str
     n = len(duplicates)
     note = (f"{NOTE}: {n} of its resources {'are' if n != 1 else 'is'} on the server more than once: "
             f"{duplicates[0].text()}")
-    advice = (f"{w.t.where(None)}: {n} resource{'s' * (n != 1)} of this thread {'are' if n != 1 else 'is'} on the "
+    advice = (f"{w.t.where(None)}: {count(n, 'resource')} of this thread {'are' if n != 1 else 'is'} on the "
               "server more than once: another load sent them at the same time (with another journal, or none). "
               "This load's copy is complete and in its journal: delete the other copies (duplicates: others), going "
               "by one load's report only, remove the other load's journal, then run verify")
