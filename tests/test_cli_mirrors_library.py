@@ -18,6 +18,7 @@ from loadkit import client_for, write_specs
 
 from bundler import parse_spec
 from bundler.apps.demo import run_demo
+from bundler.apps.show import show
 from bundler.bundle_files import build_files
 from bundler.check import validate_files
 from bundler.cli import main
@@ -36,7 +37,7 @@ from bundler.testing.strategies import sample_specs
 CALLS: dict[str, Callable[..., Any]] = {
     "build": build_files, "validate": validate_files, "migrate": migrate, "report": combine, "load": load,
     "verify": verify, "export": export, "doctor": doctor, "generate": generate, "demo": run_demo, "server": serve,
-    "schema": write_schema,
+    "schema": write_schema, "show": show,
 }
 """Every command's one library call."""
 
@@ -87,8 +88,9 @@ def test_the_old_spellings_are_hidden_and_say_what_replaced_them() -> None:
     assert "participants file: out/people.yaml is inside out" in result.stderr and result.exit_code == 2
 
 
-@pytest.mark.parametrize(("args", "references"), [([], False), (["--check-references"], True),
-                                                  (["--check-references-on-write"], True)])
+@pytest.mark.parametrize(("args", "references"), [([], True), (["--check-references"], True),
+                                                  (["--check-references-on-write"], True),
+                                                  (["--no-check-references-on-write"], False)])
 def test_the_server_s_old_flag_still_sets_its_argument(args: list[str], references: bool,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     import bundler.cli.server as server
