@@ -16,7 +16,7 @@ from ..migrate.report import combine, summary_json
 from ..migrate.stream import INDEX_VARIABLE
 from .common import EXIT_ISSUES, EXIT_OK, format_option, read_model_option, report_errors
 from .connect import connection_options, make_client
-from .display import count
+from .display import CLEAR_LINE, columns, count, fit
 from .identifier import identifier_system_option
 from .load import load_options, print_loaded, shown_load, sync_options
 
@@ -44,7 +44,7 @@ class _ProgressLine:
         rate = p.rows / p.seconds if p.seconds else 0.0
         line = (f"{p.phase}: {count(p.rows, 'row')} read, {count(p.messages, 'message')} in "
                 f"{count(p.threads, 'thread')}, {count(round(rate))} rows/s")
-        click.echo(f"\r\x1b[2K{line}", err=True, nl=p.phase == "done")
+        click.echo(CLEAR_LINE + fit(line, columns(sys.stderr)), err=True, nl=p.phase == "done")
 
 
 def _print_summary(summary: MigrateSummary, *, loading: bool = False) -> None:
