@@ -8,9 +8,9 @@ from typing import Any
 
 from click.testing import CliRunner
 
-from bundler import load
 from bundler.apps.show import show
 from bundler.cli import main
+from bundler.load import load
 from bundler.medplum.client import ClientCredentials, FhirClient
 
 THREADS = Path(__file__).resolve().parent.parent / "fixtures" / "threads"
