@@ -62,7 +62,8 @@ def atomic_file(path: str | Path, *, buffering: int = -1) -> Iterator[IO[bytes]]
     What cannot be replaced by a rename is written through instead (what is written stays, even on an error):
     `-` is stdout, and a path that is not a regular file (a FIFO, a character device such as /dev/stdout or
     /dev/null) is opened and written. A symlink to a regular file keeps being a symlink: its target is replaced."""
-    if str(path) == STDOUT:
+    if str(path) == STDOUT or _is_stdout(Path(path)):
+        sys.stdout.flush()
         out = sys.stdout.buffer
         yield out
         out.flush()
@@ -93,6 +94,18 @@ def atomic_file(path: str | Path, *, buffering: int = -1) -> Iterator[IO[bytes]]
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _is_stdout(target: Path) -> bool:
+    """Whether `target` names this process's stdout (/dev/stdout, /dev/fd/1, /proc/self/fd/1): written through
+    stdout itself, as a second opening of a redirected file would write over what stdout writes there."""
+    if not _is_process_file(target):
+        return False
+    try:
+        mine, named = os.fstat(sys.stdout.fileno()), os.stat(target)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (mine.st_dev, mine.st_ino) == (named.st_dev, named.st_ino)
 
 
 def _is_process_file(target: Path) -> bool:
