@@ -2,6 +2,7 @@
 
     write_atomic(path, data)                 # a small file, whole or not at all
     with atomic_file(path) as f: ...          # a large one, streamed, then renamed into place
+                                              # ('-': stdout; a FIFO, a device, /dev/stdout: written through)
     with staged_folder(out) as staging: ...   # many files, moved into `out` only when all are written
     with file_lock(path, wait=False): ...     # one process at a time (FileLocked names the holder)
 
@@ -16,6 +17,7 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -49,10 +51,34 @@ def remove_leftovers(folder: Path, prefix: str = TEMP_PREFIX) -> None:
                     os.unlink(entry.path)
 
 
+STDOUT = "-"
+"""The path that means standard output, for every file we write."""
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path, *, buffering: int = -1) -> Iterator[IO[bytes]]:
-    """A binary file to write, renamed to `path` when the block ends without an error (removed otherwise)."""
+    """A binary file to write, renamed to `path` when the block ends without an error (removed otherwise).
+
+    What cannot be replaced by a rename is written through instead (what is written stays, even on an error):
+    `-` is stdout, and a path that is not a regular file (a FIFO, a character device such as /dev/stdout or
+    /dev/null) is opened and written. A symlink to a regular file keeps being a symlink: its target is replaced."""
+    if str(path) == STDOUT or _is_stdout(Path(path)):
+        sys.stdout.flush()
+        out = sys.stdout.buffer
+        yield out
+        out.flush()
+        return
     target = Path(path)
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        mode = None  # (missing, or a dangling link: made as a file, as before)
+    if mode is not None and not stat.S_ISDIR(mode) and (not stat.S_ISREG(mode) or _is_process_file(target)):
+        with _written_through(target, buffering) as f:
+            yield f
+        return
+    if mode is not None and target.is_symlink():
+        target = Path(os.path.realpath(target))
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f"{TEMP_PREFIX}{target.name}.", suffix=".tmp")
@@ -68,6 +94,39 @@ def atomic_file(path: str | Path, *, buffering: int = -1) -> Iterator[IO[bytes]]
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _is_stdout(target: Path) -> bool:
+    """Whether `target` names this process's stdout (/dev/stdout, /dev/fd/1, /proc/self/fd/1): written through
+    stdout itself, as a second opening of a redirected file would write over what stdout writes there."""
+    if not _is_process_file(target):
+        return False
+    try:
+        mine, named = os.fstat(sys.stdout.fileno()), os.stat(target)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (mine.st_dev, mine.st_ino) == (named.st_dev, named.st_ino)
+
+
+def _is_process_file(target: Path) -> bool:
+    """Whether `target` names one of this process's open files (/dev/stdout, /dev/fd/N, /proc/self/fd/N), whatever
+    it is open on: renaming over what it resolves to would take the file from under the shell's redirection."""
+    return str(target).startswith(("/dev/", "/proc/"))
+
+
+@contextlib.contextmanager
+def _written_through(target: Path, buffering: int) -> Iterator[IO[bytes]]:
+    """A FIFO, a device or an open file of this process, opened for writing as it is: appended to, never
+    truncated (stdout redirected to a file keeps what was written before)."""
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_APPEND)
+    except OSError as exc:
+        raise _named(exc, target) from None
+    try:
+        with os.fdopen(fd, "wb", buffering=buffering) as f:
+            yield f
+    except OSError as exc:
+        raise _named(exc, target) from None
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:

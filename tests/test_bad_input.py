@@ -656,6 +656,26 @@ CASES: dict[str, Case] = {
     "load: a journal that is a symlink loop": Case(
         {"t.yaml": _spec("t1")}, ["load", "t.yaml", "--journal", "a.sqlite"], 2,
         ["cannot use the journal a.sqlite", "ymlink loop", "nothing was sent"], setup=_symlink_loop, env=NOWHERE),
+    # --- migrate: participants to create ----------------------------------------------------------------------
+    "migrate: a rule's create without an identifier": Case(
+        {"e.csv": "c,i,s,t,b\nc1,1,x1,2024-01-01T00:00:00Z,hi\n",
+         "m.yaml": "thread: {id: c}\nmessage: {id: i, sender: s, sent: t, text: b}\n"
+                   "participants:\n  rules:\n    - {prefix: x, create: {resourceType: Patient}}\n"},
+        ["migrate", "e.csv", "--mapping", "m.yaml", "--to", "specs", "out"], 2,
+        ["m.yaml:5:", "participants.rules[1].create", "needs an identifier",
+         "a create is a FHIR resource with an identifier"]),
+    "migrate: a YAML table entry that is neither a reference nor a participant": Case(
+        {"e.csv": "c,i,s,t,b\nc1,1,x1,2024-01-01T00:00:00Z,hi\n", "t.yaml": "x1: {name: Ann}\n",
+         "m.yaml": "thread: {id: c}\nmessage: {id: i, sender: s, sent: t, text: b}\nparticipants: {table: t.yaml}\n"},
+        ["migrate", "e.csv", "--mapping", "m.yaml", "--to", "specs", "out"], 2,
+        ["t.yaml:1:5: x1: unknown field 'name'", "or {display, create} to create it when missing"]),
+    "migrate: a participants file with a bad entry": Case(
+        {"e.csv": "c,i,s,t,b\nc1,1,x1,2024-01-01T00:00:00Z,hi\n",
+         "p.yaml": "participants:\n  x1: {create: {resourceType: Location, identifier: [{system: s, value: v}]}}\n",
+         "m.yaml": "thread: {id: c}\nmessage: {id: i, sender: s, sent: t, text: b}\n"
+                   "participants: {rules: [{prefix: x, reference: 'Patient/{rest}'}]}\n"},
+        ["migrate", "e.csv", "--mapping", "m.yaml", "--participants", "p.yaml", "--to", "specs", "out"], 2,
+        ["p.yaml:2:", "participants.x1.create", "Location"]),
     "demo: no npm": Case({"bin": None, "cache": None}, ["demo"], 2,
                          ["error: npm is not on PATH", "install Node.js with npm"],
                          env={"PATH": "{tmp}/bin", "THREAD_BUNDLER_CACHE": "{tmp}/cache"}),

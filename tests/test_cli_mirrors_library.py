@@ -18,6 +18,7 @@ from loadkit import client_for, write_specs
 
 from bundler import parse_spec
 from bundler.apps.demo import run_demo
+from bundler.apps.show import show
 from bundler.bundle_files import build_files
 from bundler.check import validate_files
 from bundler.cli import main
@@ -39,13 +40,14 @@ CALLS: dict[str, Callable[..., Any]] = {
     "build": build_files, "validate": validate_files, "migrate": migrate, "report": combine, "load": load,
     "verify": verify, "export": export, "doctor": doctor, "generate": generate, "demo": run_demo, "server": serve,
     "schema": write_schema, "validate-participants": read_participants, "validate-mapping": load_mapping,
+    "show": show,
 }
 """Every command's one library call."""
 
 CONNECTION = {"base_url", "client_id", "client_secret", "token", "allow_insecure", "timeout"}
 """Options that make the FhirClient the call is given as `client` (not `server`'s: those are its own)."""
 
-DISPLAY = {"progress", "format_", "help"}
+DISPLAY = {"progress", "format_", "json_", "help"}
 """Options about how the result is shown."""
 
 DIFFERENT = {("migrate", "to"): "to=KIND, out=PATH", ("migrate", "load_"): 'to="load"'}
@@ -89,8 +91,9 @@ def test_the_old_spellings_are_hidden_and_say_what_replaced_them() -> None:
     assert "participants file: out/people.yaml is inside out" in result.stderr and result.exit_code == 2
 
 
-@pytest.mark.parametrize(("args", "references"), [([], False), (["--check-references"], True),
-                                                  (["--check-references-on-write"], True)])
+@pytest.mark.parametrize(("args", "references"), [([], True), (["--check-references"], True),
+                                                  (["--check-references-on-write"], True),
+                                                  (["--no-check-references-on-write"], False)])
 def test_the_server_s_old_flag_still_sets_its_argument(args: list[str], references: bool,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     import bundler.cli.server as server

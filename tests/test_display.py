@@ -51,3 +51,52 @@ def test_paths_are_shown_relative_to_the_current_folder(tmp_path: Path, monkeypa
     assert path(tmp_path / "threads.journal.sqlite") == "threads.journal.sqlite"
     assert path("threads/a.yaml") == "threads/a.yaml"
     assert path("/") == "/"
+
+
+class _Terminal(io.StringIO):
+    """A terminal of `width` columns, as far as a Bar can tell."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.width = width
+
+    def isatty(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("no descriptor")
+
+
+def test_a_live_line_is_cleared_before_it_is_rewritten_and_never_wider_than_the_terminal(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    out = _Terminal(80)
+    bar = Bar("loading", 1, 3, stream=out)
+    bar.start("reading the journal and looking for the threads on the server, which takes a while on a large one")
+    bar.advance(3)
+    bar.close()
+    writes = out.getvalue().split("\r\x1b[2K")[1:]
+    assert len(writes) == 3 and all(len(w.rstrip("\n")) < 80 for w in writes), writes
+    assert writes[0].endswith("…") and writes[-1].endswith("done in 0:00\n")
+    assert writes[0].startswith("[" + "." * 10)  # the bar is empty at the start
+
+
+def test_a_bar_without_a_total_shows_no_bar_and_ends_its_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """export: how many threads there are is not known, so no bar (it was full from the start), and the table
+    that follows starts on a line of its own."""
+    monkeypatch.setenv("COLUMNS", "120")
+    out = _Terminal(120)
+    bar = Bar("exporting", 0, 0, stream=out)
+    bar.start()
+    bar.advance(1)
+    bar.close()
+    text = out.getvalue()
+    assert "[#" not in text and "[." not in text and "exporting 1 thread · 1 message ·" in text and text.endswith("\n")
+    assert "exporting 0 threads" in text
+
+
+def test_a_bar_can_count_files_without_messages() -> None:
+    out = io.StringIO()
+    bar = Bar("validating", 2, None, stream=out, live=False, every=0, unit="file")
+    bar.advance()
+    assert "validating 1/2 files · " in out.getvalue() and "message" not in out.getvalue()

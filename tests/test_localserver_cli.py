@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from bundler.medplum.localserver import env_file
-
 
 @pytest.mark.parametrize("command", [["bundler", "server"], ["bundler.medplum.localserver"]],
                          ids=["thread-bundler server", "python -m bundler.medplum.localserver"])
 def test_a_running_server_s_secret_is_in_a_private_file_not_on_its_output(tmp_path: Path, command: list[str]) -> None:
     env = {**os.environ, "MEDPLUM_LOCAL_CLIENT_SECRET": "s3cret-for-this-test"}
-    proc = subprocess.Popen([sys.executable, "-m", *command, "--port", "0"], env=env,
+    settings = tmp_path / "server.env"
+    proc = subprocess.Popen([sys.executable, "-m", *command, "--port", "0", "--env-file", str(settings)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -30,8 +29,9 @@ def test_a_running_server_s_secret_is_in_a_private_file_not_on_its_output(tmp_pa
             assert line, proc.stderr.read() if proc.stderr else ""
             lines.append(line)
         base_url = lines[0].strip().removeprefix("MEDPLUM_BASE_URL=")
-        settings = env_file(int(base_url.rstrip("/").rsplit(":", 1)[1]))
         assert f"client secret:    in {settings}" in "".join(lines)
+        assert f"other shells:     set -a; . {settings}; set +a" in "".join(lines)
+        assert "project:          strict: references must exist" in "".join(lines)  # as the demo runs it
         assert "s3cret-for-this-test" not in "".join(lines)
         assert stat.S_IMODE(settings.stat().st_mode) == 0o600
         assert settings.read_text().splitlines() == [f"MEDPLUM_BASE_URL={base_url}",
@@ -39,5 +39,13 @@ def test_a_running_server_s_secret_is_in_a_private_file_not_on_its_output(tmp_pa
                                                      "MEDPLUM_CLIENT_SECRET=s3cret-for-this-test"]
     finally:
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
+        rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert f"stopped: the local Medplum server at {base_url}; {settings} removed" in rest
     assert not settings.exists()  # gone with the server
+
+
+def test_the_default_settings_file_does_not_depend_on_the_port() -> None:
+    from bundler.medplum.localserver import default_env_file
+
+    assert default_env_file().name == "local-server.env"

@@ -403,8 +403,8 @@ BAD_MAPPINGS = [
      ["m.yaml:5:31: message.sent.timezone: 'Mars/Olympus' is not an IANA time zone (like America/New_York or UTC)",
       "m.yaml:9:14: participants.rules[1].match: not a regular expression: missing ), unterminated subpattern "
       "at position 4",
-      "m.yaml:10:18: participants.rules[1].reference: unknown field {n} (known here: id)",
-      "m.yaml:12:18: participants.rules[2].reference: unknown field {nope} (known here: id, rest)"]),
+      "m.yaml:10:18: participants.rules[1].reference: unknown field {n} (known here: id, name)",
+      "m.yaml:12:18: participants.rules[2].reference: unknown field {nope} (known here: id, name, rest)"]),
     ("thread: {id: conv, topic: 'Re: {subject'}\nmessage:\n  id: mid\n  sender: s\n  sent: t\n"
      "participants: {table: nowhere.csv}\n",
      ["m.yaml:1:27: thread.topic: unmatched '{' in template 'Re: {subject' (write {{ for a literal brace)",

@@ -155,8 +155,8 @@ def test_a_rule_escapes_the_fields_it_puts_in_a_reference() -> None:
     from bundler.migrate.participants import Rule
 
     rule = Rule("Patient?identifier=urn:x|{id}", display="{id}")
-    assert rule.apply("a,b|c", frozenset()) == ("Patient?identifier=urn:x|a\\,b\\|c", "a,b|c")
-    assert rule.apply("+1&2", frozenset()) == ("Patient?identifier=urn:x|+1&2", "+1&2")
+    assert rule.apply("a,b|c", frozenset()) == ("Patient?identifier=urn:x|a\\,b\\|c", "a,b|c", None)  # (no create)
+    assert rule.apply("+1&2", frozenset()) == ("Patient?identifier=urn:x|+1&2", "+1&2", None)
 
 
 def test_readable_aliases_and_keys() -> None:

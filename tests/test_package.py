@@ -51,3 +51,7 @@ def test_demo_loads_reads_back_and_shows_the_walkthrough() -> None:
     assert "📎 files/sports-form.png (bart-school-form-2024-09) read back from Binary/" in text
     assert "bytes, identical to the file" in text
     assert "install" not in note.getvalue()  # the note of a first run is the installer's, and only when it installs
+    assert "None" not in text and "(draft: not sent)  Moe Szyslak →" in text  # a draft's time
+    assert "\ndemo: 10 threads (30 messages) loaded into a strict, empty Medplum server and read back: all match " \
+           "their specs; participants: 16 created, 0 existing\n" in text
+    assert text.rstrip().splitlines()[-1].startswith("  thread-bundler show threads/")  # and where to go next

@@ -60,7 +60,7 @@ OPTIONS: list[dict[str, Any]] = [
     {"alphabet": "ab c", "zones": ("+05:30",), "precisions": (9,), "max_messages": 4},
     {"styles": ("conditional",), "participant_types": ("Organization", "PractitionerRole"), "min_participants": 3},
     {"min_messages": 3, "max_messages": 10, "reply_share": 1.0, "attachment_share": 1.0},
-    {"max_messages": 0, "with_category": False, "styles": ("literal",)},
+    {"min_messages": 0, "max_messages": 0, "with_category": False, "styles": ("literal",)},
     {"text": st.just("ok"), "attachments": False, "key": st.uuids().map(str), "max_participants": 1},
 ]
 
@@ -72,7 +72,8 @@ def test_thread_specs_are_valid_and_honour_their_options(options: dict[str, Any]
     spec = data.draw(thread_specs(**options))
     assert_valid_spec(spec)
     msgs = spec["messages"]
-    assert options.get("min_messages", 0) <= len(msgs) <= options.get("max_messages", 8)
+    assert options.get("min_messages", 1) <= len(msgs) <= options.get("max_messages", 8)  # (no `messages: []`
+    # unless asked: min_messages=0)
     assert options.get("min_participants", 1) <= len(spec["participants"]) <= options.get("max_participants", 5)
     if "alphabet" in options:
         assert all(set(m.get("text", "")) <= set(options["alphabet"]) for m in msgs)

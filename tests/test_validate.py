@@ -415,7 +415,8 @@ def test_cli_clean_spec_and_bundle(tmp_path: Path, cli: click.Command) -> None:
     bundle = _write(tmp_path / "b.json", base())
     result = CliRunner().invoke(cli, [str(FIXTURE), str(bundle)])
     assert result.exit_code == 0, result.output
-    assert "0 errors, 0 warnings in 3 bundles (2 files)" in result.output  # and the spec's participants to create
+    assert ("0 errors, 0 warnings in 3 bundles: 2 threads in 2 files, and 1 bundle of participants to create when "
+            "missing") in result.output
 
 
 def test_cli_errors_exit_1_grouped_by_file_and_entry(tmp_path: Path, cli: click.Command) -> None:

@@ -8,10 +8,9 @@ participants created when missing), read back and shown.
 from __future__ import annotations
 
 import tempfile
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from .. import assets
 from ..build import DEFAULT_IDENTIFIER_SYSTEM
@@ -21,53 +20,17 @@ from ..load.loader import load
 from ..load.report import LoadReport
 from ..load.verify import VerifyResult, read_thread, verify
 from ..medplum.client import ClientCredentials, FhirClient
-from ..medplum.localserver import LocalServer
+from ..medplum.localserver import LocalServer, default_env_file
 from ..spec import ThreadSpec, load_specs
 from ..vocabulary import binary_reference
+from ..words import count
+from .show import format_thread
 
 
 def example_paths() -> list[Path]:
     """The example specs shipped with the package: six threads, the Medplum walkthrough's among them (three keep
     read state, one in each of Medplum's read models)."""
     return [assets.asset_dir("examples")]
-
-
-def format_thread(header: dict[str, Any], messages: Sequence[dict[str, Any]], *, width: int = 88) -> str:
-    """A thread as a person reads it: title, then each message with when, who, to whom and what."""
-    by_ref = {f"Communication/{m['id']}": m for m in messages}
-    lines = _heading(header, len(messages))
-    for m in messages:
-        to = ", ".join(_who(r) for r in m.get("recipient") or ()) or "(nobody)"
-        lines.append(f"  {m.get('sent')}  {_who(m.get('sender'))} → {to}{_reply(m, by_ref)}")
-        lines += [_payload(part, width) for part in m.get("payload") or ()]
-    return "\n".join(lines)
-
-
-def _heading(header: dict[str, Any], messages: int) -> list[str]:
-    title = (header.get("topic") or {}).get("text") or "(no topic)"
-    subject = f" · about {_who(header['subject'])}" if header.get("subject") else ""
-    return [f"━━ {title} ━━", f"   Communication/{header['id']}{subject} · {messages} messages"]
-
-
-def _who(ref: dict[str, Any] | None) -> str:
-    return str((ref or {}).get("display") or (ref or {}).get("reference") or "?")
-
-
-def _reply(message: dict[str, Any], by_ref: dict[str, dict[str, Any]]) -> str:
-    """`↩ who at when` of the (last) message `message` replies to, if any."""
-    reply = ""
-    for r in message.get("inResponseTo") or ():
-        target = by_ref.get(r.get("reference", ""))
-        reply = f"  ↩ {_who(target['sender'])} at {target.get('sent')}" if target else "  ↩ (earlier message)"
-    return reply
-
-
-def _payload(part: dict[str, Any], width: int) -> str:
-    if "contentString" in part:
-        return "\n".join(textwrap.fill(line, width=width, initial_indent="      ", subsequent_indent="      ")
-                         or "      " for line in part["contentString"].split("\n"))
-    att = part.get("contentAttachment") or {}
-    return f"      📎 {att.get('title') or att.get('url')} ({att.get('contentType', '?')})"
 
 
 GENERATED = 4
@@ -103,7 +66,7 @@ def run_demo(paths: Sequence[str | Path] | None, out: TextIO, *, note: TextIO | 
         specs = _specs(paths, participants, Path(tmp), allow_outside_files=allow_outside_files)
         check_bundles(specs, DEFAULT_IDENTIFIER_SYSTEM)
         n = len(specs)
-        say(f"built and validated {n:,} thread{'s' * (n != 1)}; starting a local Medplum server\n")
+        say(f"built and validated {count(n, 'thread')}; starting a local Medplum server\n")
         with LocalServer(check_references_on_write=True) as server:
             say(f"server: {server.base_url} (Medplum fhir-router, in memory, strict: references must exist)\n")
             with FhirClient(server.base_url, ClientCredentials(server.client_id, server.client_secret)) as client:
@@ -113,7 +76,29 @@ def run_demo(paths: Sequence[str | Path] | None, out: TextIO, *, note: TextIO | 
                 results = verify(specs, client)
                 _show(specs, report, results, client, out)
                 _read_back_a_file(specs, report, client, out)
+    _summary(specs, report, results, out)
     return report, results
+
+
+def next_steps() -> str:
+    """Where to go after the demo: the same steps on one's own threads and a local server of one's own."""
+    return (f"next: your own threads, on a local server of your own\n"
+            f"  thread-bundler validate threads/                 # every problem at its file:line:col\n"
+            f"  thread-bundler server &                          # strict, as here; Ctrl-C (or kill %1) stops it\n"
+            f"  set -a; . {default_env_file()}; set +a\n"
+            f"                                                   # MEDPLUM_* for load, verify, show\n"
+            f"  thread-bundler load threads/ && thread-bundler verify threads/\n"
+            f"  thread-bundler show threads/                     # a spec as it reads; --key K: from the server\n")
+
+
+def _summary(specs: list[ThreadSpec], report: LoadReport, results: list[VerifyResult], out: TextIO) -> None:
+    """What the demo did, in one line, and where to go from here."""
+    matched = sum(r.ok for r in results)
+    messages = sum(len(s.messages) for s in specs)
+    verdict = "all match their specs" if matched == len(results) else f"{count(len(results) - matched, 'thread')} " \
+        "differ from their specs (above)"
+    out.write(f"\ndemo: {count(len(specs), 'thread')} ({count(messages, 'message')}) loaded into a strict, empty "
+              f"Medplum server and read back: {verdict}; {report.participants.text()}\n\n{next_steps()}")
 
 
 def _show(specs: list[ThreadSpec], report: LoadReport, results: list[VerifyResult], client: FhirClient,

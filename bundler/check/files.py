@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ class Report:
     issues: list[Issue] = field(default_factory=list)
     files: int = 0
     bundles: int = 0
+    participant_bundles: int = 0  # of `bundles`: the conditional creates of participants to create, as `load` sends
 
     @property
     def errors(self) -> int:
@@ -56,8 +57,8 @@ class Report:
         return sum(i.severity == "warning" for i in self.issues)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"files": self.files, "bundles": self.bundles, "errors": self.errors, "warnings": self.warnings,
-                "issues": [i.to_dict() for i in self.issues]}
+        return {"files": self.files, "bundles": self.bundles, "participant_bundles": self.participant_bundles,
+                "errors": self.errors, "warnings": self.warnings, "issues": [i.to_dict() for i in self.issues]}
 
 
 def input_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Problem]]:
@@ -223,14 +224,15 @@ def _fixed(file: str, line: int) -> Origin:
 def validate_files(paths: Iterable[str | Path], *, limits: str | Limits = "medplum", structure: bool = True,
                    workers: int | None = None, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM,
                    participants: str | Path | ParticipantsFile | None = None, read_model: str | None = None,
-                   allow_outside_files: bool = False) -> Report:
+                   allow_outside_files: bool = False, on_file: Callable[[int, int], None] | None = None) -> Report:
     """Validate every Bundle in `paths`, specs built with `identifier_system`, the participants file
     `participants` and `read_model` overriding the specs' own, and the conditional creates of the specs'
     participants to create (as `load` sends them); raises SpecError if any input cannot be read or built,
     OptionError if `identifier_system` is unusable in identifier searches. `allow_outside_files`: specs may attach
     files outside their own folder (`bundler.spec.load_specs`). Files are read one at a time and their bundles
     validated a batch at a time as they come (`VALIDATE_BATCH`): the memory of a batch, whatever the input's
-    size; every file is read for its problems all the same."""
+    size; every file is read for its problems all the same. `on_file(done, total)` is told each file read (for a
+    progress line)."""
     check_identifier_system(identifier_system)
     shared = read_participants(participants) if participants is not None else None
     files, problems = input_files(paths)
@@ -239,22 +241,25 @@ def validate_files(paths: Iterable[str | Path], *, limits: str | Limits = "medpl
     report = Report(files=len(files))
     pending: list[tuple[Any, Origin]] = []
     try:
-        for file in files:
+        for done, file in enumerate(files, 1):
             found, file_problems = read_bundles(file, identifier_system=identifier_system, keys=keys, shared=shared,
                                                 created=created, read_model=read_model,
                                                 allow_outside_files=allow_outside_files)
             problems.extend(file_problems)
-            if problems:
-                continue  # (every file is still read for its problems; nothing more is validated)
-            pending.extend(found)
-            del found
-            if len(pending) >= VALIDATE_BATCH:
-                _validate_pending(pending, report, limits=limits, structure=structure, workers=workers)
+            if not problems:  # (every file is still read for its problems; nothing more is validated)
+                pending.extend(found)
+                del found
+                if len(pending) >= VALIDATE_BATCH:
+                    _validate_pending(pending, report, limits=limits, structure=structure, workers=workers)
+            if on_file is not None:
+                on_file(done, len(files))
     finally:
         keys.close()
     if problems:
         raise SpecError(problems)
-    pending += created.bundles()
+    creates = created.bundles()
+    report.participant_bundles = len(creates)
+    pending += creates
     _validate_pending(pending, report, limits=limits, structure=structure, workers=workers)
     report.issues += created.displays.issues
     return report

@@ -14,6 +14,7 @@ from .load import doctor_command, load_command, verify_command
 from .migrate import migrate_command, report_command
 from .schema import schema_command
 from .server import server_command
+from .show import show_command
 from .validate import validate_command
 
 
@@ -33,5 +34,5 @@ def main() -> None:
 
 for command in (build_command, validate_command, migrate_command, report_command, load_command, verify_command,
                 export_command, doctor_command, generate_command, demo_command, server_command,
-                schema_command, validate_participants_command, validate_mapping_command):
+                schema_command, validate_participants_command, validate_mapping_command, show_command):
     main.add_command(command)

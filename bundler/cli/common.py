@@ -83,8 +83,19 @@ def deprecated_alias(old: str, dest: str, new: str, **option: Any) -> Callable[[
 def format_option(what: str) -> Callable[[F], F]:
     """`--format text|json`: text for people on stderr/stdout, or `json` (`what` says what it holds) on stdout for
     scripts; the command's argument `format_`."""
-    return click.option("--format", "format_", type=click.Choice(["text", "json"]), default="text",
-                        show_default=True, help=f"Output: text for people, or json: {what}.")
+    def as_json(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.meta["thread-bundler.json"] = True
+
+    def chosen(ctx: click.Context, param: click.Parameter, value: str) -> str:
+        return "json" if ctx.meta.get("thread-bundler.json") else value
+
+    def decorate(func: F) -> F:
+        func = click.option("--format", "format_", type=click.Choice(["text", "json"]), default="text",
+                            show_default=True, callback=chosen, help=f"Output: text for people, or json: {what}.")(func)
+        return click.option("--json", "json_", is_flag=True, is_eager=True, expose_value=False, callback=as_json,
+                            help="The same as --format json: the JSON on stdout, for scripts.")(func)
+    return decorate
 
 
 @overload

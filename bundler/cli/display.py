@@ -6,6 +6,8 @@ same everywhere.
 
 from __future__ import annotations
 
+import io
+import os
 import shutil
 import sys
 import time
@@ -14,14 +16,9 @@ from pathlib import Path
 from typing import TextIO
 
 from ..errors import Problem
+from ..words import count
 
-
-def count(n: int, noun: str | None = None, plural: str | None = None) -> str:
-    """`count(1013)` → '1,013'; with a noun, `count(1, "thread")` → '1 thread', `count(2, "thread")` → '2 threads'
-    (`plural` when it is not the noun + 's')."""
-    if noun is None:
-        return f"{n:,}"
-    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+__all__ = ["Bar", "FileBar", "count", "duration", "fit", "path", "problems_summary", "table"]
 
 
 def path(p: str | Path) -> str:
@@ -69,14 +66,38 @@ def duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-class Bar:
-    """Progress of `total` threads holding `messages` messages; `advance` once per finished thread."""
+CLEAR_LINE = "\r\x1b[2K"
+"""Back to the start of the line and erase it: a rewritten line leaves nothing of a longer one before it."""
+DEFAULT_COLUMNS = 80
+"""The terminal's width when it cannot be told."""
 
-    def __init__(self, label: str, total: int, messages: int, *, stream: TextIO | None = None,
-                 live: bool | None = None, every: float = 5.0) -> None:
+
+def columns(stream: TextIO) -> int:
+    """The width of the terminal `stream` writes to (COLUMNS, else the terminal's own, else 80)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or DEFAULT_COLUMNS
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return shutil.get_terminal_size((DEFAULT_COLUMNS, 24)).columns
+
+
+def fit(line: str, width: int) -> str:
+    """`line` cut to fit `width` columns (with '…'), so that a terminal never wraps it: a wrapped line cannot be
+    rewritten in place."""
+    return line if len(line) < width else line[:max(width - 2, 1)] + "…"
+
+
+class Bar:
+    """Progress of `total` items (threads, unless `unit` says otherwise) holding `messages` messages (None: not
+    counted); `advance` once per finished item. On a terminal (`live`) one line, rewritten in place (cleared first,
+    never wider than the terminal), with a bar when the total is known; elsewhere a quiet line every `every`
+    seconds. `close` ends the line, so that what follows starts on a line of its own."""
+
+    def __init__(self, label: str, total: int, messages: int | None = 0, *, stream: TextIO | None = None,
+                 live: bool | None = None, every: float = 5.0, unit: str = "thread") -> None:
         self.label = label
         self.total = total
         self.messages_total = messages
+        self.unit = unit
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty() if live is None else live
         self.every = every
@@ -84,17 +105,17 @@ class Bar:
         self.messages = 0
         self.failed = 0
         self.started = time.monotonic()
-        self._shown = 0.0
+        self._shown = 0.0 if self.live else self.started  # (quiet lines: the first after `every` seconds)
+        self._open = False  # a live line is on the screen, not yet ended
 
-    def advance(self, messages: int, *, failed: bool = False) -> None:
+    def advance(self, messages: int = 0, *, failed: bool = False) -> None:
         self.done += 1
         self.messages += messages
         self.failed += failed
         now = time.monotonic()
         if self.live and (now - self._shown > 0.1 or self.done == self.total):
             self._shown = now
-            self.stream.write("\r" + self._line(now, bar=True))
-            self.stream.flush()
+            self._show(self._line(now, bar=True))
         elif not self.live and (now - self._shown >= self.every):
             self._shown = now
             self.stream.write(self._line(now, bar=False) + "\n")
@@ -105,31 +126,67 @@ class Bar:
         now = time.monotonic()
         self._shown = now
         line = self._line(now, bar=self.live) + (f" · {note}" if note else "")
-        self.stream.write(("\r" + line) if self.live else line + "\n")
-        self.stream.flush()
+        if self.live:
+            self._show(line)
+        else:
+            self.stream.write(line + "\n")
+            self.stream.flush()
 
     def close(self) -> None:
-        if self.live and self.total:
-            self.stream.write("\r" + self._line(time.monotonic(), bar=True) + "\n")
+        """The last line (done, or how far it got), and a new line after it."""
+        if self.live and self._open:
+            self._show(self._line(time.monotonic(), bar=True))
+            self.stream.write("\n")
             self.stream.flush()
+            self._open = False
+
+    def _show(self, line: str) -> None:
+        self.stream.write(CLEAR_LINE + fit(line, columns(self.stream)))
+        self.stream.flush()
+        self._open = True
 
     def _line(self, now: float, *, bar: bool) -> str:
         elapsed = max(now - self.started, 1e-9)
-        rate = self.messages / elapsed
-        left = self.messages_total - self.messages
+        counted = self.messages_total is not None
+        rate = (self.messages if counted else self.done) / elapsed
+        per = "msg/s" if counted else f"{self.unit}s/s"
         if not self.total:  # a stream: how much is to come is not known
-            text = (f"{self.label} {count(self.done)} threads · {count(self.messages)} messages · "
-                    f"{count(round(rate))} msg/s")
+            text = f"{self.label} {count(self.done, self.unit)}"
+            text += f" · {count(self.messages, 'message')}" if counted else ""
+            text += f" · {count(round(rate))} {per}"
         else:
+            left = ((self.messages_total or 0) - self.messages) if counted else self.total - self.done
             if self.done >= self.total:
                 when = f"done in {duration(elapsed)}"
             else:
                 when = f"ETA {duration(left / rate)}" if rate and left > 0 else "ETA -"
-            text = (f"{self.label} {count(self.done)}/{count(self.total)} threads · {count(self.messages)}/"
-                    f"{count(self.messages_total)} messages · {count(round(rate))} msg/s · {when}")
+            text = f"{self.label} {count(self.done)}/{count(self.total, self.unit)}"
+            text += f" · {count(self.messages)}/{count(self.messages_total or 0, 'message')}" if counted else ""
+            text += f" · {count(round(rate))} {per} · {when}"
         text += f" · {count(self.failed)} failed" if self.failed else ""
-        if not bar:
+        if not bar or not self.total:  # (no bar without a total: it would be full, or empty, all along)
             return text
-        width = max(10, min(30, shutil.get_terminal_size((100, 20)).columns - len(text) - 4))
-        filled = int(width * self.done / self.total) if self.total else width
+        width = max(10, min(30, columns(self.stream) - len(text) - 4))
+        filled = int(width * self.done / self.total)
         return f"[{'#' * filled}{'.' * (width - filled)}] {text}"
+
+
+class FileBar:
+    """A Bar for a call that says `(done, total)` as it goes (`validate_files`' `on_file`): made at the first call,
+    advanced at each. Callable; `close` ends its line."""
+
+    def __init__(self, label: str, *, unit: str = "file", live: bool | None = None) -> None:
+        self.label = label
+        self.unit = unit
+        self.live = live
+        self.bar: Bar | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = Bar(self.label, total, None, live=self.live, unit=self.unit)
+        while self.bar.done < done:
+            self.bar.advance()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -29,7 +29,7 @@ from .common import (
     report_errors,
 )
 from .connect import connection_options, with_client
-from .display import Bar, duration, table
+from .display import Bar, count, duration, table
 from .identifier import identifier_system_option
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -46,7 +46,7 @@ def print_load_report(report: LoadReport, *, show: int = 20) -> None:
         click.echo("\n" + _plan_text(report), err=True)
     else:
         atomic = {True: "atomic", False: "NOT atomic (conditional creates)", None: "not probed"}[report.atomic]
-        click.echo(f"\n{report.requests:,} requests in {duration(report.seconds)}; transactions {atomic}"
+        click.echo(f"\n{count(report.requests, 'request')} in {duration(report.seconds)}; transactions {atomic}"
                    + (f"; concurrency {report.concurrency}" if report.concurrency else "")
                    + (f"; waited {report.waited:.1f}s for the quota" if report.waited >= 0.1 else ""), err=True)
     for t in report.problems[:show]:
@@ -56,11 +56,11 @@ def print_load_report(report: LoadReport, *, show: int = 20) -> None:
     if report.problem_count > show:
         click.echo(f"... and {report.problem_count - show} more (see --report)", err=True)
     if report.unchecked:
-        click.echo(SECRETS.scrub(f"not checked for copies made by another load at the same time: {report.unchecked:,} "
-                                 f"thread{'s' * (report.unchecked != 1)} ({report.unchecked_why}); the next run "
+        click.echo(SECRETS.scrub(f"not checked for copies made by another load at the same time: "
+                                 f"{count(report.unchecked, 'thread')} ({report.unchecked_why}); the next run "
                                  "with this journal checks them"), err=True)
     for t in report.noted[:show]:
-        click.echo(f"note: {t.key}: {len(t.removed)} message{'s' * (len(t.removed) != 1)} on the server no longer "
+        click.echo(f"note: {t.key}: {count(len(t.removed), 'message')} on the server no longer "
                    f"in the spec (not deleted): {', '.join(t.removed[:10])}", err=True)
     if report.noted_count > show:
         click.echo(f"... and {report.noted_count - show} more threads with messages removed from their specs", err=True)
@@ -81,14 +81,15 @@ def _plan_text(report: LoadReport) -> str:
     def one(requests: int, points: int, seconds: float | None) -> str:
         when = (f"about {duration(seconds)} at the server's quota" if seconds is not None else
                 "time unknown: the server sends no RateLimit header, so nothing paces the load")
-        return f"{requests:,} transaction request{'s' * (requests != 1)}, {points:,} quota points; {when}"
+        return f"{count(requests, 'transaction request')}, {count(points, 'quota point')}; {when}"
 
     text = f"plan: {one(plan.requests, plan.points, plan.seconds)}"
     if plan.requests_not_atomic is not None and plan.points_not_atomic is not None:
         text += (f"\n  if the project's transactions are atomic; if they are not (conditional creates): "
                  f"{one(plan.requests_not_atomic, plan.points_not_atomic, plan.seconds_not_atomic)}\n"
                  "  (a real load finds out with a probe; `thread-bundler doctor` tells now)")
-    return text + f"\nincluding {plan.searches:,} searches made to plan; nothing was sent, no journal written"
+    return text + (f"\nincluding {count(plan.searches, 'search', 'searches')} made to plan; nothing was sent, no "
+                   "journal written")
 
 
 class _Concurrency(click.ParamType[Concurrency]):
@@ -274,8 +275,10 @@ def doctor_command(client: FhirClient, format_: str) -> None:
     sys.exit(EXIT_OK if report.ok else EXIT_ISSUES)
 
 
-def print_verify(results: Iterable[VerifyResult], *, show: int = 20) -> bool:
-    """The summary of `results` as they come (the first `show` that differ kept for it); whether all match."""
+def print_verify(results: Iterable[VerifyResult], *, show: int = 20, before: Callable[[], None] | None = None
+                 ) -> bool:
+    """The summary of `results` as they come (the first `show` that differ kept for it); whether all match.
+    `before`: called when every result is in, before the summary (the progress line ended)."""
     good = total = 0
     bad: list[VerifyResult] = []
     for r in results:
@@ -283,7 +286,10 @@ def print_verify(results: Iterable[VerifyResult], *, show: int = 20) -> bool:
         good += r.ok
         if not r.ok and len(bad) < show:
             bad.append(r)
-    click.echo(f"{good:,} of {total:,} threads match their specs", err=True)
+    if before is not None:
+        before()
+    matches = "matches its spec" if total == 1 else "match their specs"
+    click.echo(f"{count(good)} of {count(total, 'thread')} {matches}", err=True)
     for r in bad:
         where = f"{r.file}:{r.line}" if r.line else r.file
         click.echo(f"{where}: {r.key}:", err=True)
@@ -317,10 +323,12 @@ def _json_verified(results: Iterable[VerifyResult]) -> bool:
 @participants_option
 @read_model_option
 @allow_outside_files_option
+@click.option("--progress/--no-progress", default=None, help="A progress line on stderr.  [default: on a terminal]")
 @report_errors(nothing="nothing sent")
 @with_client
 def verify_command(paths: tuple[str, ...], client: FhirClient, identifier_system: str, concurrency: int,
-                   format_: str, participants: Path | None, read_model: str | None, allow_outside_files: bool) -> None:
+                   format_: str, participants: Path | None, read_model: str | None, allow_outside_files: bool,
+                   progress: bool | None) -> None:
     """Read each thread in PATHS back from the server (part-of, _sort=sent, every page) and compare it
     with its spec field by field, in the words `load` uses for what changed.
 
@@ -328,8 +336,20 @@ def verify_command(paths: tuple[str, ...], client: FhirClient, identifier_system
     Example:
       thread-bundler verify threads/
     """
-    results = verify_each(list(paths), client, participants=participants, read_model=read_model,
-                          allow_outside_files=allow_outside_files, identifier_system=identifier_system,
-                          concurrency=concurrency)
-    ok = _json_verified(results) if format_ == "json" else print_verify(results)
+    bars: list[Bar] = []
+
+    def on_start(threads: int | None, messages: int | None) -> None:
+        bars.append(bar := Bar("verifying", threads or 0, messages or 0, live=progress))
+        bar.start()
+
+    def on_thread(result: VerifyResult) -> None:
+        bars[0].advance(result.messages, failed=not result.ok)
+
+    try:
+        results = verify_each(list(paths), client, participants=participants, read_model=read_model,
+                              allow_outside_files=allow_outside_files, identifier_system=identifier_system,
+                              concurrency=concurrency, on_start=on_start, on_thread=on_thread)
+        ok = _json_verified(results) if format_ == "json" else print_verify(results, before=lambda: _close(bars))
+    finally:
+        _close(bars)
     sys.exit(EXIT_OK if ok else EXIT_ISSUES)

@@ -16,6 +16,7 @@ from ..migrate.report import combine, summary_json
 from ..migrate.stream import INDEX_VARIABLE
 from .common import EXIT_ISSUES, EXIT_OK, format_option, read_model_option, report_errors
 from .connect import connection_options, make_client
+from .display import CLEAR_LINE, columns, count, fit
 from .identifier import identifier_system_option
 from .load import load_options, print_loaded, shown_load, sync_options
 
@@ -41,9 +42,9 @@ class _ProgressLine:
             return
         self.last = now
         rate = p.rows / p.seconds if p.seconds else 0.0
-        line = (f"{p.phase}: {p.rows:,} rows read, {p.messages:,} messages in {p.threads:,} threads, "
-                f"{rate:,.0f} rows/s")
-        click.echo(f"\r\x1b[2K{line}", err=True, nl=p.phase == "done")
+        line = (f"{p.phase}: {count(p.rows, 'row')} read, {count(p.messages, 'message')} in "
+                f"{count(p.threads, 'thread')}, {count(round(rate))} rows/s")
+        click.echo(CLEAR_LINE + fit(line, columns(sys.stderr)), err=True, nl=p.phase == "done")
 
 
 def _print_summary(summary: MigrateSummary, *, loading: bool = False) -> None:
@@ -52,7 +53,7 @@ def _print_summary(summary: MigrateSummary, *, loading: bool = False) -> None:
         rows.append(("seconds", f"{summary.seconds:,.1f}"))
     _summary_table(rows)
     if summary.rejects.get("bad-encoding"):
-        click.echo(f"hint: {summary.rejects['bad-encoding']:,} rows have bytes that are not valid in the input "
+        click.echo(f"hint: {count(summary.rejects['bad-encoding'], 'row')} have bytes that are not valid in the input "
                    "encoding: if the export is in another one, set input.encoding in the mapping (latin-1, cp1252, "
                    "...)", err=True)
 
@@ -87,6 +88,10 @@ def _exit_status(summary: MigrateSummary) -> int:
               help="Processes that read and assemble (--to; a load reads in one).  [default: the number of cores, "
                    "at most 4; 1 with --strict]")
 @click.option("--progress/--no-progress", default=None, help="A progress line on stderr.  [default: on a terminal]")
+@click.option("--participants", type=click.Path(path_type=Path, dir_okay=False),
+              help="A participants file (participants: {alias: {reference, display, create}}), keyed by the "
+                   "alias the migration makes of each legacy user id (tel-17735550123 for +17735550123): it comes "
+                   "before the mapping's table and rules; a participant with create is created when missing.")
 @format_option("the summary as --summary writes it")
 @identifier_system_option
 @connection_options
@@ -96,8 +101,8 @@ def _exit_status(summary: MigrateSummary) -> int:
 @report_errors
 def migrate_command(inputs: tuple[str, ...], mapping: str, to: tuple[str, str] | None, load_: bool,
                     shard: Shard | None, rejects: Path | None, summary: Path | None, strict: bool,
-                    work_dir: Path | None, workers: int | None, progress: bool | None, format_: str,
-                    identifier_system: str,
+                    work_dir: Path | None, workers: int | None, progress: bool | None, participants: Path | None,
+                    format_: str, identifier_system: str,
                     base_url: str | None,
                     client_id: str | None, client_secret: str | None, token: str | None, allow_insecure: bool,
                     timeout: float, journal: Path | None, atomic: str, concurrency: int, max_entries: int | None,
@@ -119,13 +124,14 @@ def migrate_command(inputs: tuple[str, ...], mapping: str, to: tuple[str, str] |
       thread-bundler migrate export.csv --mapping mapping.yaml --load --report loaded.json
       thread-bundler migrate export.csv --mapping mapping.yaml --load --update   # a delta run
       thread-bundler migrate export.csv --mapping mapping.yaml --to specs threads/ --read-model tasks
+      thread-bundler migrate sms.csv --mapping m.yaml --load --participants people.yaml   # created when missing
     """
     if (to is None) == (not load_):
         raise click.UsageError("give either --to specs DIR / --to ndjson FILE, or --load")
     if progress is None:
         progress = sys.stderr.isatty()
     options = {"shard": shard, "strict": strict, "rejects": rejects, "summary": summary, "work_dir": work_dir,
-               "identifier_system": identifier_system, "read_model": read_model}
+               "identifier_system": identifier_system, "read_model": read_model, "participants": participants}
     if load_:
         client = make_client(base_url, client_id, client_secret, token, allow_insecure, timeout, concurrency)
         with client:
@@ -139,7 +145,8 @@ def migrate_command(inputs: tuple[str, ...], mapping: str, to: tuple[str, str] |
         print_loaded(done.load, journal_for(list(inputs), journal))
         _print_summary(done, loading=True)
         on_server = sum(done.load.messages.values())
-        click.echo(f"{done.messages:,} messages of {done.threads:,} threads migrated; {on_server:,} messages "
+        click.echo(f"{count(done.messages, 'message')} of {count(done.threads, 'thread')} migrated; "
+                   f"{count(on_server, 'message')} "
                    f"of those threads on the server; rejects in {done.rejects_file}", err=True)
         sys.exit(max(_exit_status(done), EXIT_OK if done.load.ok else EXIT_ISSUES))
     assert to is not None
@@ -190,7 +197,7 @@ def report_command(summaries: tuple[str, ...], format_: str) -> None:
                 "ok": total.ok}
         click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
     _summary_table(total.summary.table())
-    click.echo(f"{len(total.files)} summar{'y' if len(total.files) == 1 else 'ies'}"
+    click.echo(count(len(total.files), "summary", "summaries")
                + (f" of shards {', '.join(f'{k}/{n}' for k, n in sorted(total.shards))}" if total.shards else ""),
                err=True)
     for missing in total.missing_shards:

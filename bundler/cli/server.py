@@ -8,20 +8,21 @@ from pathlib import Path
 import click
 
 from ..errors import BundlerError, PortInUse
-from ..medplum.localserver import DEFAULT_PORT, env_file, serve
+from ..medplum.localserver import DEFAULT_PORT, default_env_file, serve
 from ..vocabulary import DEFAULT_QUOTA_PER_MINUTE
 from .common import deprecated_alias, report_errors
 
 
 @click.command("server", help=f"""Run a local Medplum-compatible FHIR server (in memory) in the foreground, until
-Ctrl-C. Its connection settings, the client secret too, are in a file only you can read while it runs:
-{env_file(DEFAULT_PORT)} for port {DEFAULT_PORT}. The first run installs it (needs npm; about 10-30 s, once).
+Ctrl-C. Strict by default, as `demo` runs it: references must exist (Medplum's checkReferencesOnWrite). Its
+connection settings, the client secret too, are in a file only you can read while it runs ({default_env_file()},
+whatever the port, or --env-file). The first run installs it (needs npm; about 10-30 s, once).
 
 \b
 Examples:
   thread-bundler server
   thread-bundler server --port 0 --no-transaction-bundles     # a project that runs transactions as batches
-  set -a; . {env_file(DEFAULT_PORT)}; set +a; thread-bundler load threads/
+  set -a; . {default_env_file()}; set +a; thread-bundler load threads/    # in another shell
 """)
 @click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
               help="Port (0: any free port).")
@@ -39,18 +40,21 @@ Examples:
               help="Quota points per minute.")
 @click.option("--token-ttl", type=click.IntRange(1), default=3600, show_default=True,
               help="Token lifetime in seconds.")
-@click.option("--check-references-on-write", is_flag=True,
-              help="Refuse references to resources that do not exist (Medplum's checkReferencesOnWrite).")
+@click.option("--check-references-on-write/--no-check-references-on-write", default=True, show_default=True,
+              help="Refuse references to resources that do not exist (Medplum's checkReferencesOnWrite), as the "
+                   "demo does; --no-check-references-on-write: a lenient project.")
 @deprecated_alias("--check-references", "check_references_on_write", "--check-references-on-write", is_flag=True)
 @click.option("--log", type=click.Path(path_type=Path, dir_okay=False),
               help="Append the server's log (one line a request) to this file.")
+@click.option("--env-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help=f"Where to keep the connection settings while it runs.  [default: {default_env_file()}]")
 @report_errors(nothing="no server started")
 def server_command(port: int, host: str, client_id: str | None, client_secret: str | None, show_secret: bool,
                    transaction_bundles: bool, quota: bool, quota_points: int, token_ttl: int,
-                   check_references_on_write: bool, log: Path | None) -> None:
+                   check_references_on_write: bool, log: Path | None, env_file: Path | None) -> None:
     try:
         serve(port=port, host=host, client_id=client_id, client_secret=client_secret, show_secret=show_secret,
               transaction_bundles=transaction_bundles, quota=quota, quota_points=quota_points, token_ttl=token_ttl,
-              check_references_on_write=check_references_on_write, log=log)
+              check_references_on_write=check_references_on_write, log=log, env_file=env_file)
     except PortInUse as exc:
         raise BundlerError(f"{exc}: choose another with --port, or --port 0 for any free one") from exc

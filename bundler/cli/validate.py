@@ -21,7 +21,7 @@ from .common import (
     read_model_option,
     report_errors,
 )
-from .display import count
+from .display import FileBar, count
 from .identifier import identifier_system_option
 
 
@@ -37,8 +37,11 @@ def format_text(report: Report) -> str:
                 f"entry {index}"
             lines.append(f"  {where}" + (f" (line {line})" if line is not None else "") + ":")
             lines.extend(f"    {i.text}" for i in items)
-    lines.append(f"{count(report.errors, 'error')}, {count(report.warnings, 'warning')} in "
-                 f"{count(report.bundles, 'bundle')} ({count(report.files, 'file')})")
+    made = report.participant_bundles
+    where = (f"{count(report.bundles, 'bundle')}: {count(report.bundles - made, 'thread')} in "
+             f"{count(report.files, 'file')}, and {count(made, 'bundle')} of participants to create when missing"
+             if made else f"{count(report.bundles, 'bundle')} ({count(report.files, 'file')})")
+    lines.append(f"{count(report.errors, 'error')}, {count(report.warnings, 'warning')} in {where}")
     return "\n".join(lines)
 
 
@@ -55,10 +58,11 @@ def format_text(report: Report) -> str:
 @participants_option
 @read_model_option
 @allow_outside_files_option
+@click.option("--progress/--no-progress", default=None, help="A progress line on stderr.  [default: on a terminal]")
 @report_errors
 def validate_command(paths: tuple[str, ...], limits: str, format_: str, structure: bool,
                      workers: int | None, identifier_system: str, participants: Path | None,
-                     read_model: str | None, allow_outside_files: bool) -> None:
+                     read_model: str | None, allow_outside_files: bool, progress: bool | None) -> None:
     """Check Bundles in PATHS for everything a Medplum server would reject or store broken.
 
     PATHS are Bundle JSON files, NDJSON files of Bundles (.ndjson), thread specs (.yaml, .yml, .json
@@ -72,9 +76,13 @@ def validate_command(paths: tuple[str, ...], limits: str, format_: str, structur
       thread-bundler validate threads/ --participants people.yaml
       thread-bundler validate threads/ --identifier-system https://example.org/threads
     """
-    report = validate_files(paths, limits=limits, structure=structure, workers=workers,
-                            identifier_system=identifier_system, participants=participants, read_model=read_model,
-                            allow_outside_files=allow_outside_files)
+    bar = FileBar("validating", live=progress)
+    try:
+        report = validate_files(paths, limits=limits, structure=structure, workers=workers,
+                                identifier_system=identifier_system, participants=participants, read_model=read_model,
+                                allow_outside_files=allow_outside_files, on_file=bar)
+    finally:
+        bar.close()
     if format_ == "json":
         click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
     else:

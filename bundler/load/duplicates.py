@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 
 from ..medplum.client import FhirClient, chunked
 from ..vocabulary import IDENTIFIER_SEARCH_COUNT, identifier_token
+from ..words import count
 from .compare import entry_names
 from .report import Duplicate, Outcome, ThreadResult
 from .thread import Thread
@@ -147,7 +148,7 @@ def checked(w: Waiting, copies: dict[int, list[str]]) -> tuple[ThreadResult, str
     else:
         whose = "another load sent them at the same time (with another journal, or none). "
         cleanup = ", remove the other load's journal"
-    advice = (f"{w.t.where(None)}: {n} resource{'s' * (n != 1)} of this thread {'are' if n != 1 else 'is'} on the "
+    advice = (f"{w.t.where(None)}: {count(n, 'resource')} of this thread {'are' if n != 1 else 'is'} on the "
               f"server more than once: {whose}This load's copy is complete and in its journal: delete the other "
               f"copies (duplicates: others), going by one load's report only{cleanup}, then run verify")
     if not w.result.outcome.ok:  # (a failed or partial thread keeps its outcome and says why first)

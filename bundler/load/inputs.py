@@ -55,6 +55,16 @@ def read_threads(threads: Threads, *, participants: str | Path | ParticipantsFil
     return _with_read_model(specs, read_model)
 
 
+def totals(threads: Iterable[ThreadSpec]) -> tuple[int | None, int | None]:
+    """(threads, messages) in `threads` when known before they are read (a list; files, counted by their first
+    pass), for a progress line; None where not (a stream)."""
+    if isinstance(threads, Sequence):
+        return len(threads), sum(len(t.messages) for t in threads)
+    if isinstance(threads, SpecStream):
+        return threads.threads, threads.messages
+    return None, None
+
+
 def _with_read_model(specs: Iterable[ThreadSpec], read_model: str) -> Iterator[ThreadSpec]:
     for spec in specs:
         yield with_read_model(spec, read_model)

@@ -55,7 +55,7 @@ import heapq
 import itertools
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -65,13 +65,13 @@ from ..errors import AuthError, BundlerError, JournalError, NotAtomic, Unreachab
 from ..medplum.client import FhirClient, chunked
 from ..medplum.probe import Atomicity, probe_atomicity, remove_probes
 from ..medplum.ratelimit import Gate
-from ..spec.files import SpecStream
 from ..spec.model import ThreadSpec
 from ..spec.participants import ParticipantsFile
 from ..vocabulary import SEARCH_POINTS, identifier_system_problem
+from ..words import count
 from .concurrency import AUTO, MOST, AutoConcurrency, Concurrency
 from .duplicates import CHECK_AFTER, CHECK_BATCH, NOTE, SEARCH_BATCH, Waiting, checked, find_copies
-from .inputs import Threads, journal_for, read_threads
+from .inputs import Threads, journal_for, read_threads, totals
 from .journal import Entry, Journal, State
 from .machine import Deferred, Settings, ThreadLoad
 from .participants import Ensurer
@@ -96,8 +96,9 @@ class LoadInterrupted(KeyboardInterrupt):
     in"). A `report=` file holds the threads settled so far."""
 
     def __init__(self, report: LoadReport, journal: Path | None = None) -> None:
-        of = f" of {report.total:,}" if report.total is not None else ""
-        super().__init__(f"interrupted: {report.settled:,}{of} threads in")
+        done = count(report.settled) if report.total is not None else count(report.settled, "thread")
+        of = f" of {count(report.total, 'thread')}" if report.total is not None else ""
+        super().__init__(f"interrupted: {done}{of} in")
         self.report = report
         self.journal = journal
 
@@ -226,11 +227,7 @@ def _gating(client: FhirClient, gate: Gate) -> Iterator[None]:
 def _started(threads: Iterable[ThreadSpec], watcher: LoadWatcher | None, dry_run: bool) -> LoadReport:
     """A new report, the watcher told how much there is to do (before anything is searched or sent)."""
     report = LoadReport(dry_run=dry_run)
-    messages = None
-    if isinstance(threads, Sequence):
-        report.total, messages = len(threads), sum(len(t.messages) for t in threads)
-    elif isinstance(threads, SpecStream):  # (files: counted by their first pass)
-        report.total, messages = threads.threads, threads.messages
+    report.total, messages = totals(threads)
     if watcher is not None and watcher.on_start is not None:
         watcher.on_start(report.total, messages)
     return report

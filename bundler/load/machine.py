@@ -44,6 +44,7 @@ from ..medplum.answer import EntryAnswer, TransactionAnswer, blamed_entry, resou
 from ..medplum.client import FhirClient, backoff
 from ..spec.model import Attachment
 from ..vocabulary import READ_POINTS, SEARCH_POINTS, WRITE_POINTS, wire_reference
+from ..words import count
 from .compare import ThreadDiff, compare_thread
 from .journal import UNKNOWN, Entry, Journal, State
 from .layout import Layout, lay_out
@@ -419,7 +420,7 @@ class ThreadLoad:
     def _advice(self) -> str | None:
         if self.pending and not self.s.update:
             n = len(self.pending)
-            return (f"{self.t.where(self.pending[0])}: {n} loaded resource{'s' * (n != 1)} differ{'s' * (n == 1)} "
+            return (f"{self.t.where(self.pending[0])}: {count(n, 'loaded resource')} differ{'s' * (n == 1)} "
                     "from the spec (see changes): not sent; load again with --update to send them as updates")
         return None
 

@@ -34,7 +34,7 @@ from ..vocabulary import (
     stored_reference,
 )
 from .compare import ThreadComparer
-from .inputs import Threads, read_threads
+from .inputs import Threads, read_threads, totals
 
 
 @dataclass
@@ -227,7 +227,8 @@ def message_index(spec: ThreadSpec) -> dict[str, int]:
 def verify(threads: Threads, client: FhirClient, *, participants: str | Path | ParticipantsFile | None = None,
            read_model: str | None = None, allow_outside_files: bool = False,
            identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, concurrency: int = 4,
-           on_thread: Callable[[VerifyResult], None] | None = None) -> list[VerifyResult]:
+           on_thread: Callable[[VerifyResult], None] | None = None,
+           on_start: Callable[[int | None, int | None], None] | None = None) -> list[VerifyResult]:
     """Compare every thread in `threads` with what the server holds; one result per thread, in order. A thread that
     cannot be read back gets its `error`, and the others are verified all the same; only a refused login or an
     unreachable server stops it (raised). What `thread-bundler verify` does, option for option: `threads` are
@@ -235,19 +236,22 @@ def verify(threads: Threads, client: FhirClient, *, participants: str | Path | P
     them (`inputs.read_threads`). `verify_each` gives the same results one at a time, holding none."""
     return list(verify_each(threads, client, participants=participants, read_model=read_model,
                             allow_outside_files=allow_outside_files, identifier_system=identifier_system,
-                            concurrency=concurrency, on_thread=on_thread))
+                            concurrency=concurrency, on_thread=on_thread, on_start=on_start))
 
 
 def verify_each(threads: Threads, client: FhirClient, *, participants: str | Path | ParticipantsFile | None = None,
                 read_model: str | None = None, allow_outside_files: bool = False,
                 identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM, concurrency: int = 4,
-                on_thread: Callable[[VerifyResult], None] | None = None, window: int = 1000
-                ) -> Iterator[VerifyResult]:
+                on_thread: Callable[[VerifyResult], None] | None = None, window: int = 1000,
+                on_start: Callable[[int | None, int | None], None] | None = None) -> Iterator[VerifyResult]:
     """`verify`, its results in order as they come, `window` threads at a time (their headers found together, each
     conditional reference searched once a run): the memory of a window, whatever the input's size. Paths are read
-    (and every file checked: SpecError) when it is called, before anything is searched."""
+    (and every file checked: SpecError) when it is called, before anything is searched; then `on_start` is told
+    (threads, messages) to verify, where known (None: a stream), for a progress line."""
     specs = read_threads(threads, participants=participants, read_model=read_model,
                          allow_outside_files=allow_outside_files)
+    if on_start is not None:
+        on_start(*totals(specs))
     return _verified(specs, client, identifier_system, concurrency, on_thread, window)
 
 

@@ -481,10 +481,11 @@ def _stop_all() -> None:
 # --------------------------------------------------------------------------- command line
 
 
-def env_file(port: int) -> Path:
-    """Where `thread-bundler server` keeps the connection settings of the server on `port` (the client secret
-    too, readable by the user only) while it runs."""
-    return cache_root() / f"local-server-{port}.env"
+def default_env_file() -> Path:
+    """Where `thread-bundler server` keeps the connection settings of the server it runs (the client secret too,
+    readable by the user only) while it runs: one name whatever the port, so one line points the other commands at
+    it (`set -a; . <file>; set +a`). A second server started meanwhile takes it over (or give `--env-file`)."""
+    return cache_root() / "local-server.env"
 
 
 DEFAULT_PORT = 8103
@@ -494,12 +495,14 @@ DEFAULT_PORT = 8103
 def serve(*, port: int = DEFAULT_PORT, host: str = "127.0.0.1", client_id: str | None = None,
           client_secret: str | None = None, show_secret: bool = False, transaction_bundles: bool = True,
           quota: bool = False, quota_points: int = DEFAULT_QUOTA_PER_MINUTE, token_ttl: int = 3600,
-          check_references_on_write: bool = False, log: Path | None = None, out: IO[str] | None = None,
-          stop: threading.Event | None = None) -> None:
+          check_references_on_write: bool = True, log: Path | None = None, env_file: Path | None = None,
+          out: IO[str] | None = None, stop: threading.Event | None = None) -> None:
     """Run a local server in the foreground until SIGINT or SIGTERM (or `stop` is set): what `thread-bundler
-    server` does, option for option. Its connection settings go to `out` (default stdout) and, the client
-    secret too, to `env_file(port)`, readable by the user only and removed when it stops; the secret is printed
-    only with `show_secret`. client_id, client_secret: default $MEDPLUM_LOCAL_CLIENT_ID (else
+    server` does, option for option. Strict by default, as `demo` runs it (references must exist: Medplum's
+    `checkReferencesOnWrite`; `check_references_on_write=False` for a lenient one). Its connection settings go to
+    `out` (default stdout) and, the client secret too, to `env_file` (default `default_env_file()`), readable by the
+    user only and removed when it stops (unless another server has taken it over); the secret is printed only with
+    `show_secret`. What stopped is said on `out`. client_id, client_secret: default $MEDPLUM_LOCAL_CLIENT_ID (else
     thread-bundler-local), $MEDPLUM_LOCAL_CLIENT_SECRET (else a random one). PortInUse, LocalServerError when
     it cannot start."""
     out = out if out is not None else sys.stdout
@@ -514,10 +517,11 @@ def serve(*, port: int = DEFAULT_PORT, host: str = "127.0.0.1", client_id: str |
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
     server.start()
-    settings = env_file(int(server.base_url.rstrip("/").rsplit(":", 1)[1]))
+    settings = env_file if env_file is not None else default_env_file()
+    written = (f"MEDPLUM_BASE_URL={server.base_url}\nMEDPLUM_CLIENT_ID={server.client_id}\n"
+               f"MEDPLUM_CLIENT_SECRET={server.client_secret}\n")
     try:
-        _write_private(settings, f"MEDPLUM_BASE_URL={server.base_url}\nMEDPLUM_CLIENT_ID={server.client_id}\n"
-                                 f"MEDPLUM_CLIENT_SECRET={server.client_secret}\n")
+        _write_private(settings, written)
         print(f"MEDPLUM_BASE_URL={server.base_url}", file=out)
         print(f"FHIR base:        {server.fhir_base}", file=out)
         print(f"MEDPLUM_CLIENT_ID={server.client_id}", file=out)
@@ -525,12 +529,22 @@ def serve(*, port: int = DEFAULT_PORT, host: str = "127.0.0.1", client_id: str |
             print(f"MEDPLUM_CLIENT_SECRET={server.client_secret}", file=out)
         else:
             print(f"client secret:    in {settings} (readable by you only), or restart with --show-secret", file=out)
+        strict = "strict: references must exist" if check_references_on_write else "lenient: references not checked"
+        print(f"project:          {strict}; transactions {'atomic' if transaction_bundles else 'run as batches'}",
+              file=out)
+        print(f"other shells:     set -a; . {settings}; set +a", file=out)
         print("Ctrl-C to stop.", file=out, flush=True)
         while not stop.is_set() and server.running:
             stop.wait(0.5)
     finally:
-        settings.unlink(missing_ok=True)
+        ours = _read(settings) == written
+        if ours:
+            settings.unlink(missing_ok=True)
+        was_running = server.running
         server.stop()
+        how = "stopped" if was_running else "ended by itself"
+        print(f"{how}: the local Medplum server at {server.base_url}"
+              + (f"; {settings} removed" if ours else ""), file=out, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -542,6 +556,13 @@ def main(argv: list[str] | None = None) -> int:
         server_command.main(argv, prog_name="python -m bundler.medplum.localserver")
     except SystemExit as exc:  # (click's main always ends so)
         return exc.code if isinstance(exc.code, int) else 1
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return None
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from ..spec.model import Attachment, Coding, Participant, ThreadSpec
+from ..spec.model import Attachment, Coding, CreateResource, Participant, ThreadSpec
 from ..spec.records import without_defaults
 from ..spec.source import Document, Path_, Position
 from ..vocabulary import DEFAULT_STATUS, SIMPLE_MAX_PARTICIPANTS, parse_instant, reference_type
@@ -72,7 +72,7 @@ class Assembler:
         self.files = files
         self.strict = strict
         self._aliases: dict[str, str] = {}  # legacy user id → make_alias(id), bounded
-        self._participants: dict[tuple[str, str, str | None], Participant] = {}  # see _participant, bounded
+        self._participants: dict[tuple[str, str, str | None, str | None], Participant] = {}  # _participant
         self.read_model = mapping.read_model
         self.reads = read_table(mapping.reads) if mapping.reads is not None else {}
 
@@ -153,7 +153,7 @@ class Assembler:
         accepted_ids: dict[str, str] = {}  # legacy id → message id
         used_ids: dict[str, str] = {}  # message id → legacy id
         unlinked: set[int] = set()  # index in accepted of replies kept without their link
-        people: dict[str, Resolved] = {}  # legacy user id → (reference, display), in order of appearance
+        people: dict[str, Resolved] = {}  # legacy user id → (reference, display, create), in order of appearance
         resolve = self.resolve
         fits = MESSAGE_ID_FITS
         for rec in records:
@@ -241,8 +241,8 @@ class Assembler:
                 thread_status = rec.thread_status
             if thread_priority is None:
                 thread_priority = rec.thread_priority
-        participants = {aliases[u]: self._participant(aliases[u], ref, display or names.get(u))
-                        for u, (ref, display) in people.items()}
+        participants = {aliases[u]: self._participant(aliases[u], ref, display or names.get(u), create)
+                        for u, (ref, display, create) in people.items()}
         everyone = set(participants)
         others: dict[str, set[str]] = {}  # sender alias → everyone but the sender: the default recipients
         reads = bool(self.reads)
@@ -308,14 +308,17 @@ class Assembler:
                                read_model=self._read_model(records[0], len(participants), reject)),
         )
 
-    def _participant(self, alias: str, reference: str, display: str | None) -> Participant:
+    def _participant(self, alias: str, reference: str, display: str | None, create: CreateResource | None
+                     ) -> Participant:
         """The Participant of these values: one object for all the threads that name it alike (it is immutable),
-        made and checked once while it stays in the cache."""
-        cached = self._participants.get((alias, reference, display))
+        made and checked once while it stays in the cache. With `create`, `load` creates it when missing."""
+        key = (alias, reference, display, create)
+        cached = self._participants.get(key)
         if cached is None:
             if len(self._participants) >= _PARTICIPANT_CACHE:
                 self._participants.clear()
-            cached = self._participants[(alias, reference, display)] = Participant(alias, reference, display)
+            cached = self._participants[key] = Participant(alias, reference, display,
+                                                            create.resource() if create is not None else None)
         return cached
 
     def _read_model(self, rec: MessageRecord, participants: int, reject: Callable[[tuple[int, Reject]], None]

@@ -98,6 +98,8 @@ class Groups(Protocol):
 
     def roles_of(self, legacy_id: str) -> frozenset[str]: ...
 
+    def name_of(self, legacy_id: str) -> str | None: ...
+
     def add_rejects(self, rejects: list[tuple[int, Reject]]) -> None: ...
 
     def rejects(self) -> Iterator[tuple[int, Reject]]: ...
@@ -125,6 +127,8 @@ class GroupStore:
         self.db.execute(f"CREATE TABLE rejects ({_REJECT_COLUMNS})")
         self.db.execute("CREATE TABLE roles (id TEXT NOT NULL, role TEXT NOT NULL, PRIMARY KEY (id, role)) "
                         "WITHOUT ROWID")
+        self.db.execute("CREATE TABLE names (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, name TEXT NOT NULL) "
+                        "WITHOUT ROWID")
         self.db.execute("BEGIN")
 
     def add(self, rows: list[Row]) -> None:
@@ -135,6 +139,16 @@ class GroupStore:
 
     def roles_of(self, legacy_id: str) -> frozenset[str]:
         return frozenset(r for (r,) in self.db.execute("SELECT role FROM roles WHERE id = ?", (legacy_id,)))
+
+    def add_names(self, names: list[tuple[str, int, str]]) -> None:
+        """(user id, input order, name): the first name in input order is kept for each user."""
+        self.db.executemany("INSERT INTO names VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, "
+                            "name = excluded.name WHERE excluded.seq < names.seq", names)
+
+    def name_of(self, legacy_id: str) -> str | None:
+        """The first name the export gives this user (message.sender_display, in input order), or None."""
+        got = self.db.execute("SELECT name FROM names WHERE id = ?", (legacy_id,)).fetchone()
+        return got[0] if got else None
 
     def add_rejects(self, rejects: list[tuple[int, Reject]]) -> None:
         _insert_rejects(self.db, rejects)
@@ -210,6 +224,8 @@ class SealedStores:
         self._where = (" WHERE " + " AND ".join(where)) if where else ""
         self._bounds = [b for b in (lo, hi) if b is not None]
         self._roles = " UNION ".join(f"SELECT role FROM s{i}.roles WHERE id = ?1" for i in range(self.n))
+        self._names = (" UNION ALL ".join(f"SELECT seq, name FROM s{i}.names WHERE id = ?1" for i in range(self.n))
+                       + " ORDER BY seq LIMIT 1")
 
     def groups(self) -> Iterator[Group]:
         """Like GroupStore.groups, for the keys in [lo, hi) of every store."""
@@ -218,6 +234,11 @@ class SealedStores:
 
     def roles_of(self, legacy_id: str) -> frozenset[str]:
         return frozenset(r for (r,) in self.db.execute(self._roles, (legacy_id,)))
+
+    def name_of(self, legacy_id: str) -> str | None:
+        """The first name any process's store holds for this user, in input order."""
+        got = self.db.execute(self._names, (legacy_id,)).fetchone()
+        return got[1] if got else None
 
     def add_rejects(self, rejects: list[tuple[int, Reject]]) -> None:
         _insert_rejects(self.db, rejects)

@@ -537,7 +537,8 @@ def read_mapping_problems(doc: Document, base: Path) -> tuple[MigrationMapping, 
         m.skip = _skip(data["skip"], problems, doc)
     if section("participants"):
         participants, more = load_participants(section("participants"), doc, base,
-                                               has_roles=m.sender_role is not None)
+                                               has_roles=m.sender_role is not None,
+                                               has_names=m.sender_display is not None)
         m.participants = participants
         problems.extend(more)
     return m, problems

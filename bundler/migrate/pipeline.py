@@ -34,6 +34,7 @@ from ..errors import BundlerError
 from ..files import TEMP_PREFIX, atomic_file, held_folder, remove_leftovers, staged_folder, write_atomic
 from ..spec.dump import dump_yaml
 from ..spec.model import ThreadSpec, parse_spec
+from ..spec.participants import ParticipantsFile, read_participants
 from ..vocabulary import READ_MODELS
 from .grouping import SCRATCH_PREFIX, GroupStore, SealedStores, max_stores
 from .mapping import MigrationMapping, load_mapping
@@ -89,7 +90,8 @@ def migrate(inputs: Sequence[str | Path], mapping: str | Path | MigrationMapping
             client: FhirClient | None = None, shard: Shard | str | None = None, strict: bool = False,
             rejects: str | Path | None = None, summary: str | Path | None = None, work_dir: str | Path | None = None,
             progress: ProgressFn | None = None, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM,
-            read_model: str | None = None, workers: int | None = None, **load_options: Any) -> MigrateSummary:
+            read_model: str | None = None, participants: str | Path | ParticipantsFile | None = None,
+            workers: int | None = None, **load_options: Any) -> MigrateSummary:
     """Migrate a legacy export: one YAML spec per thread into folder `out` (`to='specs'`), one transaction
     Bundle per line into file `out` (`to='ndjson'`), or the threads loaded into the server behind `client`
     (`to='load'`, with `load_options`: every argument of `bundler.load.load`, such as `journal` (default
@@ -99,7 +101,10 @@ def migrate(inputs: Sequence[str | Path], mapping: str | Path | MigrationMapping
     Output appears only when the run completes (written aside, then moved in); rejects go to
     `rejects` (default `<out>.rejects.jsonl`; loading, `<first input>.rejects.jsonl`), and the summary as
     JSON to `summary` (for `combine`) when given. `read_model` overrides the mapping's `thread.read_model`.
-    See `iter_threads` for the rest.
+    `participants`: a participants file (as `load` takes) whose entries, keyed by the alias the migration makes of
+    each legacy user id (`tel-17735550123` for `+17735550123`; the id itself when it is an alias already),
+    come before the mapping's table and rules: with `create`, `load` creates them
+    when missing. See `iter_threads` for the rest.
 
     `workers` processes (default: the CPU count, at most 4; 1 with `strict` or `to='load'`; at most as many
     as SQLite can read together, 10): each judges and stores a share of the rows, then assembles one range of
@@ -118,7 +123,7 @@ def migrate(inputs: Sequence[str | Path], mapping: str | Path | MigrationMapping
         raise BundlerError("give out= to write specs or ndjson, and not when loading (to='load')")
     if to != "load" and load_options:
         raise BundlerError(f"{', '.join(sorted(load_options))}: options of to='load' only")
-    mapping = _with_read_model(mapping, read_model)
+    mapping = _with_participants(_with_read_model(mapping, read_model), participants)
     where = (Shard.parse(shard) if isinstance(shard, str) else shard)
     if to == "load":
         if client is None:
@@ -148,6 +153,16 @@ def _with_read_model(mapping: str | Path | MigrationMapping, read_model: str | N
         raise BundlerError(f"read_model must be one of {', '.join(READ_MODELS)}, not {read_model!r}")
     loaded = mapping if isinstance(mapping, MigrationMapping) else load_mapping(mapping)
     return dataclasses.replace(loaded, read_model=read_model)
+
+
+def _with_participants(mapping: str | Path | MigrationMapping, participants: str | Path | ParticipantsFile | None
+                       ) -> str | Path | MigrationMapping:
+    """The mapping, or with a participants file a copy of it whose participants come from that file first."""
+    if participants is None:
+        return mapping
+    shared = read_participants(participants)
+    loaded = mapping if isinstance(mapping, MigrationMapping) else load_mapping(mapping)
+    return dataclasses.replace(loaded, participants=loaded.participants.with_file(shared))
 
 
 def _migrate_load(inputs: Sequence[str | Path], mapping: str | Path | MigrationMapping, client: FhirClient, *,

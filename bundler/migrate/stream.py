@@ -310,6 +310,9 @@ class ThreadStream(Iterator[ThreadSpec]):
         batch: list[tuple[str, int, int, bytes]] = []
         roles: list[tuple[str, str]] = []
         with_roles = self.mapping.sender_role is not None
+        names: list[tuple[str, int, str]] = []  # (user, input order, name): for a create's {name}
+        with_names = self.mapping.participants.uses_names
+        named: set[str] = set()  # users whose name this process has stored (the first it saw wins)
         fits = KEY_FITS
         stored = 0
         next_tick = PROGRESS_EVERY
@@ -359,14 +362,21 @@ class ThreadStream(Iterator[ThreadSpec]):
                 batch.append((key, micros, seq, encode(message_record)))
                 if with_roles and message_record.sender_role:
                     roles.append((message_record.sender, message_record.sender_role))
+                if with_names and message_record.sender_display and message_record.sender not in named:
+                    named.add(message_record.sender)
+                    names.append((message_record.sender, seq, message_record.sender_display))
                 if len(batch) >= BATCH:
                     store.add(batch)
                     batch.clear()
                     if roles:
                         store.add_roles(roles)
                         roles.clear()
+                    if names:
+                        store.add_names(names)
+                        names.clear()
         store.add(batch)
         store.add_roles(roles)
+        store.add_names(names)
         store.add_rejects(rejects)
         store.finish_loading()
         self._tick("reading")
@@ -376,7 +386,9 @@ class ThreadStream(Iterator[ThreadSpec]):
         """Step 2: the groups of `store`, in key order, assembled into threads. Counts messages, threads
         and rejects into `summary`; rows rejected here go into `store`, beside those of step 1."""
         s = self.summary
-        resolve = self.mapping.participants.resolver(store.roles_of if self.mapping.participants.uses_roles else None)
+        people = self.mapping.participants
+        resolve = people.resolver(store.roles_of if people.uses_roles else None,
+                                  store.name_of if people.uses_names else None)
         assemble = Assembler(self.mapping, resolve, [src.file for src in self.sources], strict=self.strict,
                              origins=self.origins)
         rejects: list[tuple[int, Reject]] = []

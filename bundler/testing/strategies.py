@@ -467,7 +467,7 @@ def _thread_read_state(draw: st.DrawFn, participants: int, read_models: Sequence
 _READ_SHARES: dict[str, float] = {"read_share": 0.3, "received_share": 0.1, "priority_share": 0.1}
 
 
-def thread_specs(*, min_participants: int = 1, max_participants: int = 5, min_messages: int = 0,
+def thread_specs(*, min_participants: int = 1, max_participants: int = 5, min_messages: int = 1,
                  max_messages: int = 8, reply_share: float = 0.3, attachments: bool = True,
                  attachment_share: float = 0.1, recipient_share: float = 0.2, id_share: float = 0.5,
                  with_category: bool = True,
@@ -479,8 +479,10 @@ def thread_specs(*, min_participants: int = 1, max_participants: int = 5, min_me
                  ) -> st.SearchStrategy[dict[str, Any]]:
     """A thread spec as plain data (as read from YAML/JSON), valid per the JSON Schema and `parse_spec`.
 
-    Header fields (subject: a Patient, sender, sent, status, category) are each present or not;
-    participants and messages as in `participants()` and `messages()` (`styles` and
+    Header fields (subject: a Patient, sender, sent, status, category) are each present or not; between
+    `min_messages` and `max_messages` messages (at least one by default: a thread of no messages, `messages: []`,
+    is valid but rare in life; `min_messages=0` asks for it too); participants and messages as in `participants()`
+    and `messages()` (`styles` and
     `participant_types` go to `participants`, the message options to `messages`); `key` draws the thread key
     (default `keys(thread=True)`; hypothesis repeats examples, so against a server set a fresh key in the test body).
     With `read_state` (the default) messages may have readers, a received time or a priority (see `messages()`),
