@@ -60,6 +60,14 @@ def test_the_rules_page_is_written_from_the_registry() -> None:
         assert re.search(rf"^\| `{re.escape(code)}` \| {severity} \|", page, re.M), code
 
 
+def test_the_benchmark_charts_draw_their_tables() -> None:
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "charts.py"), "--check"], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    page = (DOCS / "benchmarks.md").read_text(encoding="utf-8")
+    assert page.count("<!-- chart: ") == page.count("](img/bench-") >= 5
+
+
 def test_every_task_guide_has_commands_to_run() -> None:
     for name in GUIDES:
         assert guide_blocks(name), f"{name} has no ```bash block: nothing of it would be tested"
