@@ -68,6 +68,14 @@ def test_the_benchmark_charts_draw_their_tables() -> None:
     assert page.count("<!-- chart: ") == page.count("](img/bench-") >= 5
 
 
+@pytest.mark.parametrize("page", ["README.md", "docs/reference/spec-format.md"])
+def test_the_example_shown_is_the_fixture_it_names(page: str) -> None:
+    text = (ROOT / page).read_text(encoding="utf-8")
+    shown = re.search(r"`fixtures/threads/homer-lab-results\.yaml` is the thread.*?```yaml\n(.*?)```", text, re.S)
+    assert shown is not None
+    assert shown.group(1) == (ROOT / "fixtures" / "threads" / "homer-lab-results.yaml").read_text(encoding="utf-8")
+
+
 def test_every_task_guide_has_commands_to_run() -> None:
     for name in GUIDES:
         assert guide_blocks(name), f"{name} has no ```bash block: nothing of it would be tested"
