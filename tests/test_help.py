@@ -52,12 +52,13 @@ DOCS = {path.relative_to(ROOT).as_posix(): path.read_text(encoding="utf-8")
 CLI_PAGE = DOCS["docs/reference/cli.md"]
 
 
-def test_the_command_line_page_names_every_option() -> None:
-    section = CLI_PAGE[:CLI_PAGE.index("## Every command and option")]  # the hand-written part (the rest is generated)
-    missing = [f"{name} {option.opts[-1]}" for name, command in main.commands.items() for option in _options(command)
-               if option.opts[-1] != "--help" and not any(re.search(rf"`[^`]*{re.escape(o)}\b", section)
-                                                          for o in option.opts)]
-    assert missing == []
+def test_the_command_line_page_has_a_row_for_every_command() -> None:
+    """Every option is on the page through mkdocs-click (tests/test_docs.py builds it); the hand-written table
+    says what each command is for, so a new command needs its row."""
+    section = CLI_PAGE[:CLI_PAGE.index("## Every command and option")]
+    rows = set(re.findall(r"^\| \[`([a-z]+)[^`]*`\]\(#thread-bundler-\1\) \|", section, re.M))
+    assert rows == set(main.commands)
+    assert "::: mkdocs-click" in CLI_PAGE[CLI_PAGE.index("## Every command and option"):]
 
 
 def test_the_docs_list_every_rule_code_for_invalid_bundles() -> None:
