@@ -8,9 +8,15 @@ renamed or reworded in the registry shows here at the next build, and `mkdocs bu
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
-from bundler.check.issues import RULES, SPEC_RULES
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # the site documents this checkout (mkdocs-click and mkdocstrings too), not an install
+    sys.path.insert(0, str(ROOT))
+
+from bundler.check.issues import RULES, SPEC_RULES  # noqa: E402
 
 PLACEHOLDER = "<!-- rules -->"
 FAMILIES = {"bundle": "The Bundle", "entry": "Entries", "ref": "References", "thread": "Threads",
