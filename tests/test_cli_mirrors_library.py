@@ -1,6 +1,7 @@
 """Each command a thin layer over one library call with the same options (sqlite-utils' rule): every option of
 a command is a keyword argument of its call, by the same name, so a script gets what the command gets; the few
-that are not are display or the connection (the client the call is given), listed here and in README's table."""
+that are not are display or the connection (the client the call is given), listed here and in the table of
+docs/reference/cli.md."""
 
 from __future__ import annotations
 
@@ -106,11 +107,11 @@ def test_the_server_s_old_flag_still_sets_its_argument(args: list[str], referenc
     assert ("deprecated" in result.stderr) == (args == ["--check-references"])
 
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+CLI_PAGE = (Path(__file__).resolve().parent.parent / "docs" / "reference" / "cli.md").read_text(encoding="utf-8")
 
 
-def test_the_readme_table_names_every_command_with_its_call() -> None:
-    section = README[README.index("### The command line and the library"):]
+def test_the_docs_table_names_every_command_with_its_call() -> None:
+    section = CLI_PAGE[CLI_PAGE.index("## The command line and the library"):]
     section = section[:section.index("\n## ")]
     for name, call in CALLS.items():
         row = re.search(rf"^\| `{name}` \| `([^`]+)`", section, re.M)
