@@ -272,9 +272,24 @@ def held_folder(prefix: str, parent: str | Path | None = None) -> tuple[Path, in
     base = Path(parent) if parent is not None else Path(tempfile.gettempdir())
     base.mkdir(parents=True, exist_ok=True)
     remove_abandoned(base, prefix)
-    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
-    fd = os.open(folder / _HELD, os.O_RDWR | os.O_CREAT, 0o644)
-    _lock(fd, wait=False)
+    if sys.platform == "win32":  # pragma: no cover - (an open file cannot be renamed there)
+        folder = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+        fd = os.open(folder / _HELD, os.O_RDWR | os.O_CREAT, 0o644)
+        _lock(fd, wait=False)
+        return folder, fd
+    # The lock is taken before its file is where `remove_abandoned` looks: made under a name no one judges, locked,
+    # then moved into the new folder. (Made in place, another process's `remove_abandoned` could find it unlocked
+    # between its creation and its lock, and remove the folder being made.)
+    fd, aside = tempfile.mkstemp(prefix=f".{prefix}lock-", dir=base)
+    try:
+        _lock(fd, wait=False)
+        folder = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+        os.replace(aside, folder / _HELD)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(aside)
+        raise
     return folder, fd
 
 

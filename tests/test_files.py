@@ -50,3 +50,31 @@ def test_an_error_while_writing_names_the_folder(tmp_path: Path) -> None:
         raise OSError(28, "No space left on device", "/tmp/.thread-bundler-staging-x/a.json")
     assert info.value.filename == str(tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_folder_being_held_is_never_judged_abandoned_before_its_lock_is_taken(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process's `remove_abandoned` may run at any moment of `held_folder`; the worst is just before the
+    lock is taken. Then it must find nothing it could take for a killed run's folder."""
+    from bundler import files
+
+    judged: list[list[Path]] = []
+    lock = files._lock
+
+    def another_process_looks_first(fd: int, *, wait: bool) -> bool:
+        if not judged:  # (the first lock taken is held_folder's; remove_abandoned's own are let through)
+            judged.append([])
+            judged[0] = files.remove_abandoned(tmp_path, "run-")
+        return lock(fd, wait=wait)
+
+    monkeypatch.setattr(files, "_lock", another_process_looks_first)
+    folder, fd = files.held_folder("run-", tmp_path)
+    monkeypatch.undo()
+    try:
+        assert judged == [[]]
+        assert folder.is_dir() and (folder / ".held").is_file()
+        assert files.remove_abandoned(tmp_path, "run-") == []  # held: left alone
+    finally:
+        os.close(fd)
+    assert files.remove_abandoned(tmp_path, "run-") == [folder]  # let go: a later run removes it
+    assert list(tmp_path.iterdir()) == []
