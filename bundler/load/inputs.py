@@ -8,6 +8,7 @@ first, then read again a file at a time as the threads are sent).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeGuard
@@ -53,6 +54,17 @@ def read_threads(threads: Threads, *, participants: str | Path | ParticipantsFil
     if isinstance(specs, Sequence):
         return [with_read_model(s, read_model) for s in specs]
     return _with_read_model(specs, read_model)
+
+
+def windows(specs: Iterable[ThreadSpec], size: int) -> Iterator[list[ThreadSpec]]:
+    """`specs` in lists of `size` (the last one shorter): how `load` and `verify` read a stream. Each list is emptied
+    before the next is read, so that its specs (and the spec file's data they point at) are let go before the next
+    file is read: a caller that keeps its name for the list keeps an empty one, not a window's worth of specs beside
+    the next."""
+    it = iter(specs)
+    while chunk := list(itertools.islice(it, max(1, size))):
+        yield chunk
+        chunk.clear()
 
 
 def _with_read_model(specs: Iterable[ThreadSpec], read_model: str) -> Iterator[ThreadSpec]:
