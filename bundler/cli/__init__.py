@@ -12,6 +12,7 @@ from .load import doctor_command, load_command, verify_command
 from .migrate import migrate_command, report_command
 from .schema import schema_command
 from .server import server_command
+from .startup import cap_arenas
 from .validate import validate_command
 
 
@@ -20,6 +21,7 @@ from .validate import validate_command
 def main() -> None:
     """Turn conversation thread specs (YAML/JSON) into FHIR R4 transaction Bundles for Medplum,
     check them, and load them atomically into a Medplum project."""
+    cap_arenas()  # (before any thread is started: the process's peak memory stays that of one window)
 
 
 for command in (build_command, validate_command, migrate_command, report_command, load_command, verify_command,
