@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..malloc import cap_arenas
 from .build import build_command
 from .demo import demo_command
 from .export import export_command
@@ -12,7 +13,6 @@ from .load import doctor_command, load_command, verify_command
 from .migrate import migrate_command, report_command
 from .schema import schema_command
 from .server import server_command
-from .startup import cap_arenas
 from .validate import validate_command
 
 

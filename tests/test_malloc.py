@@ -1,4 +1,4 @@
-"""The command's own process: glibc's malloc arenas capped before any command runs (`bundler.cli.startup`), so that a
+"""The command's own process: glibc's malloc arenas capped before any command runs (`bundler.malloc`), so that a
 load's worker threads share two arenas instead of holding freed memory in one each (`bench/memory.py` measures the
 peak). Observed through glibc's own account of its arenas (`malloc_stats`), never through memory figures."""
 
@@ -8,21 +8,25 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 import bundler.cli
+import bundler.load.inputs
 from bundler.cli import main
-from bundler.cli.startup import ARENAS, cap_arenas
+from bundler.load.inputs import windows
+from bundler.malloc import ARENAS, cap_arenas
 
 REPO = Path(__file__).resolve().parent.parent
 glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's arenas")
 
 ARENAS_USED = """
 import ctypes, sys, threading
-from bundler.cli.startup import cap_arenas
+from bundler.malloc import cap_arenas
 if sys.argv[1] == "cap":
     cap_arenas()
 libc = ctypes.CDLL(None)
@@ -74,3 +78,48 @@ def test_every_command_caps_the_arenas_before_it_runs(monkeypatch: pytest.Monkey
     result = CliRunner().invoke(main, ["validate", str(REPO / "fixtures/threads")])
     assert result.exit_code == 0, result.output
     assert calls == ["cap", "validate"]
+
+
+GIVEN_BACK = """
+import ctypes
+from bundler.malloc import give_back
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+def resident():
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS")) // 1024
+blocks = [libc.malloc(32 * 1024) for _ in range(2000)]   # 64 MB in the heap (under glibc's mmap threshold)
+for block in blocks:
+    ctypes.memset(block, 1, 32 * 1024)
+for block in blocks[:-1]:
+    libc.free(block)                                      # freed, but the last one keeps the heap's top in place
+before = resident()
+give_back()
+print(before - resident())
+"""
+
+
+@glibc
+def test_memory_freed_in_the_middle_of_the_heap_is_given_back() -> None:
+    run = subprocess.run([sys.executable, "-c", GIVEN_BACK], capture_output=True, text=True, check=True, cwd=REPO)
+    assert int(run.stdout) >= 48  # MB of the 64 freed (the rest: pages a free chunk's header keeps)
+
+
+def test_each_window_is_emptied_and_its_memory_given_back_before_the_next_is_read(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    monkeypatch.setattr(bundler.load.inputs, "give_back", lambda: events.append("give back"))
+
+    def specs() -> Iterator[Any]:
+        for n in range(5):
+            events.append(f"read {n}")
+            yield n
+
+    seen = []
+    for window in windows(specs(), 2):
+        events.append(f"window {window}")
+        seen.append(window)
+    assert events == ["read 0", "read 1", "window [0, 1]", "give back", "read 2", "read 3", "window [2, 3]",
+                      "give back", "read 4", "window [4]", "give back"]
+    assert seen == [[], [], []]  # (the caller's lists: emptied)
