@@ -6,10 +6,14 @@
 For each size, spec files of `--per-file` threads (1 header + `--messages` messages each; JSON arrays written
 from `common.synthetic_specs`) are written into a folder, and each command runs on the folder in a fresh process
 (`common.run_command`: the kernel's peak resident memory of the process, from wait4):
-`thread-bundler validate DIR`, `build DIR -o OUT`, `load DIR` and `verify DIR` (these two into the local server,
-emptied before each load). The library path is the same call in a fresh process of its own (`--child`):
-`validate_files([DIR])`, `build_files([DIR], out=OUT)`, `load([DIR], client)`, `verify([DIR], client)`; and the
-`load` of a stream of specs made in memory (`bench/load.py --memory`'s, no files) for reference.
+`thread-bundler validate DIR`, `build DIR -o OUT`, `load DIR`, `verify DIR` and `export -o OUT` (these three with
+the local server, emptied before each load; export writes back what the load put there). The library path is the
+same call in a fresh process of its own (`--child`): `validate_files([DIR])`, `build_files([DIR], out=OUT)`,
+`load([DIR], client)`, `verify([DIR], client)`, `export(client, OUT)`.
+
+`--variant NAME:VAR=VALUE,...` runs the commands again with those environment variables, beside the plain run in
+the same run (so the machine's load is shared alike): e.g. `--variant arenas8:MALLOC_ARENA_MAX=8` against the
+command's own cap of glibc's malloc arenas (`bundler.malloc`).
 
 Target (issue 22): every command under 150 MB, and flat within 10% from 100,000 to 1,000,000 messages.
 """
@@ -40,13 +44,13 @@ from common import (
     synthetic_specs,
 )
 
-COMMANDS = ("validate", "build", "load", "verify")
+COMMANDS = ("validate", "build", "load", "verify", "export")
 
 
 @dataclass
 class Row:
     command: str
-    path: str  # "command" or "library"
+    path: str  # "command" or "library", or the name of a --variant (the command with its environment)
     messages: int
     threads: int
     seconds: float
@@ -88,6 +92,13 @@ def child(command: str, folder: str, out: str) -> None:
         from bundler.bundle_files import build_files
 
         build_files([folder], out=Path(out))
+    elif command == "export":
+        from bundler.export import export
+        from bundler.medplum.client import ClientCredentials, FhirClient
+
+        with FhirClient(os.environ["MEDPLUM_BASE_URL"], ClientCredentials(os.environ["MEDPLUM_CLIENT_ID"],
+                                                                          os.environ["MEDPLUM_CLIENT_SECRET"])) as c:
+            export(c, Path(out) / "export")
     else:
         from bundler.load.loader import load
         from bundler.load.verify import verify_each
@@ -106,7 +117,7 @@ def child(command: str, folder: str, out: str) -> None:
 
 
 def measure(sizes: list[int], per_thread: int, per_file: int, commands: list[str], library: bool,
-            say: Callable[[str], None]) -> list[Row]:
+            say: Callable[[str], None], variants: dict[str, dict[str, str]] | None = None) -> list[Row]:
     rows: list[Row] = []
     with open_target() as target, tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         env = {"MEDPLUM_BASE_URL": target.base_url, "MEDPLUM_CLIENT_ID": target.client_id,
@@ -115,18 +126,21 @@ def measure(sizes: list[int], per_thread: int, per_file: int, commands: list[str
             folder = Path(tmp) / f"specs-{size}"
             threads = write_specs(folder, size, per_thread, per_file)
             say(f"{size:,} messages: {threads:,} threads in {len(list(folder.iterdir()))} files")
-            for path in ("command", "library") if library else ("command",):
+            paths = ["command", *(variants or {}), *(["library"] if library else [])]
+            for path in paths:
                 for command in commands:
                     out = Path(tmp) / f"out-{size}-{path}-{command}"
                     out.mkdir()
                     if command == "load":
                         target.reset()
-                    if path == "command":
+                    if path != "library":
                         args = {"validate": ["validate", str(folder)], "build": ["build", str(folder), "-o", str(out)],
                                 "load": ["load", str(folder), "--no-progress", "--journal",
                                          str(out / "journal.sqlite")],
-                                "verify": ["verify", str(folder)]}[command]
-                        run = run_command(args, env=env, check=command != "validate")
+                                "verify": ["verify", str(folder)],
+                                "export": ["export", "-o", str(out / "export"), "--no-progress"]}[command]
+                        run = run_command(args, env={**env, **(variants or {}).get(path, {})},
+                                          check=command != "validate")
                         if command == "validate" and run.returncode not in (0, 1):
                             raise SystemExit(f"validate exited {run.returncode}:\n{run.stderr[-3000:]}")
                         seconds, peak = run.seconds, run.peak_mb
@@ -153,9 +167,19 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
                      for s in sizes]
             ratio = (f"{by_size[sizes[-1]].peak_mb / by_size[sizes[0]].peak_mb:.2f}"
                      if sizes[0] in by_size and sizes[-1] in by_size else "-")
-            shown = f"thread-bundler {command} DIR" if path == "command" else f"{command}([DIR]) (library)"
+            shown = {"command": f"thread-bundler {command}", "library": f"{command} (library)"}.get(
+                path, f"thread-bundler {command} ({path})")
             out.append([shown, path, *cells, ratio])
     return header, out
+
+
+def variants(given: list[str]) -> dict[str, dict[str, str]]:
+    """`--variant NAME:VAR=VALUE,...` → {NAME: {VAR: VALUE}}."""
+    out = {}
+    for item in given:
+        name, _, assignments = item.partition(":")
+        out[name] = dict(a.split("=", 1) for a in assignments.split(",") if a)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-file", type=int, default=1000, help="threads a spec file")
     parser.add_argument("--commands", default=",".join(COMMANDS), help="which commands, comma-separated")
     parser.add_argument("--no-library", action="store_true", help="the commands only, not the library path")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:VAR=VALUE,...",
+                        help="the commands again with these environment variables (repeatable)")
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--child", nargs=3, metavar=("COMMAND", "DIR", "OUT"), help=argparse.SUPPRESS)
@@ -180,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             print(text, file=sys.stderr, flush=True)
 
     rows = measure([int(s) for s in args.sizes.split(",")], args.messages, args.per_file,
-                   args.commands.split(","), not args.no_library, say)
+                   args.commands.split(","), not args.no_library, say, variants(args.variant))
     header, body = table(rows)
     load_average = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
     caption = (f"Peak memory (MB, the whole process: wait4's ru_maxrss) and seconds, spec files of {args.per_file:,} "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import gc
 import itertools
 import json
 import os
@@ -11,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,7 @@ from bundler import DEFAULT_IDENTIFIER_SYSTEM, load_specs, parse_spec
 from bundler.errors import BundlerError
 from bundler.load import LoadWatcher, Outcome
 from bundler.load.compare import diff_thread
-from bundler.load.verify import read_thread, resolve_references, verify
+from bundler.load.verify import read_thread, resolve_references, verify, verify_each
 from bundler.medplum.client import ClientCredentials
 from bundler.spec import ThreadSpec
 from bundler.testing.strategies import sample_specs
@@ -426,6 +428,44 @@ def test_a_stream_of_threads_is_loaded_a_window_at_a_time(project: Any, tmp_path
         assert report.counts() == {Outcome.LOADED: 23} and sorted(seen) == sorted(pulled)
         assert all(n == 2 for _, n in progress_calls)
         assert_exactly_once(client, specs, project)
+
+
+class Pulled:
+    """A stream of specs made as they are pulled (nothing else holds them), which notes, as each window's first spec
+    is pulled, how many specs of the windows before are still held: by the loader, or whoever read it."""
+
+    def __init__(self, data: list[dict[str, Any]], window: int) -> None:
+        self.data, self.window = data, window
+        self.refs: list[weakref.ref[Any]] = []
+        self.held: list[int] = []  # at the start of each window after the first
+
+    def __iter__(self) -> Any:
+        for n, item in enumerate(self.data):
+            if n and n % self.window == 0:
+                gc.collect()
+                self.held.append(sum(ref() is not None for ref in self.refs))
+            spec = parse_spec(item)
+            self.refs.append(weakref.ref(spec))
+            yield spec
+            del spec
+
+
+def test_a_window_of_threads_is_let_go_before_the_next_is_read(project: Any, tmp_path: Path) -> None:
+    """`load` holds one window of specs at a time (what keeps its memory flat on a folder of any size): the last
+    window's specs, and the spec file's data they point at, are let go before the next window is read."""
+    stream = Pulled(sample_specs(12, 2, seed=7, prefix=project.prefix), window=4)
+    with client_for(project) as client:
+        report = load(stream, client, journal=tmp_path / "j.sqlite", window=4)
+    assert report.counts() == {Outcome.LOADED: 12}
+    assert stream.held == [0, 0]
+
+
+def test_verify_lets_a_window_go_before_reading_the_next(project: Any) -> None:
+    stream = Pulled(sample_specs(12, 2, seed=8, prefix=project.prefix), window=4)
+    with client_for(project) as client:
+        results = list(verify_each(stream, client, window=4))
+    assert [r.differences for r in results] == [["not on the server (no header with its identifier)"]] * 12
+    assert stream.held == [0, 0]
 
 
 def test_verify_reports_what_changed_on_the_server(project: Any, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..malloc import cap_arenas
 from ..versions import version_text
 from .build import build_command
 from .check_files import validate_mapping_command, validate_participants_command
@@ -30,6 +31,7 @@ def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> N
 def main() -> None:
     """Turn conversation thread specs (YAML/JSON) into FHIR R4 transaction Bundles for Medplum,
     check them, and load them atomically into a Medplum project."""
+    cap_arenas()  # (before any thread is started: the process's peak memory stays that of one window)
 
 
 for command in (build_command, validate_command, migrate_command, report_command, load_command, verify_command,

@@ -8,11 +8,13 @@ first, then read again a file at a time as the threads are sent).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeGuard
 
 from ..errors import BundlerError
+from ..malloc import give_back
 from ..spec.files import SpecStream
 from ..spec.model import ThreadSpec, with_read_model
 from ..spec.participants import ParticipantsFile
@@ -63,6 +65,18 @@ def totals(threads: Iterable[ThreadSpec]) -> tuple[int | None, int | None]:
     if isinstance(threads, SpecStream):
         return threads.threads, threads.messages
     return None, None
+
+
+def windows(specs: Iterable[ThreadSpec], size: int) -> Iterator[list[ThreadSpec]]:
+    """`specs` in lists of `size` (the last one shorter): how `load` and `verify` read a stream. Each list is emptied
+    before the next is read, so that its specs (and the spec file's data they point at) are let go before the next
+    file is read: a caller that keeps its name for the list keeps an empty one, not a window's worth of specs beside
+    the next; and the memory they held is given back to the system (`malloc.give_back`)."""
+    it = iter(specs)
+    while chunk := list(itertools.islice(it, max(1, size))):
+        yield chunk
+        chunk.clear()
+        give_back()
 
 
 def _with_read_model(specs: Iterable[ThreadSpec], read_model: str) -> Iterator[ThreadSpec]:

@@ -71,7 +71,7 @@ from ..vocabulary import SEARCH_POINTS, identifier_system_problem
 from ..words import count
 from .concurrency import AUTO, MOST, AutoConcurrency, Concurrency
 from .duplicates import CHECK_AFTER, CHECK_BATCH, NOTE, SEARCH_BATCH, Waiting, checked, find_copies
-from .inputs import Threads, journal_for, read_threads, totals
+from .inputs import Threads, journal_for, read_threads, totals, windows
 from .journal import Entry, Journal, State
 from .machine import Deferred, Settings, ThreadLoad
 from .participants import Ensurer
@@ -190,7 +190,7 @@ def _load(threads: Iterable[ThreadSpec], client: FhirClient, *, journal: Path, i
                    limits=RequestLimits(max_bytes=max_bytes, max_entries=max_entries), watcher=watcher,
                    keep=keep_results, dry_run=dry_run, gate=gate)
         try:
-            for chunk in _batched(threads, max(1, window)):
+            for chunk in windows(threads, window):
                 run.window([run.numbered(Thread(spec, identifier_system)) for spec in chunk])
             run.finish()
             if dry_run:
@@ -255,12 +255,6 @@ def _close(report: LoadReport, run: _Run, client: FhirClient, started: float, re
     if run.plan is not None:
         report.plan = run.planned()
     return report
-
-
-def _batched(items: Iterable[ThreadSpec], size: int) -> Iterable[list[ThreadSpec]]:
-    it = iter(items)
-    while chunk := list(itertools.islice(it, size)):
-        yield chunk
 
 
 def _fatal(exc: BundlerError) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +33,7 @@ from ..vocabulary import (
     stored_reference,
 )
 from .compare import ThreadComparer
-from .inputs import Threads, read_threads, totals
+from .inputs import Threads, read_threads, totals, windows
 
 
 @dataclass
@@ -289,8 +288,7 @@ def _verified(specs: Iterable[ThreadSpec], client: FhirClient, identifier_system
         return result
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="verify") as pool:
-        it = iter(specs)
-        while chunk := list(itertools.islice(it, max(1, window))):
+        for chunk in windows(specs, window):
             headers = client.find_identifiers("Communication", [f"{identifier_system}|{s.key}" for s in chunk])
             resolved = resolver.stored(sorted(conditional_references(chunk)))
             yield from pool.map(functools.partial(one, headers, resolved), chunk)
