@@ -71,3 +71,11 @@ def test_the_docs_list_every_rule_code_for_invalid_bundles() -> None:
 def test_the_install_commands_quote_their_brackets() -> None:
     for text in (README, *DOCS.values()):
         assert re.findall(r"pip install [^'\n]*\[", text) == []
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    """CI runs `.ci/run`, which must run exactly README's command that sets up and passes the tests."""
+    ci = [line for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+          if line.startswith("python3 -m venv")]
+    assert len(ci) == 1
+    assert ci[0] in README.split("Set up and run the tests", 1)[1].split("```", 2)[1]
