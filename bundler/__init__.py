@@ -26,6 +26,7 @@ _WHERE = {
     "BearerToken": "medplum.auth", "ClientCredentials": "medplum.auth", "FhirClient": "medplum.client",
     "DoctorReport": "medplum.doctor", "doctor": "medplum.doctor",
     "LoadReport": "load", "VerifyResult": "load", "load": "load", "verify": "load",
+    "DedupeResult": "load", "dedupe": "load",
     "ExportReport": "export", "export": "export",
     "MigrateSummary": "migrate", "iter_threads": "migrate", "migrate": "migrate",
     # what goes wrong
@@ -38,11 +39,11 @@ _WHERE = {
 
 __all__ = [
     "DEFAULT_IDENTIFIER_SYSTEM", "AuthError", "BearerToken", "BuildSummary", "BundlerError", "ClientCredentials",
-    "DoctorReport", "ExportReport", "FhirClient", "FileLocked", "Issue", "JournalBusy", "JournalError", "LoadReport",
-    "LocalServerError", "MigrateSummary", "NotAtomic", "OptionError", "PortInUse", "Problem", "ServerError",
-    "SpecError", "ThreadSpec", "Throttled", "UnknownOutcome", "Unreachable", "VerifyResult",
-    "build_bundle", "build_bundles", "build_files", "bundle_bytes", "doctor", "export", "generate", "iter_threads",
-    "load", "load_specs", "migrate", "parse_spec", "validate", "validate_files", "verify",
+    "DedupeResult", "DoctorReport", "ExportReport", "FhirClient", "FileLocked", "Issue", "JournalBusy",
+    "JournalError", "LoadReport", "LocalServerError", "MigrateSummary", "NotAtomic", "OptionError", "PortInUse",
+    "Problem", "ServerError", "SpecError", "ThreadSpec", "Throttled", "UnknownOutcome", "Unreachable", "VerifyResult",
+    "build_bundle", "build_bundles", "build_files", "bundle_bytes", "dedupe", "doctor", "export", "generate",
+    "iter_threads", "load", "load_specs", "migrate", "parse_spec", "validate", "validate_files", "verify",
 ]
 
 

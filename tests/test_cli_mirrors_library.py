@@ -26,7 +26,7 @@ from bundler.cli import main
 from bundler.errors import BundlerError
 from bundler.export import export
 from bundler.generator import generate
-from bundler.load import LoadInterrupted, LoadReport, load, verify
+from bundler.load import LoadInterrupted, LoadReport, dedupe, load, verify
 from bundler.medplum.auth import BearerToken
 from bundler.medplum.client import FhirClient
 from bundler.medplum.doctor import doctor
@@ -41,7 +41,7 @@ CALLS: dict[str, Callable[..., Any]] = {
     "build": build_files, "validate": validate_files, "migrate": migrate, "report": combine, "load": load,
     "verify": verify, "export": export, "doctor": doctor, "generate": generate, "demo": run_demo, "server": serve,
     "schema": write_schema, "validate-participants": read_participants, "validate-mapping": load_mapping,
-    "show": show,
+    "show": show, "dedupe": dedupe,
 }
 """Every command's one library call."""
 

@@ -32,7 +32,8 @@ from loadkit import (
 )
 
 from bundler import build_bundle, parse_spec
-from bundler.load import Outcome
+from bundler.load import Outcome, verify
+from bundler.load.dedupe import dedupe
 from bundler.testing.strategies import sample_specs
 from bundler.vocabulary import SERIALIZATION_FAILURE
 
@@ -93,27 +94,33 @@ def test_two_loads_with_two_journals_at_once_never_leave_a_silent_double(project
             assert not doubled and all(proc.returncode == 0 for proc in procs.values()), out
             return
         assert doubled, "both loads sent every thread before either committed: the check had doubles to find"
-        # what README says to do: delete the other copies one report lists, remove the other load's journal
-        keep = next(name for name in procs if _reported(reports[name]))
-        other = "b" if keep == "a" else "a"
-        assert "duplicated:" in out[keep] and "(this load's)" in out[keep]
+        assert all("duplicated:" in out[name] and "(this load's)" in out[name] for name in procs
+                   if _reported(reports[name])), out
+        # what the duplicated threads' advice says: dedupe with every load's report, each load again, verify
+        reports_given = [str(tmp_path / f"{name}.json") for name in procs]
+        dry = cli(["dedupe", *reports_given, "--dry-run", "--json"], env(project))
+        assert dry.returncode == 0, dry.stderr
+        planned = json.loads(dry.stdout)
+        assert planned["dry_run"] and planned["deleted"] == 0
+        assert sum(len(t["delete"]) for t in planned["threads"]) == sum(counts[i] - 1 for i in doubled)
         with client_for(project) as client:
-            for ref in {r for t in reports[keep]["threads"] for d in t.get("duplicates", ()) for r in d["others"]}:
-                client.delete(ref)
-        (tmp_path / f"{other}.sqlite").unlink()
+            assert copies(client, specs, whole_store=project.server is not None) == counts, "a dry run deletes nothing"
+        deduped = cli(["dedupe", *reports_given], env(project))
+        assert deduped.returncode == 0, deduped.stderr
+        assert "now run each load again with its journal" in deduped.stderr
         proxy.clear()  # (the journals keep the server's address: run again at the same one)
-        again = {name: cli(args(name), {**env(project), "MEDPLUM_BASE_URL": proxy.url}) for name in (keep, other)}
+        again = {name: cli(args(name), {**env(project), "MEDPLUM_BASE_URL": proxy.url}) for name in procs}
     assert all(run.returncode == 0 for run in again.values()), {k: v.stderr for k, v in again.items()}
-    kept = json.loads((tmp_path / f"{keep}.json").read_text())["counts"]
-    assert kept == {"skipped": 6}, "checked again (the journal's notes), and found once each"
-    assert json.loads((tmp_path / f"{other}.json").read_text())["counts"] == {"existing": 6}
+    for name in procs:  # each journal's copy was kept (skipped), or deleted and the thread found again (existing)
+        counted = json.loads((tmp_path / f"{name}.json").read_text())["counts"]
+        assert set(counted) <= {"skipped", "existing"} and sum(counted.values()) == 6, (name, counted)
     verified = cli(["verify", str(tmp_path / "threads")], env(project))
     assert verified.returncode == 0, verified.stderr
     with client_for(project) as client:
         assert_exactly_once(client, specs, project)
 
 
-def test_a_copy_made_while_a_load_ran_is_found_by_its_check_and_checked_again_next_run(project: Any,
+def test_a_copy_made_while_a_load_ran_is_found_by_its_check_and_dedupe_keeps_the_one_no_journal_doubts(project: Any,
                                                                                        tmp_path: Path) -> None:
     specs = specs_for(project, 3, 2, seed=4)
     key = specs[1].key
@@ -129,12 +136,12 @@ def test_a_copy_made_while_a_load_ran_is_found_by_its_check_and_checked_again_ne
                        until=lambda log: False))
         with client_for(project, proxy.url) as client, client_for(project) as other:
             first: dict[str, Any] = {}
-            runner = threading.Thread(target=lambda: first.update(report=load(specs, client,
-                                                                              journal=tmp_path / "a.sqlite")))
+            runner = threading.Thread(target=lambda: first.update(report=load(
+                specs, client, journal=tmp_path / "a.sqlite", report=tmp_path / "a.json")))
             runner.start()
             try:
                 assert proxy.wait(others_in, timeout=60)
-                meanwhile = load(specs, other, journal=tmp_path / "b.sqlite")
+                meanwhile = load(specs, other, journal=tmp_path / "b.sqlite", report=tmp_path / "b.json")
                 assert meanwhile.ok and meanwhile.counts() == {"existing": 2, "loaded": 1}
             finally:
                 proxy.release()
@@ -145,13 +152,28 @@ def test_a_copy_made_while_a_load_ran_is_found_by_its_check_and_checked_again_ne
             assert doubled.key == key and len(doubled.duplicates) == 3  # the header and its two messages
             assert all(d.ours and len(d.others) == 1 for d in doubled.duplicates)
             assert "another load sent them at the same time" in (doubled.error or "")
+            assert "thread-bundler dedupe" in (doubled.error or "")
             assert report.counts() == {"duplicated": 1, "loaded": 2}
             again = load(specs, client, journal=tmp_path / "a.sqlite")  # the next run checks it again: still said
             assert again.counts() == {"duplicated": 1, "skipped": 2}
-            for d in doubled.duplicates:
-                client.delete(d.others[0])
-            clean = load(specs, client, journal=tmp_path / "a.sqlite")
-            assert clean.ok and clean.counts() == {"skipped": 3}
+            # b's check ran before a's copy committed: only a's report lists the thread. Going by it alone ("delete
+            # the others") would delete b's copy under b's journal, which skips the thread next time, trusting it
+            [decision] = dedupe([tmp_path / "a.json", tmp_path / "b.json"], other).decisions
+            assert sorted(decision.delete) == sorted(str(d.ours) for d in doubled.duplicates), "a's copy goes"
+            assert sorted(decision.keep.values()) == sorted(d.others[0] for d in doubled.duplicates)
+            assert "found no copies" in decision.why
+            assert_exactly_once(client, specs, project)
+            seen = len(proxy.log)
+            clean = load(specs, client, journal=tmp_path / "a.sqlite")  # its copy gone: found again, in this run
+            assert clean.ok and clean.counts() == {"existing": 1, "skipped": 2}
+            assert not transactions(proxy.log[seen:], project.prefix), "nothing sent: found"
+            [found] = [t for t in clean.threads if t.key == key]
+            assert {f"Communication/{found.header_id}"} == {decision.keep[d.identifier] for d in doubled.duplicates
+                                                             if d.entry == "header"}
+            assert load(specs, client, journal=tmp_path / "a.sqlite").counts() == {"skipped": 3}, "journaled"
+            assert load(specs, other, journal=tmp_path / "b.sqlite").counts() == {"skipped": 3}
+            verified = verify(specs, other)
+            assert all(v.ok for v in verified), [v.differences for v in verified]
             assert_exactly_once(client, specs, project)
 
 

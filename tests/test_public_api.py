@@ -17,7 +17,7 @@ PUBLIC = {
     "generate", "ThreadSpec", "load_specs", "parse_spec", "Issue", "validate", "validate_files",
     # talking to a server
     "BearerToken", "ClientCredentials", "FhirClient", "DoctorReport", "doctor", "LoadReport", "VerifyResult", "load",
-    "verify", "ExportReport", "export", "MigrateSummary", "iter_threads", "migrate",
+    "verify", "DedupeResult", "dedupe", "ExportReport", "export", "MigrateSummary", "iter_threads", "migrate",
     # what goes wrong
     "Problem", "BundlerError", "SpecError", "OptionError", "ServerError", "AuthError", "Throttled", "Unreachable",
     "UnknownOutcome", "NotAtomic", "FileLocked", "JournalError", "JournalBusy", "LocalServerError", "PortInUse",

@@ -8,6 +8,7 @@ from ..malloc import cap_arenas
 from ..versions import version_text
 from .build import build_command
 from .check_files import validate_mapping_command, validate_participants_command
+from .dedupe import dedupe_command
 from .demo import demo_command
 from .export import export_command
 from .generate import generate_command
@@ -36,5 +37,5 @@ def main() -> None:
 
 for command in (build_command, validate_command, migrate_command, report_command, load_command, verify_command,
                 export_command, doctor_command, generate_command, demo_command, server_command,
-                schema_command, validate_participants_command, validate_mapping_command, show_command):
+                schema_command, validate_participants_command, validate_mapping_command, show_command, dedupe_command):
     main.add_command(command)

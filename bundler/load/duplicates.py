@@ -17,7 +17,10 @@ whose plain creates a conditional one cannot see coming.
 A thread found with copies is `duplicated` (a problem: exit 1), its result naming each entry the server holds
 more than once, this load's copy and the others (`Duplicate`). Its journal row stays committed, with this load's
 ids, and notes it (the row's error: `NOTE`), so that the next run with that journal checks the thread again
-instead of skipping it, until the server holds one copy.
+instead of skipping it, until the server holds one copy. `dedupe` (given every such load's report) keeps one copy
+of each thread: a load whose copy it deleted finds that out on its next run, forgets its row and finds the thread
+again by identifier in the same run (`existing`). A thread the pre-check finds more than once (no journal row:
+`found_twice`) is not loaded, and is `duplicated` too.
 """
 
 from __future__ import annotations
@@ -122,18 +125,12 @@ def _params(chunk: list[str]) -> dict[str, str]:
 def checked(w: Waiting, copies: dict[int, list[str]]) -> tuple[ThreadResult, str | None, bool]:
     """What the check of `w` found, as (its result, the journal's note for its row, whether the row no longer
     matches the server and is to be forgotten). The note is None when the server holds one copy of each."""
+    if w.again and any(w.ids.get(w.t.urls[n]) not in refs for n, refs in copies.items()):
+        return w.result, None, True  # someone removed this journal's copy (`dedupe`), keeping another or none
     names = entry_names(w.t.spec)
     duplicates = [Duplicate(names[n], w.t.identifiers[n], ours, [ref for ref in refs if ref != ours])
                   for n, refs in sorted(copies.items()) if len(refs) > 1
                   for ours in [w.ids.get(w.t.urls[n])]]
-    if w.again and not duplicates:
-        gone = [n for n, refs in sorted(copies.items()) if refs != [w.ids.get(w.t.urls[n])]]
-        if gone:  # someone removed this journal's copy (and kept another, or none)
-            return replace(w.result, outcome=Outcome.FAILED, header_id=None, message_ids={}, error=(
-                f"{w.t.where(gone[0])}: {names[gone[0]]}: the journal's copy of it is no longer on the server "
-                f"(duplicates were removed since an earlier run found them): the journal forgets the thread; run "
-                "again to find what is on the server by identifier and load what is missing")), None, True
-        return w.result, None, False
     if not duplicates:
         return w.result, None, False
     n = len(duplicates)
@@ -144,13 +141,26 @@ def checked(w: Waiting, copies: dict[int, list[str]]) -> tuple[ThreadResult, str
                  "--late-margin seconds later, and sent it again; the lost request landed after all (the server took "
                  "longer than --timeout plus --late-margin). On a server this slow, raise --late-margin or use "
                  "--exactly-once strict. ")
-        cleanup = ""
     else:
         whose = "another load sent them at the same time (with another journal, or none). "
-        cleanup = ", remove the other load's journal"
     advice = (f"{w.t.where(None)}: {count(n, 'resource')} of this thread {'are' if n != 1 else 'is'} on the "
-              f"server more than once: {whose}This load's copy is complete and in its journal: delete the other "
-              f"copies (duplicates: others), going by one load's report only{cleanup}, then run verify")
+              f"server more than once: {whose}This load's copy is complete and in its journal. {DEDUPE}")
+    result = replace(w.result, duplicates=duplicates, landed_late=w.lost)
     if not w.result.outcome.ok:  # (a failed or partial thread keeps its outcome and says why first)
-        return replace(w.result, duplicates=duplicates, error=f"{w.result.error}; {note}"), None, False
-    return replace(w.result, outcome=Outcome.DUPLICATED, duplicates=duplicates, error=advice), note, False
+        return replace(result, error=f"{w.result.error}; {note}"), None, False
+    return replace(result, outcome=Outcome.DUPLICATED, error=advice), note, False
+
+
+def found_twice(t: Thread, headers: list[str]) -> ThreadResult:
+    """A thread the pre-check found on the server more than once (its header's identifier on several headers):
+    not loaded (which copy would it complete?), told as `duplicated`, naming them; no journal row."""
+    names = entry_names(t.spec)
+    return t.result(Outcome.DUPLICATED, {}, duplicates=[Duplicate(names[0], t.identifiers[0], None, headers)],
+                    error=f"{t.where(None)}: the server holds this thread {len(headers)} times (its header's "
+                          f"identifier {t.identifiers[0]} is on {', '.join(headers)}): loads that ran at the same "
+                          f"time, with other journals or none, each made one; nothing was sent. {DEDUPE}")
+
+
+DEDUPE = ("Run `thread-bundler dedupe` with the --report of every load that ran then (it keeps one copy of each "
+          "thread and deletes the others), run each load again with its journal, then run verify")
+"""What to do about copies, as a duplicated thread's error says it."""

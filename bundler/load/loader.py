@@ -26,7 +26,8 @@ Exactly once, in five layers:
 5. another load of the same threads at the same time, with another journal, is not seen by any of these: once a
    thread's requests are in, the identifiers it sent are looked for on the server (`duplicates`, a batch of
    threads to a request), and a thread found there twice is `duplicated`, said and noted in the journal (strict
-   mode's conditional creates prevent it: the check then finds nothing).
+   mode's conditional creates prevent it: the check then finds nothing); `dedupe`, given every load's report,
+   keeps one copy, and a load whose copy it deleted finds the thread again on its next run.
 
 A thread already loaded is synced with its spec: new messages are sent, and only they, as a part pointing
 at the header's server id (replies at their targets' server ids); changed fields are found (by the
@@ -70,7 +71,7 @@ from ..spec.participants import ParticipantsFile
 from ..vocabulary import SEARCH_POINTS, identifier_system_problem
 from ..words import count
 from .concurrency import AUTO, MOST, AutoConcurrency, Concurrency
-from .duplicates import CHECK_AFTER, CHECK_BATCH, NOTE, SEARCH_BATCH, Waiting, checked, find_copies
+from .duplicates import CHECK_AFTER, CHECK_BATCH, NOTE, SEARCH_BATCH, Waiting, checked, find_copies, found_twice
 from .inputs import Threads, journal_for, read_threads, totals, windows
 from .journal import Entry, Journal, State
 from .machine import Deferred, Settings, ThreadLoad
@@ -287,6 +288,7 @@ class _Run:
         self.gate = gate
         self.futures: dict[Future[Any], ThreadLoad] = {}  # submitted, not yet settled
         self.waiting: list[Waiting] = []  # settled threads whose results wait for their check for copies
+        self.refind: list[Thread] = []  # threads whose journaled copy someone removed: to be found again now
         self.waiting_since = 0.0  # (monotonic) when the oldest of them began to wait
         self.checks: dict[Future[Any], list[Waiting]] = {}  # checks submitted
         self._done: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()  # finished, in the order they did
@@ -369,12 +371,24 @@ class _Run:
             else:
                 loads[n] = (entry, None)
         unseen = self._with_participants(items, unseen, loads)
-        headers = self._headers(items, unseen)
-        loads |= {n: (None, headers.get(n)) for n in unseen}
+        loads |= {n: (None, header) for n, header in self._unseen(items, unseen).items()}
         machines = collections.deque(ThreadLoad(self.ready(), items[n], entry, {}, header)
                                      for n, (entry, header) in sorted(loads.items()))
         items.clear()  # each thread is now held by its machine only, and let go when it is settled
         self._run(machines)
+
+    def _unseen(self, items: list[Thread], unseen: list[int]) -> dict[int, dict[str, Any] | None]:
+        """The header on the server (or None: the thread is new) of each `unseen` thread to load; a thread whose
+        header the server holds more than once is not loaded: it is told as `duplicated` (`found_twice`)."""
+        headers = self._headers(items, unseen)
+        out: dict[int, dict[str, Any] | None] = {}
+        for n in unseen:
+            found = headers.get(n, [])
+            if len(found) > 1:
+                self._tell(found_twice(items[n], [f"Communication/{h['id']}" for h in found]), items[n])
+            else:
+                out[n] = found[0] if found else None
+        return out
 
     def _with_participants(self, items: list[Thread], unseen: list[int],
                            loads: dict[int, tuple[Entry | None, dict[str, Any] | None]]) -> list[int]:
@@ -401,19 +415,26 @@ class _Run:
         for m, _ in first:
             m.recorded = True
 
-    def _headers(self, items: list[Thread], unseen: list[int]) -> dict[int, dict[str, Any]]:
+    def _found_again(self) -> list[ThreadLoad]:
+        """Machines for the threads whose journal rows were forgotten in this run (`refind`), as for threads the
+        journal never had: found on the server by identifier (`existing`), or sent if they are not there."""
+        items, self.refind = self.refind, []
+        return [ThreadLoad(self.ready(), items[n], None, {}, header)
+                for n, header in sorted(self._unseen(items, list(range(len(items)))).items())]
+
+    def _headers(self, items: list[Thread], unseen: list[int]) -> dict[int, list[dict[str, Any]]]:
         """The headers of the `unseen` threads (the journal has no row for them) that are on the server
-        already, found by identifier, many per search."""
+        already, found by identifier, many per search: each that the server holds (more than one: copies)."""
         if not unseen:
             return {}
         before = self.client.requests
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, list[dict[str, Any]]] = {}
         # the searches at once, on the pool (idle between windows): a window's pre-check takes a round trip or
         # two, not one per search
         chunks = list(chunked([items[n].identifiers[0] for n in unseen], max_url=6000, most=SEARCH_BATCH))
-        for part in self.pool.map(lambda chunk: self.client.find_resources("Communication", chunk), chunks):
-            for ident, resource in part.items():
-                found.setdefault(ident, resource)
+        for part in self.pool.map(lambda chunk: self.client.find_every_resource("Communication", chunk), chunks):
+            for ident, resources in part.items():
+                found.setdefault(ident, resources)
         if self.dry_run:
             self.ready()
             assert self.plan is not None
@@ -429,7 +450,9 @@ class _Run:
         queue, one at a time (waiting on all pending futures at each would cost the square of a window).
         Machines are taken from `backlog` (nothing else holds them: each is let go once settled)."""
         pending: set[Future[Any]] = set()
-        while backlog or pending or self.waiting or (drain and self.deferred):
+        while backlog or pending or self.waiting or self.refind or (drain and self.deferred):
+            if self.refind:
+                backlog.extend(self._found_again())
             if len(pending) <= self.ahead // 2:
                 self._feed(backlog, pending)
             while self.deferred and self.deferred[0][0] <= self.clock.time():
@@ -527,9 +550,11 @@ class _Run:
             return
         for w, copies in zip(batch, found, strict=True):
             result, note, forget = checked(w, copies)
-            if forget:
+            if forget:  # someone removed the journal's copy (`dedupe`): the thread is found again by identifier
                 self.journal.delete_many([w.t.spec.key])
-            elif note is not None or w.again:
+                self.refind.append(w.t)
+                continue
+            if note is not None or w.again:
                 self.journal.note(w.t.spec.key, note)
             self._tell(result, w.t)
 

@@ -84,6 +84,7 @@ class ThreadResult:
     changes: list[str] = field(default_factory=list)  # per-field differences, in verify's words
     removed: list[str] = field(default_factory=list)  # message ids on the server that the spec no longer has
     duplicates: list[Duplicate] = field(default_factory=list)  # entries the server holds more than once
+    landed_late: int = 0  # requests of this load whose lost answers landed after all: `duplicates` are its own
 
     @property
     def messages(self) -> int:

@@ -259,13 +259,18 @@ def _verified(specs: Iterable[ThreadSpec], client: FhirClient, identifier_system
     resolver = Resolver(client)
     hashes: dict[str, tuple[int, str]] = {}
 
-    def one(headers: dict[str, str], resolved: dict[str, dict[str, str]], spec: ThreadSpec) -> VerifyResult:
+    def one(headers: dict[str, list[str]], resolved: dict[str, dict[str, str]], spec: ThreadSpec) -> VerifyResult:
         file, line = spec.origin()
         result = VerifyResult(spec.key, file, line)
-        header_id = headers.get(f"{identifier_system}|{spec.key}")
+        found = headers.get(f"{identifier_system}|{spec.key}", [])
+        header_id = found[0] if found else None
         if header_id is None:
             result.differences.append("not on the server (no header with its identifier)")
         else:
+            if len(found) > 1:  # (the first is compared)
+                result.differences.append(
+                    f"on the server {len(found)} times (headers {', '.join(f'Communication/{h}' for h in found)}): "
+                    "loads that ran at the same time each made one: `thread-bundler dedupe` with their reports")
             result.header_id = header_id
             try:
                 header = client.read(f"Communication/{header_id}")
@@ -278,7 +283,7 @@ def _verified(specs: Iterable[ThreadSpec], client: FhirClient, identifier_system
                     comparer.add(page)
                     if spec.has_files:
                         files += _file_findings(client, spec, page, identifier_system, hashes, index)
-                result.differences = comparer.finish() + [line for _, line in sorted(files, key=lambda f: f[0])]
+                result.differences += comparer.finish() + [line for _, line in sorted(files, key=lambda f: f[0])]
             except (AuthError, Unreachable):
                 raise
             except BundlerError as exc:
@@ -289,6 +294,7 @@ def _verified(specs: Iterable[ThreadSpec], client: FhirClient, identifier_system
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="verify") as pool:
         for chunk in windows(specs, window):
-            headers = client.find_identifiers("Communication", [f"{identifier_system}|{s.key}" for s in chunk])
+            headers = {ident: [str(r["id"]) for r in found] for ident, found in client.find_every_resource(
+                "Communication", [f"{identifier_system}|{s.key}" for s in chunk], elements="identifier").items()}
             resolved = resolver.stored(sorted(conditional_references(chunk)))
             yield from pool.map(functools.partial(one, headers, resolved), chunk)

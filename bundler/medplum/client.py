@@ -448,9 +448,17 @@ class FhirClient:
     def find_resources(self, resource_type: str, identifiers: Sequence[str], *, elements: str | None = None,
                        max_url: int = 6000) -> dict[str, dict[str, Any]]:
         """`system|value` → the resource (only its `elements`, if given) of those of `identifiers` that
-        exist; many per search request. A value held by several resources maps to the first found."""
+        exist; many per search request. A value held by several resources maps to the first found
+        (`find_every_resource` gives them all)."""
+        every = self.find_every_resource(resource_type, identifiers, elements=elements, max_url=max_url)
+        return {ident: resources[0] for ident, resources in every.items()}
+
+    def find_every_resource(self, resource_type: str, identifiers: Sequence[str], *, elements: str | None = None,
+                            max_url: int = 6000) -> dict[str, list[dict[str, Any]]]:
+        """`system|value` → every resource (only its `elements`, if given) with it, in the order found, for those of
+        `identifiers` that exist; many per search request."""
         wanted = set(identifiers)
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, list[dict[str, Any]]] = {}
         for chunk in chunked(identifiers, max_url=max_url, most=100):
             tokens = ",".join(identifier_token(*ident.split("|", 1)) for ident in chunk)
             params = {"identifier": tokens, "_count": str(IDENTIFIER_SEARCH_COUNT)}  # (not fewer: see there)
@@ -460,7 +468,9 @@ class FhirClient:
                 for ident in resource.get("identifier") or ():
                     value = f"{ident.get('system', '')}|{ident.get('value')}" if isinstance(ident, dict) else None
                     if value in wanted:
-                        found.setdefault(value, resource)
+                        same = found.setdefault(value, [])
+                        if all(r.get("id") != resource.get("id") for r in same):
+                            same.append(resource)
         return found
 
     def find_identifiers(self, resource_type: str, identifiers: Sequence[str], *, max_url: int = 6000
