@@ -161,7 +161,7 @@ def test_a_copy_made_while_a_load_ran_is_found_by_its_check_and_dedupe_keeps_the
             [decision] = dedupe([tmp_path / "a.json", tmp_path / "b.json"], other).decisions
             assert sorted(decision.delete) == sorted(str(d.ours) for d in doubled.duplicates), "a's copy goes"
             assert sorted(decision.keep.values()) == sorted(d.others[0] for d in doubled.duplicates)
-            assert "found no copies" in decision.why
+            assert "found none" in decision.why
             assert_exactly_once(client, specs, project)
             seen = len(proxy.log)
             clean = load(specs, client, journal=tmp_path / "a.sqlite")  # its copy gone: found again, in this run

@@ -49,7 +49,7 @@ def test_a_thread_both_loads_found_keeps_the_first_reports_copy_whichever_order_
 def test_a_thread_whose_copies_are_its_own_late_requests_keeps_the_journals_copy() -> None:
     a = listing("a.json", {H: "Communication/ah"}, {H: ["Communication/late"]}, late=True)
     [d] = plan_dedupe([a])
-    assert d.keep == {H: "Communication/ah"} and d.delete == ["Communication/late"] and "landed late" in d.why
+    assert d.keep == {H: "Communication/ah"} and d.delete == ["Communication/late"] and "late requests" in d.why
 
 
 def test_copies_no_given_report_owns_are_left_alone_and_said() -> None:

@@ -63,8 +63,8 @@ def dedupe_command(reports: tuple[str, ...], client: FhirClient, dry_run: bool, 
             click.echo(f"dry run: would delete {count(sum(len(d.delete) for d in result.decisions), 'resource')} "
                        f"of {threads}", err=True)
         else:
-            click.echo(f"deleted {count(result.deleted, 'resource')} of {threads}: now run each load again with its "
-                       "journal, then verify", err=True)
+            click.echo(f"deleted {count(result.deleted, 'resource')} of {threads} (one already gone counts): now run "
+                       "each load again with its journal, then verify", err=True)
         for d in result.decisions:
             if d.unresolved:
                 click.echo(f"{d.key}: left as it is: {count(len(d.unresolved), 'resource')} with copies no report "
@@ -76,7 +76,10 @@ def dedupe_command(reports: tuple[str, ...], client: FhirClient, dry_run: bool, 
 def _print_plan(decisions: list[Decision], dry_run: bool) -> None:
     if not decisions:
         return
-    rows = [[d.key, len(d.delete), d.why, ", ".join(d.delete[:2]) + (f", +{len(d.delete) - 2}" if len(d.delete) > 2
-                                                                     else "")] for d in decisions]
-    click.echo(table(["thread", "to delete" if dry_run else "deleting", "kept", "copies deleted"], rows,
-                     align="lrll"), err=True)
+    rows = [[d.key, _first(list(d.keep.values())), d.why, len(d.delete), _first(d.delete)] for d in decisions]
+    click.echo(table(["thread", "copy kept", "whose", "to delete" if dry_run else "deleting", "copies deleted"], rows,
+                     align="lllrl"), err=True)
+
+
+def _first(refs: list[str]) -> str:
+    return (refs[0] + (f", +{len(refs) - 1}" if len(refs) > 1 else "")) if refs else "-"

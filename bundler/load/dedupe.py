@@ -48,8 +48,9 @@ class Listing:
 
 @dataclass
 class Decision:
-    """What is kept and deleted of one thread: `keep` per identifier, `delete` the other copies (`Type/<id>`);
-    `why` whose copy is kept; `unresolved` identifiers whose copy to keep cannot be told from the reports given."""
+    """What is kept and deleted of one thread: `keep` per identifier, `delete` the other copies (`Type/<id>`); `why`
+    whose copy is kept ("a.json's"; "the load's that found none": no report given calls it its own); `unresolved`
+    identifiers whose copy to keep cannot be told from the reports given."""
 
     key: str
     keep: dict[str, str]
@@ -128,12 +129,12 @@ def _decide(key: str, group: list[Listing]) -> Decision:
     late = [listing for listing in group if listing.late]
     makers = late + [listing for listing in group if not listing.late]
     if late:
-        why = f"{late[0].report}'s copy (the others were its own requests, landed late)"
+        why = f"{late[0].report}'s (the others: its own late requests)"
     elif any(unowned.values()):
-        why = "the copy of the load that found no copies (no report given lists it as its own)"
+        why = "the load's that found none"
         makers = []
     else:
-        why = f"{next((m.report for m in makers if any(m.ours.values())), makers[0].report)}'s copy"
+        why = f"{next((m.report for m in makers if any(m.ours.values())), makers[0].report)}'s"
     keep: dict[str, str] = {}
     unresolved: list[str] = []
     for ident, refs in copies.items():
