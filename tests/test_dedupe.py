@@ -125,3 +125,20 @@ def test_the_load_command_says_a_doubled_thread_and_exits_1_sending_nothing_of_i
     assert json.loads((tmp_path / "r.json").read_text())["counts"] == {"duplicated": 1}
     with client_for(project) as client:
         assert set(copies(client, [spec], whole_store=project.server is not None).values()) == {2}
+
+
+def test_a_report_is_read_a_line_at_a_time_as_load_writes_it_and_whole_when_reformatted(tmp_path: Path) -> None:
+    from bundler.load.report import Duplicate as Dup
+    from bundler.load.report import LoadReport, ReportWriter, ThreadResult
+
+    path = tmp_path / "r.json"
+    writer = ReportWriter(path)
+    writer.add(ThreadResult("duplicates", Outcome.LOADED))  # (the word alone is not a listing)
+    copies_of_t1 = [Dup("header", H, "Communication/a", ["Communication/b"])]
+    writer.add(ThreadResult("t1", Outcome.DUPLICATED, duplicates=copies_of_t1))
+    writer.finish(LoadReport())
+    assert path.read_bytes().startswith(b'{"threads": [\n')
+    [streamed] = read_listings([path])
+    assert streamed.key == "t1" and streamed.others == {H: ["Communication/b"]} and not streamed.late
+    path.write_bytes(orjson.dumps(orjson.loads(path.read_bytes()), option=orjson.OPT_INDENT_2))  # as jq leaves it
+    assert read_listings([path]) == [streamed]

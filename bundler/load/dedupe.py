@@ -21,7 +21,7 @@ alone and said (`Decision.unresolved`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,24 +80,21 @@ class DedupeResult:
 
 
 def read_listings(paths: Sequence[str | Path]) -> list[Listing]:
-    """The threads each `--report` file lists with copies (`duplicates`), in the order given."""
+    """The threads each `--report` file lists with copies (`duplicates`), in the order given. A report as `load`
+    writes it (a thread a line) is read a line at a time, and only lines with copies are parsed: a migration's
+    report of a million threads is not held whole; one written otherwise (reformatted) is read whole."""
     out: list[Listing] = []
     for path in paths:
         name = str(path)
         try:
-            report = orjson.loads(Path(path).read_bytes())
+            threads = list(_threads(Path(path)))
         except OSError as exc:
             raise OptionError(f"{name}: cannot read it: {exc.strerror or exc}") from None
         except orjson.JSONDecodeError as exc:
             raise OptionError(f"{name}: not a load report: not JSON ({exc})") from None
-        threads = report.get("threads") if isinstance(report, dict) else None
-        if not isinstance(threads, list):
-            raise OptionError(f"{name}: not a load report (`thread-bundler load --report`): no \"threads\" list")
-        for n, thread in enumerate(threads):
-            duplicates = thread.get("duplicates") if isinstance(thread, dict) else None
-            if not duplicates:
-                continue
+        for n, thread in threads:
             try:
+                duplicates = thread["duplicates"]
                 out.append(Listing(name, str(thread["key"]), {d["identifier"]: d.get("ours") for d in duplicates},
                                    {d["identifier"]: list(d["others"]) for d in duplicates},
                                    late=bool(thread.get("landed_late")),
@@ -106,6 +103,29 @@ def read_listings(paths: Sequence[str | Path]) -> list[Listing]:
                 raise OptionError(f"{name}: threads[{n}].duplicates: not as `load --report` writes them "
                                   f"(missing {exc})") from None
     return out
+
+
+def _threads(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(index, thread) of the report's threads that list copies."""
+    with path.open("rb") as f:
+        if f.readline() == _OPENING:
+            for n, line in enumerate(f):
+                if line.startswith(b"]"):
+                    return
+                if b'"duplicates"' in line and isinstance(thread := orjson.loads(line.rstrip(b",\r\n")), dict) \
+                        and thread.get("duplicates"):
+                    yield n, thread
+            raise orjson.JSONDecodeError("the report ends before its threads' list does", "", 0)
+        f.seek(0)
+        report = orjson.loads(f.read())
+    threads = report.get("threads") if isinstance(report, dict) else None
+    if not isinstance(threads, list):
+        raise OptionError(f"{path}: not a load report (`thread-bundler load --report`): no \"threads\" list")
+    yield from ((n, t) for n, t in enumerate(threads) if isinstance(t, dict) and t.get("duplicates"))
+
+
+_OPENING = b'{"threads": [\n'
+"""How `ReportWriter` begins a report: then a thread a line."""
 
 
 def plan_dedupe(listings: Iterable[Listing]) -> list[Decision]:
