@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
-from ..medplum.client import FhirClient, chunked
+from ..medplum.client import FhirClient, chunked, holding
 from ..vocabulary import IDENTIFIER_SEARCH_COUNT, identifier_token
 from ..words import count
 from .compare import entry_names
@@ -83,14 +83,8 @@ def find_copies(client: FhirClient, batch: Sequence[Waiting]) -> list[dict[int, 
         matched = client.search_together([(kind, {**_params(chunk), "_elements": "identifier"})
                                           for kind, chunk in group])
         for (kind, chunk), resources in zip(group, matched, strict=True):
-            asked = set(chunk)
-            for resource in resources:
-                for ident in resource.get("identifier") or ():
-                    value = f"{ident.get('system', '')}|{ident.get('value')}" if isinstance(ident, dict) else None
-                    if value in asked:
-                        refs = found.setdefault((kind, value), [])
-                        if (ref := f"{kind}/{resource['id']}") not in refs:
-                            refs.append(ref)
+            for value, same in holding(resources, set(chunk)).items():
+                found[(kind, value)] = [f"{kind}/{resource['id']}" for resource in same]
     searched = {(kind, ident) for kind, chunk in searches for ident in chunk}
     return [{n: found.get(key, []) if (key := (w.t.types[n], w.t.identifiers[n])) in searched
              else [w.ids[w.t.urls[n]]] for n in w.entries} for w in batch]

@@ -28,7 +28,7 @@ import ipaddress
 import itertools
 import random
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import SplitResult, urljoin, urlsplit
 
@@ -457,20 +457,13 @@ class FhirClient:
                             max_url: int = 6000) -> dict[str, list[dict[str, Any]]]:
         """`system|value` → every resource (only its `elements`, if given) with it, in the order found, for those of
         `identifiers` that exist; many per search request."""
-        wanted = set(identifiers)
         found: dict[str, list[dict[str, Any]]] = {}
         for chunk in chunked(identifiers, max_url=max_url, most=100):
             tokens = ",".join(identifier_token(*ident.split("|", 1)) for ident in chunk)
             params = {"identifier": tokens, "_count": str(IDENTIFIER_SEARCH_COUNT)}  # (not fewer: see there)
             if elements:
                 params["_elements"] = elements
-            for resource in self.search(resource_type, params):
-                for ident in resource.get("identifier") or ():
-                    value = f"{ident.get('system', '')}|{ident.get('value')}" if isinstance(ident, dict) else None
-                    if value in wanted:
-                        same = found.setdefault(value, [])
-                        if all(r.get("id") != resource.get("id") for r in same):
-                            same.append(resource)
+            found |= holding(self.search(resource_type, params), set(chunk))
         return found
 
     def find_identifiers(self, resource_type: str, identifiers: Sequence[str], *, max_url: int = 6000
@@ -484,6 +477,19 @@ class FhirClient:
         for value in self.auth.secrets():
             self.secrets.add(value)
         return self.secrets
+
+
+def holding(resources: Iterable[dict[str, Any]], wanted: Container[str]) -> dict[str, list[dict[str, Any]]]:
+    """`system|value` → each of `resources` with that identifier (once, in their order), for the values `wanted`."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for resource in resources:
+        for ident in resource.get("identifier") or ():
+            value = f"{ident.get('system', '')}|{ident.get('value')}" if isinstance(ident, dict) else None
+            if value is not None and value in wanted:
+                same = found.setdefault(value, [])
+                if all(r.get("id") != resource.get("id") for r in same):
+                    same.append(resource)
+    return found
 
 
 def _port(parts: SplitResult) -> int | None:
