@@ -224,3 +224,24 @@ def local_server(project: Project) -> LocalServer:
     if project.server is None:
         pytest.skip(LOCAL_ONLY_REASON)
     return project.server
+
+
+@pytest.fixture(autouse=True)
+def journal_saves_are_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test that loads checks, after each journal save of a thread (which writes only the entries that
+    changed since its last one: `ThreadLoad.dirty`), that the journal holds what a save of the whole thread would:
+    a change the machine forgot to mark would leave the journal behind the server, and fail here."""
+    from bundler.load.machine import ThreadLoad
+
+    save = ThreadLoad._save
+
+    def checked(self: ThreadLoad, *args: Any, **kwargs: Any) -> None:
+        save(self, *args, **kwargs)
+        journal = self.s.journal
+        if self.s.plan is not None or journal.read_only:
+            return
+        row = journal.get_many([self.t.spec.key])[self.t.spec.key]
+        assert row.ids == self.ids, f"{self.t.spec.key}: the journal's ids are not the thread's"
+        assert row.entries == self._entries(self.ids), f"{self.t.spec.key}: the journal's entries are not the thread's"
+
+    monkeypatch.setattr(ThreadLoad, "_save", checked)

@@ -117,8 +117,8 @@ def test_changed_fields_are_a_diff_then_updates_with_if_match(project: Any, tmp_
         assert header["status"] == "completed"
         if journal_kept:  # the journal records the new versions: the next run has nothing to do
             with sqlite3.connect(journal) as db:
-                (entries,) = db.execute("SELECT entries FROM threads WHERE key=?", (t0.key,)).fetchone()
-            assert any(v[0] == header["meta"]["versionId"] for v in orjson.loads(entries).values())
+                versions = {v for (v,) in db.execute("SELECT version FROM entries WHERE key=?", (t0.key,))}
+            assert header["meta"]["versionId"] in versions
             again = load(specs(edited), client, journal=journal, update=True)
             assert again.counts() == {Outcome.SKIPPED: 2} and again.requests == 0
     with client_for(project) as client:
@@ -223,28 +223,48 @@ def test_sync_on_a_non_atomic_project(project: Any, tmp_path: Path) -> None:
         assert_exactly_once(client, specs(both), project)
 
 
-def test_an_old_journal_is_upgraded_in_place(project: Any, tmp_path: Path) -> None:
+OLD_JOURNALS = {
+    # as thread-bundler 0.1 wrote it: ids as JSON in the thread's row, no per-entry columns, no meta table
+    1: """CREATE TABLE old AS SELECT t.target, t.key, t.state, t.fingerprint,
+              (SELECT json_group_object(e.url, e.ref) FROM entries e WHERE e.target = t.target AND e.key = t.key)
+              AS ids, t.in_flight, t.error, t.updated FROM threads t;
+          DROP TABLE threads; DROP TABLE meta; DROP TABLE entries;
+          CREATE TABLE threads (target TEXT NOT NULL, key TEXT NOT NULL, state TEXT NOT NULL,
+              fingerprint TEXT NOT NULL, ids TEXT NOT NULL DEFAULT '{}', in_flight TEXT NOT NULL DEFAULT '[]',
+              error TEXT, updated REAL NOT NULL, PRIMARY KEY (target, key));
+          INSERT INTO threads SELECT * FROM old; DROP TABLE old; PRAGMA user_version=0;""",
+    # version 2: each entry's id, version and hash as JSON in the thread's row, rewritten whole at every save
+    2: """UPDATE threads SET
+              ids = (SELECT json_group_object(e.url, e.ref) FROM entries e
+                     WHERE e.target = threads.target AND e.key = threads.key),
+              entries = (SELECT json_group_object(e.url, json_array(e.version, e.hash)) FROM entries e
+                         WHERE e.target = threads.target AND e.key = threads.key);
+          DROP TABLE entries; PRAGMA user_version=2;""",
+}
+
+
+@pytest.mark.parametrize("version", sorted(OLD_JOURNALS))
+def test_an_old_journal_is_upgraded_in_place(project: Any, tmp_path: Path, version: int) -> None:
     data = sample_specs(2, 2, prefix=project.prefix, seed=17)
     journal = tmp_path / "j.sqlite"
     with client_for(project) as client:
         load(specs(data), client, journal=journal)
-    with sqlite3.connect(journal) as db:  # as thread-bundler 0.1 wrote it: no per-entry columns, no meta table
-        db.executescript("""
-            CREATE TABLE old AS SELECT target, key, state, fingerprint, ids, in_flight, error, updated FROM threads;
-            DROP TABLE threads; DROP TABLE meta;
-            CREATE TABLE threads (target TEXT NOT NULL, key TEXT NOT NULL, state TEXT NOT NULL,
-                fingerprint TEXT NOT NULL, ids TEXT NOT NULL DEFAULT '{}', in_flight TEXT NOT NULL DEFAULT '[]',
-                error TEXT, updated REAL NOT NULL, PRIMARY KEY (target, key));
-            INSERT INTO threads SELECT * FROM old; DROP TABLE old; PRAGMA user_version=0;""")
+    with sqlite3.connect(journal) as db:
+        db.executescript(OLD_JOURNALS[version])
     with client_for(project) as client:
         plan = load(specs(grown(data)), client, journal=journal, dry_run=True)  # read-only: still the old schema
         assert plan.counts() == {Outcome.PLANNED: 1, Outcome.SKIPPED: 1}
         report = load(specs(changed(grown(data))), client, journal=journal, update=True)
         assert report.ok and report.counts() == {Outcome.UPDATED: 1, Outcome.SKIPPED: 1}
         assert_exactly_once(client, specs(grown(data)), project)
+        again = load(specs(changed(grown(data))), client, journal=journal, update=True)
+        assert again.counts() == {Outcome.SKIPPED: 2} and again.requests == 0  # (both read from the old rows)
     with sqlite3.connect(journal) as db:
         columns = {row[1] for row in db.execute("PRAGMA table_info(threads)")}
-        assert {"entries", "settles"} <= columns and db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert {"entries", "settles"} <= columns and db.execute("PRAGMA user_version").fetchone()[0] == 3
+        # the thread recorded again has its entries in rows of their own; the other is as the old version left it
+        rows = dict(db.execute("SELECT key, count(*) FROM entries GROUP BY key").fetchall())
+        assert rows == {data[0]["thread"]: len(grown(data)[0]["messages"]) + 1}, rows
 
 
 def test_the_cli_shows_the_diff_and_advice(project: Any, tmp_path: Path) -> None:

@@ -9,8 +9,11 @@ row stays `sent` while a request is in flight or its outcome unknown, or while p
 `committed` with all its server ids (and, in its error, a note when copies of it were found on the server, made
 by another load at the same time, or could not be looked for: the next run looks again, `duplicates`); `partial`
 when some of it is on the server and the rest failed;
-`failed` with why. Each committed entry keeps its server version and a hash of what the spec said
-(`Entry.entries`), so a spec that changes later shows which entries changed without reading the server.
+`failed` with why. Each committed entry keeps its server id, version and a hash of what the spec said
+(`Entry.ids`, `Entry.entries`), so a spec that changes later shows which entries changed without reading the
+server. They are rows of their own (`entries`), added as each part of a thread commits: a thread of 100,000
+messages is not rewritten whole after every part (journals of version 2 kept them as JSON in the thread's row,
+read as they are and moved to rows the next time the thread is recorded).
 
 Rows are keyed by target (server root + identifier system) and thread key, so one journal can serve
 several servers without mixing them up. No secret ever goes in. Beside the threads, `resources` records what a
@@ -36,7 +39,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +51,7 @@ import orjson
 from ..errors import FileLocked, JournalBusy, JournalError
 from ..files import file_lock
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class State(enum.StrEnum):
@@ -81,6 +84,15 @@ CREATE TABLE IF NOT EXISTS resources (
     updated REAL NOT NULL,
     PRIMARY KEY (target, key)
 );
+CREATE TABLE IF NOT EXISTS entries (
+    target TEXT NOT NULL,
+    key TEXT NOT NULL,
+    url TEXT NOT NULL,
+    ref TEXT NOT NULL,
+    version TEXT NOT NULL DEFAULT '',
+    hash TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (target, key, url)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     target TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -89,6 +101,8 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 _ADDED = {"entries": "TEXT NOT NULL DEFAULT '{}'", "settles": "REAL NOT NULL DEFAULT 0"}  # version 2
+_PUT_ENTRY = ("INSERT INTO entries (target, key, url, ref, version, hash) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT "
+              "(target, key, url) DO UPDATE SET ref=excluded.ref, version=excluded.version, hash=excluded.hash")
 _COLUMNS = "key, state, fingerprint, ids, in_flight, error, entries, settles"
 _PUT = ("INSERT INTO threads (target, key, state, fingerprint, ids, in_flight, error, updated, entries, settles) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (target, key) DO UPDATE SET state=excluded.state, "
@@ -156,6 +170,7 @@ class Journal:
         self.read_only = read_only
         self._db: sqlite3.Connection | None = None
         self._columns = _COLUMNS
+        self._rows_of_entries = True  # the journal has an `entries` table (not one of version 2, read only)
         self._lock = threading.Lock()
         self._held = ExitStack()
         if not read_only:
@@ -241,6 +256,7 @@ class Journal:
         columns = {row[1] for row in db.execute("PRAGMA table_info(threads)")}
         if self.read_only:
             self._columns = "" if not columns else _COLUMNS if set(_ADDED) <= columns else _COLUMNS_V1
+            self._rows_of_entries = "entries" in tables
         else:
             self._upgrade(db, columns)
 
@@ -293,10 +309,18 @@ class Journal:
         out: dict[str, Entry] = {}
         for i in range(0, len(keys), 500):
             chunk = keys[i:i + 500]
-            rows = self._rows(f"SELECT {self._columns} FROM threads WHERE target=? AND key IN "
-                              f"({','.join('?' * len(chunk))})", (self.target, *chunk))
+            marks = ",".join("?" * len(chunk))
+            rows = self._rows(f"SELECT {self._columns} FROM threads WHERE target=? AND key IN ({marks})",
+                              (self.target, *chunk))
             for row in rows:
                 out[row[0]] = self._entry(row)
+            if rows and self._rows_of_entries:
+                for key, url, ref, version, digest in self._rows(
+                        f"SELECT key, url, ref, version, hash FROM entries WHERE target=? AND key IN ({marks})",
+                        (self.target, *chunk)):
+                    if (entry := out.get(key)) is not None:
+                        entry.ids[url] = ref
+                        entry.entries[url] = [version, digest]
         return out
 
     def _entry(self, row: tuple[Any, ...]) -> Entry:
@@ -307,33 +331,46 @@ class Journal:
         except (ValueError, TypeError, orjson.JSONDecodeError):
             raise self._unusable(f"thread {key!r} has a row this version of thread-bundler did not write") from None
 
-    def put(self, entry: Entry) -> None:
-        """Record `entry` (nothing, in a read-only journal)."""
+    def put(self, entry: Entry, *, changed: bool = False) -> None:
+        """Record `entry` (nothing, in a read-only journal), in one transaction. `changed`: its `ids` (and `entries`)
+        hold only the entries that changed since this thread was last recorded, the others stay as they are; else
+        they are all of them, and the thread's other entry rows are dropped."""
         if self.read_only:
             return
-        row = self._row(entry, time.time())
-        with self._lock:
-            self._ready().execute(_PUT, row)
+        self._write([entry], time.time(), changed=changed)
 
     def put_many(self, entries: list[Entry]) -> None:
         """Record `entries` in one transaction (nothing, in a read-only journal)."""
         if self.read_only or not entries:
             return
-        now = time.time()
-        rows = [self._row(e, now) for e in entries]
+        self._write(entries, time.time(), changed=False)
+
+    def _write(self, entries: list[Entry], now: float, *, changed: bool) -> None:
         with self._lock:
             db = self._ready()
             db.execute("BEGIN")
             try:
-                db.executemany(_PUT, rows)
+                db.executemany(_PUT, [self._row(e, now) for e in entries])
+                for e in entries:
+                    if not changed:
+                        db.execute("DELETE FROM entries WHERE target=? AND key=?", (self.target, e.key))
+                    if e.ids:
+                        db.executemany(_PUT_ENTRY, self._entry_rows(e))
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
 
     def _row(self, e: Entry, now: float) -> tuple[Any, ...]:
-        return (self.target, e.key, e.state, e.fingerprint, orjson.dumps(e.ids).decode(),
-                orjson.dumps(e.in_flight).decode(), e.error, now, orjson.dumps(e.entries).decode(), e.settles)
+        # (ids and entries go in rows of their own: the columns are what journals of version 2 kept)
+        return (self.target, e.key, e.state, e.fingerprint, "{}", orjson.dumps(e.in_flight).decode(), e.error, now,
+                "{}", e.settles)
+
+    def _entry_rows(self, e: Entry) -> Iterator[tuple[str, str, str, str, str, str]]:
+        target, key, states = self.target, e.key, e.entries
+        for url, ref in e.ids.items():
+            version, digest = ((states.get(url) or []) + ["", ""])[:2]
+            yield target, key, url, ref, version or "", digest or ""
 
     def note(self, key: str, note: str | None) -> None:
         """Set (None: clear) the note of a thread's committed row: that copies of it were found on the server, or
@@ -349,7 +386,15 @@ class Journal:
         if self.read_only or not keys or self._db is None:
             return
         with self._lock:
-            self._db.executemany("DELETE FROM threads WHERE target=? AND key=?", [(self.target, k) for k in keys])
+            self._db.execute("BEGIN")
+            try:
+                for table in ("threads", "entries"):
+                    self._db.executemany(f"DELETE FROM {table} WHERE target=? AND key=?",
+                                         [(self.target, k) for k in keys])
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def get_resources(self, keys: list[str]) -> dict[str, str]:
         """What the journal knows of resources other than threads' (a created participant by its conditional

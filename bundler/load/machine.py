@@ -32,7 +32,7 @@ import dataclasses
 import enum
 import functools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,6 +124,9 @@ class ThreadLoad:
         self.versions: dict[str, str] = {}  # fullUrl → the version to update (If-Match)
         self.changes: dict[int, list[str]] = {}  # changed entries (the spec's changes): their differences
         self.pending: list[int] = []  # changed entries still to update
+        # the entries whose id, version or hash changed since the journal last recorded the thread (None: all of
+        # them, recorded whole at its next save); each part adds its own, so a long thread is not rewritten whole
+        self.dirty: set[int] | None = None
         self.completing: set[int] = set()  # entries sent short of the spec (the header's read state), to update
         self.trimmed = False  # the header went without read state pointing at messages of later parts
         self.removed: list[str] = []
@@ -225,8 +228,9 @@ class ThreadLoad:
             found = self.client.find_resources(kind, [self.t.identifiers[n] for n in mine], elements=elements)
             if self.s.plan is not None:
                 self.s.plan.searched(1)
-            self.ids.update({self.t.urls[n]: f"{kind}/{found[self.t.identifiers[n]]['id']}" for n in mine
-                             if self.t.identifiers[n] in found})
+            here = [n for n in mine if self.t.identifiers[n] in found]
+            self.ids.update({self.t.urls[n]: f"{kind}/{found[self.t.identifiers[n]]['id']}" for n in here})
+            self._touch(here)
             self.files.learn(stored_files(found.values()))
         self.requests += 1
         if not self.sent:  # what an earlier run left
@@ -486,6 +490,7 @@ class ThreadLoad:
         """What the read-back found: ids and versions; the entries whose spec changed (a hash the journal does
         not know, or no journal at all) and differ from the server are `changes`, to update."""
         self.ids = {self.t.urls[n]: f"{self.t.types[n]}/{r['id']}" for n, r in diff.found.items()}
+        self.dirty = None
         for n, resource in diff.found.items():
             url = self.t.urls[n]
             known = self.entry.version(url) if self.entry else None
@@ -544,6 +549,7 @@ class ThreadLoad:
 
     def _updated_entry(self, n: int, version: str | None) -> None:
         url = self.t.urls[n]
+        self._touch((n,))
         if version:
             self.versions[url] = version
         if n in self.pending:
@@ -560,6 +566,7 @@ class ThreadLoad:
             self.trimmed = False
             self.completing.add(0)
             self.pending.insert(0, 0)
+            self._touch((0,))
 
     def _take(self, answer: TransactionAnswer) -> bool:
         """Record the server id and version of every committed entry of the answer, and keep each entry's answer
@@ -573,6 +580,7 @@ class ThreadLoad:
                 ids[urls[i]] = f"{types[i]}/{sid}"
                 if e.version:
                     versions[urls[i]] = e.version
+        self._touch(self.part)
         self._learn_binaries(entries[len(self.part):])
         # (no resources: a window of machines holds their answers until each is settled)
         self.answers = tuple(dataclasses.replace(e, resource=None) for e in entries)
@@ -597,6 +605,7 @@ class ThreadLoad:
             if e.ok and n not in self.pending and any(a.hash in lost for a in self.t.files_of(n)):
                 self.completing.add(n)
                 self.pending.append(n)
+                self._touch((n,))
         self.pending.sort()
 
     def _layout(self, indexes: list[int]) -> Layout | str:
@@ -644,18 +653,28 @@ class ThreadLoad:
             return
         urls = [self.t.urls[i] for i in in_flight or ()]
         fingerprint = self.t.fingerprint if fingerprint is None else fingerprint
-        self.s.journal.put(Entry(self.t.spec.key, state, fingerprint, self.ids, urls, error, self._entries(),
-                                 settles))
+        if self.dirty is None:  # all of it
+            ids = self.ids
+        else:  # only what changed since the last save (each part's entries, not the whole thread again)
+            ids = {url: self.ids[url] for n in sorted(self.dirty) if (url := self.t.urls[n]) in self.ids}
+        self.s.journal.put(Entry(self.t.spec.key, state, fingerprint, ids, urls, error, self._entries(ids),
+                                 settles), changed=self.dirty is not None)
+        self.dirty = set()
 
-    def _entries(self) -> dict[str, list[str]]:
-        """What the journal keeps of each entry on the server: [its version, the spec hash]. The hash is the
-        spec's own when the server has the entry as the spec says; for a changed entry not updated yet, the one
+    def _touch(self, entries: Iterable[int]) -> None:
+        """Entries whose id, version or hash for the journal changed: recorded at the next save."""
+        if self.dirty is not None:
+            self.dirty.update(entries)
+
+    def _entries(self, ids: dict[str, str]) -> dict[str, list[str]]:
+        """What the journal keeps of each entry of `ids` on the server: [its version, the spec hash]. The hash is
+        the spec's own when the server has the entry as the spec says; for a changed entry not updated yet, the one
         the journal had (or none), so the next run sees the change again."""
-        if not self.ids:
+        if not ids:
             return {}
         hashes, index, pending, versions, entry = self.t.hashes, self._index, self.pending, self.versions, self.entry
         out = {}
-        for url in self.ids:
+        for url in ids:
             n = index.get(url, -1)
             known = n >= 0 and n not in pending
             out[url] = [versions.get(url, ""), hashes[n] if known else (entry.hash(url) or "") if entry else ""]
