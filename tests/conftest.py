@@ -241,7 +241,8 @@ def journal_saves_are_whole(monkeypatch: pytest.MonkeyPatch) -> None:
         if self.s.plan is not None or journal.read_only:
             return
         row = journal.get_many([self.t.spec.key])[self.t.spec.key]
-        assert row.ids == self.ids, f"{self.t.spec.key}: the journal's ids are not the thread's"
-        assert row.entries == self._entries(self.ids), f"{self.t.spec.key}: the journal's entries are not the thread's"
+        ids, entries = self.records()
+        assert row.ids == ids == self.ids, f"{self.t.spec.key}: the journal's ids are not the thread's"
+        assert row.entries == entries, f"{self.t.spec.key}: the journal's entries are not the thread's"
 
     monkeypatch.setattr(ThreadLoad, "_save", checked)

@@ -275,7 +275,7 @@ def test_a_thread_of_many_messages_is_checked_in_requests_of_bounded_size() -> N
             return [len(params["identifier"].split(",")) for _, params in searches]
 
     [found] = duplicates.find_copies(Counting(), [waiting])  # type: ignore[arg-type]
-    assert found == {i: [f"id{i}"] for i in range(n)}
+    assert found == {}  # (every one on the server once: nothing to say of any)
     assert len(asked) >= -(-n // duplicates.CHECK_BATCH)
     assert all(len(a) <= duplicates.CHECK_BATCH for a in asked)
     assert sorted(v for a in asked for v in a) == sorted(f"s|k/m{i}" for i in range(n))

@@ -170,8 +170,10 @@ def test_a_long_thread_to_load_is_what_its_bytes_would_give(monkeypatch: pytest.
     long = Thread(spec, SYSTEM)
     assert long._body is None and short._body is not None
     assert long.body == short.body
-    assert (long.fingerprint, long.length, long.hashes, long.sizes) == (short.fingerprint, short.length,
-                                                                        short.hashes, short.sizes)
+    assert (long.fingerprint, long.length, list(long.hashes), list(long.sizes)) == (
+        short.fingerprint, short.length, list(short.hashes), list(short.sizes))
+    assert list(long.identifiers) == [long.identifiers[n] for n in range(len(long.urls))] == \
+        [f"{SYSTEM}|{v}" for v in long.values] and long.hashes[-1] == short.hashes[-1]
     assert list(long.bundle["entry"]) == list(short.bundle["entry"])
 
 

@@ -64,7 +64,9 @@ class Waiting:
 
 def find_copies(client: FhirClient, batch: Sequence[Waiting]) -> list[dict[int, list[str]]]:
     """For each thread of `batch`: entry index → every `Type/<id>` on the server with that entry's identifier
-    (ours among them), for the entries it asks about. The server counts them first (`_summary=count`, a third of
+    (ours among them), for the entries it asks about that are not simply on the server once (an entry left out is
+    ours alone: a thread of 100,000 messages found as it should be is not answered with 100,000 lists). The server
+    counts them first (`_summary=count`, a third of
     the time of a search that returns them, on Medplum): only where a count is not one per identifier are they
     searched (a second request); so are those of a thread checked `again` (whose copy is left is the question)."""
     counted: dict[str, list[str]] = {}  # resource type → identifiers (each one on the server, unless counts say)
@@ -86,8 +88,8 @@ def find_copies(client: FhirClient, batch: Sequence[Waiting]) -> list[dict[int, 
             for value, same in holding(resources, set(chunk)).items():
                 found[(kind, value)] = [f"{kind}/{resource['id']}" for resource in same]
     searched = {(kind, ident) for kind, chunk in searches for ident in chunk}
-    return [{n: found.get(key, []) if (key := (w.t.types[n], w.t.identifiers[n])) in searched
-             else [w.ids[w.t.urls[n]]] for n in w.entries} for w in batch]
+    return [{n: found.get(key, []) for n in w.entries if (key := (w.t.types[n], w.t.identifiers[n])) in searched}
+            for w in batch]
 
 
 def _requests(asks: list[tuple[str, list[str]]]) -> Iterator[list[tuple[str, list[str]]]]:
@@ -121,12 +123,12 @@ def checked(w: Waiting, copies: dict[int, list[str]]) -> tuple[ThreadResult, str
     matches the server and is to be forgotten). The note is None when the server holds one copy of each."""
     if w.again and any(w.ids.get(w.t.urls[n]) not in refs for n, refs in copies.items()):
         return w.result, None, True  # someone removed this journal's copy (`dedupe`), keeping another or none
-    names = entry_names(w.t.spec)
-    duplicates = [Duplicate(names[n], w.t.identifiers[n], ours, [ref for ref in refs if ref != ours])
-                  for n, refs in sorted(copies.items()) if len(refs) > 1
-                  for ours in [w.ids.get(w.t.urls[n])]]
-    if not duplicates:
+    twice = sorted(n for n, refs in copies.items() if len(refs) > 1)
+    if not twice:
         return w.result, None, False
+    names = entry_names(w.t.spec)
+    duplicates = [Duplicate(names[n], w.t.identifiers[n], ours, [ref for ref in copies[n] if ref != ours])
+                  for n in twice for ours in [w.ids.get(w.t.urls[n])]]
     n = len(duplicates)
     note = (f"{NOTE}: {n} of its resources {'are' if n != 1 else 'is'} on the server more than once: "
             f"{duplicates[0].text()}")

@@ -493,7 +493,7 @@ class _Run:
             heapq.heappush(self.deferred, (out.until, next(self._order), machine))
         elif isinstance(out, ThreadResult):
             if (entries := machine.to_check()) and not self.dry_run:
-                self._wait(Waiting(machine.t, out, entries, dict(machine.ids), lost=machine.lost))
+                self._wait(Waiting(machine.t, out, entries, machine.ids, lost=machine.lost))  # (its last use)
             else:
                 self._tell(out, machine.t)
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import functools
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -136,7 +135,8 @@ class ThreadLoad:
         self.sent = self.planned = False
         self.recorded = False  # the journal has this thread's first request already (with its window)
         self.requests = self.created = self.updated = self.lost = self.rechecks = self.rolled_back = 0
-        self.creates: set[int] = set()  # entries sent in creates (whatever came of them): checked for copies
+        # entries sent in creates (whatever came of them), a byte each: checked for copies
+        self.creates = bytearray(len(t.urls))
         self.part: list[int] = []  # the entries of the request at hand
         self.carry: list[Attachment] = []  # the files whose Binaries it carries (after its entries)
         self.files = settings.files or Binaries(self.client, settings.journal, dry_run=settings.plan is not None)
@@ -173,7 +173,7 @@ class ThreadLoad:
         its committed row)."""
         if self.entry is not None and self.entry.state == State.COMMITTED and self.entry.error:
             return [n for n, url in enumerate(self.t.urls) if url in self.ids]
-        return [n for n in sorted(self.creates) if self.t.urls[n] in self.ids]
+        return [n for n, url in enumerate(self.t.urls) if self.creates[n] and url in self.ids]
 
     @property
     def plain(self) -> bool:
@@ -206,7 +206,7 @@ class ThreadLoad:
         """The request an earlier run had in flight (its answer lost, or the run killed) is the one at hand,
         to be searched for once it can no longer land."""
         self.part = [self.t.urls.index(u) for u in entry.in_flight if u in self.t.urls]
-        self.creates.update(self.part)  # (never checked for copies: its run did not get that far)
+        self._created(self.part)  # (never checked for copies: its run did not get that far)
         # recorded with its batch before it was sent: sent (if at all) before this load began
         unknown = entry.settles == UNKNOWN
         self.settles = self.s.started + self.s.quarantine if unknown else entry.settles
@@ -281,7 +281,7 @@ class ThreadLoad:
             self._save(State.SENT, in_flight=self.part, settles=self.settles)
         self.sent = True
         self.requests += 1
-        self.creates.update(self.part)
+        self._created(self.part)
         try:
             self.answer = self.client.transaction(self.body, entries=len(self.part), cost=self._cost())
         except UnknownOutcome:
@@ -653,36 +653,43 @@ class ThreadLoad:
             return
         urls = [self.t.urls[i] for i in in_flight or ()]
         fingerprint = self.t.fingerprint if fingerprint is None else fingerprint
-        if self.dirty is None:  # all of it
-            ids = self.ids
-        else:  # only what changed since the last save (each part's entries, not the whole thread again)
-            ids = {url: self.ids[url] for n in sorted(self.dirty) if (url := self.t.urls[n]) in self.ids}
-        self.s.journal.put(Entry(self.t.spec.key, state, fingerprint, ids, urls, error, self._entries(ids),
-                                 settles), changed=self.dirty is not None)
+        # all of it, or only what changed since the last save (each part's entries, not the whole thread again)
+        ids, entries = self.records(None if self.dirty is None else sorted(self.dirty))
+        self.s.journal.put(Entry(self.t.spec.key, state, fingerprint, ids, urls, error, entries, settles),
+                           changed=self.dirty is not None)
         self.dirty = set()
+
+    def _created(self, entries: Iterable[int]) -> None:
+        for n in entries:
+            self.creates[n] = 1
 
     def _touch(self, entries: Iterable[int]) -> None:
         """Entries whose id, version or hash for the journal changed: recorded at the next save."""
         if self.dirty is not None:
             self.dirty.update(entries)
 
-    def _entries(self, ids: dict[str, str]) -> dict[str, list[str]]:
-        """What the journal keeps of each entry of `ids` on the server: [its version, the spec hash]. The hash is
-        the spec's own when the server has the entry as the spec says; for a changed entry not updated yet, the one
-        the journal had (or none), so the next run sees the change again."""
-        if not ids:
-            return {}
-        hashes, index, pending, versions, entry = self.t.hashes, self._index, self.pending, self.versions, self.entry
-        out = {}
-        for url in ids:
-            n = index.get(url, -1)
-            known = n >= 0 and n not in pending
-            out[url] = [versions.get(url, ""), hashes[n] if known else (entry.hash(url) or "") if entry else ""]
-        return out
-
-    @functools.cached_property
-    def _index(self) -> dict[str, int]:
-        return {url: n for n, url in enumerate(self.t.urls)}
+    def records(self, entries: Iterable[int] | None = None) -> tuple[dict[str, str], dict[str, list[str]]]:
+        """What the journal keeps of `entries` (indexes; None: every entry on the server, those of an earlier spec
+        the journal holds too) that are on the server: fullUrl → `Type/<id>`, and fullUrl → [its version, the spec
+        hash]. The hash is the spec's own when the server has the entry as the spec says; for a changed entry not
+        updated yet, the one the journal had (or none), so the next run sees the change again. A version this run
+        did not learn is the one the journal had."""
+        urls, known, hashes, versions, entry = self.t.urls, self.ids, self.t.hashes, self.versions, self.entry
+        pending = set(self.pending)
+        indexes = range(len(urls)) if entries is None else entries
+        ids: dict[str, str] = {}
+        out: dict[str, list[str]] = {}
+        for n in indexes:
+            if (ref := known.get(url := urls[n])) is not None:
+                ids[url] = ref
+                spec = hashes[n] if n not in pending else (entry.hash(url) or "") if entry else ""
+                out[url] = [versions.get(url) or (entry.version(url) or "" if entry else ""), spec]
+        if entries is None and len(ids) < len(known):  # (a journal row written for an earlier version of the spec)
+            for url in known.keys() - set(urls):
+                ids[url] = known[url]
+                out[url] = [versions.get(url) or (entry.version(url) or "" if entry else ""),
+                            (entry.hash(url) or "") if entry else ""]
+        return ids, out
 
 
 def _first_failed(part: list[int], answers: Sequence[EntryAnswer], *, rolled_back: bool = True

@@ -7,7 +7,8 @@ from __future__ import annotations
 import functools
 import hashlib
 from array import array
-from typing import Any, Final
+from collections.abc import Iterator, Sequence
+from typing import Any, Final, overload
 
 import orjson
 
@@ -49,7 +50,7 @@ class Thread:
             self.fingerprint = hashlib.sha256(self._body).hexdigest()
             self.length = len(self._body)
         self.values = values
-        self.identifiers = [f"{system}|{v}" for v in values]
+        self.identifiers = Identifiers(system, values)
         self.urls = [full_url(system, v) for v in values]
         self.types = entry_types(spec)
         self.owners = entry_messages(spec)  # each entry's message (None: the header)
@@ -72,7 +73,7 @@ class Thread:
         return {"resourceType": "Bundle", "type": TRANSACTION, "entry": entries}
 
     @functools.cached_property
-    def sizes(self) -> list[int]:  # (a long thread's: added up when it was made)
+    def sizes(self) -> Sequence[int]:  # (a long thread's: added up when it was made)
         """Each header's, message's or read receipt's size in a request (without the Binaries it may carry)."""
         return entry_sizes(self.bundle)[:len(self.urls)]
 
@@ -83,7 +84,7 @@ class Thread:
         return [a for a in self.spec.messages[n - 1].attachments if a.file is not None and a.size and a.hash]
 
     @functools.cached_property
-    def hashes(self) -> list[str]:  # (a long thread's: made when it was made)
+    def hashes(self) -> Sequence[str]:  # (a long thread's: made when it was made, as `Hashes`)
         """A hash of each entry as the spec builds it: what the journal compares a later spec with. Read from
         the body's bytes (each entry starts with its own fullUrl), without parsing it."""
         starts = []
@@ -92,7 +93,7 @@ class Thread:
             at = self.body.index(b'{"fullUrl":"' + url.encode() + b'"', at)
             starts.append(at)
         ends = [*(n - 1 for n in starts[1:]), len(self.body) - 2]  # before each ',' and the final ']}'
-        return [hashlib.sha256(self.body[a:b]).hexdigest()[:20] for a, b in zip(starts, ends, strict=True)]
+        return [hashlib.sha256(self.body[a:b]).hexdigest()[:HASH_DIGITS] for a, b in zip(starts, ends, strict=True)]
 
     @functools.cached_property
     def references(self) -> dict[str, tuple[str, ...]]:
@@ -161,14 +162,14 @@ LONG_THREAD: Final = 2 * WINDOW
 when a part is sent, and what the journal keeps of them (hashes, the fingerprint) is made in one pass."""
 
 
-def _summed(entries: BuiltEntries, count: int) -> tuple[str, int, list[str], list[int]]:
+def _summed(entries: BuiltEntries, count: int) -> tuple[str, int, Hashes, array[int]]:
     """What a load needs of a thread's bytes (`bundle_bytes`), made an entry at a time without them: the
     fingerprint (SHA-256 of all of them) and length, and of each of the first `count` entries (header, messages,
     read receipts) the hash (`Thread.hashes`) and size in a request (`plan.entry_sizes`)."""
     whole = hashlib.sha256(BUNDLE_START)
     length = len(BUNDLE_START) + 2
-    hashes: list[str] = []
-    sizes: list[int] = []
+    hashes = Hashes()
+    sizes = array("q")
     for n, entry in enumerate(entries):
         data = orjson.dumps(entry)  # (the bytes `bundle_bytes` writes for it: a property test holds them equal)
         if n:
@@ -177,10 +178,62 @@ def _summed(entries: BuiltEntries, count: int) -> tuple[str, int, list[str], lis
         whole.update(data)
         length += len(data)
         if n < count:
-            hashes.append(hashlib.sha256(data).hexdigest()[:20])
+            hashes.append(hashlib.sha256(data).hexdigest()[:HASH_DIGITS])
             sizes.append(request_entry_bytes(entry))
     whole.update(b"]}")
     return whole.hexdigest(), length, hashes, sizes
+
+
+class Identifiers(Sequence[str]):
+    """Each entry's identifier, `<system>|<value>`, made from its value when asked for: a thread of 100,000
+    messages does not keep 100,000 more strings (11 MB)."""
+
+    def __init__(self, system: str, values: Sequence[str]) -> None:
+        self._prefix, self._values = f"{system}|", values
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    @overload
+    def __getitem__(self, n: int) -> str: ...
+    @overload
+    def __getitem__(self, n: slice) -> list[str]: ...
+    def __getitem__(self, n: int | slice) -> str | list[str]:
+        if isinstance(n, slice):
+            return [self._prefix + v for v in self._values[n]]
+        return self._prefix + self._values[n]
+
+    def __iter__(self) -> Iterator[str]:
+        return (self._prefix + v for v in self._values)
+
+
+class Hashes(Sequence[str]):
+    """Entry hashes of `HASH_DIGITS` hex digits, kept as their bytes in one buffer (a thread of 100,000 messages:
+    1 MB, not 7 as strings), each made a string again when asked for."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+
+    def append(self, digits: str) -> None:
+        self._data += bytes.fromhex(digits)
+
+    def __len__(self) -> int:
+        return len(self._data) // _HASH_BYTES
+
+    @overload
+    def __getitem__(self, n: int) -> str: ...
+    @overload
+    def __getitem__(self, n: slice) -> list[str]: ...
+    def __getitem__(self, n: int | slice) -> str | list[str]:
+        if isinstance(n, slice):
+            return [self[i] for i in range(len(self))[n]]
+        at = range(len(self))[n] * _HASH_BYTES  # (IndexError out of range, negative from the end)
+        return self._data[at:at + _HASH_BYTES].hex()
+
+
+HASH_DIGITS: Final = 20
+"""Hex digits of an entry's hash (`Thread.hashes`): the first of its SHA-256."""
+_HASH_BYTES: Final = HASH_DIGITS // 2
 
 
 _ENTRY_START: Final = b'{"fullUrl":"'
