@@ -8,7 +8,8 @@
 The thread is written by `thread-bundler generate --threads 1 --messages N` (its participants file beside it),
 then `validate`, `build -o`, `load`, `verify` and `export` run on it, each a fresh process (`common.run_command`):
 the figures are the whole process's peak resident memory (its VmHWM at exit) and its wall time. `export` reads
-every thread of the project: run it on a local server (empty but for this thread), or expect it to read others'.
+only this thread: the one whose subject is the thread's (the header's `subject`, read once the thread is on the
+server), so a project that holds others (a real Medplum's) is measured the same.
 The server is a local one started here, or the project MEDPLUM_BASE_URL, MEDPLUM_CLIENT_ID, MEDPLUM_CLIENT_SECRET
 name (then the thread's keys carry this run's prefix, so a store that is not emptied holds nothing of it yet).
 """
@@ -25,6 +26,8 @@ from pathlib import Path
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from common import CommandRun, Target, markdown_table, open_target, run_command
+
+from bundler.build import DEFAULT_IDENTIFIER_SYSTEM
 
 COMMANDS = ("validate", "build", "load", "verify", "export")
 
@@ -57,12 +60,25 @@ def run(target: Target, messages: int, folder: Path, commands: tuple[str, ...], 
     }
     out = []
     for name in commands:
+        if name == "export":
+            args[name] += ["--subject", subject_of(target, threads)]
         done = run_command(args[name], env=connection(target), check=False)  # (its exit code goes in the table)
         if not quiet:
             print(f"… {name}: {done.peak_mb:.0f} MB, {done.seconds:.1f}s, exit {done.returncode}", file=sys.stderr,
                   flush=True)
         out.append(done)
     return out
+
+
+def subject_of(target: Target, threads: Path) -> str:
+    """The subject reference of the thread in `threads` (its header's, as the server holds it: a participant alias in
+    the spec becomes a server id), by the thread's identifier."""
+    [spec] = sorted(threads.iterdir())
+    with spec.open() as f:
+        key = f.readline().split(":", 1)[1].strip().strip("'\"")
+    with target.client() as client:
+        [header] = client.search("Communication", {"identifier": f"{DEFAULT_IDENTIFIER_SYSTEM}|{key}"})
+    return str(header["subject"]["reference"])
 
 
 def main(argv: list[str] | None = None) -> int:
