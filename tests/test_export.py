@@ -708,6 +708,41 @@ def test_shaping_lists_what_is_not_in_our_shape(name: str) -> None:
     assert shaped.spec is not None  # as far as it goes: every one of these still makes a spec
 
 
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_messages_held_as_bytes_shape_as_the_messages_themselves(name: str) -> None:
+    """`export` holds a thread's messages as bytes while it shapes them (`Held`: a page at a time as read, the
+    first read of each kept, decoded when asked for): the spec, problems and dropped resources are those the
+    messages as data give, for every case of SHAPES, read twice and out of order."""
+    from bundler.export.held import Held
+    from bundler.export.shape import unsigned
+
+    header, messages, _ = SHAPES[name]
+    given = [*reversed(messages), *messages]  # (a page that shifted brings some again; out of sent order)
+    held = Held(prepare=unsigned)
+    for page in (given[:1], given[1:]):
+        held.add(page)
+    assert len(held) == len({m["id"] for m in messages})
+    plain, stored = (shape_thread(header, m, identifier_system=SYSTEM) for m in (given, held))
+    assert stored.spec is not None and plain.spec is not None
+    assert (stored.spec.to_data(), stored.problems, stored.dropped) == (plain.spec.to_data(), plain.problems,
+                                                                         plain.dropped)
+
+
+def test_held_messages_keep_the_first_read_unsign_their_urls_and_sort_in_place() -> None:
+    from bundler.export.held import Held
+    from bundler.export.shape import unsigned
+
+    signed = {"contentAttachment": {"url": "https://storage.example.com/binary/b1/v1?Signature=abc&Expires=1",
+                                    "contentType": "text/plain"}}
+    first = _message(1, sent="2024-01-01T10:05:00Z", payload=[signed])
+    again = _message(1, sent="2024-01-01T10:06:00Z")  # (changed between pages: the first read is kept)
+    held = Held([_message(2, sent="2024-01-01T10:01:00Z"), first, again], prepare=unsigned)
+    assert [m["id"] for m in held] == ["m2", "m1"] and held[1]["sent"] == "2024-01-01T10:05:00Z"
+    assert held[1]["payload"][0]["contentAttachment"]["url"] == "Binary/b1"
+    held.sort(lambda m: m["id"])
+    assert [m["id"] for m in held] == ["m1", "m2"] and [m["id"] for m in held[-1:]] == ["m2"]
+
+
 def test_keys_and_ids_from_our_identifiers_else_from_server_ids() -> None:
     shaped = shape_thread(_header(), [_message(1)], identifier_system=SYSTEM)
     assert shaped.problems == []

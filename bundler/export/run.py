@@ -22,17 +22,18 @@ from typing import Any, Literal
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, check_identifier_system
 from ..errors import AuthError, BundlerError, OptionError, SpecError, Unreachable
 from ..files import staged_folder, write_atomic
-from ..load.verify import read_part_of, read_receipts
+from ..load.verify import part_of_pages, read_part_of, read_receipts, sent_order
 from ..medplum.client import FhirClient
 from ..spec.dump import dump_yaml
 from ..spec.model import Attachment
 from ..spec.participants import check_participants
 from ..spec.source import Document
 from .download import download
+from .held import Held
 from .participants import People, check_participants_file, plan, rewrite_spec
 from .read import HeaderIds, orphan_targets
 from .search import DEFAULT_PAGE_SIZE, Filters, check_page_size, header_pages
-from .shape import Shaped, shape_orphans, shape_thread
+from .shape import Shaped, shape_orphans, shape_thread, unsigned
 from .write import REPORT_NAME, ThreadExport, Writer
 
 Attachments = Literal["keep", "download"]
@@ -229,17 +230,20 @@ class _Run:
     def _one(self, header: dict[str, Any]) -> ThreadExport:
         """Read, shape and write one thread (in a worker)."""
         header_id = str(header["id"])
+        messages = Held(prepare=unsigned)  # (as bytes: a thread of 100,000 messages takes about 100 MB, not 420)
         try:
-            messages = read_part_of(self.client, f"Communication/{header_id}", page_size=self.page_size)
+            for page in part_of_pages(self.client, f"Communication/{header_id}", page_size=self.page_size):
+                messages.add(page)
+            messages.sort(sent_order)  # (as `read_part_of` gives them)
             receipts = read_receipts(self.client, header_id, page_size=self.page_size)
         except BundlerError as exc:
             return self._failed(header_id, exc, "its messages could not be read", [header])
-        resources = [*messages, *receipts]
         try:
             return self._written(lambda files: shape_thread(header, messages, identifier_system=self.system,
-                                                            files=files, receipts=receipts))
+                                                            files=files, receipts=receipts),
+                                 shaped_all=messages.clear)  # (100 MB of a 100,000-message thread, before writing)
         except BundlerError as exc:
-            return self._failed(str(header["id"]), exc, "it could not be exported", [header, *resources])
+            return self._failed(header_id, exc, "it could not be exported", [header, *messages, *receipts])
 
     def _failed(self, header_id: str, exc: BundlerError, what: str, dropped: list[dict[str, Any]]) -> ThreadExport:
         """A thread that could not be read or written: its report line, with the error (the export goes on; only a
@@ -253,9 +257,10 @@ class _Run:
         return result
 
     def _written(self, shape: Callable[[Mapping[str, tuple[Attachment, bytes]] | None], Shaped], *,
-                 orphans: bool = False) -> ThreadExport:
+                 orphans: bool = False, shaped_all: Callable[[], None] | None = None) -> ThreadExport:
         """A thread shaped (`shape(files)`), its attachments downloaded if asked (then shaped again, with the files in
-        place of the urls, and compared so), its participants told, and written."""
+        place of the urls, and compared so), its participants told, and written. `shaped_all` is called once it
+        is shaped for the last time (what only shaping needs may be let go before the spec is written)."""
         assert self.writer is not None
         shaped = shape(None)
         if self.download and shaped.spec is not None:
@@ -263,6 +268,8 @@ class _Run:
             if files:
                 shaped = shape(files)
             shaped.problems += problems
+        if shaped_all is not None:
+            shaped_all()
         if self.people is not None:
             self.people.see(shaped.people)
         return self.writer.thread(shaped, orphans=orphans)

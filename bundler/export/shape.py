@@ -19,11 +19,12 @@ loses goes unsaid, whatever its cause.
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from ..build import (
     BuiltEntries,
@@ -58,6 +59,7 @@ from ..vocabulary import (
     parse_literal,
 )
 from .download import file_name
+from .held import Held, Patched
 
 KNOWN_HEADER_FIELDS = frozenset({"resourceType", "id", "meta", "identifier", "status", "category", "subject", "topic",
                                  "sent", "recipient", "sender", "priority"})
@@ -174,8 +176,11 @@ class _Thread:
         if missing is not None:
             self.problem(missing)
         self.people = _People()
-        unique = {str(m.get("id")): m for m in reversed(messages)}  # read twice (pages shifted): once, as first read
-        self.messages = _in_order([_unsigned(m) for m in reversed(unique.values())])
+        if isinstance(messages, Held):  # (once each and unsigned already, as they were read)
+            self.messages: Sequence[Mapping[str, Any]] = _in_order(messages)
+        else:
+            unique = {str(m.get("id")): m for m in reversed(messages)}  # read twice (pages shifted): once, first read
+            self.messages = _in_order([unsigned(m) for m in reversed(unique.values())])
         self.key = self._key()
         self.ids: dict[str, str] = {}  # server id → message id
         self.reads = _Reads()
@@ -344,8 +349,8 @@ class _Thread:
     # --- the whole ----------------------------------------------------------------------------------
 
     def unknown_fields(self) -> None:
-        for resource, known, where in [(self.header, KNOWN_HEADER_FIELDS, "header")] + [
-                (m, KNOWN_MESSAGE_FIELDS, f"Communication/{m.get('id')}") for m in self.messages]:
+        for resource, known, where in itertools.chain([(self.header, KNOWN_HEADER_FIELDS, "header")], (
+                (m, KNOWN_MESSAGE_FIELDS, f"Communication/{m.get('id')}") for m in self.messages)):
             extra = sorted(set(resource) - known - (READ_STATE_FIELDS if resource is self.header
                                                      and _read_state_only(resource) else frozenset()))
             if extra:
@@ -515,7 +520,7 @@ def _read_state_only(header: Mapping[str, Any]) -> bool:
                                                 for e in extensions)
 
 
-def _unsigned(message: Mapping[str, Any]) -> Mapping[str, Any]:
+def unsigned(message: Mapping[str, Any]) -> Mapping[str, Any]:
     """`message` with each attachment url that Medplum signed on the way out (`<storage>/<id>/<version>?...
     Signature=...`, valid for an hour) back as the `Binary/<id>` it stores (`vocabulary.binary_reference`)."""
     payload = message.get("payload")
@@ -531,11 +536,11 @@ def _unsigned(message: Mapping[str, Any]) -> Mapping[str, Any]:
     return {**message, "payload": parts}
 
 
-def _in_order(messages: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+def _in_order(messages: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
     """By sent instant (the moment, whatever its zone), ties in the server's order (which FHIR leaves undefined);
-    messages without a readable instant last."""
+    messages without a readable instant last. `Held` messages are put in order where they are."""
     if _sorted_as_written(messages):  # as the server sorts them (`_sort=sent`): nothing to parse
-        return list(messages)
+        return messages if isinstance(messages, Held) else list(messages)
 
     def moment(m: Mapping[str, Any]) -> tuple[int, float]:
         sent = m.get("sent")
@@ -543,6 +548,9 @@ def _in_order(messages: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
             return (0, parse_instant(sent).timestamp())
         return (1, 0.0)
 
+    if isinstance(messages, Held):
+        messages.sort(moment)
+        return messages
     return sorted(messages, key=moment)
 
 
@@ -571,7 +579,8 @@ def shape_thread(header: Mapping[str, Any], messages: Iterable[Mapping[str, Any]
     them (see the module docstring). `files`: attachment url → the file attachment that replaces it, and its bytes
     (downloaded: they travel with the spec, their size and hash with them). `receipts`: the read-receipt Tasks
     focused on the header, whose owners' reads become `read_by` (read model tasks)."""
-    thread = _Thread(header, list(messages), identifier_system, files=files, receipts=list(receipts))
+    held = messages if isinstance(messages, Held) else list(messages)  # (`Held`: not made data all at once)
+    thread = _Thread(header, held, identifier_system, files=files, receipts=list(receipts))
     spec = thread.out.spec = thread.spec()
     if spec is not None:
         thread.out.problems += _differences(spec, thread, identifier_system)
@@ -605,12 +614,13 @@ def _differences(spec: ThreadSpec, thread: _Thread, system: str) -> list[str]:
     for server_id, mid in thread.ids.items():
         if mid in ids:
             wanted[server_id] = identifier_value(spec.key, mid)
-    resources = []
-    for resource in thread.messages if thread.missing is not None else [thread.header, *thread.messages]:
+    everything = _Joined([] if thread.missing is not None else [thread.header], thread.messages, thread.receipts)
+    kept = [n for n, resource in enumerate(everything) if n >= everything.receipts or str(resource.get("id")) in wanted]
+
+    def ours(resource: Mapping[str, Any]) -> Mapping[str, Any]:  # (receipts: by their own identifiers)
         value = wanted.get(str(resource.get("id")))
-        if value is not None:
-            resources.append({**resource, "identifier": [{"system": system, "value": value}]})
-    resources += map(dict, thread.receipts)  # by their own identifiers: one the builder would not make is listed
+        return dict(resource) if value is None else {**resource, "identifier": [{"system": system, "value": value}]}
+    resources = Patched(everything, kept, ours)  # (each made when compared: a thread of 100,000 is not held twice)
     resolved = {full_url(system, spec.key): f"Communication/{thread.header.get('id')}"}
     data = {a.hash: b for a, b in thread.files.values() if a.hash is not None}
     entries = BuiltEntries(spec, check_identifier_system(system), data or None)  # (built as compared, not held)
@@ -630,16 +640,23 @@ def _same(entries: BuiltEntries, resources: Sequence[Mapping[str, Any]]) -> bool
     `compare_thread` (their entries have no identifier to find them by)."""
     if entries.inline or len(entries) != len(resources):
         return False
-    ids = {r["identifier"][0]["value"]: r for r in resources}
     values = entry_values(entries.spec)
-    held: dict[str, str] = {}
-    for n, value in enumerate(values):  # (every entry's server id first: a message's reply may point further on)
-        got = ids.get(value)
-        if got is None:
-            return False
-        held[entries.url_of(n)] = f"Communication/{got.get('id')}"
-    for n, value in enumerate(values):
-        want, got = entries[n]["resource"], ids[value]
+    ids: list[str] = []  # each resource's server id, by position
+    position: dict[str, int] | None = None  # identifier → position, unless they come in the entries' order
+    for n, r in enumerate(resources):  # (the common case: no map of 100,000 identifiers)
+        ids.append(str(r.get("id")))
+        if position is None and r["identifier"][0]["value"] != values[n]:
+            position = {str(o["identifier"][0]["value"]): k for k, o in enumerate(resources[:n])}
+        if position is not None:
+            position[r["identifier"][0]["value"]] = n
+    where = list(range(len(values))) if position is None else [position.get(v, -1) for v in values]
+    if -1 in where:
+        return False
+    # every entry's server id first: a message's reply may point further on
+    held = {entries.url_of(n): f"Communication/{ids[at]}" for n, at in enumerate(where)}
+    del ids
+    for n, at in enumerate(where):
+        want, got = entries[n]["resource"], resources[at]
         expected = dict(want)
         for name in ("partOf", "inResponseTo"):
             if name in expected:
@@ -649,6 +666,36 @@ def _same(entries: BuiltEntries, resources: Sequence[Mapping[str, Any]]) -> bool
         if expected != {k: v for k, v in got.items() if k not in IGNORED}:
             return False
     return True
+
+
+class _Joined(Sequence[Mapping[str, Any]]):
+    """The header (if any), the messages and the read receipts of a thread as one Sequence, without copying them
+    (`Held` messages are decoded when asked for). `receipts`: where the receipts start."""
+
+    def __init__(self, header: list[Mapping[str, Any]], messages: Sequence[Mapping[str, Any]],
+                 receipts: Sequence[Mapping[str, Any]]) -> None:
+        self._parts = (header, messages, receipts)
+        self.receipts = len(header) + len(messages)
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self._parts)
+
+    @overload
+    def __getitem__(self, n: int) -> Mapping[str, Any]: ...
+    @overload
+    def __getitem__(self, n: slice) -> list[Mapping[str, Any]]: ...
+    def __getitem__(self, n: int | slice) -> Mapping[str, Any] | list[Mapping[str, Any]]:
+        if isinstance(n, slice):
+            return [self[i] for i in range(len(self))[n]]
+        n = range(len(self))[n]
+        for part in self._parts:
+            if n < len(part):
+                return part[n]
+            n -= len(part)
+        raise IndexError(n)  # pragma: no cover - range() refused it first
+
+    def __iter__(self) -> Iterator[Mapping[str, Any]]:
+        return itertools.chain(*self._parts)
 
 
 _FILE_FACTS = re.compile(r"\.contentAttachment\.(?:size|hash): missing on the server")

@@ -76,7 +76,7 @@ def read_part_of(client: FhirClient, reference: str, *, page_size: int = 1000) -
     """The Communications part of `reference` (a header, or whatever they point at), sorted by sent (those without
     last, as Medplum sorts them), every page."""
     return sorted((r for page in part_of_pages(client, reference, page_size=page_size) for r in page),
-                  key=_sent_order)
+                  key=sent_order)
 
 
 def thread_pages(client: FhirClient, header_id: str, *, receipts: bool = False, page_size: int = 1000
@@ -102,7 +102,7 @@ def receipt_pages(client: FhirClient, header_id: str, *, page_size: int = 1000) 
                                                  **cursor_paged(page_size)})
 
 
-def _sent_order(resource: Mapping[str, Any]) -> tuple[int, dt.datetime | str]:
+def sent_order(resource: Mapping[str, Any]) -> tuple[int, dt.datetime | str]:
     """Sorting by `sent` as Medplum does (by the moment; none last), whatever offset each is written with."""
     sent = resource.get("sent")
     try:
