@@ -15,11 +15,12 @@ import functools
 import hashlib
 import uuid
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Final, overload
+from typing import Any, Final
 
 import orjson
 
 from .errors import OptionError, Problem, SpecError
+from .lazy import Lazy
 from .spec.model import Attachment, Coding, Message, Participant, ThreadSpec, parse_spec
 from .vocabulary import (
     DEFAULT_CONTENT_TYPE,
@@ -251,26 +252,14 @@ def _entries(spec: ThreadSpec, system: str, files: Mapping[str, bytes] | None) -
     yield from built.binaries()  # last: the loader finds a thread's Binaries after its header, messages and receipts
 
 
-class EntrySequence(Sequence[dict[str, Any]]):
+class EntrySequence(Lazy[dict[str, Any]]):
     """A bundle's entries, each made when it is asked for (`entry(n)`, n in range) and not kept: a new copy every
     time, as `build_bundle`'s would be, so a caller may change it."""
 
     def entry(self, n: int) -> dict[str, Any]:
         raise NotImplementedError
 
-    @overload
-    def __getitem__(self, n: int) -> dict[str, Any]: ...
-
-    @overload
-    def __getitem__(self, n: slice) -> list[dict[str, Any]]: ...
-
-    def __getitem__(self, n: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
-        if isinstance(n, slice):
-            return [self.entry(i) for i in range(*n.indices(len(self)))]
-        if n < 0:
-            n += len(self)
-        if not 0 <= n < len(self):
-            raise IndexError(n)
+    def item(self, n: int) -> dict[str, Any]:
         return self.entry(n)
 
 

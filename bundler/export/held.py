@@ -11,12 +11,14 @@ attachment urls as the server stores them (`shape.unsigned`), and gives them bac
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, overload
+from typing import Any
 
 import orjson
 
+from ..lazy import Lazy
 
-class Held(Sequence[Mapping[str, Any]]):
+
+class Held(Lazy[Mapping[str, Any]]):
     """Messages held as bytes (see the module docstring); a Sequence of them, each decoded when asked for."""
 
     def __init__(self, messages: Iterable[Mapping[str, Any]] = (), *,
@@ -49,20 +51,14 @@ class Held(Sequence[Mapping[str, Any]]):
     def __len__(self) -> int:
         return len(self._data)
 
-    @overload
-    def __getitem__(self, n: int) -> Mapping[str, Any]: ...
-    @overload
-    def __getitem__(self, n: slice) -> list[Mapping[str, Any]]: ...
-    def __getitem__(self, n: int | slice) -> Mapping[str, Any] | list[Mapping[str, Any]]:
-        if isinstance(n, slice):
-            return [orjson.loads(b) for b in self._data[n]]
+    def item(self, n: int) -> Mapping[str, Any]:
         return orjson.loads(self._data[n])  # type: ignore[no-any-return]
 
     def __iter__(self) -> Iterator[Mapping[str, Any]]:
         return (orjson.loads(b) for b in self._data)
 
 
-class Patched(Sequence[Mapping[str, Any]]):
+class Patched(Lazy[Mapping[str, Any]]):
     """`resources` (a Sequence, `Held` for one), each with `patch(resource)` applied when it is asked for; those for
     which it gives None left out (positions are the kept ones')."""
 
@@ -73,13 +69,7 @@ class Patched(Sequence[Mapping[str, Any]]):
     def __len__(self) -> int:
         return len(self._kept)
 
-    @overload
-    def __getitem__(self, n: int) -> Mapping[str, Any]: ...
-    @overload
-    def __getitem__(self, n: slice) -> list[Mapping[str, Any]]: ...
-    def __getitem__(self, n: int | slice) -> Mapping[str, Any] | list[Mapping[str, Any]]:
-        if isinstance(n, slice):
-            return [self._patch(self._resources[i]) for i in self._kept[n]]
+    def item(self, n: int) -> Mapping[str, Any]:
         return self._patch(self._resources[self._kept[n]])
 
     def __iter__(self) -> Iterator[Mapping[str, Any]]:

@@ -24,7 +24,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any
 
 from ..build import (
     BuiltEntries,
@@ -36,6 +36,7 @@ from ..build import (
     split_identifier_value,
 )
 from ..errors import SpecError
+from ..lazy import Lazy
 from ..load.compare import IGNORED, compare_thread
 from ..spec.model import Attachment, Coding, Message, Participant, ThreadSpec
 from ..vocabulary import (
@@ -668,7 +669,7 @@ def _same(entries: BuiltEntries, resources: Sequence[Mapping[str, Any]]) -> bool
     return True
 
 
-class _Joined(Sequence[Mapping[str, Any]]):
+class _Joined(Lazy[Mapping[str, Any]]):
     """The header (if any), the messages and the read receipts of a thread as one Sequence, without copying them
     (`Held` messages are decoded when asked for). `receipts`: where the receipts start."""
 
@@ -680,19 +681,12 @@ class _Joined(Sequence[Mapping[str, Any]]):
     def __len__(self) -> int:
         return sum(len(p) for p in self._parts)
 
-    @overload
-    def __getitem__(self, n: int) -> Mapping[str, Any]: ...
-    @overload
-    def __getitem__(self, n: slice) -> list[Mapping[str, Any]]: ...
-    def __getitem__(self, n: int | slice) -> Mapping[str, Any] | list[Mapping[str, Any]]:
-        if isinstance(n, slice):
-            return [self[i] for i in range(len(self))[n]]
-        n = range(len(self))[n]
+    def item(self, n: int) -> Mapping[str, Any]:
         for part in self._parts:
             if n < len(part):
                 return part[n]
             n -= len(part)
-        raise IndexError(n)  # pragma: no cover - range() refused it first
+        raise IndexError(n)  # pragma: no cover - `Lazy` refused it first
 
     def __iter__(self) -> Iterator[Mapping[str, Any]]:
         return itertools.chain(*self._parts)

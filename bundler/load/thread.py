@@ -8,7 +8,7 @@ import functools
 import hashlib
 from array import array
 from collections.abc import Iterator, Sequence
-from typing import Any, Final, overload
+from typing import Any, Final
 
 import orjson
 
@@ -25,6 +25,7 @@ from ..build import (
 )
 from ..check.limits import request_entry_bytes
 from ..check.validate import WINDOW
+from ..lazy import Lazy
 from ..medplum.answer import quoted_conditional
 from ..spec.model import Attachment, ThreadSpec
 from ..vocabulary import TRANSACTION, wire_reference
@@ -184,7 +185,7 @@ def _summed(entries: BuiltEntries, count: int) -> tuple[str, int, Hashes, array[
     return whole.hexdigest(), length, hashes, sizes
 
 
-class Identifiers(Sequence[str]):
+class Identifiers(Lazy[str]):
     """Each entry's identifier, `<system>|<value>`, made from its value when asked for: a thread of 100,000
     messages does not keep 100,000 more strings (11 MB)."""
 
@@ -194,20 +195,14 @@ class Identifiers(Sequence[str]):
     def __len__(self) -> int:
         return len(self._values)
 
-    @overload
-    def __getitem__(self, n: int) -> str: ...
-    @overload
-    def __getitem__(self, n: slice) -> list[str]: ...
-    def __getitem__(self, n: int | slice) -> str | list[str]:
-        if isinstance(n, slice):
-            return [self._prefix + v for v in self._values[n]]
+    def item(self, n: int) -> str:
         return self._prefix + self._values[n]
 
     def __iter__(self) -> Iterator[str]:
         return (self._prefix + v for v in self._values)
 
 
-class Hashes(Sequence[str]):
+class Hashes(Lazy[str]):
     """Entry hashes of `HASH_DIGITS` hex digits, kept as their bytes in one buffer (a thread of 100,000 messages:
     1 MB, not 7 as strings), each made a string again when asked for."""
 
@@ -220,14 +215,8 @@ class Hashes(Sequence[str]):
     def __len__(self) -> int:
         return len(self._data) // _HASH_BYTES
 
-    @overload
-    def __getitem__(self, n: int) -> str: ...
-    @overload
-    def __getitem__(self, n: slice) -> list[str]: ...
-    def __getitem__(self, n: int | slice) -> str | list[str]:
-        if isinstance(n, slice):
-            return [self[i] for i in range(len(self))[n]]
-        at = range(len(self))[n] * _HASH_BYTES  # (IndexError out of range, negative from the end)
+    def item(self, n: int) -> str:
+        at = n * _HASH_BYTES
         return self._data[at:at + _HASH_BYTES].hex()
 
 
