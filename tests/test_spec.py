@@ -155,3 +155,24 @@ def test_json_positions_after_a_long_string_full_of_escapes_are_exact() -> None:
     assert problems == []
     assert doc.data["text"] == 'a"b\\c\n' * 200_000
     assert doc.position(("topic",)) == (3, 12)
+
+
+def test_a_json_files_threads_are_placed_by_the_read_and_the_rest_only_when_a_problem_asks() -> None:
+    from bundler.spec.source import parse_json, split_threads
+
+    rng = random.Random(7)
+    for _ in range(50):
+        items = [{"thread": f"t{i}", "messages": [{"text": "a\nb", "n": [1, {"x": None}]}] * rng.randrange(3)}
+                 for i in range(rng.randrange(6))]
+        pad = lambda: "".join(rng.choice(" \t\r\n") for _ in range(rng.randrange(4)))  # noqa: E731
+        text = pad() + "[" + pad() + ("," + pad()).join(pad() + json.dumps(t, indent=rng.choice([None, 2])) + pad()
+                                                        for t in items) + pad() + "]" + pad()
+        (lazy,), problems = parse_json(text, "t.json", positions=False)
+        (exact,), _ = parse_json(text, "t.json")
+        assert problems == [] and lazy.data == exact.data == items
+        threads = list(split_threads([lazy]))
+        assert [t.position(()) for t in threads] == [exact.position((i,)) for i in range(len(items))]
+        assert lazy.position(()) == exact.position(())
+        assert not lazy.locate.__self__.scanned  # type: ignore[union-attr]  # (a thread's line needs no scan)
+        if items and items[0]["messages"]:
+            assert threads[0].position(("messages", 0, "n", 1)) == exact.position((0, "messages", 0, "n", 1))

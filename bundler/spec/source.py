@@ -115,7 +115,7 @@ class Document:
 
     def position(self, path: Path_, *, key: bool = False) -> Position | None:
         """Where the value (or, with key=True, the key) at `path` starts; falls back to its parents."""
-        if self.locate is not None:
+        if self.locate is not None and (key or self.prefix + tuple(path) not in self.values):
             self.locate()
             self.locate = None
         full = self.prefix + tuple(path)
@@ -690,21 +690,60 @@ def _deep_offset(text: str) -> int:
     return 0
 
 
-def read_json(text: str) -> tuple[Any, bool]:
-    """`text` as data by Python's reader, and whether it needs `parse_json`'s scan to be judged (a duplicate key,
-    NaN or Infinity, a number too large, half a surrogate pair, or deep nesting). JSONDecodeError, RecursionError
-    as Python's reader raises them."""
+def read_json(text: str) -> tuple[Any, bool, list[int]]:
+    """`text` as data by Python's reader, whether it needs `parse_json`'s scan to be judged (a duplicate key,
+    NaN or Infinity, a number too large, half a surrogate pair, or deep nesting), and where its value starts and,
+    for an array, each of its items (offsets: a file's threads, placed without a scan). JSONDecodeError,
+    RecursionError as Python's reader raises them."""
     suspect = _Suspect()
-    data = json.loads(text, object_pairs_hook=suspect.object, parse_constant=suspect.constant,
-                      parse_int=suspect.integer, parse_float=suspect.number)
-    return data, suspect.found or _SURROGATE_ESCAPE.search(text) is not None or _too_deep(data)
+    decoder = json.JSONDecoder(object_pairs_hook=suspect.object, parse_constant=suspect.constant,
+                               parse_int=suspect.integer, parse_float=suspect.number)
+    starts: list[int] = []
+    try:
+        data = _items(text, decoder, starts)
+    except (ValueError, RecursionError):
+        data = None
+    if data is None:  # not an array read item by item: read whole, as Python's reader words what is wrong
+        suspect, starts = _Suspect(), []
+        data = json.loads(text, object_pairs_hook=suspect.object, parse_constant=suspect.constant,
+                          parse_int=suspect.integer, parse_float=suspect.number)
+        starts = [_WS.match(text).end()]  # type: ignore[union-attr]
+    return data, suspect.found or _SURROGATE_ESCAPE.search(text) is not None or _too_deep(data), starts
+
+
+_WS: Final = re.compile(r"[ \t\r\n]*")
+
+
+def _items(text: str, decoder: json.JSONDecoder, starts: list[int]) -> list[Any] | None:
+    """A JSON array read an item at a time, the offset of it and of each item appended to `starts`; None when
+    `text` is something else, or not JSON as it stands (then read whole)."""
+    skip = _WS.match
+    i = skip(text).end()  # type: ignore[union-attr]
+    if not text.startswith("[", i):
+        return None
+    starts.append(i)
+    out: list[Any] = []
+    i = skip(text, i + 1).end()  # type: ignore[union-attr]
+    if not text.startswith("]", i):
+        while True:
+            starts.append(i)
+            value, i = decoder.raw_decode(text, i)
+            out.append(value)
+            i = skip(text, i).end()  # type: ignore[union-attr]
+            if text.startswith("]", i):
+                break
+            if not text.startswith(",", i):
+                return None
+            i = skip(text, i + 1).end()  # type: ignore[union-attr]
+    return out if skip(text, i + 1).end() == len(text) else None  # type: ignore[union-attr]
 
 
 def parse_json(text: str, file: str, *, positions: bool = True) -> tuple[list[Document], list[Problem]]:
     """The JSON value in `text` as one document, or every problem in it; positions come from a second, exact
-    scan, made at once or (`positions=False`) on first use."""
+    scan, made at once or (`positions=False`) on first use, but for the value's own and, in an array, its items'
+    (a file's threads), known from the read."""
     try:
-        data, suspect = read_json(text)
+        data, suspect, starts = read_json(text)
     except json.JSONDecodeError as exc:
         return [], [Problem(file, exc.lineno, exc.colno, "", f"JSON syntax error: {_json_words(exc.msg)}")]
     except RecursionError:
@@ -714,6 +753,10 @@ def parse_json(text: str, file: str, *, positions: bool = True) -> tuple[list[Do
     if positions or suspect:
         problems = scanner.scan()
         return ([], problems) if problems else ([doc], [])
+    lines = _Lines(text)
+    doc.values[()] = lines.at(starts[0])
+    for n, at in enumerate(starts[1:]):
+        doc.values[(n,)] = lines.at(at)
     doc.locate = scanner.scan
     return [doc], []
 
@@ -733,7 +776,7 @@ class _JsonScanner:
     """Walks JSON text that Python's reader has read and records the position of every key and value, and every
     problem that reader let through. Iterative: its own stack, never Python's."""
 
-    _ws = re.compile(r"[ \t\r\n]*")
+    _ws = _WS
     _string = re.compile(_STRING, re.S)
     _scalar = re.compile(r"-?[0-9][0-9eE.+\-]*|true|false|null|NaN|-?Infinity")
 
@@ -837,12 +880,13 @@ class _JsonScanner:
 
 
 def parse_text(text: str, file: str, *, kind: str | None = None) -> tuple[list[Document], list[Problem]]:
-    """Parse `text` as JSON or YAML (`kind` 'json'/'yaml', or sniffed from the first character)."""
+    """Parse `text` as JSON or YAML (`kind` 'json'/'yaml', or sniffed from the first character). JSON's positions
+    are found when first asked for (a problem to place): a file without one is never scanned for them."""
     if kind is None:
         kind = "json" if text.lstrip()[:1] in ("{", "[") else "yaml"
     if not text.strip():
         return [], [Problem(file, None, None, "", "empty file: expected at least one thread")]
-    return parse_json(text, file) if kind == "json" else parse_yaml(text, file)
+    return parse_json(text, file, positions=False) if kind == "json" else parse_yaml(text, file)
 
 
 def split_threads(docs: list[Document]) -> Iterator[Document]:
