@@ -525,10 +525,11 @@ def spec_data(threads: int, messages: int, prefix: str) -> list[dict[str, Any]]:
     return out
 
 
-def run_command_load(target: Target, threads: int, messages: int, concurrency: str) -> Row:
+def run_command_load(target: Target, threads: int, messages: int, concurrency: str, *,
+                     tag: str | None = None) -> Row:
     """`thread-bundler load DIR --concurrency C` in its own process, on spec files written beforehand; the wall
     time of the whole command (start-up, reading the files, the journal, pre-checks, probe, summary)."""
-    data = spec_data(threads, messages, target.prefix(f"cmd{concurrency}"))
+    data = spec_data(threads, messages, target.prefix(f"cmd{tag or concurrency}"))
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         write_specs(data, Path(tmp) / "threads")
         env = {"MEDPLUM_BASE_URL": target.base_url, "MEDPLUM_CLIENT_ID": target.client_id,
@@ -548,39 +549,54 @@ def run_command_load(target: Target, threads: int, messages: int, concurrency: s
 def run_sweep(args: argparse.Namespace, target: Target, quiet: bool) -> tuple[str, list[str], list[list[str]]]:
     """Fixed 1/2/4/8/16 against auto, through the command and the library, beside the bare loop at each setting:
     the table, with auto's ratio to the best fixed setting (of the same path) and the command's to the bare loop at
-    its best."""
+    its best. With `--repeat N`, N rounds of every mode, the order turned by one each round (no mode always first
+    or last, as the server warms up or fills), and each mode's median run: a server's run-to-run noise (5-20% on
+    the real one) is larger than the 5% asked, and one run a setting cannot rank settings that close."""
     threads, messages = args.sweep_threads, args.messages
     resources = threads * (messages + 1)
     levels = [int(n) for n in args.sweep_levels.split(",")]
-    bare: dict[int, Row] = {}
-    command: dict[str, Row] = {}
-    library: dict[str, Row] = {}
-    for n in levels:
-        target.reset()
-        bodies = [bundle_bytes(s) for s in specs_for(threads, messages, target.prefix(f"bare{n}"))]
-        bare[n] = timed(f"bare loop, {n}", functools.partial(run_ceiling, target, bodies, resources, concurrency=n),
-                        quiet)
-    for c in [*map(str, levels), "auto"]:
-        target.reset()
-        command[c] = timed(f"command, --concurrency {c}", functools.partial(
-            run_command_load, target, threads, messages, c), quiet)
-        if args.sweep_library:
+    settings = [*map(str, levels), "auto"]
+    modes = [("bare", str(n)) for n in levels] + [("command", c) for c in settings] + \
+        ([("library", c) for c in settings] if args.sweep_library else [])
+    runs: dict[tuple[str, str], list[Row]] = {mode: [] for mode in modes}
+    rounds = max(1, args.repeat)
+    for r in range(rounds):
+        turn = r % len(modes)
+        for kind, c in modes[turn:] + modes[:turn]:
             target.reset()
-            library[c] = timed(f"library, concurrency={c}", functools.partial(
-                run_load, target, specs_for(threads, messages, target.prefix(f"lib{c}")), f"library {c}",
-                concurrency=c if c == "auto" else int(c)), quiet)
+            label = f"{kind} {c}" + (f", round {r + 1}/{rounds}" if rounds > 1 else "")
+            tag = f"{c}r{r}"
+            if kind == "bare":
+                bodies = [bundle_bytes(s) for s in specs_for(threads, messages, target.prefix(f"bare{tag}"))]
+                make = functools.partial(run_ceiling, target, bodies, resources, concurrency=int(c))
+            elif kind == "command":
+                make = functools.partial(run_command_load, target, threads, messages, c, tag=tag)
+            else:
+                make = functools.partial(run_load, target, specs_for(threads, messages, target.prefix(f"lib{tag}")),
+                                         f"library {c}", concurrency=c if c == "auto" else int(c))
+            runs[(kind, c)].append(timed(label, make, quiet))
+    median = {mode: sorted(rows, key=lambda row: row.rate)[(len(rows) - 1) // 2] for mode, rows in runs.items()}
+
+    def shown(mode: tuple[str, str]) -> str:
+        rates = [row.rate for row in runs[mode]]
+        spread = f" ({min(rates):,.0f}-{max(rates):,.0f})" if len(rates) > 1 else ""
+        return f"{median[mode].rate:,.0f}{spread}"
+
+    bare = {n: median[("bare", str(n))] for n in levels}
+    command = {c: median[("command", c)] for c in settings}
+    library = {c: median[("library", c)] for c in settings} if args.sweep_library else {}
     best_bare = max(bare.values(), key=lambda r: r.rate)
     best_command = max((command[str(n)] for n in levels), key=lambda r: r.rate)
     rows = []
-    for c in [*map(str, levels), "auto"]:
+    for c in settings:
         cmd, lib = command[c], library.get(c)
         settled = "-"
         if c == "auto":
-            settled = cmd.extra["concurrency"] + (f" (library: {lib.extra['report'].concurrency})" if lib else "")
-        bare_rate = f"{bare[int(c)].rate:,.0f}" if c != "auto" else "-"
-        rows.append([f"**{c}**" if c == "auto" else c, bare_rate, f"{cmd.rate:,.0f}",
-                     f"{cmd.rate / best_bare.rate:.2f}", f"{cmd.rate / best_command.rate:.2f}",
-                     f"{lib.rate:,.0f}" if lib else "-", settled])
+            settled = ", ".join(row.extra["concurrency"] for row in runs[("command", c)]) + \
+                (f" (library: {lib.extra['report'].concurrency})" if lib else "")
+        rows.append([f"**{c}**" if c == "auto" else c, shown(("bare", c)) if c != "auto" else "-",
+                     shown(("command", c)), f"{cmd.rate / best_bare.rate:.2f}", f"{cmd.rate / best_command.rate:.2f}",
+                     shown(("library", c)) if lib else "-", settled])
     auto_cmd = command["auto"]
     best_lib = max((library[str(n)] for n in levels), key=lambda r: r.rate) if library else None
     notes = [f"auto / best fixed (command): **{auto_cmd.rate / best_command.rate:.2f}** (target ≥ 0.95); "
@@ -590,10 +606,12 @@ def run_sweep(args: argparse.Namespace, target: Target, quiet: bool) -> tuple[st
         notes.append(f"library: auto / best fixed {library['auto'].rate / best_lib.rate:.2f}")
     where = target.describe()
     rtt = f", +{args.rtt_ms:g} ms round trip (a delaying proxy in front of it)" if args.rtt_ms else ""
+    each = (f"; each mode's median of {rounds} runs (in brackets: the least and most), the modes in turn"
+            if rounds > 1 else "")
     caption = (f"Concurrency: {threads:,} threads × (1 header + {messages} messages) = {resources:,} resources, "
-               f"{where}{rtt}; {'; '.join(notes)}")
+               f"{where}{rtt}{each}; {'; '.join(notes)}")
     head = ["concurrency", "bare loop resources/s", "command resources/s", "× bare at its best",
-            "× best fixed", "library resources/s", "auto (command)"]
+            "× best fixed", "library resources/s", "auto (command): settled at"]
     return caption, head, rows
 
 
@@ -715,7 +733,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=10, help="messages per thread (plus 1 header)")
     parser.add_argument("--per-resource-threads", type=int, default=100,
                         help="threads posted one resource at a time (a subset; default 100)")
-    parser.add_argument("--repeat", type=int, default=1, help="run load and the ceiling N times, keep the best")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run load and the ceiling N times, keep the best (--sweep: each mode N times, the median)")
     parser.add_argument("--quota-points", type=int, default=15_000, help="quota points per window (quota run)")
     parser.add_argument("--quota-window", type=int, default=10, help="quota window in seconds (quota run)")
     parser.add_argument("--quota-seconds", type=float, default=25.0, help="about how long the quota run lasts")
