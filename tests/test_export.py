@@ -739,7 +739,7 @@ def test_held_messages_keep_the_first_read_unsign_their_urls_and_sort_in_place()
     held = Held([_message(2, sent="2024-01-01T10:01:00Z"), first, again], prepare=unsigned)
     assert [m["id"] for m in held] == ["m2", "m1"] and held[1]["sent"] == "2024-01-01T10:05:00Z"
     assert held[1]["payload"][0]["contentAttachment"]["url"] == "Binary/b1"
-    held.sort(lambda m: m["id"])
+    held.sort(key=lambda m: m["id"])
     assert [m["id"] for m in held] == ["m1", "m2"] and [m["id"] for m in held[-1:]] == ["m2"]
 
 

@@ -38,7 +38,7 @@ class Held(Lazy[Mapping[str, Any]]):
             data = orjson.dumps(self._prepare(m) if self._prepare is not None else m)
             self._data.append(bytes(memoryview(data)))  # (a copy: orjson's bytes keep the room they were written in)
 
-    def sort(self, key: Callable[[Mapping[str, Any]], Any]) -> None:
+    def sort(self, *, key: Callable[[Mapping[str, Any]], Any]) -> None:
         """Put them in the order of `key` (stable: ties keep their order), each decoded once for its key."""
         keys = [key(m) for m in self]
         order = sorted(range(len(keys)), key=keys.__getitem__)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, check_identifier_system
 from ..errors import AuthError, BundlerError, OptionError, SpecError, Unreachable
 from ..files import staged_folder, write_atomic
-from ..load.verify import part_of_pages, read_part_of, read_receipts, sent_order
+from ..load.verify import hold_part_of, read_part_of, read_receipts
 from ..medplum.client import FhirClient
 from ..spec.dump import dump_yaml
 from ..spec.model import Attachment
@@ -232,9 +232,7 @@ class _Run:
         header_id = str(header["id"])
         messages = Held(prepare=unsigned)  # (as bytes: a thread of 100,000 messages takes about 100 MB, not 420)
         try:
-            for page in part_of_pages(self.client, f"Communication/{header_id}", page_size=self.page_size):
-                messages.add(page)
-            messages.sort(sent_order)  # (as `read_part_of` gives them)
+            hold_part_of(self.client, f"Communication/{header_id}", messages, page_size=self.page_size)
             receipts = read_receipts(self.client, header_id, page_size=self.page_size)
         except BundlerError as exc:
             return self._failed(header_id, exc, "its messages could not be read", [header])

@@ -168,7 +168,7 @@ class _People:
 class _Thread:
     """The work of `shape_thread` for one thread."""
 
-    def __init__(self, header: Mapping[str, Any], messages: Sequence[Mapping[str, Any]], system: str,
+    def __init__(self, header: Mapping[str, Any], messages: Held, system: str,
                  missing: str | None = None, files: Mapping[str, tuple[Attachment, bytes]] | None = None,
                  receipts: Sequence[Mapping[str, Any]] = ()) -> None:
         self.header, self.system, self.missing, self.files = header, system, missing, files or {}
@@ -177,11 +177,7 @@ class _Thread:
         if missing is not None:
             self.problem(missing)
         self.people = _People()
-        if isinstance(messages, Held):  # (once each and unsigned already, as they were read)
-            self.messages: Sequence[Mapping[str, Any]] = _in_order(messages)
-        else:
-            unique = {str(m.get("id")): m for m in reversed(messages)}  # read twice (pages shifted): once, first read
-            self.messages = _in_order([unsigned(m) for m in reversed(unique.values())])
+        self.messages = _in_order(messages)  # (once each, the first read, and unsigned: as `Held` holds them)
         self.key = self._key()
         self.ids: dict[str, str] = {}  # server id → message id
         self.reads = _Reads()
@@ -537,11 +533,11 @@ def unsigned(message: Mapping[str, Any]) -> Mapping[str, Any]:
     return {**message, "payload": parts}
 
 
-def _in_order(messages: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+def _in_order(messages: Held) -> Held:
     """By sent instant (the moment, whatever its zone), ties in the server's order (which FHIR leaves undefined);
-    messages without a readable instant last. `Held` messages are put in order where they are."""
+    messages without a readable instant last: put in order where they are."""
     if _sorted_as_written(messages):  # as the server sorts them (`_sort=sent`): nothing to parse
-        return messages if isinstance(messages, Held) else list(messages)
+        return messages
 
     def moment(m: Mapping[str, Any]) -> tuple[int, float]:
         sent = m.get("sent")
@@ -549,10 +545,8 @@ def _in_order(messages: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, An
             return (0, parse_instant(sent).timestamp())
         return (1, 0.0)
 
-    if isinstance(messages, Held):
-        messages.sort(moment)
-        return messages
-    return sorted(messages, key=moment)
+    messages.sort(key=moment)
+    return messages
 
 
 def _sorted_as_written(messages: Sequence[Mapping[str, Any]]) -> bool:
@@ -580,7 +574,7 @@ def shape_thread(header: Mapping[str, Any], messages: Iterable[Mapping[str, Any]
     them (see the module docstring). `files`: attachment url → the file attachment that replaces it, and its bytes
     (downloaded: they travel with the spec, their size and hash with them). `receipts`: the read-receipt Tasks
     focused on the header, whose owners' reads become `read_by` (read model tasks)."""
-    held = messages if isinstance(messages, Held) else list(messages)  # (`Held`: not made data all at once)
+    held = messages if isinstance(messages, Held) else Held(messages, prepare=unsigned)  # (see `held`)
     thread = _Thread(header, held, identifier_system, files=files, receipts=list(receipts))
     spec = thread.out.spec = thread.spec()
     if spec is not None:
@@ -599,7 +593,7 @@ def shape_orphans(target: str, messages: Iterable[Mapping[str, Any]], why: str, 
     stub: dict[str, Any] = {"resourceType": "Communication", "id": target}
     if len(keys) == 1:
         stub["identifier"] = [{"system": identifier_system, "value": keys.pop()}]
-    thread = _Thread(stub, messages, identifier_system, missing=why, files=files)
+    thread = _Thread(stub, Held(messages, prepare=unsigned), identifier_system, missing=why, files=files)
     spec = thread.out.spec = thread.spec()
     if spec is not None:
         thread.out.problems += _differences(spec, thread, identifier_system)

@@ -679,16 +679,21 @@ class ThreadLoad:
         indexes = range(len(urls)) if entries is None else entries
         ids: dict[str, str] = {}
         out: dict[str, list[str]] = {}
+
+        def version(url: str) -> str:
+            return versions.get(url) or (entry.version(url) or "" if entry else "")
+
+        def journaled_hash(url: str) -> str:
+            return (entry.hash(url) or "") if entry else ""
+
         for n in indexes:
             if (ref := known.get(url := urls[n])) is not None:
                 ids[url] = ref
-                spec = hashes[n] if n not in pending else (entry.hash(url) or "") if entry else ""
-                out[url] = [versions.get(url) or (entry.version(url) or "" if entry else ""), spec]
+                out[url] = [version(url), hashes[n] if n not in pending else journaled_hash(url)]
         if entries is None and len(ids) < len(known):  # (a journal row written for an earlier version of the spec)
             for url in known.keys() - set(urls):
                 ids[url] = known[url]
-                out[url] = [versions.get(url) or (entry.version(url) or "" if entry else ""),
-                            (entry.hash(url) or "") if entry else ""]
+                out[url] = [version(url), journaled_hash(url)]
         return ids, out
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, identifier_value
 from ..errors import AuthError, BundlerError, Unreachable
@@ -72,11 +72,34 @@ def read_receipts(client: FhirClient, header_id: str, *, page_size: int = 1000) 
     return [r for page in receipt_pages(client, header_id, page_size=page_size) for r in page]
 
 
+class Holder(Protocol):
+    """What `hold_part_of` reads messages into: a list (`read_part_of`'s), or one that keeps them as bytes
+    (`export.held.Held`)."""
+
+    def add(self, messages: Iterable[Mapping[str, Any]], /) -> None: ...
+
+    def sort(self, *, key: Callable[[Mapping[str, Any]], Any]) -> None: ...
+
+
+H = TypeVar("H", bound=Holder)
+
+
+class _Listed(list[dict[str, Any]]):
+    add = list.extend
+
+
 def read_part_of(client: FhirClient, reference: str, *, page_size: int = 1000) -> list[dict[str, Any]]:
     """The Communications part of `reference` (a header, or whatever they point at), sorted by sent (those without
     last, as Medplum sorts them), every page."""
-    return sorted((r for page in part_of_pages(client, reference, page_size=page_size) for r in page),
-                  key=sent_order)
+    return hold_part_of(client, reference, _Listed(), page_size=page_size)
+
+
+def hold_part_of(client: FhirClient, reference: str, holder: H, *, page_size: int = 1000) -> H:
+    """`read_part_of` into `holder`, a page at a time."""
+    for page in part_of_pages(client, reference, page_size=page_size):
+        holder.add(page)
+    holder.sort(key=sent_order)
+    return holder
 
 
 def thread_pages(client: FhirClient, header_id: str, *, receipts: bool = False, page_size: int = 1000
