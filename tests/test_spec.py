@@ -174,5 +174,6 @@ def test_a_json_files_threads_are_placed_by_the_read_and_the_rest_only_when_a_pr
         assert [t.position(()) for t in threads] == [exact.position((i,)) for i in range(len(items))]
         assert lazy.position(()) == exact.position(())
         assert not lazy.locate.__self__.scanned  # type: ignore[union-attr]  # (a thread's line needs no scan)
+        assert lazy.locate.__self__.doc.data is None  # type: ignore[union-attr]  # (what a spec keeps: not the file)
         if items and items[0]["messages"]:
             assert threads[0].position(("messages", 0, "n", 1)) == exact.position((0, "messages", 0, "n", 1))

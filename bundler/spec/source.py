@@ -749,15 +749,16 @@ def parse_json(text: str, file: str, *, positions: bool = True) -> tuple[list[Do
     except RecursionError:
         return [], [Problem(file, *_Lines(text).at(_deep_offset(text)), "", TOO_DEEP)]
     doc = Document(file, data)
-    scanner = _JsonScanner(text, doc)
     if positions or suspect:
-        problems = scanner.scan()
+        problems = _JsonScanner(text, doc).scan()
         return ([], problems) if problems else ([doc], [])
     lines = _Lines(text)
     doc.values[()] = lines.at(starts[0])
     for n, at in enumerate(starts[1:]):
         doc.values[(n,)] = lines.at(at)
-    doc.locate = scanner.scan
+    # (the scan fills the positions every thread of the file shares; it holds the text, not the file's data, which
+    # a thread's spec would otherwise keep whole while it lives)
+    doc.locate = _JsonScanner(text, Document(file, None, values=doc.values, keys=doc.keys)).scan
     return [doc], []
 
 
