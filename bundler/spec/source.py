@@ -115,10 +115,10 @@ class Document:
 
     def position(self, path: Path_, *, key: bool = False) -> Position | None:
         """Where the value (or, with key=True, the key) at `path` starts; falls back to its parents."""
-        if self.locate is not None and (key or self.prefix + tuple(path) not in self.values):
+        full = self.prefix + tuple(path)
+        if self.locate is not None and (key or full not in self.values):
             self.locate()
             self.locate = None
-        full = self.prefix + tuple(path)
         if self.tree is not None:
             return self.tree.find(full, key=key)
         if key and full in self.keys:
@@ -634,6 +634,11 @@ class _Suspect:
     def __init__(self) -> None:
         self.found = False
 
+    def reader(self) -> json.JSONDecoder:
+        """Python's JSON reader, telling this what it saw."""
+        return json.JSONDecoder(object_pairs_hook=self.object, parse_constant=self.constant, parse_int=self.integer,
+                                parse_float=self.number)
+
     def object(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out = dict(pairs)
         if len(out) != len(pairs):
@@ -696,17 +701,14 @@ def read_json(text: str) -> tuple[Any, bool, list[int]]:
     for an array, each of its items (offsets: a file's threads, placed without a scan). JSONDecodeError,
     RecursionError as Python's reader raises them."""
     suspect = _Suspect()
-    decoder = json.JSONDecoder(object_pairs_hook=suspect.object, parse_constant=suspect.constant,
-                               parse_int=suspect.integer, parse_float=suspect.number)
     starts: list[int] = []
     try:
-        data = _items(text, decoder, starts)
+        data = _items(text, suspect.reader(), starts)
     except (ValueError, RecursionError):
         data = None
     if data is None:  # not an array read item by item: read whole, as Python's reader words what is wrong
-        suspect, starts = _Suspect(), []
-        data = json.loads(text, object_pairs_hook=suspect.object, parse_constant=suspect.constant,
-                          parse_int=suspect.integer, parse_float=suspect.number)
+        suspect = _Suspect()
+        data = suspect.reader().decode(text)
         starts = [_WS.match(text).end()]  # type: ignore[union-attr]
     return data, suspect.found or _SURROGATE_ESCAPE.search(text) is not None or _too_deep(data), starts
 
