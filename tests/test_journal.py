@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -92,3 +95,62 @@ def test_a_note_on_a_committed_row_is_kept_and_cleared(tmp_path: Path) -> None:
         journal.note("t1", None)
         entry = journal.get_many(["t1"])["t1"]
         assert entry.error is None and entry.state == State.COMMITTED
+
+
+def _queued(journal: Journal, n: int) -> None:
+    """Wait until `n` writes are queued behind the journal's lock (each thread queues before it takes the lock)."""
+    deadline = time.monotonic() + 30
+    while len(journal._queued) < n:
+        assert time.monotonic() < deadline, f"{len(journal._queued)} of {n} writes queued"
+        time.sleep(0.001)
+
+
+def test_writes_asked_for_meanwhile_share_one_transaction_and_all_land(tmp_path: Path) -> None:
+    """A load's workers each record their thread as it commits: while one writes, the others' writes queue, and
+    the next to take the lock writes them all in one transaction (a group commit). Each put returns only once its
+    rows are in."""
+    with Journal(tmp_path / "j.sqlite", TARGET) as journal:
+        groups: list[int] = []
+        write_group = journal._write_group
+        journal._write_group = lambda group: (groups.append(len(group)), write_group(group))[1]  # type: ignore
+        journal._lock.acquire()  # (as if a write were under way)
+        entries = [Entry(f"t{n}", State.COMMITTED, "f", {f"urn:uuid:{n}": f"Communication/c{n}"}, [], None,
+                         {f"urn:uuid:{n}": ["1", f"h{n}"]}) for n in range(6)]
+        workers = [threading.Thread(target=journal.put, args=(e,)) for e in entries]
+        for w in workers:
+            w.start()
+        _queued(journal, len(workers))
+        journal._lock.release()
+        for w in workers:
+            w.join()
+        assert groups == [6], "the six writes queued meanwhile went in one transaction"
+        rows = journal.get_many([e.key for e in entries])
+        assert {k: (r.ids, r.entries) for k, r in rows.items()} == {e.key: (e.ids, e.entries) for e in entries}
+
+
+def test_a_failed_group_fails_every_write_in_it_and_records_none(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite", TARGET) as journal:
+        journal.put(Entry("before", State.COMMITTED, "f"))
+        journal._lock.acquire()
+        good = [Entry(f"t{n}", State.COMMITTED, "f") for n in range(3)]
+        bad = Entry("bad", None, "f")  # type: ignore[arg-type]  # (NOT NULL: the transaction fails)
+        errors: dict[str, BaseException] = {}
+
+        def put(entry: Entry) -> None:
+            try:
+                journal.put(entry)
+            except BaseException as exc:  # (what each writer was told)
+                errors[entry.key] = exc
+
+        workers = [threading.Thread(target=put, args=(e,)) for e in [*good, bad]]
+        for w in workers:
+            w.start()
+        _queued(journal, len(workers))
+        journal._lock.release()
+        for w in workers:
+            w.join()
+        assert set(errors) == {"t0", "t1", "t2", "bad"}, "every write of the group was told it failed"
+        assert all(isinstance(e, sqlite3.IntegrityError) for e in errors.values())
+        assert set(journal.get_many(["before", "t0", "t1", "t2", "bad"])) == {"before"}, "none of it recorded"
+        journal.put(Entry("after", State.COMMITTED, "f"))  # (the journal goes on)
+        assert set(journal.get_many(["after"])) == {"after"}
