@@ -279,3 +279,42 @@ def test_a_thread_of_many_messages_is_checked_in_requests_of_bounded_size() -> N
     assert len(asked) >= -(-n // duplicates.CHECK_BATCH)
     assert all(len(a) <= duplicates.CHECK_BATCH for a in asked)
     assert sorted(v for a in asked for v in a) == sorted(f"s|k/m{i}" for i in range(n))
+
+
+def _asked(log: list[Event], marker: str) -> list[str]:
+    """Every identifier the load's checks for copies counted or searched (`system|value`, as sent)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    asked = []
+    for event in checks(log, marker):
+        for entry in orjson.loads(event.body)["entry"]:
+            query = parse_qs(urlsplit(entry["request"]["url"]).query)
+            asked += [v.replace("\\,", ",") for v in query["identifier"][0].split(",")]
+    return asked
+
+
+def test_a_thread_created_whole_is_checked_by_its_header_and_a_part_added_later_by_its_own_entries(
+        project: Any, tmp_path: Path) -> None:
+    """On an atomic project, a thread whose header and messages went in one transaction is checked for copies by its
+    header alone: another load that copied a message copied the header with it (or found ours, with every message).
+    Messages sent later, in a part without the header (a thread that grew), are each counted: another load may
+    have sent them too, having found the header."""
+    from bundler.build import DEFAULT_IDENTIFIER_SYSTEM
+    from bundler.load.thread import Thread
+
+    data = sample_specs(4, 3, prefix=project.prefix, seed=31)
+    specs = [parse_spec(d) for d in data]
+    with FaultProxy(project.target.base_url) as proxy, client_for(project, proxy.url) as client:
+        first = load(specs, client, journal=tmp_path / "j.sqlite")
+        assert first.ok and first.counts() == {"loaded": 4}
+        if not first.atomic:
+            pytest.skip("a project without atomic transactions: every entry is counted")
+        headers = [Thread(s, DEFAULT_IDENTIFIER_SYSTEM).identifiers[0] for s in specs]
+        assert sorted(_asked(proxy.log, project.prefix)) == sorted(headers), "the headers alone"
+        seen = len(proxy.log)
+        data[2]["messages"].append({**data[2]["messages"][-1], "id": "later", "text": "one more"})
+        grown = [parse_spec(d) for d in data]
+        again = load(grown, client, journal=tmp_path / "j.sqlite")
+        assert again.ok and again.counts() == {"appended": 1, "skipped": 3}
+        thread = Thread(grown[2], DEFAULT_IDENTIFIER_SYSTEM)
+        assert _asked(proxy.log[seen:], project.prefix) == [thread.identifiers[-1]], "the message sent later"

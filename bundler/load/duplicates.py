@@ -8,6 +8,13 @@ GET entries of one transaction, which Medplum answers from its primary database 
 before it). Of two loads that made the same resource, the one whose transaction committed second finds both
 copies: its search begins after both commits. The first may find them too, or not.
 
+The server counts them first (`_summary=count`), and a thread whose header went in one transaction with its messages,
+on a project known to be atomic, is counted by its header alone: a load that made a copy of one of those messages
+made a copy of the header with it, or found our header first, and with it every message that committed with it (so
+it sent again only messages of later parts, which it counts itself). Where a count is off, every entry of the
+thread is searched, so that the result (and `dedupe`) names each copy. A thread of 11 entries costs one identifier
+of a check, not eleven.
+
 In strict mode (`--exactly-once strict`) and on a project without atomic transactions every create is
 conditional, and Medplum runs conditional creates serializable: two loads cannot both create an identifier,
 the second finds the first's (one of them may have to be sent again: a serialization failure, retried by the
@@ -60,6 +67,14 @@ class Waiting:
     lost: int = 0
     """Requests of this thread whose answers this load lost: a copy found then is most likely one of them,
     landed after the quarantine's search (later than --late-margin), not another load's."""
+    counted: list[int] | None = None
+    """Of `entries`, those whose counts stand for all (`ThreadLoad.to_count`: the header for the entries created
+    with it in one atomic transaction); None: every one is counted. Where one is off, every entry is searched."""
+
+    @property
+    def size(self) -> int:
+        """Identifiers its check counts (or searches)."""
+        return len(self.entries if self.again or self.counted is None else self.counted)
 
 
 def find_copies(client: FhirClient, batch: Sequence[Waiting]) -> list[dict[int, list[str]]]:
@@ -71,14 +86,21 @@ def find_copies(client: FhirClient, batch: Sequence[Waiting]) -> list[dict[int, 
     searched (a second request); so are those of a thread checked `again` (whose copy is left is the question)."""
     counted: dict[str, list[str]] = {}  # resource type → identifiers (each one on the server, unless counts say)
     exact: dict[str, list[str]] = {}  # resource type → identifiers to search for their resources
+    standing: dict[tuple[str, str], Waiting] = {}  # a counted identifier that stands for more of its thread's
     for w in batch:
-        for n in w.entries:
+        for n in w.entries if w.again or w.counted is None else w.counted:
             (exact if w.again else counted).setdefault(w.t.types[n], []).append(w.t.identifiers[n])
+        if not w.again and w.counted is not None and len(w.counted) < len(w.entries):
+            standing |= {(w.t.types[n], w.t.identifiers[n]): w for n in w.counted}
     for asks in _requests(_asks(counted)):
         totals = client.count_together([(kind, _params(chunk)) for kind, chunk in asks])
         for (kind, chunk), total in zip(asks, totals, strict=True):
             if total != len(chunk):  # (more: copies; fewer: one gone since, which might hide one more)
                 exact.setdefault(kind, []).extend(chunk)
+                stood = {id(w): w for ident in chunk if (w := standing.get((kind, ident))) is not None}
+                for w in stood.values():
+                    for n in w.entries:  # (and the entries they stand for)
+                        exact.setdefault(w.t.types[n], []).append(w.t.identifiers[n])
     found: dict[tuple[str, str], list[str]] = {}
     searches = _asks(exact)
     for group in _requests(searches):

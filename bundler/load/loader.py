@@ -311,7 +311,7 @@ class _Run:
                 self.plan = PlanBook(alt)
             self.settings = Settings(self.client, self.journal, self.system, limits, self.margin, update=self.update,
                                      resolver=self.resolver, plan=self.plan, stopping=self.stopping,
-                                     started=self.started, files=self.files)
+                                     started=self.started, files=self.files, atomic=self.is_atomic is True)
         return self.settings
 
     def _limits(self, atomic: bool) -> RequestLimits:
@@ -493,7 +493,8 @@ class _Run:
             heapq.heappush(self.deferred, (out.until, next(self._order), machine))
         elif isinstance(out, ThreadResult):
             if (entries := machine.to_check()) and not self.dry_run:
-                self._wait(Waiting(machine.t, out, entries, machine.ids, lost=machine.lost))  # (its last use)
+                self._wait(Waiting(machine.t, out, entries, machine.ids, lost=machine.lost,
+                                   counted=machine.to_count(entries)))  # (its last use)
             else:
                 self._tell(out, machine.t)
 
@@ -518,15 +519,15 @@ class _Run:
             return False
         idle = not backlog and not any(f in self.futures for f in pending)
         return idle or self.clock.monotonic() - self.waiting_since >= CHECK_AFTER or \
-            sum(len(w.entries) for w in self.waiting) >= CHECK_BATCH
+            sum(w.size for w in self.waiting) >= CHECK_BATCH
 
     def _submit_check(self) -> Future[Any]:
         """Check the waiting threads (up to CHECK_BATCH identifiers' worth) in one request, on the pool."""
         batch: list[Waiting] = []
         size = 0
-        while self.waiting and (not batch or size + len(self.waiting[0].entries) <= CHECK_BATCH):
+        while self.waiting and (not batch or size + self.waiting[0].size <= CHECK_BATCH):
             batch.append(w := self.waiting.pop(0))
-            size += len(w.entries)
+            size += w.size
         self.waiting_since = self.clock.monotonic()  # (the rest: as if they began to wait now)
         future = self.pool.submit(self._check, batch)
         self.checks[future] = batch

@@ -56,6 +56,9 @@ from .verify import Resolver, read_thread
 
 MAX_LOST = 6  # lost answers one thread may have in a run before it is left for the next run
 MAX_RECHECKS = 3  # updates refused or lost, then read back, before the thread is given up
+WITH_HEADER = 2
+"""`ThreadLoad.creates` of an entry this run created in the same atomic transaction as the thread's header (1: in
+another request): `to_count`."""
 MAX_ROLLED_BACK = 8  # answers with entries rolled back (a batch's serialization failures) before it is given up
 
 
@@ -85,6 +88,7 @@ class Settings:
     stopping: threading.Event = field(default_factory=threading.Event)
     started: float = -1.0  # when this load began (epoch seconds; by default now, by the client's clock)
     files: Binaries | None = None  # where the server holds each file (by default, a record of this thread's own)
+    atomic: bool = False  # the project is known to commit a transaction whole (probed, or the caller said so)
 
     def __post_init__(self) -> None:
         if self.started < 0:
@@ -174,6 +178,13 @@ class ThreadLoad:
         if self.entry is not None and self.entry.state == State.COMMITTED and self.entry.error:
             return [n for n, url in enumerate(self.t.urls) if url in self.ids]
         return [n for n, url in enumerate(self.t.urls) if self.creates[n] and url in self.ids]
+
+    def to_count(self, entries: list[int]) -> list[int]:
+        """Of `entries` (`to_check`), those whose counts stand for all: the header stands for the entries created in
+        the same atomic transaction as it (`WITH_HEADER`). Another load that made a copy of one of them made it
+        with a copy of the header, or after finding ours, with every one of them (they committed together): it
+        sent them again only as a part without the header, which its own check counts."""
+        return [n for n in entries if n == 0 or self.creates[n] != WITH_HEADER]
 
     @property
     def plain(self) -> bool:
@@ -328,6 +339,10 @@ class ThreadLoad:
             if self.rolled_back > MAX_ROLLED_BACK:
                 return self._failing(self._entry_failure(*rolled_back[0]))
             self.clock.sleep(backoff(self.rolled_back, base=0.1, cap=5.0))
+        elif self.s.atomic and self.plain and self.part[0] == 0 and answers[0].status == 201:
+            for n, e in zip(self.part, answers, strict=True):
+                if e.status == 201:
+                    self.creates[n] = WITH_HEADER  # (committed with the header: its count stands for them)
         if not self.complete:
             self._save(State.SENT)
         return Stage.NEXT
