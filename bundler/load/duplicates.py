@@ -97,10 +97,10 @@ def find_copies(client: FhirClient, batch: Sequence[Waiting]) -> list[dict[int, 
         for (kind, chunk), total in zip(asks, totals, strict=True):
             if total != len(chunk):  # (more: copies; fewer: one gone since, which might hide one more)
                 exact.setdefault(kind, []).extend(chunk)
-                stood = {id(w): w for ident in chunk if (w := standing.get((kind, ident))) is not None}
-                for w in stood.values():
-                    for n in w.entries:  # (and the entries they stand for)
-                        exact.setdefault(w.t.types[n], []).append(w.t.identifiers[n])
+                stood = {id(s): s for ident in chunk if (s := standing.get((kind, ident))) is not None}
+                for s in stood.values():
+                    for n in s.entries:  # (and the entries they stand for)
+                        exact.setdefault(s.t.types[n], []).append(s.t.identifiers[n])
     found: dict[tuple[str, str], list[str]] = {}
     searches = _asks(exact)
     for group in _requests(searches):
