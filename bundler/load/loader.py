@@ -288,6 +288,7 @@ class _Run:
         self.gate = gate
         self.futures: dict[Future[Any], ThreadLoad] = {}  # submitted, not yet settled
         self.waiting: list[Waiting] = []  # settled threads whose results wait for their check for copies
+        self.waiting_size = 0  # the identifiers their check asks for (`Waiting.size`)
         self.refind: list[Thread] = []  # threads whose journaled copy someone removed: to be found again now
         self.waiting_since = 0.0  # (monotonic) when the oldest of them began to wait
         self.checks: dict[Future[Any], list[Waiting]] = {}  # checks submitted
@@ -303,7 +304,7 @@ class _Run:
         if self.settings is None:
             if self.dry_run:
                 self._recalled()
-            elif self.atomic != "off" and self.is_atomic is None:
+            elif self._probe_due():
                 self._probe()
             limits = self._limits(self.atomic == "off" or self.is_atomic is not False)
             if self.dry_run:
@@ -313,6 +314,10 @@ class _Run:
                                      resolver=self.resolver, plan=self.plan, stopping=self.stopping,
                                      started=self.started, files=self.files, atomic=self.is_atomic is True)
         return self.settings
+
+    def _probe_due(self) -> bool:
+        """Whether `ready` would probe the project (it has not yet, and it sends, and has to know)."""
+        return self.settings is None and not self.dry_run and self.atomic != "off" and self.is_atomic is None
 
     def _limits(self, atomic: bool) -> RequestLimits:
         """Plain transactions on an atomic project (conditional ones in strict mode); on one that is not,
@@ -370,8 +375,12 @@ class _Run:
                     self._tell(result, t)
             else:
                 loads[n] = (entry, None)
+        # the probe (when one is due) meanwhile, on the pool: it and the pre-check each take a round trip or two
+        probing = self.pool.submit(self.ready) if (unseen or loads) and self._probe_due() else None
         unseen = self._with_participants(items, unseen, loads)
         loads |= {n: (None, header) for n, header in self._unseen(items, unseen).items()}
+        if probing is not None:
+            probing.result()
         machines = collections.deque(ThreadLoad(self.ready(), items[n], entry, {}, header)
                                      for n, (entry, header) in sorted(loads.items()))
         items.clear()  # each thread is now held by its machine only, and let go when it is settled
@@ -504,6 +513,7 @@ class _Run:
         if not self.waiting:
             self.waiting_since = self.clock.monotonic()
         self.waiting.append(waiting)
+        self.waiting_size += waiting.size
 
     @property
     def ahead(self) -> int:
@@ -519,7 +529,7 @@ class _Run:
             return False
         idle = not backlog and not any(f in self.futures for f in pending)
         return idle or self.clock.monotonic() - self.waiting_since >= CHECK_AFTER or \
-            sum(w.size for w in self.waiting) >= CHECK_BATCH
+            self.waiting_size >= CHECK_BATCH
 
     def _submit_check(self) -> Future[Any]:
         """Check the waiting threads (up to CHECK_BATCH identifiers' worth) in one request, on the pool."""
@@ -528,6 +538,7 @@ class _Run:
         while self.waiting and (not batch or size + self.waiting[0].size <= CHECK_BATCH):
             batch.append(w := self.waiting.pop(0))
             size += w.size
+        self.waiting_size -= size
         self.waiting_since = self.clock.monotonic()  # (the rest: as if they began to wait now)
         future = self.pool.submit(self._check, batch)
         self.checks[future] = batch
@@ -625,3 +636,4 @@ class _Run:
         self.checks.clear()
         self._unchecked(self.waiting, "the load was interrupted")
         self.waiting.clear()
+        self.waiting_size = 0
