@@ -11,8 +11,11 @@ transaction enters it, and waits there while as many as allowed are at the serve
   its latency the median of theirs. A round in which fewer were in flight than allowed (the load had no more to
   send: a window's pre-check, the last threads) says nothing about the limit and is not judged;
 - start: from `START` in flight, raised each round while throughput rises by `RISE` or more: doubled while
-  throughput grows as fast as the limit, by less as it grows less (near the knee); once it does not, the limit
-  is the one before, or halfway when throughput stayed level (the knee lies between);
+  throughput grows as fast as the limit, by less as it grows less (near the knee). The first time it stays level
+  (within `LEVEL`), twice as many are tried once more: a plateau may be a step before more (the kit's real Medplum
+  did 5% more at 8 than at 4, then 12% more at 16), and the hill climb's steps of one are each within the noise.
+  Once it neither rises nor looks past a level step, the limit is the best one before, or halfway when
+  throughput stayed level (the knee lies between);
 - then a hill climb on a table of each limit's throughput (an average of its rounds, forgotten after `STALE`
   rounds, as the server fills or others come and go): every `PROBE` rounds the limit tries a neighbour not
   measured lately (one more, or one less, in turn) and moves to one more if it did `BETTER` or more, to one
@@ -93,6 +96,7 @@ class AutoConcurrency(Gate):
         self.limit = float(min(self.most, start or self.START))
         self.starting = True  # doubling each round while throughput rises
         self._before: tuple[int, float] | None = None  # (limit, throughput) of the round before, while starting
+        self._looked = False  # whether the start has looked past a level step once (twice as many, all the same)
         self._table: dict[int, tuple[float, float, int]] = {}  # limit → (throughput, latency, round measured)
         self._rounds = 0
         self._stay = 0  # rounds at this limit since it last moved
@@ -215,14 +219,20 @@ class AutoConcurrency(Gate):
             del self._table[n]
 
     def _start(self, limit: int, throughput: float, cap: int) -> None:
-        before = self._before
+        before = self._before  # (the best limit of the start so far, and its throughput)
+        top = min(self.most, cap)
         if before is None or throughput >= before[1] * (1 + self.RISE):
-            if limit >= min(self.most, cap):
+            self._looked = False
+            if limit >= top:
                 self.starting = False
             else:  # twice as many while twice as much gets done; fewer more as the gain shrinks (near the knee)
                 gain = 1.0 if before is None else min(1.0, (throughput / before[1] - 1) / (limit / before[0] - 1))
                 self._before = (limit, throughput)
                 self._set(max(limit + 1, round(limit * (1 + gain))))
+            return
+        if throughput >= before[1] * (1 - self.LEVEL) and not self._looked and limit < top:
+            self._looked = True  # level: a plateau, or a step before more (a real Medplum did 5% more at 8 than
+            self._set(min(top, limit * 2))  # at 4, and 12% more at 16 than at 8): once, twice as many
             return
         self.starting = False
         if throughput < before[1] * (1 - self.LEVEL):
