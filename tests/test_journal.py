@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -97,12 +99,20 @@ def test_a_note_on_a_committed_row_is_kept_and_cleared(tmp_path: Path) -> None:
         assert entry.error is None and entry.state == State.COMMITTED
 
 
-def _queued(journal: Journal, n: int) -> None:
-    """Wait until `n` writes are queued behind the journal's lock (each thread queues before it takes the lock)."""
+def _together(journal: Journal, calls: list[Callable[[], None]]) -> None:
+    """Run `calls` (each a write) on threads of their own while the journal's lock is held (as if a write were under
+    way), wait until every one is queued behind it (each queues before it takes the lock), then let them go."""
+    journal._lock.acquire()
+    workers = [threading.Thread(target=call) for call in calls]
+    for w in workers:
+        w.start()
     deadline = time.monotonic() + 30
-    while len(journal._queued) < n:
-        assert time.monotonic() < deadline, f"{len(journal._queued)} of {n} writes queued"
+    while len(journal._queued) < len(calls):
+        assert time.monotonic() < deadline, f"{len(journal._queued)} of {len(calls)} writes queued"
         time.sleep(0.001)
+    journal._lock.release()
+    for w in workers:
+        w.join()
 
 
 def test_writes_asked_for_meanwhile_share_one_transaction_and_all_land(tmp_path: Path) -> None:
@@ -113,16 +123,9 @@ def test_writes_asked_for_meanwhile_share_one_transaction_and_all_land(tmp_path:
         groups: list[int] = []
         write_group = journal._write_group
         journal._write_group = lambda group: (groups.append(len(group)), write_group(group))[1]  # type: ignore
-        journal._lock.acquire()  # (as if a write were under way)
         entries = [Entry(f"t{n}", State.COMMITTED, "f", {f"urn:uuid:{n}": f"Communication/c{n}"}, [], None,
                          {f"urn:uuid:{n}": ["1", f"h{n}"]}) for n in range(6)]
-        workers = [threading.Thread(target=journal.put, args=(e,)) for e in entries]
-        for w in workers:
-            w.start()
-        _queued(journal, len(workers))
-        journal._lock.release()
-        for w in workers:
-            w.join()
+        _together(journal, [functools.partial(journal.put, e) for e in entries])
         assert groups == [6], "the six writes queued meanwhile went in one transaction"
         rows = journal.get_many([e.key for e in entries])
         assert {k: (r.ids, r.entries) for k, r in rows.items()} == {e.key: (e.ids, e.entries) for e in entries}
@@ -131,7 +134,6 @@ def test_writes_asked_for_meanwhile_share_one_transaction_and_all_land(tmp_path:
 def test_a_failed_group_fails_every_write_in_it_and_records_none(tmp_path: Path) -> None:
     with Journal(tmp_path / "j.sqlite", TARGET) as journal:
         journal.put(Entry("before", State.COMMITTED, "f"))
-        journal._lock.acquire()
         good = [Entry(f"t{n}", State.COMMITTED, "f") for n in range(3)]
         bad = Entry("bad", None, "f")  # type: ignore[arg-type]  # (NOT NULL: the transaction fails)
         errors: dict[str, BaseException] = {}
@@ -142,13 +144,7 @@ def test_a_failed_group_fails_every_write_in_it_and_records_none(tmp_path: Path)
             except BaseException as exc:  # (what each writer was told)
                 errors[entry.key] = exc
 
-        workers = [threading.Thread(target=put, args=(e,)) for e in [*good, bad]]
-        for w in workers:
-            w.start()
-        _queued(journal, len(workers))
-        journal._lock.release()
-        for w in workers:
-            w.join()
+        _together(journal, [functools.partial(put, e) for e in [*good, bad]])
         assert set(errors) == {"t0", "t1", "t2", "bad"}, "every write of the group was told it failed"
         assert all(isinstance(e, sqlite3.IntegrityError) for e in errors.values())
         assert set(journal.get_many(["before", "t0", "t1", "t2", "bad"])) == {"before"}, "none of it recorded"
