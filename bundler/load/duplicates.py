@@ -72,9 +72,14 @@ class Waiting:
     with it in one atomic transaction); None: every one is counted. Where one is off, every entry is searched."""
 
     @property
+    def asked(self) -> list[int]:
+        """The entries its check asks about first: every one (searched when `again`), else those counted."""
+        return self.entries if self.again or self.counted is None else self.counted
+
+    @property
     def size(self) -> int:
         """Identifiers its check counts (or searches)."""
-        return len(self.entries if self.again or self.counted is None else self.counted)
+        return len(self.asked)
 
 
 def find_copies(client: FhirClient, batch: Sequence[Waiting]) -> list[dict[int, list[str]]]:
@@ -88,10 +93,10 @@ def find_copies(client: FhirClient, batch: Sequence[Waiting]) -> list[dict[int, 
     exact: dict[str, list[str]] = {}  # resource type → identifiers to search for their resources
     standing: dict[tuple[str, str], Waiting] = {}  # a counted identifier that stands for more of its thread's
     for w in batch:
-        for n in w.entries if w.again or w.counted is None else w.counted:
+        for n in w.asked:
             (exact if w.again else counted).setdefault(w.t.types[n], []).append(w.t.identifiers[n])
-        if not w.again and w.counted is not None and len(w.counted) < len(w.entries):
-            standing |= {(w.t.types[n], w.t.identifiers[n]): w for n in w.counted}
+        if len(w.asked) < len(w.entries):
+            standing |= {(w.t.types[n], w.t.identifiers[n]): w for n in w.asked}
     for asks in _requests(_asks(counted)):
         totals = client.count_together([(kind, _params(chunk)) for kind, chunk in asks])
         for (kind, chunk), total in zip(asks, totals, strict=True):
