@@ -40,7 +40,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +113,18 @@ UNKNOWN = -1.0
 was sent, if at all, is not known; it cannot land later than the load that follows a crash starts, plus the
 client's timeout and the margin."""
 _COLUMNS_V1 = "key, state, fingerprint, ids, in_flight, error, '{}', 0"  # what a dry run reads from an old journal
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """(Under the journal's lock) one transaction of `db`: committed when the block ends, rolled back if it raises."""
+    db.execute("BEGIN")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 @dataclass
@@ -377,10 +389,8 @@ class Journal:
     def _write_group(self, group: list[_Write]) -> None:
         """(Under `_lock`) the writes of `group` in one transaction, each marked done (or with the error that
         rolled them all back)."""
-        db = self._ready()
         try:
-            db.execute("BEGIN")
-            try:
+            with _transaction(self._ready()) as db:
                 for w in group:
                     db.executemany(_PUT, [self._row(e, w.now) for e in w.entries])
                     for e in w.entries:
@@ -388,10 +398,6 @@ class Journal:
                             db.execute("DELETE FROM entries WHERE target=? AND key=?", (self.target, e.key))
                         if e.ids:
                             db.executemany(_PUT_ENTRY, self._entry_rows(e))
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
         except BaseException as exc:
             for w in group:
                 w.done, w.error = True, exc
@@ -423,16 +429,9 @@ class Journal:
         """Forget the rows of `keys` (threads whose first request was recorded, then never sent)."""
         if self.read_only or not keys or self._db is None:
             return
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                for table in ("threads", "entries"):
-                    self._db.executemany(f"DELETE FROM {table} WHERE target=? AND key=?",
-                                         [(self.target, k) for k in keys])
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, _transaction(self._db) as db:
+            for table in ("threads", "entries"):
+                db.executemany(f"DELETE FROM {table} WHERE target=? AND key=?", [(self.target, k) for k in keys])
 
     def get_resources(self, keys: list[str]) -> dict[str, str]:
         """What the journal knows of resources other than threads' (a created participant by its conditional
@@ -456,17 +455,10 @@ class Journal:
         if self.read_only or not found:
             return
         now = time.time()
-        with self._lock:
-            db = self._ready()
-            db.execute("BEGIN")
-            try:
-                db.executemany("INSERT INTO resources (target, key, reference, updated) VALUES (?, ?, ?, ?) ON "
-                               "CONFLICT (target, key) DO UPDATE SET reference=excluded.reference, "
-                               "updated=excluded.updated", [(self.target, k, r, now) for k, r in found.items()])
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        with self._lock, _transaction(self._ready()) as db:
+            db.executemany("INSERT INTO resources (target, key, reference, updated) VALUES (?, ?, ?, ?) ON "
+                           "CONFLICT (target, key) DO UPDATE SET reference=excluded.reference, "
+                           "updated=excluded.updated", [(self.target, k, r, now) for k, r in found.items()])
 
     def get_meta(self, name: str) -> str | None:
         if self._columns is _COLUMNS_V1:
