@@ -14,7 +14,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +22,7 @@ from typing import Any, Literal
 from ..build import DEFAULT_IDENTIFIER_SYSTEM, check_identifier_system
 from ..errors import AuthError, BundlerError, OptionError, SpecError, Unreachable
 from ..files import staged_folder, write_atomic
+from ..finished import Finished
 from ..load.verify import hold_part_of, read_part_of, read_receipts
 from ..medplum.client import FhirClient
 from ..spec.dump import dump_yaml
@@ -186,19 +187,22 @@ class _Run:
     def _threads(self) -> None:
         """Every thread the filters select, then (if asked) every group of orphans; at most a few pages' worth in
         flight."""
-        pending: set[Future[ThreadExport]] = set()
+        pending: Finished[ThreadExport] = Finished()
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="export") as pool:
             try:
                 for page in header_pages(self.client, self.filters, page_size=self.page_size):
-                    pending = self._flow(pending | {pool.submit(self._one, header) for header in self._new(page)})
-                pending = self._flow(pending, 0)
+                    for header in self._new(page):
+                        pending.add(pool.submit(self._one, header))
+                    self._flow(pending)
+                self._flow(pending, 0)
                 if self.orphans:
                     for target, why in orphan_targets(self.client, self.headers, since=self.filters.since,
                                                       page_size=self.page_size):
-                        pending = self._flow(pending | {pool.submit(self._orphans, target, why)})
+                        pending.add(pool.submit(self._orphans, target, why))
+                        self._flow(pending)
                 self._flow(pending, 0)
             except BaseException:
-                for future in pending:
+                for future in pending.pending:
                     future.cancel()
                 raise
 
@@ -211,21 +215,20 @@ class _Run:
             self.headers.add(str(h["id"]))
         return list({str(h["id"]): h for h in fresh}.values())
 
-    def _flow(self, pending: set[Future[ThreadExport]], most: int | None = None) -> set[Future[ThreadExport]]:
+    def _flow(self, pending: Finished[ThreadExport], most: int | None = None) -> None:
         """Settle finished threads until at most `most` (default: a few pages' worth) are in flight."""
         most = 4 * self.concurrency if most is None else most
         while len(pending) > most:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            self._settle(done)
-        return pending
+            future = pending.next()
+            assert future is not None  # (it waits as long as it takes)
+            self._settle(future)
 
-    def _settle(self, futures: set[Future[ThreadExport]]) -> None:
+    def _settle(self, future: Future[ThreadExport]) -> None:
         assert self.report is not None
-        for future in futures:
-            result = future.result()
-            self.report.add(result)
-            if self.on_thread is not None:
-                self.on_thread(result)
+        result = future.result()
+        self.report.add(result)
+        if self.on_thread is not None:
+            self.on_thread(result)
 
     def _one(self, header: dict[str, Any]) -> ThreadExport:
         """Read, shape and write one thread (in a worker)."""

@@ -54,7 +54,6 @@ import collections
 import contextlib
 import heapq
 import itertools
-import queue
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -63,6 +62,7 @@ from typing import Any, Literal
 
 from ..build import DEFAULT_IDENTIFIER_SYSTEM
 from ..errors import AuthError, BundlerError, JournalError, NotAtomic, Unreachable
+from ..finished import Finished
 from ..medplum.client import FhirClient, chunked
 from ..medplum.probe import Atomicity, probe_atomicity, remove_probes
 from ..medplum.ratelimit import Gate
@@ -292,7 +292,7 @@ class _Run:
         self.refind: list[Thread] = []  # threads whose journaled copy someone removed: to be found again now
         self.waiting_since = 0.0  # (monotonic) when the oldest of them began to wait
         self.checks: dict[Future[Any], list[Waiting]] = {}  # checks submitted
-        self._done: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()  # finished, in the order they did
+        self.finished: Finished[Any] = Finished()  # submitted runs and checks, as they finish
         self.deferred: list[tuple[float, int, ThreadLoad]] = []  # machines waiting (a heap: the soonest first)
         self._order = itertools.count()
         self._seq = itertools.count()  # input order
@@ -455,40 +455,36 @@ class _Run:
         quarantine) gives its worker back and is started again when its time has come, in this window or a
         later one; `drain` also waits for every machine still waiting (the end of the load). Machines are
         handed to the pool a batch at a time (their first requests recorded together, so a crash leaves few
-        threads whose first request may or may not have been sent); finished runs come back through a
-        queue, one at a time (waiting on all pending futures at each would cost the square of a window).
-        Machines are taken from `backlog` (nothing else holds them: each is let go once settled)."""
-        pending: set[Future[Any]] = set()
+        threads whose first request may or may not have been sent); finished runs come back one at a time
+        (`Finished`). Machines are taken from `backlog` (nothing else holds them: each is let go once settled)."""
+        pending = self.finished.pending  # (what is submitted: `_submit` and `_submit_check` add to it)
         while backlog or pending or self.waiting or self.refind or (drain and self.deferred):
             if self.refind:
                 backlog.extend(self._found_again())
             if len(pending) <= self.ahead // 2:
                 self._feed(backlog, pending)
             while self.deferred and self.deferred[0][0] <= self.clock.time():
-                pending.add(self._submit(heapq.heappop(self.deferred)[2]))
+                self._submit(heapq.heappop(self.deferred)[2])
             if self._check_due(backlog, pending):
-                pending.add(self._submit_check())
-            if (future := self._next_done(pending)) is not None:
-                pending.discard(future)
+                self._submit_check()
+            if (future := self._next_done()) is not None:
                 self._settle(future)
 
-    def _next_done(self, pending: set[Future[Any]]) -> Future[Any] | None:
+    def _next_done(self) -> Future[Any] | None:
         """The next finished run, or None when the soonest waiting machine is due first (or after a second,
         so that a Ctrl-C is never kept waiting)."""
         soonest = max(0.0, self.deferred[0][0] - self.clock.time()) if self.deferred else 1.0
-        if not pending:
+        if not self.finished.pending:
             self.clock.wait(self.stopping, soonest)
             return None
-        try:
-            return self._done.get(timeout=soonest)
-        except queue.Empty:
-            return None
+        return self.finished.next(timeout=soonest)
 
     def _feed(self, backlog: collections.deque[ThreadLoad], pending: set[Future[Any]]) -> None:
         """Hand the pool machines from `backlog` until `ahead` are pending, their first requests recorded."""
         batch = [backlog.popleft() for _ in range(min(len(backlog), self.ahead - len(pending)))]
         self._record_first_requests(batch)
-        pending.update(self._submit(m) for m in batch)
+        for m in batch:
+            self._submit(m)
 
     def _settle(self, future: Future[Any]) -> None:
         """What a machine's run came to: a result (told, the machine let go; if it sent creates, once they are
@@ -542,8 +538,7 @@ class _Run:
         self.waiting_since = self.clock.monotonic()  # (the rest: as if they began to wait now)
         future = self.pool.submit(self._check, batch)
         self.checks[future] = batch
-        future.add_done_callback(self._done.put)
-        return future
+        return self.finished.add(future)
 
     def _check(self, batch: list[Waiting]) -> list[dict[int, list[str]]] | str:
         """What the server holds of the batch's entries; or why that could not be found out."""
@@ -584,8 +579,7 @@ class _Run:
     def _submit(self, machine: ThreadLoad) -> Future[Any]:
         future = self.pool.submit(self._one, machine)
         self.futures[future] = machine
-        future.add_done_callback(self._done.put)
-        return future
+        return self.finished.add(future)
 
     def _one(self, machine: ThreadLoad) -> ThreadResult | Deferred | object:
         try:
