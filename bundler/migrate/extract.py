@@ -181,7 +181,12 @@ def _read_state_function(m: MigrationMapping, index: dict[str, int]
         return (when(row, times[0]), when(row, times[1]), priority(row, *priorities[0]),
                 priority(row, *priorities[1]))
 
+    if all(t is None for t in times) and all(get is None for _, get in priorities):
+        return lambda row: _UNREAD  # (one call a row, not five, when the mapping reads none of them)
     return read_state
+
+
+_UNREAD: tuple[None, None, None, None] = (None, None, None, None)
 
 
 Attachments = list[list[str | None]]

@@ -24,6 +24,8 @@ _NAIVE_EPOCH = dt.datetime(1970, 1, 1)
 _UTC_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EPOCH_MAX = 10**12  # seconds: past year 9999 either way
 _EPOCH_UNITS = {"epoch": 1, "epoch_ms": 1000}  # sent.format → units per second
+_CLOCK = {f":{m:02d}:{s:02d}": (m * 60 + s) * 1_000_000 for m in range(60) for s in range(60)}
+"""':MM:SS' (the end of a local time) → microseconds after the start of its hour."""
 
 
 class TimeRejected(ValueError):
@@ -52,7 +54,7 @@ class SentParser:
         self.timezone = timezone
         self.ambiguous = ambiguous
         self.nonexistent = nonexistent
-        self._hours: dict[str, tuple[str, int]] = {}
+        self._hours: dict[str, tuple[str, int, int | None]] = {}
 
     def __call__(self, value: str) -> tuple[str, int]:
         if not value:
@@ -123,7 +125,13 @@ class SentParser:
             h, m = divmod(abs(seconds) // 60, 60)
             if len(self._hours) > 100_000:
                 self._hours.clear()
-            found = self._hours[hour] = (f"{sign}{h:02d}:{m:02d}", seconds * 1_000_000)
+            # where the hour is written as `start` is (YYYY-MM-DD, T or space, HH), ':MM:SS' after it is that many
+            # seconds after `start` (fromisoformat reads it so): the instant's microseconds need no parse
+            start_us = (start - _NAIVE_EPOCH) // _US - seconds * 1_000_000 \
+                if start.isoformat(hour[10])[:13] == hour else None
+            found = self._hours[hour] = (f"{sign}{h:02d}:{m:02d}", seconds * 1_000_000, start_us)
+        if found[2] is not None and (second := _CLOCK.get(value[13:])) is not None:
+            return f"{value[:10]}T{value[11:]}{found[0]}", found[2] + second
         try:
             naive = dt.datetime.fromisoformat(value)
         except ValueError:
