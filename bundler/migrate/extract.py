@@ -106,6 +106,7 @@ def _record_function(m: MigrationMapping, index: dict[str, int], file_index: int
     separator = m.recipients.separator if m.recipients else None
     id_name, sender_name = _name(m.message_id), _name(m.sender)
     mime_match, coding_match = is_mime_type, is_coding
+    strip = str.strip
     read_state = _read_state_function(m, index)
 
     def record(values: Row, conv: str, row: int, line: int, raw: Any) -> tuple[int, MessageRecord]:
@@ -133,11 +134,11 @@ def _record_function(m: MigrationMapping, index: dict[str, int], file_index: int
             raise RowError("bad-category", f"category {category!r} is not 'system|code'")
         message_status = status(values)
         thread_status_ = thread_status(values)
+        # stripped, the empty ones left out, without repeats (map and filter: no comprehension's frame a row)
         if separator is not None:
-            recipients = [r.strip() for r in get_recipients[0](values).split(separator)]
+            recipients = list(dict.fromkeys(filter(None, map(strip, get_recipients[0](values).split(separator)))))
         else:
-            recipients = [g(values).strip() for g in get_recipients]
-        recipients = list(dict.fromkeys(r for r in recipients if r))
+            recipients = list(dict.fromkeys(filter(None, [g(values).strip() for g in get_recipients])))
         # positional, in field order: a keyword call costs a microsecond a row
         return micros, MessageRecord(
             file_index, row, line, conv, mid, sender,
