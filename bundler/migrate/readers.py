@@ -391,7 +391,10 @@ def _judged(values: list[str], row: int, start: int, width: int, encoding: str) 
     if _bad_encoding(values):
         return Record(row, start, None, _clean(values), ("bad-encoding", f"bytes that are not {encoding} (another "
                                                                          "encoding? set input.encoding)"))
-    return Record(row, start, values, values)
+    return _new(Record, (row, start, values, values, None))  # (the named tuple's __new__ is a Python function)
+
+
+_new = tuple.__new__
 
 
 def _unterminated(lines: _Lines, fields: int, width: int, quotechar: str) -> str:

@@ -61,15 +61,17 @@ class SentParser:
             raise TimeRejected("missing-time", "no sent time")
         if self.fmt in _EPOCH_UNITS:
             return self._epoch(value)
+        # the common case first: local wall-clock time to the second (19 characters: never an instant, which has a
+        # zone, so not one the next test would keep as written)
+        if self.zone is not None and len(value) == 19 and self.fmt == "iso" and value[10] in "T ":
+            fast = self._fast(value)
+            if fast is not None:
+                return fast
         if is_instant_shaped(value):  # already an instant: kept exactly as written
             try:
                 return value, micros(parse_instant(value))
             except InstantError as exc:
                 raise TimeRejected("bad-time", str(exc)) from None
-        if self.zone is not None and len(value) == 19 and self.fmt == "iso" and value[10] in "T ":
-            fast = self._fast(value)  # the common case: local wall-clock time to the second
-            if fast is not None:
-                return fast
         moment = self._parse(value)
         if moment.tzinfo is not None:
             return self._format(moment, zulu=value.endswith(("Z", "z"))), micros(moment)
