@@ -137,7 +137,12 @@ def _record_function(m: MigrationMapping, index: dict[str, int], file_index: int
         thread_status_ = thread_status(values)
         # stripped, the empty ones left out, without repeats (map and filter: no comprehension's frame a row)
         if separator is not None:
-            recipients = list(dict.fromkeys(filter(None, map(strip, get_recipients[0](values).split(separator)))))
+            listed = get_recipients[0](values)
+            if separator not in listed:  # one recipient, or none: the common case, without a list to clean
+                one = listed.strip()
+                recipients = [one] if one else []
+            else:
+                recipients = list(dict.fromkeys(filter(None, map(strip, listed.split(separator)))))
         else:
             recipients = list(dict.fromkeys(filter(None, [g(values).strip() for g in get_recipients])))
         # every field, in order, straight to the tuple (a keyword call costs a microsecond a row, and the named
