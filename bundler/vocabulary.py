@@ -336,7 +336,10 @@ def is_conditional_reference(value: str) -> bool:
 
 def reference_type(reference: str) -> str:
     """`Patient` for `Patient/1` and for `Patient?identifier=s|v`."""
-    return re.split(r"[/?]", reference, maxsplit=1)[0]
+    return _TYPE_END.split(reference, maxsplit=1)[0]
+
+
+_TYPE_END = re.compile(r"[/?]")  # (compiled once: re.split looks its pattern up in re's cache at every call)
 
 
 
