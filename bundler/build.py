@@ -23,6 +23,7 @@ from .errors import OptionError, Problem, SpecError
 from .lazy import Lazy
 from .spec.model import Attachment, Coding, Message, Participant, ThreadSpec, parse_spec
 from .vocabulary import (
+    COMMUNICATION_STATUSES,
     DEFAULT_CONTENT_TYPE,
     DRAFT_STATUS,
     MAX_CONDITIONAL_ENTRIES,
@@ -37,6 +38,7 @@ from .vocabulary import (
     READ_STATE_LAST_READ_AT,
     READ_STATE_PARTICIPANT,
     READ_STATUS,
+    REQUEST_PRIORITIES,
     TRANSACTION,
     identifier_search,
     identifier_system_problem,
@@ -490,6 +492,9 @@ def _identifier_json(system: str) -> bytes:
 
 
 BUNDLE_START: Final = b'{"resourceType":"Bundle","type":"transaction","entry":['
+_STATUS_JSON: Final = {s: b'"status":"' + s.encode() + b'",' for s in COMMUNICATION_STATUSES}
+_PRIORITY_JSON: Final = {p: b'"priority":"' + p.encode() + b'",' for p in REQUEST_PRIORITIES}
+"""A message's own status and priority as bundle_bytes writes them (a checked spec holds no other values)."""
 
 
 def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM
@@ -557,8 +562,8 @@ def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
         out += b"".join((
             b',{"fullUrl":"', url, identifier, value_prefix, raw_id, b'"', part_of,
             b'"inResponseTo":[{"reference":"' + urls[reply_to] + b'"}],' if reply_to is not None else b"",
-            b'"status":"' + status.encode() + b'",' if status else status_json,
-            category, priority_json if priority is None else b'"priority":"' + priority.encode() + b'",',
+            _STATUS_JSON[status] if status else status_json,
+            category, priority_json if priority is None else _PRIORITY_JSON[priority],
             b'"sent":"' + sent.encode() + b'",' if sent is not None else b"",
             b'"received":"' + received.encode() + b'",' if received is not None else b"",
             rec, b'"sender":', ref_json[sender],
