@@ -432,7 +432,13 @@ def query_encode(text: str) -> str:
     """`text` (a search parameter's name or value, FHIR-escaped already) percent-encoded for a URL query: UTF-8,
     every byte but letters, digits and `-._~:/|,$\\@!*()` as `%XX`, so that a server reading the query as
     URLSearchParams does (`query_decode`) reads exactly `text` back."""
+    if not text.strip(_QUERY_KEPT):  # nothing to encode (the common case), without quote's steps to find that out
+        return text
     return urllib.parse.quote(text, safe=_QUERY_SAFE)
+
+
+_QUERY_KEPT = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~" + _QUERY_SAFE
+"""Every character `urllib.parse.quote` keeps as it is with `_QUERY_SAFE` (its own always-safe ones, and those)."""
 
 
 def query_decode(text: str) -> str:
