@@ -23,6 +23,7 @@ from .errors import OptionError, Problem, SpecError
 from .lazy import Lazy
 from .spec.model import Attachment, Coding, Message, Participant, ThreadSpec, parse_spec
 from .vocabulary import (
+    COMMUNICATION_STATUSES,
     DEFAULT_CONTENT_TYPE,
     DRAFT_STATUS,
     MAX_CONDITIONAL_ENTRIES,
@@ -37,6 +38,7 @@ from .vocabulary import (
     READ_STATE_LAST_READ_AT,
     READ_STATE_PARTICIPANT,
     READ_STATUS,
+    REQUEST_PRIORITIES,
     TRANSACTION,
     identifier_search,
     identifier_system_problem,
@@ -432,10 +434,22 @@ def entry_types(spec: ThreadSpec) -> list[str]:
     return ["Communication"] * (1 + len(spec.messages)) + ["Task"] * len(read_receipts(spec))
 
 
+def _reference(reference: str, display: str | None) -> dict[str, str]:
+    """A participant's Reference as it is sent: a conditional reference in its wire form (`wire_reference`)."""
+    wire = wire_reference(reference)
+    return {"reference": wire, "display": display} if display is not None else {"reference": wire}
+
+
 def _refs(spec: ThreadSpec) -> dict[str, dict[str, str]]:
-    """Each participant's Reference as it is sent: a conditional reference in its wire form (`wire_reference`)."""
-    return {alias: {"reference": wire_reference(p.reference), "display": p.display} if p.display is not None
-            else {"reference": wire_reference(p.reference)} for alias, p in spec.participants.items()}
+    """Each participant's Reference as it is sent (`_reference`), by alias."""
+    return {alias: _reference(p.reference, p.display) for alias, p in spec.participants.items()}
+
+
+@functools.lru_cache(maxsize=4096)
+def _reference_json(reference: str, display: str | None) -> bytes:
+    """`_reference` as JSON: made once for a participant that recurs across threads (staff, in a migration), not
+    once a thread (its wire form percent-encodes the query)."""
+    return orjson.dumps(_reference(reference, display))
 
 
 def _recipients(recipient: Sequence[str] | None, sender: str, refs: Mapping[str, Any], cache: dict[str, list[str]]
@@ -478,6 +492,9 @@ def _identifier_json(system: str) -> bytes:
 
 
 BUNDLE_START: Final = b'{"resourceType":"Bundle","type":"transaction","entry":['
+_STATUS_JSON: Final = {s: b'"status":"' + s.encode() + b'",' for s in COMMUNICATION_STATUSES}
+_PRIORITY_JSON: Final = {p: b'"priority":"' + p.encode() + b'",' for p in REQUEST_PRIORITIES}
+"""A message's own status and priority as bundle_bytes writes them (a checked spec holds no other values)."""
 
 
 def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: str = DEFAULT_IDENTIFIER_SYSTEM
@@ -498,8 +515,7 @@ def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
             out += b"," + dumps_(entry) if n else dumps_(entry)
         out += b"]}"
         return bytes(out)
-    refs = _refs(spec)
-    ref_json = {alias: dumps_(r) for alias, r in refs.items()}
+    ref_json = {alias: _reference_json(p.reference, p.display) for alias, p in spec.participants.items()}
     header_url = full_url(system, spec.key)
     category = b'"category":' + dumps_([_concept(c) for c in spec.category]) + b"," if spec.category else b""
     status_json = b'"status":' + dumps_(spec.status) + b","
@@ -536,7 +552,7 @@ def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
         url = urls[mid] = f"urn:uuid:{h[:8]}-{h[8:12]}-5{h[13:16]}-{variant[h[16]]}{h[17:20]}-{h[20:32]}".encode()
         rec = recipients_json.get(sender) if recipient is None else None
         if rec is None:
-            recipients = _recipients(recipient, sender, refs, recipients_of)
+            recipients = _recipients(recipient, sender, ref_json, recipients_of)
             rec = b'"recipient":[' + b",".join([ref_json[a] for a in recipients]) + b"]," if recipients else b""
             if recipient is None:
                 recipients_json[sender] = rec
@@ -546,8 +562,8 @@ def bundle_bytes(thread: ThreadSpec | Mapping[str, Any], *, identifier_system: s
         out += b"".join((
             b',{"fullUrl":"', url, identifier, value_prefix, raw_id, b'"', part_of,
             b'"inResponseTo":[{"reference":"' + urls[reply_to] + b'"}],' if reply_to is not None else b"",
-            b'"status":"' + status.encode() + b'",' if status else status_json,
-            category, priority_json if priority is None else b'"priority":"' + priority.encode() + b'",',
+            _STATUS_JSON[status] if status else status_json,
+            category, priority_json if priority is None else _PRIORITY_JSON[priority],
             b'"sent":"' + sent.encode() + b'",' if sent is not None else b"",
             b'"received":"' + received.encode() + b'",' if received is not None else b"",
             rec, b'"sender":', ref_json[sender],

@@ -105,10 +105,12 @@ def instant_problem(value: object) -> str | None:
 
 
 SURELY_REAL_INSTANT_PATTERN: Final = (
-    r"(?:[1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])-(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])"
+    r"(?:[1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])-"
+    r"(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)"
     r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?(?:Z|[+-](?:0[0-9]|1[0-3]):[0-5][0-9])")
-"""Instants that are real whatever their month and year (days 1-28, no leap second, offsets within ±13:59): the
-common case, answered by one match (a test holds it to `instant_problem`)."""
+"""Instants that are real whatever their year (days 1-28, 29 and 30 but in February, 31 in the months that have
+it; no leap second, offsets within ±13:59): the common case, answered by one match (a test holds it to
+`instant_problem`). Only February 29th and what is not surely real take the slow path."""
 _SURELY_REAL = re.compile(SURELY_REAL_INSTANT_PATTERN)
 
 
@@ -334,7 +336,10 @@ def is_conditional_reference(value: str) -> bool:
 
 def reference_type(reference: str) -> str:
     """`Patient` for `Patient/1` and for `Patient?identifier=s|v`."""
-    return re.split(r"[/?]", reference, maxsplit=1)[0]
+    return _TYPE_END.split(reference, maxsplit=1)[0]
+
+
+_TYPE_END = re.compile(r"[/?]")  # (compiled once: re.split looks its pattern up in re's cache at every call)
 
 
 
@@ -427,7 +432,13 @@ def query_encode(text: str) -> str:
     """`text` (a search parameter's name or value, FHIR-escaped already) percent-encoded for a URL query: UTF-8,
     every byte but letters, digits and `-._~:/|,$\\@!*()` as `%XX`, so that a server reading the query as
     URLSearchParams does (`query_decode`) reads exactly `text` back."""
+    if not text.strip(_QUERY_KEPT):  # nothing to encode (the common case), without quote's steps to find that out
+        return text
     return urllib.parse.quote(text, safe=_QUERY_SAFE)
+
+
+_QUERY_KEPT = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~" + _QUERY_SAFE
+"""Every character `urllib.parse.quote` keeps as it is with `_QUERY_SAFE` (its own always-safe ones, and those)."""
 
 
 def query_decode(text: str) -> str:

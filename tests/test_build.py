@@ -95,6 +95,27 @@ def test_bundle_bytes_escapes_what_a_hand_made_spec_holds() -> None:
     assert bundle_bytes(full) == orjson.dumps(build_bundle(full))
 
 
+def test_bundle_bytes_of_threads_sharing_participants() -> None:
+    """A participant's Reference JSON is made once while it recurs across threads (bundle_bytes keeps it by
+    reference and display): threads that share one, or name one reference with another display or none, or
+    give a known display to another reference, each get exactly the bytes of their own uncached build."""
+    from bundler.spec import Message, Participant, ThreadSpec
+
+    ref = "Practitioner?identifier=https://example.org/staff|+1-312\\,9"  # its wire form is percent-encoded
+    people = [
+        {"dr": Participant("dr", ref, "Dr. Who"), "pt": Participant("pt", "Patient/1")},
+        {"dr": Participant("dr", ref, "Dr. Who"), "pt": Participant("pt", "Patient/2", "Dr. Who")},
+        {"doc": Participant("doc", ref), "pt": Participant("pt", "Patient/1", "Pat")},
+        {"doc": Participant("doc", ref, "Someone else"), "pt": Participant("pt", "Patient/1")},
+    ]
+    for n, participants in enumerate([*people, *people]):  # the second time round, every Reference is cached
+        staff = next(iter(participants))
+        spec = ThreadSpec(key=f"t{n}", topic="x", participants=participants, sender=staff,
+                          messages=(Message(id="1", sender=staff, sent="2024-04-10T10:00:00Z", text="hi"),
+                                    Message(id="2", sender="pt", sent="2024-04-10T10:01:00Z", text="ok")))
+        assert bundle_bytes(spec) == orjson.dumps(build_bundle(spec)), n
+
+
 def test_what_bundle_bytes_writes_unescaped_has_nothing_to_escape() -> None:
     """bundle_bytes writes message ids, statuses and instants as they are: their grammars allow no character
     that JSON escapes (a checked ThreadSpec holds nothing else)."""

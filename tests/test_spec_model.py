@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import pickle
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -283,6 +284,29 @@ def test_null_is_not_absent() -> None:
     for field in ("subject", "sender", "sent", "status", "category", "messages"):
         with pytest.raises(SpecError, match=f"{field}: expected .*, got nothing \\(null\\)"):
             parse_spec({"thread": "t", "topic": "x", "participants": {"a": {"reference": "Patient/1"}}, field: None})
+
+
+def test_the_fast_instant_check_agrees_on_every_day_of_the_year() -> None:
+    """The fast pattern's days by month (29 and 30 but in February, 31 where the month has it): never real where the
+    parser says not, in leap years and others (1900 is not one, 2000 is)."""
+    from bundler.vocabulary import SURELY_REAL_INSTANT_PATTERN
+    surely = re.compile(SURELY_REAL_INSTANT_PATTERN)
+    for year in (1900, 2000, 2023, 2024):
+        for month in range(0, 14):
+            for day in range(0, 33):
+                value = f"{year:04d}-{month:02d}-{day:02d}T10:00:00-05:00"
+                real = instant_problem(value) is None
+                assert is_instant(value) == real, value
+                if surely.fullmatch(value):
+                    assert real, value
+                else:
+                    assert not real or (month == 2 and day == 29), value  # only Feb 29 is left to the parser
+                spec_ok = True
+                try:
+                    Message(id="1", sender="a", sent=value, text="x")
+                except SpecError:
+                    spec_ok = False
+                assert spec_ok == real, value
 
 
 @settings(max_examples=300)

@@ -228,6 +228,20 @@ def test_the_spec_form_is_one_escaped_token(reference: str, ok: bool) -> None:
     assert is_conditional_reference(reference) is ok
 
 
+def test_query_encode_is_urllib_quote() -> None:
+    """query_encode's shortcut (nothing to encode) gives what urllib.parse.quote gives, for every ASCII character
+    alone and in company, and for text that needs encoding (non-ASCII, a lone surrogate raises alike)."""
+    import urllib.parse
+
+    from bundler.vocabulary import _QUERY_SAFE
+    values = [chr(c) for c in range(128)] + [f"a{chr(c)}b" for c in range(128)] + [
+        "", "identifier", "https://legacy.example.org/patients|24880", "tel|+1-312", "Zoë", "😀", "a b", "x%y"]
+    for value in values:
+        assert query_encode(value) == urllib.parse.quote(value, safe=_QUERY_SAFE), value
+    with pytest.raises(UnicodeEncodeError):
+        query_encode("a\udc80")
+
+
 @given(st.text(min_size=1, max_size=40))
 def test_encoded_values_decode_back_exactly(value: str) -> None:
     assert query_decode(query_encode(value)) == value

@@ -156,6 +156,7 @@ class Assembler:
         people: dict[str, Resolved] = {}  # legacy user id → (reference, display, create), in order of appearance
         resolve = self.resolve
         fits = MESSAGE_ID_FITS
+        known = people.__contains__
         for rec in records:
             mid, sender, recipients, target = rec.message_id, rec.sender, rec.recipients, rec.reply_to
             why: tuple[str, str] | None = None
@@ -166,7 +167,7 @@ class Assembler:
             elif msg_key in used_ids:
                 why = ("id-collision", f"message id {mid!r} becomes {msg_key!r}, as does {used_ids[msg_key]!r}")
             elif sender not in people or (rec.subject is not None and rec.subject not in people) or \
-                    any(r not in people for r in recipients):
+                    not all(map(known, recipients)):  # (a generator's frame a message, else)
                 why = self._unresolved(rec, people)
             link: tuple[str, str] | None = None
             if why is None and target is not None and target not in accepted_ids:

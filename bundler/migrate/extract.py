@@ -106,6 +106,8 @@ def _record_function(m: MigrationMapping, index: dict[str, int], file_index: int
     separator = m.recipients.separator if m.recipients else None
     id_name, sender_name = _name(m.message_id), _name(m.sender)
     mime_match, coding_match = is_mime_type, is_coding
+    strip = str.strip
+    new_record = tuple.__new__
     read_state = _read_state_function(m, index)
 
     def record(values: Row, conv: str, row: int, line: int, raw: Any) -> tuple[int, MessageRecord]:
@@ -133,13 +135,19 @@ def _record_function(m: MigrationMapping, index: dict[str, int], file_index: int
             raise RowError("bad-category", f"category {category!r} is not 'system|code'")
         message_status = status(values)
         thread_status_ = thread_status(values)
+        # stripped, the empty ones left out, without repeats (map and filter: no comprehension's frame a row)
         if separator is not None:
-            recipients = [r.strip() for r in get_recipients[0](values).split(separator)]
+            listed = get_recipients[0](values)
+            if separator not in listed:  # one recipient, or none: the common case, without a list to clean
+                one = listed.strip()
+                recipients = [one] if one else []
+            else:
+                recipients = list(dict.fromkeys(filter(None, map(strip, listed.split(separator)))))
         else:
-            recipients = [g(values).strip() for g in get_recipients]
-        recipients = list(dict.fromkeys(r for r in recipients if r))
-        # positional, in field order: a keyword call costs a microsecond a row
-        return micros, MessageRecord(
+            recipients = list(dict.fromkeys(filter(None, [g(values).strip() for g in get_recipients])))
+        # every field, in order, straight to the tuple (a keyword call costs a microsecond a row, and the named
+        # tuple's own __new__ is a Python function with 23 parameters)
+        return micros, new_record(MessageRecord, (
             file_index, row, line, conv, mid, sender,
             (get_display(values).strip() or None) if get_display is not None else None,
             (get_role(values).strip() or None) if get_role is not None else None,
@@ -149,7 +157,7 @@ def _record_function(m: MigrationMapping, index: dict[str, int], file_index: int
             (get_topic(values).strip() or None) if get_topic is not None else None,
             category,
             (get_subject(values).strip() or None) if get_subject is not None else None,
-            thread_status_, raw, *read_state(values))
+            thread_status_, raw, *read_state(values)))
 
     return record
 
@@ -181,7 +189,12 @@ def _read_state_function(m: MigrationMapping, index: dict[str, int]
         return (when(row, times[0]), when(row, times[1]), priority(row, *priorities[0]),
                 priority(row, *priorities[1]))
 
+    if all(t is None for t in times) and all(get is None for _, get in priorities):
+        return lambda row: _UNREAD  # (one call a row, not five, when the mapping reads none of them)
     return read_state
+
+
+_UNREAD: tuple[None, None, None, None] = (None, None, None, None)
 
 
 Attachments = list[list[str | None]]

@@ -208,8 +208,9 @@ def _migrate_files(inputs: Sequence[str | Path], mapping: str | Path | Migration
         workers = min(os.cpu_count() or 1, 4)
     workers = min(workers, max_stores())
     if strict or workers <= 1:
-        stream = iter_threads(inputs, mapping, shard=shard, strict=strict, rejects=rejects, work_dir=work_dir,
-                              progress=progress)
+        # no origins: the writers do not name a spec's lines (as in a parallel run)
+        stream = ThreadStream(inputs, mapping, shard=shard, strict=strict, rejects=rejects, work_dir=work_dir,
+                              progress=progress, origins=False)
         with stream:
             if to == "ndjson":
                 _write_ndjson(stream, out, identifier_system)

@@ -288,12 +288,16 @@ class _Lines:
         return self
 
     def __next__(self) -> str:
-        line: str | _Long = self.again.pop() if self.again else self.readline(self.max_chars)
-        if not line:
-            self.ended = self.taken > self.mark
-            raise StopIteration
-        if isinstance(line, str) and len(line) >= self.max_chars and not line.endswith(("\n", "\r")):
-            line = _skip_rest(self.readline, line, self.max_chars)
+        line: str | _Long
+        if self.again:  # (lines read before: never empty, and over the cap already made _Long)
+            line = self.again.pop()
+        else:
+            line = self.readline(self.max_chars)
+            if not line:
+                self.ended = self.taken > self.mark
+                raise StopIteration
+            if len(line) >= self.max_chars and not line.endswith(("\n", "\r")):
+                line = _skip_rest(self.readline, line, self.max_chars)
         self.taken += 1
         if self.taken - self.mark == 1:  # the first line of a row: the common case, kept short
             if isinstance(line, _Long):
@@ -391,7 +395,10 @@ def _judged(values: list[str], row: int, start: int, width: int, encoding: str) 
     if _bad_encoding(values):
         return Record(row, start, None, _clean(values), ("bad-encoding", f"bytes that are not {encoding} (another "
                                                                          "encoding? set input.encoding)"))
-    return Record(row, start, values, values)
+    return _new(Record, (row, start, values, values, None))  # (the named tuple's __new__ is a Python function)
+
+
+_new = tuple.__new__
 
 
 def _unterminated(lines: _Lines, fields: int, width: int, quotechar: str) -> str:

@@ -10,10 +10,12 @@ sorts before every real instant, so a conversation's tombstones come first in it
 
     data = encode(record)                  # bytes for the store
     decode(sent, data)                     # → MessageRecord, or Tombstone when sent == TOMBSTONE_SENT
+    decode_rows(rows)                      # → the same, for a group's [(sent, input order, data), ...]
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import orjson
@@ -60,7 +62,7 @@ class Tombstone(NamedTuple):
 
 
 _dumps, _loads = orjson.dumps, orjson.loads
-_make_record, _make_tombstone = MessageRecord._make, Tombstone._make
+_new = tuple.__new__  # what `_make` calls, less its Python frame and length check (encode wrote every field)
 
 
 def encode(item: MessageRecord | Tombstone) -> bytes:
@@ -70,6 +72,10 @@ def encode(item: MessageRecord | Tombstone) -> bytes:
 
 def decode(sent: int, data: bytes) -> MessageRecord | Tombstone:
     """Back from the stored form; `sent` (stored beside it) says which of the two it is."""
-    if sent == TOMBSTONE_SENT:
-        return _make_tombstone(_loads(data))
-    return _make_record(_loads(data))
+    return decode_rows(((sent, 0, data),))[0]
+
+
+def decode_rows(rows: Iterable[tuple[int, int, bytes]]) -> list[MessageRecord | Tombstone]:
+    """`decode` of each (sent, input order, data) of a group, in order (one call a group, not one a row)."""
+    return [_new(Tombstone, _loads(data)) if sent == TOMBSTONE_SENT else _new(MessageRecord, _loads(data))
+            for sent, _, data in rows]

@@ -31,7 +31,7 @@ from .grouping import Groups, GroupStore
 from .keys import KEY_FITS, thread_key
 from .mapping import MigrationMapping, Row
 from .readers import Record, prepare, read_records
-from .records import TOMBSTONE_SENT, Tombstone, decode, encode
+from .records import TOMBSTONE_SENT, Tombstone, decode_rows, encode
 from .rejects import WARNING, Reject, write_rejects
 
 if TYPE_CHECKING:
@@ -396,7 +396,7 @@ class ThreadStream(Iterator[ThreadSpec]):
         next_tick = clock() + PROGRESS_SECONDS
         self._tick("writing")  # before the store's sort, which comes first and takes a while
         for key, rows in store.groups():
-            for result in assemble(key, [decode(sent, data) for sent, _, data in rows]):
+            for result in assemble(key, decode_rows(rows)):
                 for item in result.rejects:
                     self._reject(store, rejects, item)
                 if result.spec is None:

@@ -24,6 +24,8 @@ _NAIVE_EPOCH = dt.datetime(1970, 1, 1)
 _UTC_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EPOCH_MAX = 10**12  # seconds: past year 9999 either way
 _EPOCH_UNITS = {"epoch": 1, "epoch_ms": 1000}  # sent.format → units per second
+_CLOCK = {f":{m:02d}:{s:02d}": (m * 60 + s) * 1_000_000 for m in range(60) for s in range(60)}
+"""':MM:SS' (the end of a local time) → microseconds after the start of its hour."""
 
 
 class TimeRejected(ValueError):
@@ -52,22 +54,24 @@ class SentParser:
         self.timezone = timezone
         self.ambiguous = ambiguous
         self.nonexistent = nonexistent
-        self._hours: dict[str, tuple[str, int]] = {}
+        self._hours: dict[str, tuple[str, int, int | None]] = {}
 
     def __call__(self, value: str) -> tuple[str, int]:
         if not value:
             raise TimeRejected("missing-time", "no sent time")
         if self.fmt in _EPOCH_UNITS:
             return self._epoch(value)
+        # the common case first: local wall-clock time to the second (19 characters: never an instant, which has a
+        # zone, so not one the next test would keep as written)
+        if self.zone is not None and len(value) == 19 and self.fmt == "iso" and value[10] in "T ":
+            fast = self._fast(value)
+            if fast is not None:
+                return fast
         if is_instant_shaped(value):  # already an instant: kept exactly as written
             try:
                 return value, micros(parse_instant(value))
             except InstantError as exc:
                 raise TimeRejected("bad-time", str(exc)) from None
-        if self.zone is not None and len(value) == 19 and self.fmt == "iso" and value[10] in "T ":
-            fast = self._fast(value)  # the common case: local wall-clock time to the second
-            if fast is not None:
-                return fast
         moment = self._parse(value)
         if moment.tzinfo is not None:
             return self._format(moment, zulu=value.endswith(("Z", "z"))), micros(moment)
@@ -123,7 +127,13 @@ class SentParser:
             h, m = divmod(abs(seconds) // 60, 60)
             if len(self._hours) > 100_000:
                 self._hours.clear()
-            found = self._hours[hour] = (f"{sign}{h:02d}:{m:02d}", seconds * 1_000_000)
+            # where the hour is written as `start` is (YYYY-MM-DD, T or space, HH), ':MM:SS' after it is that many
+            # seconds after `start` (fromisoformat reads it so): the instant's microseconds need no parse
+            start_us = (start - _NAIVE_EPOCH) // _US - seconds * 1_000_000 \
+                if start.isoformat(hour[10])[:13] == hour else None
+            found = self._hours[hour] = (f"{sign}{h:02d}:{m:02d}", seconds * 1_000_000, start_us)
+        if found[2] is not None and (second := _CLOCK.get(value[13:])) is not None:
+            return f"{value[:10]}T{value[11:]}{found[0]}", found[2] + second
         try:
             naive = dt.datetime.fromisoformat(value)
         except ValueError:

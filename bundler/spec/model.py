@@ -483,23 +483,18 @@ _NO_SENT = f"a message needs sent (only a draft, status: {DRAFT_STATUS}, may lea
 _DRAFT_READ = f"a draft (status: {DRAFT_STATUS}) was never sent, so nobody read it: remove read_by"
 
 
-def _sent_unless_draft(args: tuple[dict[str, Any], Any]) -> tuple[dict[str, Any], Any]:
-    """A message's fields, all valid: it has `sent` unless it is a draft, and a draft has no readers."""
+def _whole(args: tuple[dict[str, Any], Any]) -> tuple[dict[str, Any], Any]:
+    """A message's fields, all valid, and its dataclass's init-only arguments (none), checked together, the first
+    problem found said: it has text or attachments (when a field failed, `MessageView` says it beside their
+    problems); it has `sent` unless it is a draft; a draft has no readers. (One function: migrate makes many.)"""
     fields = args[0]
+    if fields["text"] is None and not fields["attachments"]:
+        raise fail(NO_CONTENT)
     draft = fields["status"] == DRAFT_STATUS
     if fields["sent"] is None and not draft:
         raise fail(_NO_SENT)
     if draft and fields["read_by"]:
         raise fail(_DRAFT_READ)
-    return args
-
-
-def _has_content(args: tuple[dict[str, Any], Any]) -> tuple[dict[str, Any], Any]:
-    """A message's fields, all valid, and its dataclass's init-only arguments (none): it has text or attachments
-    (when a field failed, `MessageView` says it beside their problems)."""
-    fields = args[0]
-    if fields["text"] is None and not fields["attachments"]:
-        raise fail(NO_CONTENT)
     return args
 
 
@@ -548,13 +543,12 @@ class Message(Record):
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
-        """The dataclass's schema, its validated fields then checked together (`_has_content`). Inside it, unlike
+        """The dataclass's schema, its validated fields then checked together (`_whole`). Inside it, unlike
         a model validator: a Message given as one (checked when it was made) is not checked again."""
         schema = handler(source)
         if schema["type"] != "dataclass":  # pragma: no cover - what pydantic makes of a dataclass
             raise TypeError(f"expected a dataclass schema, got {schema['type']}")
-        checked = core_schema.no_info_after_validator_function(_has_content, schema["schema"])
-        return {**schema, "schema": core_schema.no_info_after_validator_function(_sent_unless_draft, checked)}
+        return {**schema, "schema": core_schema.no_info_after_validator_function(_whole, schema["schema"])}
 
     @classmethod
     def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
