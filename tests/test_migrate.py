@@ -383,6 +383,22 @@ def test_values_with_their_own_offset_are_kept_as_written() -> None:
         SentParser("iso")("2024-05-01 09:00:00")
 
 
+
+@pytest.mark.parametrize("value, instant", [
+    ("2023-05-02 07+05:00", "2023-05-02T07:00:00+05:00"),  # 19 characters, with an offset: it crashed the run
+    ("2023-W18-2 07:30:20", "2023-05-02T07:30:20-04:00"),  # a week date: it was copied into the "instant"
+    ("2023-05-02 073020.5", "2023-05-02T07:30:20.500-04:00"),  # a compact time: the same
+    ("2023-05-02T07:30+01", "2023-05-02T07:30:00+01:00"),
+    ("2023-05-02 07:30:20", "2023-05-02T07:30:20-04:00"),
+])
+def test_any_iso_form_becomes_the_instant_it_means(value: str, instant: str) -> None:
+    """Every form Python's ISO reader takes is written as a FHIR instant of the same moment; only the usual
+    'YYYY-MM-DD HH:MM:SS' is copied as written (the fast path), and nothing else of its length is."""
+    written, us = SentParser("iso", "America/New_York")(value)
+    assert written == instant
+    assert us == micros(parse_instant(written))
+
+
 # --- the mapping file --------------------------------------------------------------------------------
 
 

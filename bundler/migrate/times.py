@@ -134,11 +134,9 @@ class SentParser:
             found = self._hours[hour] = (f"{sign}{h:02d}:{m:02d}", seconds * 1_000_000, start_us)
         if found[2] is not None and (second := _CLOCK.get(value[13:])) is not None:
             return f"{value[:10]}T{value[11:]}{found[0]}", found[2] + second
-        try:
-            naive = dt.datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        return f"{value[:10]}T{value[11:]}{found[0]}", (naive - _NAIVE_EPOCH) // _US - found[1]
+        # written some other way that fromisoformat reads (a week date, a compact time, an offset of its own): not
+        # as an instant is written, so not to be copied into one; the careful path writes the instant it means
+        return None
 
     def _parse(self, value: str) -> dt.datetime:
         try:
