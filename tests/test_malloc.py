@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 import bundler.cli
+import bundler.cli.validate  # (the commands are imported when they run: this test patches one first)
 import bundler.load.inputs
 from bundler.cli import main
 from bundler.load.inputs import windows
