@@ -54,7 +54,7 @@ class SentParser:
         self.timezone = timezone
         self.ambiguous = ambiguous
         self.nonexistent = nonexistent
-        self._hours: dict[str, tuple[str, int, int | None]] = {}
+        self._hours: dict[str, tuple[str, int | None]] = {}  # 'YYYY-MM-DD HH' → (its offset, its start in µs)
 
     def __call__(self, value: str) -> tuple[str, int]:
         if not value:
@@ -131,9 +131,9 @@ class SentParser:
             # seconds after `start` (fromisoformat reads it so): the instant's microseconds need no parse
             start_us = (start - _NAIVE_EPOCH) // _US - seconds * 1_000_000 \
                 if start.isoformat(hour[10])[:13] == hour else None
-            found = self._hours[hour] = (f"{sign}{h:02d}:{m:02d}", seconds * 1_000_000, start_us)
-        if found[2] is not None and (second := _CLOCK.get(value[13:])) is not None:
-            return f"{value[:10]}T{value[11:]}{found[0]}", found[2] + second
+            found = self._hours[hour] = (f"{sign}{h:02d}:{m:02d}", start_us)
+        if found[1] is not None and (second := _CLOCK.get(value[13:])) is not None:
+            return f"{value[:10]}T{value[11:]}{found[0]}", found[1] + second
         # written some other way that fromisoformat reads (a week date, a compact time, an offset of its own): not
         # as an instant is written, so not to be copied into one; the careful path writes the instant it means
         return None
