@@ -457,15 +457,15 @@ class _Run:
         handed to the pool a batch at a time (their first requests recorded together, so a crash leaves few
         threads whose first request may or may not have been sent); finished runs come back one at a time
         (`Finished`). Machines are taken from `backlog` (nothing else holds them: each is let go once settled)."""
-        pending = self.finished.pending  # (what is submitted: `_submit` and `_submit_check` add to it)
+        pending = self.finished.pending  # (what is submitted and not yet settled: `_submit`, `_submit_check`)
         while backlog or pending or self.waiting or self.refind or (drain and self.deferred):
             if self.refind:
                 backlog.extend(self._found_again())
             if len(pending) <= self.ahead // 2:
-                self._feed(backlog, pending)
+                self._feed(backlog)
             while self.deferred and self.deferred[0][0] <= self.clock.time():
                 self._submit(heapq.heappop(self.deferred)[2])
-            if self._check_due(backlog, pending):
+            if self._check_due(backlog):
                 self._submit_check()
             if (future := self._next_done()) is not None:
                 self._settle(future)
@@ -479,9 +479,9 @@ class _Run:
             return None
         return self.finished.next(timeout=soonest)
 
-    def _feed(self, backlog: collections.deque[ThreadLoad], pending: set[Future[Any]]) -> None:
+    def _feed(self, backlog: collections.deque[ThreadLoad]) -> None:
         """Hand the pool machines from `backlog` until `ahead` are pending, their first requests recorded."""
-        batch = [backlog.popleft() for _ in range(min(len(backlog), self.ahead - len(pending)))]
+        batch = [backlog.popleft() for _ in range(min(len(backlog), self.ahead - len(self.finished)))]
         self._record_first_requests(batch)
         for m in batch:
             self._submit(m)
@@ -517,13 +517,13 @@ class _Run:
         not let in yet wait in it, or in the pool's queue)."""
         return 4 * max(1, int(self.gate.limit))
 
-    def _check_due(self, backlog: collections.deque[ThreadLoad], pending: set[Future[Any]]) -> bool:
+    def _check_due(self, backlog: collections.deque[ThreadLoad]) -> bool:
         """Whether to check the waiting threads now: a request's worth of identifiers wait, the oldest has waited
         long enough, or no thread is being loaded to add to them (the last of a window, or only threads in
         quarantine left)."""
         if not self.waiting:
             return False
-        idle = not backlog and not any(f in self.futures for f in pending)
+        idle = not backlog and not self.futures  # (a machine's future leaves `futures` as it is settled)
         return idle or self.clock.monotonic() - self.waiting_since >= CHECK_AFTER or \
             self.waiting_size >= CHECK_BATCH
 
